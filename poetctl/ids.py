@@ -1,0 +1,87 @@
+"""Identifiers: UUIDv7 generation and the strict patterns for path parts.
+
+Anything that may become part of a filesystem path (event ids, function names,
+versions, type names) must pass one of these checks first. The patterns only
+admit names that start with an alphanumeric and contain no separator, so
+``..``, ``/`` and hidden files are impossible by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+
+EVENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+_lock = threading.Lock()
+_last_ms = 0
+_counter = 0
+_COUNTER_BITS = 42  # RFC 9562 method 1: 12 bits of rand_a + 30 bits of rand_b
+
+
+def _reset_after_fork() -> None:
+    global _last_ms, _counter
+    _last_ms = 0
+    _counter = 0
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def uuid7() -> str:
+    """Return a new UUIDv7 as a lowercase string.
+
+    Ids from one process are strictly increasing (a 42-bit counter seeded at
+    random each millisecond), so they sort in emit order as plain strings.
+    """
+    global _last_ms, _counter
+    tail = int.from_bytes(os.urandom(4), "big")
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms = ms
+            # Leave the top bit clear so a busy millisecond has room to count.
+            _counter = int.from_bytes(os.urandom(6), "big") >> (48 - _COUNTER_BITS + 1)
+        else:
+            _counter += 1
+            if _counter >> _COUNTER_BITS:
+                _last_ms += 1
+                _counter = 0
+        ms, counter = _last_ms, _counter
+    rand_a = counter >> 30
+    rand_b = ((counter & 0x3FFFFFFF) << 32) | tail
+    value = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def derived_id(cause_id: str, handler: str, position: int) -> str:
+    """Deterministic id for the ``position``-th event ``handler`` emits for ``cause_id``.
+
+    A re-run of the same handler on the same cause yields the same ids, so the
+    spool deduplicates the follow-ups instead of duplicating them.
+    """
+    digest = hashlib.sha256(f"{cause_id}\0{handler}\0{position}".encode()).hexdigest()
+    return f"d-{digest[:32]}"
+
+
+def is_event_id(value: object) -> bool:
+    return isinstance(value, str) and EVENT_ID_RE.match(value) is not None
+
+
+def check_path_part(kind: str, value: object, pattern: re.Pattern[str]) -> str:
+    """Return ``value`` if it is safe to use as one path component, else raise.
+
+    Raises :class:`poetctl.errors.InvalidData` naming the kind and the pattern.
+    """
+    from .errors import InvalidData
+
+    if not isinstance(value, str) or pattern.match(value) is None:
+        raise InvalidData(f"{kind} {value!r} is not allowed: expected a string matching {pattern.pattern}")
+    return value

@@ -1,0 +1,149 @@
+"""Where everything lives in a spool, and how the tree is created.
+
+::
+
+    <spool>/
+      events/tmp/         writers only; never read as events
+      events/pending/     committed, waiting for a daemon
+      events/inflight/<owner>/   claimed by one daemon process
+      events/processed/   handled
+      events/dead/        attempts exhausted or expired (+ <id>.error.json)
+      events/corrupt/     quarantined input (+ <name>.reason.json)
+      state/<fn>/current.json, state/<fn>/history/<version>.json
+      feedback/pending/, feedback/processed/
+      run/                locks, heartbeats and other runtime files
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import InputMissing, SpoolIOError
+
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+SUFFIX = ".json"
+
+
+class SpoolLayout:
+    """Paths of one spool. Creating it does no I/O; :meth:`init` creates the tree."""
+
+    __slots__ = (
+        "corrupt",
+        "dead",
+        "events",
+        "feedback",
+        "feedback_pending",
+        "feedback_processed",
+        "inflight",
+        "pending",
+        "processed",
+        "root",
+        "run",
+        "state",
+        "tmp",
+    )
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.events = self.root / "events"
+        self.tmp = self.events / "tmp"
+        self.pending = self.events / "pending"
+        self.inflight = self.events / "inflight"
+        self.processed = self.events / "processed"
+        self.dead = self.events / "dead"
+        self.corrupt = self.events / "corrupt"
+        self.state = self.root / "state"
+        self.feedback = self.root / "feedback"
+        self.feedback_pending = self.feedback / "pending"
+        self.feedback_processed = self.feedback / "processed"
+        self.run = self.root / "run"
+
+    def dirs(self) -> list[Path]:
+        """Every directory of the tree, parents before children."""
+        return [
+            self.root,
+            self.events,
+            self.tmp,
+            self.pending,
+            self.inflight,
+            self.processed,
+            self.dead,
+            self.corrupt,
+            self.state,
+            self.feedback,
+            self.feedback_pending,
+            self.feedback_processed,
+            self.run,
+        ]
+
+    def init(self) -> list[Path]:
+        """Create missing directories (mode 0750); return the ones created. Idempotent.
+
+        Raises :class:`SpoolIOError` if a path exists but is not a directory or
+        cannot be created.
+        """
+        created = []
+        for d in self.dirs():
+            try:
+                os.mkdir(d, DIR_MODE)
+                created.append(d)
+            except FileExistsError:
+                if d.is_symlink() or not d.is_dir():
+                    raise SpoolIOError(f"{d} exists but is not a directory") from None
+            except OSError as exc:
+                raise SpoolIOError(f"cannot create {d}: {exc.strerror}") from None
+        if created:
+            fsync_dir(self.root.parent if self.root in created else self.root)
+        return created
+
+    def exists(self) -> bool:
+        return self.pending.is_dir()
+
+    def require(self) -> SpoolLayout:
+        """Return self if the spool exists, else raise :class:`InputMissing`."""
+        if not self.exists():
+            raise InputMissing(
+                f"no spool at {self.root} (expected {self.pending}); create it with "
+                f"'poetctl init --spool {self.root}' or point --spool/POET_SPOOL at one"
+            )
+        return self
+
+    def event_file(self, directory: Path, event_id: str) -> Path:
+        return directory / (event_id + SUFFIX)
+
+    def inflight_dirs(self) -> list[Path]:
+        """The per-owner directories under ``events/inflight``."""
+        try:
+            return [self.inflight / e.name for e in os.scandir(self.inflight) if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return []
+
+    def locate(self, event_id: str) -> Path | None:
+        """Where event ``event_id`` is now, or None.
+
+        States are checked in the direction events flow (pending, inflight,
+        processed, dead, corrupt), so an event moved forward concurrently is
+        still found.
+        """
+        name = event_id + SUFFIX
+        for d in (self.pending, *self.inflight_dirs(), self.processed, self.dead, self.corrupt):
+            p = d / name
+            if os.path.lexists(p):
+                return p
+        return None
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so renames into it are durable. Raises SpoolIOError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SpoolIOError(f"cannot open directory {path}: {exc.strerror}") from None
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise SpoolIOError(f"fsync of {path} failed: {exc.strerror}") from None
+    finally:
+        os.close(fd)
