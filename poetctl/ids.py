@@ -61,14 +61,30 @@ def uuid7() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def derived_id(cause_id: str, handler: str, position: int) -> str:
-    """Deterministic id for the ``position``-th event ``handler`` emits for ``cause_id``.
+def derived_id(cause_id: str, cause_time: float, handler: str, position: int) -> str:
+    """Deterministic id for the ``position``-th event ``handler`` emits for a cause.
 
     A re-run of the same handler on the same cause yields the same ids, so the
-    spool deduplicates the follow-ups instead of duplicating them.
+    spool deduplicates the follow-ups instead of duplicating them. The id is a
+    UUIDv8 laid out like a UUIDv7 whose time is the cause's, with the position
+    in the next 12 bits: follow-ups sort next to their cause and in the order
+    the handler emitted them (causal order).
     """
-    digest = hashlib.sha256(f"{cause_id}\0{handler}\0{position}".encode()).hexdigest()
-    return f"d-{digest[:32]}"
+    digest = int.from_bytes(hashlib.sha256(f"{cause_id}\0{handler}\0{position}".encode()).digest()[:8], "big")
+    ms = max(0, int(cause_time * 1000)) & ((1 << 48) - 1)
+    value = (ms << 80) | (0x8 << 76) | (min(position, 0xFFF) << 64) | (0b10 << 62) | (digest >> 2)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def time_of(event_id: str) -> int | None:
+    """Milliseconds since the epoch encoded in a UUIDv7/derived id, else None."""
+    if len(event_id) == 36 and event_id[14] in "78" and event_id[8] == "-":
+        try:
+            return int(event_id[:8] + event_id[9:13], 16)
+        except ValueError:
+            return None
+    return None
 
 
 def is_event_id(value: object) -> bool:

@@ -48,6 +48,8 @@ class _Cause:
     event: Event
     handler: str
     position: int = 0
+    # Follow-ups are buffered here and committed only if the handler succeeds.
+    buffer: list[tuple[Event, bool]] | None = None
 
 
 class EventRouter:
@@ -89,9 +91,16 @@ class EventRouter:
     def _cause(self) -> _Cause | None:
         return getattr(self._local, "cause", None)
 
-    def set_cause(self, event: Event | None, handler: str = "") -> None:
-        """Make emits on this thread follow-ups of ``event`` by ``handler`` (None clears)."""
-        self._local.cause = _Cause(event, handler) if event is not None else None
+    def set_cause(
+        self, event: Event | None, handler: str = "", buffer: list[tuple[Event, bool]] | None = None
+    ) -> None:
+        """Make emits on this thread follow-ups of ``event`` by ``handler`` (None clears).
+
+        With ``buffer``, :meth:`emit` appends the built event there instead of
+        committing it; the daemon commits the buffer after the handler returns
+        (a failed handler's follow-ups are dropped, and re-emitted on retry).
+        """
+        self._local.cause = _Cause(event, handler, 0, buffer) if event is not None else None
 
     # -- building -----------------------------------------------------------
     def build(
@@ -121,7 +130,7 @@ class EventRouter:
             if correlation_id is None:
                 correlation_id = cause.event.correlation_id
             if id is None:
-                id = derived_id(cause.event.id, cause.handler, cause.position)
+                id = derived_id(cause.event.id, cause.event.timestamp, cause.handler, cause.position)
                 keyed = True
             cause.position += 1
         if id is not None:
@@ -253,6 +262,10 @@ class EventRouter:
             expires_at=expires_at,
             where=where,
         )
+        cause = self._cause()
+        if cause is not None and cause.buffer is not None:
+            cause.buffer.append((ev, keyed))
+            return ev.id
         self.commit_events([(ev, keyed)])
         return ev.id
 

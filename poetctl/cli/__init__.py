@@ -14,11 +14,12 @@ import typer
 from .. import __version__
 from .admin import config_app, init_cmd, schemas_app
 from .common import GLOBALS
+from .daemon import daemon_cmd
 from .emit import emit_cmd, validate_cmd
+from .status import status_cmd
 
 app = typer.Typer(
     name="poetctl",
-    help="Event backbone for POET: emit, process and inspect ML-monitoring events.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -54,6 +55,8 @@ def _root(
 app.command("init")(init_cmd)
 app.command("emit")(emit_cmd)
 app.command("validate")(validate_cmd)
+app.command("daemon")(daemon_cmd)
+app.command("status")(status_cmd)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(config_app, name="config")
 

@@ -168,7 +168,7 @@ def _emit_batch(router: Any, batch: str, batch_type: str | None, skip_invalid: b
     if errors and not skip_invalid:
         for e in errors[:20]:
             sys.stderr.write(f"poetctl: error: {e}\n")
-        more = f" (first 20 shown)" if len(errors) > 20 else ""
+        more = " (first 20 shown)" if len(errors) > 20 else ""
         raise InvalidData(f"{len(errors)} invalid line(s){more}; nothing was written", where=name)
     out = sys.stdout
     for start in range(0, len(built), BATCH_CHUNK):

@@ -7,11 +7,12 @@
       events/pending/     committed, waiting for a daemon
       events/inflight/<owner>/   claimed by one daemon process
       events/processed/   handled
-      events/dead/        attempts exhausted or expired (+ <id>.error.json)
-      events/corrupt/     quarantined input (+ <name>.reason.json)
+      events/dead/        attempts exhausted or expired (+ <id>.error)
+      events/corrupt/     quarantined input (+ <name>.reason)
+      events/records/     handler completion records of events handed back to pending
       state/<fn>/current.json, state/<fn>/history/<version>.json
       feedback/pending/, feedback/processed/
-      run/                locks, heartbeats and other runtime files
+      run/                locks, heartbeats (run/daemons/) and other runtime files
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class SpoolLayout:
         "inflight",
         "pending",
         "processed",
+        "records",
         "root",
         "run",
         "state",
@@ -54,6 +56,7 @@ class SpoolLayout:
         self.processed = self.events / "processed"
         self.dead = self.events / "dead"
         self.corrupt = self.events / "corrupt"
+        self.records = self.events / "records"
         self.state = self.root / "state"
         self.feedback = self.root / "feedback"
         self.feedback_pending = self.feedback / "pending"
@@ -71,6 +74,7 @@ class SpoolLayout:
             self.processed,
             self.dead,
             self.corrupt,
+            self.records,
             self.state,
             self.feedback,
             self.feedback_pending,

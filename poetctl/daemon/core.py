@@ -1,0 +1,650 @@
+"""The daemon's main loop: scan, claim, dispatch, recover, heartbeat, shut down.
+
+One main thread owns the pending directory: it lists it (watchdog only wakes
+it up; the listing is the truth), reads and verifies each candidate,
+quarantines what cannot be trusted, claims the rest by renaming them into
+``events/inflight/<owner>/`` and hands them to workers by partition key.
+Workers report back through a queue; the main thread keeps the counters,
+writes the heartbeat and emits ``system.health``.
+
+Per-key order across several daemons on one spool: a key hashes to one of
+:data:`BUCKETS` lock files under ``run/buckets``; a daemon claims an event
+only while holding its bucket's flock, and keeps it while it has unfinished
+events of that bucket. A crashed daemon's locks die with it; its in-flight
+events are returned to pending (recovery) before anyone claims that bucket.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import heapq
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import SpoolIOError
+from ..event import Event
+from ..ids import time_of
+from ..router import EventRouter, Subscription
+from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir
+from ..spool.reader import CorruptEvent, decode_event, read_bytes
+from ..spool.writer import write_atomic
+from .owner import current_owner, owner_alive, process_start_ticks
+from .records import JOURNAL, Journal, Record, RecordStore, quarantine, read_journal
+from .retries import RetryPolicy
+from .worker import Job, Outcome, Worker
+
+BUCKETS = 256
+DEFAULT_PARTITION_KEY = ("payload.function_name", "correlation_id", "type")
+
+
+@dataclass(slots=True)
+class DaemonOptions:
+    """Tunables; every one has a ``[daemon]`` key in poet.toml of the same name."""
+
+    workers: int = 4
+    once: bool = False
+    rescan_interval: float = 5.0
+    heartbeat_interval: float = 2.0
+    health_interval: float = 60.0
+    lease_seconds: float = 30.0
+    max_attempts: int = 5
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    window: int = 100_000
+    max_inflight: int = 4096
+    partition_key: tuple[str, ...] = DEFAULT_PARTITION_KEY
+    watch: bool = True
+
+    @classmethod
+    def from_config(cls, table: dict[str, Any], **overrides: Any) -> DaemonOptions:
+        """Build from poet.toml's ``[daemon]`` table; unknown keys raise ValueError."""
+        opts = cls()
+        for k, v in {**table, **{k: v for k, v in overrides.items() if v is not None}}.items():
+            if k not in cls.__dataclass_fields__:
+                raise ValueError(f"unknown [daemon] key {k!r}; expected one of {sorted(cls.__dataclass_fields__)}")
+            if k == "partition_key":
+                v = (v,) if isinstance(v, str) else tuple(v)
+            setattr(opts, k, v)
+        if opts.workers < 1:
+            raise ValueError("workers must be >= 1")
+        return opts
+
+
+@dataclass(slots=True)
+class Counters:
+    processed: int = 0
+    dead: int = 0
+    expired: int = 0
+    corrupt: int = 0
+    retries: int = 0
+    handed_back: int = 0
+    recovered: int = 0
+    claimed: int = 0
+    started: float = field(default_factory=time.time)
+
+
+def partition_key(event: Event, paths: Iterable[str]) -> str:
+    """The first present, non-empty value among ``paths`` (``payload.x``, ``correlation_id``, ``type``...)."""
+    for p in paths:
+        if p.startswith("payload."):
+            v: Any = event.payload
+            for part in p[8:].split("."):
+                v = v.get(part) if isinstance(v, dict) else None
+        else:
+            v = getattr(event, p, None)
+        if v is not None and v != "":
+            return f"{p}={v}"
+    return f"type={event.type}"
+
+
+class Daemon:
+    """Processes one spool until stopped. ``run()`` returns the process exit code."""
+
+    def __init__(self, router: EventRouter, options: DaemonOptions | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.router = router
+        self.opts = options or DaemonOptions()
+        self.clock = clock
+        self.layout: SpoolLayout = router.layout
+        self.registry = router.registry
+        self.max_bytes = router.config.max_event_bytes
+        self.policy = RetryPolicy(self.opts.max_attempts, self.opts.backoff_base, self.opts.backoff_cap)
+        self.owner = current_owner()
+        self.inflight_dir = self.layout.inflight / self.owner
+        self.heartbeat_dir = self.layout.run / "daemons"
+        self.bucket_dir = self.layout.run / "buckets"
+        self.records = RecordStore(self.layout)
+        self.counters = Counters()
+        self.blocked_keys: set[str] = set()
+        self.wake = threading.Event()
+        self.done_q: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+        self.stop = False
+        self.force = False
+        self.error: BaseException | None = None
+        self._subs_cache: dict[str, list[Subscription]] = {}
+        self._bucket_fds: dict[int, int] = {}
+        self._bucket_load = [0] * BUCKETS
+        self._inflight = 0
+        self._others_alive = False
+        self._window: list[tuple[int, str]] = []
+        self._window_pos = 0
+        self._skipped: set[str] = set()
+        self._pending_records: dict[str, Record] = {}
+        self._oldest_pending_ms: int | None = None
+        self._pending_seen = 0
+        self._processed_dirty = threading.Lock()
+        self._observer: Any = None
+        self.workers: list[Worker] = []
+        self.journal: Journal
+
+    # -- public entry -------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until signalled (or, with ``once``, until nothing is due). Returns the exit code."""
+        self._start()
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        if self.error is not None:
+            raise self.error
+        if self.opts.once:
+            if self.counters.dead or self.counters.corrupt or self.counters.expired:
+                return 1
+            if self.counters.retries and self.counters.handed_back:
+                return 75
+        return 0
+
+    def request_stop(self, signum: int | None = None, frame: Any = None) -> None:
+        """Signal handler: the first call asks for a graceful stop, the second for an immediate one."""
+        if self.stop:
+            self.force = True
+        self.stop = True
+        self.wake.set()
+
+    # -- start -----------------------------------------------------------------
+    def _start(self) -> None:
+        self.layout.init()
+        for d in (self.heartbeat_dir, self.bucket_dir):
+            try:
+                os.mkdir(d, 0o750)
+            except FileExistsError:
+                pass
+        os.makedirs(self.inflight_dir, 0o750, exist_ok=True)
+        self.journal = Journal(self.inflight_dir)
+        self.recover(all_dead=True)
+        self._beat()
+        self.workers = [Worker(self, i, self.clock) for i in range(self.opts.workers)]
+        for w in self.workers:
+            w.start()
+        if self.opts.watch and not self.opts.once:
+            self._start_observer()
+
+    def _start_observer(self) -> None:
+        try:
+            from watchdog.events import FileCreatedEvent, FileMovedEvent, FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:  # pragma: no cover - watchdog is a dependency
+            return
+        wake = self.wake
+
+        class _Hint(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                wake.set()
+
+        try:
+            obs = Observer()
+            obs.schedule(_Hint(), str(self.layout.pending), recursive=False,
+                         event_filter=[FileCreatedEvent, FileMovedEvent])
+            obs.daemon = True
+            obs.start()
+            self._observer = obs
+        except Exception as exc:  # e.g. inotify watch limit: fall back to rescans
+            sys.stderr.write(f"poetctl: warning: file watching unavailable ({exc}); relying on rescans\n")
+            self._observer = None
+
+    # -- main loop -------------------------------------------------------------------
+    def _loop(self) -> None:
+        opts = self.opts
+        next_scan = 0.0
+        next_beat = self.clock() + opts.heartbeat_interval
+        next_health = self.clock() + opts.health_interval
+        while not self.stop:
+            self._drain_done()
+            now = self.clock()
+            woken = self.wake.is_set()
+            self.wake.clear()
+            if woken or now >= next_scan or self._window_pos < len(self._window):
+                if now >= next_scan:
+                    self._invalidate_window()
+                    if not opts.once:
+                        self.recover(all_dead=False)
+                    next_scan = now + opts.rescan_interval
+                    self._check_observer()
+                elif woken and self._window_pos >= len(self._window):
+                    self._invalidate_window()
+                self._pump()
+                self._flush_unhandled()
+            if self.force:
+                os._exit(130)
+            if now >= next_beat:
+                self._beat()
+                next_beat = now + opts.heartbeat_interval
+            if now >= next_health and not opts.once:
+                self._emit_health()
+                next_health = now + opts.health_interval
+            if opts.once and self._once_finished():
+                break
+            if self.error is not None:
+                break
+            if self._window_pos < len(self._window) and self._inflight < opts.max_inflight:
+                continue
+            self.wake.wait(min(0.05 if self._inflight else 0.5, max(0.0, next_scan - self.clock())))
+
+    def _once_finished(self) -> bool:
+        """--once: stop when the listing is exhausted and nothing due is in flight."""
+        if self._window_pos < len(self._window) or not self._listed_once:
+            return False
+        if any(w.busy or w.ready or not w.inbox.empty() for w in self.workers):
+            return False
+        # Only events waiting for a retry remain (or nothing): hand them back and stop.
+        return all(not w.ready and all(j.record.not_before > self.clock() for q in w.keyq.values() for j in q)
+                   for w in self.workers)
+
+    _listed_once = False
+
+    # -- scanning and claiming ---------------------------------------------------------------
+    def _invalidate_window(self) -> None:
+        self._window = []
+        self._window_pos = 0
+
+    def _list_window(self) -> None:
+        """List pending and keep the ``window`` oldest names (bounded memory at any backlog)."""
+        pending = self.layout.pending
+        count = 0
+        oldest: int | None = None
+
+        def keys() -> Iterable[tuple[int, str]]:
+            nonlocal count
+            with os.scandir(pending) as it:
+                for e in it:
+                    name = e.name
+                    count += 1
+                    ms = time_of(name[:-5]) if name.endswith(".json") else None
+                    if ms is None:
+                        try:
+                            ms = e.stat(follow_symlinks=False).st_mtime_ns // 1_000_000
+                        except OSError:
+                            continue
+                    yield ms, name
+
+        try:
+            self._window = heapq.nsmallest(self.opts.window, keys())
+        except OSError as exc:
+            raise SpoolIOError(f"cannot list {pending}: {exc.strerror}") from None
+        if self._window:
+            oldest = self._window[0][0]
+        self._window_pos = 0
+        self._skipped = set()
+        self._pending_seen = count
+        self._oldest_pending_ms = oldest
+        self._pending_records = self.records.load_all() if count else {}
+        self._listed_once = True
+
+    def _pump(self) -> None:
+        """Claim and dispatch as much of the window as capacity allows."""
+        if self._window_pos >= len(self._window):
+            self._list_window()
+        opts = self.opts
+        pending = self.layout.pending
+        batches: list[list[Job]] = [[] for _ in self.workers]
+        claimed = 0
+        window = self._window
+        pos = self._window_pos
+        nworkers = len(self.workers)
+        try:
+            while pos < len(window) and self._inflight + claimed < opts.max_inflight and not self.stop:
+                name = window[pos][1]
+                pos += 1
+                job = self._prepare(pending / name, name)
+                if job is None:
+                    continue
+                if not job.subs:
+                    self._complete_unhandled(job)
+                    continue
+                batches[zlib.crc32(job.key.encode()) % nworkers].append(job)
+                claimed += 1
+                if claimed % 256 == 0:
+                    self._dispatch(batches)
+                    batches = [[] for _ in self.workers]
+        finally:
+            self._window_pos = pos
+            self._dispatch(batches)
+
+    def _dispatch(self, batches: list[list[Job]]) -> None:
+        for w, b in zip(self.workers, batches, strict=True):
+            if b:
+                self._inflight += len(b)
+                w.inbox.put(b)
+
+    def _prepare(self, path: Path, name: str) -> Job | None:
+        """Read, verify and claim one pending file; None if skipped, taken or quarantined."""
+        try:
+            if not name.endswith(".json") or name.startswith("."):
+                raise CorruptEvent("bad_name", "expected <event id>.json", where=str(path))
+            data = read_bytes(path, self.max_bytes)
+            ev = decode_event(data, self.registry, where=str(path), expected_id=name[:-5])
+        except FileNotFoundError:
+            return None
+        except CorruptEvent as exc:
+            if quarantine(self.layout, path, exc.reason, exc.detail) is not None:
+                self.counters.corrupt += 1
+            return None
+        key = partition_key(ev, self.opts.partition_key)
+        if key in self._skipped or key in self.blocked_keys:
+            self._skipped.add(key)
+            return None
+        record = self._pending_records.get(ev.id)
+        if record is not None and record.not_before > self.clock():
+            self._skipped.add(key)
+            return None
+        bucket = zlib.crc32(key.encode()) % BUCKETS
+        if not self._hold_bucket(bucket):
+            self._skipped.add(key)
+            return None
+        target = self.inflight_dir / name
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None
+        self.counters.claimed += 1
+        self._bucket_load[bucket] += 1
+        if record is not None:
+            self._pending_records.pop(ev.id, None)
+        return Job(ev, target, key, bucket, self._subs_for(ev.type), record or Record())
+
+    def _subs_for(self, event_type: str) -> list[Subscription]:
+        subs = self._subs_cache.get(event_type)
+        if subs is None:
+            subs = [s for s in self.router.subscriptions if s.pattern == event_type
+                    or fnmatchcase(event_type, s.pattern)]
+            self._subs_cache[event_type] = subs
+        return subs
+
+    def _complete_unhandled(self, job: Job) -> None:
+        """No subscriber: straight to processed (expired ones to dead)."""
+        self._inflight += 1
+        if job.event.expires_at is not None and job.event.expires_at < self.clock():
+            from .records import dead_letter
+
+            dead_letter(self.layout, job.path, job.event.id, reason="expired", record=job.record,
+                        extra={"expired_at": job.event.expires_at, "handled": False})
+            self.finished(job, Outcome.EXPIRED)
+        else:
+            os.rename(job.path, self.layout.processed / job.path.name)
+            self.finished(job, Outcome.PROCESSED)
+            self._processed_pending_sync = True
+
+    _processed_pending_sync = False
+
+    # -- buckets -------------------------------------------------------------------------
+    def _hold_bucket(self, bucket: int) -> bool:
+        if bucket in self._bucket_fds:
+            return True
+        path = self.bucket_dir / f"{bucket:03d}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._bucket_fds[bucket] = fd
+        # Whoever held it before may have died with events of this bucket in flight:
+        # put them back before claiming anything newer.
+        if self.recover(all_dead=False):
+            self._invalidate_window()
+            self._release_bucket(bucket)
+            return False
+        return True
+
+    def _release_bucket(self, bucket: int) -> None:
+        fd = self._bucket_fds.pop(bucket, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _release_idle_buckets(self) -> None:
+        if not self._others_alive:
+            return
+        for b in [b for b in self._bucket_fds if self._bucket_load[b] == 0]:
+            self._release_bucket(b)
+
+    # -- worker callbacks (any thread) ---------------------------------------------------------------
+    def finished(self, job: Job, outcome: str) -> None:
+        self.done_q.put((job.bucket, outcome))
+        if job.record.done or job.record.failures:
+            self.records.drop(job.event.id)
+
+    def retry_scheduled(self, job: Job) -> None:
+        self.done_q.put((-1, Outcome.RETRY))
+
+    def hand_back(self, job: Job) -> None:
+        """Return a claimed job to pending, keeping what is known about it."""
+        if job.record.done or job.record.failures:
+            self.records.save(job.event.id, job.record)
+        try:
+            os.rename(job.path, self.layout.pending / job.path.name)
+        except FileNotFoundError:
+            return
+        self.done_q.put((job.bucket, Outcome.HANDED_BACK))
+
+    def sync_processed(self) -> None:
+        with self._processed_dirty:
+            self.journal.sync()
+            fsync_dir(self.layout.processed)
+
+    def worker_failed(self, worker: Worker, exc: BaseException) -> None:
+        self.error = exc
+        self.stop = True
+        self.wake.set()
+
+    def _drain_done(self) -> None:
+        c = self.counters
+        while True:
+            try:
+                bucket, outcome = self.done_q.get_nowait()
+            except queue.Empty:
+                break
+            if outcome == Outcome.RETRY:
+                c.retries += 1
+                continue
+            self._inflight -= 1
+            self._bucket_load[bucket] -= 1
+            if outcome == Outcome.PROCESSED:
+                c.processed += 1
+            elif outcome == Outcome.DEAD:
+                c.dead += 1
+            elif outcome == Outcome.EXPIRED:
+                c.expired += 1
+            elif outcome == Outcome.HANDED_BACK:
+                c.handed_back += 1
+
+    def _flush_unhandled(self) -> None:
+        """One directory sync for every event completed without handlers since the last one."""
+        if self._processed_pending_sync:
+            self._processed_pending_sync = False
+            self.sync_processed()
+
+    # -- recovery ------------------------------------------------------------------
+    def recover(self, all_dead: bool) -> int:
+        """Return the in-flight events of dead owners to pending; the count moved.
+
+        Journals become records so finished handlers are skipped next time.
+        """
+        moved = 0
+        for d in self.layout.inflight_dirs():
+            if d.name == self.owner or owner_alive(d.name, self.heartbeat_dir, self.opts.lease_seconds):
+                continue
+            moved += self._recover_owner(d)
+        if moved:
+            fsync_dir(self.layout.pending)
+            self.counters.recovered += moved
+        return moved
+
+    def _recover_owner(self, d: Path) -> int:
+        journal = read_journal(d / JOURNAL)
+        moved = 0
+        for e in os.scandir(d):
+            if e.name == JOURNAL:
+                continue
+            src = Path(e.path)
+            if not e.name.endswith(".json"):
+                quarantine(self.layout, src, "bad_name", "unexpected file in an in-flight directory")
+                continue
+            rec = journal.get(e.name[:-5])
+            if rec is not None and (rec.done or rec.failures):
+                existing = self.layout.records / e.name
+                if existing.exists():
+                    try:
+                        old = Record.from_json(existing.read_bytes())
+                        rec.done |= old.done
+                        rec.failures = old.failures + rec.failures
+                    except (OSError, ValueError):
+                        pass
+                self.records.save(e.name[:-5], rec)
+            try:
+                os.rename(src, self.layout.pending / e.name)
+                moved += 1
+            except FileNotFoundError:
+                continue
+        try:
+            os.unlink(d / JOURNAL)
+        except FileNotFoundError:
+            pass
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+        try:
+            os.unlink(self.heartbeat_dir / f"{d.name}.json")
+        except FileNotFoundError:
+            pass
+        return moved
+
+    # -- heartbeat and health ----------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        c = self.counters
+        now = time.time()
+        lag = (now - self._oldest_pending_ms / 1000) if self._oldest_pending_ms else 0.0
+        return {
+            "owner": self.owner,
+            "pid": os.getpid(),
+            "host": self.owner.split(".")[0],
+            "started_at": c.started,
+            "last_beat": now,
+            "workers": len(self.workers) or self.opts.workers,
+            "handlers": sorted({s.name for s in self.router.subscriptions}),
+            "inflight": self._inflight,
+            "pending_seen": self._pending_seen,
+            "lag_seconds": round(max(0.0, lag), 3),
+            "counts": {
+                "processed": c.processed, "dead": c.dead, "expired": c.expired, "corrupt": c.corrupt,
+                "retries": c.retries, "handed_back": c.handed_back, "recovered": c.recovered, "claimed": c.claimed,
+            },
+            "once": self.opts.once,
+        }
+
+    def _beat(self) -> None:
+        write_atomic(self.heartbeat_dir, f"{self.owner}.json", orjson.dumps(self.status()))
+        others = 0
+        try:
+            for e in os.scandir(self.heartbeat_dir):
+                if e.name.endswith(".json") and e.name[:-5] != self.owner and \
+                        owner_alive(e.name[:-5], self.heartbeat_dir, self.opts.lease_seconds):
+                    others += 1
+        except OSError:
+            pass
+        self._others_alive = others > 0
+        self._release_idle_buckets()
+
+    def _emit_health(self) -> None:
+        s = self.status()
+        try:
+            self.router.emit("system.health", {
+                "service": f"poetctl.daemon/{self.owner}",
+                "status": "healthy" if self.error is None else "unhealthy",
+                "host": s["host"],
+                "pid": s["pid"],
+                "uptime_seconds": round(time.time() - s["started_at"], 3),
+                "details": {"counts": s["counts"], "lag_seconds": s["lag_seconds"], "inflight": s["inflight"]},
+            }, source="poetctl.daemon")
+        except Exception as exc:  # health reporting must never stop processing
+            sys.stderr.write(f"poetctl: warning: cannot emit system.health: {exc}\n")
+
+    def _check_observer(self) -> None:
+        obs = self._observer
+        if obs is not None and not obs.is_alive():
+            sys.stderr.write("poetctl: warning: file watcher stopped; restarting it and rescanning\n")
+            self._start_observer()
+            self._invalidate_window()
+
+    # -- shutdown --------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        """Workers first (finish the current event, hand back the rest), then the watcher, then files."""
+        if self.force:
+            os._exit(130)
+        for w in self.workers:
+            w.stop_requested = True
+            w.inbox.put(None)
+        for w in self.workers:
+            while w.is_alive():
+                if self.force:
+                    os._exit(130)
+                w.join(0.1)
+        if self._observer is not None:
+            try:
+                self._observer.stop()
+            except Exception:
+                pass
+        self._drain_done()
+        # Safety net: anything still claimed by us goes back.
+        for e in os.scandir(self.inflight_dir):
+            if e.name.endswith(".json"):
+                try:
+                    os.rename(e.path, self.layout.pending / e.name)
+                    self.counters.handed_back += 1
+                except FileNotFoundError:
+                    pass
+        self.sync_processed()
+        fsync_dir(self.layout.pending)
+        self.journal.close()
+        for p in (self.inflight_dir / JOURNAL, self.heartbeat_dir / f"{self.owner}.json"):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(self.inflight_dir)
+        except OSError:
+            pass
+        for b in list(self._bucket_fds):
+            self._release_bucket(b)
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    """SIGINT/SIGTERM: first graceful, second immediate. The handler only sets flags."""
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+
+
+__all__ = ["Daemon", "DaemonOptions", "install_signal_handlers", "partition_key", "process_start_ticks"]

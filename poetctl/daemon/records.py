@@ -1,0 +1,250 @@
+"""Durable bookkeeping around handling: completion records, dead letters, quarantine.
+
+* The **journal** (``events/inflight/<owner>/_journal``) gets one line per
+  finished handler and per failed attempt, written with a single ``write`` as
+  soon as it happens, so a SIGKILL loses none of them; it is fsync'ed in
+  batches. When an owner dies, recovery turns its journal into
+  **records** (``events/records/<id>.json``) beside the events it returns to
+  pending, so the next claimer skips the finished handlers and keeps counting
+  attempts.
+* **Dead letters**: ``dead/<id>.json`` plus ``dead/<id>.error`` (JSON: reason,
+  error, traceback, every attempt with its time).
+* **Quarantine**: ``corrupt/<name>`` plus ``corrupt/<name>.reason``. Nothing
+  is ever deleted here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import SpoolIOError
+from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir
+from ..spool.writer import write_atomic
+
+JOURNAL = "_journal"
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One failed attempt of one handler."""
+
+    handler: str
+    attempt: int
+    at: float
+    error: str
+    traceback: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"handler": self.handler, "attempt": self.attempt, "at": self.at, "error": self.error,
+                "traceback": self.traceback}
+
+
+@dataclass(slots=True)
+class Record:
+    """What is known about an event's handling so far."""
+
+    done: set[str] = field(default_factory=set)
+    failures: list[Attempt] = field(default_factory=list)
+    not_before: float = 0.0
+
+    @property
+    def attempts(self) -> int:
+        return len(self.failures)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({
+            "done": sorted(self.done),
+            "failures": [a.to_dict() for a in self.failures],
+            "not_before": self.not_before,
+        })
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Record:
+        d = orjson.loads(data)
+        return cls(
+            done=set(d.get("done", [])),
+            failures=[Attempt(**a) for a in d.get("failures", [])],
+            not_before=float(d.get("not_before", 0.0)),
+        )
+
+
+class Journal:
+    """Append-only completion log of one daemon. Thread-safe; lines are single writes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / JOURNAL
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                           FILE_MODE)
+
+    def done(self, event_id: str, handler: str) -> None:
+        self._write(b"D\t" + orjson.dumps([event_id, handler]) + b"\n")
+
+    def failed(self, event_id: str, attempt: Attempt) -> None:
+        self._write(b"F\t" + orjson.dumps([event_id, attempt.to_dict()]) + b"\n")
+
+    def _write(self, line: bytes) -> None:
+        with self._lock:
+            try:
+                os.write(self._fd, line)
+            except OSError as exc:
+                raise SpoolIOError(f"cannot write journal {self.path}: {exc.strerror}") from None
+            self._dirty = True
+
+    def sync(self) -> None:
+        """fsync if anything was written since the last sync."""
+        with self._lock:
+            if self._dirty:
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    raise SpoolIOError(f"fsync of {self.path} failed: {exc.strerror}") from None
+                self._dirty = False
+
+    def truncate(self) -> None:
+        """Forget everything (only when nothing is in flight)."""
+        with self._lock:
+            os.ftruncate(self._fd, 0)
+            self._dirty = True
+
+    def close(self) -> None:
+        with self._lock:
+            os.close(self._fd)
+
+
+def read_journal(path: Path) -> dict[str, Record]:
+    """Parse a journal into records per event id; a torn last line is ignored."""
+    out: dict[str, Record] = {}
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return out
+    for line in data.split(b"\n"):
+        if len(line) < 3:
+            continue
+        try:
+            kind, body = line[:1], orjson.loads(line[2:])
+            rec = out.setdefault(body[0], Record())
+            if kind == b"D":
+                rec.done.add(body[1])
+            elif kind == b"F":
+                rec.failures.append(Attempt(**body[1]))
+        except (orjson.JSONDecodeError, TypeError, IndexError, KeyError):
+            continue
+    return out
+
+
+class RecordStore:
+    """``events/records/<id>.json``: records of events waiting in pending."""
+
+    def __init__(self, layout: SpoolLayout) -> None:
+        self.dir = layout.records
+
+    def load_all(self) -> dict[str, Record]:
+        """Every record, keyed by event id (usually none: one listing of an empty dir)."""
+        out: dict[str, Record] = {}
+        try:
+            entries = list(os.scandir(self.dir))
+        except FileNotFoundError:
+            return out
+        for e in entries:
+            if not e.name.endswith(".json") or e.name.startswith("."):
+                continue
+            try:
+                out[e.name[:-5]] = Record.from_json(Path(e.path).read_bytes())
+            except (OSError, orjson.JSONDecodeError, TypeError, ValueError):
+                continue
+        return out
+
+    def save(self, event_id: str, record: Record) -> None:
+        write_atomic(self.dir, f"{event_id}.json", record.to_json())
+
+    def drop(self, event_id: str) -> None:
+        try:
+            os.unlink(self.dir / f"{event_id}.json")
+        except FileNotFoundError:
+            pass
+
+
+def unique_target(directory: Path, name: str) -> Path:
+    """``directory/name``, or ``name.1``, ``name.2``... if taken (never overwrite)."""
+    target = directory / name
+    n = 0
+    while os.path.lexists(target):
+        n += 1
+        target = directory / f"{name}.{n}"
+    return target
+
+
+def quarantine(layout: SpoolLayout, path: Path, reason: str, detail: str) -> Path | None:
+    """Move ``path`` (whatever it is; links are moved, not followed) to corrupt/ with a reason.
+
+    Returns the new path, or None if the file vanished first.
+    """
+    target = unique_target(layout.corrupt, path.name)
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SpoolIOError(f"cannot quarantine {path}: {exc.strerror}") from None
+    info = {"reason": reason, "detail": detail, "from": str(path.parent.relative_to(layout.root)),
+            "name": path.name, "at": time.time()}
+    write_atomic(layout.corrupt, target.name + ".reason", orjson.dumps(info, option=orjson.OPT_INDENT_2))
+    fsync_dir(path.parent)
+    return target
+
+
+def dead_letter(
+    layout: SpoolLayout,
+    path: Path,
+    event_id: str,
+    *,
+    reason: str,
+    record: Record,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Move an event file to dead/ with ``<id>.error`` describing why. Durable on return."""
+    last = record.failures[-1] if record.failures else None
+    info: dict[str, Any] = {
+        "id": event_id,
+        "reason": reason,
+        "dead_at": time.time(),
+        "attempts": record.attempts,
+        "error": last.error if last else None,
+        "handler": last.handler if last else None,
+        "traceback": last.traceback if last else None,
+        "history": [a.to_dict() for a in record.failures],
+        "handlers_done": sorted(record.done),
+    }
+    if extra:
+        info.update(extra)
+    write_atomic(layout.dead, f"{event_id}.error", orjson.dumps(info, option=orjson.OPT_INDENT_2))
+    target = layout.dead / f"{event_id}.json"
+    try:
+        os.rename(path, target)
+    except OSError as exc:
+        raise SpoolIOError(f"cannot move {path} to dead/: {exc.strerror}") from None
+    fsync_dir(layout.dead)
+    return target
+
+
+def iter_event_names(directory: Path) -> Iterator[os.DirEntry[str]]:
+    """Directory entries that look like event files (``*.json``, not hidden)."""
+    try:
+        it = os.scandir(directory)
+    except FileNotFoundError:
+        return
+    with it:
+        for e in it:
+            if e.name.endswith(".json") and not e.name.startswith("."):
+                yield e

@@ -1,0 +1,228 @@
+"""Worker threads: run handlers for the keys assigned to them, in order.
+
+Each partition key maps to exactly one worker (crc32(key) % workers), so a
+worker sees a key's events in claim order and handles them one at a time. A
+failing handler does not sleep: the event's key is parked with a timer (the
+retry backoff) while the worker carries on with other keys; later events of a
+parked key wait behind it, which is what keeps per-key order through retries.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..event import Event
+from ..router import Subscription
+from .records import Attempt, Record, dead_letter
+
+if TYPE_CHECKING:
+    from .core import Daemon
+
+FLUSH_EVERY = 512
+
+
+@dataclass(slots=True)
+class Job:
+    """A claimed event and what its handling needs."""
+
+    event: Event
+    path: Path
+    key: str
+    bucket: int
+    subs: list[Subscription]
+    record: Record
+
+
+class Outcome:
+    PROCESSED = "processed"
+    DEAD = "dead"
+    EXPIRED = "expired"
+    HANDED_BACK = "handed_back"
+    RETRY = "retry"
+
+
+class Worker(threading.Thread):
+    """Handles jobs of its keys; communicates with the daemon through queues only."""
+
+    def __init__(self, daemon: Daemon, index: int, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(name=f"poetctl-worker-{index}", daemon=True)
+        self.d = daemon
+        self.clock = clock
+        self.inbox: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
+        self.keyq: dict[str, deque[Job]] = {}
+        self.ready: deque[str] = deque()
+        self.timers: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._dirty = 0
+        self.busy = False
+        self.stop_requested = False
+
+    # -- loop -----------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while True:
+                if not self._take_input():
+                    break
+                self._fire_timers()
+                if self.ready:
+                    self.busy = True
+                    for _ in range(64):
+                        if not self.ready or self.stop_requested:
+                            break
+                        self._run_key(self.ready.popleft())
+                else:
+                    self._flush()
+                    self.busy = False
+                if self.stop_requested:
+                    break
+        except BaseException as exc:  # a bug or I/O failure here must not be silent
+            self.d.worker_failed(self, exc)
+        finally:
+            self._flush()
+            self._hand_back_all()
+            self.busy = False
+
+    def _take_input(self) -> bool:
+        """Move queued batches into key queues. Returns False on the stop sentinel."""
+        if self.ready:
+            timeout = 0.0
+        elif self.timers:
+            timeout = max(0.0, min(0.5, self.timers[0][0] - self.clock()))
+        else:
+            timeout = 0.5
+        try:
+            item = self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
+        except queue.Empty:
+            return True
+        while True:
+            if item is None:
+                self.stop_requested = True
+                return False
+            for job in item:
+                q = self.keyq.get(job.key)
+                if q is None:
+                    self.keyq[job.key] = deque((job,))
+                    self.ready.append(job.key)
+                else:
+                    q.append(job)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _fire_timers(self) -> None:
+        now = self.clock()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, key = heapq.heappop(self.timers)
+            if key in self.keyq:
+                self.ready.append(key)
+
+    def _flush(self) -> None:
+        if self._dirty:
+            self.d.sync_processed()
+            self._dirty = 0
+
+    # -- one key ----------------------------------------------------------------
+    def _run_key(self, key: str) -> None:
+        q = self.keyq[key]
+        # Run this key's events back to back while they succeed (cheap, keeps order).
+        for _ in range(256):
+            job = q[0]
+            outcome = self._handle(job)
+            if outcome == Outcome.RETRY:
+                return
+            q.popleft()
+            if not q:
+                del self.keyq[key]
+                self.d.blocked_keys.discard(key)
+                return
+            if self.stop_requested:
+                break
+        self.ready.append(key)
+
+    def _handle(self, job: Job) -> str:
+        d = self.d
+        ev = job.event
+        now = self.clock()
+        if ev.expires_at is not None and ev.expires_at < now:
+            dead_letter(d.layout, job.path, ev.id, reason="expired", record=job.record,
+                        extra={"expired_at": ev.expires_at, "handled": False})
+            d.finished(job, Outcome.EXPIRED)
+            return Outcome.EXPIRED
+        subs = job.subs
+        last = len(subs) - 1
+        for i, sub in enumerate(subs):
+            if sub.name in job.record.done:
+                continue
+            buffer: list[tuple[Event, bool]] = []
+            d.router.set_cause(ev, sub.name, buffer)
+            try:
+                sub.fn(ev)
+                if buffer:
+                    d.router.commit_events(buffer)
+            except Exception as exc:
+                return self._failed(job, sub, exc)
+            finally:
+                d.router.set_cause(None)
+            job.record.done.add(sub.name)
+            if i != last:
+                d.journal.done(ev.id, sub.name)
+        os.rename(job.path, d.layout.processed / job.path.name)
+        self._dirty += 1
+        if self._dirty >= FLUSH_EVERY:
+            self._flush()
+        d.finished(job, Outcome.PROCESSED)
+        return Outcome.PROCESSED
+
+    def _failed(self, job: Job, sub: Subscription, exc: BaseException) -> str:
+        d = self.d
+        n = sum(1 for a in job.record.failures if a.handler == sub.name) + 1
+        attempt = Attempt(
+            handler=sub.name,
+            attempt=n,
+            at=self.clock(),
+            error=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(exc)),
+        )
+        job.record.failures.append(attempt)
+        d.journal.failed(job.event.id, attempt)
+        if d.policy.exhausted(n):
+            dead_letter(d.layout, job.path, job.event.id, reason="attempts_exhausted", record=job.record)
+            d.finished(job, Outcome.DEAD)
+            return Outcome.DEAD
+        due = attempt.at + d.policy.delay(n)
+        job.record.not_before = due
+        self._seq += 1
+        heapq.heappush(self.timers, (due, self._seq, job.key))
+        d.blocked_keys.add(job.key)
+        d.retry_scheduled(job)
+        return Outcome.RETRY
+
+    # -- shutdown -----------------------------------------------------------------
+    def _hand_back_all(self) -> None:
+        """Return every job not finished to pending (with its record), in order."""
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item:
+                for job in item:
+                    self.keyq.setdefault(job.key, deque()).append(job)
+        for key, q in list(self.keyq.items()):
+            for job in q:
+                self.d.hand_back(job)
+            self.d.blocked_keys.discard(key)
+        self.keyq.clear()
+        self.ready.clear()
+        self.timers.clear()

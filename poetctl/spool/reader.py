@@ -1,0 +1,127 @@
+"""Reading events back: every reader verifies what it reads.
+
+:func:`load_event` is the one place a spool file becomes an :class:`Event`.
+It refuses anything that is not a regular file, not whole JSON, not matching
+its checksum or its schemas, and says why, so callers can quarantine it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import InvalidData, PoetError
+from ..event import MAX_DEPTH, Event, check_depth, compute_checksum
+from ..ids import EVENT_ID_RE
+from ..schemas import SchemaRegistry
+
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+class CorruptEvent(PoetError):
+    """A spool file that cannot be trusted as an event; ``reason`` is a short code."""
+
+    exit_code = 65
+
+    def __init__(self, reason: str, detail: str, *, where: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}", where=where)
+        self.reason = reason
+        self.detail = detail
+
+
+def read_bytes(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """Read a regular file without following links; raise :class:`CorruptEvent` otherwise.
+
+    FileNotFoundError propagates (the file moved away: not corruption).
+    """
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        # ELOOP: a symlink; ENXIO/EISDIR and friends: not a regular file.
+        raise CorruptEvent("not_regular", f"cannot open as a regular file: {exc.strerror}", where=str(path)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptEvent("not_regular", "not a regular file", where=str(path))
+        if st.st_size > max_bytes:
+            raise CorruptEvent("too_large", f"{st.st_size} bytes; the limit is {max_bytes}", where=str(path))
+        chunks = []
+        while True:
+            b = os.read(fd, max(st.st_size, 4096) + 1)
+            if not b:
+                break
+            chunks.append(b)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise CorruptEvent("unreadable", exc.strerror or str(exc), where=str(path)) from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise CorruptEvent("too_large", f"{len(data)} bytes; the limit is {max_bytes}", where=str(path))
+    return data
+
+
+def decode_event(
+    data: bytes,
+    registry: SchemaRegistry | None,
+    *,
+    where: str | None = None,
+    expected_id: str | None = None,
+    validate_payload: bool = True,
+) -> Event:
+    """Parse, verify (checksum, envelope, payload schema) and return an Event.
+
+    Raises :class:`CorruptEvent` with reason ``bad_json``, ``bad_checksum``,
+    ``bad_envelope``, ``bad_schema``, ``unknown_type`` or ``wrong_name``.
+    """
+    try:
+        d: Any = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptEvent("bad_json", str(exc), where=where) from None
+    if not isinstance(d, dict):
+        raise CorruptEvent("bad_json", "expected a JSON object", where=where)
+    stated = d.get("checksum")
+    if not isinstance(stated, str) or stated != compute_checksum(d):
+        raise CorruptEvent("bad_checksum", f"checksum {stated!r} does not match the content", where=where)
+    try:
+        if registry is not None:
+            registry.validate_envelope(d, where)
+        elif not isinstance(d.get("id"), str) or not EVENT_ID_RE.match(d["id"]):
+            raise InvalidData("bad id")
+    except InvalidData as exc:
+        raise CorruptEvent("bad_envelope", exc.message, where=where) from None
+    if expected_id is not None and d["id"] != expected_id:
+        raise CorruptEvent("wrong_name", f"file name says {expected_id!r} but the event id is {d['id']!r}", where=where)
+    try:
+        check_depth(d["payload"])
+    except InvalidData:
+        raise CorruptEvent("bad_json", f"nested deeper than {MAX_DEPTH} levels", where=where) from None
+    if registry is not None and validate_payload:
+        try:
+            registry.validate_payload(d["type"], d["payload"], where, prefix="$.payload")
+        except InvalidData as exc:
+            reason = "unknown_type" if "unknown event type" in exc.message else "bad_schema"
+            raise CorruptEvent(reason, exc.message, where=where) from None
+    return Event.from_dict(d)
+
+
+def load_event(
+    path: Path,
+    registry: SchemaRegistry | None,
+    max_bytes: int,
+    *,
+    validate_payload: bool = True,
+) -> Event:
+    """Read and verify one event file (see :func:`read_bytes` and :func:`decode_event`)."""
+    name = path.name
+    expected = name[:-5] if name.endswith(".json") else None
+    if expected is None or not EVENT_ID_RE.match(expected):
+        raise CorruptEvent("bad_name", "expected <event id>.json", where=str(path))
+    data = read_bytes(path, max_bytes)
+    return decode_event(data, registry, where=str(path), expected_id=expected, validate_payload=validate_payload)
