@@ -1,0 +1,330 @@
+"""The learning engine (the seed's ``POETLearningEngine``).
+
+It keeps, per function and model, the drift detections it has seen and the
+feedback about them, and finds the seed's three patterns:
+
+``threshold_too_sensitive``
+    Within ``window_days``, at least ``min_samples`` validated detections and
+    a false-positive rate above ``fp_rate_threshold``.
+``false_positive_seasonal``
+    At least ``min_samples`` false positives within the window, of which a
+    share of at least ``seasonal_concentration`` falls in one hour of the day
+    (UTC) or in one day of the week.
+``missing_edge_case``
+    At least ``min_edge_cases`` detections confirmed as real drift whose
+    ``drift_score`` was at most ``low_score_threshold`` (severity low or
+    medium: the function scored real drift too low).
+
+:meth:`LearningEngine.should_regenerate` is true when a pattern holds for the
+function and has not been reported for the function's current version yet;
+reporting it (``mark_reported``) makes the engine quiet until new evidence
+for a *different* pattern, or a new function version, arrives.
+
+State lives in ``state/learning.json`` and is written atomically under a
+lock (threads and processes), keyed by event and execution ids, so feeding
+the same events twice yields the same state.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..spool.layout import FILE_MODE, SpoolLayout
+from ..spool.writer import write_atomic
+
+STATE_FILE = "learning.json"
+
+
+@dataclass(slots=True)
+class LearningSettings:
+    """Thresholds; each is a key of poet.toml's ``[learning]`` table."""
+
+    window_days: float = 30.0
+    min_samples: int = 5
+    fp_rate_threshold: float = 0.5
+    seasonal_concentration: float = 0.6
+    low_score_threshold: float = 0.5
+    min_edge_cases: int = 2
+    max_detections_per_function: int = 5000
+
+    @classmethod
+    def from_config(cls, table: dict[str, Any]) -> LearningSettings:
+        s = cls()
+        for k, v in table.items():
+            if k not in cls.__dataclass_fields__:
+                raise ValueError(f"unknown [learning] key {k!r}; expected one of {sorted(cls.__dataclass_fields__)}")
+            setattr(s, k, type(getattr(s, k))(v))
+        return s
+
+
+@dataclass(slots=True)
+class Pattern:
+    """A detected pattern with the seed's evidence fields."""
+
+    pattern_type: str
+    function_name: str
+    confidence: float
+    sample_size: int
+    correlation_strength: float
+    business_impact: str
+    recommended_action: str
+    detail: dict[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        """The ``learning.pattern_detected`` payload."""
+        return {
+            "pattern_type": self.pattern_type,
+            "affected_functions": [self.function_name],
+            "confidence": round(self.confidence, 4),
+            "evidence": {
+                "sample_size": self.sample_size,
+                "correlation_strength": round(self.correlation_strength, 4),
+                "business_impact": self.business_impact,
+            },
+            "recommended_action": self.recommended_action,
+        }
+
+
+def _impact(rate: float) -> str:
+    return "high" if rate >= 0.8 else "medium" if rate >= 0.6 else "low"
+
+
+class LearningEngine:
+    """Records detections and feedback; detects patterns. Safe across threads and processes."""
+
+    def __init__(self, layout: SpoolLayout, settings: LearningSettings | None = None) -> None:
+        self.layout = layout
+        self.settings = settings or LearningSettings()
+        self._lock = threading.Lock()
+
+    # -- storage ---------------------------------------------------------------------
+    def _load(self) -> dict[str, Any]:
+        try:
+            data = orjson.loads((self.layout.state / STATE_FILE).read_bytes())
+        except FileNotFoundError:
+            data = {}
+        data.setdefault("detections", {})
+        data.setdefault("feedback", {})
+        data.setdefault("reported", {})
+        return data  # type: ignore[no-any-return]
+
+    def _save(self, data: dict[str, Any]) -> None:
+        write_atomic(self.layout.state, STATE_FILE, orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+
+    def _locked(self) -> _Locked:
+        return _Locked(self)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole learning state (for tests, ``state show`` and replay checks)."""
+        with self._locked():
+            return self._load()
+
+    # -- recording -----------------------------------------------------------------------
+    def record_drift_detection(self, event: Any, severity: str) -> None:
+        """Remember a drift.detected event by its execution id (idempotent)."""
+        p = event.payload
+        with self._locked():
+            data = self._load()
+            det = data["detections"]
+            det[p["execution_id"]] = {
+                "event_id": event.id,
+                "function_name": p["function_name"],
+                "model_name": p["model_name"],
+                "feature_name": p.get("feature_name"),
+                "drift_score": p["drift_score"],
+                "statistical_significance": p.get("statistical_significance", 0),
+                "severity": severity,
+                "at": event.timestamp,
+            }
+            self._trim(data)
+            self._save(data)
+
+    def incorporate_feedback(
+        self,
+        *,
+        feedback_id: str,
+        execution_id: str,
+        was_real_drift: bool,
+        confidence: float,
+        kind: str,
+        at: float,
+        context: str | None = None,
+        function_name: str | None = None,
+    ) -> str | None:
+        """Record one piece of feedback; return the function it concerns (None if unknown).
+
+        Feedback about an execution the engine never saw is kept (it may be
+        matched later) but cannot be attributed to a function unless the
+        feedback names it.
+        """
+        with self._locked():
+            data = self._load()
+            det = data["detections"].get(execution_id)
+            fn = function_name or (det["function_name"] if det else None)
+            data["feedback"][feedback_id] = {
+                "execution_id": execution_id,
+                "was_real_drift": bool(was_real_drift),
+                "confidence": float(confidence),
+                "kind": kind,
+                "at": at,
+                "context": context,
+                "function_name": fn,
+            }
+            self._save(data)
+            return fn
+
+    def incorporate_human_feedback(self, *, feedback_id: str, execution_id: str, was_real_drift: bool,
+                                   confidence: float, at: float, context: str | None = None,
+                                   function_name: str | None = None) -> str | None:
+        """The seed's name for human validation feedback."""
+        return self.incorporate_feedback(feedback_id=feedback_id, execution_id=execution_id,
+                                         was_real_drift=was_real_drift, confidence=confidence, kind="human",
+                                         at=at, context=context, function_name=function_name)
+
+    def incorporate_retraining_feedback(self, *, feedback_id: str, execution_id: str, improvement_confirmed: bool,
+                                        performance_delta: float, at: float) -> str | None:
+        """Retraining that did not improve the model counts as a false positive of the drift alert."""
+        return self.incorporate_feedback(feedback_id=feedback_id, execution_id=execution_id,
+                                         was_real_drift=improvement_confirmed, confidence=1.0, kind="retraining",
+                                         at=at, context=f"performance_delta={performance_delta:+.6g}")
+
+    def _trim(self, data: dict[str, Any]) -> None:
+        det = data["detections"]
+        cap = self.settings.max_detections_per_function
+        per_fn: dict[str, list[tuple[float, str]]] = {}
+        for ex, d in det.items():
+            per_fn.setdefault(d["function_name"], []).append((d["at"], ex))
+        for items in per_fn.values():
+            if len(items) > cap:
+                for _, ex in sorted(items)[: len(items) - cap]:
+                    det.pop(ex, None)
+
+    # -- analysis ------------------------------------------------------------------------
+    def validations(self, data: dict[str, Any], function_name: str, now: float) -> list[dict[str, Any]]:
+        """Feedback about ``function_name`` within the window, one per execution (latest wins)."""
+        horizon = now - self.settings.window_days * 86400
+        latest: dict[str, dict[str, Any]] = {}
+        for fid, f in sorted(data["feedback"].items(), key=lambda kv: (kv[1]["at"], kv[0])):
+            det = data["detections"].get(f["execution_id"])
+            fn = f.get("function_name") or (det["function_name"] if det else None)
+            if fn != function_name or f["at"] < horizon:
+                continue
+            latest[f["execution_id"]] = {**f, "feedback_id": fid, "detection": det}
+        return list(latest.values())
+
+    def detect_patterns(self, function_name: str, now: float | None = None) -> list[Pattern]:
+        """Every pattern that currently holds for ``function_name`` (see the module doc)."""
+        with self._locked():
+            data = self._load()
+        return self._detect(data, function_name, time.time() if now is None else now)
+
+    def _detect(self, data: dict[str, Any], fn: str, now: float) -> list[Pattern]:
+        s = self.settings
+        vals = self.validations(data, fn, now)
+        out: list[Pattern] = []
+        fps = [v for v in vals if not v["was_real_drift"]]
+        n = len(vals)
+        if n >= s.min_samples:
+            rate = len(fps) / n
+            if rate > s.fp_rate_threshold:
+                out.append(Pattern(
+                    "threshold_too_sensitive", fn, confidence=rate * min(1.0, n / (2 * s.min_samples)) ** 0.5,
+                    sample_size=n, correlation_strength=rate, business_impact=_impact(rate),
+                    recommended_action=(f"Raise the drift threshold of {fn}: {len(fps)} of {n} validated alerts "
+                                        f"({rate:.0%}) were false positives within {s.window_days:g} days."),
+                    detail={"false_positive_rate": rate, "false_positives": len(fps)},
+                ))
+        if len(fps) >= s.min_samples:
+            hours = Counter(time.gmtime(v["detection"]["at"] if v["detection"] else v["at"]).tm_hour for v in fps)
+            days = Counter(time.gmtime(v["detection"]["at"] if v["detection"] else v["at"]).tm_wday for v in fps)
+            (hour, hn), (day, dn) = hours.most_common(1)[0], days.most_common(1)[0]
+            hshare, dshare = hn / len(fps), dn / len(fps)
+            if max(hshare, dshare) >= s.seasonal_concentration:
+                by_hour = hshare >= dshare
+                share = hshare if by_hour else dshare
+                when = f"{hour:02d}:00-{hour:02d}:59 UTC" if by_hour else \
+                    ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")[day]
+                out.append(Pattern(
+                    "false_positive_seasonal", fn, confidence=share, sample_size=len(fps),
+                    correlation_strength=share, business_impact=_impact(share),
+                    recommended_action=(f"Add seasonality to {fn}'s reference window: {share:.0%} of its "
+                                        f"{len(fps)} false positives fall on {when}."),
+                    detail={"by": "hour" if by_hour else "weekday", "bucket": hour if by_hour else day},
+                ))
+        edge = [v for v in vals if v["was_real_drift"] and v["detection"] is not None
+                and v["detection"]["drift_score"] <= s.low_score_threshold]
+        confirmed = [v for v in vals if v["was_real_drift"]]
+        if len(edge) >= s.min_edge_cases:
+            strength = len(edge) / max(1, len(confirmed))
+            out.append(Pattern(
+                "missing_edge_case", fn, confidence=strength, sample_size=len(edge),
+                correlation_strength=strength, business_impact="high",
+                recommended_action=(f"Handle the edge case in {fn}: {len(edge)} confirmed drifts scored at most "
+                                    f"{s.low_score_threshold:g} and were under-alerted."),
+                detail={"confirmed": len(confirmed)},
+            ))
+        return out
+
+    def should_regenerate(self, function_name: str | None, version: str | None = None,
+                          now: float | None = None, cause_id: str | None = None) -> list[Pattern]:
+        """Patterns for ``function_name`` not yet reported for ``version``; empty means no.
+
+        A pattern reported *by the same cause event* counts as not reported, so
+        a retried or replayed handler re-emits the same (deduplicated) follow-ups
+        instead of losing them.
+        """
+        if function_name is None:
+            return []
+        with self._locked():
+            data = self._load()
+            reported = data["reported"].get(function_name, {})
+            out = []
+            for p in self._detect(data, function_name, time.time() if now is None else now):
+                r = reported.get(p.pattern_type)
+                if r is None or r.get("version") != (version or "") or (cause_id and r.get("by") == cause_id):
+                    out.append(p)
+            return out
+
+    def mark_reported(self, function_name: str, patterns: list[Pattern], version: str | None,
+                      cause_id: str | None = None) -> None:
+        """Remember that ``patterns`` were reported for ``version`` (by event ``cause_id``)."""
+        with self._locked():
+            data = self._load()
+            rep = data["reported"].setdefault(function_name, {})
+            for p in patterns:
+                if rep.get(p.pattern_type, {}).get("version") != (version or ""):
+                    rep[p.pattern_type] = {"version": version or "", "by": cause_id}
+            self._save(data)
+
+
+class _Locked:
+    """Thread lock plus an flock on run/learning.lock (several daemons share the state)."""
+
+    def __init__(self, engine: LearningEngine) -> None:
+        self.engine = engine
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.engine._lock.acquire()
+        try:
+            os.makedirs(self.engine.layout.state, 0o750, exist_ok=True)
+            self.fd = os.open(self.engine.layout.run / "learning.lock",
+                              os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except BaseException:
+            self.engine._lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            os.close(self.fd)
+        finally:
+            self.engine._lock.release()

@@ -1,0 +1,3 @@
+"""Test handler module without a register() function (the daemon must refuse it)."""
+
+VALUE = 1

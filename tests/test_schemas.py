@@ -1,0 +1,356 @@
+"""Built-in schemas: every type emits its valid samples and refuses its invalid ones,
+the two validators agree, path-bound fields are pattern-checked, user schemas plug in."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+import orjson
+import pytest
+from conftest import files_in, load_samples
+from jsonschema import Draft202012Validator
+
+from poetctl import EventRouter, load_config
+from poetctl.errors import InvalidData, UnknownType
+from poetctl.event import verify_checksum
+from poetctl.schemas import SchemaRegistry
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA_DIR = REPO / "schemas"
+
+BUILTIN_TYPES = {
+    "function.execution",
+    "function.feedback",
+    "function.update",
+    "drift.detected",
+    "monitoring.completed",
+    "monitoring.performance_degraded",
+    "feedback.human_validation",
+    "feedback.model_retrained",
+    "feedback.alert_resolved",
+    "feedback.mlflow_validation",
+    "learning.pattern_detected",
+    "learning.false_positive_detected",
+    "enhancement.completed",
+    "enhancement.regenerated",
+    "enhancement.regeneration_needed",
+    "alert.create_external",
+    "alert.created_external",
+    "transpilation.completed",
+    "system.health",
+    "system.metrics",
+}
+
+# The seed's "Event Topics Structure", written out independently of poetctl.topics.
+# "{fn}" is the payload's function_name (poet/functions/system when it has none).
+EXPECTED_TOPIC = {
+    "function.execution": "poet/functions/{fn}/execution",
+    "function.feedback": "poet/functions/{fn}/feedback",
+    "function.update": "poet/functions/{fn}/updates",
+    "drift.detected": "poet/functions/{fn}/execution",
+    "monitoring.completed": "poet/functions/{fn}/execution",
+    "monitoring.performance_degraded": "poet/functions/{fn}/execution",
+    "transpilation.completed": "poet/functions/{fn}/updates",
+    "enhancement.completed": "poet/functions/{fn}/updates",
+    "enhancement.regenerated": "poet/functions/{fn}/updates",
+    "enhancement.regeneration_needed": "poet/functions/{fn}/updates",
+    "learning.pattern_detected": "poet/functions/system",
+    "learning.false_positive_detected": "poet/functions/system",
+    "feedback.human_validation": "poet/feedback/pending",
+    "feedback.model_retrained": "poet/feedback/pending",
+    "feedback.alert_resolved": "poet/feedback/pending",
+    "feedback.mlflow_validation": "poet/feedback/pending",
+    "alert.create_external": "poet/system/alerts",
+    "alert.created_external": "poet/system/alerts",
+    "system.health": "poet/system/health",
+    "system.metrics": "poet/system/metrics",
+}
+
+SAMPLES = load_samples()
+VALID_CASES = [(t, i) for t in sorted(SAMPLES) for i in range(len(SAMPLES[t]["valid"]))]
+INVALID_CASES = [(t, i) for t in sorted(SAMPLES) for i in range(len(SAMPLES[t]["invalid"]))]
+SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.json"))
+PATH_FIELDS = ("function_name", "version", "old_version", "new_version")
+PATH_ESCAPES = ("../etc", "a/b", ".hidden", "")
+
+
+def expected_topic(event_type: str, payload: dict[str, Any]) -> str:
+    tpl = EXPECTED_TOPIC[event_type]
+    if "{fn}" not in tpl:
+        return tpl
+    fn = payload.get("function_name")
+    return tpl.replace("{fn}", fn) if fn else "poet/functions/system"
+
+
+def test_samples_cover_every_builtin_type() -> None:
+    """The sample set has valid and invalid payloads for each of the 20 built-in types."""
+    assert set(SAMPLES) == BUILTIN_TYPES
+    for t, s in SAMPLES.items():
+        assert s["valid"] and s["invalid"], t
+
+
+def test_registry_lists_exactly_the_twenty_builtin_types() -> None:
+    """SchemaRegistry().types() lists exactly the 20 types named in the issue."""
+    types = SchemaRegistry().types()
+    assert len(types) == 20
+    assert set(types) == BUILTIN_TYPES
+    for t, path in types.items():
+        assert path.name == f"{t}.json"
+        assert path.is_file()
+
+
+@pytest.mark.parametrize(("event_type", "index"), VALID_CASES)
+def test_valid_sample_is_emitted_with_its_topic(
+    router: EventRouter, spool: Path, event_type: str, index: int
+) -> None:
+    """A valid sample payload is emitted into events/pending/<id>.json with the routed topic."""
+    payload = SAMPLES[event_type]["valid"][index]
+    eid = router.emit(event_type, payload)
+    path = spool / "events" / "pending" / f"{eid}.json"
+    assert path.is_file()
+    obj = json.loads(path.read_bytes())
+    assert obj["id"] == eid
+    assert obj["type"] == event_type
+    assert obj["payload"] == payload
+    assert obj["topic"] == expected_topic(event_type, payload)
+    verify_checksum(obj)
+    assert files_in(spool / "events" / "pending") == [path]
+    assert files_in(spool / "events" / "tmp") == []
+
+
+@pytest.mark.parametrize(("event_type", "index"), INVALID_CASES)
+def test_invalid_sample_is_refused_and_nothing_written(
+    router: EventRouter, spool: Path, event_type: str, index: int
+) -> None:
+    """An invalid sample payload raises InvalidData and leaves pending/ and tmp/ empty."""
+    case = SAMPLES[event_type]["invalid"][index]
+    with pytest.raises(InvalidData) as info:
+        router.emit(event_type, case["payload"])
+    assert str(info.value), case["why"]
+    assert files_in(spool / "events" / "pending") == [], case["why"]
+    assert files_in(spool / "events" / "tmp") == [], case["why"]
+
+
+# -- agreement between the reference and the fast validator -------------------
+
+
+def _generated_envelopes() -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
+    """Valid envelopes built by the router, and invalid mutations of them."""
+    router = EventRouter(spool="/nonexistent-never-written", config=load_config(env={}))
+    valid = []
+    for t in sorted(SAMPLES):
+        ev, _ = router.build(t, SAMPLES[t]["valid"][0], correlation_id="corr-1", causation_id="c-1")
+        valid.append(ev.to_dict())
+    base = valid[0]
+    invalid: list[tuple[str, dict[str, Any]]] = []
+
+    def mutated(why: str, fn: Any) -> None:
+        d = copy.deepcopy(base)
+        fn(d)
+        invalid.append((why, d))
+
+    mutated("bad id ../x", lambda d: d.__setitem__("id", "../x"))
+    mutated("missing topic", lambda d: d.pop("topic"))
+    mutated("extra key", lambda d: d.__setitem__("extra", 1))
+    mutated("bad checksum pattern", lambda d: d.__setitem__("checksum", "md5:abc"))
+    mutated("uppercase checksum hex", lambda d: d.__setitem__("checksum", "sha256:" + "A" * 64))
+    mutated("control char in correlation_id", lambda d: d.__setitem__("correlation_id", "a\nb"))
+    mutated("negative timestamp", lambda d: d.__setitem__("timestamp", -1))
+    mutated("metadata without environment", lambda d: d["metadata"].pop("environment"))
+    mutated("payload is a list", lambda d: d.__setitem__("payload", []))
+    mutated("bad type", lambda d: d.__setitem__("type", "Drift"))
+    mutated("topic with ..", lambda d: d.__setitem__("topic", "poet/../x"))
+    mutated("causation_id with slash", lambda d: d.__setitem__("causation_id", "a/b"))
+    return valid, invalid
+
+
+VALID_ENVELOPES, INVALID_ENVELOPES = _generated_envelopes()
+ODD_INSTANCES: list[Any] = [{}, [], None, "x", 1, 1.5, True, {"function_name": None}]
+
+
+@pytest.mark.parametrize("schema_file", SCHEMA_FILES, ids=lambda p: p.name)
+def test_reference_and_fast_validators_agree(schema_file: Path) -> None:
+    """python-jsonschema and jsonschema-rs give the same verdict on every sample and envelope."""
+    schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    ref = Draft202012Validator(schema)
+    fast = jsonschema_rs.validator_for(schema)
+    name = schema_file.name[: -len(".json")]
+    instances: list[tuple[str, Any]] = [(f"odd {i}", x) for i, x in enumerate(ODD_INSTANCES)]
+    for t, s in SAMPLES.items():
+        instances += [(f"{t} valid {i}", p) for i, p in enumerate(s["valid"])]
+        instances += [(f"{t} invalid {c['why']}", c["payload"]) for c in s["invalid"]]
+    instances += [(f"envelope {e['type']}", e) for e in VALID_ENVELOPES]
+    instances += [(f"envelope {why}", e) for why, e in INVALID_ENVELOPES]
+    disagreements = [
+        (label, ref.is_valid(x), fast.is_valid(x))
+        for label, x in instances
+        if ref.is_valid(x) != fast.is_valid(x)
+    ]
+    assert disagreements == []
+    # The instances meant for this schema get the intended verdict, too.
+    if name == "envelope":
+        assert all(ref.is_valid(e) for e in VALID_ENVELOPES)
+        assert [why for why, e in INVALID_ENVELOPES if ref.is_valid(e)] == []
+    else:
+        assert all(ref.is_valid(p) for p in SAMPLES[name]["valid"])
+        assert [c["why"] for c in SAMPLES[name]["invalid"] if ref.is_valid(c["payload"])] == []
+
+
+@pytest.mark.parametrize("schema_file", SCHEMA_FILES, ids=lambda p: p.name)
+def test_schema_is_valid_draft_2020_12(schema_file: Path) -> None:
+    """Every shipped schema passes Draft202012Validator.check_schema and declares draft 2020-12."""
+    schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    assert schema.get("$schema") == "https://json-schema.org/draft/2020-12/schema"
+    assert schema.get("title") == schema_file.name[: -len(".json")]
+
+
+def _path_field_subschemas(node: Any, where: str = "$") -> list[tuple[str, Any]]:
+    """Every subschema of a property named function_name/version/old_version/new_version."""
+    found = []
+    if isinstance(node, dict):
+        props = node.get("properties")
+        if isinstance(props, dict):
+            for k, v in props.items():
+                if k in PATH_FIELDS:
+                    found.append((f"{where}.properties.{k}", v))
+        for k, v in node.items():
+            found += _path_field_subschemas(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += _path_field_subschemas(v, f"{where}[{i}]")
+    return found
+
+
+def test_path_fields_exist_in_schemas() -> None:
+    """The schemas do have function_name/version properties to check (the scan finds them)."""
+    total = sum(len(_path_field_subschemas(json.loads(f.read_bytes()))) for f in SCHEMA_FILES)
+    assert total >= 15
+
+
+@pytest.mark.parametrize("schema_file", SCHEMA_FILES, ids=lambda p: p.name)
+def test_path_fields_carry_a_rejecting_pattern(schema_file: Path) -> None:
+    """function_name/version/old_version/new_version patterns refuse ../etc, a/b, .hidden, ''."""
+    schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    problems = []
+    for where, sub in _path_field_subschemas(schema):
+        pattern = sub.get("pattern") if isinstance(sub, dict) else None
+        if not isinstance(pattern, str):
+            problems.append(f"{where}: no pattern")
+            continue
+        for bad in PATH_ESCAPES:
+            if re.search(pattern, bad) is not None:
+                problems.append(f"{where}: pattern {pattern!r} accepts {bad!r}")
+            if Draft202012Validator(sub).is_valid(bad):
+                problems.append(f"{where}: subschema accepts {bad!r}")
+    assert problems == []
+
+
+# -- unknown and user-registered types ---------------------------------------
+
+
+def test_unknown_type_says_how_to_register(router: EventRouter, spool: Path) -> None:
+    """Emitting an unregistered type raises UnknownType naming 'schemas' and POET_SCHEMA_PATH."""
+    with pytest.raises(UnknownType) as info:
+        router.emit("no.such", {})
+    msg = str(info.value)
+    assert "schemas" in msg
+    assert "POET_SCHEMA_PATH" in msg
+    assert "no.such" in msg
+    assert files_in(spool / "events" / "pending") == []
+    assert isinstance(info.value, InvalidData)
+
+
+CUSTOM_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "custom.thing",
+    "x-poet-topic": "poet/custom/things",
+    "type": "object",
+    "required": ["name", "count"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "count": {"type": "integer", "minimum": 0},
+    },
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture
+def custom_router(tmp_path: Path, spool: Path, monkeypatch: pytest.MonkeyPatch) -> EventRouter:
+    """A router whose config adds tmp_path/s (holding custom.thing.json) via POET_SCHEMA_PATH."""
+    monkeypatch.chdir(tmp_path)  # no ./poet.toml of the developer's
+    sdir = tmp_path / "s"
+    sdir.mkdir()
+    (sdir / "custom.thing.json").write_bytes(orjson.dumps(CUSTOM_SCHEMA))
+    cfg = load_config(env={"POET_SCHEMA_PATH": str(sdir), "POET_SPOOL": str(spool)})
+    return EventRouter(config=cfg)
+
+
+def test_user_schema_dir_registers_a_type(custom_router: EventRouter, spool: Path) -> None:
+    """A schema in a POET_SCHEMA_PATH directory makes its type emit-able on its x-poet-topic."""
+    assert "custom.thing" in custom_router.registry.types()
+    eid = custom_router.emit("custom.thing", {"name": "a", "count": 3})
+    obj = json.loads((spool / "events" / "pending" / f"{eid}.json").read_bytes())
+    assert obj["type"] == "custom.thing"
+    assert obj["topic"] == "poet/custom/things"
+    verify_checksum(obj)
+
+
+def test_user_schema_is_enforced(custom_router: EventRouter, spool: Path) -> None:
+    """A payload violating a user schema is refused and nothing is written."""
+    with pytest.raises(InvalidData) as info:
+        custom_router.emit("custom.thing", {"name": "a", "count": -1})
+    assert "count" in str(info.value)
+    with pytest.raises(InvalidData):
+        custom_router.emit("custom.thing", {"name": "a"})
+    assert files_in(spool / "events" / "pending") == []
+    assert files_in(spool / "events" / "tmp") == []
+
+
+# -- CLI ------------------------------------------------------------------------
+
+
+def test_cli_schemas_lists_types_as_jsonl(run_cli: Any) -> None:
+    """`poetctl schemas --output jsonl` prints one row per type with type, topic and schema."""
+    r = run_cli("schemas", "--output", "jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    assert len(rows) >= 20
+    for row in rows:
+        assert {"type", "topic", "schema"} <= set(row)
+        assert Path(row["schema"]).name == row["type"] + ".json"
+    by_type = {row["type"]: row for row in rows}
+    assert set(by_type) >= BUILTIN_TYPES
+    assert by_type["system.health"]["topic"] == "poet/system/health"
+    assert by_type["feedback.human_validation"]["topic"] == "poet/feedback/pending"
+
+
+def test_cli_schemas_show_prints_the_schema(run_cli: Any) -> None:
+    """`poetctl schemas show drift.detected` prints the JSON Schema titled drift.detected."""
+    r = run_cli("schemas", "show", "drift.detected")
+    assert r.returncode == 0, r.stderr
+    schema = json.loads(r.stdout)
+    assert schema["title"] == "drift.detected"
+    assert schema == json.loads((SCHEMA_DIR / "drift.detected.json").read_bytes())
+
+
+def test_cli_schemas_show_envelope(run_cli: Any) -> None:
+    """`poetctl schemas show envelope` prints the envelope schema."""
+    r = run_cli("schemas", "show", "envelope")
+    assert r.returncode == 0, r.stderr
+    schema = json.loads(r.stdout)
+    assert schema["title"] == "envelope"
+    assert {"id", "type", "topic", "payload", "checksum"} <= set(schema["properties"])
+
+
+def test_cli_schemas_show_unknown_type(run_cli: Any) -> None:
+    """`poetctl schemas show no.such` exits 65 with the how-to-register message."""
+    r = run_cli("schemas", "show", "no.such")
+    assert r.returncode == 65
+    assert "POET_SCHEMA_PATH" in r.stderr
+    assert "Traceback" not in r.stderr
