@@ -17,7 +17,7 @@ cannot run at all. Figures (targets in brackets):
 3. Single durable ``router.emit`` latency: p50/p95/p99/max.        [p99 <= 5 ms]
 4. ``poetctl emit`` as a whole process vs ``python -c pass``.    [ratio <= 8x]
 
-All scratch directories live in one ``tempfile.TemporaryDirectory`` on the
+All scratch directories live in one ``tempfile.mkdtemp`` directory on the
 repo's filesystem (the repo's parent by default, ``--tmp-dir`` to override)
 and are removed at the end. Nothing is deleted between measurements: on ext4
 without a journal, inodes freed in the last 60-300 s are skipped by the inode
@@ -39,7 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -405,8 +406,32 @@ def render(r: dict[str, Any]) -> str:
         for name, msg in s["failures"].items():
             lines.append(f"   !! {name} failed: {msg}")
     lines.append(f"   events written by the CLI runs: {pr['events_written']}")
-    lines.append(f"total bench time {r['elapsed_s']:.1f} s (cleanup {r['cleanup_s']:.1f} s)")
+    lines.append(f"measurement time {r['elapsed_s']:.1f} s (removing the scratch files follows)")
     return "\n".join(lines)
+
+
+def remove_tree(root: Path, workers: int = 16) -> None:
+    """rm -rf ``root``, unlinking files from several threads.
+
+    With the ``discard`` mount option and no journal every freed data block is
+    discarded synchronously (~125 us per 700-byte file vs ~13 us for an empty
+    one); parallel unlinks overlap those waits (about 3x faster here).
+    """
+    chunks: list[list[str]] = []
+    for dirpath, _dirs, files in os.walk(root):
+        paths = [os.path.join(dirpath, f) for f in files]
+        chunks.extend(paths[i : i + 500] for i in range(0, len(paths), 500))
+
+    def unlink_all(paths: list[str]) -> None:
+        for p in paths:
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+
+    with ThreadPoolExecutor(workers) as ex:
+        list(ex.map(unlink_all, chunks))
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def pick_base(explicit: str | None) -> Path:
@@ -440,8 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     base_dir = pick_base(args.tmp_dir)
     report: dict[str, Any] = {"params": {"events": args.events, "batch_size": args.batch_size, "reps": args.reps,
                                          "calls": args.calls, "runs": args.runs}}
-    scratch = tempfile.TemporaryDirectory(prefix="poetctl-bench-", dir=base_dir)
-    root = Path(scratch.name)
+    root = Path(tempfile.mkdtemp(prefix="poetctl-bench-", dir=base_dir))
+    done = False
     try:
         report["machine"] = machine_context(root)
         report["create_probe_us"] = create_probe(root / "probe")
@@ -480,22 +505,21 @@ def main(argv: list[str] | None = None) -> int:
         proc = run_process(root / "process", base_payload, args.runs)
         proc["device_ok"] = os.stat(root / "process" / "spool").st_dev == os.stat(root / "product-0").st_dev
         report["process"] = proc
+        report["elapsed_s"] = time.perf_counter() - t_start
+        # The figures first: cleaning up ~6 x N files takes a while on this disk.
+        print(render(report), file=sys.stderr if args.json else sys.stdout, flush=True)
+        done = True
     finally:
-        log("cleaning up")
+        log(f"cleaning up {root}" + ("" if done else " after an error"))
         t_clean = time.perf_counter()
-        scratch.cleanup()
-        # Write back the freed inode tables so ext4 (no journal) skips the freed
-        # inodes for ~60 s instead of ~300 s; other work on this disk creates files too.
+        remove_tree(root)
+        # Write back the freed inode tables so ext4 without a journal skips the
+        # freed inodes for ~60 s rather than ~300 s (other work here creates files too).
         os.sync()
         report["cleanup_s"] = time.perf_counter() - t_clean
-    report["elapsed_s"] = time.perf_counter() - t_start
-
-    text = render(report)
+        log(f"cleanup took {report['cleanup_s']:.1f} s; total {time.perf_counter() - t_start:.1f} s")
     if args.json:
-        print(text, file=sys.stderr)
-        print(json.dumps(report, indent=None, sort_keys=True))
-    else:
-        print(text)
+        print(json.dumps(report, sort_keys=True))
     return 0
 
 

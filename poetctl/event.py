@@ -175,7 +175,7 @@ def parse_json(data: bytes, where: str | None = None, max_bytes: int | None = No
         msg = str(exc)
         if "utf-8" in msg.lower() or "surrogate" in msg.lower():
             raise InvalidData(f"not valid UTF-8: {msg}", where=where) from None
-        if "recursion" in msg.lower():
+        if "recursion" in msg.lower() or "depth limit" in msg.lower():
             raise InvalidData(f"JSON nested deeper than {MAX_DEPTH} levels", where=where) from None
         raise InvalidData(f"invalid JSON: {msg}", where=where) from None
     check_depth(obj, where)

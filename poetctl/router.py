@@ -160,7 +160,7 @@ class EventRouter:
         if self.config.validation:
             self.registry.validate_payload(event_type, payload, where, prefix="$.payload")
         else:
-            self.registry.check_known(event_type)
+            self.registry.check_known(event_type, where)
 
     def _topic(self, event_type: str, payload: Mapping[str, Any]) -> str:
         template = None if event_type in ROUTES else self.registry.topic_template(event_type)

@@ -133,12 +133,12 @@ class SchemaRegistry:
                     found.setdefault(t, p)
         return dict(sorted(found.items()))
 
-    def _compiled(self, name: str, path: Path | None) -> _Compiled:
+    def _compiled(self, name: str, path: Path | None, where: str | None = None) -> _Compiled:
         c = self._cache.get(name)
         if c is not None:
             return c
         if path is None:
-            raise self._unknown(name)
+            raise self._unknown(name, where)
         try:
             schema = orjson.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
@@ -148,14 +148,15 @@ class SchemaRegistry:
         c = self._cache[name] = _Compiled(schema, path)
         return c
 
-    def _unknown(self, event_type: str) -> UnknownType:
+    def _unknown(self, event_type: str, where: str | None = None) -> UnknownType:
         target = self.extra_paths[0] if self.extra_paths else Path("schemas/custom")
         return UnknownType(
             f"unknown event type {event_type!r}: no schema {event_type}.json in "
             f"{', '.join(str(d) for d in (self.builtin, *self.extra_paths))}. To register it, "
             f"write a JSON Schema (Draft 2020-12) of its payload to {target}/{event_type}.json "
             "and list that directory in poet.toml (event_schemas.paths) or POET_SCHEMA_PATH; "
-            "'poetctl schemas' lists the known types"
+            "'poetctl schemas' lists the known types",
+            where=where,
         )
 
     def schema(self, event_type: str) -> dict[str, Any]:
@@ -172,9 +173,7 @@ class SchemaRegistry:
     # -- validation ---------------------------------------------------------
     def validate_payload(self, event_type: str, payload: Any, where: str | None = None, prefix: str = "$") -> None:
         """Raise :class:`InvalidData` (all messages, JSON paths) unless ``payload`` is valid."""
-        if event_type not in self._cache:
-            self._compiled(event_type, self.path_for(event_type))
-        c = self._cache[event_type]
+        c = self._cache.get(event_type) or self._compiled(event_type, self.path_for(event_type), where)
         if not c.is_valid(payload):
             raise InvalidData(
                 f"{event_type} payload does not match {c.path.name}:\n  " + "\n  ".join(c.errors(payload, prefix)),
@@ -189,6 +188,7 @@ class SchemaRegistry:
                 "event does not match envelope.json:\n  " + "\n  ".join(c.errors(envelope, "$")), where=where
             )
 
-    def check_known(self, event_type: str) -> None:
+    def check_known(self, event_type: str, where: str | None = None) -> None:
         """Raise :class:`UnknownType` unless a schema is registered for ``event_type``."""
-        self.schema(event_type)
+        if event_type not in self._cache:
+            self._compiled(event_type, self.path_for(event_type), where)

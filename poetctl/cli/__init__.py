@@ -16,6 +16,7 @@ from .admin import config_app, init_cmd, schemas_app
 from .common import GLOBALS
 from .daemon import daemon_cmd
 from .emit import emit_cmd, validate_cmd
+from .state import state_app
 from .status import status_cmd
 
 app = typer.Typer(
@@ -59,6 +60,7 @@ app.command("daemon")(daemon_cmd)
 app.command("status")(status_cmd)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(config_app, name="config")
+app.add_typer(state_app, name="state")
 
 
 def main() -> None:

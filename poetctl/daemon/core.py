@@ -192,27 +192,9 @@ class Daemon:
             self._start_observer()
 
     def _start_observer(self) -> None:
-        try:
-            from watchdog.events import FileCreatedEvent, FileMovedEvent, FileSystemEventHandler
-            from watchdog.observers import Observer
-        except ImportError:  # pragma: no cover - watchdog is a dependency
-            return
-        wake = self.wake
+        from .watcher import start_watcher
 
-        class _Hint(FileSystemEventHandler):
-            def on_any_event(self, event: Any) -> None:
-                wake.set()
-
-        try:
-            obs = Observer()
-            obs.schedule(_Hint(), str(self.layout.pending), recursive=False,
-                         event_filter=[FileCreatedEvent, FileMovedEvent])
-            obs.daemon = True
-            obs.start()
-            self._observer = obs
-        except Exception as exc:  # e.g. inotify watch limit: fall back to rescans
-            sys.stderr.write(f"poetctl: warning: file watching unavailable ({exc}); relying on rescans\n")
-            self._observer = None
+        self._observer = start_watcher(str(self.layout.pending), self.wake)
 
     # -- main loop -------------------------------------------------------------------
     def _loop(self) -> None:

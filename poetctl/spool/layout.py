@@ -89,6 +89,11 @@ class SpoolLayout:
         cannot be created.
         """
         created = []
+        if not self.root.exists():
+            try:
+                os.makedirs(self.root.parent, DIR_MODE, exist_ok=True)
+            except OSError as exc:
+                raise SpoolIOError(f"cannot create {self.root.parent}: {exc.strerror}") from None
         for d in self.dirs():
             try:
                 os.mkdir(d, DIR_MODE)

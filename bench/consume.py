@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""Drain benchmark for poetctl: how fast the daemon empties a full spool.
+
+Usage::
+
+    .venv/bin/python bench/consume.py [--events N] [--reps R] [--workers 1,4] [--json]
+
+It only measures and prints; it asserts nothing. For every repetition and in
+alternating order, each measurement gets a fresh spool of N ``system.metrics``
+events built with ``EventRouter.emit_many`` in chunks of 5,000 (not timed,
+followed by ``os.sync()`` so no writeback of the build lands in the timing):
+
+* ``inproc-wK``: ``Daemon(router, DaemonOptions(once=True, watch=False,
+  workers=K)).run()`` in this process with one no-op handler on ``"*"``.
+* ``subproc-wK``: ``python -m poetctl --spool P daemon --once
+  --no-builtin-handlers --handlers bench/_noop_handlers.py --workers K``,
+  the whole process timed (start-up included; the start-up of the same
+  command on an empty spool is printed too).
+* ``bare``: single thread, list ``events/pending``, then per file
+  open+read+close, ``orjson.loads``, ``os.rename`` into another directory.
+
+Medians of the repetitions are printed with the ratio daemon/bare.
+Targets: daemon >= 20,000 events/s and daemon/bare >= 0.6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+NOOP = REPO / "bench" / "_noop_handlers.py"
+
+try:
+    import poetctl  # noqa: F401
+except ImportError:  # run with an interpreter that lacks the editable install
+    sys.path.insert(0, str(REPO))
+
+import orjson
+
+from poetctl.daemon.core import Daemon, DaemonOptions
+from poetctl.router import EventRouter
+
+TARGET_EPS = 20_000
+TARGET_RATIO = 0.6
+CHUNK = 5_000
+
+
+def log(msg: str) -> None:
+    print(f"[consume] {msg}", file=sys.stderr, flush=True)
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without POET_* overrides (the bench passes --spool explicitly)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POET_")}
+    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    return env
+
+
+def pick_base(explicit: str | None) -> Path:
+    """Scratch parent on the repo's filesystem (the repo's parent, else the temp dir)."""
+    if explicit:
+        return Path(explicit)
+    repo_dev = os.stat(REPO).st_dev
+    for cand in (REPO.parent, Path(tempfile.gettempdir())):
+        try:
+            if os.stat(cand).st_dev == repo_dev and os.access(cand, os.W_OK | os.X_OK):
+                return cand
+        except OSError:
+            continue
+    return REPO.parent
+
+
+def create_probe(directory: Path, count: int = 500) -> float:
+    """Microseconds per bare O_EXCL create+close right now (a noisy-disk indicator)."""
+    directory.mkdir()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    t0 = time.perf_counter()
+    for i in range(count):
+        os.close(os.open(f"{directory}/{i}", flags, 0o640))
+    return (time.perf_counter() - t0) / count * 1e6
+
+
+# -- building -----------------------------------------------------------------
+def build_spool(spool: Path, n: int) -> float:
+    """N system.metrics events via emit_many in chunks of 5,000; returns seconds (not a measurement)."""
+    t0 = time.perf_counter()
+    router = EventRouter(spool=spool)
+    for start in range(0, n, CHUNK):
+        router.emit_many(
+            [("system.metrics", {"service": "bench", "metrics": {"n": i}}) for i in range(start, min(n, start + CHUNK))]
+        )
+    os.sync()
+    return time.perf_counter() - t0
+
+
+def count_dir(path: Path) -> int:
+    try:
+        with os.scandir(path) as it:
+            return sum(1 for _ in it)
+    except FileNotFoundError:
+        return 0
+
+
+# -- measurements ---------------------------------------------------------------
+def run_inproc(spool: Path, n: int, workers: int) -> dict[str, Any]:
+    router = EventRouter(spool=spool)
+    router.subscribe("*", lambda e: None, name="noop")
+    d = Daemon(router, DaemonOptions(once=True, watch=False, workers=workers))
+    t0 = time.perf_counter()
+    rc = d.run()
+    dt = time.perf_counter() - t0
+    return {"seconds": dt, "eps": n / dt, "rc": rc, "processed": d.counters.processed}
+
+
+def daemon_cmd(spool: Path, workers: int) -> list[str]:
+    return [sys.executable, "-m", "poetctl", "--spool", str(spool), "daemon", "--once", "--no-builtin-handlers",
+            "--handlers", str(NOOP), "--workers", str(workers)]
+
+
+def run_subproc(spool: Path, n: int, workers: int, cwd: Path) -> dict[str, Any]:
+    cmd = daemon_cmd(spool, workers)
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dt = time.perf_counter() - t0
+    processed = count_dir(spool / "events" / "processed")
+    if p.returncode != 0:
+        log(f"subprocess exited {p.returncode}: {p.stderr.decode(errors='replace')[-500:]}")
+    return {"seconds": dt, "eps": n / dt, "rc": p.returncode, "processed": processed}
+
+
+def run_bare(spool: Path, n: int) -> dict[str, Any]:
+    """Single thread: listing, then per file open+read+close, orjson.loads, rename into another dir."""
+    src = str(spool / "events" / "pending")
+    dst = str(spool / "events" / "bare-done")
+    os.mkdir(dst)
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    loads, rename, open_, read, close = orjson.loads, os.rename, os.open, os.read, os.close
+    t0 = time.perf_counter()
+    names = os.listdir(src)
+    for name in names:
+        p = f"{src}/{name}"
+        fd = open_(p, flags)
+        try:
+            data = read(fd, 65536)
+        finally:
+            close(fd)
+        loads(data)
+        rename(p, f"{dst}/{name}")
+    dt = time.perf_counter() - t0
+    return {"seconds": dt, "eps": n / dt, "rc": 0, "processed": len(names)}
+
+
+def startup_cost(root: Path, workers: int, runs: int = 3) -> float:
+    """Median wall time of the subprocess command on an empty spool (fixed cost in subproc-*)."""
+    spool = root / "empty-spool"
+    EventRouter(spool=spool).layout.init()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(daemon_cmd(spool, workers), cwd=root, env=clean_env(),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# -- report ------------------------------------------------------------------------
+def mark(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def render(r: dict[str, Any]) -> str:
+    p = r["params"]
+    lines = [
+        f"poetctl drain benchmark: {p['events']:,} events per run, {p['reps']} alternating reps, medians "
+        f"(machine: {r['machine']['nproc']} cpu, python {r['machine']['python']}, loadavg "
+        f"{' '.join(f'{x:.2f}' for x in r['machine']['loadavg'])}, create probe {r['create_probe_us']:.0f} us/file)",
+        f"  spool build (emit_many, untimed): median {r['build_s_median']:.1f} s per spool "
+        f"({p['events'] / r['build_s_median']:,.0f} ev/s)",
+    ]
+    bare = r["results"]["bare"]["eps_median"]
+    lines.append(f"  {'bare loop (1 thread)':<34} {bare:>10,.0f} ev/s   runs: "
+                 + ", ".join(f"{x:,.0f}" for x in r["results"]["bare"]["eps"]))
+    for name, res in r["results"].items():
+        if name == "bare":
+            continue
+        eps = res["eps_median"]
+        lines.append(
+            f"  {res['label']:<34} {eps:>10,.0f} ev/s   ratio/bare {eps / bare:5.2f}   "
+            f"[>= {TARGET_EPS:,}: {mark(eps >= TARGET_EPS)}; ratio >= {TARGET_RATIO}: "
+            f"{mark(eps / bare >= TARGET_RATIO)}]   runs: " + ", ".join(f"{x:,.0f}" for x in res["eps"])
+        )
+    for w, s in r.get("startup_s", {}).items():
+        lines.append(f"  subprocess start-up+shutdown on an empty spool (workers={w}): {s * 1000:.0f} ms")
+    if r["problems"]:
+        lines.append("  problems: " + "; ".join(r["problems"]))
+    lines.append(f"  total bench time {r['elapsed_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=100_000, help="events per spool (default 100000)")
+    ap.add_argument("--reps", type=int, default=3, help="alternating repetitions (default 3)")
+    ap.add_argument("--workers", default="1,4", help="comma-separated worker counts (default 1,4)")
+    ap.add_argument("--modes", default="inproc,subproc,bare", help="subset of inproc,subproc,bare")
+    ap.add_argument("--tmp-dir", help="parent of the scratch dir (default: the repo's parent)")
+    ap.add_argument("--keep", action="store_true", help="do not delete the scratch dir")
+    ap.add_argument("--json", action="store_true", help="also print one JSON object on stdout (text goes to stderr)")
+    args = ap.parse_args(argv)
+    workers = [int(x) for x in args.workers.split(",") if x.strip()]
+    modes = {m.strip() for m in args.modes.split(",")}
+    if args.events < 1 or args.reps < 1 or not workers or min(workers) < 1:
+        ap.error("counts must be >= 1")
+
+    t_start = time.perf_counter()
+    plan: list[tuple[str, str, int]] = []  # (key, mode, workers)
+    for w in workers:
+        if "inproc" in modes:
+            plan.append((f"inproc-w{w}", "inproc", w))
+    for w in workers:
+        if "subproc" in modes:
+            plan.append((f"subproc-w{w}", "subproc", w))
+    plan.append(("bare", "bare", 1))  # the baseline is always measured
+
+    base = pick_base(args.tmp_dir)
+    scratch = tempfile.TemporaryDirectory(prefix="poetctl-consume-", dir=base)
+    root = Path(scratch.name)
+    report: dict[str, Any] = {
+        "params": {"events": args.events, "reps": args.reps, "workers": workers, "chunk": CHUNK},
+        "machine": {"nproc": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+                    "loadavg": list(os.getloadavg()), "scratch": str(root)},
+        "problems": [],
+    }
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k, _, _ in plan}
+    builds: list[float] = []
+    try:
+        report["create_probe_us"] = create_probe(root / "probe")
+        log(f"scratch {root}; create probe {report['create_probe_us']:.0f} us/file")
+        for rep in range(args.reps):
+            # Rotate the order each repetition so no measurement always follows the same one.
+            order = plan[rep % len(plan):] + plan[:rep % len(plan)]
+            for key, mode, w in order:
+                spool = root / f"{key}-{rep}"
+                b = build_spool(spool, args.events)
+                builds.append(b)
+                if mode == "inproc":
+                    res = run_inproc(spool, args.events, w)
+                elif mode == "subproc":
+                    res = run_subproc(spool, args.events, w, root)
+                else:
+                    res = run_bare(spool, args.events)
+                left = count_dir(spool / "events" / "pending")
+                res.update(build_s=b, pending_left=left)
+                if res["processed"] != args.events or left:
+                    report["problems"].append(f"{key} rep {rep}: processed {res['processed']}, {left} left pending")
+                runs[key].append(res)
+                log(f"rep {rep + 1}/{args.reps} {key:<12} {res['eps']:>9,.0f} ev/s  ({res['seconds']:.2f} s; "
+                    f"build {b:.1f} s)")
+        if "subproc" in modes:
+            report["startup_s"] = {str(w): startup_cost(root, w) for w in workers}
+    finally:
+        if args.keep:
+            log(f"kept {root}")
+        else:
+            log("cleaning up")
+            scratch.cleanup()
+            os.sync()
+    results: dict[str, Any] = {}
+    bare_med = statistics.median(r["eps"] for r in runs["bare"])
+    for key, mode, w in plan:
+        eps = [r["eps"] for r in runs[key]]
+        med = statistics.median(eps)
+        label = {"inproc": f"daemon in-process, workers={w}", "subproc": f"daemon subprocess, workers={w}",
+                 "bare": "bare loop"}[mode]
+        results[key] = {
+            "label": label,
+            "eps": eps,
+            "eps_median": med,
+            "seconds": [r["seconds"] for r in runs[key]],
+            "ratio_vs_bare": med / bare_med,
+            "target_eps_met": med >= TARGET_EPS if mode != "bare" else None,
+            "target_ratio_met": med / bare_med >= TARGET_RATIO if mode != "bare" else None,
+            "rc": [r["rc"] for r in runs[key]],
+        }
+    report["results"] = results
+    report["build_s"] = builds
+    report["build_s_median"] = statistics.median(builds)
+    report["elapsed_s"] = time.perf_counter() - t_start
+    text = render(report)
+    if args.json:
+        print(text, file=sys.stderr)
+        print(json.dumps(report, sort_keys=True))
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

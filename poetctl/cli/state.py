@@ -1,0 +1,74 @@
+"""``poetctl state``: function state and history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, load
+
+state_app = typer.Typer(help="Show function state (current version and history).", no_args_is_help=True)
+
+
+@state_app.command("show")
+def state_show(
+    function_name: Annotated[str, typer.Argument(metavar="FN", help="Function name, e.g. detect_drift.")],
+    output: OutputOpt = None,
+    spool: SpoolOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print FN's current state and its version history (66 if FN has no state)."""
+    _show(function_name, output, spool, config)
+
+
+@state_app.command("list")
+def state_list(output: OutputOpt = None, spool: SpoolOpt = None, config: ConfigOpt = None) -> None:
+    """List functions that have state, with their current version."""
+    _list(output, spool, config)
+
+
+@errors_to_exit
+def _show(fn: str, output: str | None, spool: Path | None, config: Path | None) -> None:
+    from ..spool.layout import SpoolLayout
+    from ..state import StateStore
+    from .output import console, emit_rows, resolve_format, write_json, write_jsonl
+
+    fmt = resolve_format(output)
+    store = StateStore(SpoolLayout(load(spool, config).spool).require())
+    current = store.require(fn)
+    history = store.history(fn)
+    if fmt == "json":
+        write_json({"current": current, "history": history})
+    elif fmt == "jsonl":
+        write_jsonl([{"current": current, "history": history}])
+    else:
+        console().print(f"[bold]{fn}[/bold] version {current.get('version')} "
+                        f"(previous {current.get('previous_version') or '-'})")
+        emit_rows("table", ["version", "previous_version", "updated_at", "reason", "event_id"],
+                  [{**h, "reason": h.get("reason"), "updated_at": _iso(h.get("updated_at"))} for h in history],
+                  title="History")
+
+
+@errors_to_exit
+def _list(output: str | None, spool: Path | None, config: Path | None) -> None:
+    from ..spool.layout import SpoolLayout
+    from ..state import StateStore
+    from .output import emit_rows, resolve_format
+
+    fmt = resolve_format(output)
+    store = StateStore(SpoolLayout(load(spool, config).spool).require())
+    rows = []
+    for fn in store.functions():
+        cur = store.current(fn) or {}
+        rows.append({"function_name": fn, "version": cur.get("version"), "updated_at": _iso(cur.get("updated_at"))})
+    emit_rows(fmt, ["function_name", "version", "updated_at"], rows, title="Functions")
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
