@@ -66,6 +66,7 @@ class DaemonOptions:
     max_inflight: int = 4096
     partition_key: tuple[str, ...] = DEFAULT_PARTITION_KEY
     watch: bool = True
+    index: bool = True
 
     @classmethod
     def from_config(cls, table: dict[str, Any], **overrides: Any) -> DaemonOptions:
@@ -148,6 +149,7 @@ class Daemon:
         self._observer: Any = None
         self.workers: list[Worker] = []
         self.journal: Journal
+        self.indexer: Any = None
 
     # -- public entry -------------------------------------------------------------------
     def run(self) -> int:
@@ -183,6 +185,10 @@ class Daemon:
                 pass
         os.makedirs(self.inflight_dir, 0o750, exist_ok=True)
         self.journal = Journal(self.inflight_dir)
+        if self.opts.index:
+            from ..spool.index import IndexWriter
+
+            self.indexer = IndexWriter(self.layout)
         self.recover(all_dead=True)
         self._beat()
         self.workers = [Worker(self, i, self.clock) for i in range(self.opts.workers)]
@@ -413,6 +419,8 @@ class Daemon:
 
     # -- worker callbacks (any thread) ---------------------------------------------------------------
     def finished(self, job: Job, outcome: str) -> None:
+        if self.indexer is not None and outcome != Outcome.HANDED_BACK:
+            self.indexer.add(job.event, "processed" if outcome == Outcome.PROCESSED else "dead")
         self.done_q.put((job.bucket, outcome))
         if job.record.done or job.record.failures:
             self.records.drop(job.event.id)
@@ -610,6 +618,8 @@ class Daemon:
         self.sync_processed()
         fsync_dir(self.layout.pending)
         self.journal.close()
+        if self.indexer is not None:
+            self.indexer.close()
         for p in (self.inflight_dir / JOURNAL, self.heartbeat_dir / f"{self.owner}.json"):
             try:
                 os.unlink(p)

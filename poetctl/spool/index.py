@@ -1,0 +1,257 @@
+"""A derived index of handled events, for tail/correlate/replay/prune/status at scale.
+
+Files are the truth; this SQLite database (``<spool>/index/events.sqlite``,
+WAL mode) only makes questions fast and can always be rebuilt from the files
+(``poetctl fsck --repair``). The daemon records every event it moves to
+processed/ or dead/; commands that move events (replay, dead retry, prune)
+update it. Pending and in-flight events are not indexed: readers list those
+directories directly (they are small while a daemon keeps up).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..event import Event
+from .layout import DIR_MODE, FILE_MODE, SpoolLayout
+
+SCHEMA_VERSION = 1
+Row = tuple[str, float, str, str, str, str | None, str | None, str]
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    type TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    source TEXT NOT NULL,
+    correlation_id TEXT,
+    causation_id TEXT,
+    state TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE INDEX IF NOT EXISTS events_state_ts ON events (state, ts);
+CREATE INDEX IF NOT EXISTS events_corr ON events (correlation_id) WHERE correlation_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_cause ON events (causation_id) WHERE causation_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def row_of(event: Event, state: str) -> Row:
+    return (event.id, event.timestamp, event.type, event.topic, event.source, event.correlation_id,
+            event.causation_id, state)
+
+
+class Index:
+    """One connection to a spool's index. Not shared between threads; open one per thread."""
+
+    def __init__(self, layout: SpoolLayout, *, create: bool = True) -> None:
+        self.layout = layout
+        self.dir = layout.root / "index"
+        self.path = self.dir / "events.sqlite"
+        if not self.path.exists():
+            if not create:
+                raise FileNotFoundError(self.path)
+            os.makedirs(self.dir, DIR_MODE, exist_ok=True)
+            try:
+                # Create it ourselves so the mode is 0640 whatever the umask (sqlite uses 0644).
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE))
+            except FileExistsError:
+                pass
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_DDL)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    @classmethod
+    def open_existing(cls, layout: SpoolLayout) -> Index | None:
+        """The index if it exists (readers never create one)."""
+        if not (layout.root / "index" / "events.sqlite").exists():
+            return None
+        return cls(layout, create=False)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writes ------------------------------------------------------------------------
+    def put(self, rows: Sequence[Row]) -> None:
+        """Insert or replace rows (id is the key) in one transaction."""
+        if rows:
+            with self._tx():
+                self.db.executemany("INSERT OR REPLACE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    def set_state(self, ids: Iterable[str], state: str) -> None:
+        with self._tx():
+            self.db.executemany("UPDATE events SET state=? WHERE id=?", ((state, i) for i in ids))
+
+    def delete(self, ids: Iterable[str]) -> None:
+        with self._tx():
+            self.db.executemany("DELETE FROM events WHERE id=?", ((i,) for i in ids))
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def meta(self, key: str) -> str | None:
+        r = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return r[0] if r else None
+
+    def _tx(self) -> _Tx:
+        return _Tx(self.db)
+
+    # -- reads ---------------------------------------------------------------------------
+    def get(self, event_id: str) -> Row | None:
+        return self.db.execute("SELECT * FROM events WHERE id=?", (event_id,)).fetchone()  # type: ignore[no-any-return]
+
+    def by_correlation(self, correlation_id: str) -> list[Row]:
+        return self.db.execute("SELECT * FROM events WHERE correlation_id=?", (correlation_id,)).fetchall()
+
+    def by_causation(self, cause_id: str) -> list[Row]:
+        return self.db.execute("SELECT * FROM events WHERE causation_id=?", (cause_id,)).fetchall()
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, count(*) FROM events GROUP BY state").fetchall())
+
+    def newest(self, states: Sequence[str], since: float | None = None, until: float | None = None,
+               batch: int = 1000) -> Iterator[Row]:
+        """Rows in the given states, newest first, streamed in batches."""
+        marks = ",".join("?" * len(states))
+        hi = until if until is not None else float("inf")
+        lo = since if since is not None else float("-inf")
+        last_ts, last_id = hi, "\uffff"
+        while True:
+            rows = self.db.execute(
+                f"SELECT * FROM events WHERE state IN ({marks}) AND ts >= ? AND (ts < ? OR (ts = ? AND id < ?)) "
+                "ORDER BY ts DESC, id DESC LIMIT ?",
+                (*states, lo, last_ts, last_ts, last_id, batch),
+            ).fetchall()
+            yield from rows
+            if len(rows) < batch:
+                return
+            last_ts, last_id = rows[-1][1], rows[-1][0]
+
+    def older_than(self, state: str, cutoff: float, batch: int = 10000) -> Iterator[list[str]]:
+        """Ids in ``state`` with ts < cutoff, in batches (for prune)."""
+        last = ""
+        while True:
+            rows = self.db.execute(
+                "SELECT id FROM events WHERE state=? AND ts < ? AND id > ? ORDER BY id LIMIT ?",
+                (state, cutoff, last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            ids = [r[0] for r in rows]
+            yield ids
+            last = ids[-1]
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+class IndexWriter:
+    """Batches index rows from worker threads and writes them from one background thread.
+
+    ``add`` never blocks on SQLite; ``flush`` waits until everything added so
+    far is written. Index failures are reported once and never stop handling:
+    the index is derived data (fsck rebuilds it).
+    """
+
+    def __init__(self, layout: SpoolLayout, interval: float = 0.2) -> None:
+        self.layout = layout
+        self.interval = interval
+        self._rows: list[Row] = []
+        self._lock = threading.Condition()
+        self._stop = False
+        self._written = 0
+        self._added = 0
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="poetctl-indexer", daemon=True)
+        self._thread.start()
+
+    def add(self, event: Event, state: str) -> None:
+        row = row_of(event, state)
+        with self._lock:
+            self._rows.append(row)
+            self._added += 1
+
+    def _run(self) -> None:
+        idx: Index | None = None
+        while True:
+            with self._lock:
+                if not self._rows and not self._stop:
+                    self._lock.wait(self.interval)
+                rows, self._rows = self._rows, []
+                stop = self._stop
+            if rows:
+                try:
+                    if idx is None:
+                        idx = Index(self.layout)
+                    idx.put(rows)
+                except (sqlite3.Error, OSError) as exc:
+                    if self.error is None:
+                        self.error = str(exc)
+                        import sys
+
+                        sys.stderr.write(f"poetctl: warning: index update failed ({exc}); "
+                                         "'poetctl fsck --repair' rebuilds it\n")
+            with self._lock:
+                self._written += len(rows)
+                self._lock.notify_all()
+            if stop and not self._rows:
+                break
+        if idx is not None:
+            idx.close()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            target = self._added
+            self._lock.notify_all()
+            while self._written < target and time.monotonic() < deadline and self._thread.is_alive():
+                self._lock.wait(0.05)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify_all()
+        self._thread.join(30)
+
+
+def index_path(layout: SpoolLayout) -> Path:
+    return layout.root / "index" / "events.sqlite"
+
+
+def rows_from_files(layout: SpoolLayout, states: Sequence[str] = ("processed", "dead")) -> Iterator[Row]:
+    """Rebuild source: every readable event in ``states`` (damaged files skipped)."""
+    import orjson
+
+    for state in states:
+        d: Path = getattr(layout, state)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            continue
+        for n in names:
+            if not n.endswith(".json") or n.startswith("."):
+                continue
+            try:
+                with open(d / n, "rb") as fh:
+                    e: dict[str, Any] = orjson.loads(fh.read())
+                yield (e["id"], e["timestamp"], e["type"], e["topic"], e["source"], e.get("correlation_id"),
+                       e.get("causation_id"), state)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue

@@ -1,0 +1,38 @@
+"""Times on the command line: ``15m``, ``2h``, ``3d``, ``1w``, ``30s`` ago, or RFC 3339."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+
+from .errors import UsageError
+
+_REL = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, *, option: str = "--since", now: float | None = None) -> float:
+    """Unix time for ``text``: a duration back from now (``15m``) or an RFC 3339 timestamp.
+
+    Raises :class:`UsageError` naming the option and the accepted forms.
+    """
+    t = text.strip()
+    m = _REL.match(t)
+    if m:
+        return (time.time() if now is None else now) - float(m[1]) * _UNITS[m[2]]
+    try:
+        parsed = dt.datetime.fromisoformat(t.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"{option} {text!r}: expected a duration like 15m, 2h, 3d, 1w, 30s or an RFC 3339 time "
+            "like 2026-11-27T08:00:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        raise UsageError(f"{option} {text!r}: an RFC 3339 time needs a zone, e.g. Z or +01:00")
+    return parsed.timestamp()
+
+
+def iso(ts: float) -> str:
+    """RFC 3339 in UTC with milliseconds, e.g. 2026-11-27T08:00:00.123Z."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
