@@ -230,8 +230,7 @@ def _apply_file(cfg: Config, path: Path) -> None:
     if "paths" in es:
         ps = _expect(es["paths"], list, where("event_schemas.paths"), "a list of directories")
         cfg.schema_paths = [
-            p if (p := Path(_expect(x, str, where("event_schemas.paths"), "a path"))).is_absolute() else base / p
-            for x in ps
+            _resolve(Path(_expect(x, str, where("event_schemas.paths"), "a path")), base) for x in ps
         ]
         origin("event_schemas.paths")
     for table in ("external_integrations", "daemon", "nats", "learning", "builtin_handlers"):
@@ -239,6 +238,10 @@ def _apply_file(cfg: Config, path: Path) -> None:
             value = _expect(data[table], dict, where(table), "a table")
             setattr(cfg, "integrations" if table == "external_integrations" else table, value)
             origin(table)
+
+
+def _resolve(p: Path, base: Path) -> Path:
+    return p if p.is_absolute() else base / p
 
 
 def _apply_env(cfg: Config, env: Mapping[str, str]) -> None:

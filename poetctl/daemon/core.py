@@ -328,8 +328,10 @@ class Daemon:
 
     def _prepare(self, path: Path, name: str) -> Job | None:
         """Read, verify and claim one pending file; None if skipped, taken or quarantined."""
+        if name.startswith("."):
+            return None  # hidden files (.gitkeep, editors' swap files) are not events and not ours
         try:
-            if not name.endswith(".json") or name.startswith("."):
+            if not name.endswith(".json"):
                 raise CorruptEvent("bad_name", "expected <event id>.json", where=str(path))
             data = read_bytes(path, self.max_bytes)
             ev = decode_event(data, self.registry, where=str(path), expected_id=name[:-5])

@@ -29,7 +29,7 @@ class RetryPolicy:
 
     def ceiling(self, attempt: int) -> float:
         """Upper bound of the delay after failed attempt number ``attempt`` (1-based)."""
-        return min(self.cap, self.base * (2 ** (attempt - 1)))
+        return float(min(self.cap, self.base * (2.0 ** (attempt - 1))))
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` before the next one."""

@@ -47,7 +47,7 @@ def _arrivals_observer() -> Any:
     from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
     from watchdog.observers.inotify_c import InotifyConstants as C
 
-    class ArrivalsEmitter(InotifyEmitter):  # type: ignore[misc]
+    class ArrivalsEmitter(InotifyEmitter):
         def get_event_mask_from_filter(self) -> Any:
             return C.IN_CREATE | C.IN_MOVED_TO | C.IN_DELETE_SELF
 

@@ -1,0 +1,247 @@
+"""poetctl daemon under SIGKILL and SIGTERM: nothing lost, effects bounded, follow-ups once,
+crashed work recovered, live work never stolen, per-key order kept across a crash."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from daemon_helpers.harness import (  # noqa: F401  (daemons is a fixture)
+    DaemonProc,
+    Daemons,
+    daemons,
+    emit_executions,
+    emit_metrics,
+    events_dir,
+    events_of_type,
+    execution_payload,
+    heartbeat_of,
+    ids_in,
+    inflight_files,
+    inflight_ids,
+    line_count,
+    ok_counts,
+    owner_dir,
+    read_effects,
+    run_once,
+    wait_for,
+    write_config,
+)
+
+from poetctl import EventRouter
+from poetctl.spool import SpoolLayout
+
+SEED = 20240611
+WORKERS = 4
+
+
+@pytest.fixture
+def sp(tmp_path: Path) -> Path:
+    """An initialised empty spool."""
+    root = tmp_path / "spool"
+    SpoolLayout(root).init()
+    return root
+
+
+def effects_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"EFFECTS_FILE": str(tmp_path / "effects.txt"), **extra}
+
+
+def wait_started(sp: Path, d: DaemonProc) -> None:
+    """Until the daemon has recovered and written its first heartbeat (it is processing)."""
+    wait_for(lambda: heartbeat_of(sp, d.pid), f"daemon {d.pid} to start", procs=[d], interval=0.01)
+
+
+def drain_with_once(tmp_path: Path, sp: Path, cfg: Path, env: dict[str, str], runs: int = 5) -> None:
+    """Run ``daemon --once`` until it exits 0 (75 means retries are waiting)."""
+    for _ in range(runs):
+        r = run_once(tmp_path, sp, cfg, env=env)
+        assert r.returncode in (0, 75), f"--once exited {r.returncode}: {r.stderr}"
+        if r.returncode == 0 and not ids_in(sp, "pending"):
+            return
+    raise AssertionError(f"--once did not drain the spool in {runs} runs; pending={len(ids_in(sp, 'pending'))}")
+
+
+# -- 2. SIGKILL at random moments -----------------------------------------------------------
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates(
+        tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    """5,000 events survive 24 SIGKILLs: all processed, effects at least once, dups <= kills*workers, follow-ups once."""
+    cfg = write_config(tmp_path, workers=WORKERS)
+    fn_names = [f"fn_{k:02d}" for k in range(20)]
+    originals = emit_executions(sp, fn_names, 250)
+    assert len(originals) == 5000
+    env = effects_env(tmp_path, FOLLOWUP="1")
+    effects = tmp_path / "effects.txt"
+    rng = random.Random(SEED)
+    kills = 0
+    progress = []
+    for _ in range(24):
+        d = daemons.start(sp, cfg, env=env)
+        wait_started(sp, d)
+        time.sleep(rng.uniform(0.05, 0.4))
+        assert d.alive(), f"daemon exited on its own ({d.popen.returncode}): {d.stderr()}"
+        d.kill()
+        kills += 1
+        progress.append(line_count(effects))
+    assert progress[-1] < len(originals), \
+        f"every kill must interrupt real work; effects after each kill: {progress}"
+
+    drain_with_once(tmp_path, sp, cfg, env)
+
+    orig = set(originals)
+    processed = ids_in(sp, "processed")
+    missing = orig - processed
+    assert not missing, f"{len(missing)} events not processed, e.g. {sorted(missing)[:3]}"
+    assert ids_in(sp, "dead") == set() and ids_in(sp, "corrupt") == set()
+    assert ids_in(sp, "pending") == set()
+    assert inflight_ids(sp) == set()
+
+    counts = ok_counts(effects)
+    never = orig - set(counts)
+    assert not never, f"{len(never)} events' effects never happened, e.g. {sorted(never)[:3]}"
+    assert set(counts) <= orig
+    dups = sum(n - 1 for n in counts.values())
+    print(f"kills={kills} duplicated effects={dups} effects after each kill={progress}")
+    assert dups <= kills * WORKERS, f"{dups} duplicated effects after {kills} kills of {WORKERS} workers"
+
+    follow = events_of_type(sp, "system.health")
+    per_cause = Counter(f["causation_id"] for f in follow)
+    assert set(per_cause) == orig, "every original event must have a follow-up, and only originals"
+    extra = {c: n for c, n in per_cause.items() if n != 1}
+    assert not extra, f"follow-ups emitted more than once: {list(extra.items())[:3]}"
+
+
+# -- 8. crash recovery and live ownership --------------------------------------------------------
+def test_sigkilled_daemons_inflight_events_are_recovered_by_the_next_one(
+        tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    """Events claimed by a SIGKILLed daemon stay in its inflight dir until a new daemon returns and processes them."""
+    cfg = write_config(tmp_path)
+    ids = emit_executions(sp, [f"fn_{k}" for k in range(6)], 1)
+    d = daemons.start(sp, cfg, env=effects_env(tmp_path, SLEEP_S="30"))
+    wait_for(lambda: inflight_ids(sp) == set(ids), "all 6 events claimed", procs=[d])
+    mine = owner_dir(sp, d.pid)
+    assert mine is not None
+    d.kill()
+    assert {n[:-5] for n in os.listdir(mine) if n.endswith(".json")} == set(ids), \
+        "a SIGKILLed daemon's claimed events must stay in its inflight directory"
+    assert ids_in(sp, "pending") == set() and ids_in(sp, "processed") == set()
+
+    r = run_once(tmp_path, sp, cfg, env=effects_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert ids_in(sp, "processed") == set(ids)
+    assert inflight_files(sp) == {}, "the dead owner's directory must be gone after recovery"
+    assert ok_counts(tmp_path / "effects.txt") == Counter({i: 1 for i in ids})
+
+
+def test_live_daemons_inflight_work_is_never_taken(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    """daemon --once next to a live daemon leaves the live one's claimed events where they are."""
+    cfg = write_config(tmp_path)
+    ids = emit_executions(sp, [f"fn_{k}" for k in range(4)], 2)
+    a = daemons.start(sp, cfg, env=effects_env(tmp_path, SLEEP_S="30"))
+    wait_for(lambda: inflight_ids(sp) == set(ids), "daemon A to claim all 8 events", procs=[a])
+    a_dir = owner_dir(sp, a.pid)
+    assert a_dir is not None
+    before = {n for n in os.listdir(a_dir) if n.endswith(".json")}
+
+    r = run_once(tmp_path, sp, cfg, env=effects_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert a.alive()
+    assert {n for n in os.listdir(a_dir) if n.endswith(".json")} == before, "B moved A's in-flight events"
+    assert ids_in(sp, "pending") == set() and ids_in(sp, "processed") == set()
+    assert read_effects(tmp_path / "effects.txt") == []
+    a.kill()
+
+
+# -- 9. graceful shutdown ------------------------------------------------------------------
+def test_sigterm_finishes_current_work_and_hands_back_the_rest(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    """SIGTERM mid-run: exit 0, each event processed (with its effect) or back in pending; a rerun finishes."""
+    cfg = write_config(tmp_path)
+    ids = emit_metrics(sp, 50)
+    effects = tmp_path / "effects.txt"
+    d = daemons.start(sp, cfg, env=effects_env(tmp_path, SLEEP_S="0.3"))
+    wait_for(lambda: line_count(effects) >= 3, "the first 3 effects", procs=[d])
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0, d.stderr()
+
+    processed, pending = ids_in(sp, "processed"), ids_in(sp, "pending")
+    assert inflight_ids(sp) == set()
+    assert not processed & pending
+    assert processed | pending == set(ids), "an event was lost or duplicated by the shutdown"
+    assert pending, "the shutdown came early enough that some events must be left"
+    counts = ok_counts(effects)
+    assert set(counts) == processed, "processed events must be exactly those whose effect was recorded"
+    assert set(counts.values()) == {1}
+
+    r = run_once(tmp_path, sp, cfg, env=effects_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert ids_in(sp, "processed") == set(ids)
+    assert ok_counts(effects) == Counter({i: 1 for i in ids})
+
+
+def test_second_sigterm_exits_at_once_with_130_and_nothing_is_lost(
+        tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    """A second SIGTERM during shutdown exits 130 without waiting for handlers; a new daemon recovers all."""
+    cfg = write_config(tmp_path)
+    ids = emit_executions(sp, [f"fn_{k}" for k in range(8)], 1)
+    d = daemons.start(sp, cfg, env=effects_env(tmp_path, SLEEP_S="5"))
+    wait_for(lambda: inflight_ids(sp) == set(ids), "all events claimed", procs=[d])
+    time.sleep(0.3)  # let the workers enter their 5 s handlers
+    d.signal(signal.SIGTERM)
+    time.sleep(0.3)  # two signals too close together would be delivered as one
+    d.signal(signal.SIGTERM)
+    rc = d.wait()
+    assert rc == 130, f"expected an immediate exit with 130, got {rc}: {d.stderr()}"
+    assert read_effects(tmp_path / "effects.txt") == [], "no handler should have finished"
+
+    r = run_once(tmp_path, sp, cfg, env=effects_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert ids_in(sp, "processed") == set(ids)
+    assert inflight_ids(sp) == set() and ids_in(sp, "pending") == set()
+    assert ok_counts(tmp_path / "effects.txt") == Counter({i: 1 for i in ids})
+
+
+# -- ordering across daemons after a crash --------------------------------------------------------
+def test_per_key_order_survives_a_crash_of_another_daemon(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    """When daemon B dies holding old events of keys K1 and K2, daemon A handles them before newer ones."""
+    import zlib
+
+    from poetctl.daemon.core import BUCKETS
+
+    def bucket(fn: str) -> int:
+        return zlib.crc32(f"payload.function_name={fn}".encode()) % BUCKETS
+
+    k1 = "order_k1"
+    k2 = next(f"order_k2_{i}" for i in range(100) if bucket(f"order_k2_{i}") != bucket(k1))
+    k3 = next(f"order_k3_{i}" for i in range(100) if bucket(f"order_k3_{i}") not in (bucket(k1), bucket(k2)))
+    # Long rescans: A must meet the dead owner's buckets through claiming, not through a timed rescan.
+    cfg_a = write_config(tmp_path, name="a.toml", rescan_interval=60.0)
+    cfg_b = write_config(tmp_path, name="b.toml", max_inflight=2)  # B claims the old events only
+    router = EventRouter(spool=sp)
+    effects = tmp_path / "effects.txt"
+
+    b = daemons.start(sp, cfg_b, env=effects_env(tmp_path, SLEEP_S="30"))
+    old = router.emit_many([("function.execution", execution_payload(k1, 0)),
+                            ("function.execution", execution_payload(k2, 0))])
+    wait_for(lambda: inflight_ids(sp) == set(old), "B to claim the old K1 and K2 events", procs=[b])
+    a = daemons.start(sp, cfg_a, env=effects_env(tmp_path))
+    wait_started(sp, a)
+    new = router.emit_many([("function.execution", execution_payload(k1, 1)),
+                            ("function.execution", execution_payload(k2, 1))])
+    time.sleep(0.5)  # A sees the new events but cannot claim them: B holds their keys
+    assert ids_in(sp, "pending") == set(new), "A claimed events whose keys a live daemon holds"
+    b.kill()
+    wake = router.emit("function.execution", execution_payload(k3, 0))  # any new file wakes A up
+    everything = set(old) | set(new) | {wake}
+    wait_for(lambda: ids_in(sp, "processed") == everything, "A to process all 5 events", timeout=30, procs=[a])
+    assert a.stop() == 0, a.stderr()
+
+    order = [c.id for c in read_effects(effects) if c.ok]
+    for key, (o, n) in {k1: (old[0], new[0]), k2: (old[1], new[1])}.items():
+        assert order.index(o) < order.index(n), \
+            f"key {key}: the newer event was handled before the older one recovered from the dead daemon"
