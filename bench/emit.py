@@ -72,7 +72,10 @@ SLOW_CREATE_US = 150.0
 
 
 def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+    try:
+        print(f"[bench] {msg}", file=sys.stderr, flush=True)
+    except OSError:  # stderr closed or a broken pipe: progress lines are optional
+        pass
 
 
 # -- machine context -----------------------------------------------------------
@@ -389,6 +392,11 @@ def render(r: dict[str, Any]) -> str:
         f"          same device as the repo: {'yes' if m['same_device_as_repo'] else 'NO'}",
         f"          create probe (us per bare create, before each rep): {fmt_list(probes)}"
         + ("  <- slow: recently freed inodes; absolute figures pessimistic" if slow else ""),
+        *(
+            [f"          settle probes (us): {fmt_list(r['settle_probes_us'])}"]
+            if len(r.get("settle_probes_us", [])) > 1
+            else []
+        ),
         f"params    N={p['events']} B={p['batch_size']} reps={p['reps']} calls={p['calls']} runs={p['runs']}",
         "",
     ]
@@ -574,8 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render(report), file=sys.stderr if args.json else sys.stdout, flush=True)
         done = True
     finally:
-        log(f"removing {root}" + ("" if done else " after an error"))
         t_clean = time.perf_counter()
+        log(f"removing {root}" + ("" if done else " after an error"))
         remove_tree(root)
         # Write back the freed inode tables: ext4 without a journal then skips the freed
         # inodes for ~60 s rather than ~300 s (other work on this disk creates files too).

@@ -13,7 +13,6 @@ secret value.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +171,8 @@ def load_config(
 
 
 def _apply_file(cfg: Config, path: Path) -> None:
+    import tomllib  # only when a config file exists: it costs ~10 ms of start-up
+
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)

@@ -121,17 +121,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  alert.create_external {alert.id}: severity {alert.payload['severity']}, "
               f"priority {alert.payload['investigation_priority']}, feedback {alert.payload['feedback_url']}")
 
-        say("the on-call engineer says: false alarm; MLflow reports the retraining did not help")
+        say("the on-call engineer says: false alarm")
         fid = _false_alarm(router, ex, alert)
         print(f"  feedback.human_validation {fid}")
+        need = _wait(lambda: _find(layout, "enhancement.regeneration_needed", causation_id=fid),
+                     "regeneration_needed")[0]
+        say("MLflow reports that the retraining the alert triggered did not help")
         rid = router.emit("feedback.model_retrained", {
             "execution_id": ex, "model_name": MODEL, "performance_before": 0.912, "performance_after": 0.909,
             "retraining_cost_usd": 420.0, "improvement_confirmed": False,
         }, source="external.mlflow", correlation_id=CORRELATION, causation_id=alert.id)
         print(f"  feedback.model_retrained {rid}")
-
-        need = _wait(lambda: _find(layout, "enhancement.regeneration_needed", causation_id=fid),
-                     "regeneration_needed")[0]
+        fp = _wait(lambda: _find(layout, "learning.false_positive_detected", causation_id=rid), "the verdict")[0]
+        print(f"  learning.false_positive_detected: wasted ${fp.payload['wasted_cost']:.0f}, "
+              f"{fp.payload['adjustment_needed']}")
         for pat in _find(layout, "learning.pattern_detected", causation_id=fid):
             print(f"  learning.pattern_detected {pat.payload['pattern_type']}: {pat.payload['recommended_action']}")
         say(f"regeneration needed ({need.payload['reason']}): the generator ships version 1.1.0")

@@ -89,7 +89,7 @@ class EventRouter:
 
     # -- cause context (used by the daemon) ---------------------------------
     def _cause(self) -> _Cause | None:
-        return getattr(self._local, "cause", None)
+        return self._local.__dict__.get("cause")
 
     def set_cause(
         self, event: Event | None, handler: str = "", buffer: list[tuple[Event, bool]] | None = None

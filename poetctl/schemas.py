@@ -182,7 +182,7 @@ class SchemaRegistry:
 
     def validate_envelope(self, envelope: Any, where: str | None = None) -> None:
         """Raise :class:`InvalidData` unless ``envelope`` matches ``envelope.json``."""
-        c = self._compiled("envelope", self.builtin / "envelope.json")
+        c = self._cache.get("envelope") or self._compiled("envelope", self.builtin / "envelope.json")
         if not c.is_valid(envelope):
             raise InvalidData(
                 "event does not match envelope.json:\n  " + "\n  ".join(c.errors(envelope, "$")), where=where

@@ -241,15 +241,30 @@ class Daemon:
             self.wake.wait(min(0.05 if self._inflight else 0.5, max(0.0, next_scan - self.clock())))
 
     def _once_finished(self) -> bool:
-        """--once: stop when the listing is exhausted and nothing due is in flight."""
+        """--once: stop when a listing taken after all activity found nothing due.
+
+        Handlers emit follow-ups after the listing that found their causes, so
+        an exhausted window is not enough: list again until a listing claims
+        nothing (events waiting for a retry are handed back at shutdown).
+        """
         if self._window_pos < len(self._window) or not self._listed_once:
             return False
         if any(w.busy or w.ready or not w.inbox.empty() for w in self.workers):
             return False
-        # Only events waiting for a retry remain (or nothing): hand them back and stop.
-        return all(not w.ready and all(j.record.not_before > self.clock() for q in w.keyq.values() for j in q)
-                   for w in self.workers)
+        now = self.clock()
+        if not all(j.record.not_before > now for w in self.workers for q in w.keyq.values() for j in q):
+            return False
+        if self._activity() != self._activity_at_list:
+            self._invalidate_window()
+            self.wake.set()
+            return False
+        return True
 
+    def _activity(self) -> int:
+        c = self.counters
+        return c.claimed + c.corrupt + c.processed + c.dead + c.expired
+
+    _activity_at_list = -1
     _listed_once = False
 
     # -- scanning and claiming ---------------------------------------------------------------
@@ -289,6 +304,7 @@ class Daemon:
         self._oldest_pending_ms = oldest
         self._pending_records = self.records.load_all() if count else {}
         self._listed_once = True
+        self._activity_at_list = self._activity()
 
     def _pump(self) -> None:
         """Claim and dispatch as much of the window as capacity allows."""

@@ -32,7 +32,7 @@ import os
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
@@ -114,6 +114,7 @@ class LearningEngine:
         data.setdefault("detections", {})
         data.setdefault("feedback", {})
         data.setdefault("reported", {})
+        data.setdefault("decisions", {})
         return data  # type: ignore[no-any-return]
 
     def _save(self, data: dict[str, Any]) -> None:
@@ -215,7 +216,7 @@ class LearningEngine:
         for fid, f in sorted(data["feedback"].items(), key=lambda kv: (kv[1]["at"], kv[0])):
             det = data["detections"].get(f["execution_id"])
             fn = f.get("function_name") or (det["function_name"] if det else None)
-            if fn != function_name or f["at"] < horizon:
+            if fn != function_name or f["at"] < horizon or f["at"] > now:
                 continue
             latest[f["execution_id"]] = {**f, "feedback_id": fid, "detection": det}
         return list(latest.values())
@@ -277,32 +278,59 @@ class LearningEngine:
                           now: float | None = None, cause_id: str | None = None) -> list[Pattern]:
         """Patterns for ``function_name`` not yet reported for ``version``; empty means no.
 
-        A pattern reported *by the same cause event* counts as not reported, so
-        a retried or replayed handler re-emits the same (deduplicated) follow-ups
-        instead of losing them.
+        For a ``cause_id`` already decided (see :meth:`decide`) the recorded
+        decision is returned unchanged, so a retried or replayed handler emits
+        exactly the same (deduplicated) follow-ups, whatever happened since.
         """
         if function_name is None:
             return []
         with self._locked():
             data = self._load()
-            reported = data["reported"].get(function_name, {})
-            out = []
-            for p in self._detect(data, function_name, time.time() if now is None else now):
-                r = reported.get(p.pattern_type)
-                if r is None or r.get("version") != (version or "") or (cause_id and r.get("by") == cause_id):
-                    out.append(p)
-            return out
+            return self._unreported(data, function_name, version, time.time() if now is None else now, cause_id)
+
+    def _unreported(self, data: dict[str, Any], fn: str, version: str | None, now: float,
+                    cause_id: str | None) -> list[Pattern]:
+        if cause_id is not None and cause_id in data["decisions"]:
+            return [Pattern(**p) for p in data["decisions"][cause_id]["patterns"]]
+        reported = data["reported"].get(fn, {})
+        return [p for p in self._detect(data, fn, now)
+                if reported.get(p.pattern_type, {}).get("version") != (version or "")]
+
+    def decide(self, function_name: str | None, version: str | None, now: float, cause_id: str) -> list[Pattern]:
+        """:meth:`should_regenerate` and :meth:`mark_reported` in one step, remembered per cause.
+
+        The first decision for ``cause_id`` (empty or not) is stored; later
+        calls with the same cause return it, so replays are idempotent.
+        """
+        if function_name is None:
+            return []
+        with self._locked():
+            data = self._load()
+            patterns = self._unreported(data, function_name, version, now, cause_id)
+            if cause_id not in data["decisions"]:
+                self._mark(data, function_name, patterns, version, cause_id)
+                self._save(data)
+            return patterns
 
     def mark_reported(self, function_name: str, patterns: list[Pattern], version: str | None,
                       cause_id: str | None = None) -> None:
         """Remember that ``patterns`` were reported for ``version`` (by event ``cause_id``)."""
         with self._locked():
             data = self._load()
-            rep = data["reported"].setdefault(function_name, {})
-            for p in patterns:
-                if rep.get(p.pattern_type, {}).get("version") != (version or ""):
-                    rep[p.pattern_type] = {"version": version or "", "by": cause_id}
+            self._mark(data, function_name, patterns, version, cause_id)
             self._save(data)
+
+    @staticmethod
+    def _mark(data: dict[str, Any], fn: str, patterns: list[Pattern], version: str | None,
+              cause_id: str | None) -> None:
+        """Record the patterns as reported and, for a cause, remember its decision (first one wins)."""
+        if cause_id is not None and cause_id not in data["decisions"]:
+            data["decisions"][cause_id] = {"function_name": fn, "version": version or "",
+                                           "patterns": [asdict(p) for p in patterns]}
+        rep = data["reported"].setdefault(fn, {})
+        for p in patterns:
+            if rep.get(p.pattern_type, {}).get("version") != (version or ""):
+                rep[p.pattern_type] = {"version": version or "", "by": cause_id}
 
 
 class _Locked:

@@ -161,7 +161,7 @@ class MLMonitoringEventHandlers:
             return
         cur = self.state.current(fn)
         version = cur.get("version") if cur else None
-        patterns = self.learning_engine.should_regenerate(fn, version, now=event.timestamp, cause_id=event.id)
+        patterns = self.learning_engine.decide(fn, version, event.timestamp, event.id)
         if not patterns:
             return
         for pat in patterns:
@@ -179,7 +179,6 @@ class MLMonitoringEventHandlers:
                 "pattern_type": patterns[0].pattern_type,
             },
         )
-        self.learning_engine.mark_reported(fn, patterns, version, cause_id=event.id)
 
     def handle_human_feedback(self, event: Event) -> None:
         """feedback.human_validation -> learning engine; regeneration_needed when it says so."""

@@ -11,7 +11,6 @@ is never retried and trusted.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -27,8 +26,8 @@ O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def _load_syncfs() -> Callable[[int], int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.syncfs
+        # CDLL(None): the symbols already linked into the interpreter (libc), no ctypes.util search.
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int]
@@ -135,49 +134,112 @@ def commit(
     state of the spool under the emit lock and linked, never renamed, so an
     existing event is never replaced or duplicated. Fresh UUIDv7 ids are
     renamed without checks. Returns, per item, True if it was added and False
-    if its id already existed (a no-op). Raises :class:`SpoolIOError` and then
-    leaves no new file visible beyond those already reported by a concurrent
-    reader as committed (never a partial one).
+    if its id already existed (a no-op). On failure raises
+    :class:`SpoolIOError` having removed its tmp files: no partial file is
+    ever visible in ``dest``.
     """
-    made: list[tuple[Path, int]] = []
+    # Directory fds and bare names: no Path objects and shorter kernel lookups per file.
+    tfd = _open_dir(layout.tmp)
     try:
-        for event_id, data, _ in items:
-            made.append(write_tmp(layout.tmp, event_id, data))
-        group_sync(layout.tmp, [fd for _, fd in made])
+        dfd = _open_dir(dest)
     except BaseException:
-        for path, fd in made:
-            os.close(fd)
-            _unlink_quiet(path)
+        os.close(tfd)
         raise
-    for _, fd in made:
-        os.close(fd)
+    try:
+        names = _write_group(tfd, layout.tmp, items)
+        return _publish(layout, dest, tfd, dfd, items, names)
+    finally:
+        os.close(tfd)
+        os.close(dfd)
 
+
+def _open_dir(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SpoolIOError(f"cannot open directory {path}: {exc.strerror}") from None
+
+
+def _write_group(tfd: int, tmp_dir: Path, items: Sequence[tuple[str, bytes, bool]]) -> list[str]:
+    """Write every item to a tmp file and make them all durable; return the tmp names."""
+    # With syncfs the files can be closed at once (one flush covers them all, and a
+    # large batch never runs into the open-files limit); otherwise fsync each.
+    use_syncfs = _syncfs is not None and len(items) >= SYNCFS_THRESHOLD
+    prefix = f".{os.getpid()}.{os.urandom(6).hex()}."
+    names: list[str] = []
+    fds: list[int] = []
+    try:
+        for i, (_, data, _) in enumerate(items):
+            name = f"{prefix}{i}.tmp"
+            fd = os.open(name, O_CREATE, FILE_MODE, dir_fd=tfd)
+            names.append(name)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                if use_syncfs:
+                    os.close(fd)
+                else:
+                    fds.append(fd)
+        if use_syncfs:
+            assert _syncfs is not None
+            if _syncfs(tfd) != 0:
+                raise OSError(ctypes.get_errno(), f"syncfs: {os.strerror(ctypes.get_errno())}")
+        else:
+            for fd in fds:
+                os.fsync(fd)
+    except BaseException as exc:
+        _unlink_names(tfd, names)
+        if isinstance(exc, OSError):
+            raise SpoolIOError(f"cannot write into {tmp_dir}: {exc.strerror or exc}") from None
+        raise
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return names
+
+
+def _publish(
+    layout: SpoolLayout,
+    dest: Path,
+    tfd: int,
+    dfd: int,
+    items: Sequence[tuple[str, bytes, bool]],
+    names: list[str],
+) -> list[bool]:
+    """Rename (fresh ids) or link (keyed ids) the synced tmp files into ``dest``; fsync it."""
     added = [True] * len(items)
     keyed_idx = [i for i, it in enumerate(items) if it[2]]
     try:
         for i, (event_id, _, keyed) in enumerate(items):
             if not keyed:
-                os.rename(made[i][0], dest / (event_id + ".json"))
+                os.rename(names[i], event_id + ".json", src_dir_fd=tfd, dst_dir_fd=dfd)
         if keyed_idx:
             with spool_lock(layout, "emit"):
                 for i in keyed_idx:
                     event_id = items[i][0]
-                    tmp_path = made[i][0]
                     if layout.locate(event_id) is not None:
                         added[i] = False
                         continue
                     try:
-                        os.link(tmp_path, dest / (event_id + ".json"))
+                        os.link(names[i], event_id + ".json", src_dir_fd=tfd, dst_dir_fd=dfd)
                     except FileExistsError:
                         added[i] = False
-        for i in keyed_idx:
-            _unlink_quiet(made[i][0])
-        fsync_dir(dest)
+            _unlink_names(tfd, [names[i] for i in keyed_idx])
+        os.fsync(dfd)
     except OSError as exc:
-        for path, _ in made:
-            _unlink_quiet(path)
+        _unlink_names(tfd, names)
         raise SpoolIOError(f"cannot commit into {dest}: {exc.strerror}") from None
     return added
+
+
+def _unlink_names(dir_fd: int, names: Sequence[str]) -> None:
+    for n in names:
+        try:
+            os.unlink(n, dir_fd=dir_fd)
+        except OSError:
+            pass
 
 
 def write_atomic(directory: Path, name: str, data: bytes, tmp_dir: Path | None = None) -> Path:
