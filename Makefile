@@ -11,14 +11,19 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("poetctl needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-demo: $(STAMP)
+# Editable installs leave poetctl uncompiled; with PYTHONDONTWRITEBYTECODE set, every
+# command would recompile it (tens of ms of start-up). compileall only redoes what changed.
+.PHONY: bytecode
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q poetctl
+
+demo: bytecode
 	$(BIN)/python -m poetctl.demo
 
-test: $(STAMP)
+test: bytecode
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -26,8 +31,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: bytecode
 	$(BIN)/python bench/emit.py
+	$(BIN)/python bench/consume.py
+	$(BIN)/python bench/latency.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
