@@ -7,16 +7,17 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from daemon_helpers.harness import (  # noqa: F401  (daemons is a fixture)
+from daemon_helpers.harness import (
     EFFECTS,
     NO_REGISTER,
     NOOP,
     Daemons,
     count_json,
-    daemons,
     emit_executions,
     emit_metrics,
     events_dir,
@@ -49,6 +50,16 @@ def sp(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    """A factory of daemon processes; any still running are SIGKILLed when the test ends."""
+    pool = Daemons(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.cleanup()
+
+
+@pytest.fixture
 def cfg(tmp_path: Path) -> Path:
     """poet.toml with fast backoff, max_attempts 3 and short rescans."""
     return write_config(tmp_path)
@@ -69,8 +80,25 @@ def test_once_drains_everything_and_status_counts_it(tmp_path: Path, sp: Path, c
     assert inflight_ids(sp) == set()
     assert ids_in(sp, "dead") == set() and ids_in(sp, "corrupt") == set()
     doc = status(tmp_path, sp)
-    assert doc["counts"] == {"pending": 0, "inflight": 0, "processed": len(ids), "dead": 0, "corrupt": 0}
+    expected = {"pending": 0, "inflight": 0, "processed": len(ids), "dead": 0, "corrupt": 0}
+    assert {k: doc["counts"].get(k) for k in expected} == expected
     assert doc["daemons"] == [], "a daemon that exited cleanly must remove its heartbeat"
+
+
+def test_once_drains_a_backlog_larger_than_the_listing_window(tmp_path: Path, sp: Path) -> None:
+    """--once keeps listing until pending is empty even when the backlog exceeds [daemon] window."""
+    cfg = write_config(tmp_path, window=5, rescan_interval=30.0)
+    ids = emit_executions(sp, ["fa", "fb", "fc"], 20)
+    r = run_once(tmp_path, sp, cfg, env=effects_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    left = ids_in(sp, "pending")
+    assert not left, f"--once exited 0 with {len(left)} of {len(ids)} events still pending"
+    assert ids_in(sp, "processed") == set(ids)
+    order = [c.id for c in read_effects(tmp_path / "effects.txt") if c.ok]
+    key = {i: read_json(events_dir(sp, "processed") / f"{i}.json")["payload"]["function_name"] for i in ids}
+    for fn in ("fa", "fb", "fc"):
+        mine = [i for i in ids if key[i] == fn]
+        assert [i for i in order if i in set(mine)] == mine, f"key {fn} handled out of order"
 
 
 def test_event_without_subscriber_goes_straight_to_processed(tmp_path: Path, sp: Path, cfg: Path) -> None:
@@ -105,7 +133,7 @@ def test_dead_letter_after_max_attempts_with_backoff_spacing(tmp_path: Path, sp:
     hist = info["history"]
     assert [h["attempt"] for h in hist] == list(range(1, max_attempts + 1))
     assert all(h["handler"] == "effects" and "planned failure" in h["error"] for h in hist)
-    for prev, nxt in zip(hist, hist[1:]):
+    for prev, nxt in pairwise(hist):
         floor = min(cap, base * 2 ** (prev["attempt"] - 1)) / 2
         gap = nxt["at"] - prev["at"]
         assert gap >= floor - 1e-6, f"attempt {nxt['attempt']} came {gap:.4f}s after the previous; floor {floor}"
@@ -127,6 +155,65 @@ def test_once_exit_code_is_1_after_a_dead_letter(tmp_path: Path, sp: Path) -> No
     assert ids_in(sp, "dead") == {bad}
     assert ids_in(sp, "processed") == {good}
     assert read_json(events_dir(sp, "dead") / f"{bad}.error")["attempts"] == 1
+
+
+def test_attempts_are_counted_across_once_runs(tmp_path: Path, sp: Path) -> None:
+    """Repeated --once runs keep counting a failing event's attempts and dead-letter it after exactly max_attempts."""
+    cfg = write_config(tmp_path, max_attempts=3, backoff_base=0.01, backoff_cap=0.01)
+    bad = EventRouter(spool=sp).emit("function.execution", execution_payload("bad_fn"))
+    (tmp_path / "fail.txt").write_text(f"{bad} always\n")
+    env = effects_env(tmp_path, FAIL_IDS_FILE=str(tmp_path / "fail.txt"))
+    codes = []
+    for _ in range(10):
+        r = run_once(tmp_path, sp, cfg, env=env)
+        codes.append(r.returncode)
+        assert r.returncode in (1, 75), r.stderr
+        if r.returncode == 1:
+            break
+    assert codes[-1] == 1, f"never dead-lettered; exit codes {codes}"
+    calls = [c for c in read_effects(tmp_path / "effects.txt") if c.id == bad]
+    assert len(calls) == 3, f"{len(calls)} real attempts for max_attempts = 3 (exit codes {codes})"
+    info = read_json(events_dir(sp, "dead") / f"{bad}.error")
+    assert [h["attempt"] for h in info["history"]] == [1, 2, 3]
+
+
+def test_once_exits_75_while_a_handed_back_event_waits_for_its_retry(
+        tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    """--once leaves an event whose retry is not yet due in pending, untried, and says so with exit code 75."""
+    cfg = write_config(tmp_path, max_attempts=5, backoff_base=60.0, backoff_cap=60.0)
+    router = EventRouter(spool=sp)
+    bad = router.emit("function.execution", execution_payload("bad_fn"))
+    (tmp_path / "fail.txt").write_text(f"{bad} always\n")
+    env = effects_env(tmp_path, FAIL_IDS_FILE=str(tmp_path / "fail.txt"))
+    d = daemons.start(sp, cfg, env=env)
+    wait_for(lambda: read_effects(tmp_path / "effects.txt"), "the first failed attempt", procs=[d])
+    assert d.stop() == 0, d.stderr()
+    rec = read_json(events_dir(sp, "records") / f"{bad}.json")
+    assert rec["not_before"] >= rec["failures"][0]["at"] + 30 - 1e-6
+
+    good = router.emit("function.execution", execution_payload("good_fn"))
+    r = run_once(tmp_path, sp, cfg, env=env)
+    assert ids_in(sp, "processed") == {good}
+    assert ids_in(sp, "pending") == {bad}
+    assert len(read_effects(tmp_path / "effects.txt")) == 2, "the not-yet-due retry must not run"
+    assert r.returncode == 75, f"--once must exit 75 while an event waits for a retry, got {r.returncode}"
+
+
+def test_once_hands_back_a_retrying_event_and_the_events_queued_behind_it(tmp_path: Path, sp: Path) -> None:
+    """--once stops when only a not-yet-due retry and its own key's later events remain, exiting 75."""
+    cfg = write_config(tmp_path, max_attempts=3, backoff_base=2.0, backoff_cap=2.0)
+    router = EventRouter(spool=sp)
+    bad = router.emit("function.execution", execution_payload("bad_fn"))
+    behind = router.emit_many([("function.execution", execution_payload("bad_fn", i)) for i in (1, 2)])
+    (tmp_path / "fail.txt").write_text(f"{bad} always\n")
+    r = run_once(tmp_path, sp, cfg, env=effects_env(tmp_path, FAIL_IDS_FILE=str(tmp_path / "fail.txt")))
+    calls = read_effects(tmp_path / "effects.txt")
+    assert ids_in(sp, "dead") == set(), (f"--once sat through the whole backoff schedule "
+                                         f"({sum(c.id == bad for c in calls)} attempts) "
+                                         "instead of handing the retrying event back")
+    assert [c.id for c in calls] == [bad]
+    assert ids_in(sp, "pending") == {bad, *behind}
+    assert r.returncode == 75, r.stderr
 
 
 def test_poison_event_stalls_only_its_own_key(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
@@ -187,7 +274,7 @@ def test_per_key_order_holds_through_retries(tmp_path: Path, sp: Path, daemons: 
 
 # -- 6. quarantine --------------------------------------------------------------------
 def test_corrupt_files_are_quarantined_with_reasons_and_never_deleted(tmp_path: Path, sp: Path, cfg: Path) -> None:
-    """Bad JSON, bad checksum, schema violations, symlinks, directories and bad names go to corrupt/."""
+    """Bad JSON or checksum, schema violations, symlinks, FIFOs, directories, bad names go to corrupt/ with a reason."""
     router = EventRouter(spool=sp)
     pending = events_dir(sp, "pending")
     good = router.emit_many([("function.execution", execution_payload(f"g{i}")) for i in range(3)])
@@ -206,6 +293,15 @@ def test_corrupt_files_are_quarantined_with_reasons_and_never_deleted(tmp_path: 
     d["payload"]["metrics"] = "fast"  # schema violation, checksum recomputed
     d["checksum"] = compute_checksum(d)
     files[f"{d['id']}.json"] = ("bad_schema", json.dumps(d).encode())
+    d = built()
+    other = built()["id"]
+    files[f"{other}.json"] = ("wrong_name", json.dumps(d).encode())  # valid event under another id
+    d = built()
+    d["type"] = "nosuch.thing"
+    d["checksum"] = compute_checksum(d)
+    files[f"{d['id']}.json"] = ("unknown_type", json.dumps(d).encode())
+    d = built()
+    files[f"{d['id']}.json"] = ("too_large", b" " * (1024 * 1024 + 1) + json.dumps(d).encode())
     for name, (_, data) in files.items():
         (pending / name).write_bytes(data)  # type: ignore[arg-type]
 
@@ -219,6 +315,9 @@ def test_corrupt_files_are_quarantined_with_reasons_and_never_deleted(tmp_path: 
     files[target.name] = ("not_regular", None)
     (pending / "x.json").mkdir()
     files["x.json"] = ("not_regular", None)
+    fifo = f"{built()['id']}.json"
+    os.mkfifo(pending / fifo)  # reading it must neither block nor be trusted
+    files[fifo] = ("not_regular", None)
     (pending / "hello.txt").write_bytes(b"hello\n")
     files["hello.txt"] = ("bad_name", b"hello\n")
 

@@ -142,6 +142,7 @@ class Daemon:
         self._window: list[tuple[int, str]] = []
         self._window_pos = 0
         self._skipped: set[str] = set()
+        self._deferred = 0
         self._pending_records: dict[str, Record] = {}
         self._oldest_pending_ms: int | None = None
         self._pending_seen = 0
@@ -164,7 +165,7 @@ class Daemon:
         if self.opts.once:
             if self.counters.dead or self.counters.corrupt or self.counters.expired:
                 return 1
-            if self.counters.retries and self.counters.handed_back:
+            if (self.counters.retries and self.counters.handed_back) or self._deferred:
                 return 75
         return 0
 
@@ -252,7 +253,8 @@ class Daemon:
         if any(w.busy or w.ready or not w.inbox.empty() for w in self.workers):
             return False
         now = self.clock()
-        if not all(j.record.not_before > now for w in self.workers for q in w.keyq.values() for j in q):
+        # Only the head of a key's queue can be waiting for a retry; the rest wait behind it.
+        if not all(q[0].record.not_before > now for w in self.workers for q in w.keyq.values() if q):
             return False
         if self._activity() != self._activity_at_list:
             self._invalidate_window()
@@ -300,6 +302,7 @@ class Daemon:
             oldest = self._window[0][0]
         self._window_pos = 0
         self._skipped = set()
+        self._deferred = 0
         self._pending_seen = count
         self._oldest_pending_ms = oldest
         self._pending_records = self.records.load_all() if count else {}
@@ -322,6 +325,8 @@ class Daemon:
                 name = window[pos][1]
                 pos += 1
                 job = self._prepare(pending / name, name)
+                if self._window is not window:
+                    break  # recovery put older events back: list again before claiming more
                 if job is None:
                     continue
                 if not job.subs:
@@ -333,7 +338,8 @@ class Daemon:
                     self._dispatch(batches)
                     batches = [[] for _ in self.workers]
         finally:
-            self._window_pos = pos
+            if self._window is window:
+                self._window_pos = pos
             self._dispatch(batches)
 
     def _dispatch(self, batches: list[list[Job]]) -> None:
@@ -364,6 +370,7 @@ class Daemon:
         record = self._pending_records.get(ev.id)
         if record is not None and record.not_before > self.clock():
             self._skipped.add(key)
+            self._deferred += 1
             return None
         bucket = zlib.crc32(key.encode()) % BUCKETS
         if not self._hold_bucket(bucket):
@@ -524,9 +531,7 @@ class Daemon:
                 existing = self.layout.records / e.name
                 if existing.exists():
                     try:
-                        old = Record.from_json(existing.read_bytes())
-                        rec.done |= old.done
-                        rec.failures = old.failures + rec.failures
+                        rec.merge(Record.from_json(existing.read_bytes()))
                     except (OSError, ValueError):
                         pass
                 self.records.save(e.name[:-5], rec)

@@ -59,6 +59,14 @@ class Record:
     def attempts(self) -> int:
         return len(self.failures)
 
+    def merge(self, other: Record) -> None:
+        """Fold ``other`` in; idempotent (a failure is identified by handler, attempt and time)."""
+        self.done |= other.done
+        seen = {(a.handler, a.attempt, a.at) for a in self.failures}
+        self.failures += [a for a in other.failures if (a.handler, a.attempt, a.at) not in seen]
+        self.failures.sort(key=lambda a: a.at)
+        self.not_before = max(self.not_before, other.not_before)
+
     def to_json(self) -> bytes:
         return orjson.dumps({
             "done": sorted(self.done),
@@ -89,8 +97,9 @@ class Journal:
     def done(self, event_id: str, handler: str) -> None:
         self._write(b"D\t" + orjson.dumps([event_id, handler]) + b"\n")
 
-    def failed(self, event_id: str, attempt: Attempt) -> None:
-        self._write(b"F\t" + orjson.dumps([event_id, attempt.to_dict()]) + b"\n")
+    def failed(self, event_id: str, attempt: Attempt, not_before: float = 0.0) -> None:
+        """A failed attempt and when the next one is due (kept across a crash)."""
+        self._write(b"F\t" + orjson.dumps([event_id, attempt.to_dict(), not_before]) + b"\n")
 
     def _write(self, line: bytes) -> None:
         with self._lock:
@@ -137,7 +146,7 @@ def read_journal(path: Path) -> dict[str, Record]:
             if kind == b"D":
                 rec.done.add(body[1])
             elif kind == b"F":
-                rec.failures.append(Attempt(**body[1]))
+                rec.merge(Record(failures=[Attempt(**body[1])], not_before=float(body[2]) if len(body) > 2 else 0.0))
         except (orjson.JSONDecodeError, TypeError, IndexError, KeyError):
             continue
     return out

@@ -195,13 +195,14 @@ class Worker(threading.Thread):
             traceback="".join(traceback.format_exception(exc)),
         )
         job.record.failures.append(attempt)
-        d.journal.failed(job.event.id, attempt)
         if d.policy.exhausted(n):
+            d.journal.failed(job.event.id, attempt)
             dead_letter(d.layout, job.path, job.event.id, reason="attempts_exhausted", record=job.record)
             d.finished(job, Outcome.DEAD)
             return Outcome.DEAD
         due = attempt.at + d.policy.delay(n)
         job.record.not_before = due
+        d.journal.failed(job.event.id, attempt, due)
         self._seq += 1
         heapq.heappush(self.timers, (due, self._seq, job.key))
         d.blocked_keys.add(job.key)

@@ -65,10 +65,14 @@ class Index:
             except FileExistsError:
                 pass
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_DDL)
-        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        if create or os.access(self.path, os.W_OK):
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_DDL)
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        else:
+            # A reader without write access (another user, a read-only copy) must still be able to query.
+            self.db.execute("PRAGMA query_only=ON")
 
     @classmethod
     def open_existing(cls, layout: SpoolLayout) -> Index | None:
@@ -165,12 +169,13 @@ class _Tx:
 class IndexWriter:
     """Batches index rows from worker threads and writes them from one background thread.
 
-    ``add`` never blocks on SQLite; ``flush`` waits until everything added so
-    far is written. Index failures are reported once and never stop handling:
+    ``add`` never blocks on SQLite; rows are written within ``interval`` seconds
+    (one transaction per batch), so the index trails the files by a few tens of
+    milliseconds; ``flush`` waits until everything added so far is written. Index failures are reported once and never stop handling:
     the index is derived data (fsck rebuilds it).
     """
 
-    def __init__(self, layout: SpoolLayout, interval: float = 0.2) -> None:
+    def __init__(self, layout: SpoolLayout, interval: float = 0.02) -> None:
         self.layout = layout
         self.interval = interval
         self._rows: list[Row] = []
@@ -187,13 +192,18 @@ class IndexWriter:
         with self._lock:
             self._rows.append(row)
             self._added += 1
+            if len(self._rows) == 1:
+                self._lock.notify_all()
 
     def _run(self) -> None:
         idx: Index | None = None
         while True:
             with self._lock:
-                if not self._rows and not self._stop:
-                    self._lock.wait(self.interval)
+                while not self._rows and not self._stop:
+                    self._lock.wait()
+            # Let a burst accumulate so one transaction carries many rows.
+            time.sleep(self.interval)
+            with self._lock:
                 rows, self._rows = self._rows, []
                 stop = self._stop
             if rows:

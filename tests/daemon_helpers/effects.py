@@ -12,6 +12,8 @@ Environment:
   function.*,drift.detected``).
 * ``FOLLOWUP``: if ``1``, a second handler named ``followup`` emits one
   ``system.health`` event per cause via ``router.emit`` (a derived id).
+* ``SECOND_SLEEP_S``: if set, a last handler named ``second`` sleeps that long and
+  then records its own line (handler column ``second``).
 """
 
 from __future__ import annotations
@@ -72,7 +74,15 @@ def register(router: Any) -> None:
         router.emit("system.health", {"service": "followup", "status": "healthy",
                                       "details": {"cause": event.id}})
 
+    second_sleep = os.environ.get("SECOND_SLEEP_S")
+
+    def second(event: Any) -> None:
+        time.sleep(float(second_sleep or 0))
+        _append(effects, f"{event.id}\tsecond\t{time.time():.6f}\t{pid}\tok\n")
+
     for pattern in patterns:
         router.subscribe(pattern, effect, name=HANDLER)
         if os.environ.get("FOLLOWUP") == "1":
             router.subscribe(pattern, followup, name="followup")
+        if second_sleep is not None:
+            router.subscribe(pattern, second, name="second")

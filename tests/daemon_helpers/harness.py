@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from poetctl import EventRouter
 
 HELPERS = Path(__file__).resolve().parent
@@ -35,7 +33,7 @@ NO_REGISTER = HELPERS / "no_register.py"
 
 # Generous: these only bound how long a broken daemon can hang a test.
 DEADLINE = 120.0
-EMIT_CHUNK = 2000  # emit_many holds one fd per item until its group sync
+EMIT_CHUNK = 2000  # events per emit_many group commit
 
 FAST = {
     "backoff_base": 0.05,
@@ -51,7 +49,7 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The current environment without POET_* variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("POET_")}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    for k in ("EFFECTS_FILE", "FAIL_IDS_FILE", "SLEEP_S", "EFFECT_TYPES", "FOLLOWUP"):
+    for k in ("EFFECTS_FILE", "FAIL_IDS_FILE", "SLEEP_S", "EFFECT_TYPES", "FOLLOWUP", "SECOND_SLEEP_S"):
         env.pop(k, None)
     if extra:
         env.update({k: str(v) for k, v in extra.items()})
@@ -135,7 +133,7 @@ class DaemonProc:
 
 
 class Daemons:
-    """Starts daemons for one test and SIGKILLs whatever is left at teardown."""
+    """Starts daemons for one test; :meth:`cleanup` SIGKILLs whatever is left (call it at teardown)."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
@@ -155,16 +153,6 @@ class Daemons:
         for d in self.procs:
             if d.alive():
                 d.kill()
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterable[Daemons]:
-    """A factory of daemon processes; any still running are killed when the test ends."""
-    pool = Daemons(tmp_path)
-    try:
-        yield pool
-    finally:
-        pool.cleanup()
 
 
 def run_cli(cwd: Path, *args: str | os.PathLike[str], env: Mapping[str, str] | None = None,
@@ -270,7 +258,8 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_bytes())
 
 
-def events_of_type(spool: Path, event_type: str, states: Iterable[str] = ("pending", "processed")) -> list[dict[str, Any]]:
+def events_of_type(spool: Path, event_type: str,
+                   states: Iterable[str] = ("pending", "processed")) -> list[dict[str, Any]]:
     """Every event envelope of ``event_type`` in the given states."""
     out = []
     for state in states:
@@ -303,8 +292,9 @@ def read_effects(path: Path) -> list[Effect]:
     return [Effect(ln) for ln in data.splitlines() if ln]
 
 
-def ok_counts(path: Path) -> Counter[str]:
-    return Counter(e.id for e in read_effects(path) if e.ok)
+def ok_counts(path: Path, handler: str = "effects") -> Counter[str]:
+    """Successful calls per event id of one handler."""
+    return Counter(e.id for e in read_effects(path) if e.ok and e.handler == handler)
 
 
 def line_count(path: Path) -> int:
