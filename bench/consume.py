@@ -46,10 +46,10 @@ try:
 except ImportError:  # run with an interpreter that lacks the editable install
     sys.path.insert(0, str(REPO))
 
-import orjson
+import orjson  # noqa: E402
 
-from poetctl.daemon.core import Daemon, DaemonOptions
-from poetctl.router import EventRouter
+from poetctl.daemon.core import Daemon, DaemonOptions  # noqa: E402
+from poetctl.router import EventRouter  # noqa: E402
 
 TARGET_EPS = 20_000
 TARGET_RATIO = 0.6
@@ -91,6 +91,22 @@ def create_probe(directory: Path, count: int = 500) -> float:
     return (time.perf_counter() - t0) / count * 1e6
 
 
+def fs_type(path: Path) -> str:
+    """fstype of the mount holding ``path`` (longest matching mount point in /proc/mounts)."""
+    real, best, best_len = os.path.realpath(path), "?", -1
+    try:
+        with open("/proc/mounts") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 3:
+                    mp = parts[1].replace("\\040", " ")
+                    if (real == mp or mp == "/" or real.startswith(mp.rstrip("/") + "/")) and len(mp) >= best_len:
+                        best, best_len = parts[2], len(mp)
+    except OSError:
+        pass
+    return best
+
+
 # -- building -----------------------------------------------------------------
 def build_spool(spool: Path, n: int) -> float:
     """N system.metrics events via emit_many in chunks of 5,000; returns seconds (not a measurement)."""
@@ -124,8 +140,20 @@ def run_inproc(spool: Path, n: int, workers: int) -> dict[str, Any]:
 
 
 def daemon_cmd(spool: Path, workers: int) -> list[str]:
-    return [sys.executable, "-m", "poetctl", "--spool", str(spool), "daemon", "--once", "--no-builtin-handlers",
-            "--handlers", str(NOOP), "--workers", str(workers)]
+    return [
+        sys.executable,
+        "-m",
+        "poetctl",
+        "--spool",
+        str(spool),
+        "daemon",
+        "--once",
+        "--no-builtin-handlers",
+        "--handlers",
+        str(NOOP),
+        "--workers",
+        str(workers),
+    ]
 
 
 def run_subproc(spool: Path, n: int, workers: int, cwd: Path) -> dict[str, Any]:
@@ -168,8 +196,14 @@ def startup_cost(root: Path, workers: int, runs: int = 3) -> float:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run(daemon_cmd(spool, workers), cwd=root, env=clean_env(),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            daemon_cmd(spool, workers),
+            cwd=root,
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -183,14 +217,17 @@ def render(r: dict[str, Any]) -> str:
     p = r["params"]
     lines = [
         f"poetctl drain benchmark: {p['events']:,} events per run, {p['reps']} alternating reps, medians "
-        f"(machine: {r['machine']['nproc']} cpu, python {r['machine']['python']}, loadavg "
+        f"(scratch on {r['machine']['fs']}; machine: {r['machine']['nproc']} cpu, "
+        f"python {r['machine']['python']}, loadavg "
         f"{' '.join(f'{x:.2f}' for x in r['machine']['loadavg'])}, create probe {r['create_probe_us']:.0f} us/file)",
         f"  spool build (emit_many, untimed): median {r['build_s_median']:.1f} s per spool "
         f"({p['events'] / r['build_s_median']:,.0f} ev/s)",
     ]
     bare = r["results"]["bare"]["eps_median"]
-    lines.append(f"  {'bare loop (1 thread)':<34} {bare:>10,.0f} ev/s   runs: "
-                 + ", ".join(f"{x:,.0f}" for x in r["results"]["bare"]["eps"]))
+    lines.append(
+        f"  {'bare loop (1 thread)':<34} {bare:>10,.0f} ev/s   runs: "
+        + ", ".join(f"{x:,.0f}" for x in r["results"]["bare"]["eps"])
+    )
     for name, res in r["results"].items():
         if name == "bare":
             continue
@@ -216,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="inproc,subproc,bare", help="subset of inproc,subproc,bare")
     ap.add_argument("--tmp-dir", help="parent of the scratch dir (default: the repo's parent)")
     ap.add_argument("--keep", action="store_true", help="do not delete the scratch dir")
+    ap.add_argument(
+        "--cleanup-each",
+        action="store_true",
+        help="delete each spool right after its measurement (for tmpfs scratch; on ext4 without a "
+        "journal freshly freed inodes slow down the creates of the next build)",
+    )
     ap.add_argument("--json", action="store_true", help="also print one JSON object on stdout (text goes to stderr)")
     args = ap.parse_args(argv)
     workers = [int(x) for x in args.workers.split(",") if x.strip()]
@@ -238,8 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(scratch.name)
     report: dict[str, Any] = {
         "params": {"events": args.events, "reps": args.reps, "workers": workers, "chunk": CHUNK},
-        "machine": {"nproc": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-                    "loadavg": list(os.getloadavg()), "scratch": str(root)},
+        "machine": {
+            "nproc": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "loadavg": list(os.getloadavg()),
+            "scratch": str(root),
+            "fs": fs_type(root),
+        },
         "problems": [],
     }
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k, _, _ in plan}
@@ -249,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"scratch {root}; create probe {report['create_probe_us']:.0f} us/file")
         for rep in range(args.reps):
             # Rotate the order each repetition so no measurement always follows the same one.
-            order = plan[rep % len(plan):] + plan[:rep % len(plan)]
+            order = plan[rep % len(plan) :] + plan[: rep % len(plan)]
             for key, mode, w in order:
                 spool = root / f"{key}-{rep}"
                 b = build_spool(spool, args.events)
@@ -265,8 +313,12 @@ def main(argv: list[str] | None = None) -> int:
                 if res["processed"] != args.events or left:
                     report["problems"].append(f"{key} rep {rep}: processed {res['processed']}, {left} left pending")
                 runs[key].append(res)
-                log(f"rep {rep + 1}/{args.reps} {key:<12} {res['eps']:>9,.0f} ev/s  ({res['seconds']:.2f} s; "
-                    f"build {b:.1f} s)")
+                if args.cleanup_each and not args.keep:
+                    shutil.rmtree(spool, ignore_errors=True)
+                log(
+                    f"rep {rep + 1}/{args.reps} {key:<12} {res['eps']:>9,.0f} ev/s  ({res['seconds']:.2f} s; "
+                    f"build {b:.1f} s)"
+                )
         if "subproc" in modes:
             report["startup_s"] = {str(w): startup_cost(root, w) for w in workers}
     finally:
@@ -281,8 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     for key, mode, w in plan:
         eps = [r["eps"] for r in runs[key]]
         med = statistics.median(eps)
-        label = {"inproc": f"daemon in-process, workers={w}", "subproc": f"daemon subprocess, workers={w}",
-                 "bare": "bare loop"}[mode]
+        label = {
+            "inproc": f"daemon in-process, workers={w}",
+            "subproc": f"daemon subprocess, workers={w}",
+            "bare": "bare loop",
+        }[mode]
         results[key] = {
             "label": label,
             "eps": eps,

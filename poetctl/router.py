@@ -153,7 +153,7 @@ class EventRouter:
             expires_at=expires_at,
         )
         ev.seal()
-        self.registry.validate_envelope(ev.to_dict(), where)
+        self.registry.check_envelope(ev.to_dict(), where)
         return ev, keyed
 
     def _check_payload(self, event_type: str, payload: Mapping[str, Any], where: str | None) -> None:
@@ -193,10 +193,10 @@ class EventRouter:
                 ev.metadata = d.get("metadata", ev.metadata)
                 ev.topic = d.get("topic", ev.topic)
                 ev.seal()
-                self.registry.validate_envelope(ev.to_dict(), where)
+                self.registry.check_envelope(ev.to_dict(), where)
                 self._check_topic(ev, where)
             return ev, keyed
-        self.registry.validate_envelope(d, where)
+        self.registry.check_envelope(d, where)
         verify_checksum(d, where)
         check_depth(d["payload"], where)
         self._check_payload(d["type"], d["payload"], where)

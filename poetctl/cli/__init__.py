@@ -14,10 +14,16 @@ import typer
 from .. import __version__
 from .admin import config_app, init_cmd, schemas_app
 from .common import GLOBALS
+from .correlate import correlate_cmd
 from .daemon import daemon_cmd
+from .dead import dead_app
 from .emit import emit_cmd, validate_cmd
+from .fsck import fsck_cmd
+from .prune import prune_cmd
+from .replay import replay_cmd
 from .state import state_app
 from .status import status_cmd
+from .tail import tail_cmd
 
 app = typer.Typer(
     name="poetctl",
@@ -58,9 +64,15 @@ app.command("emit")(emit_cmd)
 app.command("validate")(validate_cmd)
 app.command("daemon")(daemon_cmd)
 app.command("status")(status_cmd)
+app.command("replay")(replay_cmd)
+app.command("prune")(prune_cmd)
+app.command("fsck")(fsck_cmd)
+app.command("tail")(tail_cmd)
+app.command("correlate")(correlate_cmd)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(config_app, name="config")
 app.add_typer(state_app, name="state")
+app.add_typer(dead_app, name="dead")
 
 
 def main() -> None:

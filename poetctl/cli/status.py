@@ -1,107 +1,164 @@
-"""``poetctl status``: counts per state, lag and daemon heartbeats."""
+"""``poetctl status``: counts per state, lag, dead/corrupt, daemon heartbeats, throughput; ``--check`` for Nagios."""
 
 from __future__ import annotations
 
-import os
-import time
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, load
 
 
-def status_cmd(output: OutputOpt = None, spool: SpoolOpt = None, config: ConfigOpt = None) -> None:
-    """Show event counts per state, the age of the oldest pending event and daemon heartbeats."""
-    _status(output, spool, config)
+def status_cmd(
+    check: Annotated[
+        bool, typer.Option("--check", help="Nagios-style verdict: exit 0 OK, 1 WARNING, 2 CRITICAL.")
+    ] = False,
+    warn_lag: Annotated[
+        str, typer.Option("--warn-lag", help="--check: WARNING when the oldest pending event is older than this.")
+    ] = "1m",
+    max_lag: Annotated[
+        str, typer.Option("--max-lag", help="--check: CRITICAL when the oldest pending event is older than this.")
+    ] = "5m",
+    max_dead: Annotated[
+        int, typer.Option("--max-dead", min=0, help="--check: WARNING above this many dead letters.")
+    ] = 0,
+    max_corrupt: Annotated[
+        int, typer.Option("--max-corrupt", min=0, help="--check: WARNING above this many quarantined files.")
+    ] = 0,
+    max_stale: Annotated[
+        int, typer.Option("--max-stale", min=0, help="--check: WARNING above this many stale daemon heartbeats.")
+    ] = 0,
+    min_daemons: Annotated[
+        int,
+        typer.Option(
+            "--min-daemons",
+            min=0,
+            help="--check: CRITICAL below this many live daemons (0: a daemon --once from cron is fine).",
+        ),
+    ] = 0,
+    stale_after: Annotated[
+        str | None,
+        typer.Option(
+            "--stale-after",
+            help="A heartbeat older than this is stale (default: [daemon] lease_seconds, 30s).",
+            show_default=False,
+        ),
+    ] = None,
+    output: OutputOpt = None,
+    spool: SpoolOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Show counts per state, lag (age of the oldest pending event), daemons and recent throughput.
 
+    --check prints one Nagios line (or the JSON document with a "check" key
+    under --output json) and exits 0 OK, 1 WARNING, 2 CRITICAL. Exit 66 if
+    there is no spool.
 
-def count_events(directory: Path) -> int:
-    try:
-        with os.scandir(directory) as it:
-            return sum(1 for e in it if e.name.endswith(".json") and not e.name.startswith("."))
-    except FileNotFoundError:
-        return 0
+    Examples:
+
+      poetctl status
+
+      poetctl status --check --max-lag 10m --max-dead 5 --min-daemons 1
+    """
+    _status(
+        check, (warn_lag, max_lag, max_dead, max_corrupt, max_stale, min_daemons), stale_after, output, spool, config
+    )
 
 
 def collect_status(layout: Any, lease_seconds: float = 30.0) -> dict[str, Any]:
     """The status document (see README: poetctl status)."""
-    import orjson
+    from ..ops.status import collect
 
-    from ..daemon.owner import owner_alive
-    from ..ids import time_of
+    return collect(layout, lease_seconds=lease_seconds)
 
-    now = time.time()
-    counts = {
-        "pending": 0,
-        "inflight": sum(count_events(d) for d in layout.inflight_dirs()),
-        "processed": count_events(layout.processed),
-        "dead": count_events(layout.dead),
-        "corrupt": sum(1 for n in os.listdir(layout.corrupt) if not n.endswith(".reason"))
-        if layout.corrupt.is_dir() else 0,
-    }
-    oldest: float | None = None
-    with os.scandir(layout.pending) as it:
-        for e in it:
-            if not e.name.endswith(".json") or e.name.startswith("."):
-                continue
-            counts["pending"] += 1
-            ms = time_of(e.name[:-5])
-            if ms is None:
-                try:
-                    ms = e.stat(follow_symlinks=False).st_mtime_ns // 1_000_000
-                except OSError:
-                    continue
-            t = ms / 1000
-            if oldest is None or t < oldest:
-                oldest = t
-    daemons = []
-    hb_dir = layout.run / "daemons"
-    if hb_dir.is_dir():
-        for e in sorted(os.scandir(hb_dir), key=lambda e: e.name):
-            if not e.name.endswith(".json") or e.name.startswith("."):
-                continue
-            try:
-                beat = orjson.loads(Path(e.path).read_bytes())
-            except (OSError, orjson.JSONDecodeError):
-                continue
-            owner = e.name[:-5]
-            alive = owner_alive(owner, hb_dir, lease_seconds)
-            beat["alive"] = alive
-            beat["age_seconds"] = round(now - float(beat.get("last_beat", 0)), 3)
-            daemons.append(beat)
-    return {
-        "spool": str(layout.root),
-        "counts": counts,
-        "oldest_pending_age_seconds": round(now - oldest, 3) if oldest is not None else None,
-        "daemons": daemons,
-    }
+
+def _fmt_age(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s / 3600:.1f}h" if s >= 3600 else f"{s / 60:.1f}m" if s >= 120 else f"{s:.1f}s"
 
 
 @errors_to_exit
-def _status(output: str | None, spool: Path | None, config: Path | None) -> None:
+def _status(
+    check: bool,
+    limits: tuple[str, str, int, int, int, int],
+    stale_after: str | None,
+    output: str | None,
+    spool: Path | None,
+    config: Path | None,
+) -> None:
+    from ..ops.status import Thresholds, collect, evaluate, nagios_line, parse_duration
     from ..spool.layout import SpoolLayout
     from .output import resolve_format, write_json, write_jsonl
 
-    fmt = resolve_format(output)
-    layout = SpoolLayout(load(spool, config).spool).require()
-    doc = collect_status(layout)
+    fmt = resolve_format(output) if output is not None or not check else None
+    warn_lag, max_lag, max_dead, max_corrupt, max_stale, min_daemons = limits
+    t = Thresholds(
+        parse_duration(warn_lag, "--warn-lag"),
+        parse_duration(max_lag, "--max-lag"),
+        max_dead,
+        max_corrupt,
+        max_stale,
+        min_daemons,
+    )
+    cfg = load(spool, config)
+    layout = SpoolLayout(cfg.spool).require()
+    lease = float(cfg.daemon.get("lease_seconds", 30.0))
+    doc = collect(
+        layout, lease_seconds=lease, stale_after=parse_duration(stale_after, "--stale-after") if stale_after else None
+    )
+    verdict = evaluate(doc, t) if check else None
+    if verdict is not None:
+        doc["check"] = verdict
     if fmt == "json":
         write_json(doc)
-        return
-    if fmt == "jsonl":
+    elif fmt == "jsonl":
         write_jsonl([doc])
-        return
+    elif fmt == "table":
+        _table(doc)
+    if verdict is not None:
+        if fmt is None:
+            sys.stdout.write(nagios_line(doc, verdict, t) + "\n")
+        raise typer.Exit(verdict["code"])
+
+
+def _table(doc: dict[str, Any]) -> None:
     from .output import console, write_table
 
     c = doc["counts"]
-    lag = doc["oldest_pending_age_seconds"]
-    console().print(f"[bold]spool[/bold] {doc['spool']}   oldest pending: "
-                    f"{'-' if lag is None else f'{lag:.1f}s'}")
+    tp = doc["throughput"]
+    recent = tp["processed_recent"]
+    con = console()
+    con.print(
+        f"[bold]spool[/bold] {doc['spool']}   lag (oldest pending): {_fmt_age(doc['oldest_pending_age_seconds'])}"
+        f"   daemons: {doc['daemons_alive']} alive, {doc['daemons_stale']} stale"
+    )
     write_table(["state", "events"], [(k, v) for k, v in c.items()])
+    if recent is not None:
+        con.print(
+            "processed (by event time): "
+            + ", ".join(f"{v} in the last {k}" for k, v in recent.items())
+            + f"   daemons: {tp['daemons_per_second']}/s"
+        )
     if doc["daemons"]:
         write_table(
-            ["daemon", "alive", "beat age", "processed", "dead", "inflight", "lag"],
-            [(d["owner"], "yes" if d["alive"] else "STALE", f"{d['age_seconds']:.1f}s",
-              d["counts"]["processed"], d["counts"]["dead"], d["inflight"], d["lag_seconds"])
-             for d in doc["daemons"]],
+            ["daemon", "alive", "beat age", "processed", "dead", "inflight", "lag", "rate/s"],
+            [
+                (
+                    d.get("owner"),
+                    "yes" if d["alive"] else "STALE",
+                    _fmt_age(d["age_seconds"]),
+                    d.get("counts", {}).get("processed"),
+                    d.get("counts", {}).get("dead"),
+                    d.get("inflight"),
+                    d.get("lag_seconds"),
+                    d.get("rate_per_second"),
+                )
+                for d in doc["daemons"]
+            ],
         )
+    if "check" in doc:
+        v = doc["check"]
+        con.print(f"check: {v['status']}" + (f" - {'; '.join(v['reasons'])}" if v["reasons"] else ""))

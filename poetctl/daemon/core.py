@@ -124,6 +124,9 @@ class Daemon:
         self.policy = RetryPolicy(self.opts.max_attempts, self.opts.backoff_base, self.opts.backoff_cap)
         self.owner = current_owner()
         self.inflight_dir = self.layout.inflight / self.owner
+        self._inflight_prefix = f"{self.inflight_dir}/"
+        self.processed_prefix = f"{self.layout.processed}/"
+        self.pending_prefix = f"{self.layout.pending}/"
         self.heartbeat_dir = self.layout.run / "daemons"
         self.bucket_dir = self.layout.run / "buckets"
         self.records = RecordStore(self.layout)
@@ -139,7 +142,7 @@ class Daemon:
         self._bucket_load = [0] * BUCKETS
         self._inflight = 0
         self._others_alive = False
-        self._window: list[tuple[int, str]] = []
+        self._window: list[str] = []
         self._window_pos = 0
         self._skipped: set[str] = set()
         self._deferred = 0
@@ -280,26 +283,41 @@ class Daemon:
         count = 0
         oldest: int | None = None
 
-        def keys() -> Iterable[tuple[int, str]]:
+        def keys() -> Iterable[str]:
+            # UUIDv7/derived names sort by time as plain strings; other names get a sort
+            # key built from their mtime in the same shape, with the name after a "~".
             nonlocal count
             with os.scandir(pending) as it:
                 for e in it:
                     name = e.name
                     count += 1
-                    ms = time_of(name[:-5]) if name.endswith(".json") else None
-                    if ms is None:
-                        try:
-                            ms = e.stat(follow_symlinks=False).st_mtime_ns // 1_000_000
-                        except OSError:
-                            continue
-                    yield ms, name
+                    if len(name) == 41 and name[14] in "78" and name[8] == "-":
+                        yield name
+                        continue
+                    try:
+                        ms = e.stat(follow_symlinks=False).st_mtime_ns // 1_000_000
+                    except OSError:
+                        continue
+                    h = f"{ms:012x}"
+                    yield f"{h[:8]}-{h[8:12]}-~{name}"
 
         try:
-            self._window = heapq.nsmallest(self.opts.window, keys())
+            names = list(keys())
+            if len(names) > self.opts.window:
+                names = heapq.nsmallest(self.opts.window, names)
+            else:
+                names.sort()
+            self._window = [k.partition("~")[2] or k for k in names]
         except OSError as exc:
             raise SpoolIOError(f"cannot list {pending}: {exc.strerror}") from None
         if self._window:
-            oldest = self._window[0][0]
+            first = self._window[0]
+            oldest = time_of(first[:-5]) if first.endswith(".json") else None
+            if oldest is None:
+                try:
+                    oldest = os.stat(pending / first, follow_symlinks=False).st_mtime_ns // 1_000_000
+                except OSError:
+                    oldest = None
         self._window_pos = 0
         self._skipped = set()
         self._deferred = 0
@@ -314,7 +332,7 @@ class Daemon:
         if self._window_pos >= len(self._window):
             self._list_window()
         opts = self.opts
-        pending = self.layout.pending
+        pending = f"{self.layout.pending}/"
         batches: list[list[Job]] = [[] for _ in self.workers]
         claimed = 0
         window = self._window
@@ -322,9 +340,9 @@ class Daemon:
         nworkers = len(self.workers)
         try:
             while pos < len(window) and self._inflight + claimed < opts.max_inflight and not self.stop:
-                name = window[pos][1]
+                name = window[pos]
                 pos += 1
-                job = self._prepare(pending / name, name)
+                job = self._prepare(pending + name, name)
                 if self._window is not window:
                     break  # recovery put older events back: list again before claiming more
                 if job is None:
@@ -348,19 +366,19 @@ class Daemon:
                 self._inflight += len(b)
                 w.inbox.put(b)
 
-    def _prepare(self, path: Path, name: str) -> Job | None:
+    def _prepare(self, path: str, name: str) -> Job | None:
         """Read, verify and claim one pending file; None if skipped, taken or quarantined."""
         if name.startswith("."):
             return None  # hidden files (.gitkeep, editors' swap files) are not events and not ours
         try:
             if not name.endswith(".json"):
-                raise CorruptEvent("bad_name", "expected <event id>.json", where=str(path))
+                raise CorruptEvent("bad_name", "expected <event id>.json", where=path)
             data = read_bytes(path, self.max_bytes)
-            ev = decode_event(data, self.registry, where=str(path), expected_id=name[:-5])
+            ev = decode_event(data, self.registry, where=path, expected_id=name[:-5])
         except FileNotFoundError:
             return None
         except CorruptEvent as exc:
-            if quarantine(self.layout, path, exc.reason, exc.detail) is not None:
+            if quarantine(self.layout, Path(path), exc.reason, exc.detail) is not None:
                 self.counters.corrupt += 1
             return None
         key = partition_key(ev, self.opts.partition_key)
@@ -373,10 +391,10 @@ class Daemon:
             self._deferred += 1
             return None
         bucket = zlib.crc32(key.encode()) % BUCKETS
-        if not self._hold_bucket(bucket):
+        if bucket not in self._bucket_fds and not self._hold_bucket(bucket):
             self._skipped.add(key)
             return None
-        target = self.inflight_dir / name
+        target = self._inflight_prefix + name
         try:
             os.rename(path, target)
         except FileNotFoundError:
@@ -385,7 +403,8 @@ class Daemon:
         self._bucket_load[bucket] += 1
         if record is not None:
             self._pending_records.pop(ev.id, None)
-        return Job(ev, target, key, bucket, self._subs_for(ev.type), record or Record())
+            record.persisted = True
+        return Job(ev, target, name, key, bucket, self._subs_for(ev.type), record or Record())
 
     def _subs_for(self, event_type: str) -> list[Subscription]:
         subs = self._subs_cache.get(event_type)
@@ -405,7 +424,7 @@ class Daemon:
                         extra={"expired_at": job.event.expires_at, "handled": False})
             self.finished(job, Outcome.EXPIRED)
         else:
-            os.rename(job.path, self.layout.processed / job.path.name)
+            os.rename(job.path, self.processed_prefix + job.name)
             self.finished(job, Outcome.PROCESSED)
             self._processed_pending_sync = True
 
@@ -447,7 +466,7 @@ class Daemon:
         if self.indexer is not None and outcome != Outcome.HANDED_BACK:
             self.indexer.add(job.event, "processed" if outcome == Outcome.PROCESSED else "dead")
         self.done_q.put((job.bucket, outcome))
-        if job.record.done or job.record.failures:
+        if job.record.persisted:
             self.records.drop(job.event.id)
 
     def retry_scheduled(self, job: Job) -> None:
@@ -458,7 +477,7 @@ class Daemon:
         if job.record.done or job.record.failures:
             self.records.save(job.event.id, job.record)
         try:
-            os.rename(job.path, self.layout.pending / job.path.name)
+            os.rename(job.path, self.pending_prefix + job.name)
         except FileNotFoundError:
             return
         self.done_q.put((job.bucket, Outcome.HANDED_BACK))

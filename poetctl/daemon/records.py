@@ -54,6 +54,8 @@ class Record:
     done: set[str] = field(default_factory=set)
     failures: list[Attempt] = field(default_factory=list)
     not_before: float = 0.0
+    # True when events/records/<id>.json exists for it (so finishing must remove it).
+    persisted: bool = field(default=False, compare=False)
 
     @property
     def attempts(self) -> int:
@@ -176,6 +178,7 @@ class RecordStore:
 
     def save(self, event_id: str, record: Record) -> None:
         write_atomic(self.dir, f"{event_id}.json", record.to_json())
+        record.persisted = True
 
     def drop(self, event_id: str) -> None:
         try:
@@ -215,7 +218,7 @@ def quarantine(layout: SpoolLayout, path: Path, reason: str, detail: str) -> Pat
 
 def dead_letter(
     layout: SpoolLayout,
-    path: Path,
+    path: str | Path,
     event_id: str,
     *,
     reason: str,

@@ -18,7 +18,6 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..event import Event
@@ -36,7 +35,8 @@ class Job:
     """A claimed event and what its handling needs."""
 
     event: Event
-    path: Path
+    path: str
+    name: str
     key: str
     bucket: int
     subs: list[Subscription]
@@ -82,7 +82,9 @@ class Worker(threading.Thread):
                         self._run_key(self.ready.popleft())
                 else:
                     self._flush()
-                    self.busy = False
+                    if self.busy:
+                        self.busy = False
+                        self.d.wake.set()  # the main loop may be waiting for us to finish
                 if self.stop_requested:
                     break
         except BaseException as exc:  # a bug or I/O failure here must not be silent
@@ -177,7 +179,7 @@ class Worker(threading.Thread):
             job.record.done.add(sub.name)
             if i != last:
                 d.journal.done(ev.id, sub.name)
-        os.rename(job.path, d.layout.processed / job.path.name)
+        os.rename(job.path, d.processed_prefix + job.name)
         self._dirty += 1
         if self._dirty >= FLUSH_EVERY:
             self._flush()

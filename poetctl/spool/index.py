@@ -35,7 +35,6 @@ CREATE TABLE IF NOT EXISTS events (
     causation_id TEXT,
     state TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE INDEX IF NOT EXISTS events_state_ts ON events (state, ts);
 CREATE INDEX IF NOT EXISTS events_corr ON events (correlation_id) WHERE correlation_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_cause ON events (causation_id) WHERE causation_id IS NOT NULL;

@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""Emit-to-handler-start latency of a running daemon at a steady emit rate.
+
+Usage::
+
+    .venv/bin/python bench/latency.py [--rate 1000] [--seconds 10] [--json]
+
+It only measures and prints; it asserts nothing. Steps:
+
+1. Start ``python -m poetctl --spool P daemon --no-builtin-handlers --handlers
+   bench/_latency_handlers.py`` (continuous mode, default options: 4 workers,
+   file watching on). The handler appends ``<id> <time.time()>`` at its start
+   to the file named by ``POETCTL_BENCH_LATENCY_OUT``.
+2. Warm up: a few single emits, each waited for (daemon start-up excluded).
+3. From this process, ``router.emit`` (single, durable calls) at a steady rate
+   paced by a ``perf_counter`` schedule (a late call is made at once: the
+   schedule catches up rather than skipping). ``time.time()`` is taken just
+   before each call: latency runs from the moment ``emit()`` was called, so
+   it includes emit's own durable commit.
+4. Wait until every event was handled, SIGTERM the daemon, and print
+   p50/p95/p99/max of handler_start - emit_start, the achieved emit rate, and
+   as diagnostics the emit call's own duration and handler_start - emit_return.
+
+Targets: p95 <= 20 ms, p99 <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+HANDLERS = REPO / "bench" / "_latency_handlers.py"
+ENV_OUT = "POETCTL_BENCH_LATENCY_OUT"
+
+try:
+    import poetctl  # noqa: F401
+except ImportError:  # run with an interpreter that lacks the editable install
+    sys.path.insert(0, str(REPO))
+
+from poetctl.router import EventRouter  # noqa: E402
+
+TARGET_P95_MS = 20.0
+TARGET_P99_MS = 50.0
+
+
+def log(msg: str) -> None:
+    print(f"[latency] {msg}", file=sys.stderr, flush=True)
+
+
+def pick_base(explicit: str | None) -> Path:
+    """Scratch parent on the repo's filesystem (the repo's parent, else the temp dir)."""
+    if explicit:
+        return Path(explicit)
+    repo_dev = os.stat(REPO).st_dev
+    for cand in (REPO.parent, Path(tempfile.gettempdir())):
+        try:
+            if os.stat(cand).st_dev == repo_dev and os.access(cand, os.W_OK | os.X_OK):
+                return cand
+        except OSError:
+            continue
+    return REPO.parent
+
+
+def percentile(sorted_vals: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_vals:
+        return math.nan
+    k = max(1, math.ceil(p / 100 * len(sorted_vals)))
+    return sorted_vals[k - 1]
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    s = sorted(v * 1000 for v in values)
+    if not s:
+        return {"count": 0}
+    return {
+        "count": len(s),
+        "min": s[0],
+        "p50": percentile(s, 50),
+        "p90": percentile(s, 90),
+        "p95": percentile(s, 95),
+        "p99": percentile(s, 99),
+        "p999": percentile(s, 99.9),
+        "max": s[-1],
+        "mean": statistics.fmean(s),
+    }
+
+
+def read_handled(path: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return out
+    for line in data.split(b"\n"):
+        parts = line.split()
+        if len(parts) == 2:
+            # First start wins (a retried handler would log twice).
+            out.setdefault(parts[0].decode(), float(parts[1]))
+    return out
+
+
+def wait_handled(path: Path, ids: set[str], timeout: float, proc: subprocess.Popen[bytes]) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = read_handled(path)
+        if ids.issubset(seen.keys()) or time.monotonic() > deadline or proc.poll() is not None:
+            return seen
+        time.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=float, default=1000.0, help="emits per second (default 1000)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="emit duration in seconds (default 10)")
+    ap.add_argument(
+        "--emitters",
+        type=int,
+        default=1,
+        help="emitting threads sharing the schedule (default 1: one thread, as specified; a single "
+        "durable emit can take over 1 ms, use more to reach the rate)",
+    )
+    ap.add_argument("--warmup", type=int, default=5, help="warm-up emits, each waited for (default 5)")
+    ap.add_argument("--tmp-dir", help="parent of the scratch dir (default: the repo's parent)")
+    ap.add_argument("--json", action="store_true", help="also print one JSON object on stdout (text goes to stderr)")
+    args = ap.parse_args(argv)
+    if args.rate <= 0 or args.seconds <= 0 or args.emitters < 1:
+        ap.error("--rate and --seconds must be > 0, --emitters >= 1")
+
+    t_start = time.perf_counter()
+    n = round(args.rate * args.seconds)
+    scratch = tempfile.TemporaryDirectory(prefix="poetctl-latency-", dir=pick_base(args.tmp_dir))
+    root = Path(scratch.name)
+    spool = root / "spool"
+    out_file = root / "handled.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POET_")}
+    env[ENV_OUT] = str(out_file)
+    report: dict[str, Any] = {
+        "params": {
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "events": n,
+            "warmup": args.warmup,
+            "emitters": args.emitters,
+        },
+        "machine": {
+            "nproc": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "loadavg_start": list(os.getloadavg()),
+        },
+        "problems": [],
+    }
+    router = EventRouter(spool=spool)
+    router.layout.init()
+    cmd = [
+        sys.executable,
+        "-m",
+        "poetctl",
+        "--spool",
+        str(spool),
+        "daemon",
+        "--no-builtin-handlers",
+        "--handlers",
+        str(HANDLERS),
+    ]
+    log(f"starting {' '.join(cmd[1:])}")
+    t_proc = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # -- warm-up: the daemon is ready once it handles an event.
+        warm_ids = []
+        for i in range(args.warmup):
+            eid = router.emit("system.metrics", {"service": "bench-warmup", "metrics": {"n": i}})
+            warm_ids.append(eid)
+            seen = wait_handled(out_file, {eid}, 60.0, proc)
+            if eid not in seen:
+                raise RuntimeError(f"daemon did not handle a warm-up event within 60 s (exit {proc.poll()})")
+            if i == 0:
+                report["first_event_handled_after_start_s"] = time.perf_counter() - t_proc
+        log(
+            f"daemon ready after {report['first_event_handled_after_start_s']:.2f} s; emitting {n} events at "
+            f"{args.rate:g}/s"
+        )
+
+        # -- steady emits (slot i at t0 + i/rate; with --emitters K, thread k takes slots k, k+K, ...).
+        starts: list[float] = [0.0] * n
+        ends: list[float] = [0.0] * n
+        durs: list[float] = [0.0] * n
+        ids: list[str] = [""] * n
+        lags: list[float] = [0.0] * args.emitters
+        errors: list[BaseException] = []
+        interval = 1.0 / args.rate
+        pc = time.perf_counter
+
+        def emitter(k: int, t0: float) -> None:
+            emit, wall, sleep = router.emit, time.time, time.sleep
+            try:
+                for i in range(k, n, args.emitters):
+                    target = t0 + i * interval
+                    now = pc()
+                    if now < target:
+                        if target - now > 0.0015:
+                            sleep(target - now - 0.001)
+                        while pc() < target:
+                            pass
+                    else:
+                        lags[k] = max(lags[k], now - target)
+                    c0 = pc()
+                    ts = wall()
+                    ids[i] = emit("system.metrics", {"service": "bench", "metrics": {"n": i}})
+                    ends[i] = wall()
+                    durs[i] = pc() - c0
+                    starts[i] = ts
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        t0 = pc() + 0.01
+        threads = [threading.Thread(target=emitter, args=(k, t0)) for k in range(args.emitters)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        max_lag = max(lags)
+        emit_elapsed = pc() - t0
+        # Achieved rate over the schedule's span: n events in (time of the last emit start - first).
+        span = (max(starts) - min(starts)) if n > 1 else emit_elapsed
+        report["emit"] = {
+            "achieved_rate": (n - 1) / span if n > 1 and span > 0 else math.nan,
+            "elapsed_s": emit_elapsed,
+            "max_schedule_lag_ms": max_lag * 1000,
+            "call_ms": summary_ms(durs),
+        }
+        log(f"emitted {n} in {emit_elapsed:.2f} s; waiting for the handlers")
+        seen = wait_handled(out_file, set(ids), 60.0 + n / 500, proc)
+    finally:
+        rc = proc.poll()
+        if rc is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                _, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+                report["problems"].append("daemon did not stop within 60 s of SIGTERM; killed")
+        else:
+            err = proc.stderr.read() if proc.stderr else b""
+            report["problems"].append(f"daemon exited early with {rc}")
+        report["daemon_exit"] = proc.returncode
+        report["daemon_stderr_tail"] = err.decode(errors="replace")[-1000:]
+        scratch.cleanup()
+
+    lat = [seen[i] - s for i, s in zip(ids, starts, strict=True) if i in seen]
+    after_return = [seen[i] - e for i, e in zip(ids, ends, strict=True) if i in seen]
+    missing = sum(1 for i in ids if i not in seen)
+    if missing:
+        report["problems"].append(f"{missing} events never handled")
+    report["latency_ms"] = summary_ms(lat)
+    report["after_emit_return_ms"] = summary_ms(after_return)
+    report["missing"] = missing
+    report["target_p95_met"] = report["latency_ms"].get("p95", math.inf) <= TARGET_P95_MS
+    report["target_p99_met"] = report["latency_ms"].get("p99", math.inf) <= TARGET_P99_MS
+    report["machine"]["loadavg_end"] = list(os.getloadavg())
+    report["elapsed_s"] = time.perf_counter() - t_start
+
+    L, E, A = report["latency_ms"], report["emit"], report["after_emit_return_ms"]
+    lines = [
+        f"poetctl latency benchmark: {n:,} single emits at {args.rate:g}/s for {args.seconds:g} s, daemon with "
+        f"default options (machine: {report['machine']['nproc']} cpu, loadavg "
+        f"{' '.join(f'{x:.2f}' for x in report['machine']['loadavg_start'])})",
+        f"  achieved emit rate {E['achieved_rate']:,.0f}/s with {args.emitters} emitting thread(s) (max schedule lag "
+        f"{E['max_schedule_lag_ms']:.1f} ms)"
+        f"{'' if E['achieved_rate'] >= 0.95 * args.rate else '  !! below the requested rate'}",
+        f"  emit -> handler start: p50 {L['p50']:.2f} ms  p95 {L['p95']:.2f} ms  p99 {L['p99']:.2f} ms  "
+        f"max {L['max']:.2f} ms   [p95 <= {TARGET_P95_MS:g}: {'ok' if report['target_p95_met'] else 'MISSED'}; "
+        f"p99 <= {TARGET_P99_MS:g}: {'ok' if report['target_p99_met'] else 'MISSED'}]",
+        f"  (emit call itself: p50 {E['call_ms']['p50']:.2f} ms  p99 {E['call_ms']['p99']:.2f} ms  max "
+        f"{E['call_ms']['max']:.2f} ms; emit return -> handler start: p50 {A['p50']:.2f} ms  p95 {A['p95']:.2f} ms  "
+        f"p99 {A['p99']:.2f} ms  max {A['max']:.2f} ms)",
+        f"  daemon: first event handled {report['first_event_handled_after_start_s']:.2f} s after start; "
+        f"exit {report['daemon_exit']} on SIGTERM; missing {missing}",
+    ]
+    if report["problems"]:
+        lines.append("  problems: " + "; ".join(report["problems"]))
+    text = "\n".join(lines)
+    if args.json:
+        print(text, file=sys.stderr)
+        print(json.dumps(report, sort_keys=True))
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Peak RSS of ``poetctl daemon --once`` draining a large backlog.
+
+Usage::
+
+    .venv/bin/python bench/memory.py [--events 1000000] [--json]
+
+It only measures and prints; it asserts nothing. Steps:
+
+1. Build the backlog fast (not through emit): create the spool with
+   ``EventRouter``, build one template ``system.metrics`` event with
+   ``router.build``, then per event set a fresh ``uuid7()`` id, ``seal()`` and
+   write ``to_json()`` to ``events/pending/<id>.json`` (plain open/write, no
+   fsync). The build time is printed.
+2. Run ``python -m poetctl --spool P daemon --once --no-builtin-handlers
+   --handlers bench/_noop_handlers.py`` and sample its ``VmRSS``/``VmHWM``
+   from ``/proc/<pid>/status`` every 50 ms; after it exits also read
+   ``getrusage(RUSAGE_CHILDREN).ru_maxrss``. The peak is the largest of them.
+3. Print the peak RSS in MB, the drain time and rate, then remove the spool.
+
+Target: peak RSS <= 100 MB with 1,000,000 events pending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+NOOP = REPO / "bench" / "_noop_handlers.py"
+
+try:
+    import poetctl  # noqa: F401
+except ImportError:  # run with an interpreter that lacks the editable install
+    sys.path.insert(0, str(REPO))
+
+from poetctl.ids import uuid7  # noqa: E402
+from poetctl.router import EventRouter  # noqa: E402
+
+TARGET_MB = 100.0
+O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def log(msg: str) -> None:
+    print(f"[memory] {msg}", file=sys.stderr, flush=True)
+
+
+def pick_base(explicit: str | None) -> Path:
+    """Scratch parent on the repo's filesystem (the repo's parent, else the temp dir)."""
+    if explicit:
+        return Path(explicit)
+    repo_dev = os.stat(REPO).st_dev
+    for cand in (REPO.parent, Path(tempfile.gettempdir())):
+        try:
+            if os.stat(cand).st_dev == repo_dev and os.access(cand, os.W_OK | os.X_OK):
+                return cand
+        except OSError:
+            continue
+    return REPO.parent
+
+
+def build(spool: Path, n: int) -> float:
+    t0 = time.perf_counter()
+    router = EventRouter(spool=spool)
+    router.layout.init()
+    ev = router.build("system.metrics", {"service": "bench", "metrics": {"n": 0}})[0]
+    pending = str(router.layout.pending)
+    step = max(1, n // 10)
+    for i in range(n):
+        ev.id = uuid7()
+        ev.seal()
+        fd = os.open(f"{pending}/{ev.id}.json", O_CREATE, 0o640)
+        try:
+            os.write(fd, ev.to_json())
+        finally:
+            os.close(fd)
+        if (i + 1) % step == 0:
+            log(f"  built {i + 1:,} ({(i + 1) / (time.perf_counter() - t0):,.0f}/s)")
+    return time.perf_counter() - t0
+
+
+def status_kb(pid: int) -> dict[str, int]:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith((b"VmRSS:", b"VmHWM:")):
+                    k, v = line.split(b":", 1)
+                    out[k.decode()] = int(v.split()[0])
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def count_dir(path: Path) -> int:
+    try:
+        with os.scandir(path) as it:
+            return sum(1 for _ in it)
+    except FileNotFoundError:
+        return 0
+
+
+def run_daemon(spool: Path, cwd: Path, interval: float) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POET_")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "poetctl",
+        "--spool",
+        str(spool),
+        "daemon",
+        "--once",
+        "--no-builtin-handlers",
+        "--handlers",
+        str(NOOP),
+    ]
+    log(f"running {' '.join(cmd[1:])}")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    samples: list[tuple[float, int]] = []  # (seconds since start, VmRSS kB)
+    hwm = [0]
+    done = threading.Event()
+
+    def sampler() -> None:
+        while not done.is_set():
+            s = status_kb(proc.pid)
+            if "VmRSS" in s:
+                samples.append((time.perf_counter() - t0, s["VmRSS"]))
+            if s.get("VmHWM", 0) > hwm[0]:
+                hwm[0] = s["VmHWM"]
+            done.wait(interval)
+
+    th = threading.Thread(target=sampler, daemon=True)
+    th.start()
+    _, err = proc.communicate()
+    dt = time.perf_counter() - t0
+    done.set()
+    th.join()
+    ru_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kB on Linux
+    rss_max = max((kb for _, kb in samples), default=0)
+    peak_kb = max(rss_max, hwm[0], ru_kb)
+    # A coarse RSS curve (one point per ~5% of the run) for the JSON output.
+    curve = samples[:: max(1, len(samples) // 20)]
+    return {
+        "seconds": dt,
+        "rc": proc.returncode,
+        "stderr_tail": err.decode(errors="replace")[-600:],
+        "samples": len(samples),
+        "sampled_vmrss_max_mb": rss_max / 1024,
+        "last_vmhwm_mb": hwm[0] / 1024,
+        "ru_maxrss_mb": ru_kb / 1024,
+        "peak_rss_mb": peak_kb / 1024,
+        "rss_curve_mb": [(round(t, 2), round(kb / 1024, 1)) for t, kb in curve],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=1_000_000, help="pending events (default 1000000)")
+    ap.add_argument("--interval", type=float, default=0.05, help="RSS sampling interval in s (default 0.05)")
+    ap.add_argument("--tmp-dir", help="parent of the scratch dir (default: the repo's parent)")
+    ap.add_argument("--json", action="store_true", help="also print one JSON object on stdout (text goes to stderr)")
+    args = ap.parse_args(argv)
+    if args.events < 1:
+        ap.error("--events must be >= 1")
+
+    t_start = time.perf_counter()
+    base = pick_base(args.tmp_dir)
+    root = Path(tempfile.mkdtemp(prefix="poetctl-memory-", dir=base))
+    spool = root / "spool"
+    du = shutil.disk_usage(base)
+    st = os.statvfs(base)
+    report: dict[str, Any] = {
+        "params": {"events": args.events, "interval": args.interval},
+        "machine": {
+            "nproc": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "loadavg": list(os.getloadavg()),
+            "disk_free_gb": du.free / 1e9,
+            "inodes_free": st.f_favail,
+        },
+        "problems": [],
+    }
+    try:
+        log(
+            f"building {args.events:,} pending events in {spool} (disk free {du.free / 1e9:.0f} GB, "
+            f"{st.f_favail:,} inodes free)"
+        )
+        report["build_s"] = build(spool, args.events)
+        os.sync()
+        log(f"built in {report['build_s']:.1f} s; draining")
+        res = run_daemon(spool, root, args.interval)
+        report.update(res)
+        processed = count_dir(spool / "events" / "processed")
+        left = count_dir(spool / "events" / "pending")
+        report["processed"] = processed
+        report["pending_left"] = left
+        report["rate"] = args.events / res["seconds"]
+        if res["rc"] != 0:
+            report["problems"].append(f"daemon exited {res['rc']}: {res['stderr_tail'][-300:]}")
+        if processed != args.events or left:
+            report["problems"].append(f"processed {processed}, {left} left pending")
+    finally:
+        log("removing the spool")
+        t_clean = time.perf_counter()
+        shutil.rmtree(root, ignore_errors=True)
+        os.sync()
+        report["cleanup_s"] = time.perf_counter() - t_clean
+    report["target_met"] = report.get("peak_rss_mb", float("inf")) <= TARGET_MB
+    report["elapsed_s"] = time.perf_counter() - t_start
+
+    lines = [
+        f"poetctl memory benchmark: daemon --once with {args.events:,} events pending (machine: "
+        f"{report['machine']['nproc']} cpu, loadavg {' '.join(f'{x:.2f}' for x in report['machine']['loadavg'])})",
+        f"  build (direct writes, no fsync): {report['build_s']:.1f} s ({args.events / report['build_s']:,.0f} ev/s)",
+    ]
+    if "peak_rss_mb" in report:
+        lines += [
+            f"  peak RSS {report['peak_rss_mb']:.1f} MB   [<= {TARGET_MB:g} MB: "
+            f"{'ok' if report['target_met'] else 'MISSED'}]   (sampled VmRSS max {report['sampled_vmrss_max_mb']:.1f}, "
+            f"last VmHWM {report['last_vmhwm_mb']:.1f}, ru_maxrss {report['ru_maxrss_mb']:.1f}; "
+            f"{report['samples']} samples)",
+            f"  drain: {report['seconds']:.1f} s, {report['rate']:,.0f} events/s, exit {report['rc']}, "
+            f"processed {report['processed']:,}, left pending {report['pending_left']:,}",
+            "  RSS curve (s, MB): " + " ".join(f"{t:g}:{mb:g}" for t, mb in report["rss_curve_mb"]),
+        ]
+    lines.append(f"  cleanup {report['cleanup_s']:.1f} s; total {report['elapsed_s']:.1f} s")
+    if report["problems"]:
+        lines.append("  problems: " + "; ".join(report["problems"]))
+    text = "\n".join(lines)
+    if args.json:
+        print(text, file=sys.stderr)
+        print(json.dumps(report, sort_keys=True))
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Moving handled events (processed/ or dead/) back to pending so the handlers run again.
+
+Used by ``poetctl replay`` and ``poetctl dead retry``. Ids are kept; the
+event's ``metadata.replayed`` records ``{"at", "count", "from"}`` (plus, from
+dead/, a summary of the last error) and the checksum is recomputed. The
+completion record (``events/records/<id>.json``) is dropped so every handler
+runs again, and a retried dead letter starts with fresh attempts.
+
+Ordering (why an event is always in exactly one state, even across a crash)
+--------------------------------------------------------------------------
+
+The mover behaves like a daemon: it owns ``events/inflight/<owner>/``, named
+like a daemon's (``<host>.<pid>.<start ticks>``), so daemons treat it as
+the directory of a live owner while this process runs and *recover it to
+pending* if this process dies. Per batch:
+
+1. drop the completion records, before the move: a record without its event
+   is inert, while one left beside an event recovered after a crash would
+   make the handlers it lists be skipped;
+2. ``rename(processed/<id>.json -> inflight/<owner>/<id>.json)``: one atomic
+   step, so the event is in exactly one directory (a daemon never claims from
+   inflight, and nobody else writes there); fsync both directories;
+3. delete the index rows (in-flight events are not indexed; doing it before
+   step 5 means a daemon that re-handles the event at once can only *add* its
+   new row after ours is gone, never lose it);
+4. rewrite the file in place with the new metadata (tmp in events/tmp, one
+   group sync, then ``renameat2(RENAME_EXCHANGE)`` with the in-flight name,
+   which - unlike a rename - cannot re-create a file a daemon recovered
+   meanwhile; fsync);
+5. ``renameat2(inflight/<owner>/<id>.json -> pending/<id>.json,
+   RENAME_NOREPLACE)``: atomic again and never replaces a pending file (if
+   one exists the id is already queued: ours goes back where it came from);
+   fsync both directories;
+6. from dead/: remove ``dead/<id>.error`` (its summary now travels in
+   ``metadata.replayed.error``).
+
+A crash after 2 leaves the event in a dead owner's in-flight directory; the
+next daemon start or rescan (or ``poetctl fsck --repair``) returns it to
+pending, so it is still handled again - only the ``replayed`` mark may be
+missing. A crash after 5 can leave a ``dead/<id>.error`` without its event,
+which ``fsck`` reports and ``--repair`` removes. There is never a moment with
+zero copies or with two live copies.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..daemon.owner import current_owner
+from ..errors import SpoolIOError
+from ..event import Event
+from ..query import Found
+from ..spool.index import Index, row_of
+from ..spool.layout import DIR_MODE, SpoolLayout, fsync_dir
+from ..spool.reader import CorruptEvent, decode_event, read_bytes
+from ..spool.writer import group_sync, write_tmp
+from .safefs import rename_noreplace, replace_existing
+
+BATCH = 500
+ERROR_SUMMARY_CHARS = 2000
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@dataclass(slots=True)
+class Outcome:
+    moved: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def error_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """What of a ``dead/<id>.error`` record is kept in the event when it leaves dead/."""
+    err = info.get("error")
+    if isinstance(err, str) and len(err) > ERROR_SUMMARY_CHARS:
+        err = err[:ERROR_SUMMARY_CHARS] + "..."
+    return {
+        k: v
+        for k, v in (
+            ("reason", info.get("reason")),
+            ("error", err),
+            ("handler", info.get("handler")),
+            ("attempts", info.get("attempts")),
+            ("dead_at", info.get("dead_at")),
+        )
+        if v is not None
+    }
+
+
+def read_error(layout: SpoolLayout, event_id: str) -> dict[str, Any] | None:
+    """``dead/<id>.error`` parsed, or None if absent or unreadable (never follows a link)."""
+    try:
+        d = orjson.loads(read_bytes(layout.dead / f"{event_id}.error", 16 * 1024 * 1024))
+    except (FileNotFoundError, CorruptEvent, orjson.JSONDecodeError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def mark_replayed(ev: Event, source: str, at: float, error: dict[str, Any] | None = None) -> Event:
+    """Set ``metadata.replayed`` (count + 1) and reseal."""
+    prev = ev.metadata.get("replayed")
+    count = prev.get("count", 0) if isinstance(prev, dict) else 0
+    mark: dict[str, Any] = {"at": round(at, 6), "count": (count if isinstance(count, int) else 0) + 1, "from": source}
+    if error:
+        mark["error"] = error
+    ev.metadata = {**ev.metadata, "replayed": mark}
+    return ev.seal()
+
+
+class Requeuer:
+    """Moves events from ``source`` (processed or dead) to pending; see the module docstring."""
+
+    def __init__(
+        self,
+        layout: SpoolLayout,
+        source: str,
+        *,
+        index: Index | None,
+        max_bytes: int,
+        warn: Callable[[str], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.layout = layout
+        self.source = source
+        self.src_dir: Path = getattr(layout, source)
+        self.index = index
+        self.max_bytes = max_bytes
+        self.warn = warn
+        self.clock = clock
+        self.own = layout.inflight / current_owner()
+        self._made_own = False
+
+    def __enter__(self) -> Requeuer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._made_own:
+            try:
+                os.rmdir(self.own)
+            except OSError:
+                pass  # not empty: something could not be put anywhere; a daemon recovers it
+            self._made_own = False
+
+    def _ensure_own(self) -> None:
+        if not self._made_own:
+            os.makedirs(self.layout.inflight, DIR_MODE, exist_ok=True)
+            try:
+                os.mkdir(self.own, DIR_MODE)
+            except FileExistsError:
+                pass
+            self._made_own = True
+
+    def requeue(self, found: list[Found]) -> Outcome:
+        """Move every event of ``found`` (read from ``source``) to pending. Returns what moved."""
+        out = Outcome()
+        for start in range(0, len(found), BATCH):
+            self._batch(found[start : start + BATCH], out)
+        return out
+
+    def _batch(self, batch: list[Found], out: Outcome) -> None:
+        self._ensure_own()
+        # 1. Completion records are reset: every handler runs again.
+        for f in batch:
+            _unlink_quiet(self.layout.records / f"{f.id}.json")
+        # 2. Take the events out of their state into our own in-flight directory.
+        taken: list[Found] = []
+        for f in batch:
+            try:
+                os.rename(self.src_dir / f"{f.id}.json", self.own / f"{f.id}.json")
+            except FileNotFoundError:
+                out.skipped.append((f.id, f"it left {self.source}/ meanwhile"))
+                continue
+            except OSError as exc:
+                raise SpoolIOError(f"cannot move {f.path} to {self.own}: {exc.strerror}") from None
+            taken.append(f)
+        if not taken:
+            return
+        fsync_dir(self.own)
+        fsync_dir(self.src_dir)
+        # 3. In flight is not indexed.
+        if self.index is not None:
+            self.index.delete([f.id for f in taken])
+        # 4. Rewrite with the replay mark.
+        now = self.clock()
+        made: list[tuple[str, Path, int]] = []
+        ready: list[str] = []
+        events: dict[str, Event] = {}
+        try:
+            for f in taken:
+                path = self.own / f"{f.id}.json"
+                try:
+                    ev = decode_event(read_bytes(path, self.max_bytes), None, where=str(path), expected_id=f.id)
+                except CorruptEvent as exc:
+                    self._put_back(f.id, f"changed while being replayed: {exc}", out, None)
+                    continue
+                err = error_summary(read_error(self.layout, f.id) or {}) if self.source == "dead" else None
+                events[f.id] = ev
+                data = mark_replayed(ev, self.source, now, err).to_json() + b"\n"
+                if len(data) > self.max_bytes:
+                    # Unmarked rather than oversized: a daemon would quarantine an oversized file.
+                    self.warn(f"{f.id}: the replay mark would exceed max_event_bytes; replaying it unmarked")
+                    ready.append(f.id)
+                    continue
+                tmp, fd = write_tmp(self.layout.tmp, f.id, data)
+                made.append((f.id, tmp, fd))
+            group_sync(self.layout.tmp, [fd for _, _, fd in made])
+        except BaseException:
+            for _, tmp, fd in made:
+                os.close(fd)
+                _unlink_quiet(tmp)
+            raise
+        for eid, tmp, fd in made:
+            os.close(fd)
+            try:
+                # Only over the file we hold: if a daemon recovered it meanwhile (it judges owners on other
+                # hosts by heartbeats, and we write none), it is pending again and must not be duplicated.
+                replace_existing(tmp, self.own / f"{eid}.json")
+            except FileNotFoundError:
+                _unlink_quiet(tmp)
+                out.skipped.append((eid, "a daemon took it back to pending meanwhile (handled again, unmarked)"))
+                continue
+            except OSError as exc:
+                _unlink_quiet(tmp)
+                raise SpoolIOError(f"cannot rewrite {self.own / eid}.json: {exc.strerror}") from None
+            ready.append(eid)
+        fsync_dir(self.own)
+        # 5. Into pending, never replacing an event already queued there.
+        moved: list[str] = []
+        for eid in ready:
+            try:
+                rename_noreplace(self.own / f"{eid}.json", self.layout.pending / f"{eid}.json")
+            except FileExistsError:
+                self._put_back(eid, "it is already pending", out, events.get(eid))
+                continue
+            except FileNotFoundError:
+                out.skipped.append((eid, "a daemon took it back to pending meanwhile (handled again)"))
+                continue
+            except OSError as exc:
+                raise SpoolIOError(f"cannot move {eid} into {self.layout.pending}: {exc.strerror}") from None
+            moved.append(eid)
+        fsync_dir(self.layout.pending)
+        fsync_dir(self.own)
+        # 6. The dead letter's error record has been summarised into the event.
+        if self.source == "dead" and moved:
+            for eid in moved:
+                p = self.layout.dead / f"{eid}.error"
+                if os.path.islink(p) or not os.path.lexists(p):
+                    continue
+                _unlink_quiet(p)
+            fsync_dir(self.layout.dead)
+        out.moved.extend(moved)
+
+    def _put_back(self, eid: str, why: str, out: Outcome, ev: Event | None) -> None:
+        """Return an event we took to where it came from (never replacing anything)."""
+        src = self.own / f"{eid}.json"
+        try:
+            rename_noreplace(src, self.src_dir / f"{eid}.json")
+        except FileExistsError:
+            # Its name in source/ was taken meanwhile: leave it in flight; when this process
+            # exits, a daemon (or fsck --repair) returns it to pending. Nothing is lost.
+            why += f"; left in {self.own} for recovery"
+        else:
+            if self.index is not None and ev is not None:
+                self.index.put([row_of(ev, self.source)])
+        fsync_dir(self.src_dir)
+        out.skipped.append((eid, why))
