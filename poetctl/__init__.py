@@ -2,20 +2,46 @@
 
 The public library surface is small: :class:`EventRouter` to emit and
 subscribe, :class:`Event` for what handlers receive, :func:`load_config` and
-the error classes (each carries its exit code).
+the error classes (each carries its exit code). Names are imported on first
+use, so ``import poetctl.something`` stays cheap for the command-line tool.
 """
 
 from __future__ import annotations
 
-from .config import Config, load_config
-from .errors import InvalidData, PoetError, SpoolIOError, UnknownType
-from .event import Event
-from .router import EventRouter
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# The seed's name for the router.
-POETEventRouter = EventRouter
+_EXPORTS = {
+    "Config": ".config",
+    "load_config": ".config",
+    "InvalidData": ".errors",
+    "PoetError": ".errors",
+    "SpoolIOError": ".errors",
+    "UnknownType": ".errors",
+    "Event": ".event",
+    "EventRouter": ".router",
+}
+
+if TYPE_CHECKING:
+    from .config import Config, load_config
+    from .errors import InvalidData, PoetError, SpoolIOError, UnknownType
+    from .event import Event
+    from .router import EventRouter
+
+    POETEventRouter = EventRouter
+
+
+def __getattr__(name: str) -> Any:
+    if name == "POETEventRouter":  # the seed's name for the router
+        name = "EventRouter"
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'poetctl' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)
+
 
 __all__ = [
     "Config",

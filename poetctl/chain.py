@@ -55,8 +55,9 @@ class Node:
 # -- reading -----------------------------------------------------------------------------------
 
 
-def iter_found(layout: SpoolLayout, states: Sequence[str] = STATES,
-               on_damaged: OnDamaged | None = None) -> Iterator[Found]:
+def iter_found(
+    layout: SpoolLayout, states: Sequence[str] = STATES, on_damaged: OnDamaged | None = None
+) -> Iterator[Found]:
     """Every readable, verified event in ``states``; damaged files are reported and skipped."""
     for state in states:
         for d in state_dirs(layout, state):
@@ -70,15 +71,17 @@ def iter_found(layout: SpoolLayout, states: Sequence[str] = STATES,
                     yield f
 
 
-def iter_events(layout: SpoolLayout, states: tuple[str, ...] = STATES,
-                on_damaged: OnDamaged | None = None) -> Iterator[tuple[str, Event]]:
+def iter_events(
+    layout: SpoolLayout, states: tuple[str, ...] = STATES, on_damaged: OnDamaged | None = None
+) -> Iterator[tuple[str, Event]]:
     """Every readable event with its state; damaged files are skipped (reported via ``on_damaged``)."""
     for f in iter_found(layout, states, on_damaged):
         yield f.state, f.event
 
 
-def connected(layout: SpoolLayout, ident: str, *, index: Index | bool | None = True,
-              on_damaged: OnDamaged | None = None) -> list[Node]:
+def connected(
+    layout: SpoolLayout, ident: str, *, index: Index | bool | None = True, on_damaged: OnDamaged | None = None
+) -> list[Node]:
     """Roots of the trees connected to ``ident`` (an event id or a correlation id); [] if unknown.
 
     ``index``: an open :class:`Index`, True to use the spool's index if it
@@ -88,8 +91,9 @@ def connected(layout: SpoolLayout, ident: str, *, index: Index | bool | None = T
     return build_forest(collect(layout, ident, index=index, on_damaged=on_damaged))
 
 
-def collect(layout: SpoolLayout, ident: str, *, index: Index | bool | None = True,
-            on_damaged: OnDamaged | None = None) -> dict[str, Found]:
+def collect(
+    layout: SpoolLayout, ident: str, *, index: Index | bool | None = True, on_damaged: OnDamaged | None = None
+) -> dict[str, Found]:
     """The connected events of ``ident`` by id (see :func:`connected`)."""
     idx: Index | None
     own = False
@@ -325,9 +329,12 @@ def _dot_str(text: str) -> str:
 
 def to_dot(roots: list[Node], title: str = "poet") -> str:
     """A Graphviz digraph: one box per event (type, id, state), edges labelled with the hop."""
-    lines = [f"digraph {_dot_str(title)} {{", "  rankdir=TB;",
-             '  node [shape=box, style=rounded, fontname="Helvetica"];',
-             '  edge [fontname="Helvetica", fontsize=10];']
+    lines = [
+        f"digraph {_dot_str(title)} {{",
+        "  rankdir=TB;",
+        '  node [shape=box, style=rounded, fontname="Helvetica"];',
+        '  edge [fontname="Helvetica", fontsize=10];',
+    ]
     for node, parent in walk(roots):
         e = node.event
         label = f"{e.type}\n{e.id}\n[{node.state}] {iso(e.timestamp)}"
@@ -337,8 +344,10 @@ def to_dot(roots: list[Node], title: str = "poet") -> str:
             lines.append(f"  {_dot_str(parent.event.id)} -> {_dot_str(e.id)} [label={_dot_str(hop)}];")
         if node.missing_cause:
             ghost = "missing:" + node.missing_cause
-            lines.append(f"  {_dot_str(ghost)} [label={_dot_str('cause ' + node.missing_cause + ' not found')}, "
-                         "style=dashed, color=red, fontcolor=red];")
+            lines.append(
+                f"  {_dot_str(ghost)} [label={_dot_str('cause ' + node.missing_cause + ' not found')}, "
+                "style=dashed, color=red, fontcolor=red];"
+            )
             lines.append(f"  {_dot_str(ghost)} -> {_dot_str(e.id)} [style=dashed, color=red];")
     lines.append("}")
     return "\n".join(lines)
@@ -409,8 +418,9 @@ def parse_steps(text: str) -> list[str]:
     """``'drift.detected>alert.*>feedback.*'`` -> the type globs; UsageError for an empty step."""
     steps = [s.strip() for s in text.split(">")]
     if not steps or any(not s or any(c.isspace() for c in s) for s in steps):
-        raise UsageError(f"--expect {text!r}: expected type globs separated by '>', "
-                         "e.g. 'drift.detected>alert.*>feedback.*'")
+        raise UsageError(
+            f"--expect {text!r}: expected type globs separated by '>', e.g. 'drift.detected>alert.*>feedback.*'"
+        )
     return steps
 
 
@@ -433,8 +443,10 @@ class ChainResult:
             took = "" if self.fastest is None else f" in {format_hop(self.fastest)[1:]}"
             return f"chain complete: {chain}{took}"
         if self.fastest is not None and self.within is not None:
-            return (f"chain incomplete: {chain} took {format_hop(self.fastest)[1:]} at best, "
-                    f"more than --within {format_hop(self.within)[1:]}")
+            return (
+                f"chain incomplete: {chain} took {format_hop(self.fastest)[1:]} at best, "
+                f"more than --within {format_hop(self.within)[1:]}"
+            )
         k = len(self.matched)
         missing = f"step {k + 1} '{self.steps[k]}' missing"
         if k == 0:

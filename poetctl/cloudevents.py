@@ -38,9 +38,7 @@ SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
 EXTENSION_NAME_RE = re.compile(r"^[a-z0-9]{1,20}$")
 _META_KEYS = ("version", "environment", "service")
-_TIME_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_TIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 def format_time(ts: float) -> str:
@@ -144,8 +142,9 @@ def from_cloudevent(ce: Mapping[str, Any], where: str | None = None) -> dict[str
     if "data_base64" in ce:
         raise InvalidData("$.data_base64: binary data is not supported; expected JSON 'data'", where=where)
     ctype = ce.get("datacontenttype", CONTENT_TYPE)
-    if not isinstance(ctype, str) or not (ctype.split(";")[0].strip() == CONTENT_TYPE
-                                          or ctype.split(";")[0].strip().endswith("+json")):
+    if not isinstance(ctype, str) or not (
+        ctype.split(";")[0].strip() == CONTENT_TYPE or ctype.split(";")[0].strip().endswith("+json")
+    ):
         raise InvalidData(f"$.datacontenttype: expected 'application/json', got {ctype!r}", where=where)
     data = ce.get("data")
     if not isinstance(data, dict):
@@ -185,6 +184,16 @@ def from_cloudevent(ce: Mapping[str, Any], where: str | None = None) -> dict[str
 
 def extension_names(ce: Mapping[str, Any]) -> list[str]:
     """The extension attribute names in ``ce`` (everything not defined by the core spec)."""
-    core = {"specversion", "id", "source", "type", "time", "datacontenttype", "dataschema", "subject",
-            "data", "data_base64"}
+    core = {
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "datacontenttype",
+        "dataschema",
+        "subject",
+        "data",
+        "data_base64",
+    }
     return [k for k in ce if k not in core]

@@ -222,7 +222,9 @@ def _apply_file(cfg: Config, path: Path) -> None:
     _expect(es, dict, where("event_schemas"), "a table")
     bad = set(es) - _SCHEMA_KEYS
     if bad:
-        raise InvalidData(f"unknown key(s) {sorted(bad)}; expected {sorted(_SCHEMA_KEYS)}", where=where("event_schemas"))
+        raise InvalidData(
+            f"unknown key(s) {sorted(bad)}; expected {sorted(_SCHEMA_KEYS)}", where=where("event_schemas")
+        )
     if "validation" in es:
         cfg.validation = _expect(es["validation"], bool, where("event_schemas.validation"), "true or false")
         origin("event_schemas.validation")
@@ -230,9 +232,7 @@ def _apply_file(cfg: Config, path: Path) -> None:
         cfg.schema_version = _expect(es["version"], str, where("event_schemas.version"), "a string")
     if "paths" in es:
         ps = _expect(es["paths"], list, where("event_schemas.paths"), "a list of directories")
-        cfg.schema_paths = [
-            _resolve(Path(_expect(x, str, where("event_schemas.paths"), "a path")), base) for x in ps
-        ]
+        cfg.schema_paths = [_resolve(Path(_expect(x, str, where("event_schemas.paths"), "a path")), base) for x in ps]
         origin("event_schemas.paths")
     for table in ("external_integrations", "daemon", "nats", "learning", "builtin_handlers"):
         if table in data:

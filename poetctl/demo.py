@@ -51,16 +51,22 @@ def _drift(execution_id: str, score: float, p_value: float) -> dict[str, Any]:
 
 
 def _false_alarm(router: EventRouter, execution_id: str, alert: Any) -> str:
-    return router.emit("feedback.human_validation", {
-        "execution_id": execution_id,
-        "validation_type": "drift_accuracy",
-        "was_real_drift": False,
-        "confidence": 0.9,
-        "reason": "seasonal traffic dip after the weekly campaign",
-        "business_context": "weekly marketing campaign",
-        "investigation_time_minutes": 25,
-        "function_name": FUNCTION,
-    }, source="external.pagerduty", correlation_id=alert.correlation_id, causation_id=alert.id)
+    return router.emit(
+        "feedback.human_validation",
+        {
+            "execution_id": execution_id,
+            "validation_type": "drift_accuracy",
+            "was_real_drift": False,
+            "confidence": 0.9,
+            "reason": "seasonal traffic dip after the weekly campaign",
+            "business_context": "weekly marketing campaign",
+            "investigation_time_minutes": 25,
+            "function_name": FUNCTION,
+        },
+        source="external.pagerduty",
+        correlation_id=alert.correlation_id,
+        causation_id=alert.id,
+    )
 
 
 def _wait(predicate: Any, what: str, timeout: float = 60.0) -> Any:
@@ -74,8 +80,11 @@ def _wait(predicate: Any, what: str, timeout: float = 60.0) -> Any:
 
 
 def _find(layout: SpoolLayout, type_: str, **match: Any) -> list[Any]:
-    return [e for _, e in iter_events(layout)
-            if e.type == type_ and all(getattr(e, k, None) == v or e.payload.get(k) == v for k, v in match.items())]
+    return [
+        e
+        for _, e in iter_events(layout)
+        if e.type == type_ and all(getattr(e, k, None) == v or e.payload.get(k) == v for k, v in match.items())
+    ]
 
 
 def _idle(layout: SpoolLayout) -> bool:
@@ -106,44 +115,74 @@ def main(argv: list[str] | None = None) -> int:
         say("four earlier drift alerts on customer_churn_model, each answered 'false alarm'")
         for i, (score, p) in enumerate([(0.62, 0.03), (0.58, 0.04), (0.66, 0.02), (0.71, 0.01)]):
             ex = f"exec-{i + 1:03d}-{uuid.uuid4().hex[:8]}"
-            drift = router.emit("drift.detected", _drift(ex, score, p), source="poet.generator",
-                                correlation_id=f"drift-alert-{119 + i}")
+            drift = router.emit(
+                "drift.detected", _drift(ex, score, p), source="poet.generator", correlation_id=f"drift-alert-{119 + i}"
+            )
             alert = _wait(lambda d=drift: _find(layout, "alert.create_external", causation_id=d), "an alert")[0]
             fid = _false_alarm(router, ex, alert)
-            print(f"  drift {drift} score={score} -> alert {alert.id} ({alert.payload['severity']}) "
-                  f"-> false alarm {fid}")
+            print(
+                f"  drift {drift} score={score} -> alert {alert.id} ({alert.payload['severity']}) -> false alarm {fid}"
+            )
 
         say(f"the seed's drift: detect_drift flags {FEATURE} (score 0.87, p=0.003), correlation {CORRELATION}")
         ex = f"exec-005-{uuid.uuid4().hex[:8]}"
-        drift = router.emit("drift.detected", _drift(ex, 0.87, 0.003), source="poet.generator",
-                            correlation_id=CORRELATION)
+        drift = router.emit(
+            "drift.detected", _drift(ex, 0.87, 0.003), source="poet.generator", correlation_id=CORRELATION
+        )
         alert = _wait(lambda: _find(layout, "alert.create_external", causation_id=drift), "the alert")[0]
-        print(f"  alert.create_external {alert.id}: severity {alert.payload['severity']}, "
-              f"priority {alert.payload['investigation_priority']}, feedback {alert.payload['feedback_url']}")
+        print(
+            f"  alert.create_external {alert.id}: severity {alert.payload['severity']}, "
+            f"priority {alert.payload['investigation_priority']}, feedback {alert.payload['feedback_url']}"
+        )
 
         say("the on-call engineer says: false alarm")
         fid = _false_alarm(router, ex, alert)
         print(f"  feedback.human_validation {fid}")
-        need = _wait(lambda: _find(layout, "enhancement.regeneration_needed", causation_id=fid),
-                     "regeneration_needed")[0]
+        need = _wait(lambda: _find(layout, "enhancement.regeneration_needed", causation_id=fid), "regeneration_needed")[
+            0
+        ]
         say("MLflow reports that the retraining the alert triggered did not help")
-        rid = router.emit("feedback.model_retrained", {
-            "execution_id": ex, "model_name": MODEL, "performance_before": 0.912, "performance_after": 0.909,
-            "retraining_cost_usd": 420.0, "improvement_confirmed": False,
-        }, source="external.mlflow", correlation_id=CORRELATION, causation_id=alert.id)
+        rid = router.emit(
+            "feedback.model_retrained",
+            {
+                "execution_id": ex,
+                "model_name": MODEL,
+                "performance_before": 0.912,
+                "performance_after": 0.909,
+                "retraining_cost_usd": 420.0,
+                "improvement_confirmed": False,
+            },
+            source="external.mlflow",
+            correlation_id=CORRELATION,
+            causation_id=alert.id,
+        )
         print(f"  feedback.model_retrained {rid}")
         fp = _wait(lambda: _find(layout, "learning.false_positive_detected", causation_id=rid), "the verdict")[0]
-        print(f"  learning.false_positive_detected: wasted ${fp.payload['wasted_cost']:.0f}, "
-              f"{fp.payload['adjustment_needed']}")
+        print(
+            f"  learning.false_positive_detected: wasted ${fp.payload['wasted_cost']:.0f}, "
+            f"{fp.payload['adjustment_needed']}"
+        )
         for pat in _find(layout, "learning.pattern_detected", causation_id=fid):
             print(f"  learning.pattern_detected {pat.payload['pattern_type']}: {pat.payload['recommended_action']}")
         say(f"regeneration needed ({need.payload['reason']}): the generator ships version 1.1.0")
-        router.emit("enhancement.regenerated", {
-            "function_name": FUNCTION, "old_version": "1.0.0", "new_version": "1.1.0",
-            "regeneration_reason": need.payload.get("pattern_type") or need.payload["reason"],
-            "improvements": ["raise drift threshold to 0.7", "seasonal reference window"],
-            "expected_impact": {"false_positive_reduction": 0.6, "accuracy_improvement": 0.05, "cost_reduction": 0.3},
-        }, source="poet.generator", correlation_id=need.correlation_id, causation_id=need.id)
+        router.emit(
+            "enhancement.regenerated",
+            {
+                "function_name": FUNCTION,
+                "old_version": "1.0.0",
+                "new_version": "1.1.0",
+                "regeneration_reason": need.payload.get("pattern_type") or need.payload["reason"],
+                "improvements": ["raise drift threshold to 0.7", "seasonal reference window"],
+                "expected_impact": {
+                    "false_positive_reduction": 0.6,
+                    "accuracy_improvement": 0.05,
+                    "cost_reduction": 0.3,
+                },
+            },
+            source="poet.generator",
+            correlation_id=need.correlation_id,
+            causation_id=need.id,
+        )
         _wait(lambda: StateStore(layout).current(FUNCTION), "the function state")
         _wait(lambda: _idle(layout), "the spool to drain")
 

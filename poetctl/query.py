@@ -165,8 +165,9 @@ def load(path: Path, state: str, on_damaged: Callable[[Path, str], None] | None)
     return f if isinstance(f, Found) else None
 
 
-def load_or_find(layout: SpoolLayout, path: Path, state: str, event_id: str,
-                 on_damaged: Callable[[Path, str], None] | None = None) -> Found | None:
+def load_or_find(
+    layout: SpoolLayout, path: Path, state: str, event_id: str, on_damaged: Callable[[Path, str], None] | None = None
+) -> Found | None:
     """Read ``path``; if it has moved on meanwhile, find ``event_id`` wherever it is now."""
     f = read_found(path, state, on_damaged)
     if isinstance(f, _Vanished):
@@ -221,8 +222,11 @@ def _indexed(layout: SpoolLayout, index: Index, state: str, sel: Selector) -> It
     rows: Iterable[tuple[object, ...]]
     if sel.correlation_id is not None:
         # A correlation group is small: fetch it directly instead of walking the whole state.
-        rows = sorted((r for r in index.by_correlation(sel.correlation_id) if r[7] == state),
-                      key=lambda r: (r[1], r[0]), reverse=True)
+        rows = sorted(
+            (r for r in index.by_correlation(sel.correlation_id) if r[7] == state),
+            key=lambda r: (r[1], r[0]),
+            reverse=True,
+        )
     else:
         rows = index.newest([state], sel.since, sel.until)
     for r in rows:
@@ -252,8 +256,10 @@ def open_index(layout: SpoolLayout, min_rows: int = 0) -> Index | None:
         # Derived data only: a locked, read-only or damaged index must not stop a reader.
         import sys
 
-        sys.stderr.write(f"poetctl: warning: index unusable ({exc}); reading the spool directories "
-                         "('poetctl fsck --repair' rebuilds it)\n")
+        sys.stderr.write(
+            f"poetctl: warning: index unusable ({exc}); reading the spool directories "
+            "('poetctl fsck --repair' rebuilds it)\n"
+        )
         return None
     idx.close()
     return None

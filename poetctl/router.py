@@ -91,9 +91,7 @@ class EventRouter:
     def _cause(self) -> _Cause | None:
         return self._local.__dict__.get("cause")
 
-    def set_cause(
-        self, event: Event | None, handler: str = "", buffer: list[tuple[Event, bool]] | None = None
-    ) -> None:
+    def set_cause(self, event: Event | None, handler: str = "", buffer: list[tuple[Event, bool]] | None = None) -> None:
         """Make emits on this thread follow-ups of ``event`` by ``handler`` (None clears).
 
         With ``buffer``, :meth:`emit` appends the built event there instead of
@@ -208,8 +206,7 @@ class EventRouter:
         expected = self._topic(ev.type, ev.payload)
         if ev.topic != expected:
             raise InvalidData(
-                f"$.topic: {ev.topic!r} does not match the routing table; expected {expected!r} "
-                f"for a {ev.type} event",
+                f"$.topic: {ev.topic!r} does not match the routing table; expected {expected!r} for a {ev.type} event",
                 where=where,
             )
 
@@ -290,9 +287,7 @@ class EventRouter:
         for ev, keyed in built:
             data = ev.to_json() + b"\n"
             if len(data) > limit:
-                raise InvalidData(
-                    f"event {ev.id} is {len(data)} bytes; the limit is {limit} bytes (max_event_bytes)"
-                )
+                raise InvalidData(f"event {ev.id} is {len(data)} bytes; the limit is {limit} bytes (max_event_bytes)")
             # Two items with one id in the same batch: the first wins, like a re-emit.
             items.append((ev.id, data, keyed or ev.id in seen))
             seen.add(ev.id)

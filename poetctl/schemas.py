@@ -26,8 +26,19 @@ from .event import check_type
 
 MAX_REPORTED_ERRORS = 5
 # jsonschema's messages for these already say what was expected.
-_SELF_EXPLAINING = frozenset({"required", "additionalProperties", "enum", "const", "type", "minimum", "maximum",
-                              "exclusiveMinimum", "exclusiveMaximum"})
+_SELF_EXPLAINING = frozenset(
+    {
+        "required",
+        "additionalProperties",
+        "enum",
+        "const",
+        "type",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+    }
+)
 
 
 @cache

@@ -73,8 +73,11 @@ class StateStore:
 
     def functions(self) -> list[str]:
         try:
-            return sorted(e.name for e in os.scandir(self.layout.state)
-                          if e.is_dir(follow_symlinks=False) and FUNCTION_NAME_RE.match(e.name))
+            return sorted(
+                e.name
+                for e in os.scandir(self.layout.state)
+                if e.is_dir(follow_symlinks=False) and FUNCTION_NAME_RE.match(e.name)
+            )
         except FileNotFoundError:
             return []
 

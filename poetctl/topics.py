@@ -78,8 +78,7 @@ def validate_pattern(pattern: str) -> str:
             continue
         if not _SEGMENT_RE.match(seg):
             raise UsageError(
-                f"bad topic pattern {pattern!r}: segment {seg!r} must be '*', '**' or "
-                "letters, digits, '_' and '-'"
+                f"bad topic pattern {pattern!r}: segment {seg!r} must be '*', '**' or letters, digits, '_' and '-'"
             )
     return p
 

@@ -21,8 +21,12 @@ def _all_sample_events(router: EventRouter, samples: dict[str, Any]) -> list[Eve
     out = []
     for type_, doc in samples.items():
         for i, payload in enumerate(doc["valid"]):
-            ev, _ = router.build(type_, payload, correlation_id=f"corr-{type_}-{i}" if i % 2 == 0 else None,
-                                 causation_id="01900000-0000-7000-8000-000000000001" if i == 0 else None)
+            ev, _ = router.build(
+                type_,
+                payload,
+                correlation_id=f"corr-{type_}-{i}" if i % 2 == 0 else None,
+                causation_id="01900000-0000-7000-8000-000000000001" if i == 0 else None,
+            )
             out.append(ev)
     return out
 
@@ -41,8 +45,13 @@ def test_round_trip_every_sample_type(router: EventRouter, samples: dict[str, An
 
 def test_attributes_follow_the_spec(router: EventRouter, samples: dict[str, Any]) -> None:
     """The CloudEvent has the required attributes, RFC 3339 time, JSON data and valid extension names."""
-    ev, _ = router.build("drift.detected", samples["drift.detected"]["valid"][0], correlation_id="drift-alert-123",
-                         causation_id="01900000-0000-7000-8000-000000000001", source="poet.generator")
+    ev, _ = router.build(
+        "drift.detected",
+        samples["drift.detected"]["valid"][0],
+        correlation_id="drift-alert-123",
+        causation_id="01900000-0000-7000-8000-000000000001",
+        source="poet.generator",
+    )
     ce = to_cloudevent(ev)
     assert ce["specversion"] == "1.0"
     assert (ce["id"], ce["source"], ce["type"]) == (ev.id, "poet.generator", "drift.detected")
@@ -62,10 +71,21 @@ def test_attributes_follow_the_spec(router: EventRouter, samples: dict[str, Any]
 def test_exact_numbers_and_extra_metadata_round_trip() -> None:
     """Integer and sub-microsecond timestamps, expires_at and metadata with extra keys round-trip exactly."""
     for ts in (1764230400, 1764230400.123456789, 1764230400.5, 0.000001):
-        env = Event(id="custom-key.1", type="system.health", source="ops", timestamp=ts, topic="poet/system/health",
-                    payload={"status": "ok"}, metadata={"version": "1.0", "environment": "prod", "service": "x",
-                                                        "replayed": True},
-                    expires_at=1764234000, correlation_id="c 1").seal().to_dict()
+        env = (
+            Event(
+                id="custom-key.1",
+                type="system.health",
+                source="ops",
+                timestamp=ts,
+                topic="poet/system/health",
+                payload={"status": "ok"},
+                metadata={"version": "1.0", "environment": "prod", "service": "x", "replayed": True},
+                expires_at=1764234000,
+                correlation_id="c 1",
+            )
+            .seal()
+            .to_dict()
+        )
         ce = to_cloudevent(env)
         assert "poetmetadata" in ce and isinstance(ce["poetmetadata"], str)
         back = from_cloudevent(ce)
@@ -85,9 +105,15 @@ def test_time_formatting_is_the_exact_inverse() -> None:
 
 def test_foreign_cloudevent_becomes_an_emittable_envelope(router: EventRouter, samples: dict[str, Any]) -> None:
     """A CloudEvent without poet extensions maps to a partial envelope that EventRouter.ingest completes."""
-    ce = {"specversion": "1.0", "id": "ext-42", "source": "https://ci.example/job/7", "type": "system.health",
-          "time": "2026-11-27T08:00:00Z", "correlationid": "deploy-7",
-          "data": samples["system.health"]["valid"][0]}
+    ce = {
+        "specversion": "1.0",
+        "id": "ext-42",
+        "source": "https://ci.example/job/7",
+        "type": "system.health",
+        "time": "2026-11-27T08:00:00Z",
+        "correlationid": "deploy-7",
+        "data": samples["system.health"]["valid"][0],
+    }
     env = from_cloudevent(ce)
     assert "checksum" not in env and "topic" not in env
     ev, keyed = router.ingest(env)
@@ -96,15 +122,18 @@ def test_foreign_cloudevent_becomes_an_emittable_envelope(router: EventRouter, s
     verify_checksum(ev.to_dict())
 
 
-@pytest.mark.parametrize("change, where", [
-    ({"specversion": "0.3"}, "$.specversion"),
-    ({"id": ""}, "$.id"),
-    ({"data": "text"}, "$.data"),
-    ({"datacontenttype": "text/plain"}, "$.datacontenttype"),
-    ({"data_base64": "AAAA"}, "$.data_base64"),
-    ({"time": "yesterday"}, "$.time"),
-    ({"poettimestamp": "soon"}, "$.poettimestamp"),
-])
+@pytest.mark.parametrize(
+    "change, where",
+    [
+        ({"specversion": "0.3"}, "$.specversion"),
+        ({"id": ""}, "$.id"),
+        ({"data": "text"}, "$.data"),
+        ({"datacontenttype": "text/plain"}, "$.datacontenttype"),
+        ({"data_base64": "AAAA"}, "$.data_base64"),
+        ({"time": "yesterday"}, "$.time"),
+        ({"poettimestamp": "soon"}, "$.poettimestamp"),
+    ],
+)
 def test_invalid_cloudevents_are_refused_with_the_attribute(change: dict[str, Any], where: str) -> None:
     """from_cloudevent raises InvalidData naming the offending attribute."""
     ce = {"specversion": "1.0", "id": "a1", "source": "s", "type": "system.health", "data": {}, **change}

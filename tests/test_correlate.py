@@ -34,8 +34,15 @@ def payload(type_: str, i: int = 0) -> dict[str, Any]:
 
 def cli(cwd: Path, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
     """Run poetctl in ``cwd`` without POET_* variables; text output."""
-    p = subprocess.run(cli_argv(*args), stdin=subprocess.DEVNULL, capture_output=True, env=clean_env(), cwd=cwd,
-                       timeout=CLI_TIMEOUT, check=False)
+    p = subprocess.run(
+        cli_argv(*args),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=clean_env(),
+        cwd=cwd,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
     return subprocess.CompletedProcess(p.args, p.returncode, p.stdout.decode(), p.stderr.decode())
 
 
@@ -68,26 +75,50 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     cwd = tmp_path_factory.mktemp("correlate")
     spool = cwd / "spool"
     router = EventRouter(spool=spool)
-    drift = router.emit("drift.detected", payload("drift.detected"), correlation_id="drift-alert-123",
-                        source="poet.generator")
+    drift = router.emit(
+        "drift.detected", payload("drift.detected"), correlation_id="drift-alert-123", source="poet.generator"
+    )
     lone = router.emit("drift.detected", payload("drift.detected", 1), source="poet.generator")
     r = cli(cwd, "--spool", spool, "daemon", "--once")
     assert r.returncode == 0, r.stderr
     alerts = {e.causation_id: e.id for _, e in iter_events(SpoolLayout(spool)) if e.type == "alert.create_external"}
-    feedback = router.emit("feedback.human_validation", payload("feedback.human_validation"),
-                           correlation_id="drift-alert-123", causation_id=alerts[drift], source="external.pagerduty")
-    orphan = router.emit("system.health", payload("system.health"), correlation_id="orphan-corr",
-                         causation_id=MISSING)
+    feedback = router.emit(
+        "feedback.human_validation",
+        payload("feedback.human_validation"),
+        correlation_id="drift-alert-123",
+        causation_id=alerts[drift],
+        source="external.pagerduty",
+    )
+    orphan = router.emit("system.health", payload("system.health"), correlation_id="orphan-corr", causation_id=MISSING)
     now = time.time()
     slow = [uuid7(), uuid7(), uuid7()]
-    router.emit_many([
-        {"id": slow[0], "type": "drift.detected", "payload": payload("drift.detected"), "timestamp": now - 3 * 3600,
-         "correlation_id": "slow-chain"},
-        {"id": slow[1], "type": "alert.create_external", "payload": payload("alert.create_external"),
-         "timestamp": now - 3600, "correlation_id": "slow-chain", "causation_id": slow[0]},
-        {"id": slow[2], "type": "feedback.human_validation", "payload": payload("feedback.human_validation"),
-         "timestamp": now - 1800, "correlation_id": "slow-chain", "causation_id": slow[1]},
-    ])
+    router.emit_many(
+        [
+            {
+                "id": slow[0],
+                "type": "drift.detected",
+                "payload": payload("drift.detected"),
+                "timestamp": now - 3 * 3600,
+                "correlation_id": "slow-chain",
+            },
+            {
+                "id": slow[1],
+                "type": "alert.create_external",
+                "payload": payload("alert.create_external"),
+                "timestamp": now - 3600,
+                "correlation_id": "slow-chain",
+                "causation_id": slow[0],
+            },
+            {
+                "id": slow[2],
+                "type": "feedback.human_validation",
+                "payload": payload("feedback.human_validation"),
+                "timestamp": now - 1800,
+                "correlation_id": "slow-chain",
+                "causation_id": slow[1],
+            },
+        ]
+    )
     r = cli(cwd, "--spool", spool, "daemon", "--once", "--no-builtin-handlers")
     assert r.returncode == 0, r.stderr
     return World(spool, cwd, drift, alerts[drift], feedback, lone, orphan, slow)
@@ -104,8 +135,9 @@ def test_tree_shows_the_chain_with_hop_times(world: World) -> None:
     assert len(lines) == 3
     assert re.match(rf"^drift\.detected  {world.drift}  \[processed\]  \d{{4}}-\d\d-\d\dT[\d:.]+Z$", lines[0])
     assert re.match(rf"^└─ alert\.create_external  {world.alert}  \[processed\]  \S+Z  \+[\d.]+m?s$", lines[1])
-    assert re.match(rf"^   └─ feedback\.human_validation  {world.feedback}  \[processed\]  \S+Z  \+[\d.]+m?s$",
-                    lines[2])
+    assert re.match(
+        rf"^   └─ feedback\.human_validation  {world.feedback}  \[processed\]  \S+Z  \+[\d.]+m?s$", lines[2]
+    )
 
 
 def test_event_id_gives_the_whole_connected_group(world: World) -> None:
@@ -128,8 +160,18 @@ def test_json_is_nested_nodes(world: World) -> None:
     roots = json.loads(world.run("drift-alert-123", "-o", "json").stdout)
     assert len(roots) == 1
     root = roots[0]
-    keys = {"id", "type", "topic", "state", "timestamp", "causation_id", "correlation_id", "hop_seconds",
-            "children", "orphan"}
+    keys = {
+        "id",
+        "type",
+        "topic",
+        "state",
+        "timestamp",
+        "causation_id",
+        "correlation_id",
+        "hop_seconds",
+        "children",
+        "orphan",
+    }
     assert keys <= set(root)
     alert = root["children"][0]
     fb = alert["children"][0]
@@ -218,8 +260,9 @@ def test_unknown_id_exits_1(world: World) -> None:
     assert r.returncode == 1
 
 
-@pytest.mark.parametrize("args", [["--within", "2h"], ["--expect", "a.b>>c.d"], ["-o", "table"],
-                                  ["--expect", "drift.*", "--within", "soon"]])
+@pytest.mark.parametrize(
+    "args", [["--within", "2h"], ["--expect", "a.b>>c.d"], ["-o", "table"], ["--expect", "drift.*", "--within", "soon"]]
+)
 def test_usage_errors_exit_2(world: World, args: list[str]) -> None:
     """--within without --expect, an empty step, an unknown format or a bad duration exit 2."""
     r = world.run("drift-alert-123", *args)
@@ -236,8 +279,7 @@ def test_damaged_member_is_reported_and_its_children_flagged(tmp_path: Path) -> 
     spool = tmp_path / "spool"
     router = EventRouter(spool=spool)
     a = router.emit("drift.detected", payload("drift.detected"), correlation_id="c-1")
-    b = router.emit("alert.create_external", payload("alert.create_external"), correlation_id="c-1",
-                    causation_id=a)
+    b = router.emit("alert.create_external", payload("alert.create_external"), correlation_id="c-1", causation_id=a)
     path = spool / "events" / "pending" / f"{a}.json"
     path.write_bytes(path.read_bytes().replace(b"ks_test", b"ks_tezt"))
     r = cli(tmp_path, "--spool", spool, "correlate", "c-1")
@@ -256,17 +298,31 @@ def test_correlate_while_a_daemon_processes(tmp_path: Path) -> None:
     router = EventRouter(spool=spool)
     router.layout.init()
     with (tmp_path / "daemon.log").open("wb") as log:
-        d = subprocess.Popen(cli_argv("--spool", spool, "daemon", "--no-builtin-handlers", "--rescan-interval", "0.2"),
-                             env=clean_env(), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=log)
+        d = subprocess.Popen(
+            cli_argv("--spool", spool, "daemon", "--no-builtin-handlers", "--rescan-interval", "0.2"),
+            env=clean_env(),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
         try:
             a = router.emit("drift.detected", payload("drift.detected"), correlation_id="live-1")
             b = router.emit("alert.create_external", payload("alert.create_external"), causation_id=a)
             c = router.emit("feedback.human_validation", payload("feedback.human_validation"), causation_id=b)
             deadline = time.monotonic() + 60
             while True:
-                r = cli(tmp_path, "--spool", spool, "correlate", b, "-o", "json",
-                        "--expect", "drift.detected>alert.*>feedback.*")
+                r = cli(
+                    tmp_path,
+                    "--spool",
+                    spool,
+                    "correlate",
+                    b,
+                    "-o",
+                    "json",
+                    "--expect",
+                    "drift.detected>alert.*>feedback.*",
+                )
                 assert r.returncode == 0, r.stderr
                 nodes = flatten(json.loads(r.stdout))
                 assert [n["id"] for n in nodes] == [a, b, c]
@@ -281,8 +337,15 @@ def test_correlate_while_a_daemon_processes(tmp_path: Path) -> None:
 # -- the indexed path --------------------------------------------------------------------------
 
 
-def _write(layout: SpoolLayout, router: EventRouter, state: str, type_: str, ts: float,
-           template: Event | None = None, **links: Any) -> Event:
+def _write(
+    layout: SpoolLayout,
+    router: EventRouter,
+    state: str,
+    type_: str,
+    ts: float,
+    template: Event | None = None,
+    **links: Any,
+) -> Event:
     """Write one event file straight into ``state`` (``template``: reuse a built event, only id/time change)."""
     if template is None:
         ev, _ = router.build(type_, payload(type_), **links)
@@ -311,8 +374,7 @@ def test_index_path_reads_only_connected_events(tmp_path: Path, monkeypatch: pyt
         noise.append(Event.from_dict(metrics.to_dict()))
     a = _write(layout, router, "processed", "drift.detected", t + 50, correlation_id="big-1")
     b = _write(layout, router, "processed", "alert.create_external", t + 51, causation_id=a.id)
-    c = _write(layout, router, "dead", "feedback.human_validation", t + 52, causation_id=b.id,
-               correlation_id="fb-9")
+    c = _write(layout, router, "dead", "feedback.human_validation", t + 52, causation_id=b.id, correlation_id="fb-9")
     d = _write(layout, router, "processed", "learning.pattern_detected", t + 53, correlation_id="fb-9")
     e = _write(layout, router, "pending", "function.update", t + 54, causation_id=d.id)
     idx = Index(layout)
@@ -322,8 +384,13 @@ def test_index_path_reads_only_connected_events(tmp_path: Path, monkeypatch: pyt
     real = q.read_bytes
     monkeypatch.setattr(q, "read_bytes", lambda p, m: reads.append(str(p)) or real(p, m))
     got = collect(layout, b.id)
-    assert {k: f.state for k, f in got.items()} == {a.id: "processed", b.id: "processed", c.id: "dead",
-                                                   d.id: "processed", e.id: "pending"}
+    assert {k: f.state for k, f in got.items()} == {
+        a.id: "processed",
+        b.id: "processed",
+        c.id: "dead",
+        d.id: "processed",
+        e.id: "pending",
+    }
     assert len(reads) == 5
     reads.clear()
     assert set(collect(layout, b.id, index=False)) == set(got)  # the full scan agrees
@@ -359,11 +426,17 @@ def _node(eid: str, type_: str, ts: float, cause: str | None = None) -> Found:
 
 def test_check_chain_picks_the_fastest_path_and_needs_descendants() -> None:
     """check_chain: steps must go down the tree, and --within uses the fastest complete path."""
-    members = {f.id: f for f in [
-        _node("a", "drift.detected", 0), _node("b", "alert.create_external", 10, "a"),
-        _node("c", "feedback.x", 5000, "b"), _node("d", "feedback.y", 30, "a"),
-        _node("e", "alert.create_external", 40, "d"), _node("f", "feedback.z", 100, "e"),
-    ]}
+    members = {
+        f.id: f
+        for f in [
+            _node("a", "drift.detected", 0),
+            _node("b", "alert.create_external", 10, "a"),
+            _node("c", "feedback.x", 5000, "b"),
+            _node("d", "feedback.y", 30, "a"),
+            _node("e", "alert.create_external", 40, "d"),
+            _node("f", "feedback.z", 100, "e"),
+        ]
+    }
     roots = build_forest(members)
     assert check_chain(roots, ["drift.*", "alert.*", "feedback.*"]).complete
     verdict = check_chain(roots, ["drift.*", "alert.*", "feedback.*"], within=200)

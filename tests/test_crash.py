@@ -25,11 +25,7 @@ BATCH_LINES = 20_000
 def batch_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20,000 bare system.metrics payloads, one per line; line i has metrics.x == i."""
     path = tmp_path_factory.mktemp("crash") / "batch.jsonl"
-    path.write_text(
-        "".join(
-            json.dumps({"service": "bench", "metrics": {"x": i}}) + "\n" for i in range(BATCH_LINES)
-        )
-    )
+    path.write_text("".join(json.dumps({"service": "bench", "metrics": {"x": i}}) + "\n" for i in range(BATCH_LINES)))
     return path
 
 
@@ -38,9 +34,7 @@ def _non_empty(directory: Path) -> bool:
         return any(True for _ in it)
 
 
-def run_and_kill(
-    batch: Path, sp: Path, cwd: Path, wait: Callable[[subprocess.Popen, Path], None]
-) -> tuple[int, Path]:
+def run_and_kill(batch: Path, sp: Path, cwd: Path, wait: Callable[[subprocess.Popen, Path], None]) -> tuple[int, Path]:
     """Start `emit --batch` into ``sp``, call ``wait``, SIGKILL it; return (rc, stdout file)."""
     SpoolLayout(sp).init()
     out_path = sp.parent / f"{sp.name}.stdout"
@@ -105,17 +99,13 @@ def check_spool_after_crash(sp: Path, out_path: Path) -> tuple[int, int, int]:
     return len(events), len(printed), len(files_in(layout.tmp))
 
 
-def test_sigkill_at_random_moment_leaves_only_whole_events(
-    batch_file: Path, tmp_path: Path
-) -> None:
+def test_sigkill_at_random_moment_leaves_only_whole_events(batch_file: Path, tmp_path: Path) -> None:
     """SIGKILL 0.05-1.5 s into a 20,000-line batch: visible events parse, verify, validate."""
     outcomes = []
     for it in range(5):
         rng = random.Random(1000 + it)
         delay = rng.uniform(0.05, 1.5)
-        rc, out = run_and_kill(
-            batch_file, tmp_path / f"spool-{it}", tmp_path, lambda p, o, d=delay: time.sleep(d)
-        )
+        rc, out = run_and_kill(batch_file, tmp_path / f"spool-{it}", tmp_path, lambda p, o, d=delay: time.sleep(d))
         assert rc in (0, -signal.SIGKILL)
         outcomes.append((rc, *check_spool_after_crash(tmp_path / f"spool-{it}", out)))
     assert len(outcomes) == 5

@@ -124,8 +124,11 @@ def test_dead_letter_after_max_attempts_with_backoff_spacing(tmp_path: Path, sp:
     (tmp_path / "fail.txt").write_text(f"{bad} always\n")
     d = daemons.start(sp, cfg, env=effects_env(tmp_path, FAIL_IDS_FILE=str(tmp_path / "fail.txt")))
     dead = events_dir(sp, "dead")
-    wait_for(lambda: (dead / f"{bad}.json").exists() and good in ids_in(sp, "processed"),
-             "the failing event in dead/ and the good one in processed/", procs=[d])
+    wait_for(
+        lambda: (dead / f"{bad}.json").exists() and good in ids_in(sp, "processed"),
+        "the failing event in dead/ and the good one in processed/",
+        procs=[d],
+    )
     assert d.stop() == 0, d.stderr()
 
     info = read_json(dead / f"{bad}.error")
@@ -178,7 +181,8 @@ def test_attempts_are_counted_across_once_runs(tmp_path: Path, sp: Path) -> None
 
 
 def test_once_exits_75_while_a_handed_back_event_waits_for_its_retry(
-        tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    tmp_path: Path, sp: Path, daemons: Daemons
+) -> None:
     """--once leaves an event whose retry is not yet due in pending, untried, and says so with exit code 75."""
     cfg = write_config(tmp_path, max_attempts=5, backoff_base=60.0, backoff_cap=60.0)
     router = EventRouter(spool=sp)
@@ -208,9 +212,11 @@ def test_once_hands_back_a_retrying_event_and_the_events_queued_behind_it(tmp_pa
     (tmp_path / "fail.txt").write_text(f"{bad} always\n")
     r = run_once(tmp_path, sp, cfg, env=effects_env(tmp_path, FAIL_IDS_FILE=str(tmp_path / "fail.txt")))
     calls = read_effects(tmp_path / "effects.txt")
-    assert ids_in(sp, "dead") == set(), (f"--once sat through the whole backoff schedule "
-                                         f"({sum(c.id == bad for c in calls)} attempts) "
-                                         "instead of handing the retrying event back")
+    assert ids_in(sp, "dead") == set(), (
+        f"--once sat through the whole backoff schedule "
+        f"({sum(c.id == bad for c in calls)} attempts) "
+        "instead of handing the retrying event back"
+    )
     assert [c.id for c in calls] == [bad]
     assert ids_in(sp, "pending") == {bad, *behind}
     assert r.returncode == 75, r.stderr
@@ -229,8 +235,7 @@ def test_poison_event_stalls_only_its_own_key(tmp_path: Path, sp: Path, daemons:
 
     def settled() -> bool:
         calls = read_effects(effects)
-        return (len([c for c in calls if c.id == poison]) >= 3
-                and set(others) <= {c.id for c in calls if c.ok})
+        return len([c for c in calls if c.id == poison]) >= 3 and set(others) <= {c.id for c in calls if c.ok}
 
     wait_for(settled, "3 failed attempts of the poison event and every other key processed", procs=[d])
     assert set(others) <= ids_in(sp, "processed")
@@ -344,8 +349,7 @@ def test_expired_events_are_dead_lettered_without_running_handlers(tmp_path: Pat
     """An event past its expires_at goes to dead/ with reason 'expired'; its handler never runs."""
     router = EventRouter(spool=sp)
     handled_type = router.emit("function.execution", execution_payload("fa"), expires_at=time.time() - 10)
-    no_subscriber = router.emit("system.health", {"service": "x", "status": "healthy"},
-                                expires_at=time.time() - 10)
+    no_subscriber = router.emit("system.health", {"service": "x", "status": "healthy"}, expires_at=time.time() - 10)
     fresh = router.emit("function.execution", execution_payload("fa", 1), expires_at=time.time() + 3600)
     r = run_once(tmp_path, sp, cfg, env=effects_env(tmp_path))
     assert r.returncode == 1, f"--once must exit 1 after dead-lettering expired events: {r.stderr}"
@@ -359,7 +363,8 @@ def test_expired_events_are_dead_lettered_without_running_handlers(tmp_path: Pat
 
 # -- 10. heartbeat ----------------------------------------------------------------------
 def test_status_shows_live_then_stale_daemon_and_stale_entry_is_cleared(
-        tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    tmp_path: Path, sp: Path, daemons: Daemons
+) -> None:
     """status lists a running daemon as alive with its pid and counts, a SIGKILLed one as stale, then not at all."""
     cfg = write_config(tmp_path, heartbeat_interval=0.2)
     ids = emit_executions(sp, ["fa", "fb"], 10)
@@ -382,6 +387,7 @@ def test_status_shows_live_then_stale_daemon_and_stale_entry_is_cleared(
 
     d2 = daemons.start(sp, cfg, env=effects_env(tmp_path))
     wait_for(lambda: heartbeat_of(sp, d2.pid), "the second daemon's heartbeat", procs=[d2])
+
     def stale_gone() -> dict | None:
         doc = status(tmp_path, sp)
         return doc if owner1 not in {x["owner"] for x in doc["daemons"]} else None
@@ -395,7 +401,8 @@ def test_status_shows_live_then_stale_daemon_and_stale_entry_is_cleared(
 
 # -- 11. handler emits -------------------------------------------------------------------
 def test_handler_follow_up_is_linked_deterministic_and_deduplicated_on_replay(
-        tmp_path: Path, sp: Path, cfg: Path) -> None:
+    tmp_path: Path, sp: Path, cfg: Path
+) -> None:
     """A handler's emit gets causation_id = cause, inherits correlation_id, and a replay adds no second copy."""
     router = EventRouter(spool=sp)
     cause_id = router.emit("function.execution", execution_payload("fa"), correlation_id="corr-42")
@@ -415,8 +422,9 @@ def test_handler_follow_up_is_linked_deterministic_and_deduplicated_on_replay(
     shutil.copy2(events_dir(sp, "processed") / f"{cause_id}.json", events_dir(sp, "pending") / f"{cause_id}.json")
     r = run_once(tmp_path, sp, cfg, env=env)
     assert r.returncode == 0, r.stderr
-    assert [c.id for c in read_effects(tmp_path / "effects.txt") if c.ok] == [cause_id, cause_id], \
+    assert [c.id for c in read_effects(tmp_path / "effects.txt") if c.ok] == [cause_id, cause_id], (
         "the replay must have run the handlers again"
+    )
     again = events_of_type(sp, "system.health", states=("pending", "processed", "dead", "corrupt"))
     assert [x["id"] for x in again] == [f["id"]], "a replayed cause must not produce a second follow-up"
     assert count_json(events_dir(sp, "processed")) == 2
@@ -425,8 +433,18 @@ def test_handler_follow_up_is_linked_deterministic_and_deduplicated_on_replay(
 # -- 12. bad handler configuration ------------------------------------------------------------
 def test_unknown_handler_module_exits_2_naming_it(tmp_path: Path, sp: Path, cfg: Path) -> None:
     """--handlers with a module that does not exist is a usage error (2) naming the module."""
-    r = run_cli(tmp_path, "daemon", "--once", "--no-builtin-handlers", "--spool", sp, "--config", cfg,
-                "--handlers", "nosuchmodule_xyz")
+    r = run_cli(
+        tmp_path,
+        "daemon",
+        "--once",
+        "--no-builtin-handlers",
+        "--spool",
+        sp,
+        "--config",
+        cfg,
+        "--handlers",
+        "nosuchmodule_xyz",
+    )
     assert r.returncode == 2, r.stderr
     assert "nosuchmodule_xyz" in r.stderr
     assert "Traceback" not in r.stderr

@@ -85,7 +85,8 @@ def drain_with_once(tmp_path: Path, sp: Path, cfg: Path, env: dict[str, str], ru
 # -- 2. SIGKILL at random moments -----------------------------------------------------------
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates(
-        tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    tmp_path: Path, sp: Path, daemons: Daemons
+) -> None:
     """5,000 events survive 24 SIGKILLs: all processed, effects >= once, dups <= kills*workers, follow-ups once."""
     cfg = write_config(tmp_path, workers=WORKERS)
     fn_names = [f"fn_{k:02d}" for k in range(20)]
@@ -104,8 +105,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates(
         d.kill()
         kills += 1
         progress.append(line_count(effects))
-    assert progress[-1] < len(originals), \
-        f"every kill must interrupt real work; effects after each kill: {progress}"
+    assert progress[-1] < len(originals), f"every kill must interrupt real work; effects after each kill: {progress}"
 
     drain_with_once(tmp_path, sp, cfg, env)
 
@@ -135,7 +135,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates(
 
 # -- 8. crash recovery and live ownership --------------------------------------------------------
 def test_sigkilled_daemons_inflight_events_are_recovered_by_the_next_one(
-        tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    tmp_path: Path, sp: Path, daemons: Daemons
+) -> None:
     """Events claimed by a SIGKILLed daemon stay in its inflight dir until a new daemon returns and processes them."""
     cfg = write_config(tmp_path)
     ids = emit_executions(sp, [f"fn_{k}" for k in range(6)], 1)
@@ -144,8 +145,9 @@ def test_sigkilled_daemons_inflight_events_are_recovered_by_the_next_one(
     mine = owner_dir(sp, d.pid)
     assert mine is not None
     d.kill()
-    assert {n[:-5] for n in os.listdir(mine) if n.endswith(".json")} == set(ids), \
+    assert {n[:-5] for n in os.listdir(mine) if n.endswith(".json")} == set(ids), (
         "a SIGKILLed daemon's claimed events must stay in its inflight directory"
+    )
     assert ids_in(sp, "pending") == set() and ids_in(sp, "processed") == set()
     doc = status(tmp_path, sp)
     assert doc["counts"]["inflight"] == len(ids)
@@ -210,8 +212,11 @@ def test_handlers_finished_before_a_crash_are_not_rerun(tmp_path: Path, sp: Path
     ids = emit_executions(sp, keys_on_distinct_workers(4), 1)
     effects = tmp_path / "effects.txt"
     d = daemons.start(sp, cfg, env=effects_env(tmp_path, SECOND_SLEEP_S="30"))
-    wait_for(lambda: set(ok_counts(effects)) == set(ids) and journal_mentions(sp, d.pid, ids),
-             "the first handler to finish (and be journaled) for all 4 events", procs=[d])
+    wait_for(
+        lambda: set(ok_counts(effects)) == set(ids) and journal_mentions(sp, d.pid, ids),
+        "the first handler to finish (and be journaled) for all 4 events",
+        procs=[d],
+    )
     d.kill()
 
     r = run_once(tmp_path, sp, cfg, env=effects_env(tmp_path, SECOND_SLEEP_S="0"))
@@ -230,16 +235,21 @@ def test_retry_backoff_is_kept_across_a_crash(tmp_path: Path, sp: Path, daemons:
     env = effects_env(tmp_path, FAIL_IDS_FILE=str(tmp_path / "fail.txt"))
     effects = tmp_path / "effects.txt"
     d = daemons.start(sp, cfg, env=env)
-    wait_for(lambda: read_effects(effects) and journal_mentions(sp, d.pid, [bad]),
-             "the first failed attempt to be journaled", procs=[d])
+    wait_for(
+        lambda: read_effects(effects) and journal_mentions(sp, d.pid, [bad]),
+        "the first failed attempt to be journaled",
+        procs=[d],
+    )
     d.kill()
 
     r = run_once(tmp_path, sp, cfg, env=env)
     assert r.returncode in (0, 75), r.stderr
     calls = read_effects(effects)
     gaps = [b.t - a.t for a, b in pairwise(calls)]
-    assert len(calls) == 1, (f"retried {gaps} s after the failure although the backoff floor is 30 s: "
-                             "the crash recovery forgot when the retry is due")
+    assert len(calls) == 1, (
+        f"retried {gaps} s after the failure although the backoff floor is 30 s: "
+        "the crash recovery forgot when the retry is due"
+    )
     assert ids_in(sp, "pending") == {bad}
     rec = read_json(events_dir(sp, "records") / f"{bad}.json")
     assert len(rec["failures"]) == 1
@@ -258,7 +268,8 @@ def _retry_due_now(data: bytes) -> bytes:
 
 
 def test_recovering_the_same_dead_owner_twice_does_not_double_count_failures(
-        tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    tmp_path: Path, sp: Path, daemons: Daemons
+) -> None:
     """A crash in the middle of recovery (record saved, event not yet moved) must not inflate the attempt count."""
     slow = write_config(tmp_path, name="slow.toml", max_attempts=3, backoff_base=60.0, backoff_cap=60.0)
     fast = write_config(tmp_path, name="fast.toml", max_attempts=3, backoff_base=0.01, backoff_cap=0.01)
@@ -267,8 +278,11 @@ def test_recovering_the_same_dead_owner_twice_does_not_double_count_failures(
     env = effects_env(tmp_path, FAIL_IDS_FILE=str(tmp_path / "fail.txt"))
     effects = tmp_path / "effects.txt"
     x = daemons.start(sp, slow, env=env)
-    wait_for(lambda: read_effects(effects) and journal_mentions(sp, x.pid, [bad]),
-             "the first failed attempt to be journaled", procs=[x])
+    wait_for(
+        lambda: read_effects(effects) and journal_mentions(sp, x.pid, [bad]),
+        "the first failed attempt to be journaled",
+        procs=[x],
+    )
     x_dir = owner_dir(sp, x.pid)
     assert x_dir is not None
     journal = (x_dir / "_journal").read_bytes()
@@ -296,8 +310,10 @@ def test_recovering_the_same_dead_owner_twice_does_not_double_count_failures(
     assert codes[-1] == 1, f"never dead-lettered: {codes}"
     info = read_json(events_dir(sp, "dead") / f"{bad}.error")
     real = [c for c in read_effects(effects) if c.id == bad]
-    assert len(real) == 3, (f"dead-lettered after {len(real)} real attempts (max_attempts 3); "
-                            f"history attempts {[h['attempt'] for h in info['history']]}")
+    assert len(real) == 3, (
+        f"dead-lettered after {len(real)} real attempts (max_attempts 3); "
+        f"history attempts {[h['attempt'] for h in info['history']]}"
+    )
     assert [h["attempt"] for h in info["history"]] == [1, 2, 3]
 
 
@@ -327,8 +343,7 @@ def test_sigterm_finishes_current_work_and_hands_back_the_rest(tmp_path: Path, s
     assert ok_counts(effects) == Counter({i: 1 for i in ids})
 
 
-def test_second_sigterm_exits_at_once_with_130_and_nothing_is_lost(
-        tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+def test_second_sigterm_exits_at_once_with_130_and_nothing_is_lost(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
     """A second SIGTERM during shutdown exits 130 without waiting for handlers; a new daemon recovers all."""
     cfg = write_config(tmp_path)
     ids = emit_executions(sp, [f"fn_{k}" for k in range(8)], 1)
@@ -369,13 +384,15 @@ def test_per_key_order_survives_a_crash_of_another_daemon(tmp_path: Path, sp: Pa
     effects = tmp_path / "effects.txt"
 
     b = daemons.start(sp, cfg_b, env=effects_env(tmp_path, SLEEP_S="30"))
-    old = router.emit_many([("function.execution", execution_payload(k1, 0)),
-                            ("function.execution", execution_payload(k2, 0))])
+    old = router.emit_many(
+        [("function.execution", execution_payload(k1, 0)), ("function.execution", execution_payload(k2, 0))]
+    )
     wait_for(lambda: inflight_ids(sp) == set(old), "B to claim the old K1 and K2 events", procs=[b])
     a = daemons.start(sp, cfg_a, env=effects_env(tmp_path))
     wait_started(sp, a)
-    new = router.emit_many([("function.execution", execution_payload(k1, 1)),
-                            ("function.execution", execution_payload(k2, 1))])
+    new = router.emit_many(
+        [("function.execution", execution_payload(k1, 1)), ("function.execution", execution_payload(k2, 1))]
+    )
     time.sleep(0.5)  # A sees the new events but cannot claim them: B holds their keys
     assert ids_in(sp, "pending") == set(new), "A claimed events whose keys a live daemon holds"
     b.kill()
@@ -386,5 +403,6 @@ def test_per_key_order_survives_a_crash_of_another_daemon(tmp_path: Path, sp: Pa
 
     order = [c.id for c in read_effects(effects) if c.ok]
     for key, (o, n) in {k1: (old[0], new[0]), k2: (old[1], new[1])}.items():
-        assert order.index(o) < order.index(n), \
+        assert order.index(o) < order.index(n), (
             f"key {key}: the newer event was handled before the older one recovered from the dead daemon"
+        )

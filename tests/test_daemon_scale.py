@@ -48,7 +48,8 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
 # -- 3. shared spool --------------------------------------------------------------------------
 @pytest.mark.slow
 def test_three_daemons_share_a_spool_each_event_handled_exactly_once(
-        tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    tmp_path: Path, sp: Path, daemons: Daemons
+) -> None:
     """Three daemons on one spool with 10,000 events: every effect happens exactly once, in per-key order."""
     # A small max_inflight keeps one daemon from claiming everything before the others start.
     cfg = write_config(tmp_path, max_inflight=200, heartbeat_interval=0.2)
@@ -86,7 +87,8 @@ def test_three_daemons_share_a_spool_each_event_handled_exactly_once(
 # -- 4. burst faster than inotify ----------------------------------------------------------------
 @pytest.mark.slow
 def test_burst_of_50k_files_written_straight_into_pending_is_all_processed(
-        tmp_path: Path, sp: Path, daemons: Daemons) -> None:
+    tmp_path: Path, sp: Path, daemons: Daemons
+) -> None:
     """50,000 event files renamed into pending faster than inotify reports them are all processed."""
     router = EventRouter(spool=sp)
     payload = {"service": "burst", "metrics": {"n": 1}}
@@ -110,8 +112,13 @@ def test_burst_of_50k_files_written_straight_into_pending_is_all_processed(
         os.rename(tmp / name, pending / name)
 
     processed = events_dir(sp, "processed")
-    wait_for(lambda: count_json(processed) >= len(blobs), "all 50,000 burst events processed",
-             timeout=300, procs=[d], interval=0.25)
+    wait_for(
+        lambda: count_json(processed) >= len(blobs),
+        "all 50,000 burst events processed",
+        timeout=300,
+        procs=[d],
+        interval=0.25,
+    )
     assert d.stop() == 0, d.stderr()
     assert ids_in(sp, "processed") == {eid for eid, _ in blobs}
     assert ids_in(sp, "pending") == set() and inflight_ids(sp) == set()

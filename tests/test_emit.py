@@ -98,9 +98,7 @@ def test_emit_prints_only_the_id_and_writes_the_event(
 
 
 @pytest.mark.parametrize("how", ["no-argument", "dash"])
-def test_emit_reads_payload_from_stdin(
-    run_cli: Any, spool: Path, samples: dict[str, Any], how: str
-) -> None:
+def test_emit_reads_payload_from_stdin(run_cli: Any, spool: Path, samples: dict[str, Any], how: str) -> None:
     """The payload comes from stdin when PAYLOAD is omitted or is '-'."""
     payload = drift(samples, execution_id=f"stdin-{how}")
     args = ["emit", "drift.detected", "--spool", spool] + (["-"] if how == "dash" else [])
@@ -115,9 +113,7 @@ def test_emit_reads_payload_from_stdin(
 # -- idempotency keys --------------------------------------------------------------
 
 
-def test_emit_same_id_twice_is_a_noop(
-    run_cli: Any, spool: Path, tmp_path: Path, samples: dict[str, Any]
-) -> None:
+def test_emit_same_id_twice_is_a_noop(run_cli: Any, spool: Path, tmp_path: Path, samples: dict[str, Any]) -> None:
     """Emitting --id KEY twice prints KEY both times and leaves exactly one file in the spool."""
     pfile = write_json(tmp_path / "p.json", drift(samples))
     first = run_cli("emit", "drift.detected", pfile, "--id", "job-42", "--spool", spool)
@@ -137,9 +133,7 @@ def test_emit_existing_id_in_processed_is_a_noop(
 ) -> None:
     """Re-emitting an id whose event already moved to events/processed writes nothing new."""
     pfile = write_json(tmp_path / "p.json", drift(samples))
-    assert (
-        run_cli("emit", "drift.detected", pfile, "--id", "job-7", "--spool", spool).returncode == 0
-    )
+    assert run_cli("emit", "drift.detected", pfile, "--id", "job-7", "--spool", spool).returncode == 0
     processed = spool / "events" / "processed" / "job-7.json"
     (spool / "events" / "pending" / "job-7.json").rename(processed)
     r = run_cli("emit", "drift.detected", pfile, "--id", "job-7", "--spool", spool)
@@ -166,9 +160,7 @@ main()
 """
 
 
-def test_concurrent_emits_of_one_id_leave_one_file(
-    spool: Path, tmp_path: Path, samples: dict[str, Any]
-) -> None:
+def test_concurrent_emits_of_one_id_leave_one_file(spool: Path, tmp_path: Path, samples: dict[str, Any]) -> None:
     """8 processes emitting one --id at once all print it, exit 0, and leave exactly one file."""
     pfile = write_json(tmp_path / "p.json", drift(samples))
     env = clean_env()
@@ -253,9 +245,7 @@ BAD_INPUTS = [
         id="non-utf8",
     ),
     pytest.param(
-        Bad(
-            "drift.detected", "drift_score_string", EX_DATAERR, ("in.json", "$.payload.drift_score")
-        ),
+        Bad("drift.detected", "drift_score_string", EX_DATAERR, ("in.json", "$.payload.drift_score")),
         id="schema-violation",
     ),
     pytest.param(
@@ -311,9 +301,7 @@ def _bad_content(kind: Any, samples: dict[str, Any]) -> bytes | None:
     if kind == "fn_escape":
         return json.dumps(drift(samples, function_name="../../etc")).encode()
     if kind == "oversize":
-        data = json.dumps(
-            {"service": "s", "status": "healthy", "details": {"pad": "x" * 1939}}
-        ).encode()
+        data = json.dumps({"service": "s", "status": "healthy", "details": {"pad": "x" * 1939}}).encode()
         assert len(data) == 2000
         return data
     if kind == "nested":
@@ -355,9 +343,7 @@ def _batch_lines(samples: dict[str, Any], n: int) -> list[bytes]:
     return [json.dumps(drift(samples, execution_id=f"exec-{i}")).encode() for i in range(n)]
 
 
-def test_emit_batch_of_bare_payloads(
-    run_cli: Any, spool: Path, tmp_path: Path, samples: dict[str, Any]
-) -> None:
+def test_emit_batch_of_bare_payloads(run_cli: Any, spool: Path, tmp_path: Path, samples: dict[str, Any]) -> None:
     """`emit --batch FILE --type T` of 1,000 payloads prints 1,000 ids in order; files exist."""
     bfile = tmp_path / "batch.jsonl"
     bfile.write_bytes(b"\n".join(_batch_lines(samples, 1000)) + b"\n")
@@ -402,9 +388,7 @@ def test_emit_batch_skip_invalid_commits_the_good_lines(
 ) -> None:
     """With --skip-invalid the valid lines are committed, the bad one reported, exit is 65."""
     bfile = _batch_with_bad_line(tmp_path, samples)
-    r = run_cli(
-        "emit", "--batch", bfile, "--type", "drift.detected", "--skip-invalid", "--spool", spool
-    )
+    r = run_cli("emit", "--batch", bfile, "--type", "drift.detected", "--skip-invalid", "--spool", spool)
     assert r.returncode == EX_DATAERR
     ids = r.stdout.splitlines()
     assert len(ids) == 9
@@ -415,16 +399,12 @@ def test_emit_batch_skip_invalid_commits_the_good_lines(
     assert tmp_files(spool) == []
 
 
-def test_emit_batch_round_trip(
-    run_cli: Any, spool: Path, tmp_path: Path, samples: dict[str, Any]
-) -> None:
+def test_emit_batch_round_trip(run_cli: Any, spool: Path, tmp_path: Path, samples: dict[str, Any]) -> None:
     """Event files fed back as batch lines are re-emitted with the same ids and content."""
     ids = []
     for i in range(3):
         pfile = write_json(tmp_path / f"p{i}.json", drift(samples, execution_id=f"rt-{i}"))
-        r = run_cli(
-            "emit", "drift.detected", pfile, "--spool", spool, "--correlation-id", f"corr-{i}"
-        )
+        r = run_cli("emit", "drift.detected", pfile, "--spool", spool, "--correlation-id", f"corr-{i}")
         assert r.returncode == 0, r.stderr
         ids.append(r.stdout.strip())
     files = [spool / "events" / "pending" / f"{eid}.json" for eid in ids]
@@ -500,9 +480,7 @@ def test_emit_batch_fills_in_partial_envelopes(
 # -- I/O errors --------------------------------------------------------------------
 
 
-def test_emit_into_broken_spool_exits_74(
-    run_cli: Any, spool: Path, tmp_path: Path, samples: dict[str, Any]
-) -> None:
+def test_emit_into_broken_spool_exits_74(run_cli: Any, spool: Path, tmp_path: Path, samples: dict[str, Any]) -> None:
     """When events/tmp is a regular file the emit fails with 74 and nothing becomes visible."""
     tmpdir = spool / "events" / "tmp"
     tmpdir.rmdir()
@@ -518,15 +496,11 @@ def test_emit_into_broken_spool_exits_74(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-def test_emit_batch_into_full_filesystem_leaves_nothing(
-    run_cli: Any, tmp_path: Path, samples: dict[str, Any]
-) -> None:
+def test_emit_batch_into_full_filesystem_leaves_nothing(run_cli: Any, tmp_path: Path, samples: dict[str, Any]) -> None:
     """A batch running out of space (64k tmpfs) exits 74: no partial group, no tmp leftovers."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    m = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True
-    )
+    m = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True)
     if m.returncode != 0:
         pytest.skip(f"cannot mount tmpfs: {m.stderr.decode().strip()}")
     try:
@@ -572,9 +546,7 @@ def test_emit_past_file_size_limit_exits_74(
 # -- modes and symlinks -------------------------------------------------------------
 
 
-def test_init_and_emit_modes_ignore_umask_0(
-    run_cli: Any, tmp_path: Path, samples: dict[str, Any]
-) -> None:
+def test_init_and_emit_modes_ignore_umask_0(run_cli: Any, tmp_path: Path, samples: dict[str, Any]) -> None:
     """Under umask 0, spool directories are 0750 or tighter and event files 0640 or tighter."""
     sp = tmp_path / "modes"
     umask0 = lambda: os.umask(0)  # noqa: E731
@@ -586,9 +558,7 @@ def test_init_and_emit_modes_ignore_umask_0(
         assert r.returncode == 0, r.stderr
     bfile = tmp_path / "b.jsonl"
     bfile.write_bytes(b"\n".join(_batch_lines(samples, 10)) + b"\n")
-    r = run_cli(
-        "emit", "--batch", bfile, "--type", "drift.detected", "--spool", sp, preexec_fn=umask0
-    )
+    r = run_cli("emit", "--batch", bfile, "--type", "drift.detected", "--spool", sp, preexec_fn=umask0)
     assert r.returncode == 0, r.stderr
     dirs, files = [sp], []
     for dirpath, dirnames, filenames in os.walk(sp):
@@ -596,12 +566,8 @@ def test_init_and_emit_modes_ignore_umask_0(
         files += [Path(dirpath) / f for f in filenames]
     assert len(dirs) >= 13
     assert len([f for f in files if f.parent.name == "pending"]) == 12
-    loose_dirs = [
-        (str(d), oct(stat.S_IMODE(d.stat().st_mode))) for d in dirs if d.stat().st_mode & 0o027
-    ]
-    loose_files = [
-        (str(f), oct(stat.S_IMODE(f.lstat().st_mode))) for f in files if f.lstat().st_mode & 0o137
-    ]
+    loose_dirs = [(str(d), oct(stat.S_IMODE(d.stat().st_mode))) for d in dirs if d.stat().st_mode & 0o027]
+    loose_files = [(str(f), oct(stat.S_IMODE(f.lstat().st_mode))) for f in files if f.lstat().st_mode & 0o137]
     assert loose_dirs == []
     assert loose_files == []
 
@@ -754,9 +720,7 @@ def test_config_show_spool_and_secrets(run_cli: Any, tmp_path: Path) -> None:
 
 def test_config_show_redacts_literal_api_key(run_cli: Any, tmp_path: Path) -> None:
     """A literal api_key in poet.toml is printed redacted."""
-    (tmp_path / "poet.toml").write_text(
-        '[external_integrations.pagerduty]\napi_key = "literal-secret"\n'
-    )
+    (tmp_path / "poet.toml").write_text('[external_integrations.pagerduty]\napi_key = "literal-secret"\n')
     r = run_cli("config", "show")
     assert r.returncode == 0, r.stderr
     assert "literal-secret" not in r.stdout

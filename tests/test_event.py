@@ -81,9 +81,7 @@ def test_uuid7_forked_child_differs_from_parent() -> None:
 @pytest.fixture
 def envelope(router: EventRouter, samples: dict[str, Any]) -> dict[str, Any]:
     """A sealed drift.detected envelope as a dict."""
-    ev, _ = router.build(
-        "drift.detected", samples["drift.detected"]["valid"][0], correlation_id="drift-alert-123"
-    )
+    ev, _ = router.build("drift.detected", samples["drift.detected"]["valid"][0], correlation_id="drift-alert-123")
     return ev.to_dict()
 
 
@@ -270,9 +268,7 @@ def test_routing_table(event_type: str, payload: dict[str, Any], topic: str) -> 
     assert topic_for(event_type, payload) == topic
 
 
-def test_router_stamps_routed_topic(
-    router: EventRouter, samples: dict[str, Any], spool: Path
-) -> None:
+def test_router_stamps_routed_topic(router: EventRouter, samples: dict[str, Any], spool: Path) -> None:
     """An emitted function.execution event carries poet/functions/<fn>/execution on disk."""
     payload = dict(samples["function.execution"]["valid"][0], function_name="detect_drift")
     eid = router.emit("function.execution", payload)
@@ -308,10 +304,7 @@ def test_to_subject() -> None:
     """Topics and patterns map 1:1 to NATS subjects ('/'->'.', '**'->'>')."""
     assert to_subject("poet/functions/*") == "poet.functions.*"
     assert to_subject("poet/**") == "poet.>"
-    assert (
-        to_subject("poet/functions/detect_drift/execution")
-        == "poet.functions.detect_drift.execution"
-    )
+    assert to_subject("poet/functions/detect_drift/execution") == "poet.functions.detect_drift.execution"
 
 
 @pytest.mark.parametrize("pattern", ["poet/../x", "a b", "poet/.hidden", "", "poet/a*b"])

@@ -42,9 +42,7 @@ def test_wheel_contains_schemas_and_cli(tmp_path: Path) -> None:
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(wheels[0]) as zf:
         names = set(zf.namelist())
-        shipped = {
-            n[len("poetctl/_schemas/") :] for n in names if n.startswith("poetctl/_schemas/")
-        }
+        shipped = {n[len("poetctl/_schemas/") :] for n in names if n.startswith("poetctl/_schemas/")}
         source = {p.name for p in (REPO / "schemas").glob("*.json")}
         assert len(source) == 21
         assert shipped == source

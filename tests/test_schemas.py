@@ -105,9 +105,7 @@ def test_registry_lists_exactly_the_twenty_builtin_types() -> None:
 
 
 @pytest.mark.parametrize(("event_type", "index"), VALID_CASES)
-def test_valid_sample_is_emitted_with_its_topic(
-    router: EventRouter, spool: Path, event_type: str, index: int
-) -> None:
+def test_valid_sample_is_emitted_with_its_topic(router: EventRouter, spool: Path, event_type: str, index: int) -> None:
     """A valid sample payload is emitted into events/pending/<id>.json with the routed topic."""
     payload = SAMPLES[event_type]["valid"][index]
     eid = router.emit(event_type, payload)
@@ -187,9 +185,7 @@ def test_reference_and_fast_validators_agree(schema_file: Path) -> None:
     instances += [(f"envelope {e['type']}", e) for e in VALID_ENVELOPES]
     instances += [(f"envelope {why}", e) for why, e in INVALID_ENVELOPES]
     disagreements = [
-        (label, ref.is_valid(x), fast.is_valid(x))
-        for label, x in instances
-        if ref.is_valid(x) != fast.is_valid(x)
+        (label, ref.is_valid(x), fast.is_valid(x)) for label, x in instances if ref.is_valid(x) != fast.is_valid(x)
     ]
     assert disagreements == []
     # The instances meant for this schema get the intended verdict, too.

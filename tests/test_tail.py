@@ -33,8 +33,16 @@ def payload(type_: str, i: int = 0) -> dict[str, Any]:
 
 def cli(cwd: Path, *args: str | os.PathLike[str], input: bytes | None = None) -> subprocess.CompletedProcess[str]:
     """Run poetctl in ``cwd`` without POET_* variables; text output."""
-    p = subprocess.run(cli_argv(*args), input=input, stdin=None if input is not None else subprocess.DEVNULL,
-                       capture_output=True, env=clean_env(), cwd=cwd, timeout=CLI_TIMEOUT, check=False)
+    p = subprocess.run(
+        cli_argv(*args),
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        env=clean_env(),
+        cwd=cwd,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
     return subprocess.CompletedProcess(p.args, p.returncode, p.stdout.decode(), p.stderr.decode())
 
 
@@ -79,19 +87,33 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     spool = cwd / "spool"
     router = EventRouter(spool=spool)
     now = time.time()
-    router.emit_many([(t, payload(t)) for t in sorted(SAMPLES)] + [
-        {"type": "system.metrics", "payload": payload("system.metrics"), "timestamp": now - 3 * 86400,
-         "correlation_id": "old-corr"},
-        {"type": "drift.detected", "payload": payload("drift.detected"), "timestamp": now - 3 * 3600,
-         "correlation_id": "old-corr", "source": "poet.generator"},
-        {"type": "system.health", "payload": payload("system.health"), "expires_at": now - 60},
-    ])
+    router.emit_many(
+        [(t, payload(t)) for t in sorted(SAMPLES)]
+        + [
+            {
+                "type": "system.metrics",
+                "payload": payload("system.metrics"),
+                "timestamp": now - 3 * 86400,
+                "correlation_id": "old-corr",
+            },
+            {
+                "type": "drift.detected",
+                "payload": payload("drift.detected"),
+                "timestamp": now - 3 * 3600,
+                "correlation_id": "old-corr",
+                "source": "poet.generator",
+            },
+            {"type": "system.health", "payload": payload("system.health"), "expires_at": now - 60},
+        ]
+    )
     done = cli(cwd, "--spool", spool, "daemon", "--once", "--no-builtin-handlers")
     assert done.returncode == 1, done.stderr  # 1: the expired event was dead-lettered
-    router.emit_many([("function.execution", payload("function.execution")),
-                      ("system.health", payload("system.health"))])
-    router.emit("feedback.human_validation", payload("feedback.human_validation"), source="ci",
-                correlation_id="pend-corr")
+    router.emit_many(
+        [("function.execution", payload("function.execution")), ("system.health", payload("system.health"))]
+    )
+    router.emit(
+        "feedback.human_validation", payload("feedback.human_validation"), source="ci", correlation_id="pend-corr"
+    )
     # An event claimed by some daemon: in flight.
     flying = router.emit("function.update", payload("function.update"), source="ci")
     owner = spool / "events" / "inflight" / "host.1.x"
@@ -117,8 +139,9 @@ def test_several_patterns_are_alternatives(world: World) -> None:
     """Several patterns OR together, and '**' matches any depth."""
     r = world.tail("-n", "1000", "poet/system/alerts", "poet/**/pending")
     assert r.returncode == 0, r.stderr
-    want = {eid for eid, (_, e, _) in world.events.items()
-            if e["topic"] in ("poet/system/alerts", "poet/feedback/pending")}
+    want = {
+        eid for eid, (_, e, _) in world.events.items() if e["topic"] in ("poet/system/alerts", "poet/feedback/pending")
+    }
     assert set(ids_of(r.stdout)) == want
 
 
@@ -154,8 +177,11 @@ def test_since_and_until_take_durations_and_rfc3339(world: World) -> None:
 def test_type_correlation_and_source_filters(world: World) -> None:
     """--type globs (repeatable), --correlation-id and --source narrow the selection."""
     r = world.tail("-n", "100", "--type", "feedback.*", "--type", "alert.create_*")
-    want = {eid for eid, (_, e, _) in world.events.items()
-            if e["type"].startswith("feedback.") or e["type"] == "alert.create_external"}
+    want = {
+        eid
+        for eid, (_, e, _) in world.events.items()
+        if e["type"].startswith("feedback.") or e["type"] == "alert.create_external"
+    }
     assert set(ids_of(r.stdout)) == want
     r = world.tail("--correlation-id", "old-corr")
     assert len(ids_of(r.stdout)) == 2
@@ -187,7 +213,8 @@ def test_table_has_time_type_topic_id_correlation_state(world: World) -> None:
         cells = line.split()
         state, env, _ = world.events[eid]
         assert dt.datetime.fromisoformat(cells[0].replace("Z", "+00:00")).timestamp() == pytest.approx(
-            env["timestamp"], abs=0.001)
+            env["timestamp"], abs=0.001
+        )
         assert cells[1:] == [env["type"], env["topic"], eid, env.get("correlation_id", "-"), state]
 
 
@@ -246,10 +273,19 @@ def test_nothing_matched_exits_1_with_a_message(world: World, tmp_path: Path) ->
     assert r.returncode == 1 and "no events match" in r.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["poet/fun%ctions"], ["poet//x/y z"], ["--state", "done"], ["--since", "yesterday"], ["-o", "dot"],
-    ["--count", "3"], ["--idle-timeout", "1"], ["-f", "-o", "json"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["poet/fun%ctions"],
+        ["poet//x/y z"],
+        ["--state", "done"],
+        ["--since", "yesterday"],
+        ["-o", "dot"],
+        ["--count", "3"],
+        ["--idle-timeout", "1"],
+        ["-f", "-o", "json"],
+    ],
+)
 def test_usage_errors_exit_2(world: World, args: list[str]) -> None:
     """A bad pattern segment, state, time, format or option combination exits 2 with a message."""
     r = world.tail(*args)
@@ -345,10 +381,14 @@ class Daemon:
 
     def __init__(self, cwd: Path, spool: Path) -> None:
         self.log = (cwd / "daemon.log").open("wb")
-        self.proc = subprocess.Popen(cli_argv("--spool", spool, "daemon", "--no-builtin-handlers",
-                                              "--rescan-interval", "0.2"),
-                                     env=clean_env(), cwd=cwd, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=self.log)
+        self.proc = subprocess.Popen(
+            cli_argv("--spool", spool, "daemon", "--no-builtin-handlers", "--rescan-interval", "0.2"),
+            env=clean_env(),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -376,8 +416,14 @@ def daemon(tmp_path: Path) -> Iterator[Any]:
 
 def follow(cwd: Path, spool: Path, *args: str) -> subprocess.Popen[bytes]:
     """Start `poetctl tail -f ARGS` with its output piped."""
-    return subprocess.Popen(cli_argv("--spool", spool, "tail", "-f", *args), env=clean_env(), cwd=cwd,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        cli_argv("--spool", spool, "tail", "-f", *args),
+        env=clean_env(),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def finish(p: subprocess.Popen[bytes]) -> tuple[int, str, str]:
@@ -400,8 +446,10 @@ def test_follow_count_prints_exactly_the_new_events(tmp_path: Path) -> None:
 def read_lines(p: subprocess.Popen[bytes], n: int) -> list[str]:
     """The first ``n`` lines ``p`` prints (fails instead of hanging if it never does)."""
     got: list[str] = []
-    reader = threading.Thread(target=lambda: got.extend(p.stdout.readline().decode() for _ in range(n)),  # type: ignore[union-attr]
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: got.extend(p.stdout.readline().decode() for _ in range(n)),  # type: ignore[union-attr]
+        daemon=True,
+    )
     reader.start()
     reader.join(FOLLOW_TIMEOUT)
     assert not reader.is_alive(), f"tail printed {got!r}, expected {n} lines"

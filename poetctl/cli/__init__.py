@@ -1,80 +1,99 @@
 """The ``poetctl`` command-line tool (typer).
 
-Command modules import their heavy dependencies (rich, jsonschema, watchdog)
-inside the command bodies, so ``poetctl emit`` starts fast.
+Start-up matters for shell use, so nothing is imported or built that the
+invoked command does not need: ``main`` looks at the command name and
+registers only that command (its module imports its own heavy dependencies
+inside the command body). ``--help``, completion and unknown commands get the
+full app.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+import importlib
+import os
+import sys
+from typing import TYPE_CHECKING, Any
 
-import typer
+if TYPE_CHECKING:
+    import typer
 
-from .. import __version__
-from .admin import config_app, init_cmd, schemas_app
-from .common import GLOBALS
-from .correlate import correlate_cmd
-from .daemon import daemon_cmd
-from .dead import dead_app
-from .emit import emit_cmd, validate_cmd
-from .fsck import fsck_cmd
-from .prune import prune_cmd
-from .replay import replay_cmd
-from .state import state_app
-from .status import status_cmd
-from .tail import tail_cmd
-
-app = typer.Typer(
-    name="poetctl",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"poetctl {__version__}")
-        raise typer.Exit()
+# name -> (module, attribute, kind): "command" functions or "group" Typer apps, in --help order.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "init": (".admin", "init_cmd", "command"),
+    "emit": (".emit", "emit_cmd", "command"),
+    "validate": (".emit", "validate_cmd", "command"),
+    "daemon": (".daemon", "daemon_cmd", "command"),
+    "status": (".status", "status_cmd", "command"),
+    "tail": (".tail", "tail_cmd", "command"),
+    "correlate": (".correlate", "correlate_cmd", "command"),
+    "replay": (".replay", "replay_cmd", "command"),
+    "prune": (".prune", "prune_cmd", "command"),
+    "fsck": (".fsck", "fsck_cmd", "command"),
+    "dead": (".dead", "dead_app", "group"),
+    "state": (".state", "state_app", "group"),
+    "schemas": (".admin", "schemas_app", "group"),
+    "config": (".admin", "config_app", "group"),
+}
+_ROOT_OPTIONS_WITH_VALUE = ("--spool", "--config")
 
 
-@app.callback()
-def _root(
-    spool: Annotated[
-        Path | None, typer.Option("--spool", help="Spool directory (else POET_SPOOL, poet.toml, ./.poet/pubsub).")
-    ] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="poet.toml to use (else POET_CONFIG).")] = None,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-) -> None:
-    """Event backbone for POET: emit, process and inspect ML-monitoring events.
+def build_app(only: str | None = None) -> typer.Typer:
+    """The typer app with every command, or with just ``only`` (what ``main`` runs)."""
+    import typer
 
-    Exit codes: 0 ok, 1 nothing matched, 2 usage, 65 invalid data, 66 input
-    missing, 69 backend unavailable, 74 I/O error, 75 try again later.
-    """
-    GLOBALS.spool = spool
-    GLOBALS.config = config
+    from .root import root_callback
+
+    app = typer.Typer(
+        name="poetctl",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(root_callback)
+    for name, (module, attr, kind) in COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        obj = getattr(importlib.import_module(module, __package__), attr)
+        if kind == "command":
+            app.command(name)(obj)
+        else:
+            app.add_typer(obj, name=name)
+    return app
 
 
-app.command("init")(init_cmd)
-app.command("emit")(emit_cmd)
-app.command("validate")(validate_cmd)
-app.command("daemon")(daemon_cmd)
-app.command("status")(status_cmd)
-app.command("replay")(replay_cmd)
-app.command("prune")(prune_cmd)
-app.command("fsck")(fsck_cmd)
-app.command("tail")(tail_cmd)
-app.command("correlate")(correlate_cmd)
-app.add_typer(schemas_app, name="schemas")
-app.add_typer(config_app, name="config")
-app.add_typer(state_app, name="state")
-app.add_typer(dead_app, name="dead")
+def command_name(argv: list[str]) -> str | None:
+    """The command ``argv`` invokes, skipping root options; None for --help, --version etc."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _ROOT_OPTIONS_WITH_VALUE:
+            i += 2
+        elif arg.startswith(tuple(o + "=" for o in _ROOT_OPTIONS_WITH_VALUE)):
+            i += 1
+        elif arg.startswith("-"):
+            return None
+        else:
+            return arg if arg in COMMANDS else None
+    return None
 
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="poetctl")
+    argv = sys.argv[1:]
+    name = command_name(argv)
+    if name == "emit" and not os.environ.get("POETCTL_NO_FASTPATH"):
+        from .fastpath import run
+
+        code = run(argv)
+        if code is not None:
+            sys.stdout.flush()
+            raise SystemExit(code)
+    build_app(name)(prog_name="poetctl")
+
+
+def __getattr__(name: str) -> Any:
+    # `poetctl.cli.app` (the full app) for tools that expect a module-level Typer object.
+    if name == "app":
+        return build_app()
+    raise AttributeError(name)

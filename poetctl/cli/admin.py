@@ -49,8 +49,14 @@ def _schemas_list(output: str | None, config: Path | None) -> None:
     rows = []
     for t, path in reg.types().items():
         topic = ROUTES.get(t) or reg.topic_template(t) or default_template(t)
-        rows.append({"type": t, "topic": topic.replace("{fn}", "<function_name>"), "schema": str(path),
-                     "builtin": path.parent == reg.builtin})
+        rows.append(
+            {
+                "type": t,
+                "topic": topic.replace("{fn}", "<function_name>"),
+                "schema": str(path),
+                "builtin": path.parent == reg.builtin,
+            }
+        )
     emit_rows(fmt, ["type", "topic", "schema"], rows, title="Event types")
 
 

@@ -25,8 +25,9 @@ ConfigOpt = Annotated[
 ]
 OutputOpt = Annotated[
     str | None,
-    typer.Option("--output", "-o", help="table, json or jsonl (default: table on a TTY, jsonl in a pipe).",
-                 show_default=False),
+    typer.Option(
+        "--output", "-o", help="table, json or jsonl (default: table on a TTY, jsonl in a pipe).", show_default=False
+    ),
 ]
 
 

@@ -15,16 +15,34 @@ CORRELATE_FORMATS = ("tree", "json", "dot", "mermaid")
 
 def correlate_cmd(
     ident: Annotated[str, typer.Argument(metavar="ID", help="A correlation id or an event id.")],
-    output: Annotated[str | None, typer.Option("--output", "-o", help="tree, json, dot (Graphviz) or mermaid "
-                                               "(default: tree, on a TTY and in pipes).", show_default=False)
-                      ] = None,
-    expect: Annotated[str | None, typer.Option("--expect", metavar="STEPS",
-                                               help="Assert a causation chain of type globs, e.g. "
-                                               "'drift.detected>alert.*>feedback.*'; exit 1 if incomplete.",
-                                               show_default=False)] = None,
-    within: Annotated[str | None, typer.Option("--within", metavar="DURATION",
-                                               help="With --expect: first to last step within e.g. 30s, 15m, 2h.",
-                                               show_default=False)] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="tree, json, dot (Graphviz) or mermaid (default: tree, on a TTY and in pipes).",
+            show_default=False,
+        ),
+    ] = None,
+    expect: Annotated[
+        str | None,
+        typer.Option(
+            "--expect",
+            metavar="STEPS",
+            help="Assert a causation chain of type globs, e.g. "
+            "'drift.detected>alert.*>feedback.*'; exit 1 if incomplete.",
+            show_default=False,
+        ),
+    ] = None,
+    within: Annotated[
+        str | None,
+        typer.Option(
+            "--within",
+            metavar="DURATION",
+            help="With --expect: first to last step within e.g. 30s, 15m, 2h.",
+            show_default=False,
+        ),
+    ] = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -45,8 +63,9 @@ def correlate_cmd(
 
 
 @errors_to_exit
-def _correlate(ident: str, output: str | None, expect: str | None, within: str | None, spool: Path | None,
-               config: Path | None) -> None:
+def _correlate(
+    ident: str, output: str | None, expect: str | None, within: str | None, spool: Path | None, config: Path | None
+) -> None:
     from ..chain import check_chain, connected, parse_duration, parse_steps, render_tree, to_dot, to_json, to_mermaid
     from ..errors import NoMatch, UsageError
     from ..spool.layout import SpoolLayout

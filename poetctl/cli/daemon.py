@@ -18,9 +18,7 @@ def daemon_cmd(
         typer.Option("--handlers", help="Handler module (pkg.mod or file.py) with register(router); repeatable."),
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Worker threads (default 4).")] = None,
-    once: Annotated[
-        bool, typer.Option("--once", help="Handle everything due, then exit (for cron and CI).")
-    ] = False,
+    once: Annotated[bool, typer.Option("--once", help="Handle everything due, then exit (for cron and CI).")] = False,
     rescan: Annotated[
         float | None, typer.Option("--rescan-interval", min=0.05, help="Seconds between full rescans (default 5).")
     ] = None,
@@ -60,8 +58,7 @@ def _daemon(
 
     cfg = load(spool, config)
     try:
-        opts = DaemonOptions.from_config(dict(cfg.daemon), workers=workers, once=once or None,
-                                         rescan_interval=rescan)
+        opts = DaemonOptions.from_config(dict(cfg.daemon), workers=workers, once=once or None, rescan_interval=rescan)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"bad daemon configuration: {exc}") from None
     router = EventRouter(config=cfg)

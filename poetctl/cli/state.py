@@ -44,11 +44,15 @@ def _show(fn: str, output: str | None, spool: Path | None, config: Path | None) 
     elif fmt == "jsonl":
         write_jsonl([{"current": current, "history": history}])
     else:
-        console().print(f"[bold]{fn}[/bold] version {current.get('version')} "
-                        f"(previous {current.get('previous_version') or '-'})")
-        emit_rows("table", ["version", "previous_version", "updated_at", "reason", "event_id"],
-                  [{**h, "reason": h.get("reason"), "updated_at": _iso(h.get("updated_at"))} for h in history],
-                  title="History")
+        console().print(
+            f"[bold]{fn}[/bold] version {current.get('version')} (previous {current.get('previous_version') or '-'})"
+        )
+        emit_rows(
+            "table",
+            ["version", "previous_version", "updated_at", "reason", "event_id"],
+            [{**h, "reason": h.get("reason"), "updated_at": _iso(h.get("updated_at"))} for h in history],
+            title="History",
+        )
 
 
 @errors_to_exit

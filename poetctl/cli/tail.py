@@ -36,36 +36,71 @@ TABLE_COLUMNS = ("time", "type", "topic", "id", "correlation", "state")
 def tail_cmd(
     patterns: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[PATTERN]...", help="Topic patterns, e.g. 'poet/functions/*' ('*' one segment, "
-                       "'**' any; a pattern matches the topics below it too).", show_default=False),
+        typer.Argument(
+            metavar="[PATTERN]...",
+            help="Topic patterns, e.g. 'poet/functions/*' ('*' one segment, "
+            "'**' any; a pattern matches the topics below it too).",
+            show_default=False,
+        ),
     ] = None,
     lines: Annotated[int, typer.Option("-n", "--lines", min=0, help="Show the last N matching events.")] = 10,
-    since: Annotated[str | None, typer.Option("--since", help="Only events at/after: 15m, 2h, 3d or RFC 3339.",
-                                              show_default=False)] = None,
-    until: Annotated[str | None, typer.Option("--until", help="Only events before: 15m, 2h, 3d or RFC 3339.",
-                                              show_default=False)] = None,
-    types: Annotated[list[str] | None, typer.Option("--type", metavar="GLOB",
-                                                    help="Event type glob, e.g. 'drift.*'; repeatable.",
-                                                    show_default=False)] = None,
-    correlation_id: Annotated[str | None, typer.Option("--correlation-id", help="Only this correlation id.",
-                                                       show_default=False)] = None,
-    source: Annotated[str | None, typer.Option("--source", help="Only events from this source.",
-                                               show_default=False)] = None,
-    state: Annotated[str, typer.Option("--state", metavar="STATE",
-                                       help="pending, inflight, processed, dead or all (all includes in-flight); "
-                                       "comma-separated for several.")] = "all",
-    output: Annotated[str | None, typer.Option("--output", "-o", help="table, json, jsonl or cloudevents "
-                                               "(default: table on a TTY, jsonl in a pipe).",
-                                               show_default=False)] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events as they are committed.")
-                      ] = False,
-    count: Annotated[int | None, typer.Option("--count", min=1, metavar="N",
-                                              help="With -f: exit 0 once N events are printed (the first -n count).",
-                                              show_default=False)] = None,
-    idle_timeout: Annotated[float | None, typer.Option("--idle-timeout", min=0.0, metavar="SECONDS",
-                                                       help="With -f: exit when nothing new for SECONDS (exit 1 "
-                                                       "if nothing was printed or --count was not reached).",
-                                                       show_default=False)] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only events at/after: 15m, 2h, 3d or RFC 3339.", show_default=False)
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Only events before: 15m, 2h, 3d or RFC 3339.", show_default=False)
+    ] = None,
+    types: Annotated[
+        list[str] | None,
+        typer.Option("--type", metavar="GLOB", help="Event type glob, e.g. 'drift.*'; repeatable.", show_default=False),
+    ] = None,
+    correlation_id: Annotated[
+        str | None, typer.Option("--correlation-id", help="Only this correlation id.", show_default=False)
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Only events from this source.", show_default=False)
+    ] = None,
+    state: Annotated[
+        str,
+        typer.Option(
+            "--state",
+            metavar="STATE",
+            help="pending, inflight, processed, dead or all (all includes in-flight); comma-separated for several.",
+        ),
+    ] = "all",
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="table, json, jsonl or cloudevents (default: table on a TTY, jsonl in a pipe).",
+            show_default=False,
+        ),
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events as they are committed.")
+    ] = False,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count",
+            min=1,
+            metavar="N",
+            help="With -f: exit 0 once N events are printed (the first -n count).",
+            show_default=False,
+        ),
+    ] = None,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--idle-timeout",
+            min=0.0,
+            metavar="SECONDS",
+            help="With -f: exit when nothing new for SECONDS (exit 1 "
+            "if nothing was printed or --count was not reached).",
+            show_default=False,
+        ),
+    ] = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -83,16 +118,44 @@ def tail_cmd(
       poetctl tail --type 'drift.*' --since 2h --output jsonl | poetctl emit --batch -
       poetctl tail -f --count 3 --idle-timeout 60 poet/system/alerts
     """
-    _tail(TailArgs(patterns or [], lines, since, until, types or [], correlation_id, source, state, output, follow,
-                   count, idle_timeout), spool, config)
+    _tail(
+        TailArgs(
+            patterns or [],
+            lines,
+            since,
+            until,
+            types or [],
+            correlation_id,
+            source,
+            state,
+            output,
+            follow,
+            count,
+            idle_timeout,
+        ),
+        spool,
+        config,
+    )
 
 
 class TailArgs:
     """The parsed command line (plain attributes; kept apart from typer for reuse in tests)."""
 
-    def __init__(self, patterns: Sequence[str], lines: int, since: str | None, until: str | None,
-                 types: Sequence[str], correlation_id: str | None, source: str | None, state: str,
-                 output: str | None, follow: bool, count: int | None, idle_timeout: float | None) -> None:
+    def __init__(
+        self,
+        patterns: Sequence[str],
+        lines: int,
+        since: str | None,
+        until: str | None,
+        types: Sequence[str],
+        correlation_id: str | None,
+        source: str | None,
+        state: str,
+        output: str | None,
+        follow: bool,
+        count: int | None,
+        idle_timeout: float | None,
+    ) -> None:
         self.patterns = list(patterns)
         self.lines = lines
         self.since = since
@@ -123,8 +186,12 @@ def parse_states(text: str) -> tuple[str, ...]:
 def describe(args: TailArgs, states: Sequence[str]) -> str:
     parts = [f"pattern {' '.join(args.patterns)!r}"] if args.patterns else []
     parts += [f"--type {t!r}" for t in args.types]
-    for opt, val in (("--correlation-id", args.correlation_id), ("--source", args.source),
-                     ("--since", args.since), ("--until", args.until)):
+    for opt, val in (
+        ("--correlation-id", args.correlation_id),
+        ("--source", args.source),
+        ("--since", args.since),
+        ("--until", args.until),
+    ):
         if val is not None:
             parts.append(f"{opt} {val!r}")
     if args.state != "all":
@@ -282,9 +349,16 @@ class Follower:
     pending/in-flight. Each id is printed at most once.
     """
 
-    def __init__(self, layout: Any, sel: Any, states: Sequence[str], printer: Printer,
-                 on_damaged: Callable[[Path, str], None], args: TailArgs,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        layout: Any,
+        sel: Any,
+        states: Sequence[str],
+        printer: Printer,
+        on_damaged: Callable[[Path, str], None],
+        args: TailArgs,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.layout = layout
         self.sel = sel
         self.states = tuple(states)
@@ -330,8 +404,11 @@ class Follower:
         observer = self._watch()
         try:
             idx = self.index if self.index is not None and has_rows(self.index, SMALL_SPOOL) else None
-            initial = newest(self.layout, self.sel, self.states, self.args.lines, self.on_damaged, idx) \
-                if self.args.lines else []
+            initial = (
+                newest(self.layout, self.sel, self.states, self.args.lines, self.on_damaged, idx)
+                if self.args.lines
+                else []
+            )
             if self.args.count is not None:
                 initial = initial[: self.args.count]  # newest first here: keep the newest
             initial.reverse()
@@ -368,8 +445,9 @@ class Follower:
 
             obs = Observer()
         try:
-            obs.schedule(_Arrivals(), str(self.layout.pending), recursive=False,
-                         event_filter=[FileCreatedEvent, FileMovedEvent])
+            obs.schedule(
+                _Arrivals(), str(self.layout.pending), recursive=False, event_filter=[FileCreatedEvent, FileMovedEvent]
+            )
             obs.daemon = True
             obs.start()
         except Exception as exc:  # e.g. the inotify watch limit: the rescans still work
@@ -385,8 +463,11 @@ class Follower:
         for d in (self.layout.pending, *self.layout.inflight_dirs()):
             try:
                 with os.scandir(d) as it:
-                    out += [(e.name[:-5], Path(e.path)) for e in it
-                            if e.name.endswith(".json") and not e.name.startswith(".")]
+                    out += [
+                        (e.name[:-5], Path(e.path))
+                        for e in it
+                        if e.name.endswith(".json") and not e.name.startswith(".")
+                    ]
             except FileNotFoundError:
                 continue
         return out
@@ -430,8 +511,9 @@ class Follower:
             error(f"idle for {args.idle_timeout:g}s after {self.printed} of {args.count} events")
             return 1
         if not self.printed:
-            error(f"no events match {describe(args, self.states)} in {self.layout.root} "
-                  f"(idle for {args.idle_timeout:g}s)")
+            error(
+                f"no events match {describe(args, self.states)} in {self.layout.root} (idle for {args.idle_timeout:g}s)"
+            )
             return 1
         return 0
 

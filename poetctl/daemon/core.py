@@ -41,7 +41,16 @@ from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir
 from ..spool.reader import CorruptEvent, decode_event, read_bytes
 from ..spool.writer import write_atomic
 from .owner import current_owner, owner_alive, process_start_ticks
-from .records import JOURNAL, Journal, Record, RecordStore, quarantine, read_journal
+from .records import (
+    JOURNAL,
+    Journal,
+    Record,
+    RecordStore,
+    journal_record,
+    quarantine,
+    read_journal,
+    stated_checksum,
+)
 from .retries import RetryPolicy
 from .worker import Job, Outcome, Worker
 
@@ -113,8 +122,9 @@ def partition_key(event: Event, paths: Iterable[str]) -> str:
 class Daemon:
     """Processes one spool until stopped. ``run()`` returns the process exit code."""
 
-    def __init__(self, router: EventRouter, options: DaemonOptions | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, router: EventRouter, options: DaemonOptions | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.router = router
         self.opts = options or DaemonOptions()
         self.clock = clock
@@ -228,6 +238,9 @@ class Daemon:
                     self._invalidate_window()
                 self._pump()
                 self._flush_unhandled()
+            if self._inflight == 0 and self.journal.lines:
+                # Nothing in flight: every journal line is about finished events.
+                self.journal.truncate()
             if self.force:
                 os._exit(130)
             if now >= next_beat:
@@ -409,8 +422,9 @@ class Daemon:
     def _subs_for(self, event_type: str) -> list[Subscription]:
         subs = self._subs_cache.get(event_type)
         if subs is None:
-            subs = [s for s in self.router.subscriptions if s.pattern == event_type
-                    or fnmatchcase(event_type, s.pattern)]
+            subs = [
+                s for s in self.router.subscriptions if s.pattern == event_type or fnmatchcase(event_type, s.pattern)
+            ]
             self._subs_cache[event_type] = subs
         return subs
 
@@ -420,8 +434,14 @@ class Daemon:
         if job.event.expires_at is not None and job.event.expires_at < self.clock():
             from .records import dead_letter
 
-            dead_letter(self.layout, job.path, job.event.id, reason="expired", record=job.record,
-                        extra={"expired_at": job.event.expires_at, "handled": False})
+            dead_letter(
+                self.layout,
+                job.path,
+                job.event.id,
+                reason="expired",
+                record=job.record,
+                extra={"expired_at": job.event.expires_at, "handled": False},
+            )
             self.finished(job, Outcome.EXPIRED)
         else:
             os.rename(job.path, self.processed_prefix + job.name)
@@ -545,7 +565,7 @@ class Daemon:
             if not e.name.endswith(".json"):
                 quarantine(self.layout, src, "bad_name", "unexpected file in an in-flight directory")
                 continue
-            rec = journal.get(e.name[:-5])
+            rec = journal_record(journal, e.name[:-5], stated_checksum(src)) if journal else None
             if rec is not None and (rec.done or rec.failures):
                 existing = self.layout.records / e.name
                 if existing.exists():
@@ -590,8 +610,14 @@ class Daemon:
             "pending_seen": self._pending_seen,
             "lag_seconds": round(max(0.0, lag), 3),
             "counts": {
-                "processed": c.processed, "dead": c.dead, "expired": c.expired, "corrupt": c.corrupt,
-                "retries": c.retries, "handed_back": c.handed_back, "recovered": c.recovered, "claimed": c.claimed,
+                "processed": c.processed,
+                "dead": c.dead,
+                "expired": c.expired,
+                "corrupt": c.corrupt,
+                "retries": c.retries,
+                "handed_back": c.handed_back,
+                "recovered": c.recovered,
+                "claimed": c.claimed,
             },
             "once": self.opts.once,
         }
@@ -601,8 +627,11 @@ class Daemon:
         others = 0
         try:
             for e in os.scandir(self.heartbeat_dir):
-                if e.name.endswith(".json") and e.name[:-5] != self.owner and \
-                        owner_alive(e.name[:-5], self.heartbeat_dir, self.opts.lease_seconds):
+                if (
+                    e.name.endswith(".json")
+                    and e.name[:-5] != self.owner
+                    and owner_alive(e.name[:-5], self.heartbeat_dir, self.opts.lease_seconds)
+                ):
                     others += 1
         except OSError:
             pass
@@ -612,14 +641,18 @@ class Daemon:
     def _emit_health(self) -> None:
         s = self.status()
         try:
-            self.router.emit("system.health", {
-                "service": f"poetctl.daemon/{self.owner}",
-                "status": "healthy" if self.error is None else "unhealthy",
-                "host": s["host"],
-                "pid": s["pid"],
-                "uptime_seconds": round(time.time() - s["started_at"], 3),
-                "details": {"counts": s["counts"], "lag_seconds": s["lag_seconds"], "inflight": s["inflight"]},
-            }, source="poetctl.daemon")
+            self.router.emit(
+                "system.health",
+                {
+                    "service": f"poetctl.daemon/{self.owner}",
+                    "status": "healthy" if self.error is None else "unhealthy",
+                    "host": s["host"],
+                    "pid": s["pid"],
+                    "uptime_seconds": round(time.time() - s["started_at"], 3),
+                    "details": {"counts": s["counts"], "lag_seconds": s["lag_seconds"], "inflight": s["inflight"]},
+                },
+                source="poetctl.daemon",
+            )
         except Exception as exc:  # health reporting must never stop processing
             sys.stderr.write(f"poetctl: warning: cannot emit system.health: {exc}\n")
 

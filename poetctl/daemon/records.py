@@ -43,8 +43,13 @@ class Attempt:
     traceback: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"handler": self.handler, "attempt": self.attempt, "at": self.at, "error": self.error,
-                "traceback": self.traceback}
+        return {
+            "handler": self.handler,
+            "attempt": self.attempt,
+            "at": self.at,
+            "error": self.error,
+            "traceback": self.traceback,
+        }
 
 
 @dataclass(slots=True)
@@ -70,11 +75,13 @@ class Record:
         self.not_before = max(self.not_before, other.not_before)
 
     def to_json(self) -> bytes:
-        return orjson.dumps({
-            "done": sorted(self.done),
-            "failures": [a.to_dict() for a in self.failures],
-            "not_before": self.not_before,
-        })
+        return orjson.dumps(
+            {
+                "done": sorted(self.done),
+                "failures": [a.to_dict() for a in self.failures],
+                "not_before": self.not_before,
+            }
+        )
 
     @classmethod
     def from_json(cls, data: bytes) -> Record:
@@ -93,15 +100,17 @@ class Journal:
         self.path = directory / JOURNAL
         self._lock = threading.Lock()
         self._dirty = False
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-                           FILE_MODE)
+        self.lines = 0
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
 
-    def done(self, event_id: str, handler: str) -> None:
-        self._write(b"D\t" + orjson.dumps([event_id, handler]) + b"\n")
+    # Lines carry the event's checksum: a replayed event (new metadata, new checksum)
+    # must not inherit the completion records of its earlier run.
+    def done(self, event_id: str, handler: str, checksum: str | None = None) -> None:
+        self._write(b"D\t" + orjson.dumps([event_id, handler, checksum]) + b"\n")
 
-    def failed(self, event_id: str, attempt: Attempt, not_before: float = 0.0) -> None:
+    def failed(self, event_id: str, attempt: Attempt, not_before: float = 0.0, checksum: str | None = None) -> None:
         """A failed attempt and when the next one is due (kept across a crash)."""
-        self._write(b"F\t" + orjson.dumps([event_id, attempt.to_dict(), not_before]) + b"\n")
+        self._write(b"F\t" + orjson.dumps([event_id, attempt.to_dict(), not_before, checksum]) + b"\n")
 
     def _write(self, line: bytes) -> None:
         with self._lock:
@@ -110,6 +119,7 @@ class Journal:
             except OSError as exc:
                 raise SpoolIOError(f"cannot write journal {self.path}: {exc.strerror}") from None
             self._dirty = True
+            self.lines += 1
 
     def sync(self) -> None:
         """fsync if anything was written since the last sync."""
@@ -126,15 +136,16 @@ class Journal:
         with self._lock:
             os.ftruncate(self._fd, 0)
             self._dirty = True
+            self.lines = 0
 
     def close(self) -> None:
         with self._lock:
             os.close(self._fd)
 
 
-def read_journal(path: Path) -> dict[str, Record]:
-    """Parse a journal into records per event id; a torn last line is ignored."""
-    out: dict[str, Record] = {}
+def read_journal(path: Path) -> dict[tuple[str, str | None], Record]:
+    """Parse a journal into records per (event id, event checksum); a torn last line is ignored."""
+    out: dict[tuple[str, str | None], Record] = {}
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -144,14 +155,37 @@ def read_journal(path: Path) -> dict[str, Record]:
             continue
         try:
             kind, body = line[:1], orjson.loads(line[2:])
-            rec = out.setdefault(body[0], Record())
             if kind == b"D":
-                rec.done.add(body[1])
+                checksum = body[2] if len(body) > 2 else None
+                out.setdefault((body[0], checksum), Record()).done.add(body[1])
             elif kind == b"F":
+                checksum = body[3] if len(body) > 3 else None
+                rec = out.setdefault((body[0], checksum), Record())
                 rec.merge(Record(failures=[Attempt(**body[1])], not_before=float(body[2]) if len(body) > 2 else 0.0))
-        except (orjson.JSONDecodeError, TypeError, IndexError, KeyError):
+        except (orjson.JSONDecodeError, TypeError, IndexError, KeyError, ValueError):
             continue
     return out
+
+
+def journal_record(journal: dict[tuple[str, str | None], Record], event_id: str, checksum: str | None) -> Record | None:
+    """What the journal says about this version of the event (lines without a checksum apply to any)."""
+    exact = journal.get((event_id, checksum)) if checksum is not None else None
+    legacy = journal.get((event_id, None))
+    if exact is None or legacy is None:
+        return exact or legacy
+    merged = Record()
+    merged.merge(exact)
+    merged.merge(legacy)
+    return merged
+
+
+def stated_checksum(path: Path) -> str | None:
+    """The checksum an event file states (None if unreadable: it gets quarantined later)."""
+    try:
+        value = orjson.loads(path.read_bytes()).get("checksum")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 class RecordStore:
@@ -209,8 +243,13 @@ def quarantine(layout: SpoolLayout, path: Path, reason: str, detail: str) -> Pat
         return None
     except OSError as exc:
         raise SpoolIOError(f"cannot quarantine {path}: {exc.strerror}") from None
-    info = {"reason": reason, "detail": detail, "from": str(path.parent.relative_to(layout.root)),
-            "name": path.name, "at": time.time()}
+    info = {
+        "reason": reason,
+        "detail": detail,
+        "from": str(path.parent.relative_to(layout.root)),
+        "name": path.name,
+        "at": time.time(),
+    }
     write_atomic(layout.corrupt, target.name + ".reason", orjson.dumps(info, option=orjson.OPT_INDENT_2))
     fsync_dir(path.parent)
     return target

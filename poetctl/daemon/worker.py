@@ -157,8 +157,14 @@ class Worker(threading.Thread):
         ev = job.event
         now = self.clock()
         if ev.expires_at is not None and ev.expires_at < now:
-            dead_letter(d.layout, job.path, ev.id, reason="expired", record=job.record,
-                        extra={"expired_at": ev.expires_at, "handled": False})
+            dead_letter(
+                d.layout,
+                job.path,
+                ev.id,
+                reason="expired",
+                record=job.record,
+                extra={"expired_at": ev.expires_at, "handled": False},
+            )
             d.finished(job, Outcome.EXPIRED)
             return Outcome.EXPIRED
         subs = job.subs
@@ -178,7 +184,7 @@ class Worker(threading.Thread):
                 d.router.set_cause(None)
             job.record.done.add(sub.name)
             if i != last:
-                d.journal.done(ev.id, sub.name)
+                d.journal.done(ev.id, sub.name, ev.checksum)
         os.rename(job.path, d.processed_prefix + job.name)
         self._dirty += 1
         if self._dirty >= FLUSH_EVERY:
@@ -198,13 +204,13 @@ class Worker(threading.Thread):
         )
         job.record.failures.append(attempt)
         if d.policy.exhausted(n):
-            d.journal.failed(job.event.id, attempt)
+            d.journal.failed(job.event.id, attempt, 0.0, job.event.checksum)
             dead_letter(d.layout, job.path, job.event.id, reason="attempts_exhausted", record=job.record)
             d.finished(job, Outcome.DEAD)
             return Outcome.DEAD
         due = attempt.at + d.policy.delay(n)
         job.record.not_before = due
-        d.journal.failed(job.event.id, attempt, due)
+        d.journal.failed(job.event.id, attempt, due, job.event.checksum)
         self._seq += 1
         heapq.heappush(self.timers, (due, self._seq, job.key))
         d.blocked_keys.add(job.key)

@@ -182,20 +182,42 @@ class LearningEngine:
             self._save(data)
             return fn
 
-    def incorporate_human_feedback(self, *, feedback_id: str, execution_id: str, was_real_drift: bool,
-                                   confidence: float, at: float, context: str | None = None,
-                                   function_name: str | None = None) -> str | None:
+    def incorporate_human_feedback(
+        self,
+        *,
+        feedback_id: str,
+        execution_id: str,
+        was_real_drift: bool,
+        confidence: float,
+        at: float,
+        context: str | None = None,
+        function_name: str | None = None,
+    ) -> str | None:
         """The seed's name for human validation feedback."""
-        return self.incorporate_feedback(feedback_id=feedback_id, execution_id=execution_id,
-                                         was_real_drift=was_real_drift, confidence=confidence, kind="human",
-                                         at=at, context=context, function_name=function_name)
+        return self.incorporate_feedback(
+            feedback_id=feedback_id,
+            execution_id=execution_id,
+            was_real_drift=was_real_drift,
+            confidence=confidence,
+            kind="human",
+            at=at,
+            context=context,
+            function_name=function_name,
+        )
 
-    def incorporate_retraining_feedback(self, *, feedback_id: str, execution_id: str, improvement_confirmed: bool,
-                                        performance_delta: float, at: float) -> str | None:
+    def incorporate_retraining_feedback(
+        self, *, feedback_id: str, execution_id: str, improvement_confirmed: bool, performance_delta: float, at: float
+    ) -> str | None:
         """Retraining that did not improve the model counts as a false positive of the drift alert."""
-        return self.incorporate_feedback(feedback_id=feedback_id, execution_id=execution_id,
-                                         was_real_drift=improvement_confirmed, confidence=1.0, kind="retraining",
-                                         at=at, context=f"performance_delta={performance_delta:+.6g}")
+        return self.incorporate_feedback(
+            feedback_id=feedback_id,
+            execution_id=execution_id,
+            was_real_drift=improvement_confirmed,
+            confidence=1.0,
+            kind="retraining",
+            at=at,
+            context=f"performance_delta={performance_delta:+.6g}",
+        )
 
     def _trim(self, data: dict[str, Any]) -> None:
         det = data["detections"]
@@ -236,13 +258,21 @@ class LearningEngine:
         if n >= s.min_samples:
             rate = len(fps) / n
             if rate > s.fp_rate_threshold:
-                out.append(Pattern(
-                    "threshold_too_sensitive", fn, confidence=rate * min(1.0, n / (2 * s.min_samples)) ** 0.5,
-                    sample_size=n, correlation_strength=rate, business_impact=_impact(rate),
-                    recommended_action=(f"Raise the drift threshold of {fn}: {len(fps)} of {n} validated alerts "
-                                        f"({rate:.0%}) were false positives within {s.window_days:g} days."),
-                    detail={"false_positive_rate": rate, "false_positives": len(fps)},
-                ))
+                out.append(
+                    Pattern(
+                        "threshold_too_sensitive",
+                        fn,
+                        confidence=rate * min(1.0, n / (2 * s.min_samples)) ** 0.5,
+                        sample_size=n,
+                        correlation_strength=rate,
+                        business_impact=_impact(rate),
+                        recommended_action=(
+                            f"Raise the drift threshold of {fn}: {len(fps)} of {n} validated alerts "
+                            f"({rate:.0%}) were false positives within {s.window_days:g} days."
+                        ),
+                        detail={"false_positive_rate": rate, "false_positives": len(fps)},
+                    )
+                )
         if len(fps) >= s.min_samples:
             hours = Counter(time.gmtime(v["detection"]["at"] if v["detection"] else v["at"]).tm_hour for v in fps)
             days = Counter(time.gmtime(v["detection"]["at"] if v["detection"] else v["at"]).tm_wday for v in fps)
@@ -251,31 +281,60 @@ class LearningEngine:
             if max(hshare, dshare) >= s.seasonal_concentration:
                 by_hour = hshare >= dshare
                 share = hshare if by_hour else dshare
-                when = f"{hour:02d}:00-{hour:02d}:59 UTC" if by_hour else \
-                    ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")[day]
-                out.append(Pattern(
-                    "false_positive_seasonal", fn, confidence=share, sample_size=len(fps),
-                    correlation_strength=share, business_impact=_impact(share),
-                    recommended_action=(f"Add seasonality to {fn}'s reference window: {share:.0%} of its "
-                                        f"{len(fps)} false positives fall on {when}."),
-                    detail={"by": "hour" if by_hour else "weekday", "bucket": hour if by_hour else day},
-                ))
-        edge = [v for v in vals if v["was_real_drift"] and v["detection"] is not None
-                and v["detection"]["drift_score"] <= s.low_score_threshold]
+                when = (
+                    f"{hour:02d}:00-{hour:02d}:59 UTC"
+                    if by_hour
+                    else ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")[day]
+                )
+                out.append(
+                    Pattern(
+                        "false_positive_seasonal",
+                        fn,
+                        confidence=share,
+                        sample_size=len(fps),
+                        correlation_strength=share,
+                        business_impact=_impact(share),
+                        recommended_action=(
+                            f"Add seasonality to {fn}'s reference window: {share:.0%} of its "
+                            f"{len(fps)} false positives fall on {when}."
+                        ),
+                        detail={"by": "hour" if by_hour else "weekday", "bucket": hour if by_hour else day},
+                    )
+                )
+        edge = [
+            v
+            for v in vals
+            if v["was_real_drift"]
+            and v["detection"] is not None
+            and v["detection"]["drift_score"] <= s.low_score_threshold
+        ]
         confirmed = [v for v in vals if v["was_real_drift"]]
         if len(edge) >= s.min_edge_cases:
             strength = len(edge) / max(1, len(confirmed))
-            out.append(Pattern(
-                "missing_edge_case", fn, confidence=strength, sample_size=len(edge),
-                correlation_strength=strength, business_impact="high",
-                recommended_action=(f"Handle the edge case in {fn}: {len(edge)} confirmed drifts scored at most "
-                                    f"{s.low_score_threshold:g} and were under-alerted."),
-                detail={"confirmed": len(confirmed)},
-            ))
+            out.append(
+                Pattern(
+                    "missing_edge_case",
+                    fn,
+                    confidence=strength,
+                    sample_size=len(edge),
+                    correlation_strength=strength,
+                    business_impact="high",
+                    recommended_action=(
+                        f"Handle the edge case in {fn}: {len(edge)} confirmed drifts scored at most "
+                        f"{s.low_score_threshold:g} and were under-alerted."
+                    ),
+                    detail={"confirmed": len(confirmed)},
+                )
+            )
         return out
 
-    def should_regenerate(self, function_name: str | None, version: str | None = None,
-                          now: float | None = None, cause_id: str | None = None) -> list[Pattern]:
+    def should_regenerate(
+        self,
+        function_name: str | None,
+        version: str | None = None,
+        now: float | None = None,
+        cause_id: str | None = None,
+    ) -> list[Pattern]:
         """Patterns for ``function_name`` not yet reported for ``version``; empty means no.
 
         For a ``cause_id`` already decided (see :meth:`decide`) the recorded
@@ -288,13 +347,15 @@ class LearningEngine:
             data = self._load()
             return self._unreported(data, function_name, version, time.time() if now is None else now, cause_id)
 
-    def _unreported(self, data: dict[str, Any], fn: str, version: str | None, now: float,
-                    cause_id: str | None) -> list[Pattern]:
+    def _unreported(
+        self, data: dict[str, Any], fn: str, version: str | None, now: float, cause_id: str | None
+    ) -> list[Pattern]:
         if cause_id is not None and cause_id in data["decisions"]:
             return [Pattern(**p) for p in data["decisions"][cause_id]["patterns"]]
         reported = data["reported"].get(fn, {})
-        return [p for p in self._detect(data, fn, now)
-                if reported.get(p.pattern_type, {}).get("version") != (version or "")]
+        return [
+            p for p in self._detect(data, fn, now) if reported.get(p.pattern_type, {}).get("version") != (version or "")
+        ]
 
     def decide(self, function_name: str | None, version: str | None, now: float, cause_id: str) -> list[Pattern]:
         """:meth:`should_regenerate` and :meth:`mark_reported` in one step, remembered per cause.
@@ -312,8 +373,9 @@ class LearningEngine:
                 self._save(data)
             return patterns
 
-    def mark_reported(self, function_name: str, patterns: list[Pattern], version: str | None,
-                      cause_id: str | None = None) -> None:
+    def mark_reported(
+        self, function_name: str, patterns: list[Pattern], version: str | None, cause_id: str | None = None
+    ) -> None:
         """Remember that ``patterns`` were reported for ``version`` (by event ``cause_id``)."""
         with self._locked():
             data = self._load()
@@ -321,12 +383,16 @@ class LearningEngine:
             self._save(data)
 
     @staticmethod
-    def _mark(data: dict[str, Any], fn: str, patterns: list[Pattern], version: str | None,
-              cause_id: str | None) -> None:
+    def _mark(
+        data: dict[str, Any], fn: str, patterns: list[Pattern], version: str | None, cause_id: str | None
+    ) -> None:
         """Record the patterns as reported and, for a cause, remember its decision (first one wins)."""
         if cause_id is not None and cause_id not in data["decisions"]:
-            data["decisions"][cause_id] = {"function_name": fn, "version": version or "",
-                                           "patterns": [asdict(p) for p in patterns]}
+            data["decisions"][cause_id] = {
+                "function_name": fn,
+                "version": version or "",
+                "patterns": [asdict(p) for p in patterns],
+            }
         rep = data["reported"].setdefault(fn, {})
         for p in patterns:
             if rep.get(p.pattern_type, {}).get("version") != (version or ""):
@@ -344,8 +410,11 @@ class _Locked:
         self.engine._lock.acquire()
         try:
             os.makedirs(self.engine.layout.state, 0o750, exist_ok=True)
-            self.fd = os.open(self.engine.layout.run / "learning.lock",
-                              os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+            self.fd = os.open(
+                self.engine.layout.run / "learning.lock",
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                FILE_MODE,
+            )
             fcntl.flock(self.fd, fcntl.LOCK_EX)
         except BaseException:
             self.engine._lock.release()

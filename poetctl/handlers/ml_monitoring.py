@@ -76,8 +76,13 @@ class HandlerSwitches:
 class MLMonitoringEventHandlers:
     """Registers the ML-monitoring handlers on a router (the seed's class and method names)."""
 
-    def __init__(self, event_router: EventRouter, learning_engine: LearningEngine,
-                 switches: HandlerSwitches | None = None, feedback_url_base: str = "/poet/feedback") -> None:
+    def __init__(
+        self,
+        event_router: EventRouter,
+        learning_engine: LearningEngine,
+        switches: HandlerSwitches | None = None,
+        feedback_url_base: str = "/poet/feedback",
+    ) -> None:
         self.event_router = event_router
         self.learning_engine = learning_engine
         self.switches = switches or HandlerSwitches()
@@ -96,8 +101,9 @@ class MLMonitoringEventHandlers:
         if s.model_retrained:
             sub("feedback.model_retrained", self.handle_retraining_feedback, name="poet.model_retrained")
         if s.performance_degraded:
-            sub("monitoring.performance_degraded", self.handle_performance_degradation,
-                name="poet.performance_degraded")
+            sub(
+                "monitoring.performance_degraded", self.handle_performance_degradation, name="poet.performance_degraded"
+            )
         if s.alert_resolved:
             sub("feedback.alert_resolved", self.handle_alert_resolved, name="poet.alert_resolved")
         if s.mlflow_validation:
@@ -149,10 +155,17 @@ class MLMonitoringEventHandlers:
 
     # -- feedback ------------------------------------------------------------------------
     def _store_feedback(self, event: Event, fn: str | None) -> None:
-        self.feedback.add(event.id, {
-            "event_id": event.id, "type": event.type, "function_name": fn,
-            "correlation_id": event.correlation_id, "payload": event.payload, "received_at": event.timestamp,
-        })
+        self.feedback.add(
+            event.id,
+            {
+                "event_id": event.id,
+                "type": event.type,
+                "function_name": fn,
+                "correlation_id": event.correlation_id,
+                "payload": event.payload,
+                "received_at": event.timestamp,
+            },
+        )
 
     def _after_feedback(self, event: Event, fn: str | None, reason: str) -> None:
         """Detect patterns for ``fn``; emit pattern_detected + regeneration_needed for new ones."""
@@ -224,8 +237,12 @@ class MLMonitoringEventHandlers:
         p = event.payload
         self._store_feedback(event, None)
         fn = self.learning_engine.incorporate_feedback(
-            feedback_id=event.id, execution_id=p["execution_id"], was_real_drift=bool(p["was_useful"]),
-            confidence=0.7, kind="alert_resolution", at=event.timestamp,
+            feedback_id=event.id,
+            execution_id=p["execution_id"],
+            was_real_drift=bool(p["was_useful"]),
+            confidence=0.7,
+            kind="alert_resolution",
+            at=event.timestamp,
             context=f"resolution={p['resolution_type']}",
         )
         self._after_feedback(event, fn, "alert_resolution_pattern")
@@ -235,9 +252,13 @@ class MLMonitoringEventHandlers:
         p = event.payload
         self._store_feedback(event, None)
         fn = self.learning_engine.incorporate_feedback(
-            feedback_id=event.id, execution_id=p["execution_id"],
-            was_real_drift=p["validation_type"] == "confirmed_drift", confidence=p["confidence"],
-            kind="mlflow", at=event.timestamp, context=f"experiment={p['experiment_id']}",
+            feedback_id=event.id,
+            execution_id=p["execution_id"],
+            was_real_drift=p["validation_type"] == "confirmed_drift",
+            confidence=p["confidence"],
+            kind="mlflow",
+            at=event.timestamp,
+            context=f"experiment={p['experiment_id']}",
         )
         self._after_feedback(event, fn, "mlflow_feedback_pattern")
 

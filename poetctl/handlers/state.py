@@ -18,16 +18,24 @@ class FunctionStateHandlers:
     def handle_function_update(self, event: Event) -> None:
         p = event.payload
         self.state.record_version(
-            p["function_name"], p["new_version"],
+            p["function_name"],
+            p["new_version"],
             {"reason": p["reason"], "changes": p["changes"], "source_event_type": event.type},
-            event_id=event.id, previous_version=p["old_version"],
+            event_id=event.id,
+            previous_version=p["old_version"],
         )
 
     def handle_regenerated(self, event: Event) -> None:
         p = event.payload
         self.state.record_version(
-            p["function_name"], p["new_version"],
-            {"reason": p["regeneration_reason"], "improvements": p["improvements"],
-             "expected_impact": p["expected_impact"], "source_event_type": event.type},
-            event_id=event.id, previous_version=p["old_version"],
+            p["function_name"],
+            p["new_version"],
+            {
+                "reason": p["regeneration_reason"],
+                "improvements": p["improvements"],
+                "expected_impact": p["expected_impact"],
+                "source_event_type": event.type,
+            },
+            event_id=event.id,
+            previous_version=p["old_version"],
         )

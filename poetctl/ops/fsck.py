@@ -48,7 +48,15 @@ from typing import Any
 import orjson
 
 from ..daemon.owner import OWNER_RE, owner_alive
-from ..daemon.records import JOURNAL, Record, RecordStore, quarantine, read_journal
+from ..daemon.records import (
+    JOURNAL,
+    Record,
+    RecordStore,
+    journal_record,
+    quarantine,
+    read_journal,
+    stated_checksum,
+)
 from ..errors import PoetError
 from ..ids import EVENT_ID_RE
 from ..schemas import SchemaRegistry
@@ -247,7 +255,7 @@ class Fsck:
                     "stale_inflight",
                     p,
                     f"owner {d.name} is gone; the event waits in flight forever",
-                    self._requeue(p, journal.get(e.name[:-5])),
+                    self._requeue(p, journal_record(journal, e.name[:-5], stated_checksum(p))),
                 )
             self.advance(len(entries))
             if self.repair:

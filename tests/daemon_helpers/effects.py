@@ -71,8 +71,7 @@ def register(router: Any) -> None:
         _append(effects, f"{event.id}\t{HANDLER}\t{time.time():.6f}\t{pid}\tok\n")
 
     def followup(event: Any) -> None:
-        router.emit("system.health", {"service": "followup", "status": "healthy",
-                                      "details": {"cause": event.id}})
+        router.emit("system.health", {"service": "followup", "status": "healthy", "details": {"cause": event.id}})
 
     second_sleep = os.environ.get("SECOND_SLEEP_S")
 

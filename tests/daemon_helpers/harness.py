@@ -80,8 +80,7 @@ def argv(*args: str | os.PathLike[str]) -> list[str]:
     return [sys.executable, "-m", "poetctl", *(os.fspath(a) for a in args)]
 
 
-def daemon_args(spool: Path, config: Path, handlers: Iterable[Path] = (EFFECTS,),
-                once: bool = False) -> list[str]:
+def daemon_args(spool: Path, config: Path, handlers: Iterable[Path] = (EFFECTS,), once: bool = False) -> list[str]:
     out = ["daemon", "--no-builtin-handlers", "--spool", str(spool), "--config", str(config)]
     for h in handlers:
         out += ["--handlers", str(h)]
@@ -139,12 +138,24 @@ class Daemons:
         self.tmp_path = tmp_path
         self.procs: list[DaemonProc] = []
 
-    def start(self, spool: Path, config: Path, handlers: Iterable[Path] = (EFFECTS,),
-              env: Mapping[str, str] | None = None, once: bool = False) -> DaemonProc:
+    def start(
+        self,
+        spool: Path,
+        config: Path,
+        handlers: Iterable[Path] = (EFFECTS,),
+        env: Mapping[str, str] | None = None,
+        once: bool = False,
+    ) -> DaemonProc:
         log = self.tmp_path / f"daemon-{len(self.procs)}.log"
         with open(log, "wb") as err:
-            p = subprocess.Popen(argv(*daemon_args(spool, config, handlers, once)), stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=err, env=clean_env(env), cwd=self.tmp_path)
+            p = subprocess.Popen(
+                argv(*daemon_args(spool, config, handlers, once)),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=clean_env(env),
+                cwd=self.tmp_path,
+            )
         d = DaemonProc(p, log)
         self.procs.append(d)
         return d
@@ -155,15 +166,25 @@ class Daemons:
                 d.kill()
 
 
-def run_cli(cwd: Path, *args: str | os.PathLike[str], env: Mapping[str, str] | None = None,
-            timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    cwd: Path, *args: str | os.PathLike[str], env: Mapping[str, str] | None = None, timeout: float = DEADLINE
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m poetctl ARGS`` to completion; text stdout/stderr."""
-    return subprocess.run(argv(*args), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          env=clean_env(env), cwd=cwd, timeout=timeout, check=False)
+    return subprocess.run(
+        argv(*args),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=clean_env(env),
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
 
 
-def run_once(cwd: Path, spool: Path, config: Path, handlers: Iterable[Path] = (EFFECTS,),
-             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_once(
+    cwd: Path, spool: Path, config: Path, handlers: Iterable[Path] = (EFFECTS,), env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``poetctl daemon --once`` to completion."""
     return run_cli(cwd, *daemon_args(spool, config, handlers, once=True), env=env)
 
@@ -175,8 +196,13 @@ def status(cwd: Path, spool: Path) -> dict[str, Any]:
     return json.loads(r.stdout)
 
 
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE, interval: float = 0.05,
-             procs: Iterable[DaemonProc] = ()) -> Any:
+def wait_for(
+    cond: Callable[[], Any],
+    what: str,
+    timeout: float = DEADLINE,
+    interval: float = 0.05,
+    procs: Iterable[DaemonProc] = (),
+) -> Any:
     """Poll ``cond`` until truthy; fail naming ``what`` if the deadline passes or a daemon dies."""
     deadline = time.monotonic() + timeout
     procs = list(procs)
@@ -186,8 +212,9 @@ def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE, inte
             return v
         for p in procs:
             if not p.alive():
-                raise AssertionError(f"daemon {p.pid} exited ({p.popen.returncode}) while waiting for "
-                                     f"{what}; log:\n{p.stderr()}")
+                raise AssertionError(
+                    f"daemon {p.pid} exited ({p.popen.returncode}) while waiting for {what}; log:\n{p.stderr()}"
+                )
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
@@ -258,8 +285,9 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_bytes())
 
 
-def events_of_type(spool: Path, event_type: str,
-                   states: Iterable[str] = ("pending", "processed")) -> list[dict[str, Any]]:
+def events_of_type(
+    spool: Path, event_type: str, states: Iterable[str] = ("pending", "processed")
+) -> list[dict[str, Any]]:
     """Every event envelope of ``event_type`` in the given states."""
     out = []
     for state in states:
@@ -326,7 +354,7 @@ def emit_chunked(router: EventRouter, items: list[tuple[str, Mapping[str, Any]]]
     """``emit_many`` in chunks (ids stay in emit order); returns every id."""
     ids: list[str] = []
     for i in range(0, len(items), EMIT_CHUNK):
-        ids += router.emit_many(items[i:i + EMIT_CHUNK])
+        ids += router.emit_many(items[i : i + EMIT_CHUNK])
     return ids
 
 
