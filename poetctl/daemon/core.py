@@ -164,6 +164,7 @@ class Daemon:
         self.workers: list[Worker] = []
         self.journal: Journal
         self.indexer: Any = None
+        self.inline = False
 
     # -- public entry -------------------------------------------------------------------
     def run(self) -> int:
@@ -183,10 +184,20 @@ class Daemon:
         return 0
 
     def request_stop(self, signum: int | None = None, frame: Any = None) -> None:
-        """Signal handler: the first call asks for a graceful stop, the second for an immediate one."""
+        """Signal handler: the first call asks for a graceful stop, the second for an immediate one.
+
+        Python runs this on the main thread between bytecodes, not in the C
+        signal context. The first call only sets flags. The second exits on the
+        spot: the main thread may itself be inside a slow handler (inline mode),
+        and "at once" must not wait for it; whatever was claimed stays in
+        inflight/ and the next daemon recovers it.
+        """
         if self.stop:
             self.force = True
+            os._exit(130)
         self.stop = True
+        if self.inline:
+            self.workers[0].stop_requested = True  # stop after the current event
         self.wake.set()
 
     # -- start -----------------------------------------------------------------
@@ -199,15 +210,19 @@ class Daemon:
                 pass
         os.makedirs(self.inflight_dir, 0o750, exist_ok=True)
         self.journal = Journal(self.inflight_dir)
+        # One worker runs inline on the main thread: no thread hand-offs, which on a
+        # 2-core machine cost more than a fast handler itself (GIL and wake-up ping-pong).
+        self.inline = self.opts.workers == 1
         if self.opts.index:
             from ..spool.index import IndexWriter
 
-            self.indexer = IndexWriter(self.layout)
+            self.indexer = IndexWriter(self.layout, threaded=not self.inline)
         self.recover(all_dead=True)
         self._beat()
         self.workers = [Worker(self, i, self.clock) for i in range(self.opts.workers)]
-        for w in self.workers:
-            w.start()
+        if not self.inline:
+            for w in self.workers:
+                w.start()
         if self.opts.watch and not self.opts.once:
             self._start_observer()
 
@@ -238,6 +253,8 @@ class Daemon:
                     self._invalidate_window()
                 self._pump()
                 self._flush_unhandled()
+            if self.inline:
+                self._run_inline()
             if self._inflight == 0 and self.journal.lines:
                 # Nothing in flight: every journal line is about finished events.
                 self.journal.truncate()
@@ -255,7 +272,13 @@ class Daemon:
                 break
             if self._window_pos < len(self._window) and self._inflight < opts.max_inflight:
                 continue
-            self.wake.wait(min(0.05 if self._inflight else 0.5, max(0.0, next_scan - self.clock())))
+            timeout = min(0.05 if self._inflight else 0.5, max(0.0, next_scan - self.clock()))
+            if self.inline:
+                if (due := self.workers[0].next_timer()) is not None:
+                    timeout = min(timeout, max(0.0, due - self.clock()))
+                if self.indexer is not None and self.indexer.pending():
+                    timeout = min(timeout, self.indexer.interval)
+            self.wake.wait(timeout)
 
     def _once_finished(self) -> bool:
         """--once: stop when a listing taken after all activity found nothing due.
@@ -368,10 +391,21 @@ class Daemon:
                 if claimed % 256 == 0:
                     self._dispatch(batches)
                     batches = [[] for _ in self.workers]
+                    if self.inline:
+                        self._run_inline()
         finally:
             if self._window is window:
                 self._window_pos = pos
             self._dispatch(batches)
+
+    def _run_inline(self) -> None:
+        """Inline mode: handle what was dispatched (and due retries) on this thread."""
+        w = self.workers[0]
+        while not self.stop and w.step(block=False) and (w.ready or not w.inbox.empty()):
+            pass
+        self._drain_done()
+        if self.indexer is not None:
+            self.indexer.maybe_flush()
 
     def _dispatch(self, batches: list[list[Job]]) -> None:
         for w, b in zip(self.workers, batches, strict=True):
@@ -671,6 +705,8 @@ class Daemon:
         for w in self.workers:
             w.stop_requested = True
             w.inbox.put(None)
+        if self.inline:
+            self.workers[0].close()
         for w in self.workers:
             while w.is_alive():
                 if self.force:

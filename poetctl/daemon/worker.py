@@ -69,34 +69,51 @@ class Worker(threading.Thread):
 
     # -- loop -----------------------------------------------------------------
     def run(self) -> None:
+        """Thread mode: step until stopped, then hand back whatever is left."""
         try:
-            while True:
-                if not self._take_input():
-                    break
-                self._fire_timers()
-                if self.ready:
-                    self.busy = True
-                    for _ in range(64):
-                        if not self.ready or self.stop_requested:
-                            break
-                        self._run_key(self.ready.popleft())
-                else:
-                    self._flush()
-                    if self.busy:
-                        self.busy = False
-                        self.d.wake.set()  # the main loop may be waiting for us to finish
-                if self.stop_requested:
-                    break
+            while self.step(block=True):
+                pass
         except BaseException as exc:  # a bug or I/O failure here must not be silent
             self.d.worker_failed(self, exc)
         finally:
-            self._flush()
-            self._hand_back_all()
-            self.busy = False
+            self.close()
 
-    def _take_input(self) -> bool:
-        """Move queued batches into key queues. Returns False on the stop sentinel."""
+    def step(self, block: bool) -> bool:
+        """One round: take queued jobs, fire due retries, run up to 64 ready keys.
+
+        ``block`` waits for input (thread mode); inline mode (``--workers 1``,
+        driven by the daemon's main thread) never blocks. Returns False once
+        the stop sentinel arrived.
+        """
+        if not self._take_input(block):
+            return False
+        self._fire_timers()
         if self.ready:
+            self.busy = True
+            for _ in range(64):
+                if not self.ready or self.stop_requested:
+                    break
+                self._run_key(self.ready.popleft())
+        else:
+            self._flush()
+            if self.busy:
+                self.busy = False
+                self.d.wake.set()  # the main loop may be waiting for us to finish
+        return not self.stop_requested
+
+    def next_timer(self) -> float | None:
+        """When the earliest parked retry is due (None if none)."""
+        return self.timers[0][0] if self.timers else None
+
+    def close(self) -> None:
+        """Flush and hand every unfinished job back to pending (after the last step)."""
+        self._flush()
+        self._hand_back_all()
+        self.busy = False
+
+    def _take_input(self, block: bool = True) -> bool:
+        """Move queued batches into key queues. Returns False on the stop sentinel."""
+        if self.ready or not block:
             timeout = 0.0
         elif self.timers:
             timeout = max(0.0, min(0.5, self.timers[0][0] - self.clock()))
