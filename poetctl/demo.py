@@ -162,8 +162,6 @@ def main(argv: list[str] | None = None) -> int:
             f"  learning.false_positive_detected: wasted ${fp.payload['wasted_cost']:.0f}, "
             f"{fp.payload['adjustment_needed']}"
         )
-        for pat in _find(layout, "learning.pattern_detected", causation_id=fid):
-            print(f"  learning.pattern_detected {pat.payload['pattern_type']}: {pat.payload['recommended_action']}")
         say(f"regeneration needed ({need.payload['reason']}): the generator ships version 1.1.0")
         router.emit(
             "enhancement.regenerated",

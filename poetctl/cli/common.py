@@ -14,6 +14,7 @@ from ..errors import PoetError
 from .output import error
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 SpoolOpt = Annotated[
     Path | None,
@@ -67,3 +68,8 @@ def errors_to_exit(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Call ``fn`` inside the same error boundary as :func:`errors_to_exit`."""
+    return errors_to_exit(fn)()

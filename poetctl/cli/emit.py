@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InvalidData, PoetError
-from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, load
+from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, guarded, load
 from .emitting import emit_events, read_input
 
 
@@ -48,49 +48,20 @@ def emit_cmd(
 
       poetctl tail --output jsonl | poetctl emit --batch -
     """
-    _emit(
-        event_type,
-        payload,
-        source,
-        correlation_id,
-        causation_id,
-        event_id,
-        environment,
-        batch,
-        batch_type,
-        skip_invalid,
-        spool,
-        config,
-    )
-
-
-@errors_to_exit
-def _emit(
-    event_type: str | None,
-    payload: str | None,
-    source: str | None,
-    correlation_id: str | None,
-    causation_id: str | None,
-    event_id: str | None,
-    environment: str | None,
-    batch: str | None,
-    batch_type: str | None,
-    skip_invalid: bool,
-    spool: Path | None,
-    config: Path | None,
-) -> None:
-    emit_events(
-        load(spool, config),
-        event_type,
-        payload,
-        source,
-        correlation_id,
-        causation_id,
-        event_id,
-        environment,
-        batch,
-        batch_type,
-        skip_invalid,
+    guarded(
+        lambda: emit_events(
+            load(spool, config),
+            event_type,
+            payload,
+            source,
+            correlation_id,
+            causation_id,
+            event_id,
+            environment,
+            batch,
+            batch_type,
+            skip_invalid,
+        )
     )
 
 
