@@ -138,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         say("the on-call engineer says: false alarm")
         fid = _false_alarm(router, ex, alert)
         print(f"  feedback.human_validation {fid}")
-        need = _wait(lambda: _find(layout, "enhancement.regeneration_needed", causation_id=fid), "regeneration_needed")[
-            0
-        ]
+        needs = _wait(lambda: _find(layout, "enhancement.regeneration_needed", causation_id=fid), "regeneration")
+        need = needs[0]
+        for pat in _find(layout, "learning.pattern_detected", causation_id=fid):
+            print(f"  learning.pattern_detected {pat.payload['pattern_type']}: {pat.payload['recommended_action']}")
         say("MLflow reports that the retraining the alert triggered did not help")
         rid = router.emit(
             "feedback.model_retrained",
