@@ -223,6 +223,8 @@ class Fsck:
     def check_inflight(self, dirs: dict[Path, list[os.DirEntry[str]]]) -> None:
         lay = self.layout
         for e in self._names(lay.inflight):
+            if e.name.startswith("."):
+                continue  # hidden files (.gitkeep) are not the daemon's, as in pending/
             if not e.is_dir(follow_symlinks=False):
                 p = Path(e.path)
                 self.problem(
