@@ -26,9 +26,7 @@ Targets: daemon >= 20,000 events/s and daemon/bare >= 0.6.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -38,13 +36,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+# bench/ is on sys.path (scripts run as `python bench/X.py`), so the shared helpers import directly.
+from _common import (
+    REPO,
+    clean_env,
+    count_dir,
+    create_probe,
+    daemon_cmd,
+    ensure_poetctl_importable,
+    fmt_machine,
+    fs_type,
+    machine_basics,
+    make_log,
+    mark,
+    pick_base,
+    print_report,
+    timed_run,
+)
+
 NOOP = REPO / "bench" / "_noop_handlers.py"
 
-try:
-    import poetctl  # noqa: F401
-except ImportError:  # run with an interpreter that lacks the editable install
-    sys.path.insert(0, str(REPO))
+ensure_poetctl_importable()
 
 import orjson  # noqa: E402
 
@@ -56,55 +68,7 @@ TARGET_RATIO = 0.6
 CHUNK = 5_000
 
 
-def log(msg: str) -> None:
-    print(f"[consume] {msg}", file=sys.stderr, flush=True)
-
-
-def clean_env() -> dict[str, str]:
-    """The environment without POET_* overrides (the bench passes --spool explicitly)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POET_")}
-    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
-    return env
-
-
-def pick_base(explicit: str | None) -> Path:
-    """Scratch parent on the repo's filesystem (the repo's parent, else the temp dir)."""
-    if explicit:
-        return Path(explicit)
-    repo_dev = os.stat(REPO).st_dev
-    for cand in (REPO.parent, Path(tempfile.gettempdir())):
-        try:
-            if os.stat(cand).st_dev == repo_dev and os.access(cand, os.W_OK | os.X_OK):
-                return cand
-        except OSError:
-            continue
-    return REPO.parent
-
-
-def create_probe(directory: Path, count: int = 500) -> float:
-    """Microseconds per bare O_EXCL create+close right now (a noisy-disk indicator)."""
-    directory.mkdir()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    t0 = time.perf_counter()
-    for i in range(count):
-        os.close(os.open(f"{directory}/{i}", flags, 0o640))
-    return (time.perf_counter() - t0) / count * 1e6
-
-
-def fs_type(path: Path) -> str:
-    """fstype of the mount holding ``path`` (longest matching mount point in /proc/mounts)."""
-    real, best, best_len = os.path.realpath(path), "?", -1
-    try:
-        with open("/proc/mounts") as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) >= 3:
-                    mp = parts[1].replace("\\040", " ")
-                    if (real == mp or mp == "/" or real.startswith(mp.rstrip("/") + "/")) and len(mp) >= best_len:
-                        best, best_len = parts[2], len(mp)
-    except OSError:
-        pass
-    return best
+log = make_log("consume")
 
 
 # -- building -----------------------------------------------------------------
@@ -120,14 +84,6 @@ def build_spool(spool: Path, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def count_dir(path: Path) -> int:
-    try:
-        with os.scandir(path) as it:
-            return sum(1 for _ in it)
-    except FileNotFoundError:
-        return 0
-
-
 # -- measurements ---------------------------------------------------------------
 def run_inproc(spool: Path, n: int, workers: int) -> dict[str, Any]:
     router = EventRouter(spool=spool)
@@ -139,28 +95,14 @@ def run_inproc(spool: Path, n: int, workers: int) -> dict[str, Any]:
     return {"seconds": dt, "eps": n / dt, "rc": rc, "processed": d.counters.processed}
 
 
-def daemon_cmd(spool: Path, workers: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "poetctl",
-        "--spool",
-        str(spool),
-        "daemon",
-        "--once",
-        "--no-builtin-handlers",
-        "--handlers",
-        str(NOOP),
-        "--workers",
-        str(workers),
-    ]
+def noop_daemon_cmd(spool: Path, workers: int) -> list[str]:
+    return daemon_cmd(spool, NOOP, "--workers", str(workers))
 
 
 def run_subproc(spool: Path, n: int, workers: int, cwd: Path) -> dict[str, Any]:
-    cmd = daemon_cmd(spool, workers)
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    dt = time.perf_counter() - t0
+    cmd = noop_daemon_cmd(spool, workers)
+    env = clean_env(no_bytecode=True)
+    dt, p = timed_run(cmd, cwd, env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     processed = count_dir(spool / "events" / "processed")
     if p.returncode != 0:
         log(f"subprocess exited {p.returncode}: {p.stderr.decode(errors='replace')[-500:]}")
@@ -193,33 +135,18 @@ def startup_cost(root: Path, workers: int, runs: int = 3) -> float:
     """Median wall time of the subprocess command on an empty spool (fixed cost in subproc-*)."""
     spool = root / "empty-spool"
     EventRouter(spool=spool).layout.init()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(
-            daemon_cmd(spool, workers),
-            cwd=root,
-            env=clean_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
-        times.append(time.perf_counter() - t0)
+    cmd, env = noop_daemon_cmd(spool, workers), clean_env(no_bytecode=True)
+    times = [timed_run(cmd, root, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)[0] for _ in range(runs)]
     return statistics.median(times)
 
 
 # -- report ------------------------------------------------------------------------
-def mark(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
-
-
 def render(r: dict[str, Any]) -> str:
     p = r["params"]
     lines = [
         f"poetctl drain benchmark: {p['events']:,} events per run, {p['reps']} alternating reps, medians "
-        f"(scratch on {r['machine']['fs']}; machine: {r['machine']['nproc']} cpu, "
-        f"python {r['machine']['python']}, loadavg "
-        f"{' '.join(f'{x:.2f}' for x in r['machine']['loadavg'])}, create probe {r['create_probe_us']:.0f} us/file)",
+        f"(scratch on {r['machine']['fs']}; machine: {fmt_machine(r['machine'], python=True)}, "
+        f"create probe {r['create_probe_us']:.0f} us/file)",
         f"  spool build (emit_many, untimed): median {r['build_s_median']:.1f} s per spool "
         f"({p['events'] / r['build_s_median']:,.0f} ev/s)",
     ]
@@ -281,13 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(scratch.name)
     report: dict[str, Any] = {
         "params": {"events": args.events, "reps": args.reps, "workers": workers, "chunk": CHUNK},
-        "machine": {
-            "nproc": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(),
-            "loadavg": list(os.getloadavg()),
-            "scratch": str(root),
-            "fs": fs_type(root),
-        },
+        "machine": {**machine_basics(), "scratch": str(root), "fs": fs_type(root)},
         "problems": [],
     }
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k, _, _ in plan}
@@ -352,12 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     report["build_s"] = builds
     report["build_s_median"] = statistics.median(builds)
     report["elapsed_s"] = time.perf_counter() - t_start
-    text = render(report)
-    if args.json:
-        print(text, file=sys.stderr)
-        print(json.dumps(report, sort_keys=True))
-    else:
-        print(text)
+    print_report(render(report), report, args.json)
     return 0
 
 

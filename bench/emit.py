@@ -33,30 +33,41 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+# bench/ is on sys.path (scripts run as `python bench/X.py`), so the shared helpers import directly.
+from _common import (
+    REPO,
+    clean_env,
+    create_probe,
+    ensure_poetctl_importable,
+    fmt_loadavg,
+    loadavg,
+    make_log,
+    make_scratch,
+    mark,
+    mount_of,
+    nproc,
+    percentile,
+    pick_base,
+    poetctl_cmd,
+    remove_scratch,
+    time_cmd,
+)
+
 SAMPLE = REPO / "tests" / "samples" / "drift.detected.json"
 EVENT_TYPE = "drift.detected"
 
-try:
-    import poetctl
-except ImportError:  # an interpreter without the editable install
-    sys.path.insert(0, str(REPO))
-    import poetctl
+ensure_poetctl_importable()
 
+import poetctl  # noqa: E402
 from poetctl import EventRouter  # noqa: E402
 from poetctl.ids import uuid7  # noqa: E402
 from poetctl.spool.writer import group_sync  # noqa: E402
@@ -69,60 +80,13 @@ TARGET_RATIO = 0.8
 TARGET_P99_MS = 5.0
 TARGET_PROC_RATIO = 8.0
 SLOW_CREATE_US = 150.0
+PROBE_FILES = 300
 
 
-def log(msg: str) -> None:
-    try:
-        print(f"[bench] {msg}", file=sys.stderr, flush=True)
-    except OSError:  # stderr closed or a broken pipe: progress lines are optional
-        pass
+log = make_log("bench", tolerant=True)
 
 
 # -- machine context -----------------------------------------------------------
-def _unescape_mount(field: str) -> str:
-    for esc, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(esc, ch)
-    return field
-
-
-def mount_of(path: Path) -> dict[str, Any]:
-    """The /proc/mounts entry holding ``path`` (longest mount point; the last one wins)."""
-    real = os.path.realpath(path)
-    best: dict[str, Any] = {"mount_point": "?", "fstype": "?", "source": "?", "options": ""}
-    best_len = -1
-    try:
-        with open("/proc/mounts") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return best
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 4:
-            continue
-        src, mp = _unescape_mount(parts[0]), _unescape_mount(parts[1])
-        inside = real == mp or mp == "/" or real.startswith(mp.rstrip("/") + "/")
-        if inside and len(mp) >= best_len:
-            best = {"mount_point": mp, "fstype": parts[2], "source": src, "options": parts[3]}
-            best_len = len(mp)
-    if best["fstype"] == "ext4":
-        # /proc/fs/jbd2 has one entry per journalled device ("vda-8"); none = no journal.
-        dev = os.path.basename(best["source"])
-        try:
-            best["ext4_journal"] = any(j.startswith(dev + "-") for j in os.listdir("/proc/fs/jbd2"))
-        except OSError:
-            best["ext4_journal"] = None
-    return best
-
-
-def create_probe(directory: Path, count: int = 300) -> float:
-    """Microseconds per bare O_EXCL create+close in a new ``directory`` (files stay)."""
-    directory.mkdir()
-    t0 = time.perf_counter()
-    for i in range(count):
-        os.close(os.open(f"{directory}/{i}", O_CREATE, 0o640))
-    return (time.perf_counter() - t0) / count * 1e6
-
-
 def machine_context(base: Path) -> dict[str, Any]:
     def version_of(dist: str) -> str | None:
         try:
@@ -132,16 +96,8 @@ def machine_context(base: Path) -> dict[str, Any]:
         except Exception:
             return None
 
-    try:
-        nproc: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        nproc = os.cpu_count()
-    try:
-        load: list[float] | None = list(os.getloadavg())
-    except OSError:
-        load = None
     return {
-        "nproc": nproc,
+        "nproc": nproc(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "python_impl": platform.python_implementation(),
@@ -150,7 +106,7 @@ def machine_context(base: Path) -> dict[str, Any]:
         "poetctl": getattr(poetctl, "__version__", "?"),
         "orjson": version_of("orjson"),
         "jsonschema_rs": version_of("jsonschema-rs"),
-        "loadavg": load,
+        "loadavg": loadavg(),
         "tmp_base": str(base),
         "fs": mount_of(base),
         "same_device_as_repo": os.stat(base).st_dev == os.stat(REPO).st_dev,
@@ -181,14 +137,6 @@ def make_payloads(base: dict[str, Any], start: int, count: int) -> list[dict[str
 def make_batches(base: dict[str, Any], n: int, b: int, offset: int) -> list[list[Any]]:
     """One fresh list of (type, payload) tuples per batch."""
     return [[(EVENT_TYPE, p) for p in make_payloads(base, offset + s, min(b, n - s))] for s in range(0, n, b)]
-
-
-def percentile(sorted_vals: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_vals:
-        return math.nan
-    k = max(1, math.ceil(p / 100 * len(sorted_vals)))
-    return sorted_vals[k - 1]
 
 
 def timed(n: int, fn: Callable[[], None]) -> dict[str, float]:
@@ -302,12 +250,6 @@ MODULE = "python -m poetctl emit"
 SCRIPT = "poetctl emit (console script)"
 
 
-def time_cmd(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, bytes]:
-    t0 = time.perf_counter()
-    cp = subprocess.run(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    return time.perf_counter() - t0, cp.returncode, cp.stderr
-
-
 def run_process(root: Path, base: dict[str, Any], runs: int) -> dict[str, Any]:
     root.mkdir()
     spool = root / "spool"
@@ -317,7 +259,7 @@ def run_process(root: Path, base: dict[str, Any], runs: int) -> dict[str, Any]:
     emit_args = ["--spool", str(spool), "emit", EVENT_TYPE, str(payload_file)]
     cmds: dict[str, list[str]] = {
         PASS: [py, "-c", "pass"],
-        MODULE: [py, "-m", "poetctl", *emit_args],
+        MODULE: poetctl_cmd(*emit_args),
     }
     script = Path(py).with_name("poetctl")
     if not script.exists():
@@ -328,7 +270,7 @@ def run_process(root: Path, base: dict[str, Any], runs: int) -> dict[str, Any]:
     # Hermetic: no POET_* variables, a cwd without poet.toml. Bytecode is cached (under
     # the scratch dir, so the repo gets no __pycache__) as for an installed tool; when
     # the environment sets PYTHONDONTWRITEBYTECODE, that case is measured separately.
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("POET_")}
+    inherited = clean_env()
     cached = dict(inherited)
     cached.pop("PYTHONDONTWRITEBYTECODE", None)
     cached["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
@@ -365,10 +307,6 @@ def run_process(root: Path, base: dict[str, Any], runs: int) -> dict[str, Any]:
 
 
 # -- report ----------------------------------------------------------------------------
-def mark(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
-
-
 def fmt_list(vals: Sequence[float], spec: str = ",.0f") -> str:
     return ", ".join(format(v, spec) for v in vals)
 
@@ -378,7 +316,7 @@ def render(r: dict[str, Any]) -> str:
     fs = m["fs"]
     journal = fs.get("ext4_journal")
     jtxt = "" if journal is None else (", journal" if journal else ", NO journal")
-    load = " ".join(f"{x:.2f}" for x in m["loadavg"]) if m["loadavg"] else "?"
+    load = fmt_loadavg(m["loadavg"])
     probes = r["create_probe_us"]
     slow = max(probes) > SLOW_CREATE_US
     lines = [
@@ -445,52 +383,14 @@ def render(r: dict[str, Any]) -> str:
 
 
 # -- driver ------------------------------------------------------------------------------
-def remove_tree(root: Path, workers: int = 16) -> None:
-    """rm -rf ``root``, unlinking files from several threads.
-
-    With ``discard`` and no journal each freed data block is discarded
-    synchronously (~125 us per 700-byte file vs ~13 us for an empty one);
-    parallel unlinks overlap those waits (about 3x faster here).
-    """
-    chunks: list[list[str]] = []
-    for dirpath, _dirs, files in os.walk(root):
-        paths = [os.path.join(dirpath, f) for f in files]
-        chunks.extend(paths[i : i + 500] for i in range(0, len(paths), 500))
-
-    def unlink_all(paths: list[str]) -> None:
-        for path in paths:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-
-    with ThreadPoolExecutor(workers) as ex:
-        list(ex.map(unlink_all, chunks))
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def pick_base(explicit: str | None) -> Path:
-    """The repo's parent (else the temp dir) when it is on the repo's device."""
-    if explicit:
-        return Path(explicit)
-    repo_dev = os.stat(REPO).st_dev
-    for cand in (REPO.parent, Path(tempfile.gettempdir())):
-        try:
-            if os.stat(cand).st_dev == repo_dev and os.access(cand, os.W_OK | os.X_OK):
-                return cand
-        except OSError:
-            continue
-    return REPO.parent
-
-
 def settle(root: Path, seconds: float) -> list[float]:
     """Wait (at most ``seconds``) until bare creates are fast again; return the probes."""
-    probes = [create_probe(root / "settle-0")]
+    probes = [create_probe(root / "settle-0", PROBE_FILES, O_CREATE)]
     deadline = time.monotonic() + seconds
     while probes[-1] > SLOW_CREATE_US and time.monotonic() < deadline:
         log(f"create probe {probes[-1]:.0f} us/file; waiting for the filesystem to settle")
         time.sleep(5)
-        probes.append(create_probe(root / f"settle-{len(probes)}"))
+        probes.append(create_probe(root / f"settle-{len(probes)}", PROBE_FILES, O_CREATE))
     return probes
 
 
@@ -529,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": args.runs,
         }
     }
-    root = Path(tempfile.mkdtemp(prefix="poetctl-bench-", dir=pick_base(args.tmp_dir)))
+    root = make_scratch("poetctl-bench-", pick_base(args.tmp_dir))
     done = False
     try:
         report["machine"] = machine_context(root)
@@ -541,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu_us = cpu_only(base_payload, root / "unused-spool")
         probes, prod, bare = [], [], []
         for k in range(args.reps):
-            probes.append(create_probe(root / f"probe-{k}"))
+            probes.append(create_probe(root / f"probe-{k}", PROBE_FILES, O_CREATE))
             log(f"rep {k + 1}/{args.reps}: create probe {probes[-1]:.0f} us; product {n} events")
             prod.append(run_product(root / f"product-{k}", base_payload, n, b, k * n))
             log(f"        product {prod[-1]['eps']:,.0f} ev/s; bare loop")
@@ -582,13 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         print(render(report), file=sys.stderr if args.json else sys.stdout, flush=True)
         done = True
     finally:
-        t_clean = time.perf_counter()
         log(f"removing {root}" + ("" if done else " after an error"))
-        remove_tree(root)
-        # Write back the freed inode tables: ext4 without a journal then skips the freed
-        # inodes for ~60 s rather than ~300 s (other work on this disk creates files too).
-        os.sync()
-        report["cleanup_s"] = time.perf_counter() - t_clean
+        # Threaded unlinks overlap the synchronous discards; os.sync() after (see remove_scratch).
+        report["cleanup_s"] = remove_scratch(root, parallel=True)
         log(f"cleanup {report['cleanup_s']:.1f} s; total {time.perf_counter() - t_start:.1f} s")
     if args.json:
         print(json.dumps(report, sort_keys=True))

@@ -27,10 +27,7 @@ Targets: p95 <= 20 ms, p99 <= 50 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -38,18 +35,29 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+# bench/ is on sys.path (scripts run as `python bench/X.py`), so the shared helpers import directly.
+from _common import (
+    REPO,
+    clean_env,
+    daemon_cmd,
+    ensure_poetctl_importable,
+    fmt_machine,
+    loadavg,
+    machine_basics,
+    make_log,
+    mark,
+    percentile,
+    pick_base,
+    print_report,
+)
+
 HANDLERS = REPO / "bench" / "_latency_handlers.py"
 ENV_OUT = "POETCTL_BENCH_LATENCY_OUT"
 
-try:
-    import poetctl  # noqa: F401
-except ImportError:  # run with an interpreter that lacks the editable install
-    sys.path.insert(0, str(REPO))
+ensure_poetctl_importable()
 
 from poetctl.router import EventRouter  # noqa: E402
 
@@ -57,30 +65,7 @@ TARGET_P95_MS = 20.0
 TARGET_P99_MS = 50.0
 
 
-def log(msg: str) -> None:
-    print(f"[latency] {msg}", file=sys.stderr, flush=True)
-
-
-def pick_base(explicit: str | None) -> Path:
-    """Scratch parent on the repo's filesystem (the repo's parent, else the temp dir)."""
-    if explicit:
-        return Path(explicit)
-    repo_dev = os.stat(REPO).st_dev
-    for cand in (REPO.parent, Path(tempfile.gettempdir())):
-        try:
-            if os.stat(cand).st_dev == repo_dev and os.access(cand, os.W_OK | os.X_OK):
-                return cand
-        except OSError:
-            continue
-    return REPO.parent
-
-
-def percentile(sorted_vals: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_vals:
-        return math.nan
-    k = max(1, math.ceil(p / 100 * len(sorted_vals)))
-    return sorted_vals[k - 1]
+log = make_log("latency")
 
 
 def summary_ms(values: list[float]) -> dict[str, float]:
@@ -147,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(scratch.name)
     spool = root / "spool"
     out_file = root / "handled.txt"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POET_")}
+    env = clean_env()
     env[ENV_OUT] = str(out_file)
     report: dict[str, Any] = {
         "params": {
@@ -157,26 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "emitters": args.emitters,
         },
-        "machine": {
-            "nproc": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(),
-            "loadavg_start": list(os.getloadavg()),
-        },
+        "machine": machine_basics(load_key="loadavg_start"),
         "problems": [],
     }
     router = EventRouter(spool=spool)
     router.layout.init()
-    cmd = [
-        sys.executable,
-        "-m",
-        "poetctl",
-        "--spool",
-        str(spool),
-        "daemon",
-        "--no-builtin-handlers",
-        "--handlers",
-        str(HANDLERS),
-    ]
+    cmd = daemon_cmd(spool, HANDLERS, once=False)
     log(f"starting {' '.join(cmd[1:])}")
     t_proc = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -275,20 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     report["missing"] = missing
     report["target_p95_met"] = report["latency_ms"].get("p95", math.inf) <= TARGET_P95_MS
     report["target_p99_met"] = report["latency_ms"].get("p99", math.inf) <= TARGET_P99_MS
-    report["machine"]["loadavg_end"] = list(os.getloadavg())
+    report["machine"]["loadavg_end"] = loadavg()
     report["elapsed_s"] = time.perf_counter() - t_start
 
     L, E, A = report["latency_ms"], report["emit"], report["after_emit_return_ms"]
     lines = [
         f"poetctl latency benchmark: {n:,} single emits at {args.rate:g}/s for {args.seconds:g} s, daemon with "
-        f"default options (machine: {report['machine']['nproc']} cpu, loadavg "
-        f"{' '.join(f'{x:.2f}' for x in report['machine']['loadavg_start'])})",
+        f"default options (machine: {fmt_machine(report['machine'], load_key='loadavg_start')})",
         f"  achieved emit rate {E['achieved_rate']:,.0f}/s with {args.emitters} emitting thread(s) (max schedule lag "
         f"{E['max_schedule_lag_ms']:.1f} ms)"
         f"{'' if E['achieved_rate'] >= 0.95 * args.rate else '  !! below the requested rate'}",
         f"  emit -> handler start: p50 {L['p50']:.2f} ms  p95 {L['p95']:.2f} ms  p99 {L['p99']:.2f} ms  "
-        f"max {L['max']:.2f} ms   [p95 <= {TARGET_P95_MS:g}: {'ok' if report['target_p95_met'] else 'MISSED'}; "
-        f"p99 <= {TARGET_P99_MS:g}: {'ok' if report['target_p99_met'] else 'MISSED'}]",
+        f"max {L['max']:.2f} ms   [p95 <= {TARGET_P95_MS:g}: {mark(report['target_p95_met'])}; "
+        f"p99 <= {TARGET_P99_MS:g}: {mark(report['target_p99_met'])}]",
         f"  (emit call itself: p50 {E['call_ms']['p50']:.2f} ms  p99 {E['call_ms']['p99']:.2f} ms  max "
         f"{E['call_ms']['max']:.2f} ms; emit return -> handler start: p50 {A['p50']:.2f} ms  p95 {A['p95']:.2f} ms  "
         f"p99 {A['p99']:.2f} ms  max {A['max']:.2f} ms)",
@@ -297,12 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if report["problems"]:
         lines.append("  problems: " + "; ".join(report["problems"]))
-    text = "\n".join(lines)
-    if args.json:
-        print(text, file=sys.stderr)
-        print(json.dumps(report, sort_keys=True))
-    else:
-        print(text)
+    print_report("\n".join(lines), report, args.json)
     return 0
 
 

@@ -24,50 +24,45 @@ Target: peak RSS <= 100 MB with 1,000,000 events pending.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+# bench/ is on sys.path (scripts run as `python bench/X.py`), so the shared helpers import directly.
+from _common import (
+    O_CREATE,
+    REPO,
+    clean_env,
+    count_dir,
+    daemon_cmd,
+    disk_room,
+    ensure_poetctl_importable,
+    fmt_machine,
+    machine_basics,
+    make_log,
+    make_scratch,
+    mark,
+    pick_base,
+    print_report,
+    remove_scratch,
+)
+
 NOOP = REPO / "bench" / "_noop_handlers.py"
 
-try:
-    import poetctl  # noqa: F401
-except ImportError:  # run with an interpreter that lacks the editable install
-    sys.path.insert(0, str(REPO))
+ensure_poetctl_importable()
 
 from poetctl.ids import uuid7  # noqa: E402
 from poetctl.router import EventRouter  # noqa: E402
 
 TARGET_MB = 100.0
-O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
-def log(msg: str) -> None:
-    print(f"[memory] {msg}", file=sys.stderr, flush=True)
-
-
-def pick_base(explicit: str | None) -> Path:
-    """Scratch parent on the repo's filesystem (the repo's parent, else the temp dir)."""
-    if explicit:
-        return Path(explicit)
-    repo_dev = os.stat(REPO).st_dev
-    for cand in (REPO.parent, Path(tempfile.gettempdir())):
-        try:
-            if os.stat(cand).st_dev == repo_dev and os.access(cand, os.W_OK | os.X_OK):
-                return cand
-        except OSError:
-            continue
-    return REPO.parent
+log = make_log("memory")
 
 
 def build(spool: Path, n: int) -> float:
@@ -103,28 +98,9 @@ def status_kb(pid: int) -> dict[str, int]:
     return out
 
 
-def count_dir(path: Path) -> int:
-    try:
-        with os.scandir(path) as it:
-            return sum(1 for _ in it)
-    except FileNotFoundError:
-        return 0
-
-
 def run_daemon(spool: Path, cwd: Path, interval: float) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POET_")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "poetctl",
-        "--spool",
-        str(spool),
-        "daemon",
-        "--once",
-        "--no-builtin-handlers",
-        "--handlers",
-        str(NOOP),
-    ]
+    env = clean_env()
+    cmd = daemon_cmd(spool, NOOP)
     log(f"running {' '.join(cmd[1:])}")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -177,25 +153,18 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     base = pick_base(args.tmp_dir)
-    root = Path(tempfile.mkdtemp(prefix="poetctl-memory-", dir=base))
+    root = make_scratch("poetctl-memory-", base)
     spool = root / "spool"
-    du = shutil.disk_usage(base)
-    st = os.statvfs(base)
+    free_inodes, free_bytes = disk_room(base)
     report: dict[str, Any] = {
         "params": {"events": args.events, "interval": args.interval},
-        "machine": {
-            "nproc": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(),
-            "loadavg": list(os.getloadavg()),
-            "disk_free_gb": du.free / 1e9,
-            "inodes_free": st.f_favail,
-        },
+        "machine": {**machine_basics(), "disk_free_gb": free_bytes / 1e9, "inodes_free": free_inodes},
         "problems": [],
     }
     try:
         log(
-            f"building {args.events:,} pending events in {spool} (disk free {du.free / 1e9:.0f} GB, "
-            f"{st.f_favail:,} inodes free)"
+            f"building {args.events:,} pending events in {spool} (disk free {free_bytes / 1e9:.0f} GB, "
+            f"{free_inodes:,} inodes free)"
         )
         report["build_s"] = build(spool, args.events)
         os.sync()
@@ -213,22 +182,19 @@ def main(argv: list[str] | None = None) -> int:
             report["problems"].append(f"processed {processed}, {left} left pending")
     finally:
         log("removing the spool")
-        t_clean = time.perf_counter()
-        shutil.rmtree(root, ignore_errors=True)
-        os.sync()
-        report["cleanup_s"] = time.perf_counter() - t_clean
+        report["cleanup_s"] = remove_scratch(root)
     report["target_met"] = report.get("peak_rss_mb", float("inf")) <= TARGET_MB
     report["elapsed_s"] = time.perf_counter() - t_start
 
     lines = [
         f"poetctl memory benchmark: daemon --once with {args.events:,} events pending (machine: "
-        f"{report['machine']['nproc']} cpu, loadavg {' '.join(f'{x:.2f}' for x in report['machine']['loadavg'])})",
+        f"{fmt_machine(report['machine'])})",
         f"  build (direct writes, no fsync): {report['build_s']:.1f} s ({args.events / report['build_s']:,.0f} ev/s)",
     ]
     if "peak_rss_mb" in report:
         lines += [
             f"  peak RSS {report['peak_rss_mb']:.1f} MB   [<= {TARGET_MB:g} MB: "
-            f"{'ok' if report['target_met'] else 'MISSED'}]   (sampled VmRSS max {report['sampled_vmrss_max_mb']:.1f}, "
+            f"{mark(report['target_met'])}]   (sampled VmRSS max {report['sampled_vmrss_max_mb']:.1f}, "
             f"last VmHWM {report['last_vmhwm_mb']:.1f}, ru_maxrss {report['ru_maxrss_mb']:.1f}; "
             f"{report['samples']} samples)",
             f"  drain: {report['seconds']:.1f} s, {report['rate']:,.0f} events/s, exit {report['rc']}, "
@@ -238,12 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"  cleanup {report['cleanup_s']:.1f} s; total {report['elapsed_s']:.1f} s")
     if report["problems"]:
         lines.append("  problems: " + "; ".join(report["problems"]))
-    text = "\n".join(lines)
-    if args.json:
-        print(text, file=sys.stderr)
-        print(json.dumps(report, sort_keys=True))
-    else:
-        print(text)
+    print_report("\n".join(lines), report, args.json)
     return 0
 
 

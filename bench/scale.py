@@ -51,7 +51,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -62,12 +61,24 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+# bench/ is on sys.path (scripts run as `python bench/X.py`), so the shared helpers import directly.
+from _common import (
+    O_CREATE,
+    REPO,
+    clean_env,
+    disk_room,
+    ensure_poetctl_importable,
+    machine_basics,
+    make_log,
+    make_scratch,
+    mark,
+    poetctl_cmd,
+    remove_scratch,
+    time_cmd,
+    timed_run,
+)
 
-try:
-    import poetctl  # noqa: F401
-except ImportError:  # run with an interpreter that lacks the editable install
-    sys.path.insert(0, str(REPO))
+ensure_poetctl_importable()
 
 from poetctl.ids import uuid7  # noqa: E402
 from poetctl.router import EventRouter  # noqa: E402
@@ -78,13 +89,11 @@ DAY = 86400.0
 CHAIN_EVERY = 1000
 CHAIN_LEN = 5
 ROW_BATCH = 20000
-O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 TARGETS = {"correlate": 0.100, "tail": 0.300, "status": 0.300, "prune": 30.0}
 FALLBACK_EVENTS = 300_000
 
 
-def log(msg: str) -> None:
-    print(f"[scale] {msg}", file=sys.stderr, flush=True)
+log = make_log("scale")
 
 
 def samples() -> dict[str, Any]:
@@ -186,15 +195,11 @@ def build(spool: Path, n: int, workers: int) -> tuple[float, list[str]]:
 
 # -- timing ----------------------------------------------------------------------------------
 def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("POET_")}
-    e.pop("NO_COLOR", None)
-    return e
+    return clean_env(drop=("NO_COLOR",))
 
 
 def registered(cwd: Path) -> set[str]:
-    r = subprocess.run(
-        [sys.executable, "-m", "poetctl", "--help"], capture_output=True, text=True, env=env(), cwd=cwd, check=False
-    )
+    r = subprocess.run(poetctl_cmd("--help"), capture_output=True, text=True, env=env(), cwd=cwd, check=False)
     cmds = set()
     in_cmds = False
     for line in r.stdout.splitlines():
@@ -209,17 +214,9 @@ def registered(cwd: Path) -> set[str]:
 def time_process(argv: list[str], cwd: Path, runs: int) -> tuple[list[float], int, str]:
     times, rc, err = [], 0, ""
     for _ in range(runs):
-        t0 = time.perf_counter()
-        p = subprocess.run(
-            [sys.executable, "-m", "poetctl", *argv],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=env(),
-            cwd=cwd,
-            check=False,
-        )
-        times.append(time.perf_counter() - t0)
-        rc, err = p.returncode, p.stderr.decode(errors="replace")[-300:]
+        dt, rc, stderr = time_cmd(poetctl_cmd(*argv), env(), cwd)
+        times.append(dt)
+        err = stderr.decode(errors="replace")[-300:]
     return times, rc, err
 
 
@@ -293,6 +290,10 @@ def fmt_ms(ts: list[float]) -> str:
     return f"{statistics.median(ts) * 1000:8.1f} ms" if ts else "       -   "
 
 
+def fmt_seconds(v: float, as_s: bool) -> str:
+    return f"{v:8.2f} s" if as_s else f"{v * 1000:8.1f} ms"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000, help="handled events to build (default 1000000)")
@@ -304,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     base = Path(args.tmp_dir or tempfile.gettempdir())
-    st = os.statvfs(base)
-    free_inodes, free_bytes = st.f_favail, st.f_bavail * st.f_frsize
+    free_inodes, free_bytes = disk_room(base)
     n = args.events
     note = ""
     if free_inodes < n * 1.2 + 100_000 or free_bytes < n * 4096 * 1.3 + (1 << 30):
@@ -315,15 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         n = min(n, FALLBACK_EVENTS)
         log(note)
-    root = Path(tempfile.mkdtemp(prefix="poetctl-scale-", dir=base))
+    root = make_scratch("poetctl-scale-", base)
     spool = root / "spool"
     report: dict[str, Any] = {
         "events": n,
         "note": note,
         "machine": {
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "loadavg": os.getloadavg(),
+            **machine_basics(all_cpus=True),
             "inodes_free": free_inodes,
             "disk_free_gb": round(free_bytes / 1e9, 1),
         },
@@ -369,11 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         report["unlink_floor_s"] = {k: round(v, 1) for k, v in unlink_floor(base, n).items()}
         log(f"unlink floor for {n:,} files: {report['unlink_floor_s']}")
         cmd = ["prune", "--days", "30", "-o", "json", *sp]
-        t0 = time.perf_counter()
-        p = subprocess.run(
-            [sys.executable, "-m", "poetctl", *cmd], capture_output=True, env=env(), cwd=root, check=False
-        )
-        dt = time.perf_counter() - t0
+        dt, p = timed_run(poetctl_cmd(*cmd), root, env(), capture_output=True)
         summary = json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else None
         left = sum(1 for _ in os.scandir(spool / "events" / "processed"))
         report["results"]["prune"] = {
@@ -390,9 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             log(f"kept {root}")
         else:
-            t0 = time.perf_counter()
-            shutil.rmtree(root, ignore_errors=True)
-            log(f"removed the scratch directory in {time.perf_counter() - t0:.1f} s")
+            log(f"removed the scratch directory in {remove_scratch(root, sync=False):.1f} s")
 
     print(
         f"\npoetctl scale bench: {n:,} handled events (python {platform.python_version()}, "
@@ -406,15 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         if not res.get("available"):
             print(f"{name:<12}{'not available':>18}{'':>14}{target * 1000:>7.0f} ms")
             continue
-        proc = statistics.median(res["process_s"])
-        inproc = statistics.median(res["inprocess_s"]) if res.get("inprocess_s") else None
+        proc_med: float = statistics.median(res["process_s"])
+        inproc_med: float | None = statistics.median(res["inprocess_s"]) if res.get("inprocess_s") else None
         rc = res["rc"]
-        verdict = ("ok" if proc <= target else "MISSED") + ("" if rc == 0 else f" (exit {rc})")
-        unit = (lambda v: f"{v:8.2f} s") if name == "prune" else (lambda v: f"{v * 1000:8.1f} ms")
+        verdict = mark(proc_med <= target) + ("" if rc == 0 else f" (exit {rc})")
         shown_target = f"{target:.0f} s" if name == "prune" else f"{target * 1000:.0f} ms"
-        print(
-            f"{name:<12}{unit(proc):>18}{unit(inproc) if inproc is not None else '-':>14}{shown_target:>10}   {verdict}"
-        )
+        shown_inproc = fmt_seconds(inproc_med, name == "prune") if inproc_med is not None else "-"
+        print(f"{name:<12}{fmt_seconds(proc_med, name == 'prune'):>18}{shown_inproc:>14}{shown_target:>10}   {verdict}")
     if "startup_floor_s" in report:
         floor_ms = statistics.median(report["startup_floor_s"]) * 1000
         print(
