@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import heapq
+import itertools
 import os
 import queue
 import signal
@@ -338,11 +339,14 @@ class Daemon:
                     yield f"{h[:8]}-{h[8:12]}-~{name}"
 
         try:
-            names = list(keys())
-            if len(names) > self.opts.window:
-                names = heapq.nsmallest(self.opts.window, names)
-            else:
+            # Never hold the whole listing: at a backlog of millions that alone is ~100 MB.
+            it = iter(keys())
+            names = list(itertools.islice(it, self.opts.window))
+            rest = next(it, None)
+            if rest is None:
                 names.sort()
+            else:
+                names = heapq.nsmallest(self.opts.window, itertools.chain(names, (rest,), it))
             self._window = [k.partition("~")[2] or k for k in names]
         except OSError as exc:
             raise SpoolIOError(f"cannot list {pending}: {exc.strerror}") from None

@@ -225,12 +225,6 @@ def nagios_line(doc: dict[str, Any], verdict: dict[str, Any], t: Thresholds) -> 
 
 
 def _processed_count(db: sqlite3.Connection) -> int:
-    """From the trigger-kept counts table when the index has one (O(1)), else count(*)."""
-    try:
-        if db.execute("SELECT value FROM meta WHERE key='counts'").fetchone():
-            row = db.execute("SELECT n FROM counts WHERE state='processed'").fetchone()
-            return int(row[0]) if row else 0
-    except sqlite3.Error:
-        pass
+    """Processed rows: a count over the (state, ts) index, ~0.1 s per million rows."""
     (n,) = db.execute("SELECT count(*) FROM events WHERE state='processed'").fetchone()
     return int(n)
