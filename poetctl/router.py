@@ -27,12 +27,10 @@ from .event import Event, check_depth, check_id, check_type, compute_checksum, n
 from .ids import derived_id, uuid7
 from .schemas import SchemaRegistry
 from .spool.layout import SpoolLayout
-from .spool.writer import TmpWriter, commit
+from .spool.writer import commit
 from .topics import ROUTES, topic_for
 
 Handler = Callable[[Event], Any]
-# emit_many pipelines validation with file creation from this many items on.
-PIPELINE_MIN = 64
 EmitItem = tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Event
 
 
@@ -274,52 +272,24 @@ class EventRouter:
         Items are ``(type, payload)`` pairs, envelope dicts (see :meth:`ingest`)
         or :class:`Event` objects. If any item is invalid nothing is written.
         """
-        it = iter(items)
-        head = [self._coerce(item, f"item {i + 1}") for i, item in zip(range(PIPELINE_MIN), it, strict=False)]
-        if len(head) < PIPELINE_MIN:
-            self.commit_events(head)
-            return [ev.id for ev, _ in head]
-        # A large group: write the tmp files of what is validated while validating the rest.
-        self._ensure()
-        writer = TmpWriter(self.layout)
-        out: list[tuple[str, bool]] = []
-        seen: set[str] = set()
-        try:
-            for ev, keyed in head:
-                self._stage(writer, ev, keyed, out, seen)
-            for i, item in enumerate(it, PIPELINE_MIN + 1):
-                ev, keyed = self._coerce(item, f"item {i}")
-                self._stage(writer, ev, keyed, out, seen)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.publish(self.layout.pending, out)
-        return [eid for eid, _ in out]
-
-    def _stage(self, writer: TmpWriter, ev: Event, keyed: bool, out: list[tuple[str, bool]], seen: set[str]) -> None:
-        data = self._serialize(ev)
-        writer.add(data)
-        # Two items with one id in the same batch: the first wins, like a re-emit.
-        out.append((ev.id, keyed or ev.id in seen))
-        seen.add(ev.id)
-
-    def _serialize(self, ev: Event) -> bytes:
-        data = ev.to_json() + b"\n"
-        limit = self.config.max_event_bytes
-        if len(data) > limit:
-            raise InvalidData(f"event {ev.id} is {len(data)} bytes; the limit is {limit} bytes (max_event_bytes)")
-        return data
+        built = [self._coerce(item, f"item {i + 1}") for i, item in enumerate(items)]
+        self.commit_events(built)
+        return [ev.id for ev, _ in built]
 
     def commit_events(self, built: list[tuple[Event, bool]]) -> list[bool]:
         """Commit already-validated events as one group; True per event actually added."""
         if not built:
             return []
         self._ensure()
+        limit = self.config.max_event_bytes
         items = []
         seen: set[str] = set()
         for ev, keyed in built:
+            data = ev.to_json() + b"\n"
+            if len(data) > limit:
+                raise InvalidData(f"event {ev.id} is {len(data)} bytes; the limit is {limit} bytes (max_event_bytes)")
             # Two items with one id in the same batch: the first wins, like a re-emit.
-            items.append((ev.id, self._serialize(ev), keyed or ev.id in seen))
+            items.append((ev.id, data, keyed or ev.id in seen))
             seen.add(ev.id)
         return commit(self.layout, self.layout.pending, items)
 

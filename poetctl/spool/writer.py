@@ -14,8 +14,6 @@ import ctypes
 import errno
 import fcntl
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -153,103 +151,6 @@ def commit(
     finally:
         os.close(tfd)
         os.close(dfd)
-
-
-class TmpWriter:
-    """Creates a group's tmp files on a background thread while the caller prepares the rest.
-
-    Validation is Python work and file creation is syscalls that release the
-    GIL, so on two cores the two overlap. The files stay invisible (dot-names
-    in ``events/tmp``) until :meth:`publish`, which syncs the filesystem once
-    and renames or links them into place exactly like :func:`commit`.
-    :meth:`abort` removes whatever was written; nothing partial is ever visible.
-    """
-
-    CHUNK = 128
-
-    def __init__(self, layout: SpoolLayout) -> None:
-        self.layout = layout
-        self.tfd = _open_dir(layout.tmp)
-        self.prefix = f".{os.getpid()}.{os.urandom(6).hex()}."
-        self.count = 0
-        self._chunk: list[tuple[int, bytes]] = []
-        self._written: list[str] = []
-        self._error: OSError | None = None
-        self._q: queue.SimpleQueue[list[tuple[int, bytes]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="poetctl-tmpwriter", daemon=True)
-        self._thread.start()
-
-    def add(self, data: bytes) -> None:
-        """Queue one file's bytes (written in order, named by position)."""
-        self._chunk.append((self.count, data))
-        self.count += 1
-        if len(self._chunk) >= self.CHUNK:
-            self._q.put(self._chunk)
-            self._chunk = []
-
-    def _run(self) -> None:
-        while (chunk := self._q.get()) is not None:
-            if self._error is not None:
-                continue
-            try:
-                for i, data in chunk:
-                    name = f"{self.prefix}{i}.tmp"
-                    fd = os.open(name, O_CREATE, FILE_MODE, dir_fd=self.tfd)
-                    self._written.append(name)
-                    try:
-                        view = memoryview(data)
-                        while view:
-                            view = view[os.write(fd, view) :]
-                    finally:
-                        os.close(fd)
-            except OSError as exc:
-                self._error = exc
-
-    def _stop(self) -> None:
-        if self._thread.is_alive():
-            if self._chunk:
-                self._q.put(self._chunk)
-                self._chunk = []
-            self._q.put(None)
-            self._thread.join()
-
-    def abort(self) -> None:
-        """Remove every tmp file written so far and release the directory."""
-        self._stop()
-        _unlink_names(self.tfd, self._written)
-        os.close(self.tfd)
-
-    def publish(self, dest: Path, items: Sequence[tuple[str, bool]]) -> list[bool]:
-        """Sync once, then move the files into ``dest``; ``items`` are ``(event_id, keyed)`` in add order.
-
-        Returns, per item, whether it was added (False: the id already existed).
-        Raises :class:`SpoolIOError` after removing the tmp files.
-        """
-        try:
-            self._stop()
-            if self._error is not None:
-                raise SpoolIOError(f"cannot write into {self.layout.tmp}: {self._error.strerror}")
-            if _syncfs is not None:
-                if _syncfs(self.tfd) != 0:
-                    raise SpoolIOError(f"syncfs failed: {os.strerror(ctypes.get_errno())}")
-            else:
-                for name in self._written:
-                    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.tfd)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-            dfd = _open_dir(dest)
-            try:
-                full = [(eid, b"", keyed) for eid, keyed in items]
-                return _publish(self.layout, dest, self.tfd, dfd, full, self._written)
-            finally:
-                os.close(dfd)
-        except BaseException:
-            _unlink_names(self.tfd, self._written)
-            raise
-        finally:
-            os.close(self.tfd)
 
 
 def _open_dir(path: Path) -> int:
