@@ -184,20 +184,16 @@ def parse_json(data: bytes, where: str | None = None, max_bytes: int | None = No
 
 def check_depth(obj: Any, where: str | None = None) -> None:
     """Raise :class:`InvalidData` if ``obj`` nests deeper than :data:`MAX_DEPTH`."""
+    # Exact type checks: JSON documents only hold dicts and lists as containers,
+    # and this runs for every event on the hot paths.
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth > MAX_DEPTH:
-            raise InvalidData(
-                f"JSON nested deeper than {MAX_DEPTH} levels; expected a flatter document",
-                where=where,
-            )
-        for child in children:
-            if isinstance(child, dict | list):
+        for child in node.values() if type(node) is dict else node if type(node) is list else ():
+            kind = type(child)
+            if kind is dict or kind is list:
+                if depth >= MAX_DEPTH:
+                    raise InvalidData(
+                        f"JSON nested deeper than {MAX_DEPTH} levels; expected a flatter document", where=where
+                    )
                 stack.append((child, depth + 1))

@@ -150,8 +150,9 @@ class EventRouter:
             causation_id=causation_id,
             expires_at=expires_at,
         )
-        ev.seal()
-        self.registry.check_envelope(ev.to_dict(), where)
+        d = ev.to_dict(with_checksum=False)
+        ev.checksum = d["checksum"] = compute_checksum(d)
+        self.registry.check_envelope(d, where)
         return ev, keyed
 
     def _check_payload(self, event_type: str, payload: Mapping[str, Any], where: str | None) -> None:
