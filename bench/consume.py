@@ -31,7 +31,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,11 @@ from _common import (
     fs_type,
     machine_basics,
     make_log,
+    make_scratch,
     mark,
     pick_base,
     print_report,
+    remove_scratch,
     timed_run,
 )
 
@@ -204,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     plan.append(("bare", "bare", 1))  # the baseline is always measured
 
     base = pick_base(args.tmp_dir)
-    scratch = tempfile.TemporaryDirectory(prefix="poetctl-consume-", dir=base)
-    root = Path(scratch.name)
+    # make_scratch, not TemporaryDirectory: its finaliser would delete the dir even with --keep.
+    root = make_scratch("poetctl-consume-", base)
     report: dict[str, Any] = {
         "params": {"events": args.events, "reps": args.reps, "workers": workers, "chunk": CHUNK},
         "machine": {**machine_basics(), "scratch": str(root), "fs": fs_type(root)},
@@ -247,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"kept {root}")
         else:
             log("cleaning up")
-            scratch.cleanup()
-            os.sync()
+            remove_scratch(root, parallel=True)
     results: dict[str, Any] = {}
     bare_med = statistics.median(r["eps"] for r in runs["bare"])
     for key, mode, w in plan:

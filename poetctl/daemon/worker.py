@@ -94,7 +94,7 @@ class Worker(threading.Thread):
                 if not self.ready or self.stop_requested:
                     break
                 self._run_key(self.ready.popleft())
-        else:
+        if not self.ready:
             self._flush()
             if self.busy:
                 self.busy = False
