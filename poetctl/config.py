@@ -43,6 +43,7 @@ _TOP_KEYS = {
     "nats",
     "learning",
     "builtin_handlers",
+    "status",
 }
 _SCHEMA_KEYS = {"validation", "version", "paths"}
 
@@ -66,6 +67,7 @@ class Config:
     nats: dict[str, Any] = field(default_factory=dict)
     learning: dict[str, Any] = field(default_factory=dict)
     builtin_handlers: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)
     file: Path | None = None
     origins: dict[str, str] = field(default_factory=dict)
 
@@ -90,6 +92,7 @@ class Config:
             "nats": _redact(self.nats),
             "learning": dict(self.learning),
             "builtin_handlers": dict(self.builtin_handlers),
+            "status": dict(self.status),
             "origins": dict(self.origins),
         }
 
@@ -234,7 +237,7 @@ def _apply_file(cfg: Config, path: Path) -> None:
         ps = _expect(es["paths"], list, where("event_schemas.paths"), "a list of directories")
         cfg.schema_paths = [_resolve(Path(_expect(x, str, where("event_schemas.paths"), "a path")), base) for x in ps]
         origin("event_schemas.paths")
-    for table in ("external_integrations", "daemon", "nats", "learning", "builtin_handlers"):
+    for table in ("external_integrations", "daemon", "nats", "learning", "builtin_handlers", "status"):
         if table in data:
             value = _expect(data[table], dict, where(table), "a table")
             setattr(cfg, "integrations" if table == "external_integrations" else table, value)

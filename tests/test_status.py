@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,3 +170,18 @@ def test_status_table_bad_options_and_missing_spool(tmp_path: Path, sp: Path) ->
     assert r.returncode == 2 and "--max-lag 'soon'" in r.stderr
     r = run_cli(tmp_path, "status", "--spool", tmp_path / "nope")
     assert r.returncode == 66
+
+
+def test_check_thresholds_come_from_poet_toml_unless_given(tmp_path: Path) -> None:
+    """[status] in poet.toml sets --check thresholds; a command-line option overrides it."""
+    from poetctl.spool.layout import SpoolLayout
+
+    spool = tmp_path / "sp"
+    SpoolLayout(spool).init()
+    (tmp_path / "poet.toml").write_text('[status]\nmin_daemons = 1\nmax_lag = "10m"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POET")}
+    base = [sys.executable, "-m", "poetctl", "--spool", str(spool), "status", "--check"]
+    r = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "CRITICAL" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([*base, "--min-daemons", "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and ";600 " in r.stdout, r.stdout + r.stderr

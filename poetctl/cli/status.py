@@ -10,34 +10,47 @@ import typer
 
 from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, load
 
+STATUS_KEYS = ("warn_lag", "max_lag", "max_dead", "max_corrupt", "max_stale", "min_daemons")
+STATUS_DEFAULTS: dict[str, Any] = {
+    "warn_lag": "1m",
+    "max_lag": "5m",
+    "max_dead": 0,
+    "max_corrupt": 0,
+    "max_stale": 0,
+    "min_daemons": 0,
+}
+
 
 def status_cmd(
     check: Annotated[
         bool, typer.Option("--check", help="Nagios-style verdict: exit 0 OK, 1 WARNING, 2 CRITICAL.")
     ] = False,
     warn_lag: Annotated[
-        str, typer.Option("--warn-lag", help="--check: WARNING when the oldest pending event is older than this.")
-    ] = "1m",
+        str | None,
+        typer.Option("--warn-lag", help="--check: WARNING when the oldest pending event is older than this [1m]."),
+    ] = None,
     max_lag: Annotated[
-        str, typer.Option("--max-lag", help="--check: CRITICAL when the oldest pending event is older than this.")
-    ] = "5m",
+        str | None,
+        typer.Option("--max-lag", help="--check: CRITICAL when the oldest pending event is older than this [5m]."),
+    ] = None,
     max_dead: Annotated[
-        int, typer.Option("--max-dead", min=0, help="--check: WARNING above this many dead letters.")
-    ] = 0,
+        int | None, typer.Option("--max-dead", min=0, help="--check: WARNING above this many dead letters [0].")
+    ] = None,
     max_corrupt: Annotated[
-        int, typer.Option("--max-corrupt", min=0, help="--check: WARNING above this many quarantined files.")
-    ] = 0,
+        int | None, typer.Option("--max-corrupt", min=0, help="--check: WARNING above this many quarantined files [0].")
+    ] = None,
     max_stale: Annotated[
-        int, typer.Option("--max-stale", min=0, help="--check: WARNING above this many stale daemon heartbeats.")
-    ] = 0,
+        int | None,
+        typer.Option("--max-stale", min=0, help="--check: WARNING above this many stale daemon heartbeats [0]."),
+    ] = None,
     min_daemons: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--min-daemons",
             min=0,
-            help="--check: CRITICAL below this many live daemons (0: a daemon --once from cron is fine).",
+            help="--check: CRITICAL below this many live daemons (0: a daemon --once from cron is fine) [0].",
         ),
-    ] = 0,
+    ] = None,
     stale_after: Annotated[
         str | None,
         typer.Option(
@@ -51,6 +64,10 @@ def status_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Show counts per state, lag (age of the oldest pending event), daemons and recent throughput.
+
+    --check thresholds not given as options come from poet.toml's [status]
+    table (warn_lag, max_lag, max_dead, max_corrupt, max_stale, min_daemons),
+    else the defaults shown.
 
     --check prints one Nagios line (or the JSON document with a "check" key
     under --output json) and exits 0 OK, 1 WARNING, 2 CRITICAL. Exit 66 if
@@ -83,7 +100,7 @@ def _fmt_age(s: float | None) -> str:
 @errors_to_exit
 def _status(
     check: bool,
-    limits: tuple[str, str, int, int, int, int],
+    limits: tuple[str | None, str | None, int | None, int | None, int | None, int | None],
     stale_after: str | None,
     output: str | None,
     spool: Path | None,
@@ -94,16 +111,23 @@ def _status(
     from .output import resolve_format, write_json, write_jsonl
 
     fmt = resolve_format(output) if output is not None or not check else None
-    warn_lag, max_lag, max_dead, max_corrupt, max_stale, min_daemons = limits
-    t = Thresholds(
-        parse_duration(warn_lag, "--warn-lag"),
-        parse_duration(max_lag, "--max-lag"),
-        max_dead,
-        max_corrupt,
-        max_stale,
-        min_daemons,
-    )
     cfg = load(spool, config)
+    given: dict[str, Any] = dict(zip(STATUS_KEYS, limits, strict=True))
+    v: dict[str, Any] = {
+        k: given[k] if given[k] is not None else cfg.status.get(k, STATUS_DEFAULTS[k]) for k in STATUS_KEYS
+    }
+
+    def origin(key: str) -> str:
+        return "--" + key.replace("_", "-") if given[key] is not None else f"[status] {key}"
+
+    t = Thresholds(
+        parse_duration(str(v["warn_lag"]), origin("warn_lag")),
+        parse_duration(str(v["max_lag"]), origin("max_lag")),
+        int(v["max_dead"]),
+        int(v["max_corrupt"]),
+        int(v["max_stale"]),
+        int(v["min_daemons"]),
+    )
     layout = SpoolLayout(cfg.spool).require()
     lease = float(cfg.daemon.get("lease_seconds", 30.0))
     doc = collect(
