@@ -11,11 +11,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers.harness import Daemons
 
 from poetctl import EventRouter
 from poetctl.spool import SpoolLayout
@@ -120,3 +121,21 @@ def run_cli(tmp_path: Path) -> RunCli:
         return proc
 
     return run
+
+
+@pytest.fixture
+def sp(tmp_path: Path) -> Path:
+    """An initialised empty spool at tmp_path/spool."""
+    root = tmp_path / "spool"
+    SpoolLayout(root).init()
+    return root
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    """A factory of daemon processes; any still running are SIGKILLed when the test ends."""
+    pool = Daemons(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.cleanup()

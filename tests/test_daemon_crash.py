@@ -10,7 +10,6 @@ import shutil
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
@@ -39,28 +38,9 @@ from daemon_helpers.harness import (
 )
 
 from poetctl import EventRouter
-from poetctl.spool import SpoolLayout
 
 SEED = 20240611
 WORKERS = 4
-
-
-@pytest.fixture
-def sp(tmp_path: Path) -> Path:
-    """An initialised empty spool."""
-    root = tmp_path / "spool"
-    SpoolLayout(root).init()
-    return root
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    """A factory of daemon processes; any still running are SIGKILLed when the test ends."""
-    pool = Daemons(tmp_path)
-    try:
-        yield pool
-    finally:
-        pool.cleanup()
 
 
 def effects_env(tmp_path: Path, **extra: str) -> dict[str, str]:

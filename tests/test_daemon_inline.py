@@ -7,7 +7,7 @@ through the same test bodies with ``workers = 1`` in every generated config.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,6 @@ import pytest
 import test_daemon as td
 import test_daemon_crash as tc
 from daemon_helpers import harness
-from daemon_helpers.harness import Daemons
-
-from poetctl.spool.layout import SpoolLayout
 
 
 @pytest.fixture(autouse=True)
@@ -30,24 +27,6 @@ def _inline(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for module in (td, tc):
         monkeypatch.setattr(module, "write_config", write_config)
-
-
-@pytest.fixture
-def sp(tmp_path: Path) -> Path:
-    """An initialised empty spool."""
-    root = tmp_path / "spool"
-    SpoolLayout(root).init()
-    return root
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    """Daemon processes, SIGKILLed if still running at the end."""
-    pool = Daemons(tmp_path)
-    try:
-        yield pool
-    finally:
-        pool.cleanup()
 
 
 @pytest.fixture

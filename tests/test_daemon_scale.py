@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,25 +23,6 @@ from daemon_helpers.harness import (
 )
 
 from poetctl import EventRouter
-from poetctl.spool import SpoolLayout
-
-
-@pytest.fixture
-def sp(tmp_path: Path) -> Path:
-    """An initialised empty spool."""
-    root = tmp_path / "spool"
-    SpoolLayout(root).init()
-    return root
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    """A factory of daemon processes; any still running are SIGKILLed when the test ends."""
-    pool = Daemons(tmp_path)
-    try:
-        yield pool
-    finally:
-        pool.cleanup()
 
 
 # -- 3. shared spool --------------------------------------------------------------------------

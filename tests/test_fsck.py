@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +31,6 @@ from poetctl.spool import SpoolLayout
 from poetctl.spool.index import Index
 
 DAY = 86400.0
-
-
-@pytest.fixture
-def sp(tmp_path: Path) -> Path:
-    """An initialised empty spool."""
-    root = tmp_path / "spool"
-    SpoolLayout(root).init()
-    return root
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    """A factory of daemon processes; any still running are killed when the test ends."""
-    pool = Daemons(tmp_path)
-    try:
-        yield pool
-    finally:
-        pool.cleanup()
 
 
 def fsck(tmp_path: Path, sp: Path, *args: str) -> tuple[int, dict[str, Any]]:

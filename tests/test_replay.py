@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,22 +112,6 @@ def lines(text: str) -> list[str]:
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-@pytest.fixture
-def sp(tmp_path: Path) -> Path:
-    """An initialised empty spool."""
-    root = tmp_path / "spool"
-    SpoolLayout(root).init()
-    return root
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    """A factory of daemon processes; any still running are killed when the test ends."""
-    pool = Daemons(tmp_path)
-    try:
-        yield pool
-    finally:
-        pool.cleanup()
 
 
 @pytest.fixture

@@ -9,11 +9,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from daemon_helpers.harness import (
     Daemons,
     emit_metrics,
@@ -27,25 +25,6 @@ from daemon_helpers.harness import (
 from test_replay import put_event
 
 from poetctl.daemon.owner import HOST
-from poetctl.spool import SpoolLayout
-
-
-@pytest.fixture
-def sp(tmp_path: Path) -> Path:
-    """An initialised empty spool."""
-    root = tmp_path / "spool"
-    SpoolLayout(root).init()
-    return root
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    """A factory of daemon processes; any still running are killed when the test ends."""
-    pool = Daemons(tmp_path)
-    try:
-        yield pool
-    finally:
-        pool.cleanup()
 
 
 def status(tmp_path: Path, sp: Path, *args: str) -> tuple[int, dict[str, Any]]:
