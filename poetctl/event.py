@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from .errors import InvalidData
-from .ids import EVENT_ID_RE, TYPE_RE, uuid7
+from .ids import EVENT_ID_RE, TYPE_RE
 
 SCHEMA_VERSION = "1.0"
 MAX_DEPTH = 64
@@ -132,10 +132,6 @@ def verify_checksum(envelope: dict[str, Any], where: str | None = None) -> None:
 def now() -> float:
     """Unix time in seconds, rounded to microseconds (what ``timestamp`` stores)."""
     return round(time.time(), 6)
-
-
-def new_id() -> str:
-    return uuid7()
 
 
 def check_id(value: object, where: str | None = None, path: str = "$.id") -> str:

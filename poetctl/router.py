@@ -293,8 +293,3 @@ class EventRouter:
             items.append((ev.id, data, keyed or ev.id in seen))
             seen.add(ev.id)
         return commit(self.layout, self.layout.pending, items)
-
-
-def checksum_of(envelope: Mapping[str, Any]) -> str:
-    """Public helper: the checksum an envelope should carry."""
-    return compute_checksum(dict(envelope))

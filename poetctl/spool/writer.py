@@ -11,7 +11,6 @@ is never retried and trusted.
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -264,7 +263,3 @@ def write_atomic(directory: Path, name: str, data: bytes, tmp_dir: Path | None =
         raise SpoolIOError(f"cannot rename into {target}: {exc.strerror}") from None
     fsync_dir(directory)
     return target
-
-
-def is_enospc(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
