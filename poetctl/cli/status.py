@@ -84,13 +84,6 @@ def status_cmd(
     )
 
 
-def collect_status(layout: Any, lease_seconds: float = 30.0) -> dict[str, Any]:
-    """The status document (see README: poetctl status)."""
-    from ..ops.status import collect
-
-    return collect(layout, lease_seconds=lease_seconds)
-
-
 def _fmt_age(s: float | None) -> str:
     if s is None:
         return "-"

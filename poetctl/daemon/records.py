@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,15 +286,3 @@ def dead_letter(
         raise SpoolIOError(f"cannot move {path} to dead/: {exc.strerror}") from None
     fsync_dir(layout.dead)
     return target
-
-
-def iter_event_names(directory: Path) -> Iterator[os.DirEntry[str]]:
-    """Directory entries that look like event files (``*.json``, not hidden)."""
-    try:
-        it = os.scandir(directory)
-    except FileNotFoundError:
-        return
-    with it:
-        for e in it:
-            if e.name.endswith(".json") and not e.name.startswith("."):
-                yield e

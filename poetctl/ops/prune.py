@@ -27,7 +27,7 @@ from __future__ import annotations
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -71,21 +71,6 @@ class PruneReport:
         d["problems"] = self.problems[:50]
         d["seconds"] = round(self.seconds, 3)
         return d
-
-
-def _older_rows(index: Index, state: str, cutoff: float, batch: int = ROW_BATCH) -> Iterator[list[str]]:
-    """Ids in ``state`` with ts < cutoff, paged by (ts, id) so each page is one index range scan."""
-    last_ts, last_id = float("-inf"), ""
-    while True:
-        rows = index.db.execute(
-            "SELECT id, ts FROM events WHERE state=? AND ts < ? AND (ts > ? OR (ts = ? AND id > ?)) "
-            "ORDER BY ts, id LIMIT ?",
-            (state, cutoff, last_ts, last_ts, last_id, batch),
-        ).fetchall()
-        if not rows:
-            return
-        yield [r[0] for r in rows]
-        last_id, last_ts = rows[-1]
 
 
 class Pruner:
@@ -201,7 +186,7 @@ class Pruner:
                     self._drop_rows(gone)  # rows go only after their files
                     self.advance(len(ids))
 
-                for ids in _older_rows(self.index, "processed", self.cutoff):
+                for ids in self.index.older_than("processed", self.cutoff, ROW_BATCH):
                     items: list[tuple[str, bool | None]] = [(f"{eid}.json", None) for eid in ids]
                     pages.append((ids, items, self._submit(d, items)))
                     if len(pages) > PAGES_IN_FLIGHT:

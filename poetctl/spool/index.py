@@ -106,13 +106,6 @@ class Index:
         with self._tx():
             self.db.executemany("DELETE FROM events WHERE id=?", ((i,) for i in ids))
 
-    def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
-    def meta(self, key: str) -> str | None:
-        r = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return r[0] if r else None
-
     def _tx(self) -> _Tx:
         return _Tx(self.db)
 
@@ -150,18 +143,21 @@ class Index:
             last_ts, last_id = rows[-1][1], rows[-1][0]
 
     def older_than(self, state: str, cutoff: float, batch: int = 10000) -> Iterator[list[str]]:
-        """Ids in ``state`` with ts < cutoff, in batches (for prune)."""
-        last = ""
+        """Ids in ``state`` with ts < cutoff, oldest first, in batches (for prune).
+
+        Paged by (ts, id) so each page is one range scan of the (state, ts) index.
+        """
+        last_ts, last_id = float("-inf"), ""
         while True:
             rows = self.db.execute(
-                "SELECT id FROM events WHERE state=? AND ts < ? AND id > ? ORDER BY id LIMIT ?",
-                (state, cutoff, last, batch),
+                "SELECT id, ts FROM events WHERE state=? AND ts < ? AND (ts > ? OR (ts = ? AND id > ?)) "
+                "ORDER BY ts, id LIMIT ?",
+                (state, cutoff, last_ts, last_ts, last_id, batch),
             ).fetchall()
             if not rows:
                 return
-            ids = [r[0] for r in rows]
-            yield ids
-            last = ids[-1]
+            yield [r[0] for r in rows]
+            last_id, last_ts = rows[-1]
 
 
 class _Tx:
