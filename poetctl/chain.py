@@ -402,7 +402,7 @@ def to_mermaid(roots: list[Node], prefix: int | None = None) -> str:
 
 # -- expectations ------------------------------------------------------------------------------
 
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

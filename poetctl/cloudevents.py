@@ -36,9 +36,9 @@ from .event import ENVELOPE_KEYS, Event
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
-EXTENSION_NAME_RE = re.compile(r"^[a-z0-9]{1,20}$")
+EXTENSION_NAME_RE = re.compile(r"^[a-z0-9]{1,20}\Z")
 _META_KEYS = ("version", "environment", "service")
-_TIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$")
+_TIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})\Z")
 
 
 def format_time(ts: float) -> str:

@@ -8,7 +8,7 @@ import time
 
 from .errors import UsageError
 
-_REL = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_REL = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

@@ -44,7 +44,7 @@ ROUTES: dict[str, str] = {
     "system.metrics": "poet/system/metrics",
 }
 
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}\Z")
 
 
 def default_template(event_type: str) -> str:

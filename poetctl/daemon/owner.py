@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-OWNER_RE = re.compile(r"^(?P<host>[A-Za-z0-9_-]{1,64})\.(?P<pid>\d+)\.(?P<start>\d+)$")
+OWNER_RE = re.compile(r"^(?P<host>[A-Za-z0-9_-]{1,64})\.(?P<pid>\d+)\.(?P<start>\d+)\Z")
 
 
 def _host() -> str:

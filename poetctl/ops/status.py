@@ -24,7 +24,7 @@ from ..ids import time_of
 from ..spool.layout import SpoolLayout
 
 WINDOWS = (("1m", 60), ("5m", 300), ("15m", 900))
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 OK, WARNING, CRITICAL = 0, 1, 2
