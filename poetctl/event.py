@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
+from hashlib import sha256 as _sha256
 from typing import Any
 
 import orjson
@@ -89,18 +90,20 @@ class Event:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
         """Build from an envelope dict already checked against the envelope schema."""
+        # Positional arguments in field order: this runs once per event the daemon reads.
+        get = d.get
         return cls(
-            id=d["id"],
-            type=d["type"],
-            source=d["source"],
-            timestamp=d["timestamp"],
-            topic=d["topic"],
-            payload=d["payload"],
-            metadata=d.get("metadata") or {},
-            correlation_id=d.get("correlation_id"),
-            causation_id=d.get("causation_id"),
-            expires_at=d.get("expires_at"),
-            checksum=d.get("checksum"),
+            d["id"],
+            d["type"],
+            d["source"],
+            d["timestamp"],
+            d["topic"],
+            d["payload"],
+            get("metadata") or {},
+            get("correlation_id"),
+            get("causation_id"),
+            get("expires_at"),
+            get("checksum"),
         )
 
 
@@ -114,6 +117,22 @@ def compute_checksum(envelope: dict[str, Any]) -> str:
     if "checksum" in envelope:
         envelope = {k: v for k, v in envelope.items() if k != "checksum"}
     return CHECKSUM_PREFIX + hashlib.sha256(canonical(envelope)).hexdigest()
+
+
+def checksum_matches(envelope: dict[str, Any]) -> bool:
+    """True if ``envelope['checksum']`` is a string equal to the checksum of the rest.
+
+    Same verdict as comparing with :func:`compute_checksum`, without copying
+    the envelope: the key is taken out for hashing and put back (at the end;
+    key order carries no meaning in an envelope).
+    """
+    if "checksum" not in envelope:
+        return False
+    stated = envelope.pop("checksum")
+    try:
+        return isinstance(stated, str) and stated == CHECKSUM_PREFIX + _sha256(canonical(envelope)).hexdigest()
+    finally:
+        envelope["checksum"] = stated
 
 
 def verify_checksum(envelope: dict[str, Any], where: str | None = None) -> None:

@@ -18,7 +18,7 @@ from jsonschema import Draft202012Validator
 from poetctl import EventRouter, load_config
 from poetctl.errors import InvalidData, UnknownType
 from poetctl.event import verify_checksum
-from poetctl.schemas import SchemaRegistry
+from poetctl.schemas import SchemaRegistry, envelope_surely_valid
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = REPO / "schemas"
@@ -195,6 +195,87 @@ def test_reference_and_fast_validators_agree(schema_file: Path) -> None:
     else:
         assert all(ref.is_valid(p) for p in SAMPLES[name]["valid"])
         assert [c["why"] for c in SAMPLES[name]["invalid"] if ref.is_valid(c["payload"])] == []
+
+
+def _more_envelope_mutations() -> list[tuple[str, dict[str, Any]]]:
+    """Edge cases for the hand-written envelope check: each boundary on both sides."""
+    base = VALID_ENVELOPES[0]
+    cases: list[tuple[str, Any]] = [
+        ("id with trailing newline", ("id", "abc\n")),
+        ("id of 128 chars", ("id", "a" * 128)),
+        ("id of 129 chars", ("id", "a" * 129)),
+        ("bool timestamp", ("timestamp", True)),
+        ("int timestamp", ("timestamp", 0)),
+        ("string timestamp", ("timestamp", "1")),
+        ("empty source", ("source", "")),
+        ("source of 256", ("source", "s" * 256)),
+        ("source of 257", ("source", "s" * 257)),
+        ("topic of 513", ("topic", "t" * 513)),
+        ("topic with trailing slash", ("topic", "poet/x/")),
+        ("type with one part", ("type", "drift")),
+        ("type as list", ("type", ["drift.detected"])),
+        ("metadata as list", ("metadata", [])),
+        ("correlation_id empty", ("correlation_id", "")),
+        ("correlation_id of 257", ("correlation_id", "c" * 257)),
+        ("correlation_id with unicode", ("correlation_id", "drift-\u00e9-1")),
+        ("causation_id of 129", ("causation_id", "c" * 129)),
+        ("expires_at negative", ("expires_at", -0.5)),
+        ("expires_at bool", ("expires_at", False)),
+        ("checksum null", ("checksum", None)),
+        ("payload null", ("payload", None)),
+    ]
+    out = []
+    for why, (key, value) in cases:
+        d = copy.deepcopy(base)
+        d[key] = value
+        out.append((why, d))
+    for key in ("version", "environment", "service"):
+        for value in ("", "x" * 65, None, 1):
+            d = copy.deepcopy(base)
+            d["metadata"][key] = value
+            out.append((f"metadata.{key}={value!r}", d))
+    d = copy.deepcopy(base)
+    d["metadata"]["replayed"] = True
+    out.append(("metadata with an extra key", d))
+    for key in list(base):
+        d = copy.deepcopy(base)
+        d.pop(key)
+        out.append((f"without {key}", d))
+    return out
+
+
+def test_fast_envelope_check_never_accepts_what_the_schema_rejects() -> None:
+    """envelope_surely_valid is stricter or equal to envelope.json, and accepts every valid envelope we build."""
+    schema = json.loads((REPO / "schemas" / "envelope.json").read_text(encoding="utf-8"))
+    ref = Draft202012Validator(schema)
+    fast = jsonschema_rs.validator_for(schema)
+
+    def schema_accepts(e: Any) -> bool:
+        # Both validators: python-jsonschema lets "$" match before a final newline, jsonschema-rs does not.
+        return bool(ref.is_valid(e) and fast.is_valid(e))
+
+    cases = [(f"valid {e['type']}", e) for e in VALID_ENVELOPES] + INVALID_ENVELOPES + _more_envelope_mutations()
+    cases += [(f"odd {i}", x) for i, x in enumerate(ODD_INSTANCES)]
+    wrongly_accepted = [why for why, e in cases if envelope_surely_valid(e) and not schema_accepts(e)]
+    assert wrongly_accepted == []
+    assert all(envelope_surely_valid(e) for e in VALID_ENVELOPES)
+    # It decides the boundaries itself rather than deferring to the (slower) schema.
+    deferred = [why for why, e in cases if not envelope_surely_valid(e) and schema_accepts(e)]
+    assert deferred == []
+    # And the registry's verdict (fast check first) is the schema's on every case.
+    reg = SchemaRegistry()
+    for why, e in cases:
+        if not isinstance(e, dict):
+            continue
+        try:
+            reg.check_envelope(e)
+            accepted = True
+        except InvalidData:
+            accepted = False
+        head = dict(e)
+        if isinstance(head.get("payload"), dict):
+            head["payload"] = {}
+        assert accepted == schema_accepts(head), why
 
 
 @pytest.mark.parametrize("schema_file", SCHEMA_FILES, ids=lambda p: p.name)

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from ..errors import InvalidData, PoetError
-from ..event import MAX_DEPTH, Event, check_depth, compute_checksum
+from ..event import MAX_DEPTH, Event, check_depth, checksum_matches
 from ..ids import EVENT_ID_RE
 from ..schemas import SchemaRegistry
 
@@ -37,26 +37,32 @@ class CorruptEvent(PoetError):
 FIRST_READ = 64 * 1024
 
 
-def read_bytes(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+def read_bytes(
+    path: str | os.PathLike[str], max_bytes: int, *, dir_fd: int | None = None, where: str | None = None
+) -> bytes:
     """Read a regular file without following links; raise :class:`CorruptEvent` otherwise.
 
     FileNotFoundError propagates (the file moved away: not corruption). Events
     are small, so this is usually open + one read + close; only a file that
-    fills the first read costs an fstat and more reads.
+    fills the first read costs an fstat and more reads. With ``dir_fd``,
+    ``path`` is relative to that directory (a shorter lookup for the daemon's
+    hot loop) and ``where`` names the file in errors.
     """
+    if where is None:
+        where = str(path)
     try:
-        fd = os.open(path, READ_FLAGS)
+        fd = os.open(path, READ_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         raise
     except OSError as exc:
         # ELOOP: a symlink; ENXIO and friends: not a regular file.
-        raise CorruptEvent("not_regular", f"cannot open as a regular file: {exc.strerror}", where=str(path)) from None
+        raise CorruptEvent("not_regular", f"cannot open as a regular file: {exc.strerror}", where=where) from None
     try:
         data = os.read(fd, min(FIRST_READ, max_bytes + 1))
         if not data or len(data) == FIRST_READ:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise CorruptEvent("not_regular", "not a regular file", where=str(path))
+                raise CorruptEvent("not_regular", "not a regular file", where=where)
             if data:
                 chunks, total = [data], len(data)
                 while total <= max_bytes:
@@ -69,11 +75,11 @@ def read_bytes(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     except OSError as exc:
         # EISDIR (a directory) and read errors.
         reason = "not_regular" if exc.errno == errno.EISDIR else "unreadable"
-        raise CorruptEvent(reason, exc.strerror or str(exc), where=str(path)) from None
+        raise CorruptEvent(reason, exc.strerror or str(exc), where=where) from None
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise CorruptEvent("too_large", f"more than {max_bytes} bytes (max_event_bytes)", where=str(path))
+        raise CorruptEvent("too_large", f"more than {max_bytes} bytes (max_event_bytes)", where=where)
     return data
 
 
@@ -96,9 +102,8 @@ def decode_event(
         raise CorruptEvent("bad_json", str(exc), where=where) from None
     if not isinstance(d, dict):
         raise CorruptEvent("bad_json", "expected a JSON object", where=where)
-    stated = d.get("checksum")
-    if not isinstance(stated, str) or stated != compute_checksum(d):
-        raise CorruptEvent("bad_checksum", f"checksum {stated!r} does not match the content", where=where)
+    if not checksum_matches(d):
+        raise CorruptEvent("bad_checksum", f"checksum {d.get('checksum')!r} does not match the content", where=where)
     try:
         if registry is not None:
             registry.check_envelope(d, where)
