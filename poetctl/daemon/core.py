@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -55,6 +55,9 @@ from .records import (
 from .retries import RetryPolicy
 from .worker import Job, Outcome, Worker
 
+if TYPE_CHECKING:
+    from .mover import Mover
+
 BUCKETS = 256
 DEFAULT_PARTITION_KEY = ("payload.function_name", "correlation_id", "type")
 
@@ -77,6 +80,9 @@ class DaemonOptions:
     partition_key: tuple[str, ...] = DEFAULT_PARTITION_KEY
     watch: bool = True
     index: bool = True
+    # Start the completion mover (see mover.py) once a listing finds this many pending
+    # events; 0 starts it with the daemon, a negative value never does.
+    mover_backlog: int = 1024
 
     @classmethod
     def from_config(cls, table: dict[str, Any], **overrides: Any) -> DaemonOptions:
@@ -140,6 +146,7 @@ class Daemon:
         self.pending_prefix = f"{self.layout.pending}/"
         self.heartbeat_dir = self.layout.run / "daemons"
         self.bucket_dir = self.layout.run / "buckets"
+        self.owner_lock_dir = self.layout.run / "owners"
         self.records = RecordStore(self.layout)
         self.counters = Counters()
         self.blocked_keys: set[str] = set()
@@ -166,6 +173,9 @@ class Daemon:
         self.journal: Journal
         self.indexer: Any = None
         self.inline = False
+        self.mover: Mover | None = None
+        self._owner_lock_fd = -1
+        self._dead_owner_busy = False
 
     # -- public entry -------------------------------------------------------------------
     def run(self) -> int:
@@ -204,11 +214,12 @@ class Daemon:
     # -- start -----------------------------------------------------------------
     def _start(self) -> None:
         self.layout.init()
-        for d in (self.heartbeat_dir, self.bucket_dir):
+        for d in (self.heartbeat_dir, self.bucket_dir, self.owner_lock_dir):
             try:
                 os.mkdir(d, 0o750)
             except FileExistsError:
                 pass
+        self._lock_owner()
         os.makedirs(self.inflight_dir, 0o750, exist_ok=True)
         self.journal = Journal(self.inflight_dir)
         # One worker runs inline on the main thread: no thread hand-offs, which on a
@@ -226,6 +237,29 @@ class Daemon:
                 w.start()
         if self.opts.watch and not self.opts.once:
             self._start_observer()
+        if self.opts.mover_backlog == 0:
+            self._start_mover()
+
+    def _lock_owner(self) -> None:
+        """Hold ``run/owners/<owner>.lock`` for as long as this daemon or its mover lives.
+
+        Recovery takes a dead owner's in-flight directory only once it can lock
+        this file: the mover child inherits the lock, so a daemon that died
+        with completions queued is not recovered until they are filed.
+        """
+        path = self.owner_lock_dir / f"{self.owner}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._owner_lock_fd = fd
+
+    def _start_mover(self) -> None:
+        from .mover import Mover
+
+        try:
+            self.mover = Mover(self.inflight_dir, self.layout.processed, pass_fds=(self._owner_lock_fd,))
+        except OSError as exc:
+            sys.stderr.write(f"poetctl: warning: cannot start the completion mover ({exc}); filing events here\n")
+            self.opts.mover_backlog = -1
 
     def _start_observer(self) -> None:
         from .watcher import start_watcher
@@ -256,8 +290,8 @@ class Daemon:
                 self._flush_unhandled()
             if self.inline:
                 self._run_inline()
-            if self._inflight == 0 and self.journal.lines:
-                # Nothing in flight: every journal line is about finished events.
+            if self._inflight == 0 and self.journal.lines and (self.mover is None or self.mover.settled()):
+                # Nothing in flight and every completion filed: the journal is history.
                 self.journal.truncate()
             if self.force:
                 os._exit(130)
@@ -364,6 +398,8 @@ class Daemon:
         self._pending_seen = count
         self._oldest_pending_ms = oldest
         self._pending_records = self.records.load_all() if count else {}
+        if self.mover is None and 0 < self.opts.mover_backlog <= count:
+            self._start_mover()
         self._listed_once = True
         self._activity_at_list = self._activity()
 
@@ -482,7 +518,7 @@ class Daemon:
             )
             self.finished(job, Outcome.EXPIRED)
         else:
-            os.rename(job.path, self.processed_prefix + job.name)
+            self.file_processed(job)
             self.finished(job, Outcome.PROCESSED)
             self._processed_pending_sync = True
 
@@ -502,7 +538,7 @@ class Daemon:
         self._bucket_fds[bucket] = fd
         # Whoever held it before may have died with events of this bucket in flight:
         # put them back before claiming anything newer.
-        if self.recover(all_dead=False):
+        if self.recover(all_dead=False) or self._dead_owner_busy:
             self._invalidate_window()
             self._release_bucket(bucket)
             return False
@@ -540,10 +576,19 @@ class Daemon:
             return
         self.done_q.put((job.bucket, Outcome.HANDED_BACK))
 
+    def file_processed(self, job: Job) -> None:
+        """Move a handled job's file to processed/ (through the mover when there is one)."""
+        m = self.mover
+        if m is None or not m.complete(job.name):
+            os.rename(job.path, self.processed_prefix + job.name)
+
     def sync_processed(self) -> None:
         with self._processed_dirty:
             self.journal.sync()
-            fsync_dir(self.layout.processed)
+            if self.mover is not None and self.mover.alive:
+                self.mover.sync()  # the child fsyncs processed/ after what it filed
+            else:
+                fsync_dir(self.layout.processed)
 
     def worker_failed(self, worker: Worker, exc: BaseException) -> None:
         self.error = exc
@@ -584,14 +629,45 @@ class Daemon:
         Journals become records so finished handlers are skipped next time.
         """
         moved = 0
+        self._dead_owner_busy = False
         for d in self.layout.inflight_dirs():
             if d.name == self.owner or owner_alive(d.name, self.heartbeat_dir, self.opts.lease_seconds):
                 continue
-            moved += self._recover_owner(d)
+            lock = self._take_owner_lock(d.name, wait=5.0 if all_dead else 0.0)
+            if lock is None:
+                # Its mover is still filing completed events: not ours to take yet.
+                self._dead_owner_busy = True
+                continue
+            try:
+                moved += self._recover_owner(d)
+            finally:
+                if lock >= 0:
+                    try:
+                        os.unlink(self.owner_lock_dir / f"{d.name}.lock")
+                    except FileNotFoundError:
+                        pass
+                    os.close(lock)
         if moved:
             fsync_dir(self.layout.pending)
             self.counters.recovered += moved
         return moved
+
+    def _take_owner_lock(self, owner: str, wait: float) -> int | None:
+        """Lock a dead owner's lock file: its fd, -1 if it has none, None while still held."""
+        try:
+            fd = os.open(self.owner_lock_dir / f"{owner}.lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return -1  # no lock file (an older daemon): the pid/lease verdict stands
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return None
+                time.sleep(0.02)
 
     def _recover_owner(self, d: Path) -> int:
         journal = read_journal(d / JOURNAL)
@@ -602,6 +678,9 @@ class Daemon:
             src = Path(e.path)
             if not e.name.endswith(".json"):
                 quarantine(self.layout, src, "bad_name", "unexpected file in an in-flight directory")
+                continue
+            if _filed_already(e, self.layout.processed / e.name):
+                os.unlink(src)  # its mover linked it into processed/ and died before the unlink
                 continue
             rec = journal_record(journal, e.name[:-5], stated_checksum(src)) if journal else None
             if rec is not None and (rec.done or rec.failures):
@@ -722,6 +801,9 @@ class Daemon:
             except Exception:
                 pass
         self._drain_done()
+        if self.mover is not None:
+            # Before the safety net below: the mover's queue is handled events, not leftovers.
+            self.mover.close()
         # Safety net: anything still claimed by us goes back.
         for e in os.scandir(self.inflight_dir):
             if e.name.endswith(".json"):
@@ -746,6 +828,23 @@ class Daemon:
             pass
         for b in list(self._bucket_fds):
             self._release_bucket(b)
+        if self._owner_lock_fd >= 0:
+            try:
+                os.unlink(self.owner_lock_dir / f"{self.owner}.lock")
+            except FileNotFoundError:
+                pass
+            os.close(self._owner_lock_fd)
+            self._owner_lock_fd = -1
+
+
+def _filed_already(entry: os.DirEntry[str], done: Path) -> bool:
+    """True if ``done`` (in processed/) is the same file as in-flight ``entry``."""
+    try:
+        a = entry.stat(follow_symlinks=False)
+        b = os.stat(done, follow_symlinks=False)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def install_signal_handlers(daemon: Daemon) -> None:

@@ -10,7 +10,6 @@ parked key wait behind it, which is what keeps per-key order through retries.
 from __future__ import annotations
 
 import heapq
-import os
 import queue
 import threading
 import time
@@ -202,7 +201,7 @@ class Worker(threading.Thread):
             job.record.done.add(sub.name)
             if i != last:
                 d.journal.done(ev.id, sub.name, ev.checksum)
-        os.rename(job.path, d.processed_prefix + job.name)
+        d.file_processed(job)
         self._dirty += 1
         if self._dirty >= FLUSH_EVERY:
             self._flush()
