@@ -287,6 +287,13 @@ def test_corrupt_files_are_quarantined_with_reasons_and_never_deleted(tmp_path: 
     files[f"{d['id']}.json"] = ("unknown_type", json.dumps(d).encode())
     d = built()
     files[f"{d['id']}.json"] = ("too_large", b" " * (1024 * 1024 + 1) + json.dumps(d).encode())
+    d = built()
+    deep: dict = {}
+    d["payload"]["details"] = deep
+    for _ in range(70):  # deeper than MAX_DEPTH; the checksum is right, so only the depth rule catches it
+        deep["x"] = deep = {}
+    d["checksum"] = compute_checksum(d)
+    files[f"{d['id']}.json"] = ("bad_json", json.dumps(d).encode())
     for name, (_, data) in files.items():
         (pending / name).write_bytes(data)  # type: ignore[arg-type]
 

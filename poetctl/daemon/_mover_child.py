@@ -1,6 +1,6 @@
 """The completion mover's child process (see :mod:`poetctl.daemon.mover`).
 
-Run as ``python -I -S _mover_child.py <inflight dir> <processed dir>``: it
+Run as ``python -I -S _mover_child.py <inflight dir> <processed dir> [<index db>]``: it
 imports only the standard library, so it starts in milliseconds and never
 touches the parent's state. Standard input carries one command per line:
 
@@ -12,6 +12,11 @@ touches the parent's state. Standard input carries one command per line:
   was filed before); an existing processed name that is the same file (a
   crash between link and unlink) only loses the in-flight name; a different
   file there is replaced by ``rename``, as the daemon itself would do.
+* ``I <JSON array>``: one row for the spool's SQLite index (only when an
+  index path was given as the third argument); rows are written one
+  transaction per batch of input, after the filing of that batch. The index
+  is derived data: an SQLite error is reported once and indexing stops
+  (``poetctl fsck --repair`` rebuilds it); filing goes on.
 * ``S <seq>``: fsync the processed directory, then answer ``<seq>`` on
   standard output: every command before it has been carried out.
 
@@ -55,6 +60,45 @@ def file_one(name: bytes, src: int, dst: int) -> None:
         pass
 
 
+INSERT = "INSERT OR REPLACE INTO events VALUES (?,?,?,?,?,?,?,?)"
+
+
+class _Indexer:
+    """Writes index rows in batches; gives up (once, loudly) on the first SQLite error."""
+
+    def __init__(self, path: str) -> None:
+        import sqlite3
+
+        self.error = sqlite3.Error
+        self.rows: list[list[object]] = []
+        self.db: object | None = None
+        try:
+            self.db = db = sqlite3.connect(path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            self._give_up(exc)
+
+    def add(self, row: list[object]) -> None:
+        if self.db is not None:
+            self.rows.append(row)
+
+    def flush(self) -> None:
+        db, rows = self.db, self.rows
+        if db is None or not rows:
+            return
+        self.rows = []
+        try:
+            db.execute("BEGIN IMMEDIATE")  # type: ignore[attr-defined]
+            db.executemany(INSERT, rows)  # type: ignore[attr-defined]
+            db.execute("COMMIT")  # type: ignore[attr-defined]
+        except self.error as exc:
+            self._give_up(exc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        sys.stderr.write(f"poetctl mover: index update failed ({exc}); 'poetctl fsck --repair' rebuilds it\n")
+        self.db = None
+
+
 def main(argv: list[str]) -> int:
     # Ctrl-C and a service manager's SIGTERM reach the whole process group; the
     # child must not die of them with work queued: it ends at end of input.
@@ -62,6 +106,11 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     src = os.open(argv[1], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     dst = os.open(argv[2], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    index = _Indexer(argv[3]) if len(argv) > 3 else None
+    if index is not None:
+        import json
+
+        loads = json.loads
     rest = b""
     while True:
         chunk = os.read(0, 1 << 16)
@@ -76,7 +125,12 @@ def main(argv: list[str]) -> int:
                     if NAME.fullmatch(arg) is None:
                         raise ValueError(f"refusing name {arg!r}")
                     file_one(arg, src, dst)
+                elif op == b"I ":
+                    if index is not None:
+                        index.add(loads(arg))
                 elif op == b"S ":
+                    if index is not None:
+                        index.flush()
                     os.fsync(dst)
                     os.write(1, arg + b"\n")
                 else:
@@ -84,6 +138,10 @@ def main(argv: list[str]) -> int:
             except (OSError, ValueError) as exc:
                 sys.stderr.write(f"poetctl mover: {exc}\n")
                 return 1
+        if index is not None:
+            index.flush()
+    if index is not None:
+        index.flush()
     try:
         os.fsync(dst)
     except OSError as exc:

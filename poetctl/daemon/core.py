@@ -22,6 +22,7 @@ import itertools
 import os
 import queue
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ from ..errors import SpoolIOError
 from ..event import Event
 from ..ids import time_of
 from ..router import EventRouter, Subscription
+from ..spool.index import row_of
 from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir
 from ..spool.reader import CorruptEvent, decode_event, read_bytes
 from ..spool.writer import write_atomic
@@ -126,6 +128,23 @@ def partition_key(event: Event, paths: Iterable[str]) -> str:
     return f"type={event.type}"
 
 
+def key_function(paths: tuple[str, ...]) -> Callable[[Event], str]:
+    """:func:`partition_key` for fixed ``paths``; the default key gets a specialised version (hot path)."""
+    if paths != DEFAULT_PARTITION_KEY:
+        return lambda event: partition_key(event, paths)
+
+    def default_key(event: Event) -> str:
+        v = event.payload.get("function_name")
+        if v is not None and v != "":
+            return f"payload.function_name={v}"
+        v = event.correlation_id
+        if v is not None and v != "":
+            return f"correlation_id={v}"
+        return f"type={event.type}"
+
+    return default_key
+
+
 class Daemon:
     """Processes one spool until stopped. ``run()`` returns the process exit code."""
 
@@ -168,6 +187,9 @@ class Daemon:
         self._oldest_pending_ms: int | None = None
         self._pending_seen = 0
         self._processed_dirty = threading.Lock()
+        self._key_of = key_function(self.opts.partition_key)
+        self._pending_fd = -1
+        self._inflight_fd = -1
         self._observer: Any = None
         self.workers: list[Worker] = []
         self.journal: Journal
@@ -221,6 +243,9 @@ class Daemon:
                 pass
         self._lock_owner()
         os.makedirs(self.inflight_dir, 0o750, exist_ok=True)
+        # Directory descriptors for the per-event open and claim: one-component lookups.
+        self._inflight_fd = os.open(self.inflight_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._open_pending()
         self.journal = Journal(self.inflight_dir)
         # One worker runs inline on the main thread: no thread hand-offs, which on a
         # 2-core machine cost more than a fast handler itself (GIL and wake-up ping-pong).
@@ -240,6 +265,13 @@ class Daemon:
         if self.opts.mover_backlog == 0:
             self._start_mover()
 
+    def _open_pending(self) -> None:
+        """(Re)open ``events/pending``; done at start and whenever the directory was replaced."""
+        fd = os.open(self.layout.pending, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if self._pending_fd >= 0:
+            os.close(self._pending_fd)
+        self._pending_fd = fd
+
     def _lock_owner(self) -> None:
         """Hold ``run/owners/<owner>.lock`` for as long as this daemon or its mover lives.
 
@@ -255,8 +287,20 @@ class Daemon:
     def _start_mover(self) -> None:
         from .mover import Mover
 
+        index_path = None
+        if self.indexer is not None:
+            from ..spool.index import Index
+
+            try:
+                idx = Index(self.layout)  # creates the database and its tables if missing
+                index_path = idx.path
+                idx.close()
+            except (sqlite3.Error, OSError):
+                index_path = None  # the daemon's own index writer reports the problem
         try:
-            self.mover = Mover(self.inflight_dir, self.layout.processed, pass_fds=(self._owner_lock_fd,))
+            self.mover = Mover(
+                self.inflight_dir, self.layout.processed, pass_fds=(self._owner_lock_fd,), index_path=index_path
+            )
         except OSError as exc:
             sys.stderr.write(f"poetctl: warning: cannot start the completion mover ({exc}); filing events here\n")
             self.opts.mover_backlog = -1
@@ -353,6 +397,12 @@ class Daemon:
         pending = self.layout.pending
         count = 0
         oldest: int | None = None
+        try:
+            a, b = os.fstat(self._pending_fd), os.stat(pending)
+            if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+                self._open_pending()
+        except OSError as exc:
+            raise SpoolIOError(f"cannot open {pending}: {exc.strerror}") from None
 
         def keys() -> Iterable[str]:
             # UUIDv7/derived names sort by time as plain strings; other names get a sort
@@ -426,7 +476,7 @@ class Daemon:
                 if not job.subs:
                     self._complete_unhandled(job)
                     continue
-                batches[zlib.crc32(job.key.encode()) % nworkers].append(job)
+                batches[job.bucket % nworkers].append(job)
                 claimed += 1
                 if claimed % 256 == 0:
                     self._dispatch(batches)
@@ -460,7 +510,7 @@ class Daemon:
         try:
             if not name.endswith(".json"):
                 raise CorruptEvent("bad_name", "expected <event id>.json", where=path)
-            data = read_bytes(path, self.max_bytes)
+            data = read_bytes(name, self.max_bytes, dir_fd=self._pending_fd, where=path)
             ev = decode_event(data, self.registry, where=path, expected_id=name[:-5])
         except FileNotFoundError:
             return None
@@ -468,7 +518,7 @@ class Daemon:
             if quarantine(self.layout, Path(path), exc.reason, exc.detail) is not None:
                 self.counters.corrupt += 1
             return None
-        key = partition_key(ev, self.opts.partition_key)
+        key = self._key_of(ev)
         if key in self._skipped or key in self.blocked_keys:
             self._skipped.add(key)
             return None
@@ -481,9 +531,8 @@ class Daemon:
         if bucket not in self._bucket_fds and not self._hold_bucket(bucket):
             self._skipped.add(key)
             return None
-        target = self._inflight_prefix + name
         try:
-            os.rename(path, target)
+            os.rename(name, name, src_dir_fd=self._pending_fd, dst_dir_fd=self._inflight_fd)
         except FileNotFoundError:
             return None
         self.counters.claimed += 1
@@ -491,7 +540,7 @@ class Daemon:
         if record is not None:
             self._pending_records.pop(ev.id, None)
             record.persisted = True
-        return Job(ev, target, name, key, bucket, self._subs_for(ev.type), record or Record())
+        return Job(ev, self._inflight_prefix + name, name, key, bucket, self._subs_for(ev.type), record or Record())
 
     def _subs_for(self, event_type: str) -> list[Subscription]:
         subs = self._subs_cache.get(event_type)
@@ -518,8 +567,7 @@ class Daemon:
             )
             self.finished(job, Outcome.EXPIRED)
         else:
-            self.file_processed(job)
-            self.finished(job, Outcome.PROCESSED)
+            self.finished(job, Outcome.PROCESSED, indexed=self.file_processed(job))
             self._processed_pending_sync = True
 
     _processed_pending_sync = False
@@ -556,8 +604,9 @@ class Daemon:
             self._release_bucket(b)
 
     # -- worker callbacks (any thread) ---------------------------------------------------------------
-    def finished(self, job: Job, outcome: str) -> None:
-        if self.indexer is not None and outcome != Outcome.HANDED_BACK:
+    def finished(self, job: Job, outcome: str, indexed: bool = False) -> None:
+        """Account for a job that left in-flight; ``indexed``: its index row is taken care of."""
+        if self.indexer is not None and outcome != Outcome.HANDED_BACK and not indexed:
             self.indexer.add(job.event, "processed" if outcome == Outcome.PROCESSED else "dead")
         self.done_q.put((job.bucket, outcome))
         if job.record.persisted:
@@ -576,11 +625,20 @@ class Daemon:
             return
         self.done_q.put((job.bucket, Outcome.HANDED_BACK))
 
-    def file_processed(self, job: Job) -> None:
-        """Move a handled job's file to processed/ (through the mover when there is one)."""
+    def file_processed(self, job: Job) -> bool:
+        """Move a handled job's file to processed/ (through the mover when there is one).
+
+        Returns True if the mover also writes the job's index row.
+        """
         m = self.mover
-        if m is None or not m.complete(job.name):
-            os.rename(job.path, self.processed_prefix + job.name)
+        if m is not None:
+            if m.indexes and self.indexer is not None:
+                if m.complete(job.name, row_of(job.event, "processed")):
+                    return True
+            elif m.complete(job.name):
+                return False
+        os.rename(job.path, self.processed_prefix + job.name)
+        return False
 
     def sync_processed(self) -> None:
         with self._processed_dirty:
@@ -828,6 +886,10 @@ class Daemon:
             pass
         for b in list(self._bucket_fds):
             self._release_bucket(b)
+        for fd in (self._pending_fd, self._inflight_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._pending_fd = self._inflight_fd = -1
         if self._owner_lock_fd >= 0:
             try:
                 os.unlink(self.owner_lock_dir / f"{self.owner}.lock")

@@ -35,6 +35,8 @@ import threading
 from collections import deque
 from pathlib import Path
 
+import orjson
+
 from ._mover_child import file_one
 
 CHILD = Path(__file__).with_name("_mover_child.py")
@@ -45,11 +47,22 @@ PIPE_BYTES = 1 << 20
 class Mover:
     """One child process filing this daemon's finished events. Thread-safe."""
 
-    def __init__(self, inflight_dir: Path, processed_dir: Path, pass_fds: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        inflight_dir: Path,
+        processed_dir: Path,
+        pass_fds: tuple[int, ...] = (),
+        index_path: Path | None = None,
+    ) -> None:
         self.inflight_dir = inflight_dir
         self.processed_dir = processed_dir
+        #: True if rows handed to :meth:`complete` go to the index (the child writes them).
+        self.indexes = index_path is not None
+        argv = [sys.executable, "-I", "-S", str(CHILD), str(inflight_dir), str(processed_dir)]
+        if index_path is not None:
+            argv.append(str(index_path))
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(CHILD), str(inflight_dir), str(processed_dir)],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             pass_fds=pass_fds,
@@ -73,15 +86,23 @@ class Mover:
         self.alive = True
 
     # -- handing over ----------------------------------------------------------------
-    def complete(self, name: str) -> bool:
-        """Hand in-flight ``name`` over; False if the mover is gone (the caller files it)."""
+    def complete(self, name: str, row: tuple[object, ...] | None = None) -> bool:
+        """Hand in-flight ``name`` (and its index ``row``) over; False if the mover is gone.
+
+        On False the caller files the event (and indexes it) itself. A row is
+        only passed on when :attr:`indexes` is True; if the child dies, rows it
+        had not written are lost to the index (derived data, rebuilt by fsck).
+        """
+        line = b"D " + name.encode() + b"\n"
+        if row is not None and self.indexes:
+            line += b"I " + orjson.dumps(row) + b"\n"
         with self._lock:
             if not self.alive:
                 return False
             self._unacked.append(name)
             self._sent += 1
             try:
-                os.write(self._w, b"D " + name.encode() + b"\n")
+                os.write(self._w, line)
             except OSError as exc:
                 self._fail(f"cannot write to the mover: {exc.strerror}")
             return True

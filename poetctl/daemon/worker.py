@@ -1,6 +1,6 @@
 """Worker threads: run handlers for the keys assigned to them, in order.
 
-Each partition key maps to exactly one worker (crc32(key) % workers), so a
+Each partition key maps to exactly one worker (its lock bucket % workers), so a
 worker sees a key's events in claim order and handles them one at a time. A
 failing handler does not sleep: the event's key is parked with a timer (the
 retry backoff) while the worker carries on with other keys; later events of a
@@ -201,11 +201,11 @@ class Worker(threading.Thread):
             job.record.done.add(sub.name)
             if i != last:
                 d.journal.done(ev.id, sub.name, ev.checksum)
-        d.file_processed(job)
+        indexed = d.file_processed(job)
         self._dirty += 1
         if self._dirty >= FLUSH_EVERY:
             self._flush()
-        d.finished(job, Outcome.PROCESSED)
+        d.finished(job, Outcome.PROCESSED, indexed)
         return Outcome.PROCESSED
 
     def _failed(self, job: Job, sub: Subscription, exc: BaseException) -> str:
