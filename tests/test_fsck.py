@@ -195,6 +195,22 @@ def test_repaired_stale_inflight_is_handled_with_its_journal_respected(tmp_path:
     assert ids_in(sp, "processed") == {eid} and ok_counts(effects)[eid] == 0
 
 
+def test_filed_inflight_copy_of_a_dead_owner_is_dropped_not_requeued(tmp_path: Path, sp: Path) -> None:
+    """A dead daemon's mover linked an event into processed/ and died before unlinking it: keep processed/ only."""
+    eid = put_event(sp, "processed")
+    owner = events_dir(sp, "inflight") / dead_owner()
+    owner.mkdir()
+    os.link(events_dir(sp, "processed") / f"{eid}.json", owner / f"{eid}.json")
+    code, doc = fsck(tmp_path, sp)
+    assert code == 1 and [p["kind"] for p in doc["problems"]] == ["filed_inflight"]
+    code, doc = fsck(tmp_path, sp, "--repair")
+    assert code == 0 and [p["kind"] for p in doc["problems"]] == ["filed_inflight"]
+    assert ids_in(sp, "processed") == {eid} and ids_in(sp, "pending") == set()
+    assert not owner.exists()
+    code, doc = fsck(tmp_path, sp)
+    assert code == 0 and doc["problems"] == []
+
+
 def test_duplicates_are_reported_not_repaired(tmp_path: Path, sp: Path) -> None:
     """One id in processed and dead is a duplicate: reported, left for an operator, exit 1 even with --repair."""
     eid = put_event(sp, "processed")

@@ -8,6 +8,8 @@ Problem kinds, and what ``--repair`` does:
   quarantine (the link itself; its target is never touched).
 * ``stray_file``: an unexpected name in an event directory -> quarantine.
 * ``stale_inflight``: in flight with an owner that is gone -> back to pending
+* ``filed_inflight``: in flight with an owner that is gone, and the same file is
+  already in processed/ (a mover died between link and unlink) -> in-flight name removed
   (its journal becomes a completion record, as a daemon's recovery does).
 * ``duplicate``: one id in two states -> nothing; an operator decides.
 * ``dead_without_error``: ``dead/<id>.json`` without ``<id>.error`` -> write a
@@ -81,6 +83,15 @@ class Problem:
     action: str | None = None
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """True if ``a`` and ``b`` both exist and are the same inode (hard links of one file)."""
+    try:
+        sa, sb = os.stat(a, follow_symlinks=False), os.stat(b, follow_symlinks=False)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 @dataclass(slots=True)
 class FsckReport:
     spool: str
@@ -139,7 +150,7 @@ class Fsck:
         self.report = FsckReport(str(layout.root), repair)
         # id -> state for every valid event seen (processed/dead feed the index comparison).
         self.where: dict[str, str] = {}
-        self.live_inflight: set[str] = set()
+        self.live_inflight: dict[str, Path] = {}
 
     # -- helpers ------------------------------------------------------------------------------
     def rel(self, path: Path) -> str:
@@ -239,7 +250,7 @@ class Fsck:
             names = [e for e in entries if e.name != JOURNAL]
             self.count("inflight", sum(1 for e in names if e.name.endswith(".json")))
             if alive:
-                self.live_inflight.update(e.name[:-5] for e in names if e.name.endswith(".json"))
+                self.live_inflight.update((e.name[:-5], Path(e.path)) for e in names if e.name.endswith(".json"))
                 self.advance(len(entries))
                 continue
             journal = read_journal(d / JOURNAL)
@@ -251,6 +262,15 @@ class Fsck:
                         p,
                         "unexpected file in an in-flight directory",
                         self._quarantine(p, "bad_name", "unexpected file in an in-flight directory"),
+                    )
+                    continue
+                if same_file(p, lay.processed / e.name):
+                    # A completion mover linked it into processed/ and died before the unlink.
+                    self.problem(
+                        "filed_inflight",
+                        p,
+                        f"owner {d.name} is gone; the event is already in processed/ (same file)",
+                        self._unlink(p),
                     )
                     continue
                 self.problem(
@@ -367,8 +387,10 @@ class Fsck:
         for eid, where in list(self.where.items()):
             if "," in where:
                 self.problem("duplicate", f"events/*/{eid}.json", f"the same id is in {where.replace(',', ' and ')}")
-        for eid in self.live_inflight:
+        for eid, path in self.live_inflight.items():
             w = self.where.get(eid)
+            if w == "processed" and (not os.path.lexists(path) or same_file(path, self.layout.processed / path.name)):
+                continue  # a live daemon filed it between the two listings (or is filing it now)
             if w is not None and w != "pending":
                 self.problem("duplicate", f"events/*/{eid}.json", f"in flight and in {w}")
 
