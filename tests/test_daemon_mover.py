@@ -115,6 +115,25 @@ def test_parent_files_the_queue_itself_when_the_child_dies(tmp_path: Path, capfd
     assert "filing" in capfd.readouterr().err
 
 
+def test_claims_are_answered_in_order_and_made_here_once_the_child_is_gone(tmp_path: Path) -> None:
+    pending, processed, names = _make_inflight(tmp_path, 300)  # files start in "pending" here
+    inflight = tmp_path / "claimed"
+    inflight.mkdir()
+    m = Mover(inflight, processed, pending_dir=pending)
+    first = m.claim([*names[:100], "ev-missing.json"])
+    assert m.claim_result(first) == b"1" * 100 + b"0"
+    m.proc.kill()
+    m.proc.wait()
+    second = m.claim(names[100:200])
+    third = m.claim(names[200:])
+    assert m.claim_result(second) == b"1" * 100
+    assert m.claim_result(third) == b"1" * 100
+    assert not m.alive
+    m.close()
+    assert sorted(os.listdir(inflight)) == names
+    assert os.listdir(pending) == []
+
+
 def test_child_refuses_names_that_are_not_event_files(tmp_path: Path) -> None:
     inflight, processed, _ = _make_inflight(tmp_path, 1)
     (tmp_path / "secret.json").write_text("x")
@@ -135,13 +154,13 @@ def test_child_stops_indexing_on_an_sqlite_error_and_keeps_filing(tmp_path: Path
     (tmp_path / "not-a-db").write_text("this is not an sqlite database " * 100)
     commands = "".join(f'D {n}\nI ["{n}", 1.0, "a.b", "t", "s", null, null, "processed"]\n' for n in names)
     p = subprocess.run(
-        [sys.executable, "-I", "-S", str(CHILD), str(inflight), str(processed), str(tmp_path / "not-a-db")],
+        [sys.executable, "-I", "-S", str(CHILD), str(inflight), str(processed), "--index", str(tmp_path / "not-a-db")],
         input=(commands + "S 1\n").encode(),
         capture_output=True,
         timeout=30,
     )
     assert p.returncode == 0, p.stderr
-    assert p.stdout == b"1\n"
+    assert p.stdout == b"S 1\n"
     assert sorted(os.listdir(processed)) == names
     assert p.stderr.count(b"index update failed") == 1
 
@@ -157,7 +176,7 @@ def test_child_keeps_the_processed_copy_when_it_is_the_same_file(tmp_path: Path)
         timeout=30,
     )
     assert p.returncode == 0, p.stderr
-    assert p.stdout == b"7\n"
+    assert p.stdout == b"S 7\n"
     assert os.listdir(inflight) == []
     assert (processed / names[0]).read_bytes() == names[0].encode()
 

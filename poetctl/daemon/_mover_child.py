@@ -1,8 +1,15 @@
 """The completion mover's child process (see :mod:`poetctl.daemon.mover`).
 
-Run as ``python -I -S _mover_child.py <inflight dir> <processed dir> [<index db>]``: it
-imports only the standard library, so it starts in milliseconds and never
-touches the parent's state. Standard input carries one command per line:
+Run as ``python -I -S _mover_child.py <inflight dir> <processed dir> [--pending DIR]
+[--index DB]``: it imports only the standard library, so it starts in
+milliseconds and never touches the parent's state. Standard input carries one
+command per line:
+
+* ``C <name>``: claim ``<pending dir>/<name>`` for the parent: rename it into
+  the in-flight directory (the parent has read and verified it and holds its
+  key's bucket lock). ``K <token>`` ends a batch of claims and answers
+  ``K <token> <results>`` on standard output, one ``1`` (claimed) or ``0``
+  (gone: another daemon took it) per claim, in order.
 
 * ``D <name>``: file ``<inflight dir>/<name>`` as processed: hard-link it to
   ``<processed dir>/<name>``, then unlink the in-flight name. ``link`` and
@@ -17,7 +24,7 @@ touches the parent's state. Standard input carries one command per line:
   transaction per batch of input, after the filing of that batch. The index
   is derived data: an SQLite error is reported once and indexing stops
   (``poetctl fsck --repair`` rebuilds it); filing goes on.
-* ``S <seq>``: fsync the processed directory, then answer ``<seq>`` on
+* ``S <seq>``: fsync the processed directory, then answer ``S <seq>`` on
   standard output: every command before it has been carried out.
 
 End of input (the parent closed the pipe, exited or was killed) means: carry
@@ -106,7 +113,10 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     src = os.open(argv[1], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     dst = os.open(argv[2], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    index = _Indexer(argv[3]) if len(argv) > 3 else None
+    opts = dict(zip(argv[3::2], argv[4::2], strict=True))
+    pend = os.open(opts["--pending"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if "--pending" in opts else -1
+    index = _Indexer(opts["--index"]) if "--index" in opts else None
+    claimed = bytearray()
     if index is not None:
         import json
 
@@ -125,6 +135,17 @@ def main(argv: list[str]) -> int:
                     if NAME.fullmatch(arg) is None:
                         raise ValueError(f"refusing name {arg!r}")
                     file_one(arg, src, dst)
+                elif op == b"C ":
+                    if NAME.fullmatch(arg) is None or pend < 0:
+                        raise ValueError(f"refusing claim of {arg!r}")
+                    try:
+                        os.rename(arg, arg, src_dir_fd=pend, dst_dir_fd=src)
+                        claimed.append(49)  # "1"
+                    except FileNotFoundError:
+                        claimed.append(48)  # "0": taken by another daemon, or gone
+                elif op == b"K ":
+                    os.write(1, b"K " + arg + b" " + bytes(claimed) + b"\n")
+                    claimed.clear()
                 elif op == b"I ":
                     if index is not None:
                         index.add(loads(arg))
@@ -132,7 +153,7 @@ def main(argv: list[str]) -> int:
                     if index is not None:
                         index.flush()
                     os.fsync(dst)
-                    os.write(1, arg + b"\n")
+                    os.write(1, b"S " + arg + b"\n")
                 else:
                     raise ValueError(f"unknown command {line[:80]!r}")
             except (OSError, ValueError) as exc:

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from .mover import Mover
 
 BUCKETS = 256
+CLAIM_BATCH = 256  # events per claim batch handed to the mover
 DEFAULT_PARTITION_KEY = ("payload.function_name", "correlation_id", "type")
 
 
@@ -299,7 +301,11 @@ class Daemon:
                 index_path = None  # the daemon's own index writer reports the problem
         try:
             self.mover = Mover(
-                self.inflight_dir, self.layout.processed, pass_fds=(self._owner_lock_fd,), index_path=index_path
+                self.inflight_dir,
+                self.layout.processed,
+                pass_fds=(self._owner_lock_fd,),
+                index_path=index_path,
+                pending_dir=self.layout.pending,
             )
         except OSError as exc:
             sys.stderr.write(f"poetctl: warning: cannot start the completion mover ({exc}); filing events here\n")
@@ -454,39 +460,85 @@ class Daemon:
         self._activity_at_list = self._activity()
 
     def _pump(self) -> None:
-        """Claim and dispatch as much of the window as capacity allows."""
+        """Claim and dispatch as much of the window as capacity allows.
+
+        Without a mover each event is claimed as it is read. With one, claims
+        are batched and made by the mover child (pipelined: this thread reads
+        and verifies batch k+1 while the child renames batch k); a batch's
+        events are dispatched once its claims are answered, in window order,
+        and every batch is answered before this returns.
+        """
         if self._window_pos >= len(self._window):
             self._list_window()
         opts = self.opts
         pending = f"{self.layout.pending}/"
-        batches: list[list[Job]] = [[] for _ in self.workers]
-        claimed = 0
+        self._batches = [[] for _ in self.workers]
+        mover = self.mover if self.mover is not None and self.mover.alive else None
+        cands: list[Job] = []
+        outstanding: deque[tuple[int, list[Job]]] = deque()
+        reserved = 0  # prepared but not yet answered
+        self._claimed_now = 0
         window = self._window
         pos = self._window_pos
-        nworkers = len(self.workers)
         try:
-            while pos < len(window) and self._inflight + claimed < opts.max_inflight and not self.stop:
+            while pos < len(window) and not self.stop:
+                if self._inflight + self._claimed_now + reserved >= opts.max_inflight:
+                    break
                 name = window[pos]
                 pos += 1
-                job = self._prepare(pending + name, name)
+                job = self._prepare(pending + name, name, claim=mover is None)
                 if self._window is not window:
                     break  # recovery put older events back: list again before claiming more
                 if job is None:
                     continue
-                if not job.subs:
-                    self._complete_unhandled(job)
+                if mover is None:
+                    self._accept(job)
                     continue
-                batches[job.bucket % nworkers].append(job)
-                claimed += 1
-                if claimed % 256 == 0:
-                    self._dispatch(batches)
-                    batches = [[] for _ in self.workers]
-                    if self.inline:
-                        self._run_inline()
+                cands.append(job)
+                reserved += 1
+                if len(cands) >= CLAIM_BATCH:
+                    outstanding.append((mover.claim([j.name for j in cands]), cands))
+                    cands = []
+                    if len(outstanding) >= 2:
+                        token, jobs = outstanding.popleft()
+                        reserved -= len(jobs)
+                        self._confirm(mover.claim_result(token), jobs)
         finally:
             if self._window is window:
                 self._window_pos = pos
-            self._dispatch(batches)
+            if mover is not None:
+                if cands:
+                    outstanding.append((mover.claim([j.name for j in cands]), cands))
+                while outstanding:
+                    token, jobs = outstanding.popleft()
+                    self._confirm(mover.claim_result(token), jobs)
+            self._dispatch(self._batches)
+            self._batches = [[] for _ in self.workers]
+
+    _batches: list[list[Job]] = []
+    _claimed_now = 0
+
+    def _accept(self, job: Job) -> None:
+        """A claimed job: completed at once if nobody subscribed, else queued for its worker."""
+        if not job.subs:
+            self._complete_unhandled(job)
+            return
+        self._batches[job.bucket % len(self.workers)].append(job)
+        self._claimed_now += 1
+        if self._claimed_now % 256 == 0:
+            self._dispatch(self._batches)
+            self._batches = [[] for _ in self.workers]
+            if self.inline:
+                self._run_inline()
+
+    def _confirm(self, results: bytes, jobs: list[Job]) -> None:
+        """Take in the mover's answers for prepared ``jobs``: accept the claimed, forget the rest."""
+        for job, ok in zip(jobs, results, strict=True):
+            if ok == 49:  # b"1"
+                self._claimed(job)
+                self._accept(job)
+            else:
+                self._bucket_load[job.bucket] -= 1
 
     def _run_inline(self) -> None:
         """Inline mode: handle what was dispatched (and due retries) on this thread."""
@@ -503,8 +555,12 @@ class Daemon:
                 self._inflight += len(b)
                 w.inbox.put(b)
 
-    def _prepare(self, path: str, name: str) -> Job | None:
-        """Read, verify and claim one pending file; None if skipped, taken or quarantined."""
+    def _prepare(self, path: str, name: str, claim: bool = True) -> Job | None:
+        """Read, verify and claim one pending file; None if skipped, taken or quarantined.
+
+        With ``claim=False`` the caller claims it (through the mover) and then
+        calls :meth:`_claimed`; the job's bucket load is counted already.
+        """
         if name.startswith("."):
             return None  # hidden files (.gitkeep, editors' swap files) are not events and not ours
         try:
@@ -531,16 +587,22 @@ class Daemon:
         if bucket not in self._bucket_fds and not self._hold_bucket(bucket):
             self._skipped.add(key)
             return None
-        try:
-            os.rename(name, name, src_dir_fd=self._pending_fd, dst_dir_fd=self._inflight_fd)
-        except FileNotFoundError:
-            return None
-        self.counters.claimed += 1
+        if claim:
+            try:
+                os.rename(name, name, src_dir_fd=self._pending_fd, dst_dir_fd=self._inflight_fd)
+            except FileNotFoundError:
+                return None
         self._bucket_load[bucket] += 1
+        job = Job(ev, self._inflight_prefix + name, name, key, bucket, self._subs_for(ev.type), record or Record())
+        if claim:
+            self._claimed(job)
+        return job
+
+    def _claimed(self, job: Job) -> None:
+        self.counters.claimed += 1
+        record = self._pending_records.pop(job.event.id, None)
         if record is not None:
-            self._pending_records.pop(ev.id, None)
             record.persisted = True
-        return Job(ev, self._inflight_prefix + name, name, key, bucket, self._subs_for(ev.type), record or Record())
 
     def _subs_for(self, event_type: str) -> list[Subscription]:
         subs = self._subs_cache.get(event_type)

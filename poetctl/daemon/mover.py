@@ -1,13 +1,19 @@
 """Completion offload: a helper process files finished events into ``processed/``.
 
 Why: draining a backlog costs the daemon two directory operations per event
-(the claim and the completion), and a cross-directory ``rename`` holds a
-filesystem-wide lock, so the two never overlap. The mover takes the second
-one off the daemon's critical path: the daemon writes ``D <name>`` down a
-pipe (one small ``write``, which survives a crash of the daemon like a
-journal line would) and a child process (:mod:`._mover_child`, standard
-library only) files the event with ``link`` + ``unlink``, which run on the
-other core beside the daemon's next claims.
+(the claim and the completion), each about as expensive as the whole
+read-and-parse of the event, and the daemon's own work is single-threaded
+Python. The mover takes both off the daemon's critical path and puts them on
+the other core: a child process (:mod:`._mover_child`, standard library only)
+
+* claims batches of events the daemon has already read and verified
+  (:meth:`Mover.claim` / :meth:`Mover.claim_result`: the daemon prepares the
+  next batch while the child renames this one into in-flight), and
+* files handled events: the daemon writes ``D <name>`` down the pipe (one
+  small ``write``, which survives a crash of the daemon like a journal line
+  would) and the child files the event with ``link`` + ``unlink`` (which,
+  unlike a cross-directory ``rename``, do not take the filesystem-wide rename
+  lock), writing its index row too.
 
 Contract:
 
@@ -53,14 +59,18 @@ class Mover:
         processed_dir: Path,
         pass_fds: tuple[int, ...] = (),
         index_path: Path | None = None,
+        pending_dir: Path | None = None,
     ) -> None:
         self.inflight_dir = inflight_dir
         self.processed_dir = processed_dir
+        self.pending_dir = pending_dir
         #: True if rows handed to :meth:`complete` go to the index (the child writes them).
         self.indexes = index_path is not None
         argv = [sys.executable, "-I", "-S", str(CHILD), str(inflight_dir), str(processed_dir)]
+        if pending_dir is not None:
+            argv += ["--pending", str(pending_dir)]
         if index_path is not None:
-            argv.append(str(index_path))
+            argv += ["--index", str(index_path)]
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -83,6 +93,8 @@ class Mover:
         self._syncs: dict[int, int] = {}  # sync number -> names sent before it
         self._seq = 0
         self._ackbuf = b""
+        self._claims: dict[int, list[str]] = {}  # claim batches sent, not answered
+        self._claimed: dict[int, bytes] = {}  # answers not yet collected
         self.alive = True
 
     # -- handing over ----------------------------------------------------------------
@@ -106,6 +118,54 @@ class Mover:
             except OSError as exc:
                 self._fail(f"cannot write to the mover: {exc.strerror}")
             return True
+
+    def claim(self, names: list[str]) -> int:
+        """Ask the child to claim ``names`` (pending -> in-flight), in order; returns a token.
+
+        Collect the answer with :meth:`claim_result`. If the mover is gone the
+        claims are made here, at once.
+        """
+        with self._lock:
+            self._seq += 1
+            token = self._seq
+            self._claims[token] = names
+            if not self.alive:
+                self._claim_here(token)
+                return token
+            data = b"".join(b"C " + n.encode() + b"\n" for n in names) + b"K %d\n" % token
+            try:
+                _write_all(self._w, data)
+            except OSError as exc:
+                self._fail(f"cannot write to the mover: {exc.strerror}")
+            return token
+
+    def claim_result(self, token: int) -> bytes:
+        """``b"1"`` (claimed) or ``b"0"`` (gone) per name of claim batch ``token``; waits for it."""
+        with self._lock:
+            while token not in self._claimed:
+                if not self.alive:
+                    self._claim_here(token)
+                    break
+                os.set_blocking(self._r, True)
+                try:
+                    self._read_acks(block=False)
+                finally:
+                    if self.alive:
+                        os.set_blocking(self._r, False)
+            return self._claimed.pop(token)
+
+    def _claim_here(self, token: int) -> None:
+        """Make (or find made) the claims of batch ``token`` in this process."""
+        assert self.pending_dir is not None
+        out = bytearray()
+        for name in self._claims.pop(token, []):
+            try:
+                os.rename(self.pending_dir / name, self.inflight_dir / name)
+                out.append(49)
+            except FileNotFoundError:
+                # The child may have claimed it before it died.
+                out.append(49 if os.path.lexists(self.inflight_dir / name) else 48)
+        self._claimed[token] = bytes(out)
 
     def sync(self) -> None:
         """Ask the child to fsync ``processed/`` and acknowledge everything sent so far."""
@@ -160,6 +220,8 @@ class Mover:
             else:
                 sys.stderr.write(f"poetctl: warning: completion mover exited with {rc}; filing its queue here\n")
                 self._file_here()
+            for token in list(self._claims):
+                self._claim_here(token)
             assert self.proc.stdout is not None
             self.proc.stdout.close()
 
@@ -178,7 +240,14 @@ class Mover:
         lines = (self._ackbuf + data).split(b"\n")
         self._ackbuf = lines.pop()
         for line in lines:
-            sent = self._syncs.pop(int(line), None)
+            kind, _, rest = line.partition(b" ")
+            if kind == b"K":
+                token, _, bits = rest.partition(b" ")
+                t = int(token)
+                if self._claims.pop(t, None) is not None:
+                    self._claimed[t] = bits
+                continue
+            sent = self._syncs.pop(int(rest), None)
             if sent is not None:
                 while self._acked < sent:
                     self._unacked.popleft()
@@ -195,6 +264,8 @@ class Mover:
             pass
         self.proc.wait()
         self._file_here()
+        for token in list(self._claims):
+            self._claim_here(token)
 
     def _file_here(self) -> None:
         src = os.open(self.inflight_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -207,6 +278,12 @@ class Mover:
         finally:
             os.close(src)
             os.close(dst)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 __all__ = ["Mover"]
