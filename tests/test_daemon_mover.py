@@ -152,7 +152,7 @@ def test_child_refuses_names_that_are_not_event_files(tmp_path: Path) -> None:
 def test_child_stops_indexing_on_an_sqlite_error_and_keeps_filing(tmp_path: Path) -> None:
     inflight, processed, names = _make_inflight(tmp_path, 3)
     (tmp_path / "not-a-db").write_text("this is not an sqlite database " * 100)
-    commands = "".join(f'D {n}\nI ["{n}", 1.0, "a.b", "t", "s", null, null, "processed"]\n' for n in names)
+    commands = "".join(f'D {n}\nI [["{n}", 1.0, "a.b", "t", "s", null, null, "processed"]]\n' for n in names)
     p = subprocess.run(
         [sys.executable, "-I", "-S", str(CHILD), str(inflight), str(processed), "--index", str(tmp_path / "not-a-db")],
         input=(commands + "S 1\n").encode(),

@@ -19,9 +19,9 @@ command per line:
   was filed before); an existing processed name that is the same file (a
   crash between link and unlink) only loses the in-flight name; a different
   file there is replaced by ``rename``, as the daemon itself would do.
-* ``I <JSON array>``: one row for the spool's SQLite index (only when an
-  index path was given as the third argument); rows are written one
-  transaction per batch of input, after the filing of that batch. The index
+* ``I <JSON array of rows>``: rows for the spool's SQLite index (only with
+  ``--index``); written one transaction per batch of input, after the filing
+  of that batch. The index
   is derived data: an SQLite error is reported once and indexing stops
   (``poetctl fsck --repair`` rebuilds it); filing goes on.
 * ``S <seq>``: fsync the processed directory, then answer ``S <seq>`` on
@@ -38,11 +38,13 @@ files the unacknowledged names itself.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 
-NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\.json")
+
+def bad_name(name: bytes) -> bool:
+    """Anything but one plain ``*.json`` path component (names are used relative to a directory fd)."""
+    return b"/" in name or name[:1] in (b".", b"") or not name.endswith(b".json") or len(name) > 255
 
 
 def file_one(name: bytes, src: int, dst: int) -> None:
@@ -85,15 +87,11 @@ class _Indexer:
         except sqlite3.Error as exc:
             self._give_up(exc)
 
-    def add(self, row: list[object]) -> None:
-        if self.db is not None:
-            self.rows.append(row)
-
     def flush(self) -> None:
         db, rows = self.db, self.rows
+        self.rows = []
         if db is None or not rows:
             return
-        self.rows = []
         try:
             db.execute("BEGIN IMMEDIATE")  # type: ignore[attr-defined]
             db.executemany(INSERT, rows)  # type: ignore[attr-defined]
@@ -132,11 +130,11 @@ def main(argv: list[str]) -> int:
             op, arg = line[:2], line[2:]
             try:
                 if op == b"D ":
-                    if NAME.fullmatch(arg) is None:
+                    if bad_name(arg):
                         raise ValueError(f"refusing name {arg!r}")
                     file_one(arg, src, dst)
                 elif op == b"C ":
-                    if NAME.fullmatch(arg) is None or pend < 0:
+                    if bad_name(arg) or pend < 0:
                         raise ValueError(f"refusing claim of {arg!r}")
                     try:
                         os.rename(arg, arg, src_dir_fd=pend, dst_dir_fd=src)
@@ -148,7 +146,7 @@ def main(argv: list[str]) -> int:
                     claimed.clear()
                 elif op == b"I ":
                     if index is not None:
-                        index.add(loads(arg))
+                        index.rows += loads(arg)
                 elif op == b"S ":
                     if index is not None:
                         index.flush()

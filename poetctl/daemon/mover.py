@@ -48,6 +48,7 @@ from ._mover_child import file_one
 CHILD = Path(__file__).with_name("_mover_child.py")
 F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1 << 20
+ROW_BATCH = 256  # index rows per message to the child
 
 
 class Mover:
@@ -93,6 +94,7 @@ class Mover:
         self._syncs: dict[int, int] = {}  # sync number -> names sent before it
         self._seq = 0
         self._ackbuf = b""
+        self._rows: list[tuple[object, ...]] = []  # index rows not yet sent
         self._claims: dict[int, list[str]] = {}  # claim batches sent, not answered
         self._claimed: dict[int, bytes] = {}  # answers not yet collected
         self.alive = True
@@ -105,19 +107,26 @@ class Mover:
         only passed on when :attr:`indexes` is True; if the child dies, rows it
         had not written are lost to the index (derived data, rebuilt by fsck).
         """
-        line = b"D " + name.encode() + b"\n"
-        if row is not None and self.indexes:
-            line += b"I " + orjson.dumps(row) + b"\n"
         with self._lock:
             if not self.alive:
                 return False
             self._unacked.append(name)
             self._sent += 1
+            line = b"D " + name.encode() + b"\n"
+            if row is not None and self.indexes:
+                # Rows travel in batches (the index trails anyway); the name goes at once.
+                self._rows.append(row)
+                if len(self._rows) >= ROW_BATCH:
+                    line += self._rows_line()
             try:
-                os.write(self._w, line)
+                _write_all(self._w, line)
             except OSError as exc:
                 self._fail(f"cannot write to the mover: {exc.strerror}")
             return True
+
+    def _rows_line(self) -> bytes:
+        rows, self._rows = self._rows, []
+        return b"I " + orjson.dumps(rows) + b"\n" if rows else b""
 
     def claim(self, names: list[str]) -> int:
         """Ask the child to claim ``names`` (pending -> in-flight), in order; returns a token.
@@ -175,7 +184,7 @@ class Mover:
             self._seq += 1
             self._syncs[self._seq] = self._sent
             try:
-                os.write(self._w, b"S %d\n" % self._seq)
+                _write_all(self._w, self._rows_line() + b"S %d\n" % self._seq)
             except OSError as exc:
                 self._fail(f"cannot write to the mover: {exc.strerror}")
 
@@ -204,6 +213,8 @@ class Mover:
             if not self.alive:
                 return
             try:
+                if self._rows:
+                    _write_all(self._w, self._rows_line())
                 assert self.proc.stdin is not None
                 self.proc.stdin.close()
             except OSError:
