@@ -106,7 +106,7 @@ def decode_event(
         raise CorruptEvent("bad_checksum", f"checksum {d.get('checksum')!r} does not match the content", where=where)
     try:
         if registry is not None:
-            registry.check_envelope(d, where)
+            registry.check_envelope(d, where, checksum_verified=True)
         elif not isinstance(d.get("id"), str) or not EVENT_ID_RE.match(d["id"]):
             raise InvalidData("bad id")
     except InvalidData as exc:
