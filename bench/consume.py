@@ -11,7 +11,9 @@ events built with ``EventRouter.emit_many`` in chunks of 5,000 (not timed,
 followed by ``os.sync()`` so no writeback of the build lands in the timing):
 
 * ``inproc-wK``: ``Daemon(router, DaemonOptions(once=True, watch=False,
-  workers=K)).run()`` in this process with one no-op handler on ``"*"``.
+  workers=K)).run()`` in this process with one no-op handler on ``"*"``;
+  also prints the CPU time per event of the daemon and of its completion
+  mover child (which claims and files events on the other core).
 * ``subproc-wK``: ``python -m poetctl --spool P daemon --once
   --no-builtin-handlers --handlers bench/_noop_handlers.py --workers K``,
   the whole process timed (start-up included; the start-up of the same
@@ -90,10 +92,17 @@ def run_inproc(spool: Path, n: int, workers: int) -> dict[str, Any]:
     router = EventRouter(spool=spool)
     router.subscribe("*", lambda e: None, name="noop")
     d = Daemon(router, DaemonOptions(once=True, watch=False, workers=workers))
+    c0 = os.times()
     t0 = time.perf_counter()
     rc = d.run()
     dt = time.perf_counter() - t0
-    return {"seconds": dt, "eps": n / dt, "rc": rc, "processed": d.counters.processed}
+    c1 = os.times()
+    # CPU per event of the daemon process and of its completion mover (a reaped child).
+    cpu = {
+        "daemon_us": 1e6 * (c1.user - c0.user + c1.system - c0.system) / n,
+        "mover_us": 1e6 * (c1.children_user - c0.children_user + c1.children_system - c0.children_system) / n,
+    }
+    return {"seconds": dt, "eps": n / dt, "rc": rc, "processed": d.counters.processed, "cpu": cpu}
 
 
 def noop_daemon_cmd(spool: Path, workers: int) -> list[str]:
@@ -165,6 +174,12 @@ def render(r: dict[str, Any]) -> str:
             f"[>= {TARGET_EPS:,}: {mark(eps >= TARGET_EPS)}; ratio >= {TARGET_RATIO}: "
             f"{mark(eps / bare >= TARGET_RATIO)}]   runs: " + ", ".join(f"{x:,.0f}" for x in res["eps"])
         )
+        if "cpu_us_per_event" in res:
+            c = res["cpu_us_per_event"]
+            lines.append(
+                f"  {'':<34} CPU per event: daemon {c['daemon_us']:.1f} us, mover child {c['mover_us']:.1f} us "
+                f"(wall {1e6 / eps:.1f} us)"
+            )
     for w, s in r.get("startup_s", {}).items():
         lines.append(f"  subprocess start-up+shutdown on an empty spool (workers={w}): {s * 1000:.0f} ms")
     if r["problems"]:
@@ -269,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             "target_ratio_met": med / bare_med >= TARGET_RATIO if mode != "bare" else None,
             "rc": [r["rc"] for r in runs[key]],
         }
+        if mode == "inproc":
+            results[key]["cpu_us_per_event"] = {
+                k: statistics.median(r["cpu"][k] for r in runs[key]) for k in ("daemon_us", "mover_us")
+            }
     report["results"] = results
     report["build_s"] = builds
     report["build_s_median"] = statistics.median(builds)
