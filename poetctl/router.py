@@ -27,7 +27,7 @@ from .event import Event, check_depth, check_id, check_type, compute_checksum, n
 from .ids import derived_id, uuid7
 from .schemas import SchemaRegistry
 from .spool.layout import SpoolLayout
-from .spool.writer import commit
+from .spool.writer import GroupCommitter
 from .topics import ROUTES, topic_for
 
 Handler = Callable[[Event], Any]
@@ -73,7 +73,10 @@ class EventRouter:
         self.registry = registry if registry is not None else SchemaRegistry(self.config.schema_paths)
         self.subscriptions: list[Subscription] = []
         self._ready = False
+        self._init_lock = threading.Lock()
         self._local = threading.local()
+        # Emits from several threads share one durability flush (see GroupCommitter).
+        self.committer = GroupCommitter(self.layout, self.layout.pending)
 
     # -- subscriptions ------------------------------------------------------
     def subscribe(self, pattern: str, fn: Handler, *, name: str | None = None) -> None:
@@ -224,8 +227,10 @@ class EventRouter:
     # -- emitting -----------------------------------------------------------
     def _ensure(self) -> None:
         if not self._ready:
-            self.layout.init()
-            self._ready = True
+            with self._init_lock:
+                if not self._ready:
+                    self.layout.init()
+                    self._ready = True
 
     def emit(
         self,
@@ -243,6 +248,9 @@ class EventRouter:
         """Validate, seal and durably commit one event; return its id.
 
         ``where`` names the input in error messages (a file name, a line).
+        Safe to call from several threads: concurrent emits share one sync
+        and directory fsync (group commit), and each returns once its own
+        event is durable.
 
         Emitting an id that already exists anywhere in the spool is a no-op
         that returns the id. Raises :class:`InvalidData` (65) for bad input
@@ -278,7 +286,12 @@ class EventRouter:
         return [ev.id for ev, _ in built]
 
     def commit_events(self, built: list[tuple[Event, bool]]) -> list[bool]:
-        """Commit already-validated events as one group; True per event actually added."""
+        """Commit already-validated events as one group; True per event actually added.
+
+        Commits running concurrently in other threads of this process may join
+        the same flush; if it fails, each of them raises :class:`SpoolIOError`
+        and none of their events is visible.
+        """
         if not built:
             return []
         self._ensure()
@@ -292,4 +305,4 @@ class EventRouter:
             # Two items with one id in the same batch: the first wins, like a re-emit.
             items.append((ev.id, data, keyed or ev.id in seen))
             seen.add(ev.id)
-        return commit(self.layout, self.layout.pending, items)
+        return self.committer.commit(items)

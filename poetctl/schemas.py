@@ -213,6 +213,7 @@ class SchemaRegistry:
         self.builtin = builtin_dir()
         self.extra_paths = [Path(p) for p in extra_paths]
         self._cache: dict[str, _Compiled] = {}
+        self._is_valid: dict[str, Any] = {}  # type -> the fast validator's is_valid (hot path)
 
     # -- lookup -------------------------------------------------------------
     def path_for(self, event_type: str) -> Path | None:
@@ -249,6 +250,8 @@ class SchemaRegistry:
         if not isinstance(schema, dict):
             raise InvalidData("a schema must be a JSON object", where=str(path))
         c = self._cache[name] = _Compiled(schema, path)
+        if c._fast is not None:
+            self._is_valid[name] = c._fast.is_valid
         return c
 
     def _unknown(self, event_type: str, where: str | None = None) -> UnknownType:
@@ -276,6 +279,9 @@ class SchemaRegistry:
     # -- validation ---------------------------------------------------------
     def validate_payload(self, event_type: str, payload: Any, where: str | None = None, prefix: str = "$") -> None:
         """Raise :class:`InvalidData` (all messages, JSON paths) unless ``payload`` is valid."""
+        fast = self._is_valid.get(event_type)
+        if fast is not None and fast(payload):
+            return
         c = self._cache.get(event_type) or self._compiled(event_type, self.path_for(event_type), where)
         if not c.is_valid(payload):
             raise InvalidData(

@@ -42,7 +42,7 @@ from ..ids import time_of
 from ..router import EventRouter, Subscription
 from ..spool.index import row_of
 from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir
-from ..spool.reader import CorruptEvent, decode_event, read_bytes
+from ..spool.reader import FIRST_READ, READ_FLAGS, CorruptEvent, decode_event, read_bytes
 from ..spool.writer import write_atomic
 from .owner import current_owner, owner_alive, process_start_ticks
 from .records import (
@@ -570,7 +570,20 @@ class Daemon:
         try:
             if not name.endswith(".json"):
                 raise CorruptEvent("bad_name", "expected <event id>.json", where=path)
-            data = read_bytes(name, self.max_bytes, dir_fd=self._pending_fd, where=path)
+            # The common case inline (open, one read, close); anything unusual - an
+            # error, an empty or large file - is re-read by read_bytes, which classifies it.
+            try:
+                fd = os.open(name, READ_FLAGS, dir_fd=self._pending_fd)
+                try:
+                    data = os.read(fd, FIRST_READ)
+                finally:
+                    os.close(fd)
+            except FileNotFoundError:
+                raise
+            except OSError:
+                data = b""
+            if not data or len(data) >= FIRST_READ or len(data) > self.max_bytes:
+                data = read_bytes(name, self.max_bytes, dir_fd=self._pending_fd, where=path)
             ev = decode_event(data, self.registry, where=path, expected_id=name[:-5])
         except FileNotFoundError:
             return None
