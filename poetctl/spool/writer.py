@@ -354,7 +354,7 @@ def _publish(layout: SpoolLayout, dest: Path, group: Sequence[_Member]) -> None:
                         name = event_id + SUFFIX
                         if not keyed:
                             os.rename(m.names[i], name, src_dir_fd=m.tfd, dst_dir_fd=dfd)
-                        elif False:
+                        elif layout.locate(event_id) is not None:
                             added[i] = False
                             continue
                         else:
