@@ -248,9 +248,10 @@ class EventRouter:
         """Validate, seal and durably commit one event; return its id.
 
         ``where`` names the input in error messages (a file name, a line).
-        Safe to call from several threads: concurrent emits share one sync
-        and directory fsync (group commit), and each returns once its own
-        event is durable.
+        Safe to call from several threads: concurrent emits share the
+        publish step and its directory fsync (group commit, see
+        :class:`poetctl.spool.writer.GroupCommitter`); each returns once its
+        own event is durable.
 
         Emitting an id that already exists anywhere in the spool is a no-op
         that returns the id. Raises :class:`InvalidData` (65) for bad input
@@ -288,9 +289,9 @@ class EventRouter:
     def commit_events(self, built: list[tuple[Event, bool]]) -> list[bool]:
         """Commit already-validated events as one group; True per event actually added.
 
-        Commits running concurrently in other threads of this process may join
-        the same flush; if it fails, each of them raises :class:`SpoolIOError`
-        and none of their events is visible.
+        Commits running concurrently in other threads of this process may be
+        published as one group; if that fails, each of them raises
+        :class:`SpoolIOError` and none of their events is visible.
         """
         if not built:
             return []

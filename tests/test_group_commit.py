@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -255,4 +256,61 @@ def test_keyed_and_fresh_batches_from_threads(router: EventRouter, threads: int)
     shared = {f"shared-{r}-{j}" for r in range(5) for j in range(10)}
     assert shared <= set(events)
     assert len(events) == len(shared) + threads * 5
+    assert files_in(router.layout.tmp) == []
+
+
+class _Interrupt(BaseException):
+    """Stands in for KeyboardInterrupt (raised by a signal handler in the main thread)."""
+
+
+def test_an_interrupted_caller_still_sees_its_group_through(router: EventRouter) -> None:
+    """A caller interrupted (by a signal) while queued still leads its group, then re-raises; nobody hangs."""
+    c = router.committer
+    delivered, held, release = threading.Event(), threading.Event(), threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        delivered.set()
+        raise _Interrupt()
+
+    def hold_emit_lock() -> None:
+        with spool_lock(router.layout, "emit"):
+            held.set()
+            release.wait(HANG_GUARD_S)
+
+    others: list[_Caller] = []
+
+    def interrupt_then_release() -> None:
+        _until(lambda: c.state() == (1, 1), "the main thread queued behind the gate leader")
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+        delivered.wait(HANG_GUARD_S)
+        later = _Caller(lambda: router.emit("system.metrics", _metrics(2)))
+        others.append(later)
+        later.start()
+        _until(lambda: c.state() == (1, 2), "a later caller queued behind the main thread")
+        release.set()
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    try:
+        holder = threading.Thread(target=hold_emit_lock, daemon=True)
+        holder.start()
+        assert held.wait(HANG_GUARD_S)
+        leader = _Caller(lambda: router.emit("system.metrics", _metrics(0), id="gate-leader"))
+        leader.start()
+        _until(lambda: _flock_waiters(router.layout.run / "emit.lock") == 1, "the gate leader waits for the lock")
+        helper = threading.Thread(target=interrupt_then_release, daemon=True)
+        helper.start()
+        with pytest.raises(_Interrupt):
+            router.emit("system.metrics", _metrics(1))
+    finally:
+        release.set()
+        signal.signal(signal.SIGUSR1, previous)
+    for t in (holder, leader, helper, *others):
+        t.join(HANG_GUARD_S)
+    assert delivered.is_set()
+    assert leader.error is None and others[0].error is None
+    events = _pending_events(router)
+    # The interrupted caller's event was published with its group (like an interrupt just after emit returned).
+    assert sorted(e["payload"]["metrics"]["n"] for e in events.values()) == [0, 1, 2]
+    assert c.state() == (0, 0)
+    assert router.emit("system.metrics", _metrics(3)) in _pending_events(router)
     assert files_in(router.layout.tmp) == []

@@ -207,31 +207,47 @@ class GroupCommitter:
             # A forked child inherits the queue (and maybe a held mutex) of threads it does not have.
             self._pid, self._mutex, self._queue, self._publishing = os.getpid(), threading.Lock(), [], 0
         m = _write_member(self.layout, items)
+        interrupted: BaseException | None = None
         try:
-            with self._mutex:
-                self._queue.append(m)
-                if len(self._queue) > 1:
-                    m.wake = threading.Event()
-            interrupted: BaseException | None = None
-            if m.wake is not None:
-                # Until this caller's group is done or it becomes the head (the next leader).
-                while True:
-                    try:
-                        m.wake.wait()
-                        break
-                    except BaseException as exc:
-                        # A leader may be handing this caller the head: finish the
-                        # protocol first (one publish at most), then re-raise.
-                        interrupted = exc
-            if not m.done:
-                self._lead()
-            if interrupted is not None:
-                raise interrupted
+            try:
+                with self._mutex:
+                    if self._queue:
+                        m.wake = threading.Event()  # before joining: a queued follower always has one
+                    self._queue.append(m)
+            except BaseException as exc:  # an interrupt while joining (KeyboardInterrupt)
+                interrupted = exc
+                with self._mutex:
+                    joined = any(x is m for x in self._queue)
+                if not joined:
+                    _discard(m)
+                    raise
+            # Once queued, see the group through even if interrupted: later callers may be
+            # waiting for this one to lead.
+            interrupted = self._finish(m) or interrupted
         finally:
             _close_member(m)
+        if interrupted is not None:
+            raise interrupted
         if m.error is not None:
             raise m.error
         return m.added
+
+    def _finish(self, m: _Member) -> BaseException | None:
+        """Wait until ``m``'s group is published, leading it if ``m`` is the head; return an interrupt."""
+        interrupted: BaseException | None = None
+        while not m.done:
+            with self._mutex:
+                head = self._queue[0] is m
+            if head:
+                self._lead()
+            else:
+                assert m.wake is not None
+                try:
+                    # Set when m's group is done or when m becomes the head (the next leader).
+                    m.wake.wait()
+                except BaseException as exc:
+                    interrupted = exc
+        return interrupted
 
     def _lead(self) -> None:
         with self._mutex:
