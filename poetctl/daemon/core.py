@@ -603,6 +603,8 @@ class Daemon:
         bucket = zlib.crc32(key.encode()) % BUCKETS
         if bucket not in self._bucket_fds and not self._hold_bucket(bucket):
             self._skipped.add(key)
+            if self._dead_owner_busy:
+                self._deferred += 1  # a dead daemon's mover still files: --once says "try again" (75)
             return None
         if claim:
             try:
