@@ -1,7 +1,7 @@
 """The completion mover's child process (see :mod:`poetctl.daemon.mover`).
 
-Run as ``python -I -S _mover_child.py <inflight dir> <processed dir> [--pending DIR]
-[--index DB]``: it imports only the standard library, so it starts in
+Run as ``python -I -S _mover_child.py <inflight dir> <processed dir>
+[--pending DIR]``: it imports only the standard library, so it starts in
 milliseconds and never touches the parent's state. Standard input carries one
 command per line:
 
@@ -19,11 +19,6 @@ command per line:
   was filed before); an existing processed name that is the same file (a
   crash between link and unlink) only loses the in-flight name; a different
   file there is replaced by ``rename``, as the daemon itself would do.
-* ``I <JSON array of rows>``: rows for the spool's SQLite index (only with
-  ``--index``); written one transaction per batch of input, after the filing
-  of that batch. The index
-  is derived data: an SQLite error is reported once and indexing stops
-  (``poetctl fsck --repair`` rebuilds it); filing goes on.
 * ``S <seq>``: fsync the processed directory, then answer ``S <seq>`` on
   standard output: every command before it has been carried out.
 
@@ -69,41 +64,6 @@ def file_one(name: bytes, src: int, dst: int) -> None:
         pass
 
 
-INSERT = "INSERT OR REPLACE INTO events VALUES (?,?,?,?,?,?,?,?)"
-
-
-class _Indexer:
-    """Writes index rows in batches; gives up (once, loudly) on the first SQLite error."""
-
-    def __init__(self, path: str) -> None:
-        import sqlite3
-
-        self.error = sqlite3.Error
-        self.rows: list[list[object]] = []
-        self.db: object | None = None
-        try:
-            self.db = db = sqlite3.connect(path, timeout=60, isolation_level=None)
-            db.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error as exc:
-            self._give_up(exc)
-
-    def flush(self) -> None:
-        db, rows = self.db, self.rows
-        self.rows = []
-        if db is None or not rows:
-            return
-        try:
-            db.execute("BEGIN IMMEDIATE")  # type: ignore[attr-defined]
-            db.executemany(INSERT, rows)  # type: ignore[attr-defined]
-            db.execute("COMMIT")  # type: ignore[attr-defined]
-        except self.error as exc:
-            self._give_up(exc)
-
-    def _give_up(self, exc: BaseException) -> None:
-        sys.stderr.write(f"poetctl mover: index update failed ({exc}); 'poetctl fsck --repair' rebuilds it\n")
-        self.db = None
-
-
 def main(argv: list[str]) -> int:
     # Ctrl-C and a service manager's SIGTERM reach the whole process group; the
     # child must not die of them with work queued: it ends at end of input.
@@ -113,12 +73,7 @@ def main(argv: list[str]) -> int:
     dst = os.open(argv[2], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     opts = dict(zip(argv[3::2], argv[4::2], strict=True))
     pend = os.open(opts["--pending"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if "--pending" in opts else -1
-    index = _Indexer(opts["--index"]) if "--index" in opts else None
     claimed = bytearray()
-    if index is not None:
-        import json
-
-        loads = json.loads
     rest = b""
     while True:
         chunk = os.read(0, 1 << 16)
@@ -144,12 +99,7 @@ def main(argv: list[str]) -> int:
                 elif op == b"K ":
                     os.write(1, b"K " + arg + b" " + bytes(claimed) + b"\n")
                     claimed.clear()
-                elif op == b"I ":
-                    if index is not None:
-                        index.rows += loads(arg)
                 elif op == b"S ":
-                    if index is not None:
-                        index.flush()
                     os.fsync(dst)
                     os.write(1, b"S " + arg + b"\n")
                 else:
@@ -157,10 +107,6 @@ def main(argv: list[str]) -> int:
             except (OSError, ValueError) as exc:
                 sys.stderr.write(f"poetctl mover: {exc}\n")
                 return 1
-        if index is not None:
-            index.flush()
-    if index is not None:
-        index.flush()
     try:
         os.fsync(dst)
     except OSError as exc:

@@ -22,7 +22,6 @@ import itertools
 import os
 import queue
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -40,7 +39,6 @@ from ..errors import SpoolIOError
 from ..event import Event
 from ..ids import time_of
 from ..router import EventRouter, Subscription
-from ..spool.index import row_of
 from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir
 from ..spool.reader import FIRST_READ, READ_FLAGS, CorruptEvent, decode_event, read_bytes
 from ..spool.writer import write_atomic
@@ -290,22 +288,11 @@ class Daemon:
     def _start_mover(self) -> None:
         from .mover import Mover
 
-        index_path = None
-        if self.indexer is not None:
-            from ..spool.index import Index
-
-            try:
-                idx = Index(self.layout)  # creates the database and its tables if missing
-                index_path = idx.path
-                idx.close()
-            except (sqlite3.Error, OSError):
-                index_path = None  # the daemon's own index writer reports the problem
         try:
             self.mover = Mover(
                 self.inflight_dir,
                 self.layout.processed,
                 pass_fds=(self._owner_lock_fd,),
-                index_path=index_path,
                 pending_dir=self.layout.pending,
             )
         except OSError as exc:
@@ -648,7 +635,8 @@ class Daemon:
             )
             self.finished(job, Outcome.EXPIRED)
         else:
-            self.finished(job, Outcome.PROCESSED, indexed=self.file_processed(job))
+            self.file_processed(job)
+            self.finished(job, Outcome.PROCESSED)
             self._processed_pending_sync = True
 
     _processed_pending_sync = False
@@ -685,9 +673,9 @@ class Daemon:
             self._release_bucket(b)
 
     # -- worker callbacks (any thread) ---------------------------------------------------------------
-    def finished(self, job: Job, outcome: str, indexed: bool = False) -> None:
-        """Account for a job that left in-flight; ``indexed``: its index row is taken care of."""
-        if self.indexer is not None and outcome != Outcome.HANDED_BACK and not indexed:
+    def finished(self, job: Job, outcome: str) -> None:
+        """Account for a job that left in-flight (and index it unless it went back to pending)."""
+        if self.indexer is not None and outcome != Outcome.HANDED_BACK:
             self.indexer.add(job.event, "processed" if outcome == Outcome.PROCESSED else "dead")
         self.done_q.put((job.bucket, outcome))
         if job.record.persisted:
@@ -706,20 +694,11 @@ class Daemon:
             return
         self.done_q.put((job.bucket, Outcome.HANDED_BACK))
 
-    def file_processed(self, job: Job) -> bool:
-        """Move a handled job's file to processed/ (through the mover when there is one).
-
-        Returns True if the mover also writes the job's index row.
-        """
+    def file_processed(self, job: Job) -> None:
+        """Move a handled job's file to processed/ (through the mover when there is one)."""
         m = self.mover
-        if m is not None:
-            if m.indexes and self.indexer is not None:
-                if m.complete(job.name, row_of(job.event, "processed")):
-                    return True
-            elif m.complete(job.name):
-                return False
-        os.rename(job.path, self.processed_prefix + job.name)
-        return False
+        if m is None or not m.complete(job.name):
+            os.rename(job.path, self.processed_prefix + job.name)
 
     def sync_processed(self, idle: bool = False) -> None:
         """fsync the journal and processed/ (the latter by the mover when there is one).

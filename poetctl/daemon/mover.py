@@ -13,7 +13,8 @@ the other core: a child process (:mod:`._mover_child`, standard library only)
   small ``write``, which survives a crash of the daemon like a journal line
   would) and the child files the event with ``link`` + ``unlink`` (which,
   unlike a cross-directory ``rename``, do not take the filesystem-wide rename
-  lock), writing its index row too.
+  lock). The index rows stay with the daemon: measured, SQLite batches cost
+  the daemon less than shipping the rows costs the child.
 
 Contract:
 
@@ -41,14 +42,11 @@ import threading
 from collections import deque
 from pathlib import Path
 
-import orjson
-
 from ._mover_child import file_one
 
 CHILD = Path(__file__).with_name("_mover_child.py")
 F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1 << 20
-ROW_BATCH = 256  # index rows per message to the child
 
 
 class Mover:
@@ -59,19 +57,14 @@ class Mover:
         inflight_dir: Path,
         processed_dir: Path,
         pass_fds: tuple[int, ...] = (),
-        index_path: Path | None = None,
         pending_dir: Path | None = None,
     ) -> None:
         self.inflight_dir = inflight_dir
         self.processed_dir = processed_dir
         self.pending_dir = pending_dir
-        #: True if rows handed to :meth:`complete` go to the index (the child writes them).
-        self.indexes = index_path is not None
         argv = [sys.executable, "-I", "-S", str(CHILD), str(inflight_dir), str(processed_dir)]
         if pending_dir is not None:
             argv += ["--pending", str(pending_dir)]
-        if index_path is not None:
-            argv += ["--index", str(index_path)]
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -94,39 +87,25 @@ class Mover:
         self._syncs: dict[int, int] = {}  # sync number -> names sent before it
         self._seq = 0
         self._ackbuf = b""
-        self._rows: list[tuple[object, ...]] = []  # index rows not yet sent
         self._claims: dict[int, list[str]] = {}  # claim batches sent, not answered
         self._claimed: dict[int, bytes] = {}  # answers not yet collected
         self.alive = True
 
     # -- handing over ----------------------------------------------------------------
-    def complete(self, name: str, row: tuple[object, ...] | None = None) -> bool:
-        """Hand in-flight ``name`` (and its index ``row``) over; False if the mover is gone.
-
-        On False the caller files the event (and indexes it) itself. A row is
-        only passed on when :attr:`indexes` is True; if the child dies, rows it
-        had not written are lost to the index (derived data, rebuilt by fsck).
-        """
+    def complete(self, name: str) -> bool:
+        """Hand in-flight ``name`` over; False if the mover is gone (the caller files it)."""
+        line = b"D " + name.encode() + b"\n"
         with self._lock:
             if not self.alive:
                 return False
             self._unacked.append(name)
             self._sent += 1
-            line = b"D " + name.encode() + b"\n"
-            if row is not None and self.indexes:
-                # Rows travel in batches (the index trails anyway); the name goes at once.
-                self._rows.append(row)
-                if len(self._rows) >= ROW_BATCH:
-                    line += self._rows_line()
             try:
-                _write_all(self._w, line)
+                if os.write(self._w, line) != len(line):  # under PIPE_BUF: whole or not at all
+                    raise OSError(0, "short write")
             except OSError as exc:
                 self._fail(f"cannot write to the mover: {exc.strerror}")
             return True
-
-    def _rows_line(self) -> bytes:
-        rows, self._rows = self._rows, []
-        return b"I " + orjson.dumps(rows) + b"\n" if rows else b""
 
     def claim(self, names: list[str]) -> int:
         """Ask the child to claim ``names`` (pending -> in-flight), in order; returns a token.
@@ -184,7 +163,7 @@ class Mover:
             self._seq += 1
             self._syncs[self._seq] = self._sent
             try:
-                _write_all(self._w, self._rows_line() + b"S %d\n" % self._seq)
+                _write_all(self._w, b"S %d\n" % self._seq)
             except OSError as exc:
                 self._fail(f"cannot write to the mover: {exc.strerror}")
 
@@ -213,8 +192,6 @@ class Mover:
             if not self.alive:
                 return
             try:
-                if self._rows:
-                    _write_all(self._w, self._rows_line())
                 assert self.proc.stdin is not None
                 self.proc.stdin.close()
             except OSError:

@@ -201,11 +201,11 @@ class Worker(threading.Thread):
             job.record.done.add(sub.name)
             if i != last:
                 d.journal.done(ev.id, sub.name, ev.checksum)
-        indexed = d.file_processed(job)
+        d.file_processed(job)
         self._dirty += 1
         if self._dirty >= FLUSH_EVERY:
             self._flush()
-        d.finished(job, Outcome.PROCESSED, indexed)
+        d.finished(job, Outcome.PROCESSED)
         return Outcome.PROCESSED
 
     def _failed(self, job: Job, sub: Subscription, exc: BaseException) -> str:
