@@ -254,7 +254,9 @@ class Daemon:
         if self.opts.index:
             from ..spool.index import IndexWriter
 
-            self.indexer = IndexWriter(self.layout, threaded=not self.inline)
+            # Written by the main thread in batches (maybe_flush) in both modes: a writer
+            # thread would trade the GIL with the main thread for every row it binds.
+            self.indexer = IndexWriter(self.layout, threaded=False)
         self.recover(all_dead=True)
         self._beat()
         self.workers = [Worker(self, i, self.clock) for i in range(self.opts.workers)]
@@ -346,10 +348,11 @@ class Daemon:
             if self._window_pos < len(self._window) and self._inflight < opts.max_inflight:
                 continue
             timeout = min(0.05 if self._inflight else 0.5, max(0.0, next_scan - self.clock()))
-            if self.inline:
-                if (due := self.workers[0].next_timer()) is not None:
-                    timeout = min(timeout, max(0.0, due - self.clock()))
-                if self.indexer is not None and self.indexer.pending():
+            if self.inline and (due := self.workers[0].next_timer()) is not None:
+                timeout = min(timeout, max(0.0, due - self.clock()))
+            if self.indexer is not None:
+                self.indexer.maybe_flush()
+                if self.indexer.pending():
                     timeout = min(timeout, self.indexer.interval)
             if self.mover is not None and self.mover.backlog():
                 self.mover.poll()
@@ -521,6 +524,8 @@ class Daemon:
             self._batches = [[] for _ in self.workers]
             if self.inline:
                 self._run_inline()
+            elif self.indexer is not None:
+                self.indexer.maybe_flush()
 
     def _confirm(self, results: bytes, jobs: list[Job]) -> None:
         """Take in the mover's answers for prepared ``jobs``: accept the claimed, forget the rest."""
