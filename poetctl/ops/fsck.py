@@ -476,6 +476,8 @@ class Fsck:
     def check_tmp(self) -> None:
         limit = self.clock() - self.tmp_age
         for e in self._names(self.layout.tmp):
+            if e.name == ".gitkeep":
+                continue  # the placeholder that keeps an empty directory in git, not a writer's file
             p = Path(e.path)
             try:
                 st = p.lstat()
