@@ -1,4 +1,4 @@
-"""Group commit: concurrent emits in one process share a flush and keep every emit guarantee.
+"""Group commit: concurrent emits in one process share the publish and keep every emit guarantee.
 
 Groups are formed deterministically where a test needs one: the test holds the
 spool's emit lock (a real flock), so a leader committing a keyed event blocks
@@ -78,7 +78,7 @@ def _flock_waiters(path: Path) -> int:
 
 @contextmanager
 def _next_group(router: EventRouter, committer: GroupCommitter) -> Iterator[Callable[[Callable[[], Any]], _Caller]]:
-    """Hold the flush of a keyed leader; callers added with the yielded function queue up, in order, as one group.
+    """Hold the publish of a keyed leader; callers added with the yielded function queue up, in order, as one group.
 
     Leaving the block releases the emit lock and joins every caller.
     """
