@@ -705,18 +705,19 @@ class Daemon:
         if m is None or not m.complete(job.name):
             os.rename(job.path, self.processed_prefix + job.name)
 
-    def sync_processed(self, idle: bool = False) -> None:
+    def sync_processed(self) -> None:
         """fsync the journal and processed/ (the latter by the mover when there is one).
 
         A filed event needs no fsync to be safe (a lost completion is redelivered
         and its journal skips finished handlers), so with a mover the directory
-        sync is asked for every :data:`MOVER_SYNC_EVERY` events or when idle.
+        sync is asked for every :data:`MOVER_SYNC_EVERY` events here, and by the
+        main loop whenever it goes idle.
         """
         with self._processed_dirty:
             self.journal.sync()
             m = self.mover
             if m is not None and m.alive:
-                if idle or m.backlog() >= MOVER_SYNC_EVERY:
+                if m.backlog() >= MOVER_SYNC_EVERY:
                     m.sync()  # the child fsyncs processed/ after what it filed
             else:
                 fsync_dir(self.layout.processed)
