@@ -257,6 +257,7 @@ class Daemon:
             # Written by the main thread in batches (maybe_flush) in both modes: a writer
             # thread would trade the GIL with the main thread for every row it binds.
             self.indexer = IndexWriter(self.layout, threaded=False)
+            self.indexer.open()
         self.recover(all_dead=True)
         self._beat()
         self.workers = [Worker(self, i, self.clock) for i in range(self.opts.workers)]

@@ -231,6 +231,15 @@ class IndexWriter:
             self._written += len(rows)
             self._lock.notify_all()
 
+    def open(self) -> None:
+        """Create (or open) the database now, so it exists before any row is due.
+
+        fsck reports handled events without an index; a daemon that created it
+        only at its first write left a window where that was true. Failures are
+        reported like write failures (the index is derived data).
+        """
+        self._write([])
+
     def _write(self, rows: list[Row]) -> None:
         try:
             if self._idx is None:
