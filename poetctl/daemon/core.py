@@ -39,7 +39,7 @@ from ..errors import SpoolIOError
 from ..event import Event
 from ..ids import time_of
 from ..router import EventRouter, Subscription
-from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir
+from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir, same_file
 from ..spool.reader import FIRST_READ, READ_FLAGS, CorruptEvent, decode_event, read_bytes
 from ..spool.writer import write_atomic
 from .owner import current_owner, owner_alive, process_start_ticks
@@ -812,7 +812,7 @@ class Daemon:
             if not e.name.endswith(".json"):
                 quarantine(self.layout, src, "bad_name", "unexpected file in an in-flight directory")
                 continue
-            if _filed_already(e, self.layout.processed / e.name):
+            if same_file(src, self.layout.processed / e.name):
                 os.unlink(src)  # its mover linked it into processed/ and died before the unlink
                 continue
             rec = journal_record(journal, e.name[:-5], stated_checksum(src)) if journal else None
@@ -972,16 +972,6 @@ class Daemon:
                 pass
             os.close(self._owner_lock_fd)
             self._owner_lock_fd = -1
-
-
-def _filed_already(entry: os.DirEntry[str], done: Path) -> bool:
-    """True if ``done`` (in processed/) is the same file as in-flight ``entry``."""
-    try:
-        a = entry.stat(follow_symlinks=False)
-        b = os.stat(done, follow_symlinks=False)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def install_signal_handlers(daemon: Daemon) -> None:

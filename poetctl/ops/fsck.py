@@ -63,7 +63,7 @@ from ..errors import PoetError
 from ..ids import EVENT_ID_RE
 from ..schemas import SchemaRegistry
 from ..spool.index import Index, index_path, row_of, rows_from_files
-from ..spool.layout import SpoolLayout, fsync_dir
+from ..spool.layout import SpoolLayout, fsync_dir, same_file
 from ..spool.reader import CorruptEvent, load_event, read_bytes
 from ..spool.writer import write_atomic
 from .safefs import rename_noreplace
@@ -81,15 +81,6 @@ class Problem:
     detail: str
     repaired: bool = False
     action: str | None = None
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """True if ``a`` and ``b`` both exist and are the same inode (hard links of one file)."""
-    try:
-        sa, sb = os.stat(a, follow_symlinks=False), os.stat(b, follow_symlinks=False)
-    except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 @dataclass(slots=True)

@@ -156,3 +156,12 @@ def fsync_dir(path: Path) -> None:
         raise SpoolIOError(f"fsync of {path} failed: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True if ``a`` and ``b`` both exist and are the same inode (hard links of one file)."""
+    try:
+        sa, sb = os.stat(a, follow_symlinks=False), os.stat(b, follow_symlinks=False)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
