@@ -125,20 +125,22 @@ def resolve_secret(value: str | None) -> str | None:
 
 
 def _find_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str], cfg: Config) -> Path | None:
+    # exists(), not is_file(): `--config <(...)` (a pipe) is fine, and a directory or device
+    # named as the config is reported by _read_toml (78), not called missing.
     if explicit:
         p = Path(explicit)
-        if not p.is_file():
+        if not p.exists():
             raise InputMissing(f"config file {p} does not exist", where="--config")
         cfg.origins["config_file"] = "--config"
         return p
     if env.get("POET_CONFIG"):
         p = Path(env["POET_CONFIG"])
-        if not p.is_file():
+        if not p.exists():
             raise InputMissing(f"config file {p} does not exist", where="POET_CONFIG")
         cfg.origins["config_file"] = "POET_CONFIG"
         return p
     p = Path("poet.toml")
-    if not p.is_file():
+    if not p.exists():
         return None
     cfg.origins["config_file"] = "./poet.toml"
     return p

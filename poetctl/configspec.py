@@ -267,7 +267,13 @@ def defaults(section: str) -> dict[str, Any]:
 
 def label(section: str, key: str) -> str:
     """How errors name a key: ``[daemon] workers``, or ``storage_path`` at the top level."""
+    key = safe_key(key)
     return f"[{section}] {key}" if section else key
+
+
+def safe_key(key: str) -> str:
+    """A key as written in an error: quoted and escaped if it holds anything unprintable (TOML allows it)."""
+    return key if key.isprintable() and key.strip() == key and key else repr(key)
 
 
 def shown(value: Any) -> str:
@@ -321,16 +327,17 @@ def check_free_form(section: str, value: Any, where: str, text: str | None = Non
     if not isinstance(value, dict):
         raise ConfigError(f"[{section}] must be a table", where=locate(where, text, section, None))
     if section == "external_integrations":
-        for name, table in value.items():
+        for raw_name, table in value.items():
+            name = safe_key(raw_name)
             if not isinstance(table, dict):
                 raise ConfigError(
                     f"[external_integrations] {name} = {shown(table)}: expected a table [external_integrations.{name}]",
-                    where=locate(where, text, section, name),
+                    where=locate(where, text, section, raw_name),
                 )
             if "enabled" in table and not isinstance(table["enabled"], bool):
                 raise ConfigError(
                     f"[external_integrations.{name}] enabled = {shown(table['enabled'])}: expected true or false",
-                    where=locate(where, text, f"{section}.{name}", "enabled"),
+                    where=locate(where, text, f"{section}.{raw_name}", "enabled"),
                 )
     return value
 

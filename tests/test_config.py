@@ -394,3 +394,19 @@ def test_loading_config_stays_cheap() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert r.stdout.split("\n")[:2] == ["False", "[]"], r.stdout
+
+
+def test_hostile_key_names_are_escaped_in_the_error(run_cli: Any, tmp_path: Path) -> None:
+    """A quoted TOML key holding terminal escapes is refused with the key escaped, never written raw to stderr."""
+    (tmp_path / "poet.toml").write_text('[daemon]\n"\\u001b]0;pwned\\u0007" = 1\n')
+    r = run_cli("config", "show")
+    assert_config_error(r, "unknown key [daemon] '\\x1b]0;pwned\\x07'")
+    assert "\x1b" not in r.stderr
+
+
+@pytest.mark.parametrize("target", ["directory", "/dev/zero"])
+def test_config_that_is_not_a_file_is_refused(run_cli: Any, tmp_path: Path, target: str) -> None:
+    """--config naming a directory or an endless device exits 78 with one line (not 66 'does not exist', not a hang)."""
+    path = tmp_path if target == "directory" else Path(target)
+    r = run_cli("--config", path, "config", "show")
+    assert_config_error(r, str(path))
