@@ -241,6 +241,13 @@ def test_requeue_fixed_file_end_to_end(run_cli: Any, sp: Path) -> None:
     assert (ev_dir(sp, "processed") / f"{doc['id']}.json").exists()
 
 
+def _deep(sp: Path) -> bytes:
+    """A file nested 300 levels deep with a checksum: the checksum's recursion must never see it."""
+    doc = {**event_doc(sp), "checksum": "sha256:" + "0" * 64}
+    doc["payload"] = {**doc["payload"], "x": "@"}
+    return json.dumps(doc).replace('"@"', "[" * 300 + "]" * 300).encode()
+
+
 def _too_large(sp: Path) -> bytes:
     doc = event_doc(sp)
     return seal({**doc, "payload": {**doc["payload"], "pad": "x" * 2_000_000}})
@@ -255,6 +262,7 @@ def _too_large(sp: Path) -> bytes:
         (lambda sp: seal({**event_doc(sp), "payload": {"service": "s", "status": 42}}), "bad_schema"),
         (lambda sp: seal({**event_doc(sp), "type": "no.such.type"}), "unknown_type"),
         (_too_large, "too_large"),
+        (_deep, "bad_json"),
     ],
 )
 def test_requeue_still_invalid_stays_with_the_new_reason(run_cli: Any, sp: Path, make: Any, reason: str) -> None:
