@@ -22,6 +22,8 @@ from .errors import InputMissing, InvalidData
 
 DEFAULT_SPOOL = Path(".poet/pubsub")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+# [daemon] max_causation_depth: how deep a chain of handler follow-ups may go (see EventRouter.build).
+DEFAULT_MAX_CAUSATION_DEPTH = 64
 DELIVERY_MODES = ("local_only", "nats", "hybrid")
 
 # Keys whose literal values are treated as secrets when printed.
