@@ -182,7 +182,8 @@ class EventRouter:
             correlation_id=correlation_id,
             causation_id=causation_id,
             expires_at=expires_at,
-            causation_depth=causation_depth or None,  # 0 is stored as absent
+            # 0 is stored as absent; anything else (a bad value from an envelope too) goes to the schema check.
+            causation_depth=None if type(causation_depth) is int and causation_depth == 0 else causation_depth,
         )
         d = ev.to_dict(with_checksum=False)
         ev.checksum = d["checksum"] = compute_checksum(d)

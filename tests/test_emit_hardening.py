@@ -287,10 +287,25 @@ def test_id_from_gives_the_same_id_on_every_run_and_separates_types(spool: Path,
         "emit", "function.execution", json.dumps(execution(1)), "--id-from", "execution_id", "--spool", spool
     )
     assert single.stdout.strip() == first.stdout.split()[0] and len(pending(spool)) == 2
+    # Envelope lines: one execution_id under two types gives two ids; a line with its own id keeps it.
+    feedback = {"function_name": "detect_drift", "version": "v1", "execution_id": "exec-1", "feedback_type": "user"}
+    env = jsonl(
+        tmp_path / "env.jsonl",
+        [
+            {"type": "function.execution", "payload": execution(1)},
+            {"type": "function.feedback", "payload": feedback},
+            {"type": "function.feedback", "id": "own-id", "payload": {**feedback, "execution_id": "exec-2"}},
+        ],
+    )
+    r = run_cli("emit", "--batch", env, "--id-from", "execution_id", "--spool", spool)
+    assert r.returncode == 0, r.stderr
+    exec_id, feedback_id, own = r.stdout.split()
+    assert exec_id == first.stdout.split()[0] and feedback_id.startswith("function.feedback:") and own == "own-id"
+    assert len(pending(spool)) == 4
     bad = jsonl(tmp_path / "bad.jsonl", [execution(3), {**execution(4), "execution_id": 7.5}])
     r = run_cli("emit", "--batch", bad, "--type", "function.execution", "--id-from", "execution_id", "--spool", spool)
     assert r.returncode == EX_DATAERR and f"{bad}:2: $.payload.execution_id: --id-from needs" in r.stderr
-    assert len(pending(spool)) == 2
+    assert len(pending(spool)) == 4
 
 
 # -- 5. ids of quarantined and dead-lettered events ----------------------------------------------

@@ -235,11 +235,13 @@ def parse_batch_lines(
             if isinstance(obj, dict) and "type" in obj and "payload" in obj:
                 if batch_type is not None and obj["type"] != batch_type:
                     raise InvalidData(f"$.type: {obj['type']!r} is not the --type {batch_type!r}", where=where)
-                if id_from is not None and "id" not in obj:
+                if id_from is not None and "id" not in obj and "checksum" not in obj:  # a sealed one needs its own
                     obj["id"] = id_from_field(obj["type"], obj["payload"], id_from, where)
                 ev, keyed = router.ingest(obj, where)
             elif batch_type is not None:
-                key = id_from_field(batch_type, obj, id_from, where) if id_from is not None else None
+                key = None
+                if id_from is not None and isinstance(obj, dict):  # else build() says what is wrong
+                    key = id_from_field(batch_type, obj, id_from, where)
                 ev, keyed = router.build(batch_type, obj, id=key, where=where)
             else:
                 raise InvalidData(
