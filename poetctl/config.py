@@ -27,6 +27,8 @@ DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 MAX_CONFIG_BYTES = 1024 * 1024  # a poet.toml is a few hundred bytes; refuse to slurp a huge or endless file
 # Sections whose keys are checked one by one against configspec.SECTIONS (the top level is "").
 TABLES = ("event_schemas", "daemon", "learning", "builtin_handlers", "status")
+# [daemon] max_causation_depth: how deep a chain of handler follow-ups may go (see EventRouter.build).
+DEFAULT_MAX_CAUSATION_DEPTH = 64
 
 # Keys whose literal values are treated as secrets when printed.
 _SECRET_HINTS = ("key", "token", "secret", "password", "webhook_url", "routing")

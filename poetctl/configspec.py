@@ -214,7 +214,7 @@ SECTIONS: dict[str, dict[str, Setting]] = {
         "watch": Setting("bool", True),
         "index": Setting("bool", True),
         "mover_backlog": Setting("int", 1024, -1, _BIG),
-        "max_causation_depth": Setting("int", 64, 1, 100_000),
+        "max_causation_depth": Setting("int", 64, 0, 1_000_000),  # 0: no follow-ups (schemas.MAX_CAUSATION_DEPTH)
     },
     "learning": {
         "window_days": Setting("float", 30.0, 0.001, 36500),

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..config import DEFAULT_MAX_CAUSATION_DEPTH
 from ..errors import SpoolIOError
 from ..event import Event
 from ..ids import time_of
@@ -86,6 +87,8 @@ class DaemonOptions:
     # Start the completion mover (see mover.py) once a listing finds this many pending
     # events; 0 starts it with the daemon, a negative value never does.
     mover_backlog: int = 1024
+    # Deepest follow-up chain a handler may extend (enforced by EventRouter.build).
+    max_causation_depth: int = DEFAULT_MAX_CAUSATION_DEPTH
 
     @classmethod
     def from_config(cls, table: dict[str, Any], **overrides: Any) -> DaemonOptions:
@@ -160,6 +163,7 @@ class Daemon:
     ) -> None:
         self.router = router
         self.opts = options or DaemonOptions()
+        router.max_causation_depth = self.opts.max_causation_depth
         self.clock = clock
         self.layout: SpoolLayout = router.layout
         self.registry = router.registry
