@@ -135,7 +135,7 @@ def test_boundary_values_are_accepted(run_cli: Any, tmp_path: Path, sp: Path) ->
     (tmp_path / "poet.toml").write_text(
         "[daemon]\nworkers = 1\nmax_attempts = 1\nbackoff_base = 0\nbackoff_cap = 0\nrescan_interval = 0.05\n"
         'heartbeat_interval = 1\nlease_seconds = 2\npartition_key = "type"\nmover_backlog = -1\n'
-        'max_causation_depth = 1\n[status]\nmax_lag = 90\nwarn_lag = "30s"\n'
+        'max_causation_depth = 0\n[status]\nmax_lag = 90\nwarn_lag = "30s"\n'
     )
     r = run_cli("daemon", "--once", "--spool", sp, "--no-builtin-handlers")
     assert r.returncode == 0, r.stderr
@@ -159,7 +159,7 @@ BAD_VALUES = [
     ("[daemon]\nonce = 1", "[daemon] once"),
     ('[daemon]\nwatch = "no"', "[daemon] watch"),
     ("[daemon]\nmover_backlog = -2", "[daemon] mover_backlog"),
-    ("[daemon]\nmax_causation_depth = 0", "[daemon] max_causation_depth"),
+    ("[daemon]\nmax_causation_depth = -1", "[daemon] max_causation_depth"),
     ("[daemon]\npartition_key = []", "[daemon] partition_key"),
     ('[daemon]\npartition_key = ["payload."]', "[daemon] partition_key"),
     ('[daemon]\npartition_key = ["timestampz"]', "[daemon] partition_key"),
