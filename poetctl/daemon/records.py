@@ -230,6 +230,17 @@ class RecordStore:
             pass
 
 
+def stated_checksum_at(d: SpoolDir, name: str) -> str | None:
+    """:func:`stated_checksum` of ``name`` in ``d``, read without following a link (None if it is one)."""
+    from ..spool.reader import CorruptEvent
+
+    try:
+        value = orjson.loads(d.read(name, 1 << 24)).get("checksum")
+    except (OSError, CorruptEvent, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 # corrupt/<name> beside corrupt/<name>.reason must both fit NAME_MAX (255 bytes) with a ``.<n>``
 # suffix: longer names are cut and made unique again by a hash of the whole name.
 MAX_QUARANTINE_NAME = 200

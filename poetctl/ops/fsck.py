@@ -88,6 +88,8 @@ TREE = (
     "feedback/processed",
     "run",
     "run/daemons",
+    "run/owners",
+    "run/buckets",
     "index",
 )
 

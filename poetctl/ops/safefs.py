@@ -320,13 +320,19 @@ def replace_existing(src: Path, dst: Path) -> None:
     ``dst`` that someone moved away meanwhile. Without RENAME_EXCHANGE it
     checks and renames (a window of a few microseconds).
     """
+    replace_existing_at(AT_FDCWD, src, AT_FDCWD, dst)
+
+
+def replace_existing_at(src_fd: int, src: str | Path, dst_fd: int, dst: str | Path) -> None:
+    """:func:`replace_existing` with names relative to directory descriptors (AT_FDCWD: plain paths)."""
+    sfd = None if src_fd == AT_FDCWD else src_fd
+    dfd = None if dst_fd == AT_FDCWD else dst_fd
     if _renameat2 is not None:
-        if _renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_EXCHANGE) == 0:
-            os.unlink(src)
+        if _renameat2(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), RENAME_EXCHANGE) == 0:
+            os.unlink(src, dir_fd=sfd)
             return
         err = ctypes.get_errno()
         if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
             raise OSError(err, os.strerror(err), str(src), None, str(dst))
-    if not os.path.lexists(dst):
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(dst))
-    os.rename(src, dst)
+    os.lstat(dst, dir_fd=dfd)  # FileNotFoundError if it is gone
+    os.rename(src, dst, src_dir_fd=sfd, dst_dir_fd=dfd)

@@ -113,9 +113,17 @@ class SpoolLayout:
                     raise SpoolIOError(f"{d} exists but is not a directory") from None
             except OSError as exc:
                 raise SpoolIOError(f"cannot create {d}: {exc.strerror}") from None
+        for d in self.runtime_dirs():
+            # Created later by the daemon and the index; refused now if something put a link there.
+            if d.is_symlink() or (os.path.lexists(d) and not d.is_dir()):
+                raise SpoolIOError(f"{d} is a symlink or not a directory; links inside the spool are refused")
         if created:
             fsync_dir(self.root.parent if self.root in created else self.root)
         return created
+
+    def runtime_dirs(self) -> list[Path]:
+        """Directories made on demand (not by :meth:`init`): the daemon's run/ subdirectories and the index."""
+        return [self.run / "daemons", self.run / "buckets", self.run / "owners", self.root / "index"]
 
     def exists(self) -> bool:
         return self.pending.is_dir()
