@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..errors import SpoolIOError
-from ..spool.layout import FILE_MODE, SpoolLayout
+from ..spool.layout import DIR_MODE, FILE_MODE, SpoolLayout
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 RENAME_NOREPLACE = 1
@@ -46,7 +46,7 @@ class SpoolDir:
             raise SpoolIOError(f"cannot open {layout.root}: {exc.strerror}") from None
         done: list[str] = []
         try:
-            for part in rel.split("/"):
+            for part in [p for p in rel.split("/") if p]:  # "" is the root itself
                 nfd = _open_child(fd, part, layout.root.joinpath(*done, part))
                 done.append(part)
                 os.close(fd)
@@ -64,7 +64,8 @@ class SpoolDir:
 
     def child(self, name: str) -> SpoolDir:
         """The subdirectory ``name``, opened relative to this one without following a link."""
-        return SpoolDir._adopt(self.root, f"{self.rel}/{name}", _open_child(self.fd, name, self.path / name))
+        rel = f"{self.rel}/{name}" if self.rel else name
+        return SpoolDir._adopt(self.root, rel, _open_child(self.fd, name, self.path / name))
 
     def __enter__(self) -> SpoolDir:
         return self
@@ -226,6 +227,30 @@ def _open_child(fd: int, name: str, path: Path) -> int:
         if exc.errno == errno.ENOENT:
             raise
         raise SpoolIOError(f"cannot open {path}: {exc.strerror}") from None
+
+
+def make_dir(layout: SpoolLayout, rel: str) -> SpoolDir:
+    """Open ``rel``, creating missing components (0750) on the way, each relative to its no-follow parent.
+
+    A component that is a link is never created through: :class:`LinkedDir` (74).
+    """
+    d = SpoolDir(layout, "")
+    try:
+        for part in rel.split("/"):
+            try:
+                os.mkdir(part, DIR_MODE, dir_fd=d.fd)
+                d.fsync()
+            except FileExistsError:
+                pass  # a link here is refused by child()
+            except OSError as exc:
+                raise SpoolIOError(f"cannot create {d.path / part}: {exc.strerror}") from None
+            nd = d.child(part)
+            d.close()
+            d = nd
+    except BaseException:
+        d.close()
+        raise
+    return d
 
 
 def open_dir(layout: SpoolLayout, rel: str) -> SpoolDir | None:
