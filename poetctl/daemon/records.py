@@ -248,12 +248,23 @@ REASON_SUFFIX = ".reason"
 
 
 def bounded_name(name: str) -> str:
-    """``name`` if it is at most :data:`MAX_QUARANTINE_NAME` bytes, else its head plus ``~`` and a short hash."""
+    """``name`` if it is valid UTF-8 of at most :data:`MAX_QUARANTINE_NAME` bytes, else a bounded, printable one.
+
+    A longer (or undecodable) name becomes its head (undecodable bytes
+    escaped as ``\\xNN``, cut at a character boundary) plus ``~`` and a hash of
+    the whole name, so distinct names stay distinct.
+    """
     raw = os.fsencode(name)
-    if len(raw) <= MAX_QUARANTINE_NAME:
-        return name
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        if len(raw) <= MAX_QUARANTINE_NAME:
+            return name
     digest = hashlib.sha256(raw).hexdigest()[:16]
-    head = raw[: MAX_QUARANTINE_NAME - len(digest) - 1].decode("utf-8", "ignore")
+    text = raw.decode("utf-8", "backslashreplace").encode("utf-8")
+    head = text[: MAX_QUARANTINE_NAME - len(digest) - 1].decode("utf-8", "ignore")
     return f"{head}~{digest}"
 
 
