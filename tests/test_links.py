@@ -152,7 +152,19 @@ def test_linked_spool_directory_is_refused_and_outside_is_untouched(
         assert str(link) in r.stderr or str(link) in r.stdout, (r.stdout, r.stderr)
 
 
-@pytest.mark.parametrize("rel", ["events/tmp", "events/records", "events/processed", "state", "feedback/pending"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "events/tmp",
+        "events/records",
+        "events/processed",
+        "state",
+        "state/detect_drift",
+        "state/detect_drift/history",
+        "feedback/pending",
+        "run/daemons",
+    ],
+)
 def test_fsck_reports_a_linked_directory_as_a_problem(tmp_path: Path, sp: Path, rel: str) -> None:
     """fsck lists a linked spool directory as a linked_dir problem, never repaired, and exits 1 (with --repair too)."""
     populate(sp)
@@ -166,6 +178,44 @@ def test_fsck_reports_a_linked_directory_as_a_problem(tmp_path: Path, sp: Path, 
         assert [p["path"] for p in linked] == [rel] and not linked[0]["repaired"]
         # Nothing inside the link was read: none of its files show up as problems or counts.
         assert not any(p["path"].startswith(rel + "/") for p in doc["problems"]), doc["problems"]
+
+
+def outside_events(tmp_path: Path, sp: Path, state: str) -> tuple[Path, str]:
+    """An outside directory holding a valid ``state`` event (and its .error), moved out of the spool."""
+    eid = put_event(sp, state, time.time() - 40 * DAY, index=False)
+    out = tmp_path / "elsewhere"
+    out.mkdir()
+    for n in os.listdir(events_dir(sp, state)):
+        os.rename(events_dir(sp, state) / n, out / n)
+    return out, eid
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dead", "list"],
+        ["dead", "show", "ID"],
+        ["dead", "retry", "--all", "--dry-run"],
+        ["dead", "purge", "--all", "--dry-run"],
+        ["replay", "--from", "dead", "--all", "--dry-run"],
+    ],
+)
+def test_readers_of_a_linked_dead_directory_read_nothing_through_it(tmp_path: Path, sp: Path, argv: list[str]) -> None:
+    """dead list/show and the dry runs refuse a linked dead/ (74, naming it) and print nothing read through it."""
+    out, eid = outside_events(tmp_path, sp, "dead")
+    link = link_dir(sp, "events/dead", out)
+    r = run_cli(tmp_path, *[eid if a == "ID" else a for a in argv], "--spool", sp)
+    assert r.returncode == 74 and str(link) in r.stderr, (r.returncode, r.stderr)
+    assert eid not in r.stdout and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_replay_dry_run_reads_nothing_through_a_linked_processed(tmp_path: Path, sp: Path) -> None:
+    """replay --dry-run with events/processed linked: 74, the outside event is neither read nor listed."""
+    out, eid = outside_events(tmp_path, sp, "processed")
+    link = link_dir(sp, "events/processed", out)
+    r = run_cli(tmp_path, "replay", "--all", "--dry-run", "--spool", sp)
+    assert r.returncode == 74 and str(link) in r.stderr and eid not in r.stdout, (r.returncode, r.stderr)
 
 
 def test_the_issue_setup_records_and_tmp_linked(tmp_path: Path, sp: Path) -> None:

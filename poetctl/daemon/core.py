@@ -767,37 +767,38 @@ class Daemon:
         """
         moved = 0
         self._dead_owner_busy = False
-        try:
-            inflight = SpoolDir(self.layout, "events/inflight")
-        except FileNotFoundError:
-            return 0
-        with inflight:
-            for e in list(inflight.entries()):
-                name = e.name
-                if name == self.owner or not e.is_dir(follow_symlinks=False):
-                    if e.is_symlink():
-                        self._warn_linked(inflight.path / name)
-                    continue
-                if owner_alive(name, self.heartbeat_dir, self.opts.lease_seconds):
-                    continue
-                lock = self._take_owner_lock(name, wait=5.0 if all_dead else 0.0)
-                if lock is None:
-                    # Its mover is still filing completed events: not ours to take yet.
-                    self._dead_owner_busy = True
-                    continue
-                try:
-                    moved += self._recover_owner(inflight, name)
-                finally:
-                    if lock >= 0:
-                        locks = open_dir(self.layout, "run/owners")
-                        if locks is not None:
-                            with locks:
-                                locks.unlink(f"{name}.lock")
-                        os.close(lock)
-            if moved:
-                with SpoolDir(self.layout, "events/pending") as pending:
-                    pending.fsync()
-                self.counters.recovered += moved
+        # Opened once (no-follow) and listed by descriptor: recovery runs whenever a bucket is taken, so a
+        # listing must cost no more than the path lookup it replaces; a directory swapped for a link later
+        # cannot redirect it either.
+        inflight: SpoolDir | None = self.__dict__.get("_inflight_listing")
+        if inflight is None:
+            inflight = self.__dict__["_inflight_listing"] = SpoolDir(self.layout, "events/inflight")
+        for e in list(inflight.entries()):
+            name = e.name
+            if name == self.owner or not e.is_dir(follow_symlinks=False):
+                if e.is_symlink():
+                    self._warn_linked(inflight.path / name)
+                continue
+            if owner_alive(name, self.heartbeat_dir, self.opts.lease_seconds):
+                continue
+            lock = self._take_owner_lock(name, wait=5.0 if all_dead else 0.0)
+            if lock is None:
+                # Its mover is still filing completed events: not ours to take yet.
+                self._dead_owner_busy = True
+                continue
+            try:
+                moved += self._recover_owner(inflight, name)
+            finally:
+                if lock >= 0:
+                    locks = open_dir(self.layout, "run/owners")
+                    if locks is not None:
+                        with locks:
+                            locks.unlink(f"{name}.lock")
+                    os.close(lock)
+        if moved:
+            with SpoolDir(self.layout, "events/pending") as pending:
+                pending.fsync()
+            self.counters.recovered += moved
         return moved
 
     def _warn_linked(self, path: Path) -> None:
