@@ -1,11 +1,15 @@
-"""Filesystem primitives for commands that delete or move: never follow a link, never leave the spool.
+"""Filesystem primitives for everything that reads, moves or deletes spool files: never follow a link.
 
 :class:`SpoolDir` opens one directory of the spool component by component
 with ``O_NOFOLLOW`` below the spool root, then works only relative to that
-descriptor (``scandir(fd)``, ``lstat``/``unlink`` with ``dir_fd``). A
-directory swapped for a symlink, or a symlink planted inside, can therefore
-never redirect a deletion outside the spool, and nothing is ever descended
-into. The spool root itself may be a symlink: the operator chose it.
+descriptor (``scandir(fd)``; ``lstat``, ``open``, ``rename``, ``unlink``
+with ``dir_fd``; files read with ``O_NOFOLLOW``). A directory swapped for a
+symlink, or a symlink planted inside, can therefore never redirect a read,
+a move or a deletion outside the spool, and nothing is ever descended into.
+A directory that is a link raises :class:`LinkedDir` (a
+:class:`~poetctl.errors.SpoolIOError`, exit 74); :func:`refuse_linked` checks
+a command's directories before it starts. The spool root itself may be a
+symlink: the operator chose it.
 """
 
 from __future__ import annotations
