@@ -7,7 +7,10 @@
 
 Every write is atomic and durable (tmp, fsync, rename, fsync dir). Function
 names, versions and ids are checked against strict patterns before they
-become path parts.
+become path parts. Nothing is read or written through a link: directories
+are opened with ``O_NOFOLLOW`` one component at a time
+(:class:`~poetctl.ops.safefs.SpoolDir`) and files are opened relative to them
+with ``O_NOFOLLOW``; a link is refused with :class:`SpoolIOError` (exit 74).
 """
 
 from __future__ import annotations
@@ -15,71 +18,123 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .errors import InputMissing, SpoolIOError
+from .errors import InputMissing, InvalidData, SpoolIOError
 from .ids import EVENT_ID_RE, FUNCTION_NAME_RE, VERSION_RE, check_path_part
-from .spool.layout import DIR_MODE, SpoolLayout, fsync_dir
-from .spool.writer import write_atomic
+from .ops.safefs import SpoolDir, make_dir
+from .spool.layout import DIR_MODE, SpoolLayout
+from .spool.reader import CorruptEvent
 
 _JSON_OPTS = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+MAX_READ = 16 * 1024 * 1024
 
 
-def _mkdir(path: Path) -> None:
+def _open(layout: SpoolLayout, rel: str, *, create: bool = False) -> SpoolDir | None:
+    """``rel`` opened without following links (a link raises LinkedDir, 74); None if absent and not ``create``."""
+    if create:
+        return make_dir(layout, rel)
     try:
-        os.mkdir(path, DIR_MODE)
-        fsync_dir(path.parent)
-    except FileExistsError:
-        if path.is_symlink() or not path.is_dir():
-            raise SpoolIOError(f"{path} exists but is not a directory") from None
+        return SpoolDir(layout, rel)
+    except FileNotFoundError:
+        return None
+
+
+def _child(d: SpoolDir, name: str, *, create: bool = False) -> SpoolDir | None:
+    if create:
+        try:
+            os.mkdir(name, DIR_MODE, dir_fd=d.fd)
+            d.fsync()
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise SpoolIOError(f"cannot create {d.path / name}: {exc.strerror}") from None
+    try:
+        return d.child(name)
+    except FileNotFoundError:
+        return None
+
+
+def _read_json(d: SpoolDir, name: str) -> Any:
+    """A state or feedback file, read without following a link: refused (74) if it is a link, 65 if not JSON."""
+    try:
+        data = d.read(name, MAX_READ)
+    except CorruptEvent as exc:
+        raise SpoolIOError(f"{d.path / name}: {exc.detail}; refusing to read it (a symlink?)") from None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidData(f"not valid JSON: {exc}", where=str(d.path / name)) from None
 
 
 class StateStore:
-    """Per-function state: ``current`` plus an append-only ``history`` by version."""
+    """Per-function state: ``current`` plus an append-only ``history`` by version.
+
+    Every directory is opened without following links and every file is
+    read as a regular file relative to it: a linked ``state/``,
+    ``state/<fn>``, ``history/`` or state file is refused with
+    :class:`SpoolIOError` (74), never followed.
+    """
 
     def __init__(self, layout: SpoolLayout) -> None:
         self.layout = layout
 
-    def _fn_dir(self, function_name: str) -> Path:
+    def _fn_dir(self, function_name: str, *, create: bool = False) -> SpoolDir | None:
         check_path_part("function name", function_name, FUNCTION_NAME_RE)
-        return self.layout.state / function_name
+        state = _open(self.layout, "state", create=create)
+        if state is None:
+            return None
+        with state:
+            return _child(state, function_name, create=create)
 
     def current(self, function_name: str) -> dict[str, Any] | None:
         """The current state of ``function_name``, or None if it has none."""
-        try:
-            return orjson.loads((self._fn_dir(function_name) / "current.json").read_bytes())  # type: ignore[no-any-return]
-        except FileNotFoundError:
+        d = self._fn_dir(function_name)
+        if d is None:
             return None
+        with d:
+            try:
+                cur = _read_json(d, "current.json")
+            except FileNotFoundError:
+                return None
+        if not isinstance(cur, dict):
+            raise InvalidData("expected a JSON object", where=str(d.path / "current.json"))
+        return cur
 
     def history(self, function_name: str) -> list[dict[str, Any]]:
         """Every recorded version, oldest first (by ``updated_at``)."""
-        d = self._fn_dir(function_name) / "history"
-        out = []
-        try:
-            entries = list(os.scandir(d))
-        except FileNotFoundError:
+        fn = self._fn_dir(function_name)
+        if fn is None:
             return []
-        for e in entries:
-            if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file(follow_symlinks=False):
-                try:
-                    out.append(orjson.loads(Path(e.path).read_bytes()))
-                except (OSError, orjson.JSONDecodeError):
+        with fn:
+            d = _child(fn, "history")
+        if d is None:
+            return []
+        out = []
+        with d:
+            for name in d.names():
+                if not name.endswith(".json") or name.startswith("."):
                     continue
+                try:
+                    rec = _read_json(d, name)
+                except FileNotFoundError:
+                    continue
+                except InvalidData:
+                    continue  # a damaged version file ('poetctl fsck' reports it): the others still show
+                if isinstance(rec, dict):
+                    out.append(rec)
         out.sort(key=lambda r: (r.get("updated_at", 0), str(r.get("version"))))
         return out
 
     def functions(self) -> list[str]:
-        try:
-            return sorted(
-                e.name
-                for e in os.scandir(self.layout.state)
-                if e.is_dir(follow_symlinks=False) and FUNCTION_NAME_RE.match(e.name)
-            )
-        except FileNotFoundError:
+        """Functions with a state directory (a linked one is left out: :meth:`current` would refuse it)."""
+        d = _open(self.layout, "state")
+        if d is None:
             return []
+        with d:
+            return sorted(n for n in d.names() if FUNCTION_NAME_RE.match(n) and d.is_dir(n))
 
     def record_version(
         self,
@@ -96,28 +151,31 @@ class StateStore:
         rewrites identical content.
         """
         check_path_part("version", version, VERSION_RE)
-        fn_dir = self._fn_dir(function_name)
-        _mkdir(self.layout.state)
-        _mkdir(fn_dir)
-        _mkdir(fn_dir / "history")
-        hist = fn_dir / "history" / f"{version}.json"
-        updated_at = time.time()
-        if hist.exists():
-            try:
-                updated_at = orjson.loads(hist.read_bytes()).get("updated_at", updated_at)
-            except (OSError, orjson.JSONDecodeError):
-                pass
-        state = {
-            "function_name": function_name,
-            "version": version,
-            "previous_version": previous_version,
-            "updated_at": updated_at,
-            "event_id": event_id,
-            **data,
-        }
-        body = orjson.dumps(state, option=_JSON_OPTS)
-        write_atomic(fn_dir / "history", f"{version}.json", body)
-        write_atomic(fn_dir, "current.json", body)
+        fn_dir = self._fn_dir(function_name, create=True)
+        assert fn_dir is not None
+        with fn_dir:
+            hist = _child(fn_dir, "history", create=True)
+            assert hist is not None
+            with hist:
+                name = f"{version}.json"
+                updated_at = time.time()
+                try:
+                    prev = _read_json(hist, name)
+                    if isinstance(prev, dict):
+                        updated_at = prev.get("updated_at", updated_at)
+                except (FileNotFoundError, InvalidData):
+                    pass
+                state = {
+                    "function_name": function_name,
+                    "version": version,
+                    "previous_version": previous_version,
+                    "updated_at": updated_at,
+                    "event_id": event_id,
+                    **data,
+                }
+                body = orjson.dumps(state, option=_JSON_OPTS)
+                hist.write_atomic(name, body)
+            fn_dir.write_atomic("current.json", body)
         return state
 
     def require(self, function_name: str) -> dict[str, Any]:
@@ -128,45 +186,71 @@ class StateStore:
 
 
 class FeedbackStore:
-    """Feedback records waiting for (pending) or incorporated by (processed) the learning engine."""
+    """Feedback records waiting for (pending) or incorporated by (processed) the learning engine.
+
+    ``feedback/pending`` and ``feedback/processed`` are opened without
+    following links (a linked one raises :class:`SpoolIOError`, 74); a record
+    that is a link is never read or moved.
+    """
 
     def __init__(self, layout: SpoolLayout) -> None:
         self.layout = layout
+
+    def _dir(self, which: str, *, create: bool = False) -> SpoolDir | None:
+        return _open(self.layout, f"feedback/{which}", create=create)
 
     def add(self, feedback_id: str, record: dict[str, Any]) -> bool:
         """Store a pending record; False (no-op) if that id is already pending or processed."""
         check_path_part("feedback id", feedback_id, EVENT_ID_RE)
         name = f"{feedback_id}.json"
-        if (self.layout.feedback_pending / name).exists() or (self.layout.feedback_processed / name).exists():
-            return False
-        write_atomic(self.layout.feedback_pending, name, orjson.dumps(record, option=_JSON_OPTS))
+        processed = self._dir("processed")
+        if processed is not None:
+            with processed:
+                if processed.exists(name):
+                    return False
+        pending = self._dir("pending", create=True)
+        assert pending is not None
+        with pending:
+            if pending.exists(name):
+                return False
+            pending.write_atomic(name, orjson.dumps(record, option=_JSON_OPTS))
         return True
 
     def pending(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        yield from self._iter(self.layout.feedback_pending)
+        yield from self._iter("pending")
 
     def processed(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        yield from self._iter(self.layout.feedback_processed)
+        yield from self._iter("processed")
 
-    def _iter(self, d: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-        try:
-            names = sorted(e.name for e in os.scandir(d) if e.name.endswith(".json") and not e.name.startswith("."))
-        except FileNotFoundError:
+    def _iter(self, which: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        d = self._dir(which)
+        if d is None:
             return
-        for n in names:
-            try:
-                yield n[:-5], orjson.loads((d / n).read_bytes())
-            except (OSError, orjson.JSONDecodeError):
-                continue
+        with d:
+            for n in sorted(n for n in d.names() if n.endswith(".json") and not n.startswith(".")):
+                try:
+                    rec = orjson.loads(d.read(n, MAX_READ))
+                except (OSError, CorruptEvent, orjson.JSONDecodeError):
+                    continue  # gone, a link, or damaged ('poetctl fsck' reports it)
+                yield n[:-5], rec
 
     def mark_processed(self, feedback_id: str) -> bool:
-        """Move a record from pending to processed; False if it was not pending."""
+        """Move a record from pending to processed; False if it was not pending (or is not a regular file)."""
         check_path_part("feedback id", feedback_id, EVENT_ID_RE)
         name = f"{feedback_id}.json"
-        try:
-            os.rename(self.layout.feedback_pending / name, self.layout.feedback_processed / name)
-        except FileNotFoundError:
+        pending = self._dir("pending")
+        if pending is None:
             return False
-        fsync_dir(self.layout.feedback_processed)
-        fsync_dir(self.layout.feedback_pending)
+        with pending:
+            if not pending.is_regular(name):
+                return False
+            processed = self._dir("processed", create=True)
+            assert processed is not None
+            with processed:
+                try:
+                    pending.rename(name, processed, name, replace=True)
+                except FileNotFoundError:
+                    return False
+                processed.fsync()
+            pending.fsync()
         return True

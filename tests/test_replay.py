@@ -358,8 +358,8 @@ def test_replay_killed_midway_loses_nothing_and_daemon_recovers(tmp_path: Path, 
     script = (
         "import os, sys\n"
         "import poetctl.ops.replay as r\n"
-        "def die(src, dst): os._exit(9)\n"
-        "r.rename_noreplace = die\n"
+        "def die(*args): os._exit(9)\n"
+        "r.rename_noreplace_at = die\n"
         "from poetctl.cli import main\n"
         "sys.argv = ['poetctl', 'replay', '--spool', sys.argv[1], '--all']\n"
         "main()\n"

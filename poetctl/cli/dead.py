@@ -34,12 +34,14 @@ dead_app = typer.Typer(
 
 def _open(spool: Path | None, config: Path | None, with_index: bool = False) -> tuple[Any, Any, Any]:
     """Config, layout (66 if there is no spool) and, when asked, the index (None if absent)."""
+    from ..ops.dead import refuse_links
     from ..ops.selectors import open_index
     from ..spool.layout import SpoolLayout
     from .output import warn
 
     cfg = load(spool, config)
     layout = SpoolLayout(cfg.spool).require()
+    refuse_links(layout)  # 74 before anything is read through a linked events/, dead/ or index/
     return cfg, layout, open_index(layout, warn) if with_index else None
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import UsageError
+from ..errors import EX_IOERR, UsageError
 from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, load
 
 DEFAULT_DAYS = 30.0  # the seed's retention
@@ -31,7 +31,8 @@ def prune_cmd(
     Pending, in-flight, dead and corrupt events are never touched (dead ones
     only with --dead). Silent on success (for cron); -v, --dry-run or
     --output json print a summary. Never follows links, never deletes outside
-    the spool. Exit 75 if another prune holds the lock, 66 no spool.
+    the spool: a spool directory that is a symlink is reported and skipped
+    (exit 74 at the end). Exit 75 if another prune holds the lock, 66 no spool.
 
     Example (crontab): 17 3 * * *  poetctl --spool /var/lib/poet/pubsub prune --days 30
     """
@@ -45,7 +46,7 @@ def _prune(
     from contextlib import nullcontext
 
     from ..ops.progress import Progress
-    from ..ops.prune import Pruner
+    from ..ops.prune import Pruner, usable_index
     from ..ops.selectors import open_index
     from ..spool.layout import SpoolLayout
     from ..spool.writer import spool_lock
@@ -55,9 +56,12 @@ def _prune(
         raise UsageError(f"--days {days:g}: expected a number of days >= 0")
     fmt = resolve_format(output) if output is not None else None
     layout = SpoolLayout(load(spool, config).spool).require()
+    with_index = usable_index(layout, locking=not dry_run)  # 74 if run/ is a link
     lock = nullcontext() if dry_run else spool_lock(layout, "prune", blocking=False)
     with lock:
-        index = open_index(layout, warn)
+        index = open_index(layout, warn) if with_index else None
+        if not with_index:
+            warn(f"{layout.root / 'index'} is a symlink or not a directory; not used (listing directories instead)")
         try:
             with Progress("prune") as bar:
                 if bar.enabled and index is not None:
@@ -87,3 +91,5 @@ def _prune(
             + (f"; {report.skipped} left alone, {report.damaged} damaged" if report.skipped or report.damaged else "")
             + "\n"
         )
+    if report.linked or not with_index:
+        raise typer.Exit(EX_IOERR)  # each linked directory was reported on stderr and skipped

@@ -122,7 +122,7 @@ def replay_cmd(
 @errors_to_exit
 def _replay(crit: Any, from_state: str, all_: bool, dry_run: bool, spool: Path | None, config: Path | None) -> None:
     from ..ops.progress import Progress
-    from ..ops.replay import BATCH, Requeuer
+    from ..ops.replay import BATCH, Requeuer, refuse_links
     from ..ops.selectors import check_state, open_index
     from ..spool.layout import SpoolLayout
     from .output import warn
@@ -130,6 +130,7 @@ def _replay(crit: Any, from_state: str, all_: bool, dry_run: bool, spool: Path |
     check_state(from_state)
     cfg = load(spool, config)
     layout = SpoolLayout(cfg.spool).require()
+    refuse_links(layout, from_state)  # 74 before anything is read through a linked spool directory
     index = open_index(layout, warn)
     try:
         sel, cands, resolved = selected(layout, from_state, crit, all_, index, "replay")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import PoetError
 from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, load
 
 state_app = typer.Typer(help="Show function state (current version and history).", no_args_is_help=True)
@@ -19,13 +20,21 @@ def state_show(
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Print FN's current state and its version history (66 if FN has no state)."""
+    """Print FN's current state and its version history (66 if FN has no state).
+
+    Never follows a link: a state/FN, history/ or state file that is a
+    symlink is refused with one line and exit 74 (65: not valid JSON).
+    """
     _show(function_name, output, spool, config)
 
 
 @state_app.command("list")
 def state_list(output: OutputOpt = None, spool: SpoolOpt = None, config: ConfigOpt = None) -> None:
-    """List functions that have state, with their current version."""
+    """List functions that have state, with their current version.
+
+    A function whose state is a link or damaged is reported on stderr and
+    left out; the exit code is then 74 (65: not valid JSON).
+    """
     _list(output, spool, config)
 
 
@@ -59,15 +68,24 @@ def _show(fn: str, output: str | None, spool: Path | None, config: Path | None) 
 def _list(output: str | None, spool: Path | None, config: Path | None) -> None:
     from ..spool.layout import SpoolLayout
     from ..state import StateStore
-    from .output import emit_rows, resolve_format
+    from .output import emit_rows, resolve_format, warn
 
     fmt = resolve_format(output)
     store = StateStore(SpoolLayout(load(spool, config).spool).require())
     rows = []
+    failed: PoetError | None = None
     for fn in store.functions():
-        cur = store.current(fn) or {}
+        try:
+            cur = store.current(fn) or {}
+        except PoetError as exc:
+            # A linked or damaged state file: reported (one line) and left out; the others still list.
+            warn(str(exc))
+            failed = failed or exc
+            continue
         rows.append({"function_name": fn, "version": cur.get("version"), "updated_at": _iso(cur.get("updated_at"))})
     emit_rows(fmt, ["function_name", "version", "updated_at"], rows, title="Functions")
+    if failed is not None:
+        raise typer.Exit(failed.exit_code)
 
 
 def _iso(ts: float | None) -> str | None:

@@ -39,8 +39,9 @@ from ..config import DEFAULT_MAX_CAUSATION_DEPTH
 from ..errors import SpoolIOError
 from ..event import Event
 from ..ids import time_of
+from ..ops.safefs import LinkedDir, SpoolDir, open_dir
 from ..router import EventRouter, Subscription
-from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir, same_file
+from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir
 from ..spool.reader import FIRST_READ, READ_FLAGS, CorruptEvent, decode_event, read_bytes
 from ..spool.writer import write_atomic
 from .owner import current_owner, owner_alive, process_start_ticks
@@ -50,9 +51,9 @@ from .records import (
     Record,
     RecordStore,
     journal_record,
+    parse_journal,
     quarantine,
-    read_journal,
-    stated_checksum,
+    stated_checksum_at,
 )
 from .retries import RetryPolicy
 from .worker import Job, Outcome, Worker
@@ -770,37 +771,69 @@ class Daemon:
         """Return the in-flight events of dead owners to pending; the count moved.
 
         Journals become records so finished handlers are skipped next time.
+        Every directory is opened without following links: an owner
+        directory (or ``run/owners``) that is a symlink is reported once on
+        stderr and left alone, never recovered through.
         """
         moved = 0
         self._dead_owner_busy = False
-        for d in self.layout.inflight_dirs():
-            if d.name == self.owner or owner_alive(d.name, self.heartbeat_dir, self.opts.lease_seconds):
+        # Opened once (no-follow) and listed by descriptor: recovery runs whenever a bucket is taken, so a
+        # listing must cost no more than the path lookup it replaces; a directory swapped for a link later
+        # cannot redirect it either.
+        inflight: SpoolDir | None = self.__dict__.get("_inflight_listing")
+        if inflight is None:
+            inflight = self.__dict__["_inflight_listing"] = SpoolDir(self.layout, "events/inflight")
+        for e in list(inflight.entries()):
+            name = e.name
+            if name == self.owner or not e.is_dir(follow_symlinks=False):
+                if e.is_symlink():
+                    self._warn_linked(inflight.path / name)
                 continue
-            lock = self._take_owner_lock(d.name, wait=5.0 if all_dead else 0.0)
+            if owner_alive(name, self.heartbeat_dir, self.opts.lease_seconds):
+                continue
+            lock = self._take_owner_lock(name, wait=5.0 if all_dead else 0.0)
             if lock is None:
                 # Its mover is still filing completed events: not ours to take yet.
                 self._dead_owner_busy = True
                 continue
             try:
-                moved += self._recover_owner(d)
+                moved += self._recover_owner(inflight, name)
             finally:
                 if lock >= 0:
-                    try:
-                        os.unlink(self.owner_lock_dir / f"{d.name}.lock")
-                    except FileNotFoundError:
-                        pass
+                    locks = open_dir(self.layout, "run/owners")
+                    if locks is not None:
+                        with locks:
+                            locks.unlink(f"{name}.lock")
                     os.close(lock)
         if moved:
-            fsync_dir(self.layout.pending)
+            with SpoolDir(self.layout, "events/pending") as pending:
+                pending.fsync()
             self.counters.recovered += moved
         return moved
+
+    def _warn_linked(self, path: Path) -> None:
+        """One stderr line per linked directory met by recovery (rescans would repeat it)."""
+        warned: set[Path] = self.__dict__.setdefault("_linked_warned", set())
+        if path not in warned:
+            warned.add(path)
+            sys.stderr.write(
+                f"poetctl: warning: {path} is a symlink or not a directory; not recovered through it (fix it by hand)\n"
+            )
 
     def _take_owner_lock(self, owner: str, wait: float) -> int | None:
         """Lock a dead owner's lock file: its fd, -1 if it has none, None while still held."""
         try:
-            fd = os.open(self.owner_lock_dir / f"{owner}.lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return -1  # no lock file (an older daemon): the pid/lease verdict stands
+            locks = SpoolDir(self.layout, "run/owners")
+        except FileNotFoundError:
+            return -1
+        except LinkedDir as exc:
+            self._warn_linked(exc.path)
+            return None  # cannot tell whether its mover still files: leave its work alone
+        with locks:
+            try:
+                fd = os.open(f"{owner}.lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=locks.fd)
+            except OSError:
+                return -1  # no lock file (an older daemon): the pid/lease verdict stands
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -812,45 +845,54 @@ class Daemon:
                     return None
                 time.sleep(0.02)
 
-    def _recover_owner(self, d: Path) -> int:
-        journal = read_journal(d / JOURNAL)
+    def _recover_owner(self, inflight: SpoolDir, owner: str) -> int:
+        try:
+            d = inflight.child(owner)
+        except FileNotFoundError:
+            return 0
+        except LinkedDir as exc:  # swapped for a link since the listing
+            self._warn_linked(exc.path)
+            return 0
         moved = 0
-        for e in os.scandir(d):
-            if e.name == JOURNAL:
-                continue
-            src = Path(e.path)
-            if not e.name.endswith(".json"):
-                quarantine(self.layout, src, "bad_name", "unexpected file in an in-flight directory")
-                continue
-            if same_file(src, self.layout.processed / e.name):
-                os.unlink(src)  # its mover linked it into processed/ and died before the unlink
-                continue
-            rec = journal_record(journal, e.name[:-5], stated_checksum(src)) if journal else None
-            if rec is not None and (rec.done or rec.failures):
-                existing = self.layout.records / e.name
-                if existing.exists():
-                    try:
-                        rec.merge(Record.from_json(existing.read_bytes()))
-                    except (OSError, ValueError):
-                        pass
-                self.records.save(e.name[:-5], rec)
+        with (
+            d,
+            SpoolDir(self.layout, "events/pending") as pending,
+            SpoolDir(self.layout, "events/processed") as processed,
+        ):
             try:
-                os.rename(src, self.layout.pending / e.name)
-                moved += 1
-            except FileNotFoundError:
-                continue
-        try:
-            os.unlink(d / JOURNAL)
-        except FileNotFoundError:
-            pass
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass
-        try:
-            os.unlink(self.heartbeat_dir / f"{d.name}.json")
-        except FileNotFoundError:
-            pass
+                journal = parse_journal(d.read(JOURNAL, 1 << 30))
+            except (FileNotFoundError, CorruptEvent):
+                journal = {}  # none, or a link / not a regular file: never read through it
+            for name in d.names():
+                if name == JOURNAL:
+                    continue
+                if not name.endswith(".json"):
+                    quarantine(
+                        self.layout, d.path / name, "bad_name", "unexpected file in an in-flight directory", src=d
+                    )
+                    continue
+                if d.same_file(name, processed, name):
+                    d.unlink(name)  # its mover linked it into processed/ and died before the unlink
+                    continue
+                rec = journal_record(journal, name[:-5], stated_checksum_at(d, name)) if journal else None
+                if rec is not None and (rec.done or rec.failures):
+                    with SpoolDir(self.layout, "events/records") as records:
+                        try:
+                            rec.merge(Record.from_json(records.read(name, 1 << 24)))
+                        except (FileNotFoundError, CorruptEvent, ValueError, TypeError, KeyError, AttributeError):
+                            pass
+                        records.write_atomic(name, rec.to_json())
+                try:
+                    d.rename(name, pending, name, replace=True)
+                    moved += 1
+                except FileNotFoundError:
+                    continue
+            d.unlink(JOURNAL)
+        inflight.rmdir(owner)
+        beats = open_dir(self.layout, "run/daemons")
+        if beats is not None:
+            with beats:
+                beats.unlink(f"{owner}.json")
         return moved
 
     # -- heartbeat and health ----------------------------------------------------------

@@ -15,9 +15,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,8 @@ from typing import Any
 import orjson
 
 from ..errors import SpoolIOError
-from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir
+from ..ops.safefs import SpoolDir
+from ..spool.layout import FILE_MODE, SpoolLayout
 from ..spool.writer import write_atomic
 
 JOURNAL = "_journal"
@@ -144,11 +149,16 @@ class Journal:
 
 def read_journal(path: Path) -> dict[tuple[str, str | None], Record]:
     """Parse a journal into records per (event id, event checksum); a torn last line is ignored."""
-    out: dict[tuple[str, str | None], Record] = {}
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return out
+        return {}
+    return parse_journal(data)
+
+
+def parse_journal(data: bytes) -> dict[tuple[str, str | None], Record]:
+    """:func:`read_journal` of bytes already read (e.g. through a directory descriptor)."""
+    out: dict[tuple[str, str | None], Record] = {}
     for line in data.split(b"\n"):
         if len(line) < 3:
             continue
@@ -220,38 +230,108 @@ class RecordStore:
             pass
 
 
-def unique_target(directory: Path, name: str) -> Path:
-    """``directory/name``, or ``name.1``, ``name.2``... if taken (never overwrite)."""
-    target = directory / name
-    n = 0
-    while os.path.lexists(target):
-        n += 1
-        target = directory / f"{name}.{n}"
-    return target
+def stated_checksum_at(d: SpoolDir, name: str) -> str | None:
+    """:func:`stated_checksum` of ``name`` in ``d``, read without following a link (None if it is one)."""
+    from ..spool.reader import CorruptEvent
+
+    try:
+        value = orjson.loads(d.read(name, 1 << 24)).get("checksum")
+    except (OSError, CorruptEvent, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
-def quarantine(layout: SpoolLayout, path: Path, reason: str, detail: str) -> Path | None:
+# corrupt/<name> beside corrupt/<name>.reason must both fit NAME_MAX (255 bytes) with a ``.<n>``
+# suffix: longer names are cut and made unique again by a hash of the whole name.
+MAX_QUARANTINE_NAME = 200
+REASON_SUFFIX = ".reason"
+
+
+def bounded_name(name: str) -> str:
+    """``name`` if it is valid UTF-8 of at most :data:`MAX_QUARANTINE_NAME` bytes, else a bounded, printable one.
+
+    A longer (or undecodable) name becomes its head (undecodable bytes
+    escaped as ``\\xNN``, cut at a character boundary) plus ``~`` and a hash of
+    the whole name, so distinct names stay distinct.
+    """
+    raw = os.fsencode(name)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        if len(raw) <= MAX_QUARANTINE_NAME:
+            return name
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    text = raw.decode("utf-8", "backslashreplace").encode("utf-8")
+    head = text[: MAX_QUARANTINE_NAME - len(digest) - 1].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
+
+
+def unique_target(name: str) -> Iterator[str]:
+    """Candidate names in corrupt/ for a file called ``name``: bounded, then ``.1``, ``.2``...
+
+    Each candidate is taken only if both it and its ``.reason`` are free
+    (see :func:`quarantine`), so nothing is ever overwritten.
+    """
+    base = bounded_name(name)
+    yield base
+    for n in itertools.count(1):
+        yield f"{base}.{n}"
+
+
+def _text(s: str) -> str:
+    """A file name or message as valid UTF-8 for JSON (undecodable bytes become ``\\xNN``-style escapes)."""
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def quarantine(
+    layout: SpoolLayout, path: Path, reason: str, detail: str, *, src: SpoolDir | None = None
+) -> Path | None:
     """Move ``path`` (whatever it is; links are moved, not followed) to corrupt/ with a reason.
 
-    Returns the new path, or None if the file vanished first.
+    The name in corrupt/ is bounded (see :func:`bounded_name`) and never
+    replaces anything: its ``.reason`` is created first without replacing
+    (a reservation), then the file is renamed in without replacing; if either
+    name is taken the next candidate is tried. The ``.reason`` keeps the
+    original name and directory. Both directories are opened without
+    following links (``src``: the source directory, if the caller has it
+    open): a linked corrupt/ or source raises :class:`SpoolIOError` and
+    nothing moves. Returns the new path, or None if the file vanished first.
     """
-    target = unique_target(layout.corrupt, path.name)
     try:
-        os.rename(path, target)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise SpoolIOError(f"cannot quarantine {path}: {exc.strerror}") from None
-    info = {
-        "reason": reason,
-        "detail": detail,
-        "from": str(path.parent.relative_to(layout.root)),
-        "name": path.name,
-        "at": time.time(),
-    }
-    write_atomic(layout.corrupt, target.name + ".reason", orjson.dumps(info, option=orjson.OPT_INDENT_2))
-    fsync_dir(path.parent)
-    return target
+        rel = str(path.parent.relative_to(layout.root))
+    except ValueError:
+        raise SpoolIOError(f"cannot quarantine {path}: not inside the spool {layout.root}") from None
+    name = path.name
+    info: dict[str, Any] = {"reason": reason, "detail": _text(detail), "from": _text(rel), "name": _text(name)}
+    if _text(name) != name:
+        info["name_hex"] = os.fsencode(name).hex()
+    with ExitStack() as stack:
+        sdir = src if src is not None else stack.enter_context(SpoolDir(layout, rel))
+        corrupt = stack.enter_context(SpoolDir(layout, "events/corrupt"))
+        for target in unique_target(name):
+            info["at"] = time.time()
+            info["file"] = _text(target)
+            try:
+                corrupt.create(target + REASON_SUFFIX, orjson.dumps(info, option=orjson.OPT_INDENT_2))
+            except FileExistsError:
+                continue
+            try:
+                sdir.rename(name, corrupt, target)
+            except FileExistsError:
+                corrupt.unlink(target + REASON_SUFFIX)
+                continue
+            except FileNotFoundError:
+                corrupt.unlink(target + REASON_SUFFIX)
+                return None
+            except OSError as exc:
+                corrupt.unlink(target + REASON_SUFFIX)
+                raise SpoolIOError(f"cannot quarantine {path}: {exc.strerror}") from None
+            corrupt.fsync()
+            sdir.fsync()
+            return layout.corrupt / target
+    raise AssertionError("unreachable")  # pragma: no cover - unique_target never ends
 
 
 def dead_letter(
@@ -278,11 +358,17 @@ def dead_letter(
     }
     if extra:
         info.update(extra)
-    write_atomic(layout.dead, f"{event_id}.error", orjson.dumps(info, option=orjson.OPT_INDENT_2))
-    target = layout.dead / f"{event_id}.json"
+    src = Path(path)
     try:
-        os.rename(path, target)
-    except OSError as exc:
-        raise SpoolIOError(f"cannot move {path} to dead/: {exc.strerror}") from None
-    fsync_dir(layout.dead)
-    return target
+        rel = str(src.parent.relative_to(layout.root))
+    except ValueError:
+        raise SpoolIOError(f"cannot dead-letter {src}: not inside the spool {layout.root}") from None
+    # Both directories without following links: a dead/ swapped for a link is refused (74), never written through.
+    with SpoolDir(layout, rel) as sdir, SpoolDir(layout, "events/dead") as dead:
+        dead.write_atomic(f"{event_id}.error", orjson.dumps(info, option=orjson.OPT_INDENT_2))
+        try:
+            sdir.rename(src.name, dead, f"{event_id}.json", replace=True)
+        except OSError as exc:
+            raise SpoolIOError(f"cannot move {path} to dead/: {exc.strerror}") from None
+        dead.fsync()
+    return layout.dead / f"{event_id}.json"

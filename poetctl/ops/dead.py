@@ -6,7 +6,8 @@ back to pending with fresh attempts, a summary of its last error moves into
 ``metadata.replayed.error`` and ``<id>.error`` is removed. Purge deletes the
 event and its ``.error`` (regular files only, through a descriptor of the
 dead directory, so a symlink is never followed and nothing outside the spool
-is ever removed) and drops the index rows.
+is ever removed) and drops the index rows. A linked ``events/``, ``dead/`` or
+``index/`` is refused (74) before anything is read (:func:`refuse_links`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ from ..query import Found
 from ..spool.index import Index
 from ..spool.layout import SpoolLayout
 from .replay import read_error
-from .safefs import open_dir
+from .safefs import open_dir, refuse_linked
+
+
+def refuse_links(layout: SpoolLayout) -> None:
+    """Raise :class:`~poetctl.ops.safefs.LinkedDir` (74) if ``events/``, ``dead/`` or ``index/`` is a link.
+
+    Every ``dead`` command checks this before it reads anything; ``retry``
+    then goes through :class:`~poetctl.ops.replay.Requeuer`, which checks the
+    directories it needs, and ``purge`` deletes through a descriptor of dead/.
+    """
+    refuse_linked(layout, ("events", "events/dead", "index"))
 
 
 @dataclass(slots=True)

@@ -2,6 +2,10 @@
 
 Problem kinds, and what ``--repair`` does:
 
+* ``linked_dir``: a spool directory (at any depth: ``events/tmp``,
+  ``inflight/<owner>``, ``state/<fn>/history``...) is a symlink or not a
+  directory -> nothing; fsck never reads, moves or deletes anything through
+  it, and an operator fixes it by hand.
 * ``corrupt_event``: bad JSON, checksum, envelope or schema, wrong name, too
   large -> quarantine (``corrupt/`` + ``.reason``).
 * ``not_regular``: a link, directory or fifo where event files live ->
@@ -30,6 +34,10 @@ Problem kinds, and what ``--repair`` does:
 * ``index_missing_row`` / ``index_orphan_row`` / ``index_wrong_state``: drift
   between rows and files -> add, delete or fix the row.
 
+Every directory is opened without following links
+(:class:`~poetctl.ops.safefs.SpoolDir`) and every file is read, moved or
+removed by name relative to it, so nothing outside the spool is ever touched.
+
 Safe while daemons run: live owners' in-flight events are left alone, a file
 that moves away while being checked is not a problem, and index drift is
 confirmed by a second look before it is reported (the daemon writes index
@@ -43,76 +51,47 @@ import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..daemon.owner import OWNER_RE, owner_alive
-from ..daemon.records import (
-    JOURNAL,
-    Record,
-    RecordStore,
-    journal_record,
-    quarantine,
-    read_journal,
-    stated_checksum,
-)
-from ..errors import PoetError
+from ..daemon.owner import HOST, OWNER_RE, owner_alive
+from ..daemon.records import JOURNAL, Record, journal_record, parse_journal
+from ..errors import PoetError, SpoolIOError
+from ..event import Event
 from ..ids import EVENT_ID_RE
 from ..schemas import SchemaRegistry
-from ..spool.index import Index, index_path, row_of, rows_from_files
-from ..spool.layout import SpoolLayout, fsync_dir, same_file
-from ..spool.reader import CorruptEvent, load_event, read_bytes
-from ..spool.writer import write_atomic
-from .safefs import rename_noreplace
+from ..spool.layout import SpoolLayout
+from ..spool.reader import CorruptEvent, decode_event
+from . import fsck_repair as fx
+from .fsck_index import IndexCheck
+from .fsck_report import FsckReport, Problem
+from .safefs import LinkedDir, SpoolDir
 
 EVENT_STATES = ("pending", "processed", "dead")
 DEFAULT_TMP_AGE = 3600.0
-DRIFT_RECHECK_DELAY = 0.5
 MAX_READ = 16 * 1024 * 1024
-
-
-@dataclass(slots=True)
-class Problem:
-    kind: str
-    path: str
-    detail: str
-    repaired: bool = False
-    action: str | None = None
-
-
-@dataclass(slots=True)
-class FsckReport:
-    spool: str
-    repair: bool
-    checked: dict[str, int] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def unrepaired(self) -> int:
-        return sum(1 for p in self.problems if not p.repaired)
-
-    def summary(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for p in self.problems:
-            out[p.kind] = out.get(p.kind, 0) + 1
-        return dict(sorted(out.items()))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "spool": self.spool,
-            "repair": self.repair,
-            "clean": self.unrepaired == 0,
-            "checked": self.checked,
-            "summary": self.summary(),
-            "problems": [asdict(p) for p in self.problems],
-            "repaired": sum(1 for p in self.problems if p.repaired),
-            "unrepaired": self.unrepaired,
-            "seconds": round(self.seconds, 3),
-        }
+# Every fixed directory of the tree below the root, parents first (deeper ones are checked as they are met).
+TREE = (
+    "events",
+    "events/tmp",
+    "events/pending",
+    "events/inflight",
+    "events/processed",
+    "events/dead",
+    "events/corrupt",
+    "events/records",
+    "state",
+    "feedback",
+    "feedback/pending",
+    "feedback/processed",
+    "run",
+    "run/daemons",
+    "run/owners",
+    "run/buckets",
+    "index",
+)
 
 
 class Fsck:
@@ -141,7 +120,9 @@ class Fsck:
         self.report = FsckReport(str(layout.root), repair)
         # id -> state for every valid event seen (processed/dead feed the index comparison).
         self.where: dict[str, str] = {}
-        self.live_inflight: dict[str, Path] = {}
+        self.live_inflight: dict[str, tuple[SpoolDir, str]] = {}
+        self._dirs: dict[str, SpoolDir | None] = {}
+        self.linked_dirs: set[str] = set()
 
     # -- helpers ------------------------------------------------------------------------------
     def rel(self, path: Path) -> str:
@@ -166,175 +147,232 @@ class Fsck:
     def count(self, key: str, n: int = 1) -> None:
         self.report.checked[key] = self.report.checked.get(key, 0) + n
 
-    def _quarantine(self, path: Path, reason: str, detail: str) -> Callable[[], str | None]:
-        def fix() -> str | None:
-            target = quarantine(self.layout, path, reason, detail)
-            return None if target is None else f"quarantined to {self.rel(target)}"
+    def linked(self, path: Path) -> None:
+        """Report a directory that is a link (or not a directory) once; nothing works through it."""
+        rel = self.rel(path)
+        if rel in self.linked_dirs:
+            return
+        self.linked_dirs.add(rel)
+        try:
+            what = f"a symlink to {os.readlink(path)}"
+        except OSError:
+            what = "not a directory"
+        self.problem(
+            "linked_dir",
+            rel,
+            f"{path} is {what}; fsck reads, moves and removes nothing through it (fix it by hand)",
+        )
 
-        return fix
-
-    def _unlink(self, path: Path) -> Callable[[], str | None]:
-        def fix() -> str | None:
+    def dir(self, rel: str) -> SpoolDir | None:
+        """The spool directory ``rel``, opened without following links (cached); None if absent or linked."""
+        if rel in self._dirs:
+            return self._dirs[rel]
+        d: SpoolDir | None = None
+        if not any(rel == x or rel.startswith(x + "/") for x in self.linked_dirs):
             try:
-                os.unlink(path)  # removes a link itself, never its target
+                d = SpoolDir(self.layout, rel)
             except FileNotFoundError:
-                return "already gone"
-            return "removed"
+                d = None
+            except LinkedDir as exc:
+                self.linked(exc.path)
+            except SpoolIOError as exc:
+                self.problem("unreadable_dir", rel, exc.message)
+        self._dirs[rel] = d
+        return d
 
-        return fix
+    def child(self, parent: SpoolDir, name: str) -> SpoolDir | None:
+        """A subdirectory of ``parent`` without following a link (reported); None if absent."""
+        try:
+            d = parent.child(name)
+        except FileNotFoundError:
+            return None
+        except LinkedDir as exc:
+            self.linked(exc.path)
+            return None
+        except SpoolIOError as exc:
+            self.problem("unreadable_dir", parent.path / name, exc.message)
+            return None
+        self._dirs[d.rel] = d
+        return d
+
+    def close(self) -> None:
+        for d in self._dirs.values():
+            if d is not None:
+                d.close()
+        self._dirs.clear()
 
     @staticmethod
-    def _names(d: Path) -> list[os.DirEntry[str]]:
-        try:
-            with os.scandir(d) as it:
-                return list(it)
-        except (FileNotFoundError, NotADirectoryError):
+    def entries(d: SpoolDir | None) -> list[Any]:
+        if d is None:
             return []
+        try:
+            return list(d.entries())
+        except FileNotFoundError:
+            return []
+
+    def load(self, d: SpoolDir, name: str, registry: SchemaRegistry | None) -> Event:
+        """Read and verify one event file by name (never through a link)."""
+        where = str(d.path / name)
+        expected = name[:-5] if name.endswith(".json") else None
+        if expected is None or not EVENT_ID_RE.match(expected):
+            raise CorruptEvent("bad_name", "expected <event id>.json", where=where)
+        return decode_event(d.read(name, self.max_bytes), registry, where=where, expected_id=expected)
+
+    def _quarantine(self, d: SpoolDir, name: str, reason: str, detail: str) -> fx.Fix:
+        return fx.quarantine_fix(self.layout, d, name, reason, detail)
 
     # -- run --------------------------------------------------------------------------------
     def run(self) -> FsckReport:
         t0 = time.monotonic()
-        lay = self.layout
-        for d in lay.dirs():
-            if d.is_symlink() or (os.path.lexists(d) and not d.is_dir()):
-                self.problem(
-                    "not_regular",
-                    d,
-                    "a spool directory is a link or not a directory; fsck does not work through it (fix it by hand)",
-                )
-        listings = {s: self._names(getattr(lay, s)) for s in EVENT_STATES}
-        inflight = {d: self._names(d) for d in lay.inflight_dirs()}
-        self.set_total(sum(len(v) for v in listings.values()) + sum(len(v) for v in inflight.values()))
+        try:
+            self._run()
+        finally:
+            self.close()
+        self.report.seconds = time.monotonic() - t0
+        return self.report
+
+    def _run(self) -> None:
+        for rel in TREE:
+            self.dir(rel)  # reports every linked directory first, before anything is read
+        listings = {s: self.entries(self.dir(f"events/{s}")) for s in EVENT_STATES}
+        inflight = self.owner_dirs()
+        self.set_total(sum(len(v) for v in listings.values()) + sum(len(v) for _, v in inflight.values()))
         self.check_inflight(inflight)
         if self.repair:
-            listings["pending"] = self._names(lay.pending)  # requeued events are checked there
+            listings["pending"] = self.entries(self.dir("events/pending"))  # requeued events are checked there
         for state in EVENT_STATES:
-            self.check_events(state, listings[state])
+            d = self.dir(f"events/{state}")
+            if d is not None:
+                self.check_events(state, d, listings[state])
         self.check_duplicates()
-        self.check_dead_errors(listings["dead"])
+        dead = self.dir("events/dead")
+        if dead is not None:
+            self.check_dead_errors(dead, listings["dead"])
         self.check_records()
         self.check_tmp()
         self.check_feedback()
         self.check_state()
         self.check_heartbeats()
         self.check_index()
-        self.report.seconds = time.monotonic() - t0
-        return self.report
 
     # -- in flight ------------------------------------------------------------------------------
-    def check_inflight(self, dirs: dict[Path, list[os.DirEntry[str]]]) -> None:
-        lay = self.layout
-        for e in self._names(lay.inflight):
+    def owner_dirs(self) -> dict[str, tuple[SpoolDir, list[Any]]]:
+        """owner -> (its directory, its entries); stray files and links in events/inflight are reported."""
+        out: dict[str, tuple[SpoolDir, list[Any]]] = {}
+        inflight = self.dir("events/inflight")
+        for e in self.entries(inflight):
+            assert inflight is not None
             if e.name.startswith("."):
                 continue  # hidden files (.gitkeep) are not the daemon's, as in pending/
-            if not e.is_dir(follow_symlinks=False):
-                p = Path(e.path)
+            if e.is_symlink():
+                self.linked(inflight.path / e.name)
+            elif not e.is_dir(follow_symlinks=False):
                 self.problem(
                     "stray_file",
-                    p,
+                    inflight.path / e.name,
                     "expected only owner directories in events/inflight",
-                    self._quarantine(p, "stray_file", "not an owner directory in events/inflight"),
+                    self._quarantine(inflight, e.name, "stray_file", "not an owner directory in events/inflight"),
                 )
-        hb = lay.run / "daemons"
-        for d, entries in dirs.items():
-            alive = OWNER_RE.match(d.name) is not None and owner_alive(d.name, hb, self.lease)
+            else:
+                d = self.child(inflight, e.name)
+                if d is not None:
+                    out[e.name] = (d, self.entries(d))
+        return out
+
+    def _alive(self, owner: str) -> bool:
+        m = OWNER_RE.match(owner)
+        if m is not None and m["host"] != HOST and self.dir("run/daemons") is None and self.linked_dirs:
+            return True  # judged by a heartbeat we will not read through a link: leave its work alone
+        return owner_alive(owner, self.layout.run / "daemons", self.lease)
+
+    def check_inflight(self, dirs: dict[str, tuple[SpoolDir, list[Any]]]) -> None:
+        processed = self.dir("events/processed")
+        for owner, (d, entries) in dirs.items():
+            alive = OWNER_RE.match(owner) is not None and self._alive(owner)
             names = [e for e in entries if e.name != JOURNAL]
             self.count("inflight", sum(1 for e in names if e.name.endswith(".json")))
             if alive:
-                self.live_inflight.update((e.name[:-5], Path(e.path)) for e in names if e.name.endswith(".json"))
+                self.live_inflight.update((e.name[:-5], (d, e.name)) for e in names if e.name.endswith(".json"))
                 self.advance(len(entries))
                 continue
-            journal = read_journal(d / JOURNAL)
+            journal = self._journal(d)
             for e in names:
-                p = Path(e.path)
+                p = d.path / e.name
                 if not e.name.endswith(".json") or e.name.startswith("."):
                     self.problem(
                         "stray_file",
                         p,
                         "unexpected file in an in-flight directory",
-                        self._quarantine(p, "bad_name", "unexpected file in an in-flight directory"),
+                        self._quarantine(d, e.name, "bad_name", "unexpected file in an in-flight directory"),
                     )
                     continue
-                if same_file(p, lay.processed / e.name):
+                if not e.is_file(follow_symlinks=False):
+                    self.problem(
+                        "not_regular",
+                        p,
+                        "not a regular file (links are never followed)",
+                        self._quarantine(d, e.name, "not_regular", "not a regular file in an in-flight directory"),
+                    )
+                    continue
+                if processed is not None and d.same_file(e.name, processed, e.name):
                     # A completion mover linked it into processed/ and died before the unlink.
                     self.problem(
                         "filed_inflight",
                         p,
-                        f"owner {d.name} is gone; the event is already in processed/ (same file)",
-                        self._unlink(p),
+                        f"owner {owner} is gone; the event is already in processed/ (same file)",
+                        fx.unlink_fix(d, e.name),
                     )
                     continue
+                rec = journal_record(journal, e.name[:-5], self._checksum(d, e.name))
                 self.problem(
                     "stale_inflight",
                     p,
-                    f"owner {d.name} is gone; the event waits in flight forever",
-                    self._requeue(p, journal_record(journal, e.name[:-5], stated_checksum(p))),
+                    f"owner {owner} is gone; the event waits in flight forever",
+                    fx.requeue_fix(self.layout, d, e.name, rec),
                 )
             self.advance(len(entries))
-            if self.repair:
-                self._remove_owner_dir(d)
+            inflight = self.dir("events/inflight")
+            if self.repair and inflight is not None:
+                fx.remove_owner_dir(self.layout, inflight, d, owner, JOURNAL)
 
-    def _requeue(self, path: Path, rec: Record | None) -> Callable[[], str | None]:
-        def fix() -> str | None:
-            eid = path.name[:-5]
-            if rec is not None and (rec.done or rec.failures) and EVENT_ID_RE.match(eid):
-                existing = self.layout.records / path.name
-                if existing.exists():
-                    try:
-                        old = Record.from_json(existing.read_bytes())
-                        rec.done |= old.done
-                        rec.failures = old.failures + rec.failures
-                    except (OSError, ValueError):
-                        pass
-                RecordStore(self.layout).save(eid, rec)
-            try:
-                rename_noreplace(path, self.layout.pending / path.name)
-            except FileExistsError:
-                return None
-            except FileNotFoundError:
-                return "already gone"
-            fsync_dir(self.layout.pending)
-            return "requeued to pending" + (" (its finished handlers recorded)" if rec and rec.done else "")
-
-        return fix
-
-    def _remove_owner_dir(self, d: Path) -> None:
-        if any(e.name != JOURNAL for e in self._names(d)):
-            return
-        for p in (d / JOURNAL, self.layout.run / "daemons" / f"{d.name}.json"):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+    @staticmethod
+    def _journal(d: SpoolDir) -> dict[tuple[str, str | None], Record]:
         try:
-            os.rmdir(d)
-        except OSError:
-            pass
+            return parse_journal(d.read(JOURNAL, 1 << 30))
+        except (FileNotFoundError, CorruptEvent):
+            return {}  # absent, or a link/non-regular file: never read through it
+
+    def _checksum(self, d: SpoolDir, name: str) -> str | None:
+        try:
+            value = orjson.loads(d.read(name, self.max_bytes)).get("checksum")
+        except (OSError, CorruptEvent, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) else None
 
     # -- event files ------------------------------------------------------------------------------
-    def check_events(self, state: str, entries: list[os.DirEntry[str]]) -> None:
+    def check_events(self, state: str, d: SpoolDir, entries: list[Any]) -> None:
         n = 0
         for e in entries:
             self.advance(1)
             name = e.name
-            p = Path(e.path)
+            p = d.path / name
             if state == "dead" and name.endswith(".error") and not name.startswith("."):
                 continue  # checked with the dead letters
             if name.startswith("."):
-                self._maybe_tmp(p)
+                self._maybe_tmp(d, name)
                 continue
             try:
                 is_file = e.is_file(follow_symlinks=False)
             except OSError:
                 continue
             if not is_file:
-                if not os.path.lexists(p):
+                if not d.exists(name):
                     continue
                 self.problem(
                     "not_regular",
                     p,
                     "not a regular file (links are never followed)",
-                    self._quarantine(p, "not_regular", "not a regular file"),
+                    self._quarantine(d, name, "not_regular", "not a regular file"),
                 )
                 continue
             if not name.endswith(".json"):
@@ -342,16 +380,16 @@ class Fsck:
                     "stray_file",
                     p,
                     f"unexpected file in events/{state}",
-                    self._quarantine(p, "bad_name", f"unexpected file in events/{state}"),
+                    self._quarantine(d, name, "bad_name", f"unexpected file in events/{state}"),
                 )
                 continue
             try:
-                ev = load_event(p, self.registry, self.max_bytes)
+                ev = self.load(d, name, self.registry)
             except FileNotFoundError:
                 continue  # moved on meanwhile (a daemon at work): not a problem
             except CorruptEvent as exc:
                 self.problem(
-                    "corrupt_event", p, f"{exc.reason}: {exc.detail}", self._quarantine(p, exc.reason, exc.detail)
+                    "corrupt_event", p, f"{exc.reason}: {exc.detail}", self._quarantine(d, name, exc.reason, exc.detail)
                 )
                 continue
             n += 1
@@ -359,16 +397,18 @@ class Fsck:
             self.where[ev.id] = state if prev is None else f"{prev},{state}"
         self.count(state, n)
 
-    def _maybe_tmp(self, p: Path) -> None:
+    def _maybe_tmp(self, d: SpoolDir, name: str) -> None:
         """Hidden ``.*.tmp`` files are write_atomic's; old ones are leftovers of a crash."""
-        if not p.name.endswith(".tmp"):
+        if not name.endswith(".tmp"):
             return
         try:
-            st = p.lstat()
+            st = d.lstat(name)
         except FileNotFoundError:
             return
         if st.st_mtime < self.clock() - self.tmp_age:
-            self.problem("orphan_tmp", p, f"writer leftover, {self._age(st.st_mtime)} old", self._unlink(p))
+            self.problem(
+                "orphan_tmp", d.path / name, f"writer leftover, {self._age(st.st_mtime)} old", fx.unlink_fix(d, name)
+            )
 
     def _age(self, t: float) -> str:
         s = max(0.0, self.clock() - t)
@@ -378,100 +418,85 @@ class Fsck:
         for eid, where in list(self.where.items()):
             if "," in where:
                 self.problem("duplicate", f"events/*/{eid}.json", f"the same id is in {where.replace(',', ' and ')}")
-        for eid, path in self.live_inflight.items():
+        processed = self.dir("events/processed")
+        for eid, (d, name) in self.live_inflight.items():
             w = self.where.get(eid)
-            if w == "processed" and (not os.path.lexists(path) or same_file(path, self.layout.processed / path.name)):
+            if w == "processed" and (
+                not d.exists(name) or (processed is not None and d.same_file(name, processed, name))
+            ):
                 continue  # a live daemon filed it between the two listings (or is filing it now)
             if w is not None and w != "pending":
                 self.problem("duplicate", f"events/*/{eid}.json", f"in flight and in {w}")
 
     # -- dead letters ----------------------------------------------------------------------------
-    def check_dead_errors(self, entries: list[os.DirEntry[str]]) -> None:
+    def check_dead_errors(self, dead: SpoolDir, entries: list[Any]) -> None:
         names = {e.name for e in entries}
-        dead = self.layout.dead
         for e in entries:
             n = e.name
             if not n.endswith(".error") or n.startswith("."):
                 continue
-            p = Path(e.path)
+            p = dead.path / n
             eid = n[:-6]
             if f"{eid}.json" not in names:
-                if not os.path.lexists(dead / f"{eid}.json"):
-                    self.problem("orphan_error", p, "error record of no dead event", self._unlink(p))
+                if not dead.exists(f"{eid}.json"):
+                    self.problem("orphan_error", p, "error record of no dead event", fx.unlink_fix(dead, n))
                 continue
             try:
-                info = orjson.loads(read_bytes(p, MAX_READ))
-                ok = isinstance(info, dict)
+                ok = isinstance(orjson.loads(dead.read(n, MAX_READ)), dict)
             except FileNotFoundError:
                 continue
             except (CorruptEvent, orjson.JSONDecodeError):
                 ok = False
             if not ok:
                 self.problem(
-                    "bad_error_record", p, "not a JSON object (or not a regular file)", self._replace_error(p, eid)
+                    "bad_error_record",
+                    p,
+                    "not a JSON object (or not a regular file)",
+                    fx.replace_error_fix(self.layout, dead, eid, self.clock()),
                 )
         for eid, where in self.where.items():
-            if where == "dead" and f"{eid}.error" not in names and not os.path.lexists(dead / f"{eid}.error"):
+            if where == "dead" and f"{eid}.error" not in names and not dead.exists(f"{eid}.error"):
                 self.problem(
-                    "dead_without_error", dead / f"{eid}.json", "no .error record beside it", self._write_error(eid)
+                    "dead_without_error",
+                    dead.path / f"{eid}.json",
+                    "no .error record beside it",
+                    fx.write_error_fix(self.layout, eid, self.clock()),
                 )
-
-    def _replace_error(self, p: Path, eid: str) -> Callable[[], str | None]:
-        def fix() -> str | None:
-            done = self._quarantine(p, "bad_error_record", "unreadable dead-letter error record")()
-            if done is None:
-                return None
-            return f"{done}; {self._write_error(eid)()}"
-
-        return fix
-
-    def _write_error(self, eid: str) -> Callable[[], str | None]:
-        def fix() -> str | None:
-            info = {
-                "id": eid,
-                "reason": "unknown",
-                "dead_at": self.clock(),
-                "attempts": 0,
-                "error": None,
-                "history": [],
-                "note": "recreated by poetctl fsck: the original record was missing",
-            }
-            write_atomic(self.layout.dead, f"{eid}.error", orjson.dumps(info, option=orjson.OPT_INDENT_2))
-            return "wrote a minimal .error"
-
-        return fix
 
     # -- records, tmp, feedback, state, heartbeats --------------------------------------------------
     def check_records(self) -> None:
-        for e in self._names(self.layout.records):
-            p = Path(e.path)
+        d = self.dir("events/records")
+        pending = self.dir("events/pending")
+        for e in self.entries(d):
+            assert d is not None
+            p = d.path / e.name
             if e.name.startswith("."):
-                self._maybe_tmp(p)
+                self._maybe_tmp(d, e.name)
                 continue
             self.count("records")
             eid = e.name[:-5] if e.name.endswith(".json") else None
             try:
-                Record.from_json(read_bytes(p, MAX_READ))
+                Record.from_json(d.read(e.name, MAX_READ))
             except FileNotFoundError:
                 continue
-            except (CorruptEvent, ValueError, TypeError, KeyError):
-                self.problem("bad_record", p, "unreadable completion record", self._unlink(p))
+            except (CorruptEvent, ValueError, TypeError, KeyError, AttributeError):
+                self.problem("bad_record", p, "unreadable completion record", fx.unlink_fix(d, e.name))
                 continue
             if eid is None or not (
-                self.where.get(eid) == "pending"
-                or eid in self.live_inflight
-                or os.path.lexists(self.layout.pending / e.name)
+                self.where.get(eid) == "pending" or eid in self.live_inflight or fx.lexists(pending, e.name)
             ):
-                self.problem("orphan_record", p, "completion record of no pending event", self._unlink(p))
+                self.problem("orphan_record", p, "completion record of no pending event", fx.unlink_fix(d, e.name))
 
     def check_tmp(self) -> None:
         limit = self.clock() - self.tmp_age
-        for e in self._names(self.layout.tmp):
+        d = self.dir("events/tmp")
+        for e in self.entries(d):
+            assert d is not None
             if e.name == ".gitkeep":
                 continue  # the placeholder that keeps an empty directory in git, not a writer's file
-            p = Path(e.path)
+            p = d.path / e.name
             try:
-                st = p.lstat()
+                st = d.lstat(e.name)
             except FileNotFoundError:
                 continue
             self.count("tmp")
@@ -480,29 +505,29 @@ class Fsck:
                     "not_regular",
                     p,
                     "not a regular file in events/tmp",
-                    self._quarantine(p, "not_regular", "not a regular file in events/tmp"),
+                    self._quarantine(d, e.name, "not_regular", "not a regular file in events/tmp"),
                 )
             elif st.st_mtime < limit:
-                self.problem("orphan_tmp", p, f"writer leftover, {self._age(st.st_mtime)} old", self._unlink(p))
-        for d in (
-            self.layout.corrupt,
-            self.layout.run / "daemons",
-            self.layout.feedback_pending,
-            self.layout.feedback_processed,
-        ):
-            for e in self._names(d):
+                self.problem(
+                    "orphan_tmp", p, f"writer leftover, {self._age(st.st_mtime)} old", fx.unlink_fix(d, e.name)
+                )
+        for rel in ("events/corrupt", "run/daemons", "feedback/pending", "feedback/processed"):
+            other = self.dir(rel)
+            for e in self.entries(other):
+                assert other is not None
                 if e.name.startswith("."):
-                    self._maybe_tmp(Path(e.path))
+                    self._maybe_tmp(other, e.name)
 
     def check_feedback(self) -> None:
-        for d in (self.layout.feedback_pending, self.layout.feedback_processed):
-            for e in self._names(d):
+        for rel in ("feedback/pending", "feedback/processed"):
+            d = self.dir(rel)
+            for e in self.entries(d):
+                assert d is not None
                 if e.name.startswith("."):
                     continue
-                p = Path(e.path)
                 self.count("feedback")
                 try:
-                    ok = isinstance(orjson.loads(read_bytes(p, MAX_READ)), dict)
+                    ok = isinstance(orjson.loads(d.read(e.name, MAX_READ)), dict)
                 except FileNotFoundError:
                     continue
                 except (CorruptEvent, orjson.JSONDecodeError):
@@ -510,159 +535,55 @@ class Fsck:
                 if not ok or not e.name.endswith(".json"):
                     self.problem(
                         "bad_feedback",
-                        p,
+                        d.path / e.name,
                         "not a JSON object in a .json regular file",
-                        self._quarantine(p, "bad_feedback", "unreadable feedback record"),
+                        self._quarantine(d, e.name, "bad_feedback", "unreadable feedback record"),
                     )
 
     def check_state(self) -> None:
-        for p in self._walk_json(self.layout.state):
+        state = self.dir("state")
+        if state is None:
+            return
+        for d, name in self._walk_json(state):
             self.count("state")
             try:
-                ok = isinstance(orjson.loads(read_bytes(p, MAX_READ)), dict)
+                ok = isinstance(orjson.loads(d.read(name, MAX_READ)), dict)
             except FileNotFoundError:
                 continue
             except (CorruptEvent, orjson.JSONDecodeError):
                 ok = False
             if not ok:
-                self.problem("bad_state", p, "not a JSON object (state files are fixed by hand)")
+                self.problem("bad_state", d.path / name, "not a JSON object (state files are fixed by hand)")
 
-    def _walk_json(self, root: Path, depth: int = 3) -> Iterator[Path]:
-        """*.json below ``root`` without following links (state/<fn>/history/<v>.json is 3 deep)."""
-        for e in self._names(root):
+    def _walk_json(self, d: SpoolDir, depth: int = 3) -> Iterator[tuple[SpoolDir, str]]:
+        """*.json below ``d`` without following links (state/<fn>/history/<v>.json is 3 deep)."""
+        for e in self.entries(d):
             if e.name.startswith("."):
                 if e.name.endswith(".tmp"):
-                    self._maybe_tmp(Path(e.path))
+                    self._maybe_tmp(d, e.name)
                 continue
-            if e.is_dir(follow_symlinks=False):
+            if e.is_symlink() and depth > 1 and not e.name.endswith(".json"):
+                self.linked(d.path / e.name)  # a linked state/<fn> or history/
+            elif e.is_dir(follow_symlinks=False):
                 if depth > 1:
-                    yield from self._walk_json(Path(e.path), depth - 1)
+                    sub = self.child(d, e.name)
+                    if sub is not None:
+                        yield from self._walk_json(sub, depth - 1)
             elif e.name.endswith(".json"):
-                yield Path(e.path)
+                yield d, e.name
 
     def check_heartbeats(self) -> None:
-        hb = self.layout.run / "daemons"
-        owners = {d.name for d in self.layout.inflight_dirs()}
-        for e in self._names(hb):
+        hb = self.dir("run/daemons")
+        inflight = self.dir("events/inflight")
+        owners = {e.name for e in self.entries(inflight) if e.is_dir(follow_symlinks=False)}
+        for e in self.entries(hb):
+            assert hb is not None
             if not e.name.endswith(".json") or e.name.startswith("."):
                 continue
             owner = e.name[:-5]
-            if owner in owners or owner_alive(owner, hb, self.lease):
+            if owner in owners or owner_alive(owner, hb.path, self.lease):
                 continue
-            self.problem("stale_heartbeat", Path(e.path), f"daemon {owner} is gone", self._unlink(Path(e.path)))
+            self.problem("stale_heartbeat", hb.path / e.name, f"daemon {owner} is gone", fx.unlink_fix(hb, e.name))
 
-    # -- index ------------------------------------------------------------------------------------
     def check_index(self) -> None:
-        handled = {eid: st for eid, st in self.where.items() if st in ("processed", "dead")}
-        path = index_path(self.layout)
-        if not path.exists():
-            if handled:
-                self.problem("index_missing", path, f"{len(handled)} handled events but no index", self._rebuild)
-            return
-        try:
-            idx = Index(self.layout, create=False)
-            rows = dict(idx.db.execute("SELECT id, state FROM events"))
-        except sqlite3.Error as exc:
-            self.problem("index_unreadable", path, str(exc), self._rebuild_aside)
-            return
-        try:
-            self.count("index_rows", len(rows))
-            suspects = self._drift(rows, handled)
-            if suspects:
-                # A daemon indexes a moment after it moves a file: look again before calling it drift.
-                time.sleep(DRIFT_RECHECK_DELAY)
-                self._confirm_drift(idx, suspects)
-        finally:
-            idx.close()
-
-    @staticmethod
-    def _drift(rows: dict[str, str], handled: dict[str, str]) -> list[str]:
-        out = [eid for eid, st in handled.items() if rows.get(eid) != st]
-        out += [eid for eid in rows if eid not in handled]
-        return out
-
-    def _file_state(self, eid: str) -> str | None:
-        for st in ("processed", "dead"):
-            if os.path.lexists(getattr(self.layout, st) / f"{eid}.json"):
-                return st
-        return None
-
-    def _confirm_drift(self, idx: Index, suspects: list[str]) -> None:
-        for eid in suspects:
-            r = idx.get(eid)
-            row_state = r[7] if r is not None else None
-            file_state = self._file_state(eid)
-            if file_state is not None and "," in self.where.get(eid, ""):
-                continue  # a duplicate, reported as such
-            if file_state is not None and file_state not in self.where.get(eid, ""):
-                continue  # a file that turned up or changed state after the scan: not ours to judge
-            if row_state == file_state:
-                continue
-            if file_state is None:
-                self.problem(
-                    "index_orphan_row",
-                    f"index:{eid}",
-                    f"row says {row_state} but there is no file",
-                    self._del_row(idx, eid),
-                )
-            elif row_state is None:
-                self.problem(
-                    "index_missing_row",
-                    f"events/{file_state}/{eid}.json",
-                    "not in the index",
-                    self._put_row(idx, eid, file_state),
-                )
-            else:
-                self.problem(
-                    "index_wrong_state",
-                    f"events/{file_state}/{eid}.json",
-                    f"row says {row_state}, file is in {file_state}",
-                    self._put_row(idx, eid, file_state),
-                )
-
-    def _del_row(self, idx: Index, eid: str) -> Callable[[], str | None]:
-        def fix() -> str | None:
-            idx.delete([eid])
-            return "row deleted"
-
-        return fix
-
-    def _put_row(self, idx: Index, eid: str, state: str) -> Callable[[], str | None]:
-        def fix() -> str | None:
-            p = getattr(self.layout, state) / f"{eid}.json"
-            try:
-                ev = load_event(p, None, self.max_bytes)
-            except (FileNotFoundError, CorruptEvent):
-                return None
-            idx.put([row_of(ev, state)])
-            return "row written"
-
-        return fix
-
-    def _rebuild(self) -> str | None:
-        idx = Index(self.layout)
-        try:
-            n = 0
-            batch = []
-            for row in rows_from_files(self.layout):
-                batch.append(row)
-                if len(batch) >= 10000:
-                    idx.put(batch)
-                    n += len(batch)
-                    batch = []
-            idx.put(batch)
-            n += len(batch)
-        finally:
-            idx.close()
-        return f"index built from the files ({n} rows)"
-
-    def _rebuild_aside(self) -> str | None:
-        path = index_path(self.layout)
-        aside = path.with_name(f"events.sqlite.broken-{int(self.clock())}")
-        os.rename(path, aside)
-        for suffix in ("-wal", "-shm"):
-            try:
-                os.rename(f"{path}{suffix}", f"{aside}{suffix}")
-            except FileNotFoundError:
-                pass
-        return self._rebuild() + f"; the broken one is {self.rel(aside)}"  # type: ignore[operator]
+        IndexCheck(self).run()

@@ -17,7 +17,9 @@ Never anything else: pending, in-flight, corrupt, records, state and run are
 not touched. Deletion goes through :class:`~poetctl.ops.safefs.SpoolDir`:
 only regular files, by name relative to an ``O_NOFOLLOW`` descriptor of the
 spool's own directory, so links are never followed, subdirectories are never
-descended and nothing outside the spool is ever removed. Index rows are
+descended and nothing outside the spool is ever read or removed. A spool
+directory that is itself a symlink is reported (one line) and skipped, and
+the run ends with exit 74 (:attr:`PruneReport.linked`). Index rows are
 deleted in batches of 10,000 after their files; the unlinks of a batch run
 on a few threads (an unlink mostly waits for the disk).
 """
@@ -37,8 +39,8 @@ import orjson
 from ..ids import time_of
 from ..spool.index import Index
 from ..spool.layout import SpoolLayout
-from ..spool.reader import CorruptEvent, decode_event, read_bytes
-from .safefs import SpoolDir, open_dir
+from ..spool.reader import CorruptEvent, decode_event
+from .safefs import LinkedDir, SpoolDir, linked_dir, open_dir
 
 TMP_MAX_AGE = 86400.0
 UNLINK_THREADS = 16
@@ -65,6 +67,7 @@ class PruneReport:
     damaged: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    linked: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,6 +103,18 @@ class Pruner:
     def _problem(self, msg: str) -> None:
         self.report.problems.append(msg)
         self.warn(msg)
+
+    def linked(self, exc: LinkedDir) -> None:
+        """A spool directory is a link: report it (one line) and skip everything in it."""
+        self.report.linked.append(str(exc.path))
+        self.warn(f"{exc.message}; skipped")
+
+    def _open(self, rel: str) -> SpoolDir | None:
+        try:
+            return open_dir(self.layout, rel)
+        except LinkedDir as exc:
+            self.linked(exc)
+            return None
 
     def run(self) -> PruneReport:
         t0 = time.monotonic()
@@ -164,7 +179,7 @@ class Pruner:
         self.report.index_rows += len(ids) if self.index is not None else 0
 
     def processed(self) -> None:
-        d = open_dir(self.layout, "events/processed")
+        d = self._open("events/processed")
         if d is None:
             return
         # Ids the index pass already counted but whose file is still listed (dry run, or left alone).
@@ -235,7 +250,7 @@ class Pruner:
     def _event_time(self, d: SpoolDir, name: str) -> float | None:
         path = d.path / name
         try:
-            ev = decode_event(read_bytes(path, MAX_READ), None, where=str(path), expected_id=name[:-5])
+            ev = decode_event(d.read(name, MAX_READ), None, where=str(path), expected_id=name[:-5])
         except FileNotFoundError:
             return None
         except CorruptEvent as exc:
@@ -246,7 +261,7 @@ class Pruner:
 
     # -- feedback --------------------------------------------------------------------
     def feedback(self) -> None:
-        d = open_dir(self.layout, "feedback/processed")
+        d = self._open("feedback/processed")
         if d is None:
             return
         n = 0
@@ -268,7 +283,7 @@ class Pruner:
 
     def _feedback_time(self, d: SpoolDir, e: Any) -> float:
         try:
-            rec = orjson.loads(read_bytes(d.path / e.name, MAX_READ))
+            rec = orjson.loads(d.read(e.name, MAX_READ))
             t = rec.get("received_at") if isinstance(rec, dict) else None
             if isinstance(t, int | float) and not isinstance(t, bool):
                 return float(t)
@@ -281,7 +296,7 @@ class Pruner:
 
     # -- tmp --------------------------------------------------------------------------
     def tmp(self) -> None:
-        d = open_dir(self.layout, "events/tmp")
+        d = self._open("events/tmp")
         if d is None:
             return
         limit = self.now - TMP_MAX_AGE
@@ -300,7 +315,7 @@ class Pruner:
 
     # -- dead (only when asked) ----------------------------------------------------------
     def dead_letters(self) -> None:
-        d = open_dir(self.layout, "events/dead")
+        d = self._open("events/dead")
         if d is None:
             return
         with d:
@@ -335,3 +350,15 @@ class Pruner:
             if removed and not self.dry_run:
                 d.fsync()
             self._drop_rows(removed)
+
+
+def usable_index(layout: SpoolLayout, *, locking: bool) -> bool:
+    """Before prune opens anything: False if ``index/`` is a link (prune then lists directories).
+
+    Raises :class:`LinkedDir` (74) if ``run/`` is a link and the lock would be taken through it.
+    """
+    if locking:
+        bad = linked_dir(layout, "run")
+        if bad is not None:
+            raise LinkedDir(bad)
+    return linked_dir(layout, "index") is None

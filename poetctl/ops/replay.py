@@ -58,20 +58,13 @@ from ..errors import SpoolIOError
 from ..event import Event
 from ..query import Found
 from ..spool.index import Index, row_of
-from ..spool.layout import DIR_MODE, SpoolLayout, fsync_dir
-from ..spool.reader import CorruptEvent, decode_event, read_bytes
-from ..spool.writer import group_sync, write_tmp
-from .safefs import rename_noreplace, replace_existing
+from ..spool.layout import DIR_MODE, FILE_MODE, SpoolLayout
+from ..spool.reader import CorruptEvent, decode_event
+from ..spool.writer import group_sync
+from .safefs import SpoolDir, refuse_linked, rename_noreplace_at, replace_existing_at
 
 BATCH = 500
 ERROR_SUMMARY_CHARS = 2000
-
-
-def _unlink_quiet(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 @dataclass(slots=True)
@@ -98,13 +91,37 @@ def error_summary(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def read_error(layout: SpoolLayout, event_id: str) -> dict[str, Any] | None:
-    """``dead/<id>.error`` parsed, or None if absent or unreadable (never follows a link)."""
+def read_error(layout: SpoolLayout, event_id: str, dead: SpoolDir | None = None) -> dict[str, Any] | None:
+    """``dead/<id>.error`` parsed, or None if absent or unreadable (never follows a link, nor a linked dead/)."""
     try:
-        d = orjson.loads(read_bytes(layout.dead / f"{event_id}.error", 16 * 1024 * 1024))
-    except (FileNotFoundError, CorruptEvent, orjson.JSONDecodeError):
+        if dead is not None:
+            data = dead.read(f"{event_id}.error", 16 * 1024 * 1024)
+        else:
+            with SpoolDir(layout, "events/dead") as d:
+                data = d.read(f"{event_id}.error", 16 * 1024 * 1024)
+        d_: Any = orjson.loads(data)
+    except (FileNotFoundError, SpoolIOError, CorruptEvent, orjson.JSONDecodeError):
         return None
-    return d if isinstance(d, dict) else None
+    return d_ if isinstance(d_, dict) else None
+
+
+def needed_dirs(source: str) -> tuple[str, ...]:
+    """The spool directories a requeue from ``source`` reads or writes (none of them may be a link)."""
+    return (
+        "events",
+        f"events/{source}",
+        "events/pending",
+        "events/inflight",
+        "events/records",
+        "events/tmp",
+        "events/dead",
+        "index",
+    )
+
+
+def refuse_links(layout: SpoolLayout, source: str) -> None:
+    """Raise :class:`~poetctl.ops.safefs.LinkedDir` (74) before anything is read if a needed directory is a link."""
+    refuse_linked(layout, needed_dirs(source))
 
 
 def mark_replayed(ev: Event, source: str, at: float, error: dict[str, Any] | None = None) -> Event:
@@ -119,7 +136,14 @@ def mark_replayed(ev: Event, source: str, at: float, error: dict[str, Any] | Non
 
 
 class Requeuer:
-    """Moves events from ``source`` (processed or dead) to pending; see the module docstring."""
+    """Moves events from ``source`` (processed or dead) to pending; see the module docstring.
+
+    Every directory is opened without following links (:class:`SpoolDir`)
+    when the requeuer is created, and every move, read and write is by name
+    relative to those descriptors: a directory that is (or becomes) a link
+    raises :class:`~poetctl.ops.safefs.LinkedDir` (74) and nothing is touched
+    through it.
+    """
 
     def __init__(
         self,
@@ -133,13 +157,36 @@ class Requeuer:
     ) -> None:
         self.layout = layout
         self.source = source
-        self.src_dir: Path = getattr(layout, source)
         self.index = index
         self.max_bytes = max_bytes
         self.warn = warn
         self.clock = clock
-        self.own = layout.inflight / current_owner()
-        self._made_own = False
+        self.owner = current_owner()
+        refuse_links(layout, source)
+        self._dirs: list[SpoolDir] = []
+        try:
+            self.src = self._open(f"events/{source}")
+            self.pending = self._open("events/pending")
+            self.inflight = self._open("events/inflight")
+            self.records = self._open("events/records")
+            self.tmp = self._open("events/tmp")
+            self.dead = self._open("events/dead")
+        except BaseException:
+            self._close_dirs()
+            raise
+        self.own_dir: SpoolDir | None = None
+
+    def _open(self, rel: str) -> SpoolDir:
+        try:
+            d = SpoolDir(self.layout, rel)
+        except FileNotFoundError:
+            raise SpoolIOError(f"{self.layout.root / rel} is missing; run 'poetctl init' to repair the tree") from None
+        self._dirs.append(d)
+        return d
+
+    @property
+    def own(self) -> Path:
+        return self.layout.inflight / self.owner
 
     def __enter__(self) -> Requeuer:
         return self
@@ -147,22 +194,26 @@ class Requeuer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        if self._made_own:
-            try:
-                os.rmdir(self.own)
-            except OSError:
-                pass  # not empty: something could not be put anywhere; a daemon recovers it
-            self._made_own = False
+    def _close_dirs(self) -> None:
+        for d in self._dirs:
+            d.close()
+        self._dirs = []
 
-    def _ensure_own(self) -> None:
-        if not self._made_own:
-            os.makedirs(self.layout.inflight, DIR_MODE, exist_ok=True)
+    def close(self) -> None:
+        if self.own_dir is not None:
+            self.own_dir.close()
+            self.own_dir = None
+            self.inflight.rmdir(self.owner)  # not empty: something could not be put anywhere; a daemon recovers it
+        self._close_dirs()
+
+    def _ensure_own(self) -> SpoolDir:
+        if self.own_dir is None:
             try:
-                os.mkdir(self.own, DIR_MODE)
+                os.mkdir(self.owner, DIR_MODE, dir_fd=self.inflight.fd)
             except FileExistsError:
                 pass
-            self._made_own = True
+            self.own_dir = self.inflight.child(self.owner)
+        return self.own_dir
 
     def requeue(self, found: list[Found]) -> Outcome:
         """Move every event of ``found`` (read from ``source``) to pending. Returns what moved."""
@@ -172,15 +223,19 @@ class Requeuer:
         return out
 
     def _batch(self, batch: list[Found], out: Outcome) -> None:
-        self._ensure_own()
+        own = self._ensure_own()
         # 1. Completion records are reset: every handler runs again.
         for f in batch:
-            _unlink_quiet(self.layout.records / f"{f.id}.json")
+            self.records.unlink(f"{f.id}.json")
         # 2. Take the events out of their state into our own in-flight directory.
         taken: list[Found] = []
         for f in batch:
+            name = f"{f.id}.json"
+            if self.src.is_regular(name) is False:
+                out.skipped.append((f.id, f"not a regular file in {self.source}/ (a link?); left alone"))
+                continue
             try:
-                os.rename(self.src_dir / f"{f.id}.json", self.own / f"{f.id}.json")
+                self.src.rename(name, own, name, replace=True)
             except FileNotFoundError:
                 out.skipped.append((f.id, f"it left {self.source}/ meanwhile"))
                 continue
@@ -189,25 +244,26 @@ class Requeuer:
             taken.append(f)
         if not taken:
             return
-        fsync_dir(self.own)
-        fsync_dir(self.src_dir)
+        own.fsync()
+        self.src.fsync()
         # 3. In flight is not indexed.
         if self.index is not None:
             self.index.delete([f.id for f in taken])
         # 4. Rewrite with the replay mark.
         now = self.clock()
-        made: list[tuple[str, Path, int]] = []
+        made: list[tuple[str, str, int]] = []
         ready: list[str] = []
         events: dict[str, Event] = {}
         try:
             for f in taken:
-                path = self.own / f"{f.id}.json"
+                name = f"{f.id}.json"
                 try:
-                    ev = decode_event(read_bytes(path, self.max_bytes), None, where=str(path), expected_id=f.id)
+                    data = own.read(name, self.max_bytes)
+                    ev = decode_event(data, None, where=str(self.own / name), expected_id=f.id)
                 except CorruptEvent as exc:
                     self._put_back(f.id, f"changed while being replayed: {exc}", out, None)
                     continue
-                err = error_summary(read_error(self.layout, f.id) or {}) if self.source == "dead" else None
+                err = error_summary(read_error(self.layout, f.id, self.dead) or {}) if self.source == "dead" else None
                 events[f.id] = ev
                 data = mark_replayed(ev, self.source, now, err).to_json() + b"\n"
                 if len(data) > self.max_bytes:
@@ -215,34 +271,34 @@ class Requeuer:
                     self.warn(f"{f.id}: the replay mark would exceed max_event_bytes; replaying it unmarked")
                     ready.append(f.id)
                     continue
-                tmp, fd = write_tmp(self.layout.tmp, f.id, data)
+                tmp, fd = self._write_tmp(f.id, data)
                 made.append((f.id, tmp, fd))
-            group_sync(self.layout.tmp, [fd for _, _, fd in made])
+            group_sync(self.layout.root, [fd for _, _, fd in made])
         except BaseException:
             for _, tmp, fd in made:
                 os.close(fd)
-                _unlink_quiet(tmp)
+                self.tmp.unlink(tmp)
             raise
         for eid, tmp, fd in made:
             os.close(fd)
             try:
                 # Only over the file we hold: if a daemon recovered it meanwhile (it judges owners on other
                 # hosts by heartbeats, and we write none), it is pending again and must not be duplicated.
-                replace_existing(tmp, self.own / f"{eid}.json")
+                replace_existing_at(self.tmp.fd, tmp, own.fd, f"{eid}.json")
             except FileNotFoundError:
-                _unlink_quiet(tmp)
+                self.tmp.unlink(tmp)
                 out.skipped.append((eid, "a daemon took it back to pending meanwhile (handled again, unmarked)"))
                 continue
             except OSError as exc:
-                _unlink_quiet(tmp)
+                self.tmp.unlink(tmp)
                 raise SpoolIOError(f"cannot rewrite {self.own / eid}.json: {exc.strerror}") from None
             ready.append(eid)
-        fsync_dir(self.own)
+        own.fsync()
         # 5. Into pending, never replacing an event already queued there.
         moved: list[str] = []
         for eid in ready:
             try:
-                rename_noreplace(self.own / f"{eid}.json", self.layout.pending / f"{eid}.json")
+                rename_noreplace_at(own.fd, f"{eid}.json", self.pending.fd, f"{eid}.json")
             except FileExistsError:
                 self._put_back(eid, "it is already pending", out, events.get(eid))
                 continue
@@ -252,23 +308,38 @@ class Requeuer:
             except OSError as exc:
                 raise SpoolIOError(f"cannot move {eid} into {self.layout.pending}: {exc.strerror}") from None
             moved.append(eid)
-        fsync_dir(self.layout.pending)
-        fsync_dir(self.own)
+        self.pending.fsync()
+        own.fsync()
         # 6. The dead letter's error record has been summarised into the event.
         if self.source == "dead" and moved:
             for eid in moved:
-                p = self.layout.dead / f"{eid}.error"
-                if os.path.islink(p) or not os.path.lexists(p):
-                    continue
-                _unlink_quiet(p)
-            fsync_dir(self.layout.dead)
+                self.dead.unlink_regular(f"{eid}.error")
+            self.dead.fsync()
         out.moved.extend(moved)
+
+    def _write_tmp(self, eid: str, data: bytes) -> tuple[str, int]:
+        """A new file in events/tmp (by name relative to its descriptor) holding ``data``; name and open fd."""
+        name = f".{eid}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, FILE_MODE, dir_fd=self.tmp.fd)
+        except OSError as exc:
+            raise SpoolIOError(f"cannot create {self.tmp.path / name}: {exc.strerror}") from None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            os.close(fd)
+            self.tmp.unlink(name)
+            raise SpoolIOError(f"cannot write {self.tmp.path / name}: {exc.strerror}") from None
+        return name, fd
 
     def _put_back(self, eid: str, why: str, out: Outcome, ev: Event | None) -> None:
         """Return an event we took to where it came from (never replacing anything)."""
-        src = self.own / f"{eid}.json"
+        own = self._ensure_own()
         try:
-            rename_noreplace(src, self.src_dir / f"{eid}.json")
+            own.rename(f"{eid}.json", self.src, f"{eid}.json")
         except FileExistsError:
             # Its name in source/ was taken meanwhile: leave it in flight; when this process
             # exits, a daemon (or fsck --repair) returns it to pending. Nothing is lost.
@@ -276,5 +347,5 @@ class Requeuer:
         else:
             if self.index is not None and ev is not None:
                 self.index.put([row_of(ev, self.source)])
-        fsync_dir(self.src_dir)
+        self.src.fsync()
         out.skipped.append((eid, why))

@@ -85,11 +85,16 @@ class SpoolLayout:
     def init(self) -> list[Path]:
         """Create missing directories (mode 0750); return the ones created. Idempotent.
 
-        Raises :class:`SpoolIOError` if a path exists but is not a directory or
-        cannot be created.
+        The root may be a symlink to a directory (``/var/lib/poet`` on a data
+        volume: the operator chose it); every directory below it must be a
+        real directory, never a link. Raises :class:`SpoolIOError` if a path
+        exists but is not a directory (or is a link below the root), or cannot
+        be created.
         """
         created = []
         if not self.root.exists():
+            if os.path.islink(self.root):
+                raise SpoolIOError(f"{self.root} is a dangling symlink (to {os.readlink(self.root)})")
             try:
                 os.makedirs(self.root.parent, DIR_MODE, exist_ok=True)
             except OSError as exc:
@@ -99,13 +104,26 @@ class SpoolLayout:
                 os.mkdir(d, DIR_MODE)
                 created.append(d)
             except FileExistsError:
-                if d.is_symlink() or not d.is_dir():
+                if d == self.root:
+                    if not d.is_dir():
+                        raise SpoolIOError(f"{d} exists but is not a directory") from None
+                elif d.is_symlink():
+                    raise SpoolIOError(f"{d} is a symlink; links inside the spool are refused") from None
+                elif not d.is_dir():
                     raise SpoolIOError(f"{d} exists but is not a directory") from None
             except OSError as exc:
                 raise SpoolIOError(f"cannot create {d}: {exc.strerror}") from None
+        for d in self.runtime_dirs():
+            # Created later by the daemon and the index; refused now if something put a link there.
+            if d.is_symlink() or (os.path.lexists(d) and not d.is_dir()):
+                raise SpoolIOError(f"{d} is a symlink or not a directory; links inside the spool are refused")
         if created:
             fsync_dir(self.root.parent if self.root in created else self.root)
         return created
+
+    def runtime_dirs(self) -> list[Path]:
+        """Directories made on demand (not by :meth:`init`): the daemon's run/ subdirectories and the index."""
+        return [self.run / "daemons", self.run / "buckets", self.run / "owners", self.root / "index"]
 
     def exists(self) -> bool:
         return self.pending.is_dir()
