@@ -21,7 +21,6 @@ followed and nothing outside the spool is touched.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
@@ -300,7 +299,7 @@ def _requeue_one(
         return Outcome(name, "would_requeue", event.id)
     with SpoolDir(layout, "events/pending") as pending:
         try:
-            _rename_noreplace_at(d.fd, name, pending.fd, target)
+            safefs.rename_noreplace_at(d.fd, name, pending.fd, target)
         except FileExistsError:
             return Outcome(name, "exists", event.id, detail=f"events/pending/{target} exists; not requeued")
         except FileNotFoundError:
@@ -373,19 +372,3 @@ def _update_reason(d: SpoolDir, name: str, reason: str, detail: str, warn: Calla
     except OSError as exc:
         d.unlink(tmp)
         warn(f"{CORRUPT}/{rname}: could not record the new reason: {exc.strerror}")
-
-
-def _rename_noreplace_at(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
-    """renameat2(RENAME_NOREPLACE) between directory descriptors; FileExistsError if ``dst`` exists.
-
-    Falls back to link + unlink (also never replacing) where renameat2 is missing.
-    """
-    fn = safefs._renameat2
-    if fn is not None:
-        if fn(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), safefs.RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-            raise OSError(err, os.strerror(err), src, None, dst)
-    os.link(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
-    os.unlink(src, dir_fd=src_fd)
