@@ -213,7 +213,9 @@ def parse_json(data: bytes, where: str | None = None, max_bytes: int | None = No
             raise InvalidData(f"not valid UTF-8: {msg}", where=where) from None
         if "recursion" in msg.lower() or "depth limit" in msg.lower():
             raise InvalidData(f"JSON nested deeper than {MAX_DEPTH} levels", where=where) from None
-        raise InvalidData(f"invalid JSON: {msg}", where=where) from None
+        # orjson gives up on an integer too wide even for a float; the slow parse names its path.
+        problem = find_inexact(data) if "infinity" in msg else None
+        raise InvalidData(problem or f"invalid JSON: {msg}", where=where) from None
     # Depth first: re-serialising below (and the standard parser in find_inexact) recurse.
     check_depth(obj, where)
     if not surely_exact(data, orjson.dumps(obj)):

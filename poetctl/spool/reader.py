@@ -105,6 +105,8 @@ def decode_event(
         msg = str(exc)
         if "depth limit" in msg or "recursion" in msg.lower():  # orjson stops reading at 1,024 levels
             msg = f"JSON nested deeper than {MAX_DEPTH} levels; expected a flatter document ({msg})"
+        elif "infinity" in msg:  # an integer too wide even for a float: the slow parse names its path
+            msg = find_inexact(data) or msg
         raise CorruptEvent("bad_json", msg, where=where) from None
     if type(d) is not dict:
         raise CorruptEvent("bad_json", "expected a JSON object", where=where)
