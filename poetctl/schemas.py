@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urldefrag, urljoin
 
-import jsonschema_rs
 import orjson
 
 from .errors import InvalidData, UnknownType
@@ -250,6 +249,8 @@ def _no_retrieval(uri: str) -> Any:
 
 def fast_validator(schema: dict[str, Any]) -> Any:
     """jsonschema-rs's validator for ``schema``, as poetctl configures it (no retrieval, linear regex)."""
+    import jsonschema_rs  # tens of ms to import: only commands that validate pay for it
+
     return jsonschema_rs.validator_for(schema, retriever=_no_retrieval, pattern_options=jsonschema_rs.RegexOptions())
 
 
