@@ -8,6 +8,7 @@ Mapping (``to_cloudevent``)::
     correlation_id -> correlationid       causation_id -> causationid   (Correlation extension)
     topic          -> poettopic           checksum    -> poetchecksum
     expires_at     -> poetexpiresat (the JSON number as a string)
+    causation_depth -> poetcausationdepth (an integer: CloudEvents extensions may be integers)
     metadata       -> poetversion, poetenvironment, poetservice when it holds just
                       those string keys, else poetmetadata (compact JSON string)
     timestamp      -> poettimestamp (JSON number as a string), only when ``time``
@@ -111,6 +112,8 @@ def to_cloudevent(event: Event | Mapping[str, Any]) -> dict[str, Any]:
         ce["poettimestamp"] = _number_text(ts)
     if env.get("expires_at") is not None:
         ce["poetexpiresat"] = _number_text(env["expires_at"])
+    if env.get("causation_depth") is not None:
+        ce["poetcausationdepth"] = env["causation_depth"]
     meta = env.get("metadata")
     if isinstance(meta, Mapping):
         if set(meta) <= set(_META_KEYS) and all(isinstance(v, str) for v in meta.values()):
@@ -166,6 +169,13 @@ def from_cloudevent(ce: Mapping[str, Any], where: str | None = None) -> dict[str
         env["causation_id"] = ce["causationid"]
     if "poetexpiresat" in ce:
         env["expires_at"] = _number_from_text(ce["poetexpiresat"], "poetexpiresat")
+    if "poetcausationdepth" in ce:
+        depth = ce["poetcausationdepth"]
+        if isinstance(depth, str) and depth.isascii() and depth.isdigit() and len(depth) <= 10:
+            depth = int(depth)  # some bindings carry every attribute as a string
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise InvalidData(f"$.poetcausationdepth: expected an integer >= 0, got {depth!r}", where=where)
+        env["causation_depth"] = depth
     if "poetmetadata" in ce:
         try:
             meta = orjson.loads(ce["poetmetadata"])

@@ -18,34 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputMissing, InvalidData
+from .configspec import DELIVERY_MODES as DELIVERY_MODES
+from .configspec import FREE_FORM, SECTIONS, check_free_form, check_section, defaults, locate, shown
+from .errors import ConfigError, InputMissing
 
 DEFAULT_SPOOL = Path(".poet/pubsub")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
-DELIVERY_MODES = ("local_only", "nats", "hybrid")
+MAX_CONFIG_BYTES = 1024 * 1024  # a poet.toml is a few hundred bytes; refuse to slurp a huge or endless file
+# Sections whose keys are checked one by one against configspec.SECTIONS (the top level is "").
+TABLES = ("event_schemas", "daemon", "learning", "builtin_handlers", "status")
+# [daemon] max_causation_depth: how deep a chain of handler follow-ups may go (see EventRouter.build).
+DEFAULT_MAX_CAUSATION_DEPTH = 64
 
 # Keys whose literal values are treated as secrets when printed.
 _SECRET_HINTS = ("key", "token", "secret", "password", "webhook_url", "routing")
-
-_TOP_KEYS = {
-    "storage_path",
-    "environment",
-    "service",
-    "source",
-    "delivery_mode",
-    "max_event_bytes",
-    "persistence_enabled",
-    "correlation_tracking",
-    "handlers",
-    "event_schemas",
-    "external_integrations",
-    "daemon",
-    "nats",
-    "learning",
-    "builtin_handlers",
-    "status",
-}
-_SCHEMA_KEYS = {"validation", "version", "paths"}
 
 
 @dataclass(slots=True)
@@ -58,6 +44,8 @@ class Config:
     source: str = "poet"
     delivery_mode: str = "local_only"
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    persistence_enabled: bool = True
+    correlation_tracking: bool = True
     validation: bool = True
     schema_version: str = "1.0"
     schema_paths: list[Path] = field(default_factory=list)
@@ -72,7 +60,23 @@ class Config:
     origins: dict[str, str] = field(default_factory=dict)
 
     def redacted(self) -> dict[str, Any]:
-        """JSON-ready view for ``config show``; secrets appear only as ``env:NAME``."""
+        """JSON-ready view for ``config show``: every effective setting, defaults filled in.
+
+        Secrets appear only as ``env:NAME``. ``origins`` says, for every
+        setting, where its value came from: ``default``, ``file`` (the
+        ``config_file``), the ``POET_*`` variable, or ``--spool``.
+        """
+        sections = {
+            name: {**defaults(name), **getattr(self, name)}
+            for name in ("daemon", "learning", "builtin_handlers", "status")
+        }
+        origins = {"config_file": self.origins.get("config_file", "default")}
+        for section, spec in SECTIONS.items():
+            for key in spec:
+                dotted = f"{section}.{key}" if section else key
+                origins[dotted] = self.origins.get(dotted, "default")
+        for section in FREE_FORM:
+            origins[section] = self.origins.get(section, "default")
         return {
             "config_file": str(self.file) if self.file else None,
             "storage_path": str(self.spool),
@@ -81,6 +85,8 @@ class Config:
             "source": self.source,
             "delivery_mode": self.delivery_mode,
             "max_event_bytes": self.max_event_bytes,
+            "persistence_enabled": self.persistence_enabled,
+            "correlation_tracking": self.correlation_tracking,
             "handlers": list(self.handlers),
             "event_schemas": {
                 "validation": self.validation,
@@ -88,12 +94,12 @@ class Config:
                 "paths": [str(p) for p in self.schema_paths],
             },
             "external_integrations": _redact(self.integrations),
-            "daemon": _redact(self.daemon),
+            "daemon": {k: list(v) if isinstance(v, tuple) else v for k, v in sections["daemon"].items()},
             "nats": _redact(self.nats),
-            "learning": dict(self.learning),
-            "builtin_handlers": dict(self.builtin_handlers),
-            "status": dict(self.status),
-            "origins": dict(self.origins),
+            "learning": sections["learning"],
+            "builtin_handlers": sections["builtin_handlers"],
+            "status": sections["status"],
+            "origins": origins,
         }
 
 
@@ -120,34 +126,26 @@ def resolve_secret(value: str | None) -> str | None:
     return value
 
 
-def _as_bool(text: str, where: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off"):
-        return False
-    raise InvalidData(f"expected a boolean (true/false/1/0), got {text!r}", where=where)
-
-
-def _find_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+def _find_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str], cfg: Config) -> Path | None:
+    # exists(), not is_file(): `--config <(...)` (a pipe) is fine, and a directory or device
+    # named as the config is reported by _read_toml (78), not called missing.
     if explicit:
         p = Path(explicit)
-        if not p.is_file():
+        if not p.exists():
             raise InputMissing(f"config file {p} does not exist", where="--config")
+        cfg.origins["config_file"] = "--config"
         return p
     if env.get("POET_CONFIG"):
         p = Path(env["POET_CONFIG"])
-        if not p.is_file():
+        if not p.exists():
             raise InputMissing(f"config file {p} does not exist", where="POET_CONFIG")
+        cfg.origins["config_file"] = "POET_CONFIG"
         return p
     p = Path("poet.toml")
-    return p if p.is_file() else None
-
-
-def _expect(value: Any, typ: type | tuple[type, ...], where: str, what: str) -> Any:
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise InvalidData(f"expected {what}, got {value!r}", where=where)
-    return value
+    if not p.exists():
+        return None
+    cfg.origins["config_file"] = "./poet.toml"
+    return p
 
 
 def load_config(
@@ -155,14 +153,15 @@ def load_config(
     spool: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Config:
-    """Build the effective :class:`Config`.
+    """Build the effective :class:`Config`: defaults, then the file, then ``POET_*``, then ``spool``.
 
-    Raises :class:`InputMissing` for a named config file that does not exist and
-    :class:`InvalidData` (naming the file and key) for a malformed one.
+    Raises :class:`InputMissing` for a named config file that does not exist
+    and :class:`ConfigError` (exit 78; naming the file, line and key, and what
+    is allowed) for a file or variable that is unreadable or invalid.
     """
     env = os.environ if env is None else env
     cfg = Config()
-    path = _find_file(config_file, env)
+    path = _find_file(config_file, env, cfg)
     if path is not None:
         cfg.file = path
         _apply_file(cfg, path)
@@ -173,110 +172,90 @@ def load_config(
     return cfg
 
 
-def _apply_file(cfg: Config, path: Path) -> None:
+def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
     import tomllib  # only when a config file exists: it costs ~10 ms of start-up
 
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidData(f"invalid TOML: {exc}", where=str(path)) from None
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise InputMissing(f"cannot read config file: {exc.strerror}", where=str(path)) from None
+        raise ConfigError(f"cannot read config file: {exc.strerror}", where=str(path)) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file larger than {MAX_CONFIG_BYTES} bytes", where=str(path))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError("invalid TOML: not UTF-8", where=f"{path}:{line}") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        import re
+
+        msg = str(exc)
+        m = re.search(r" \(at line (\d+), column (\d+)\)$", msg)
+        if m:
+            raise ConfigError(f"invalid TOML: {msg[: m.start()]} (column {m[2]})", where=f"{path}:{m[1]}") from None
+        raise ConfigError(f"invalid TOML: {msg}", where=str(path)) from None
+    except RecursionError:
+        raise ConfigError("invalid TOML: nested too deeply", where=str(path)) from None
+
+
+def _apply_file(cfg: Config, path: Path) -> None:
+    data, text = _read_toml(path)
     base = path.parent
-    unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise InvalidData(
-            f"unknown key(s) {sorted(unknown)}; expected some of {sorted(_TOP_KEYS)}",
-            where=str(path),
-        )
-
-    def where(key: str) -> str:
-        return f"{path}: {key}"
-
-    def origin(key: str) -> None:
-        cfg.origins[key] = str(path)
-
-    if "storage_path" in data:
-        sp = Path(_expect(data["storage_path"], str, where("storage_path"), "a path string"))
-        cfg.spool = sp if sp.is_absolute() else base / sp
-        origin("storage_path")
-    for key in ("environment", "service", "source"):
-        if key in data:
-            setattr(cfg, key, _expect(data[key], str, where(key), "a string"))
-            origin(key)
-    if "delivery_mode" in data:
-        mode = _expect(data["delivery_mode"], str, where("delivery_mode"), "a string")
-        if mode not in DELIVERY_MODES:
-            raise InvalidData(f"expected one of {DELIVERY_MODES}, got {mode!r}", where=where("delivery_mode"))
-        cfg.delivery_mode = mode
-        origin("delivery_mode")
-    if "max_event_bytes" in data:
-        n = _expect(data["max_event_bytes"], int, where("max_event_bytes"), "an integer")
-        if n < 256:
-            raise InvalidData(f"expected at least 256, got {n}", where=where("max_event_bytes"))
-        cfg.max_event_bytes = n
-        origin("max_event_bytes")
-    if "handlers" in data:
-        hs = _expect(data["handlers"], list, where("handlers"), "a list of module names")
-        cfg.handlers = [_expect(h, str, where("handlers"), "a module name") for h in hs]
-        origin("handlers")
-    es = data.get("event_schemas", {})
-    _expect(es, dict, where("event_schemas"), "a table")
-    bad = set(es) - _SCHEMA_KEYS
-    if bad:
-        raise InvalidData(
-            f"unknown key(s) {sorted(bad)}; expected {sorted(_SCHEMA_KEYS)}", where=where("event_schemas")
-        )
-    if "validation" in es:
-        cfg.validation = _expect(es["validation"], bool, where("event_schemas.validation"), "true or false")
-        origin("event_schemas.validation")
-    if "version" in es:
-        cfg.schema_version = _expect(es["version"], str, where("event_schemas.version"), "a string")
-    if "paths" in es:
-        ps = _expect(es["paths"], list, where("event_schemas.paths"), "a list of directories")
-        cfg.schema_paths = [_resolve(Path(_expect(x, str, where("event_schemas.paths"), "a path")), base) for x in ps]
-        origin("event_schemas.paths")
-    for table in ("external_integrations", "daemon", "nats", "learning", "builtin_handlers", "status"):
-        if table in data:
-            value = _expect(data[table], dict, where(table), "a table")
-            setattr(cfg, "integrations" if table == "external_integrations" else table, value)
-            origin(table)
+    where = str(path)
+    for key, value in data.items():
+        if key in TABLES:
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{key} = {shown(value)}: expected a table [{key}]", where=locate(where, text, "", key)
+                )
+            table = check_section(key, value, where, text)
+            if key == "event_schemas":
+                _set(cfg, "event_schemas", table, "file", base)
+            else:
+                getattr(cfg, key).update(table)
+                cfg.origins.update({f"{key}.{k}": "file" for k in table})
+        elif key in FREE_FORM:
+            setattr(
+                cfg, "integrations" if key == "external_integrations" else key, check_free_form(key, value, where, text)
+            )
+            cfg.origins[key] = "file"
+        else:
+            _set(cfg, "", check_section("", {key: value}, where, text), "file", base)
 
 
-def _resolve(p: Path, base: Path) -> Path:
-    return p if p.is_absolute() else base / p
+def _set(cfg: Config, section: str, table: Mapping[str, Any], origin: str, base: Path | None) -> None:
+    """Store checked values of the top level or ``[event_schemas]`` in ``cfg``."""
+    for key, value in table.items():
+        if key == "storage_path":
+            cfg.spool = _resolve(Path(value), base)
+        elif key == "paths":
+            cfg.schema_paths = [_resolve(Path(p), base) for p in value]
+        elif key == "validation":
+            cfg.validation = value
+        elif key == "version":
+            cfg.schema_version = value
+        else:
+            setattr(cfg, key, value)
+        cfg.origins[f"{section}.{key}" if section else key] = origin
+
+
+def _resolve(p: Path, base: Path | None) -> Path:
+    return p if base is None or p.is_absolute() else base / p
 
 
 def _apply_env(cfg: Config, env: Mapping[str, str]) -> None:
-    if env.get("POET_SPOOL"):
-        cfg.spool = Path(env["POET_SPOOL"])
-        cfg.origins["storage_path"] = "POET_SPOOL"
-    for key in ("environment", "service", "source"):
-        name = f"POET_{key.upper()}"
-        if env.get(name):
-            setattr(cfg, key, env[name])
-            cfg.origins[key] = name
-    if env.get("POET_SCHEMA_PATH"):
-        cfg.schema_paths = [Path(p) for p in env["POET_SCHEMA_PATH"].split(os.pathsep) if p]
-        cfg.origins["event_schemas.paths"] = "POET_SCHEMA_PATH"
-    if env.get("POET_MAX_EVENT_BYTES"):
-        try:
-            cfg.max_event_bytes = int(env["POET_MAX_EVENT_BYTES"])
-        except ValueError:
-            raise InvalidData(
-                f"expected an integer, got {env['POET_MAX_EVENT_BYTES']!r}", where="POET_MAX_EVENT_BYTES"
-            ) from None
-        cfg.origins["max_event_bytes"] = "POET_MAX_EVENT_BYTES"
-    if env.get("POET_VALIDATION"):
-        cfg.validation = _as_bool(env["POET_VALIDATION"], "POET_VALIDATION")
-        cfg.origins["event_schemas.validation"] = "POET_VALIDATION"
-    if env.get("POET_HANDLERS"):
-        cfg.handlers = [h.strip() for h in env["POET_HANDLERS"].split(",") if h.strip()]
-        cfg.origins["handlers"] = "POET_HANDLERS"
-    if env.get("POET_DELIVERY_MODE"):
-        mode = env["POET_DELIVERY_MODE"]
-        if mode not in DELIVERY_MODES:
-            raise InvalidData(f"expected one of {DELIVERY_MODES}, got {mode!r}", where="POET_DELIVERY_MODE")
-        cfg.delivery_mode = mode
-        cfg.origins["delivery_mode"] = "POET_DELIVERY_MODE"
+    """``POET_*`` overrides: the same keys and ranges as the file (an empty variable counts as unset)."""
+    for section in ("", "event_schemas"):
+        for key, setting in SECTIONS[section].items():
+            name = setting.env
+            text = env.get(name) if name else None
+            if not name or not text:
+                continue
+            try:
+                value = setting.parse_env(text)
+            except ValueError:
+                raise ConfigError(f"{name}={shown(text)}: expected {setting.expected()} ({key})") from None
+            _set(cfg, section, {key: value}, name, None)

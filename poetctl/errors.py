@@ -16,6 +16,7 @@ EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_IOERR = 74
 EX_TEMPFAIL = 75
+EX_CONFIG = 78
 
 
 class PoetError(Exception):
@@ -73,3 +74,9 @@ class NoMatch(PoetError):
     """Nothing matched where a match was asked for."""
 
     exit_code = EX_NOMATCH
+
+
+class ConfigError(PoetError):
+    """poet.toml, a POET_* variable or a library caller's settings are invalid (names the key and what is allowed)."""
+
+    exit_code = EX_CONFIG

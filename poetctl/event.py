@@ -35,6 +35,7 @@ ENVELOPE_KEYS = (
     "topic",
     "correlation_id",
     "causation_id",
+    "causation_depth",
     "expires_at",
     "metadata",
     "payload",
@@ -57,6 +58,9 @@ class Event:
     causation_id: str | None = None
     expires_at: float | None = None
     checksum: str | None = None
+    # Follow-up generation: None (stored as absent) means 0, an event from outside any
+    # handler; a handler's follow-up carries its cause's depth + 1 (see EventRouter.build).
+    causation_depth: int | None = None
 
     def to_dict(self, *, with_checksum: bool = True) -> dict[str, Any]:
         """The envelope as a dict in on-disk key order, optional keys omitted when None."""
@@ -71,6 +75,8 @@ class Event:
             d["correlation_id"] = self.correlation_id
         if self.causation_id is not None:
             d["causation_id"] = self.causation_id
+        if self.causation_depth is not None:
+            d["causation_depth"] = self.causation_depth
         if self.expires_at is not None:
             d["expires_at"] = self.expires_at
         d["metadata"] = self.metadata
@@ -105,6 +111,7 @@ class Event:
             get("causation_id"),
             get("expires_at"),
             get("checksum"),
+            get("causation_depth"),
         )
 
 

@@ -9,8 +9,11 @@ Usage, with the seed's names::
 ``emit`` validates, seals (checksum) and durably commits before it returns:
 once it returns, the event survives a crash of any process. Inside a handler
 run by the daemon, ``emit`` links the new event to its cause (causation_id,
-inherited correlation_id) and derives its id from the cause, the handler and
-the call's position, so re-running the handler deduplicates its follow-ups.
+inherited correlation_id, ``causation_depth`` one more than the cause's) and
+derives its id from the cause, the handler and the call's position, so
+re-running the handler deduplicates its follow-ups. A follow-up deeper than
+``max_causation_depth`` is refused (:class:`CausationDepthExceeded`): a
+handler that emits what it subscribes to stops there instead of looping.
 """
 
 from __future__ import annotations
@@ -19,19 +22,30 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config
+import orjson
+
+from .config import DEFAULT_MAX_CAUSATION_DEPTH, Config, load_config
 from .errors import InvalidData
-from .event import Event, check_depth, check_id, check_type, compute_checksum, now, verify_checksum
+from .event import Event, canonical, check_depth, check_id, check_type, compute_checksum, now, verify_checksum
 from .ids import derived_id, uuid7
-from .schemas import SchemaRegistry
+from .schemas import MAX_CAUSATION_DEPTH, SchemaRegistry
 from .spool.layout import SpoolLayout
 from .spool.writer import GroupCommitter
 from .topics import ROUTES, topic_for
 
 Handler = Callable[[Event], Any]
 EmitItem = tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Event
+
+
+class CausationDepthExceeded(InvalidData):
+    """A handler's follow-up would be deeper in its causal chain than ``max_causation_depth`` allows."""
+
+
+class Quarantined(InvalidData):
+    """An event with this id exists in ``corrupt/``: emitting it again would silently do nothing."""
 
 
 @dataclass(slots=True)
@@ -56,7 +70,11 @@ class EventRouter:
     """Emits events into a spool and holds the subscriptions the daemon runs.
 
     ``spool`` overrides the configured location; ``config`` defaults to
-    :func:`poetctl.config.load_config`. The spool tree is created on first emit.
+    :func:`poetctl.config.load_config`. With ``create_spool`` (the default,
+    the seed's behaviour) the spool tree is created on first emit, so a
+    library user needs no ``poetctl init``; with ``create_spool=False`` (what
+    the ``emit`` command uses) emitting into a path that holds no spool
+    raises :class:`poetctl.errors.InputMissing` (66) and creates nothing.
     """
 
     def __init__(
@@ -65,6 +83,7 @@ class EventRouter:
         *,
         config: Config | None = None,
         registry: SchemaRegistry | None = None,
+        create_spool: bool = True,
     ) -> None:
         self.config = config if config is not None else load_config(spool=spool)
         if spool is not None and config is not None:
@@ -72,6 +91,9 @@ class EventRouter:
         self.layout = SpoolLayout(self.config.spool)
         self.registry = registry if registry is not None else SchemaRegistry(self.config.schema_paths)
         self.subscriptions: list[Subscription] = []
+        self.create_spool = create_spool
+        # The daemon sets this from its options; the config's [daemon] value otherwise.
+        self.max_causation_depth = _depth_limit(self.config)
         self._ready = False
         self._init_lock = threading.Lock()
         self._local = threading.local()
@@ -115,16 +137,24 @@ class EventRouter:
         id: str | None = None,
         environment: str | None = None,
         expires_at: float | None = None,
+        causation_depth: int | None = None,
         where: str | None = None,
     ) -> tuple[Event, bool]:
-        """Validate and seal a new event. Returns ``(event, keyed)``; keyed = caller chose the id."""
+        """Validate and seal a new event. Returns ``(event, keyed)``; keyed = caller chose the id.
+
+        Inside a handler (see :meth:`set_cause`) ``causation_depth`` is the
+        cause's + 1, whatever was passed, and past :attr:`max_causation_depth`
+        raises :class:`CausationDepthExceeded` before anything else is done.
+        """
+        cause = self._cause()
+        if cause is not None:
+            causation_depth = self._follow_up_depth(cause, event_type, where)
         check_type(event_type, where)
         if not isinstance(payload, Mapping):
             raise InvalidData(f"$.payload: expected a JSON object, got {type(payload).__name__}", where=where)
         payload = dict(payload)
         check_depth(payload, where, "$.payload")
         self._check_payload(event_type, payload, where)
-        cause = self._cause()
         keyed = id is not None
         if cause is not None:
             causation_id = causation_id or cause.event.id
@@ -152,11 +182,25 @@ class EventRouter:
             correlation_id=correlation_id,
             causation_id=causation_id,
             expires_at=expires_at,
+            # 0 is stored as absent; anything else (a bad value from an envelope too) goes to the schema check.
+            causation_depth=None if type(causation_depth) is int and causation_depth == 0 else causation_depth,
         )
         d = ev.to_dict(with_checksum=False)
         ev.checksum = d["checksum"] = compute_checksum(d)
         self.registry.check_envelope(d, where)
         return ev, keyed
+
+    def _follow_up_depth(self, cause: _Cause, event_type: object, where: str | None) -> int:
+        depth = int(cause.event.causation_depth or 0) + 1
+        limit = self.max_causation_depth
+        if depth > limit:
+            raise CausationDepthExceeded(
+                f"follow-up {event_type!r} of event {cause.event.id} ({cause.event.type}) by handler "
+                f"{cause.handler!r} would be at causation depth {depth}, past the limit of {limit} "
+                "([daemon] max_causation_depth): a handler loop? The follow-up was not emitted",
+                where=where,
+            )
+        return depth
 
     def _check_payload(self, event_type: str, payload: Mapping[str, Any], where: str | None) -> None:
         if self.config.validation:
@@ -188,6 +232,7 @@ class EventRouter:
                 causation_id=d.get("causation_id"),
                 id=d.get("id"),
                 expires_at=d.get("expires_at"),
+                causation_depth=d.get("causation_depth"),
                 where=where,
             )
             if "timestamp" in d or "metadata" in d or "topic" in d:
@@ -229,7 +274,10 @@ class EventRouter:
         if not self._ready:
             with self._init_lock:
                 if not self._ready:
-                    self.layout.init()
+                    if self.create_spool:
+                        self.layout.init()
+                    else:
+                        self.layout.require()
                     self._ready = True
 
     def emit(
@@ -253,10 +301,13 @@ class EventRouter:
         :class:`poetctl.spool.writer.GroupCommitter`); each returns once its
         own event is durable.
 
-        Emitting an id that already exists anywhere in the spool is a no-op
-        that returns the id. Raises :class:`InvalidData` (65) for bad input
-        and :class:`SpoolIOError` (74) when the spool cannot be written; in
-        both cases nothing is written.
+        Emitting an id that already exists in the spool (pending, in flight,
+        processed or dead-lettered) is a no-op that returns the id. An id that
+        exists in ``corrupt/`` raises :class:`Quarantined` (65): the earlier
+        event was never handled, so doing nothing would lose this one.
+        Raises :class:`InvalidData` (65) for bad input and
+        :class:`SpoolIOError` (74) when the spool cannot be written; in all
+        these cases nothing is written.
         """
         ev, keyed = self.build(
             event_type,
@@ -280,10 +331,18 @@ class EventRouter:
         """Validate every item, then commit them all as one group; return the ids in order.
 
         Items are ``(type, payload)`` pairs, envelope dicts (see :meth:`ingest`)
-        or :class:`Event` objects. If any item is invalid nothing is written.
+        or :class:`Event` objects. If any item is invalid nothing is written;
+        two items with one id are one event if their content is the same
+        (see :func:`same_content`) and invalid otherwise. Inside a handler the
+        items are follow-ups, buffered like :meth:`emit`'s.
         """
         built = [self._coerce(item, f"item {i + 1}") for i, item in enumerate(items)]
-        self.commit_events(built)
+        check_duplicates(built, lambda i: f"item {i + 1}")
+        cause = self._cause()
+        if cause is not None and cause.buffer is not None:
+            cause.buffer.extend(built)
+        else:
+            self.commit_events(built)
         return [ev.id for ev, _ in built]
 
     def commit_events(self, built: list[tuple[Event, bool]]) -> list[bool]:
@@ -291,10 +350,16 @@ class EventRouter:
 
         Commits running concurrently in other threads of this process may be
         published as one group; if that fails, each of them raises
-        :class:`SpoolIOError` and none of their events is visible.
+        :class:`SpoolIOError` and none of their events is visible. An id found
+        in ``corrupt/`` raises :class:`Quarantined` after the publish (the
+        group's other events are committed).
         """
+        return self.commit_found(built)[0]
+
+    def commit_found(self, built: list[tuple[Event, bool]]) -> tuple[list[bool], dict[int, Path]]:
+        """:meth:`commit_events`, also returning where each no-op event's id was found (index -> path)."""
         if not built:
-            return []
+            return [], {}
         self._ensure()
         limit = self.config.max_event_bytes
         items = []
@@ -303,7 +368,83 @@ class EventRouter:
             data = ev.to_json() + b"\n"
             if len(data) > limit:
                 raise InvalidData(f"event {ev.id} is {len(data)} bytes; the limit is {limit} bytes (max_event_bytes)")
-            # Two items with one id in the same batch: the first wins, like a re-emit.
+            # Two items with one id in the same batch: the first wins, like a re-emit
+            # (callers that take input refuse such pairs with different content first).
             items.append((ev.id, data, keyed or ev.id in seen))
             seen.add(ev.id)
-        return self.committer.commit(items)
+        added, existing = self.committer.commit_found(items)
+        for i, path in existing.items():
+            if path.parent == self.layout.corrupt:
+                raise Quarantined(quarantined_message(self.layout, built[i][0].id))
+        return added, existing
+
+    def quarantine_reason(self, event_id: str) -> str | None:
+        """Why ``corrupt/<event_id>.json`` was quarantined, or None if there is no such file."""
+        return quarantine_reason(self.layout, event_id)
+
+
+def _depth_limit(config: Config) -> int:
+    value = config.daemon.get("max_causation_depth", DEFAULT_MAX_CAUSATION_DEPTH)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CAUSATION_DEPTH:
+        where = f"{config.file}: [daemon] max_causation_depth" if config.file else "[daemon] max_causation_depth"
+        raise InvalidData(f"expected an integer from 0 to {MAX_CAUSATION_DEPTH}, got {value!r}", where=where)
+    return value
+
+
+def same_content(a: Event, b: Event) -> bool:
+    """True if two events with one id are the same event: equal apart from when each was stamped.
+
+    ``timestamp`` (and so ``checksum``) differ between two builds of one input,
+    so they are left out; everything else must match.
+    """
+    da, db = a.to_dict(with_checksum=False), b.to_dict(with_checksum=False)
+    da.pop("timestamp", None)
+    db.pop("timestamp", None)
+    return canonical(da) == canonical(db)
+
+
+def check_duplicates(built: list[tuple[Event, bool]], name: Callable[[int], str]) -> None:
+    """Raise :class:`InvalidData` if two of ``built`` share an id but not their content.
+
+    ``name(i)`` names item ``i`` in the message (``FILE:LINE``, ``item 3``).
+    """
+    first: dict[str, int] = {}
+    for i, (ev, _) in enumerate(built):
+        j = first.setdefault(ev.id, i)
+        if j != i and not same_content(built[j][0], ev):
+            raise InvalidData(
+                f"id {ev.id!r} was already used by {name(j)} for different content; "
+                "one id is one event (give this one another id, or make the two identical)",
+                where=name(i),
+            )
+
+
+def quarantine_reason(layout: SpoolLayout, event_id: str) -> str | None:
+    """The ``reason`` (and detail) of ``corrupt/<event_id>.json``, or None if there is no such file."""
+    name = event_id + ".json"
+    path = layout.corrupt / name
+    if not os.path.lexists(path):
+        return None
+    try:
+        fd = os.open(layout.corrupt / (name + ".reason"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            info = orjson.loads(os.read(fd, 65536))
+        finally:
+            os.close(fd)
+    except (OSError, orjson.JSONDecodeError):
+        return "reason unknown"
+    if not isinstance(info, dict):
+        return "reason unknown"
+    reason, detail = info.get("reason"), info.get("detail")
+    text = f"{reason}: {detail}" if reason and detail else str(reason or detail or "reason unknown")
+    # One line of printable text, bounded: it goes into an error message on a terminal.
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(text.split()))
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def quarantined_message(layout: SpoolLayout, event_id: str) -> str:
+    reason = quarantine_reason(layout, event_id) or "reason unknown"
+    return (
+        f"id {event_id} exists in corrupt/ (quarantined: {reason}); nothing was written. "
+        f"See 'poetctl corrupt show {event_id}'; requeue it once fixed, or emit under another id"
+    )

@@ -88,13 +88,14 @@ def json_path(parts: Iterable[Any], prefix: str = "$") -> str:
 # envelopes. Keep it in step with schemas/envelope.json.
 _ENVELOPE_KEYS = frozenset(
     ("id", "type", "source", "timestamp", "topic", "correlation_id", "causation_id", "expires_at")
-) | {"metadata", "payload", "checksum"}
+) | {"metadata", "payload", "checksum", "causation_depth"}
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
 _TOPIC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:/[A-Za-z0-9_][A-Za-z0-9_-]*)*")
 _NO_CONTROL = re.compile(r"[^\x00-\x1f]+")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 _CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_CAUSATION_DEPTH = 1_000_000  # envelope.json's maximum for causation_depth
 
 
 def _text(v: Any, lo: int, hi: int) -> bool:
@@ -171,6 +172,11 @@ def envelope_surely_valid(d: Any, checksum_verified: bool = False) -> bool:
     if "causation_id" in d:
         v = d["causation_id"]
         if type(v) is not str or _ID.fullmatch(v) is None:
+            return False
+    if "causation_depth" in d:
+        # Exactly int: the schema's "integer" also admits 2.0, left to the schema to decide.
+        v = d["causation_depth"]
+        if type(v) is not int or not 0 <= v <= MAX_CAUSATION_DEPTH:
             return False
     return "expires_at" not in d or _sane_time(d["expires_at"])
 

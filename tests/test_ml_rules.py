@@ -600,11 +600,11 @@ def test_unknown_learning_key_is_usage_error(spool: Path) -> None:
 
 
 def test_daemon_refuses_unknown_builtin_handler_key(tmp_path: Path, spool: Path, run_cli: Any) -> None:
-    """`poetctl daemon --once` with an unknown [builtin_handlers] key in poet.toml exits 2 naming it."""
+    """`poetctl daemon --once` with an unknown [builtin_handlers] key in poet.toml exits 78 (EX_CONFIG) naming it."""
     cfg = tmp_path / "poet.toml"
     cfg.write_text("[builtin_handlers]\nno_such_handler = false\n")
     proc = run_cli("--spool", spool, "daemon", "--once", "--config", cfg)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 78, proc.stderr
     assert "no_such_handler" in proc.stderr
     assert "Traceback" not in proc.stderr
 

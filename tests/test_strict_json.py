@@ -39,11 +39,14 @@ def _payload_path(path: str) -> str:
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PAYLOADS))
-@pytest.mark.parametrize("how", ["file", "stdin"])
+@pytest.mark.parametrize("how", ["file", "stdin", "inline"])
 def test_emit_refuses_inexact_payload(case: str, how: str, run_cli: Any, spool: Path, tmp_path: Path) -> None:
-    """emit FILE and emit - exit 65 naming the input and the JSON path; nothing is written."""
+    """emit FILE, emit - and emit TYPE '{...}' exit 65 naming the input and the JSON path; nothing is written."""
     text, path, words = BAD_PAYLOADS[case]
-    if how == "file":
+    if how == "inline":
+        r = run_cli("--spool", spool, "emit", "system.health", text)
+        name = "<argument>"
+    elif how == "file":
         (tmp_path / "p.json").write_text(text)
         r = run_cli("--spool", spool, "emit", "system.health", tmp_path / "p.json")
         name = str(tmp_path / "p.json")

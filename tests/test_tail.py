@@ -240,7 +240,7 @@ def test_jsonl_round_trips_through_emit_batch(world: World, tmp_path: Path) -> N
     """`tail --output jsonl | emit --batch -` recreates the same events, byte for byte, in another spool."""
     out = world.tail("-n", "1000", "-o", "jsonl")
     second = tmp_path / "second"
-    r = cli(tmp_path, "--spool", second, "emit", "--batch", "-", input=out.stdout.encode())
+    r = cli(tmp_path, "--spool", second, "emit", "--init", "--batch", "-", input=out.stdout.encode())
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ids_of(out.stdout)
     copied = stored(second)

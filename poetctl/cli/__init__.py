@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "prune": (".prune", "prune_cmd", "command"),
     "fsck": (".fsck", "fsck_cmd", "command"),
     "dead": (".dead", "dead_app", "group"),
+    "corrupt": (".corrupt", "corrupt_app", "group"),
     "state": (".state", "state_app", "group"),
     "schemas": (".admin", "schemas_app", "group"),
     "config": (".admin", "config_app", "group"),

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import UsageError
+from ..configspec import bounds
 from .common import ConfigOpt, SpoolOpt, errors_to_exit, load
 
 
@@ -17,10 +17,15 @@ def daemon_cmd(
         list[str] | None,
         typer.Option("--handlers", help="Handler module (pkg.mod or file.py) with register(router); repeatable."),
     ] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Worker threads (default 4).")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", **bounds("daemon", "workers"), help="Worker threads (default 4).")
+    ] = None,
     once: Annotated[bool, typer.Option("--once", help="Handle everything due, then exit (for cron and CI).")] = False,
     rescan: Annotated[
-        float | None, typer.Option("--rescan-interval", min=0.05, help="Seconds between full rescans (default 5).")
+        float | None,
+        typer.Option(
+            "--rescan-interval", **bounds("daemon", "rescan_interval"), help="Seconds between full rescans (default 5)."
+        ),
     ] = None,
     no_builtin: Annotated[
         bool, typer.Option("--no-builtin-handlers", help="Do not load the built-in ML-monitoring handlers.")
@@ -57,10 +62,7 @@ def _daemon(
     from ..router import EventRouter
 
     cfg = load(spool, config)
-    try:
-        opts = DaemonOptions.from_config(dict(cfg.daemon), workers=workers, once=once or None, rescan_interval=rescan)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"bad daemon configuration: {exc}") from None
+    opts = DaemonOptions.from_config(dict(cfg.daemon), workers=workers, once=once or None, rescan_interval=rescan)
     router = EventRouter(config=cfg)
     if not no_builtin:
         from ..handlers import register_builtin

@@ -2,8 +2,8 @@
 
 Shell scripts and CI call ``emit`` once per event, so its start-up is the
 product's latency there; typer alone costs more than the whole emit. This
-module recognises only the plain form (``TYPE``, optional ``PAYLOAD`` or
-``-``, the value options below, root ``--spool``/``--config``) and returns
+module recognises only the plain form (``TYPE``, optional ``PAYLOAD``: a
+file, ``-`` or an inline JSON object, the value options below, root ``--spool``/``--config``) and returns
 None for anything else (``--help``, ``--batch``, unknown options, ``--``), which then
 goes through typer as usual. The work itself is the same function the typer
 command calls (:func:`poetctl.cli.emitting.emit_events`), and a test checks
@@ -22,6 +22,7 @@ EMIT_OPTIONS = {
     "--correlation-id": "correlation_id",
     "--causation-id": "causation_id",
     "--id": "event_id",
+    "--id-from": "id_from",
     "--environment": "environment",
     "--spool": "spool",
     "--config": "config",
@@ -85,16 +86,14 @@ def run(argv: list[str]) -> int | None:
         cfg = load_config(Path(config) if config else None, Path(spool) if spool else None)
         emit_events(
             cfg,
-            opts["event_type"],
-            opts["payload"],
-            opts.get("source"),
-            opts.get("correlation_id"),
-            opts.get("causation_id"),
-            opts.get("event_id"),
-            opts.get("environment"),
-            None,
-            None,
-            False,
+            event_type=opts["event_type"],
+            payload=opts["payload"],
+            source=opts.get("source"),
+            correlation_id=opts.get("correlation_id"),
+            causation_id=opts.get("causation_id"),
+            event_id=opts.get("event_id"),
+            id_from=opts.get("id_from"),
+            environment=opts.get("environment"),
         )
     except PoetError as exc:
         sys.stderr.write(f"poetctl: error: {exc}\n")

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..configspec import bounds
 from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, load
 
 STATUS_KEYS = ("warn_lag", "max_lag", "max_dead", "max_corrupt", "max_stale", "min_daemons")
@@ -34,20 +35,32 @@ def status_cmd(
         typer.Option("--max-lag", help="--check: CRITICAL when the oldest pending event is older than this [5m]."),
     ] = None,
     max_dead: Annotated[
-        int | None, typer.Option("--max-dead", min=0, help="--check: WARNING above this many dead letters [0].")
+        int | None,
+        typer.Option(
+            "--max-dead", **bounds("status", "max_dead"), help="--check: WARNING above this many dead letters [0]."
+        ),
     ] = None,
     max_corrupt: Annotated[
-        int | None, typer.Option("--max-corrupt", min=0, help="--check: WARNING above this many quarantined files [0].")
+        int | None,
+        typer.Option(
+            "--max-corrupt",
+            **bounds("status", "max_corrupt"),
+            help="--check: WARNING above this many quarantined files [0].",
+        ),
     ] = None,
     max_stale: Annotated[
         int | None,
-        typer.Option("--max-stale", min=0, help="--check: WARNING above this many stale daemon heartbeats [0]."),
+        typer.Option(
+            "--max-stale",
+            **bounds("status", "max_stale"),
+            help="--check: WARNING above this many stale daemon heartbeats [0].",
+        ),
     ] = None,
     min_daemons: Annotated[
         int | None,
         typer.Option(
             "--min-daemons",
-            min=0,
+            **bounds("status", "min_daemons"),
             help="--check: CRITICAL below this many live daemons (0: a daemon --once from cron is fine) [0].",
         ),
     ] = None,

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..config import DEFAULT_MAX_CAUSATION_DEPTH
 from ..errors import SpoolIOError
 from ..event import Event
 from ..ids import time_of
@@ -86,19 +87,27 @@ class DaemonOptions:
     # Start the completion mover (see mover.py) once a listing finds this many pending
     # events; 0 starts it with the daemon, a negative value never does.
     mover_backlog: int = 1024
+    # Deepest follow-up chain a handler may extend (enforced by EventRouter.build).
+    max_causation_depth: int = DEFAULT_MAX_CAUSATION_DEPTH
 
     @classmethod
     def from_config(cls, table: dict[str, Any], **overrides: Any) -> DaemonOptions:
-        """Build from poet.toml's ``[daemon]`` table; unknown keys raise ValueError."""
+        """Build from poet.toml's ``[daemon]`` table plus command-line ``overrides`` (None: not given).
+
+        The table is checked against :mod:`poetctl.configspec` (``load_config``
+        has already done so for a file); a bad or unknown key raises
+        :class:`~poetctl.errors.ConfigError` naming it and its allowed range.
+        Keys of the table that are not options of this class (read by others)
+        are checked but not stored.
+        """
+        from ..configspec import check_section
+
+        given = {k: v for k, v in overrides.items() if v is not None}
+        checked = check_section("daemon", {**table, **given}, "daemon options")
         opts = cls()
-        for k, v in {**table, **{k: v for k, v in overrides.items() if v is not None}}.items():
-            if k not in cls.__dataclass_fields__:
-                raise ValueError(f"unknown [daemon] key {k!r}; expected one of {sorted(cls.__dataclass_fields__)}")
-            if k == "partition_key":
-                v = (v,) if isinstance(v, str) else tuple(v)
-            setattr(opts, k, v)
-        if opts.workers < 1:
-            raise ValueError("workers must be >= 1")
+        for k, v in checked.items():
+            if k in cls.__dataclass_fields__:
+                setattr(opts, k, tuple(v) if k == "partition_key" else v)
         return opts
 
 
@@ -154,6 +163,7 @@ class Daemon:
     ) -> None:
         self.router = router
         self.opts = options or DaemonOptions()
+        router.max_causation_depth = self.opts.max_causation_depth
         self.clock = clock
         self.layout: SpoolLayout = router.layout
         self.registry = router.registry

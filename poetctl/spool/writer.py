@@ -126,13 +126,15 @@ def spool_lock(layout: SpoolLayout, name: str, *, blocking: bool = True) -> Iter
 class _Member:
     """One caller's share of a group commit: its synced tmp files, then its outcome."""
 
-    __slots__ = ("added", "done", "error", "items", "names", "tfd", "wake")
+    __slots__ = ("added", "done", "error", "existing", "items", "names", "tfd", "wake")
 
     def __init__(self, items: Sequence[tuple[str, bytes, bool]]) -> None:
         self.items = items
         self.tfd = -1
         self.names: list[str] = []
         self.added: list[bool] = []
+        # item index -> where the event that already had its id was found (a no-op item).
+        self.existing: dict[int, Path] = {}
         self.error: BaseException | None = None
         self.done = False
         self.wake: threading.Event | None = None
@@ -203,6 +205,18 @@ class GroupCommitter:
 
     def commit(self, items: Sequence[tuple[str, bytes, bool]]) -> list[bool]:
         """Like :func:`commit` into ``dest``, sharing the publish with concurrent callers."""
+        return self._commit(items).added
+
+    def commit_found(self, items: Sequence[tuple[str, bytes, bool]]) -> tuple[list[bool], dict[int, Path]]:
+        """:meth:`commit`, also returning where each no-op item's id was found (index -> path).
+
+        The path tells a re-emit of a handled event (``processed/``) from one of
+        a dead-lettered (``dead/``) or a quarantined (``corrupt/``) event.
+        """
+        m = self._commit(items)
+        return m.added, m.existing
+
+    def _commit(self, items: Sequence[tuple[str, bytes, bool]]) -> _Member:
         if self._pid != os.getpid():
             # A forked child inherits the queue (and maybe a held mutex) of threads it does not have.
             self._pid, self._mutex, self._queue, self._publishing = os.getpid(), threading.Lock(), [], 0
@@ -230,7 +244,7 @@ class GroupCommitter:
             raise interrupted
         if m.error is not None:
             raise m.error
-        return m.added
+        return m
 
     def _finish(self, m: _Member) -> BaseException | None:
         """Wait until ``m``'s group is published, leading it if ``m`` is the head; return an interrupt."""
@@ -370,14 +384,16 @@ def _publish(layout: SpoolLayout, dest: Path, group: Sequence[_Member]) -> None:
                         name = event_id + SUFFIX
                         if not keyed:
                             os.rename(m.names[i], name, src_dir_fd=m.tfd, dst_dir_fd=dfd)
-                        elif layout.locate(event_id) is not None:
+                        elif (found := layout.locate(event_id)) is not None:
                             added[i] = False
+                            m.existing[i] = found
                             continue
                         else:
                             try:
                                 os.link(m.names[i], name, src_dir_fd=m.tfd, dst_dir_fd=dfd)
                             except FileExistsError:
                                 added[i] = False
+                                m.existing[i] = dest / name
                                 continue
                         published.append(name)
                 os.fsync(dfd)
