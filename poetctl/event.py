@@ -20,6 +20,7 @@ import orjson
 
 from .errors import InvalidData
 from .ids import EVENT_ID_RE, TYPE_RE
+from .strictjson import INT_MAX, INT_MIN, find_inexact, path_part, surely_exact
 
 SCHEMA_VERSION = "1.0"
 MAX_DEPTH = 64
@@ -115,15 +116,33 @@ class Event:
 
 
 def canonical(obj: Any) -> bytes:
-    """Canonical JSON bytes: sorted keys, no insignificant whitespace."""
-    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    """Canonical JSON bytes: sorted keys, no insignificant whitespace.
+
+    Raises :class:`InvalidData` (not orjson's TypeError) for what JSON cannot carry:
+    an integer beyond 64 bits, a non-string key, nesting past orjson's limit of 254
+    levels, a type orjson does not know. Callers that may hold NaN or Infinity (which
+    orjson writes as null) check with :func:`check_depth` first; :func:`compute_checksum` does.
+    """
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        problem = _first_problem(obj, "$", MAX_DEPTH + 1)  # names the JSON path of the usual causes
+        raise InvalidData(problem or f"not representable as JSON: {exc}") from None
 
 
 def compute_checksum(envelope: dict[str, Any]) -> str:
-    """Checksum of ``envelope`` ignoring any ``checksum`` key it has."""
+    """Checksum of ``envelope`` ignoring any ``checksum`` key it has.
+
+    Refuses (:class:`InvalidData`) an envelope holding NaN or Infinity, which would be
+    sealed as null; a document read by orjson never holds them, so only values handed
+    in by the library are checked, and only when the bytes hold a null at all.
+    """
     if "checksum" in envelope:
         envelope = {k: v for k, v in envelope.items() if k != "checksum"}
-    return CHECKSUM_PREFIX + hashlib.sha256(canonical(envelope)).hexdigest()
+    data = canonical(envelope)
+    if b"null" in data:
+        check_depth(envelope, limit=MAX_DEPTH + 1)
+    return CHECKSUM_PREFIX + hashlib.sha256(data).hexdigest()
 
 
 def checksum_matches(envelope: dict[str, Any]) -> bool:
@@ -183,8 +202,10 @@ def check_type(value: object, where: str | None = None, path: str = "$.type") ->
 def parse_json(data: bytes, where: str | None = None, max_bytes: int | None = None) -> Any:
     """Parse JSON bytes with the limits every input goes through.
 
-    Raises :class:`InvalidData` for oversize input, invalid UTF-8, invalid JSON
-    and nesting deeper than :data:`MAX_DEPTH`; the message names ``where``.
+    Raises :class:`InvalidData` for oversize input, invalid UTF-8, invalid JSON,
+    nesting deeper than :data:`MAX_DEPTH`, a duplicate key and an integer beyond
+    64 bits (which orjson would silently resolve: last key wins, integer becomes a
+    float); the message names ``where`` and the JSON path.
     """
     if max_bytes is not None and len(data) > max_bytes:
         raise InvalidData(
@@ -199,23 +220,95 @@ def parse_json(data: bytes, where: str | None = None, max_bytes: int | None = No
             raise InvalidData(f"not valid UTF-8: {msg}", where=where) from None
         if "recursion" in msg.lower() or "depth limit" in msg.lower():
             raise InvalidData(f"JSON nested deeper than {MAX_DEPTH} levels", where=where) from None
-        raise InvalidData(f"invalid JSON: {msg}", where=where) from None
+        # orjson gives up on an integer too wide even for a float; the slow parse names its path.
+        problem = find_inexact(data) if "infinity" in msg else None
+        raise InvalidData(problem or f"invalid JSON: {msg}", where=where) from None
+    # Depth first: re-serialising below (and the standard parser in find_inexact) recurse.
     check_depth(obj, where)
+    if not surely_exact(data, orjson.dumps(obj)):
+        problem = find_inexact(data)
+        if problem is not None:
+            raise InvalidData(problem, where=where)
     return obj
 
 
-def check_depth(obj: Any, where: str | None = None) -> None:
-    """Raise :class:`InvalidData` if ``obj`` nests deeper than :data:`MAX_DEPTH`."""
-    # Exact type checks: JSON documents only hold dicts and lists as containers,
-    # and this runs for every event on the hot paths.
+def check_depth(obj: Any, where: str | None = None, prefix: str = "$", limit: int = MAX_DEPTH) -> None:
+    """Raise :class:`InvalidData` unless ``obj`` is JSON that poetctl stores exactly.
+
+    That is: containers nest at most ``limit`` levels, object keys are strings,
+    floats are finite (orjson writes NaN and Infinity as null) and integers fit in
+    64 bits (orjson cannot write larger ones). Iterative, so any depth is safe to
+    check; the message names the JSON path (under ``prefix``) of the first problem.
+    """
+    # Exact type checks first: JSON documents hold only these types, and this runs
+    # for every event on the emit path. The slow walk below only words the error.
+    if type(obj) is not dict and type(obj) is not list:
+        problem = _first_problem(obj, prefix, limit)  # a scalar or a tuple: rare, the slow walk decides
+        if problem is not None:
+            raise InvalidData(problem, where=where)
+        return
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
-        for child in node.values() if type(node) is dict else node if type(node) is list else ():
+        if type(node) is dict:
+            children: Any = node.values()
+            if not all(type(k) is str for k in node):
+                raise InvalidData(_problem(obj, prefix, limit), where=where)
+        else:
+            children = node
+        for child in children:
             kind = type(child)
-            if kind is dict or kind is list:
-                if depth >= MAX_DEPTH:
-                    raise InvalidData(
-                        f"JSON nested deeper than {MAX_DEPTH} levels; expected a flatter document", where=where
-                    )
+            if kind is dict or kind is list or kind is tuple:
+                if depth >= limit:
+                    raise InvalidData(_problem(obj, prefix, limit), where=where)
                 stack.append((child, depth + 1))
+            elif kind is str or kind is bool or child is None:
+                continue
+            elif _bad_number(child):
+                raise InvalidData(_problem(obj, prefix, limit), where=where)
+
+
+def _bad_number(value: Any) -> bool:
+    """True for NaN, +-Infinity and integers outside the 64-bit range (bools are fine)."""
+    if isinstance(value, float):
+        return value - value != 0.0  # NaN - NaN and inf - inf are NaN
+    if isinstance(value, int) and not isinstance(value, bool):
+        return not INT_MIN <= value <= INT_MAX
+    return False
+
+
+def _problem(obj: Any, prefix: str, limit: int) -> str:
+    return _first_problem(obj, prefix, limit) or f"JSON nested deeper than {MAX_DEPTH} levels"
+
+
+_NO_KEY = object()
+
+
+def _first_problem(obj: Any, prefix: str, limit: int) -> str | None:
+    """Describe the first thing :func:`check_depth` refuses, with its JSON path (slow: errors only)."""
+    pending: list[tuple[Any, str, int]] = [(obj, prefix, 0)]  # (value, path, depth of its container)
+    while pending:
+        value, path, outer = pending.pop()
+        kind = type(value)
+        if kind is dict or kind is list or kind is tuple:
+            if outer >= limit:
+                return f"{_short(path)}: JSON nested deeper than {MAX_DEPTH} levels; expected a flatter document"
+            if kind is dict:
+                bad_key = next((k for k in value if type(k) is not str), _NO_KEY)
+                if bad_key is not _NO_KEY:
+                    return f"{_short(path)}: key {bad_key!r} is not a string; expected string keys (JSON objects)"
+                items = [(v, path + path_part(k), outer + 1) for k, v in value.items()]
+            else:
+                items = [(v, f"{path}[{i}]", outer + 1) for i, v in enumerate(value)]
+            pending.extend(reversed(items))
+        elif _bad_number(value):
+            if isinstance(value, float):
+                name = "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
+                return f"{_short(path)}: {name} is not a JSON number; expected a finite number"
+            return f"{_short(path)}: integer {value} does not fit in 64 bits; expected -2**63 to 2**64-1 (or a string)"
+    return None
+
+
+def _short(path: str) -> str:
+    """A JSON path cut to a readable length (a deep one is thousands of characters)."""
+    return path if len(path) <= 120 else path[:100] + "..." + path[-17:]

@@ -153,7 +153,7 @@ class EventRouter:
         if not isinstance(payload, Mapping):
             raise InvalidData(f"$.payload: expected a JSON object, got {type(payload).__name__}", where=where)
         payload = dict(payload)
-        check_depth(payload, where)
+        check_depth(payload, where, "$.payload")
         self._check_payload(event_type, payload, where)
         keyed = id is not None
         if cause is not None:
@@ -245,7 +245,7 @@ class EventRouter:
             return ev, keyed
         self.registry.check_envelope(d, where)
         verify_checksum(d, where)
-        check_depth(d["payload"], where)
+        check_depth(d["payload"], where, "$.payload")
         self._check_payload(d["type"], d["payload"], where)
         ev = Event.from_dict(d)
         self._check_topic(ev, where)

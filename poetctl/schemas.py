@@ -7,9 +7,20 @@ top-level ``schemas/`` in a source checkout); user directories come from
 ``event_schemas.paths`` / ``POET_SCHEMA_PATH`` and may add types but not
 replace built-in ones.
 
-Validation uses jsonschema-rs when it is importable (fast path) and always
-produces error messages with the reference validator, python-jsonschema; a
-test proves the two agree on every shipped schema.
+Validation and its error messages both come from jsonschema-rs, configured so
+that a schema can never make poetctl fetch or read anything, nor spin:
+
+* no retrieval: a ``$ref`` (or ``$schema``) must stay inside the schema file
+  (``#/$defs/x``, ``#anchor``, an embedded ``$id``); anything else is refused
+  when the schema is loaded (see :func:`check_references`), and the validator
+  is given a retriever that refuses, in case a reference slips past the check;
+* linear-time regular expressions (the Rust ``regex`` engine, no backtracking)
+  for ``pattern``, ``patternProperties`` and ``propertyNames``; a pattern that
+  needs backtracking (lookaround, backreferences) is refused when loaded.
+
+python-jsonschema, which the messages used to come from, runs patterns with
+Python's backtracking ``re`` and fetches remote references by default; it now
+only serves the tests as an independent check of the verdicts.
 """
 
 from __future__ import annotations
@@ -19,14 +30,19 @@ from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urldefrag, urljoin
 
 import orjson
 
 from .errors import InvalidData, UnknownType
 from .event import check_type
+from .strictjson import path_part
 
 MAX_REPORTED_ERRORS = 5
-# jsonschema's messages for these already say what was expected.
+_MAX_COUNTED_ERRORS = 1000
+_MAX_LINE = 300
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# jsonschema-rs's messages for these already say what was expected.
 _SELF_EXPLAINING = frozenset(
     {
         "required",
@@ -38,6 +54,12 @@ _SELF_EXPLAINING = frozenset(
         "maximum",
         "exclusiveMinimum",
         "exclusiveMaximum",
+        "pattern",
+        "minLength",
+        "maxLength",
+        "minItems",
+        "maxItems",
+        "multipleOf",
     }
 )
 
@@ -54,10 +76,7 @@ def builtin_dir() -> Path:
 
 def json_path(parts: Iterable[Any], prefix: str = "$") -> str:
     """Render a jsonschema error path as ``$.a.b[0]``."""
-    out = prefix
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else f".{p}"
-    return out
+    return prefix + "".join(path_part(p) for p in parts)
 
 
 # -- a fast, conservative check of envelope.json --------------------------------------------
@@ -83,8 +102,14 @@ def _text(v: Any, lo: int, hi: int) -> bool:
     return type(v) is str and lo <= len(v) <= hi
 
 
-def _nonneg_number(v: Any) -> bool:
-    return (type(v) is float or type(v) is int) and v >= 0
+# envelope.json bounds timestamp and expires_at to 2000-01-01 .. 2200-01-01 UTC (Unix seconds):
+# readers turn them into datetimes, which end at year 9999, and nothing real lies outside.
+TIME_MIN = 946684800
+TIME_MAX = 7258118400
+
+
+def _sane_time(v: Any) -> bool:
+    return (type(v) is float or type(v) is int) and TIME_MIN <= v <= TIME_MAX
 
 
 def _head_valid(type_: Any, topic: Any, source: Any, version: Any, environment: Any, service: Any) -> bool:
@@ -134,8 +159,7 @@ def envelope_surely_valid(d: Any, checksum_verified: bool = False) -> bool:
     v = get("id")
     if type(v) is not str or _ID.fullmatch(v) is None:
         return False
-    v = get("timestamp")
-    if not ((type(v) is float or type(v) is int) and v >= 0) or type(get("payload")) is not dict:
+    if not _sane_time(get("timestamp")) or type(get("payload")) is not dict:
         return False
     if not checksum_verified and "checksum" in d:
         v = d["checksum"]
@@ -154,62 +178,167 @@ def envelope_surely_valid(d: Any, checksum_verified: bool = False) -> bool:
         v = d["causation_depth"]
         if type(v) is not int or not 0 <= v <= MAX_CAUSATION_DEPTH:
             return False
-    return "expires_at" not in d or _nonneg_number(d["expires_at"])
+    return "expires_at" not in d or _sane_time(d["expires_at"])
+
+
+# -- what a schema may refer to -------------------------------------------------------------
+# The drafts jsonschema-rs knows (their meta-schemas are built in, never fetched).
+KNOWN_DRAFTS = frozenset(
+    {
+        "http://json-schema.org/draft-04/schema",
+        "http://json-schema.org/draft-06/schema",
+        "http://json-schema.org/draft-07/schema",
+        "https://json-schema.org/draft/2019-09/schema",
+        "https://json-schema.org/draft/2020-12/schema",
+    }
+)
+_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def check_references(schema: dict[str, Any], path: Path) -> None:
+    """Raise :class:`InvalidData` unless every reference in ``schema`` resolves inside it.
+
+    Allowed: ``#...`` (a JSON pointer or anchor in the same file) and URIs that resolve
+    to the file's own ``$id`` or an ``$id`` embedded in it. Anything else - ``http://``,
+    ``file://``, a relative name like ``other.json`` - would make a validator fetch or
+    read it. ``$schema`` must name a draft (``KNOWN_DRAFTS``). Every string under one
+    of these keys is checked, even inside ``const`` or ``examples``: refusing such an
+    odd schema is safer than guessing which strings a validator will follow.
+    """
+    root_id = schema.get("$id")
+    base = urldefrag(root_id).url if isinstance(root_id, str) else ""
+    local = {base}
+    refs: list[tuple[str, str, str]] = []  # (reference, base it resolves against, JSON pointer)
+    stack: list[tuple[Any, str, str]] = [(schema, base, "")]
+    while stack:
+        node, base, pointer = stack.pop()
+        if isinstance(node, list):
+            stack.extend((v, base, f"{pointer}/{i}") for i, v in enumerate(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        nid = node.get("$id")
+        if isinstance(nid, str):
+            base = urldefrag(urljoin(base, nid)).url
+            local.add(base)
+        for k, v in node.items():
+            where = f"{pointer}/{k}"
+            if isinstance(v, str) and k in _REF_KEYWORDS:
+                refs.append((v, base, where))
+            elif isinstance(v, str) and k == "$schema" and urldefrag(v).url not in KNOWN_DRAFTS:
+                raise InvalidData(
+                    f"$schema {v!r} at #{where} is not a draft poetctl knows; expected one of "
+                    f"{', '.join(sorted(KNOWN_DRAFTS))} (poetctl never fetches meta-schemas)",
+                    where=str(path),
+                )
+            elif isinstance(v, dict | list):
+                stack.append((v, base, where))
+    for ref, ref_base, where in refs:
+        if urldefrag(urljoin(ref_base, ref)).url not in local:
+            raise InvalidData(
+                f"{ref_kind(where)} {ref!r} at #{where} points outside this schema file; poetctl never "
+                "fetches or reads other schemas: refer only inside the file ('#/$defs/name', '#anchor' "
+                "or an $id embedded in it)",
+                where=str(path),
+            )
+
+
+def ref_kind(pointer: str) -> str:
+    """The keyword at the end of a JSON pointer (``$ref``, ``$dynamicRef``...)."""
+    return pointer.rsplit("/", 1)[-1]
+
+
+def _no_retrieval(uri: str) -> Any:
+    # Only reached if check_references let a reference through; fail rather than fetch.
+    raise ValueError(f"poetctl never fetches schemas ({uri})")
+
+
+def fast_validator(schema: dict[str, Any]) -> Any:
+    """jsonschema-rs's validator for ``schema``, as poetctl configures it (no retrieval, linear regex)."""
+    import jsonschema_rs  # tens of ms to import: only commands that validate pay for it
+
+    return jsonschema_rs.validator_for(schema, retriever=_no_retrieval, pattern_options=jsonschema_rs.RegexOptions())
+
+
+_NOTHING = object()
 
 
 class _Compiled:
-    """One schema with its fast and reference validators (the latter built lazily)."""
+    """One schema and its validator."""
 
-    __slots__ = ("_fast", "_ref", "path", "schema")
+    __slots__ = ("_fast", "path", "schema")
 
     def __init__(self, schema: dict[str, Any], path: Path) -> None:
         self.schema = schema
         self.path = path
-        self._ref: Any = None
-        self._fast: Any = None
+        check_references(schema, path)
         try:
-            import jsonschema_rs
-
-            self._fast = jsonschema_rs.validator_for(schema)
-        except ImportError:
-            pass
-        except Exception as exc:  # jsonschema-rs rejects an invalid schema here
-            raise InvalidData(f"invalid JSON Schema: {exc}", where=str(path)) from None
-
-    def reference(self) -> Any:
-        if self._ref is None:
-            import jsonschema
-
-            cls = jsonschema.validators.validator_for(self.schema, default=jsonschema.Draft202012Validator)
-            try:
-                cls.check_schema(self.schema)
-            except jsonschema.SchemaError as exc:
-                raise InvalidData(f"invalid JSON Schema: {exc.message}", where=str(self.path)) from None
-            self._ref = cls(self.schema)
-        return self._ref
+            self._fast: Any = fast_validator(schema)
+        except Exception as exc:  # jsonschema-rs refuses an invalid schema or pattern here
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InvalidData(f"invalid JSON Schema: {_clean(first)}", where=str(path)) from None
 
     def is_valid(self, instance: Any) -> bool:
-        if self._fast is not None:
+        try:
             return bool(self._fast.is_valid(instance))
-        return bool(self.reference().is_valid(instance))
+        except (ValueError, TypeError, OverflowError):
+            return False  # not a JSON value (a non-string key...): errors() says so
 
     def errors(self, instance: Any, prefix: str) -> list[str]:
-        """Human-readable errors from the reference validator, most relevant first."""
-        import jsonschema
-
-        errs = sorted(self.reference().iter_errors(instance), key=jsonschema.exceptions.relevance)
-        out = []
-        for e in errs[:MAX_REPORTED_ERRORS]:
-            line = f"{json_path(e.absolute_path, prefix)}: {e.message}"
-            if e.validator not in _SELF_EXPLAINING:
-                rule = orjson.dumps(e.validator_value).decode()
-                if len(rule) > 120:
-                    rule = rule[:117] + "..."
-                line += f" (expected {e.validator}: {rule})"
-            out.append(line)
-        if len(errs) > MAX_REPORTED_ERRORS:
-            out.append(f"... and {len(errs) - MAX_REPORTED_ERRORS} more")
+        """Human-readable errors, in schema order: JSON path, what is wrong, what is expected."""
+        out: list[str] = []
+        total = 0
+        try:
+            for e in self._fast.iter_errors(instance):
+                total += 1
+                if total <= MAX_REPORTED_ERRORS:
+                    out.append(self._line(e, prefix))
+                elif total >= _MAX_COUNTED_ERRORS:
+                    break
+        except (ValueError, TypeError, OverflowError) as exc:
+            return [f"{prefix}: not a JSON value: {_clean(str(exc))}"]
+        if total > MAX_REPORTED_ERRORS:
+            more = f"{total - MAX_REPORTED_ERRORS}{'+' if total >= _MAX_COUNTED_ERRORS else ''}"
+            out.append(f"... and {more} more")
         return out
+
+    def _line(self, e: Any, prefix: str) -> str:
+        keyword = e.kind.name
+        # jsonschema-rs abbreviates an enum's options ("or 2 other candidates"): list them.
+        message = f"{_json(e.instance)} is not one of {_json(e.kind.options)}" if keyword == "enum" else e.message
+        line = f"{json_path(e.instance_path, prefix)}: {message}"
+        if keyword not in _SELF_EXPLAINING:
+            rule = _at(self.schema, e.schema_path)
+            if rule is not _NOTHING:
+                line += f" (expected {keyword}: {_json(rule)})"
+        return _clean(line)
+
+
+def _at(schema: Any, pointer: Iterable[Any]) -> Any:
+    """The value at ``pointer`` (a list of keys and indexes) in ``schema``, or _NOTHING."""
+    node = schema
+    for part in pointer:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return _NOTHING
+    return node
+
+
+def _json(value: Any, limit: int = 120) -> str:
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _clean(line: str) -> str:
+    """One printable line of bounded length (instances and keys can be long or hold escapes)."""
+    line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
+    if len(line) > _MAX_LINE:
+        line = line[: _MAX_LINE - 100] + " ... " + line[-95:]
+    return line
 
 
 class SchemaRegistry:
@@ -218,6 +347,7 @@ class SchemaRegistry:
     def __init__(self, extra_paths: Sequence[Path] = ()) -> None:
         self.builtin = builtin_dir()
         self.extra_paths = [Path(p) for p in extra_paths]
+        self._raw: dict[str, dict[str, Any]] = {}
         self._cache: dict[str, _Compiled] = {}
         self._is_valid: dict[str, Any] = {}  # type -> the fast validator's is_valid (hot path)
 
@@ -243,21 +373,30 @@ class SchemaRegistry:
                     found.setdefault(t, p)
         return dict(sorted(found.items()))
 
+    def _load(self, name: str, path: Path | None, where: str | None = None) -> dict[str, Any]:
+        """The schema's JSON, read once; nothing is compiled or followed (``schemas show`` uses it)."""
+        schema = self._raw.get(name)
+        if schema is not None:
+            return schema
+        if path is None:
+            raise self._unknown(name, where)
+        try:
+            loaded = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise InvalidData(f"cannot load schema: {exc}", where=str(path)) from None
+        if not isinstance(loaded, dict):
+            raise InvalidData("a schema must be a JSON object", where=str(path))
+        self._raw[name] = loaded
+        return loaded
+
     def _compiled(self, name: str, path: Path | None, where: str | None = None) -> _Compiled:
         c = self._cache.get(name)
         if c is not None:
             return c
-        if path is None:
-            raise self._unknown(name, where)
-        try:
-            schema = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise InvalidData(f"cannot load schema: {exc}", where=str(path)) from None
-        if not isinstance(schema, dict):
-            raise InvalidData("a schema must be a JSON object", where=str(path))
+        schema = self._load(name, path, where)
+        assert path is not None  # _load raised otherwise
         c = self._cache[name] = _Compiled(schema, path)
-        if c._fast is not None:
-            self._is_valid[name] = c._fast.is_valid
+        self._is_valid[name] = c._fast.is_valid
         return c
 
     def _unknown(self, event_type: str, where: str | None = None) -> UnknownType:
@@ -272,10 +411,8 @@ class SchemaRegistry:
         )
 
     def schema(self, event_type: str) -> dict[str, Any]:
-        """The payload schema of ``event_type``; raises :class:`UnknownType`."""
-        if event_type not in self._cache:
-            self._compiled(event_type, self.path_for(event_type))
-        return self._cache[event_type].schema
+        """The payload schema of ``event_type`` as written (not compiled); raises :class:`UnknownType`."""
+        return self._raw.get(event_type) or self._load(event_type, self.path_for(event_type))
 
     def topic_template(self, event_type: str) -> str | None:
         """``x-poet-topic`` of a user schema (None for built-ins and when absent)."""
@@ -286,8 +423,11 @@ class SchemaRegistry:
     def validate_payload(self, event_type: str, payload: Any, where: str | None = None, prefix: str = "$") -> None:
         """Raise :class:`InvalidData` (all messages, JSON paths) unless ``payload`` is valid."""
         fast = self._is_valid.get(event_type)
-        if fast is not None and fast(payload):
-            return
+        try:
+            if fast is not None and fast(payload):
+                return
+        except ValueError:
+            pass  # not a JSON value (a non-string key): c.is_valid and c.errors below say so
         c = self._cache.get(event_type) or self._compiled(event_type, self.path_for(event_type), where)
         if not c.is_valid(payload):
             raise InvalidData(

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jsonschema_rs
 import orjson
 import pytest
 from conftest import files_in, load_samples
@@ -18,7 +17,7 @@ from jsonschema import Draft202012Validator
 from poetctl import EventRouter, load_config
 from poetctl.errors import InvalidData, UnknownType
 from poetctl.event import verify_checksum
-from poetctl.schemas import SchemaRegistry, envelope_surely_valid
+from poetctl.schemas import TIME_MAX, TIME_MIN, SchemaRegistry, envelope_surely_valid, fast_validator
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = REPO / "schemas"
@@ -173,10 +172,10 @@ ODD_INSTANCES: list[Any] = [{}, [], None, "x", 1, 1.5, True, {"function_name": N
 
 @pytest.mark.parametrize("schema_file", SCHEMA_FILES, ids=lambda p: p.name)
 def test_reference_and_fast_validators_agree(schema_file: Path) -> None:
-    """python-jsonschema and jsonschema-rs give the same verdict on every sample and envelope."""
+    """python-jsonschema and jsonschema-rs as poetctl runs it give the same verdict on every sample and envelope."""
     schema = json.loads(schema_file.read_text(encoding="utf-8"))
     ref = Draft202012Validator(schema)
-    fast = jsonschema_rs.validator_for(schema)
+    fast = fast_validator(schema)
     name = schema_file.name[: -len(".json")]
     instances: list[tuple[str, Any]] = [(f"odd {i}", x) for i, x in enumerate(ODD_INSTANCES)]
     for t, s in SAMPLES.items():
@@ -221,6 +220,23 @@ def _more_envelope_mutations() -> list[tuple[str, dict[str, Any]]]:
         ("causation_id of 129", ("causation_id", "c" * 129)),
         ("expires_at negative", ("expires_at", -0.5)),
         ("expires_at bool", ("expires_at", False)),
+        # timestamp and expires_at lie between 2000-01-01 and 2200-01-01 UTC, bounds included.
+        *[
+            (f"{key} {why}", (key, value))
+            for key in ("timestamp", "expires_at")
+            for why, value in (
+                ("at the lower bound", TIME_MIN),
+                ("at the lower bound as float", float(TIME_MIN)),
+                ("just below the lower bound", TIME_MIN - 0.001),
+                ("zero", 0),
+                ("at the upper bound", TIME_MAX),
+                ("just above the upper bound", TIME_MAX + 0.001),
+                ("in year 10000", 253402300800),
+                ("1e300", 1e300),
+                ("-1e300", -1e300),
+                ("now", 1795936418.25),
+            )
+        ],
         ("checksum null", ("checksum", None)),
         ("payload null", ("payload", None)),
     ]
@@ -248,7 +264,7 @@ def test_fast_envelope_check_never_accepts_what_the_schema_rejects() -> None:
     """envelope_surely_valid is stricter or equal to envelope.json, and accepts every valid envelope we build."""
     schema = json.loads((REPO / "schemas" / "envelope.json").read_text(encoding="utf-8"))
     ref = Draft202012Validator(schema)
-    fast = jsonschema_rs.validator_for(schema)
+    fast = fast_validator(schema)
 
     def schema_accepts(e: Any) -> bool:
         # Both validators: python-jsonschema lets "$" match before a final newline, jsonschema-rs does not.
@@ -276,6 +292,67 @@ def test_fast_envelope_check_never_accepts_what_the_schema_rejects() -> None:
         if isinstance(head.get("payload"), dict):
             head["payload"] = {}
         assert accepted == schema_accepts(head), why
+
+
+TIME_CASES = [
+    (946684800, True),  # 2000-01-01T00:00:00Z
+    (946684800.0, True),
+    (946684799.999, False),
+    (0, False),
+    (-1, False),
+    (7258118400, True),  # 2200-01-01T00:00:00Z
+    (7258118400.001, False),
+    (253402300800, False),  # year 10000: beyond what datetime can hold
+    (1e300, False),
+    (-1e300, False),
+    (1795936418.25, True),
+]
+
+
+@pytest.mark.parametrize("key", ["timestamp", "expires_at"])
+@pytest.mark.parametrize(("value", "sane"), TIME_CASES)
+def test_envelope_bounds_times_to_2000_through_2200(key: str, value: float, sane: bool) -> None:
+    """envelope.json, both validators, the fast check and the registry take timestamp/expires_at only in 2000..2200."""
+    assert (TIME_MIN, TIME_MAX) == (946684800, 7258118400)
+    schema = json.loads((REPO / "schemas" / "envelope.json").read_text(encoding="utf-8"))
+    e = copy.deepcopy(VALID_ENVELOPES[0])
+    e[key] = value
+    assert Draft202012Validator(schema).is_valid(e) == sane
+    assert fast_validator(schema).is_valid(e) == sane
+    assert envelope_surely_valid(e) == sane
+    if sane:
+        SchemaRegistry().check_envelope(e)
+    else:
+        with pytest.raises(InvalidData) as info:
+            SchemaRegistry().check_envelope(e)
+        assert f"$.{key}" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [1e300, 253402300800, 0, 946684799])
+@pytest.mark.parametrize("key", ["timestamp", "expires_at"])
+@pytest.mark.parametrize("sealed", [False, True], ids=["partial", "sealed"])
+def test_batch_refuses_absurd_times(
+    run_cli: Any, spool: Path, tmp_path: Path, key: str, value: float, sealed: bool
+) -> None:
+    """emit --batch refuses an envelope whose timestamp/expires_at lies outside 2000..2200 (65, FILE:LINE, $.key)."""
+    router = EventRouter(spool="/nonexistent-never-written", config=load_config(env={}))
+    ev, _ = router.build("system.health", {"service": "s", "status": "healthy"})
+    env = ev.to_dict(with_checksum=False)
+    env[key] = value
+    if sealed:
+        from poetctl.event import compute_checksum
+
+        env["checksum"] = compute_checksum(env)
+    else:
+        for k in ("id", "topic", "metadata", "source"):
+            env.pop(k)
+    batch = tmp_path / "batch.jsonl"
+    batch.write_bytes(orjson.dumps(env) + b"\n")
+    r = run_cli("--spool", spool, "emit", "--batch", batch)
+    assert r.returncode == 65, r.stderr
+    assert f"{batch}:1" in r.stderr and f"$.{key}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert files_in(spool / "events" / "pending") == []
 
 
 @pytest.mark.parametrize("schema_file", SCHEMA_FILES, ids=lambda p: p.name)

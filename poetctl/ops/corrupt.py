@@ -32,8 +32,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import InvalidData, SpoolIOError
-from ..event import MAX_DEPTH, check_depth
+from ..errors import SpoolIOError
 from ..schemas import SchemaRegistry
 from ..spool.layout import FILE_MODE, SUFFIX, SpoolLayout
 from ..spool.reader import READ_FLAGS, CorruptEvent, decode_event, read_bytes
@@ -283,7 +282,6 @@ def _requeue_one(
     where = f"{CORRUPT}/{name}"
     try:
         data = read_bytes(name, max_bytes, dir_fd=d.fd, where=where)
-        _check_depth_first(data, where)
         event = decode_event(data, registry, where=where, validate_payload=validate_payload)
     except FileNotFoundError:
         return Outcome(name, "missing", detail="it went away meanwhile")
@@ -312,23 +310,6 @@ def _requeue_one(
         d.unlink(name + REASON_SUFFIX)
     d.fsync()
     return Outcome(name, "requeued", event.id)
-
-
-def _check_depth_first(data: bytes, where: str) -> None:
-    """Refuse nesting deeper than MAX_DEPTH before anything recursive (the checksum) runs on it.
-
-    decode_event checks depth only after the checksum, which recurses and
-    fails on a few hundred levels; the check is iterative and only runs when
-    there are enough brackets to matter.
-    """
-    if data.count(b"{") + data.count(b"[") <= MAX_DEPTH:
-        return
-    try:
-        check_depth(orjson.loads(data))
-    except orjson.JSONDecodeError as exc:
-        raise CorruptEvent("bad_json", str(exc), where=where) from None
-    except InvalidData:
-        raise CorruptEvent("bad_json", f"nested deeper than {MAX_DEPTH} levels", where=where) from None
 
 
 def _located(layout: SpoolLayout, target: str) -> str | None:

@@ -10,16 +10,19 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from ..errors import InvalidData, PoetError
-from ..event import MAX_DEPTH, Event, check_depth, checksum_matches
+from ..event import CHECKSUM_PREFIX, MAX_DEPTH, Event, canonical, check_depth
 from ..ids import EVENT_ID_RE
 from ..schemas import SchemaRegistry
+from ..strictjson import find_inexact, surely_exact
 
+_MISSING: Any = object()
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -99,11 +102,42 @@ def decode_event(
     try:
         d: Any = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise CorruptEvent("bad_json", str(exc), where=where) from None
-    if not isinstance(d, dict):
+        msg = str(exc)
+        if "depth limit" in msg or "recursion" in msg.lower():  # orjson stops reading at 1,024 levels
+            msg = f"JSON nested deeper than {MAX_DEPTH} levels; expected a flatter document ({msg})"
+        elif "infinity" in msg:  # an integer too wide even for a float: the slow parse names its path
+            msg = find_inexact(data) or msg
+        raise CorruptEvent("bad_json", msg, where=where) from None
+    if type(d) is not dict:
         raise CorruptEvent("bad_json", "expected a JSON object", where=where)
-    if not checksum_matches(d):
-        raise CorruptEvent("bad_checksum", f"checksum {d.get('checksum')!r} does not match the content", where=where)
+    # Depth before anything recursive: the checksum re-serialises, and orjson gives up
+    # past 254 levels. Nesting deeper than the limit takes more opening brackets than
+    # that; counting bytes (brackets inside strings included, so never too few) is far
+    # cheaper than the walk. The payload may nest MAX_DEPTH levels inside the envelope.
+    if data.count(b"{") + data.count(b"[") > MAX_DEPTH:
+        try:
+            check_depth(d, limit=MAX_DEPTH + 1)
+        except InvalidData as exc:
+            raise CorruptEvent("bad_json", exc.message, where=where) from None
+    # The checksum covers the canonical form of the rest; the same bytes serve the exactness test.
+    stated = d.pop("checksum", _MISSING)
+    try:
+        canon = canonical(d)
+    except InvalidData as exc:  # not expected from what orjson parsed, but never a crash
+        raise CorruptEvent("bad_json", exc.message, where=where) from None
+    if stated is _MISSING:
+        omitted = 0
+    else:
+        d["checksum"] = stated
+        omitted = 1 + (stated.count(":") if type(stated) is str else orjson.dumps(stated).count(b":"))
+    # Duplicate keys and integers beyond 64 bits, which orjson resolved silently.
+    if not surely_exact(data, canon, omitted):
+        problem = find_inexact(data)
+        if problem is not None:
+            raise CorruptEvent("bad_json", problem, where=where)
+    if type(stated) is not str or stated != CHECKSUM_PREFIX + sha256(canon).hexdigest():
+        shown = None if stated is _MISSING else stated
+        raise CorruptEvent("bad_checksum", f"checksum {shown!r} does not match the content", where=where)
     try:
         if registry is not None:
             registry.check_envelope(d, where, checksum_verified=True)
@@ -113,13 +147,6 @@ def decode_event(
         raise CorruptEvent("bad_envelope", exc.message, where=where) from None
     if expected_id is not None and d["id"] != expected_id:
         raise CorruptEvent("wrong_name", f"file name says {expected_id!r} but the event id is {d['id']!r}", where=where)
-    # Nesting deeper than MAX_DEPTH takes more than MAX_DEPTH opening brackets; counting
-    # bytes (brackets inside strings included, so never too few) is far cheaper than the walk.
-    if data.count(b"{") + data.count(b"[") > MAX_DEPTH:
-        try:
-            check_depth(d["payload"])
-        except InvalidData:
-            raise CorruptEvent("bad_json", f"nested deeper than {MAX_DEPTH} levels", where=where) from None
     if registry is not None and validate_payload:
         try:
             registry.validate_payload(d["type"], d["payload"], where, prefix="$.payload")
