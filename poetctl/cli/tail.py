@@ -243,7 +243,7 @@ class Printer:
 
     def table(self, rows: list[tuple[str, ...]]) -> None:
         """A rich table on a TTY (ids and times never truncated), aligned plain columns elsewhere."""
-        from .output import console, stdout_is_tty
+        from .output import cell, console, stdout_is_tty
 
         if stdout_is_tty():
             from rich.table import Table
@@ -252,7 +252,7 @@ class Printer:
             for c in TABLE_COLUMNS:
                 t.add_column(c, no_wrap=c in ("time", "id", "state"), overflow="fold")
             for r in rows:
-                t.add_row(*r)
+                t.add_row(*(cell(v) for v in r))
             console().print(t)
             return
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(TABLE_COLUMNS)]
@@ -261,10 +261,12 @@ class Printer:
 
     @staticmethod
     def _cells(f: Any) -> tuple[str, ...]:
+        """The table row of an event, every value escaped for a terminal (see :mod:`poetctl.safetext`)."""
+        from ..safetext import clean
         from ..timeparse import iso
 
         e = f.event
-        return (iso(e.timestamp), e.type, e.topic, e.id, e.correlation_id or "-", f.state)
+        return tuple(clean(v) for v in (iso(e.timestamp), e.type, e.topic, e.id, e.correlation_id or "-", f.state))
 
 
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
