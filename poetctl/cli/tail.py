@@ -107,9 +107,13 @@ def tail_cmd(
     """Show the newest events matching the topic patterns and filters, oldest first.
 
     jsonl prints each envelope exactly as stored, so the output can be fed back
-    with 'poetctl emit --batch -'. Exit codes: 1 nothing matched, 2 bad
-    pattern or option, 66 no spool. Damaged files are reported on stderr and
+    with 'poetctl emit --batch -'. Damaged files are reported on stderr and
     skipped.
+
+    Exit codes: 0 events printed; 1 nothing matched (with -f: --idle-timeout
+    passed before anything was printed, or before --count was reached); 2
+    bad pattern or option; 66 no spool; 74 I/O error; 77 permission denied.
+    With -f, --count N exits 0 as soon as N events are printed.
 
     Examples:
 
