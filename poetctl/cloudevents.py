@@ -13,7 +13,9 @@ Mapping (``to_cloudevent``)::
                       those string keys, else poetmetadata (compact JSON string)
     timestamp      -> poettimestamp (JSON number as a string), only when ``time``
                       cannot carry the exact value (an integer, or more than
-                      microsecond precision)
+                      microsecond precision); ``time`` (optional in CloudEvents)
+                      is left out when no RFC 3339 date can show the timestamp
+                      (before 1970, after year 9999: absurd values on disk)
 
 CloudEvents extension values must be strings, booleans or integers, so the
 numbers and the metadata object travel as JSON text. ``from_cloudevent``
@@ -99,16 +101,19 @@ def to_cloudevent(event: Event | Mapping[str, Any]) -> dict[str, Any]:
         "id": env["id"],
         "source": env["source"],
         "type": env["type"],
-        "time": format_time(ts),
-        "datacontenttype": CONTENT_TYPE,
     }
+    try:
+        ce["time"] = format_time(ts)
+    except (ValueError, OverflowError, OSError):
+        pass  # no RFC 3339 date for it (before 1970, after 9999, 1e300): poettimestamp carries it
+    ce["datacontenttype"] = CONTENT_TYPE
     if env.get("correlation_id") is not None:
         ce["correlationid"] = env["correlation_id"]
     if env.get("causation_id") is not None:
         ce["causationid"] = env["causation_id"]
     if "topic" in env:
         ce["poettopic"] = env["topic"]
-    if not isinstance(ts, float) or parse_time(ce["time"]) != ts:
+    if "time" not in ce or not isinstance(ts, float) or parse_time(ce["time"]) != ts:
         ce["poettimestamp"] = _number_text(ts)
     if env.get("expires_at") is not None:
         ce["poetexpiresat"] = _number_text(env["expires_at"])

@@ -16,6 +16,7 @@ EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_IOERR = 74
 EX_TEMPFAIL = 75
+EX_NOPERM = 77
 EX_CONFIG = 78
 
 
@@ -62,6 +63,12 @@ class SpoolIOError(PoetError):
     """The spool cannot be read or written (permissions, full disk, failed fsync)."""
 
     exit_code = EX_IOERR
+
+
+class PermissionDenied(SpoolIOError):
+    """The spool (or a file in it) cannot be read or written for lack of permission."""
+
+    exit_code = EX_NOPERM
 
 
 class TemporaryFailure(PoetError):

@@ -156,7 +156,51 @@ def read_found(path: Path, state: str, on_damaged: Callable[[Path, str], None] |
         if on_damaged is not None:
             on_damaged(path, exc.message)
         return None
+    except (KeyError, TypeError, ValueError) as exc:
+        # A checksum only says the file is what its writer sealed, not that a writer wrote an envelope.
+        if on_damaged is not None:
+            on_damaged(path, f"bad_envelope: {type(exc).__name__}: {exc}")
+        return None
+    problem = shape_problem(ev)
+    if problem is not None:
+        if on_damaged is not None:
+            on_damaged(path, f"bad_envelope: {problem}")
+        return None
     return Found(ev.timestamp, ev.id, state, path, ev, raw)
+
+
+_STR_FIELDS = ("type", "source", "topic")
+_OPTIONAL_STR_FIELDS = ("correlation_id", "causation_id")
+
+
+def _is_number(v: object) -> bool:
+    return type(v) is float or type(v) is int
+
+
+def shape_problem(ev: Event) -> str | None:
+    """What keeps ``ev`` from being shown and sorted (wrong field types), or None.
+
+    Readers check only the checksum, not the envelope schema (a file sealed by
+    hand passes it), so they check the types everything below relies on:
+    strings where text is printed, numbers where times are sorted and shown.
+    Values are not bounded: an absurd timestamp on disk is shown as its number.
+    """
+    for name in _STR_FIELDS:
+        if not isinstance(getattr(ev, name), str):
+            return f"$.{name}: expected a string"
+    for name in _OPTIONAL_STR_FIELDS:
+        v = getattr(ev, name)
+        if v is not None and not isinstance(v, str):
+            return f"$.{name}: expected a string"
+    if not _is_number(ev.timestamp):
+        return "$.timestamp: expected a number"
+    if ev.expires_at is not None and not _is_number(ev.expires_at):
+        return "$.expires_at: expected a number"
+    if not isinstance(ev.payload, dict):
+        return "$.payload: expected an object"
+    if not isinstance(ev.metadata, dict):
+        return "$.metadata: expected an object"
+    return None
 
 
 def load(path: Path, state: str, on_damaged: Callable[[Path, str], None] | None) -> Found | None:
@@ -191,6 +235,23 @@ def newest(
     index's correlation lookup replaces the scan of processed/dead. Each id is
     returned once even if it moved between states during the scan.
     """
+    if index is not None:
+        try:
+            return _newest(layout, sel, states, limit, on_damaged, index)
+        except sqlite3.DatabaseError as exc:
+            # E.g. an immutable read of a database file a starting daemon is checkpointing into.
+            index_unusable(exc)
+    return _newest(layout, sel, states, limit, on_damaged, None)
+
+
+def _newest(
+    layout: SpoolLayout,
+    sel: Selector,
+    states: Sequence[str],
+    limit: int | None,
+    on_damaged: Callable[[Path, str], None] | None,
+    index: Index | None,
+) -> list[Found]:
     found: dict[str, Found] = {}
     for state in states:
         src: Iterable[tuple[float, str, Path]]
@@ -241,7 +302,7 @@ def _indexed(layout: SpoolLayout, index: Index, state: str, sel: Selector) -> It
 
 
 def open_index(layout: SpoolLayout, min_rows: int = 0) -> Index | None:
-    """The spool's index if it exists and holds at least ``min_rows`` rows, else None.
+    """The spool's index, read-only, if it exists and holds at least ``min_rows`` rows, else None.
 
     The daemon writes index rows asynchronously (a fraction of a second after
     the move), so the files are the exact answer. Below ``min_rows`` reading
@@ -252,17 +313,22 @@ def open_index(layout: SpoolLayout, min_rows: int = 0) -> Index | None:
         idx = Index.open_existing(layout)
         if idx is None or has_rows(idx, min_rows):
             return idx
-    except sqlite3.Error as exc:
-        # Derived data only: a locked, read-only or damaged index must not stop a reader.
-        import sys
-
-        sys.stderr.write(
-            f"poetctl: warning: index unusable ({exc}); reading the spool directories "
-            "('poetctl fsck --repair' rebuilds it)\n"
-        )
+    except (sqlite3.Error, OSError) as exc:
+        # Derived data only: a locked, unreadable or damaged index must not stop a reader.
+        index_unusable(exc)
         return None
     idx.close()
     return None
+
+
+def index_unusable(exc: BaseException) -> None:
+    """Warn (on stderr) that the index is skipped and the directories are read instead."""
+    import sys
+
+    sys.stderr.write(
+        f"poetctl: warning: index unusable ({exc}); reading the spool directories "
+        "('poetctl fsck --repair' rebuilds it)\n"
+    )
 
 
 def has_rows(index: Index, n: int) -> bool:

@@ -34,5 +34,28 @@ def parse_time(text: str, *, option: str = "--since", now: float | None = None) 
 
 
 def iso(ts: float) -> str:
-    """RFC 3339 in UTC with milliseconds, e.g. 2026-11-27T08:00:00.123Z."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 in UTC with milliseconds, e.g. 2026-11-27T08:00:00.123Z.
+
+    A time no date can show (before year 1, after year 9999, e.g. a hand-made
+    1e300 already on disk) is shown as the number itself, never an error.
+    """
+    got = iso_or_none(ts)
+    return got if got is not None else number_text(ts)
+
+
+def iso_or_none(ts: float) -> str | None:
+    """Like :func:`iso`, but None for a time that cannot be shown as a date (for JSON output)."""
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError, TypeError):
+        return None
+
+
+def number_text(value: object) -> str:
+    """A number as JSON writes it (``1e300``, ``253402300800``)."""
+    import orjson
+
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return repr(value)

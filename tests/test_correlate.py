@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import CLI_TIMEOUT, clean_env, cli_argv, load_samples
+from terminal import run_on_tty
 
 from poetctl import EventRouter
 from poetctl.chain import Node, build_forest, check_chain, collect, connected, iter_events, render_tree
@@ -47,11 +48,12 @@ def cli(cwd: Path, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess
 
 
 def flatten(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
+    """The json output's nodes (already a flat list, depth first), checked to link up."""
+    ids = {n["id"] for n in nodes}
     for n in nodes:
-        out.append(n)
-        out += flatten(n["children"])
-    return out
+        assert n["parent"] is None or n["parent"] in ids
+        assert set(n["children"]) <= ids
+    return nodes
 
 
 @dataclass
@@ -129,7 +131,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 def test_tree_shows_the_chain_with_hop_times(world: World) -> None:
     """By correlation id: drift -> alert -> feedback as an indented tree with state, time and hop."""
-    r = world.run("drift-alert-123")
+    r = world.run("drift-alert-123", "-o", "tree")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 3
@@ -155,36 +157,53 @@ def test_causation_links_join_across_correlation_ids(world: World) -> None:
     assert nodes[0]["correlation_id"] is None and nodes[1]["causation_id"] == world.lone_drift
 
 
-def test_json_is_nested_nodes(world: World) -> None:
-    """--output json: nested nodes with id, type, topic, state, timestamp, links, hop_seconds and children."""
-    roots = json.loads(world.run("drift-alert-123", "-o", "json").stdout)
-    assert len(roots) == 1
-    root = roots[0]
+def test_json_is_flat_nodes_with_parent_links(world: World) -> None:
+    """--output json: one node per event, depth first, with parent, depth, children ids, hop_seconds and orphan."""
+    nodes = json.loads(world.run("drift-alert-123", "-o", "json").stdout)
+    assert len(nodes) == 3
     keys = {
         "id",
         "type",
         "topic",
         "state",
         "timestamp",
+        "time",
+        "source",
         "causation_id",
         "correlation_id",
+        "parent",
+        "depth",
         "hop_seconds",
         "children",
         "orphan",
     }
-    assert keys <= set(root)
-    alert = root["children"][0]
-    fb = alert["children"][0]
+    assert all(set(n) == keys for n in nodes)
+    root, alert, fb = nodes
     assert (root["id"], alert["id"], fb["id"]) == (world.drift, world.alert, world.feedback)
+    assert (root["parent"], alert["parent"], fb["parent"]) == (None, world.drift, world.alert)
+    assert (root["depth"], alert["depth"], fb["depth"]) == (0, 1, 2)
+    assert (root["children"], alert["children"], fb["children"]) == ([world.alert], [world.feedback], [])
     assert root["hop_seconds"] is None and root["orphan"] is False
     assert alert["hop_seconds"] == pytest.approx(alert["timestamp"] - root["timestamp"], abs=1e-6)
     assert alert["causation_id"] == world.drift and fb["correlation_id"] == "drift-alert-123"
-    assert alert["topic"] == "poet/system/alerts" and fb["state"] == "processed" and fb["children"] == []
+    assert alert["topic"] == "poet/system/alerts" and fb["state"] == "processed"
+
+
+def test_pipe_gets_json_lines_and_a_tty_the_tree(world: World) -> None:
+    """Without --output: JSON lines (the json nodes, one per line) in a pipe, the tree on a TTY."""
+    r = world.run("drift-alert-123")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line) for line in r.stdout.splitlines()] == json.loads(
+        world.run("drift-alert-123", "-o", "json").stdout
+    )
+    code, out, _err = run_on_tty(world.cwd, "--spool", world.spool, "correlate", "drift-alert-123")
+    assert code == 0
+    assert out.replace("\r\n", "\n") == world.run("drift-alert-123", "-o", "tree").stdout
 
 
 def test_orphan_cause_is_flagged(world: World) -> None:
     """An event whose causation_id names no event in the spool is marked in the tree and in json."""
-    r = world.run("orphan-corr")
+    r = world.run("orphan-corr", "-o", "tree")
     assert r.returncode == 0
     assert r.stdout.strip().endswith(f"(cause {MISSING} not found)")
     node = json.loads(world.run(world.orphan, "-o", "json").stdout)[0]
@@ -206,15 +225,31 @@ def test_dot_output_is_valid_graphviz(world: World, tmp_path: Path) -> None:
 
 
 def test_mermaid_output_is_a_flowchart(world: World) -> None:
-    """--output mermaid is `graph TD` with "type<br/>id-prefix" labels and one edge per causation hop."""
+    """--output mermaid is `graph TD` with "type<br/>id" labels (whole ids) and one edge per causation hop."""
     lines = world.run("drift-alert-123", "-o", "mermaid").stdout.splitlines()
     assert lines[0] == "graph TD"
     nodes = [m for line in lines if (m := re.fullmatch(r'  (n\d+)\["([a-z_.]+)<br/>([0-9a-f-]{8,})"\]', line))]
     edges = [m for line in lines if (m := re.fullmatch(r'  (n\d+) -->\|"\+[0-9.]+m?s"\| (n\d+)', line))]
     assert len(nodes) == 3 and len(edges) == 2 and len(lines) == 6
     assert [m[2] for m in nodes] == ["drift.detected", "alert.create_external", "feedback.human_validation"]
-    assert world.drift.startswith(nodes[0][3]) and len({m[3] for m in nodes}) == 3
+    assert [m[3] for m in nodes] == [world.drift, world.alert, world.feedback]
     assert {(e[1], e[2]) for e in edges} == {("n0", "n1"), ("n1", "n2")}
+
+
+def test_mermaid_labels_are_unambiguous(tmp_path: Path) -> None:
+    """Ids sharing a long prefix (events and missing causes alike) keep distinct, whole-id labels."""
+    spool = tmp_path / "spool"
+    router = EventRouter(spool=spool)
+    causes = ["missing-cause-000000000001", "missing-cause-000000000002"]
+    ids = ["order-2026-11-28-000001-a", "order-2026-11-28-000001-b"]
+    for eid, cause in zip(ids, causes, strict=True):
+        router.emit("system.health", payload("system.health"), id=eid, correlation_id="amb-1", causation_id=cause)
+    r = cli(tmp_path, "--spool", spool, "correlate", "amb-1", "-o", "mermaid")
+    assert r.returncode == 0, r.stderr
+    labels = re.findall(r'\["([^"]*)"\]', r.stdout)
+    assert len(labels) == 4 and len(set(labels)) == 4
+    for full in ids + causes:
+        assert sum(full in label for label in labels) == 1, (full, labels)
 
 
 # -- --expect ----------------------------------------------------------------------------------
@@ -282,7 +317,7 @@ def test_damaged_member_is_reported_and_its_children_flagged(tmp_path: Path) -> 
     b = router.emit("alert.create_external", payload("alert.create_external"), correlation_id="c-1", causation_id=a)
     path = spool / "events" / "pending" / f"{a}.json"
     path.write_bytes(path.read_bytes().replace(b"ks_test", b"ks_tezt"))
-    r = cli(tmp_path, "--spool", spool, "correlate", "c-1")
+    r = cli(tmp_path, "--spool", spool, "correlate", "c-1", "-o", "tree")
     assert r.returncode == 0
     assert f"skipped damaged file {path}: bad_checksum" in r.stderr
     assert r.stdout.strip() == r.stdout.strip().splitlines()[0]  # just the alert
@@ -394,7 +429,7 @@ def test_index_path_reads_only_connected_events(tmp_path: Path, monkeypatch: pyt
     assert len(reads) == 5
     reads.clear()
     assert set(collect(layout, b.id, index=False)) == set(got)  # the full scan agrees
-    r = cli(tmp_path, "--spool", spool, "correlate", a.id, "--expect", "drift.*>alert.*>feedback.*")
+    r = cli(tmp_path, "--spool", spool, "correlate", a.id, "-o", "tree", "--expect", "drift.*>alert.*>feedback.*")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 5 and "not found" not in r.stdout

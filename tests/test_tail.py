@@ -506,6 +506,20 @@ def test_follow_state_processed_waits_for_the_daemon(tmp_path: Path, daemon: Any
     assert d.stop() == 0
 
 
+def test_follow_count_with_idle_timeout_exits_0_once_reached(tmp_path: Path) -> None:
+    """The README's CI line `-f --count 3 --idle-timeout 60 TOPIC` exits 0 as soon as the 3rd event is printed,
+    whether the events were there before (the backlog) or arrive while it follows."""
+    spool = tmp_path / "spool"
+    router = EventRouter(spool=spool)
+    router.layout.init()
+    p = follow(tmp_path, spool, "--count", "3", "--idle-timeout", "60", "poet/system/health")
+    ids = [router.emit("system.health", payload("system.health")) for _ in range(3)]
+    code, out, err = finish(p)
+    assert (code, ids_of(out)) == (0, ids), err
+    code, out, err = finish(follow(tmp_path, spool, "--count", "3", "--idle-timeout", "60", "poet/system/health"))
+    assert (code, ids_of(out)) == (0, ids), err
+
+
 def test_follow_idle_timeout_ends_the_stream(tmp_path: Path) -> None:
     """--idle-timeout exits 0 after printing, 1 if nothing was printed or --count was not reached."""
     spool = tmp_path / "spool"

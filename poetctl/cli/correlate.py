@@ -10,7 +10,7 @@ import typer
 
 from .common import ConfigOpt, SpoolOpt, errors_to_exit, load
 
-CORRELATE_FORMATS = ("tree", "json", "dot", "mermaid")
+CORRELATE_FORMATS = ("tree", "json", "jsonl", "dot", "mermaid")
 
 
 def correlate_cmd(
@@ -20,7 +20,7 @@ def correlate_cmd(
         typer.Option(
             "--output",
             "-o",
-            help="tree, json, dot (Graphviz) or mermaid (default: tree, on a TTY and in pipes).",
+            help="tree, json, jsonl, dot (Graphviz) or mermaid (default: tree on a TTY, jsonl in a pipe).",
             show_default=False,
         ),
     ] = None,
@@ -49,8 +49,10 @@ def correlate_cmd(
     """Show every event connected to ID: its correlation group and causation links both ways.
 
     The tree shows each event's type, id, state, time and the hop from its
-    cause; a cause missing from the spool is flagged. Exit codes: 1 unknown ID
-    or --expect chain incomplete, 2 usage, 66 no spool.
+    cause; a cause missing from the spool is flagged. json and jsonl give one
+    node per event, depth first, each naming its parent, depth and children.
+    Exit codes: 1 unknown ID or --expect chain incomplete, 2 usage, 66 no
+    spool, 74 I/O error, 77 permission denied.
 
     Examples:
 
@@ -69,16 +71,14 @@ def _correlate(
     from ..chain import check_chain, connected, parse_duration, parse_steps, render_tree, to_dot, to_json, to_mermaid
     from ..errors import NoMatch, UsageError
     from ..spool.layout import SpoolLayout
-    from .output import error, resolve_format, warn, write_json, write_line
+    from .output import clean, error, resolve_format, warn, write_json, write_jsonl, write_line
 
-    fmt = resolve_format(output, CORRELATE_FORMATS, tty_default="tree") if output is not None else "tree"
+    fmt = resolve_format(output, CORRELATE_FORMATS, tty_default="tree")
     steps = parse_steps(expect) if expect is not None else None
     if within is not None and steps is None:
         raise UsageError("--within goes with --expect")
     limit = parse_duration(within) if within is not None else None
     layout = SpoolLayout(load(spool, config).spool).require()
-    if sys.getrecursionlimit() < 10000:
-        sys.setrecursionlimit(10000)  # renderings recurse once per causation hop
 
     def on_damaged(path: Path, reason: str) -> None:
         warn(f"skipped damaged file {path}: {reason}")
@@ -88,6 +88,8 @@ def _correlate(
         raise NoMatch(f"no event or correlation id {ident} in {layout.root}")
     if fmt == "json":
         write_json(to_json(roots))
+    elif fmt == "jsonl":
+        write_jsonl(to_json(roots))
     elif fmt == "dot":
         write_line(to_dot(roots, title=ident))
     elif fmt == "mermaid":
@@ -100,4 +102,4 @@ def _correlate(
         if not verdict.complete:
             error(verdict.explain())
             raise typer.Exit(1)
-        sys.stderr.write(f"poetctl: {verdict.explain()}\n")
+        sys.stderr.write(f"poetctl: {clean(verdict.explain())}\n")

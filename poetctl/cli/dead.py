@@ -46,9 +46,20 @@ def _open(spool: Path | None, config: Path | None, with_index: bool = False) -> 
 
 
 def _iso(ts: Any) -> str | None:
+    """dead_at as a date; the number itself if no date can show it; None if it is not a number."""
     from ..timeparse import iso
 
-    return iso(float(ts)) if isinstance(ts, int | float) else None
+    return iso(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else None
+
+
+def _order(row: dict[str, Any]) -> tuple[float, str]:
+    # .error files are written by the daemon, but a hand-made one must not break the sort.
+    t = row["dead_at"]
+    try:
+        key = float(t) if isinstance(t, int | float) and not isinstance(t, bool) else 0.0
+    except OverflowError:
+        key = float("inf") if t > 0 else float("-inf")
+    return key, row["id"]
 
 
 @dead_app.command("list")
@@ -86,7 +97,7 @@ def _list(crit: Any, output: str | None, spool: Path | None, config: Path | None
     finally:
         if index is not None:
             index.close()
-    rows.sort(key=lambda r: (r["dead_at"] or 0, r["id"]))
+    rows.sort(key=_order)
     report_missing(layout, "dead", sel, {r["id"] for r in rows})
     if fmt == "table":
         table = [{**r, "dead_at": _iso(r["dead_at"]), "error": _short(r["error"])} for r in rows]

@@ -1,7 +1,16 @@
 """Output conventions (DESIGN.md §6): results on stdout, diagnostics on stderr.
 
-A TTY gets tables; a pipe gets JSON lines. ``NO_COLOR`` is honoured. rich is
-imported only when a table is actually drawn, so scripted use stays fast.
+A TTY gets tables; a pipe gets JSON lines. rich is imported only when a table
+is actually drawn, so scripted use stays fast.
+
+Everything meant for a human's terminal goes through here: tables, trees,
+headings and the one-line diagnostics have their control characters escaped
+(:mod:`poetctl.safetext`), and rich markup in values (``[bold]``,
+``[link=...]``) is printed literally: cells are rich ``Text``, never markup.
+JSON and JSON lines are left exact: a consumer parses them.
+
+``NO_COLOR`` (set and not empty, https://no-color.org) turns off every style,
+bold and italic included, not only colours.
 """
 
 from __future__ import annotations
@@ -13,7 +22,15 @@ from typing import Any
 
 import orjson
 
+from ..safetext import clean as clean
+from ..safetext import clean_lines as clean_lines
+
 FORMATS = ("table", "json", "jsonl")
+
+
+def no_color() -> bool:
+    """True when ``NO_COLOR`` asks for plain output (set and not empty)."""
+    return bool(os.environ.get("NO_COLOR"))
 
 
 def stdout_is_tty() -> bool:
@@ -21,7 +38,7 @@ def stdout_is_tty() -> bool:
 
 
 def resolve_format(requested: str | None, allowed: Sequence[str] = FORMATS, tty_default: str = "table") -> str:
-    """The effective output format: the requested one, else table on a TTY, else jsonl."""
+    """The effective output format: the requested one, else ``tty_default`` on a TTY, else jsonl."""
     from ..errors import UsageError
 
     if requested is None:
@@ -32,6 +49,12 @@ def resolve_format(requested: str | None, allowed: Sequence[str] = FORMATS, tty_
 
 
 def write_line(text: str) -> None:
+    """A line of text for a human (control characters escaped, newlines kept)."""
+    sys.stdout.write(clean_lines(text) + "\n")
+
+
+def write_raw_line(text: str) -> None:
+    """A line exactly as given: only for output that is already escaped for its own format."""
     sys.stdout.write(text + "\n")
 
 
@@ -48,20 +71,55 @@ def write_json(obj: Any) -> None:
 
 
 def console(stderr: bool = False) -> Any:
-    """A rich Console that respects NO_COLOR and the stream's TTY-ness."""
+    """A rich Console for human output: markup and emoji codes off, every ``str`` cleaned, NO_COLOR honoured.
+
+    Styled text is passed as ``Text`` built with :func:`styled`; a plain
+    ``str`` is printed literally (``[bold]`` stays ``[bold]``).
+    """
     from rich.console import Console
 
-    return Console(stderr=stderr, no_color="NO_COLOR" in os.environ, highlight=False)
+    class SafeConsole(Console):
+        def print(self, *objects: Any, **kwargs: Any) -> None:
+            super().print(*(clean(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+    return SafeConsole(
+        stderr=stderr,
+        markup=False,
+        emoji=False,
+        highlight=False,
+        # color_system=None: no SGR codes at all (rich's own no_color keeps bold and italic).
+        color_system=None if no_color() else "auto",
+    )
+
+
+def styled(*parts: str | tuple[Any, str]) -> Any:
+    """A rich ``Text`` from parts: plain strings, or ``(value, style)`` pairs; every value is cleaned."""
+    from rich.text import Text
+
+    text = Text()
+    for p in parts:
+        if isinstance(p, tuple):
+            text.append(clean(p[0]), style=p[1])
+        else:
+            text.append(clean(p))
+    return text
+
+
+def cell(value: Any) -> Any:
+    """A table cell: the value as literal, cleaned text (None is empty)."""
+    from rich.text import Text
+
+    return Text("" if value is None else clean(value))
 
 
 def write_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False, header_style="bold")
+    table = Table(title=None if title is None else cell(title), show_lines=False, header_style="bold")
     for c in columns:
-        table.add_column(c)
+        table.add_column(cell(c))
     for r in rows:
-        table.add_row(*("" if v is None else str(v) for v in r))
+        table.add_row(*(cell(v) for v in r))
     console().print(table)
 
 
@@ -76,11 +134,11 @@ def emit_rows(fmt: str, columns: Sequence[str], rows: list[dict[str, Any]], titl
 
 
 def error(message: str) -> None:
-    """A diagnostic on stderr, prefixed with the program name."""
-    sys.stderr.write(f"poetctl: error: {message}\n")
+    """A diagnostic on stderr, prefixed with the program name (control characters escaped)."""
+    sys.stderr.write(f"poetctl: error: {clean_lines(message)}\n")
     sys.stderr.flush()
 
 
 def warn(message: str) -> None:
-    sys.stderr.write(f"poetctl: warning: {message}\n")
+    sys.stderr.write(f"poetctl: warning: {clean_lines(message)}\n")
     sys.stderr.flush()

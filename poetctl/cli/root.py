@@ -19,7 +19,8 @@ def _version(value: bool) -> None:
 
 def root_callback(
     spool: Annotated[
-        Path | None, typer.Option("--spool", help="Spool directory (else POET_SPOOL, poet.toml, ./.poet/pubsub).")
+        Path | None,
+        typer.Option("--spool", help="Spool directory (else POET_SPOOL, poet.toml, ./.poet/pubsub).", readable=False),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="poet.toml to use (else POET_CONFIG).")] = None,
     version: Annotated[
@@ -29,7 +30,8 @@ def root_callback(
     """Event backbone for POET: emit, process and inspect ML-monitoring events.
 
     Exit codes: 0 ok, 1 nothing matched, 2 usage, 65 invalid data, 66 input
-    missing, 69 backend unavailable, 74 I/O error, 75 try again later.
+    missing, 69 backend unavailable, 74 I/O error, 75 try again later, 77
+    permission denied.
     """
     GLOBALS.spool = spool
     GLOBALS.config = config

@@ -42,7 +42,7 @@ def state_list(output: OutputOpt = None, spool: SpoolOpt = None, config: ConfigO
 def _show(fn: str, output: str | None, spool: Path | None, config: Path | None) -> None:
     from ..spool.layout import SpoolLayout
     from ..state import StateStore
-    from .output import console, emit_rows, resolve_format, write_json, write_jsonl
+    from .output import console, emit_rows, resolve_format, styled, write_json, write_jsonl
 
     fmt = resolve_format(output)
     store = StateStore(SpoolLayout(load(spool, config).spool).require())
@@ -53,9 +53,8 @@ def _show(fn: str, output: str | None, spool: Path | None, config: Path | None) 
     elif fmt == "jsonl":
         write_jsonl([{"current": current, "history": history}])
     else:
-        console().print(
-            f"[bold]{fn}[/bold] version {current.get('version')} (previous {current.get('previous_version') or '-'})"
-        )
+        previous = current.get("previous_version") or "-"
+        console().print(styled((fn, "bold"), f" version {current.get('version')} (previous {previous})"))
         emit_rows(
             "table",
             ["version", "previous_version", "updated_at", "reason", "event_id"],
@@ -93,4 +92,7 @@ def _iso(ts: float | None) -> str | None:
         return None
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError, TypeError):
+        return str(ts)  # no date can show it (a hand-made state file): the value itself

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -24,7 +24,8 @@ STATUS_DEFAULTS: dict[str, Any] = {
 
 def status_cmd(
     check: Annotated[
-        bool, typer.Option("--check", help="Nagios-style verdict: exit 0 OK, 1 WARNING, 2 CRITICAL.")
+        bool,
+        typer.Option("--check", help="Nagios-style verdict: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (unreadable)."),
     ] = False,
     warn_lag: Annotated[
         str | None,
@@ -83,8 +84,9 @@ def status_cmd(
     else the defaults shown.
 
     --check prints one Nagios line (or the JSON document with a "check" key
-    under --output json) and exits 0 OK, 1 WARNING, 2 CRITICAL. Exit 66 if
-    there is no spool.
+    under --output json) and exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+    (the spool is missing or cannot be read: permission denied, I/O error).
+    Without --check: exit 66 no spool, 74 I/O error, 77 permission denied.
 
     Examples:
 
@@ -134,11 +136,14 @@ def _status(
         int(v["max_stale"]),
         int(v["min_daemons"]),
     )
-    layout = SpoolLayout(cfg.spool).require()
+    stale = parse_duration(stale_after, "--stale-after") if stale_after else None
     lease = float(cfg.daemon.get("lease_seconds", 30.0))
-    doc = collect(
-        layout, lease_seconds=lease, stale_after=parse_duration(stale_after, "--stale-after") if stale_after else None
-    )
+    try:
+        doc = collect(SpoolLayout(cfg.spool).require(), lease_seconds=lease, stale_after=stale)
+    except Exception as exc:
+        if not check:
+            raise  # errors_to_exit: 66 no spool, 74 I/O error, 77 permission denied
+        _unknown(exc, cfg.spool, fmt)
     verdict = evaluate(doc, t) if check else None
     if verdict is not None:
         doc["check"] = verdict
@@ -154,16 +159,41 @@ def _status(
         raise typer.Exit(verdict["code"])
 
 
+def _unknown(exc: Exception, spool: Path, fmt: str | None) -> NoReturn:
+    """``--check`` when the spool cannot be read: Nagios UNKNOWN (exit 3), never a traceback or a WARNING."""
+    from ..errors import PoetError
+    from ..ops.status import UNKNOWN
+    from .common import io_failure
+    from .output import clean, error, write_json, write_jsonl
+
+    failure = exc if isinstance(exc, PoetError) else io_failure(exc)
+    if failure is None:
+        raise exc
+    message = str(failure)
+    error(message)
+    verdict = {"code": UNKNOWN, "status": "UNKNOWN", "reasons": [message]}
+    if fmt == "json":
+        write_json({"spool": str(spool), "check": verdict})
+    elif fmt == "jsonl":
+        write_jsonl([{"spool": str(spool), "check": verdict}])
+    else:
+        sys.stdout.write(f"POET UNKNOWN - {clean(message)}\n")
+    raise typer.Exit(UNKNOWN)
+
+
 def _table(doc: dict[str, Any]) -> None:
-    from .output import console, write_table
+    from .output import console, styled, write_table
 
     c = doc["counts"]
     tp = doc["throughput"]
     recent = tp["processed_recent"]
     con = console()
     con.print(
-        f"[bold]spool[/bold] {doc['spool']}   lag (oldest pending): {_fmt_age(doc['oldest_pending_age_seconds'])}"
-        f"   daemons: {doc['daemons_alive']} alive, {doc['daemons_stale']} stale"
+        styled(
+            ("spool", "bold"),
+            f" {doc['spool']}   lag (oldest pending): {_fmt_age(doc['oldest_pending_age_seconds'])}"
+            f"   daemons: {doc['daemons_alive']} alive, {doc['daemons_stale']} stale",
+        )
     )
     write_table(["state", "events"], [(k, v) for k, v in c.items()])
     if recent is not None:

@@ -107,9 +107,13 @@ def tail_cmd(
     """Show the newest events matching the topic patterns and filters, oldest first.
 
     jsonl prints each envelope exactly as stored, so the output can be fed back
-    with 'poetctl emit --batch -'. Exit codes: 1 nothing matched, 2 bad
-    pattern or option, 66 no spool. Damaged files are reported on stderr and
+    with 'poetctl emit --batch -'. Damaged files are reported on stderr and
     skipped.
+
+    Exit codes: 0 events printed; 1 nothing matched (with -f: --idle-timeout
+    passed before anything was printed, or before --count was reached); 2
+    bad pattern or option; 66 no spool; 74 I/O error; 77 permission denied.
+    With -f, --count N exits 0 as soon as N events are printed.
 
     Examples:
 
@@ -243,7 +247,7 @@ class Printer:
 
     def table(self, rows: list[tuple[str, ...]]) -> None:
         """A rich table on a TTY (ids and times never truncated), aligned plain columns elsewhere."""
-        from .output import console, stdout_is_tty
+        from .output import cell, console, stdout_is_tty
 
         if stdout_is_tty():
             from rich.table import Table
@@ -252,7 +256,7 @@ class Printer:
             for c in TABLE_COLUMNS:
                 t.add_column(c, no_wrap=c in ("time", "id", "state"), overflow="fold")
             for r in rows:
-                t.add_row(*r)
+                t.add_row(*(cell(v) for v in r))
             console().print(t)
             return
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(TABLE_COLUMNS)]
@@ -261,10 +265,12 @@ class Printer:
 
     @staticmethod
     def _cells(f: Any) -> tuple[str, ...]:
+        """The table row of an event, every value escaped for a terminal (see :mod:`poetctl.safetext`)."""
+        from ..safetext import clean
         from ..timeparse import iso
 
         e = f.event
-        return (iso(e.timestamp), e.type, e.topic, e.id, e.correlation_id or "-", f.state)
+        return tuple(clean(v) for v in (iso(e.timestamp), e.type, e.topic, e.id, e.correlation_id or "-", f.state))
 
 
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:

@@ -24,7 +24,8 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
-            console = Console(stderr=True, no_color="NO_COLOR" in os.environ)
+            # NO_COLOR: no colour system, hence no styles at all (rich's no_color keeps bold).
+            console = Console(stderr=True, color_system=None if os.environ.get("NO_COLOR") else "auto")
             self._bar = RichProgress(
                 TextColumn("{task.description}"),
                 BarColumn(),

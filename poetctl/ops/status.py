@@ -2,12 +2,16 @@
 
 Fast at any size: processed/ is never listed when the index exists (its
 count and the recent-throughput counts are range counts on the index's
-``(state, ts)`` B-tree, read through a read-only connection); only pending,
-in-flight, dead and corrupt - small while daemons keep up - are listed.
+``(state, ts)`` B-tree, read through a read-only connection that writes
+nothing); only pending, in-flight, dead and corrupt - small while daemons
+keep up - are listed. A directory that cannot be listed, or a heartbeat that
+cannot be read for lack of permission, is an error (the caller's ``--check``
+says UNKNOWN), never a count of 0.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sqlite3
@@ -15,20 +19,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 
 from ..errors import UsageError
 from ..ids import time_of
+from ..spool.index import connect_readonly
 from ..spool.layout import SpoolLayout
 
 WINDOWS = (("1m", 60), ("5m", 300), ("15m", 900))
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
-OK, WARNING, CRITICAL = 0, 1, 2
-LABELS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL"}
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+LABELS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 
 
 def parse_duration(text: str, option: str) -> float:
@@ -58,12 +62,12 @@ def count_corrupt(directory: Path) -> int:
 def _index_figures(layout: SpoolLayout, now: float) -> dict[str, Any] | None:
     """Processed count and recent counts from the index (read-only); None if there is no usable index."""
     path = layout.root / "index" / "events.sqlite"
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     try:
-        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
-        return None
+        db = connect_readonly(path, timeout=5)
+    except (sqlite3.Error, OSError):
+        return None  # derived data: count processed/ by listing it instead
     try:
         processed = _processed_count(db)
         lo = now - WINDOWS[-1][1]
@@ -93,7 +97,9 @@ def _heartbeats(layout: SpoolLayout, now: float, stale_after: float, lease: floa
         try:
             beat = orjson.loads(Path(e.path).read_bytes())
             last = float(beat.get("last_beat", 0))
-        except (OSError, orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        except PermissionError:
+            raise  # whether that daemon lives cannot be told: the caller reports it (status --check: UNKNOWN)
+        except (OSError, orjson.JSONDecodeError, AttributeError, TypeError, ValueError, OverflowError):
             continue  # a damaged heartbeat is skipped (fsck reports it)
         if not isinstance(beat, dict):
             continue
@@ -108,10 +114,19 @@ def _heartbeats(layout: SpoolLayout, now: float, stale_after: float, lease: floa
         beat["stale"] = not alive
         beat["age_seconds"] = round(age, 3)
         counts: dict[str, Any] = beat["counts"] if isinstance(beat.get("counts"), dict) else {}
-        up = last - float(beat.get("started_at", last) or last)
-        beat["rate_per_second"] = round(counts.get("processed", 0) / up, 3) if up > 0 else 0.0
+        beat["rate_per_second"] = _rate(counts.get("processed", 0), last, beat.get("started_at"))
         out.append(beat)
     return out
+
+
+def _rate(processed: Any, last: float, started: Any) -> float:
+    """Events per second over a daemon's life; 0.0 when the heartbeat's numbers make no sense."""
+    try:
+        up = last - float(started if started else last)
+        rate = float(processed) / up if up > 0 else 0.0
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return round(rate, 3) if math.isfinite(rate) else 0.0
 
 
 def collect(

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import PermissionDenied
 from ..event import Event
 from .layout import DIR_MODE, FILE_MODE, SpoolLayout
 
@@ -56,35 +58,60 @@ def row_of(event: Event, state: str) -> Row:
 
 
 class Index:
-    """One connection to a spool's index. Not shared between threads; open one per thread."""
+    """One connection to a spool's index. Not shared between threads; open one per thread.
+
+    ``create=True`` (the daemon, ``fsck --repair``'s rebuild) opens it for
+    writing, creating it if needed. ``create=False`` opens an existing index
+    read-only (see :func:`connect_readonly`), so read commands never change a
+    file of the spool; the first write (``put``, ``set_state``, ``delete``)
+    reopens it for writing, so commands that move events need not decide up
+    front (``replay --dry-run`` never writes, ``replay`` does).
+    """
 
     def __init__(self, layout: SpoolLayout, *, create: bool = True) -> None:
         self.layout = layout
         self.dir = layout.root / "index"
         self.path = self.dir / "events.sqlite"
-        if not self.path.exists():
-            if not create:
-                raise FileNotFoundError(self.path)
+        self.writable = False
+        if create:
+            self.db = self._open_writable(create=True)
+        else:
+            self.db = connect_readonly(self.path)
+
+    def _open_writable(self, *, create: bool) -> sqlite3.Connection:
+        if create and not self.path.exists():
             os.makedirs(self.dir, DIR_MODE, exist_ok=True)
             try:
                 # Create it ourselves so the mode is 0640 whatever the umask (sqlite uses 0644).
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE))
             except FileExistsError:
                 pass
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        if create or os.access(self.path, os.W_OK):
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_DDL)
-            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        else:
-            # A reader without write access (another user, a read-only copy) must still be able to query.
-            self.db.execute("PRAGMA query_only=ON")
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_DDL)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.Error as exc:
+            db.close()
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code in (3, 8) or not os.access(self.path, os.W_OK):  # SQLITE_PERM, SQLITE_READONLY
+                raise PermissionDenied(f"cannot write the index {self.path}: {exc}") from None
+            raise
+        self.writable = True
+        return db
+
+    def _for_writing(self) -> None:
+        """Reopen a read-only connection for writing (once, at the first write)."""
+        if not self.writable:
+            db = self._open_writable(create=False)
+            self.db.close()
+            self.db = db
 
     @classmethod
     def open_existing(cls, layout: SpoolLayout) -> Index | None:
-        """The index if it exists (readers never create one)."""
-        if not (layout.root / "index" / "events.sqlite").exists():
+        """The index, opened read-only, if it exists (readers never create one)."""
+        if not os.path.lexists(layout.root / "index" / "events.sqlite"):
             return None
         return cls(layout, create=False)
 
@@ -107,6 +134,7 @@ class Index:
             self.db.executemany("DELETE FROM events WHERE id=?", ((i,) for i in ids))
 
     def _tx(self) -> _Tx:
+        self._for_writing()
         return _Tx(self.db)
 
     # -- reads ---------------------------------------------------------------------------
@@ -296,6 +324,53 @@ class IndexWriter:
         if self._idx is not None:
             self._idx.close()
             self._idx = None
+
+
+def connect_readonly(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
+    """A read-only connection to an existing index that writes nothing, not even ``-wal``/``-shm`` files.
+
+    SQLite's ``mode=ro`` alone is not enough: on a WAL-mode database whose
+    ``-wal`` and ``-shm`` files are absent (no connection open, e.g. no daemon
+    running) it creates them, and leaves them behind. So:
+
+    * a rollback-journal database (e.g. the committed ``spool_example``): ``mode=ro``;
+    * WAL mode with ``-wal`` and ``-shm`` present (a daemon has it open, or
+      died): ``mode=ro``, which reads the WAL through the shared memory and so
+      sees every committed row while a daemon writes;
+    * WAL mode without them: ``immutable=1``. Nothing is in a WAL, so the
+      database file is the whole truth; SQLite then takes no locks and creates
+      no files. A daemon starting meanwhile writes its rows to a new WAL,
+      which this connection does not see (the index only narrows what readers
+      look at; they read and verify the files themselves).
+
+    If ``mode=ro`` fails (the ``-shm`` belongs to another user and is not
+    readable, the directory is read-only and a WAL needs recovery, a hot
+    journal needs a rollback) the database is opened ``immutable=1``: what is
+    in the database file, without what only the WAL holds. A path that is not
+    a regular file (a link) is refused with :class:`sqlite3.DatabaseError`.
+    """
+    from urllib.parse import quote
+
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise sqlite3.DatabaseError(f"{path} is not a regular file; not following it")
+    with open(path, "rb") as fh:
+        head = fh.read(20)
+    wal = len(head) == 20 and head[18] == 2  # file format read version 2: WAL mode
+    live = os.path.lexists(f"{path}-wal") and os.path.lexists(f"{path}-shm")
+    uri = "file:" + quote(os.fspath(path))
+    modes = ["mode=ro", "mode=ro&immutable=1"] if not wal or live else ["mode=ro&immutable=1"]
+    for n, mode in enumerate(modes, 1):
+        db = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error:
+            db.close()
+            if n == len(modes):
+                raise
+            continue
+        return db
+    raise AssertionError("unreachable")
 
 
 def index_path(layout: SpoolLayout) -> Path:
