@@ -553,6 +553,21 @@ def test_run_once_exit_codes(make_harness: MakeHarness, behaviour: str, code: in
     assert h.state_of(eid) == expected
 
 
+def test_not_finished_while_a_follow_up_waits(make_harness: MakeHarness) -> None:
+    """finished() stays False after handling published a follow-up, until a fetch finds nothing new."""
+    h = make_harness()
+    h.router.subscribe(
+        "system.health", lambda e: h.router.emit("system.metrics", {"service": "s", "metrics": {"x": 1}}), name="h"
+    )
+    health(h)
+    assert h.daemon.step() > 0
+    assert not h.daemon.finished()
+    h.run_until_idle()
+    assert h.daemon.finished()
+    (follow,) = h.events(types=["system.metrics"])
+    assert follow.state == State.PROCESSED
+
+
 def test_threaded_workers_keep_per_key_order(backend: Kit, clock: FakeClock, tmp_path: Any) -> None:
     """With several worker threads every key's events are still handled one at a time, in order."""
     transport = backend.make(clock, tmp_path)
