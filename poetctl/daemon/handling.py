@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from ..event import Event
 from ..transport import Attempt, Consumer, Delivery, dead_letter_info
-from .middleware import Middleware
+from .middleware import Hooks
 from .outcomes import DIED, DONE, EXHAUSTED, EXPIRED, PERMANENT, Dead, Failed, Outcome, Permanent, Retry
 from .retries import RetryPolicy
 from .timeouts import TimedRunner
@@ -73,7 +73,7 @@ class KeyWorker:
         cause: CauseContext,
         policy: RetryPolicy,
         clock: Callable[[], float],
-        hooks: Middleware,
+        hooks: Hooks,
         report: Report,
     ) -> None:
         self.name = f"poetctl-worker-{index}"
@@ -223,13 +223,8 @@ class KeyWorker:
             extra = {"expired_at": ev.expires_at, "handled": False}
             return Dead(EXPIRED, dead_letter_info(ev.id, EXPIRED, rec, now, extra))
         died = rec.died()
-        todo = [s for s, _ in job.subs if s.name not in rec.done]
-        if died and todo and rec.attempts_of(todo[0].name, died) >= self.policy.max_attempts:
-            # A handler that kills the process must not kill every daemon that picks the event up.
-            attempt = Attempt(todo[0].name, died, now, f"the daemon died while handling it ({died} times)")
-            r = rec.copy()
-            r.failures.append(attempt)
-            return Dead(DIED, dead_letter_info(ev.id, DIED, r, now))
+        if died and (dead := self._died_too_often(job, died, now)) is not None:
+            return dead
         self.consumer.begin(d)
         last = len(job.subs) - 1
         for i, (sub, limit) in enumerate(job.subs):
@@ -242,34 +237,55 @@ class KeyWorker:
                 self.consumer.done(d, sub.name)  # the ack records the last one
         return DONE
 
+    def _died_too_often(self, job: Job, died: int, now: float) -> Dead | None:
+        """Dead-letter without running when deaths used up the next handler's attempts.
+
+        A handler that kills the process must not kill every daemon that picks the event up.
+        """
+        rec = job.delivery.record
+        todo = [s.name for s, _ in job.subs if s.name not in rec.done]
+        if not todo or rec.attempts_of(todo[0], died) < self.policy.max_attempts:
+            return None
+        r = rec.copy()
+        r.failures.append(Attempt(todo[0], died, now, f"the daemon died while handling it ({died} times)"))
+        return Dead(DIED, dead_letter_info(job.delivery.id, DIED, r, now))
+
     def _call(self, ev: Event, sub: Sub, limit: float | None) -> BaseException | None:
         """Run one handler and commit its follow-ups; the failure, or None."""
         buffer: list[tuple[Event, bool]] = []
         cause = self.cause
-
-        def body() -> None:
+        hooks = self.hooks
+        for before in hooks.before:
+            before(ev, sub)
+        start = self.clock()
+        error: BaseException | None = None
+        if limit is None:  # the common case: on this thread, no hand-off
             cause.set_cause(ev, sub.name, buffer)
             try:
                 sub.fn(ev)
-            finally:
-                cause.set_cause(None)
-
-        self.hooks.before_handle(ev, sub)
-        start = self.clock()
-        error: BaseException | None = None
-        if limit is None:
-            try:
-                body()
             except BaseException as exc:  # SystemExit, KeyboardInterrupt from a handler: a failure
                 error = exc
+            finally:
+                cause.set_cause(None)
         else:
+
+            def body() -> None:
+                cause.set_cause(ev, sub.name, buffer)
+                try:
+                    sub.fn(ev)
+                finally:
+                    cause.set_cause(None)
+
             error = self.runner.call(body, limit, f"handler {sub.name!r}")
         if error is None and buffer:
             try:
                 cause.commit_events(buffer)  # only now: a failed attempt's follow-ups never exist
             except Exception as exc:
                 error = exc
-        self.hooks.after_handle(ev, sub, max(0.0, self.clock() - start), error)
+        if hooks.after:
+            seconds = max(0.0, self.clock() - start)
+            for after in hooks.after:
+                after(ev, sub, seconds, error)
         return error
 
     def _failed(self, d: Delivery, handler: str, exc: BaseException, died: int) -> Outcome:
