@@ -274,9 +274,10 @@ class Consumer(Protocol):
         Records survive: finished handlers stay finished, failures and
         deliveries keep counting (a death is an attempt: see :meth:`begin`).
         Idempotent; safe when several live consumers recover at once (each
-        event moves once). Must run before this consumer leases a key a dead
-        one held (the loop calls it at start; :meth:`fetch` re-checks when it
-        takes a key over).
+        event moves once). The loop calls it at start; after that a live
+        consumer's :meth:`fetch` takes a dead one's work over by itself, before
+        leasing any later event of its keys (fs: at the next rescan or bucket
+        takeover; NATS: after AckWait; memory: at the next fetch).
         fs: a dead owner's ``inflight/<owner>/`` back to pending under its owner
         lock, its journal turned into ``records/``. NATS: nothing to do - the
         server redelivers after AckWait; records live in a KV bucket.

@@ -30,6 +30,9 @@ class Kit:
     make: Callable[[FakeClock, Path], Transport]
     crash: Callable[[Consumer], None]  # the consumer's process died (its leases stay)
     plant_unreadable: Callable[[Transport, str, bytes], None]  # input under a name, as if dropped in by hand
+    # Clock seconds after which a live consumer's fetch takes over a dead one's work by itself
+    # (memory: at once; fs: the rescan interval; NATS: AckWait).
+    takeover_after: float = 0.0
 
 
 def _memory_crash(c: Consumer) -> None:

@@ -248,13 +248,26 @@ def test_recover_returns_a_dead_consumers_work_with_its_deliveries(
     c1.begin(leased[started.event.id])
     backend.crash(c1)
     c2 = transport.consumer()
-    assert ids(c2) == []  # still held by the dead consumer
     assert c2.recover() == 2
     assert c2.recover() == 0
     back = {d.id: d for d in c2.fetch(10).deliveries}
     assert set(back) == {started.event.id, untouched.event.id}
     assert back[started.event.id].record.died() == 1
     assert back[untouched.event.id].record.died() == 0
+
+
+def test_a_live_consumer_takes_over_a_dead_ones_work_by_fetching(
+    backend: Kit, transport: Transport, make_event: Emit, clock: FakeClock
+) -> None:
+    """Without an explicit recover(), fetch returns a dead consumer's leases (and its key's later events) in order."""
+    first, later = make_event("a"), make_event("a")
+    transport.publish([first])
+    c1, c2 = transport.consumer(), transport.consumer()
+    assert ids(c1) == [first.event.id]
+    transport.publish([later])
+    backend.crash(c1)
+    clock.advance(backend.takeover_after)
+    assert ids(c2) == [first.event.id, later.event.id]
 
 
 def test_wait_wakes_on_publish(transport: Transport, make_event: Emit) -> None:
