@@ -253,25 +253,30 @@ class MemoryConsumer:
 
     # -- leasing ---------------------------------------------------------------------------
     def recover(self) -> int:
-        t = self.t
-        with t._lock:
+        with self.t._lock:
             self._alive()
-            moved = 0
-            for e in t._entries.values():
-                if e.state is State.INFLIGHT and e.owner in t._dead_consumers:
-                    t._to_pending(e)
-                    moved += 1
-            for k in [k for k, (owner, _) in t._holders.items() if owner in t._dead_consumers]:
-                del t._holders[k]
-            if moved:
-                t._wake_all()
-            return moved
+            return self._recover()
+
+    def _recover(self) -> int:
+        t = self.t
+        moved = 0
+        for e in t._entries.values():
+            if e.state is State.INFLIGHT and e.owner in t._dead_consumers:
+                t._to_pending(e)
+                moved += 1
+        for k in [k for k, (owner, _) in t._holders.items() if owner in t._dead_consumers]:
+            del t._holders[k]
+        if moved:
+            t._wake_all()
+        return moved
 
     def fetch(self, limit: int) -> Fetched:
         t = self.t
         out = Fetched()
         with t._lock:
             self._alive()
+            if any(owner in t._dead_consumers for owner, _ in t._holders.values()):
+                self._recover()  # a dead consumer's keys: take its work back before leasing them
             now = t.clock()
             skipped: set[str] = set()
             keep: list[tuple[str, str]] = []
