@@ -52,5 +52,9 @@ class TransportRouter(EventRouter):
             seen.add(ev.id)
         return self.transport.publish(items)
 
+    def commit_found(self, built: list[tuple[Event, bool]]) -> tuple[list[bool], dict[int, Path]]:
+        """:meth:`commit_events`; a transport reports no paths (where an existing id lives is its business)."""
+        return self.commit_events(built), {}
+
 
 __all__ = ["NO_SPOOL", "TransportRouter"]

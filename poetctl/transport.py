@@ -56,8 +56,13 @@ class State(StrEnum):
 EVENT_STATES = (State.PENDING, State.INFLIGHT, State.PROCESSED, State.DEAD)
 
 
-class QuarantinedId(InvalidData):
-    """Publishing an id that sits in quarantine: refused (65), nothing of the group is written."""
+class Quarantined(InvalidData):
+    """Publishing an id that sits in quarantine: refused (65), nothing of the group is written.
+
+    The seam's form of :class:`poetctl.router.Quarantined` (which cannot be
+    imported here: the router still imports the spool). Step 2 of issue 10
+    makes the router raise this one.
+    """
 
 
 # -- what a handler run leaves behind -----------------------------------------------------------
@@ -360,7 +365,7 @@ class Consumer(Protocol):
 
         For what :meth:`fetch` could read but the loop finds bad; input that
         cannot even be read is quarantined inside :meth:`fetch`. Publishing
-        its id later raises :class:`QuarantinedId`. fs: ``corrupt/`` plus
+        its id later raises :class:`Quarantined`. fs: ``corrupt/`` plus
         ``.reason``. NATS: publish to the corrupt stream, ``msg.term()``.
         """
         ...
@@ -405,7 +410,7 @@ class Transport(Protocol):
         * Durable before return: the group survives any crash once this returns.
         * Ids: an id that exists in any state is a no-op (False), also twice in
           one group (the first wins); an id in quarantine raises
-          :class:`QuarantinedId` and nothing of the group is written.
+          :class:`Quarantined` and nothing of the group is written.
         * Failure raises (:class:`~poetctl.errors.SpoolIOError`,
           :class:`~poetctl.errors.BackendUnavailable`). fs and memory: nothing
           of the group is visible. NATS: some items may be published; since
@@ -465,7 +470,7 @@ __all__ = [
     "Delivery",
     "Fetched",
     "Outgoing",
-    "QuarantinedId",
+    "Quarantined",
     "Query",
     "Record",
     "State",

@@ -115,3 +115,20 @@ def test_router_on_a_transport_never_touches_the_filesystem(tmp_path: Any, monke
     h.run_until_idle()
     assert h.state_of(eid) == State.PROCESSED
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_self_emitting_handler_stops_at_the_hop_limit() -> None:
+    """With the router's hop limit, a handler that emits what it subscribes to ends in dead/ instead of looping."""
+    from poetctl.config import Config
+    from poetctl.publish import NO_SPOOL
+
+    h = Harness(config=Config(spool=NO_SPOOL, daemon={"max_causation_depth": 2}), max_attempts=2)
+    h.router.subscribe(
+        "system.health", lambda e: h.router.emit("system.health", {"service": "s", "status": "healthy"}), name="echo"
+    )
+    h.router.emit("system.health", {"service": "s", "status": "healthy"})
+    h.drain()
+    (dead,) = h.events(states=[State.DEAD])
+    info = h.dead_letter(dead.id)
+    assert info is not None and info["error"].startswith("CausationDepthExceeded")
+    assert len(h.events(states=[State.PROCESSED])) == 2  # depths 0 and 1; depth 2's follow-up was refused

@@ -31,7 +31,7 @@ from ..transport import (
     Delivery,
     Fetched,
     Outgoing,
-    QuarantinedId,
+    Quarantined,
     Query,
     Record,
     State,
@@ -107,9 +107,10 @@ class MemoryTransport:
             for it in items:
                 e = self._entries.get(it.event.id)
                 if e is not None and e.state is State.CORRUPT:
-                    raise QuarantinedId(
-                        f"event id {it.event.id} is quarantined (exists in corrupt/); "
-                        "it cannot be emitted again until an operator requeues or removes it"
+                    reason = f"{e.info.get('reason')}: {e.info.get('detail')}" if e.info else "reason unknown"
+                    raise Quarantined(
+                        f"id {e.id} exists in corrupt/ (quarantined: {reason}); nothing was written. "
+                        "Requeue it once fixed, or emit under another id"
                     )
             added: list[bool] = []
             now = self.clock()

@@ -8,7 +8,7 @@ import pytest
 from kits import Emit, Kit
 
 from poetctl.testing import FakeClock
-from poetctl.transport import Attempt, Consumer, QuarantinedId, Query, State, Transport
+from poetctl.transport import Attempt, Consumer, Quarantined, Query, State, Transport
 
 
 def ids(c: Consumer, limit: int = 100) -> list[str]:
@@ -65,12 +65,12 @@ def test_same_id_twice_in_one_group_first_wins(transport: Transport, make_event:
 def test_quarantined_id_is_refused_and_nothing_of_the_group_is_written(
     backend: Kit, transport: Transport, make_event: Emit
 ) -> None:
-    """Publishing an id that sits in quarantine raises QuarantinedId; the rest of the group is not written."""
+    """Publishing an id that sits in quarantine raises Quarantined; the rest of the group is not written."""
     bad = make_event(id="bad-1")
     backend.plant_unreadable(transport, "bad-1", b"{not json")
     assert transport.consumer().fetch(10).quarantined == 1
     other = make_event(id="innocent")
-    with pytest.raises(QuarantinedId, match="bad-1"):
+    with pytest.raises(Quarantined, match="bad-1"):
         transport.publish([other, bad])
     assert transport.state_of("innocent") is None
     assert transport.state_of("bad-1") == State.CORRUPT
@@ -186,7 +186,7 @@ def test_quarantine_of_a_leased_event(transport: Transport, make_event: Emit) ->
     got = transport.get("q-1")
     assert got is not None and got.state == State.CORRUPT
     assert got.info is not None and got.info["reason"] == "bad_schema"
-    with pytest.raises(QuarantinedId):
+    with pytest.raises(Quarantined):
         transport.publish([make_event(id="q-1")])
 
 
