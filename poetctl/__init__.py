@@ -21,10 +21,13 @@ _EXPORTS = {
     "UnknownType": ".errors",
     "Event": ".event",
     "EventRouter": ".router",
+    "Permanent": ".daemon.outcomes",
+    "Retry": ".daemon.outcomes",
 }
 
 if TYPE_CHECKING:
     from .config import Config, load_config
+    from .daemon.outcomes import Permanent, Retry
     from .errors import InvalidData, PoetError, SpoolIOError, UnknownType
     from .event import Event
     from .router import EventRouter
@@ -49,7 +52,9 @@ __all__ = [
     "EventRouter",
     "InvalidData",
     "POETEventRouter",
+    "Permanent",
     "PoetError",
+    "Retry",
     "SpoolIOError",
     "UnknownType",
     "__version__",

@@ -1,0 +1,314 @@
+"""Key workers: run the handlers of their keys' deliveries, in order, and report one outcome each.
+
+Each key maps to one worker, so a worker sees a key's deliveries in fetch
+order and handles them one at a time. A failing delivery does not sleep: its
+key is parked with a timer (the retry time) while the worker goes on with
+other keys; the key's later deliveries wait behind it, which keeps per-key
+order through retries. The worker never calls ack/fail/dead itself: it
+reports outcomes to a callable of the loop (the consumer side), and records
+only what must be written as it happens - a delivery beginning, a handler
+finishing - through the consumer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import queue
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..event import Event
+from ..transport import Attempt, Consumer, Delivery, dead_letter_info
+from .middleware import Hooks
+from .outcomes import DIED, DONE, EXHAUSTED, EXPIRED, PERMANENT, Dead, Failed, Outcome, Permanent, Retry
+from .retries import RetryPolicy
+from .timeouts import TimedRunner
+
+FLUSH_EVERY = 512  # outcomes between consumer syncs while busy
+
+
+class Sub(Protocol):
+    """A subscription as the loop needs it (:class:`poetctl.router.Subscription` is one)."""
+
+    @property
+    def pattern(self) -> str: ...
+    @property
+    def fn(self) -> Callable[[Event], Any]: ...
+    @property
+    def name(self) -> str: ...
+
+
+class CauseContext(Protocol):
+    """The router's follow-up machinery (:class:`poetctl.router.EventRouter` is one)."""
+
+    def set_cause(
+        self, event: Event | None, handler: str = "", buffer: list[tuple[Event, bool]] | None = None
+    ) -> None: ...
+
+    def commit_events(self, built: list[tuple[Event, bool]]) -> list[bool]: ...
+
+
+@dataclass(slots=True)
+class Job:
+    """A delivery and the subscriptions to run for it, each with its time limit (None: none)."""
+
+    delivery: Delivery
+    subs: tuple[tuple[Sub, float | None], ...]
+
+
+Report = Callable[[Delivery, Outcome], None]
+
+
+class KeyWorker:
+    """Handles the jobs of its keys. ``step`` runs one round; ``run`` is the thread body."""
+
+    def __init__(
+        self,
+        index: int,
+        consumer: Consumer,
+        cause: CauseContext,
+        policy: RetryPolicy,
+        clock: Callable[[], float],
+        hooks: Hooks,
+        report: Report,
+    ) -> None:
+        self.name = f"poetctl-worker-{index}"
+        self.consumer = consumer
+        self.cause = cause
+        self.policy = policy
+        self.clock = clock
+        self.hooks = hooks
+        self.report = report
+        self.inbox: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
+        self.keyq: dict[str, deque[Job]] = {}
+        self.ready: deque[str] = deque()
+        self.timers: list[tuple[float, int, str]] = []
+        self.runner = TimedRunner(self.name, clock)
+        self.stop_requested = False
+        self.busy = False
+        self._lock = threading.Lock()
+        self._outstanding = 0  # batches put and not yet taken into keyq
+        self._seq = 0
+        self._dirty = 0
+
+    # -- rounds -------------------------------------------------------------------------
+    def step(self, block: bool = False) -> int:
+        """Take queued jobs, make due retries ready, run up to 64 ready keys; the deliveries run."""
+        self._take_input(block)
+        self._fire_timers()
+        ran = 0
+        for _ in range(64):
+            if not self.ready or self.stop_requested:
+                break
+            ran += self._run_key(self.ready.popleft())
+        if not self.ready and self._dirty:
+            self.consumer.sync()
+            self._dirty = 0
+        with self._lock:
+            self.busy = bool(self.ready)
+        return ran
+
+    def run(self, on_error: Callable[[BaseException], None], on_idle: Callable[[], None]) -> None:
+        """Thread body: step until asked to stop. A failure here (not a handler's) stops the daemon."""
+        try:
+            while not self.stop_requested:
+                if self.step(block=True) and not self.ready:
+                    on_idle()
+        except BaseException as exc:
+            on_error(exc)
+
+    def has_work(self) -> bool:
+        """Something ready to run now, running, or queued; parked keys alone do not count."""
+        with self._lock:
+            return bool(self.ready) or self.busy or self._outstanding > 0
+
+    def next_timer(self) -> float | None:
+        return self.timers[0][0] if self.timers else None
+
+    def leftovers(self) -> list[Delivery]:
+        """After the last step: every delivery not finished, in order (to hand back)."""
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            for job in item or ():
+                self.keyq.setdefault(job.delivery.key, deque()).append(job)
+        out = [job.delivery for q in self.keyq.values() for job in q]
+        self.keyq.clear()
+        self.ready.clear()
+        self.timers.clear()
+        self.runner.close()
+        return out
+
+    def put(self, jobs: list[Job]) -> None:
+        """Queue a batch (the loop's thread)."""
+        with self._lock:
+            self._outstanding += 1
+        self.inbox.put(jobs)
+
+    def _take_input(self, block: bool) -> None:
+        timeout = 0.0
+        if block and not self.ready:
+            due = self.next_timer()
+            timeout = 0.5 if due is None else max(0.0, min(0.5, due - self.clock()))
+        try:
+            item = self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if item is None:
+                self.stop_requested = True
+                return
+            # Under the lock, with the count: has_work() never sees a batch in neither place.
+            with self._lock:
+                for job in item:
+                    q = self.keyq.get(job.delivery.key)
+                    if q is None:
+                        self.keyq[job.delivery.key] = deque((job,))
+                        self.ready.append(job.delivery.key)
+                    else:
+                        q.append(job)
+                self.busy = True
+                self._outstanding -= 1
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _fire_timers(self) -> None:
+        now = self.clock()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, key = heapq.heappop(self.timers)
+            if key in self.keyq:
+                with self._lock:
+                    self.ready.append(key)
+                    self.busy = True
+
+    # -- one key ----------------------------------------------------------------------------
+    def _run_key(self, key: str) -> int:
+        q = self.keyq[key]
+        ran = 0
+        for _ in range(256):  # a key's deliveries back to back while they succeed: cheap, keeps order
+            job = q[0]
+            outcome = self._handle(job)
+            ran += 1
+            self.report(job.delivery, outcome)
+            self._dirty += 1
+            if self._dirty >= FLUSH_EVERY:
+                self.consumer.sync()
+                self._dirty = 0
+            if isinstance(outcome, Failed):
+                self._seq += 1
+                heapq.heappush(self.timers, (outcome.retry_at, self._seq, key))
+                return ran
+            q.popleft()
+            if not q:
+                del self.keyq[key]
+                return ran
+            if self.stop_requested:
+                break
+        self.ready.append(key)
+        return ran
+
+    def _handle(self, job: Job) -> Outcome:
+        d = job.delivery
+        ev, rec = d.event, d.record
+        now = self.clock()
+        if ev.expires_at is not None and ev.expires_at < now:
+            extra = {"expired_at": ev.expires_at, "handled": False}
+            return Dead(EXPIRED, dead_letter_info(ev.id, EXPIRED, rec, now, extra))
+        died = rec.died()
+        if died and (dead := self._died_too_often(job, died, now)) is not None:
+            return dead
+        self.consumer.begin(d)
+        last = len(job.subs) - 1
+        for i, (sub, limit) in enumerate(job.subs):
+            if sub.name in rec.done:
+                continue
+            error = self._call(ev, sub, limit)
+            if error is not None:
+                return self._failed(d, sub.name, error, died)
+            if i != last:
+                self.consumer.done(d, sub.name)  # the ack records the last one
+        return DONE
+
+    def _died_too_often(self, job: Job, died: int, now: float) -> Dead | None:
+        """Dead-letter without running when deaths used up the next handler's attempts.
+
+        A handler that kills the process must not kill every daemon that picks the event up.
+        """
+        rec = job.delivery.record
+        todo = [s.name for s, _ in job.subs if s.name not in rec.done]
+        if not todo or rec.attempts_of(todo[0], died) < self.policy.max_attempts:
+            return None
+        r = rec.copy()
+        r.failures.append(Attempt(todo[0], died, now, f"the daemon died while handling it ({died} times)"))
+        return Dead(DIED, dead_letter_info(job.delivery.id, DIED, r, now))
+
+    def _call(self, ev: Event, sub: Sub, limit: float | None) -> BaseException | None:
+        """Run one handler and commit its follow-ups; the failure, or None."""
+        buffer: list[tuple[Event, bool]] = []
+        cause = self.cause
+        hooks = self.hooks
+        for before in hooks.before:
+            before(ev, sub)
+        start = self.clock()
+        error: BaseException | None = None
+        if limit is None:  # the common case: on this thread, no hand-off
+            cause.set_cause(ev, sub.name, buffer)
+            try:
+                sub.fn(ev)
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt from a handler: a failure
+                error = exc
+            finally:
+                cause.set_cause(None)
+        else:
+
+            def body() -> None:
+                cause.set_cause(ev, sub.name, buffer)
+                try:
+                    sub.fn(ev)
+                finally:
+                    cause.set_cause(None)
+
+            error = self.runner.call(body, limit, f"handler {sub.name!r}")
+        if error is None and buffer:
+            try:
+                cause.commit_events(buffer)  # only now: a failed attempt's follow-ups never exist
+            except Exception as exc:
+                error = exc
+        if hooks.after:
+            seconds = max(0.0, self.clock() - start)
+            for after in hooks.after:
+                after(ev, sub, seconds, error)
+        return error
+
+    def _failed(self, d: Delivery, handler: str, exc: BaseException, died: int) -> Outcome:
+        now = self.clock()
+        n = d.record.attempts_of(handler, died) + 1
+        text = "".join(traceback.format_exception(exc))
+        attempt = Attempt(handler, n, now, f"{type(exc).__name__}: {exc}", text)
+        if isinstance(exc, Permanent) or self.policy.exhausted(n):
+            reason = PERMANENT if isinstance(exc, Permanent) else EXHAUSTED
+            r = d.record.copy()
+            r.failures.append(attempt)
+            return Dead(reason, dead_letter_info(d.id, reason, r, now))
+        delay = exc.after if isinstance(exc, Retry) else self.policy.delay(n)
+        return Failed(attempt, now + delay)
+
+
+def start_thread(
+    worker: KeyWorker, on_error: Callable[[BaseException], None], on_idle: Callable[[], None]
+) -> threading.Thread:
+    """Run ``worker`` on its own (daemon) thread; the caller joins it at shutdown."""
+    t = threading.Thread(target=worker.run, args=(on_error, on_idle), name=worker.name, daemon=True)
+    t.start()
+    return t
+
+
+__all__ = ["FLUSH_EVERY", "CauseContext", "Job", "KeyWorker", "Report", "Sub", "start_thread"]
