@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kits import KITS, START, Emit, Kit
 
 from poetctl.publish import TransportRouter
 from poetctl.testing import FakeClock, Harness
 from poetctl.transport import Outgoing, Transport
+
+from .kits import KITS, START, Emit, Kit
 
 
 @pytest.fixture(params=sorted(KITS))

@@ -6,7 +6,6 @@ import threading
 from typing import Any
 
 import pytest
-from kits import Kit, MakeHarness
 
 from poetctl import Permanent, Retry
 from poetctl.daemon.loop import EXIT_OK, EXIT_SOMETHING_DEAD, EXIT_TRY_AGAIN
@@ -16,6 +15,8 @@ from poetctl.daemon.retries import RetryPolicy
 from poetctl.event import Event
 from poetctl.testing import FakeClock, Harness
 from poetctl.transport import Delivery, State
+
+from .kits import Kit, MakeHarness
 
 
 class Died(BaseException):

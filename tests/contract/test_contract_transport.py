@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 
 import pytest
-from kits import Emit, Kit
 
 from poetctl.testing import FakeClock
 from poetctl.transport import Attempt, Consumer, Quarantined, Query, State, Transport
+
+from .kits import Emit, Kit
 
 
 def ids(c: Consumer, limit: int = 100) -> list[str]:
