@@ -88,12 +88,15 @@ def start_daemon(
 
 def _check_premise(path: Path, preexec: Callable[[], None] | None) -> None:
     """The file really is unreadable to a process started like the daemon."""
-    probe = subprocess.run(
-        [sys.executable, "-c", f"open({str(path)!r}, 'rb')"],
-        preexec_fn=preexec,
-        capture_output=True,
-        check=False,
-    )
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", f"open({str(path)!r}, 'rb')"],
+            preexec_fn=preexec,
+            capture_output=True,
+            check=False,
+        )
+    except subprocess.SubprocessError as exc:  # no CAP_SETPCAP (some containers)
+        pytest.skip(f"cannot start a process that obeys file modes here: {exc}")
     assert probe.returncode != 0 and b"PermissionError" in probe.stderr, probe.stderr
 
 
@@ -131,6 +134,7 @@ def test_unreadable_event_makes_once_exit_75(tmp_path: Path, sp: Path) -> None:
     ids = emit_executions(sp, ["fa"], 2)
     locked = router.emit("function.execution", _payload("fc"))
     preexec = make_unreadable(events_dir(sp, "pending") / f"{locked}.json")
+    _check_premise(events_dir(sp, "pending") / f"{locked}.json", preexec)
     d = start_daemon(tmp_path, sp, write_config(tmp_path), effects_env(tmp_path), preexec, once=True)
     assert d.wait() == 75, d.stderr()
     assert ids_in(sp, "processed") == set(ids) and ids_in(sp, "pending") == {locked}
