@@ -34,7 +34,7 @@ from .ids import derived_id, uuid7
 from .schemas import MAX_CAUSATION_DEPTH, SchemaRegistry
 from .spool.layout import SpoolLayout
 from .spool.writer import GroupCommitter
-from .topics import ROUTES, topic_for
+from .topics import ROUTES, check_subscription, topic_for
 
 Handler = Callable[[Event], Any]
 EmitItem = tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Event
@@ -106,10 +106,13 @@ class EventRouter:
 
         ``name`` identifies the handler in completion records and derived ids;
         it defaults to ``module.qualname`` and must be stable across restarts.
+        Raises :class:`~poetctl.errors.UsageError` for a pattern that can never
+        match a type or an unsafe name (see :func:`poetctl.topics.check_subscription`).
         """
-        if not pattern or any(c.isspace() for c in pattern):
-            raise InvalidData(f"bad subscription pattern {pattern!r}: expected a type or a glob like 'drift.*'")
-        hname = name or f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        hname = name
+        if hname is None:
+            hname = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        check_subscription(pattern, hname)
         self.subscriptions.append(Subscription(pattern, fn, hname))
 
     # -- cause context (used by the daemon) ---------------------------------

@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from .errors import UsageError
-from .ids import FUNCTION_NAME_RE
+from .ids import FUNCTION_NAME_RE, TYPE_RE
 
 SYSTEM_FUNCTIONS = "poet/functions/system"
 
@@ -45,6 +45,10 @@ ROUTES: dict[str, str] = {
 }
 
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}\Z")
+# Subscriptions: a type segment, or one with "*" wildcards; a handler name safe as a record key.
+_TYPE_SEGMENT_RE = re.compile(r"^[a-z][a-z0-9_]*\Z")
+_GLOB_SEGMENT_RE = re.compile(r"^(?:[a-z][a-z0-9_*]*|\*[a-z0-9_*]*)\Z")
+HANDLER_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:<>@-]{0,199}\Z")
 
 
 def default_template(event_type: str) -> str:
@@ -81,6 +85,37 @@ def validate_pattern(pattern: str) -> str:
                 f"bad topic pattern {pattern!r}: segment {seg!r} must be '*', '**' or letters, digits, '_' and '-'"
             )
     return p
+
+
+def check_subscription(pattern: object, name: object) -> None:
+    """Raise UsageError unless ``pattern`` can match event types and ``name`` is a safe handler name.
+
+    A pattern is an event type (``drift.detected``) or a glob over types in
+    which ``*`` stands for any characters (``drift.*``, ``*.completed``, ``*``).
+    Segments are separated by single dots and use the characters of types
+    (lowercase letters, digits, ``_``); anything else could never match a type
+    (or, like ``[``, means something else to the glob matcher). A handler name
+    is 1-200 letters, digits and ``_ . : - < > @``, not starting with a dot: it
+    is written into completion records and derived ids, and must be stable.
+    """
+    if not isinstance(pattern, str) or not _type_glob_ok(pattern):
+        raise UsageError(
+            f"bad subscription pattern {pattern!r}: expected an event type such as 'drift.detected' or a glob "
+            "such as 'drift.*' ('*' is the only wildcard; lowercase letters, digits and '_' between single dots)"
+        )
+    if not isinstance(name, str) or not HANDLER_NAME_RE.match(name):
+        raise UsageError(
+            f"bad handler name {name!r} for pattern {pattern!r}: expected 1-200 letters, digits and '_.:-<>@', "
+            "not starting with '.'; pass a stable name=... to subscribe()"
+        )
+
+
+def _type_glob_ok(pattern: str) -> bool:
+    if "*" not in pattern:
+        return TYPE_RE.match(pattern) is not None
+    return all(
+        (_GLOB_SEGMENT_RE if "*" in seg else _TYPE_SEGMENT_RE).match(seg) is not None for seg in pattern.split(".")
+    )
 
 
 @lru_cache(maxsize=256)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +29,12 @@ def daemon_cmd(
     no_builtin: Annotated[
         bool, typer.Option("--no-builtin-handlers", help="Do not load the built-in ML-monitoring handlers.")
     ] = False,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More detail in the log (-v: where handlers failed).")
+    ] = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Log only dead letters, quarantines and errors.")
+    ] = False,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -40,9 +45,19 @@ def daemon_cmd(
     second exits at once (130). Nothing is lost either way.
 
     With --once, exit codes are: 0 all due events processed; 1 some were
-    dead-lettered, expired or quarantined; 75 some wait for a retry (run again
-    later).
+    dead-lettered, expired or quarantined; 75 some wait for a retry or cannot
+    be read yet (run again later).
+
+    The log on stderr has one line per handler failure, dead letter,
+    quarantine, unreadable file and recovery (event id, type, handler,
+    reason; never payloads). -q keeps dead letters, quarantines and errors;
+    -v adds detail.
     """
+    from ..daemon import log
+
+    if verbose and quiet:
+        raise typer.BadParameter("use either --verbose or --quiet", param_hint="'-v' / '-q'")
+    log.setup(-1 if quiet else verbose)
     code = _daemon(handlers or [], workers, once, rescan, no_builtin, spool, config)
     raise typer.Exit(code)
 
@@ -57,6 +72,7 @@ def _daemon(
     spool: Path | None,
     config: Path | None,
 ) -> int:
+    from ..daemon import log
     from ..daemon.core import Daemon, DaemonOptions, install_signal_handlers
     from ..daemon.loader import load_handlers
     from ..router import EventRouter
@@ -71,15 +87,14 @@ def _daemon(
     load_handlers(router, [*cfg.handlers, *handlers])
     d = Daemon(router, opts)
     install_signal_handlers(d)
-    sys.stderr.write(
-        f"poetctl: daemon {d.owner} on {router.layout.root} with {opts.workers} worker(s), "
-        f"{len(router.subscriptions)} handler(s){' (once)' if opts.once else ''}\n"
+    log.info(
+        f"daemon {d.owner} on {router.layout.root} with {opts.workers} worker(s), "
+        f"{len(router.subscriptions)} handler(s){' (once)' if opts.once else ''}"
     )
-    sys.stderr.flush()
     code = d.run()
     c = d.counters
-    sys.stderr.write(
-        f"poetctl: daemon stopped: processed={c.processed} dead={c.dead} expired={c.expired} "
-        f"corrupt={c.corrupt} retries={c.retries} handed_back={c.handed_back} recovered={c.recovered}\n"
+    log.info(
+        f"daemon stopped: processed={c.processed} dead={c.dead} expired={c.expired} "
+        f"corrupt={c.corrupt} retries={c.retries} handed_back={c.handed_back} recovered={c.recovered}"
     )
     return code

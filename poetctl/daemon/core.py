@@ -22,7 +22,6 @@ import itertools
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 import zlib
@@ -36,15 +35,18 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..config import DEFAULT_MAX_CAUSATION_DEPTH
-from ..errors import SpoolIOError
+from ..errors import InvalidData, SpoolIOError
 from ..event import Event
 from ..ids import time_of
 from ..ops.safefs import LinkedDir, SpoolDir, open_dir
 from ..router import EventRouter, Subscription
 from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir
-from ..spool.reader import FIRST_READ, READ_FLAGS, CorruptEvent, decode_event, read_bytes
+from ..spool.reader import FIRST_READ, READ_FLAGS, CorruptEvent, UnreadableEvent, decode_event, read_bytes
 from ..spool.writer import write_atomic
+from ..topics import check_subscription
+from . import log
 from .owner import current_owner, owner_alive, process_start_ticks
+from .reconcile import Reconciler
 from .records import (
     JOURNAL,
     Journal,
@@ -210,6 +212,10 @@ class Daemon:
         self.mover: Mover | None = None
         self._owner_lock_fd = -1
         self._dead_owner_busy = False
+        # The daemon honours [event_schemas] validation / POET_VALIDATION like emit does.
+        self.validate = router.config.validation
+        self._unreadable: set[str] = set()  # names reported as unreadable (once each)
+        self.reconciler: Reconciler | None = None
 
     # -- public entry -------------------------------------------------------------------
     def run(self) -> int:
@@ -247,6 +253,8 @@ class Daemon:
 
     # -- start -----------------------------------------------------------------
     def _start(self) -> None:
+        for sub in self.router.subscriptions:  # also those not added through subscribe()
+            check_subscription(sub.pattern, sub.name)
         self.layout.init()
         for d in (self.heartbeat_dir, self.bucket_dir, self.owner_lock_dir):
             try:
@@ -258,7 +266,7 @@ class Daemon:
         # Directory descriptors for the per-event open and claim: one-component lookups.
         self._inflight_fd = os.open(self.inflight_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._open_pending()
-        self.journal = Journal(self.inflight_dir)
+        self.journal = Journal(self.inflight_dir, slots=self.opts.workers)
         # One worker runs inline on the main thread: no thread hand-offs, which on a
         # 2-core machine cost more than a fast handler itself (GIL and wake-up ping-pong).
         self.inline = self.opts.workers == 1
@@ -269,7 +277,11 @@ class Daemon:
             # thread would trade the GIL with the main thread for every row it binds.
             self.indexer = IndexWriter(self.layout, threaded=False)
             self.indexer.open()
-        self.recover(all_dead=True)
+            alive = lambda o: owner_alive(o, self.heartbeat_dir, self.opts.lease_seconds)  # noqa: E731
+            self.reconciler = Reconciler(self.layout, self.owner, alive, self.max_bytes)
+            self.reconciler.start()
+        self._recover(all_dead=True)
+        self._reconcile()
         self._beat()
         self.workers = [Worker(self, i, self.clock) for i in range(self.opts.workers)]
         if not self.inline:
@@ -310,7 +322,7 @@ class Daemon:
                 pending_dir=self.layout.pending,
             )
         except OSError as exc:
-            sys.stderr.write(f"poetctl: warning: cannot start the completion mover ({exc}); filing events here\n")
+            log.warning("cannot start the completion mover; filing events here", error=exc.strerror or str(exc))
             self.opts.mover_backlog = -1
 
     def _start_observer(self) -> None:
@@ -333,7 +345,8 @@ class Daemon:
                 if now >= next_scan:
                     self._invalidate_window()
                     if not opts.once:
-                        self.recover(all_dead=False)
+                        self._recover(all_dead=False)
+                        self._reconcile(look=True)
                     next_scan = now + opts.rescan_interval
                     self._check_observer()
                 elif woken and self._window_pos >= len(self._window):
@@ -588,12 +601,24 @@ class Daemon:
                 data = b""
             if not data or len(data) >= FIRST_READ or len(data) > self.max_bytes:
                 data = read_bytes(name, self.max_bytes, dir_fd=self._pending_fd, where=path)
-            ev = decode_event(data, self.registry, where=path, expected_id=name[:-5])
+            ev = decode_event(data, self.registry, where=path, expected_id=name[:-5], validate_payload=self.validate)
+            if not self.validate:
+                self._check_known(ev.type, path)
         except FileNotFoundError:
+            return None
+        except UnreadableEvent as exc:
+            # Not the file's fault (permissions, too many open files): leave it, say so once.
+            self._deferred += 1
+            if name not in self._unreadable:
+                if len(self._unreadable) >= 100_000:
+                    self._unreadable.clear()
+                self._unreadable.add(name)
+                log.unreadable(path, exc.detail)
             return None
         except CorruptEvent as exc:
             if quarantine(self.layout, Path(path), exc.reason, exc.detail) is not None:
                 self.counters.corrupt += 1
+                log.quarantined(path, exc.reason, exc.detail)
             return None
         key = self._key_of(ev)
         if key in self._skipped or key in self.blocked_keys:
@@ -650,6 +675,7 @@ class Daemon:
                 record=job.record,
                 extra={"expired_at": job.event.expires_at, "handled": False},
             )
+            log.dead_lettered(job.event.id, job.event.type, "expired", None, job.record.attempts, None)
             self.finished(job, Outcome.EXPIRED)
         else:
             self.file_processed(job)
@@ -672,7 +698,7 @@ class Daemon:
         self._bucket_fds[bucket] = fd
         # Whoever held it before may have died with events of this bucket in flight:
         # put them back before claiming anything newer.
-        if self.recover(all_dead=False) or self._dead_owner_busy:
+        if self._recover(all_dead=False) or self._dead_owner_busy:
             self._invalidate_window()
             self._release_bucket(bucket)
             return False
@@ -766,6 +792,36 @@ class Daemon:
             self._processed_pending_sync = False
             self.sync_processed()
 
+    def _check_known(self, event_type: str, path: str) -> None:
+        """Validation off: emit still refuses unknown types, and so does the daemon."""
+        try:
+            self.registry.check_known(event_type, path)
+        except InvalidData as exc:
+            reason = "unknown_type" if "unknown event type" in exc.message else "bad_schema"
+            raise CorruptEvent(reason, exc.message, where=path) from None
+
+    def _recover(self, all_dead: bool) -> int:
+        """:meth:`recover`, and say so when it moved anything."""
+        moved = self.recover(all_dead)
+        if moved:
+            log.recovered(moved)
+        return moved
+
+    def _reconcile(self, look: bool = False) -> None:
+        """Reconcile the index if a dead daemon left its mark (see :mod:`.reconcile`).
+
+        ``look``: also look for daemons that died since the last look (one small
+        query; done on each rescan, as other daemons sharing the spool may die).
+        """
+        r = self.reconciler
+        if r is None or not (r.due or look) or self._dead_owner_busy:
+            return
+        owners = r.ready()
+        if owners:
+            if self.indexer is not None:
+                self.indexer.flush()  # our own rows first: they are not drift
+            r.run(owners)
+
     # -- recovery ------------------------------------------------------------------
     def recover(self, all_dead: bool) -> int:
         """Return the in-flight events of dead owners to pending; the count moved.
@@ -816,9 +872,7 @@ class Daemon:
         warned: set[Path] = self.__dict__.setdefault("_linked_warned", set())
         if path not in warned:
             warned.add(path)
-            sys.stderr.write(
-                f"poetctl: warning: {path} is a symlink or not a directory; not recovered through it (fix it by hand)\n"
-            )
+            log.warning("a symlink or not a directory; not recovered through it (fix it by hand)", path=str(path))
 
     def _take_owner_lock(self, owner: str, wait: float) -> int | None:
         """Lock a dead owner's lock file: its fd, -1 if it has none, None while still held."""
@@ -956,12 +1010,12 @@ class Daemon:
                 source="poetctl.daemon",
             )
         except Exception as exc:  # health reporting must never stop processing
-            sys.stderr.write(f"poetctl: warning: cannot emit system.health: {exc}\n")
+            log.warning("cannot emit system.health", error=log.error_text(exc))
 
     def _check_observer(self) -> None:
         obs = self._observer
         if obs is not None and not obs.is_alive():
-            sys.stderr.write("poetctl: warning: file watcher stopped; restarting it and rescanning\n")
+            log.warning("file watcher stopped; restarting it and rescanning")
             self._start_observer()
             self._invalidate_window()
 
@@ -999,9 +1053,14 @@ class Daemon:
                     pass
         self.sync_processed()
         fsync_dir(self.layout.pending)
+        if self.reconciler is not None and self.reconciler.due:
+            self._recover(all_dead=False)  # a dead daemon's mover was still filing at start
+            self._reconcile()
         self.journal.close()
         if self.indexer is not None:
             self.indexer.close()
+        if self.reconciler is not None:
+            self.reconciler.finish()  # last: our rows are written, this run ended cleanly
         for p in (self.inflight_dir / JOURNAL, self.heartbeat_dir / f"{self.owner}.json"):
             try:
                 os.unlink(p)

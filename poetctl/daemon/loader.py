@@ -36,6 +36,8 @@ def load_handlers(router: EventRouter, modules: Iterable[str]) -> list[str]:
             raise UsageError(f"handler module {spec!r} has no register(router) function")
         try:
             register(router)
+        except UsageError as exc:  # a bad subscription pattern or handler name
+            raise UsageError(f"handler module {spec!r}: {exc.message}") from None
         except InvalidData:
             raise
         except Exception as exc:

@@ -3,7 +3,9 @@
 * The **journal** (``events/inflight/<owner>/_journal``) gets one line per
   finished handler and per failed attempt, written with a single ``write`` as
   soon as it happens, so a SIGKILL loses none of them; it is fsync'ed in
-  batches. When an owner dies, recovery turns its journal into
+  batches. Its head holds one "running" slot per worker (see
+  :mod:`poetctl.daemon.running`), so a death inside a handler is an attempt
+  too. When an owner dies, recovery turns its journal into
   **records** (``events/records/<id>.json``) beside the events it returns to
   pending, so the next claimer skips the finished handlers and keeps counting
   attempts.
@@ -32,6 +34,8 @@ from ..errors import SpoolIOError
 from ..ops.safefs import SpoolDir
 from ..spool.layout import FILE_MODE, SpoolLayout
 from ..spool.writer import write_atomic
+from .retries import DIED
+from .running import RunningSlots, create_head, head_size, parse_slots
 
 JOURNAL = "_journal"
 
@@ -98,14 +102,25 @@ class Record:
 
 
 class Journal:
-    """Append-only completion log of one daemon. Thread-safe; lines are single writes."""
+    """Append-only completion log of one daemon. Thread-safe; lines are single writes.
 
-    def __init__(self, directory: Path) -> None:
+    With ``slots`` > 0 the file starts with one "running" slot per worker
+    (:mod:`poetctl.daemon.running`): :meth:`running` / :meth:`idle` mark the
+    handler a worker runs, so a process death during a handler counts as an
+    attempt when the journal is read back.
+    """
+
+    def __init__(self, directory: Path, slots: int = 0) -> None:
         self.path = directory / JOURNAL
         self._lock = threading.Lock()
         self._dirty = False
         self.lines = 0
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        # The directory is this daemon's own (a fresh owner id): whatever is there is not ours to keep.
+        self._head = create_head(self._fd, slots) if slots else 0
+        self.slots = RunningSlots(self._fd, slots)
+        self.running = self.slots.set
+        self.idle = self.slots.clear
 
     # Lines carry the event's checksum: a replayed event (new metadata, new checksum)
     # must not inherit the completion records of its earlier run.
@@ -136,14 +151,15 @@ class Journal:
                 self._dirty = False
 
     def truncate(self) -> None:
-        """Forget everything (only when nothing is in flight)."""
+        """Forget every line (only when nothing is in flight); the running slots stay."""
         with self._lock:
-            os.ftruncate(self._fd, 0)
+            os.ftruncate(self._fd, self._head)
             self._dirty = True
             self.lines = 0
 
     def close(self) -> None:
         with self._lock:
+            self.slots.close()
             os.close(self._fd)
 
 
@@ -157,9 +173,16 @@ def read_journal(path: Path) -> dict[tuple[str, str | None], Record]:
 
 
 def parse_journal(data: bytes) -> dict[tuple[str, str | None], Record]:
-    """:func:`read_journal` of bytes already read (e.g. through a directory descriptor)."""
+    """Records per (event id, event checksum) from journal bytes (see :func:`read_journal`).
+
+    A running slot still set means the daemon died while that handler ran: it
+    becomes a failed attempt with the error :data:`~poetctl.daemon.retries.DIED`.
+    """
     out: dict[tuple[str, str | None], Record] = {}
-    for line in data.split(b"\n"):
+    for eid, handler, checksum, attempt, at in parse_slots(data):
+        died = Attempt(handler=handler, attempt=attempt, at=at, error=DIED)
+        out.setdefault((eid, checksum), Record()).merge(Record(failures=[died]))
+    for line in data[head_size(data) :].split(b"\n"):
         if len(line) < 3:
             continue
         try:

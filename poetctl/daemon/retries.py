@@ -11,6 +11,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+# The error of an attempt during which the daemon process died (os._exit, SIGKILL,
+# the OOM killer): recovery finds the handler still marked as running.
+DIED = "the daemon died while handling it"
+
 
 @dataclass(slots=True)
 class RetryPolicy:

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 
 from ..event import Event
 from ..router import Subscription
+from . import log
 from .records import Attempt, Record, dead_letter
+from .retries import DIED
 
 if TYPE_CHECKING:
     from .core import Daemon
@@ -56,6 +58,7 @@ class Worker(threading.Thread):
     def __init__(self, daemon: Daemon, index: int, clock: Callable[[], float] = time.time) -> None:
         super().__init__(name=f"poetctl-worker-{index}", daemon=True)
         self.d = daemon
+        self.index = index  # also this worker's running slot in the journal
         self.clock = clock
         self.inbox: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
         self.keyq: dict[str, deque[Job]] = {}
@@ -181,26 +184,37 @@ class Worker(threading.Thread):
                 record=job.record,
                 extra={"expired_at": ev.expires_at, "handled": False},
             )
+            log.dead_lettered(ev.id, ev.type, "expired", None, job.record.attempts, None)
             d.finished(job, Outcome.EXPIRED)
             return Outcome.EXPIRED
+        if job.record.failures and self._exhausted(job):
+            return Outcome.DEAD
         subs = job.subs
         last = len(subs) - 1
+        journal = d.journal
+        slot = self.index
         for i, sub in enumerate(subs):
             if sub.name in job.record.done:
                 continue
             buffer: list[tuple[Event, bool]] = []
             d.router.set_cause(ev, sub.name, buffer)
+            # Counted before the handler runs: if it ends the process, recovery finds it running.
+            journal.running(slot, ev.id, sub.name, ev.checksum, self._attempt(job, sub.name))
             try:
                 sub.fn(ev)
                 if buffer:
                     d.router.commit_events(buffer)
-            except Exception as exc:
+            except BaseException as exc:
+                # BaseException too: sys.exit() or KeyboardInterrupt raised by a handler is
+                # its own failure (the daemon's signal handlers only set flags, never raise).
+                journal.idle(slot)
                 return self._failed(job, sub, exc)
             finally:
                 d.router.set_cause(None)
+            journal.idle(slot)
             job.record.done.add(sub.name)
             if i != last:
-                d.journal.done(ev.id, sub.name, ev.checksum)
+                journal.done(ev.id, sub.name, ev.checksum)
         d.file_processed(job)
         self._dirty += 1
         if self._dirty >= FLUSH_EVERY:
@@ -208,25 +222,58 @@ class Worker(threading.Thread):
         d.finished(job, Outcome.PROCESSED)
         return Outcome.PROCESSED
 
+    @staticmethod
+    def _attempt(job: Job, handler: str) -> int:
+        """The number of the attempt about to start (failures of this handler so far + 1)."""
+        failures = job.record.failures
+        return 1 + sum(1 for a in failures if a.handler == handler) if failures else 1
+
+    def _exhausted(self, job: Job) -> bool:
+        """Before running: dead-letter an event whose handler used up its attempts by dying.
+
+        A failure that raises is dead-lettered as it happens (:meth:`_failed`); a
+        death is only known to the next daemon, through the record recovery wrote.
+        """
+        d = self.d
+        ev = job.event
+        rec = job.record
+        last = rec.failures[-1]
+        for sub in job.subs:
+            if sub.name in rec.done:
+                continue
+            mine = [a for a in rec.failures if a.handler == sub.name]
+            if d.policy.exhausted(len(mine)):
+                reason = "daemon_died" if mine[-1].error == DIED else "attempts_exhausted"
+                dead_letter(d.layout, job.path, ev.id, reason=reason, record=rec)
+                log.dead_lettered(ev.id, ev.type, reason, sub.name, len(mine), mine[-1].error)
+                d.finished(job, Outcome.DEAD)
+                return True
+        if last.error == DIED:
+            log.died_while_handling(ev.id, ev.type, last.handler, last.attempt, d.policy.max_attempts)
+        return False
+
     def _failed(self, job: Job, sub: Subscription, exc: BaseException) -> str:
         d = self.d
+        ev = job.event
         n = sum(1 for a in job.record.failures if a.handler == sub.name) + 1
         attempt = Attempt(
             handler=sub.name,
             attempt=n,
             at=self.clock(),
-            error=f"{type(exc).__name__}: {exc}",
+            error=log.error_text(exc),
             traceback="".join(traceback.format_exception(exc)),
         )
         job.record.failures.append(attempt)
+        log.handler_failed(ev.id, ev.type, sub.name, exc, n, d.policy.max_attempts)
         if d.policy.exhausted(n):
-            d.journal.failed(job.event.id, attempt, 0.0, job.event.checksum)
-            dead_letter(d.layout, job.path, job.event.id, reason="attempts_exhausted", record=job.record)
+            d.journal.failed(ev.id, attempt, 0.0, ev.checksum)
+            dead_letter(d.layout, job.path, ev.id, reason="attempts_exhausted", record=job.record)
+            log.dead_lettered(ev.id, ev.type, "attempts_exhausted", sub.name, n, attempt.error)
             d.finished(job, Outcome.DEAD)
             return Outcome.DEAD
         due = attempt.at + d.policy.delay(n)
         job.record.not_before = due
-        d.journal.failed(job.event.id, attempt, due, job.event.checksum)
+        d.journal.failed(ev.id, attempt, due, ev.checksum)
         self._seq += 1
         heapq.heappush(self.timers, (due, self._seq, job.key))
         d.blocked_keys.add(job.key)

@@ -37,6 +37,20 @@ class CorruptEvent(PoetError):
         self.detail = detail
 
 
+class UnreadableEvent(CorruptEvent):
+    """A file this process may not read (EACCES, EPERM) or cannot open for lack of resources.
+
+    Reason ``unreadable``. Not the file's fault: callers that would quarantine
+    a corrupt file leave this one where it is and report it.
+    """
+
+    def __init__(self, detail: str, *, where: str | None = None) -> None:
+        super().__init__("unreadable", detail, where=where)
+
+
+# open() errors that say nothing about the file itself.
+_NOT_THE_FILE = frozenset({errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR})
+
 FIRST_READ = 64 * 1024
 
 
@@ -45,7 +59,9 @@ def read_bytes(
 ) -> bytes:
     """Read a regular file without following links; raise :class:`CorruptEvent` otherwise.
 
-    FileNotFoundError propagates (the file moved away: not corruption). Events
+    FileNotFoundError propagates (the file moved away: not corruption). A file
+    this process may not open raises :class:`UnreadableEvent` (a CorruptEvent
+    with reason ``unreadable`` that callers should leave in place). Events
     are small, so this is usually open + one read + close; only a file that
     fills the first read costs an fstat and more reads. With ``dir_fd``,
     ``path`` is relative to that directory (a shorter lookup for the daemon's
@@ -58,6 +74,8 @@ def read_bytes(
     except FileNotFoundError:
         raise
     except OSError as exc:
+        if exc.errno in _NOT_THE_FILE:
+            raise UnreadableEvent(f"cannot open: {exc.strerror}", where=where) from None
         # ELOOP: a symlink; ENXIO and friends: not a regular file.
         raise CorruptEvent("not_regular", f"cannot open as a regular file: {exc.strerror}", where=where) from None
     try:
