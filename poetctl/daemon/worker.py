@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from ..event import Event
 from ..router import Subscription
 from . import log
+from .outcomes import EXHAUSTED, PERMANENT, Permanent, Retry
 from .records import Attempt, Record, dead_letter
 from .retries import DIED
 
@@ -265,13 +266,16 @@ class Worker(threading.Thread):
         )
         job.record.failures.append(attempt)
         log.handler_failed(ev.id, ev.type, sub.name, exc, n, d.policy.max_attempts)
-        if d.policy.exhausted(n):
+        permanent = isinstance(exc, Permanent)
+        if permanent or d.policy.exhausted(n):
+            reason = PERMANENT if permanent else EXHAUSTED
             d.journal.failed(ev.id, attempt, 0.0, ev.checksum)
-            dead_letter(d.layout, job.path, ev.id, reason="attempts_exhausted", record=job.record)
-            log.dead_lettered(ev.id, ev.type, "attempts_exhausted", sub.name, n, attempt.error)
+            dead_letter(d.layout, job.path, ev.id, reason=reason, record=job.record)
+            log.dead_lettered(ev.id, ev.type, reason, sub.name, n, attempt.error)
             d.finished(job, Outcome.DEAD)
             return Outcome.DEAD
-        due = attempt.at + d.policy.delay(n)
+        # A handler that knows when to come back (an HTTP 429's Retry-After) says so.
+        due = attempt.at + (exc.after if isinstance(exc, Retry) else d.policy.delay(n))
         job.record.not_before = due
         d.journal.failed(ev.id, attempt, due, ev.checksum)
         self._seq += 1
