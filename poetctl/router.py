@@ -449,5 +449,5 @@ def quarantined_message(layout: SpoolLayout, event_id: str) -> str:
     reason = quarantine_reason(layout, event_id) or "reason unknown"
     return (
         f"id {event_id} exists in corrupt/ (quarantined: {reason}); nothing was written. "
-        f"See 'poetctl corrupt show {event_id}'; requeue it once fixed, or emit under another id"
+        f"See 'poetctl corrupt show {event_id}.json'; requeue it once fixed, or emit under another id"
     )

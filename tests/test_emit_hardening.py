@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -334,6 +335,11 @@ def test_emitting_a_quarantined_id_exits_65(spool: Path, tmp_path: Path, run_cli
     assert "id order-7 exists in corrupt/ (quarantined: bad_json" in r.stderr
     assert (f"{b}:1:" in r.stderr) == (how == "batch")
     assert r.stdout == "" and pending(spool) == []
+    # The command the message suggests works as written.
+    hint = re.search(r"'(poetctl corrupt show [^']+)'", r.stderr)
+    assert hint is not None, r.stderr
+    shown = run_cli(*hint.group(1).split()[1:], "--spool", spool)
+    assert shown.returncode == 0 and "bad_json" in shown.stdout, shown.stderr
 
 
 def test_library_emit_of_a_quarantined_id_raises(spool: Path, tmp_path: Path, run_cli: Any) -> None:

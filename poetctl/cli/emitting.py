@@ -261,7 +261,7 @@ def parse_batch_lines(
                     del first[ev.id]
                     raise InvalidData(
                         f"id {ev.id} exists in corrupt/ (quarantined: {reason}); "
-                        f"see 'poetctl corrupt show {ev.id}', requeue it once fixed, or use another id",
+                        f"see 'poetctl corrupt show {ev.id}.json', requeue it once fixed, or use another id",
                         where=where,
                     )
             built.append((ev, keyed))

@@ -31,7 +31,8 @@ def root_callback(
 
     Exit codes: 0 ok, 1 nothing matched, 2 usage, 65 invalid data, 66 input
     missing, 69 backend unavailable, 74 I/O error, 75 try again later, 77
-    permission denied.
+    permission denied, 78 bad configuration (status --check: 0 OK, 1 WARNING,
+    2 CRITICAL, 3 UNKNOWN).
     """
     GLOBALS.spool = spool
     GLOBALS.config = config
