@@ -280,7 +280,8 @@ class EventRouter:
                     if self.create_spool:
                         self.layout.init()
                     else:
-                        self.layout.require()
+                        lay = self.layout
+                        lay.require_real(lay.events, lay.tmp, lay.pending)
                     self._ready = True
 
     def emit(

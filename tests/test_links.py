@@ -470,3 +470,21 @@ def test_links_inside_the_tree_are_still_refused_by_init(tmp_path: Path, sp: Pat
     r = run_cli(tmp_path, "init", "--spool", sp)
     assert r.returncode == 74 and str(sp / rel) in r.stderr and "link" in r.stderr, r.stderr
     assert os.listdir(elsewhere) == []
+
+
+@pytest.mark.parametrize("linked", ["events/tmp", "events/pending"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_emit_never_writes_through_a_linked_directory(tmp_path: Path, linked: str, fast: bool) -> None:
+    """emit refuses (74) a spool whose tmp/ or pending/ is a symlink; nothing appears outside the spool."""
+    root = tmp_path / "spool"
+    SpoolLayout(root).init()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = root / linked
+    target.rmdir()
+    target.symlink_to(outside)
+    env = {} if fast else {"POETCTL_NO_FASTPATH": "1"}
+    r = run_cli(tmp_path, "emit", "system.health", '{"service": "x", "status": "healthy"}', "--spool", root, env=env)
+    assert r.returncode == 74, r.stderr
+    assert "symlink" in r.stderr and "Traceback" not in r.stderr
+    assert list(outside.iterdir()) == []

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from ..errors import InputMissing, SpoolIOError
@@ -135,6 +136,24 @@ class SpoolLayout:
                 f"no spool at {self.root} (expected {self.pending}); create it with "
                 f"'poetctl init --spool {self.root}' or point --spool/POET_SPOOL at one"
             )
+        return self
+
+    def require_real(self, *dirs: Path) -> SpoolLayout:
+        """:meth:`require`, and refuse if any of ``dirs`` (below the root) is a symlink or not a directory.
+
+        For writers that work by path (emit's tmp/ and pending/): one lstat each,
+        once per process, so nothing is ever written through a planted link.
+        """
+        self.require()
+        for d in dirs:
+            try:
+                st = os.lstat(d)
+            except FileNotFoundError:
+                raise SpoolIOError(f"{d} is missing; run 'poetctl init --spool {self.root}'") from None
+            except OSError as exc:
+                raise SpoolIOError(f"cannot inspect {d}: {exc.strerror}") from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise SpoolIOError(f"{d} is a symlink or not a directory; refusing to write through it")
         return self
 
     def event_file(self, directory: Path, event_id: str) -> Path:
