@@ -27,18 +27,27 @@ from poetctl import EventRouter
 
 # -- 3. shared spool --------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.parametrize("emit_while_running", [False, True], ids=["emit-first", "emit-while-running"])
 def test_three_daemons_share_a_spool_each_event_handled_exactly_once(
-    tmp_path: Path, sp: Path, daemons: Daemons
+    tmp_path: Path, sp: Path, daemons: Daemons, emit_while_running: bool
 ) -> None:
-    """Three daemons on one spool with 10,000 events: every effect happens exactly once, in per-key order."""
+    """Three daemons on one spool with 10,000 events: every effect happens exactly once, in per-key order.
+
+    Emitting while the daemons run makes their listings race the group commits' renames (a
+    directory listing may show a later file of a key and miss an earlier one renamed in meanwhile).
+    """
     # A small max_inflight keeps one daemon from claiming everything before the others start.
     cfg = write_config(tmp_path, max_inflight=200, heartbeat_interval=0.2)
     fn_names = [f"fn_{k:02d}" for k in range(40)]
-    ids = emit_executions(sp, fn_names, 250, grouped=True)
-    key_of = {eid: fn_names[i // 250] for i, eid in enumerate(ids)}
     effects = tmp_path / "effects.txt"
     env = {"EFFECTS_FILE": str(effects)}
-    procs = [daemons.start(sp, cfg, env=env) for _ in range(3)]
+    if emit_while_running:
+        procs = [daemons.start(sp, cfg, env=env) for _ in range(3)]
+        wait_for(lambda: all(heartbeat_of(sp, p.pid) for p in procs), "three heartbeats", procs=procs)
+    ids = emit_executions(sp, fn_names, 250, grouped=True)
+    key_of = {eid: fn_names[i // 250] for i, eid in enumerate(ids)}
+    if not emit_while_running:
+        procs = [daemons.start(sp, cfg, env=env) for _ in range(3)]
     processed = events_dir(sp, "processed")
     wait_for(lambda: count_json(processed) >= len(ids), "all 10,000 events processed", procs=procs, interval=0.2)
     codes = [p.stop() for p in procs]

@@ -17,8 +17,6 @@ events are returned to pending (recovery) before anyone claims that bucket.
 from __future__ import annotations
 
 import fcntl
-import heapq
-import itertools
 import os
 import queue
 import signal
@@ -45,6 +43,7 @@ from ..spool.reader import FIRST_READ, READ_FLAGS, CorruptEvent, UnreadableEvent
 from ..spool.writer import write_atomic
 from ..topics import check_subscription
 from . import log
+from .listing import list_window
 from .owner import current_owner, owner_alive, process_start_ticks
 from .reconcile import Reconciler
 from .records import (
@@ -196,6 +195,8 @@ class Daemon:
         self._window: list[str] = []
         self._window_pos = 0
         self._skipped: set[str] = set()
+        self._unconfirmed: set[str] = set()
+        self._relist = False  # an unconfirmed name was skipped: list again before --once may finish
         self._deferred = 0
         self._pending_records: dict[str, Record] = {}
         self._oldest_pending_ms: int | None = None
@@ -399,7 +400,7 @@ class Daemon:
         # Only the head of a key's queue can be waiting for a retry; the rest wait behind it.
         if not all(q[0].record.not_before > now for w in self.workers for q in w.keyq.values() if q):
             return False
-        if self._activity() != self._activity_at_list:
+        if self._activity() != self._activity_at_list or self._relist:
             self._invalidate_window()
             self.wake.set()
             return False
@@ -420,7 +421,6 @@ class Daemon:
     def _list_window(self) -> None:
         """List pending and keep the ``window`` oldest names (bounded memory at any backlog)."""
         pending = self.layout.pending
-        count = 0
         oldest: int | None = None
         try:
             a, b = os.fstat(self._pending_fd), os.stat(pending)
@@ -429,36 +429,10 @@ class Daemon:
         except OSError as exc:
             raise SpoolIOError(f"cannot open {pending}: {exc.strerror}") from None
 
-        def keys() -> Iterable[str]:
-            # UUIDv7/derived names sort by time as plain strings; other names get a sort
-            # key built from their mtime in the same shape, with the name after a "~".
-            nonlocal count
-            with os.scandir(pending) as it:
-                for e in it:
-                    name = e.name
-                    count += 1
-                    if len(name) == 41 and name[14] in "78" and name[8] == "-":
-                        yield name
-                        continue
-                    try:
-                        ms = e.stat(follow_symlinks=False).st_mtime_ns // 1_000_000
-                    except OSError:
-                        continue
-                    h = f"{ms:012x}"
-                    yield f"{h[:8]}-{h[8:12]}-~{name}"
-
-        try:
-            # Never hold the whole listing: at a backlog of millions that alone is ~100 MB.
-            it = iter(keys())
-            names = list(itertools.islice(it, self.opts.window))
-            rest = next(it, None)
-            if rest is None:
-                names.sort()
-            else:
-                names = heapq.nsmallest(self.opts.window, itertools.chain(names, (rest,), it))
-            self._window = [k.partition("~")[2] or k for k in names]
-        except OSError as exc:
-            raise SpoolIOError(f"cannot list {pending}: {exc.strerror}") from None
+        listed = list_window(pending, self._pending_fd, self.opts.window)
+        self._window = listed.names
+        self._unconfirmed = listed.unconfirmed
+        count = listed.count
         if self._window:
             first = self._window[0]
             oldest = time_of(first[:-5]) if first.endswith(".json") else None
@@ -469,6 +443,7 @@ class Daemon:
                     oldest = None
         self._window_pos = 0
         self._skipped = set()
+        self._relist = False
         self._deferred = 0
         self._pending_seen = count
         self._oldest_pending_ms = oldest
@@ -621,6 +596,13 @@ class Daemon:
                 log.quarantined(path, exc.reason, exc.detail)
             return None
         key = self._key_of(ev)
+        if self._unconfirmed and name in self._unconfirmed:
+            # Only the second listing showed it: an earlier event of its key may still be
+            # unlisted (see listing.py). The key waits for the next listing, asked for now.
+            self._skipped.add(key)
+            self._relist = True
+            self.wake.set()
+            return None
         if key in self._skipped or key in self.blocked_keys:
             self._skipped.add(key)
             return None
