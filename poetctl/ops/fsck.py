@@ -53,6 +53,7 @@ rows a moment after the move).
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import stat
@@ -230,13 +231,15 @@ class Fsck:
         self.problem("unreadable", path, f"{exc.detail}; left in place (fix its owner or mode)")
 
     @staticmethod
-    def json_object(d: SpoolDir, name: str) -> tuple[Any, str | None]:
-        """``name`` parsed strictly, and what makes it not a usable JSON object (None: nothing).
+    def json_object(
+        d: SpoolDir, name: str, parse: Callable[[bytes], Any] = parse_json, max_bytes: int = MAX_READ
+    ) -> tuple[Any, str | None]:
+        """``name`` parsed strictly (``parse`` raises InvalidData), and what makes it not a usable JSON object.
 
         Raises FileNotFoundError (moved away) and :class:`UnreadableEvent` (for :meth:`unreadable`).
         """
         try:
-            doc = parse_json(d.read(name, MAX_READ))
+            doc = parse(d.read(name, max_bytes))
         except UnreadableEvent:
             raise
         except CorruptEvent as exc:
@@ -584,7 +587,7 @@ class Fsck:
                     )
 
     def check_state(self) -> None:
-        from ..handlers.learning import STATE_FILE
+        from ..handlers.learning import MAX_STATE_BYTES, STATE_FILE, parse_learning
         from ..state import updated_at
 
         state = self.dir("state")
@@ -593,8 +596,9 @@ class Fsck:
         for d, name in self._walk_json(state):
             self.count("state")
             try:
-                if d.rel == "state" and name == STATE_FILE:  # what the learning engine refuses
-                    doc, problem = self.learning_state(d)
+                if d.rel == "state" and name == STATE_FILE:  # by the learning engine's own rules
+                    parse = functools.partial(parse_learning, where=str(d.path / name))
+                    doc, problem = self.json_object(d, name, parse, MAX_STATE_BYTES)
                 else:
                     doc, problem = self.json_object(d, name)
             except FileNotFoundError:
@@ -606,20 +610,6 @@ class Fsck:
                 problem = "$.updated_at: expected a number (seconds since the epoch)"
             if problem is not None:
                 self.problem("bad_state", d.path / name, f"{problem} (state files are fixed by hand)")
-
-    @staticmethod
-    def learning_state(d: SpoolDir) -> tuple[Any, str | None]:
-        """:meth:`json_object` for ``state/learning.json``, by the learning engine's own rules."""
-        from ..handlers.learning import MAX_STATE_BYTES, STATE_FILE, parse_learning
-
-        try:
-            return parse_learning(d.read(STATE_FILE, MAX_STATE_BYTES), str(d.path / STATE_FILE)), None
-        except UnreadableEvent:
-            raise
-        except CorruptEvent as exc:
-            return None, f"{exc.reason}: {exc.detail}"
-        except InvalidData as exc:
-            return None, exc.message
 
     def _walk_json(self, d: SpoolDir, depth: int = 3) -> Iterator[tuple[SpoolDir, str]]:
         """*.json below ``d`` without following links (state/<fn>/history/<v>.json is 3 deep)."""
