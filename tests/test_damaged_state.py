@@ -1,5 +1,5 @@
-"""Damaged state, feedback and learning files (nested deep, duplicate keys, wide integers, wrong
-shapes): readers report them in one line and never crash, fsck counts them as damaged, and the
+"""Damaged state, feedback, learning and dead-letter error files (nested deep, duplicate keys, wide
+integers, wrong shapes): readers report them in one line and never crash, fsck counts them as damaged, and the
 learning engine refuses a damaged learning.json without replacing it."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from daemon_helpers.harness import events_dir, run_cli, write_config
 from test_learning import FakeDrift
+from test_replay import put_event
 
 from poetctl import EventRouter
 from poetctl.errors import InvalidData, SpoolIOError
@@ -228,3 +229,21 @@ def test_daemon_dead_letters_drift_events_while_learning_json_is_damaged(
     error = json.loads((events_dir(sp, "dead") / f"{eid}.error").read_text())
     assert "learning.json" in json.dumps(error), error
     assert path.read_text() == LEARNING_DAMAGED[damage]
+
+
+@pytest.mark.parametrize("damage", DAMAGED, ids=list(DAMAGED))
+def test_dead_show_with_a_damaged_error_record_shows_no_error_and_fsck_reports_it(
+    tmp_path: Path, sp: Path, damage: str
+) -> None:
+    """dead show prints the event with "error": null (no traceback); fsck calls the .error bad_error_record."""
+    eid = put_event(sp, "dead")
+    (events_dir(sp, "dead") / f"{eid}.error").write_text(DAMAGED[damage])
+    for fmt in ("json", "jsonl"):
+        r = run_cli(tmp_path, "--spool", sp, "dead", "show", eid, "-o", fmt)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["event"]["id"] == eid and doc["error"] is None
+    code, problems = fsck_problems(tmp_path, sp)
+    assert code == 1 and [(p["kind"], p["path"]) for p in problems] == [
+        ("bad_error_record", f"events/dead/{eid}.error")
+    ]
