@@ -31,6 +31,7 @@ from .config import DEFAULT_MAX_CAUSATION_DEPTH, Config, load_config
 from .errors import InvalidData
 from .event import Event, canonical, check_depth, check_id, check_type, compute_checksum, now, verify_checksum
 from .ids import derived_id, uuid7
+from .ops.corrupt_names import REASON_SUFFIX
 from .schemas import MAX_CAUSATION_DEPTH, SchemaRegistry
 from .spool.layout import SpoolLayout
 from .spool.writer import GroupCommitter
@@ -430,7 +431,7 @@ def quarantine_reason(layout: SpoolLayout, event_id: str) -> str | None:
     if not os.path.lexists(path):
         return None
     try:
-        fd = os.open(layout.corrupt / (name + ".reason"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(layout.corrupt / (name + REASON_SUFFIX), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             info = orjson.loads(os.read(fd, 65536))
         finally:

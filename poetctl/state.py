@@ -22,7 +22,8 @@ from typing import Any
 
 import orjson
 
-from .errors import InputMissing, InvalidData, SpoolIOError
+from .errors import InputMissing, InvalidData, PoetError, SpoolIOError
+from .event import parse_json
 from .ids import EVENT_ID_RE, FUNCTION_NAME_RE, VERSION_RE, check_path_part
 from .ops.safefs import SpoolDir, make_dir
 from .spool.layout import DIR_MODE, SpoolLayout
@@ -57,16 +58,24 @@ def _child(d: SpoolDir, name: str, *, create: bool = False) -> SpoolDir | None:
         return None
 
 
-def _read_json(d: SpoolDir, name: str) -> Any:
-    """A state or feedback file, read without following a link: refused (74) if it is a link, 65 if not JSON."""
+def read_json(d: SpoolDir, name: str) -> Any:
+    """A state or feedback file, read without following a link: refused (74) if it is a link, 65 if damaged.
+
+    Damaged means what :func:`~poetctl.event.parse_json` refuses: not JSON, nested too
+    deep (checked before anything recursive touches it), a duplicate key, an integer
+    beyond 64 bits.
+    """
     try:
         data = d.read(name, MAX_READ)
     except CorruptEvent as exc:
         raise SpoolIOError(f"{d.path / name}: {exc.detail}; refusing to read it (a symlink?)") from None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidData(f"not valid JSON: {exc}", where=str(d.path / name)) from None
+    return parse_json(data, where=str(d.path / name))
+
+
+def updated_at(record: dict[str, Any]) -> float | None:
+    """A state record's ``updated_at`` if it is a number (a hand-made file may hold anything)."""
+    t = record.get("updated_at")
+    return float(t) if isinstance(t, int | float) and not isinstance(t, bool) else None
 
 
 class StateStore:
@@ -96,7 +105,7 @@ class StateStore:
             return None
         with d:
             try:
-                cur = _read_json(d, "current.json")
+                cur = read_json(d, "current.json")
             except FileNotFoundError:
                 return None
         if not isinstance(cur, dict):
@@ -118,14 +127,15 @@ class StateStore:
                 if not name.endswith(".json") or name.startswith("."):
                     continue
                 try:
-                    rec = _read_json(d, name)
+                    rec = read_json(d, name)
                 except FileNotFoundError:
                     continue
                 except InvalidData:
                     continue  # a damaged version file ('poetctl fsck' reports it): the others still show
                 if isinstance(rec, dict):
                     out.append(rec)
-        out.sort(key=lambda r: (r.get("updated_at", 0), str(r.get("version"))))
+        # A record without a numeric updated_at (hand-made; 'poetctl fsck' reports it) sorts last, by version.
+        out.sort(key=lambda r: (updated_at(r) is None, updated_at(r) or 0.0, str(r.get("version"))))
         return out
 
     def functions(self) -> list[str]:
@@ -160,7 +170,7 @@ class StateStore:
                 name = f"{version}.json"
                 updated_at = time.time()
                 try:
-                    prev = _read_json(hist, name)
+                    prev = read_json(hist, name)
                     if isinstance(prev, dict):
                         updated_at = prev.get("updated_at", updated_at)
                 except (FileNotFoundError, InvalidData):
@@ -229,10 +239,11 @@ class FeedbackStore:
         with d:
             for n in sorted(n for n in d.names() if n.endswith(".json") and not n.startswith(".")):
                 try:
-                    rec = orjson.loads(d.read(n, MAX_READ))
-                except (OSError, CorruptEvent, orjson.JSONDecodeError):
+                    rec = read_json(d, n)
+                except (OSError, PoetError):
                     continue  # gone, a link, or damaged ('poetctl fsck' reports it)
-                yield n[:-5], rec
+                if isinstance(rec, dict):
+                    yield n[:-5], rec
 
     def mark_processed(self, feedback_id: str) -> bool:
         """Move a record from pending to processed; False if it was not pending (or is not a regular file)."""

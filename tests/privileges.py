@@ -23,7 +23,8 @@ PR_CAPBSET_DROP = 24
 CAPS = (1, 2, 3)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
 
 
-def _drop_caps() -> None:
+def drop_caps() -> None:
+    """preexec for root: lose the capabilities that bypass file modes (the one copy of this; see above)."""
     libc = ctypes.CDLL(None, use_errno=True)
     for cap in CAPS:
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
@@ -34,7 +35,7 @@ def can_drop() -> bool:
     """True when modes can be made to bind (not root, or root able to drop capabilities)."""
     if os.geteuid() != 0:
         return True
-    probe = subprocess.run(["sh", "-c", "exit 0"], preexec_fn=_drop_caps, capture_output=True, timeout=30, check=False)
+    probe = subprocess.run(["sh", "-c", "exit 0"], preexec_fn=drop_caps, capture_output=True, timeout=30, check=False)
     return probe.returncode == 0
 
 
@@ -51,7 +52,7 @@ def run_bound(
         cwd=cwd,
         timeout=CLI_TIMEOUT,
         check=False,
-        preexec_fn=_drop_caps if os.geteuid() == 0 else None,
+        preexec_fn=drop_caps if os.geteuid() == 0 else None,
     )
 
 

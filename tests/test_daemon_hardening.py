@@ -3,7 +3,6 @@ subscriptions, and the log lines that say what happened."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -29,14 +28,12 @@ from daemon_helpers.harness import (
     wait_for,
     write_config,
 )
+from privileges import drop_caps
 
 from poetctl import EventRouter
 from poetctl.errors import UsageError
 from poetctl.spool import reader
 from poetctl.spool.reader import CorruptEvent, UnreadableEvent, read_bytes
-
-PR_CAPBSET_DROP = 24
-CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
 
 
 def effects_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -44,27 +41,12 @@ def effects_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 # -- unreadable events ------------------------------------------------------------------------
-def _obey_file_modes() -> None:
-    """preexec for root: drop the capabilities that let root read any file (modes then apply to it).
-
-    The tests run as root, and root ignores file modes. Running the daemon as an
-    unprivileged user would be the obvious way, but the interpreter lives under
-    a 0700 home; without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, uid 0 is held
-    to the modes of files it does not own, which is the situation under test.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-
-
 def make_unreadable(path: Path) -> Callable[[], None] | None:
     """Make ``path`` unreadable to the daemon; returns the preexec the daemon must run with."""
     if os.geteuid() == 0:
         os.chown(path, 65534, 65534)  # another user's file, 0600: not ours to read
         os.chmod(path, 0o600)
-        return _obey_file_modes
+        return drop_caps  # modes then bind for uid 0 too (tests/privileges.py)
     os.chmod(path, 0)
     return None
 

@@ -223,3 +223,56 @@ def test_disk_full_is_one_line_and_74(tmp_path: Path) -> None:
     assert p.returncode == 74 and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and "No space left on device" in err
     shutil.rmtree(root)
+
+
+# -- fsck: a file it may not read is reported and left in place ------------------------------------
+
+
+def _unreadable_file(spool: Path, where: str) -> Path:
+    """Make one file of kind ``where`` (created if needed) that fsck may not read; returns it."""
+    ev = spool / "events"
+    if where in ("pending", "processed", "dead"):
+        path = next(p for p in (ev / where).iterdir() if p.name.endswith(".json"))
+    elif where == "dead_error":
+        path = next((ev / "dead").glob("*.error"))
+    elif where == "record":
+        pid = next((ev / "pending").iterdir()).name
+        path = ev / "records" / pid
+        path.write_text('{"done": ["h"], "failures": [], "not_before": 0}')
+    elif where == "feedback":
+        (spool / "feedback" / "pending").mkdir(parents=True, exist_ok=True)
+        path = spool / "feedback" / "pending" / "fb-1.json"
+        path.write_text('{"ok": 1}')
+    elif where == "state":
+        path = spool / "state" / "fn" / "current.json"
+    else:  # the journal of a dead owner's in-flight directory, with an event in it
+        from poetctl.daemon.owner import HOST
+
+        owner = ev / "inflight" / f"{HOST}.{2**22 + 12345}.1"
+        owner.mkdir()
+        pending = next((ev / "pending").iterdir())
+        os.rename(pending, owner / pending.name)
+        path = owner / "_journal"
+        path.write_text("D\t" + json.dumps([pending.name[:-5], "h"]) + "\n")
+    path.chmod(0)
+    return path
+
+
+UNREADABLE_FILES = ["pending", "processed", "dead", "dead_error", "record", "feedback", "state", "journal"]
+
+
+@pytest.mark.parametrize("where", UNREADABLE_FILES)
+@pytest.mark.parametrize("repair", [False, True], ids=["check", "repair"])
+def test_fsck_reports_an_unreadable_file_and_leaves_it(tmp_path: Path, spool: Path, where: str, repair: bool) -> None:
+    """fsck [--repair] reports a file it may not read (EACCES) as 'unreadable', exit 1, and never moves it."""
+    path = _unreadable_file(spool, where)
+    before = sorted(str(p.relative_to(spool)) for p in spool.rglob("*") if "index" not in p.parts)
+    r = run_bound(tmp_path, "--spool", spool, "fsck", "-o", "json", *(["--repair"] if repair else []))
+    assert "Traceback" not in r.stderr, r.stderr
+    doc = json.loads(r.stdout)
+    mine = [p for p in doc["problems"] if p["path"] == str(path.relative_to(spool))]
+    assert [(p["kind"], p["repaired"]) for p in mine] == [("unreadable", False)], doc["problems"]
+    assert "Permission denied" in mine[0]["detail"] and r.returncode == 1, r.stderr
+    path.chmod(0o600)
+    after = sorted(str(p.relative_to(spool)) for p in spool.rglob("*") if "index" not in p.parts)
+    assert after == before, "nothing moved, quarantined or removed"

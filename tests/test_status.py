@@ -164,3 +164,20 @@ def test_check_thresholds_come_from_poet_toml_unless_given(tmp_path: Path) -> No
     assert r.returncode == 2 and "CRITICAL" in r.stdout, r.stdout + r.stderr
     r = subprocess.run([*base, "--min-daemons", "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and ";600 " in r.stdout, r.stdout + r.stderr
+
+
+def test_status_counts_what_corrupt_list_lists(tmp_path: Path, sp: Path) -> None:
+    """status's corrupt count equals `corrupt list`: a quarantined x.reason and an orphan .reason count."""
+    corrupt = sp / "events" / "corrupt"
+    (corrupt / "a.json").write_text("a")
+    (corrupt / "a.json.reason").write_text('{"reason": "bad_json"}')
+    (corrupt / "x.reason").write_text("a quarantined file that ends in .reason")
+    (corrupt / "x.reason.reason").write_text('{"reason": "bad_name"}')
+    (corrupt / "gone.json.reason").write_text('{"reason": "bad_json"}')  # its file was requeued by hand
+    (corrupt / ".a.json.1.tmp").write_text("a writer's tmp file")
+    r = run_cli(tmp_path, "corrupt", "list", "--spool", sp, "-o", "json")
+    listed = sorted(row["name"] for row in json.loads(r.stdout))
+    assert listed == ["a.json", "gone.json.reason", "x.reason"], r.stdout
+    assert status(tmp_path, sp)[1]["counts"]["corrupt"] == 3
+    r = check(tmp_path, sp, "--max-corrupt", "2")
+    assert r.returncode == 1 and "3 corrupt file(s) > 2" in r.stdout, r.stdout

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from ..errors import SpoolIOError
+from ..ops.corrupt_names import REASON_SUFFIX
 from ..ops.safefs import SpoolDir
 from ..spool.layout import FILE_MODE, SpoolLayout
 from ..spool.writer import write_atomic
@@ -267,7 +268,6 @@ def stated_checksum_at(d: SpoolDir, name: str) -> str | None:
 # corrupt/<name> beside corrupt/<name>.reason must both fit NAME_MAX (255 bytes) with a ``.<n>``
 # suffix: longer names are cut and made unique again by a hash of the whole name.
 MAX_QUARANTINE_NAME = 200
-REASON_SUFFIX = ".reason"
 
 
 def bounded_name(name: str) -> str:

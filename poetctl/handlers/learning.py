@@ -22,7 +22,11 @@ for a *different* pattern, or a new function version, arrives.
 
 State lives in ``state/learning.json`` and is written atomically under a
 lock (threads and processes), keyed by event and execution ids, so feeding
-the same events twice yields the same state.
+the same events twice yields the same state. A damaged ``learning.json``
+(not a JSON object with object sections, nested too deep, a duplicate key...)
+is refused with :class:`~poetctl.errors.InvalidData`, so the handler fails and
+its event is retried, then dead-lettered, and the file is never replaced:
+rewriting it would lose whatever an operator can still recover from it.
 """
 
 from __future__ import annotations
@@ -37,10 +41,46 @@ from typing import Any
 
 import orjson
 
+from ..errors import InvalidData, SpoolIOError
+from ..ops.safefs import SpoolDir
 from ..spool.layout import FILE_MODE, SpoolLayout
+from ..spool.reader import CorruptEvent
 from ..spool.writer import write_atomic
+from ..strictjson import find_inexact, surely_exact
 
 STATE_FILE = "learning.json"
+SECTIONS = ("detections", "feedback", "reported", "decisions")
+MAX_STATE_BYTES = 1 << 30
+
+
+def parse_learning(data: bytes, where: str) -> dict[str, Any]:
+    """``learning.json`` parsed strictly, or :class:`InvalidData` naming what is wrong (``poetctl fsck`` asks the same).
+
+    Refused: not JSON, nested deeper than orjson reads (1,024) or writes back (255: so
+    nothing deeper is ever used or saved), a duplicate key or an integer beyond 64 bits
+    (:mod:`poetctl.strictjson`), not an object, or a section that is not an object.
+    Not :func:`~poetctl.event.parse_json`: its depth walk in Python costs twice the parse
+    on a state of thousands of detections, read for every learning event, while orjson
+    bounds the depth already and nothing here walks the document recursively.
+    """
+    doc: Any = None
+    try:
+        doc = orjson.loads(data)
+        problem = None if surely_exact(data, orjson.dumps(doc)) else find_inexact(data)
+    except orjson.JSONDecodeError as exc:
+        problem = f"not valid JSON: {exc}"
+    except orjson.JSONEncodeError:
+        problem = "JSON nested deeper than 255 levels"
+    if problem is None and not isinstance(doc, dict):
+        problem = "not a JSON object"
+    if problem is None:
+        bad = [k for k in SECTIONS if not isinstance(doc.get(k, {}), dict)]
+        problem = f"$.{bad[0]}: expected a JSON object" if bad else None
+    if problem is not None:
+        raise InvalidData(
+            f"{problem}; the learning engine neither uses nor replaces it: fix it or move it aside", where=where
+        )
+    return doc  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -107,15 +147,18 @@ class LearningEngine:
 
     # -- storage ---------------------------------------------------------------------
     def _load(self) -> dict[str, Any]:
+        """The stored state, read without following a link (74); damaged: InvalidData (65), the file left as it is."""
+        where = str(self.layout.state / STATE_FILE)
         try:
-            data = orjson.loads((self.layout.state / STATE_FILE).read_bytes())
+            with SpoolDir(self.layout, "state") as d:
+                data = parse_learning(d.read(STATE_FILE, MAX_STATE_BYTES), where)
         except FileNotFoundError:
             data = {}
-        data.setdefault("detections", {})
-        data.setdefault("feedback", {})
-        data.setdefault("reported", {})
-        data.setdefault("decisions", {})
-        return data  # type: ignore[no-any-return]
+        except CorruptEvent as exc:
+            raise SpoolIOError(f"{where}: {exc.detail}; refusing to read it (a symlink?)") from None
+        for k in SECTIONS:
+            data.setdefault(k, {})
+        return data
 
     def _save(self, data: dict[str, Any]) -> None:
         write_atomic(self.layout.state, STATE_FILE, orjson.dumps(data, option=orjson.OPT_SORT_KEYS))

@@ -38,10 +38,10 @@ from ..spool.layout import FILE_MODE, SUFFIX, SpoolLayout
 from ..spool.reader import READ_FLAGS, CorruptEvent, decode_event, read_bytes
 from ..spool.writer import spool_lock
 from . import safefs
+from .corrupt_names import REASON_SUFFIX, is_reason_of_present_file, quarantined, visible
 from .safefs import SpoolDir, open_dir
 
 CORRUPT = "events/corrupt"
-REASON_SUFFIX = ".reason"
 MAX_REASON_BYTES = 64 * 1024
 ORPHAN = "orphan_reason"
 
@@ -87,8 +87,7 @@ def _kind(st: os.stat_result) -> str:
 
 
 def _names(d: SpoolDir) -> set[str]:
-    # Dot names are tmp files of writers in progress (and .gitkeep): not quarantined files.
-    return {e.name for e in d.entries() if not e.name.startswith(".")}
+    return visible(e.name for e in d.entries())
 
 
 def _read_reason(d: SpoolDir, name: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -142,11 +141,6 @@ def _entry(d: SpoolDir, name: str, names: set[str]) -> Quarantined | None:
     return q
 
 
-def is_reason_of_present_file(name: str, names: set[str]) -> bool:
-    """``X.reason`` beside ``X``: the reason record, not a quarantined file of its own."""
-    return name.endswith(REASON_SUFFIX) and name[: -len(REASON_SUFFIX)] in names
-
-
 def entries(layout: SpoolLayout) -> list[Quarantined]:
     """Every quarantined file (reason records paired with their file), oldest first."""
     d = open_corrupt(layout)
@@ -154,11 +148,7 @@ def entries(layout: SpoolLayout) -> list[Quarantined]:
         return []
     with d:
         names = _names(d)
-        out = [
-            q
-            for n in sorted(names)
-            if not is_reason_of_present_file(n, names) and (q := _entry(d, n, names)) is not None
-        ]
+        out = [q for n in quarantined(names) if (q := _entry(d, n, names)) is not None]
     out.sort(key=lambda q: (q.at is None, q.at or 0.0, q.name))
     return out
 
@@ -257,7 +247,7 @@ def requeue(
         # Keyed emits check "is this id anywhere?" and publish under this lock; so must we.
         stack.enter_context(nullcontext() if dry_run else spool_lock(layout, "emit"))
         present = _names(d)
-        todo = sorted(n for n in present if not is_reason_of_present_file(n, present)) if names is None else list(names)
+        todo = quarantined(present) if names is None else list(names)
         out = [_requeue_one(layout, d, n, present, registry, max_bytes, validate_payload, dry_run, warn) for n in todo]
         # --all: a reason record without its file is not an event; leave it out of the report.
         return [o for o in out if names is not None or o.reason != ORPHAN]

@@ -27,8 +27,15 @@ Problem kinds, and what ``--repair`` does:
   than ``tmp_age`` -> remove.
 * ``stale_heartbeat``: ``run/daemons/<owner>.json`` of a gone owner -> remove.
 * ``bad_feedback``: a feedback record that is not a JSON object -> quarantine.
-* ``bad_state``: a state file that is not a JSON object -> nothing; fixed by
-  hand.
+* ``bad_state``: a state file that is not a JSON object (or a ``learning.json``
+  whose sections are not objects, or an ``updated_at`` that is not a number)
+  -> nothing; fixed by hand.
+* ``unreadable``: a file fsck may not read (EACCES, EPERM) -> nothing: not the
+  file's fault, so it is never quarantined or removed; fix its owner or mode.
+
+Every JSON file is parsed as poetctl parses input (:func:`~poetctl.event.parse_json`):
+nesting depth is checked before anything recursive touches it, and a duplicate key
+or an integer beyond 64 bits makes the file damaged, like bad JSON.
 * ``index_missing`` / ``index_unreadable``: handled events but no (usable)
   index -> build it from the files (a broken one is moved aside first).
 * ``index_missing_row`` / ``index_orphan_row`` / ``index_wrong_state``: drift
@@ -46,6 +53,7 @@ rows a moment after the move).
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import stat
@@ -58,12 +66,12 @@ import orjson
 
 from ..daemon.owner import HOST, OWNER_RE, owner_alive
 from ..daemon.records import JOURNAL, Record, journal_record, parse_journal
-from ..errors import PoetError, SpoolIOError
-from ..event import Event
+from ..errors import InvalidData, PoetError, SpoolIOError
+from ..event import Event, parse_json
 from ..ids import EVENT_ID_RE
 from ..schemas import SchemaRegistry
 from ..spool.layout import SpoolLayout
-from ..spool.reader import CorruptEvent, decode_event
+from ..spool.reader import CorruptEvent, UnreadableEvent, decode_event
 from . import fsck_repair as fx
 from .fsck_index import IndexCheck
 from .fsck_report import FsckReport, Problem
@@ -218,6 +226,28 @@ class Fsck:
             raise CorruptEvent("bad_name", "expected <event id>.json", where=where)
         return decode_event(d.read(name, self.max_bytes), registry, where=where, expected_id=expected)
 
+    def unreadable(self, path: Path, exc: CorruptEvent) -> None:
+        """A file fsck may not read: reported and left in place, even with --repair (its mode is not its content)."""
+        self.problem("unreadable", path, f"{exc.detail}; left in place (fix its owner or mode)")
+
+    @staticmethod
+    def json_object(
+        d: SpoolDir, name: str, parse: Callable[[bytes], Any] = parse_json, max_bytes: int = MAX_READ
+    ) -> tuple[Any, str | None]:
+        """``name`` parsed strictly (``parse`` raises InvalidData), and what makes it not a usable JSON object.
+
+        Raises FileNotFoundError (moved away) and :class:`UnreadableEvent` (for :meth:`unreadable`).
+        """
+        try:
+            doc = parse(d.read(name, max_bytes))
+        except UnreadableEvent:
+            raise
+        except CorruptEvent as exc:
+            return None, f"{exc.reason}: {exc.detail}"
+        except InvalidData as exc:
+            return None, exc.message
+        return doc, None if isinstance(doc, dict) else "not a JSON object"
+
     def _quarantine(self, d: SpoolDir, name: str, reason: str, detail: str) -> fx.Fix:
         return fx.quarantine_fix(self.layout, d, name, reason, detail)
 
@@ -295,7 +325,13 @@ class Fsck:
                 self.live_inflight.update((e.name[:-5], (d, e.name)) for e in names if e.name.endswith(".json"))
                 self.advance(len(entries))
                 continue
-            journal = self._journal(d)
+            try:
+                journal = self._journal(d)
+            except UnreadableEvent as exc:
+                # Requeueing without the journal would forget attempts: the whole owner waits for its mode fixed.
+                self.unreadable(d.path / JOURNAL, exc)
+                self.advance(len(entries))
+                continue
             for e in names:
                 p = d.path / e.name
                 if not e.name.endswith(".json") or e.name.startswith("."):
@@ -339,6 +375,8 @@ class Fsck:
     def _journal(d: SpoolDir) -> dict[tuple[str, str | None], Record]:
         try:
             return parse_journal(d.read(JOURNAL, 1 << 30))
+        except UnreadableEvent:
+            raise
         except (FileNotFoundError, CorruptEvent):
             return {}  # absent, or a link/non-regular file: never read through it
 
@@ -387,6 +425,9 @@ class Fsck:
                 ev = self.load(d, name, self.registry)
             except FileNotFoundError:
                 continue  # moved on meanwhile (a daemon at work): not a problem
+            except UnreadableEvent as exc:
+                self.unreadable(p, exc)
+                continue
             except CorruptEvent as exc:
                 self.problem(
                     "corrupt_event", p, f"{exc.reason}: {exc.detail}", self._quarantine(d, name, exc.reason, exc.detail)
@@ -442,16 +483,17 @@ class Fsck:
                     self.problem("orphan_error", p, "error record of no dead event", fx.unlink_fix(dead, n))
                 continue
             try:
-                ok = isinstance(orjson.loads(dead.read(n, MAX_READ)), dict)
+                problem = self.json_object(dead, n)[1]
             except FileNotFoundError:
                 continue
-            except (CorruptEvent, orjson.JSONDecodeError):
-                ok = False
-            if not ok:
+            except UnreadableEvent as exc:
+                self.unreadable(p, exc)
+                continue
+            if problem is not None:
                 self.problem(
                     "bad_error_record",
                     p,
-                    "not a JSON object (or not a regular file)",
+                    f"not a JSON object (or not a regular file): {problem}",
                     fx.replace_error_fix(self.layout, dead, eid, self.clock()),
                 )
         for eid, where in self.where.items():
@@ -478,6 +520,9 @@ class Fsck:
             try:
                 Record.from_json(d.read(e.name, MAX_READ))
             except FileNotFoundError:
+                continue
+            except UnreadableEvent as exc:
+                self.unreadable(p, exc)  # never removed: its verdicts may still count
                 continue
             except (CorruptEvent, ValueError, TypeError, KeyError, AttributeError):
                 self.problem("bad_record", p, "unreadable completion record", fx.unlink_fix(d, e.name))
@@ -527,33 +572,44 @@ class Fsck:
                     continue
                 self.count("feedback")
                 try:
-                    ok = isinstance(orjson.loads(d.read(e.name, MAX_READ)), dict)
+                    problem = self.json_object(d, e.name)[1]
                 except FileNotFoundError:
                     continue
-                except (CorruptEvent, orjson.JSONDecodeError):
-                    ok = False
-                if not ok or not e.name.endswith(".json"):
+                except UnreadableEvent as exc:
+                    self.unreadable(d.path / e.name, exc)
+                    continue
+                if problem is not None or not e.name.endswith(".json"):
                     self.problem(
                         "bad_feedback",
                         d.path / e.name,
-                        "not a JSON object in a .json regular file",
+                        f"not a JSON object in a .json regular file: {problem or 'not named .json'}",
                         self._quarantine(d, e.name, "bad_feedback", "unreadable feedback record"),
                     )
 
     def check_state(self) -> None:
+        from ..handlers.learning import MAX_STATE_BYTES, STATE_FILE, parse_learning
+        from ..state import updated_at
+
         state = self.dir("state")
         if state is None:
             return
         for d, name in self._walk_json(state):
             self.count("state")
             try:
-                ok = isinstance(orjson.loads(d.read(name, MAX_READ)), dict)
+                if d.rel == "state" and name == STATE_FILE:  # by the learning engine's own rules
+                    parse = functools.partial(parse_learning, where=str(d.path / name))
+                    doc, problem = self.json_object(d, name, parse, MAX_STATE_BYTES)
+                else:
+                    doc, problem = self.json_object(d, name)
             except FileNotFoundError:
                 continue
-            except (CorruptEvent, orjson.JSONDecodeError):
-                ok = False
-            if not ok:
-                self.problem("bad_state", d.path / name, "not a JSON object (state files are fixed by hand)")
+            except UnreadableEvent as exc:
+                self.unreadable(d.path / name, exc)
+                continue
+            if problem is None and "updated_at" in doc and updated_at(doc) is None:
+                problem = "$.updated_at: expected a number (seconds since the epoch)"
+            if problem is not None:
+                self.problem("bad_state", d.path / name, f"{problem} (state files are fixed by hand)")
 
     def _walk_json(self, d: SpoolDir, depth: int = 3) -> Iterator[tuple[SpoolDir, str]]:
         """*.json below ``d`` without following links (state/<fn>/history/<v>.json is 3 deep)."""

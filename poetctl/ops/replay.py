@@ -51,11 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ..daemon.owner import current_owner
-from ..errors import SpoolIOError
-from ..event import Event
+from ..errors import PoetError, SpoolIOError
+from ..event import Event, parse_json
 from ..query import Found
 from ..spool.index import Index, row_of
 from ..spool.layout import DIR_MODE, FILE_MODE, SpoolLayout
@@ -92,15 +90,18 @@ def error_summary(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_error(layout: SpoolLayout, event_id: str, dead: SpoolDir | None = None) -> dict[str, Any] | None:
-    """``dead/<id>.error`` parsed, or None if absent or unreadable (never follows a link, nor a linked dead/)."""
+    """``dead/<id>.error`` parsed, or None if absent, unreadable or damaged (never follows a link, nor a linked dead/).
+
+    Damaged: what :func:`~poetctl.event.parse_json` refuses (too deep to print, duplicate keys...); fsck reports it.
+    """
     try:
         if dead is not None:
             data = dead.read(f"{event_id}.error", 16 * 1024 * 1024)
         else:
             with SpoolDir(layout, "events/dead") as d:
                 data = d.read(f"{event_id}.error", 16 * 1024 * 1024)
-        d_: Any = orjson.loads(data)
-    except (FileNotFoundError, SpoolIOError, CorruptEvent, orjson.JSONDecodeError):
+        d_: Any = parse_json(data)
+    except (FileNotFoundError, PoetError, CorruptEvent):
         return None
     return d_ if isinstance(d_, dict) else None
 

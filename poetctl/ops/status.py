@@ -26,6 +26,7 @@ from ..errors import UsageError
 from ..ids import time_of
 from ..spool.index import connect_readonly
 from ..spool.layout import SpoolLayout
+from .corrupt_names import quarantined, visible
 
 WINDOWS = (("1m", 60), ("5m", 300), ("15m", 900))
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)\Z")
@@ -52,9 +53,10 @@ def count_events(directory: Path) -> int:
 
 
 def count_corrupt(directory: Path) -> int:
+    """What ``poetctl corrupt list`` lists (reason records paired with their files)."""
     try:
         with os.scandir(directory) as it:
-            return sum(1 for e in it if not e.name.endswith(".reason") and not e.name.startswith("."))
+            return len(quarantined(visible(e.name for e in it)))
     except FileNotFoundError:
         return 0
 
