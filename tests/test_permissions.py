@@ -264,7 +264,7 @@ UNREADABLE_FILES = ["pending", "processed", "dead", "dead_error", "record", "fee
 @pytest.mark.parametrize("where", UNREADABLE_FILES)
 @pytest.mark.parametrize("repair", [False, True], ids=["check", "repair"])
 def test_fsck_reports_an_unreadable_file_and_leaves_it(tmp_path: Path, spool: Path, where: str, repair: bool) -> None:
-    """fsck [--repair] reports a file it may not read (EACCES) as 'unreadable', exit 1, and never moves it."""
+    """fsck [--repair] reports a file it may not read (EACCES) as 'unreadable', exit 77, and never moves it."""
     path = _unreadable_file(spool, where)
     before = sorted(str(p.relative_to(spool)) for p in spool.rglob("*") if "index" not in p.parts)
     r = run_bound(tmp_path, "--spool", spool, "fsck", "-o", "json", *(["--repair"] if repair else []))
@@ -272,7 +272,7 @@ def test_fsck_reports_an_unreadable_file_and_leaves_it(tmp_path: Path, spool: Pa
     doc = json.loads(r.stdout)
     mine = [p for p in doc["problems"] if p["path"] == str(path.relative_to(spool))]
     assert [(p["kind"], p["repaired"]) for p in mine] == [("unreadable", False)], doc["problems"]
-    assert "Permission denied" in mine[0]["detail"] and r.returncode == 1, r.stderr
+    assert "Permission denied" in mine[0]["detail"] and r.returncode == 77, r.stderr
     path.chmod(0o600)
     after = sorted(str(p.relative_to(spool)) for p in spool.rglob("*") if "index" not in p.parts)
     assert after == before, "nothing moved, quarantined or removed"

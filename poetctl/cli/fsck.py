@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import EX_IOERR, EX_NOPERM
+from ..safetext import clean
 from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, load
 
 
@@ -29,7 +31,8 @@ def fsck_cmd(
     """Check every file: checksum, schema and placement of events, stale in-flight events, leftovers, index drift.
 
     Ends with a report (one problem per row; JSON lines in a pipe). Exit 0
-    clean (or everything repaired), 1 problems remain, 66 no spool. Safe while
+    clean (or everything repaired), 1 problems remain, 66 no spool, 77 (74) a part
+    of the spool could not be read for lack of permission (an I/O error). Safe while
     daemons run; a progress bar shows on a TTY.
 
     Examples:
@@ -89,5 +92,14 @@ def _fsck(repair: bool, tmp_age: str, output: str | None, spool: Path | None, co
             f"{doc['unrepaired']} left" + ("" if repair else " (run with --repair to fix)")
         )
         (sys.stdout if fmt == "table" else sys.stderr).write(line + "\n")
+    left = [r for r in doc["problems"] if r["kind"] in ("unreadable", "unreadable_dir") and not r["repaired"]]
+    if left:
+        # Parts of the spool went unchecked: that is a permission or I/O error, not "problems remain".
+        denied = [r for r in left if "ermission" in str(r["detail"]) or "not permitted" in str(r["detail"])]
+        first = (denied or left)[0]
+        sys.stderr.write(
+            f"poetctl: error: {clean(first['path'])}: {clean(first['detail'])} ({len(left)} unreadable; not checked)\n"
+        )
+        raise typer.Exit(EX_NOPERM if denied else EX_IOERR)
     if report.unrepaired:
         raise typer.Exit(1)
