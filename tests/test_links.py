@@ -488,3 +488,30 @@ def test_emit_never_writes_through_a_linked_directory(tmp_path: Path, linked: st
     assert r.returncode == 74, r.stderr
     assert "symlink" in r.stderr and "Traceback" not in r.stderr
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("linked", ["events/pending", "events/processed", "events/dead", "index", "run/daemons"])
+@pytest.mark.parametrize("command", [("tail", "--state", "all"), ("correlate", "c-1"), ("status",)], ids=" ".join)
+def test_read_commands_never_read_through_a_linked_directory(
+    tmp_path: Path, linked: str, command: tuple[str, ...]
+) -> None:
+    """tail, correlate and status refuse (74, one line) a spool with a linked event directory; nothing of it shows."""
+    from poetctl import EventRouter
+
+    root = tmp_path / "spool"
+    router = EventRouter(spool=root)
+    eid = router.emit("system.health", {"service": "x", "status": "healthy"}, correlation_id="c-1")
+    (root / "index").mkdir(exist_ok=True)
+    (root / "run" / "daemons").mkdir(exist_ok=True)
+    outside = tmp_path / "outside"
+    target = root / linked
+    shutil.move(str(target), str(outside))
+    if linked != "events/pending":
+        shutil.copy(root / "events" / "pending" / f"{eid}.json", outside / f"{eid}.json")
+    target.symlink_to(outside)
+    r = run_cli(tmp_path, *command, "--spool", root)
+    assert r.returncode == 74, r.stderr
+    assert "symlink" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    if linked == "events/pending":
+        assert eid not in r.stdout

@@ -78,7 +78,8 @@ def _correlate(
     if within is not None and steps is None:
         raise UsageError("--within goes with --expect")
     limit = parse_duration(within) if within is not None else None
-    layout = SpoolLayout(load(spool, config).spool).require()
+    layout = SpoolLayout(load(spool, config).spool)
+    layout.require_real(*layout.read_dirs(), missing_ok=True)
 
     def on_damaged(path: Path, reason: str) -> None:
         warn(f"skipped damaged file {path}: {reason}")

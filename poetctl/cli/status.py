@@ -139,7 +139,8 @@ def _status(
     stale = parse_duration(stale_after, "--stale-after") if stale_after else None
     lease = float(cfg.daemon.get("lease_seconds", 30.0))
     try:
-        doc = collect(SpoolLayout(cfg.spool).require(), lease_seconds=lease, stale_after=stale)
+        layout = SpoolLayout(cfg.spool)
+        doc = collect(layout.require_real(*layout.read_dirs(), missing_ok=True), lease_seconds=lease, stale_after=stale)
     except Exception as exc:
         if not check:
             raise  # errors_to_exit: 66 no spool, 74 I/O error, 77 permission denied

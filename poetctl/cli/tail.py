@@ -311,7 +311,8 @@ def _tail(args: TailArgs, spool: Path | None, config: Path | None) -> None:
         since=parse_time(args.since, option="--since", now=now) if args.since is not None else None,
         until=parse_time(args.until, option="--until", now=now) if args.until is not None else None,
     )
-    layout = SpoolLayout(load(spool, config).spool).require()
+    layout = SpoolLayout(load(spool, config).spool)
+    layout.require_real(*layout.read_dirs(), missing_ok=True)
     damaged: set[str] = set()
 
     def on_damaged(path: Path, reason: str) -> None:

@@ -138,23 +138,40 @@ class SpoolLayout:
             )
         return self
 
-    def require_real(self, *dirs: Path) -> SpoolLayout:
+    def require_real(self, *dirs: Path, missing_ok: bool = False) -> SpoolLayout:
         """:meth:`require`, and refuse if any of ``dirs`` (below the root) is a symlink or not a directory.
 
-        For writers that work by path (emit's tmp/ and pending/): one lstat each,
-        once per process, so nothing is ever written through a planted link.
+        For commands that work by path (emit's tmp/ and pending/; the readers'
+        event directories): one lstat each, once per process, so nothing is ever
+        written or read through a planted link. ``missing_ok`` skips absent ones.
         """
         self.require()
         for d in dirs:
             try:
                 st = os.lstat(d)
             except FileNotFoundError:
+                if missing_ok:
+                    continue
                 raise SpoolIOError(f"{d} is missing; run 'poetctl init --spool {self.root}'") from None
             except OSError as exc:
                 raise SpoolIOError(f"cannot inspect {d}: {exc.strerror}") from None
             if not stat.S_ISDIR(st.st_mode):
-                raise SpoolIOError(f"{d} is a symlink or not a directory; refusing to write through it")
+                raise SpoolIOError(f"{d} is a symlink or not a directory; refusing to work through it")
         return self
+
+    def read_dirs(self) -> tuple[Path, ...]:
+        """What the read commands (tail, correlate, status) look into by path."""
+        return (
+            self.events,
+            self.pending,
+            self.inflight,
+            self.processed,
+            self.dead,
+            self.corrupt,
+            self.root / "index",
+            self.run,
+            self.run / "daemons",
+        )
 
     def event_file(self, directory: Path, event_id: str) -> Path:
         return directory / (event_id + SUFFIX)
