@@ -37,9 +37,15 @@ def test_three_daemons_share_a_spool_each_event_handled_exactly_once(
     ids = emit_executions(sp, fn_names, 250, grouped=True)
     key_of = {eid: fn_names[i // 250] for i, eid in enumerate(ids)}
     effects = tmp_path / "effects.txt"
-    env = {"EFFECTS_FILE": str(effects)}
+    # A fixed 2 ms per event: one daemon alone needs >= 5 s (250 events a key, one key at a time
+    # per worker), so the others are surely running while work remains, on any machine.
+    env = {"EFFECTS_FILE": str(effects), "SLEEP_S": "0.002"}
     procs = [daemons.start(sp, cfg, env=env) for _ in range(3)]
     processed = events_dir(sp, "processed")
+    for p in procs:
+        wait_for(lambda p=p: heartbeat_of(sp, p.pid), f"daemon {p.pid} to start", procs=procs)
+    left = len(ids) - count_json(processed)
+    assert left > 0, "all three daemons must be running while work remains"
     wait_for(lambda: count_json(processed) >= len(ids), "all 10,000 events processed", procs=procs, interval=0.2)
     codes = [p.stop() for p in procs]
     assert codes == [0, 0, 0], [p.stderr() for p in procs]
@@ -52,7 +58,7 @@ def test_three_daemons_share_a_spool_each_event_handled_exactly_once(
     dup = {i: n for i, n in per_id.items() if n != 1}
     assert not dup, f"{len(dup)} events handled more than once, e.g. {list(dup.items())[:3]}"
     split = Counter(c.pid for c in calls)
-    print(f"per-pid split: {dict(split)}")
+    print(f"per-pid split: {dict(split)}; {left} events left when the last daemon started")
     assert set(split) <= {p.pid for p in procs}
     assert len(split) > 1, f"only one daemon did any work: {dict(split)}"
     position = {eid: i for i, eid in enumerate(ids)}
