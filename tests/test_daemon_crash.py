@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import time
 from collections import Counter
 from itertools import pairwise
@@ -15,23 +16,29 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers.harness import (
+    DEADLINE,
+    FOREVER_S,
     DaemonProc,
     Daemons,
+    config_of,
     emit_executions,
     emit_metrics,
     events_dir,
     events_of_type,
     execution_payload,
+    heartbeat_doc,
     heartbeat_of,
     ids_in,
     inflight_files,
     inflight_ids,
     line_count,
+    names,
     ok_counts,
     owner_dir,
     read_effects,
     read_json,
     run_once,
+    started_ids,
     status,
     wait_for,
     write_config,
@@ -64,33 +71,85 @@ def drain_with_once(tmp_path: Path, sp: Path, cfg: Path, env: dict[str, str], ru
 
 
 # -- 2. SIGKILL at random moments -----------------------------------------------------------
+# The crash test scales to the machine instead of assuming its speed: each daemon is
+# SIGKILLed at a random moment only while it holds claimed, unhandled work, the spool is
+# topped up before each start to several times what one daemon was measured to get
+# through, and the assertion is on the number of kills that interrupted work.
+KILLS_WANTED = 16  # SIGKILLs that must land while the daemon holds claimed, unhandled events
+MAX_ROUNDS = 40  # daemons started at most to get them (a round with no work left kills nothing)
+FIRST_BATCH = 2000  # events emitted before the first daemon; later top-ups follow the measured pace
+HANDLER_COST_S = "0.001"  # a fixed floor per event, so no machine can outrun the kills by much
+
+
+def claimed_unhandled(sp: Path, pid: int, wanted: set[str], handled: set[str]) -> set[str]:
+    """Events of ``wanted`` in the in-flight directory of daemon ``pid`` whose effect is not recorded."""
+    d = owner_dir(sp, pid)
+    if d is None:
+        return set()
+    return {n[:-5] for n in names(d) if n.endswith(".json")} & wanted - handled
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates(
     tmp_path: Path, sp: Path, daemons: Daemons
 ) -> None:
-    """5,000 events survive 24 SIGKILLs: all processed, effects >= once, dups <= kills*workers, follow-ups once."""
-    cfg = write_config(tmp_path, workers=WORKERS)
+    """Repeated SIGKILLs while work remains: all processed, effects >= once, dups <= kills*workers, follow-ups once."""
+    # A kill during a handler counts as an attempt, and a slow machine may kill the same head-of-key
+    # event in round after round: more attempts than kills, so nothing here may be dead-lettered.
+    cfg = write_config(tmp_path, workers=WORKERS, max_attempts=MAX_ROUNDS + 1)
     fn_names = [f"fn_{k:02d}" for k in range(20)]
-    originals = emit_executions(sp, fn_names, 250)
-    assert len(originals) == 5000
-    env = effects_env(tmp_path, FOLLOWUP="1")
+    env = effects_env(tmp_path, FOLLOWUP="1", SLEEP_S=HANDLER_COST_S)
     effects = tmp_path / "effects.txt"
     rng = random.Random(SEED)
-    kills = 0
-    progress = []
-    for _ in range(24):
+    originals: list[str] = []
+    orig: set[str] = set()
+    reserve = FIRST_BATCH
+    kills = interrupted = 0
+    rounds: list[str] = []  # one line per daemon, for the failure message and the -s output
+    for _ in range(MAX_ROUNDS):
+        if interrupted >= KILLS_WANTED:
+            break
+        handled = set(ok_counts(effects))
+        short = reserve - len(orig - handled)
+        if short > 0:  # top up: the next daemon must find more than it can finish before its kill
+            originals += emit_executions(sp, fn_names, -(-short // len(fn_names)))
+            orig = set(originals)
         d = daemons.start(sp, cfg, env=env)
         wait_started(sp, d)
-        time.sleep(rng.uniform(0.05, 0.4))
+
+        def holds_work_or_none_left(pid: int = d.pid, wanted: set[str] = orig) -> bool:
+            done = set(ok_counts(effects))
+            return bool(claimed_unhandled(sp, pid, wanted, done)) or not wanted - done
+
+        wait_for(holds_work_or_none_left, f"daemon {d.pid} to claim work", procs=[d], interval=0.01)
+        time.sleep(rng.uniform(0.0, 0.3))  # the random moment; what it hit is measured below
         assert d.alive(), f"daemon exited on its own ({d.popen.returncode}): {d.stderr()}"
+        held = claimed_unhandled(sp, d.pid, orig, set(ok_counts(effects)))
+        if not held:
+            # Nothing of ours in its hands: do not count a kill of an idle daemon; stop it
+            # gracefully and give the next one more to do.
+            assert d.stop() == 0, d.stderr()
+            reserve *= 2
+            rounds.append(f"no work held at the kill moment (reserve now {reserve})")
+            continue
         d.kill()
         kills += 1
-        progress.append(line_count(effects))
-    assert progress[-1] < len(originals), f"every kill must interrupt real work; effects after each kill: {progress}"
+        after = set(ok_counts(effects))
+        # Claimed before the kill, still in the dead daemon's directory and never handled:
+        # this kill interrupted real work (the mover may still file what was finished).
+        cut = held & claimed_unhandled(sp, d.pid, orig, after)
+        interrupted += bool(cut)
+        done_now = len(after) - len(handled)
+        reserve = max(reserve, 4 * done_now)  # measured pace: the next daemon finds >= 4 rounds of work
+        rounds.append(f"handled {done_now}, cut {len(cut)} claimed events, {len(orig - after)} left")
+    print(f"kills={kills} interrupted={interrupted} events={len(originals)}\n" + "\n".join(rounds))
+    assert interrupted >= KILLS_WANTED, (
+        f"only {interrupted} of {kills} SIGKILLs interrupted claimed work in {len(rounds)} rounds:\n"
+        + "\n".join(rounds)
+    )
 
     drain_with_once(tmp_path, sp, cfg, env)
 
-    orig = set(originals)
     processed = ids_in(sp, "processed")
     missing = orig - processed
     assert not missing, f"{len(missing)} events not processed, e.g. {sorted(missing)[:3]}"
@@ -103,7 +162,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates(
     assert not never, f"{len(never)} events' effects never happened, e.g. {sorted(never)[:3]}"
     assert set(counts) <= orig
     dups = sum(n - 1 for n in counts.values())
-    print(f"kills={kills} duplicated effects={dups} effects after each kill={progress}")
+    print(f"duplicated effects={dups}")
     assert dups <= kills * WORKERS, f"{dups} duplicated effects after {kills} kills of {WORKERS} workers"
 
     follow = events_of_type(sp, "system.health")
@@ -121,7 +180,7 @@ def test_sigkilled_daemons_inflight_events_are_recovered_by_the_next_one(
     """Events claimed by a SIGKILLed daemon stay in its inflight dir until a new daemon returns and processes them."""
     cfg = write_config(tmp_path)
     ids = emit_executions(sp, [f"fn_{k}" for k in range(6)], 1)
-    d = daemons.start(sp, cfg, env=effects_env(tmp_path, SLEEP_S="30"))
+    d = daemons.start(sp, cfg, env=effects_env(tmp_path, SLEEP_S=FOREVER_S))
     wait_for(lambda: inflight_ids(sp) == set(ids), "all 6 events claimed", procs=[d])
     mine = owner_dir(sp, d.pid)
     assert mine is not None
@@ -145,7 +204,7 @@ def test_live_daemons_inflight_work_is_never_taken(tmp_path: Path, sp: Path, dae
     """daemon --once next to a live daemon leaves the live one's claimed events where they are."""
     cfg = write_config(tmp_path)
     ids = emit_executions(sp, [f"fn_{k}" for k in range(4)], 2)
-    a = daemons.start(sp, cfg, env=effects_env(tmp_path, SLEEP_S="30"))
+    a = daemons.start(sp, cfg, env=effects_env(tmp_path, SLEEP_S=FOREVER_S))
     wait_for(lambda: inflight_ids(sp) == set(ids), "daemon A to claim all 8 events", procs=[a])
     a_dir = owner_dir(sp, a.pid)
     assert a_dir is not None
@@ -160,7 +219,7 @@ def test_live_daemons_inflight_work_is_never_taken(tmp_path: Path, sp: Path, dae
     a.kill()
 
 
-def keys_on_distinct_workers(n: int) -> list[str]:
+def keys_on_distinct_workers(n: int, workers: int = WORKERS) -> list[str]:
     """Function names whose partition keys land on different worker threads (crc32(key) % workers),
     so one sleeping handler does not hold up the others' events."""
     import zlib
@@ -168,7 +227,7 @@ def keys_on_distinct_workers(n: int) -> list[str]:
     out: list[str] = []
     used: set[int] = set()
     for i in range(1000):
-        w = zlib.crc32(f"payload.function_name=fn_{i}".encode()) % WORKERS
+        w = zlib.crc32(f"payload.function_name=fn_{i}".encode()) % workers
         if w not in used:
             used.add(w)
             out.append(f"fn_{i}")
@@ -195,12 +254,15 @@ def journal_mentions(sp: Path, pid: int, ids: list[str]) -> bool:
 def test_handlers_finished_before_a_crash_are_not_rerun(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
     """After a SIGKILL between two handlers of one event, redelivery runs only the unfinished handler."""
     cfg = write_config(tmp_path, workers=WORKERS)
-    ids = emit_executions(sp, keys_on_distinct_workers(4), 1)
+    # One event per worker: the second handler never returns, so each worker can take only one
+    # (a single inline worker: one event), and the test waits for every one of them to get there.
+    workers = config_of(cfg)["workers"]
+    ids = emit_executions(sp, keys_on_distinct_workers(workers, workers), 1)
     effects = tmp_path / "effects.txt"
-    d = daemons.start(sp, cfg, env=effects_env(tmp_path, SECOND_SLEEP_S="30"))
+    d = daemons.start(sp, cfg, env=effects_env(tmp_path, SECOND_SLEEP_S=FOREVER_S))
     wait_for(
         lambda: set(ok_counts(effects)) == set(ids) and journal_mentions(sp, d.pid, ids),
-        "the first handler to finish (and be journaled) for all 4 events",
+        f"the first handler to finish (and be journaled) for all {len(ids)} events",
         procs=[d],
     )
     d.kill()
@@ -215,7 +277,9 @@ def test_handlers_finished_before_a_crash_are_not_rerun(tmp_path: Path, sp: Path
 
 def test_retry_backoff_is_kept_across_a_crash(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
     """An event that failed just before a SIGKILL is not retried before its backoff has passed."""
-    cfg = write_config(tmp_path, max_attempts=5, backoff_base=60.0, backoff_cap=60.0)  # delay >= 30 s
+    # A retry delay of >= 300 s: longer than this test can take on any machine, so a retry
+    # in the second run can only mean the crash made the daemon forget the backoff.
+    cfg = write_config(tmp_path, max_attempts=5, backoff_base=600.0, backoff_cap=600.0)
     bad = EventRouter(spool=sp).emit("function.execution", execution_payload("bad_fn"))
     (tmp_path / "fail.txt").write_text(f"{bad} always\n")
     env = effects_env(tmp_path, FAIL_IDS_FILE=str(tmp_path / "fail.txt"))
@@ -233,7 +297,7 @@ def test_retry_backoff_is_kept_across_a_crash(tmp_path: Path, sp: Path, daemons:
     calls = read_effects(effects)
     gaps = [b.t - a.t for a, b in pairwise(calls)]
     assert len(calls) == 1, (
-        f"retried {gaps} s after the failure although the backoff floor is 30 s: "
+        f"retried {gaps} s after the failure although the backoff floor is 300 s: "
         "the crash recovery forgot when the retry is due"
     )
     assert ids_in(sp, "pending") == {bad}
@@ -257,7 +321,7 @@ def test_recovering_the_same_dead_owner_twice_does_not_double_count_failures(
     tmp_path: Path, sp: Path, daemons: Daemons
 ) -> None:
     """A crash in the middle of recovery (record saved, event not yet moved) must not inflate the attempt count."""
-    slow = write_config(tmp_path, name="slow.toml", max_attempts=3, backoff_base=60.0, backoff_cap=60.0)
+    slow = write_config(tmp_path, name="slow.toml", max_attempts=3, backoff_base=600.0, backoff_cap=600.0)
     fast = write_config(tmp_path, name="fast.toml", max_attempts=3, backoff_base=0.01, backoff_cap=0.01)
     bad = EventRouter(spool=sp).emit("function.execution", execution_payload("bad_fn"))
     (tmp_path / "fail.txt").write_text(f"{bad} always\n")
@@ -307,7 +371,9 @@ def test_recovering_the_same_dead_owner_twice_does_not_double_count_failures(
 def test_sigterm_finishes_current_work_and_hands_back_the_rest(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
     """SIGTERM mid-run: exit 0, each event processed (with its effect) or back in pending; a rerun finishes."""
     cfg = write_config(tmp_path)
-    ids = emit_metrics(sp, 50)
+    # One key, 0.3 s each: 60 s of work, so the SIGTERM sent after the third effect lands mid-run
+    # even if this process stalls for most of a minute.
+    ids = emit_metrics(sp, 200)
     effects = tmp_path / "effects.txt"
     d = daemons.start(sp, cfg, env=effects_env(tmp_path, SLEEP_S="0.3"))
     wait_for(lambda: line_count(effects) >= 3, "the first 3 effects", procs=[d])
@@ -333,15 +399,30 @@ def test_second_sigterm_exits_at_once_with_130_and_nothing_is_lost(tmp_path: Pat
     """A second SIGTERM during shutdown exits 130 without waiting for handlers; a new daemon recovers all."""
     cfg = write_config(tmp_path)
     ids = emit_executions(sp, [f"fn_{k}" for k in range(8)], 1)
-    d = daemons.start(sp, cfg, env=effects_env(tmp_path, SLEEP_S="10"))
-    wait_for(lambda: inflight_ids(sp) == set(ids), "all events claimed", procs=[d])
-    time.sleep(0.3)  # let the workers enter their 10 s handlers
-    d.signal(signal.SIGTERM)
-    time.sleep(1.0)  # two signals too close together would be delivered as one
-    d.signal(signal.SIGTERM)
+    started = tmp_path / "started.txt"
+    # The handlers never finish: a daemon that waited for them would never exit.
+    d = daemons.start(sp, cfg, env=effects_env(tmp_path, SLEEP_S=FOREVER_S, STARTED_FILE=str(started)))
+    wait_for(
+        lambda: inflight_ids(sp) == set(ids) and started_ids(started),
+        "all events claimed and a handler running",
+        procs=[d],
+    )
+    # Two SIGTERMs that arrive before Python ran its handler for the first are seen as one,
+    # and the daemon shows nothing when it starts its graceful stop. So keep sending SIGTERM
+    # until it exits: every one after the first that took effect must end it at once.
+    sent = 0
+    while d.alive():
+        assert sent < DEADLINE / 0.2, f"daemon {d.pid} ignored {sent} SIGTERMs; log:\n{d.stderr()}"
+        d.signal(signal.SIGTERM)
+        sent += 1
+        try:
+            d.popen.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            pass
     rc = d.wait()
-    assert rc == 130, f"expected an immediate exit with 130, got {rc}: {d.stderr()}"
-    assert read_effects(tmp_path / "effects.txt") == [], "no handler should have finished"
+    assert rc == 130, f"expected an immediate exit with 130 after {sent} SIGTERMs, got {rc}: {d.stderr()}"
+    assert sent >= 2, "the first SIGTERM must start a graceful stop (which waits for handlers), not end the daemon"
+    assert read_effects(tmp_path / "effects.txt") == [], "no handler can have finished"
 
     r = run_once(tmp_path, sp, cfg, env=effects_env(tmp_path))
     assert r.returncode == 0, r.stderr
@@ -369,7 +450,7 @@ def test_per_key_order_survives_a_crash_of_another_daemon(tmp_path: Path, sp: Pa
     router = EventRouter(spool=sp)
     effects = tmp_path / "effects.txt"
 
-    b = daemons.start(sp, cfg_b, env=effects_env(tmp_path, SLEEP_S="30"))
+    b = daemons.start(sp, cfg_b, env=effects_env(tmp_path, SLEEP_S=FOREVER_S))
     old = router.emit_many(
         [("function.execution", execution_payload(k1, 0)), ("function.execution", execution_payload(k2, 0))]
     )
@@ -379,12 +460,20 @@ def test_per_key_order_survives_a_crash_of_another_daemon(tmp_path: Path, sp: Pa
     new = router.emit_many(
         [("function.execution", execution_payload(k1, 1)), ("function.execution", execution_payload(k2, 1))]
     )
-    time.sleep(0.5)  # A sees the new events but cannot claim them: B holds their keys
+
+    def a_has_seen_both_or_took_one() -> bool:
+        # pending_seen comes from A's latest listing of pending, which it makes just before
+        # trying to claim what it listed; the heartbeat is written after that attempt. An event
+        # gone from pending is the violation itself: stop waiting, the assertion reports it.
+        doc = heartbeat_doc(sp, a.pid)
+        return (doc is not None and doc["pending_seen"] >= len(new)) or not set(new) <= ids_in(sp, "pending")
+
+    wait_for(a_has_seen_both_or_took_one, "A to list the new events (its heartbeat's pending_seen)", procs=[a, b])
     assert ids_in(sp, "pending") == set(new), "A claimed events whose keys a live daemon holds"
     b.kill()
     wake = router.emit("function.execution", execution_payload(k3, 0))  # any new file wakes A up
     everything = set(old) | set(new) | {wake}
-    wait_for(lambda: ids_in(sp, "processed") == everything, "A to process all 5 events", timeout=30, procs=[a])
+    wait_for(lambda: ids_in(sp, "processed") == everything, "A to process all 5 events", procs=[a])
     assert a.stop() == 0, a.stderr()
 
     order = [c.id for c in read_effects(effects) if c.ok]

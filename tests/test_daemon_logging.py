@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers.harness import (
+    FOREVER_S,
     Daemons,
     daemon_args,
     emit_executions,
@@ -120,7 +121,7 @@ def test_recovery_is_logged(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
     """A daemon that returns a dead daemon's in-flight events to pending says how many and whose."""
     ids = emit_executions(sp, ["fa", "fb"], 2)
     cfg = write_config(tmp_path, workers=2)
-    env = {"EFFECTS_FILE": str(tmp_path / "effects.txt"), "SLEEP_S": "30"}
+    env = {"EFFECTS_FILE": str(tmp_path / "effects.txt"), "SLEEP_S": FOREVER_S}  # still running at the kill
     d = daemons.start(sp, cfg, env=env)
     wait_for(lambda: inflight_ids(sp), "claimed events", procs=[d])
     d.kill()

@@ -40,7 +40,9 @@ def test_three_daemons_share_a_spool_each_event_handled_exactly_once(
     cfg = write_config(tmp_path, max_inflight=200, heartbeat_interval=0.2)
     fn_names = [f"fn_{k:02d}" for k in range(40)]
     effects = tmp_path / "effects.txt"
-    env = {"EFFECTS_FILE": str(effects)}
+    # A fixed 2 ms per event: one daemon alone needs >= 5 s (250 events a key, one key at a time
+    # per worker), so the others are surely running while work remains, on any machine.
+    env = {"EFFECTS_FILE": str(effects), "SLEEP_S": "0.002"}
     if emit_while_running:
         procs = [daemons.start(sp, cfg, env=env) for _ in range(3)]
         wait_for(lambda: all(heartbeat_of(sp, p.pid) for p in procs), "three heartbeats", procs=procs)
@@ -49,6 +51,10 @@ def test_three_daemons_share_a_spool_each_event_handled_exactly_once(
     if not emit_while_running:
         procs = [daemons.start(sp, cfg, env=env) for _ in range(3)]
     processed = events_dir(sp, "processed")
+    for p in procs:
+        wait_for(lambda p=p: heartbeat_of(sp, p.pid), f"daemon {p.pid} to start", procs=procs)
+    left = len(ids) - count_json(processed)
+    assert left > 0, "all three daemons must be running while work remains"
     wait_for(lambda: count_json(processed) >= len(ids), "all 10,000 events processed", procs=procs, interval=0.2)
     codes = [p.stop() for p in procs]
     assert codes == [0, 0, 0], [p.stderr() for p in procs]
@@ -61,7 +67,7 @@ def test_three_daemons_share_a_spool_each_event_handled_exactly_once(
     dup = {i: n for i, n in per_id.items() if n != 1}
     assert not dup, f"{len(dup)} events handled more than once, e.g. {list(dup.items())[:3]}"
     split = Counter(c.pid for c in calls)
-    print(f"per-pid split: {dict(split)}")
+    print(f"per-pid split: {dict(split)}; {left} events left when the last daemon started")
     assert set(split) <= {p.pid for p in procs}
     assert len(split) > 1, f"only one daemon did any work: {dict(split)}"
     position = {eid: i for i, eid in enumerate(ids)}

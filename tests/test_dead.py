@@ -17,6 +17,7 @@ from daemon_helpers.harness import (
     ok_counts,
     read_effects,
     read_json,
+    retry_due,
     run_cli,
     run_once,
     wait_for,
@@ -118,7 +119,7 @@ def test_retry_then_daemon_processes_with_fresh_attempts(tmp_path: Path, sp: Pat
         codes.append(run_once(tmp_path, sp, cfg, env=env).returncode)
         if codes[-1] != 75:
             break
-        time.sleep(0.25)  # past the (short) backoff of the test config
+        wait_for(lambda: retry_due(sp, eid), f"the saved retry time of {eid} to pass")
     assert codes[-1] == 1, codes
     assert ids_in(sp, "dead") == {eid} and index_rows(sp)[eid] == "dead"
     assert [e.ok for e in read_effects(effects)] == [False, False, False]

@@ -15,6 +15,7 @@ from daemon_helpers.harness import (
     Daemons,
     emit_metrics,
     events_dir,
+    heartbeat_of,
     ids_in,
     inflight_ids,
     ok_counts,
@@ -248,7 +249,8 @@ def test_fsck_while_daemon_runs_reports_no_false_problems(tmp_path: Path, sp: Pa
     d = daemons.start(
         sp, write_config(tmp_path), env={"EFFECTS_FILE": str(tmp_path / "effects.txt"), "SLEEP_S": "0.002"}
     )
-    ids = emit_metrics(sp, 600)
+    wait_for(lambda: heartbeat_of(sp, d.pid), "the daemon to start", procs=[d])
+    ids = emit_metrics(sp, 600)  # one key, 2 ms each: >= 1.2 s of work for fsck to overlap, on any machine
     code, doc = fsck(tmp_path, sp, "--repair")
     assert code == 0 and doc["problems"] == [], doc["problems"]
     wait_for(lambda: ids_in(sp, "processed") == set(ids), "all events processed", procs=[d])

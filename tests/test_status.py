@@ -41,7 +41,8 @@ def populate(sp: Path) -> dict[str, Any]:
     """2 processed, 1 dead, 2 pending (one a minute old by its id), 1 in flight, 1 corrupt."""
     now = time.time()
     out = {
-        "processed": [put_event(sp, "processed", now - 30), put_event(sp, "processed", now - 600)],
+        # 5 s and 600 s old: 55 s and 300 s from the edges of the 1m and 15m windows status counts in.
+        "processed": [put_event(sp, "processed", now - 5), put_event(sp, "processed", now - 600)],
         "dead": put_event(sp, "dead"),
         "pending": [put_event(sp, "pending", now - 100), put_event(sp, "pending")],
     }

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import CLI_TIMEOUT, clean_env, cli_argv, load_samples
+from daemon_helpers.harness import heartbeat_of, wait_for
 
 from poetctl import EventRouter
 from poetctl.cloudevents import from_cloudevent
@@ -426,6 +427,36 @@ def follow(cwd: Path, spool: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
+def watching(p: subprocess.Popen[bytes], directory: Path) -> bool:
+    """True once ``p`` has an inotify watch on ``directory`` (listed in its /proc fdinfo by inode).
+
+    tail -f sets the watch after it has listed what is already there, so from then on every
+    commit is new to it: tests that mean "new events" wait for this instead of hoping that
+    the process has started by the time they emit.
+    """
+    if p.poll() is not None:
+        raise AssertionError(f"tail exited ({p.returncode}) before it watched {directory}")
+    ino = f" ino:{os.stat(directory).st_ino:x} "
+    fdinfo = f"/proc/{p.pid}/fdinfo"
+    try:
+        fds = os.listdir(fdinfo)
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            with open(f"{fdinfo}/{fd}") as fh:
+                if any(line.startswith("inotify ") and ino in line for line in fh):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def following(p: subprocess.Popen[bytes], spool: Path) -> None:
+    """Wait until ``tail -f`` (``p``) watches the spool's pending directory."""
+    wait_for(lambda: watching(p, spool / "events" / "pending"), "tail -f to watch events/pending")
+
+
 def finish(p: subprocess.Popen[bytes]) -> tuple[int, str, str]:
     out, err = p.communicate(timeout=FOLLOW_TIMEOUT)
     return p.returncode, out.decode(), err.decode()
@@ -437,6 +468,7 @@ def test_follow_count_prints_exactly_the_new_events(tmp_path: Path) -> None:
     router = EventRouter(spool=spool)
     router.layout.init()
     p = follow(tmp_path, spool, "--count", "3")
+    following(p, spool)
     ids = [router.emit("system.health", payload("system.health")) for _ in range(3)]
     code, out, err = finish(p)
     assert code == 0, err
@@ -480,6 +512,10 @@ def test_follow_with_a_running_daemon_never_prints_an_id_twice(tmp_path: Path, d
     d = daemon(spool)
     # --type: the daemon's own system.health heartbeat events must not count.
     p = follow(tmp_path, spool, "-n", "100", "--count", "12", "--type", "system.metrics", "-o", "jsonl")
+    # Both running before the first emit: the events are new to tail and moved on meanwhile.
+    wait_for(lambda: d.proc.poll() is not None or heartbeat_of(spool, d.proc.pid), "the daemon to start")
+    assert d.proc.poll() is None, f"the daemon exited with {d.proc.returncode}"
+    following(p, spool)
     ids: list[str] = []
     for _ in range(4):
         ids += router.emit_many([("system.metrics", payload("system.metrics"))] * 3)
@@ -496,6 +532,7 @@ def test_follow_state_processed_waits_for_the_daemon(tmp_path: Path, daemon: Any
     router = EventRouter(spool=spool)
     router.layout.init()
     p = follow(tmp_path, spool, "--state", "processed", "--count", "3", "--type", "system.metrics", "-o", "table")
+    following(p, spool)
     ids = router.emit_many([("system.metrics", payload("system.metrics"))] * 3)
     d = daemon(spool)
     code, out, err = finish(p)

@@ -8,6 +8,9 @@ Environment:
   until it has failed ``count`` times (counted from the effects file, so the count
   survives restarts). ``count`` may be ``always``.
 * ``SLEEP_S``: seconds to sleep before recording the effect (default 0).
+* ``STARTED_FILE``: each call of ``effects`` and ``second`` first appends
+  ``<event id>\t<handler>\t<pid>\n`` there, before sleeping: a test can wait until a
+  handler is demonstrably running instead of sleeping and hoping it is.
 * ``EFFECT_TYPES``: comma-separated patterns to subscribe (default: ``system.metrics,
   function.*,drift.detected``).
 * ``FOLLOWUP``: if ``1``, a second handler named ``followup`` emits one
@@ -58,10 +61,13 @@ def register(router: Any) -> None:
     effects = os.environ["EFFECTS_FILE"]
     sleep_s = float(os.environ.get("SLEEP_S", "0") or 0)
     fail_ids = _load_fail_ids()
+    started = os.environ.get("STARTED_FILE")
     pid = os.getpid()
     patterns = [p for p in os.environ.get("EFFECT_TYPES", "system.metrics,function.*,drift.detected").split(",") if p]
 
     def effect(event: Any) -> None:
+        if started:
+            _append(started, f"{event.id}\t{HANDLER}\t{pid}\n")
         if sleep_s:
             time.sleep(sleep_s)
         limit = fail_ids.get(event.id)
@@ -76,6 +82,8 @@ def register(router: Any) -> None:
     second_sleep = os.environ.get("SECOND_SLEEP_S")
 
     def second(event: Any) -> None:
+        if started:
+            _append(started, f"{event.id}\tsecond\t{pid}\n")
         time.sleep(float(second_sleep or 0))
         _append(effects, f"{event.id}\tsecond\t{time.time():.6f}\t{pid}\tok\n")
 

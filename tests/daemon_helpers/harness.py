@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -33,6 +34,9 @@ NO_REGISTER = HELPERS / "no_register.py"
 
 # Generous: these only bound how long a broken daemon can hang a test.
 DEADLINE = 120.0
+# A handler sleep (SLEEP_S, SECOND_SLEEP_S) that no test outlives: the handler is still
+# running whenever the test looks, however slow the machine. Tests SIGKILL such daemons.
+FOREVER_S = str(DEADLINE * 10)
 EMIT_CHUNK = 2000  # events per emit_many group commit
 
 FAST = {
@@ -49,7 +53,7 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The current environment without POET_* variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("POET_")}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    for k in ("EFFECTS_FILE", "FAIL_IDS_FILE", "SLEEP_S", "EFFECT_TYPES", "FOLLOWUP", "SECOND_SLEEP_S"):
+    for k in ("EFFECTS_FILE", "FAIL_IDS_FILE", "SLEEP_S", "EFFECT_TYPES", "FOLLOWUP", "SECOND_SLEEP_S", "STARTED_FILE"):
         env.pop(k, None)
     if extra:
         env.update({k: str(v) for k, v in extra.items()})
@@ -74,6 +78,12 @@ def write_config(directory: Path, name: str = "poet.toml", **daemon: Any) -> Pat
     path = directory / name
     path.write_text("[daemon]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in table.items()))
     return path
+
+
+def config_of(config: Path) -> dict[str, Any]:
+    """The effective ``[daemon]`` table of a poet.toml written by :func:`write_config`."""
+    table: dict[str, Any] = tomllib.loads(config.read_text())["daemon"]
+    return {"workers": 4, **table}  # 4: the daemon's default (DaemonOptions.workers)
 
 
 def argv(*args: str | os.PathLike[str]) -> list[str]:
@@ -281,8 +291,29 @@ def heartbeat_of(spool: Path, pid: int) -> Path | None:
     return None
 
 
+def heartbeat_doc(spool: Path, pid: int) -> dict[str, Any] | None:
+    """The parsed heartbeat of the daemon with ``pid`` (the daemon's own status), or None before its first."""
+    path = heartbeat_of(spool, pid)
+    if path is None:
+        return None
+    try:
+        doc = read_json(path)  # written atomically (rename), so a read is never torn
+    except FileNotFoundError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def read_json(path: Path) -> Any:
     return json.loads(path.read_bytes())
+
+
+def retry_due(spool: Path, event_id: str) -> bool:
+    """True once the saved retry time (``records/<id>.json`` ``not_before``) of ``event_id`` has passed."""
+    try:
+        rec = read_json(events_dir(spool, "records") / f"{event_id}.json")
+    except FileNotFoundError:
+        return True  # no saved retry: nothing to wait for
+    return time.time() >= float(rec.get("not_before") or 0.0)
 
 
 def events_of_type(
@@ -323,6 +354,15 @@ def read_effects(path: Path) -> list[Effect]:
 def ok_counts(path: Path, handler: str = "effects") -> Counter[str]:
     """Successful calls per event id of one handler."""
     return Counter(e.id for e in read_effects(path) if e.ok and e.handler == handler)
+
+
+def started_ids(path: Path, handler: str = "effects") -> set[str]:
+    """Event ids whose ``handler`` has started (the ``STARTED_FILE`` of effects.py)."""
+    try:
+        data = path.read_text()
+    except FileNotFoundError:
+        return set()
+    return {p[0] for ln in data.splitlines() if len(p := ln.split("\t")) == 3 and p[1] == handler}
 
 
 def line_count(path: Path) -> int:
