@@ -18,10 +18,10 @@ import pytest
 from conftest import CLI_TIMEOUT, clean_env, cli_argv, load_samples
 
 from poetctl import EventRouter
+from poetctl.backends.fs.index import Index, row_of
 from poetctl.cloudevents import from_cloudevent
 from poetctl.ids import uuid7
 from poetctl.spool import SpoolLayout
-from poetctl.spool.index import Index, row_of
 
 SAMPLES = load_samples()
 FOLLOW_TIMEOUT = 60

@@ -32,21 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..config import DEFAULT_MAX_CAUSATION_DEPTH
-from ..errors import InvalidData, SpoolIOError
-from ..event import Event
-from ..ids import time_of
-from ..ops.safefs import LinkedDir, SpoolDir, open_dir
-from ..router import EventRouter, Subscription
-from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir
-from ..spool.reader import FIRST_READ, READ_FLAGS, CorruptEvent, UnreadableEvent, decode_event, read_bytes
-from ..spool.writer import write_atomic
-from ..topics import check_subscription
-from . import log
-from .listing import list_window
-from .owner import current_owner, owner_alive, process_start_ticks
-from .reconcile import Reconciler
-from .records import (
+from ..backends.fs.journal import (
     JOURNAL,
     Journal,
     Record,
@@ -56,11 +42,25 @@ from .records import (
     quarantine,
     stated_checksum_at,
 )
+from ..backends.fs.layout import FILE_MODE, SpoolLayout, fsync_dir
+from ..backends.fs.listing import list_window
+from ..backends.fs.owner import current_owner, owner_alive, process_start_ticks
+from ..backends.fs.reader import FIRST_READ, READ_FLAGS, CorruptEvent, UnreadableEvent, decode_event, read_bytes
+from ..backends.fs.reconcile import Reconciler
+from ..backends.fs.safefs import LinkedDir, SpoolDir, open_dir
+from ..backends.fs.writer import write_atomic
+from ..config import DEFAULT_MAX_CAUSATION_DEPTH
+from ..errors import InvalidData, SpoolIOError
+from ..event import Event
+from ..ids import time_of
+from ..router import EventRouter, Subscription
+from ..topics import check_subscription
+from . import log
 from .retries import RetryPolicy
 from .worker import Job, Outcome, Worker
 
 if TYPE_CHECKING:
-    from .mover import Mover
+    from ..backends.fs.mover import Mover
 
 BUCKETS = 256
 CLAIM_BATCH = 256  # events per claim batch handed to the mover
@@ -272,7 +272,7 @@ class Daemon:
         # 2-core machine cost more than a fast handler itself (GIL and wake-up ping-pong).
         self.inline = self.opts.workers == 1
         if self.opts.index:
-            from ..spool.index import IndexWriter
+            from ..backends.fs.index import IndexWriter
 
             # Written by the main thread in batches (maybe_flush) in both modes: a writer
             # thread would trade the GIL with the main thread for every row it binds.
@@ -313,7 +313,7 @@ class Daemon:
         self._owner_lock_fd = fd
 
     def _start_mover(self) -> None:
-        from .mover import Mover
+        from ..backends.fs.mover import Mover
 
         try:
             self.mover = Mover(
@@ -327,7 +327,7 @@ class Daemon:
             self.opts.mover_backlog = -1
 
     def _start_observer(self) -> None:
-        from .watcher import start_watcher
+        from ..backends.fs.watcher import start_watcher
 
         self._observer = start_watcher(str(self.layout.pending), self.wake)
 
@@ -647,7 +647,7 @@ class Daemon:
         """No subscriber: straight to processed (expired ones to dead)."""
         self._inflight += 1
         if job.event.expires_at is not None and job.event.expires_at < self.clock():
-            from .records import dead_letter
+            from ..backends.fs.journal import dead_letter
 
             dead_letter(
                 self.layout,

@@ -1,6 +1,6 @@
-"""What ``poetctl fsck --repair`` does to each problem (see :mod:`poetctl.ops.fsck`).
+"""What ``poetctl fsck --repair`` does to each problem (see :mod:`poetctl.backends.fs.fsck`).
 
-Every action works by name relative to a :class:`~poetctl.ops.safefs.SpoolDir`
+Every action works by name relative to a :class:`~poetctl.backends.fs.safefs.SpoolDir`
 (a directory of the spool opened without following links), so a directory
 swapped for a symlink can never redirect a move or a deletion outside the
 spool, and a link found inside a directory is moved or removed as a link,
@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 
 import orjson
 
-from ..daemon.records import Record, quarantine
-from ..ids import EVENT_ID_RE
-from ..spool.index import Index, Row, index_path
-from ..spool.layout import SpoolLayout
-from ..spool.reader import CorruptEvent
+from ...ids import EVENT_ID_RE
+from .index import Index, Row, index_path
+from .journal import Record, quarantine
+from .layout import SpoolLayout
+from .reader import CorruptEvent
 from .safefs import SpoolDir, open_dir
 
 Fix = Callable[[], str | None]

@@ -21,7 +21,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import InputMissing, SpoolIOError
+from ...errors import InputMissing, SpoolIOError
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640

@@ -4,7 +4,7 @@
   finished handler and per failed attempt, written with a single ``write`` as
   soon as it happens, so a SIGKILL loses none of them; it is fsync'ed in
   batches. Its head holds one "running" slot per worker (see
-  :mod:`poetctl.daemon.running`), so a death inside a handler is an attempt
+  :mod:`poetctl.backends.fs.running`), so a death inside a handler is an attempt
   too. When an owner dies, recovery turns its journal into
   **records** (``events/records/<id>.json``) beside the events it returns to
   pending, so the next claimer skips the finished handlers and keeps counting
@@ -30,13 +30,13 @@ from typing import Any
 
 import orjson
 
-from ..errors import SpoolIOError
-from ..ops.corrupt_names import REASON_SUFFIX
-from ..ops.safefs import SpoolDir
-from ..spool.layout import FILE_MODE, SpoolLayout
-from ..spool.writer import write_atomic
-from .retries import DIED
+from ...daemon.retries import DIED
+from ...errors import SpoolIOError
+from .corrupt_names import REASON_SUFFIX
+from .layout import FILE_MODE, SpoolLayout
 from .running import RunningSlots, create_head, head_size, parse_slots
+from .safefs import SpoolDir
+from .writer import write_atomic
 
 JOURNAL = "_journal"
 
@@ -106,7 +106,7 @@ class Journal:
     """Append-only completion log of one daemon. Thread-safe; lines are single writes.
 
     With ``slots`` > 0 the file starts with one "running" slot per worker
-    (:mod:`poetctl.daemon.running`): :meth:`running` / :meth:`idle` mark the
+    (:mod:`poetctl.backends.fs.running`): :meth:`running` / :meth:`idle` mark the
     handler a worker runs, so a process death during a handler counts as an
     attempt when the journal is read back.
     """
@@ -256,7 +256,7 @@ class RecordStore:
 
 def stated_checksum_at(d: SpoolDir, name: str) -> str | None:
     """:func:`stated_checksum` of ``name`` in ``d``, read without following a link (None if it is one)."""
-    from ..spool.reader import CorruptEvent
+    from .reader import CorruptEvent
 
     try:
         value = orjson.loads(d.read(name, 1 << 24)).get("checksum")

@@ -42,7 +42,7 @@ or an integer beyond 64 bits makes the file damaged, like bad JSON.
   between rows and files -> add, delete or fix the row.
 
 Every directory is opened without following links
-(:class:`~poetctl.ops.safefs.SpoolDir`) and every file is read, moved or
+(:class:`~poetctl.backends.fs.safefs.SpoolDir`) and every file is read, moved or
 removed by name relative to it, so nothing outside the spool is ever touched.
 
 Safe while daemons run: live owners' in-flight events are left alone, a file
@@ -64,17 +64,17 @@ from typing import Any
 
 import orjson
 
-from ..daemon.owner import HOST, OWNER_RE, owner_alive
-from ..daemon.records import JOURNAL, Record, journal_record, parse_journal
-from ..errors import InvalidData, PoetError, SpoolIOError
-from ..event import Event, parse_json
-from ..ids import EVENT_ID_RE
-from ..schemas import SchemaRegistry
-from ..spool.layout import SpoolLayout
-from ..spool.reader import CorruptEvent, UnreadableEvent, decode_event
+from ...errors import InvalidData, PoetError, SpoolIOError
+from ...event import Event, parse_json
+from ...ids import EVENT_ID_RE
+from ...schemas import SchemaRegistry
 from . import fsck_repair as fx
 from .fsck_index import IndexCheck
 from .fsck_report import FsckReport, Problem
+from .journal import JOURNAL, Record, journal_record, parse_journal
+from .layout import SpoolLayout
+from .owner import HOST, OWNER_RE, owner_alive
+from .reader import CorruptEvent, UnreadableEvent, decode_event
 from .safefs import LinkedDir, SpoolDir
 
 EVENT_STATES = ("pending", "processed", "dead")
@@ -587,8 +587,8 @@ class Fsck:
                     )
 
     def check_state(self) -> None:
-        from ..handlers.learning import MAX_STATE_BYTES, STATE_FILE, parse_learning
-        from ..state import updated_at
+        from ...handlers.learning import MAX_STATE_BYTES, STATE_FILE, parse_learning
+        from ...state import updated_at
 
         state = self.dir("state")
         if state is None:
