@@ -40,11 +40,13 @@ from ..backends.fs.journal import (
     journal_record,
     parse_journal,
     quarantine,
+    save_merged,
     stated_checksum_at,
 )
 from ..backends.fs.layout import FILE_MODE, SpoolLayout, fsync_dir
 from ..backends.fs.listing import list_window
 from ..backends.fs.owner import current_owner, owner_alive, process_start_ticks
+from ..backends.fs.paths import BUCKET_LOCKS, HEARTBEATS, OWNER_LOCKS
 from ..backends.fs.reader import FIRST_READ, READ_FLAGS, CorruptEvent, UnreadableEvent, decode_event, read_bytes
 from ..backends.fs.reconcile import Reconciler
 from ..backends.fs.safefs import LinkedDir, SpoolDir, open_dir
@@ -176,9 +178,9 @@ class Daemon:
         self._inflight_prefix = f"{self.inflight_dir}/"
         self.processed_prefix = f"{self.layout.processed}/"
         self.pending_prefix = f"{self.layout.pending}/"
-        self.heartbeat_dir = self.layout.run / "daemons"
-        self.bucket_dir = self.layout.run / "buckets"
-        self.owner_lock_dir = self.layout.run / "owners"
+        self.heartbeat_dir = self.layout.root / HEARTBEATS
+        self.bucket_dir = self.layout.root / BUCKET_LOCKS
+        self.owner_lock_dir = self.layout.root / OWNER_LOCKS
         self.records = RecordStore(self.layout)
         self.counters = Counters()
         self.blocked_keys: set[str] = set()
@@ -838,7 +840,7 @@ class Daemon:
                 moved += self._recover_owner(inflight, name)
             finally:
                 if lock >= 0:
-                    locks = open_dir(self.layout, "run/owners")
+                    locks = open_dir(self.layout, OWNER_LOCKS)
                     if locks is not None:
                         with locks:
                             locks.unlink(f"{name}.lock")
@@ -859,7 +861,7 @@ class Daemon:
     def _take_owner_lock(self, owner: str, wait: float) -> int | None:
         """Lock a dead owner's lock file: its fd, -1 if it has none, None while still held."""
         try:
-            locks = SpoolDir(self.layout, "run/owners")
+            locks = SpoolDir(self.layout, OWNER_LOCKS)
         except FileNotFoundError:
             return -1
         except LinkedDir as exc:
@@ -913,11 +915,7 @@ class Daemon:
                 rec = journal_record(journal, name[:-5], stated_checksum_at(d, name)) if journal else None
                 if rec is not None and (rec.done or rec.failures):
                     with SpoolDir(self.layout, "events/records") as records:
-                        try:
-                            rec.merge(Record.from_json(records.read(name, 1 << 24)))
-                        except (FileNotFoundError, CorruptEvent, ValueError, TypeError, KeyError, AttributeError):
-                            pass
-                        records.write_atomic(name, rec.to_json())
+                        save_merged(records, name, rec)
                 try:
                     d.rename(name, pending, name, replace=True)
                     moved += 1
@@ -925,7 +923,7 @@ class Daemon:
                     continue
             d.unlink(JOURNAL)
         inflight.rmdir(owner)
-        beats = open_dir(self.layout, "run/daemons")
+        beats = open_dir(self.layout, HEARTBEATS)
         if beats is not None:
             with beats:
                 beats.unlink(f"{owner}.json")

@@ -25,6 +25,7 @@ import orjson
 from ..backends.fs.corrupt_names import quarantined, visible
 from ..backends.fs.index import connect_readonly
 from ..backends.fs.layout import SpoolLayout
+from ..backends.fs.paths import HEARTBEATS
 from ..errors import UsageError
 from ..ids import time_of
 
@@ -87,7 +88,7 @@ def _index_figures(layout: SpoolLayout, now: float) -> dict[str, Any] | None:
 
 
 def _heartbeats(layout: SpoolLayout, now: float, stale_after: float, lease: float) -> list[dict[str, Any]]:
-    hb_dir = layout.run / "daemons"
+    hb_dir = layout.root / HEARTBEATS
     out: list[dict[str, Any]] = []
     try:
         entries = sorted(os.scandir(hb_dir), key=lambda e: e.name)
