@@ -69,9 +69,9 @@ ensure_poetctl_importable()
 
 import poetctl  # noqa: E402
 from poetctl import EventRouter  # noqa: E402
+from poetctl.backends.fs.writer import group_sync  # noqa: E402
 from poetctl.ids import uuid7  # noqa: E402
 from poetctl.spool import SpoolLayout  # noqa: E402
-from poetctl.spool.writer import group_sync  # noqa: E402
 
 O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC

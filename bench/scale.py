@@ -80,10 +80,10 @@ from _common import (
 
 ensure_poetctl_importable()
 
+from poetctl.backends.fs.index import Index, row_of  # noqa: E402
+from poetctl.backends.fs.layout import SpoolLayout  # noqa: E402
 from poetctl.ids import uuid7  # noqa: E402
 from poetctl.router import EventRouter  # noqa: E402
-from poetctl.spool.index import Index, row_of  # noqa: E402
-from poetctl.spool.layout import SpoolLayout  # noqa: E402
 
 DAY = 86400.0
 CHAIN_EVERY = 1000

@@ -26,9 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .backends.fs.layout import SpoolLayout
 from .chain import connected, iter_events, render_tree
 from .router import EventRouter
-from .spool.layout import SpoolLayout
 from .state import StateStore
 
 FUNCTION = "detect_drift"

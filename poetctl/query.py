@@ -5,7 +5,7 @@ Sources per state:
 * ``pending`` and ``inflight``: directory listings (names of UUIDv7 ids carry
   their time, others fall back to the file's mtime); only the files that can
   still make the cut are read.
-* ``processed`` and ``dead``: the index (``spool/index.py``) when present,
+* ``processed`` and ``dead``: the index (``backends/fs/index.py``) when present,
   else directory listings like above. Callers use :func:`open_index` to skip
   an index of fewer than :data:`SMALL_SPOOL` rows: the daemon writes index rows
   a moment after the move, and a small spool is cheaper to read exactly.
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from .backends.fs.index import Index
+from .backends.fs.layout import SpoolLayout
+from .backends.fs.reader import CorruptEvent, decode_event, read_bytes
 from .event import Event
 from .ids import is_event_id, time_of
-from .spool.index import Index
-from .spool.layout import SpoolLayout
-from .spool.reader import CorruptEvent, decode_event, read_bytes
 from .topics import matches
 
 ALL_STATES = ("pending", "inflight", "processed", "dead")

@@ -27,14 +27,14 @@ from typing import Any
 
 import orjson
 
+from .backends.fs.corrupt_names import REASON_SUFFIX
+from .backends.fs.layout import SpoolLayout
+from .backends.fs.writer import GroupCommitter
 from .config import DEFAULT_MAX_CAUSATION_DEPTH, Config, load_config
 from .errors import InvalidData
 from .event import Event, canonical, check_depth, check_id, check_type, compute_checksum, now, verify_checksum
 from .ids import derived_id, uuid7
-from .ops.corrupt_names import REASON_SUFFIX
 from .schemas import MAX_CAUSATION_DEPTH, SchemaRegistry
-from .spool.layout import SpoolLayout
-from .spool.writer import GroupCommitter
 from .topics import ROUTES, check_subscription, topic_for
 
 Handler = Callable[[Event], Any]
@@ -303,7 +303,7 @@ class EventRouter:
         ``where`` names the input in error messages (a file name, a line).
         Safe to call from several threads: concurrent emits share the
         publish step and its directory fsync (group commit, see
-        :class:`poetctl.spool.writer.GroupCommitter`); each returns once its
+        :class:`poetctl.backends.fs.writer.GroupCommitter`); each returns once its
         own event is durable.
 
         Emitting an id that already exists in the spool (pending, in flight,

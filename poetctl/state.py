@@ -9,7 +9,7 @@ Every write is atomic and durable (tmp, fsync, rename, fsync dir). Function
 names, versions and ids are checked against strict patterns before they
 become path parts. Nothing is read or written through a link: directories
 are opened with ``O_NOFOLLOW`` one component at a time
-(:class:`~poetctl.ops.safefs.SpoolDir`) and files are opened relative to them
+(:class:`~poetctl.backends.fs.safefs.SpoolDir`) and files are opened relative to them
 with ``O_NOFOLLOW``; a link is refused with :class:`SpoolIOError` (exit 74).
 """
 
@@ -22,12 +22,12 @@ from typing import Any
 
 import orjson
 
+from .backends.fs.layout import DIR_MODE, SpoolLayout
+from .backends.fs.reader import CorruptEvent
+from .backends.fs.safefs import SpoolDir, make_dir
 from .errors import InputMissing, InvalidData, PoetError, SpoolIOError
 from .event import parse_json
 from .ids import EVENT_ID_RE, FUNCTION_NAME_RE, VERSION_RE, check_path_part
-from .ops.safefs import SpoolDir, make_dir
-from .spool.layout import DIR_MODE, SpoolLayout
-from .spool.reader import CorruptEvent
 
 _JSON_OPTS = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
 MAX_READ = 16 * 1024 * 1024

@@ -390,7 +390,7 @@ def test_loading_config_stays_cheap() -> None:
         "p.write_text('[daemon]\\nworkers = 2\\n[learning]\\nmin_samples = 3\\n')\n"
         "load_config(p, env={'POET_MAX_EVENT_BYTES': '4096'})\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jsonschema', 'jsonschema_rs', 'difflib')"
-        " or m.startswith('poetctl.ops') or m.startswith('poetctl.daemon')))\n"
+        " or m.startswith(('poetctl.ops', 'poetctl.daemon', 'poetctl.backends.fs'))))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert r.stdout.split("\n")[:2] == ["False", "[]"], r.stdout

@@ -18,12 +18,12 @@ from conftest import CLI_TIMEOUT, clean_env, cli_argv, load_samples
 from terminal import run_on_tty
 
 from poetctl import EventRouter
+from poetctl.backends.fs.index import Index, row_of
 from poetctl.chain import Node, build_forest, check_chain, collect, connected, iter_events, render_tree
 from poetctl.event import Event
 from poetctl.ids import uuid7
 from poetctl.query import Found
 from poetctl.spool import SpoolLayout
-from poetctl.spool.index import Index, row_of
 
 SAMPLES = load_samples()
 MISSING = "01900000-0000-7000-8000-00000000dead"

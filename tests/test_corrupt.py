@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from poetctl import EventRouter
-from poetctl.daemon.records import quarantine
+from poetctl.backends.fs.journal import quarantine
 from poetctl.event import compute_checksum
 from poetctl.spool import SpoolLayout
 

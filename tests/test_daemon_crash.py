@@ -45,7 +45,7 @@ from daemon_helpers.harness import (
 )
 
 from poetctl import EventRouter
-from poetctl.daemon.running import head_size
+from poetctl.backends.fs.running import head_size
 
 SEED = 20240611
 WORKERS = 4

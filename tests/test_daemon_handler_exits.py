@@ -28,8 +28,8 @@ from daemon_helpers.harness import (
     write_config,
 )
 
+from poetctl.backends.fs.journal import JOURNAL, Journal, journal_record, parse_journal, read_journal
 from poetctl.daemon.core import BUCKETS
-from poetctl.daemon.records import JOURNAL, Journal, journal_record, parse_journal, read_journal
 from poetctl.daemon.retries import DIED
 
 ENDERS = HELPERS / "enders.py"

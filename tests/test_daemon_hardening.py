@@ -31,9 +31,9 @@ from daemon_helpers.harness import (
 from privileges import drop_caps
 
 from poetctl import EventRouter
+from poetctl.backends.fs import reader
+from poetctl.backends.fs.reader import CorruptEvent, UnreadableEvent, read_bytes
 from poetctl.errors import UsageError
-from poetctl.spool import reader
-from poetctl.spool.reader import CorruptEvent, UnreadableEvent, read_bytes
 
 
 def effects_env(tmp_path: Path, **extra: str) -> dict[str, str]:

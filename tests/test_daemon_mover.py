@@ -25,10 +25,10 @@ import test_daemon_crash as tc
 from daemon_helpers import harness
 
 from poetctl import EventRouter
+from poetctl.backends.fs.index import Index
+from poetctl.backends.fs.layout import SpoolLayout
+from poetctl.backends.fs.mover import CHILD, Mover
 from poetctl.daemon.core import Daemon, DaemonOptions
-from poetctl.daemon.mover import CHILD, Mover
-from poetctl.spool.index import Index
-from poetctl.spool.layout import SpoolLayout
 
 
 def _make_inflight(tmp_path: Path, n: int) -> tuple[Path, Path, list[str]]:
@@ -74,7 +74,7 @@ def test_child_finishes_its_queue_when_the_parent_dies(tmp_path: Path) -> None:
     script = (
         "import sys, os, signal\n"
         "from pathlib import Path\n"
-        "from poetctl.daemon.mover import Mover\n"
+        "from poetctl.backends.fs.mover import Mover\n"
         f"m = Mover(Path({str(inflight)!r}), Path({str(processed)!r}))\n"
         "sys.stdout.write(str(m.proc.pid) + '\\n'); sys.stdout.flush()\n"
         f"for n in {names!r}: m.complete(n)\n"

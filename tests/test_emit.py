@@ -147,7 +147,7 @@ def test_emit_existing_id_in_processed_is_a_noop(
 RACER = r"""
 import os, sys, time
 from poetctl.cli import main
-import poetctl.router, poetctl.spool.writer, poetctl.schemas
+import poetctl.router, poetctl.backends.fs.writer, poetctl.schemas
 ready, barrier = sys.argv[1], sys.argv[2]
 open(ready, "w").close()
 deadline = time.monotonic() + 60

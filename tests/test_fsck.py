@@ -27,9 +27,9 @@ from daemon_helpers.harness import (
 )
 from test_replay import index_rows, put_event
 
-from poetctl.daemon.owner import HOST
+from poetctl.backends.fs.index import Index
+from poetctl.backends.fs.owner import HOST
 from poetctl.spool import SpoolLayout
-from poetctl.spool.index import Index
 
 DAY = 86400.0
 

@@ -21,9 +21,9 @@ import pytest
 from conftest import all_event_files, files_in
 
 from poetctl import EventRouter
+from poetctl.backends.fs.writer import GroupCommitter, spool_lock
 from poetctl.errors import SpoolIOError
 from poetctl.event import verify_checksum
-from poetctl.spool.writer import GroupCommitter, spool_lock
 
 HANG_GUARD_S = 60  # a guard against a hung test, never a timing assertion
 

@@ -209,7 +209,7 @@ def test_fsck_repair_quarantines_hostile_files_everywhere(hostile_spool: dict[st
 
 def test_hand_written_deep_files_have_right_checksums(tmp_path: Path, samples: dict[str, Any]) -> None:
     """The 'good' deep files really carry the right checksum (checked at a depth orjson can hash)."""
-    from poetctl.spool.reader import decode_event
+    from poetctl.backends.fs.reader import decode_event
 
     router = EventRouter(spool=tmp_path / "s")
     ev, _ = router.build("drift.detected", samples["drift.detected"]["valid"][0])

@@ -16,7 +16,7 @@ import pytest
 from daemon_helpers.harness import daemon_args, events_dir, ids_in, run_cli, write_config
 from test_replay import put_event, uuid7_at
 
-from poetctl.daemon.owner import HOST
+from poetctl.backends.fs.owner import HOST
 from poetctl.spool import SpoolLayout
 
 DAY = 86400.0

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from poetctl.daemon import listing
-from poetctl.daemon.listing import RACE_NS, list_window
+from poetctl.backends.fs import listing
+from poetctl.backends.fs.listing import RACE_NS, list_window
 from poetctl.ids import uuid7
 
 

@@ -13,11 +13,11 @@ import pytest
 from conftest import CLI_TIMEOUT, clean_env, cli_argv, load_samples
 
 from poetctl import chain as chain_lib
+from poetctl.backends.fs.index import Index, row_of
 from poetctl.event import Event
 from poetctl.ids import uuid7
 from poetctl.query import Found
 from poetctl.spool import SpoolLayout
-from poetctl.spool.index import Index, row_of
 
 HOPS = 10_000
 SAMPLES = load_samples()

@@ -50,6 +50,10 @@ def test_wheel_contains_schemas_and_cli(tmp_path: Path) -> None:
         assert "poetctl/_schemas/drift.detected.json" in names
         assert "poetctl/cli/__init__.py" in names
         assert "poetctl/__main__.py" in names
+        # Started by path with `python -I -S`, never imported by name: it must ship beside the mover.
+        assert "poetctl/backends/fs/_mover_child.py" in names
+        assert "poetctl/backends/fs/mover.py" in names
+        assert "poetctl/spool/__init__.py" in names
         assert json.loads(zf.read("poetctl/_schemas/envelope.json")) == json.loads(
             (REPO / "schemas" / "envelope.json").read_bytes()
         )

@@ -144,8 +144,8 @@ def test_read_only_run_directory_exits_77(tmp_path: Path, spool: Path, args: tup
 
 def test_index_that_cannot_be_written_exits_77(tmp_path: Path, spool: Path) -> None:
     """replay must update the index; a read-only index gives 77 naming it (the files are left as they were)."""
+    from poetctl.backends.fs.index import Index, row_of
     from poetctl.spool import SpoolLayout
-    from poetctl.spool.index import Index, row_of
 
     layout = SpoolLayout(spool)
     idx = Index(layout)
@@ -246,7 +246,7 @@ def _unreadable_file(spool: Path, where: str) -> Path:
     elif where == "state":
         path = spool / "state" / "fn" / "current.json"
     else:  # the journal of a dead owner's in-flight directory, with an event in it
-        from poetctl.daemon.owner import HOST
+        from poetctl.backends.fs.owner import HOST
 
         owner = ev / "inflight" / f"{HOST}.{2**22 + 12345}.1"
         owner.mkdir()

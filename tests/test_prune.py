@@ -21,8 +21,8 @@ from daemon_helpers.harness import (
 )
 from test_replay import index_rows, put_event, uuid7_at
 
+from poetctl.backends.fs.writer import spool_lock
 from poetctl.spool import SpoolLayout
-from poetctl.spool.writer import spool_lock
 
 DAY = 86400.0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers.harness import daemon_args, emit_metrics, events_dir, ids_in, run_cli, write_config
 
-from poetctl.daemon.records import MAX_QUARANTINE_NAME, bounded_name, quarantine
+from poetctl.backends.fs.journal import MAX_QUARANTINE_NAME, bounded_name, quarantine
 from poetctl.spool import SpoolLayout
 
 

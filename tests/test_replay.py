@@ -33,9 +33,9 @@ from daemon_helpers.harness import (
 )
 
 from poetctl import EventRouter
+from poetctl.backends.fs.index import Index, row_of
 from poetctl.event import compute_checksum
 from poetctl.spool import SpoolLayout
-from poetctl.spool.index import Index, row_of
 
 DAY = 86400.0
 
@@ -357,7 +357,7 @@ def test_replay_killed_midway_loses_nothing_and_daemon_recovers(tmp_path: Path, 
     metrics, execs = handled(tmp_path, sp, cfg)
     script = (
         "import os, sys\n"
-        "import poetctl.ops.replay as r\n"
+        "import poetctl.backends.fs.replay as r\n"
         "def die(*args): os._exit(9)\n"
         "r.rename_noreplace_at = die\n"
         "from poetctl.cli import main\n"

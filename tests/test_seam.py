@@ -25,14 +25,22 @@ def test_generic_modules_import_no_backend_and_no_file_code() -> None:
         """
         import sys
         import poetctl.daemon.loop, poetctl.transport, poetctl.backends.memory
-        bad = sorted(m for m in sys.modules if m.startswith(("poetctl.spool", "poetctl.ops", "poetctl.router"))
-                     or m in ("poetctl.daemon.core", "poetctl.daemon.worker", "poetctl.daemon.records",
-                              "poetctl.daemon.mover", "poetctl.query", "fcntl", "sqlite3"))
+        bad = sorted(m for m in sys.modules
+                     if m.startswith(("poetctl.spool", "poetctl.backends.fs", "poetctl.ops", "poetctl.router"))
+                     or m in ("poetctl.daemon.core", "poetctl.daemon.worker", "poetctl.query", "fcntl", "sqlite3"))
         print(",".join(bad))
         """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_spool_package_keeps_its_public_name() -> None:
+    """`from poetctl.spool import SpoolLayout` (the documented import) still gives the filesystem backend's class."""
+    from poetctl.backends.fs.layout import SpoolLayout as FsLayout
+    from poetctl.spool import SpoolLayout
+
+    assert SpoolLayout is FsLayout
 
 
 def test_memory_backend_satisfies_the_protocols() -> None:

@@ -24,7 +24,7 @@ from daemon_helpers.harness import (
 )
 from test_replay import put_event
 
-from poetctl.daemon.owner import HOST
+from poetctl.backends.fs.owner import HOST
 
 
 def status(tmp_path: Path, sp: Path, *args: str) -> tuple[int, dict[str, Any]]:
@@ -154,7 +154,7 @@ def test_status_table_bad_options_and_missing_spool(tmp_path: Path, sp: Path) ->
 
 def test_check_thresholds_come_from_poet_toml_unless_given(tmp_path: Path) -> None:
     """[status] in poet.toml sets --check thresholds; a command-line option overrides it."""
-    from poetctl.spool.layout import SpoolLayout
+    from poetctl.backends.fs.layout import SpoolLayout
 
     spool = tmp_path / "sp"
     SpoolLayout(spool).init()

@@ -19,10 +19,10 @@ from conftest import CLI_TIMEOUT, clean_env, cli_argv, load_samples
 from daemon_helpers.harness import heartbeat_of, wait_for
 
 from poetctl import EventRouter
+from poetctl.backends.fs.index import Index, row_of
 from poetctl.cloudevents import from_cloudevent
 from poetctl.ids import uuid7
 from poetctl.spool import SpoolLayout
-from poetctl.spool.index import Index, row_of
 
 SAMPLES = load_samples()
 FOLLOW_TIMEOUT = 60

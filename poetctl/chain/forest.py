@@ -4,7 +4,7 @@ Used by ``poetctl correlate`` and the demo. "Connected" means: the same
 correlation id as any member, or a causation link in either direction,
 applied until nothing new joins (a fixpoint).
 
-With the index (``spool/index.py``) only the connected events are read: ids,
+With the index (``backends/fs/index.py``) only the connected events are read: ids,
 correlation groups and causation links come from the index for processed and
 dead events, and from the pending and in-flight directories (small while a
 daemon keeps up) for the rest. Without an index every event file is read once.
@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..backends.fs.index import Index
+from ..backends.fs.layout import SpoolLayout
 from ..event import Event
 from ..ids import is_event_id
 from ..query import SMALL_SPOOL, Found, find, index_unusable, load_or_find, open_index, read_found, state_dirs
-from ..spool.index import Index
-from ..spool.layout import SpoolLayout
 
 STATES = ("pending", "inflight", "processed", "dead")
 # Below this many indexed events, connected() reads every file instead of using the index.

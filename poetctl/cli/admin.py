@@ -21,7 +21,7 @@ def init_cmd(spool: SpoolOpt = None, config: ConfigOpt = None) -> None:
 
 @errors_to_exit
 def _init(spool: Path | None, config: Path | None) -> None:
-    from ..spool.layout import SpoolLayout
+    from ..backends.fs.layout import SpoolLayout
 
     cfg = load(spool, config)
     layout = SpoolLayout(cfg.spool)

@@ -68,9 +68,9 @@ def correlate_cmd(
 def _correlate(
     ident: str, output: str | None, expect: str | None, within: str | None, spool: Path | None, config: Path | None
 ) -> None:
+    from ..backends.fs.layout import SpoolLayout
     from ..chain import check_chain, connected, parse_duration, parse_steps, render_tree, to_dot, to_json, to_mermaid
     from ..errors import NoMatch, UsageError
-    from ..spool.layout import SpoolLayout
     from .output import clean, error, resolve_format, warn, write_json, write_jsonl, write_line
 
     fmt = resolve_format(output, CORRELATE_FORMATS, tty_default="tree")

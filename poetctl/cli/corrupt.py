@@ -71,7 +71,7 @@ def _table(columns: list[str], rows: list[list[str]], title: str) -> None:
 
 
 def _layout(spool: Path | None, config: Path | None) -> tuple[Any, Any]:
-    from ..spool.layout import SpoolLayout
+    from ..backends.fs.layout import SpoolLayout
 
     cfg = load(spool, config)
     return cfg, SpoolLayout(cfg.spool).require()
@@ -96,7 +96,7 @@ def list_cmd(output: OutputOpt = None, spool: SpoolOpt = None, config: ConfigOpt
 
 @errors_to_exit
 def _list(output: str | None, spool: Path | None, config: Path | None) -> None:
-    from ..ops.corrupt import entries
+    from ..backends.fs.corrupt import entries
     from .output import resolve_format, write_json, write_jsonl
 
     fmt = resolve_format(output)
@@ -140,8 +140,8 @@ def show_cmd(
 
 @errors_to_exit
 def _show(name: str, raw: bool, output: str | None, spool: Path | None, config: Path | None) -> None:
-    from ..ops.corrupt import find, open_regular, read_head
-    from ..spool.reader import CorruptEvent
+    from ..backends.fs.corrupt import find, open_regular, read_head
+    from ..backends.fs.reader import CorruptEvent
     from .output import resolve_format, write_json, write_jsonl
 
     _check_name(name)
@@ -236,7 +236,7 @@ def requeue_cmd(
 def _requeue(
     names: list[str], all_: bool, dry_run: bool, output: str | None, spool: Path | None, config: Path | None
 ) -> None:
-    from ..ops.corrupt import requeue
+    from ..backends.fs.corrupt import requeue
     from ..schemas import SchemaRegistry
     from .output import error, resolve_format, warn, write_json, write_jsonl
 

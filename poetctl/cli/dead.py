@@ -34,9 +34,9 @@ dead_app = typer.Typer(
 
 def _open(spool: Path | None, config: Path | None, with_index: bool = False) -> tuple[Any, Any, Any]:
     """Config, layout (66 if there is no spool) and, when asked, the index (None if absent)."""
-    from ..ops.dead import refuse_links
+    from ..backends.fs.dead import refuse_links
+    from ..backends.fs.layout import SpoolLayout
     from ..ops.selectors import open_index
-    from ..spool.layout import SpoolLayout
     from .output import warn
 
     cfg = load(spool, config)
@@ -86,7 +86,7 @@ def list_cmd(
 
 @errors_to_exit
 def _list(crit: Any, output: str | None, spool: Path | None, config: Path | None) -> None:
-    from ..ops.dead import entries
+    from ..backends.fs.dead import entries
     from .output import emit_rows, resolve_format
 
     fmt = resolve_format(output)
@@ -135,8 +135,8 @@ def show_cmd(
 
 @errors_to_exit
 def _show(event_id: str, output: str | None, spool: Path | None, config: Path | None) -> None:
+    from ..backends.fs.replay import read_error
     from ..ids import EVENT_ID_RE
-    from ..ops.replay import read_error
     from ..ops.selectors import missing_ids
     from ..query import load as load_found
     from .output import resolve_format, write_json, write_jsonl
@@ -213,7 +213,7 @@ def purge_cmd(
 
 @errors_to_exit
 def _purge(crit: Any, all_: bool, dry_run: bool, spool: Path | None, config: Path | None) -> None:
-    from ..ops.dead import orphan_errors, purge
+    from ..backends.fs.dead import orphan_errors, purge
     from .output import warn
 
     _, layout, index = _open(spool, config, with_index=True)

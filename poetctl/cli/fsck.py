@@ -46,11 +46,11 @@ def fsck_cmd(
 
 @errors_to_exit
 def _fsck(repair: bool, tmp_age: str, output: str | None, spool: Path | None, config: Path | None) -> None:
-    from ..ops.fsck import Fsck
+    from ..backends.fs.fsck import Fsck
+    from ..backends.fs.layout import SpoolLayout
     from ..ops.progress import Progress
     from ..ops.status import parse_duration
     from ..schemas import SchemaRegistry
-    from ..spool.layout import SpoolLayout
     from .output import emit_rows, resolve_format, write_json
 
     fmt = resolve_format(output)

@@ -45,11 +45,11 @@ def _prune(
 ) -> None:
     from contextlib import nullcontext
 
+    from ..backends.fs.layout import SpoolLayout
+    from ..backends.fs.prune import Pruner, usable_index
+    from ..backends.fs.writer import spool_lock
     from ..ops.progress import Progress
-    from ..ops.prune import Pruner, usable_index
     from ..ops.selectors import open_index
-    from ..spool.layout import SpoolLayout
-    from ..spool.writer import spool_lock
     from .output import resolve_format, warn, write_json, write_jsonl
 
     if days < 0:

@@ -121,10 +121,10 @@ def replay_cmd(
 
 @errors_to_exit
 def _replay(crit: Any, from_state: str, all_: bool, dry_run: bool, spool: Path | None, config: Path | None) -> None:
+    from ..backends.fs.layout import SpoolLayout
+    from ..backends.fs.replay import BATCH, Requeuer, refuse_links
     from ..ops.progress import Progress
-    from ..ops.replay import BATCH, Requeuer, refuse_links
     from ..ops.selectors import check_state, open_index
-    from ..spool.layout import SpoolLayout
     from .output import warn
 
     check_state(from_state)

@@ -40,7 +40,7 @@ def state_list(output: OutputOpt = None, spool: SpoolOpt = None, config: ConfigO
 
 @errors_to_exit
 def _show(fn: str, output: str | None, spool: Path | None, config: Path | None) -> None:
-    from ..spool.layout import SpoolLayout
+    from ..backends.fs.layout import SpoolLayout
     from ..state import StateStore
     from .output import console, emit_rows, resolve_format, styled, write_json, write_jsonl
 
@@ -65,7 +65,7 @@ def _show(fn: str, output: str | None, spool: Path | None, config: Path | None) 
 
 @errors_to_exit
 def _list(output: str | None, spool: Path | None, config: Path | None) -> None:
-    from ..spool.layout import SpoolLayout
+    from ..backends.fs.layout import SpoolLayout
     from ..state import StateStore
     from .output import emit_rows, resolve_format, warn
 

@@ -114,8 +114,8 @@ def _status(
     spool: Path | None,
     config: Path | None,
 ) -> None:
+    from ..backends.fs.layout import SpoolLayout
     from ..ops.status import Thresholds, collect, evaluate, nagios_line, parse_duration
-    from ..spool.layout import SpoolLayout
     from .output import resolve_format, write_json, write_jsonl
 
     fmt = resolve_format(output) if output is not None or not check else None

@@ -289,8 +289,8 @@ def as_stored(f: Any) -> bytes:
 
 @errors_to_exit
 def _tail(args: TailArgs, spool: Path | None, config: Path | None) -> None:
+    from ..backends.fs.layout import SpoolLayout
     from ..query import SMALL_SPOOL, Selector, newest, open_index
-    from ..spool.layout import SpoolLayout
     from ..timeparse import parse_time
     from ..topics import validate_pattern
     from .output import resolve_format, warn
@@ -434,7 +434,7 @@ class Follower:
     def _watch(self) -> Any:
         from watchdog.events import FileCreatedEvent, FileMovedEvent, FileSystemEventHandler
 
-        from ..daemon import watcher
+        from ..backends.fs import watcher
 
         follower = self
 

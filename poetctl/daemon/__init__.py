@@ -1,8 +1,8 @@
 """The processing daemon: claim, handle, retry, dead-letter, recover.
 
 ``Daemon`` and ``DaemonOptions`` live in :mod:`poetctl.daemon.core`; they are
-imported on first use so that ``poetctl.daemon.owner`` (used by status and
-fsck) does not pull in the whole daemon.
+imported on first use so that a light submodule (``retries``, ``log``: the
+filesystem backend uses them) does not pull in the whole daemon.
 """
 
 from __future__ import annotations

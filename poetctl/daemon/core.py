@@ -32,21 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..config import DEFAULT_MAX_CAUSATION_DEPTH
-from ..errors import InvalidData, SpoolIOError
-from ..event import Event
-from ..ids import time_of
-from ..ops.safefs import LinkedDir, SpoolDir, open_dir
-from ..router import EventRouter, Subscription
-from ..spool.layout import FILE_MODE, SpoolLayout, fsync_dir
-from ..spool.reader import FIRST_READ, READ_FLAGS, CorruptEvent, UnreadableEvent, decode_event, read_bytes
-from ..spool.writer import write_atomic
-from ..topics import check_subscription
-from . import log
-from .listing import list_window
-from .owner import current_owner, owner_alive, process_start_ticks
-from .reconcile import Reconciler
-from .records import (
+from ..backends.fs.journal import (
     JOURNAL,
     Journal,
     Record,
@@ -54,13 +40,29 @@ from .records import (
     journal_record,
     parse_journal,
     quarantine,
+    save_merged,
     stated_checksum_at,
 )
+from ..backends.fs.layout import FILE_MODE, SpoolLayout, fsync_dir
+from ..backends.fs.listing import list_window
+from ..backends.fs.owner import current_owner, owner_alive, process_start_ticks
+from ..backends.fs.paths import BUCKET_LOCKS, HEARTBEATS, OWNER_LOCKS
+from ..backends.fs.reader import FIRST_READ, READ_FLAGS, CorruptEvent, UnreadableEvent, decode_event, read_bytes
+from ..backends.fs.reconcile import Reconciler
+from ..backends.fs.safefs import LinkedDir, SpoolDir, open_dir
+from ..backends.fs.writer import write_atomic
+from ..config import DEFAULT_MAX_CAUSATION_DEPTH
+from ..errors import InvalidData, SpoolIOError
+from ..event import Event
+from ..ids import time_of
+from ..router import EventRouter, Subscription
+from ..topics import check_subscription
+from . import log
 from .retries import RetryPolicy
 from .worker import Job, Outcome, Worker
 
 if TYPE_CHECKING:
-    from .mover import Mover
+    from ..backends.fs.mover import Mover
 
 BUCKETS = 256
 CLAIM_BATCH = 256  # events per claim batch handed to the mover
@@ -176,9 +178,9 @@ class Daemon:
         self._inflight_prefix = f"{self.inflight_dir}/"
         self.processed_prefix = f"{self.layout.processed}/"
         self.pending_prefix = f"{self.layout.pending}/"
-        self.heartbeat_dir = self.layout.run / "daemons"
-        self.bucket_dir = self.layout.run / "buckets"
-        self.owner_lock_dir = self.layout.run / "owners"
+        self.heartbeat_dir = self.layout.root / HEARTBEATS
+        self.bucket_dir = self.layout.root / BUCKET_LOCKS
+        self.owner_lock_dir = self.layout.root / OWNER_LOCKS
         self.records = RecordStore(self.layout)
         self.counters = Counters()
         self.blocked_keys: set[str] = set()
@@ -272,7 +274,7 @@ class Daemon:
         # 2-core machine cost more than a fast handler itself (GIL and wake-up ping-pong).
         self.inline = self.opts.workers == 1
         if self.opts.index:
-            from ..spool.index import IndexWriter
+            from ..backends.fs.index import IndexWriter
 
             # Written by the main thread in batches (maybe_flush) in both modes: a writer
             # thread would trade the GIL with the main thread for every row it binds.
@@ -313,7 +315,7 @@ class Daemon:
         self._owner_lock_fd = fd
 
     def _start_mover(self) -> None:
-        from .mover import Mover
+        from ..backends.fs.mover import Mover
 
         try:
             self.mover = Mover(
@@ -327,7 +329,7 @@ class Daemon:
             self.opts.mover_backlog = -1
 
     def _start_observer(self) -> None:
-        from .watcher import start_watcher
+        from ..backends.fs.watcher import start_watcher
 
         self._observer = start_watcher(str(self.layout.pending), self.wake)
 
@@ -647,7 +649,7 @@ class Daemon:
         """No subscriber: straight to processed (expired ones to dead)."""
         self._inflight += 1
         if job.event.expires_at is not None and job.event.expires_at < self.clock():
-            from .records import dead_letter
+            from ..backends.fs.journal import dead_letter
 
             dead_letter(
                 self.layout,
@@ -838,7 +840,7 @@ class Daemon:
                 moved += self._recover_owner(inflight, name)
             finally:
                 if lock >= 0:
-                    locks = open_dir(self.layout, "run/owners")
+                    locks = open_dir(self.layout, OWNER_LOCKS)
                     if locks is not None:
                         with locks:
                             locks.unlink(f"{name}.lock")
@@ -859,7 +861,7 @@ class Daemon:
     def _take_owner_lock(self, owner: str, wait: float) -> int | None:
         """Lock a dead owner's lock file: its fd, -1 if it has none, None while still held."""
         try:
-            locks = SpoolDir(self.layout, "run/owners")
+            locks = SpoolDir(self.layout, OWNER_LOCKS)
         except FileNotFoundError:
             return -1
         except LinkedDir as exc:
@@ -913,11 +915,7 @@ class Daemon:
                 rec = journal_record(journal, name[:-5], stated_checksum_at(d, name)) if journal else None
                 if rec is not None and (rec.done or rec.failures):
                     with SpoolDir(self.layout, "events/records") as records:
-                        try:
-                            rec.merge(Record.from_json(records.read(name, 1 << 24)))
-                        except (FileNotFoundError, CorruptEvent, ValueError, TypeError, KeyError, AttributeError):
-                            pass
-                        records.write_atomic(name, rec.to_json())
+                        save_merged(records, name, rec)
                 try:
                     d.rename(name, pending, name, replace=True)
                     moved += 1
@@ -925,7 +923,7 @@ class Daemon:
                     continue
             d.unlink(JOURNAL)
         inflight.rmdir(owner)
-        beats = open_dir(self.layout, "run/daemons")
+        beats = open_dir(self.layout, HEARTBEATS)
         if beats is not None:
             with beats:
                 beats.unlink(f"{owner}.json")

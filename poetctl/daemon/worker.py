@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..backends.fs.journal import Attempt, Record, dead_letter
 from ..event import Event
 from ..router import Subscription
 from . import log
 from .outcomes import EXHAUSTED, PERMANENT, Permanent, Retry
-from .records import Attempt, Record, dead_letter
 from .retries import DIED
 
 if TYPE_CHECKING:

@@ -41,11 +41,11 @@ from typing import Any
 
 import orjson
 
+from ..backends.fs.layout import FILE_MODE, SpoolLayout
+from ..backends.fs.reader import CorruptEvent
+from ..backends.fs.safefs import SpoolDir
+from ..backends.fs.writer import write_atomic
 from ..errors import InvalidData, SpoolIOError
-from ..ops.safefs import SpoolDir
-from ..spool.layout import FILE_MODE, SpoolLayout
-from ..spool.reader import CorruptEvent
-from ..spool.writer import write_atomic
 from ..strictjson import find_inexact, surely_exact
 
 STATE_FILE = "learning.json"

@@ -24,11 +24,11 @@ from typing import IO
 
 import orjson
 
+from ..backends.fs.index import Index
+from ..backends.fs.layout import SpoolLayout
 from ..errors import InvalidData, UsageError
 from ..ids import EVENT_ID_RE
 from ..query import Found, Selector, load
-from ..spool.index import Index
-from ..spool.layout import SpoolLayout
 from ..timeparse import parse_time
 from ..topics import validate_pattern
 

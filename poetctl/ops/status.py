@@ -22,11 +22,12 @@ from typing import Any
 
 import orjson
 
+from ..backends.fs.corrupt_names import quarantined, visible
+from ..backends.fs.index import connect_readonly
+from ..backends.fs.layout import SpoolLayout
+from ..backends.fs.paths import HEARTBEATS
 from ..errors import UsageError
 from ..ids import time_of
-from ..spool.index import connect_readonly
-from ..spool.layout import SpoolLayout
-from .corrupt_names import quarantined, visible
 
 WINDOWS = (("1m", 60), ("5m", 300), ("15m", 900))
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)\Z")
@@ -87,7 +88,7 @@ def _index_figures(layout: SpoolLayout, now: float) -> dict[str, Any] | None:
 
 
 def _heartbeats(layout: SpoolLayout, now: float, stale_after: float, lease: float) -> list[dict[str, Any]]:
-    hb_dir = layout.run / "daemons"
+    hb_dir = layout.root / HEARTBEATS
     out: list[dict[str, Any]] = []
     try:
         entries = sorted(os.scandir(hb_dir), key=lambda e: e.name)
@@ -108,7 +109,7 @@ def _heartbeats(layout: SpoolLayout, now: float, stale_after: float, lease: floa
         owner = e.name[:-5]
         age = now - last
         # Imported here: poetctl.daemon pulls in the whole daemon (~25 ms), needless without heartbeats.
-        from ..daemon.owner import owner_alive
+        from ..backends.fs.owner import owner_alive
 
         alive = owner_alive(owner, hb_dir, lease) and age <= stale_after
         beat.setdefault("owner", owner)

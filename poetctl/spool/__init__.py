@@ -1,5 +1,9 @@
-"""The filesystem spool: layout, atomic group commits, reads."""
+"""The filesystem spool's public name: :class:`SpoolLayout`.
 
-from .layout import SpoolLayout
+The implementation lives in :mod:`poetctl.backends.fs`; this package stays so
+that ``from poetctl.spool import SpoolLayout`` keeps working.
+"""
+
+from ..backends.fs.layout import SpoolLayout
 
 __all__ = ["SpoolLayout"]

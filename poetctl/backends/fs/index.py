@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import PermissionDenied
-from ..event import Event
+from ...errors import PermissionDenied
+from ...event import Event
 from .layout import DIR_MODE, FILE_MODE, SpoolLayout
 
 SCHEMA_VERSION = 1

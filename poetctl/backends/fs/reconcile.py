@@ -27,14 +27,14 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import SpoolIOError
-from ..event import Event
-from ..ids import EVENT_ID_RE
-from ..ops.safefs import SpoolDir
-from ..spool.index import Index, row_of
-from ..spool.layout import SpoolLayout
-from ..spool.reader import CorruptEvent, decode_event, read_bytes
-from . import log
+from ...daemon import log
+from ...errors import SpoolIOError
+from ...event import Event
+from ...ids import EVENT_ID_RE
+from .index import Index, row_of
+from .layout import SpoolLayout
+from .reader import CorruptEvent, decode_event, read_bytes
+from .safefs import SpoolDir
 
 MARK = "daemon:"
 HANDLED = ("processed", "dead")

@@ -1,7 +1,7 @@
 """The index part of ``poetctl fsck``: rows against files, and the rebuild.
 
 Only runs when ``events/``, ``processed/``, ``dead/`` and ``index/`` are real
-directories (a link is reported by :class:`~poetctl.ops.fsck.Fsck` and the
+directories (a link is reported by :class:`~poetctl.backends.fs.fsck.Fsck` and the
 comparison skipped), and reads event files through their directory
 descriptors, never through a link. An ``index/events.sqlite`` that is not a
 regular file (a link) is quarantined before a new index is built, so SQLite
@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..spool.index import Index, index_path, row_of
-from ..spool.reader import CorruptEvent
 from . import fsck_repair as fx
+from .index import Index, index_path, row_of
+from .reader import CorruptEvent
 from .safefs import SpoolDir
 
 if TYPE_CHECKING:

@@ -42,7 +42,7 @@ or an integer beyond 64 bits makes the file damaged, like bad JSON.
   between rows and files -> add, delete or fix the row.
 
 Every directory is opened without following links
-(:class:`~poetctl.ops.safefs.SpoolDir`) and every file is read, moved or
+(:class:`~poetctl.backends.fs.safefs.SpoolDir`) and every file is read, moved or
 removed by name relative to it, so nothing outside the spool is ever touched.
 
 Safe while daemons run: live owners' in-flight events are left alone, a file
@@ -64,17 +64,18 @@ from typing import Any
 
 import orjson
 
-from ..daemon.owner import HOST, OWNER_RE, owner_alive
-from ..daemon.records import JOURNAL, Record, journal_record, parse_journal
-from ..errors import InvalidData, PoetError, SpoolIOError
-from ..event import Event, parse_json
-from ..ids import EVENT_ID_RE
-from ..schemas import SchemaRegistry
-from ..spool.layout import SpoolLayout
-from ..spool.reader import CorruptEvent, UnreadableEvent, decode_event
+from ...errors import InvalidData, PoetError, SpoolIOError
+from ...event import Event, parse_json
+from ...ids import EVENT_ID_RE
+from ...schemas import SchemaRegistry
 from . import fsck_repair as fx
 from .fsck_index import IndexCheck
 from .fsck_report import FsckReport, Problem
+from .journal import JOURNAL, Record, journal_record, parse_journal
+from .layout import SpoolLayout
+from .owner import HOST, OWNER_RE, owner_alive
+from .paths import BUCKET_LOCKS, HEARTBEATS, OWNER_LOCKS
+from .reader import CorruptEvent, UnreadableEvent, decode_event
 from .safefs import LinkedDir, SpoolDir
 
 EVENT_STATES = ("pending", "processed", "dead")
@@ -95,9 +96,9 @@ TREE = (
     "feedback/pending",
     "feedback/processed",
     "run",
-    "run/daemons",
-    "run/owners",
-    "run/buckets",
+    HEARTBEATS,
+    OWNER_LOCKS,
+    BUCKET_LOCKS,
     "index",
 )
 
@@ -311,9 +312,9 @@ class Fsck:
 
     def _alive(self, owner: str) -> bool:
         m = OWNER_RE.match(owner)
-        if m is not None and m["host"] != HOST and self.dir("run/daemons") is None and self.linked_dirs:
+        if m is not None and m["host"] != HOST and self.dir(HEARTBEATS) is None and self.linked_dirs:
             return True  # judged by a heartbeat we will not read through a link: leave its work alone
-        return owner_alive(owner, self.layout.run / "daemons", self.lease)
+        return owner_alive(owner, self.layout.root / HEARTBEATS, self.lease)
 
     def check_inflight(self, dirs: dict[str, tuple[SpoolDir, list[Any]]]) -> None:
         processed = self.dir("events/processed")
@@ -556,7 +557,7 @@ class Fsck:
                 self.problem(
                     "orphan_tmp", p, f"writer leftover, {self._age(st.st_mtime)} old", fx.unlink_fix(d, e.name)
                 )
-        for rel in ("events/corrupt", "run/daemons", "feedback/pending", "feedback/processed"):
+        for rel in ("events/corrupt", HEARTBEATS, "feedback/pending", "feedback/processed"):
             other = self.dir(rel)
             for e in self.entries(other):
                 assert other is not None
@@ -587,8 +588,8 @@ class Fsck:
                     )
 
     def check_state(self) -> None:
-        from ..handlers.learning import MAX_STATE_BYTES, STATE_FILE, parse_learning
-        from ..state import updated_at
+        from ...handlers.learning import MAX_STATE_BYTES, STATE_FILE, parse_learning
+        from ...state import updated_at
 
         state = self.dir("state")
         if state is None:
@@ -629,7 +630,7 @@ class Fsck:
                 yield d, e.name
 
     def check_heartbeats(self) -> None:
-        hb = self.dir("run/daemons")
+        hb = self.dir(HEARTBEATS)
         inflight = self.dir("events/inflight")
         owners = {e.name for e in self.entries(inflight) if e.is_dir(follow_symlinks=False)}
         for e in self.entries(hb):

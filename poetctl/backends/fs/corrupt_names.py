@@ -1,11 +1,11 @@
 """Which names in ``events/corrupt/`` are quarantined files: the one rule ``corrupt list`` and ``status`` share.
 
 A quarantined ``X`` comes with its reason record ``X.reason``
-(:func:`poetctl.daemon.records.quarantine` writes both). ``X.reason`` is the
+(:func:`poetctl.backends.fs.journal.quarantine` writes both). ``X.reason`` is the
 reason record of ``X`` whenever ``X`` is present, and an entry of its own
 otherwise (a quarantined file that happens to end in ``.reason``, or a
 reason record whose file is gone); dot names are writers' tmp files and
-``.gitkeep``. Kept apart from :mod:`poetctl.ops.corrupt` so that ``status``
+``.gitkeep``. Kept apart from :mod:`poetctl.backends.fs.corrupt` so that ``status``
 counts without importing what requeueing needs.
 """
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import orjson
 
-from ..errors import InvalidData, PoetError
-from ..event import CHECKSUM_PREFIX, MAX_DEPTH, Event, canonical, check_depth
-from ..ids import EVENT_ID_RE
-from ..schemas import SchemaRegistry
-from ..strictjson import find_inexact, surely_exact
+from ...errors import InvalidData, PoetError
+from ...event import CHECKSUM_PREFIX, MAX_DEPTH, Event, canonical, check_depth
+from ...ids import EVENT_ID_RE
+from ...schemas import SchemaRegistry
+from ...strictjson import find_inexact, surely_exact
 
 _MISSING: Any = object()
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK

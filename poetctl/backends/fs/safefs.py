@@ -22,8 +22,8 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ..errors import SpoolIOError
-from ..spool.layout import DIR_MODE, FILE_MODE, SpoolLayout
+from ...errors import SpoolIOError
+from .layout import DIR_MODE, FILE_MODE, SpoolLayout
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 RENAME_NOREPLACE = 1
@@ -129,7 +129,7 @@ class SpoolDir:
 
     def read(self, name: str, max_bytes: int) -> bytes:
         """A regular file's bytes (never through a link); CorruptEvent otherwise, FileNotFoundError if gone."""
-        from ..spool.reader import read_bytes
+        from .reader import read_bytes
 
         return read_bytes(name, max_bytes, dir_fd=self.fd, where=str(self.path / name))
 

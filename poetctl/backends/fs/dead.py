@@ -1,7 +1,7 @@
 """The dead-letter queue: ``events/dead/<id>.json`` beside ``<id>.error``.
 
 Listing reads each dead event (verified) and its error record. Retry is
-:class:`poetctl.ops.replay.Requeuer` with ``source="dead"``: the event goes
+:class:`poetctl.backends.fs.replay.Requeuer` with ``source="dead"``: the event goes
 back to pending with fresh attempts, a summary of its last error moves into
 ``metadata.replayed.error`` and ``<id>.error`` is removed. Purge deletes the
 event and its ``.error`` (regular files only, through a descriptor of the
@@ -16,18 +16,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..query import Found
-from ..spool.index import Index
-from ..spool.layout import SpoolLayout
+from ...query import Found
+from .index import Index
+from .layout import SpoolLayout
 from .replay import read_error
 from .safefs import open_dir, refuse_linked
 
 
 def refuse_links(layout: SpoolLayout) -> None:
-    """Raise :class:`~poetctl.ops.safefs.LinkedDir` (74) if ``events/``, ``dead/`` or ``index/`` is a link.
+    """Raise :class:`~poetctl.backends.fs.safefs.LinkedDir` (74) if ``events/``, ``dead/`` or ``index/`` is a link.
 
     Every ``dead`` command checks this before it reads anything; ``retry``
-    then goes through :class:`~poetctl.ops.replay.Requeuer`, which checks the
+    then goes through :class:`~poetctl.backends.fs.replay.Requeuer`, which checks the
     directories it needs, and ``purge`` deletes through a descriptor of dead/.
     """
     refuse_linked(layout, ("events", "events/dead", "index"))

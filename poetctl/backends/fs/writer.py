@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from ..errors import SpoolIOError
+from ...errors import SpoolIOError
 from .layout import FILE_MODE, SUFFIX, SpoolLayout, fsync_dir
 
 O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -106,7 +106,7 @@ def spool_lock(layout: SpoolLayout, name: str, *, blocking: bool = True) -> Iter
     Raises :class:`SpoolIOError` if the lock file cannot be opened and, with
     ``blocking=False``, :class:`poetctl.errors.TemporaryFailure` if it is held.
     """
-    from ..errors import TemporaryFailure
+    from ...errors import TemporaryFailure
 
     path = layout.run / f"{name}.lock"
     try:

@@ -1,4 +1,4 @@
-"""The completion mover's child process (see :mod:`poetctl.daemon.mover`).
+"""The completion mover's child process (see :mod:`poetctl.backends.fs.mover`).
 
 Run as ``python -I -S _mover_child.py <inflight dir> <processed dir>
 [--pending DIR]``: it imports only the standard library, so it starts in

@@ -4,13 +4,15 @@
   finished handler and per failed attempt, written with a single ``write`` as
   soon as it happens, so a SIGKILL loses none of them; it is fsync'ed in
   batches. Its head holds one "running" slot per worker (see
-  :mod:`poetctl.daemon.running`), so a death inside a handler is an attempt
+  :mod:`poetctl.backends.fs.running`), so a death inside a handler is an attempt
   too. When an owner dies, recovery turns its journal into
   **records** (``events/records/<id>.json``) beside the events it returns to
   pending, so the next claimer skips the finished handlers and keeps counting
   attempts.
 * **Dead letters**: ``dead/<id>.json`` plus ``dead/<id>.error`` (JSON: reason,
-  error, traceback, every attempt with its time).
+  error, traceback, every attempt with its time), written only by
+  :func:`write_error` with the contents built by
+  :func:`poetctl.transport.dead_letter_info`.
 * **Quarantine**: ``corrupt/<name>`` plus ``corrupt/<name>.reason``. Nothing
   is ever deleted here.
 """
@@ -30,15 +32,18 @@ from typing import Any
 
 import orjson
 
-from ..errors import SpoolIOError
-from ..ops.corrupt_names import REASON_SUFFIX
-from ..ops.safefs import SpoolDir
-from ..spool.layout import FILE_MODE, SpoolLayout
-from ..spool.writer import write_atomic
-from .retries import DIED
+from ... import transport
+from ...daemon.retries import DIED
+from ...errors import SpoolIOError
+from .corrupt_names import REASON_SUFFIX
+from .layout import FILE_MODE, SpoolLayout
 from .running import RunningSlots, create_head, head_size, parse_slots
+from .safefs import SpoolDir
+from .writer import write_atomic
 
 JOURNAL = "_journal"
+ERROR_SUFFIX = ".error"
+MAX_RECORD = 1 << 24
 
 
 @dataclass(slots=True)
@@ -106,7 +111,7 @@ class Journal:
     """Append-only completion log of one daemon. Thread-safe; lines are single writes.
 
     With ``slots`` > 0 the file starts with one "running" slot per worker
-    (:mod:`poetctl.daemon.running`): :meth:`running` / :meth:`idle` mark the
+    (:mod:`poetctl.backends.fs.running`): :meth:`running` / :meth:`idle` mark the
     handler a worker runs, so a process death during a handler counts as an
     attempt when the journal is read back.
     """
@@ -254,9 +259,28 @@ class RecordStore:
             pass
 
 
+def save_merged(records: SpoolDir, name: str, record: Record) -> None:
+    """Write ``record`` to ``events/records/<name>``, merged into the record already there.
+
+    The one way an event handed back by recovery (the daemon's, or ``fsck
+    --repair``'s requeue) keeps what its dead owner's journal says. Merging is
+    :meth:`Record.merge`: finished handlers are united, each attempt is kept
+    once (a recovery that died after writing the record and is done again
+    must not count an attempt twice), and the later ``not_before`` wins. A
+    missing or unreadable old record is replaced. ``record`` is updated.
+    """
+    from .reader import CorruptEvent
+
+    try:
+        record.merge(Record.from_json(records.read(name, MAX_RECORD)))
+    except (FileNotFoundError, CorruptEvent, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    records.write_atomic(name, record.to_json())
+
+
 def stated_checksum_at(d: SpoolDir, name: str) -> str | None:
     """:func:`stated_checksum` of ``name`` in ``d``, read without following a link (None if it is one)."""
-    from ..spool.reader import CorruptEvent
+    from .reader import CorruptEvent
 
     try:
         value = orjson.loads(d.read(name, 1 << 24)).get("checksum")
@@ -367,20 +391,7 @@ def dead_letter(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Move an event file to dead/ with ``<id>.error`` describing why. Durable on return."""
-    last = record.failures[-1] if record.failures else None
-    info: dict[str, Any] = {
-        "id": event_id,
-        "reason": reason,
-        "dead_at": time.time(),
-        "attempts": record.attempts,
-        "error": last.error if last else None,
-        "handler": last.handler if last else None,
-        "traceback": last.traceback if last else None,
-        "history": [a.to_dict() for a in record.failures],
-        "handlers_done": sorted(record.done),
-    }
-    if extra:
-        info.update(extra)
+    info = error_info(event_id, reason, record, time.time(), extra)
     src = Path(path)
     try:
         rel = str(src.parent.relative_to(layout.root))
@@ -388,10 +399,28 @@ def dead_letter(
         raise SpoolIOError(f"cannot dead-letter {src}: not inside the spool {layout.root}") from None
     # Both directories without following links: a dead/ swapped for a link is refused (74), never written through.
     with SpoolDir(layout, rel) as sdir, SpoolDir(layout, "events/dead") as dead:
-        dead.write_atomic(f"{event_id}.error", orjson.dumps(info, option=orjson.OPT_INDENT_2))
+        write_error(dead, event_id, info)
         try:
             sdir.rename(src.name, dead, f"{event_id}.json", replace=True)
         except OSError as exc:
             raise SpoolIOError(f"cannot move {path} to dead/: {exc.strerror}") from None
         dead.fsync()
     return layout.dead / f"{event_id}.json"
+
+
+def error_info(
+    event_id: str, reason: str, record: Record, at: float, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``dead/<id>.error`` says: :func:`poetctl.transport.dead_letter_info` of this record."""
+    # The journal's Record is the seam's without ``deliveries`` (step 2 of issue 10 makes them one class).
+    seam = transport.Record(
+        done=set(record.done),
+        failures=[transport.Attempt(a.handler, a.attempt, a.at, a.error, a.traceback) for a in record.failures],
+        not_before=record.not_before,
+    )
+    return transport.dead_letter_info(event_id, reason, seam, at, extra)
+
+
+def write_error(dead: SpoolDir, event_id: str, info: dict[str, Any]) -> None:
+    """Write ``<event_id>.error`` in ``dead`` (atomically, replacing one there): the only writer of ``.error`` files."""
+    dead.write_atomic(event_id + ERROR_SUFFIX, orjson.dumps(info, option=orjson.OPT_INDENT_2))

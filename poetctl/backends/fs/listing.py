@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SpoolIOError
+from ...errors import SpoolIOError
 
 # Filesystem timestamps come from a coarse clock (one scheduler tick, 1-10 ms, behind the
 # wall clock): a modification this close to the walk may have happened during it.

@@ -1,7 +1,7 @@
 """The quarantine, ``events/corrupt/``: list what is there, read it, and put fixed files back.
 
 A quarantined file ``corrupt/<name>`` comes with ``corrupt/<name>.reason``, a
-JSON object written by :func:`poetctl.daemon.records.quarantine`. Fields read
+JSON object written by :func:`poetctl.backends.fs.journal.quarantine`. Fields read
 here: ``reason`` (a code such as ``bad_checksum``), ``detail``, ``at`` (unix
 time), ``from`` (the spool directory it came from), ``name`` (its original
 name, which may differ from ``<name>`` when that was too long). Unknown fields
@@ -10,12 +10,12 @@ as such, never fatal. ``X.reason`` is taken as the reason of ``X`` whenever
 ``X`` exists; a ``.reason`` without its file (e.g. left by a crash) is listed
 as ``orphan_reason``, so nothing in the directory is hidden.
 
-:func:`requeue` applies the daemon's own checks (:func:`poetctl.spool.reader.read_bytes`
-and :func:`~poetctl.spool.reader.decode_event`: regular file, size, JSON,
+:func:`requeue` applies the daemon's own checks (:func:`poetctl.backends.fs.reader.read_bytes`
+and :func:`~poetctl.backends.fs.reader.decode_event`: regular file, size, JSON,
 checksum, envelope, payload schema) and moves a valid file to
 ``pending/<id>.json`` with a rename that never replaces, under the same lock
 keyed emits hold, and only if the id is nowhere else in the spool. All work
-goes through :class:`~poetctl.ops.safefs.SpoolDir` descriptors: no link is
+goes through :class:`~poetctl.backends.fs.safefs.SpoolDir` descriptors: no link is
 followed and nothing outside the spool is touched.
 """
 
@@ -32,14 +32,14 @@ from typing import Any
 
 import orjson
 
-from ..errors import SpoolIOError
-from ..schemas import SchemaRegistry
-from ..spool.layout import FILE_MODE, SUFFIX, SpoolLayout
-from ..spool.reader import READ_FLAGS, CorruptEvent, decode_event, read_bytes
-from ..spool.writer import spool_lock
+from ...errors import SpoolIOError
+from ...schemas import SchemaRegistry
 from . import safefs
 from .corrupt_names import REASON_SUFFIX, is_reason_of_present_file, quarantined, visible
+from .layout import FILE_MODE, SUFFIX, SpoolLayout
+from .reader import READ_FLAGS, CorruptEvent, decode_event, read_bytes
 from .safefs import SpoolDir, open_dir
+from .writer import spool_lock
 
 CORRUPT = "events/corrupt"
 MAX_REASON_BYTES = 64 * 1024

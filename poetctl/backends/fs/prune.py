@@ -14,7 +14,7 @@ What goes (older than ``days``, by event time):
   ``.error`` files whose event is gone (by mtime).
 
 Never anything else: pending, in-flight, corrupt, records, state and run are
-not touched. Deletion goes through :class:`~poetctl.ops.safefs.SpoolDir`:
+not touched. Deletion goes through :class:`~poetctl.backends.fs.safefs.SpoolDir`:
 only regular files, by name relative to an ``O_NOFOLLOW`` descriptor of the
 spool's own directory, so links are never followed, subdirectories are never
 descended and nothing outside the spool is ever read or removed. A spool
@@ -36,10 +36,10 @@ from typing import Any
 
 import orjson
 
-from ..ids import time_of
-from ..spool.index import Index
-from ..spool.layout import SpoolLayout
-from ..spool.reader import CorruptEvent, decode_event
+from ...ids import time_of
+from .index import Index
+from .layout import SpoolLayout
+from .reader import CorruptEvent, decode_event
 from .safefs import LinkedDir, SpoolDir, linked_dir, open_dir
 
 TMP_MAX_AGE = 86400.0

@@ -15,7 +15,7 @@ Journal file layout (``events/inflight/<owner>/_journal``)::
     HEADER_SIZE bytes   b"#poetctl-journal 2 <slots> <slot size>" padded, ending in "\\n"
     slots x SLOT_SIZE   b"R\\t" + JSON [id, handler, checksum, attempt, at] + b"\\n" (set)
                         or a first byte b" " (idle); the rest of a slot is left over bytes
-    then                journal lines (see :class:`poetctl.daemon.records.Journal`)
+    then                journal lines (see :class:`poetctl.backends.fs.journal.Journal`)
 
 A slot's first byte is written last, so a slot is never seen half-written.
 """

@@ -51,15 +51,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..daemon.owner import current_owner
-from ..errors import PoetError, SpoolIOError
-from ..event import Event, parse_json
-from ..query import Found
-from ..spool.index import Index, row_of
-from ..spool.layout import DIR_MODE, FILE_MODE, SpoolLayout
-from ..spool.reader import CorruptEvent, decode_event
-from ..spool.writer import group_sync
+from ...errors import PoetError, SpoolIOError
+from ...event import Event, parse_json
+from ...query import Found
+from .index import Index, row_of
+from .layout import DIR_MODE, FILE_MODE, SpoolLayout
+from .owner import current_owner
+from .reader import CorruptEvent, decode_event
 from .safefs import SpoolDir, refuse_linked, rename_noreplace_at, replace_existing_at
+from .writer import group_sync
 
 BATCH = 500
 ERROR_SUMMARY_CHARS = 2000
@@ -121,7 +121,7 @@ def needed_dirs(source: str) -> tuple[str, ...]:
 
 
 def refuse_links(layout: SpoolLayout, source: str) -> None:
-    """Raise :class:`~poetctl.ops.safefs.LinkedDir` (74) before anything is read if a needed directory is a link."""
+    """Raise :class:`~.safefs.LinkedDir` (74) before anything is read if a needed directory is a link."""
     refuse_linked(layout, needed_dirs(source))
 
 
@@ -142,7 +142,7 @@ class Requeuer:
     Every directory is opened without following links (:class:`SpoolDir`)
     when the requeuer is created, and every move, read and write is by name
     relative to those descriptors: a directory that is (or becomes) a link
-    raises :class:`~poetctl.ops.safefs.LinkedDir` (74) and nothing is touched
+    raises :class:`~poetctl.backends.fs.safefs.LinkedDir` (74) and nothing is touched
     through it.
     """
 

@@ -21,7 +21,8 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import InputMissing, SpoolIOError
+from ...errors import InputMissing, SpoolIOError
+from .paths import HEARTBEATS, RUNTIME_DIRS
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
@@ -124,7 +125,7 @@ class SpoolLayout:
 
     def runtime_dirs(self) -> list[Path]:
         """Directories made on demand (not by :meth:`init`): the daemon's run/ subdirectories and the index."""
-        return [self.run / "daemons", self.run / "buckets", self.run / "owners", self.root / "index"]
+        return [*(self.root / rel for rel in RUNTIME_DIRS), self.root / "index"]
 
     def exists(self) -> bool:
         return self.pending.is_dir()
@@ -170,7 +171,7 @@ class SpoolLayout:
             self.corrupt,
             self.root / "index",
             self.run,
-            self.run / "daemons",
+            self.root / HEARTBEATS,
         )
 
     def event_file(self, directory: Path, event_id: str) -> Path:

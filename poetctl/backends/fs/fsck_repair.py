@@ -1,6 +1,6 @@
-"""What ``poetctl fsck --repair`` does to each problem (see :mod:`poetctl.ops.fsck`).
+"""What ``poetctl fsck --repair`` does to each problem (see :mod:`poetctl.backends.fs.fsck`).
 
-Every action works by name relative to a :class:`~poetctl.ops.safefs.SpoolDir`
+Every action works by name relative to a :class:`~poetctl.backends.fs.safefs.SpoolDir`
 (a directory of the spool opened without following links), so a directory
 swapped for a symlink can never redirect a move or a deletion outside the
 spool, and a link found inside a directory is moved or removed as a link,
@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterator
 
 import orjson
 
-from ..daemon.records import Record, quarantine
-from ..ids import EVENT_ID_RE
-from ..spool.index import Index, Row, index_path
-from ..spool.layout import SpoolLayout
-from ..spool.reader import CorruptEvent
+from ...ids import EVENT_ID_RE
+from .index import Index, Row, index_path
+from .journal import Record, error_info, quarantine, save_merged, write_error
+from .layout import SpoolLayout
+from .paths import HEARTBEATS
+from .reader import CorruptEvent
 from .safefs import SpoolDir, open_dir
 
 Fix = Callable[[], str | None]
@@ -49,13 +50,7 @@ def requeue_fix(layout: SpoolLayout, owner: SpoolDir, name: str, rec: Record | N
         with SpoolDir(layout, "events/pending") as pending:
             if rec is not None and (rec.done or rec.failures) and EVENT_ID_RE.match(eid):
                 with SpoolDir(layout, "events/records") as records:
-                    try:
-                        old = Record.from_json(records.read(name, MAX_READ))
-                        rec.done |= old.done
-                        rec.failures = old.failures + rec.failures
-                    except (FileNotFoundError, CorruptEvent, ValueError, TypeError, KeyError, AttributeError):
-                        pass
-                    records.write_atomic(name, rec.to_json())
+                    save_merged(records, name, rec)
             try:
                 owner.rename(name, pending, name)
             except FileExistsError:
@@ -74,7 +69,7 @@ def remove_owner_dir(layout: SpoolLayout, inflight: SpoolDir, owner: SpoolDir, n
         return
     owner.unlink(journal)
     inflight.rmdir(name)
-    hb = open_dir(layout, "run/daemons")
+    hb = open_dir(layout, HEARTBEATS)
     if hb is not None:
         with hb:
             hb.unlink(f"{name}.json")
@@ -82,17 +77,11 @@ def remove_owner_dir(layout: SpoolLayout, inflight: SpoolDir, owner: SpoolDir, n
 
 def write_error_fix(layout: SpoolLayout, eid: str, now: float) -> Fix:
     def fix() -> str | None:
-        info = {
-            "id": eid,
-            "reason": "unknown",
-            "dead_at": now,
-            "attempts": 0,
-            "error": None,
-            "history": [],
-            "note": "recreated by poetctl fsck: the original record was missing",
-        }
+        info = error_info(
+            eid, "unknown", Record(), now, {"note": "recreated by poetctl fsck: the original record was missing"}
+        )
         with SpoolDir(layout, "events/dead") as dead:
-            dead.write_atomic(f"{eid}.error", orjson.dumps(info, option=orjson.OPT_INDENT_2))
+            write_error(dead, eid, info)
         return "wrote a minimal .error"
 
     return fix
