@@ -5,9 +5,8 @@ The key is the first present, non-empty value among configured paths
 written ``path=value``. Backends compute it when they lease an event (the
 spool to pick a bucket lock, NATS to pick a partition subject at publish).
 
-This is the generic home of the function; ``poetctl.daemon.core`` still has
-its own copy until the filesystem daemon moves behind the transport (a test
-in ``tests/contract`` holds the two to the same answers meanwhile).
+The one implementation: the filesystem daemon (``poetctl.daemon.core``) and
+the generic loop both use it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -53,8 +53,8 @@ from ..backends.fs.safefs import LinkedDir, SpoolDir, open_dir
 from ..backends.fs.writer import write_atomic
 from ..config import DEFAULT_MAX_CAUSATION_DEPTH
 from ..errors import InvalidData, SpoolIOError
-from ..event import Event
 from ..ids import time_of
+from ..partition import DEFAULT_PARTITION_KEY, key_function, partition_key
 from ..router import EventRouter, Subscription
 from ..topics import check_subscription
 from . import log
@@ -67,7 +67,6 @@ if TYPE_CHECKING:
 BUCKETS = 256
 CLAIM_BATCH = 256  # events per claim batch handed to the mover
 MOVER_SYNC_EVERY = 8192  # filed events between directory syncs while busy
-DEFAULT_PARTITION_KEY = ("payload.function_name", "correlation_id", "type")
 
 
 @dataclass(slots=True)
@@ -126,37 +125,6 @@ class Counters:
     recovered: int = 0
     claimed: int = 0
     started: float = field(default_factory=time.time)
-
-
-def partition_key(event: Event, paths: Iterable[str]) -> str:
-    """The first present, non-empty value among ``paths`` (``payload.x``, ``correlation_id``, ``type``...)."""
-    for p in paths:
-        if p.startswith("payload."):
-            v: Any = event.payload
-            for part in p[8:].split("."):
-                v = v.get(part) if isinstance(v, dict) else None
-        else:
-            v = getattr(event, p, None)
-        if v is not None and v != "":
-            return f"{p}={v}"
-    return f"type={event.type}"
-
-
-def key_function(paths: tuple[str, ...]) -> Callable[[Event], str]:
-    """:func:`partition_key` for fixed ``paths``; the default key gets a specialised version (hot path)."""
-    if paths != DEFAULT_PARTITION_KEY:
-        return lambda event: partition_key(event, paths)
-
-    def default_key(event: Event) -> str:
-        v = event.payload.get("function_name")
-        if v is not None and v != "":
-            return f"payload.function_name={v}"
-        v = event.correlation_id
-        if v is not None and v != "":
-            return f"correlation_id={v}"
-        return f"type={event.type}"
-
-    return default_key
 
 
 class Daemon:
