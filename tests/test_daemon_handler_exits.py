@@ -62,6 +62,7 @@ def setup(
     if workers > 1:
         # Nothing else may be running when the process dies: wait for the other keys first.
         env["ENDER_WAIT_OK"] = str(len(ids) - len(doomed))
+        env["ENDER_PROCESSED_DIR"] = str(sp / "events" / "processed")
     return cfg, env, victim, ids, doomed
 
 

@@ -15,6 +15,9 @@ Environment:
 * ``ENDER_WAIT_OK``: before ending, wait until the effects file holds this many
   ``ok`` lines (so that, with worker threads, nothing else is running when the
   process dies: the test stays deterministic).
+* ``ENDER_PROCESSED_DIR``: with ``ENDER_WAIT_OK``, also wait until that many events
+  are filed there: an effect is written before its completion is recorded, and a
+  death in between would (rightly) run that handler again.
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ def _ok_lines(path: str) -> int:
         return 0
 
 
+def _filed(directory: str) -> int:
+    try:
+        return sum(1 for n in os.listdir(directory) if n.endswith(".json"))
+    except FileNotFoundError:
+        return 0
+
+
 def _end(how: str) -> None:
     if how == "exit":
         os._exit(1)
@@ -62,6 +72,7 @@ def _end(how: str) -> None:
 def register(router: Any) -> None:
     effects = os.environ["EFFECTS_FILE"]
     wait_ok = int(os.environ.get("ENDER_WAIT_OK", "0") or 0)
+    processed = os.environ.get("ENDER_PROCESSED_DIR")
     plan: dict[str, str] = {}
     with open(os.environ["ENDER_IDS_FILE"], encoding="utf-8") as fh:
         for ln in fh:
@@ -76,7 +87,9 @@ def register(router: Any) -> None:
             _append(effects, f"{event.id}\t{HANDLER}\t{time.time():.6f}\t{pid}\tok\n")
             return
         deadline = time.monotonic() + 60
-        while _ok_lines(effects) < wait_ok and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            _ok_lines(effects) < wait_ok or (processed is not None and _filed(processed) < wait_ok)
+        ):
             time.sleep(0.01)
         _append(effects, f"{event.id}\t{HANDLER}\t{time.time():.6f}\t{pid}\t{how}\n")
         _end(how)
