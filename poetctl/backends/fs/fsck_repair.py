@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import orjson
 
 from ...ids import EVENT_ID_RE
-from .index import Index, Row, index_path
+from .index import Index, Row, envelope_row, index_path
 from .journal import Record, error_info, quarantine, save_merged, write_error
 from .layout import SpoolLayout
 from .paths import HEARTBEATS
@@ -105,16 +105,7 @@ def rows_from(d: SpoolDir, state: str) -> Iterator[Row]:
             continue
         try:
             e = orjson.loads(d.read(n, MAX_READ))
-            yield (
-                e["id"],
-                e["timestamp"],
-                e["type"],
-                e["topic"],
-                e["source"],
-                e.get("correlation_id"),
-                e.get("causation_id"),
-                state,
-            )
+            yield envelope_row(e, state)
         except (OSError, CorruptEvent, ValueError, KeyError, TypeError, AttributeError):
             continue
 

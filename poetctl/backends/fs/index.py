@@ -393,15 +393,20 @@ def rows_from_files(layout: SpoolLayout, states: Sequence[str] = ("processed", "
             try:
                 with open(d / n, "rb") as fh:
                     e: dict[str, Any] = orjson.loads(fh.read())
-                yield (
-                    e["id"],
-                    e["timestamp"],
-                    e["type"],
-                    e["topic"],
-                    e["source"],
-                    e.get("correlation_id"),
-                    e.get("causation_id"),
-                    state,
-                )
+                yield envelope_row(e, state)
             except (OSError, ValueError, KeyError, TypeError):
                 continue
+
+
+def envelope_row(e: dict[str, Any], state: str) -> tuple[Any, ...]:
+    """The index row of a parsed envelope (KeyError if a required field is missing)."""
+    return (
+        e["id"],
+        e["timestamp"],
+        e["type"],
+        e["topic"],
+        e["source"],
+        e.get("correlation_id"),
+        e.get("causation_id"),
+        state,
+    )
