@@ -1,0 +1,1 @@
+"""External systems: PagerDuty, Slack, signed webhooks, MLflow (handler factories over httpx)."""
