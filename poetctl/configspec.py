@@ -325,8 +325,8 @@ INTEGRATION_KEYS: dict[str, dict[str, Setting]] = {
         "max_results": Setting("int", 500, 1, 1000),
     },
     "feedback": {
-        "enabled": Setting("bool", True),
-        "type": _COMMON["type"],
+        **_COMMON,
+        "enabled": Setting("bool", True),  # links are on once the table exists
         "base_url": Setting("url", None),
         "secrets": Setting("secretlist", None),
         "ttl": Setting("duration", "7d"),

@@ -37,6 +37,8 @@ def outbound_for(it: Integration, layout: SpoolLayout | None) -> Outbound:
 
 def build(router: EventRouter, it: Integration, links: FeedbackLinks | None) -> Built | None:
     """The handler object of integration ``it`` (None for kinds without one: feedback)."""
+    if it.kind == "feedback":
+        return None
     out = outbound_for(it, router.layout)
     if it.kind == "pagerduty":
         from .pagerduty import PagerDutyIntegration
