@@ -130,8 +130,8 @@ def serve(api: FakeAPI) -> Iterator[FakeAPI]:
                 req.reply = status or -1
                 api.cond.notify_all()
 
-        do_POST = _handle  # noqa: N815
-        do_GET = _handle  # noqa: N815
+        do_POST = _handle
+        do_GET = _handle
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from fakeapis import FakeAPI, refused_url, serve
 
 from poetctl import Permanent, Retry
 from poetctl.backends.fs.layout import SpoolLayout
 from poetctl.integrations.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, breaker_states
 from poetctl.integrations.http import MAX_RETRY_AFTER, Outbound, Transient, retry_after
-
-from fakeapis import FakeAPI, refused_url, serve
 
 
 def ok_api() -> FakeAPI:
@@ -64,7 +63,7 @@ def test_retry_after_seconds_is_honoured(status: int) -> None:
 
 def test_retry_after_as_an_http_date_is_honoured() -> None:
     """A Retry-After HTTP date becomes the seconds until then."""
-    when = datetime.now(timezone.utc) + timedelta(seconds=120)
+    when = datetime.now(UTC) + timedelta(seconds=120)
     with serve(ok_api()) as api:
         api.fail(429, b"", {"retry-after": format_datetime(when, usegmt=True)})
         with pytest.raises(Retry) as info:
