@@ -461,6 +461,12 @@ def _check_integration(tname: str, name: str, table: Mapping[str, Any], where: s
     kind = integration_kind(name, table)
     if kind is None:
         return  # not ours: kept free-form for other integrations
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+        # The name becomes a handler name and a file name under run/breakers/.
+        raise ConfigError(
+            f"{label_}: an integration name is 1-64 letters, digits, '_' or '-'",
+            where=locate(where, text, tname, None),
+        )
     spec = INTEGRATION_KEYS[kind]
     for key, v in table.items():
         setting = spec.get(key)

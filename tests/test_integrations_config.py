@@ -41,6 +41,7 @@ BAD = [
     ('[external_integrations.feedback]\nbase_url = "https://x"\n', "sets no secrets"),
     ("[integrations.slack]\nbreaker_failures = 0\n", "[integrations.slack] breaker_failures"),
     ("[integrations.a]\nx = 1\n[external_integrations.b]\ny = 2\n", "are the same table"),
+    ('[integrations."a b"]\ntype = "slack"\n', "an integration name is 1-64 letters"),
 ]
 
 
@@ -141,3 +142,28 @@ def test_integrations_check_reports_each_endpoint(run_cli: Any, tmp_path: Path, 
     assert not rows["down"]["ok"] and "cannot reach" in rows["down"]["detail"]
     assert not rows["slack"]["ok"] and "404" in rows["slack"]["detail"] and "wrong" not in rows["slack"]["detail"]
     assert rows["pagerduty"]["ok"] and rows["hook"]["ok"]
+
+
+def test_webhook_type_and_topic_patterns(tmp_path: Path) -> None:
+    """A webhook gets an event only when its type matches one of types and its topic one of topics (empty: any)."""
+    from poetctl import EventRouter
+    from poetctl.event import Event
+    from poetctl.integrations.http import Outbound
+    from poetctl.integrations.settings import Integration
+    from poetctl.integrations.webhooks import WebhookIntegration
+
+    def hook(**values: Any) -> WebhookIntegration:
+        it = Integration("h", "webhook", True, {"url": "http://127.0.0.1:9", "secrets": [HOOK], **values})
+        return WebhookIntegration(EventRouter(spool=tmp_path / "s"), it, Outbound("h"))
+
+    def ev(etype: str, topic: str) -> Event:
+        return Event(id="e1", type=etype, source="t", timestamp=1.0, topic=topic, payload={})
+
+    a = hook(types=["drift.*", "alert.create_external"], topics=[])
+    assert a.matches(ev("drift.detected", "x")) and a.matches(ev("alert.create_external", "x"))
+    assert not a.matches(ev("alert.created_external", "x"))
+    b = hook(types=[], topics=["poet/functions/detect_*"])
+    assert b.matches(ev("function.execution", "poet/functions/detect_drift"))
+    assert not b.matches(ev("function.execution", "poet/functions/other"))
+    c = hook(types=["function.*"], topics=["poet/functions/detect_*"])
+    assert not c.matches(ev("drift.detected", "poet/functions/detect_drift"))
