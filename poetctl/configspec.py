@@ -298,7 +298,7 @@ INTEGRATION_KEYS: dict[str, dict[str, Setting]] = {
         "routing_key": Setting("secret", None),
         "api_key": Setting("secret", None),  # the seed's name for the routing (integration) key
         "url": Setting("url", "https://events.pagerduty.com/v2/enqueue"),
-        "source": Setting("str", "poet", 1, 255),
+        "source": Setting("str", None, 1, 255),  # PagerDuty payload.source; default: the model name
         "client": Setting("str", "poetctl", 1, 255),
         "webhook_secrets": Setting("secretlist", []),  # inbound v3 webhooks (poetctl serve)
     },

@@ -112,6 +112,7 @@ def test_drift_pages_pagerduty_posts_slack_and_signs_webhooks(run_cli: Any, stag
     assert ev["event_action"] == "trigger" and ev["routing_key"] == ROUTING_KEY
     assert ev["dedup_key"] == "drift-alert-123"
     p = ev["payload"]
+    assert p["source"] == "customer_churn_model"
     assert p["severity"] == "critical"  # seed: score 0.82 > 0.8 and p 0.004 < 0.01
     assert "customer_churn_model" in p["summary"] and "user_activity_score" in p["summary"]
     assert "0.820" in p["summary"]
