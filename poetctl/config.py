@@ -112,17 +112,28 @@ def _redact(value: Any, key: str = "") -> Any:
         if value.startswith("env:"):
             state = "set" if os.environ.get(value[4:]) else "unset"
             return f"{value} ({state})"
+        if value.startswith("file:") and any(h in key.lower() for h in _SECRET_HINTS):
+            return value  # where the secret is, not the secret
         if any(h in key.lower() for h in _SECRET_HINTS):
             return "<redacted: use env:NAME>"
     return value
 
 
 def resolve_secret(value: str | None) -> str | None:
-    """Resolve ``env:NAME`` to the variable's value (None if unset); literals pass through."""
+    """Resolve ``env:NAME`` (None if unset) or ``file:PATH`` (its text, stripped; None if unreadable).
+
+    Literals pass through.
+    """
     if value is None:
         return None
     if value.startswith("env:"):
         return os.environ.get(value[4:]) or None
+    if value.startswith("file:"):
+        try:
+            with open(os.path.expanduser(value[5:]), encoding="utf-8") as fh:
+                return fh.read(64 * 1024).strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
     return value
 
 
@@ -217,11 +228,16 @@ def _apply_file(cfg: Config, path: Path) -> None:
             else:
                 getattr(cfg, key).update(table)
                 cfg.origins.update({f"{key}.{k}": "file" for k in table})
-        elif key in FREE_FORM:
-            setattr(
-                cfg, "integrations" if key == "external_integrations" else key, check_free_form(key, value, where, text)
-            )
-            cfg.origins[key] = "file"
+        elif key in FREE_FORM or key == "integrations":
+            # [integrations.*] (issue 12's name) is an alias of the seed's [external_integrations.*].
+            if key == "integrations" and "external_integrations" in data:
+                raise ConfigError(
+                    "[integrations] and [external_integrations] are the same table: use one",
+                    where=locate(where, text, key, None),
+                )
+            attr = "integrations" if key in ("external_integrations", "integrations") else key
+            setattr(cfg, attr, check_free_form(key, value, where, text))
+            cfg.origins["external_integrations" if attr == "integrations" else key] = "file"
         else:
             _set(cfg, "", check_section("", {key: value}, where, text), "file", base)
 
