@@ -143,6 +143,7 @@ class EventRouter:
         expires_at: float | None = None,
         causation_depth: int | None = None,
         where: str | None = None,
+        schema_version: int | None = None,
     ) -> tuple[Event, bool]:
         """Validate and seal a new event. Returns ``(event, keyed)``; keyed = caller chose the id.
 
@@ -158,7 +159,7 @@ class EventRouter:
             raise InvalidData(f"$.payload: expected a JSON object, got {type(payload).__name__}", where=where)
         payload = dict(payload)
         check_depth(payload, where, "$.payload")
-        self._check_payload(event_type, payload, where)
+        schema_version = self._check_payload(event_type, payload, where, schema_version)
         keyed = id is not None
         if cause is not None:
             causation_id = causation_id or cause.event.id
@@ -182,6 +183,7 @@ class EventRouter:
                 "version": cfg.schema_version,
                 "environment": environment or cfg.environment,
                 "service": cfg.service,
+                "schema_version": schema_version,  # newest unless the caller chose one
             },
             correlation_id=correlation_id,
             causation_id=causation_id,
@@ -206,11 +208,16 @@ class EventRouter:
             )
         return depth
 
-    def _check_payload(self, event_type: str, payload: Mapping[str, Any], where: str | None) -> None:
+    def _check_payload(
+        self, event_type: str, payload: Mapping[str, Any], where: str | None, version: int | None = None
+    ) -> int:
+        """Check ``payload`` against its schema (``version``, the newest when None); the version used."""
+        version = self.registry.newest(event_type, where) if version is None else version
         if self.config.validation:
-            self.registry.validate_payload(event_type, payload, where, prefix="$.payload")
+            self.registry.validate_payload(event_type, payload, where, prefix="$.payload", version=version)
         else:
-            self.registry.check_known(event_type, where)
+            self.registry.check_known(event_type, where, version)
+        return version
 
     def _topic(self, event_type: str, payload: Mapping[str, Any]) -> str:
         template = None if event_type in ROUTES else self.registry.topic_template(event_type)
@@ -238,10 +245,11 @@ class EventRouter:
                 expires_at=d.get("expires_at"),
                 causation_depth=d.get("causation_depth"),
                 where=where,
+                schema_version=_declared_version(d),
             )
             if "timestamp" in d or "metadata" in d or "topic" in d:
                 ev.timestamp = d.get("timestamp", ev.timestamp)
-                ev.metadata = d.get("metadata", ev.metadata)
+                ev.metadata = _with_version(d.get("metadata", ev.metadata), ev.metadata)
                 ev.topic = d.get("topic", ev.topic)
                 ev.seal()
                 self.registry.check_envelope(ev.to_dict(), where)
@@ -250,7 +258,7 @@ class EventRouter:
         self.registry.check_envelope(d, where)
         verify_checksum(d, where)
         check_depth(d["payload"], where, "$.payload")
-        self._check_payload(d["type"], d["payload"], where)
+        self._check_payload(d["type"], d["payload"], where, _declared_version(d) or 1)  # absent: before versions
         ev = Event.from_dict(d)
         self._check_topic(ev, where)
         return ev, True
@@ -386,6 +394,20 @@ class EventRouter:
     def quarantine_reason(self, event_id: str) -> str | None:
         """Why ``corrupt/<event_id>.json`` was quarantined, or None if there is no such file."""
         return quarantine_reason(self.layout, event_id)
+
+
+def _declared_version(d: Mapping[str, Any]) -> int | None:
+    """``metadata.schema_version`` of an envelope (None if absent; the envelope schema checks its type)."""
+    m = d.get("metadata")
+    v = m.get("schema_version") if isinstance(m, Mapping) else None
+    return v if type(v) is int else None
+
+
+def _with_version(metadata: Any, built: dict[str, Any]) -> Any:
+    """Given metadata, plus the schema version the payload was validated against when it names none."""
+    if isinstance(metadata, dict) and "schema_version" not in metadata:
+        return {**metadata, "schema_version": built["schema_version"]}
+    return metadata
 
 
 def _depth_limit(config: Config) -> int:
