@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -36,6 +36,9 @@ from .event import Event, canonical, check_depth, check_id, check_type, compute_
 from .ids import derived_id, uuid7
 from .schemas import MAX_CAUSATION_DEPTH, SchemaRegistry
 from .topics import ROUTES, check_subscription, topic_for
+
+if TYPE_CHECKING:
+    from .upcasting import Upcasters
 
 Handler = Callable[[Event], Any]
 EmitItem = tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Event
@@ -92,6 +95,7 @@ class EventRouter:
         self.layout = SpoolLayout(self.config.spool)
         self.registry = registry if registry is not None else SchemaRegistry(self.config.schema_paths)
         self.subscriptions: list[Subscription] = []
+        self.upcasters: Upcasters | None = None  # created by the first upcast() (see poetctl.upcasting)
         self.create_spool = create_spool
         # The daemon sets this from its options; the config's [daemon] value otherwise.
         self.max_causation_depth = _depth_limit(self.config)
@@ -115,6 +119,17 @@ class EventRouter:
             hname = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
         check_subscription(pattern, hname)
         self.subscriptions.append(Subscription(pattern, fn, hname))
+
+    def upcast(self, event_type: str, from_version: int, to_version: int, fn: Callable[[dict[str, Any]], Any]) -> None:
+        """Register ``fn(payload) -> payload`` taking ``event_type`` from one schema version to a later one.
+
+        Handlers then receive old events at the newest version; see :mod:`poetctl.upcasting`.
+        """
+        from .upcasting import Upcasters
+
+        if self.upcasters is None:
+            self.upcasters = Upcasters(self.registry)
+        self.upcasters.register(event_type, from_version, to_version, fn)
 
     # -- cause context (used by the daemon) ---------------------------------
     def _cause(self) -> _Cause | None:
@@ -305,10 +320,12 @@ class EventRouter:
         environment: str | None = None,
         expires_at: float | None = None,
         where: str | None = None,
+        schema_version: int | None = None,
     ) -> str:
         """Validate, seal and durably commit one event; return its id.
 
         ``where`` names the input in error messages (a file name, a line).
+        ``schema_version`` picks the payload schema version (default: the newest).
         Safe to call from several threads: concurrent emits share the
         publish step and its directory fsync (group commit, see
         :class:`poetctl.backends.fs.writer.GroupCommitter`); each returns once its
@@ -332,6 +349,7 @@ class EventRouter:
             environment=environment,
             expires_at=expires_at,
             where=where,
+            schema_version=schema_version,
         )
         cause = self._cause()
         if cause is not None and cause.buffer is not None:
