@@ -9,8 +9,8 @@ version. A step may skip versions (1 -> 3); a version k with no registered step
 is crossed without change only when version k+1 is *backward compatible* with k
 (every version-k payload is a valid k+1 payload: see :mod:`poetctl.schemacompat`).
 Any other gap is a missing step, and :meth:`Upcasters.check` names it: the
-daemon, ``tail --upcast`` and ``replay`` call it before handling anything, so
-a missing step stops them at start, never at the first old event at 3 a.m.
+daemon and ``tail --upcast`` call it (through ``load_handlers``) before handling
+anything, so a missing step stops them at start, never at the first old event at 3 a.m.
 
 Each step's result is validated against the version it produces; the event
 handed on carries ``metadata.schema_version`` = the newest version and
@@ -184,8 +184,8 @@ class Upcasters:
 def upcast_event(event: Event, registry: Upcasters | None) -> Event:
     """``event`` as handlers must see it: at the newest schema version of its type.
 
-    The one place the daemon hands an event to handlers calls this; so do
-    ``tail --upcast`` and ``replay``. Without a registry (no upcaster was ever
+    The one place the daemon's key worker hands an event to handlers
+    (:mod:`poetctl.daemon.handling`) calls this; so does ``tail --upcast``. Without a registry (no upcaster was ever
     registered) the event is returned as is.
     """
     if registry is None:
