@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "replay": (".replay", "replay_cmd", "command"),
     "prune": (".prune", "prune_cmd", "command"),
     "fsck": (".fsck", "fsck_cmd", "command"),
+    "backup": (".backup", "backup_cmd", "command"),
+    "restore": (".backup", "restore_cmd", "command"),
     "dead": (".dead", "dead_app", "group"),
     "corrupt": (".corrupt", "corrupt_app", "group"),
     "state": (".state", "state_app", "group"),
