@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "state": (".state", "state_app", "group"),
     "schemas": (".admin", "schemas_app", "group"),
     "config": (".admin", "config_app", "group"),
+    "serve": (".serve", "serve_cmd", "command"),
 }
 _ROOT_OPTIONS_WITH_VALUE = ("--spool", "--config")
 
