@@ -323,8 +323,10 @@ def check_section(section: str, table: Mapping[str, Any], where: str, text: str 
         try:
             out[key] = setting.check(value)
         except ValueError:
+            # A secret written into the file by mistake must not be echoed to a terminal or a log.
+            bad = "<a value, not shown>" if setting.kind == "secrets" else shown(value)
             raise ConfigError(
-                f"{label(section, key)} = {shown(value)}: expected {setting.expected()}",
+                f"{label(section, key)} = {bad}: expected {setting.expected()}",
                 where=locate(where, text, section, key),
             ) from None
     if section == "daemon":
