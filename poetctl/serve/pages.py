@@ -102,7 +102,8 @@ def form(link_id: str, token: str, alert: Alert, answer: Answer, status: int = 2
     )
     sure = "".join(
         f'<label><input type="radio" name="confidence" value="{v}" id="confidence-{v}"'
-        f"{' checked' if answer.confidence == v else ''}> {e(label)} ({CONFIDENCE[v]:g})</label>"
+        f"{' checked' if answer.confidence == v else ''}{described('confidence')}>"
+        f" {e(label)} ({CONFIDENCE[v]:g})</label>"
         for v, label in CONFIDENCE_LABELS.items()
     )
     body = (
