@@ -30,12 +30,12 @@ PD_SECRETS = {"POET_TEST_PD_NEW": "pd-new-8c1d1f0b", "POET_TEST_PD_OLD": "pd-old
 class Server:
     """One running ``poetctl serve``."""
 
-    def __init__(self, root: Path, serve_table: str = "", env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, root: Path, serve_table: str = "", env: Mapping[str, str] | None = None, top: str = "") -> None:
         self.root = root
         self.spool = root / "spool"
         SpoolLayout(self.spool).init()
         cfg = root / "poet.toml"
-        cfg.write_text(f'storage_path = "spool"\n\n[serve]\n{serve_table}', encoding="utf-8")
+        cfg.write_text(f'storage_path = "spool"\n{top}\n[serve]\n{serve_table}', encoding="utf-8")
         extra = {**TOKENS, **PD_SECRETS, "POET_TEST_FEEDBACK": FEEDBACK_SECRET, **(env or {})}
         self.proc = subprocess.Popen(
             cli_argv("--config", cfg, "serve", "--port", "0"),

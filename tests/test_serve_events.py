@@ -248,3 +248,80 @@ def test_a_missing_spool_exits_66(tmp_path: Path) -> None:
         timeout=60,
     )
     assert p.returncode == 66 and not (tmp_path / "none").exists()
+
+
+def test_token_buckets_refill_at_the_configured_rate() -> None:
+    """A bucket grants its burst, then one request per 1/rate seconds; keys are independent; rate 0 is unlimited."""
+    from poetctl.serve.guards import TokenBuckets
+
+    now = [100.0]
+    b = TokenBuckets(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [b.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert b.take("a") == pytest.approx(0.5)
+    assert b.take("b") == 0.0
+    now[0] += 0.5
+    assert b.take("a") == 0.0 and b.take("a") > 0
+    now[0] += 1000
+    assert [b.take("a") for _ in range(3)] == [0.0] * 3 and b.take("a") > 0  # never more than the burst
+    assert all(TokenBuckets(rate=0, burst=1).take("x") == 0.0 for _ in range(100))
+
+
+def test_config_show_masks_the_serve_secrets(tmp_path: Path) -> None:
+    """config show names [serve] secrets as env:NAME (set/unset), never their values."""
+    (tmp_path / "poet.toml").write_text(
+        '[serve]\ntoken = ["env:POET_TEST_TOKEN_A", "env:POET_TEST_NOT_SET"]\n', encoding="utf-8"
+    )
+    p = subprocess.run(
+        cli_argv("config", "show"), cwd=tmp_path, env=clean_env(TOKENS), capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr
+    shown = json.loads(p.stdout)["serve"]
+    assert shown["token"] == ["env:POET_TEST_TOKEN_A (set)", "env:POET_TEST_NOT_SET (unset)"]
+    assert TOK_A not in p.stdout
+
+
+def test_a_body_that_stops_arriving_gets_408_and_emits_nothing(tmp_path: Path) -> None:
+    """A client that declares a body and sends half of it is answered 408 after body_timeout; nothing emitted."""
+    import socket
+    from urllib.parse import urlsplit
+
+    s = Server(tmp_path, DEFAULT_TABLE + "body_timeout = 0.5\n")
+    try:
+        u = urlsplit(s.url)
+        body = json.dumps(HEALTH).encode()
+        head = (
+            f"POST /events HTTP/1.1\r\nHost: {u.netloc}\r\nAuthorization: Bearer {TOK_A}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection((u.hostname, u.port), timeout=60) as sock:
+            sock.sendall(head + body[:10])
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert spool_events(s.spool) == []
+    finally:
+        s.stop()
+
+
+def test_readiness_checks_nats_when_it_is_configured(tmp_path: Path) -> None:
+    """delivery_mode nats: /readyz is 503 naming NATS while nothing listens, 200 once a server accepts."""
+    import socket
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]  # bound but not listening: connections are refused
+    top = f'delivery_mode = "nats"\n[nats]\nservers = ["nats://127.0.0.1:{port}"]\n'
+    s = Server(tmp_path, DEFAULT_TABLE, top=top)
+    try:
+        down = httpx.get(s.url + "/readyz")
+        assert down.status_code == 503 and "NATS unreachable" in down.json()["checks"]["nats"]
+        probe.listen(1)
+        up = httpx.get(s.url + "/readyz")
+        assert up.status_code == 200 and up.json()["checks"] == {"spool": "ok", "nats": "ok"}
+    finally:
+        s.stop()
+        probe.close()
