@@ -199,7 +199,7 @@ def test_secrets_never_reach_the_log(server: Server) -> None:
     post_json(server, HEALTH, TOK_A)
     post_json(server, HEALTH, "guess-token-xyz")
     httpx.get(server.url + "/poet/feedback/abc", params={"t": "123.secret-looking-query"})
-    server.stop()
+    assert server.stop() == 0  # SIGTERM: a graceful stop
     log = server.log()
     assert "POST /events 200" in log and "POST /events 401" in log
     for secret in (TOK_A, "guess-token-xyz", "secret-looking-query", "fb-secret"):
@@ -325,3 +325,18 @@ def test_readiness_checks_nats_when_it_is_configured(tmp_path: Path) -> None:
     finally:
         s.stop()
         probe.close()
+
+
+def test_other_commands_do_not_load_the_web_stack() -> None:
+    """Building the emit/status commands, or the whole --help app, imports neither starlette nor uvicorn."""
+    code = (
+        "import sys\n"
+        "from poetctl.cli import build_app\n"
+        "build_app('emit'); build_app('status'); build_app()\n"
+        "print(sorted(m for m in ('starlette', 'uvicorn', 'anyio', 'prometheus_client') if m in sys.modules))\n"
+    )
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"

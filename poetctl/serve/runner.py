@@ -7,8 +7,10 @@ feedback-link tokens); :class:`~poetctl.serve.app.AccessLog` logs paths only.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
+import threading
 from typing import Any
 
 from ..errors import PoetError
@@ -34,7 +36,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(settings: ServeSettings, router: Any, log_level: str = "info") -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn finishes in-flight requests, then returns)."""
+    """Serve until SIGINT/SIGTERM (in-flight requests are finished; a second signal stops at once), then return."""
     import uvicorn
 
     from .app import build_app
@@ -64,7 +66,24 @@ def serve(settings: ServeSettings, router: Any, log_level: str = "info") -> None
         lifespan="off",
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises a captured SIGTERM after its graceful shutdown (the process then dies of
+    # it); a command should exit 0 once it stopped cleanly. So uvicorn runs in a thread (where it
+    # installs no signal handlers) and this thread turns signals into its public stop flags.
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+
+    def stop(signum: int, frame: Any) -> None:
+        if server.should_exit:
+            server.force_exit = True  # a second signal: do not wait for open requests
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run(sockets=[sock])
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.5)
     finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
         sock.close()
+    if not server.started:
+        raise BindError("the server did not start (see the messages above)")
