@@ -340,3 +340,17 @@ def test_other_commands_do_not_load_the_web_stack() -> None:
     p = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+def test_a_token_can_come_from_a_file_next_to_the_config(tmp_path: Path) -> None:
+    """token = "file:secrets/t" (relative to poet.toml, trailing newline stripped) authenticates; env tokens too."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "t").write_text("file-token-7d1e\n", encoding="utf-8")
+    s = Server(tmp_path, 'token = ["file:secrets/t", "env:POET_TEST_TOKEN_A"]\n')
+    try:
+        assert post_json(s, HEALTH, "file-token-7d1e").status_code == 200
+        assert post_json(s, HEALTH, TOK_A).status_code == 200
+        assert post_json(s, HEALTH, "file-token-7d1e\n".strip() + "x").status_code == 401
+    finally:
+        s.stop()
+    assert "file-token-7d1e" not in s.log()

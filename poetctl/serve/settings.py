@@ -39,8 +39,10 @@ class Secrets:
         return f"<{len(self._values)} secret(s)>"
 
 
-def resolve_refs(refs: list[str], key: str, env: dict[str, str] | None = None) -> Secrets:
+def resolve_refs(refs: list[str], key: str, env: dict[str, str] | None = None, base: str | None = None) -> Secrets:
     """Load each ``env:NAME`` / ``file:PATH`` of ``[serve] key``; an unset variable or unreadable file is an error.
+
+    A relative ``file:`` path is relative to ``base`` (the config file's directory), like every path in poet.toml.
 
     A missing secret must stop the server at start: running with fewer tokens
     than configured would silently lock clients out (or, for a webhook secret,
@@ -56,6 +58,8 @@ def resolve_refs(refs: list[str], key: str, env: dict[str, str] | None = None) -
             out.append(value.encode("utf-8"))
         else:
             path = ref[5:]
+            if base is not None and not os.path.isabs(path):
+                path = os.path.join(base, path)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
@@ -93,6 +97,7 @@ class ServeSettings:
     @classmethod
     def from_config(cls, cfg: Any, env: dict[str, str] | None = None) -> ServeSettings:
         table = {**defaults("serve"), **cfg.serve}
+        base = str(cfg.file.parent) if cfg.file is not None else None
         nats: list[str] = []
         if cfg.delivery_mode != "local_only":
             raw = cfg.nats.get("servers", cfg.nats.get("url", "nats://127.0.0.1:4222"))
@@ -100,9 +105,9 @@ class ServeSettings:
         return cls(
             host=table["host"],
             port=table["port"],
-            tokens=resolve_refs(table["token"], "token", env),
-            feedback_secrets=resolve_refs(table["feedback_secret"], "feedback_secret", env),
-            pagerduty_secrets=resolve_refs(table["pagerduty_secret"], "pagerduty_secret", env),
+            tokens=resolve_refs(table["token"], "token", env, base),
+            feedback_secrets=resolve_refs(table["feedback_secret"], "feedback_secret", env, base),
+            pagerduty_secrets=resolve_refs(table["pagerduty_secret"], "pagerduty_secret", env, base),
             public_url=table["public_url"],
             max_event_bytes=cfg.max_event_bytes,
             max_body_bytes=max(table["max_body_bytes"], cfg.max_event_bytes),
