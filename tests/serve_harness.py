@@ -30,7 +30,14 @@ PD_SECRETS = {"POET_TEST_PD_NEW": "pd-new-8c1d1f0b", "POET_TEST_PD_OLD": "pd-old
 class Server:
     """One running ``poetctl serve``."""
 
-    def __init__(self, root: Path, serve_table: str = "", env: Mapping[str, str] | None = None, top: str = "") -> None:
+    def __init__(
+        self,
+        root: Path,
+        serve_table: str = "",
+        env: Mapping[str, str] | None = None,
+        top: str = "",
+        cwd: Path | None = None,
+    ) -> None:
         self.root = root
         self.spool = root / "spool"
         SpoolLayout(self.spool).init()
@@ -39,7 +46,7 @@ class Server:
         extra = {**TOKENS, **PD_SECRETS, "POET_TEST_FEEDBACK": FEEDBACK_SECRET, **(env or {})}
         self.proc = subprocess.Popen(
             cli_argv("--config", cfg, "serve", "--port", "0"),
-            cwd=root,
+            cwd=cwd or root,
             env=clean_env(extra),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -346,7 +346,8 @@ def test_a_token_can_come_from_a_file_next_to_the_config(tmp_path: Path) -> None
     """token = "file:secrets/t" (relative to poet.toml, trailing newline stripped) authenticates; env tokens too."""
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "t").write_text("file-token-7d1e\n", encoding="utf-8")
-    s = Server(tmp_path, 'token = ["file:secrets/t", "env:POET_TEST_TOKEN_A"]\n')
+    (tmp_path / "elsewhere").mkdir()  # the server's cwd: the path must not be taken relative to it
+    s = Server(tmp_path, 'token = ["file:secrets/t", "env:POET_TEST_TOKEN_A"]\n', cwd=tmp_path / "elsewhere")
     try:
         assert post_json(s, HEALTH, "file-token-7d1e").status_code == 200
         assert post_json(s, HEALTH, TOK_A).status_code == 200
