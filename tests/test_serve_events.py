@@ -355,3 +355,29 @@ def test_a_token_can_come_from_a_file_next_to_the_config(tmp_path: Path) -> None
     finally:
         s.stop()
     assert "file-token-7d1e" not in s.log()
+
+
+def test_an_address_in_use_exits_69(tmp_path: Path) -> None:
+    """Another process holds the port: one line naming the address, exit 69, no traceback."""
+    import socket
+
+    from poetctl.spool import SpoolLayout
+
+    SpoolLayout(tmp_path / "spool").init()
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        p = subprocess.run(
+            cli_argv("serve", "--spool", tmp_path / "spool", "--port", str(port)),
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        holder.close()
+    assert p.returncode == 69, p.stderr
+    assert f"127.0.0.1:{port}" in p.stderr and "Traceback" not in p.stderr
