@@ -33,7 +33,7 @@ def serve_cmd(
     [serve] token / feedback_secret / pagerduty_secret as env:NAME or
     file:PATH and are never logged.
 
-    Exit codes: 2 bad option, 66 no spool, 69 address in use, 74 spool not
+    Exit codes: 0 stopped by SIGINT/SIGTERM, 2 bad option, 66 no spool, 69 address in use, 74 spool not
     writable, 78 bad configuration (or a configured secret that is unset).
     """
     from ..errors import UsageError
