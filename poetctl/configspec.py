@@ -33,11 +33,13 @@ _PAYLOAD_PATH = r"payload(\.[A-Za-z0-9_-]+)+"  # compiled on first use (re cache
 VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}"
 FREE_FORM = ("nats", "external_integrations")
 MAX_SHOWN = 60  # characters of a bad value quoted in an error
+# A secret in poet.toml is named, never written: env:NAME or file:PATH (several for rotation).
+_SECRET_REF = r"env:[A-Za-z_][A-Za-z0-9_]*|file:[^\0]+"
 
 
 class Setting:
     """One key: ``kind`` is int, float, bool, str, choice, duration, strlist, path, pathlist, partition_key,
-    secret, secretlist or url.
+    secret, secretlist (a non-empty list), secrets (one reference or a list) or url.
 
     ``lo``/``hi`` bound a number (inclusive) or a string's length. A plain
     class, not a dataclass: building ~50 dataclass instances' class at
@@ -97,6 +99,8 @@ class Setting:
             return "a non-empty list of secrets, each env:NAME or file:/path"
         if k == "url":
             return "an http:// or https:// URL, or env:NAME"
+        if k == "secrets":
+            return 'a secret reference or a list of them: "env:NAME" or "file:/path" (never the secret itself)'
         return "a field name or list of them: " + ", ".join(PARTITION_FIELDS) + " or payload.<key>[.<key>...]"
 
     def check(self, value: Any) -> Any:
@@ -138,6 +142,10 @@ class Setting:
                 re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value) is not None or re.fullmatch(_ENV_REF, value)
             ):
                 return value
+        elif k == "secrets":
+            items = [value] if isinstance(value, str) else value
+            if isinstance(items, list) and all(isinstance(v, str) and re.fullmatch(_SECRET_REF, v) for v in items):
+                return list(items)
         elif k == "partition_key":
             items = [value] if isinstance(value, str) else value
             if isinstance(items, list) and items and all(_partition_ok(v) for v in items):
@@ -271,6 +279,21 @@ SECTIONS: dict[str, dict[str, Setting]] = {
             "function_state",
         )
     },
+    # `poetctl serve` (poetctl/serve/settings.py reads these; the secrets are resolved there).
+    "serve": {
+        "host": Setting("str", "127.0.0.1", 1, 255),
+        "port": Setting("int", 8470, 0, 65535),
+        "token": Setting("secrets", []),
+        "feedback_secret": Setting("secrets", []),
+        "pagerduty_secret": Setting("secrets", []),
+        "public_url": Setting("str", "", 0, 2048),
+        "max_body_bytes": Setting("int", 16 * 1024 * 1024, 256, 1024 * 1024 * 1024),
+        "rate_limit": Setting("float", 20.0, 0.0, 1_000_000),
+        "rate_burst": Setting("int", 40, 1, 1_000_000),
+        "body_timeout": Setting("float", 30.0, 0.1, 3600),
+        "keepalive_timeout": Setting("float", 5.0, 0.1, 3600),
+        "max_connections": Setting("int", 200, 1, 100_000),
+    },
     "status": {
         "warn_lag": Setting("duration", "1m"),
         "max_lag": Setting("duration", "5m"),
@@ -401,8 +424,10 @@ def check_section(section: str, table: Mapping[str, Any], where: str, text: str 
         try:
             out[key] = setting.check(value)
         except ValueError:
+            # A secret written into the file by mistake must not be echoed to a terminal or a log.
+            bad = "<a value, not shown>" if setting.kind == "secrets" else shown(value)
             raise ConfigError(
-                f"{label(section, key)} = {shown(value)}: expected {setting.expected()}",
+                f"{label(section, key)} = {bad}: expected {setting.expected()}",
                 where=locate(where, text, section, key),
             ) from None
     if section == "daemon":

@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "config": (".admin", "config_app", "group"),
     "integrations": (".integrations", "integrations_app", "group"),
     "mlflow": (".integrations", "mlflow_app", "group"),
+    "serve": (".serve", "serve_cmd", "command"),
 }
 _ROOT_OPTIONS_WITH_VALUE = ("--spool", "--config")
 
