@@ -47,6 +47,9 @@ class Stage:
 max_attempts = 2
 backoff_base = 0
 backoff_cap = 0
+[serve]
+public_url = "https://poet.example.com/"
+feedback_secret = "env:POET_FEEDBACK_SECRET"
 [integrations.pagerduty]
 enabled = true
 routing_key = "env:PD_ROUTING_KEY"
@@ -54,9 +57,6 @@ url = "{pd.url}/v2/enqueue"
 [integrations.slack]
 enabled = true
 webhook_url = "env:SLACK_WEBHOOK_URL"
-[integrations.feedback]
-base_url = "https://poet.example.com/"
-secrets = ["env:POET_FEEDBACK_SECRET"]
 [integrations.audit]
 type = "webhook"
 enabled = true
