@@ -247,3 +247,12 @@ def test_an_unset_secret_stops_the_daemon_with_a_config_error(run_cli: Any, stag
     assert "routing_key = env:PD_ROUTING_KEY" in r.stderr and "not set" in r.stderr
     assert ROUTING_KEY not in r.stderr
     assert os.path.isdir(stage.spool)
+
+
+def test_an_unset_feedback_secret_stops_the_daemon(run_cli: Any, stage: Stage) -> None:
+    """[serve] public_url set but its feedback_secret variable unset: exit 78 naming [serve] feedback_secret."""
+    env = {k: v for k, v in stage.env.items() if k != "POET_FEEDBACK_SECRET"}
+    r = run_cli("daemon", "--once", "--config", stage.config, env=env, cwd=stage.root)
+    assert r.returncode == 78, r.stderr
+    assert "[serve] feedback_secret" in r.stderr and "POET_FEEDBACK_SECRET" in r.stderr
+    assert r.stderr.count("\n") == 1

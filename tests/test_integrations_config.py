@@ -173,6 +173,19 @@ def test_integrations_check_reports_each_endpoint(run_cli: Any, tmp_path: Path, 
     assert rows["pagerduty"]["ok"] and rows["hook"]["ok"]
 
 
+def test_integrations_check_reports_the_feedback_page(run_cli: Any, tmp_path: Path) -> None:
+    """`integrations check` lists the feedback page ([serve] public_url): unreachable or unsignable is a failed row."""
+    (tmp_path / "poet.toml").write_text(f'[serve]\npublic_url = "{refused_url()}"\nfeedback_secret = "env:FB"\n')
+    r = run_cli("integrations", "check", "-o", "json", env={"FB": "s3cret"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    [row] = json.loads(r.stdout)
+    assert (row["name"], row["kind"], row["ok"]) == ("feedback", "feedback page", False)
+    assert "cannot reach" in row["detail"]
+    r = run_cli("integrations", "check", "-o", "json", env={})
+    [row] = json.loads(r.stdout)
+    assert not row["ok"] and "[serve] feedback_secret" in row["detail"] and r.returncode == 1
+
+
 def test_webhook_type_and_topic_patterns(tmp_path: Path) -> None:
     """A webhook gets an event only when its type matches one of types and its topic one of topics (empty: any)."""
     from poetctl import EventRouter
