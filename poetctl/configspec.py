@@ -287,6 +287,8 @@ SECTIONS: dict[str, dict[str, Setting]] = {
         "feedback_secret": Setting("secrets", []),
         "pagerduty_secret": Setting("secrets", []),
         "public_url": Setting("str", "", 0, 2048),
+        # Signed feedback links (the alert integrations sign with the first feedback_secret, on public_url).
+        "feedback_ttl": Setting("duration", "7d"),
         "max_body_bytes": Setting("int", 16 * 1024 * 1024, 256, 1024 * 1024 * 1024),
         "rate_limit": Setting("float", 20.0, 0.0, 1_000_000),
         "rate_burst": Setting("int", 40, 1, 1_000_000),
@@ -308,7 +310,7 @@ SECTIONS: dict[str, dict[str, Setting]] = {
 # Keys every integration table may have (timeouts and circuit breaker of its endpoint).
 _COMMON = {
     "enabled": Setting("bool", False),
-    "type": Setting("choice", None, choices=("pagerduty", "slack", "webhook", "mlflow", "feedback")),
+    "type": Setting("choice", None, choices=("pagerduty", "slack", "webhook", "mlflow")),
     "connect_timeout": Setting("float", 5.0, 0.01, 300),
     "read_timeout": Setting("float", 15.0, 0.01, 300),
     "breaker_failures": Setting("int", 5, 1, 1000),
@@ -323,7 +325,6 @@ INTEGRATION_KEYS: dict[str, dict[str, Setting]] = {
         "url": Setting("url", "https://events.pagerduty.com/v2/enqueue"),
         "source": Setting("str", None, 1, 255),  # PagerDuty payload.source; default: the model name
         "client": Setting("str", "poetctl", 1, 255),
-        "webhook_secrets": Setting("secretlist", []),  # inbound v3 webhooks (poetctl serve)
     },
     "slack": {
         **_COMMON,
@@ -347,20 +348,18 @@ INTEGRATION_KEYS: dict[str, dict[str, Setting]] = {
         "tag_runs": Setting("bool", True),
         "max_results": Setting("int", 500, 1, 1000),
     },
-    "feedback": {
-        **_COMMON,
-        "enabled": Setting("bool", True),  # links are on once the table exists
-        "base_url": Setting("url", None),
-        "secrets": Setting("secretlist", None),
-        "ttl": Setting("duration", "7d"),
-    },
+}
+# What moved to [serve] (the page's server owns the feedback links and the inbound webhook secrets):
+# an old table or key gets one line saying where it went, not "unknown key".
+MOVED_TO_SERVE = {
+    "feedback": "feedback links are configured in [serve]: public_url, feedback_secret, feedback_ttl",
+    "webhook_secrets": "PagerDuty webhook secrets are configured in [serve] pagerduty_secret",
 }
 REQUIRED_KEYS: dict[str, tuple[str | tuple[str, ...], ...]] = {
     "pagerduty": (("routing_key", "api_key"),),
     "slack": ("webhook_url",),
     "webhook": ("url", "secrets"),
     "mlflow": ("tracking_uri",),
-    "feedback": ("base_url", "secrets"),
 }
 
 
@@ -476,6 +475,8 @@ def check_free_form(section: str, value: Any, where: str, text: str | None = Non
 
 def _check_integration(tname: str, name: str, table: Mapping[str, Any], where: str, text: str | None) -> None:
     label_ = f"[{tname.split('.', 1)[0]}.{name}]"
+    if table.get("type", name) == "feedback":
+        raise ConfigError(f"{label_}: {MOVED_TO_SERVE['feedback']}", where=locate(where, text, tname, None))
     if "type" in table:
         t = _COMMON["type"]
         if table["type"] not in t.choices:
@@ -495,6 +496,8 @@ def _check_integration(tname: str, name: str, table: Mapping[str, Any], where: s
     spec = INTEGRATION_KEYS[kind]
     for key, v in table.items():
         setting = spec.get(key)
+        if setting is None and kind == "pagerduty" and key == "webhook_secrets":
+            raise ConfigError(f"{label_} webhook_secrets: {MOVED_TO_SERVE[key]}", where=locate(where, text, tname, key))
         if setting is None:
             raise ConfigError(
                 f"unknown key {label_} {safe_key(key)}{_suggest(key, spec)}; {kind} keys: {', '.join(spec)}",

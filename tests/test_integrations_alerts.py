@@ -47,6 +47,9 @@ class Stage:
 max_attempts = 2
 backoff_base = 0
 backoff_cap = 0
+[serve]
+public_url = "https://poet.example.com/"
+feedback_secret = "env:POET_FEEDBACK_SECRET"
 [integrations.pagerduty]
 enabled = true
 routing_key = "env:PD_ROUTING_KEY"
@@ -54,9 +57,6 @@ url = "{pd.url}/v2/enqueue"
 [integrations.slack]
 enabled = true
 webhook_url = "env:SLACK_WEBHOOK_URL"
-[integrations.feedback]
-base_url = "https://poet.example.com/"
-secrets = ["env:POET_FEEDBACK_SECRET"]
 [integrations.audit]
 type = "webhook"
 enabled = true
@@ -197,8 +197,11 @@ def test_a_4xx_from_pagerduty_is_a_dead_letter_with_its_answer(run_cli: Any, sta
     assert len(stage.pd.answered()) == 1  # permanent: no retry
 
 
-def test_a_webhook_down_loses_nothing_and_dead_retry_resends(run_cli: Any, stage: Stage, samples: Any) -> None:
-    """Receiver down (500, then refused): events end as dead letters; once it is back, `dead retry` delivers them."""
+@pytest.mark.parametrize("flags", [[], ["--all-handlers"]], ids=["finished-kept", "all-handlers"])
+def test_a_webhook_down_loses_nothing_and_dead_retry_resends(
+    run_cli: Any, stage: Stage, samples: Any, flags: list[str]
+) -> None:
+    """Receiver down: dead letters; `dead retry` resends only to it (Slack not twice); --all-handlers reruns all."""
     stage.hook.fail(500, b"down", times=100)
     stage.router().emit("drift.detected", drift(samples), correlation_id="drift-alert-7")
     r = daemon_once(run_cli, stage)
@@ -207,15 +210,33 @@ def test_a_webhook_down_loses_nothing_and_dead_retry_resends(run_cli: Any, stage
     assert len(dead) == 2  # alert.create_external and alert.created_external
     assert len(stage.pd.answered()) == 1 and len(stage.slack.answered()) == 1
     stage.hook.queued.clear()  # the receiver is back
-    r = run_cli("dead", "retry", "--all", "--config", stage.config, env=stage.env, cwd=stage.root)
+    r = run_cli("dead", "retry", "--all", *flags, "--config", stage.config, env=stage.env, cwd=stage.root)
     assert r.returncode == 0, r.stderr
     r = daemon_once(run_cli, stage)
     assert r.returncode == 0, r.stderr
     delivered = [h for h in stage.hook.answered() if h.reply == 204]
     assert sorted(f"{h.json()['id']}.json" for h in delivered) == dead
-    # `dead retry` re-runs every handler of the alert: PagerDuty gets the same dedup key (no second incident).
-    assert {q.json()["dedup_key"] for q in stage.pd.answered()} == {"drift-alert-7"}
     assert not list((stage.spool / "events" / "dead").glob("*.json"))
+    assert not list((stage.spool / "events" / "records").glob("*.json"))  # nothing left behind
+    if flags:
+        # Every handler of the alert again: PagerDuty gets the same dedup key (no second incident), Slack posts again.
+        assert len(stage.slack.answered()) == 2 and len(stage.pd.answered()) == 2
+        assert {q.json()["dedup_key"] for q in stage.pd.answered()} == {"drift-alert-7"}
+    else:
+        # Only the webhook had not finished: PagerDuty and Slack are not called again.
+        assert len(stage.slack.answered()) == 1 and len(stage.pd.answered()) == 1
+
+
+def test_replay_from_dead_still_reruns_every_handler(run_cli: Any, stage: Stage, samples: Any) -> None:
+    """`replay --from dead` keeps its meaning: every handler runs again (Slack gets the message a second time)."""
+    stage.hook.fail(500, b"down", times=100)
+    stage.router().emit("drift.detected", drift(samples), correlation_id="drift-alert-8")
+    assert daemon_once(run_cli, stage).returncode == 1
+    stage.hook.queued.clear()
+    r = run_cli("replay", "--from", "dead", "--all", "--config", stage.config, env=stage.env, cwd=stage.root)
+    assert r.returncode == 0, r.stderr
+    assert daemon_once(run_cli, stage).returncode == 0
+    assert len(stage.slack.answered()) == 2
 
 
 def test_an_unset_secret_stops_the_daemon_with_a_config_error(run_cli: Any, stage: Stage) -> None:
@@ -226,3 +247,12 @@ def test_an_unset_secret_stops_the_daemon_with_a_config_error(run_cli: Any, stag
     assert "routing_key = env:PD_ROUTING_KEY" in r.stderr and "not set" in r.stderr
     assert ROUTING_KEY not in r.stderr
     assert os.path.isdir(stage.spool)
+
+
+def test_an_unset_feedback_secret_stops_the_daemon(run_cli: Any, stage: Stage) -> None:
+    """[serve] public_url set but its feedback_secret variable unset: exit 78 naming [serve] feedback_secret."""
+    env = {k: v for k, v in stage.env.items() if k != "POET_FEEDBACK_SECRET"}
+    r = run_cli("daemon", "--once", "--config", stage.config, env=env, cwd=stage.root)
+    assert r.returncode == 78, r.stderr
+    assert "[serve] feedback_secret" in r.stderr and "POET_FEEDBACK_SECRET" in r.stderr
+    assert r.stderr.count("\n") == 1

@@ -38,7 +38,10 @@ BAD = [
     ('[external_integrations.hook]\ntype = "carrier-pigeon"\n', "type = 'carrier-pigeon'"),
     ("[external_integrations.slack]\nread_timeout = 0\n", "read_timeout = 0: expected a number from 0.01"),
     ("[external_integrations.mlflow]\nenabled = true\n", "sets no tracking_uri"),
-    ('[external_integrations.feedback]\nbase_url = "https://x"\n', "sets no secrets"),
+    ('[external_integrations.feedback]\nbase_url = "https://x"\n', "feedback links are configured in [serve]"),
+    ('[integrations.links]\ntype = "feedback"\n', "[integrations.links]: feedback links are configured in [serve]"),
+    ('[integrations.pagerduty]\nwebhook_secrets = ["env:X"]\n', "configured in [serve] pagerduty_secret"),
+    ('[serve]\nfeedback_ttl = "soon"\n', "[serve] feedback_ttl = 'soon'"),
     ("[integrations.slack]\nbreaker_failures = 0\n", "[integrations.slack] breaker_failures"),
     ("[integrations.a]\nx = 1\n[external_integrations.b]\ny = 2\n", "are the same table"),
     ('[integrations."a b"]\ntype = "slack"\n', "an integration name is 1-64 letters"),
@@ -73,19 +76,45 @@ def test_the_integrations_alias_and_defaults(tmp_path: Path) -> None:
     assert cfg.origins["external_integrations"] == "file"
 
 
-def test_secrets_resolve_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """env:NAME and file:PATH secrets resolve when a handler is built; a missing one names the key, not a value."""
+def test_feedback_links_come_from_serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[serve] public_url/feedback_secret/feedback_ttl make the links; file: is relative to poet.toml, like serve's."""
     (tmp_path / "key").write_text("from-a-file\n")
     path = tmp_path / "poet.toml"
     path.write_text(
-        f'[integrations.feedback]\nbase_url = "https://poet.example"\nsecrets = ["env:FB_NEW", "file:{tmp_path}/key"]\n'
+        '[serve]\npublic_url = "https://poet.example"\nfeedback_secret = ["env:FB_NEW", "file:key"]\n'
+        'feedback_ttl = "2d"\n'
     )
     monkeypatch.setenv("FB_NEW", "from-env")
     links = FeedbackLinks.from_config(load_config(path, env={}))
-    assert links is not None and links.secrets == (b"from-env", b"from-a-file") and links.ttl == 7 * 86400
+    assert links is not None and links.secrets == (b"from-env", b"from-a-file") and links.ttl == 2 * 86400
+    assert links.base_url == "https://poet.example"
     monkeypatch.delenv("FB_NEW")
-    with pytest.raises(ConfigError, match="secrets = env:FB_NEW: the environment variable FB_NEW is not set"):
+    with pytest.raises(ConfigError, match=r"\[serve\] feedback_secret: environment variable FB_NEW is not set"):
         FeedbackLinks.from_config(load_config(path, env={}))
+
+
+@pytest.mark.parametrize(
+    ("serve", "fragment"),
+    [
+        ('public_url = "https://poet.example"\n', "[serve] feedback_secret is not"),
+        ('public_url = "poet.example"\nfeedback_secret = "env:FB"\n', "public_url = 'poet.example': expected"),
+        ('public_url = "https://poet.example"\nfeedback_secret = "file:nowhere"\n', "cannot read secret file"),
+    ],
+)
+def test_feedback_links_refuse_a_half_configuration(tmp_path: Path, serve: str, fragment: str) -> None:
+    """Links asked for (public_url) but unsignable or not a URL: one ConfigError naming the [serve] key."""
+    path = tmp_path / "poet.toml"
+    path.write_text(f"[serve]\n{serve}")
+    with pytest.raises(ConfigError) as info:
+        FeedbackLinks.from_config(load_config(path, env={}), env={"FB": "x"})
+    assert fragment in str(info.value)
+
+
+def test_no_public_url_means_no_links(tmp_path: Path) -> None:
+    """Without [serve] public_url alerts keep the seed's relative feedback path (no signed links)."""
+    path = tmp_path / "poet.toml"
+    path.write_text('[serve]\nfeedback_secret = "env:FB"\n')
+    assert FeedbackLinks.from_config(load_config(path, env={}), env={}) is None
 
 
 def test_config_show_masks_every_secret(run_cli: Any, tmp_path: Path) -> None:
@@ -142,6 +171,19 @@ def test_integrations_check_reports_each_endpoint(run_cli: Any, tmp_path: Path, 
     assert not rows["down"]["ok"] and "cannot reach" in rows["down"]["detail"]
     assert not rows["slack"]["ok"] and "404" in rows["slack"]["detail"] and "wrong" not in rows["slack"]["detail"]
     assert rows["pagerduty"]["ok"] and rows["hook"]["ok"]
+
+
+def test_integrations_check_reports_the_feedback_page(run_cli: Any, tmp_path: Path) -> None:
+    """`integrations check` lists the feedback page ([serve] public_url): unreachable or unsignable is a failed row."""
+    (tmp_path / "poet.toml").write_text(f'[serve]\npublic_url = "{refused_url()}"\nfeedback_secret = "env:FB"\n')
+    r = run_cli("integrations", "check", "-o", "json", env={"FB": "s3cret"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    [row] = json.loads(r.stdout)
+    assert (row["name"], row["kind"], row["ok"]) == ("feedback", "feedback page", False)
+    assert "cannot reach" in row["detail"]
+    r = run_cli("integrations", "check", "-o", "json", env={})
+    [row] = json.loads(r.stdout)
+    assert not row["ok"] and "[serve] feedback_secret" in row["detail"] and r.returncode == 1
 
 
 def test_webhook_type_and_topic_patterns(tmp_path: Path) -> None:

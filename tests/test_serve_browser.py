@@ -1,6 +1,8 @@
 """The feedback page in a real browser: headless Debian Chromium driven by Selenium.
 
-A person opens the "False alarm" button's link from the Slack message, sees
+A real daemon handles a drift event; the Slack integration posts its alert
+to the stand-in Slack (which checks the Block Kit). A person opens the
+"False alarm" button's link from the message Slack received, sees
 the answer preselected, gives a reason and the time spent, and submits; the
 spool then holds ``feedback.human_validation`` with the alert's correlation
 id. A second answer (the same link open in another tab) is refused. The
@@ -11,18 +13,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import clean_env, cli_argv
-from serve_harness import DEFAULT_TABLE, FEEDBACK_SECRET, Server, spool_events
-
-from poetctl import EventRouter
-from poetctl.integrations.links import feedback_url
+from integrations_stage import Story, buttons, link_id
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = (
@@ -52,31 +49,6 @@ pytestmark = pytest.mark.skipif(
     not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
 )
-
-
-def slack_message(server: Server, alert: dict[str, Any]) -> dict[str, Any]:
-    """The Slack Block Kit message an alert's notification carries: two buttons with signed, preselecting links."""
-    p = alert["payload"]
-    link_id = p["drift_event_id"]  # the seed's feedback_url names the drift event
-
-    def button(text: str, answer: str) -> dict[str, Any]:
-        url = feedback_url(server.url, link_id, secret=FEEDBACK_SECRET.encode(), now=time.time(), answer=answer)
-        return {"type": "button", "text": {"type": "plain_text", "text": text}, "url": url, "action_id": answer}
-
-    return {
-        "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Model drift* {p['model_name']}"}},
-            {"type": "actions", "elements": [button("Real drift", "real_drift"), button("False alarm", "false_alarm")]},
-        ]
-    }
-
-
-def button_url(message: dict[str, Any], label: str) -> str:
-    for block in message["blocks"]:
-        for el in block.get("elements", []):
-            if el.get("type") == "button" and el["text"]["text"] == label:
-                return str(el["url"])
-    raise AssertionError(f"no {label!r} button in the message")
 
 
 @pytest.fixture
@@ -117,21 +89,16 @@ def test_a_person_answers_false_alarm_in_the_browser_and_a_second_answer_is_refu
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    (tmp_path / "srv").mkdir()
-    server = Server(tmp_path / "srv", DEFAULT_TABLE)
-    try:
-        EventRouter(spool=server.spool).emit("drift.detected", DRIFT)
-        p = subprocess.run(
-            cli_argv("daemon", "--once", "--spool", server.spool),
-            cwd=server.root,
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert p.returncode == 0, p.stderr
-        [alert] = spool_events(server.spool, "alert.create_external")
-        url = button_url(slack_message(server, alert), "False alarm")
+    with ExitStack() as stack:
+        story = Story(tmp_path, stack)
+        drift_id = story.emit("drift.detected", DRIFT, correlation_id="drift-alert-browser")
+        r = story.daemon_once()
+        assert r.returncode == 0, r.stderr
+        [alert] = story.events("alert.create_external")
+        [message] = story.slack.wait_for(1)
+        assert message.reply == 200, message.body  # the stand-in accepted the Block Kit
+        url = buttons(message.json())["False alarm"]
+        assert url.startswith(story.server.url + "/poet/feedback/") and link_id(url) == drift_id
 
         browser.get(url)
         first = browser.current_window_handle
@@ -162,7 +129,7 @@ def test_a_person_answers_false_alarm_in_the_browser_and_a_second_answer_is_refu
         assert "False alarm" in browser.find_element(By.TAG_NAME, "main").text
         artifact(browser, tmp_path, "feedback-thanks.png")
 
-        [ev] = spool_events(server.spool, "feedback.human_validation")
+        [ev] = story.events("feedback.human_validation")
         assert ev["correlation_id"] == alert["correlation_id"]
         assert ev["payload"]["was_real_drift"] is False
         assert ev["payload"]["investigation_time_minutes"] == 15.0
@@ -176,6 +143,4 @@ def test_a_person_answers_false_alarm_in_the_browser_and_a_second_answer_is_refu
         WebDriverWait(browser, WAIT).until(ec.presence_of_element_located((By.ID, "already")))
         assert "False alarm" in browser.find_element(By.TAG_NAME, "main").text
         artifact(browser, tmp_path, "feedback-already-answered.png")
-        assert len(spool_events(server.spool, "feedback.human_validation")) == 1
-    finally:
-        server.stop()
+        assert len(story.events("feedback.human_validation")) == 1

@@ -90,8 +90,11 @@ def unknown_kinds(cfg: Config) -> list[str]:
 class FeedbackLinks:
     """Where the feedback page lives and the secrets of its links (the first signs; all verify).
 
-    ``poetctl serve`` (the page) and the alert integrations (the links) both
-    build this from ``[external_integrations.feedback]``.
+    One configuration, owned by the page's server: ``[serve] public_url``,
+    ``feedback_secret`` and ``feedback_ttl``. ``poetctl serve`` verifies with
+    the same secrets, resolved by the same rule
+    (:func:`poetctl.serve.settings.resolve_refs`: ``env:NAME``, or ``file:PATH``
+    relative to poet.toml).
     """
 
     base_url: str
@@ -99,16 +102,31 @@ class FeedbackLinks:
     ttl: float
 
     @classmethod
-    def from_config(cls, cfg: Config) -> FeedbackLinks | None:
-        """The configured links, or None without an enabled ``feedback`` table; ConfigError if a secret is missing."""
-        for it in integrations(cfg):
-            if it.kind == "feedback" and it.enabled:
-                from ..ops.status import parse_duration
+    def from_config(cls, cfg: Config, env: dict[str, str] | None = None) -> FeedbackLinks | None:
+        """The configured links, or None when ``[serve] public_url`` is unset (alerts then carry the
+        seed's relative path); ConfigError (78) when it is not a URL or no secret can be resolved."""
+        from ..configspec import defaults
+        from ..serve.settings import resolve_refs
 
-                ttl = it.get("ttl")
-                seconds = float(ttl) if isinstance(ttl, int | float) else parse_duration(str(ttl), f"{it.label} ttl")
-                return cls(it.url("base_url"), tuple(s.encode() for s in it.secrets("secrets")), seconds)
-        return None
+        table = {**defaults("serve"), **cfg.serve}
+        base = str(table["public_url"])
+        if not base:
+            return None
+        if not base.startswith(("http://", "https://")):
+            raise ConfigError(f"[serve] public_url = {base!r}: expected an http:// or https:// URL")
+        refs = table["feedback_secret"]
+        if not refs:
+            raise ConfigError(
+                "[serve] public_url is set but [serve] feedback_secret is not: the feedback links cannot be signed"
+            )
+        where = str(cfg.file.parent) if cfg.file is not None else None
+        secrets = resolve_refs(refs, "feedback_secret", env, where)
+        ttl = table["feedback_ttl"]
+        if not isinstance(ttl, int | float):
+            from ..ops.status import parse_duration
+
+            ttl = parse_duration(str(ttl), "[serve] feedback_ttl")
+        return cls(base, secrets.values, float(ttl))
 
     def url(self, event_id: str, *, now: float, answer: str | None = None) -> str:
         """The signed link to the feedback page of alert ``event_id`` (valid ``ttl`` from ``now``)."""

@@ -2,9 +2,8 @@
 
 The message names the model, feature, score, severity and priority, and has
 two link buttons, "Real drift" and "False alarm", opening the feedback page
-with that answer preselected (signed links; without an enabled
-``[external_integrations.feedback]`` there are no buttons, only the seed's
-feedback path as text). Block Kit limits are respected (header 150
+with that answer preselected (signed links; without ``[serve] public_url``
+there are no buttons, only the seed's feedback path as text). Block Kit limits are respected (header 150
 characters, section field 2000, button text 75, URL 3000).
 """
 

@@ -7,7 +7,6 @@ from typing import Any, Protocol
 
 from ..backends.fs.layout import SpoolLayout
 from ..config import Config
-from ..errors import ConfigError
 from ..router import EventRouter
 from .breaker import Breaker
 from .http import Outbound
@@ -36,9 +35,7 @@ def outbound_for(it: Integration, layout: SpoolLayout | None) -> Outbound:
 
 
 def build(router: EventRouter, it: Integration, links: FeedbackLinks | None) -> Built | None:
-    """The handler object of integration ``it`` (None for kinds without one: feedback)."""
-    if it.kind == "feedback":
-        return None
+    """The handler object of integration ``it`` (None for a kind without one)."""
     out = outbound_for(it, router.layout)
     if it.kind == "pagerduty":
         from .pagerduty import PagerDutyIntegration
@@ -90,47 +87,46 @@ class CheckResult:
 
 
 def check_all(cfg: Config) -> list[CheckResult]:
-    """Try each configured, enabled integration's endpoint once (no breaker; nothing paged or posted)."""
+    """Try each configured, enabled integration's endpoint once (no breaker; nothing paged or posted).
+
+    The feedback page (``[serve] public_url``), when links are configured, is
+    checked too: alerts would carry links to it.
+    """
     router = EventRouter(config=cfg, create_spool=False)
     results: list[CheckResult] = []
     try:
         links = FeedbackLinks.from_config(cfg)
-    except ConfigError as exc:
+        if links is not None:
+            results.append(CheckResult("feedback", "feedback page", True, _check_feedback(links)))
+    except Exception as exc:  # reported like any other endpoint; the integrations are still checked
         links = None
-        results.append(CheckResult("feedback", "feedback", False, str(exc)))
+        results.append(CheckResult("feedback", "feedback page", False, str(exc)))
     for it in integrations(cfg):
         if not it.enabled:
             results.append(CheckResult(it.name, it.kind, True, "disabled (enabled = false): not checked"))
             continue
         try:
-            if it.kind == "feedback":
-                if links is None:
-                    continue  # its error is already listed
-                detail = _check_feedback(it, links)
-            else:
-                built = build(router, it, links)
-                detail = built.check() if built is not None else "nothing to check"
-                out = getattr(built, "outbound", None)
-                if isinstance(out, Outbound):
-                    out.close()
+            built = build(router, it, links)
+            detail = built.check() if built is not None else "nothing to check"
+            out = getattr(built, "outbound", None)
+            if isinstance(out, Outbound):
+                out.close()
             results.append(CheckResult(it.name, it.kind, True, detail, _breaker(it, router.layout)))
         except Exception as exc:  # each failure is reported; the others are still checked
             results.append(CheckResult(it.name, it.kind, False, str(exc), _breaker(it, router.layout)))
     return results
 
 
-def _check_feedback(it: Integration, links: FeedbackLinks) -> str:
-    out = outbound_for(it, None)
+def _check_feedback(links: FeedbackLinks) -> str:
+    out = Outbound("feedback", connect_timeout=5.0, read_timeout=15.0, breaker=None)
     try:
         out.request("GET", links.base_url.rstrip("/") + "/healthz", use_breaker=False)
     finally:
         out.close()
-    return f"feedback page reachable ({len(links.secrets)} signing secret(s))"
+    return f"[serve] public_url reachable ({len(links.secrets)} link secret(s))"
 
 
 def _breaker(it: Integration, layout: SpoolLayout) -> dict[str, Any] | None:
-    if it.kind == "feedback":
-        return None
     try:
         return Breaker(it.name, layout=layout).state()
     except Exception:
