@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import calendar
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers.spool import FakeDrift
 
 from poetctl.handlers.learning import LearningEngine, LearningSettings, Pattern
 from poetctl.schemas import SchemaRegistry
@@ -21,15 +21,6 @@ DAY = 86400.0
 HOUR = 3600.0
 # Monday 2024-01-01 00:00:00 UTC: timestamps below are offsets from it so hour and weekday are known.
 MONDAY = float(calendar.timegm((2024, 1, 1, 0, 0, 0)))
-
-
-@dataclass
-class FakeDrift:
-    """The little of a drift.detected Event that record_drift_detection reads."""
-
-    id: str
-    timestamp: float
-    payload: dict[str, Any] = field(default_factory=dict)
 
 
 def make_engine(tmp_path: Path, **settings: Any) -> LearningEngine:
