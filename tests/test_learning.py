@@ -402,17 +402,17 @@ def test_recording_twice_gives_same_state(tmp_path: Path) -> None:
     engine = make_engine(tmp_path)
     _five_false_alarms(engine)
     snap = engine.snapshot()
-    raw = (engine.layout.state / "learning.json").read_bytes()
+    raw = (engine.store.layout.state / "learning.json").read_bytes()
     _five_false_alarms(engine)
     assert engine.snapshot() == snap
-    assert (engine.layout.state / "learning.json").read_bytes() == raw
+    assert (engine.store.layout.state / "learning.json").read_bytes() == raw
 
 
 def test_state_survives_a_new_engine(tmp_path: Path) -> None:
     """A second engine on the same spool sees what the first recorded (state is on disk)."""
     engine = make_engine(tmp_path)
     _five_false_alarms(engine)
-    other = LearningEngine(engine.layout)
+    other = LearningEngine(engine.store.layout)
     assert other.snapshot() == engine.snapshot()
     assert "threshold_too_sensitive" in {p.pattern_type for p in other.detect_patterns(FN, now=NOW)}
 

@@ -588,8 +588,10 @@ class Fsck:
                     )
 
     def check_state(self) -> None:
-        from ...handlers.learning import MAX_STATE_BYTES, STATE_FILE, parse_learning
-        from ...state import updated_at
+        from ...storage import LEARNING_FILE as STATE_FILE
+        from ...storage import MAX_LEARNING_BYTES as MAX_STATE_BYTES
+        from ...storage import parse_learning
+        from .storage import updated_at
 
         state = self.dir("state")
         if state is None:
