@@ -10,6 +10,7 @@ The daemon's side is :class:`~.consumer.FsConsumer` (:meth:`FsTransport.consumer
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -32,8 +33,10 @@ _STATE_OF_DIR = {"pending": State.PENDING, "processed": State.PROCESSED, "dead":
 class FsTransport:
     """One spool (a root path or a :class:`SpoolLayout`). Thread-safe; ``.layout`` is the spool's layout.
 
-    ``clock`` is handed to consumers (retry times, ownership) and used as
-    prune's "now"; ``config`` (optional) gives consumers the event size limit.
+    ``clock`` is handed to consumers (retry times, ownership); ``config``
+    (optional) gives consumers the event size limit; ``alive(owner)`` decides
+    whether a consumer's owner still lives (default: its pid and start time,
+    or its heartbeat's age on another host).
     The spool's directories are created on the first publish or consumer.
     """
 
@@ -43,12 +46,30 @@ class FsTransport:
         *,
         clock: Callable[[], float] = time.time,
         config: Config | None = None,
+        alive: Callable[[str], bool] | None = None,
     ) -> None:
         self.layout = root_or_layout if isinstance(root_or_layout, SpoolLayout) else SpoolLayout(root_or_layout)
         self.clock = clock
         self.config = config
+        self.alive = alive
         self.committer = GroupCommitter(self.layout, self.layout.pending, refuse=self._refuse)
+        self.dead_owners: set[str] = set()  # consumers of this process that "died" (a test hook)
+        self._consumers: list[FsConsumer] = []
+        self._lock = threading.Lock()
         self._ready = False
+
+    def _attach(self, c: FsConsumer) -> None:
+        with self._lock:
+            self._consumers = [*self._consumers, c]
+
+    def _detach(self, c: FsConsumer) -> None:
+        with self._lock:
+            self._consumers = [x for x in self._consumers if x is not c]
+
+    def _wake_all(self) -> None:
+        """Wake this process's consumers (what another process publishes, the watcher or a rescan finds)."""
+        for c in self._consumers:
+            c.interrupt()
 
     def _ensure(self) -> None:
         if not self._ready:
@@ -72,7 +93,10 @@ class FsTransport:
             # A repeated id in one group: the first wins (linked, so the second finds it).
             rows.append((eid, it.data, it.keyed or eid in seen))
             seen.add(eid)
-        return self.committer.commit(rows)
+        added = self.committer.commit(rows)
+        if self._consumers:
+            self._wake_all()
+        return added
 
     def consumer(self, name: str | None = None, **options: Any) -> FsConsumer:
         """A daemon's consumer on this spool (see :class:`~.consumer.FsConsumer` for ``options``)."""
