@@ -44,6 +44,7 @@ from .transport import Quarantined, State, Transport
 
 if TYPE_CHECKING:
     from .backends.fs.layout import SpoolLayout
+    from .backends.fs.transport import FsTransport
     from .storage import Storage
 
 
@@ -209,7 +210,7 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         return f"{reason}: {detail}" if reason and detail else str(reason or detail or "reason unknown")
 
 
-def _spool_transport(config: Config, create: bool) -> tuple[Transport, Callable[[], None]]:
+def _spool_transport(config: Config, create: bool) -> tuple[FsTransport, Callable[[], None]]:
     """The filesystem spool of ``config`` and what to do before its first publish (create, or check it exists)."""
     from .backends.fs.transport import FsTransport
 
@@ -222,9 +223,7 @@ def _spool_transport(config: Config, create: bool) -> tuple[Transport, Callable[
         else:
             layout.require_real(layout.events, layout.tmp, layout.pending)
 
-    # FsTransport.consumer returns the FsConsumer stub until i-fscons completes it; mypy --strict
-    # (warn_unused_ignores) flags this ignore once FsTransport satisfies Transport: then remove it.
-    return transport, prepare  # type: ignore[return-value]
+    return transport, prepare
 
 
 def _default_storage(transport: Transport) -> Storage:
