@@ -408,7 +408,6 @@ class FsConsumer(Claims):
                 except FileNotFoundError:
                     pass
         self._unsynced = True
-        self.mover = None
         self.sync()
         fsync_dir(self.layout.pending)
         if self.reconciler is not None and self.reconciler.due:
