@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,10 +25,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .backends.fs.layout import SpoolLayout
-from .chain import connected, iter_events, render_tree
+from .backends.fs.layout import SpoolLayout, remove_spool
+from .chain import connected, render_tree
 from .router import EventRouter
-from .state import StateStore
+from .transport import Query, State, Transport
 
 FUNCTION = "detect_drift"
 MODEL = "customer_churn_model"
@@ -79,18 +78,17 @@ def _wait(predicate: Any, what: str, timeout: float = 60.0) -> Any:
     raise SystemExit(f"demo: timed out waiting for {what}")
 
 
-def _find(layout: SpoolLayout, type_: str, **match: Any) -> list[Any]:
+def _find(transport: Transport, type_: str, **match: Any) -> list[Any]:
     return [
         e
-        for _, e in iter_events(layout)
-        if e.type == type_ and all(getattr(e, k, None) == v or e.payload.get(k) == v for k, v in match.items())
+        for e in (s.event for s in transport.select(Query(types=[type_])))
+        if e is not None and all(getattr(e, k, None) == v or e.payload.get(k) == v for k, v in match.items())
     ]
 
 
-def _idle(layout: SpoolLayout) -> bool:
-    if any(n.endswith(".json") for n in os.listdir(layout.pending)):
-        return False
-    return not any(any(n.endswith(".json") for n in os.listdir(d)) for d in layout.inflight_dirs())
+def _idle(transport: Transport) -> bool:
+    counts = transport.counts()
+    return counts[State.PENDING] == 0 and counts[State.INFLIGHT] == 0
 
 
 def say(text: str) -> None:
@@ -103,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--keep"]
     spool = Path(args[0] if args else ".poet/demo")
     if spool.exists() and not keep:
-        shutil.rmtree(spool)
-    router = EventRouter(spool=spool)
-    layout = router.layout
+        remove_spool(spool)
+    layout = SpoolLayout(spool)
     layout.init()
+    router = EventRouter(spool=spool)
+    transport, states = router.transport, router.stores.state
     say(f"spool {spool} — starting the daemon")
     env = {**os.environ, "POET_SPOOL": str(spool)}
     env.pop("POET_CONFIG", None)
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             drift = router.emit(
                 "drift.detected", _drift(ex, score, p), source="poet.generator", correlation_id=f"drift-alert-{119 + i}"
             )
-            alert = _wait(lambda d=drift: _find(layout, "alert.create_external", causation_id=d), "an alert")[0]
+            alert = _wait(lambda d=drift: _find(transport, "alert.create_external", causation_id=d), "an alert")[0]
             fid = _false_alarm(router, ex, alert)
             print(
                 f"  drift {drift} score={score} -> alert {alert.id} ({alert.payload['severity']}) -> false alarm {fid}"
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         drift = router.emit(
             "drift.detected", _drift(ex, 0.87, 0.003), source="poet.generator", correlation_id=CORRELATION
         )
-        alert = _wait(lambda: _find(layout, "alert.create_external", causation_id=drift), "the alert")[0]
+        alert = _wait(lambda: _find(transport, "alert.create_external", causation_id=drift), "the alert")[0]
         print(
             f"  alert.create_external {alert.id}: severity {alert.payload['severity']}, "
             f"priority {alert.payload['investigation_priority']}, feedback {alert.payload['feedback_url']}"
@@ -138,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         say("the on-call engineer says: false alarm")
         fid = _false_alarm(router, ex, alert)
         print(f"  feedback.human_validation {fid}")
-        needs = _wait(lambda: _find(layout, "enhancement.regeneration_needed", causation_id=fid), "regeneration")
+        needs = _wait(lambda: _find(transport, "enhancement.regeneration_needed", causation_id=fid), "regeneration")
         need = needs[0]
-        for pat in _find(layout, "learning.pattern_detected", causation_id=fid):
+        for pat in _find(transport, "learning.pattern_detected", causation_id=fid):
             print(f"  learning.pattern_detected {pat.payload['pattern_type']}: {pat.payload['recommended_action']}")
         say("MLflow reports that the retraining the alert triggered did not help")
         rid = router.emit(
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             causation_id=alert.id,
         )
         print(f"  feedback.model_retrained {rid}")
-        fp = _wait(lambda: _find(layout, "learning.false_positive_detected", causation_id=rid), "the verdict")[0]
+        fp = _wait(lambda: _find(transport, "learning.false_positive_detected", causation_id=rid), "the verdict")[0]
         print(
             f"  learning.false_positive_detected: wasted ${fp.payload['wasted_cost']:.0f}, "
             f"{fp.payload['adjustment_needed']}"
@@ -182,15 +181,15 @@ def main(argv: list[str] | None = None) -> int:
             correlation_id=need.correlation_id,
             causation_id=need.id,
         )
-        _wait(lambda: StateStore(layout).current(FUNCTION), "the function state")
-        _wait(lambda: _idle(layout), "the spool to drain")
+        _wait(lambda: states.current(FUNCTION), "the function state")
+        _wait(lambda: _idle(transport), "the spool to drain")
 
         say(f"the chain of {CORRELATION} (drift -> alert -> feedback -> pattern -> regeneration)")
         print(render_tree(connected(layout, CORRELATION)))
         say(f"state of {FUNCTION}")
-        cur = StateStore(layout).current(FUNCTION) or {}
+        cur = states.current(FUNCTION) or {}
         print(f"  current version {cur.get('version')} (was {cur.get('previous_version')}): {cur.get('reason')}")
-        for h in StateStore(layout).history(FUNCTION):
+        for h in states.history(FUNCTION):
             print(f"  history {h['version']}  {', '.join(h.get('improvements', []))}")
     finally:
         daemon.send_signal(signal.SIGTERM)

@@ -23,7 +23,6 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 from .backends.fs.index import Index
@@ -31,7 +30,7 @@ from .backends.fs.layout import SpoolLayout
 from .backends.fs.reader import CorruptEvent, decode_event, read_bytes
 from .event import Event
 from .ids import is_event_id, time_of
-from .topics import matches
+from .transport import Query
 
 ALL_STATES = ("pending", "inflight", "processed", "dead")
 MAX_READ = 16 * 1024 * 1024
@@ -39,36 +38,26 @@ MAX_READ = 16 * 1024 * 1024
 SMALL_SPOOL = 2000
 
 
-@dataclass(slots=True)
-class Selector:
-    """Which events: every given criterion must hold (AND); lists are ORs."""
-
-    patterns: Sequence[str] = ()
-    types: Sequence[str] = ()
-    ids: Sequence[str] = ()
-    correlation_id: str | None = None
-    source: str | None = None
-    since: float | None = None
-    until: float | None = None
-
-    def time_ok(self, ts: float) -> bool:
-        return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
-
-    def match_meta(self, type_: str, topic: str, source: str, correlation_id: str | None, ts: float) -> bool:
-        if not self.time_ok(ts):
-            return False
-        if self.types and not any(fnmatchcase(type_, t) for t in self.types):
-            return False
-        if self.patterns and not any(matches(p, topic) for p in self.patterns):
-            return False
-        if self.correlation_id is not None and correlation_id != self.correlation_id:
-            return False
-        return self.source is None or source == self.source
-
-    def match(self, e: Event) -> bool:
-        if self.ids and e.id not in self.ids:
-            return False
-        return self.match_meta(e.type, e.topic, e.source, e.correlation_id, e.timestamp)
+def Selector(
+    *,
+    patterns: Sequence[str] = (),
+    types: Sequence[str] = (),
+    ids: Sequence[str] = (),
+    correlation_id: str | None = None,
+    source: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> Query:
+    """A :class:`~poetctl.transport.Query` from the old ``Selector`` fields (``patterns`` are its ``topics``)."""
+    return Query(
+        ids=ids,
+        types=types,
+        topics=patterns,
+        correlation_id=correlation_id,
+        source=source,
+        since=since,
+        until=until,
+    )
 
 
 @dataclass(order=True, slots=True)
@@ -221,7 +210,7 @@ def load_or_find(
 
 def newest(
     layout: SpoolLayout,
-    sel: Selector,
+    sel: Query,
     states: Sequence[str] = ALL_STATES,
     limit: int | None = None,
     on_damaged: Callable[[Path, str], None] | None = None,
@@ -246,7 +235,7 @@ def newest(
 
 def _newest(
     layout: SpoolLayout,
-    sel: Selector,
+    sel: Query,
     states: Sequence[str],
     limit: int | None,
     on_damaged: Callable[[Path, str], None] | None,
@@ -277,7 +266,7 @@ def _newest(
     return out[:limit] if limit is not None else out
 
 
-def _indexed(layout: SpoolLayout, index: Index, state: str, sel: Selector) -> Iterator[tuple[float, str, Path]]:
+def _indexed(layout: SpoolLayout, index: Index, state: str, sel: Query) -> Iterator[tuple[float, str, Path]]:
     """Index rows of ``state`` that may match ``sel``, newest first, as listing entries."""
     d: Path = getattr(layout, state)
     rows: Iterable[tuple[object, ...]]

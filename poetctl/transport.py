@@ -59,9 +59,7 @@ EVENT_STATES = (State.PENDING, State.INFLIGHT, State.PROCESSED, State.DEAD)
 class Quarantined(InvalidData):
     """Publishing an id that sits in quarantine: refused (65), nothing of the group is written.
 
-    The seam's form of :class:`poetctl.router.Quarantined` (which cannot be
-    imported here: the router still imports the spool). Step 2 of issue 10
-    makes the router raise this one.
+    The one class for every backend; :mod:`poetctl.router` re-exports it.
     """
 
 
@@ -242,20 +240,27 @@ class Query:
     until: float | None = None
     states: Sequence[State] = EVENT_STATES
 
+    def time_ok(self, ts: float) -> bool:
+        """``since <= ts < until`` (each bound only when given)."""
+        return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
+
+    def match_meta(self, type_: str, topic: str, source: str, correlation_id: str | None, ts: float) -> bool:
+        """Every criterion but ``ids``, on an event's fields (the spool's index rows carry just these)."""
+        if not self.time_ok(ts):
+            return False
+        if self.types and not any(fnmatchcase(type_, t) for t in self.types):
+            return False
+        if self.topics and not any(matches(p, topic) for p in self.topics):
+            return False
+        if self.correlation_id is not None and correlation_id != self.correlation_id:
+            return False
+        return self.source is None or source == self.source
+
     def match(self, e: Event) -> bool:
+        """Every criterion (``states`` aside: where the event is, is the backend's to say)."""
         if self.ids and e.id not in self.ids:
             return False
-        if (self.since is not None and e.timestamp < self.since) or (
-            self.until is not None and e.timestamp >= self.until
-        ):
-            return False
-        if self.correlation_id is not None and e.correlation_id != self.correlation_id:
-            return False
-        if self.source is not None and e.source != self.source:
-            return False
-        if self.types and not any(fnmatchcase(e.type, t) for t in self.types):
-            return False
-        return not self.topics or any(matches(p, e.topic) for p in self.topics)
+        return self.match_meta(e.type, e.topic, e.source, e.correlation_id, e.timestamp)
 
 
 # -- the contract -------------------------------------------------------------------------------
@@ -452,8 +457,9 @@ class Transport(Protocol):
     def prune(self, before: float, states: Sequence[State] = (State.PROCESSED,)) -> int:
         """Delete events of ``states`` whose timestamp is older than ``before``; how many.
 
-        Dead and quarantined events go only when named. Never touches pending
-        or leased events (refuses those states with ValueError). Idempotent.
+        Dead events go only when named. Never touches pending or leased
+        events, nor quarantined input (kept for an operator, never deleted):
+        those states are refused with ValueError. Idempotent.
         NATS: stream ``max_age`` does it; this purges by subject and sequence.
         """
         ...

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import harness
 from daemon_helpers.harness import Daemons
 
 from poetctl import EventRouter
@@ -124,11 +125,9 @@ def run_cli(tmp_path: Path) -> RunCli:
 
 
 @pytest.fixture
-def sp(tmp_path: Path) -> Path:
-    """An initialised empty spool at tmp_path/spool."""
-    root = tmp_path / "spool"
-    SpoolLayout(root).init()
-    return root
+def sp(spool: Path) -> Path:
+    """The ``spool`` fixture under its short name: one fixture, the same directory (not a second copy)."""
+    return spool
 
 
 @pytest.fixture
@@ -139,3 +138,36 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
         yield pool
     finally:
         pool.cleanup()
+
+
+# -- daemon modes ---------------------------------------------------------------------------------
+# A daemon test marked ``@pytest.mark.daemon_modes("inline", ...)`` runs once as written ("default")
+# and once per named mode, with that mode's [daemon] settings in every config it writes. Inline mode
+# (one worker, on the main thread) and the always-on mover are different code paths that the same
+# behaviours must hold on; the tests stay in one place instead of being imported by other modules.
+DAEMON_MODES: dict[str, dict[str, Any]] = {
+    "inline": {"workers": 1},
+    "mover": {"mover_backlog": 0, "workers": 4},
+    "mover_inline": {"mover_backlog": 0, "workers": 1},
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "daemon_modes(*modes): also run the test in these modes (DAEMON_MODES)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("daemon_modes")
+    if marker is not None:
+        unknown = [m for m in marker.args if m not in DAEMON_MODES]
+        assert not unknown, f"unknown daemon modes {unknown}; expected some of {sorted(DAEMON_MODES)}"
+        metafunc.parametrize("daemon_mode", ["default", *marker.args], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def daemon_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The daemon mode this test runs in ("default" unless it is marked daemon_modes)."""
+    mode: str = getattr(request, "param", "default")
+    if mode != "default":
+        monkeypatch.setattr(harness, "MODE_OVERRIDES", DAEMON_MODES[mode])
+    return mode

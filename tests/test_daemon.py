@@ -50,6 +50,7 @@ def effects_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 # -- 1. --once drains ------------------------------------------------------------------
+@pytest.mark.daemon_modes("inline", "mover", "mover_inline")
 def test_once_drains_everything_and_status_counts_it(tmp_path: Path, sp: Path, cfg: Path) -> None:
     """daemon --once with a no-op handler moves every pending event to processed and exits 0."""
     ids = emit_metrics(sp, 300) + emit_executions(sp, ["fa", "fb", "fc"], 20)
@@ -81,6 +82,7 @@ def test_once_drains_a_backlog_larger_than_the_listing_window(tmp_path: Path, sp
         assert [i for i in order if i in set(mine)] == mine, f"key {fn} handled out of order"
 
 
+@pytest.mark.daemon_modes("mover", "mover_inline")
 def test_event_without_subscriber_goes_straight_to_processed(tmp_path: Path, sp: Path, cfg: Path) -> None:
     """An event type nobody subscribes to is moved to processed/ without running any handler."""
     router = EventRouter(spool=sp)
@@ -94,6 +96,7 @@ def test_event_without_subscriber_goes_straight_to_processed(tmp_path: Path, sp:
 
 
 # -- 5. retries, dead letters, poison events, order -------------------------------------
+@pytest.mark.daemon_modes("inline")
 def test_dead_letter_after_max_attempts_with_backoff_spacing(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
     """A handler that always fails is tried exactly max_attempts times, spaced by at least the backoff floor."""
     base, cap, max_attempts = 0.08, 0.25, 4
@@ -160,6 +163,7 @@ def test_attempts_are_counted_across_once_runs(tmp_path: Path, sp: Path) -> None
     assert [h["attempt"] for h in info["history"]] == [1, 2, 3]
 
 
+@pytest.mark.daemon_modes("inline")
 def test_once_exits_75_while_a_handed_back_event_waits_for_its_retry(
     tmp_path: Path, sp: Path, daemons: Daemons
 ) -> None:
@@ -206,6 +210,7 @@ def test_once_hands_back_a_retrying_event_and_the_events_queued_behind_it(tmp_pa
     assert r.returncode == 75, r.stderr
 
 
+@pytest.mark.daemon_modes("inline")
 def test_poison_event_stalls_only_its_own_key(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
     """While one event keeps failing, later events of other keys are processed; its own key waits behind it."""
     cfg = write_config(tmp_path, max_attempts=1000, backoff_base=0.2, backoff_cap=0.4)
@@ -237,6 +242,7 @@ def test_poison_event_stalls_only_its_own_key(tmp_path: Path, sp: Path, daemons:
     assert [f["attempt"] for f in rec["failures"]] == list(range(1, len(fails) + 1))
 
 
+@pytest.mark.daemon_modes("inline", "mover", "mover_inline")
 def test_per_key_order_holds_through_retries(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
     """e1..e10 of one key are handled in emit order even though e3 fails twice before succeeding."""
     cfg = write_config(tmp_path, max_attempts=5)
@@ -262,6 +268,7 @@ def test_per_key_order_holds_through_retries(tmp_path: Path, sp: Path, daemons: 
 
 
 # -- 6. quarantine --------------------------------------------------------------------
+@pytest.mark.daemon_modes("inline")
 def test_corrupt_files_are_quarantined_with_reasons_and_never_deleted(tmp_path: Path, sp: Path, cfg: Path) -> None:
     """Bad JSON or checksum, schema violations, symlinks, FIFOs, directories, bad names go to corrupt/ with a reason."""
     router = EventRouter(spool=sp)
@@ -391,6 +398,7 @@ def test_status_shows_live_then_stale_daemon_and_stale_entry_is_cleared(
 
 
 # -- 11. handler emits -------------------------------------------------------------------
+@pytest.mark.daemon_modes("inline", "mover", "mover_inline")
 def test_handler_follow_up_is_linked_deterministic_and_deduplicated_on_replay(
     tmp_path: Path, sp: Path, cfg: Path
 ) -> None:

@@ -90,6 +90,7 @@ def claimed_unhandled(sp: Path, pid: int, wanted: set[str], handled: set[str]) -
 
 
 @pytest.mark.slow
+@pytest.mark.daemon_modes("mover", "mover_inline")
 def test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates(
     tmp_path: Path, sp: Path, daemons: Daemons
 ) -> None:
@@ -174,6 +175,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates(
 
 
 # -- 8. crash recovery and live ownership --------------------------------------------------------
+@pytest.mark.daemon_modes("inline", "mover", "mover_inline")
 def test_sigkilled_daemons_inflight_events_are_recovered_by_the_next_one(
     tmp_path: Path, sp: Path, daemons: Daemons
 ) -> None:
@@ -251,6 +253,7 @@ def journal_mentions(sp: Path, pid: int, ids: list[str]) -> bool:
     return all(i in lines for i in ids)
 
 
+@pytest.mark.daemon_modes("mover", "mover_inline")
 def test_handlers_finished_before_a_crash_are_not_rerun(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
     """After a SIGKILL between two handlers of one event, redelivery runs only the unfinished handler."""
     cfg = write_config(tmp_path, workers=WORKERS)
@@ -368,6 +371,7 @@ def test_recovering_the_same_dead_owner_twice_does_not_double_count_failures(
 
 
 # -- 9. graceful shutdown ------------------------------------------------------------------
+@pytest.mark.daemon_modes("inline", "mover", "mover_inline")
 def test_sigterm_finishes_current_work_and_hands_back_the_rest(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
     """SIGTERM mid-run: exit 0, each event processed (with its effect) or back in pending; a rerun finishes."""
     cfg = write_config(tmp_path)
@@ -395,6 +399,7 @@ def test_sigterm_finishes_current_work_and_hands_back_the_rest(tmp_path: Path, s
     assert ok_counts(effects) == Counter({i: 1 for i in ids})
 
 
+@pytest.mark.daemon_modes("inline", "mover", "mover_inline")
 def test_second_sigterm_exits_at_once_with_130_and_nothing_is_lost(tmp_path: Path, sp: Path, daemons: Daemons) -> None:
     """A second SIGTERM during shutdown exits 130 without waiting for handlers; a new daemon recovers all."""
     cfg = write_config(tmp_path)

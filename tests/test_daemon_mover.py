@@ -3,25 +3,21 @@
 Unit level, on a real child process: it files what it is sent, finishes its
 queue after its parent is gone, and a parent whose child died files the rest
 itself. Daemon level: recovery waits while a dead owner's mover still holds
-the owner lock, drops in-flight names that were already filed, and the
-daemon behaviours (crashes included) hold with the mover always on
-(``mover_backlog = 0``), threaded and inline.
+the owner lock, and drops in-flight names that were already filed. The
+daemon behaviours (crashes included) with the mover always on
+(``mover_backlog = 0``), threaded and inline, are the tests of test_daemon.py
+and test_daemon_crash.py marked ``daemon_modes("mover", "mover_inline")``.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import test_daemon as td
-import test_daemon_crash as tc
 from daemon_helpers import harness
 
 from poetctl import EventRouter
@@ -202,15 +198,14 @@ def test_recovery_waits_for_a_dead_owners_mover_then_drops_filed_copies(sp: Path
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         daemon = Daemon(router, DaemonOptions(once=True, watch=False, lease_seconds=0.0))
-        daemon.owner_lock_dir.mkdir(exist_ok=True)
-        assert daemon.recover(all_dead=False) == 0
-        assert daemon._dead_owner_busy
+        assert daemon.consumer.recovery.run(all_dead=False) == 0
+        assert daemon.consumer.recovery.busy
         assert len(os.listdir(d)) == 4, "nothing may be taken while the dead owner's mover runs"
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(timeout=30)
-    assert daemon.recover(all_dead=False) == 3
+    assert daemon.consumer.recovery.run(all_dead=False) == 3
     assert not d.exists()
     assert not lock_path.exists()
     assert sorted(p[:-5] for p in os.listdir(layout.pending)) == sorted(ids[1:])
@@ -223,7 +218,7 @@ def test_daemon_releases_its_owner_lock_and_leaves_nothing_in_flight(sp: Path) -
     router.subscribe("*", lambda e: None, name="noop")
     daemon = Daemon(router, DaemonOptions(once=True, watch=False, workers=1, mover_backlog=1000))
     assert daemon.run() == 0
-    assert daemon.mover is not None and not daemon.mover.alive
+    assert daemon.consumer.mover is not None and not daemon.consumer.mover.alive
     layout = SpoolLayout(sp)
     assert len(os.listdir(layout.processed)) == 3000
     assert os.listdir(layout.pending) == []
@@ -238,44 +233,11 @@ def test_daemon_releases_its_owner_lock_and_leaves_nothing_in_flight(sp: Path) -
         idx.close()
 
 
-# -- daemon behaviours with the mover always on -------------------------------------------------
-CASES: list[Callable[..., None]] = [
-    td.test_once_drains_everything_and_status_counts_it,
-    td.test_event_without_subscriber_goes_straight_to_processed,
-    td.test_per_key_order_holds_through_retries,
-    td.test_handler_follow_up_is_linked_deterministic_and_deduplicated_on_replay,
-    tc.test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates,
-    tc.test_sigkilled_daemons_inflight_events_are_recovered_by_the_next_one,
-    tc.test_handlers_finished_before_a_crash_are_not_rerun,
-    tc.test_sigterm_finishes_current_work_and_hands_back_the_rest,
-    tc.test_second_sigterm_exits_at_once_with_130_and_nothing_is_lost,
-]
+@pytest.mark.daemon_modes("inline", "mover", "mover_inline")
+def test_daemon_modes_reach_every_config_a_test_writes(tmp_path: Path, daemon_mode: str) -> None:
+    """A test marked daemon_modes runs once per mode; every config it writes carries that mode's settings."""
+    from conftest import DAEMON_MODES
 
-
-@pytest.fixture(params=[4, 1], ids=["threaded", "inline"])
-def _mover_always(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = harness.write_config
-    workers = request.param
-
-    def write_config(directory: Path, name: str = "poet.toml", **daemon: Any) -> Path:
-        daemon["mover_backlog"] = 0
-        daemon["workers"] = workers
-        return original(directory, name, **daemon)
-
-    for module in (td, tc):
-        monkeypatch.setattr(module, "write_config", write_config)
-
-
-@pytest.fixture
-def cfg(tmp_path: Path, _mover_always: None) -> Path:
-    """The shared test config, with the mover always on."""
-    return td.write_config(tmp_path)
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.__name__.removeprefix("test_") for c in CASES])
-def test_with_the_mover_always_on(
-    case: Callable[..., None], _mover_always: None, request: pytest.FixtureRequest
-) -> None:
-    """The same behaviour holds when every completion goes through the mover."""
-    kwargs = {name: request.getfixturevalue(name) for name in inspect.signature(case).parameters}
-    case(**kwargs)
+    table = harness.config_of(harness.write_config(tmp_path, workers=3))
+    expected = {"workers": 3} if daemon_mode == "default" else DAEMON_MODES[daemon_mode]
+    assert {k: table.get(k) for k in expected} == expected

@@ -22,7 +22,7 @@ from daemon_helpers.harness import (
     wait_for,
     write_config,
 )
-from test_replay import put_event
+from daemon_helpers.spool import put_event
 
 from poetctl.backends.fs.owner import HOST
 
@@ -182,3 +182,27 @@ def test_status_counts_what_corrupt_list_lists(tmp_path: Path, sp: Path) -> None
     assert status(tmp_path, sp)[1]["counts"]["corrupt"] == 3
     r = check(tmp_path, sp, "--max-corrupt", "2")
     assert r.returncode == 1 and "3 corrupt file(s) > 2" in r.stdout, r.stdout
+
+
+def test_status_document_from_any_transport_counts_through_the_transport() -> None:
+    """collect(TransportStatus(t)) counts via transport.counts() and measures lag from the oldest pending event."""
+    from poetctl.backends.memory import MemoryTransport
+    from poetctl.ops.status import Thresholds, TransportStatus, collect, evaluate
+    from poetctl.router import EventRouter
+
+    t = MemoryTransport()
+    router = EventRouter(transport=t)
+    first = router.emit("system.health", {"service": "s", "status": "healthy"})
+    router.emit("system.health", {"service": "s", "status": "healthy"})
+    c = t.consumer()
+    d = c.fetch(1).deliveries[0]
+    assert d.id == first
+    c.ack(d)
+    born = t.get(first)
+    assert born is not None and born.event is not None
+    doc = collect(TransportStatus(t, "memory"), now=born.event.timestamp + 100)
+    assert doc["spool"] == "memory"
+    assert doc["counts"] == {"pending": 1, "inflight": 0, "processed": 1, "dead": 0, "corrupt": 0}
+    assert doc["counts_source"] == {"processed": "transport"}
+    assert 99 <= doc["lag_seconds"] <= 101 and doc["daemons"] == []
+    assert evaluate(doc, Thresholds(warn_lag=60, max_lag=300))["status"] == "WARNING"

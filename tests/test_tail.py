@@ -23,6 +23,7 @@ from poetctl.backends.fs.index import Index, row_of
 from poetctl.cloudevents import from_cloudevent
 from poetctl.ids import uuid7
 from poetctl.spool import SpoolLayout
+from poetctl.transport import Query
 
 SAMPLES = load_samples()
 FOLLOW_TIMEOUT = 60
@@ -359,7 +360,7 @@ def test_n_reads_only_top_candidates(tmp_path: Path, monkeypatch: pytest.MonkeyP
     layout = SpoolLayout(spool)
     idx = q.open_index(layout, q.SMALL_SPOOL)
     assert (idx is not None) == with_index
-    got = q.newest(layout, q.Selector(patterns=["poet/functions/*"]), limit=5, index=idx)
+    got = q.newest(layout, Query(topics=["poet/functions/*"]), limit=5, index=idx)
     want = [i for n, i in enumerate(ids) if n % 3][-5:][::-1]
     assert [f.id for f in got] == want
     assert len(reads) <= 7

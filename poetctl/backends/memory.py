@@ -214,8 +214,9 @@ class MemoryTransport:
             return out
 
     def prune(self, before: float, states: Sequence[State] = (State.PROCESSED,)) -> int:
-        if State.PENDING in states or State.INFLIGHT in states:
-            raise ValueError("prune removes handled events only (processed, dead, corrupt)")
+        bad = {State.PENDING, State.INFLIGHT, State.CORRUPT} & set(states)
+        if bad:  # quarantined input is kept for an operator, never deleted (as on the spool)
+            raise ValueError(f"prune removes processed and dead events only, not {sorted(bad)}")
         with self._lock:
             gone = [e.id for e in self._entries.values() if e.state in states and e.timestamp < before]
             for i in gone:

@@ -88,7 +88,7 @@ def _daemon(
     d = Daemon(router, opts)
     install_signal_handlers(d)
     log.info(
-        f"daemon {d.owner} on {router.layout.root} with {opts.workers} worker(s), "
+        f"daemon {d.owner} on {cfg.spool} with {opts.workers} worker(s), "
         f"{len(router.subscriptions)} handler(s){' (once)' if opts.once else ''}"
     )
     code = d.run()

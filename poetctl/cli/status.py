@@ -115,6 +115,7 @@ def _status(
     config: Path | None,
 ) -> None:
     from ..backends.fs.layout import SpoolLayout
+    from ..backends.fs.status import FsStatus
     from ..ops.status import Thresholds, collect, evaluate, nagios_line, parse_duration
     from .output import resolve_format, write_json, write_jsonl
 
@@ -140,7 +141,8 @@ def _status(
     lease = float(cfg.daemon.get("lease_seconds", 30.0))
     try:
         layout = SpoolLayout(cfg.spool)
-        doc = collect(layout.require_real(*layout.read_dirs(), missing_ok=True), lease_seconds=lease, stale_after=stale)
+        source = FsStatus(layout.require_real(*layout.read_dirs(), missing_ok=True))
+        doc = collect(source, lease_seconds=lease, stale_after=stale)
         doc["breakers"] = _breakers(layout)
     except Exception as exc:
         if not check:

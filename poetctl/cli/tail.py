@@ -306,9 +306,10 @@ def as_stored(f: Any) -> bytes:
 @errors_to_exit
 def _tail(args: TailArgs, spool: Path | None, config: Path | None) -> None:
     from ..backends.fs.layout import SpoolLayout
-    from ..query import SMALL_SPOOL, Selector, newest, open_index
+    from ..query import SMALL_SPOOL, newest, open_index
     from ..timeparse import parse_time
     from ..topics import validate_pattern
+    from ..transport import Query
     from .output import resolve_format, warn
 
     fmt = resolve_format(args.output, TAIL_FORMATS)
@@ -319,8 +320,8 @@ def _tail(args: TailArgs, spool: Path | None, config: Path | None) -> None:
     if args.follow and fmt == "json":
         raise UsageError("--output json cannot stream; use jsonl (or cloudevents, table) with --follow")
     now = time.time()
-    sel = Selector(
-        patterns=patterns,
+    sel = Query(
+        topics=patterns,
         types=args.types,
         correlation_id=args.correlation_id,
         source=args.source,

@@ -1,6 +1,6 @@
 """Selecting handled events (processed/ or dead/) for replay, dead retry and dead purge.
 
-The criteria are :class:`poetctl.query.Selector` (every given criterion must
+The criteria are :class:`poetctl.transport.Query` (every given criterion must
 hold). Candidates come from the cheapest truthful source:
 
 * ``--id``: the named files directly (and, for ids that are not there, where
@@ -28,9 +28,10 @@ from ..backends.fs.index import Index
 from ..backends.fs.layout import SpoolLayout
 from ..errors import InvalidData, UsageError
 from ..ids import EVENT_ID_RE
-from ..query import Found, Selector, load
+from ..query import Found, load
 from ..timeparse import parse_time
 from ..topics import validate_pattern
+from ..transport import Query
 
 SOURCE_STATES = ("processed", "dead")
 Damaged = Callable[[Path, str], None]
@@ -90,7 +91,7 @@ def read_ids(values: Sequence[str], stdin: IO[bytes] | None = None) -> list[str]
     return list(dict.fromkeys(out))
 
 
-def make_selector(c: Criteria, stdin: IO[bytes] | None = None) -> Selector:
+def make_selector(c: Criteria, stdin: IO[bytes] | None = None) -> Query:
     """Parse and check the criteria; raises :class:`UsageError` (2) for bad values."""
     since = parse_time(c.since, option="--since") if c.since else None
     until = parse_time(c.until, option="--until") if c.until else None
@@ -100,9 +101,7 @@ def make_selector(c: Criteria, stdin: IO[bytes] | None = None) -> Selector:
     ids = read_ids(c.ids, stdin) if c.ids else []
     if c.ids and not ids:
         raise UsageError("--id -: no ids on stdin")
-    return Selector(
-        patterns=topics, types=list(c.types), ids=ids, correlation_id=c.correlation_id, since=since, until=until
-    )
+    return Query(topics=topics, types=list(c.types), ids=ids, correlation_id=c.correlation_id, since=since, until=until)
 
 
 @dataclass(slots=True)
@@ -132,7 +131,7 @@ def _listing(directory: Path) -> list[Candidate]:
         ]
 
 
-def _from_index(index: Index, state: str, directory: Path, sel: Selector) -> list[Candidate]:
+def _from_index(index: Index, state: str, directory: Path, sel: Query) -> list[Candidate]:
     q = "SELECT id, ts, type, topic, source, correlation_id FROM events WHERE state=?"
     args: list[object] = [state]
     if sel.since is not None:
@@ -156,7 +155,7 @@ def _from_index(index: Index, state: str, directory: Path, sel: Selector) -> lis
                 out.append(Candidate(eid, directory / f"{eid}.json"))
 
 
-def candidates(layout: SpoolLayout, state: str, sel: Selector, index: Index | None) -> tuple[list[Candidate], str]:
+def candidates(layout: SpoolLayout, state: str, sel: Query, index: Index | None) -> tuple[list[Candidate], str]:
     """Files that may match (not yet read), oldest first where known; and the source used."""
     directory = state_dir(layout, state)
     if sel.ids:
@@ -166,7 +165,7 @@ def candidates(layout: SpoolLayout, state: str, sel: Selector, index: Index | No
     return sorted(_listing(directory), key=lambda c: c.id), "listing"
 
 
-def resolve(cands: Iterable[Candidate], state: str, sel: Selector, on_damaged: Damaged | None) -> Iterator[Found]:
+def resolve(cands: Iterable[Candidate], state: str, sel: Query, on_damaged: Damaged | None) -> Iterator[Found]:
     """Read and verify each candidate; yield those that match. Vanished files are skipped silently."""
     for c in cands:
         f = load(c.path, state, on_damaged)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 
 import pytest
+from daemon_helpers.spool import uuid7_at
 
+from poetctl.router import EventRouter
 from poetctl.testing import FakeClock
-from poetctl.transport import Attempt, Consumer, Quarantined, Query, State, Transport
+from poetctl.transport import Attempt, Consumer, Outgoing, Quarantined, Query, State, Transport
 
 from .kits import Emit, Kit
 
@@ -333,3 +335,87 @@ def test_prune_removes_old_processed_events_only(transport: Transport, make_even
     assert transport.state_of(pending.event.id) == State.PENDING
     with pytest.raises(ValueError):
         transport.prune(cutoff, (State.PENDING,))
+
+
+def _metrics(transport: Transport, key: str, source: str = "svc", at: float | None = None) -> Outgoing:
+    """A sealed system.metrics event (another type and topic than make_event's) as an Outgoing item.
+
+    ``at``: its time (timestamp and the id's embedded time), for an event that is old from the start.
+    """
+    router = EventRouter(transport=transport)
+    payload = {"service": "svc", "metrics": {"n": 1}}
+    ev, keyed = router.build(
+        "system.metrics", payload, correlation_id=key, source=source, id=None if at is None else uuid7_at(at)
+    )
+    if at is not None:
+        ev.timestamp = at
+        ev.seal()
+    return Outgoing(ev, ev.to_json() + b"\n", keyed)
+
+
+def test_select_by_type_source_until_and_all_criteria_at_once(transport: Transport, make_event: Emit) -> None:
+    """Types are globs, source is exact, until is exclusive, and several criteria must all hold."""
+    a = make_event("inc-1")
+    m = _metrics(transport, "inc-1", source="other")
+    b = make_event("inc-2")
+    transport.publish([a, m, b])
+    assert [s.id for s in transport.select(Query(types=["system.met*"]))] == [m.event.id]
+    assert {s.id for s in transport.select(Query(types=["system.*"]))} == {a.event.id, m.event.id, b.event.id}
+    assert [s.id for s in transport.select(Query(source="other"))] == [m.event.id]
+    assert [s.id for s in transport.select(Query(until=m.event.timestamp))] == [a.event.id]
+    both = Query(correlation_id="inc-1", types=["system.health"], topics=["poet/system/*"])
+    assert [s.id for s in transport.select(both)] == [a.event.id]
+    assert list(transport.select(Query(correlation_id="inc-2", source="other"))) == []
+
+
+def test_select_by_state_and_get_with_the_dead_letter(transport: Transport, make_event: Emit) -> None:
+    """Query.states restricts where select looks; get() returns the event, its state and a dead letter's info."""
+    done, dead, waiting = make_event("a"), make_event("b"), make_event("c")
+    transport.publish([done, dead])
+    c = transport.consumer()
+    d1, d2 = c.fetch(10).deliveries
+    c.ack(d1)
+    c.dead(d2, "permanent", {"reason": "permanent", "attempts": 1})
+    transport.publish([waiting])
+    assert [s.id for s in transport.select(Query(states=[State.PROCESSED]))] == [done.event.id]
+    assert [s.id for s in transport.select(Query(states=[State.DEAD, State.PENDING]))] == [
+        waiting.event.id,
+        dead.event.id,
+    ]
+    got = transport.get(dead.event.id)
+    assert got is not None and got.state == State.DEAD and got.event is not None
+    assert got.event.id == dead.event.id and got.info is not None and got.info["reason"] == "permanent"
+    ok = transport.get(done.event.id)
+    assert ok is not None and ok.state == State.PROCESSED and ok.info is None
+    assert transport.get("01900000-0000-7000-8000-000000000000") is None
+    assert transport.state_of("01900000-0000-7000-8000-000000000000") is None
+
+
+def test_counts_include_quarantined_input(backend: Kit, transport: Transport, make_event: Emit) -> None:
+    """Unreadable input quarantined by fetch is counted as corrupt; select never returns it."""
+    backend.plant_unreadable(transport, "aaaa-garbage", b"\x00\xff not an event")
+    transport.publish([make_event()])
+    transport.consumer().fetch(10)
+    counts = transport.counts()
+    assert counts[State.CORRUPT] == 1 and counts[State.INFLIGHT] == 1
+    assert [s.state for s in transport.select(Query())] == [State.INFLIGHT]
+
+
+def test_prune_keeps_what_is_newer_is_idempotent_and_never_takes_quarantine(
+    backend: Kit, transport: Transport, make_event: Emit
+) -> None:
+    """Only events older than the cut-off go; a second prune removes nothing; corrupt input is refused."""
+    new = make_event("b")
+    old = _metrics(transport, "a", at=new.event.timestamp - 3600)
+    transport.publish([old, new])
+    c = transport.consumer()
+    for d in c.fetch(10).deliveries:
+        c.ack(d)
+    cutoff = new.event.timestamp - 1800
+    assert transport.prune(cutoff) == 1
+    assert transport.prune(cutoff) == 0
+    assert transport.state_of(old.event.id) is None and transport.state_of(new.event.id) == State.PROCESSED
+    with pytest.raises(ValueError):
+        transport.prune(cutoff + 10, (State.CORRUPT,))
+    with pytest.raises(ValueError):
+        transport.prune(cutoff + 10, (State.INFLIGHT,))

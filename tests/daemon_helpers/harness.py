@@ -72,9 +72,14 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {v!r} to TOML")
 
 
+# Set by the ``daemon_mode`` fixture (tests/conftest.py) while a test runs in another daemon mode:
+# these [daemon] settings win over the test's own (workers = 1 for inline, mover_backlog = 0...).
+MODE_OVERRIDES: dict[str, Any] = {}
+
+
 def write_config(directory: Path, name: str = "poet.toml", **daemon: Any) -> Path:
-    """A poet.toml with a ``[daemon]`` table: :data:`FAST` overridden by ``daemon``."""
-    table = {**FAST, **daemon}
+    """A poet.toml with a ``[daemon]`` table: :data:`FAST` overridden by ``daemon``, then by :data:`MODE_OVERRIDES`."""
+    table = {**FAST, **daemon, **MODE_OVERRIDES}
     path = directory / name
     path.write_text("[daemon]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in table.items()))
     return path

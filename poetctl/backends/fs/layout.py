@@ -220,3 +220,21 @@ def same_file(a: Path, b: Path) -> bool:
     except OSError:
         return False
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def remove_spool(root: Path) -> None:
+    """Delete a whole spool tree (the demo's fresh start). A root that is a link is refused (74), never followed.
+
+    ``shutil.rmtree`` walks by directory descriptors where the platform allows
+    (Linux), so a link planted inside is removed, not followed.
+    """
+    import shutil
+
+    if os.path.islink(root):
+        raise SpoolIOError(f"{root} is a symlink; refusing to delete through it")
+    try:
+        shutil.rmtree(root)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise SpoolIOError(f"cannot remove {root}: {exc.strerror}") from None
