@@ -205,7 +205,7 @@ def build_app(settings: ServeSettings, router: Any, clock: Callable[[], float] =
             causation_id=alert.event.id,
         )
         try:
-            added, _ = router.commit_found([built])
+            added = router.commit_events([built])
         except PoetError as exc:
             log.error("feedback not recorded: %s", exc)
             return pages.message("Not recorded", "The answer could not be stored; please try again later.", 503)

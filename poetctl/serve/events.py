@@ -89,16 +89,17 @@ def parse(router: Any, body: bytes, content_type: str, max_event_bytes: int, eve
 
 def commit(router: Any, built: list[Any]) -> dict[str, Any]:
     """Commit all of ``built`` as one group (all or nothing); the answer's JSON."""
-    from ..router import Quarantined
+    from ..transport import Quarantined, State
 
     try:
-        added, existing = router.commit_found(built)
+        added = router.commit_events(built)
     except Quarantined as exc:
         raise Refused(409, "quarantined", exc.message) from None
     except InvalidData as exc:  # an event that grew past the limit once sealed
         raise Refused(413, "too_large", str(exc)) from None
     ids = [ev.id for ev, _ in built]
-    dead = [built[i][0].id for i, p in existing.items() if p.parent == router.layout.dead]
+    state_of = router.transport.state_of
+    dead = [ids[i] for i, a in enumerate(added) if not a and state_of(ids[i]) is State.DEAD]
     out: dict[str, Any] = {"ids": ids, "added": sum(1 for a in added if a)}
     if len(ids) - out["added"]:
         out["existing"] = [ids[i] for i, a in enumerate(added) if not a]
