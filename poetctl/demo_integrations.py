@@ -28,7 +28,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -165,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--keep"]
     root = Path(args[0] if args else ".poet/demo-integrations").absolute()
     if root.exists() and not keep:
-        shutil.rmtree(root)
+        from .backends.fs.layout import remove_spool
+
+        remove_spool(root)
     root.mkdir(parents=True, exist_ok=True)
     import base64
 

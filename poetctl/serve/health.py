@@ -7,7 +7,6 @@ read-only or full spool is "not ready" before the first emit fails.
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,17 +22,9 @@ def spool_check(layout: Any) -> str | None:
         layout.require().require_real(layout.events, layout.tmp, layout.pending)
     except PoetError as exc:
         return exc.message
-    name = os.path.join(layout.tmp, f".readyz-{os.getpid()}-{os.urandom(6).hex()}")
-    try:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, b"ok")
-        finally:
-            os.close(fd)
-            os.unlink(name)
-    except OSError as exc:
-        return f"cannot write in {layout.tmp}: {exc.strerror}"
-    return None
+    from ..backends.fs.safefs import probe_writable
+
+    return probe_writable(layout)
 
 
 def nats_check(servers: list[str]) -> str | None:

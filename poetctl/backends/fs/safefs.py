@@ -365,3 +365,27 @@ def replace_existing_at(src_fd: int, src: str | Path, dst_fd: int, dst: str | Pa
             raise OSError(err, os.strerror(err), str(src), None, str(dst))
     os.lstat(dst, dir_fd=dfd)  # FileNotFoundError if it is gone
     os.rename(src, dst, src_dir_fd=sfd, dst_dir_fd=dfd)
+
+
+def probe_writable(layout: SpoolLayout) -> str | None:
+    """None if a file can be created and removed in ``events/tmp`` (readiness), else why not.
+
+    The probe is created with O_EXCL|O_NOFOLLOW through a descriptor of the
+    real directory, in the one place only commits write and readers never look.
+    """
+    name = f".readyz-{os.getpid()}-{os.urandom(6).hex()}"
+    try:
+        with SpoolDir(layout, "events/tmp") as tmp:
+            fd = os.open(
+                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tmp.fd
+            )
+            try:
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
+                tmp.unlink(name)
+    except SpoolIOError as exc:  # a linked or missing directory: SpoolDir refuses it
+        return exc.message
+    except OSError as exc:
+        return f"cannot write in {layout.tmp}: {exc.strerror}"
+    return None
