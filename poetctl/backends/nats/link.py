@@ -51,9 +51,12 @@ class Link:
             failures.append(type(exc).__name__)
 
         try:
-            return await nats.connect(**opts, error_cb=on_error)
+            # nats-py keeps retrying an initial connect while reconnects are allowed: bound it here.
+            return await asyncio.wait_for(
+                nats.connect(**opts, error_cb=on_error), timeout=self.settings.connect_timeout + 1
+            )
         except Exception as exc:  # nats raises several unrelated types here; all mean "cannot connect"
-            what = str(exc) or type(exc).__name__
+            what = "no answer" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
             raise BackendUnavailable(
                 f"cannot connect to NATS at {self.settings.shown_servers()}: {what}; "
                 "check [nats] servers / POET_NATS_URL and that the server runs with -js"

@@ -221,7 +221,14 @@ def setup(link: Link, s: NatsSettings, *, dry_run: bool = False) -> list[Change]
             await _apply(link, s, plan)
         return [c for c, _, _ in plan]
 
-    return link.run(go(), timeout=120)
+    from ...errors import BackendUnavailable, PoetError
+
+    try:
+        return link.run(go(), timeout=120)
+    except PoetError:
+        raise
+    except Exception as exc:  # the server refused a change (e.g. storage type): say which, no traceback
+        raise BackendUnavailable(f"nats setup failed: {type(exc).__name__}: {exc}") from None
 
 
 __all__ = ["Change", "bucket_specs", "consumer_specs", "setup", "stream_specs"]
