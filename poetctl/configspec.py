@@ -271,7 +271,7 @@ NATS: dict[str, Setting] = {
     "max_age": Setting("duration", "30d"),
     "duplicate_window": Setting("duration", "2m"),
     "partitions": Setting("int", 16, 1, 1024),
-    "ack_wait": Setting("float", 30.0, 0.5, _DAY),
+    "ack_wait": Setting("float", 3.0, 0.5, _DAY),
     "lease_ttl": Setting("float", 6.0, 1.0, _DAY),
     "connect_timeout": Setting("float", 5.0, 0.1, 600.0),
 }

@@ -51,7 +51,7 @@ class NatsSettings:
     max_age: float = 30 * 86400.0
     duplicate_window: float = 120.0
     partitions: int = 16
-    ack_wait: float = 30.0
+    ack_wait: float = 3.0
     lease_ttl: float = 6.0
     connect_timeout: float = 5.0
 
