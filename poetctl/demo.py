@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .backends.fs.layout import SpoolLayout
+from .backends.fs.storage import StateStore
 from .chain import connected, iter_events, render_tree
 from .router import EventRouter
-from .state import StateStore
 
 FUNCTION = "detect_drift"
 MODEL = "customer_churn_model"

@@ -1,45 +1,52 @@
-"""A router that publishes through a :class:`~poetctl.transport.Transport`.
+"""The publisher: commits sealed events through a :class:`~poetctl.transport.Transport`.
 
-The bridge until the router splits into envelope builder, subscription
-registry and publisher (issue 10, next step): :class:`EventRouter` builds,
-validates and seals exactly as before; only the final commit goes to the
-transport instead of the spool's group committer. The spool is never touched:
-``layout`` points at a path that cannot exist, so code that still reaches for
-files (the built-in state and learning handlers) fails loudly instead of
-writing into the current directory.
+The last part of :class:`~poetctl.router.EventRouter` (after the envelope
+builder and the subscription registry). It checks each event's stored size
+against the config's ``max_event_bytes``, marks a repeated id within one group as keyed (the
+first wins, like a re-emit) and hands the group to ``transport.publish``,
+which is durable before it returns. ``prepare`` runs once before the first
+publish (the filesystem router creates or checks its spool there).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import threading
+from collections.abc import Callable, Sequence
 
 from .config import Config
 from .errors import InvalidData
 from .event import Event
-from .router import EventRouter
-from .schemas import SchemaRegistry
 from .transport import Outgoing, Transport
 
-NO_SPOOL = Path("/dev/null/poetctl-no-spool")  # mkdir under a character device always fails
 
+class Publisher:
+    """Publishes groups of built ``(event, keyed)`` pairs through ``transport``. Thread-safe."""
 
-class TransportRouter(EventRouter):
-    """:class:`EventRouter` whose ``emit``/``emit_many``/follow-ups go to ``transport.publish``."""
-
-    def __init__(
-        self, transport: Transport, *, config: Config | None = None, registry: SchemaRegistry | None = None
-    ) -> None:
-        cfg = config if config is not None else Config(spool=NO_SPOOL)
-        super().__init__(config=cfg, registry=registry)
+    def __init__(self, transport: Transport, config: Config, prepare: Callable[[], None] | None = None) -> None:
         self.transport = transport
+        self.config = config  # read at each publish: max_event_bytes may be changed after construction
+        self._prepare = prepare
+        self._ready = prepare is None
+        self._init_lock = threading.Lock()
 
     def _ensure(self) -> None:
-        """Nothing to create: the transport is ready when it is constructed."""
+        if not self._ready:
+            with self._init_lock:
+                if not self._ready:
+                    assert self._prepare is not None
+                    self._prepare()
+                    self._ready = True
 
-    def commit_events(self, built: list[tuple[Event, bool]]) -> list[bool]:
-        """Publish already-validated events as one group; True per event actually added."""
+    def publish(self, built: Sequence[tuple[Event, bool]]) -> list[bool]:
+        """Publish already-validated events as one group; True per event actually added.
+
+        Raises :class:`InvalidData` (65) for an event over ``max_event_bytes``
+        before anything is written; otherwise what ``transport.publish`` raises
+        (:class:`~poetctl.transport.Quarantined`, :class:`~poetctl.errors.SpoolIOError`...).
+        """
         if not built:
             return []
+        self._ensure()
         limit = self.config.max_event_bytes
         items: list[Outgoing] = []
         seen: set[str] = set()
@@ -47,14 +54,11 @@ class TransportRouter(EventRouter):
             data = ev.to_json() + b"\n"
             if len(data) > limit:
                 raise InvalidData(f"event {ev.id} is {len(data)} bytes; the limit is {limit} bytes (max_event_bytes)")
-            # Two items with one id in a group: the first wins, like a re-emit.
+            # Two items with one id in the same group: the first wins, like a re-emit
+            # (callers that take input refuse such pairs with different content first).
             items.append(Outgoing(ev, data, keyed or ev.id in seen))
             seen.add(ev.id)
         return self.transport.publish(items)
 
-    def commit_found(self, built: list[tuple[Event, bool]]) -> tuple[list[bool], dict[int, Path]]:
-        """:meth:`commit_events`; a transport reports no paths (where an existing id lives is its business)."""
-        return self.commit_events(built), {}
 
-
-__all__ = ["NO_SPOOL", "TransportRouter"]
+__all__ = ["Publisher"]

@@ -38,12 +38,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .backends.memory import MemoryTransport
+from .backends.memory_storage import MemoryStorage
 from .config import Config
 from .daemon.loop import Loop
 from .daemon.middleware import Middleware
 from .daemon.retries import RetryPolicy
-from .publish import TransportRouter
+from .router import EventRouter
 from .schemas import SchemaRegistry
+from .storage import Storage
 from .transport import Query, State, Stored, Transport
 
 
@@ -76,7 +78,10 @@ class FakeClock:
 class Harness:
     """A router (``.router``) and a steppable daemon (``.daemon``) on one transport, with ``.clock``.
 
-    The default transport is a fresh :class:`~poetctl.backends.memory.MemoryTransport`.
+    The default transport is a fresh :class:`~poetctl.backends.memory.MemoryTransport`
+    and the handlers' stores (``.router.stores``: function state, feedback, learning
+    state) are in memory too, so the built-in handlers run here as well
+    (:func:`poetctl.handlers.register_builtin`); ``storage`` replaces them.
     The daemon runs inline (one worker) with the given retry settings and middleware;
     ``timeouts`` maps handler names to time limits in seconds.
     """
@@ -88,6 +93,7 @@ class Harness:
         transport: Transport | None = None,
         config: Config | None = None,
         registry: SchemaRegistry | None = None,
+        storage: Storage | None = None,
         max_attempts: int = 5,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
@@ -98,7 +104,12 @@ class Harness:
     ) -> None:
         self.clock = clock or FakeClock()
         self.transport: Transport = transport if transport is not None else MemoryTransport(clock=self.clock)
-        self.router = TransportRouter(self.transport, config=config, registry=registry)
+        self.router = EventRouter(
+            transport=self.transport,
+            config=config,
+            registry=registry,
+            storage=storage if storage is not None or transport is not None else MemoryStorage(self.clock),
+        )
         self.policy = policy or RetryPolicy(max_attempts, backoff_base, backoff_cap)
         self._middleware = list(middleware)
         self._timeouts = dict(timeouts or {})

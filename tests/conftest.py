@@ -124,11 +124,9 @@ def run_cli(tmp_path: Path) -> RunCli:
 
 
 @pytest.fixture
-def sp(tmp_path: Path) -> Path:
-    """An initialised empty spool at tmp_path/spool."""
-    root = tmp_path / "spool"
-    SpoolLayout(root).init()
-    return root
+def sp(spool: Path) -> Path:
+    """The ``spool`` fixture under its short name: one fixture, the same directory (not a second copy)."""
+    return spool
 
 
 @pytest.fixture

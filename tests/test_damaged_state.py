@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 from daemon_helpers.harness import events_dir, run_cli, write_config
-from test_learning import FakeDrift
-from test_replay import put_event
+from daemon_helpers.spool import FakeDrift, put_event
 
 from poetctl import EventRouter
 from poetctl.errors import InvalidData, SpoolIOError

@@ -23,7 +23,7 @@ from daemon_helpers.harness import (
     wait_for,
     write_config,
 )
-from test_replay import index_rows, lines, put_event
+from daemon_helpers.spool import index_rows, lines, put_event
 
 from poetctl import EventRouter
 

@@ -25,7 +25,7 @@ from daemon_helpers.harness import (
     wait_for,
     write_config,
 )
-from test_replay import index_rows, put_event
+from daemon_helpers.spool import index_rows, put_event
 
 from poetctl.backends.fs.index import Index
 from poetctl.backends.fs.owner import HOST

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import calendar
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers.spool import FakeDrift
 
 from poetctl.handlers.learning import LearningEngine, LearningSettings, Pattern
 from poetctl.schemas import SchemaRegistry
@@ -21,15 +21,6 @@ DAY = 86400.0
 HOUR = 3600.0
 # Monday 2024-01-01 00:00:00 UTC: timestamps below are offsets from it so hour and weekday are known.
 MONDAY = float(calendar.timegm((2024, 1, 1, 0, 0, 0)))
-
-
-@dataclass
-class FakeDrift:
-    """The little of a drift.detected Event that record_drift_detection reads."""
-
-    id: str
-    timestamp: float
-    payload: dict[str, Any] = field(default_factory=dict)
 
 
 def make_engine(tmp_path: Path, **settings: Any) -> LearningEngine:
@@ -411,17 +402,17 @@ def test_recording_twice_gives_same_state(tmp_path: Path) -> None:
     engine = make_engine(tmp_path)
     _five_false_alarms(engine)
     snap = engine.snapshot()
-    raw = (engine.layout.state / "learning.json").read_bytes()
+    raw = (engine.store.layout.state / "learning.json").read_bytes()
     _five_false_alarms(engine)
     assert engine.snapshot() == snap
-    assert (engine.layout.state / "learning.json").read_bytes() == raw
+    assert (engine.store.layout.state / "learning.json").read_bytes() == raw
 
 
 def test_state_survives_a_new_engine(tmp_path: Path) -> None:
     """A second engine on the same spool sees what the first recorded (state is on disk)."""
     engine = make_engine(tmp_path)
     _five_false_alarms(engine)
-    other = LearningEngine(engine.layout)
+    other = LearningEngine(engine.store.layout)
     assert other.snapshot() == engine.snapshot()
     assert "threshold_too_sensitive" in {p.pattern_type for p in other.detect_patterns(FN, now=NOW)}
 

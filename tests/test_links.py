@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from daemon_helpers.harness import daemon_args, events_dir, ids_in, run_cli, write_config
-from test_replay import put_event, uuid7_at
+from daemon_helpers.spool import put_event, uuid7_at
 
 from poetctl.backends.fs.owner import HOST
 from poetctl.spool import SpoolLayout

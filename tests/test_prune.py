@@ -19,7 +19,7 @@ from daemon_helpers.harness import (
     wait_for,
     write_config,
 )
-from test_replay import index_rows, put_event, uuid7_at
+from daemon_helpers.spool import index_rows, put_event, uuid7_at
 
 from poetctl.backends.fs.writer import spool_lock
 from poetctl.spool import SpoolLayout

@@ -129,9 +129,8 @@ def test_router_on_a_transport_never_touches_the_filesystem(tmp_path: Any, monke
 def test_a_self_emitting_handler_stops_at_the_hop_limit() -> None:
     """With the router's hop limit, a handler that emits what it subscribes to ends in dead/ instead of looping."""
     from poetctl.config import Config
-    from poetctl.publish import NO_SPOOL
 
-    h = Harness(config=Config(spool=NO_SPOOL, daemon={"max_causation_depth": 2}), max_attempts=2)
+    h = Harness(config=Config(daemon={"max_causation_depth": 2}), max_attempts=2)
     h.router.subscribe(
         "system.health", lambda e: h.router.emit("system.health", {"service": "s", "status": "healthy"}), name="echo"
     )

@@ -22,7 +22,7 @@ from daemon_helpers.harness import (
     wait_for,
     write_config,
 )
-from test_replay import put_event
+from daemon_helpers.spool import put_event
 
 from poetctl.backends.fs.owner import HOST
 

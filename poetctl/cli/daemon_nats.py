@@ -19,13 +19,13 @@ def run_nats(cfg: Any, handlers: list[str], workers: int | None, once: bool) -> 
     from ..daemon.loop import Loop
     from ..daemon.retries import RetryPolicy
     from ..partition import key_function
-    from ..publish import TransportRouter
+    from ..router import EventRouter
     from .mode import nats_transport
 
     opts = {**defaults("daemon"), **cfg.daemon}
     transport = nats_transport(cfg, key_of=key_function(tuple(opts["partition_key"])))
     try:
-        router = TransportRouter(transport, config=cfg)
+        router = EventRouter(transport=transport, config=cfg)
         load_handlers(router, [*cfg.handlers, *handlers])
         consumer = transport.consumer()
         loop = Loop(

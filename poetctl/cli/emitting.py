@@ -195,11 +195,14 @@ def emit_events(
         )
         return
     # Only `init` (or --init) creates a spool: a mistyped --spool must not start a new one.
-    router = EventRouter(config=cfg, create_spool=init)
+    from ..backends.fs.layout import SpoolLayout
+
+    layout = SpoolLayout(cfg.spool)
     if init:
-        router.layout.init()
+        layout.init()
     else:
-        router.layout.require()
+        layout.require()
+    router = EventRouter(config=cfg, create_spool=init)
     if batch is not None:
         _emit_batch(router, batch, batch_type, skip_invalid, id_from)
         return
@@ -226,8 +229,8 @@ def emit_events(
         environment=environment,
         where=name,
     )
-    _, existing = router.commit_found([built])
-    _note_dead([built[0].id for i in existing if existing[i].parent == router.layout.dead])
+    added = router.commit_events([built])
+    _note_dead(_dead_ids(router, [built], added))
     sys.stdout.write(built[0].id + "\n")
 
 
@@ -242,12 +245,12 @@ def _emit_nats(
     fields: dict[str, Any],
 ) -> None:
     """``emit --mode nats``: publish to JetStream; each id is printed after its PubAck."""
-    from ..publish import TransportRouter
+    from ..router import EventRouter
     from .mode import nats_transport
 
     transport = nats_transport(cfg)
     try:
-        router = TransportRouter(transport, config=cfg)
+        router = EventRouter(transport=transport, config=cfg)
         if batch is not None:
             _emit_batch(router, batch, batch_type, skip_invalid, id_from)
             return
@@ -366,16 +369,24 @@ def _commit_groups(router: Any, built: list[Any], name: str) -> None:
     for start in range(0, len(built), BATCH_CHUNK):
         chunk = built[start : start + BATCH_CHUNK]
         try:
-            _, existing = router.commit_found(chunk)
+            added = router.commit_events(chunk)
         except PoetError as exc:
             if start:
                 note = f" ({start} of {len(built)} events were committed before this; their ids are on stdout)"
                 raise type(exc)(exc.message + note, where=exc.where or name) from None
             raise
-        dead += [chunk[i][0].id for i, p in existing.items() if p.parent == router.layout.dead]
+        dead += _dead_ids(router, chunk, added)
         out.write("".join(ev.id + "\n" for ev, _ in chunk))
         out.flush()
     _note_dead(dead)
+
+
+def _dead_ids(router: Any, built: list[Any], added: list[bool]) -> list[str]:
+    """The ids of ``built`` that were no-ops because they are dead-lettered (looked up only for the no-ops)."""
+    from ..transport import State
+
+    state_of = router.transport.state_of
+    return [ev.id for (ev, _), new in zip(built, added, strict=True) if not new and state_of(ev.id) is State.DEAD]
 
 
 def _note_dead(ids: list[str]) -> None:

@@ -41,7 +41,7 @@ def state_list(output: OutputOpt = None, spool: SpoolOpt = None, config: ConfigO
 @errors_to_exit
 def _show(fn: str, output: str | None, spool: Path | None, config: Path | None) -> None:
     from ..backends.fs.layout import SpoolLayout
-    from ..state import StateStore
+    from ..backends.fs.storage import StateStore
     from .output import console, emit_rows, resolve_format, styled, write_json, write_jsonl
 
     fmt = resolve_format(output)
@@ -66,7 +66,7 @@ def _show(fn: str, output: str | None, spool: Path | None, config: Path | None) 
 @errors_to_exit
 def _list(output: str | None, spool: Path | None, config: Path | None) -> None:
     from ..backends.fs.layout import SpoolLayout
-    from ..state import StateStore
+    from ..backends.fs.storage import StateStore
     from .output import emit_rows, resolve_format, warn
 
     fmt = resolve_format(output)

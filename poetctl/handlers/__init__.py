@@ -17,7 +17,7 @@ def register_builtin(router: EventRouter) -> MLMonitoringEventHandlers:
         settings = LearningSettings.from_config(dict(cfg.learning))
     except (ValueError, TypeError) as exc:
         raise UsageError(f"bad configuration: {exc}") from None
-    engine = LearningEngine(router.layout, settings)
+    engine = LearningEngine(router.stores.learning, settings)
     handlers = MLMonitoringEventHandlers(router, engine, switches)
     if switches.function_state:
         FunctionStateHandlers(router)

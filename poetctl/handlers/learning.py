@@ -20,7 +20,8 @@ function and has not been reported for the function's current version yet;
 reporting it (``mark_reported``) makes the engine quiet until new evidence
 for a *different* pattern, or a new function version, arrives.
 
-State lives in ``state/learning.json`` and is written atomically under a
+State lives in a :class:`~poetctl.storage.LearningState` (the spool's
+``state/learning.json``, or memory in tests) and is written atomically under a
 lock (threads and processes), keyed by event and execution ids, so feeding
 the same events twice yields the same state. A damaged ``learning.json``
 (not a JSON object with object sections, nested too deep, a duplicate key...)
@@ -31,56 +32,20 @@ rewriting it would lose whatever an operator can still recover from it.
 
 from __future__ import annotations
 
-import fcntl
-import os
-import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
+from ..storage import LEARNING_FILE, LEARNING_SECTIONS, MAX_LEARNING_BYTES, LearningState, parse_learning
 
-from ..backends.fs.layout import FILE_MODE, SpoolLayout
-from ..backends.fs.reader import CorruptEvent
-from ..backends.fs.safefs import SpoolDir
-from ..backends.fs.writer import write_atomic
-from ..errors import InvalidData, SpoolIOError
-from ..strictjson import find_inexact, surely_exact
+if TYPE_CHECKING:
+    from ..backends.fs.layout import SpoolLayout
 
-STATE_FILE = "learning.json"
-SECTIONS = ("detections", "feedback", "reported", "decisions")
-MAX_STATE_BYTES = 1 << 30
-
-
-def parse_learning(data: bytes, where: str) -> dict[str, Any]:
-    """``learning.json`` parsed strictly, or :class:`InvalidData` naming what is wrong (``poetctl fsck`` asks the same).
-
-    Refused: not JSON, nested deeper than orjson reads (1,024) or writes back (255: so
-    nothing deeper is ever used or saved), a duplicate key or an integer beyond 64 bits
-    (:mod:`poetctl.strictjson`), not an object, or a section that is not an object.
-    Not :func:`~poetctl.event.parse_json`: its depth walk in Python costs twice the parse
-    on a state of thousands of detections, read for every learning event, while orjson
-    bounds the depth already and nothing here walks the document recursively.
-    """
-    doc: Any = None
-    try:
-        doc = orjson.loads(data)
-        problem = None if surely_exact(data, orjson.dumps(doc)) else find_inexact(data)
-    except orjson.JSONDecodeError as exc:
-        problem = f"not valid JSON: {exc}"
-    except orjson.JSONEncodeError:
-        problem = "JSON nested deeper than 255 levels"
-    if problem is None and not isinstance(doc, dict):
-        problem = "not a JSON object"
-    if problem is None:
-        bad = [k for k in SECTIONS if not isinstance(doc.get(k, {}), dict)]
-        problem = f"$.{bad[0]}: expected a JSON object" if bad else None
-    if problem is not None:
-        raise InvalidData(
-            f"{problem}; the learning engine neither uses nor replaces it: fix it or move it aside", where=where
-        )
-    return doc  # type: ignore[no-any-return]
+# The old names (``poetctl fsck`` and callers of earlier versions import them from here).
+STATE_FILE = LEARNING_FILE
+SECTIONS = LEARNING_SECTIONS
+MAX_STATE_BYTES = MAX_LEARNING_BYTES
 
 
 @dataclass(slots=True)
@@ -140,31 +105,26 @@ def _impact(rate: float) -> str:
 class LearningEngine:
     """Records detections and feedback; detects patterns. Safe across threads and processes."""
 
-    def __init__(self, layout: SpoolLayout, settings: LearningSettings | None = None) -> None:
-        self.layout = layout
+    def __init__(self, store: LearningState | SpoolLayout, settings: LearningSettings | None = None) -> None:
+        """``store``: where the state lives (:attr:`EventRouter.stores.learning <poetctl.router.EventRouter.stores>`);
+        a :class:`~poetctl.backends.fs.layout.SpoolLayout` means that spool's ``state/learning.json``."""
+        if not isinstance(store, LearningState):
+            from ..backends.fs.storage import FsLearningState
+
+            store = FsLearningState(store)
+        self.store: LearningState = store
         self.settings = settings or LearningSettings()
-        self._lock = threading.Lock()
 
     # -- storage ---------------------------------------------------------------------
     def _load(self) -> dict[str, Any]:
-        """The stored state, read without following a link (74); damaged: InvalidData (65), the file left as it is."""
-        where = str(self.layout.state / STATE_FILE)
-        try:
-            with SpoolDir(self.layout, "state") as d:
-                data = parse_learning(d.read(STATE_FILE, MAX_STATE_BYTES), where)
-        except FileNotFoundError:
-            data = {}
-        except CorruptEvent as exc:
-            raise SpoolIOError(f"{where}: {exc.detail}; refusing to read it (a symlink?)") from None
-        for k in SECTIONS:
-            data.setdefault(k, {})
-        return data
+        """The stored state (a damaged one raises InvalidData, 65, and is left as it is)."""
+        return self.store.load()
 
     def _save(self, data: dict[str, Any]) -> None:
-        write_atomic(self.layout.state, STATE_FILE, orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+        self.store.save(data)
 
-    def _locked(self) -> _Locked:
-        return _Locked(self)
+    def _locked(self) -> Any:
+        return self.store.locked()
 
     def snapshot(self) -> dict[str, Any]:
         """The whole learning state (for tests, ``state show`` and replay checks)."""
@@ -442,29 +402,12 @@ class LearningEngine:
                 rep[p.pattern_type] = {"version": version or "", "by": cause_id}
 
 
-class _Locked:
-    """Thread lock plus an flock on run/learning.lock (several daemons share the state)."""
-
-    def __init__(self, engine: LearningEngine) -> None:
-        self.engine = engine
-        self.fd = -1
-
-    def __enter__(self) -> None:
-        self.engine._lock.acquire()
-        try:
-            os.makedirs(self.engine.layout.state, 0o750, exist_ok=True)
-            self.fd = os.open(
-                self.engine.layout.run / "learning.lock",
-                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                FILE_MODE,
-            )
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except BaseException:
-            self.engine._lock.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            os.close(self.fd)
-        finally:
-            self.engine._lock.release()
+__all__ = [
+    "MAX_STATE_BYTES",
+    "SECTIONS",
+    "STATE_FILE",
+    "LearningEngine",
+    "LearningSettings",
+    "Pattern",
+    "parse_learning",
+]

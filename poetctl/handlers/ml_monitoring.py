@@ -12,7 +12,6 @@ from typing import Any
 
 from ..event import Event
 from ..router import EventRouter
-from ..state import FeedbackStore, StateStore
 from .learning import LearningEngine, Pattern
 
 SEVERITY_ORDER = ("low", "medium", "high", "critical")
@@ -87,8 +86,8 @@ class MLMonitoringEventHandlers:
         self.learning_engine = learning_engine
         self.switches = switches or HandlerSwitches()
         self.feedback_url_base = feedback_url_base.rstrip("/")
-        self.state = StateStore(event_router.layout)
-        self.feedback = FeedbackStore(event_router.layout)
+        self.state = event_router.stores.state
+        self.feedback = event_router.stores.feedback
         self._register_handlers()
 
     def _register_handlers(self) -> None:

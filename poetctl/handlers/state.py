@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from ..event import Event
 from ..router import EventRouter
-from ..state import StateStore
 
 
 class FunctionStateHandlers:
-    """Keeps ``state/<fn>/current.json`` and ``history/<version>.json`` up to date."""
+    """Keeps each function's current state and version history (``router.stores.state``) up to date."""
 
     def __init__(self, event_router: EventRouter) -> None:
-        self.state = StateStore(event_router.layout)
+        self.state = event_router.stores.state
         event_router.subscribe("function.update", self.handle_function_update, name="poet.function_update")
         event_router.subscribe("enhancement.regenerated", self.handle_regenerated, name="poet.regenerated")
 

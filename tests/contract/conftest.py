@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from poetctl.publish import TransportRouter
+from poetctl.router import EventRouter
 from poetctl.testing import FakeClock, Harness
 from poetctl.transport import Outgoing, Transport
 
@@ -56,7 +56,7 @@ def make_harness(transport: Transport, clock: FakeClock) -> Callable[..., Harnes
 @pytest.fixture
 def make_event(transport: Transport) -> Emit:
     """Build a sealed ``system.health`` event keyed by ``key`` (its correlation id) as an Outgoing item."""
-    router = TransportRouter(transport)
+    router = EventRouter(transport=transport)
 
     def make(key: str = "k1", *, id: str | None = None, status: str = "healthy", **kw: Any) -> Outgoing:
         ev, keyed = router.build("system.health", {"service": "svc", "status": status}, correlation_id=key, id=id, **kw)

@@ -2,17 +2,20 @@
 
 A backend joins the suite by adding a :class:`Kit` to :data:`KITS`: how to
 make a transport on a fake clock, how to simulate the death of a consumer's
-process, and how to plant input that cannot be read. Today: ``memory`` and
-``nats`` (a real nats-server, see :func:`_nats_make`); next: the filesystem spool (``fs``).
+process, and how to plant input that cannot be read. Today: ``memory``,
+the filesystem spool (``fs``) and ``nats`` (a real nats-server, see :func:`_nats_make`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from poetctl.backends.fs.consumer import FsConsumer
+from poetctl.backends.fs.transport import FsTransport
 from poetctl.backends.memory import MemoryConsumer, MemoryTransport
 from poetctl.testing import FakeClock, Harness
 from poetctl.transport import Consumer, Outgoing, Transport
@@ -45,6 +48,23 @@ def _memory_plant(t: Transport, name: str, data: bytes) -> None:
     assert isinstance(t, MemoryTransport)
     t.put_raw(name, data)
 
+
+def _fs_crash(c: Consumer) -> None:
+    assert isinstance(c, FsConsumer)
+    c._simulate_death()  # locks let go (fds closed, files left), mover SIGKILLed, owner judged dead
+
+
+def _fs_plant(t: Transport, name: str, data: bytes) -> None:
+    assert isinstance(t, FsTransport)
+    t.layout.init()
+    fd = os.open(t.layout.pending / f"{name}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+FS_RESCAN = 5.0  # FsConsumer's default rescan interval, by the transport's clock
 
 # -- NATS: one real nats-server for the test session (started on first use), wiped for every transport.
 # Its real-time timers are short so crash cases wait about two seconds: AckWait 1 s, leases expire after 2 s.
@@ -152,5 +172,6 @@ def _nats_plant(t: Transport, name: str, data: bytes) -> None:
 
 KITS = {
     "memory": Kit("memory", lambda clock, _tmp: MemoryTransport(clock=clock), _memory_crash, _memory_plant),
+    "fs": Kit("fs", lambda clock, tmp: FsTransport(tmp / "spool", clock=clock), _fs_crash, _fs_plant, FS_RESCAN),
     "nats": Kit("nats", _nats_make, _nats_crash, _nats_plant),
 }

@@ -71,7 +71,7 @@ from ...schemas import SchemaRegistry
 from . import fsck_repair as fx
 from .fsck_index import IndexCheck
 from .fsck_report import FsckReport, Problem
-from .journal import JOURNAL, Record, journal_record, parse_journal
+from .journal import JOURNAL, Record, journal_record, parse_journal, record_from_json
 from .layout import SpoolLayout
 from .owner import HOST, OWNER_RE, owner_alive
 from .paths import BUCKET_LOCKS, HEARTBEATS, OWNER_LOCKS
@@ -519,7 +519,7 @@ class Fsck:
             self.count("records")
             eid = e.name[:-5] if e.name.endswith(".json") else None
             try:
-                Record.from_json(d.read(e.name, MAX_READ))
+                record_from_json(d.read(e.name, MAX_READ))
             except FileNotFoundError:
                 continue
             except UnreadableEvent as exc:
@@ -588,8 +588,10 @@ class Fsck:
                     )
 
     def check_state(self) -> None:
-        from ...handlers.learning import MAX_STATE_BYTES, STATE_FILE, parse_learning
-        from ...state import updated_at
+        from ...storage import LEARNING_FILE as STATE_FILE
+        from ...storage import MAX_LEARNING_BYTES as MAX_STATE_BYTES
+        from ...storage import parse_learning
+        from .storage import updated_at
 
         state = self.dir("state")
         if state is None:

@@ -1,0 +1,250 @@
+"""The envelope builder: validates, links and seals events (the first part of :class:`~poetctl.router.EventRouter`).
+
+:class:`EnvelopeBuilder` turns ``(type, payload)`` pairs, whole or partial
+envelopes and :class:`~poetctl.event.Event` objects into sealed events:
+schema and payload checks, the topic from the routing table, the checksum.
+Inside a handler (:meth:`EnvelopeBuilder.set_cause`) it links each new event
+to its cause (causation id, inherited correlation id, ``causation_depth`` one
+more than the cause's) and derives its id from the cause, the handler and the
+call's position, so re-running the handler deduplicates its follow-ups. It
+writes nothing: publishing is :class:`~poetctl.publish.Publisher`'s job.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .config import DEFAULT_MAX_CAUSATION_DEPTH, Config
+from .errors import InvalidData
+from .event import Event, canonical, check_depth, check_id, check_type, compute_checksum, now, verify_checksum
+from .ids import derived_id, uuid7
+from .schemas import MAX_CAUSATION_DEPTH, SchemaRegistry
+from .topics import ROUTES, topic_for
+
+EmitItem = tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Event
+
+
+class CausationDepthExceeded(InvalidData):
+    """A handler's follow-up would be deeper in its causal chain than ``max_causation_depth`` allows."""
+
+
+@dataclass(slots=True)
+class _Cause:
+    event: Event
+    handler: str
+    position: int = 0
+    # Follow-ups are buffered here and committed only if the handler succeeds.
+    buffer: list[tuple[Event, bool]] | None = None
+
+
+class EnvelopeBuilder:
+    """Builds and seals events for one configuration and schema registry. Thread-safe.
+
+    ``max_causation_depth`` (from ``[daemon]``, the daemon may set it) bounds a
+    handler's follow-ups; the cause context is per thread.
+    """
+
+    def __init__(self, config: Config, registry: SchemaRegistry) -> None:
+        self.config = config
+        self.registry = registry
+        self.max_causation_depth = _depth_limit(config)
+        self._local = threading.local()
+
+    # -- cause context (used by the daemon) ---------------------------------
+    def _cause(self) -> _Cause | None:
+        return self._local.__dict__.get("cause")
+
+    def set_cause(self, event: Event | None, handler: str = "", buffer: list[tuple[Event, bool]] | None = None) -> None:
+        """Make emits on this thread follow-ups of ``event`` by ``handler`` (None clears).
+
+        With ``buffer``, :meth:`emit` appends the built event there instead of
+        committing it; the daemon commits the buffer after the handler returns
+        (a failed handler's follow-ups are dropped, and re-emitted on retry).
+        """
+        self._local.cause = _Cause(event, handler, 0, buffer) if event is not None else None
+
+    # -- building -----------------------------------------------------------
+    def build(
+        self,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        source: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        id: str | None = None,
+        environment: str | None = None,
+        expires_at: float | None = None,
+        causation_depth: int | None = None,
+        where: str | None = None,
+    ) -> tuple[Event, bool]:
+        """Validate and seal a new event. Returns ``(event, keyed)``; keyed = caller chose the id.
+
+        Inside a handler (see :meth:`set_cause`) ``causation_depth`` is the
+        cause's + 1, whatever was passed, and past :attr:`max_causation_depth`
+        raises :class:`CausationDepthExceeded` before anything else is done.
+        """
+        cause = self._cause()
+        if cause is not None:
+            causation_depth = self._follow_up_depth(cause, event_type, where)
+        check_type(event_type, where)
+        if not isinstance(payload, Mapping):
+            raise InvalidData(f"$.payload: expected a JSON object, got {type(payload).__name__}", where=where)
+        payload = dict(payload)
+        check_depth(payload, where, "$.payload")
+        self._check_payload(event_type, payload, where)
+        keyed = id is not None
+        if cause is not None:
+            causation_id = causation_id or cause.event.id
+            if correlation_id is None:
+                correlation_id = cause.event.correlation_id
+            if id is None:
+                id = derived_id(cause.event.id, cause.event.timestamp, cause.handler, cause.position)
+                keyed = True
+            cause.position += 1
+        if id is not None:
+            check_id(id, where)
+        cfg = self.config
+        ev = Event(
+            id=id if id is not None else uuid7(),
+            type=event_type,
+            source=source or cfg.source,
+            timestamp=now(),
+            topic=self._topic(event_type, payload),
+            payload=payload,
+            metadata={
+                "version": cfg.schema_version,
+                "environment": environment or cfg.environment,
+                "service": cfg.service,
+            },
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            expires_at=expires_at,
+            # 0 is stored as absent; anything else (a bad value from an envelope too) goes to the schema check.
+            causation_depth=None if type(causation_depth) is int and causation_depth == 0 else causation_depth,
+        )
+        d = ev.to_dict(with_checksum=False)
+        ev.checksum = d["checksum"] = compute_checksum(d)
+        self.registry.check_envelope(d, where)
+        return ev, keyed
+
+    def _follow_up_depth(self, cause: _Cause, event_type: object, where: str | None) -> int:
+        depth = int(cause.event.causation_depth or 0) + 1
+        limit = self.max_causation_depth
+        if depth > limit:
+            raise CausationDepthExceeded(
+                f"follow-up {event_type!r} of event {cause.event.id} ({cause.event.type}) by handler "
+                f"{cause.handler!r} would be at causation depth {depth}, past the limit of {limit} "
+                "([daemon] max_causation_depth): a handler loop? The follow-up was not emitted",
+                where=where,
+            )
+        return depth
+
+    def _check_payload(self, event_type: str, payload: Mapping[str, Any], where: str | None) -> None:
+        if self.config.validation:
+            self.registry.validate_payload(event_type, payload, where, prefix="$.payload")
+        else:
+            self.registry.check_known(event_type, where)
+
+    def _topic(self, event_type: str, payload: Mapping[str, Any]) -> str:
+        template = None if event_type in ROUTES else self.registry.topic_template(event_type)
+        return topic_for(event_type, payload, template)
+
+    def ingest(self, envelope: Mapping[str, Any], where: str | None = None) -> tuple[Event, bool]:
+        """Turn a whole or partial envelope into a sealed event.
+
+        With a ``checksum`` the envelope must be whole and is verified as is
+        (this is how ``tail --output jsonl`` output is re-emitted). Without
+        one, missing ``id``, ``source``, ``timestamp``, ``topic`` and
+        ``metadata`` are filled in like :meth:`build` does.
+        """
+        if not isinstance(envelope, Mapping):
+            raise InvalidData("expected a JSON object (an event envelope)", where=where)
+        d = dict(envelope)
+        if "checksum" not in d:
+            ev, keyed = self.build(
+                d.get("type"),  # type: ignore[arg-type]
+                d.get("payload"),  # type: ignore[arg-type]
+                source=d.get("source"),
+                correlation_id=d.get("correlation_id"),
+                causation_id=d.get("causation_id"),
+                id=d.get("id"),
+                expires_at=d.get("expires_at"),
+                causation_depth=d.get("causation_depth"),
+                where=where,
+            )
+            if "timestamp" in d or "metadata" in d or "topic" in d:
+                ev.timestamp = d.get("timestamp", ev.timestamp)
+                ev.metadata = d.get("metadata", ev.metadata)
+                ev.topic = d.get("topic", ev.topic)
+                ev.seal()
+                self.registry.check_envelope(ev.to_dict(), where)
+                self._check_topic(ev, where)
+            return ev, keyed
+        self.registry.check_envelope(d, where)
+        verify_checksum(d, where)
+        check_depth(d["payload"], where, "$.payload")
+        self._check_payload(d["type"], d["payload"], where)
+        ev = Event.from_dict(d)
+        self._check_topic(ev, where)
+        return ev, True
+
+    def _check_topic(self, ev: Event, where: str | None) -> None:
+        expected = self._topic(ev.type, ev.payload)
+        if ev.topic != expected:
+            raise InvalidData(
+                f"$.topic: {ev.topic!r} does not match the routing table; expected {expected!r} for a {ev.type} event",
+                where=where,
+            )
+
+    def _coerce(self, item: EmitItem, where: str | None) -> tuple[Event, bool]:
+        if isinstance(item, Event):
+            d = item.to_dict(with_checksum=item.checksum is not None)
+            return self.ingest(d, where)
+        if isinstance(item, tuple):
+            if len(item) != 2:
+                raise InvalidData("expected a (type, payload) pair", where=where)
+            return self.build(item[0], item[1], where=where)
+        return self.ingest(item, where)
+
+
+def _depth_limit(config: Config) -> int:
+    value = config.daemon.get("max_causation_depth", DEFAULT_MAX_CAUSATION_DEPTH)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CAUSATION_DEPTH:
+        where = f"{config.file}: [daemon] max_causation_depth" if config.file else "[daemon] max_causation_depth"
+        raise InvalidData(f"expected an integer from 0 to {MAX_CAUSATION_DEPTH}, got {value!r}", where=where)
+    return value
+
+
+def same_content(a: Event, b: Event) -> bool:
+    """True if two events with one id are the same event: equal apart from when each was stamped.
+
+    ``timestamp`` (and so ``checksum``) differ between two builds of one input,
+    so they are left out; everything else must match.
+    """
+    da, db = a.to_dict(with_checksum=False), b.to_dict(with_checksum=False)
+    da.pop("timestamp", None)
+    db.pop("timestamp", None)
+    return canonical(da) == canonical(db)
+
+
+def check_duplicates(built: list[tuple[Event, bool]], name: Callable[[int], str]) -> None:
+    """Raise :class:`InvalidData` if two of ``built`` share an id but not their content.
+
+    ``name(i)`` names item ``i`` in the message (``FILE:LINE``, ``item 3``).
+    """
+    first: dict[str, int] = {}
+    for i, (ev, _) in enumerate(built):
+        j = first.setdefault(ev.id, i)
+        if j != i and not same_content(built[j][0], ev):
+            raise InvalidData(
+                f"id {ev.id!r} was already used by {name(j)} for different content; "
+                "one id is one event (give this one another id, or make the two identical)",
+                where=name(i),
+            )
+
+
+__all__ = ["CausationDepthExceeded", "EmitItem", "EnvelopeBuilder", "check_duplicates", "same_content"]
