@@ -43,6 +43,12 @@ def nats_transport(cfg: Any, **kwargs: Any) -> Any:
     from ..backends.nats.settings import NatsSettings
     from ..backends.nats.transport import NatsTransport
 
+    if "key_of" not in kwargs:
+        # [daemon] partition_key decides the partition: emit, dead retry and the daemon must agree on it.
+        from ..configspec import defaults
+        from ..partition import key_function
+
+        kwargs["key_of"] = key_function(tuple({**defaults("daemon"), **cfg.daemon}["partition_key"]))
     return NatsTransport(NatsSettings.from_config(cfg.nats), **kwargs)
 
 

@@ -374,6 +374,8 @@ class NatsConsumer:
                     "Poet-Error": _header(str(info.get("error") or reason)),
                     "Poet-Attempts": str(info.get("attempts", h.record.attempts)),
                     "Poet-Traceback": _header(info.get("traceback")),
+                    "Poet-Handler": _header(info.get("handler"), 400),
+                    "Poet-Dead-At": str(info.get("dead_at", self.t.clock())),
                     "Poet-Seq": str(h.seq),
                 }
                 ack = await self.t.link.js.publish(subjects.dead_subject(h.event.topic), h.msg.data, headers=hdrs)

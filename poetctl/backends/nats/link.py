@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from ...errors import BackendUnavailable
@@ -76,6 +76,33 @@ class Link:
     def submit(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` on the loop without waiting (errors are dropped: use for best-effort work only)."""
         asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    async def read(self, stream: str, config: Any, page: int = 512) -> AsyncIterator[Any]:
+        """Every message an ephemeral pull consumer with ``config`` delivers from ``stream``, then stop.
+
+        A pull consumer, not a push watcher: it knows how many messages are due
+        when it is made (``num_pending``) and each message says how many are
+        left, so the end is exact (nats-py's KV ``watchall`` can signal its end
+        before the first entries, when they arrive before it asked for the count).
+        """
+        ci = await self.jsm.add_consumer(stream, config)
+        sub = await self.js.pull_subscribe_bind(ci.name, stream)
+        try:
+            remaining = int(ci.num_pending or 0)
+            while remaining > 0:
+                try:
+                    msgs = await sub.fetch(min(remaining, page), timeout=5)
+                except TimeoutError:
+                    break
+                for m in msgs:
+                    remaining = int(m.metadata.num_pending)
+                    yield m
+        finally:
+            try:
+                await sub.unsubscribe()
+                await self.jsm.delete_consumer(stream, ci.name)
+            except Exception:  # an ephemeral consumer goes away by itself after its inactive_threshold
+                pass
 
     def close(self) -> None:
         if self._closed:

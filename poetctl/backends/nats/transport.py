@@ -271,50 +271,34 @@ class NatsTransport:
         info = await self.link.jsm.stream_info(self.settings.stream)
         if info.state.messages == 0:
             return []
-        ci = await self.link.jsm.add_consumer(self.settings.stream, cfg)
         out: list[tuple[int, Event]] = []
-        sub = await self.link.js.pull_subscribe_bind(ci.name, self.settings.stream)
-        try:
-            remaining = ci.num_pending
-            while remaining > 0:
-                try:
-                    msgs = await sub.fetch(min(remaining, 512), timeout=5)
-                except TimeoutError:
-                    break
-                for m in msgs:
-                    md = m.metadata
-                    remaining = md.num_pending
-                    eid = (m.headers or {}).get("Poet-Id") or (m.headers or {}).get("Nats-Msg-Id") or ""
-                    try:
-                        ev = decode(m.data, eid)
-                    except InvalidData:
-                        continue
-                    if query.match(ev):
-                        out.append((md.sequence.stream, ev))
-        finally:
+        async for m in self.link.read(self.settings.stream, cfg):
+            eid = (m.headers or {}).get("Poet-Id") or (m.headers or {}).get("Nats-Msg-Id") or ""
             try:
-                await sub.unsubscribe()
-                await self.link.jsm.delete_consumer(self.settings.stream, ci.name)
-            except Exception:  # an ephemeral consumer goes away by itself after inactive_threshold
-                pass
+                ev = decode(m.data, eid)
+            except InvalidData:
+                continue
+            if query.match(ev):
+                out.append((m.metadata.sequence.stream, ev))
         return out
 
     async def _all_states(self) -> list[tuple[str, dict[str, Any]]]:
-        from nats.js.errors import NoKeysError
+        """Every live entry of the state bucket: (key, state)."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        try:
-            watcher = await self.state_kv.watchall()
-        except NoKeysError:
-            return []
+        stream = f"KV_{self.settings.state_bucket}"
+        cfg = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=30.0,
+            mem_storage=True,
+            filter_subject=f"$KV.{self.settings.state_bucket}.>",
+        )
+        prefix = len(f"$KV.{self.settings.state_bucket}.")
         out: list[tuple[str, dict[str, Any]]] = []
-        try:
-            async for e in watcher:
-                if e is None:
-                    break
-                if e.value and e.operation is None:
-                    out.append((e.key, json.loads(e.value)))
-        finally:
-            await watcher.stop()
+        async for m in self.link.read(stream, cfg):
+            if m.data and not (m.headers or {}).get("KV-Operation"):
+                out.append((m.subject[prefix:], json.loads(m.data)))
         return out
 
     def counts(self) -> dict[State, int]:
