@@ -75,6 +75,31 @@ def test_unreachable_server_is_a_clear_error(project: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["emit", "--mode", "nats", "system.health", '{"service": "s", "status": "healthy"}'],
+        ["daemon", "--mode", "nats", "--once"],
+        ["nats", "setup"],
+        ["dead", "list", "--mode", "nats"],
+    ],
+    ids=["emit", "daemon", "setup", "dead"],
+)
+def test_unreachable_server_leaves_no_asyncio_noise(project: Path, args: list[str]) -> None:
+    """After the unreachable-server error, stderr holds that one line: no pending task, no unclosed loop."""
+    e = {**os.environ, "POET_NATS_URL": "nats://127.0.0.1:1"}
+    r = subprocess.run(
+        [sys.executable, "-W", "always::ResourceWarning", "-m", "poetctl", *args],
+        cwd=project,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 69
+    assert r.stderr.splitlines() == [r.stderr.splitlines()[0]] and "cannot connect to NATS" in r.stderr, r.stderr
+
+
 HANDLERS = """
 import json, os
 def register(router):

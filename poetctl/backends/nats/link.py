@@ -50,12 +50,16 @@ class Link:
         async def on_error(exc: Exception) -> None:
             failures.append(type(exc).__name__)
 
+        nc = nats.NATS()
         try:
             # nats-py keeps retrying an initial connect while reconnects are allowed: bound it here.
-            return await asyncio.wait_for(
-                nats.connect(**opts, error_cb=on_error), timeout=self.settings.connect_timeout + 1
-            )
+            await asyncio.wait_for(nc.connect(**opts, error_cb=on_error), timeout=self.settings.connect_timeout + 1)
+            return nc
         except Exception as exc:  # nats raises several unrelated types here; all mean "cannot connect"
+            try:
+                await nc.close()  # its reader/flusher/ping tasks, so none is left pending at exit
+            except Exception:  # a client that never connected may refuse to close: nothing to free then
+                pass
             what = "no answer" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
             raise BackendUnavailable(
                 f"cannot connect to NATS at {self.settings.shown_servers()}: {what}; "
@@ -121,8 +125,23 @@ class Link:
             await self.nc.close()
 
     def _stop_loop(self) -> None:
+        """Cancel what the client left running, stop the loop, close it (no "Task was destroyed" at exit)."""
+
+        async def cancel_rest() -> None:
+            me = asyncio.current_task()
+            rest = [t for t in asyncio.all_tasks() if t is not me]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_rest(), self.loop).result(5)
+        except Exception:  # best effort: a task that ignores its cancellation must not hang the exit
+            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 __all__ = ["Link"]
