@@ -42,7 +42,7 @@ class Link:
         self.loop.run_forever()
 
     async def _connect(self) -> Any:
-        import nats
+        from nats.aio.client import Client
 
         opts = self.settings.connect_options()
         failures: list[str] = []
@@ -50,7 +50,7 @@ class Link:
         async def on_error(exc: Exception) -> None:
             failures.append(type(exc).__name__)
 
-        nc = nats.NATS()
+        nc = Client()
         try:
             # nats-py keeps retrying an initial connect while reconnects are allowed: bound it here.
             await asyncio.wait_for(nc.connect(**opts, error_cb=on_error), timeout=self.settings.connect_timeout + 1)
