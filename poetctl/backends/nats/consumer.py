@@ -28,6 +28,7 @@ event id; a redelivered message reads its record from there.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import math
 import os
@@ -84,12 +85,18 @@ class NatsConsumer:
         self._leased: dict[str, _Held] = {}
         self._failing: dict[str, str] = {}  # key -> id of its failing lease
         self._recovered: set[int] = set()
+        self._idle_since: dict[int, float] = {}  # held partition -> when it last had nothing buffered or leased
+        self._dry: set[int] = set()  # held partitions whose last pull came back short: no more work there then
+        self._acks: list[concurrent.futures.Future[None]] = []  # acks sent, PubAck of their KV record not yet seen
         self._members = 1
         self._next_probe = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._dead = self._closed = False
         self.tick = max(0.2, min(s.ack_wait, s.lease_ttl) / 4)
+        # An idle partition is kept this long before it is handed back (re-taking costs a probe and a KV
+        # create): leases stay while work flows; over the fair share, the excess is drained and handed back.
+        self.hold_idle = transport.hold_idle if transport.hold_idle is not None else s.lease_ttl / 2
         self._run(self._announce())
         self._keeper = threading.Thread(target=self._keep, name=f"poetctl-nats-keeper-{self.name}", daemon=True)
         self._keeper.start()
@@ -168,15 +175,24 @@ class NatsConsumer:
         self._buf.setdefault(p, [])
         return True
 
-    async def _give_back(self, p: int) -> None:
+    def _drop(self, p: int) -> int | None:
+        """Forget partition ``p`` (under the lock); the lease revision to delete, if it was held."""
         rev = self._held.pop(p, None)
         self._buf.pop(p, None)
+        self._idle_since.pop(p, None)
         self._recovered.discard(p)
+        self._dry.discard(p)
+        return rev
+
+    async def _free(self, p: int, rev: int | None) -> None:
         if rev is not None:
             try:
                 await self.t.lease_kv.delete(f"p{p}", last=rev)
             except Exception:  # someone took it over after a stall: nothing of ours to free
                 pass
+
+    async def _give_back(self, p: int) -> None:
+        await self._free(p, self._drop(p))
 
     async def _acquire(self, out: Fetched | None, for_recovery: bool = False) -> int:
         free = [p for p in range(self.t.settings.partitions) if p not in self._held]
@@ -218,9 +234,14 @@ class NatsConsumer:
             await self._acquire(out)
         if self._held:
             batch = max(1, math.ceil(limit / len(self._held)))
-            parts = [p for p in self._held if len(self._buf.get(p, ())) < batch]
+            pulling = set(sorted(self._held)[: self._cap()])  # over the fair share: drain the rest, pull nothing new
+            parts = [p for p in self._held if p in pulling and len(self._buf.get(p, ())) < batch]
             pulled = await asyncio.gather(*(self._pull(p, batch) for p in parts))
             for p, msgs in zip(parts, pulled, strict=True):
+                if len(msgs) < batch:
+                    self._dry.add(p)
+                else:
+                    self._dry.discard(p)
                 await self._take_in(p, msgs, out)
         now = self.t.clock()
         for p in sorted(self._buf):
@@ -241,8 +262,21 @@ class NatsConsumer:
                     self._leased[h.id] = h
                     out.deliveries.append(Delivery(h.event, h.key, h.record, h))
             self._buf[p] = keep
-        for p in [p for p in self._held if not self._busy(p)]:
-            await self._give_back(p)
+        await self._give_back_idle()
+
+    async def _give_back_idle(self) -> None:
+        """Hand back held partitions with nothing in hand that ran dry, were idle for ``hold_idle``, or
+        are over the fair share. A partition whose pulls come back full keeps its lease between batches."""
+        now = time.monotonic()
+        over = len(self._held) - self._cap()
+        for p in sorted(self._held, reverse=True):
+            if self._busy(p):
+                self._idle_since.pop(p, None)
+                continue
+            since = self._idle_since.setdefault(p, now)
+            if over > 0 or p in self._dry or now - since >= self.hold_idle:
+                over -= 1
+                await self._give_back(p)
 
     async def _pull(self, p: int, batch: int) -> list[Any]:
         """Up to ``batch`` messages of partition ``p`` without waiting (a no_wait pull request)."""
@@ -311,11 +345,26 @@ class NatsConsumer:
         self._run(self.t.state_kv.put(kv_key(h.id), self._state(h, state, rec=h.record.to_dict())))
 
     def begin(self, delivery: Delivery) -> None:
+        """Sends the record (deliveries + 1) without waiting for the server (pipelined; :meth:`sync` waits).
+
+        It is on the connection's loop when this returns, so a process killed in a handler has
+        used the attempt. Not ``num_delivered`` instead: it also counts deliveries leased and never begun.
+        """
         with self._lock:
             h = self._mine(delivery)
-            if h is not None:
-                h.record.deliveries += 1
-                self._put_record(h)
+            if h is None:
+                return
+            h.record.deliveries += 1
+            self._send(self._put_async(h, self._state(h, State.INFLIGHT, rec=h.record.to_dict())))
+
+    def _send(self, coro: Any) -> None:
+        """Run ``coro`` on the loop without waiting; :meth:`sync` waits for it (caller holds the lock)."""
+        if len(self._acks) >= 1024:
+            self._acks = [f for f in self._acks if not f.done() or f.exception() is not None]
+        self._acks.append(asyncio.run_coroutine_threadsafe(coro, self.t.link.loop))
+
+    async def _put_async(self, h: _Held, data: bytes) -> None:
+        await (await self.t.link.js.publish_async(f"$KV.{self.t.settings.state_bucket}.{kv_key(h.id)}", data))
 
     def done(self, delivery: Delivery, handler: str) -> None:
         with self._lock:
@@ -341,22 +390,33 @@ class NatsConsumer:
             del self._failing[h.key]
 
     async def _maybe_give_back(self, p: int) -> None:
-        if p in self._held and not self._busy(p):
+        if p in self._held and not self._busy(p) and p in self._dry:
             await self._give_back(p)
 
     def ack(self, delivery: Delivery) -> None:
+        """Sends the KV record then the ack without waiting for the server; :meth:`sync` waits for them.
+
+        Both are on the connection's loop when this returns (sub-millisecond later on the wire): a
+        process killed in between loses them, and the event is redelivered with its earlier handlers
+        skipped - the window the spool's mover pipe closes. :meth:`sync` raises if one failed.
+        """
         with self._lock:
             h = self._mine(delivery)
             if h is None:
                 return
             self._end(h)
+            free = h.p in self._dry and not self._busy(h.p)  # its partition ran dry: hand it back now
+            rev = self._drop(h.p) if free else None
+            self._send(self._ack(h, self._state(h, State.PROCESSED), free, rev))
 
-            async def go() -> None:
-                await self.t.state_kv.put(kv_key(h.id), self._state(h, State.PROCESSED))
-                await h.msg.ack()
-                await self._maybe_give_back(h.p)
-
-            self._run(go())
+    async def _ack(self, h: _Held, data: bytes, free: bool, rev: int | None) -> None:
+        # The record first, then the ack (one connection: in this order on the wire). A lost ack after
+        # the record is harmless: the redelivery finds the event processed and acks it.
+        pub = await self.t.link.js.publish_async(f"$KV.{self.t.settings.state_bucket}.{kv_key(h.id)}", data)
+        await h.msg.ack()
+        if free:
+            await self._free(h.p, rev)
+        await pub
 
     def dead(self, delivery: Delivery, reason: str, info: dict[str, Any]) -> None:
         with self._lock:
@@ -423,14 +483,26 @@ class NatsConsumer:
                     await self.t.state_kv.put(kv_key(h.id), self._state(h, State.PENDING, rec=h.record.to_dict()))
                     await h.msg.nak()
                 for p in {h.p for h in mine}:
-                    await self._maybe_give_back(p)
+                    if p in self._held and not self._busy(p):
+                        await self._give_back(p)  # handed back (shutdown): the lease goes too
 
             if mine:
                 self._run(go())
 
     def sync(self) -> None:
-        """Every outcome already waited for its PubAck (KV) before returning: nothing is left to flush."""
+        """Wait for the server's PubAck of every acked event's KV record sent so far; raise the first failure."""
         self._alive()
+        with self._lock:
+            acks, self._acks = self._acks, []
+        for f in acks:
+            try:
+                f.result(60)
+            except concurrent.futures.TimeoutError:
+                from ...errors import BackendUnavailable
+
+                raise BackendUnavailable(
+                    f"NATS at {self.t.settings.shown_servers()} did not confirm acks within 60 s"
+                ) from None
 
     def wait(self, timeout: float) -> None:
         # New work from other processes shows up at the next fetch's probe: bound the sleep by it.
@@ -450,7 +522,14 @@ class NatsConsumer:
                 [*self._leased.values(), *(h for b in self._buf.values() for h in b)], key=lambda h: h.seq
             )
 
+            acks, self._acks = self._acks, []
+
             async def go() -> None:
+                for f in acks:
+                    try:
+                        await asyncio.wrap_future(f)
+                    except Exception:  # the redelivery finds what was recorded
+                        pass
                 for h in leftovers:
                     if h.id in self._leased:
                         rec = h.record.to_dict()

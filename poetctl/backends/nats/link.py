@@ -68,6 +68,9 @@ class Link:
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         """Run ``coro`` on the link's loop and wait for its result (any thread but the loop's)."""
+        if self.loop.is_closed():
+            coro.close()  # never started: no "never awaited" warning
+            raise BackendUnavailable(f"the connection to NATS at {self.settings.shown_servers()} is closed")
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return fut.result(timeout)

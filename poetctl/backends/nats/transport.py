@@ -50,6 +50,28 @@ def kv_key(event_id: str) -> str:
     return "h." + event_id.encode("utf-8", "surrogatepass").hex()
 
 
+_EXPECT_LAST = "Nats-Expected-Last-Subject-Sequence"
+
+
+def _wrong_last(exc: BaseException) -> bool:
+    """A create refused because the key exists (JetStream error 10071)."""
+    return getattr(exc, "err_code", None) == 10071
+
+
+async def _gather_all(futs: list[Any], ignore: Callable[[BaseException], bool] | None = None) -> list[Any]:
+    """Await every future; on the first error not ignored, cancel the rest (freeing publish_async slots) and raise."""
+    try:
+        out = await asyncio.gather(*futs, return_exceptions=ignore is not None)
+    except BaseException:
+        for f in futs:
+            f.cancel()
+        raise
+    for r in out:
+        if isinstance(r, BaseException) and not (ignore is not None and ignore(r)):
+            raise r
+    return out
+
+
 def dumps(d: dict[str, Any]) -> bytes:
     return json.dumps(d, separators=(",", ":")).encode()
 
@@ -70,11 +92,13 @@ class NatsTransport:
         key_of: KeyFunction | None = None,
         setup: bool = False,
         probe_every: float = 0.25,
+        hold_idle: float | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.key_of = key_of or key_function()
         self.probe_every = probe_every
+        self.hold_idle = hold_idle  # seconds an idle partition's lease is kept (default lease_ttl / 2)
         self.link = Link(settings)
         self._consumers: weakref.WeakSet[NatsConsumer] = weakref.WeakSet()
         self._lock = threading.Lock()
@@ -115,8 +139,6 @@ class NatsTransport:
         return added
 
     async def _publish(self, items: Sequence[Outgoing]) -> list[bool]:
-        from nats.js.errors import KeyWrongLastSequenceError
-
         keyed = sorted({it.event.id for it in items if it.keyed})
         states = await asyncio.gather(*(self._state(i) for i in keyed)) if keyed else []
         known = dict(zip(keyed, states, strict=True))
@@ -140,35 +162,34 @@ class NatsTransport:
         todo = [p for p in plan if p is not None]
         js = self.link.js
         try:
-            acks = await asyncio.gather(
-                *(
-                    js.publish(
+            # Pipelined: every publish goes out before the first PubAck is awaited (publish_async).
+            acks = await _gather_all(
+                [
+                    await js.publish_async(
                         subjects.event_subject(it.event.topic, part),
                         it.data,
                         headers={"Nats-Msg-Id": it.event.id, "Poet-Id": it.event.id},
                     )
                     for _, it, part in todo
-                )
+                ]
             )
         except Exception as exc:
             raise BackendUnavailable(
                 f"publishing to NATS failed ({type(exc).__name__}: {exc}); retry the group"
             ) from None
         result = [False] * len(items)
-
-        async def record(pos: int, it: Outgoing, part: int, seq: int) -> None:
-            st = {"s": State.PENDING.value, "seq": seq, "p": part, "ts": it.event.timestamp}
-            try:
-                await self.state_kv.create(kv_key(it.event.id), dumps(st))
-            except KeyWrongLastSequenceError:
-                pass  # a consumer got there first (or a retried group): its state is newer
-
-        writes = []
+        # The state entries, pipelined too; each is a create (expected last sequence 0): a consumer
+        # that got there first (or a retried group) has newer state, and its refusal is ignored.
+        creates = []
+        prefix = f"$KV.{self.settings.state_bucket}."
         for (pos, it, part), ack in zip(todo, acks, strict=True):
             if not ack.duplicate:
                 result[pos] = True
-                writes.append(record(pos, it, part, ack.seq))
-        await asyncio.gather(*writes)
+                st = {"s": State.PENDING.value, "seq": ack.seq, "p": part, "ts": it.event.timestamp}
+                creates.append(
+                    await js.publish_async(prefix + kv_key(it.event.id), dumps(st), headers={_EXPECT_LAST: "0"})
+                )
+        await _gather_all(creates, ignore=_wrong_last)
         return result
 
     async def _state(self, event_id: str) -> dict[str, Any] | None:
