@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,14 +37,13 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=16)
     a = ap.parse_args()
 
+    from poetctl.backends.memory import MemoryTransport
     from poetctl.backends.nats.settings import NatsSettings
     from poetctl.backends.nats.transport import NatsTransport
+    from poetctl.router import EventRouter
     from poetctl.transport import Outgoing
     from tests.contract.kits import wipe_nats
     from tests.natsserver import NatsServer
-
-    from poetctl.backends.memory import MemoryTransport
-    from poetctl.router import EventRouter
 
     builder = EventRouter(transport=MemoryTransport())
 
@@ -96,7 +96,7 @@ def main() -> None:
             t = NatsTransport(settings, setup=True)
             js = t.link.js
 
-            async def bare_pub() -> float:
+            async def bare_pub(js: Any = js, plan: list[tuple[str, Outgoing]] = plan) -> float:
                 t0 = time.perf_counter()
                 for i in range(0, len(plan), a.batch):
                     futs = [
@@ -109,7 +109,7 @@ def main() -> None:
             rows["pub_bare"].append(a.events / t.link.run(bare_pub(), timeout=600))
 
             # -- 4. bare pull-fetch loop over the same stream
-            async def bare_con() -> float:
+            async def bare_con(t: NatsTransport = t, js: Any = js) -> float:
                 from nats.js.api import AckPolicy, ConsumerConfig
 
                 await t.link.jsm.add_consumer(

@@ -48,6 +48,7 @@ from .transport import NatsTransport, dumps, kv_key
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 HEADER_MAX = 4096
+PULL_MAX = 64  # messages pulled ahead per partition
 
 
 class _Held:
@@ -85,6 +86,8 @@ class NatsConsumer:
         self._leased: dict[str, _Held] = {}
         self._failing: dict[str, str] = {}  # key -> id of its failing lease
         self._recovered: set[int] = set()
+        # Partitions taken over with deliveries outstanding: (redeliveries still expected, until when).
+        self._settle: dict[int, tuple[int, float]] = {}
         self._idle_since: dict[int, float] = {}  # held partition -> when it last had nothing buffered or leased
         self._dry: set[int] = set()  # held partitions whose last pull came back short: no more work there then
         self._acks: list[concurrent.futures.Future[None]] = []  # acks sent, PubAck of their KV record not yet seen
@@ -121,35 +124,64 @@ class NatsConsumer:
         The lock is taken on this thread, never inside a coroutine: the loop
         thread must not wait for a lock whose holder waits for the loop.
         """
+        beats = 0
         while not self._stop.wait(self.tick):
             try:
-                # The lock is held through the beat so a lease is never given back mid-refresh.
                 with self._lock:
                     if self._dead or self._closed:
                         return
                     held = dict(self._held)
                     old = time.monotonic() - self.tick
-                    msgs = [h.msg for h in self._leased.values() if h.since < old]
+                    # Only the held partitions' messages: a lost partition's leased ones expire and go,
+                    # in order, to the next holder (who may then also see them handled here: twice, not lost).
+                    msgs = [h.msg for h in self._leased.values() if h.since < old and h.p in held]
                     msgs += [h.msg for b in self._buf.values() for h in b if h.since < old]
-                    revs = self._run(self._beat(held, msgs), timeout=max(5.0, self.tick * 4))
-                    for p, (rev, new) in revs.items():
-                        if self._held.get(p) == rev:
-                            self._held[p] = new
+                # Not under the lock: a refresh must not wait for fetches and outcomes (a beat late by
+                # more than the TTL loses the leases). A give-back racing a refresh makes one of the two
+                # fail on the revision; a lease refreshed after its give-back just expires.
+                revs = self._run(self._beat(held, msgs, beats % 4 == 0), timeout=max(5.0, self.tick * 4))
+                beats += 1
+                with self._lock:
+                    for p, rev in held.items():
+                        if p not in revs:
+                            if self._held.get(p) == rev:
+                                self._lose(p)
+                        elif self._held.get(p) == rev:
+                            self._held[p] = revs[p]
             except Exception:  # a missed beat is retried next tick
                 continue
 
-    async def _beat(self, held: dict[int, int], msgs: list[Any]) -> dict[int, tuple[int, int]]:
+    def _lose(self, p: int) -> None:
+        """Partition ``p``'s lease was lost (a stall past the TTL): stop using it at once.
+
+        Buffered messages go back (nak) for the next holder, in order; leased ones finish here.
+        """
+        buffered = sorted(self._buf.get(p, ()), key=lambda h: h.seq)
+        self._drop(p)
+
+        async def nak() -> None:
+            for h in buffered:
+                await h.msg.nak()
+
+        self._send(nak())
+
+    async def _beat(self, held: dict[int, int], msgs: list[Any], announce: bool) -> dict[int, int]:
+        """Refresh the leases (first: they expire), keep pulled messages alive, announce membership."""
         from nats.js.errors import KeyWrongLastSequenceError
 
-        await self._announce()
-        for m in msgs:
-            await m.in_progress()
-        out: dict[int, tuple[int, int]] = {}
+        out: dict[int, int] = {}
         for p, rev in held.items():
             try:
-                out[p] = (rev, await self.t.lease_kv.update(f"p{p}", self.name.encode(), last=rev))
+                out[p] = await self.t.lease_kv.update(f"p{p}", self.name.encode(), last=rev)
             except KeyWrongLastSequenceError:
-                continue  # lost (we stalled past the TTL): the messages go to the next holder after AckWait
+                continue  # lost: see _lose
+        for m in msgs:
+            try:
+                await m.in_progress()
+            except Exception:  # acked meanwhile (MsgAlreadyAckdError): the others still need theirs
+                pass
+        if announce:
+            await self._announce()
         return out
 
     def _cap(self) -> int:
@@ -182,6 +214,7 @@ class NatsConsumer:
         self._idle_since.pop(p, None)
         self._recovered.discard(p)
         self._dry.discard(p)
+        self._settle.pop(p, None)
         return rev
 
     async def _free(self, p: int, rev: int | None) -> None:
@@ -205,6 +238,11 @@ class NatsConsumer:
                 if out is not None:
                     out.deferred += pending
                 continue
+            if ack_pending:
+                # The previous holder's deliveries come back first, but in the order their AckWait ran
+                # out, not stream order: lease nothing of p until all are here (sorted), or until they
+                # surely would be (an ack in flight when it died is pending and never comes back).
+                self._settle[p] = (ack_pending, time.monotonic() + 2 * self.t.settings.ack_wait + 1)
             if for_recovery:
                 moved += ack_pending
                 self._recovered.add(p)
@@ -233,18 +271,27 @@ class NatsConsumer:
             self._next_probe = now_real + self.t.probe_every
             await self._acquire(out)
         if self._held:
-            batch = max(1, math.ceil(limit / len(self._held)))
+            # Small prefetch: what is pulled and not yet begun is what a takeover must wait for.
+            batch = max(1, min(PULL_MAX, math.ceil(limit / len(self._held))))
             pulling = set(sorted(self._held)[: self._cap()])  # over the fair share: drain the rest, pull nothing new
-            parts = [p for p in self._held if p in pulling and len(self._buf.get(p, ())) < batch]
-            pulled = await asyncio.gather(*(self._pull(p, batch) for p in parts))
+            want = {p: max(batch, self._settle.get(p, (0, 0.0))[0]) for p in self._held if p in pulling}
+            parts = [p for p, n in want.items() if len(self._buf.get(p, ())) < n]
+            pulled = await asyncio.gather(*(self._pull(p, want[p]) for p in parts))
             for p, msgs in zip(parts, pulled, strict=True):
-                if len(msgs) < batch:
+                if len(msgs) < want[p]:
                     self._dry.add(p)
                 else:
                     self._dry.discard(p)
                 await self._take_in(p, msgs, out)
+        for p, (expected, until) in list(self._settle.items()):
+            back = sum(1 for h in self._buf.get(p, ()) if h.msg.metadata.num_delivered > 1)
+            if back >= expected or time.monotonic() >= until:
+                del self._settle[p]
         now = self.t.clock()
         for p in sorted(self._buf):
+            if p in self._settle:
+                out.deferred += len(self._buf[p])
+                continue
             buf = self._buf[p]
             keep: list[_Held] = []
             skipped: set[str] = set()
@@ -503,6 +550,12 @@ class NatsConsumer:
                 raise BackendUnavailable(
                     f"NATS at {self.t.settings.shown_servers()} did not confirm acks within 60 s"
                 ) from None
+
+    def settle(self) -> None:
+        """Wait (without raising) until what begin/ack sent is confirmed: this process reads its own writes."""
+        with self._lock:
+            sent = list(self._acks)
+        concurrent.futures.wait(sent, timeout=30)
 
     def wait(self, timeout: float) -> None:
         # New work from other processes shows up at the next fetch's probe: bound the sleep by it.

@@ -206,7 +206,13 @@ class NatsTransport:
 
     def raw_state(self, event_id: str) -> dict[str, Any] | None:
         """The KV state entry of an id (for tests and ``dead``/``status`` commands)."""
+        self._settle_local()
         return self.link.run(self._state(event_id))
+
+    def _settle_local(self) -> None:
+        """This process's consumers send acks without waiting: a query first waits for them (read your writes)."""
+        for c in list(self._consumers):
+            c.settle()
 
     # -- consumers ---------------------------------------------------------------------------
     def consumer(self, name: str | None = None) -> NatsConsumer:
@@ -323,6 +329,7 @@ class NatsTransport:
         return out
 
     def counts(self) -> dict[State, int]:
+        self._settle_local()
         out = dict.fromkeys(State, 0)
         leased = sum(c.leased_count() for c in list(self._consumers))
         for _, st in self.link.run(self._all_states(), timeout=300):
