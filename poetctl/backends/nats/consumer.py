@@ -11,15 +11,16 @@ Per-key order across daemons (the design; notes/natscore.md has the why):
   expires the lease of a daemon that died.
 * A lease is taken when the partition has work and this daemon is under its
   fair share (``ceil(partitions / live daemons)``; daemons announce
-  themselves as ``m.<name>`` in the same bucket), and given back as soon as
-  the daemon holds nothing of it (everything acked, dead-lettered or handed
-  back) - so another daemon can take it at once: joining and leaving
-  rebalance at batch boundaries.
+  themselves as ``m.<name>`` in the same bucket), kept while its pulls come
+  back full, and given back when it runs dry with nothing in hand, after
+  ``hold_idle``, or when over the fair share (:mod:`.leases`): joining and
+  leaving rebalance at batch boundaries.
 * Messages a holder has pulled are kept alive (``in_progress``) by the keeper,
   so AckWait only runs out for a dead holder's messages. AckWait is shorter
   than the lease TTL minus a keeper tick: when a dead holder's lease has
   expired its messages are already due for redelivery, and JetStream
-  redelivers before anything new, so the next holder sees them first.
+  redelivers before anything new - in the order their AckWait ran out, so the
+  next holder collects them all (``_settle``) and hands them out in stream order.
 
 Records (begin/done/fail) and states are KV ``POET_STATE`` entries under the
 event id; a redelivered message reads its record from there.
@@ -40,31 +41,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...errors import InvalidData
-from ...event import Event
 from ...transport import Attempt, Delivery, Fetched, Record, State
 from ..memory import decode
 from . import subjects
+from .leases import Held as _Held
+from .leases import PartitionLeases
 from .transport import NatsTransport, dumps, kv_key
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 HEADER_MAX = 4096
 PULL_MAX = 64  # messages pulled ahead per partition
-
-
-class _Held:
-    """A pulled message: not yet handed out (buffered) or leased to the loop."""
-
-    __slots__ = ("event", "id", "key", "msg", "p", "record", "seq", "since")
-
-    def __init__(self, msg: Any, p: int, seq: int, event: Event, key: str, record: Record) -> None:
-        self.msg = msg
-        self.p = p
-        self.seq = seq
-        self.event = event
-        self.id = event.id
-        self.key = key
-        self.record = record
-        self.since = time.monotonic()
 
 
 def _header(text: str | None, limit: int = HEADER_MAX) -> str:
@@ -73,7 +59,7 @@ def _header(text: str | None, limit: int = HEADER_MAX) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
-class NatsConsumer:
+class NatsConsumer(PartitionLeases):
     """Leases due events from the partitions this daemon holds. Thread-safe (one lock)."""
 
     def __init__(self, transport: NatsTransport, name: str | None = None) -> None:
@@ -106,147 +92,6 @@ class NatsConsumer:
 
     def _run(self, coro: Any, timeout: float = 60.0) -> Any:
         return self.t.link.run(coro, timeout)
-
-    # -- membership and leases ----------------------------------------------------------------
-    async def _announce(self) -> None:
-        from nats.js.errors import NoKeysError
-
-        await self.t.lease_kv.put(f"m.{self.name}", b"1")
-        try:
-            keys = await self.t.lease_kv.keys()
-        except NoKeysError:
-            keys = []
-        self._members = max(1, sum(1 for k in keys if k.startswith("m.")))
-
-    def _keep(self) -> None:
-        """Keeper thread: membership, lease refresh and in_progress for held messages, every tick.
-
-        The lock is taken on this thread, never inside a coroutine: the loop
-        thread must not wait for a lock whose holder waits for the loop.
-        """
-        beats = 0
-        while not self._stop.wait(self.tick):
-            try:
-                with self._lock:
-                    if self._dead or self._closed:
-                        return
-                    held = dict(self._held)
-                    old = time.monotonic() - self.tick
-                    # Only the held partitions' messages: a lost partition's leased ones expire and go,
-                    # in order, to the next holder (who may then also see them handled here: twice, not lost).
-                    msgs = [h.msg for h in self._leased.values() if h.since < old and h.p in held]
-                    msgs += [h.msg for b in self._buf.values() for h in b if h.since < old]
-                # Not under the lock: a refresh must not wait for fetches and outcomes (a beat late by
-                # more than the TTL loses the leases). A give-back racing a refresh makes one of the two
-                # fail on the revision; a lease refreshed after its give-back just expires.
-                revs = self._run(self._beat(held, msgs, beats % 4 == 0), timeout=max(5.0, self.tick * 4))
-                beats += 1
-                with self._lock:
-                    for p, rev in held.items():
-                        if p not in revs:
-                            if self._held.get(p) == rev:
-                                self._lose(p)
-                        elif self._held.get(p) == rev:
-                            self._held[p] = revs[p]
-            except Exception:  # a missed beat is retried next tick
-                continue
-
-    def _lose(self, p: int) -> None:
-        """Partition ``p``'s lease was lost (a stall past the TTL): stop using it at once.
-
-        Buffered messages go back (nak) for the next holder, in order; leased ones finish here.
-        """
-        buffered = sorted(self._buf.get(p, ()), key=lambda h: h.seq)
-        self._drop(p)
-
-        async def nak() -> None:
-            for h in buffered:
-                await h.msg.nak()
-
-        self._send(nak())
-
-    async def _beat(self, held: dict[int, int], msgs: list[Any], announce: bool) -> dict[int, int]:
-        """Refresh the leases (first: they expire), keep pulled messages alive, announce membership."""
-        from nats.js.errors import KeyWrongLastSequenceError
-
-        out: dict[int, int] = {}
-        for p, rev in held.items():
-            try:
-                out[p] = await self.t.lease_kv.update(f"p{p}", self.name.encode(), last=rev)
-            except KeyWrongLastSequenceError:
-                continue  # lost: see _lose
-        for m in msgs:
-            try:
-                await m.in_progress()
-            except Exception:  # acked meanwhile (MsgAlreadyAckdError): the others still need theirs
-                pass
-        if announce:
-            await self._announce()
-        return out
-
-    def _cap(self) -> int:
-        return math.ceil(self.t.settings.partitions / max(1, self._members))
-
-    async def _probe(self, free: list[int]) -> list[tuple[int, int, int]]:
-        """(partition, pending, ack pending) of the partitions not held here."""
-        s = self.t.settings
-
-        async def one(p: int) -> tuple[int, int, int]:
-            ci = await self.t.link.jsm.consumer_info(s.stream, s.durable(p))
-            return p, int(ci.num_pending or 0), int(ci.num_ack_pending or 0)
-
-        return list(await asyncio.gather(*(one(p) for p in free)))
-
-    async def _take(self, p: int) -> bool:
-        from nats.js.errors import KeyWrongLastSequenceError
-
-        try:
-            self._held[p] = await self.t.lease_kv.create(f"p{p}", self.name.encode())
-        except KeyWrongLastSequenceError:
-            return False
-        self._buf.setdefault(p, [])
-        return True
-
-    def _drop(self, p: int) -> int | None:
-        """Forget partition ``p`` (under the lock); the lease revision to delete, if it was held."""
-        rev = self._held.pop(p, None)
-        self._buf.pop(p, None)
-        self._idle_since.pop(p, None)
-        self._recovered.discard(p)
-        self._dry.discard(p)
-        self._settle.pop(p, None)
-        return rev
-
-    async def _free(self, p: int, rev: int | None) -> None:
-        if rev is not None:
-            try:
-                await self.t.lease_kv.delete(f"p{p}", last=rev)
-            except Exception:  # someone took it over after a stall: nothing of ours to free
-                pass
-
-    async def _give_back(self, p: int) -> None:
-        await self._free(p, self._drop(p))
-
-    async def _acquire(self, out: Fetched | None, for_recovery: bool = False) -> int:
-        free = [p for p in range(self.t.settings.partitions) if p not in self._held]
-        moved = 0
-        for p, pending, ack_pending in await self._probe(free) if free else []:
-            work = ack_pending if for_recovery else pending + ack_pending
-            if not work:
-                continue
-            if len(self._held) >= self._cap() or not await self._take(p):
-                if out is not None:
-                    out.deferred += pending
-                continue
-            if ack_pending:
-                # The previous holder's deliveries come back first, but in the order their AckWait ran
-                # out, not stream order: lease nothing of p until all are here (sorted), or until they
-                # surely would be (an ack in flight when it died is pending and never comes back).
-                self._settle[p] = (ack_pending, time.monotonic() + 2 * self.t.settings.ack_wait + 1)
-            if for_recovery:
-                moved += ack_pending
-                self._recovered.add(p)
-        return moved
 
     # -- the contract ---------------------------------------------------------------------------
     def _alive(self) -> None:
@@ -311,20 +156,6 @@ class NatsConsumer:
             self._buf[p] = keep
         await self._give_back_idle()
 
-    async def _give_back_idle(self) -> None:
-        """Hand back held partitions with nothing in hand that ran dry, were idle for ``hold_idle``, or
-        are over the fair share. A partition whose pulls come back full keeps its lease between batches."""
-        now = time.monotonic()
-        over = len(self._held) - self._cap()
-        for p in sorted(self._held, reverse=True):
-            if self._busy(p):
-                self._idle_since.pop(p, None)
-                continue
-            since = self._idle_since.setdefault(p, now)
-            if over > 0 or p in self._dry or now - since >= self.hold_idle:
-                over -= 1
-                await self._give_back(p)
-
     async def _pull(self, p: int, batch: int) -> list[Any]:
         """Up to ``batch`` messages of partition ``p`` without waiting (a no_wait pull request)."""
         nc = self.t.link.nc
@@ -374,9 +205,6 @@ class NatsConsumer:
                     record = Record.from_dict(st["rec"])
             buf.append(_Held(m, p, seq, ev, self.t.key_of(ev), record))
         buf.sort(key=lambda h: h.seq)
-
-    def _busy(self, p: int) -> bool:
-        return bool(self._buf.get(p)) or any(h.p == p for h in self._leased.values())
 
     # -- recording --------------------------------------------------------------------------------
     def _mine(self, d: Delivery) -> _Held | None:
