@@ -87,7 +87,7 @@ def _daemon(
     if resolve_mode(mode, cfg) == "nats":
         from .daemon_nats import run_nats
 
-        return run_nats(cfg, handlers, workers, once)
+        return run_nats(cfg, handlers, workers, once, builtin=not no_builtin)
     opts = DaemonOptions.from_config(dict(cfg.daemon), workers=workers, once=once or None, rescan_interval=rescan)
     router = EventRouter(config=cfg)
     if not no_builtin:

@@ -6,12 +6,13 @@ import signal
 from typing import Any
 
 
-def run_nats(cfg: Any, handlers: list[str], workers: int | None, once: bool) -> int:
+def run_nats(cfg: Any, handlers: list[str], workers: int | None, once: bool, builtin: bool = True) -> int:
     """Consume this daemon's share of the partitions until SIGINT/SIGTERM (or, with ``once``, until idle).
 
-    The built-in handlers keep their state in spool files, so they are not
-    loaded in nats mode (until handlers get a storage interface); only
-    ``--handlers`` and poet.toml's ``handlers`` run.
+    The built-in handlers run as on the spool, with their state (function
+    state, feedback, learning) in JetStream KV (``router.stores``:
+    :class:`~poetctl.backends.nats.storage.NatsStorage`), so every daemon
+    on every machine shares it.
     """
     from ..configspec import defaults
     from ..daemon import log
@@ -26,6 +27,10 @@ def run_nats(cfg: Any, handlers: list[str], workers: int | None, once: bool) -> 
     transport = nats_transport(cfg, key_of=key_function(tuple(opts["partition_key"])))
     try:
         router = EventRouter(transport=transport, config=cfg)
+        if builtin:
+            from ..handlers import register_builtin
+
+            register_builtin(router)
         load_handlers(router, [*cfg.handlers, *handlers])
         consumer = transport.consumer()
         loop = Loop(

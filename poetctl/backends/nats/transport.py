@@ -214,6 +214,12 @@ class NatsTransport:
         for c in list(self._consumers):
             c.settle()
 
+    def storage(self) -> Any:
+        """The handlers' stores in KV (:class:`~.storage.NatsStorage`); the router asks for them."""
+        from .storage import NatsStorage
+
+        return NatsStorage(self, self.clock)
+
     # -- consumers ---------------------------------------------------------------------------
     def consumer(self, name: str | None = None) -> NatsConsumer:
         from .consumer import NatsConsumer
