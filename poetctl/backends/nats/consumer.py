@@ -29,7 +29,6 @@ event id; a redelivered message reads its record from there.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import math
 import os
@@ -46,6 +45,7 @@ from ..memory import decode
 from . import subjects
 from .leases import Held as _Held
 from .leases import PartitionLeases
+from .pipeline import Pipeline
 from .transport import NatsTransport, dumps, kv_key
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -76,7 +76,7 @@ class NatsConsumer(PartitionLeases):
         self._settle: dict[int, tuple[int, float]] = {}
         self._idle_since: dict[int, float] = {}  # held partition -> when it last had nothing buffered or leased
         self._dry: set[int] = set()  # held partitions whose last pull came back short: no more work there then
-        self._acks: list[concurrent.futures.Future[None]] = []  # acks sent, PubAck of their KV record not yet seen
+        self._pipe = Pipeline(transport.link.loop)  # records and acks sent in order, confirmed at sync
         self._members = 1
         self._next_probe = 0.0
         self._wake = threading.Event()
@@ -217,7 +217,9 @@ class NatsConsumer(PartitionLeases):
         return dumps(st)
 
     def _put_record(self, h: _Held, state: State = State.INFLIGHT) -> None:
-        self._run(self.t.state_kv.put(kv_key(h.id), self._state(h, state, rec=h.record.to_dict())))
+        """Write ``h``'s record behind everything sent before it, and wait for it (durable on return)."""
+        self._send(self._put_async(h, self._state(h, state, rec=h.record.to_dict())))
+        self._wait_sent()
 
     def begin(self, delivery: Delivery) -> None:
         """Sends the record (deliveries + 1) without waiting for the server (pipelined; :meth:`sync` waits).
@@ -233,13 +235,20 @@ class NatsConsumer(PartitionLeases):
             self._send(self._put_async(h, self._state(h, State.INFLIGHT, rec=h.record.to_dict())))
 
     def _send(self, coro: Any) -> None:
-        """Run ``coro`` on the loop without waiting; :meth:`sync` waits for it (caller holds the lock)."""
-        if len(self._acks) >= 1024:
-            self._acks = [f for f in self._acks if not f.done() or f.exception() is not None]
-        self._acks.append(asyncio.run_coroutine_threadsafe(coro, self.t.link.loop))
+        """Run ``coro`` on the loop after everything sent before it, without waiting (:meth:`_wait_sent` waits)."""
+        self._pipe.send(coro)
 
-    async def _put_async(self, h: _Held, data: bytes) -> None:
-        await (await self.t.link.js.publish_async(f"$KV.{self.t.settings.state_bucket}.{kv_key(h.id)}", data))
+    def _wait_sent(self, raise_failure: bool = True) -> None:
+        """Wait until everything sent so far is on the server (PubAcks in); raise the first failure."""
+        failure = self._run(self._pipe.drain())
+        if failure is not None and raise_failure:
+            from ...errors import BackendUnavailable
+
+            raise BackendUnavailable(f"NATS at {self.t.settings.shown_servers()} refused a record: {failure}")
+
+    async def _put_async(self, h: _Held, data: bytes) -> Any:
+        """Send ``h``'s state entry; the PubAck future (the pipeline awaits it with the burst)."""
+        return await self.t.link.js.publish_async(f"$KV.{self.t.settings.state_bucket}.{kv_key(h.id)}", data)
 
     def done(self, delivery: Delivery, handler: str) -> None:
         with self._lock:
@@ -284,14 +293,14 @@ class NatsConsumer(PartitionLeases):
             rev = self._drop(h.p) if free else None
             self._send(self._ack(h, self._state(h, State.PROCESSED), free, rev))
 
-    async def _ack(self, h: _Held, data: bytes, free: bool, rev: int | None) -> None:
+    async def _ack(self, h: _Held, data: bytes, free: bool, rev: int | None) -> Any:
         # The record first, then the ack (one connection: in this order on the wire). A lost ack after
         # the record is harmless: the redelivery finds the event processed and acks it.
-        pub = await self.t.link.js.publish_async(f"$KV.{self.t.settings.state_bucket}.{kv_key(h.id)}", data)
+        pub = await self._put_async(h, data)
         await h.msg.ack()
         if free:
             await self._free(h.p, rev)
-        await pub
+        return pub
 
     def dead(self, delivery: Delivery, reason: str, info: dict[str, Any]) -> None:
         with self._lock:
@@ -319,7 +328,8 @@ class NatsConsumer(PartitionLeases):
                 await h.msg.term()
                 await self._maybe_give_back(h.p)
 
-            self._run(go())
+            self._send(go())  # behind the records and acks sent before it
+            self._wait_sent()
 
     async def _quarantine(
         self, m: Any, eid: str, topic: str | None, seq: int, reason: str, detail: str, where: str
@@ -345,7 +355,8 @@ class NatsConsumer(PartitionLeases):
                 await self._quarantine(h.msg, h.id, h.event.topic, h.seq, reason, detail, "inflight")
                 await self._maybe_give_back(h.p)
 
-            self._run(go())
+            self._send(go())  # behind the records and acks sent before it
+            self._wait_sent()
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         with self._lock:
@@ -362,28 +373,18 @@ class NatsConsumer(PartitionLeases):
                         await self._give_back(p)  # handed back (shutdown): the lease goes too
 
             if mine:
-                self._run(go())
+                self._send(go())  # behind the records and acks sent before it
+                self._wait_sent()
 
     def sync(self) -> None:
-        """Wait for the server's PubAck of every acked event's KV record sent so far; raise the first failure."""
+        """Wait for the server's PubAck of every record and ack sent so far; raise the first failure."""
         self._alive()
-        with self._lock:
-            acks, self._acks = self._acks, []
-        for f in acks:
-            try:
-                f.result(60)
-            except concurrent.futures.TimeoutError:
-                from ...errors import BackendUnavailable
-
-                raise BackendUnavailable(
-                    f"NATS at {self.t.settings.shown_servers()} did not confirm acks within 60 s"
-                ) from None
+        self._wait_sent()
 
     def settle(self) -> None:
         """Wait (without raising) until what begin/ack sent is confirmed: this process reads its own writes."""
-        with self._lock:
-            sent = list(self._acks)
-        concurrent.futures.wait(sent, timeout=30)
+        if not (self._closed or self._dead):
+            self._wait_sent(raise_failure=False)
 
     def wait(self, timeout: float) -> None:
         # New work from other processes shows up at the next fetch's probe: bound the sleep by it.
@@ -403,14 +404,8 @@ class NatsConsumer(PartitionLeases):
                 [*self._leased.values(), *(h for b in self._buf.values() for h in b)], key=lambda h: h.seq
             )
 
-            acks, self._acks = self._acks, []
-
             async def go() -> None:
-                for f in acks:
-                    try:
-                        await asyncio.wrap_future(f)
-                    except Exception:  # the redelivery finds what was recorded
-                        pass
+                await self._pipe.drain()  # a failure: the redelivery finds what was recorded
                 for h in leftovers:
                     if h.id in self._leased:
                         rec = h.record.to_dict()
