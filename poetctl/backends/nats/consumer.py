@@ -232,7 +232,7 @@ class NatsConsumer(PartitionLeases):
             if h is None:
                 return
             h.record.deliveries += 1
-            self._send(self._put_async(h, self._state(h, State.INFLIGHT, rec=h.record.to_dict())))
+            self._pipe.send(self._put_async(h, self._state(h, State.INFLIGHT, rec=h.record.to_dict())), h.id)
 
     def _send(self, coro: Any) -> None:
         """Run ``coro`` on the loop after everything sent before it, without waiting (:meth:`_wait_sent` waits)."""
@@ -291,7 +291,7 @@ class NatsConsumer(PartitionLeases):
             self._end(h)
             free = h.p in self._dry and not self._busy(h.p)  # its partition ran dry: hand it back now
             rev = self._drop(h.p) if free else None
-            self._send(self._ack(h, self._state(h, State.PROCESSED), free, rev))
+            self._pipe.send(self._ack(h, self._state(h, State.PROCESSED), free, rev), h.id, supersede=True)
 
     async def _ack(self, h: _Held, data: bytes, free: bool, rev: int | None) -> Any:
         # The record first, then the ack (one connection: in this order on the wire). A lost ack after

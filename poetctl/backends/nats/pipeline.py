@@ -23,16 +23,29 @@ class Pipeline:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
-        self._queue: list[Coroutine[Any, Any, Any]] = []
+        self._queue: list[list[Any]] = []  # [coroutine or None (superseded), key]
+        self._keyed: dict[str, list[Any]] = {}  # key -> its entry still in the queue
         self._kicked = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._order: asyncio.Lock | None = None
         self._failure: BaseException | None = None
 
-    def send(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Queue ``coro``; it runs on the loop after everything queued before it."""
+    def send(self, coro: Coroutine[Any, Any, Any], key: str | None = None, supersede: bool = False) -> None:
+        """Queue ``coro``; it runs on the loop after everything queued before it.
+
+        With ``supersede``, a coroutine queued under the same ``key`` and not started yet is dropped:
+        an event's ack record makes its begin record moot when both are in one burst (a fast handler),
+        which halves what a burst sends.
+        """
+        entry = [coro, key]
         with self._lock:
-            self._queue.append(coro)
+            if key is not None:
+                old = self._keyed.pop(key, None) if supersede else None
+                if old is not None and old[0] is not None:
+                    old[0].close()  # never started: nothing of it was sent
+                    old[0] = None
+                self._keyed[key] = entry
+            self._queue.append(entry)
             if self._kicked:
                 return
             self._kicked = True
@@ -40,8 +53,10 @@ class Pipeline:
 
     def _kick(self) -> None:
         with self._lock:
-            burst, self._queue = self._queue, []
+            entries, self._queue = self._queue, []
+            self._keyed.clear()
             self._kicked = False
+        burst = [e[0] for e in entries if e[0] is not None]
         if burst:
             task = self.loop.create_task(self._run(burst))
             self._tasks.add(task)
