@@ -292,6 +292,8 @@ class NatsConsumer(PartitionLeases):
             free = h.p in self._dry and not self._busy(h.p)  # its partition ran dry: hand it back now
             rev = self._drop(h.p) if free else None
             self._pipe.send(self._ack(h, self._state(h, State.PROCESSED), free, rev), h.id, supersede=True)
+            if free:
+                self._wait_sent()  # the lease is gone on return: another daemon's next fetch can take it
 
     async def _ack(self, h: _Held, data: bytes, free: bool, rev: int | None) -> Any:
         # The record first, then the ack (one connection: in this order on the wire). A lost ack after
