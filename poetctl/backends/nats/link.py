@@ -26,6 +26,7 @@ class Link:
     def __init__(self, settings: NatsSettings) -> None:
         self.settings = settings
         self.loop = asyncio.new_event_loop()
+        self._stopping = False
         self._thread = threading.Thread(target=self._serve, name="poetctl-nats", daemon=True)
         self._thread.start()
         self._closed = False
@@ -68,7 +69,7 @@ class Link:
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         """Run ``coro`` on the link's loop and wait for its result (any thread but the loop's)."""
-        if self.loop.is_closed():
+        if self._stopping or self.loop.is_closed():
             coro.close()  # never started: no "never awaited" warning
             raise BackendUnavailable(f"the connection to NATS at {self.settings.shown_servers()} is closed")
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -129,6 +130,7 @@ class Link:
 
     def _stop_loop(self) -> None:
         """Cancel what the client left running, stop the loop, close it (no "Task was destroyed" at exit)."""
+        self._stopping = True  # run() refuses new work from here on
 
         async def cancel_rest() -> None:
             me = asyncio.current_task()
@@ -138,12 +140,18 @@ class Link:
             await asyncio.gather(*rest, return_exceptions=True)
 
         try:
-            asyncio.run_coroutine_threadsafe(cancel_rest(), self.loop).result(5)
+            asyncio.run_coroutine_threadsafe(cancel_rest(), self.loop).result(5)  # not through run(): refused now
         except Exception:  # best effort: a task that ignores its cancellation must not hang the exit
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         if not self._thread.is_alive():
+            # Work submitted by other threads (a keeper's beat) while the loop was stopping: cancel it here.
+            late = asyncio.all_tasks(self.loop)
+            for t in late:
+                t.cancel()
+            if late:
+                self.loop.run_until_complete(asyncio.gather(*late, return_exceptions=True))
             self.loop.close()
 
 
