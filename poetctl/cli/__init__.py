@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "integrations": (".integrations", "integrations_app", "group"),
     "mlflow": (".integrations", "mlflow_app", "group"),
     "serve": (".serve", "serve_cmd", "command"),
+    "nats": (".nats", "nats_app", "group"),
 }
 _ROOT_OPTIONS_WITH_VALUE = ("--spool", "--config")
 

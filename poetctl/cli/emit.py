@@ -61,6 +61,10 @@ def emit_cmd(
     init: Annotated[
         bool, typer.Option("--init", help="Create the spool if it does not exist (else: exit 66).")
     ] = False,
+    mode: Annotated[
+        str | None,
+        typer.Option("--mode", help="local_only, nats or hybrid (default: POET_MODE, then delivery_mode)."),
+    ] = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -109,6 +113,7 @@ def emit_cmd(
             skip_invalid=skip_invalid,
             init=init,
             schema_version=schema_version,
+            mode=mode,
         )
     )
 
