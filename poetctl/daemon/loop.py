@@ -204,7 +204,8 @@ class Loop:
             if not subs:
                 self._apply(d, self._unhandled(d))
                 continue
-            batches[zlib.crc32(d.key.encode()) % nw if nw > 1 else 0].append(Job(d, subs))
+            # crc32 % 256 (the spool's key buckets) before % workers: a key's worker stays what it was.
+            batches[zlib.crc32(d.key.encode()) % 256 % nw if nw > 1 else 0].append(Job(d, subs))
         for w, b in zip(self.workers, batches, strict=True):
             if b:
                 w.put(b)
