@@ -195,10 +195,13 @@ class Claims:
         self.reserved -= len(batch)
         assert self.mover is not None
         results = self.mover.claim_result(token)
+        records = self.pending_records
+        ready = self.ready
         for d, ok in zip(batch, results, strict=True):
             if ok == 49:  # b"1"
-                self._claimed(d)
-                self.ready.append(d)
+                if records:
+                    self._claimed(d)
+                ready.append(d)
             else:
                 self._unclaimed(d.handle.bucket)
 
@@ -284,7 +287,7 @@ class Claims:
                 self._unclaimed(bucket)
                 return None
         d = Delivery(ev, key, record or Record(), Handle(name, bucket, False))
-        if claim:
+        if claim and record is not None:
             self._claimed(d)
         return d
 

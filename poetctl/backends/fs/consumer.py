@@ -246,7 +246,11 @@ class FsConsumer(Claims):
         if self.blocked and d.key in self.blocked:
             self.blocked.discard(d.key)
             self.retry_listing = True  # its later events were skipped by the window: list again
-        self._unload(h.bucket)
+        with self.lock:
+            self.inflight -= 1
+            self.bucket_load[h.bucket] -= 1
+            if self._others_alive and not self.bucket_load[h.bucket]:
+                self.release_bucket(h.bucket)  # another daemon may be waiting for its keys
 
     def _unload(self, bucket: int, let_go: bool = False) -> None:
         with self.lock:
