@@ -30,7 +30,7 @@ import orjson
 from ...daemon import log
 from ...partition import key_function
 from ...transport import Attempt, Delivery, Fetched
-from .claims import Claims
+from .claims import PIPELINE, Claims
 from .journal import JOURNAL, Journal, RecordStore, dead_letter, quarantine
 from .layout import fsync_dir
 from .owner import current_owner, owner_alive
@@ -178,21 +178,24 @@ class FsConsumer(Claims):
         if now >= self._next_beat:
             self._beat()
         self.quarantined = 0
-        if self.outstanding is not None:
-            self.collect()  # sent by the previous call: the child renamed it meanwhile
+        if self.outstanding:
+            self.collect()  # sent by an earlier call: the child renamed it meanwhile
         for _ in range(3):  # again when a bucket taken over was recovered first (older events are back)
-            if len(self.ready) >= limit:
-                break
             if self.exhausted() and (self.stale or self.relist or self.retry_listing or not self.listed):
                 self.list_window()
-            if not self.exhausted():
+            if self.mover is not None and self.mover.alive:
+                while len(self.outstanding) < PIPELINE and not self.exhausted() and not self.stale:
+                    self.claim_some(limit)
+                if not self.ready and self.outstanding:
+                    self.collect()
+            elif len(self.ready) < limit and not self.exhausted():
                 self.claim_some(limit - len(self.ready))
-            if not self.stale:
+            if not self.stale or len(self.ready) >= limit:
                 break
         ready = self.ready
         n = min(limit, len(ready))
         out = Fetched([ready.popleft() for _ in range(n)], self.quarantined, self.deferred)
-        out.more = bool(ready) or self.outstanding is not None or not self.exhausted() or self.stale or self.relist
+        out.more = bool(ready) or bool(self.outstanding) or not self.exhausted() or self.stale or self.relist
         if self.indexer is not None:
             self.indexer.maybe_flush()
         return out
@@ -396,7 +399,8 @@ class FsConsumer(Claims):
                 self._observer.stop()
             except Exception:
                 pass
-        self.collect()
+        while self.outstanding:
+            self.collect()
         if self.ready:
             self.release(list(self.ready))
             self.ready.clear()
