@@ -89,6 +89,12 @@ class _FollowUps:
         self.set_cause = router.set_cause
         self._commit = router.commit_events
         self._wake = wake
+        self._router = router
+
+    @property
+    def upcasters(self) -> Any:
+        """The router's upcasters (set by the handler loader): handlers get events at their newest version."""
+        return getattr(self._router, "upcasters", None)
 
     def commit_events(self, built: list[tuple[Event, bool]]) -> list[bool]:
         added = self._commit(built)
