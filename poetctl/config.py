@@ -26,7 +26,7 @@ DEFAULT_SPOOL = Path(".poet/pubsub")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 MAX_CONFIG_BYTES = 1024 * 1024  # a poet.toml is a few hundred bytes; refuse to slurp a huge or endless file
 # Sections whose keys are checked one by one against configspec.SECTIONS (the top level is "").
-TABLES = ("event_schemas", "daemon", "learning", "builtin_handlers", "status")
+TABLES = ("event_schemas", "daemon", "learning", "builtin_handlers", "status", "alerts")
 # [daemon] max_causation_depth: how deep a chain of handler follow-ups may go (see EventRouter.build).
 DEFAULT_MAX_CAUSATION_DEPTH = 64
 
@@ -56,6 +56,7 @@ class Config:
     learning: dict[str, Any] = field(default_factory=dict)
     builtin_handlers: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
+    alerts: dict[str, Any] = field(default_factory=dict)
     file: Path | None = None
     origins: dict[str, str] = field(default_factory=dict)
 
@@ -68,7 +69,7 @@ class Config:
         """
         sections = {
             name: {**defaults(name), **getattr(self, name)}
-            for name in ("daemon", "learning", "builtin_handlers", "status")
+            for name in ("daemon", "learning", "builtin_handlers", "status", "alerts")
         }
         origins = {"config_file": self.origins.get("config_file", "default")}
         for section, spec in SECTIONS.items():
@@ -99,6 +100,7 @@ class Config:
             "learning": sections["learning"],
             "builtin_handlers": sections["builtin_handlers"],
             "status": sections["status"],
+            "alerts": sections["alerts"],
             "origins": origins,
         }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,6 +35,28 @@ def daemon_cmd(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Log only dead letters, quarantines and errors.")
     ] = False,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            "--log-level", help="error, warn, info or debug (else POET_LOG_LEVEL; wins over -q/-v).", show_default=False
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format",
+            help="json or console (default: console on a terminal, else JSON lines).",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_addr: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-addr",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464.",
+            show_default=False,
+        ),
+    ] = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -48,17 +70,33 @@ def daemon_cmd(
     dead-lettered, expired or quarantined; 75 some wait for a retry or cannot
     be read yet (run again later).
 
-    The log on stderr has one line per handler failure, dead letter,
-    quarantine, unreadable file and recovery (event id, type, handler,
-    reason; never payloads). -q keeps dead letters, quarantines and errors;
-    -v adds detail.
+    The log on stderr has one record per line for each handler failure,
+    dead letter, quarantine, unreadable file, recovery and alert: JSON lines
+    (ts, level, msg, event_id, correlation_id, type, handler, attempt,
+    duration_ms, ...) when stderr is not a terminal, a readable coloured
+    line on one (--log-format). Never payloads; credentials are masked.
+    -q keeps errors (dead letters, quarantines); -v adds debug detail;
+    --log-level / POET_LOG_LEVEL choose exactly.
+
+    --metrics-addr serves Prometheus metrics (bind loopback unless you mean
+    otherwise); [alerts] in poet.toml sets when system.alert events fire.
     """
     from ..daemon import log
 
     if verbose and quiet:
         raise typer.BadParameter("use either --verbose or --quiet", param_hint="'-v' / '-q'")
-    log.setup(-1 if quiet else verbose)
-    code = _daemon(handlers or [], workers, once, rescan, no_builtin, spool, config)
+    try:
+        log.setup(-1 if quiet else verbose, level=log_level, fmt=log_format)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--log-level' / '--log-format' / POET_LOG_LEVEL") from None
+    if metrics_addr is not None:
+        from ..observability.metrics import parse_addr
+
+        try:
+            parse_addr(metrics_addr)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--metrics-addr'") from None
+    code = _daemon(handlers or [], workers, once, rescan, no_builtin, spool, config, metrics_addr)
     raise typer.Exit(code)
 
 
@@ -71,7 +109,10 @@ def _daemon(
     no_builtin: bool,
     spool: Path | None,
     config: Path | None,
+    metrics_addr: str | None = None,
 ) -> int:
+    import inspect
+
     from ..daemon import log
     from ..daemon.core import Daemon, DaemonOptions, install_signal_handlers
     from ..daemon.loader import load_handlers
@@ -85,13 +126,32 @@ def _daemon(
 
         register_builtin(router)
     load_handlers(router, [*cfg.handlers, *handlers])
-    d = Daemon(router, opts)
+    obs = None
+    if "middleware" in inspect.signature(Daemon).parameters:  # the daemon on the generic loop (issue 10)
+        from ..observability.wiring import daemon_observability
+
+        obs = daemon_observability(
+            router, cfg, max_attempts=opts.max_attempts, lease_seconds=opts.lease_seconds, metrics_addr=metrics_addr
+        )
+        hooks: dict[str, Any] = {"middleware": obs.middleware}  # a plain call once issue 10's daemon merges
+        d = Daemon(router, opts, **hooks)
+    elif metrics_addr is not None:
+        from ..errors import UsageError
+
+        raise UsageError("--metrics-addr: this daemon has no middleware hooks yet (needs the generic loop)")
+    else:
+        d = Daemon(router, opts)
     install_signal_handlers(d)
     log.info(
         f"daemon {d.owner} on {router.layout.root} with {opts.workers} worker(s), "
-        f"{len(router.subscriptions)} handler(s){' (once)' if opts.once else ''}"
+        f"{len(router.subscriptions)} handler(s){' (once)' if opts.once else ''}",
+        metrics=f"http://{metrics_addr}/metrics" if metrics_addr else None,
     )
-    code = d.run()
+    try:
+        code = d.run()
+    finally:
+        if obs is not None:
+            obs.close()
     c = d.counters
     log.info(
         f"daemon stopped: processed={c.processed} dead={c.dead} expired={c.expired} "
