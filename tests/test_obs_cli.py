@@ -51,6 +51,7 @@ def test_status_prometheus_replaces_the_file_and_keeps_json_output(tmp_path: Pat
     """A second run replaces the textfile atomically; with -o json the document is printed too."""
     sp = tmp_path / "spool"
     r = EventRouter(spool=sp)
+    r.layout.init()
     target = tmp_path / "poetctl.prom"
     assert run_cli(tmp_path, "--spool", str(sp), "status", "--prometheus", str(target)).returncode == 0
     assert _values(target.read_text())[("poetctl_spool_events", (("state", "pending"),))] == 0
