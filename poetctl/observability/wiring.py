@@ -8,7 +8,6 @@ HTTP server and removes the stats file.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,8 +37,9 @@ class StatsFile(Middleware):
         every: float = STATS_EVERY,
     ) -> None:
         from ..backends.fs.obs_stats import StatsWriter, stats_name
+        from ..backends.fs.owner import HOST
 
-        self.host = socket.gethostname()
+        self.host = HOST  # as in the heartbeat's owner name, so top pairs the two
         self.pid = os.getpid()
         self.writer = StatsWriter(spool, stats_name(self.host, self.pid))
         self.metrics = metrics
