@@ -11,7 +11,9 @@ import pytest
 
 from poetctl import Permanent
 from poetctl.daemon import log
-from poetctl.observability.daemonlog import LogMiddleware
+from poetctl.daemon.middleware import Middleware
+from poetctl.daemon.outcomes import Dead, Failed
+from poetctl.observability.daemonlog import LogContext
 from poetctl.observability.logs import install, redact
 from poetctl.testing import FakeClock, Harness
 
@@ -32,10 +34,32 @@ def _records(buf: io.StringIO) -> list[dict[str, object]]:
     return [json.loads(ln) for ln in buf.getvalue().splitlines()]
 
 
+class DaemonLike(Middleware):
+    """Logs outcomes the way the daemon's reporting does: ids, handler, attempt - no correlation, no duration."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    def after_handle(self, event: object, handler: object, seconds: float, error: BaseException | None) -> None:
+        self.error = error or self.error
+
+    def on_outcome(self, delivery: object, outcome: object) -> None:
+        ev = delivery.event  # type: ignore[attr-defined]
+        if isinstance(outcome, Failed | Dead) and self.error is not None:
+            handler = outcome.attempt.handler if isinstance(outcome, Failed) else outcome.info["handler"]
+            n = outcome.attempt.attempt if isinstance(outcome, Failed) else outcome.info["attempts"]
+            log.handler_failed(ev.id, ev.type, handler, self.error, n, 2)
+            self.error = None
+        if isinstance(outcome, Dead):
+            i = outcome.info
+            log.dead_lettered(ev.id, ev.type, outcome.reason, i["handler"], i["attempts"], i["error"])
+
+
 def test_handler_failure_and_dead_letter_carry_correlation_and_duration(captured: io.StringIO) -> None:
-    """On the generic loop: a failure is a WARN record and the dead letter an ERROR one, with every field."""
+    """On the generic loop with LogContext: failure (WARN) and dead letter (ERROR) records get
+    correlation_id and duration_ms although the logging middleware does not pass them."""
     clock = FakeClock()
-    h = Harness(clock=clock, max_attempts=2, middleware=[LogMiddleware(2)])
+    h = Harness(clock=clock, max_attempts=2, middleware=[LogContext(), DaemonLike()])
 
     def slow_fail(e: object) -> None:
         clock.advance(0.25)  # 250 ms on the daemon's clock
@@ -58,7 +82,7 @@ def test_handler_failure_and_dead_letter_carry_correlation_and_duration(captured
 
 def test_permanent_failure_logs_once_then_dead(captured: io.StringIO) -> None:
     """A Permanent failure: one failure record (attempt 1) and the dead letter (reason permanent)."""
-    h = Harness(middleware=[LogMiddleware(5)])
+    h = Harness(middleware=[LogContext(), DaemonLike()])
 
     def no(e: object) -> None:
         raise Permanent("HTTP 404")
@@ -71,13 +95,14 @@ def test_permanent_failure_logs_once_then_dead(captured: io.StringIO) -> None:
 
 
 def test_successes_log_nothing(captured: io.StringIO) -> None:
-    """Handled events write no record (the hot path logs nothing)."""
-    h = Harness(middleware=[LogMiddleware(5)])
+    """Handled events write no record and leave no context behind (the hot path does nothing)."""
+    log._context.run = None  # earlier tests' failures ran on this thread
+    h = Harness(middleware=[LogContext(), DaemonLike()])
     h.router.subscribe("system.health", lambda e: None, name="ok")
     for _ in range(5):
         h.router.emit("system.health", {"service": "s", "status": "healthy"})
     h.drain()
-    assert captured.getvalue() == ""
+    assert captured.getvalue() == "" and getattr(log._context, "run", None) is None
 
 
 @pytest.mark.parametrize(

@@ -130,9 +130,7 @@ def _daemon(
     if "middleware" in inspect.signature(Daemon).parameters:  # the daemon on the generic loop (issue 10)
         from ..observability.wiring import daemon_observability
 
-        obs = daemon_observability(
-            router, cfg, max_attempts=opts.max_attempts, lease_seconds=opts.lease_seconds, metrics_addr=metrics_addr
-        )
+        obs = daemon_observability(router, cfg, lease_seconds=opts.lease_seconds, metrics_addr=metrics_addr)
         hooks: dict[str, Any] = {"middleware": obs.middleware}  # a plain call once issue 10's daemon merges
         d = Daemon(router, opts, **hooks)
     elif metrics_addr is not None:

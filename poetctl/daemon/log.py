@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import traceback
 from typing import Any
 
@@ -59,6 +60,19 @@ def setup(verbosity: int = 0, *, level: str | None = None, fmt: str | None = Non
     install(logger, lvl, fmt or os.environ.get("POET_LOG_FORMAT") or "auto")
 
 
+_context = threading.local()  # the failing run on this thread: (event_id, correlation_id, duration_ms)
+
+
+def set_context(event_id: str, correlation_id: str | None, duration_ms: float | None) -> None:
+    """Remember the handler run that just failed on this thread (a middleware calls it from ``after_handle``).
+
+    Records about that event logged next on this thread (``handler failed``,
+    ``dead-lettered``) get its ``correlation_id`` and ``duration_ms`` even when
+    the caller does not pass them.
+    """
+    _context.run = (event_id, correlation_id, duration_ms)
+
+
 def _log(level: int, message: str, **fields: Any) -> None:
     """One record: ``message`` plus every field that is not None.
 
@@ -68,6 +82,12 @@ def _log(level: int, message: str, **fields: Any) -> None:
     """
     if not logger.isEnabledFor(level):
         return
+    run = getattr(_context, "run", None)
+    if run is not None and fields.get("event_id") == run[0]:
+        if fields.get("correlation_id") is None:
+            fields["correlation_id"] = run[1]
+        if fields.get("duration_ms") is None and "attempt" in fields:
+            fields["duration_ms"] = run[2]
     kept = {k: v for k, v in fields.items() if v is not None}
     logger.log(level, "%s", console_line(level, message, kept), extra={"poet": {"msg": message, **kept}})
 
@@ -204,6 +224,7 @@ __all__ = [
     "quarantined",
     "reconciled",
     "recovered",
+    "set_context",
     "setup",
     "unreadable",
     "warning",

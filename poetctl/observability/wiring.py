@@ -108,22 +108,21 @@ def daemon_observability(
     router: Any,
     cfg: Config,
     *,
-    max_attempts: int,
     lease_seconds: float,
     metrics_addr: str | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Observability:
-    """Metrics (served on ``metrics_addr`` if given), the log middleware, alerts, the stats file."""
+    """Metrics (served on ``metrics_addr`` if given), log context, alerts, the stats file."""
     from .alerts import AlertEvaluator, AlertMiddleware, AlertSettings, router_emitter, sample_from
     from .backlog import spool_figures
-    from .daemonlog import LogMiddleware
+    from .daemonlog import LogContext
     from .metrics import instrument_router
 
     spool = Path(cfg.spool)
     metrics = DaemonMetrics(clock=clock, backlog=lambda: spool_figures(spool, lease_seconds))
     instrument_router(router, metrics.emit)
     stats = StatsFile(spool, metrics, clock)
-    mw: list[Middleware] = [metrics, LogMiddleware(max_attempts), stats]
+    mw: list[Middleware] = [metrics, LogContext(), stats]
     settings = AlertSettings.from_config(dict(cfg.alerts))
     if settings.enabled:
         evaluator = AlertEvaluator(settings, router_emitter(router), clock)
