@@ -143,7 +143,7 @@ def _daemon(
     log.info(
         f"daemon {d.owner} on {router.layout.root} with {opts.workers} worker(s), "
         f"{len(router.subscriptions)} handler(s){' (once)' if opts.once else ''}",
-        metrics=f"http://{metrics_addr}/metrics" if metrics_addr else None,
+        metrics=obs.url if obs is not None else None,
     )
     try:
         code = d.run()

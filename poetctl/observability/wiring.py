@@ -94,6 +94,14 @@ class Observability:
     server: Any = None
     closers: list[Callable[[], None]] = field(default_factory=list)
 
+    @property
+    def url(self) -> str | None:
+        """``http://HOST:PORT/metrics`` as bound (port 0 in the address picks a free one)."""
+        if self.server is None:
+            return None
+        host, port = self.server.server_address[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
     def close(self) -> None:
         if self.server is not None:
             self.server.shutdown()
@@ -129,9 +137,17 @@ def daemon_observability(
         mw.append(AlertMiddleware(evaluator, lambda now: sample_from(now, metrics.backlog_figures(), metrics), clock))
     obs = Observability(mw, metrics, closers=[stats.close])
     if metrics_addr:
+        from ..errors import BackendUnavailable
         from .metrics import serve
 
-        obs.server = serve(metrics_addr, metrics.registry())
+        try:
+            obs.server = serve(metrics_addr, metrics.registry())
+        except OSError as exc:
+            obs.close()
+            raise BackendUnavailable(f"--metrics-addr {metrics_addr}: cannot listen: {exc.strerror or exc}") from None
+        except ImportError:
+            obs.close()
+            raise BackendUnavailable("--metrics-addr needs prometheus-client: pip install 'poetctl[metrics]'") from None
     return obs
 
 
