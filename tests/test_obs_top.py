@@ -171,3 +171,18 @@ def test_top_live_in_a_real_terminal_shows_rates_and_quits(busy: tuple[Path, str
         assert done.read_text().strip() == "0"
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=30)
+
+
+def test_added_rate_is_the_spools_growth_between_refreshes(tmp_path: Path) -> None:
+    """The live view's emit rate: events added to the spool (by anyone) per second since the last refresh."""
+    from poetctl.observability.top import snapshot
+
+    sp = tmp_path / "spool"
+    r = EventRouter(spool=sp)
+    r.emit("system.metrics", {"service": "s", "metrics": {"n": 1}})
+    t0 = time.time()
+    first = snapshot(sp, now=t0)
+    assert first["rates"]["added"] is None  # one look: no rate yet
+    for _ in range(5):
+        r.emit("system.metrics", {"service": "s", "metrics": {"n": 1}})
+    assert snapshot(sp, now=t0 + 2.0, prev=first)["rates"]["added"] == 2.5

@@ -104,14 +104,33 @@ class _Hist:
         self.sum = 0.0
 
 
-class _Acc:
-    """One thread's counts: only that thread writes them, the collector reads them."""
+class _Handler:
+    """One handler's figures on one thread (the hot path touches only this)."""
 
-    __slots__ = ("c", "h")
+    __slots__ = ("dsum", "dur", "errors", "lat", "lsum")
+
+    def __init__(self) -> None:
+        self.dur = [0] * (len(DURATION_BUCKETS) + 1)
+        self.dsum = 0.0
+        self.lat = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.lsum = 0.0
+        self.errors = 0
+
+
+class _Acc:
+    """One thread's counts: only that thread writes them, the collector reads them.
+
+    ``done`` (handled by type) and ``handlers`` are the per-event fast paths
+    (string keys, no tuple built per event); ``c`` and ``h`` hold the rest.
+    """
+
+    __slots__ = ("c", "done", "h", "handlers")
 
     def __init__(self) -> None:
         self.c: dict[tuple[str, ...], int] = {}
         self.h: dict[tuple[str, str], _Hist] = {}
+        self.done: dict[str, int] = {}
+        self.handlers: dict[str, _Handler] = {}
 
 
 class _Accumulators:
@@ -132,27 +151,42 @@ class _Accumulators:
             self._local.acc = acc
             return acc
 
+    def _accs(self) -> list[_Acc]:
+        with self._lock:
+            return list(self.all)
+
     def counters(self) -> dict[tuple[str, ...], int]:
         out: dict[tuple[str, ...], int] = {}
-        with self._lock:
-            accs = list(self.all)
-        for a in accs:
+
+        def add(k: tuple[str, ...], v: int) -> None:
+            out[k] = out.get(k, 0) + v
+
+        for a in self._accs():
             for k, v in list(a.c.items()):  # a copy: the owning thread may add a key meanwhile
-                out[k] = out.get(k, 0) + v
+                add(k, v)
+            for t, v in list(a.done.items()):
+                add(("poetctl_events_handled", t), v)
+            for name, hd in list(a.handlers.items()):
+                if hd.errors:
+                    add(("poetctl_handler_errors", name), hd.errors)
         return out
 
     def histograms(self) -> dict[tuple[str, str], tuple[list[int], float]]:
         out: dict[tuple[str, str], tuple[list[int], float]] = {}
-        with self._lock:
-            accs = list(self.all)
-        for a in accs:
+
+        def add(k: tuple[str, str], counts: list[int], total: float) -> None:
+            if k in out:
+                prev, s = out[k]
+                out[k] = ([x + y for x, y in zip(prev, counts, strict=True)], s + total)
+            else:
+                out[k] = (counts, total)
+
+        for a in self._accs():
             for k, h in list(a.h.items()):
-                counts, total = list(h.counts), h.sum
-                if k in out:
-                    prev, s = out[k]
-                    out[k] = ([x + y for x, y in zip(prev, counts, strict=True)], s + total)
-                else:
-                    out[k] = (counts, total)
+                add(k, list(h.counts), h.sum)
+            for name, hd in list(a.handlers.items()):
+                add(("poetctl_handler_duration_seconds", name), list(hd.dur), hd.dsum)
+                add(("poetctl_emit_to_handle_seconds", name), list(hd.lat), hd.lsum)
         return out
 
 
@@ -199,34 +233,33 @@ class DaemonMetrics(Middleware):
 
     def after_handle(self, event: Event, handler: Sub, seconds: float, error: BaseException | None) -> None:
         acc = self.accs.get()
-        name = handler.name
-        h = acc.h.get(("poetctl_handler_duration_seconds", name))
-        if h is None:
-            h = acc.h[("poetctl_handler_duration_seconds", name)] = _Hist(len(DURATION_BUCKETS))
-            acc.h[("poetctl_emit_to_handle_seconds", name)] = _Hist(len(LATENCY_BUCKETS))
-        h.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1
-        h.sum += seconds
+        hd = acc.handlers.get(handler.name)
+        if hd is None:
+            hd = acc.handlers[handler.name] = _Handler()
+        hd.dur[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        hd.dsum += seconds
         waited = self.clock() - seconds - event.timestamp
-        waited = waited if waited > 0.0 else 0.0  # clock skew between emitter and daemon
-        lat = acc.h[("poetctl_emit_to_handle_seconds", name)]
-        lat.counts[bisect_left(LATENCY_BUCKETS, waited)] += 1
-        lat.sum += waited
+        if waited < 0.0:
+            waited = 0.0  # clock skew between emitter and daemon
+        hd.lat[bisect_left(LATENCY_BUCKETS, waited)] += 1
+        hd.lsum += waited
         if error is not None:
-            _bump(acc, ("poetctl_handler_errors", name))
+            hd.errors += 1
 
     def on_outcome(self, delivery: Delivery, outcome: Outcome) -> None:
         acc = self.accs.get()
         t = delivery.event.type
         if type(outcome) is Done:
-            key: tuple[str, ...] = ("poetctl_events_handled", t)
-        elif isinstance(outcome, Failed):
-            key = ("poetctl_events_retried", t)
+            done = acc.done
+            done[t] = done.get(t, 0) + 1
+            return
+        if isinstance(outcome, Failed):
+            key: tuple[str, ...] = ("poetctl_events_retried", t)
         elif isinstance(outcome, Dead):
-            key = (
-                ("poetctl_events_expired", t)
-                if outcome.reason == EXPIRED
-                else ("poetctl_events_dead_lettered", t, outcome.reason)
-            )
+            if outcome.reason == EXPIRED:
+                key = ("poetctl_events_expired", t)
+            else:
+                key = ("poetctl_events_dead_lettered", t, outcome.reason)
         elif isinstance(outcome, Released):
             key = ("poetctl_events_handed_back",)
         else:

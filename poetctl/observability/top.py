@@ -134,8 +134,15 @@ def recent_dead(root: Path, n: int = DEAD_SHOWN) -> list[dict[str, Any]]:
     return rows
 
 
-def snapshot(root: Path, lease_seconds: float = 30.0, now: float | None = None) -> dict[str, Any]:
-    """Everything ``top`` shows, as plain data (``top --once -o json`` prints it)."""
+def snapshot(
+    root: Path, lease_seconds: float = 30.0, now: float | None = None, prev: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Everything ``top`` shows, as plain data (``top --once -o json`` prints it).
+
+    ``rates``: ``handled``, ``errors``, ``dead``, ``retried`` and ``emitted``
+    (follow-ups, alerts, health) summed over live daemons; ``added`` is how
+    fast the spool grew by anyone's emits since ``prev`` (None without one).
+    """
     from ..backends.fs.obs_stats import read_all
     from .backlog import spool_figures
 
@@ -173,13 +180,22 @@ def snapshot(root: Path, lease_seconds: float = 30.0, now: float | None = None) 
         "at": round(now, 3),
         "counts": doc["counts"],
         "lag_seconds": doc["lag_seconds"],
-        "rates": {k: round(v, 2) for k, v in totals.items()},
+        "rates": {**{k: round(v, 2) for k, v in totals.items()}, "added": _added(doc["counts"], now, prev)},
         "handlers": dict(sorted(handlers.items())),
         "daemons": daemons,
         "recent_dead": recent_dead(root),
         "fsck": doc.get("fsck"),
         "filesystem": doc.get("filesystem"),
     }
+
+
+def _added(counts: dict[str, int], now: float, prev: dict[str, Any] | None) -> float | None:
+    """Events added to the spool per second since ``prev`` (every state counted; prune makes it 0)."""
+    then = float(prev["at"]) if prev is not None else now
+    if prev is None or now <= then:
+        return None
+    grew = sum(counts.values()) - sum(int(v) for v in prev["counts"].values())
+    return round(max(0, grew) / (now - then), 2)
 
 
 def render(snap: dict[str, Any]) -> Any:
@@ -197,7 +213,7 @@ def render(snap: dict[str, Any]) -> Any:
         f"  {clean(snap['spool'])}   ",
         (f"handle {r['handled']:.1f}/s", "green"),
         "  ",
-        (f"emit {r['emitted']:.1f}/s", "cyan"),
+        (f"emit {r['added'] if r['added'] is not None else r['emitted']:.1f}/s", "cyan"),
         "  ",
         (f"errors {r['errors']:.1f}/s", "red" if r["errors"] else ""),
         f"   lag {snap['lag_seconds']:.1f}s   pending {c['pending']}  inflight {c['inflight']}"
@@ -253,14 +269,16 @@ def live(root: Path, lease_seconds: float, interval: float = 1.0) -> None:
     console = Console()
     try:
         tty.setcbreak(fd)
-        with Live(render(snapshot(root, lease_seconds)), console=console, screen=True, auto_refresh=False) as view:
+        snap = snapshot(root, lease_seconds)
+        with Live(render(snap), console=console, screen=True, auto_refresh=False) as view:
             while True:
                 ready, _, _ = select.select([fd], [], [], interval)
                 if ready:
                     ch = os.read(fd, 1)
                     if ch in (b"q", b"Q", b"\x03"):
                         return
-                view.update(render(snapshot(root, lease_seconds)), refresh=True)
+                snap = snapshot(root, lease_seconds, prev=snap)
+                view.update(render(snap), refresh=True)
     except KeyboardInterrupt:
         return
     finally:
