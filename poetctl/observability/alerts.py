@@ -310,7 +310,9 @@ class AlertMiddleware(Middleware):
         self.evaluator = evaluator
         self.sampler = sampler
         self.clock = clock
-        self.due = clock()
+        # The first look after one interval: reading the spool's figures lists pending/, which a
+        # daemon (or a --once run) that just started on a big backlog should not wait for.
+        self.due = clock() + evaluator.settings.interval
 
     def on_fetch(self, fetched: Fetched) -> None:
         now = self.clock()
