@@ -69,3 +69,32 @@ def test_status_prometheus_into_a_missing_directory_is_one_error(tmp_path: Path)
     res = run_cli(tmp_path, "--spool", str(sp), "status", "--prometheus", str(tmp_path / "nope" / "x.prom"))
     assert res.returncode == 74 and "Traceback" not in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "--prometheus" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["emit", "system.metrics", '{"service": "s", "metrics": {"n": 1}}'], ["status", "-o", "json"]],
+    ids=["emit", "status"],
+)
+def test_emit_and_status_do_not_import_observability(tmp_path: Path, args: list[str]) -> None:
+    """Start-up stays as it was: emit and plain status import neither prometheus_client nor the log formatter."""
+    import subprocess
+    import sys
+
+    from conftest import clean_env
+
+    sp = tmp_path / "spool"
+    EventRouter(spool=sp).layout.init()
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "poetctl", "--spool", str(sp), *args],
+        capture_output=True,
+        text=True,
+        env=clean_env({"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {ln.rsplit("|", 1)[-1].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")}
+    assert "poetctl.cli" in imported  # the check sees poetctl's own imports
+    for mod in ("prometheus_client", "poetctl.observability", "poetctl.observability.logs", "structlog", "rich.live"):
+        assert mod not in imported, mod
