@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-integrations test lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("poetctl needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -22,6 +22,11 @@ bytecode: $(STAMP)
 
 demo: bytecode
 	$(BIN)/python -m poetctl.demo
+
+# The integrations story (PagerDuty, Slack, webhooks, `poetctl serve`, the feedback page)
+# against local stand-ins on 127.0.0.1; prints where each call went.
+demo-integrations: bytecode
+	$(BIN)/python -m poetctl.demo_integrations
 
 test: bytecode
 	$(BIN)/python -m pytest -q

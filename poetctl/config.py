@@ -26,7 +26,7 @@ DEFAULT_SPOOL = Path(".poet/pubsub")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 MAX_CONFIG_BYTES = 1024 * 1024  # a poet.toml is a few hundred bytes; refuse to slurp a huge or endless file
 # Sections whose keys are checked one by one against configspec.SECTIONS (the top level is "").
-TABLES = ("event_schemas", "daemon", "learning", "builtin_handlers", "status", "alerts")
+TABLES = ("event_schemas", "daemon", "learning", "builtin_handlers", "status", "serve", "alerts")
 # [daemon] max_causation_depth: how deep a chain of handler follow-ups may go (see EventRouter.build).
 DEFAULT_MAX_CAUSATION_DEPTH = 64
 
@@ -56,6 +56,7 @@ class Config:
     learning: dict[str, Any] = field(default_factory=dict)
     builtin_handlers: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
+    serve: dict[str, Any] = field(default_factory=dict)
     alerts: dict[str, Any] = field(default_factory=dict)
     file: Path | None = None
     origins: dict[str, str] = field(default_factory=dict)
@@ -69,7 +70,7 @@ class Config:
         """
         sections = {
             name: {**defaults(name), **getattr(self, name)}
-            for name in ("daemon", "learning", "builtin_handlers", "status", "alerts")
+            for name in ("daemon", "learning", "builtin_handlers", "status", "serve", "alerts")
         }
         origins = {"config_file": self.origins.get("config_file", "default")}
         for section, spec in SECTIONS.items():
@@ -100,6 +101,7 @@ class Config:
             "learning": sections["learning"],
             "builtin_handlers": sections["builtin_handlers"],
             "status": sections["status"],
+            "serve": _redact(sections["serve"]),
             "alerts": sections["alerts"],
             "origins": origins,
         }
@@ -114,17 +116,28 @@ def _redact(value: Any, key: str = "") -> Any:
         if value.startswith("env:"):
             state = "set" if os.environ.get(value[4:]) else "unset"
             return f"{value} ({state})"
+        if value.startswith("file:") and any(h in key.lower() for h in _SECRET_HINTS):
+            return value  # where the secret is, not the secret
         if any(h in key.lower() for h in _SECRET_HINTS):
             return "<redacted: use env:NAME>"
     return value
 
 
 def resolve_secret(value: str | None) -> str | None:
-    """Resolve ``env:NAME`` to the variable's value (None if unset); literals pass through."""
+    """Resolve ``env:NAME`` (None if unset) or ``file:PATH`` (its text, stripped; None if unreadable).
+
+    Literals pass through.
+    """
     if value is None:
         return None
     if value.startswith("env:"):
         return os.environ.get(value[4:]) or None
+    if value.startswith("file:"):
+        try:
+            with open(os.path.expanduser(value[5:]), encoding="utf-8") as fh:
+                return fh.read(64 * 1024).strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
     return value
 
 
@@ -219,11 +232,16 @@ def _apply_file(cfg: Config, path: Path) -> None:
             else:
                 getattr(cfg, key).update(table)
                 cfg.origins.update({f"{key}.{k}": "file" for k in table})
-        elif key in FREE_FORM:
-            setattr(
-                cfg, "integrations" if key == "external_integrations" else key, check_free_form(key, value, where, text)
-            )
-            cfg.origins[key] = "file"
+        elif key in FREE_FORM or key == "integrations":
+            # [integrations.*] (issue 12's name) is an alias of the seed's [external_integrations.*].
+            if key == "integrations" and "external_integrations" in data:
+                raise ConfigError(
+                    "[integrations] and [external_integrations] are the same table: use one",
+                    where=locate(where, text, key, None),
+                )
+            attr = "integrations" if key in ("external_integrations", "integrations") else key
+            setattr(cfg, attr, check_free_form(key, value, where, text))
+            cfg.origins["external_integrations" if attr == "integrations" else key] = "file"
         else:
             _set(cfg, "", check_section("", {key: value}, where, text), "file", base)
 

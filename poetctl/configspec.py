@@ -7,8 +7,11 @@ command-line options that set one (their typer ``min``/``max`` come from
 command's start-up, so checking a file must not import a schema library.
 
 Unknown keys are refused (a typo silently ignored is worse than an error),
-except inside the free-form tables ``[nats]`` and
-``[external_integrations.<name>]``, whose keys belong to integrations.
+except inside the free-form table ``[nats]`` and integration tables of a kind
+poetctl does not know. ``[external_integrations.<name>]`` (alias
+``[integrations.<name>]``) tables of a known kind (:data:`INTEGRATION_KEYS`:
+the table's name, or its ``type`` key) have their keys checked here too;
+their required keys only when ``enabled = true``.
 Every failure is a :class:`~poetctl.errors.ConfigError` (exit 78) naming
 the file (and line when it can be found), the key, and what is allowed.
 """
@@ -30,10 +33,13 @@ _PAYLOAD_PATH = r"payload(\.[A-Za-z0-9_-]+)+"  # compiled on first use (re cache
 VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}"
 FREE_FORM = ("nats", "external_integrations")
 MAX_SHOWN = 60  # characters of a bad value quoted in an error
+# A secret in poet.toml is named, never written: env:NAME or file:PATH (several for rotation).
+_SECRET_REF = r"env:[A-Za-z_][A-Za-z0-9_]*|file:[^\0]+"
 
 
 class Setting:
-    """One key: ``kind`` is int, float, bool, str, choice, duration, strlist, path, pathlist or partition_key.
+    """One key: ``kind`` is int, float, bool, str, choice, duration, strlist, path, pathlist, partition_key,
+    secret, secretlist (a non-empty list), secrets (one reference or a list) or url.
 
     ``lo``/``hi`` bound a number (inclusive) or a string's length. A plain
     class, not a dataclass: building ~50 dataclass instances' class at
@@ -87,6 +93,14 @@ class Setting:
             return "a path string"
         if k == "pathlist":
             return "a list of path strings"
+        if k == "secret":
+            return "a secret: env:NAME or file:/path (a literal works but is discouraged)"
+        if k == "secretlist":
+            return "a non-empty list of secrets, each env:NAME or file:/path"
+        if k == "url":
+            return "an http:// or https:// URL, or env:NAME"
+        if k == "secrets":
+            return 'a secret reference or a list of them: "env:NAME" or "file:/path" (never the secret itself)'
         return "a field name or list of them: " + ", ".join(PARTITION_FIELDS) + " or payload.<key>[.<key>...]"
 
     def check(self, value: Any) -> Any:
@@ -117,6 +131,21 @@ class Setting:
         elif k == "path":
             if isinstance(value, str) and value and "\0" not in value:
                 return value
+        elif k == "secret":
+            if _secret_ok(value):
+                return value
+        elif k == "secretlist":
+            if isinstance(value, list) and value and all(_secret_ok(v) for v in value):
+                return list(value)
+        elif k == "url":
+            if isinstance(value, str) and (
+                re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value) is not None or re.fullmatch(_ENV_REF, value)
+            ):
+                return value
+        elif k == "secrets":
+            items = [value] if isinstance(value, str) else value
+            if isinstance(items, list) and all(isinstance(v, str) and re.fullmatch(_SECRET_REF, v) for v in items):
+                return list(items)
         elif k == "partition_key":
             items = [value] if isinstance(value, str) else value
             if isinstance(items, list) and items and all(_partition_ok(v) for v in items):
@@ -170,6 +199,19 @@ class Setting:
 
 def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
+
+
+_ENV_REF = r"env:[A-Za-z_][A-Za-z0-9_]{0,127}"
+
+
+def _secret_ok(v: Any) -> bool:
+    if not isinstance(v, str) or not v or "\0" in v:
+        return False
+    if v.startswith("env:"):
+        return re.fullmatch(_ENV_REF, v) is not None
+    if v.startswith("file:"):
+        return len(v) > 5
+    return v.isprintable()
 
 
 def _partition_ok(v: Any) -> bool:
@@ -237,6 +279,23 @@ SECTIONS: dict[str, dict[str, Setting]] = {
             "function_state",
         )
     },
+    # `poetctl serve` (poetctl/serve/settings.py reads these; the secrets are resolved there).
+    "serve": {
+        "host": Setting("str", "127.0.0.1", 1, 255),
+        "port": Setting("int", 8470, 0, 65535),
+        "token": Setting("secrets", []),
+        "feedback_secret": Setting("secrets", []),
+        "pagerduty_secret": Setting("secrets", []),
+        "public_url": Setting("str", "", 0, 2048),
+        # Signed feedback links (the alert integrations sign with the first feedback_secret, on public_url).
+        "feedback_ttl": Setting("duration", "7d"),
+        "max_body_bytes": Setting("int", 16 * 1024 * 1024, 256, 1024 * 1024 * 1024),
+        "rate_limit": Setting("float", 20.0, 0.0, 1_000_000),
+        "rate_burst": Setting("int", 40, 1, 1_000_000),
+        "body_timeout": Setting("float", 30.0, 0.1, 3600),
+        "keepalive_timeout": Setting("float", 5.0, 0.1, 3600),
+        "max_connections": Setting("int", 200, 1, 100_000),
+    },
     "status": {
         "warn_lag": Setting("duration", "1m"),
         "max_lag": Setting("duration", "5m"),
@@ -264,6 +323,70 @@ SECTIONS: dict[str, dict[str, Setting]] = {
         "max_open_files_ratio": Setting("float", 0.8, 0.0, 1.0),
     },
 }
+
+
+# Keys every integration table may have (timeouts and circuit breaker of its endpoint).
+_COMMON = {
+    "enabled": Setting("bool", False),
+    "type": Setting("choice", None, choices=("pagerduty", "slack", "webhook", "mlflow")),
+    "connect_timeout": Setting("float", 5.0, 0.01, 300),
+    "read_timeout": Setting("float", 15.0, 0.01, 300),
+    "breaker_failures": Setting("int", 5, 1, 1000),
+    "breaker_cooldown": Setting("float", 30.0, 0.0, _DAY),
+}
+# kind -> key -> Setting; REQUIRED_KEYS lists what an enabled integration must set.
+INTEGRATION_KEYS: dict[str, dict[str, Setting]] = {
+    "pagerduty": {
+        **_COMMON,
+        "routing_key": Setting("secret", None),
+        "api_key": Setting("secret", None),  # the seed's name for the routing (integration) key
+        "url": Setting("url", "https://events.pagerduty.com/v2/enqueue"),
+        "source": Setting("str", None, 1, 255),  # PagerDuty payload.source; default: the model name
+        "client": Setting("str", "poetctl", 1, 255),
+    },
+    "slack": {
+        **_COMMON,
+        "webhook_url": Setting("secret", None),
+        "channel": Setting("str", None, 1, 80),  # legacy incoming webhooks only
+        "types": Setting("strlist", ["alert.create_external"]),
+    },
+    "webhook": {
+        **_COMMON,
+        "url": Setting("url", None),
+        "secrets": Setting("secretlist", None),
+        "types": Setting("strlist", []),
+        "topics": Setting("strlist", []),
+    },
+    "mlflow": {
+        **_COMMON,
+        "tracking_uri": Setting("url", None),
+        "token": Setting("secret", None),
+        "experiment_ids": Setting("strlist", []),
+        "confidence": Setting("float", 0.8, 0.0, 1.0),
+        "tag_runs": Setting("bool", True),
+        "max_results": Setting("int", 500, 1, 1000),
+    },
+}
+# What moved to [serve] (the page's server owns the feedback links and the inbound webhook secrets):
+# an old table or key gets one line saying where it went, not "unknown key".
+MOVED_TO_SERVE = {
+    "feedback": "feedback links are configured in [serve]: public_url, feedback_secret, feedback_ttl",
+    "webhook_secrets": "PagerDuty webhook secrets are configured in [serve] pagerduty_secret",
+}
+REQUIRED_KEYS: dict[str, tuple[str | tuple[str, ...], ...]] = {
+    "pagerduty": (("routing_key", "api_key"),),
+    "slack": ("webhook_url",),
+    "webhook": ("url", "secrets"),
+    "mlflow": ("tracking_uri",),
+}
+
+
+def integration_kind(name: str, table: Mapping[str, Any]) -> str | None:
+    """The kind of integration table ``name``: its ``type``, else its name if that is a kind, else None."""
+    t = table.get("type")
+    if isinstance(t, str):
+        return t
+    return name if name in INTEGRATION_KEYS else None
 
 
 def bounds(section: str, key: str) -> dict[str, Any]:
@@ -318,8 +441,10 @@ def check_section(section: str, table: Mapping[str, Any], where: str, text: str 
         try:
             out[key] = setting.check(value)
         except ValueError:
+            # A secret written into the file by mistake must not be echoed to a terminal or a log.
+            bad = "<a value, not shown>" if setting.kind == "secrets" else shown(value)
             raise ConfigError(
-                f"{label(section, key)} = {shown(value)}: expected {setting.expected()}",
+                f"{label(section, key)} = {bad}: expected {setting.expected()}",
                 where=locate(where, text, section, key),
             ) from None
     if section == "daemon":
@@ -341,23 +466,76 @@ def _check_daemon(table: Mapping[str, Any], where: str, text: str | None) -> Non
 
 
 def check_free_form(section: str, value: Any, where: str, text: str | None = None) -> dict[str, Any]:
-    """``[nats]`` (a table) or ``[external_integrations]`` (a table of tables, ``enabled`` a boolean)."""
+    """``[nats]`` (a table) or ``[external_integrations]`` (a table of tables, ``enabled`` a boolean).
+
+    ``section`` is the name the file used (``integrations`` is an alias of
+    ``external_integrations``). Integration tables of a known kind are checked
+    key by key (:data:`INTEGRATION_KEYS`); the values are kept as written.
+    """
     if not isinstance(value, dict):
         raise ConfigError(f"[{section}] must be a table", where=locate(where, text, section, None))
-    if section == "external_integrations":
+    if section in ("external_integrations", "integrations"):
         for raw_name, table in value.items():
             name = safe_key(raw_name)
             if not isinstance(table, dict):
                 raise ConfigError(
-                    f"[external_integrations] {name} = {shown(table)}: expected a table [external_integrations.{name}]",
+                    f"[{section}] {name} = {shown(table)}: expected a table [{section}.{name}]",
                     where=locate(where, text, section, raw_name),
                 )
             if "enabled" in table and not isinstance(table["enabled"], bool):
                 raise ConfigError(
-                    f"[external_integrations.{name}] enabled = {shown(table['enabled'])}: expected true or false",
+                    f"[{section}.{name}] enabled = {shown(table['enabled'])}: expected true or false",
                     where=locate(where, text, f"{section}.{raw_name}", "enabled"),
                 )
+            _check_integration(f"{section}.{raw_name}", name, table, where, text)
     return value
+
+
+def _check_integration(tname: str, name: str, table: Mapping[str, Any], where: str, text: str | None) -> None:
+    label_ = f"[{tname.split('.', 1)[0]}.{name}]"
+    if table.get("type", name) == "feedback":
+        raise ConfigError(f"{label_}: {MOVED_TO_SERVE['feedback']}", where=locate(where, text, tname, None))
+    if "type" in table:
+        t = _COMMON["type"]
+        if table["type"] not in t.choices:
+            raise ConfigError(
+                f"{label_} type = {shown(table['type'])}: expected {t.expected()}",
+                where=locate(where, text, tname, "type"),
+            )
+    kind = integration_kind(name, table)
+    if kind is None:
+        return  # not ours: kept free-form for other integrations
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+        # The name becomes a handler name and a file name under run/breakers/.
+        raise ConfigError(
+            f"{label_}: an integration name is 1-64 letters, digits, '_' or '-'",
+            where=locate(where, text, tname, None),
+        )
+    spec = INTEGRATION_KEYS[kind]
+    for key, v in table.items():
+        setting = spec.get(key)
+        if setting is None and kind == "pagerduty" and key == "webhook_secrets":
+            raise ConfigError(f"{label_} webhook_secrets: {MOVED_TO_SERVE[key]}", where=locate(where, text, tname, key))
+        if setting is None:
+            raise ConfigError(
+                f"unknown key {label_} {safe_key(key)}{_suggest(key, spec)}; {kind} keys: {', '.join(spec)}",
+                where=locate(where, text, tname, key),
+            )
+        try:
+            setting.check(v)
+        except ValueError:
+            raise ConfigError(
+                f"{label_} {safe_key(key)} = {shown(v)}: expected {setting.expected()}",
+                where=locate(where, text, tname, key),
+            ) from None
+    if table.get("enabled", spec["enabled"].default):
+        for req in REQUIRED_KEYS[kind]:
+            names = (req,) if isinstance(req, str) else req
+            if not any(n in table for n in names):
+                raise ConfigError(
+                    f"{label_} is enabled but sets no {' or '.join(names)} (a {kind} integration needs it)",
+                    where=locate(where, text, tname, None),
+                )
 
 
 def _suggest(key: str, spec: Mapping[str, Setting]) -> str:

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -36,6 +36,9 @@ from .event import Event, canonical, check_depth, check_id, check_type, compute_
 from .ids import derived_id, uuid7
 from .schemas import MAX_CAUSATION_DEPTH, SchemaRegistry
 from .topics import ROUTES, check_subscription, topic_for
+
+if TYPE_CHECKING:
+    from .upcasting import Upcasters
 
 Handler = Callable[[Event], Any]
 EmitItem = tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Event
@@ -92,6 +95,7 @@ class EventRouter:
         self.layout = SpoolLayout(self.config.spool)
         self.registry = registry if registry is not None else SchemaRegistry(self.config.schema_paths)
         self.subscriptions: list[Subscription] = []
+        self.upcasters: Upcasters | None = None  # created by the first upcast() (see poetctl.upcasting)
         self.create_spool = create_spool
         # The daemon sets this from its options; the config's [daemon] value otherwise.
         self.max_causation_depth = _depth_limit(self.config)
@@ -115,6 +119,17 @@ class EventRouter:
             hname = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
         check_subscription(pattern, hname)
         self.subscriptions.append(Subscription(pattern, fn, hname))
+
+    def upcast(self, event_type: str, from_version: int, to_version: int, fn: Callable[[dict[str, Any]], Any]) -> None:
+        """Register ``fn(payload) -> payload`` taking ``event_type`` from one schema version to a later one.
+
+        Handlers then receive old events at the newest version; see :mod:`poetctl.upcasting`.
+        """
+        from .upcasting import Upcasters
+
+        if self.upcasters is None:
+            self.upcasters = Upcasters(self.registry)
+        self.upcasters.register(event_type, from_version, to_version, fn)
 
     # -- cause context (used by the daemon) ---------------------------------
     def _cause(self) -> _Cause | None:
@@ -143,6 +158,7 @@ class EventRouter:
         expires_at: float | None = None,
         causation_depth: int | None = None,
         where: str | None = None,
+        schema_version: int | None = None,
     ) -> tuple[Event, bool]:
         """Validate and seal a new event. Returns ``(event, keyed)``; keyed = caller chose the id.
 
@@ -158,7 +174,7 @@ class EventRouter:
             raise InvalidData(f"$.payload: expected a JSON object, got {type(payload).__name__}", where=where)
         payload = dict(payload)
         check_depth(payload, where, "$.payload")
-        self._check_payload(event_type, payload, where)
+        schema_version = self._check_payload(event_type, payload, where, schema_version)
         keyed = id is not None
         if cause is not None:
             causation_id = causation_id or cause.event.id
@@ -182,6 +198,7 @@ class EventRouter:
                 "version": cfg.schema_version,
                 "environment": environment or cfg.environment,
                 "service": cfg.service,
+                "schema_version": schema_version,  # newest unless the caller chose one
             },
             correlation_id=correlation_id,
             causation_id=causation_id,
@@ -206,11 +223,16 @@ class EventRouter:
             )
         return depth
 
-    def _check_payload(self, event_type: str, payload: Mapping[str, Any], where: str | None) -> None:
+    def _check_payload(
+        self, event_type: str, payload: Mapping[str, Any], where: str | None, version: int | None = None
+    ) -> int:
+        """Check ``payload`` against its schema (``version``, the newest when None); the version used."""
+        version = self.registry.newest(event_type, where) if version is None else version
         if self.config.validation:
-            self.registry.validate_payload(event_type, payload, where, prefix="$.payload")
+            self.registry.validate_payload(event_type, payload, where, prefix="$.payload", version=version)
         else:
-            self.registry.check_known(event_type, where)
+            self.registry.check_known(event_type, where, version)
+        return version
 
     def _topic(self, event_type: str, payload: Mapping[str, Any]) -> str:
         template = None if event_type in ROUTES else self.registry.topic_template(event_type)
@@ -238,10 +260,11 @@ class EventRouter:
                 expires_at=d.get("expires_at"),
                 causation_depth=d.get("causation_depth"),
                 where=where,
+                schema_version=_declared_version(d),
             )
             if "timestamp" in d or "metadata" in d or "topic" in d:
                 ev.timestamp = d.get("timestamp", ev.timestamp)
-                ev.metadata = d.get("metadata", ev.metadata)
+                ev.metadata = _with_version(d.get("metadata", ev.metadata), ev.metadata)
                 ev.topic = d.get("topic", ev.topic)
                 ev.seal()
                 self.registry.check_envelope(ev.to_dict(), where)
@@ -250,7 +273,7 @@ class EventRouter:
         self.registry.check_envelope(d, where)
         verify_checksum(d, where)
         check_depth(d["payload"], where, "$.payload")
-        self._check_payload(d["type"], d["payload"], where)
+        self._check_payload(d["type"], d["payload"], where, _declared_version(d) or 1)  # absent: before versions
         ev = Event.from_dict(d)
         self._check_topic(ev, where)
         return ev, True
@@ -297,10 +320,12 @@ class EventRouter:
         environment: str | None = None,
         expires_at: float | None = None,
         where: str | None = None,
+        schema_version: int | None = None,
     ) -> str:
         """Validate, seal and durably commit one event; return its id.
 
         ``where`` names the input in error messages (a file name, a line).
+        ``schema_version`` picks the payload schema version (default: the newest).
         Safe to call from several threads: concurrent emits share the
         publish step and its directory fsync (group commit, see
         :class:`poetctl.backends.fs.writer.GroupCommitter`); each returns once its
@@ -324,6 +349,7 @@ class EventRouter:
             environment=environment,
             expires_at=expires_at,
             where=where,
+            schema_version=schema_version,
         )
         cause = self._cause()
         if cause is not None and cause.buffer is not None:
@@ -386,6 +412,20 @@ class EventRouter:
     def quarantine_reason(self, event_id: str) -> str | None:
         """Why ``corrupt/<event_id>.json`` was quarantined, or None if there is no such file."""
         return quarantine_reason(self.layout, event_id)
+
+
+def _declared_version(d: Mapping[str, Any]) -> int | None:
+    """``metadata.schema_version`` of an envelope (None if absent; the envelope schema checks its type)."""
+    m = d.get("metadata")
+    v = m.get("schema_version") if isinstance(m, Mapping) else None
+    return v if type(v) is int else None
+
+
+def _with_version(metadata: Any, built: dict[str, Any]) -> Any:
+    """Given metadata, plus the schema version the payload was validated against when it names none."""
+    if isinstance(metadata, dict) and "schema_version" not in metadata:
+        return {**metadata, "schema_version": built["schema_version"]}
+    return metadata
 
 
 def _depth_limit(config: Config) -> int:

@@ -1,7 +1,9 @@
 """Schema registry over ``schemas/`` and user schema directories.
 
-One file per type: ``<type>.json`` holds the JSON Schema (Draft 2020-12) of
-that type's *payload*; ``envelope.json`` holds the envelope's. Built-in
+One file per type and version: ``<type>/<n>.json`` holds the JSON Schema
+(Draft 2020-12) of version n of that type's *payload* (see
+:mod:`poetctl.schemafiles`; a flat ``<type>.json`` is version 1);
+``envelope.json`` holds the envelope's. Built-in
 schemas ship inside the package (``poetctl/_schemas`` in a wheel, the repo's
 top-level ``schemas/`` in a source checkout); user directories come from
 ``event_schemas.paths`` / ``POET_SCHEMA_PATH`` and may add types but not
@@ -34,8 +36,13 @@ from urllib.parse import urldefrag, urljoin
 
 import orjson
 
+from .envelopefast import MAX_CAUSATION_DEPTH as MAX_CAUSATION_DEPTH  # re-exported: the check lived here
+from .envelopefast import TIME_MAX as TIME_MAX
+from .envelopefast import TIME_MIN as TIME_MIN
+from .envelopefast import envelope_surely_valid as envelope_surely_valid
 from .errors import InvalidData, UnknownType
 from .event import check_type
+from .schemafiles import VERSION_NAME_RE, check_version, defines, types_in, versions_in
 from .strictjson import path_part
 
 MAX_REPORTED_ERRORS = 5
@@ -77,108 +84,6 @@ def builtin_dir() -> Path:
 def json_path(parts: Iterable[Any], prefix: str = "$") -> str:
     """Render a jsonschema error path as ``$.a.b[0]``."""
     return prefix + "".join(path_part(p) for p in parts)
-
-
-# -- a fast, conservative check of envelope.json --------------------------------------------
-# The daemon checks the envelope of every event it reads; the schema validator
-# costs ~8 us per event on the machines we measure, this ~1.5 us. The check is
-# deliberately *stricter or equal* to envelope.json: True means the schema
-# accepts the envelope, False only means "ask the schema" (which then decides
-# and explains). tests/test_schemas.py holds it to that on valid and mutated
-# envelopes. Keep it in step with schemas/envelope.json.
-_ENVELOPE_KEYS = frozenset(
-    ("id", "type", "source", "timestamp", "topic", "correlation_id", "causation_id", "expires_at")
-) | {"metadata", "payload", "checksum", "causation_depth"}
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
-_TOPIC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:/[A-Za-z0-9_][A-Za-z0-9_-]*)*")
-_NO_CONTROL = re.compile(r"[^\x00-\x1f]+")
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
-_CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}")
-MAX_CAUSATION_DEPTH = 1_000_000  # envelope.json's maximum for causation_depth
-
-
-def _text(v: Any, lo: int, hi: int) -> bool:
-    return type(v) is str and lo <= len(v) <= hi
-
-
-# envelope.json bounds timestamp and expires_at to 2000-01-01 .. 2200-01-01 UTC (Unix seconds):
-# readers turn them into datetimes, which end at year 9999, and nothing real lies outside.
-TIME_MIN = 946684800
-TIME_MAX = 7258118400
-
-
-def _sane_time(v: Any) -> bool:
-    return (type(v) is float or type(v) is int) and TIME_MIN <= v <= TIME_MAX
-
-
-def _head_valid(type_: Any, topic: Any, source: Any, version: Any, environment: Any, service: Any) -> bool:
-    return (
-        type(type_) is str
-        and _TYPE.fullmatch(type_) is not None
-        and type(topic) is str
-        and len(topic) <= 512
-        and _TOPIC.fullmatch(topic) is not None
-        and _text(source, 1, 256)
-        and type(version) is str
-        and _VERSION.fullmatch(version) is not None
-        and _text(environment, 1, 64)
-        and _text(service, 1, 256)
-    )
-
-
-# (type, topic, source, version, environment, service) tuples already found valid:
-# a spool holds few distinct ones, so most events skip six checks. Bounded.
-_VALID_HEADS: set[tuple[Any, ...]] = set()
-_MAX_HEADS = 4096
-
-
-def envelope_surely_valid(d: Any, checksum_verified: bool = False) -> bool:
-    """True only if ``d`` certainly matches envelope.json (see the comment above).
-
-    ``checksum_verified``: the caller compared ``d["checksum"]`` with the
-    computed ``sha256:<hex>``, which settles its pattern.
-    """
-    if type(d) is not dict or not _ENVELOPE_KEYS.issuperset(d):
-        return False
-    get = d.get
-    m = get("metadata")
-    if type(m) is not dict:
-        return False
-    mget = m.get
-    head = (get("type"), get("topic"), get("source"), mget("version"), mget("environment"), mget("service"))
-    try:
-        known = head in _VALID_HEADS
-    except TypeError:  # an unhashable value (a list, an object): certainly not a valid head
-        return False
-    if not known:
-        if not _head_valid(*head):
-            return False
-        if len(_VALID_HEADS) < _MAX_HEADS:
-            _VALID_HEADS.add(head)
-    v = get("id")
-    if type(v) is not str or _ID.fullmatch(v) is None:
-        return False
-    if not _sane_time(get("timestamp")) or type(get("payload")) is not dict:
-        return False
-    if not checksum_verified and "checksum" in d:
-        v = d["checksum"]
-        if type(v) is not str or _CHECKSUM.fullmatch(v) is None:
-            return False
-    if "correlation_id" in d:
-        v = d["correlation_id"]
-        if not _text(v, 1, 256) or _NO_CONTROL.fullmatch(v) is None:
-            return False
-    if "causation_id" in d:
-        v = d["causation_id"]
-        if type(v) is not str or _ID.fullmatch(v) is None:
-            return False
-    if "causation_depth" in d:
-        # Exactly int: the schema's "integer" also admits 2.0, left to the schema to decide.
-        v = d["causation_depth"]
-        if type(v) is not int or not 0 <= v <= MAX_CAUSATION_DEPTH:
-            return False
-    return "expires_at" not in d or _sane_time(d["expires_at"])
 
 
 # -- what a schema may refer to -------------------------------------------------------------
@@ -342,36 +247,63 @@ def _clean(line: str) -> str:
 
 
 class SchemaRegistry:
-    """Finds, loads (lazily, once) and applies schemas. Not thread-hostile: loads are idempotent."""
+    """Finds, loads (lazily, once) and applies schemas. Not thread-hostile: loads are idempotent.
+
+    A type has one or more versions (``<dir>/<type>/<n>.json``, see
+    :mod:`poetctl.schemafiles`); without ``version`` the methods use the newest.
+    """
 
     def __init__(self, extra_paths: Sequence[Path] = ()) -> None:
         self.builtin = builtin_dir()
         self.extra_paths = [Path(p) for p in extra_paths]
         self._raw: dict[str, dict[str, Any]] = {}
-        self._cache: dict[str, _Compiled] = {}
-        self._is_valid: dict[str, Any] = {}  # type -> the fast validator's is_valid (hot path)
+        self._cache: dict[str, _Compiled] = {}  # "type" (newest) and "type/n" -> compiled schema
+        self._is_valid: dict[str, Any] = {}  # the same keys -> the fast validator's is_valid (hot path)
+        self._versions: dict[str, dict[int, Path]] = {}
 
     # -- lookup -------------------------------------------------------------
-    def path_for(self, event_type: str) -> Path | None:
-        """The schema file for ``event_type``, built-in first; None if unregistered."""
-        check_type(event_type)
-        for d in (self.builtin, *self.extra_paths):
-            p = d / f"{event_type}.json"
-            if p.is_file():
-                return p
-        return None
+    def versions(self, event_type: str) -> dict[int, Path]:
+        """Version -> schema file of ``event_type``, ascending; {} if unregistered.
+
+        A type comes whole from the first directory defining it (built-ins first):
+        a user directory may add types, not replace or extend built-in ones.
+        """
+        found = self._versions.get(event_type)
+        if found is None:
+            check_type(event_type)
+            found = {}
+            for d in (self.builtin, *self.extra_paths):
+                if defines(d, event_type):
+                    found = versions_in(d, event_type)
+                    break
+            self._versions[event_type] = found
+        return found
+
+    def newest(self, event_type: str, where: str | None = None) -> int:
+        """The newest schema version of ``event_type``; raises :class:`UnknownType`."""
+        found = self.versions(event_type)
+        if not found:
+            raise self._unknown(event_type, where)
+        return next(reversed(found))
+
+    def path_for(self, event_type: str, version: int | None = None) -> Path | None:
+        """The schema file of ``event_type`` (the newest version unless ``version``); None if there is none."""
+        found = self.versions(event_type)
+        if not found:
+            return None
+        return found.get(version if version is not None else next(reversed(found)))
 
     def types(self) -> dict[str, Path]:
-        """Every registered type and its schema file (built-ins win over user dirs)."""
-        found: dict[str, Path] = {}
+        """Every registered type and the schema file of its newest version (built-ins win over user dirs)."""
+        names: set[str] = set()
         for d in (self.builtin, *self.extra_paths):
-            if not d.is_dir():
-                continue
-            for p in sorted(d.glob("*.json")):
-                t = p.name[:-5]
-                if t != "envelope" and "." in t:
-                    found.setdefault(t, p)
-        return dict(sorted(found.items()))
+            names.update(types_in(d))
+        found: dict[str, Path] = {}
+        for t in sorted(names):
+            path = self.path_for(t)
+            if path is not None:
+                found[t] = path
+        return found
 
     def _load(self, name: str, path: Path | None, where: str | None = None) -> dict[str, Any]:
         """The schema's JSON, read once; nothing is compiled or followed (``schemas show`` uses it)."""
@@ -399,41 +331,85 @@ class SchemaRegistry:
         self._is_valid[name] = c._fast.is_valid
         return c
 
+    def _resolve(self, event_type: str, version: int | None, where: str | None) -> tuple[int, Path]:
+        found = self.versions(event_type)
+        if not found:
+            raise self._unknown(event_type, where)
+        n = next(reversed(found)) if version is None else check_version(version, where)
+        path = found.get(n)
+        if path is None:
+            raise InvalidData(
+                f"{event_type} has no schema version {n}; known versions: {', '.join(map(str, found))}",
+                where=where,
+            )
+        return n, path
+
+    def _version(self, event_type: str, version: int | None, where: str | None = None) -> _Compiled:
+        """The compiled schema of one version (the newest when None), cached under both keys."""
+        key = event_type if version is None else f"{event_type}/{version}"
+        c = self._cache.get(key)
+        if c is None:
+            n, path = self._resolve(event_type, version, where)
+            c = self._compiled(f"{event_type}/{n}", path, where)
+            self._cache[key] = c
+            self._is_valid[key] = c._fast.is_valid
+        return c
+
     def _unknown(self, event_type: str, where: str | None = None) -> UnknownType:
         target = self.extra_paths[0] if self.extra_paths else Path("schemas/custom")
         return UnknownType(
-            f"unknown event type {event_type!r}: no schema {event_type}.json in "
+            f"unknown event type {event_type!r}: no schema {event_type}/<n>.json in "
             f"{', '.join(str(d) for d in (self.builtin, *self.extra_paths))}. To register it, "
-            f"write a JSON Schema (Draft 2020-12) of its payload to {target}/{event_type}.json "
+            f"write a JSON Schema (Draft 2020-12) of its payload to {target}/{event_type}/1.json "
             "and list that directory in poet.toml (event_schemas.paths) or POET_SCHEMA_PATH; "
             "'poetctl schemas' lists the known types",
             where=where,
         )
 
-    def schema(self, event_type: str) -> dict[str, Any]:
+    def schema(self, event_type: str, version: int | None = None) -> dict[str, Any]:
         """The payload schema of ``event_type`` as written (not compiled); raises :class:`UnknownType`."""
-        return self._raw.get(event_type) or self._load(event_type, self.path_for(event_type))
+        n, path = self._resolve(event_type, version, None)
+        return self._load(f"{event_type}/{n}", path)
 
     def topic_template(self, event_type: str) -> str | None:
-        """``x-poet-topic`` of a user schema (None for built-ins and when absent)."""
+        """``x-poet-topic`` of a user schema's newest version (None for built-ins and when absent)."""
         t = self.schema(event_type).get("x-poet-topic")
         return t if isinstance(t, str) else None
 
     # -- validation ---------------------------------------------------------
-    def validate_payload(self, event_type: str, payload: Any, where: str | None = None, prefix: str = "$") -> None:
-        """Raise :class:`InvalidData` (all messages, JSON paths) unless ``payload`` is valid."""
-        fast = self._is_valid.get(event_type)
+    def validate_payload(
+        self,
+        event_type: str,
+        payload: Any,
+        where: str | None = None,
+        prefix: str = "$",
+        version: int | None = None,
+    ) -> None:
+        """Raise :class:`InvalidData` (all messages, JSON paths) unless ``payload`` is valid.
+
+        Against ``version`` when given. Without it (a reader of stored events that
+        does not look at ``metadata.schema_version``), the payload must match one
+        of the type's versions: the newest is tried first and named in the error.
+        """
+        fast = self._is_valid.get(event_type if version is None else f"{event_type}/{version}")
         try:
             if fast is not None and fast(payload):
                 return
         except ValueError:
             pass  # not a JSON value (a non-string key): c.is_valid and c.errors below say so
-        c = self._cache.get(event_type) or self._compiled(event_type, self.path_for(event_type), where)
-        if not c.is_valid(payload):
-            raise InvalidData(
-                f"{event_type} payload does not match {c.path.name}:\n  " + "\n  ".join(c.errors(payload, prefix)),
-                where=where,
-            )
+        c = self._version(event_type, version, where)
+        if c.is_valid(payload):
+            return
+        older = ""
+        if version is None and len(self.versions(event_type)) > 1:
+            if any(self._version(event_type, n, where).is_valid(payload) for n in self.versions(event_type)):
+                return
+            older = " (nor any older version)"
+        raise InvalidData(
+            f"{event_type} payload does not match {schema_label(c.path)}{older}:\n  "
+            + "\n  ".join(c.errors(payload, prefix)),
+            where=where,
+        )
 
     def validate_envelope(self, envelope: Any, where: str | None = None) -> None:
         """Raise :class:`InvalidData` unless ``envelope`` matches ``envelope.json``."""
@@ -461,7 +437,12 @@ class SchemaRegistry:
         if not c.is_valid(head):
             self.validate_envelope(envelope, where)
 
-    def check_known(self, event_type: str, where: str | None = None) -> None:
-        """Raise :class:`UnknownType` unless a schema is registered for ``event_type``."""
-        if event_type not in self._cache:
-            self._compiled(event_type, self.path_for(event_type), where)
+    def check_known(self, event_type: str, where: str | None = None, version: int | None = None) -> None:
+        """Raise :class:`UnknownType` unless a schema (of ``version``, if given) is registered for ``event_type``."""
+        if (event_type if version is None else f"{event_type}/{version}") not in self._cache:
+            self._version(event_type, version, where)
+
+
+def schema_label(path: Path) -> str:
+    """``drift.detected/2.json`` for a versioned schema file, the file name for a flat one."""
+    return f"{path.parent.name}/{path.name}" if VERSION_NAME_RE.fullmatch(path.name) else path.name

@@ -223,14 +223,14 @@ def test_error_line_number_points_at_the_key(tmp_path: Path) -> None:
 
 
 def test_free_form_tables_keep_their_keys(tmp_path: Path) -> None:
-    """[nats] and [external_integrations.<name>] keys belong to integrations: kept as given, not refused."""
+    """[nats] and integration tables of a kind poetctl does not know keep their keys as given."""
     path = tmp_path / "poet.toml"
     path.write_text(
-        '[nats]\nservers = ["nats://a:4222"]\n[external_integrations.slack]\nenabled = true\nchannel = "#x"\n'
+        '[nats]\nservers = ["nats://a:4222"]\n[external_integrations.chat]\nenabled = true\nchannel = "#x"\n'
     )
     cfg = load_config(path, env={})
     assert cfg.nats == {"servers": ["nats://a:4222"]}
-    assert cfg.integrations == {"slack": {"enabled": True, "channel": "#x"}}
+    assert cfg.integrations == {"chat": {"enabled": True, "channel": "#x"}}
 
 
 def test_env_overrides_file_with_the_same_checks(tmp_path: Path) -> None:

@@ -705,7 +705,7 @@ def test_config_show_spool_and_secrets(run_cli: Any, tmp_path: Path) -> None:
     """`config show` reports POET_SPOOL as storage_path and never prints a secret's value."""
     (tmp_path / "poet.toml").write_text(
         '[external_integrations.pagerduty]\napi_key = "env:PD_KEY"\n'
-        '[external_integrations.slack]\ntoken = "literal-secret"\n'
+        '[external_integrations.custom]\ntoken = "literal-secret"\n'
     )
     sp = tmp_path / "configured"
     r = run_cli("config", "show", env={"POET_SPOOL": str(sp), "PD_KEY": "supersecret"})
@@ -715,7 +715,7 @@ def test_config_show_spool_and_secrets(run_cli: Any, tmp_path: Path) -> None:
     shown = json.loads(r.stdout)
     assert shown["storage_path"] == str(sp)
     assert "env:PD_KEY" in shown["external_integrations"]["pagerduty"]["api_key"]
-    assert "redacted" in shown["external_integrations"]["slack"]["token"]
+    assert "redacted" in shown["external_integrations"]["custom"]["token"]
 
 
 def test_config_show_redacts_literal_api_key(run_cli: Any, tmp_path: Path) -> None:

@@ -162,7 +162,11 @@ def test_every_exported_name_appears_in_a_scrape(tmp_path: Path) -> None:
     text = generate_latest(m.registry(process=False)).decode()
     names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     names |= {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")}  # families without samples yet
-    expected = (EXPORTED | BACKLOG_EXPORTED) - {"poetctl_last_heartbeat_timestamp_seconds"}  # no daemon beats here
+    # no daemon heartbeat and no integration breaker in this spool
+    expected = (EXPORTED | BACKLOG_EXPORTED) - {
+        "poetctl_last_heartbeat_timestamp_seconds",
+        "poetctl_circuit_breaker_state",
+    }
     assert expected - names == set()
 
 
@@ -187,3 +191,17 @@ def test_textfile_is_atomic_and_parses(tmp_path: Path) -> None:
     assert fams["poetctl_fsck_loss_events"].samples[0].value == 2
     assert fams["poetctl_oldest_pending_age_seconds"].samples[0].value >= 0
     assert fams["poetctl_filesystem_size_bytes"].samples[0].value > 0
+
+
+def test_circuit_breaker_states_are_exported(tmp_path: Path) -> None:
+    """Each integration's breaker: 1 for its current state, 0 for the others."""
+    from poetctl.router import EventRouter
+
+    sp = tmp_path / "spool"
+    EventRouter(spool=sp).layout.init()
+    doc = spool_figures(sp)
+    doc["breakers"] = [{"name": "pagerduty", "state": "open"}, {"name": "slack", "state": "closed"}]
+    fams = {f.name: f for f in text_string_to_metric_families(textfile(doc).decode())}
+    got = {(x.labels["integration"], x.labels["state"]): x.value for x in fams["poetctl_circuit_breaker_state"].samples}
+    assert got[("pagerduty", "open")] == 1 and got[("pagerduty", "closed")] == 0
+    assert got[("slack", "closed")] == 1 and got[("slack", "half_open")] == 0

@@ -43,11 +43,11 @@ def test_wheel_contains_schemas_and_cli(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheels[0]) as zf:
         names = set(zf.namelist())
         shipped = {n[len("poetctl/_schemas/") :] for n in names if n.startswith("poetctl/_schemas/")}
-        source = {p.name for p in (REPO / "schemas").glob("*.json")}
+        source = {str(p.relative_to(REPO / "schemas")) for p in (REPO / "schemas").rglob("*.json")}
         assert len(source) == 21
         assert shipped == source
         assert "poetctl/_schemas/envelope.json" in names
-        assert "poetctl/_schemas/drift.detected.json" in names
+        assert "poetctl/_schemas/drift.detected/1.json" in names
         assert "poetctl/cli/__init__.py" in names
         assert "poetctl/__main__.py" in names
         # Started by path with `python -I -S`, never imported by name: it must ship beside the mover.

@@ -75,7 +75,7 @@ EXPECTED_TOPIC = {
 SAMPLES = load_samples()
 VALID_CASES = [(t, i) for t in sorted(SAMPLES) for i in range(len(SAMPLES[t]["valid"]))]
 INVALID_CASES = [(t, i) for t in sorted(SAMPLES) for i in range(len(SAMPLES[t]["invalid"]))]
-SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.json"))
+SCHEMA_FILES = sorted([*SCHEMA_DIR.glob("*.json"), *SCHEMA_DIR.glob("*/*.json")])
 PATH_FIELDS = ("function_name", "version", "old_version", "new_version")
 PATH_ESCAPES = ("../etc", "a/b", ".hidden", "")
 
@@ -101,7 +101,7 @@ def test_registry_lists_exactly_the_builtin_types() -> None:
     assert len(types) == 21
     assert set(types) == BUILTIN_TYPES
     for t, path in types.items():
-        assert path.name == f"{t}.json"
+        assert path == SchemaRegistry().builtin / t / "1.json"
         assert path.is_file()
 
 
@@ -172,13 +172,13 @@ VALID_ENVELOPES, INVALID_ENVELOPES = _generated_envelopes()
 ODD_INSTANCES: list[Any] = [{}, [], None, "x", 1, 1.5, True, {"function_name": None}]
 
 
-@pytest.mark.parametrize("schema_file", SCHEMA_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("schema_file", SCHEMA_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_reference_and_fast_validators_agree(schema_file: Path) -> None:
     """python-jsonschema and jsonschema-rs as poetctl runs it give the same verdict on every sample and envelope."""
     schema = json.loads(schema_file.read_text(encoding="utf-8"))
     ref = Draft202012Validator(schema)
     fast = fast_validator(schema)
-    name = schema_file.name[: -len(".json")]
+    name = schema_file.name[: -len(".json")] if schema_file.parent == SCHEMA_DIR else schema_file.parent.name
     instances: list[tuple[str, Any]] = [(f"odd {i}", x) for i, x in enumerate(ODD_INSTANCES)]
     for t, s in SAMPLES.items():
         instances += [(f"{t} valid {i}", p) for i, p in enumerate(s["valid"])]
@@ -255,6 +255,11 @@ def _more_envelope_mutations() -> list[tuple[str, dict[str, Any]]]:
     d = copy.deepcopy(base)
     d["metadata"]["replayed"] = True
     out.append(("metadata with an extra key", d))
+    # metadata.schema_version: an integer from 1 to 999999999.
+    for value in (1, 2, 999999999, 0, -1, 1000000000, True, "2", None):  # 1.0: left to the schema
+        d = copy.deepcopy(base)
+        d["metadata"]["schema_version"] = value
+        out.append((f"metadata.schema_version={value!r}", d))
     for key in list(base):
         d = copy.deepcopy(base)
         d.pop(key)
@@ -357,13 +362,14 @@ def test_batch_refuses_absurd_times(
     assert files_in(spool / "events" / "pending") == []
 
 
-@pytest.mark.parametrize("schema_file", SCHEMA_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("schema_file", SCHEMA_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_schema_is_valid_draft_2020_12(schema_file: Path) -> None:
     """Every shipped schema passes Draft202012Validator.check_schema and declares draft 2020-12."""
     schema = json.loads(schema_file.read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     assert schema.get("$schema") == "https://json-schema.org/draft/2020-12/schema"
-    assert schema.get("title") == schema_file.name[: -len(".json")]
+    title = schema_file.name[: -len(".json")] if schema_file.parent == SCHEMA_DIR else schema_file.parent.name
+    assert schema.get("title") == title
 
 
 def _path_field_subschemas(node: Any, where: str = "$") -> list[tuple[str, Any]]:
@@ -479,7 +485,8 @@ def test_cli_schemas_lists_types_as_jsonl(run_cli: Any) -> None:
     assert len(rows) >= 20
     for row in rows:
         assert {"type", "topic", "schema"} <= set(row)
-        assert Path(row["schema"]).name == row["type"] + ".json"
+        assert Path(row["schema"]).parent.name == row["type"]
+        assert Path(row["schema"]).name == "1.json"
     by_type = {row["type"]: row for row in rows}
     assert set(by_type) >= BUILTIN_TYPES
     assert by_type["system.health"]["topic"] == "poet/system/health"
@@ -492,7 +499,7 @@ def test_cli_schemas_show_prints_the_schema(run_cli: Any) -> None:
     assert r.returncode == 0, r.stderr
     schema = json.loads(r.stdout)
     assert schema["title"] == "drift.detected"
-    assert schema == json.loads((SCHEMA_DIR / "drift.detected.json").read_bytes())
+    assert schema == json.loads((SCHEMA_DIR / "drift.detected" / "1.json").read_bytes())
 
 
 def test_cli_schemas_show_envelope(run_cli: Any) -> None:

@@ -30,11 +30,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "replay": (".replay", "replay_cmd", "command"),
     "prune": (".prune", "prune_cmd", "command"),
     "fsck": (".fsck", "fsck_cmd", "command"),
+    "backup": (".backup", "backup_cmd", "command"),
+    "restore": (".backup", "restore_cmd", "command"),
     "dead": (".dead", "dead_app", "group"),
     "corrupt": (".corrupt", "corrupt_app", "group"),
     "state": (".state", "state_app", "group"),
     "schemas": (".admin", "schemas_app", "group"),
     "config": (".admin", "config_app", "group"),
+    "integrations": (".integrations", "integrations_app", "group"),
+    "mlflow": (".integrations", "mlflow_app", "group"),
+    "serve": (".serve", "serve_cmd", "command"),
 }
 _ROOT_OPTIONS_WITH_VALUE = ("--spool", "--config")
 

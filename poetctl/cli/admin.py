@@ -10,7 +10,7 @@ import typer
 
 from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, load
 
-schemas_app = typer.Typer(help="List event types and print their schemas.", no_args_is_help=False)
+schemas_app = typer.Typer(help="List event types, print their schemas, check schema changes.", no_args_is_help=False)
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
 
 
@@ -54,6 +54,7 @@ def _schemas_list(output: str | None, config: Path | None) -> None:
                 "type": t,
                 "topic": topic.replace("{fn}", "<function_name>"),
                 "schema": str(path),
+                "versions": list(reg.versions(t)),
                 "builtin": path.parent == reg.builtin,
             }
         )
@@ -81,6 +82,35 @@ def _schemas_show(event_type: str, config: Path | None) -> None:
         write_json(orjson.loads((reg.builtin / "envelope.json").read_bytes()))
         return
     write_json(reg.schema(event_type))
+
+
+@schemas_app.command("check-compat")
+def schemas_check_compat(
+    args: Annotated[
+        list[str], typer.Argument(metavar="TYPE OLD NEW | OLD.json NEW.json", help="Two versions, or two files.")
+    ],
+    require: Annotated[
+        str, typer.Option("--require", help="Mode to gate on: backward (default), forward, full or none.")
+    ] = "backward",
+    output: Annotated[str | None, typer.Option("--output", "-o", help="text (default) or json.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Say whether NEW is backward, forward, fully compatible with OLD, or breaking, with each reason.
+
+    The modes are Confluent Schema Registry's: backward = readers of NEW accept
+    every OLD payload; forward = readers of OLD accept every NEW payload; full =
+    both. Exit 0 if the change satisfies --require, 1 if not (for CI), 2 usage,
+    65 an invalid schema, 66 a missing file.
+
+    Examples:
+
+      poetctl schemas check-compat drift.detected 1 2
+
+      poetctl schemas check-compat old.json new.json --require full
+    """
+    from .compat import check_compat
+
+    check_compat(args, require, output, config)
 
 
 @config_app.command("show")

@@ -170,21 +170,28 @@ def retry_cmd(
     correlation_id: CorrOpt = None,
     ids: IdOpt = None,
     all_: AllOpt = False,
+    all_handlers: Annotated[
+        bool,
+        typer.Option("--all-handlers", help="Run every handler again, also those that had finished."),
+    ] = False,
     dry_run: DryRunOpt = False,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Move dead letters back to pending with fresh attempts; prints their ids.
 
-    Same as 'poetctl replay --from dead': the error's summary moves into
-    metadata.replayed.error and dead/<id>.error is removed. Needs selectors or
-    --all. Exit 1 if nothing matched.
+    Only the handlers that had not finished run again (the dead letter's
+    handlers_done are kept), so a message already sent is not sent twice;
+    --all-handlers runs every handler, like 'poetctl replay --from dead'. The
+    error's summary moves into metadata.replayed.error and dead/<id>.error is
+    removed. Needs selectors or --all. Exit 1 if nothing matched.
 
     Example: poetctl dead retry --type drift.detected --since 1d
     """
     from .replay import _replay
 
-    _replay(criteria(since, until, types, topics, correlation_id, ids), "dead", all_, dry_run, spool, config)
+    crit = criteria(since, until, types, topics, correlation_id, ids)
+    _replay(crit, "dead", all_, dry_run, spool, config, keep_done=not all_handlers)
 
 
 @dead_app.command("purge")

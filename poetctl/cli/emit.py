@@ -40,6 +40,16 @@ def emit_cmd(
         ),
     ] = None,
     environment: Annotated[str | None, typer.Option(help="metadata.environment (default: config).")] = None,
+    schema_version: Annotated[
+        int | None,
+        typer.Option(
+            "--schema-version",
+            min=1,
+            metavar="N",
+            help="Validate against version N of the type's schema (default: the newest); "
+            "recorded in metadata.schema_version.",
+        ),
+    ] = None,
     batch: Annotated[
         str | None,
         typer.Option("--batch", metavar="FILE|-", help="JSON lines: envelopes, or bare payloads with --type."),
@@ -98,6 +108,7 @@ def emit_cmd(
             batch_type=batch_type,
             skip_invalid=skip_invalid,
             init=init,
+            schema_version=schema_version,
         )
     )
 

@@ -157,15 +157,20 @@ def emit_events(
     batch_type: str | None = None,
     skip_invalid: bool = False,
     init: bool = False,
+    schema_version: int | str | None = None,
 ) -> None:
     """Run ``poetctl emit`` with parsed options; raises PoetError subclasses (their exit codes)."""
     from ..router import EventRouter
+
+    version = _schema_version(schema_version)
 
     if batch is not None:
         if event_type is not None or payload is not None:
             raise UsageError("--batch takes no TYPE/PAYLOAD arguments; use --type for bare payloads")
         if any(v is not None for v in (correlation_id, causation_id, event_id, source, environment)):
             raise UsageError("--batch lines carry their own ids and fields; per-event options do not apply")
+        if version is not None and batch_type is None:
+            raise UsageError("--schema-version goes with a single event or --batch --type (envelopes carry theirs)")
     else:
         if batch_type is not None or skip_invalid:
             raise UsageError("--type and --skip-invalid go with --batch")
@@ -180,7 +185,7 @@ def emit_events(
     else:
         router.layout.require()
     if batch is not None:
-        _emit_batch(router, batch, batch_type, skip_invalid, id_from)
+        _emit_batch(router, batch, batch_type, skip_invalid, id_from, version)
         return
     assert event_type is not None
     if payload is None:
@@ -204,6 +209,7 @@ def emit_events(
         id=event_id,
         environment=environment,
         where=name,
+        schema_version=version,
     )
     _, existing = router.commit_found([built])
     _note_dead([built[0].id for i in existing if existing[i].parent == router.layout.dead])
@@ -211,7 +217,12 @@ def emit_events(
 
 
 def parse_batch_lines(
-    router: Any, lines: Iterator[tuple[int, bytes]], name: str, batch_type: str | None, id_from: str | None = None
+    router: Any,
+    lines: Iterator[tuple[int, bytes]],
+    name: str,
+    batch_type: str | None,
+    id_from: str | None = None,
+    schema_version: int | None = None,
 ) -> tuple[list[Any], list[str]]:
     """Parse and validate JSON lines; return built ``(event, keyed)`` pairs and error messages.
 
@@ -242,7 +253,7 @@ def parse_batch_lines(
                 key = None
                 if id_from is not None and isinstance(obj, dict):  # else build() says what is wrong
                     key = id_from_field(batch_type, obj, id_from, where)
-                ev, keyed = router.build(batch_type, obj, id=key, where=where)
+                ev, keyed = router.build(batch_type, obj, id=key, where=where, schema_version=schema_version)
             else:
                 raise InvalidData(
                     "expected an event envelope with 'type' and 'payload' (or pass --type for bare payloads)",
@@ -271,11 +282,22 @@ def parse_batch_lines(
     return built, errors
 
 
-def _emit_batch(router: Any, batch: str, batch_type: str | None, skip_invalid: bool, id_from: str | None) -> None:
+def _schema_version(value: int | str | None) -> int | None:
+    """``--schema-version`` as an integer (the fast path hands it over as text)."""
+    if value is None or isinstance(value, int):
+        return value
+    if not value.isdigit() or not value.isascii():
+        raise UsageError(f"--schema-version {value!r}: expected a positive integer")
+    return int(value)
+
+
+def _emit_batch(
+    router: Any, batch: str, batch_type: str | None, skip_invalid: bool, id_from: str | None, version: int | None
+) -> None:
     fh, name = open_input(batch)
     try:
         lines = iter_lines(fh, router.config.max_event_bytes, name)
-        built, errors = parse_batch_lines(router, lines, name, batch_type, id_from)
+        built, errors = parse_batch_lines(router, lines, name, batch_type, id_from, version)
     finally:
         if fh is not sys.stdin.buffer:
             fh.close()

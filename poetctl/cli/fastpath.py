@@ -24,6 +24,7 @@ EMIT_OPTIONS = {
     "--id": "event_id",
     "--id-from": "id_from",
     "--environment": "environment",
+    "--schema-version": "schema_version",
     "--spool": "spool",
     "--config": "config",
 }
@@ -94,6 +95,7 @@ def run(argv: list[str]) -> int | None:
             event_id=opts.get("event_id"),
             id_from=opts.get("id_from"),
             environment=opts.get("environment"),
+            schema_version=opts.get("schema_version"),
         )
     except PoetError as exc:
         sys.stderr.write(f"poetctl: error: {exc}\n")

@@ -120,7 +120,15 @@ def replay_cmd(
 
 
 @errors_to_exit
-def _replay(crit: Any, from_state: str, all_: bool, dry_run: bool, spool: Path | None, config: Path | None) -> None:
+def _replay(
+    crit: Any,
+    from_state: str,
+    all_: bool,
+    dry_run: bool,
+    spool: Path | None,
+    config: Path | None,
+    keep_done: bool = False,
+) -> None:
     from ..backends.fs.layout import SpoolLayout
     from ..backends.fs.replay import BATCH, Requeuer, refuse_links
     from ..ops.progress import Progress
@@ -139,7 +147,9 @@ def _replay(crit: Any, from_state: str, all_: bool, dry_run: bool, spool: Path |
         done = 0
         with (
             Progress("replay", total=len(cands)) as bar,
-            Requeuer(layout, from_state, index=index, max_bytes=cfg.max_event_bytes, warn=warn) as mover,
+            Requeuer(
+                layout, from_state, index=index, max_bytes=cfg.max_event_bytes, warn=warn, keep_done=keep_done
+            ) as mover,
         ):
             batch: list[Any] = []
 

@@ -159,6 +159,7 @@ def _status(
     try:
         layout = SpoolLayout(cfg.spool)
         doc = collect(layout.require_real(*layout.read_dirs(), missing_ok=True), lease_seconds=lease, stale_after=stale)
+        doc["breakers"] = _breakers(layout)
     except Exception as exc:
         if not check:
             raise  # errors_to_exit: 66 no spool, 74 I/O error, 77 permission denied
@@ -196,6 +197,15 @@ def _textfile(doc: dict[str, Any], path: Path) -> None:
         write_textfile(path, data)
     except OSError as exc:
         raise SpoolIOError(f"--prometheus {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _breakers(layout: Any) -> list[dict[str, Any]]:
+    """The outbound integrations' circuit breakers (run/breakers/), cheap when there are none."""
+    if not (layout.root / "run" / "breakers").is_dir():
+        return []
+    from ..integrations.breaker import breaker_states
+
+    return breaker_states(layout)
 
 
 def _unknown(exc: Exception, spool: Path, fmt: str | None) -> NoReturn:
@@ -256,6 +266,14 @@ def _table(doc: dict[str, Any]) -> None:
                     d.get("rate_per_second"),
                 )
                 for d in doc["daemons"]
+            ],
+        )
+    if doc.get("breakers"):
+        write_table(
+            ["integration", "breaker", "failures", "retry at", "last error"],
+            [
+                (b.get("name"), b.get("state"), b.get("failures"), b.get("retry_at"), b.get("last_error"))
+                for b in doc["breakers"]
             ],
         )
     if "check" in doc:

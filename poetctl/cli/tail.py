@@ -101,6 +101,18 @@ def tail_cmd(
             show_default=False,
         ),
     ] = None,
+    upcast: Annotated[
+        bool,
+        typer.Option(
+            "--upcast",
+            help="Show each event at its type's newest schema version, through the upcasters "
+            "the handler modules register (poet.toml handlers, --handlers).",
+        ),
+    ] = False,
+    handlers: Annotated[
+        list[str] | None,
+        typer.Option("--handlers", metavar="MODULE", help="With --upcast: a handler module to load; repeatable."),
+    ] = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -122,24 +134,24 @@ def tail_cmd(
       poetctl tail --type 'drift.*' --since 2h --output jsonl | poetctl emit --batch -
       poetctl tail -f --count 3 --idle-timeout 60 poet/system/alerts
     """
-    _tail(
-        TailArgs(
-            patterns or [],
-            lines,
-            since,
-            until,
-            types or [],
-            correlation_id,
-            source,
-            state,
-            output,
-            follow,
-            count,
-            idle_timeout,
-        ),
-        spool,
-        config,
+    if handlers and not upcast:
+        raise typer.BadParameter("--handlers goes with --upcast", param_hint="'--handlers'")
+    args = TailArgs(
+        patterns or [],
+        lines,
+        since,
+        until,
+        types or [],
+        correlation_id,
+        source,
+        state,
+        output,
+        follow,
+        count,
+        idle_timeout,
     )
+    args.upcast = (handlers or []) if upcast else None
+    _tail(args, spool, config)
 
 
 class TailArgs:
@@ -172,6 +184,7 @@ class TailArgs:
         self.follow = follow
         self.count = count
         self.idle_timeout = idle_timeout
+        self.upcast: list[str] | None = None  # handler modules to take upcasters from (--upcast)
 
 
 def parse_states(text: str) -> tuple[str, ...]:
@@ -211,11 +224,14 @@ class Printer:
         self.follow = follow
         self.header_done = False
         self.out = sys.stdout.buffer
+        self.transform: Any = None  # Found -> Found, e.g. upcasting (--upcast)
 
     def batch(self, found: list[Any]) -> None:
         """Print events (already in the order wanted)."""
         if not found:
             return
+        if self.transform is not None:
+            found = [self.transform(f) for f in found]
         if self.fmt == "json":
             from .output import write_json
 
@@ -321,6 +337,10 @@ def _tail(args: TailArgs, spool: Path | None, config: Path | None) -> None:
             warn(f"skipped damaged file {path}: {reason}")
 
     printer = Printer(fmt, args.follow)
+    if args.upcast is not None:
+        from .upcast import upcaster_for
+
+        printer.transform = upcaster_for(load(spool, config), args.upcast)
     if not args.follow:
         index = open_index(layout, SMALL_SPOOL)
         try:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from ..event import Event
 from ..transport import Attempt, Consumer, Delivery, dead_letter_info
+from ..upcasting import UpcastError, upcast_event
 from .middleware import Hooks
 from .outcomes import DIED, DONE, EXHAUSTED, EXPIRED, PERMANENT, Dead, Failed, Outcome, Permanent, Retry
 from .retries import RetryPolicy
@@ -226,6 +227,10 @@ class KeyWorker:
         if died and (dead := self._died_too_often(job, died, now)) is not None:
             return dead
         self.consumer.begin(d)
+        try:  # handlers get the newest schema version; a failing upcast cannot succeed on retry
+            ev = upcast_event(ev, getattr(self.cause, "upcasters", None))
+        except UpcastError as exc:
+            return self._failed(d, "upcast", Permanent(str(exc)), died)
         last = len(job.subs) - 1
         for i, (sub, limit) in enumerate(job.subs):
             if sub.name in rec.done:

@@ -43,4 +43,18 @@ def load_handlers(router: EventRouter, modules: Iterable[str]) -> list[str]:
         except Exception as exc:
             raise UsageError(f"register() of handler module {spec!r} failed: {type(exc).__name__}: {exc}") from None
         loaded.append(spec)
+    check_upcasters(router)
     return loaded
+
+
+def check_upcasters(router: EventRouter) -> None:
+    """Refuse to start (:class:`~poetctl.upcasting.UpcastError`, 65) if an upcasting step is missing.
+
+    Run once the handler modules registered their upcasters, before any event is
+    handled; sets ``router.upcasters`` so handlers get every event at its newest version.
+    """
+    from ..upcasting import Upcasters
+
+    if router.upcasters is None:
+        router.upcasters = Upcasters(router.registry)
+    router.upcasters.check()

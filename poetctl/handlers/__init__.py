@@ -21,6 +21,10 @@ def register_builtin(router: EventRouter) -> MLMonitoringEventHandlers:
     handlers = MLMonitoringEventHandlers(router, engine, switches)
     if switches.function_state:
         FunctionStateHandlers(router)
+    if cfg.integrations:  # PagerDuty, Slack, webhooks, MLflow: only imported when poet.toml has some
+        from ..integrations.wiring import register_integrations
+
+        register_integrations(router)
     return handlers
 
 

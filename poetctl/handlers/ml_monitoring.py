@@ -36,6 +36,11 @@ def calculate_priority(payload: dict[str, Any]) -> str:
     return "medium"
 
 
+def alert_correlation_id(event: Event) -> str:
+    """The correlation id of the alert for drift ``event``: its own, else the seed's ``drift-<model>-<time>``."""
+    return event.correlation_id or f"drift-{event.payload['model_name']}-{int(event.timestamp)}"
+
+
 def degradation_severity(percent: float) -> str:
     """Severity of a performance degradation (our rule; the seed leaves it open)."""
     if percent >= 50:
@@ -114,7 +119,7 @@ class MLMonitoringEventHandlers:
         """drift.detected -> alert.create_external (severity, priority, feedback_url), then learning."""
         p = event.payload
         severity = calculate_severity(p)
-        correlation_id = event.correlation_id or f"drift-{p['model_name']}-{int(event.timestamp)}"
+        correlation_id = alert_correlation_id(event)
         self.event_router.emit(
             "alert.create_external",
             {

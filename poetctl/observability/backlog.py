@@ -24,8 +24,10 @@ GAUGES: dict[str, str] = {
     "poetctl_filesystem_size_bytes": "Size of the spool's filesystem in bytes.",
     "poetctl_fsck_loss_events": "Problems meaning lost or unreadable events found by the last fsck.",
     "poetctl_fsck_last_run_timestamp_seconds": "When the last fsck ran (Unix time).",
+    "poetctl_circuit_breaker_state": "Outbound integration circuit breakers: 1 for the current state.",
     "poetctl_status_timestamp_seconds": "When these figures were read (Unix time).",
 }
+BREAKER_STATES = ("closed", "open", "half_open")
 
 
 def spool_figures(root: Path, lease_seconds: float = 30.0, now: float | None = None) -> dict[str, Any]:
@@ -52,6 +54,11 @@ def extras(root: Path) -> dict[str, Any]:
     last = read_last(root)
     if last is not None:
         out["fsck"] = last
+    if os.path.isdir(root / "run" / "breakers"):  # integrations write them; skip the import when there are none
+        from ..backends.fs.layout import SpoolLayout
+        from ..integrations.breaker import breaker_states
+
+        out["breakers"] = breaker_states(SpoolLayout(root))
     return out
 
 
@@ -82,6 +89,13 @@ def families(doc: dict[str, Any]) -> Iterator[Any]:
     if fsck:
         yield gauge("poetctl_fsck_loss_events", fsck["loss"])
         yield gauge("poetctl_fsck_last_run_timestamp_seconds", fsck["at"])
+    breakers = doc.get("breakers") or []
+    if breakers:
+        g = gauge("poetctl_circuit_breaker_state", labels=["integration", "state"])
+        for b in breakers:
+            for st in BREAKER_STATES:
+                g.add_metric([str(b.get("name")), st], 1.0 if b.get("state") == st else 0.0)
+        yield g
     yield gauge("poetctl_status_timestamp_seconds", float(doc.get("at") or time.time()))
 
 

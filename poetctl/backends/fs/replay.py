@@ -4,7 +4,10 @@ Used by ``poetctl replay`` and ``poetctl dead retry``. Ids are kept; the
 event's ``metadata.replayed`` records ``{"at", "count", "from"}`` (plus, from
 dead/, a summary of the last error) and the checksum is recomputed. The
 completion record (``events/records/<id>.json``) is dropped so every handler
-runs again, and a retried dead letter starts with fresh attempts.
+runs again, and a retried dead letter starts with fresh attempts - except with
+``keep_done`` (``poetctl dead retry``'s default): a dead letter's record then
+keeps the handlers its ``.error`` lists as finished (``handlers_done``), so
+only the others run again (a Slack message is not posted twice).
 
 Ordering (why an event is always in exactly one state, even across a crash)
 --------------------------------------------------------------------------
@@ -16,7 +19,8 @@ pending* if this process dies. Per batch:
 
 1. drop the completion records, before the move: a record without its event
    is inert, while one left beside an event recovered after a crash would
-   make the handlers it lists be skipped;
+   make the handlers it lists be skipped (with ``keep_done``, a record of
+   just the finished handlers is written instead: skipping them is the point);
 2. ``rename(processed/<id>.json -> inflight/<owner>/<id>.json)``: one atomic
    step, so the event is in exactly one directory (a daemon never claims from
    inflight, and nobody else writes there); fsync both directories;
@@ -51,9 +55,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ...errors import PoetError, SpoolIOError
 from ...event import Event, parse_json
 from ...query import Found
+from ...transport import Record
 from .index import Index, row_of
 from .layout import DIR_MODE, FILE_MODE, SpoolLayout
 from .owner import current_owner
@@ -155,9 +162,11 @@ class Requeuer:
         max_bytes: int,
         warn: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        keep_done: bool = False,
     ) -> None:
         self.layout = layout
         self.source = source
+        self.keep_done = keep_done and source == "dead"
         self.index = index
         self.max_bytes = max_bytes
         self.warn = warn
@@ -225,20 +234,26 @@ class Requeuer:
 
     def _batch(self, batch: list[Found], out: Outcome) -> None:
         own = self._ensure_own()
-        # 1. Completion records are reset: every handler runs again.
+        # 1. Completion records are reset: every handler runs again (with keep_done: those not finished).
         for f in batch:
-            self.records.unlink(f"{f.id}.json")
+            done = self._handlers_done(f.id) if self.keep_done else []
+            if done:
+                self.records.write_atomic(f"{f.id}.json", orjson.dumps(Record(done=set(done)).to_dict()))
+            else:
+                self.records.unlink(f"{f.id}.json")
         # 2. Take the events out of their state into our own in-flight directory.
         taken: list[Found] = []
         for f in batch:
             name = f"{f.id}.json"
             if self.src.is_regular(name) is False:
                 out.skipped.append((f.id, f"not a regular file in {self.source}/ (a link?); left alone"))
+                self._unkeep(f.id)
                 continue
             try:
                 self.src.rename(name, own, name, replace=True)
             except FileNotFoundError:
                 out.skipped.append((f.id, f"it left {self.source}/ meanwhile"))
+                self._unkeep(f.id)
                 continue
             except OSError as exc:
                 raise SpoolIOError(f"cannot move {f.path} to {self.own}: {exc.strerror}") from None
@@ -318,6 +333,16 @@ class Requeuer:
             self.dead.fsync()
         out.moved.extend(moved)
 
+    def _unkeep(self, eid: str) -> None:
+        """An event that does not reach pending leaves no record of ours behind (fsck: orphan record)."""
+        if self.keep_done:
+            self.records.unlink(f"{eid}.json")
+
+    def _handlers_done(self, eid: str) -> list[str]:
+        """The handlers a dead letter's ``.error`` lists as finished (none if it is missing or damaged)."""
+        done = (read_error(self.layout, eid, self.dead) or {}).get("handlers_done")
+        return [h for h in done if isinstance(h, str) and h] if isinstance(done, list) else []
+
     def _write_tmp(self, eid: str, data: bytes) -> tuple[str, int]:
         """A new file in events/tmp (by name relative to its descriptor) holding ``data``; name and open fd."""
         name = f".{eid}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
@@ -338,6 +363,7 @@ class Requeuer:
 
     def _put_back(self, eid: str, why: str, out: Outcome, ev: Event | None) -> None:
         """Return an event we took to where it came from (never replacing anything)."""
+        self._unkeep(eid)
         own = self._ensure_own()
         try:
             own.rename(f"{eid}.json", self.src, f"{eid}.json")
