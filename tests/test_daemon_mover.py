@@ -202,15 +202,14 @@ def test_recovery_waits_for_a_dead_owners_mover_then_drops_filed_copies(sp: Path
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         daemon = Daemon(router, DaemonOptions(once=True, watch=False, lease_seconds=0.0))
-        daemon.owner_lock_dir.mkdir(exist_ok=True)
-        assert daemon.recover(all_dead=False) == 0
-        assert daemon._dead_owner_busy
+        assert daemon.consumer.recovery.run(all_dead=False) == 0
+        assert daemon.consumer.recovery.busy
         assert len(os.listdir(d)) == 4, "nothing may be taken while the dead owner's mover runs"
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(timeout=30)
-    assert daemon.recover(all_dead=False) == 3
+    assert daemon.consumer.recovery.run(all_dead=False) == 3
     assert not d.exists()
     assert not lock_path.exists()
     assert sorted(p[:-5] for p in os.listdir(layout.pending)) == sorted(ids[1:])
@@ -223,7 +222,7 @@ def test_daemon_releases_its_owner_lock_and_leaves_nothing_in_flight(sp: Path) -
     router.subscribe("*", lambda e: None, name="noop")
     daemon = Daemon(router, DaemonOptions(once=True, watch=False, workers=1, mover_backlog=1000))
     assert daemon.run() == 0
-    assert daemon.mover is not None and not daemon.mover.alive
+    assert daemon.consumer.mover is not None and not daemon.consumer.mover.alive
     layout = SpoolLayout(sp)
     assert len(os.listdir(layout.processed)) == 3000
     assert os.listdir(layout.pending) == []

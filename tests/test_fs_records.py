@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 from daemon_helpers.harness import emit_metrics, events_dir, read_json, run_cli
 
-from poetctl.backends.fs.journal import Record, dead_letter
+from poetctl.backends.fs.journal import dead_letter
 from poetctl.backends.fs.layout import SpoolLayout
 from poetctl.backends.fs.owner import HOST
 from poetctl.daemon.core import Daemon, DaemonOptions
 from poetctl.router import EventRouter
+from poetctl.transport import Record, dead_letter_info
 
 DEAD_OWNER = f"{HOST}.{2**22 + 12345}.1"  # a pid that cannot be a live process on this host
 SEEN = {"handler": "effects", "attempt": 1, "at": 1000.0, "error": "RuntimeError: boom", "traceback": ""}
@@ -69,7 +71,7 @@ def test_daemon_recovery_and_fsck_requeue_leave_the_same_record(tmp_path: Path, 
     eid2 = _dead_owner_with_a_record_already_saved(sp2)
     assert run_cli(tmp_path, "fsck", "--spool", sp, "--repair").returncode == 0
     daemon = Daemon(EventRouter(spool=sp2), DaemonOptions(once=True, watch=False))
-    assert daemon.recover(all_dead=True) == 1
+    assert daemon.consumer.recovery.run(all_dead=True) == 1
     assert (events_dir(sp2, "pending") / f"{eid2}.json").exists()
     by_fsck = read_json(sp / "events" / "records" / f"{eid}.json")
     by_daemon = read_json(sp2 / "events" / "records" / f"{eid2}.json")
@@ -82,7 +84,8 @@ def test_fsck_recreates_an_error_record_in_the_daemons_shape(tmp_path: Path, sp:
     written, missing = emit_metrics(sp, 2)
     layout = SpoolLayout(sp)
     for eid in (written, missing):
-        dead_letter(layout, layout.pending / f"{eid}.json", eid, reason="attempts_exhausted", record=Record())
+        info = dead_letter_info(eid, "attempts_exhausted", Record(), time.time())
+        dead_letter(layout, layout.pending / f"{eid}.json", eid, info)
     os.unlink(layout.dead / f"{missing}.error")
     r = run_cli(tmp_path, "fsck", "--spool", sp, "--repair", "-o", "json")
     assert r.returncode == 0, r.stdout + r.stderr

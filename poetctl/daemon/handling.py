@@ -24,8 +24,10 @@ from typing import Any, Protocol
 from ..event import Event
 from ..transport import Attempt, Consumer, Delivery, dead_letter_info
 from ..upcasting import UpcastError, upcast_event
+from .log import error_text
 from .middleware import Hooks
 from .outcomes import DIED, DONE, EXHAUSTED, EXPIRED, PERMANENT, Dead, Failed, Outcome, Permanent, Retry
+from .retries import DIED as DIED_WHILE_HANDLING
 from .retries import RetryPolicy
 from .timeouts import TimedRunner
 
@@ -252,7 +254,9 @@ class KeyWorker:
         if not todo or rec.attempts_of(todo[0], died) < self.policy.max_attempts:
             return None
         r = rec.copy()
-        r.failures.append(Attempt(todo[0], died, now, f"the daemon died while handling it ({died} times)"))
+        # One attempt per death, so the dead letter's ``attempts`` counts them like failures.
+        first = rec.attempts_of(todo[0]) + 1
+        r.failures += [Attempt(todo[0], first + i, now, DIED_WHILE_HANDLING) for i in range(died)]
         return Dead(DIED, dead_letter_info(job.delivery.id, DIED, r, now))
 
     def _call(self, ev: Event, sub: Sub, limit: float | None) -> BaseException | None:
@@ -262,7 +266,7 @@ class KeyWorker:
         hooks = self.hooks
         for before in hooks.before:
             before(ev, sub)
-        start = self.clock()
+        start = self.clock() if hooks.after else 0.0  # nobody times it: no clock read per handler
         error: BaseException | None = None
         if limit is None:  # the common case: on this thread, no hand-off
             cause.set_cause(ev, sub.name, buffer)
@@ -297,7 +301,7 @@ class KeyWorker:
         now = self.clock()
         n = d.record.attempts_of(handler, died) + 1
         text = "".join(traceback.format_exception(exc))
-        attempt = Attempt(handler, n, now, f"{type(exc).__name__}: {exc}", text)
+        attempt = Attempt(handler, n, now, error_text(exc), text)
         if isinstance(exc, Permanent) or self.policy.exhausted(n):
             reason = PERMANENT if isinstance(exc, Permanent) else EXHAUSTED
             r = d.record.copy()

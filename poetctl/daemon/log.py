@@ -128,14 +128,18 @@ def handler_failed(
     event_id: str,
     event_type: str,
     handler: str,
-    exc: BaseException,
+    exc: BaseException | str,
     attempt: int,
     max_attempts: int,
+    tb: str = "",
     *,
     correlation_id: str | None = None,
     duration_ms: float | None = None,
 ) -> None:
-    """A handler raised (its attempt is recorded; the event is retried or dead-lettered next)."""
+    """A handler raised (its attempt is recorded; the event is retried or dead-lettered next).
+
+    ``exc`` is the exception, or its :func:`error_text` with ``tb`` its formatted traceback.
+    """
     _log(
         logging.WARNING,
         "handler failed",
@@ -146,9 +150,22 @@ def handler_failed(
         attempt=attempt,
         max_attempts=max_attempts,
         duration_ms=duration_ms,
-        error=error_text(exc),
-        at=_origin(exc),
+        error=exc if isinstance(exc, str) else error_text(exc),
+        at=_origin(exc) if not isinstance(exc, str) else _origin_of_text(tb),
     )
+
+
+def _origin_of_text(tb: str) -> str | None:
+    """:func:`_origin` from a formatted traceback (the last ``File "...", line N, in f`` line)."""
+    if not tb or not logger.isEnabledFor(logging.DEBUG):
+        return None
+    for line in reversed(tb.splitlines()):
+        line = line.strip()
+        if line.startswith('File "'):
+            path, _, rest = line[6:].partition('", line ')
+            lineno, _, func = rest.partition(", in ")
+            return f"{os.path.basename(path)}:{lineno} in {func}"
+    return None
 
 
 def died_while_handling(event_id: str, event_type: str, handler: str, attempt: int, max_attempts: int) -> None:

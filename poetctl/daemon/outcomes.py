@@ -48,7 +48,7 @@ class HandlerTimeout(Exception):
 EXHAUSTED = "attempts_exhausted"
 PERMANENT = "permanent"
 EXPIRED = "expired"
-DIED = "died"  # the process died while handling it, max_attempts times
+DIED = "daemon_died"  # the process died while handling it, max_attempts times (the name users know)
 
 
 @dataclass(slots=True, frozen=True)

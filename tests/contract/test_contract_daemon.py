@@ -304,7 +304,8 @@ def test_a_delivery_whose_process_died_counts_as_an_attempt(make_harness: MakeHa
     h.drain()
     assert len(deaths) == 3
     info = h.dead_letter(eid)
-    assert info is not None and info["reason"] == "died" and "died while handling it" in info["error"]
+    assert info is not None and info["reason"] == "daemon_died" and "died while handling it" in info["error"]
+    assert info["attempts"] == 3  # one attempt per death
 
 
 def test_leased_but_unstarted_events_of_a_dead_process_are_not_charged(make_harness: MakeHarness, backend: Kit) -> None:

@@ -53,12 +53,10 @@ rows a moment after the move).
 
 from __future__ import annotations
 
-import functools
 import os
 import sqlite3
-import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +66,7 @@ from ...errors import InvalidData, PoetError, SpoolIOError
 from ...event import Event, parse_json
 from ...ids import EVENT_ID_RE
 from ...schemas import SchemaRegistry
+from . import fsck_aux
 from . import fsck_repair as fx
 from .fsck_index import IndexCheck
 from .fsck_report import FsckReport, Problem
@@ -506,141 +505,21 @@ class Fsck:
                     fx.write_error_fix(self.layout, eid, self.clock()),
                 )
 
-    # -- records, tmp, feedback, state, heartbeats --------------------------------------------------
+    # -- records, tmp, feedback, state, heartbeats (fsck_aux) ---------------------------------------
     def check_records(self) -> None:
-        d = self.dir("events/records")
-        pending = self.dir("events/pending")
-        for e in self.entries(d):
-            assert d is not None
-            p = d.path / e.name
-            if e.name.startswith("."):
-                self._maybe_tmp(d, e.name)
-                continue
-            self.count("records")
-            eid = e.name[:-5] if e.name.endswith(".json") else None
-            try:
-                Record.from_json(d.read(e.name, MAX_READ))
-            except FileNotFoundError:
-                continue
-            except UnreadableEvent as exc:
-                self.unreadable(p, exc)  # never removed: its verdicts may still count
-                continue
-            except (CorruptEvent, ValueError, TypeError, KeyError, AttributeError):
-                self.problem("bad_record", p, "unreadable completion record", fx.unlink_fix(d, e.name))
-                continue
-            if eid is None or not (
-                self.where.get(eid) == "pending" or eid in self.live_inflight or fx.lexists(pending, e.name)
-            ):
-                self.problem("orphan_record", p, "completion record of no pending event", fx.unlink_fix(d, e.name))
+        fsck_aux.check_records(self)
 
     def check_tmp(self) -> None:
-        limit = self.clock() - self.tmp_age
-        d = self.dir("events/tmp")
-        for e in self.entries(d):
-            assert d is not None
-            if e.name == ".gitkeep":
-                continue  # the placeholder that keeps an empty directory in git, not a writer's file
-            p = d.path / e.name
-            try:
-                st = d.lstat(e.name)
-            except FileNotFoundError:
-                continue
-            self.count("tmp")
-            if not stat.S_ISREG(st.st_mode):
-                self.problem(
-                    "not_regular",
-                    p,
-                    "not a regular file in events/tmp",
-                    self._quarantine(d, e.name, "not_regular", "not a regular file in events/tmp"),
-                )
-            elif st.st_mtime < limit:
-                self.problem(
-                    "orphan_tmp", p, f"writer leftover, {self._age(st.st_mtime)} old", fx.unlink_fix(d, e.name)
-                )
-        for rel in ("events/corrupt", HEARTBEATS, "feedback/pending", "feedback/processed"):
-            other = self.dir(rel)
-            for e in self.entries(other):
-                assert other is not None
-                if e.name.startswith("."):
-                    self._maybe_tmp(other, e.name)
+        fsck_aux.check_tmp(self)
 
     def check_feedback(self) -> None:
-        for rel in ("feedback/pending", "feedback/processed"):
-            d = self.dir(rel)
-            for e in self.entries(d):
-                assert d is not None
-                if e.name.startswith("."):
-                    continue
-                self.count("feedback")
-                try:
-                    problem = self.json_object(d, e.name)[1]
-                except FileNotFoundError:
-                    continue
-                except UnreadableEvent as exc:
-                    self.unreadable(d.path / e.name, exc)
-                    continue
-                if problem is not None or not e.name.endswith(".json"):
-                    self.problem(
-                        "bad_feedback",
-                        d.path / e.name,
-                        f"not a JSON object in a .json regular file: {problem or 'not named .json'}",
-                        self._quarantine(d, e.name, "bad_feedback", "unreadable feedback record"),
-                    )
+        fsck_aux.check_feedback(self)
 
     def check_state(self) -> None:
-        from ...handlers.learning import MAX_STATE_BYTES, STATE_FILE, parse_learning
-        from ...state import updated_at
-
-        state = self.dir("state")
-        if state is None:
-            return
-        for d, name in self._walk_json(state):
-            self.count("state")
-            try:
-                if d.rel == "state" and name == STATE_FILE:  # by the learning engine's own rules
-                    parse = functools.partial(parse_learning, where=str(d.path / name))
-                    doc, problem = self.json_object(d, name, parse, MAX_STATE_BYTES)
-                else:
-                    doc, problem = self.json_object(d, name)
-            except FileNotFoundError:
-                continue
-            except UnreadableEvent as exc:
-                self.unreadable(d.path / name, exc)
-                continue
-            if problem is None and "updated_at" in doc and updated_at(doc) is None:
-                problem = "$.updated_at: expected a number (seconds since the epoch)"
-            if problem is not None:
-                self.problem("bad_state", d.path / name, f"{problem} (state files are fixed by hand)")
-
-    def _walk_json(self, d: SpoolDir, depth: int = 3) -> Iterator[tuple[SpoolDir, str]]:
-        """*.json below ``d`` without following links (state/<fn>/history/<v>.json is 3 deep)."""
-        for e in self.entries(d):
-            if e.name.startswith("."):
-                if e.name.endswith(".tmp"):
-                    self._maybe_tmp(d, e.name)
-                continue
-            if e.is_symlink() and depth > 1 and not e.name.endswith(".json"):
-                self.linked(d.path / e.name)  # a linked state/<fn> or history/
-            elif e.is_dir(follow_symlinks=False):
-                if depth > 1:
-                    sub = self.child(d, e.name)
-                    if sub is not None:
-                        yield from self._walk_json(sub, depth - 1)
-            elif e.name.endswith(".json"):
-                yield d, e.name
+        fsck_aux.check_state(self)
 
     def check_heartbeats(self) -> None:
-        hb = self.dir(HEARTBEATS)
-        inflight = self.dir("events/inflight")
-        owners = {e.name for e in self.entries(inflight) if e.is_dir(follow_symlinks=False)}
-        for e in self.entries(hb):
-            assert hb is not None
-            if not e.name.endswith(".json") or e.name.startswith("."):
-                continue
-            owner = e.name[:-5]
-            if owner in owners or owner_alive(owner, hb.path, self.lease):
-                continue
-            self.problem("stale_heartbeat", hb.path / e.name, f"daemon {owner} is gone", fx.unlink_fix(hb, e.name))
+        fsck_aux.check_heartbeats(self)
 
     def check_index(self) -> None:
         IndexCheck(self).run()

@@ -26,15 +26,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ... import transport
 from ...daemon.retries import DIED
 from ...errors import SpoolIOError
+from ...transport import Attempt, Record, dead_letter_info
 from .corrupt_names import REASON_SUFFIX
 from .layout import FILE_MODE, SpoolLayout
 from .running import RunningSlots, create_head, head_size, parse_slots
@@ -46,65 +45,17 @@ ERROR_SUFFIX = ".error"
 MAX_RECORD = 1 << 24
 
 
-@dataclass(slots=True)
-class Attempt:
-    """One failed attempt of one handler."""
-
-    handler: str
-    attempt: int
-    at: float
-    error: str
-    traceback: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "handler": self.handler,
-            "attempt": self.attempt,
-            "at": self.at,
-            "error": self.error,
-            "traceback": self.traceback,
-        }
+def record_json(record: Record) -> bytes:
+    """``events/records/<id>.json``: :meth:`Record.to_dict` as JSON."""
+    return orjson.dumps(record.to_dict())
 
 
-@dataclass(slots=True)
-class Record:
-    """What is known about an event's handling so far."""
-
-    done: set[str] = field(default_factory=set)
-    failures: list[Attempt] = field(default_factory=list)
-    not_before: float = 0.0
-    # True when events/records/<id>.json exists for it (so finishing must remove it).
-    persisted: bool = field(default=False, compare=False)
-
-    @property
-    def attempts(self) -> int:
-        return len(self.failures)
-
-    def merge(self, other: Record) -> None:
-        """Fold ``other`` in; idempotent (a failure is identified by handler, attempt and time)."""
-        self.done |= other.done
-        seen = {(a.handler, a.attempt, a.at) for a in self.failures}
-        self.failures += [a for a in other.failures if (a.handler, a.attempt, a.at) not in seen]
-        self.failures.sort(key=lambda a: a.at)
-        self.not_before = max(self.not_before, other.not_before)
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "done": sorted(self.done),
-                "failures": [a.to_dict() for a in self.failures],
-                "not_before": self.not_before,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Record:
-        d = orjson.loads(data)
-        return cls(
-            done=set(d.get("done", [])),
-            failures=[Attempt(**a) for a in d.get("failures", [])],
-            not_before=float(d.get("not_before", 0.0)),
-        )
+def record_from_json(data: bytes) -> Record:
+    """A record file back (files written before ``deliveries`` existed count none)."""
+    d = orjson.loads(data)
+    if not isinstance(d, dict):
+        raise TypeError("a record is a JSON object")
+    return Record.from_dict(d)
 
 
 class Journal:
@@ -130,6 +81,16 @@ class Journal:
 
     # Lines carry the event's checksum: a replayed event (new metadata, new checksum)
     # must not inherit the completion records of its earlier run.
+    def began(self, event_id: str, deliveries: int, checksum: str | None = None) -> None:
+        """Delivery number ``deliveries`` of the event begins (a death from here on is an attempt).
+
+        Durable against process death (one ``write``), and deliberately not
+        fsync'ed by :meth:`sync`: a power loss is no handler's fault, so losing
+        the line only forgets to charge that delivery - as the running slots
+        before it never were fsync'ed either.
+        """
+        self._write(b"S\t" + orjson.dumps([event_id, deliveries, checksum]) + b"\n", durable=False)
+
     def done(self, event_id: str, handler: str, checksum: str | None = None) -> None:
         self._write(b"D\t" + orjson.dumps([event_id, handler, checksum]) + b"\n")
 
@@ -137,13 +98,14 @@ class Journal:
         """A failed attempt and when the next one is due (kept across a crash)."""
         self._write(b"F\t" + orjson.dumps([event_id, attempt.to_dict(), not_before, checksum]) + b"\n")
 
-    def _write(self, line: bytes) -> None:
+    def _write(self, line: bytes, durable: bool = True) -> None:
         with self._lock:
             try:
                 os.write(self._fd, line)
             except OSError as exc:
                 raise SpoolIOError(f"cannot write journal {self.path}: {exc.strerror}") from None
-            self._dirty = True
+            if durable:
+                self._dirty = True
             self.lines += 1
 
     def sync(self) -> None:
@@ -193,13 +155,18 @@ def parse_journal(data: bytes) -> dict[tuple[str, str | None], Record]:
             continue
         try:
             kind, body = line[:1], orjson.loads(line[2:])
-            if kind == b"D":
+            if kind == b"S":
+                rec = out.setdefault((body[0], body[2] if len(body) > 2 else None), Record())
+                rec.deliveries = max(rec.deliveries, int(body[1]))
+            elif kind == b"D":
                 checksum = body[2] if len(body) > 2 else None
                 out.setdefault((body[0], checksum), Record()).done.add(body[1])
             elif kind == b"F":
                 checksum = body[3] if len(body) > 3 else None
                 rec = out.setdefault((body[0], checksum), Record())
-                rec.merge(Record(failures=[Attempt(**body[1])], not_before=float(body[2]) if len(body) > 2 else 0.0))
+                rec.merge(
+                    Record(failures=[Attempt.from_dict(body[1])], not_before=float(body[2]) if len(body) > 2 else 0.0)
+                )
         except (orjson.JSONDecodeError, TypeError, IndexError, KeyError, ValueError):
             continue
     return out
@@ -243,14 +210,13 @@ class RecordStore:
             if not e.name.endswith(".json") or e.name.startswith("."):
                 continue
             try:
-                out[e.name[:-5]] = Record.from_json(Path(e.path).read_bytes())
-            except (OSError, orjson.JSONDecodeError, TypeError, ValueError):
+                out[e.name[:-5]] = record_from_json(Path(e.path).read_bytes())
+            except (OSError, orjson.JSONDecodeError, TypeError, ValueError, KeyError):
                 continue
         return out
 
     def save(self, event_id: str, record: Record) -> None:
-        write_atomic(self.dir, f"{event_id}.json", record.to_json())
-        record.persisted = True
+        write_atomic(self.dir, f"{event_id}.json", record_json(record))
 
     def drop(self, event_id: str) -> None:
         try:
@@ -272,10 +238,10 @@ def save_merged(records: SpoolDir, name: str, record: Record) -> None:
     from .reader import CorruptEvent
 
     try:
-        record.merge(Record.from_json(records.read(name, MAX_RECORD)))
+        record.merge(record_from_json(records.read(name, MAX_RECORD)))
     except (FileNotFoundError, CorruptEvent, ValueError, TypeError, KeyError, AttributeError):
         pass
-    records.write_atomic(name, record.to_json())
+    records.write_atomic(name, record_json(record))
 
 
 def stated_checksum_at(d: SpoolDir, name: str) -> str | None:
@@ -381,17 +347,8 @@ def quarantine(
     raise AssertionError("unreachable")  # pragma: no cover - unique_target never ends
 
 
-def dead_letter(
-    layout: SpoolLayout,
-    path: str | Path,
-    event_id: str,
-    *,
-    reason: str,
-    record: Record,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Move an event file to dead/ with ``<id>.error`` describing why. Durable on return."""
-    info = error_info(event_id, reason, record, time.time(), extra)
+def dead_letter(layout: SpoolLayout, path: str | Path, event_id: str, info: dict[str, Any]) -> Path:
+    """Move an event file to dead/ with ``<id>.error`` saying ``info`` (:func:`dead_letter_info`). Durable on return."""
     src = Path(path)
     try:
         rel = str(src.parent.relative_to(layout.root))
@@ -411,16 +368,34 @@ def dead_letter(
 def error_info(
     event_id: str, reason: str, record: Record, at: float, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """What ``dead/<id>.error`` says: :func:`poetctl.transport.dead_letter_info` of this record."""
-    # The journal's Record is the seam's without ``deliveries`` (step 2 of issue 10 makes them one class).
-    seam = transport.Record(
-        done=set(record.done),
-        failures=[transport.Attempt(a.handler, a.attempt, a.at, a.error, a.traceback) for a in record.failures],
-        not_before=record.not_before,
-    )
-    return transport.dead_letter_info(event_id, reason, seam, at, extra)
+    """What ``dead/<id>.error`` says: :func:`poetctl.transport.dead_letter_info` (kept for fsck)."""
+    return dead_letter_info(event_id, reason, record, at, extra)
 
 
 def write_error(dead: SpoolDir, event_id: str, info: dict[str, Any]) -> None:
     """Write ``<event_id>.error`` in ``dead`` (atomically, replacing one there): the only writer of ``.error`` files."""
     dead.write_atomic(event_id + ERROR_SUFFIX, orjson.dumps(info, option=orjson.OPT_INDENT_2))
+
+
+__all__ = [
+    "ERROR_SUFFIX",
+    "JOURNAL",
+    "Attempt",
+    "Journal",
+    "Record",
+    "RecordStore",
+    "bounded_name",
+    "dead_letter",
+    "error_info",
+    "journal_record",
+    "parse_journal",
+    "quarantine",
+    "read_journal",
+    "record_from_json",
+    "record_json",
+    "save_merged",
+    "stated_checksum",
+    "stated_checksum_at",
+    "unique_target",
+    "write_error",
+]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import orjson
 
-OWNER_RE = re.compile(r"^(?P<host>[A-Za-z0-9_-]{1,64})\.(?P<pid>\d+)\.(?P<start>\d+)\Z")
+# A process's second and later consumers (tests, embedded daemons) add ``-<n>``: same pid, same verdict.
+OWNER_RE = re.compile(r"^(?P<host>[A-Za-z0-9_-]{1,64})\.(?P<pid>\d+)\.(?P<start>\d+)(?:-\d{1,9})?\Z")
 
 
 def _host() -> str:

@@ -100,6 +100,12 @@ class Pruner:
         self.report = PruneReport(days=days, cutoff=self.cutoff, dry_run=dry_run)
         self._pool: ThreadPoolExecutor | None = None
 
+    def shutdown(self) -> None:
+        """Stop the unlink threads (after the last pass; :meth:`run` does it)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     def _problem(self, msg: str) -> None:
         self.report.problems.append(msg)
         self.warn(msg)
@@ -125,8 +131,7 @@ class Pruner:
             if self.dead:
                 self.dead_letters()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown()
+            self.shutdown()
         self.report.seconds = time.monotonic() - t0
         return self.report
 

@@ -1,0 +1,481 @@
+"""The filesystem spool's :class:`poetctl.transport.Consumer`: one daemon's claims, journal and mover.
+
+What it owns on disk (see the README's spool layout):
+
+* ``events/inflight/<owner>/`` - the events it leased, and its ``_journal``
+  (one line per delivery begun, handler finished, attempt failed; single
+  ``write`` calls, fsync'ed by :meth:`FsConsumer.sync`);
+* ``run/owners/<owner>.lock`` (held by it and inherited by its mover child),
+  ``run/buckets/<nnn>.lock`` (the key buckets it holds),
+  ``run/daemons/<owner>.json`` (its heartbeat);
+* the index rows of what it finished (:class:`~.index.IndexWriter`).
+
+Claiming is :class:`~.claims.Claims`; recovering dead owners is
+:class:`~.recovery.Recovery`. Outcomes may be applied on worker threads:
+they touch files, and the bucket loads and the count of leases change under
+:attr:`FsConsumer.lock`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ...daemon import log
+from ...partition import key_function
+from ...transport import Attempt, Delivery, Fetched
+from .claims import Claims
+from .journal import JOURNAL, Journal, RecordStore, dead_letter, quarantine
+from .layout import fsync_dir
+from .owner import current_owner, owner_alive
+from .paths import BUCKET_LOCKS, HEARTBEATS, OWNER_LOCKS
+from .reconcile import Reconciler
+from .recovery import Recovery, lock_owner, unlock_owner
+from .writer import write_atomic
+
+if TYPE_CHECKING:
+    from ...schemas import SchemaRegistry
+    from .mover import Mover
+    from .transport import FsTransport
+
+MOVER_SYNC_EVERY = 8192  # filed events between directory syncs while busy
+_numbers = itertools.count()  # consumers made in this process: the first is plain <host>.<pid>.<start>
+
+
+class FsConsumer(Claims):
+    """One daemon's side of the spool. Options (all keywords; the daemon passes its ``[daemon]`` settings):
+
+    ``registry``/``validate`` (schema checks when reading, as emit does),
+    ``key_of`` (partition key), ``window`` (pending names listed at a time),
+    ``rescan_interval``, ``heartbeat_interval``, ``lease_seconds`` (by the
+    transport's clock), ``watch`` (inotify wake-ups), ``index`` (write index
+    rows), ``mover_backlog`` (start the mover child at this many pending; 0 at
+    once; negative never), ``status`` (a callable adding the daemon's figures
+    to the heartbeat), ``alive`` (is an owner alive; default: its pid and
+    start time, or its heartbeat's age for another host).
+    """
+
+    def __init__(
+        self,
+        transport: FsTransport,
+        name: str | None = None,
+        *,
+        registry: SchemaRegistry | None = None,
+        validate: bool = True,
+        key_of: Callable[[Any], str] | None = None,
+        window: int = 100_000,
+        rescan_interval: float = 5.0,
+        heartbeat_interval: float = 2.0,
+        lease_seconds: float = 30.0,
+        watch: bool = False,
+        index: bool = True,
+        mover_backlog: int = 1024,
+        max_bytes: int | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
+        alive: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.layout = layout = transport.layout
+        self.clock = transport.clock
+        n = next(_numbers)
+        self.name = self.owner = name or (current_owner() if n == 0 else f"{current_owner()}-{n}")
+        self.registry = registry
+        self.validate = validate
+        self.key_of = key_of or key_function()
+        self.window_size = window
+        self.rescan_interval = rescan_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.lease_seconds = lease_seconds
+        self.mover_backlog = mover_backlog
+        cfg = transport.config
+        self.max_bytes = max_bytes or (cfg.max_event_bytes if cfg is not None else 1 << 20)
+        self.status_of = status
+        self.heartbeat_dir = layout.root / HEARTBEATS
+        judge = alive or transport.alive or self._owner_alive
+        dead = transport.dead_owners
+        self._alive: Callable[[str], bool] = lambda owner: owner not in dead and judge(owner)
+        self.inflight_dir = layout.inflight / self.owner
+        self.inflight_prefix = f"{self.inflight_dir}/"
+        self.processed_prefix = f"{layout.processed}/"
+        self.pending_prefix = f"{layout.pending}/"
+        self.records = RecordStore(layout)
+        self.blocked: set[str] = set()
+        self.mover: Mover | None = None
+        self.wake = threading.Event()
+        self.inflight = 0  # leases not ended (settled on the loop's thread)
+        self.handed_back = 0  # by the shutdown safety net (not through release)
+        # Bucket loads, bucket locks and the lease count change on the loop's thread (claims) and on
+        # worker threads (outcomes): one lock, so a bucket is never let go between a check and a claim.
+        self.lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._unsynced = False
+        self._closed = self._dead = False
+        self._observer: Any = None
+        self._next_scan = self._next_beat = float("-inf")
+        self._others_alive = False
+        layout.init()
+        for d in (self.heartbeat_dir, layout.root / BUCKET_LOCKS, layout.root / OWNER_LOCKS):
+            try:
+                os.mkdir(d, 0o750)
+            except FileExistsError:
+                pass
+        self._owner_fd = lock_owner(layout, self.owner)
+        os.makedirs(self.inflight_dir, 0o750, exist_ok=True)
+        # Directory descriptors for the per-event open and claim: one-component lookups.
+        self.inflight_fd = os.open(self.inflight_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._init_claims(layout.root / BUCKET_LOCKS)
+        self.journal = Journal(self.inflight_dir)
+        self.recovery = Recovery(layout, self.owner, self._alive)
+        self.indexer: Any = None
+        self.reconciler: Reconciler | None = None
+        if index:
+            from .index import IndexWriter
+
+            # Written on the loop's thread in batches (maybe_flush): a writer thread would
+            # trade the GIL with the loop for every row it binds.
+            self.indexer = IndexWriter(layout, threaded=False)
+            self.indexer.open()
+            self.reconciler = Reconciler(layout, self.owner, self._alive, self.max_bytes)
+            self.reconciler.start()
+        if watch:
+            self._start_observer()
+        if mover_backlog == 0:
+            self._start_mover()
+        self._beat()  # at once: consumers already running see this one and let idle buckets go
+        self._next_beat = float("-inf")
+        transport._attach(self)
+
+    def _owner_alive(self, owner: str) -> bool:
+        return owner_alive(owner, self.heartbeat_dir, self.lease_seconds)
+
+    # -- leasing ------------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Dead owners' in-flight events back to pending (waiting a moment for their movers)."""
+        moved = self.recovery.run(all_dead=True)
+        self._reconcile()
+        self._beat()
+        return moved
+
+    def fetch(self, limit: int) -> Fetched:
+        now = self.clock()
+        woken = self.wake.is_set()
+        if woken:
+            self.wake.clear()
+        if now >= self._next_scan:
+            self.invalidate_window()
+            self.recovery.run(all_dead=False)
+            self._reconcile(look=True)
+            self._check_observer()
+            self._next_scan = now + self.rescan_interval
+        elif (woken or now >= self.due_at) and self.exhausted():
+            self.invalidate_window()
+        if now >= self._next_beat:
+            self._beat()
+        self.quarantined = 0
+        if self.outstanding is not None:
+            self.collect()  # sent by the previous call: the child renamed it meanwhile
+        for _ in range(3):  # again when a bucket taken over was recovered first (older events are back)
+            if len(self.ready) >= limit:
+                break
+            if self.exhausted() and (self.stale or self.relist or self.retry_listing or not self.listed):
+                self.list_window()
+            if not self.exhausted():
+                self.claim_some(limit - len(self.ready))
+            if not self.stale:
+                break
+        ready = self.ready
+        n = min(limit, len(ready))
+        out = Fetched([ready.popleft() for _ in range(n)], self.quarantined, self.deferred)
+        out.more = bool(ready) or self.outstanding is not None or not self.exhausted() or self.stale or self.relist
+        if self.indexer is not None:
+            self.indexer.maybe_flush()
+        return out
+
+    # -- recording (worker threads) ---------------------------------------------------------
+    def begin(self, delivery: Delivery) -> None:
+        rec = delivery.record
+        rec.deliveries += 1
+        self.journal.began(delivery.event.id, rec.deliveries, delivery.event.checksum)
+
+    def done(self, delivery: Delivery, handler: str) -> None:
+        delivery.record.done.add(handler)
+        self.journal.done(delivery.event.id, handler, delivery.event.checksum)
+
+    def fail(self, delivery: Delivery, attempt: Attempt, not_before: float) -> None:
+        rec = delivery.record
+        rec.failures.append(attempt)
+        rec.not_before = not_before
+        self.journal.failed(delivery.event.id, attempt, not_before, delivery.event.checksum)
+        self.blocked.add(delivery.key)
+
+    # -- outcomes (worker threads) ------------------------------------------------------------
+    def ack(self, delivery: Delivery) -> None:
+        h = delivery.handle
+        m = self.mover
+        if m is None or not m.complete(h.name):
+            try:
+                os.rename(self.inflight_prefix + h.name, self.processed_prefix + h.name)
+            except FileNotFoundError:
+                return  # the lease was lost (recovered by another consumer)
+            self._unsynced = True
+        self._ended(delivery, "processed")
+
+    def dead(self, delivery: Delivery, reason: str, info: dict[str, Any]) -> None:
+        h = delivery.handle
+        dead_letter(self.layout, self.inflight_prefix + h.name, delivery.id, info)
+        self._ended(delivery, "dead")
+
+    def quarantine(self, delivery: Delivery, reason: str, detail: str) -> None:
+        h = delivery.handle
+        if quarantine(self.layout, Path(self.inflight_prefix + h.name), reason, detail) is not None:
+            log.quarantined(self.inflight_prefix + h.name, reason, detail)
+        self._ended(delivery, None)
+
+    def _ended(self, d: Delivery, state: str | None) -> None:
+        h = d.handle
+        if state is not None and self.indexer is not None:
+            self.indexer.add(d.event, state)
+        if h.persisted:
+            self.records.drop(d.id)
+        if self.blocked and d.key in self.blocked:
+            self.blocked.discard(d.key)
+            self.retry_listing = True  # its later events were skipped by the window: list again
+        with self.lock:
+            self.inflight -= 1
+            self.bucket_load[h.bucket] -= 1
+            if self._others_alive and not self.bucket_load[h.bucket]:
+                self.release_bucket(h.bucket)  # another daemon may be waiting for its keys
+
+    def _unload(self, bucket: int, let_go: bool = False) -> None:
+        with self.lock:
+            self.inflight -= 1
+            self.bucket_load[bucket] -= 1
+            if (let_go or self._others_alive) and not self.bucket_load[bucket]:
+                self.release_bucket(bucket)  # another daemon may be waiting for its keys
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        moved = False
+        for d in deliveries:
+            h = d.handle
+            rec = d.record
+            if rec.done or rec.failures or rec.deliveries:
+                self.records.save(d.id, rec)
+            try:
+                os.rename(self.inflight_prefix + h.name, self.pending_prefix + h.name)
+                moved = True
+            except FileNotFoundError:
+                pass
+            self.blocked.discard(d.key)
+            self._unload(h.bucket, let_go=True)  # handed back: whoever claims it next needs the bucket
+        if moved:
+            fsync_dir(self.layout.pending)
+            self.transport._wake_all()
+
+    def sync(self) -> None:
+        """fsync the journal and processed/ (the latter by the mover when there is one).
+
+        A filed event needs no fsync to be safe (a lost completion is redelivered
+        and its journal skips finished handlers), so with a mover the directory
+        sync is asked for every :data:`MOVER_SYNC_EVERY` events, and when idle (:meth:`wait`).
+        """
+        with self._sync_lock:
+            self.journal.sync()
+            m = self.mover
+            if m is not None and m.alive:
+                if m.backlog() >= MOVER_SYNC_EVERY:
+                    m.sync()  # the child fsyncs processed/ after what it filed
+            elif self._unsynced:
+                self._unsynced = False
+                fsync_dir(self.layout.processed)
+
+    # -- waiting ------------------------------------------------------------------------------
+    def wait(self, timeout: float) -> None:
+        """Idle: flush the index, settle the mover and the journal, beat; then wait for a wake-up."""
+        timeout = min(timeout, max(0.0, self._next_scan - self.clock()))
+        if self.indexer is not None:
+            self.indexer.maybe_flush()
+            if self.indexer.pending():
+                timeout = min(timeout, self.indexer.interval)
+        m = self.mover
+        if m is not None and m.backlog():
+            m.poll()
+            m.sync()  # idle: make what it filed durable (a no-op if already asked)
+        if self._unsynced:
+            self.sync()
+        if self.inflight == 0 and self.journal.lines and (m is None or m.settled()):
+            self.journal.truncate()  # nothing in flight and every completion filed: history
+        if self.clock() >= self._next_beat:
+            self._beat()
+        self.wake.wait(timeout)
+
+    def interrupt(self) -> None:
+        self.wake.set()
+
+    # -- heartbeat, index, watcher -----------------------------------------------------------
+    def heartbeat(self) -> dict[str, Any]:
+        """This consumer's part of the heartbeat (the daemon's ``status`` adds its own)."""
+        now = self.clock()
+        lag = (now - self.oldest_pending_ms / 1000) if self.oldest_pending_ms else 0.0
+        doc = {
+            "owner": self.owner,
+            "pid": os.getpid(),
+            "host": self.owner.split(".")[0],
+            "last_beat": now,
+            "inflight": self.inflight,
+            "pending_seen": self.pending_seen,
+            "lag_seconds": round(max(0.0, lag), 3),
+        }
+        if self.status_of is not None:
+            doc.update(self.status_of())
+        return doc
+
+    def _beat(self) -> None:
+        self._next_beat = self.clock() + self.heartbeat_interval
+        write_atomic(self.heartbeat_dir, f"{self.owner}.json", orjson.dumps(self.heartbeat()))
+        others = 0
+        try:
+            for e in os.scandir(self.heartbeat_dir):
+                n = e.name
+                if n.endswith(".json") and n[:-5] != self.owner and self._alive(n[:-5]):
+                    others += 1
+        except OSError:
+            pass
+        self._others_alive = others > 0
+        if self._others_alive:
+            with self.lock:
+                self.release_idle_buckets()
+
+    def _reconcile(self, look: bool = False) -> None:
+        """Reconcile the index if a dead daemon left its mark (see :mod:`.reconcile`)."""
+        r = self.reconciler
+        if r is None or not (r.due or look) or self.recovery.busy:
+            return
+        owners = r.ready()
+        if owners:
+            if self.indexer is not None:
+                self.indexer.flush()  # our own rows first: they are not drift
+            r.run(owners)
+
+    def _start_observer(self) -> None:
+        from .watcher import start_watcher
+
+        self._observer = start_watcher(str(self.layout.pending), self.wake)
+
+    def _check_observer(self) -> None:
+        obs = self._observer
+        if obs is not None and not obs.is_alive():
+            log.warning("file watcher stopped; restarting it and rescanning")
+            self._start_observer()
+
+    def _start_mover(self) -> None:
+        from .mover import Mover
+
+        try:
+            self.mover = Mover(
+                self.inflight_dir, self.layout.processed, pass_fds=(self._owner_fd,), pending_dir=self.layout.pending
+            )
+        except OSError as exc:
+            log.warning("cannot start the completion mover; filing events here", error=exc.strerror or str(exc))
+            self.mover_backlog = -1
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Hand back what is left, file what is done, sync, remove this owner's files and locks."""
+        if self._closed or self._dead:
+            return
+        self._closed = True
+        self.transport._detach(self)
+        if self._observer is not None:
+            try:
+                self._observer.stop()
+            except Exception:
+                pass
+        self.collect()
+        if self.ready:
+            self.release(list(self.ready))
+            self.ready.clear()
+        if self.mover is not None:
+            # Before the safety net below: the mover's queue is handled events, not leftovers.
+            self.mover.close()
+        # Safety net: anything still claimed by us goes back.
+        for e in os.scandir(self.inflight_dir):
+            if e.name.endswith(".json"):
+                try:
+                    os.rename(e.path, self.layout.pending / e.name)
+                    self.handed_back += 1
+                except FileNotFoundError:
+                    pass
+        self._unsynced = True
+        self.sync()
+        fsync_dir(self.layout.pending)
+        if self.reconciler is not None and self.reconciler.due:
+            self.recovery.run(all_dead=False)  # a dead daemon's mover was still filing at start
+            self._reconcile()
+        self.journal.close()
+        if self.indexer is not None:
+            self.indexer.close()
+        if self.reconciler is not None:
+            self.reconciler.finish()  # last: our rows are written, this run ended cleanly
+        for p in (self.inflight_dir / JOURNAL, self.heartbeat_dir / f"{self.owner}.json"):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(self.inflight_dir)
+        except OSError:
+            pass
+        self._close_fds()
+        unlock_owner(self.layout, self.owner, self._owner_fd)
+        self._owner_fd = -1
+
+    def _close_fds(self) -> None:
+        self.close_claims()
+        self.recovery.close()
+        if self.inflight_fd >= 0:
+            os.close(self.inflight_fd)
+            self.inflight_fd = -1
+
+    def _simulate_death(self) -> None:
+        """Test hook: this process died. Locks go (fds closed, files left), the mover child is
+        SIGKILLed, the journal and in-flight files stay, and the transport's default ``alive``
+        says this owner is dead."""
+        import signal
+
+        if self._closed or self._dead:
+            return
+        self._dead = True
+        self.transport._detach(self)
+        self.transport.dead_owners.add(self.owner)
+        if self._observer is not None:
+            try:
+                self._observer.stop()
+            except Exception:
+                pass
+        if self.mover is not None:
+            try:
+                os.kill(self.mover.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.mover.proc.wait()
+            for f in (self.mover.proc.stdin, self.mover.proc.stdout):
+                if f is not None:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+        self.journal.close()
+        if self.indexer is not None:
+            self.indexer.close()
+        self._close_fds()
+        os.close(self._owner_fd)
+        self._owner_fd = -1
+
+
+__all__ = ["MOVER_SYNC_EVERY", "FsConsumer"]

@@ -1,0 +1,262 @@
+"""The filesystem spool as a :class:`poetctl.transport.Transport`.
+
+Publishing is the spool's group commit (:class:`~.writer.GroupCommitter`:
+tmp files, fsync or syncfs, rename fresh ids / link keyed ids into
+``pending/`` under the emit lock, one directory fsync), unchanged; queries are
+:mod:`poetctl.query` (listings, the index), prune is :class:`~.prune.Pruner`.
+The daemon's side is :class:`~.consumer.FsConsumer` (:meth:`FsTransport.consumer`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored
+from .corrupt_names import REASON_SUFFIX, quarantined, visible
+from .layout import SpoolLayout
+from .writer import GroupCommitter
+
+if TYPE_CHECKING:
+    from ...config import Config
+    from .consumer import FsConsumer
+
+_STATE_OF_DIR = {"pending": State.PENDING, "processed": State.PROCESSED, "dead": State.DEAD, "corrupt": State.CORRUPT}
+
+
+class FsTransport:
+    """One spool (a root path or a :class:`SpoolLayout`). Thread-safe; ``.layout`` is the spool's layout.
+
+    ``clock`` is handed to consumers (retry times, ownership); ``config``
+    (optional) gives consumers the event size limit; ``alive(owner)`` decides
+    whether a consumer's owner still lives (default: its pid and start time,
+    or its heartbeat's age on another host).
+    The spool's directories are created on the first publish or consumer.
+    """
+
+    def __init__(
+        self,
+        root_or_layout: str | os.PathLike[str] | SpoolLayout,
+        *,
+        clock: Callable[[], float] = time.time,
+        config: Config | None = None,
+        alive: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.layout = root_or_layout if isinstance(root_or_layout, SpoolLayout) else SpoolLayout(root_or_layout)
+        self.clock = clock
+        self.config = config
+        self.alive = alive
+        self.committer = GroupCommitter(self.layout, self.layout.pending, refuse=self._refuse)
+        self.dead_owners: set[str] = set()  # consumers of this process that "died" (a test hook)
+        self._consumers: list[FsConsumer] = []
+        self._lock = threading.Lock()
+        self._ready = False
+
+    def _attach(self, c: FsConsumer) -> None:
+        with self._lock:
+            self._consumers = [*self._consumers, c]
+
+    def _detach(self, c: FsConsumer) -> None:
+        with self._lock:
+            self._consumers = [x for x in self._consumers if x is not c]
+
+    def _wake_all(self) -> None:
+        """Wake this process's consumers (what another process publishes, the watcher or a rescan finds)."""
+        for c in self._consumers:
+            c.interrupt()
+
+    def _ensure(self) -> None:
+        if not self._ready:
+            if not self.layout.pending.is_dir():
+                self.layout.init()
+            self._ready = True
+
+    def _refuse(self, event_id: str) -> BaseException:
+        return Quarantined(quarantined_message(self.layout, event_id))
+
+    # -- publishing -------------------------------------------------------------------------
+    def publish(self, items: Sequence[Outgoing]) -> list[bool]:
+        """The group commit into ``pending/`` (see :meth:`poetctl.transport.Transport.publish`)."""
+        if not items:
+            return []
+        self._ensure()
+        seen: set[str] = set()
+        rows = []
+        for it in items:
+            eid = it.event.id
+            # A repeated id in one group: the first wins (linked, so the second finds it).
+            rows.append((eid, it.data, it.keyed or eid in seen))
+            seen.add(eid)
+        added = self.committer.commit(rows)
+        if self._consumers:
+            self._wake_all()
+        return added
+
+    def consumer(self, name: str | None = None, **options: Any) -> FsConsumer:
+        """A daemon's consumer on this spool (see :class:`~.consumer.FsConsumer` for ``options``)."""
+        from .consumer import FsConsumer
+
+        self._ensure()
+        return FsConsumer(self, name, **options)
+
+    # -- queries ------------------------------------------------------------------------------
+    def state_of(self, event_id: str) -> State | None:
+        from ...ids import is_event_id
+
+        if not is_event_id(event_id):
+            return None  # never joined into a path
+        path = self.layout.locate(event_id)
+        if path is None:
+            return None
+        return _STATE_OF_DIR.get(path.parent.name, State.INFLIGHT)
+
+    def get(self, event_id: str) -> Stored | None:
+        from ...ids import is_event_id
+        from ...query import find, load
+
+        if not is_event_id(event_id):
+            return None
+        found = find(self.layout, event_id)
+        if found is not None:
+            state = State(found.state)
+            info = _read_json(self.layout.dead / f"{event_id}.error") if state is State.DEAD else None
+            return Stored(found.id, state, found.event, info)
+        path = self.layout.corrupt / f"{event_id}.json"
+        if not os.path.lexists(path):
+            return None
+        f = load(path, "corrupt", None)
+        return Stored(event_id, State.CORRUPT, f.event if f else None, _read_json(Path(f"{path}{REASON_SUFFIX}")))
+
+    def select(self, query: Query, limit: int | None = None) -> Iterator[Stored]:
+        """Newest first over pending, inflight, processed and dead (quarantined input is not selected)."""
+        from ...query import SMALL_SPOOL, Selector, newest, open_index
+
+        states = [s.value for s in query.states if s in EVENT_STATES]
+        if not states:
+            return iter(())
+        sel = Selector(
+            patterns=query.topics,
+            types=query.types,
+            ids=query.ids,
+            correlation_id=query.correlation_id,
+            source=query.source,
+            since=query.since,
+            until=query.until,
+        )
+        index = open_index(self.layout, SMALL_SPOOL)
+        try:
+            found = newest(self.layout, sel, states, limit, index=index)
+        finally:
+            if index is not None:
+                index.close()
+        out = []
+        for f in found:
+            state = State(f.state)
+            info = _read_json(self.layout.dead / f"{f.id}.error") if state is State.DEAD else None
+            out.append(Stored(f.id, state, f.event, info))
+        return iter(out)
+
+    def counts(self) -> dict[State, int]:
+        """Counted from the listings (exact; the index lags the daemon by a moment)."""
+        lay = self.layout
+        return {
+            State.PENDING: _count_events(lay.pending),
+            State.INFLIGHT: sum(_count_events(d) for d in lay.inflight_dirs()),
+            State.PROCESSED: _count_events(lay.processed),
+            State.DEAD: _count_events(lay.dead),
+            State.CORRUPT: _count_corrupt(lay.corrupt),
+        }
+
+    def prune(self, before: float, states: Sequence[State] = (State.PROCESSED,)) -> int:
+        """Delete processed (and, when named, dead) events older than ``before``, as ``poetctl prune`` does.
+
+        Quarantined input is never deleted by the spool: CORRUPT is refused like PENDING and INFLIGHT.
+        """
+        from .index import Index
+        from .prune import Pruner, usable_index
+        from .writer import spool_lock
+
+        bad = {State.PENDING, State.INFLIGHT, State.CORRUPT} & set(states)
+        if bad:
+            raise ValueError(f"prune removes processed and dead events only, not {sorted(bad)}")
+        if not self.layout.exists():
+            return 0
+        index = Index.open_existing(self.layout) if usable_index(self.layout, locking=True) else None
+        try:
+            with spool_lock(self.layout, "prune"):
+                p = Pruner(self.layout, 0.0, index=index, dead=State.DEAD in states, now=before)
+                if State.PROCESSED in states:
+                    p.processed()
+                if State.DEAD in states:
+                    p.dead_letters()
+                p.shutdown()
+        finally:
+            if index is not None:
+                index.close()
+        return p.report.processed + p.report.dead
+
+    def close(self) -> None:
+        return None
+
+
+def _count_events(directory: Path) -> int:
+    try:
+        with os.scandir(directory) as it:
+            return sum(1 for e in it if e.name.endswith(".json") and not e.name.startswith("."))
+    except FileNotFoundError:
+        return 0
+
+
+def _count_corrupt(directory: Path) -> int:
+    try:
+        with os.scandir(directory) as it:
+            return len(quarantined(visible(e.name for e in it)))
+    except FileNotFoundError:
+        return 0
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON object file (``.error``, ``.reason``) read without following links; None if unusable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
+        value = orjson.loads(data)
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def quarantine_reason(layout: SpoolLayout, event_id: str) -> str | None:
+    """The ``reason`` (and detail) of ``corrupt/<event_id>.json`` as one bounded line, or None if absent."""
+    name = event_id + ".json"
+    if not os.path.lexists(layout.corrupt / name):
+        return None
+    info = _read_json(layout.corrupt / (name + REASON_SUFFIX))
+    if info is None:
+        return "reason unknown"
+    reason, detail = info.get("reason"), info.get("detail")
+    text = f"{reason}: {detail}" if reason and detail else str(reason or detail or "reason unknown")
+    # One line of printable text, bounded: it goes into an error message on a terminal.
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(text.split()))
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def quarantined_message(layout: SpoolLayout, event_id: str) -> str:
+    """The message of :class:`~poetctl.transport.Quarantined` (exit 65) for an id found in ``corrupt/``."""
+    reason = quarantine_reason(layout, event_id) or "reason unknown"
+    return (
+        f"id {event_id} exists in corrupt/ (quarantined: {reason}); nothing was written. "
+        f"See 'poetctl corrupt show {event_id}.json'; requeue it once fixed, or emit under another id"
+    )
+
+
+__all__ = ["FsTransport", "quarantine_reason", "quarantined_message"]
