@@ -97,7 +97,7 @@ def run_inproc(spool: Path, n: int, workers: int, metrics: bool = False) -> dict
         from poetctl.observability.wiring import daemon_observability
 
         obs = daemon_observability(router, router.config, lease_seconds=opts.lease_seconds)
-        d = Daemon(router, opts, **{"middleware": obs.middleware})  # needs the generic daemon (issue 10)
+        d = Daemon(router, opts, middleware=obs.middleware)
     else:
         d = Daemon(router, opts)
     c0 = os.times()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import signal
 import subprocess
@@ -11,17 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 from daemon_helpers.harness import argv, daemon_args, run_cli, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from poetctl.daemon.core import Daemon
 from poetctl.router import EventRouter
-
-needs_generic_daemon = pytest.mark.skipif(
-    "middleware" not in inspect.signature(Daemon).parameters,
-    reason="the fs daemon takes middleware once issue 10 step 2 (branch i-fscons) merges",
-)
 
 HANDLERS = """
 import time
@@ -62,7 +54,6 @@ def _wait(what: str, cond: Callable[[], bool], proc: subprocess.Popen[bytes], lo
     raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()}")
 
 
-@needs_generic_daemon
 def test_scrape_while_working_counts_match(tmp_path: Path) -> None:
     """Counters match N handled + follow-ups and M dead-lettered; histogram counts equal handler runs."""
     sp = tmp_path / "spool"
@@ -138,7 +129,6 @@ def test_bad_metrics_addr_is_a_usage_error(tmp_path: Path) -> None:
     assert res.returncode == 2 and "HOST:PORT" in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
-@needs_generic_daemon
 def test_metrics_addr_in_use_is_exit_69(tmp_path: Path) -> None:
     """An address already in use: one line, exit 69, nothing handled."""
     import socket

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -111,8 +111,6 @@ def _daemon(
     config: Path | None,
     metrics_addr: str | None = None,
 ) -> int:
-    import inspect
-
     from ..daemon import log
     from ..daemon.core import Daemon, DaemonOptions, install_signal_handlers
     from ..daemon.loader import load_handlers
@@ -126,30 +124,24 @@ def _daemon(
 
         register_builtin(router)
     load_handlers(router, [*cfg.handlers, *handlers])
-    obs = None
-    if "middleware" in inspect.signature(Daemon).parameters:  # the daemon on the generic loop (issue 10)
-        from ..observability.wiring import daemon_observability
+    from ..observability.wiring import daemon_observability
 
-        obs = daemon_observability(router, cfg, lease_seconds=opts.lease_seconds, metrics_addr=metrics_addr)
-        hooks: dict[str, Any] = {"middleware": obs.middleware}  # a plain call once issue 10's daemon merges
-        d = Daemon(router, opts, **hooks)
-    elif metrics_addr is not None:
-        from ..errors import UsageError
-
-        raise UsageError("--metrics-addr: this daemon has no middleware hooks yet (needs the generic loop)")
-    else:
-        d = Daemon(router, opts)
+    obs = daemon_observability(router, cfg, lease_seconds=opts.lease_seconds, metrics_addr=metrics_addr)
+    try:
+        d = Daemon(router, opts, middleware=obs.middleware)
+    except BaseException:
+        obs.close()
+        raise
     install_signal_handlers(d)
     log.info(
         f"daemon {d.owner} on {router.layout.root} with {opts.workers} worker(s), "
         f"{len(router.subscriptions)} handler(s){' (once)' if opts.once else ''}",
-        metrics=obs.url if obs is not None else None,
+        metrics=obs.url,
     )
     try:
         code = d.run()
     finally:
-        if obs is not None:
-            obs.close()
+        obs.close()
     c = d.counters
     log.info(
         f"daemon stopped: processed={c.processed} dead={c.dead} expired={c.expired} "
