@@ -116,6 +116,24 @@ SECTIONS: dict[str, dict[str, Setting]] = {
         "max_stale": Setting("int", 0, 0, _BIG),
         "min_daemons": Setting("int", 0, 0, _BIG),
     },
+    # Alerts on the system itself (poetctl.observability.alerts.AlertSettings has the same defaults).
+    "alerts": {
+        "enabled": Setting("bool", True),
+        "interval": Setting("duration", 15.0),
+        "for_seconds": Setting("duration", 60.0),
+        "clear_seconds": Setting("duration", 60.0),
+        "min_daemons": Setting("int", 1, 0, _BIG),
+        "warn_lag": Setting("duration", 60.0),
+        "max_lag": Setting("duration", 300.0),
+        "lag_window": Setting("duration", 300.0),
+        "disk_min_free": Setting("float", 0.10, 0.0, 1.0),
+        "error_rate": Setting("float", 0.10, 0.0, 1.0),
+        "min_runs": Setting("int", 20, 1, _BIG),
+        "latency_factor": Setting("float", 3.0, 1.0, 1000.0),
+        "latency_min_seconds": Setting("float", 0.1, 0.0, _DAY),
+        "max_rss_mb": Setting("float", 0.0, 0.0, 1e9),
+        "max_open_files_ratio": Setting("float", 0.8, 0.0, 1.0),
+    },
 }
 
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": (".emit", "validate_cmd", "command"),
     "daemon": (".daemon", "daemon_cmd", "command"),
     "status": (".status", "status_cmd", "command"),
+    "top": (".top", "top_cmd", "command"),
     "tail": (".tail", "tail_cmd", "command"),
     "correlate": (".correlate", "correlate_cmd", "command"),
     "replay": (".replay", "replay_cmd", "command"),

@@ -73,6 +73,15 @@ def status_cmd(
             show_default=False,
         ),
     ] = None,
+    prometheus: Annotated[
+        Path | None,
+        typer.Option(
+            "--prometheus",
+            help="Write the figures as a node-exporter textfile (atomically replaced) and print nothing else.",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
     output: OutputOpt = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
@@ -93,9 +102,17 @@ def status_cmd(
       poetctl status
 
       poetctl status --check --max-lag 10m --max-dead 5 --min-daemons 1
+
+      poetctl status --prometheus /var/lib/prometheus/node-exporter/poetctl.prom
     """
     _status(
-        check, (warn_lag, max_lag, max_dead, max_corrupt, max_stale, min_daemons), stale_after, output, spool, config
+        check,
+        (warn_lag, max_lag, max_dead, max_corrupt, max_stale, min_daemons),
+        stale_after,
+        output,
+        spool,
+        config,
+        prometheus,
     )
 
 
@@ -113,6 +130,7 @@ def _status(
     output: str | None,
     spool: Path | None,
     config: Path | None,
+    prometheus: Path | None = None,
 ) -> None:
     from ..backends.fs.layout import SpoolLayout
     from ..backends.fs.status import FsStatus
@@ -148,6 +166,10 @@ def _status(
         if not check:
             raise  # errors_to_exit: 66 no spool, 74 I/O error, 77 permission denied
         _unknown(exc, cfg.spool, fmt)
+    if prometheus is not None:
+        _textfile(doc, prometheus)
+        if output is None and not check:
+            return
     verdict = evaluate(doc, t) if check else None
     if verdict is not None:
         doc["check"] = verdict
@@ -161,6 +183,22 @@ def _status(
         if fmt is None:
             sys.stdout.write(nagios_line(doc, verdict, t) + "\n")
         raise typer.Exit(verdict["code"])
+
+
+def _textfile(doc: dict[str, Any], path: Path) -> None:
+    """--prometheus: the status figures (plus disk and the last fsck) as a textfile, replaced atomically."""
+    from ..errors import SpoolIOError, UsageError
+    from ..observability.backlog import extras, textfile, write_textfile
+
+    doc.update(extras(Path(doc["spool"])))
+    try:
+        data = textfile(doc)
+    except ImportError:
+        raise UsageError("--prometheus needs prometheus-client: pip install 'poetctl[metrics]'") from None
+    try:
+        write_textfile(path, data)
+    except OSError as exc:
+        raise SpoolIOError(f"--prometheus {path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _breakers(layout: Any) -> list[dict[str, Any]]:
