@@ -33,10 +33,12 @@ BREAKER_STATES = ("closed", "open", "half_open")
 def spool_figures(root: Path, lease_seconds: float = 30.0, now: float | None = None) -> dict[str, Any]:
     """The status document of the spool at ``root`` with :func:`extras` (``status`` reads the same)."""
     from ..backends.fs.layout import SpoolLayout
+    from ..backends.fs.status import FsStatus
     from ..ops.status import collect
 
     layout = SpoolLayout(root)
-    doc = collect(layout.require_real(*layout.read_dirs(), missing_ok=True), lease_seconds=lease_seconds, now=now)
+    source = FsStatus(layout.require_real(*layout.read_dirs(), missing_ok=True))
+    doc = collect(source, lease_seconds=lease_seconds, now=now)
     doc.update(extras(root))
     return doc
 
