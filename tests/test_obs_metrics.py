@@ -108,11 +108,11 @@ def test_counts_from_several_threads_add_up() -> None:
 
     from poetctl.backends.memory import MemoryTransport
     from poetctl.daemon.loop import Loop
-    from poetctl.publish import TransportRouter
+    from poetctl.router import EventRouter
 
     m = DaemonMetrics()
     t = MemoryTransport()
-    router = TransportRouter(t)
+    router = EventRouter(transport=t)
     seen: set[str] = set()
     router.subscribe("system.metrics", lambda e: seen.add(threading.current_thread().name), name="noop")
     for i in range(400):  # 40 keys (correlation ids), so several workers get some

@@ -345,17 +345,9 @@ class EmitMetrics:
 
 
 def instrument_router(router: Any, metrics: EmitMetrics) -> None:
-    """Count what ``router`` commits (its ``commit_events``, the one path emit and follow-ups take)."""
-    inner = router.commit_events
-    perf = time.perf_counter
-
-    def commit_events(built: list[tuple[Event, bool]]) -> list[bool]:
-        t0 = perf()
-        added = inner(built)
-        metrics.committed([ev for ev, _ in built], added, perf() - t0)
-        return added  # type: ignore[no-any-return]
-
-    router.commit_events = commit_events
+    """Count what ``router`` publishes (its publisher: the one path emits and follow-ups take)."""
+    publisher = router.publisher
+    publisher.observers = (*publisher.observers, metrics.committed)
 
 
 class _Collector:
