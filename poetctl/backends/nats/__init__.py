@@ -1,0 +1,1 @@
+"""NATS JetStream backend (imports ``nats`` lazily: nothing here is loaded by emit or status on the spool)."""
