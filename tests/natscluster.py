@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,3 +238,83 @@ def environ_for(cluster: NatsCluster) -> dict[str, str]:
     env = dict(os.environ)
     env["POET_NATS_URL"] = cluster.url
     return env
+
+
+# -- reading a stream back (tests check "exactly once" on what the server stored) ---------------------
+
+
+async def _stream_msg_ids(urls: list[str], stream: str) -> tuple[int, list[str]]:
+    import nats
+
+    nc = await nats.connect(servers=urls, connect_timeout=5, max_reconnect_attempts=20, reconnect_time_wait=0.2)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream)
+        total = int(info.state.messages)
+        sub = await js.subscribe(f"{stream_subjects(info)}", ordered_consumer=True, stream=stream)
+        ids: list[str] = []
+        while len(ids) < total:
+            msg = await sub.next_msg(timeout=10)
+            ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+        await sub.unsubscribe()
+        return total, ids
+    finally:
+        await nc.close()
+
+
+def stream_subjects(info: object) -> str:
+    subjects = getattr(getattr(info, "config", None), "subjects", None) or [">"]
+    return str(subjects[0])
+
+
+def stream_msg_ids(urls: list[str], stream: str = "POET") -> tuple[int, list[str]]:
+    """``(messages the stream holds, every message's Nats-Msg-Id in stream order)``."""
+    import asyncio
+
+    return asyncio.run(_stream_msg_ids(urls, stream))
+
+
+def stream_count(urls: list[str], stream: str = "POET") -> int:
+    """How many messages ``stream`` holds now (-1 if no server answered)."""
+    import asyncio
+
+    import nats
+
+    async def count() -> int:
+        try:
+            nc = await nats.connect(servers=urls, connect_timeout=2, max_reconnect_attempts=1, allow_reconnect=False)
+        except Exception:
+            return -1
+        try:
+            return int((await nc.jetstream().stream_info(stream)).state.messages)
+        except Exception:
+            return -1
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+def create_stream(urls: list[str], *, replicas: int = 1, stream: str = "POET") -> None:
+    """The event stream as ``poetctl nats setup`` makes it (subjects poet.>, 2-minute duplicate window)."""
+    import asyncio
+
+    from poetctl.backends.nats._link import Link, ensure_stream
+
+    async def make() -> None:
+        nc = await Link(urls).connect(connect_timeout=5)
+        try:
+            await ensure_stream(nc.jetstream(timeout=20), name=stream, replicas=replicas)
+        finally:
+            await nc.close()
+
+    asyncio.run(make())
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 120.0, every: float = 0.1) -> None:
+    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` (a bound, not an assertion on time)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)

@@ -141,6 +141,7 @@ def _status(
     try:
         layout = SpoolLayout(cfg.spool)
         doc = collect(layout.require_real(*layout.read_dirs(), missing_ok=True), lease_seconds=lease, stale_after=stale)
+        _add_forward_backlog(doc, layout)
     except Exception as exc:
         if not check:
             raise  # errors_to_exit: 66 no spool, 74 I/O error, 77 permission denied
@@ -158,6 +159,17 @@ def _status(
         if fmt is None:
             sys.stdout.write(nagios_line(doc, verdict, t) + "\n")
         raise typer.Exit(verdict["code"])
+
+
+def _add_forward_backlog(doc: dict[str, Any], layout: Any) -> None:
+    """Hybrid mode: events committed to the spool but not yet forwarded to JetStream, and the oldest one's age."""
+    import time
+
+    from ..backends.fs.outbox import backlog
+
+    b = backlog(layout, time.time())
+    if b is not None:
+        doc["forward"] = {"backlog": b.count, "oldest_age_seconds": b.oldest_age}
 
 
 def _unknown(exc: Exception, spool: Path, fmt: str | None) -> NoReturn:
@@ -220,6 +232,9 @@ def _table(doc: dict[str, Any]) -> None:
                 for d in doc["daemons"]
             ],
         )
+    if "forward" in doc:
+        f = doc["forward"]
+        con.print(f"forward backlog (hybrid): {f['backlog']} event(s), oldest {_fmt_age(f['oldest_age_seconds'])}")
     if "check" in doc:
         v = doc["check"]
         con.print(f"check: {v['status']}" + (f" - {'; '.join(v['reasons'])}" if v["reasons"] else ""))

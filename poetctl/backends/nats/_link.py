@@ -55,22 +55,35 @@ class Link:
     servers: list[str] = field(default_factory=lambda: [DEFAULT_URL])
     name: str = "poetctl"
     options: dict[str, Any] = field(default_factory=dict)
+    last_error: str = ""
 
     async def connect(self, *, connect_timeout: float = 2.0) -> Client:
-        """One connection that reconnects forever; raises if no server answers now (callers back off)."""
+        """One connection that, once up, reconnects forever; raises if no server answers now (callers back off).
+
+        nats-py would retry the *first* connect forever too with unlimited
+        reconnects, so it connects with at most two tries per server and
+        switches to unlimited reconnects afterwards. Client errors are kept in
+        ``last_error`` instead of nats-py's logged tracebacks.
+        """
         import nats
 
-        return await nats.connect(
+        async def on_error(exc: Exception) -> None:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+
+        nc = await nats.connect(
             servers=self.servers,
             name=self.name,
             connect_timeout=connect_timeout,
             allow_reconnect=True,
-            max_reconnect_attempts=-1,
+            max_reconnect_attempts=1,
             reconnect_time_wait=0.25,
+            error_cb=on_error,
             # Forwarding must see failures, not buffer megabytes into a dead socket.
             pending_size=8 * 1024 * 1024,
             **self.options,
         )
+        nc.options["max_reconnect_attempts"] = -1
+        return nc
 
 
 async def ensure_stream(js: Any, *, name: str = STREAM, subjects: list[str] | None = None, replicas: int = 1) -> None:
