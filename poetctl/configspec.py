@@ -248,6 +248,35 @@ SECTIONS: dict[str, dict[str, Setting]] = {
 }
 
 
+_NAME = r"[A-Za-z0-9_-]{1,64}"
+
+# [nats]: checked like a section, kept in Config.nats (read by poetctl.backends.nats.settings).
+# Secrets (password, token, nkey_seed) are "env:NAME" or the path of a file holding them - never the
+# secret itself, so a poet.toml can be shown and committed.
+NATS: dict[str, Setting] = {
+    "servers": Setting("strlist", ["nats://127.0.0.1:4222"]),
+    "user": Setting("str", None, 1, 256),
+    "password": Setting("str", None, 1, 4096),
+    "token": Setting("str", None, 1, 4096),
+    "nkey_seed": Setting("str", None, 1, 4096),
+    "creds_file": Setting("path", None),
+    "tls_ca": Setting("path", None),
+    "tls_cert": Setting("path", None),
+    "tls_key": Setting("path", None),
+    "stream": Setting("str", "POET", pattern=_NAME),
+    "dead_stream": Setting("str", "POET_DEAD", pattern=_NAME),
+    "corrupt_stream": Setting("str", "POET_CORRUPT", pattern=_NAME),
+    "bucket_prefix": Setting("str", "POET", pattern=_NAME),
+    "replicas": Setting("int", 1, 1, 5),
+    "max_age": Setting("duration", "30d"),
+    "duplicate_window": Setting("duration", "2m"),
+    "partitions": Setting("int", 16, 1, 1024),
+    "ack_wait": Setting("float", 30.0, 0.5, _DAY),
+    "lease_ttl": Setting("float", 6.0, 1.0, _DAY),
+    "connect_timeout": Setting("float", 5.0, 0.1, 600.0),
+}
+
+
 def bounds(section: str, key: str) -> dict[str, Any]:
     """typer ``min``/``max`` keyword arguments for the option that sets ``[section] key``."""
     s = SECTIONS[section][key]
@@ -326,6 +355,8 @@ def check_free_form(section: str, value: Any, where: str, text: str | None = Non
     """``[nats]`` (a table) or ``[external_integrations]`` (a table of tables, ``enabled`` a boolean)."""
     if not isinstance(value, dict):
         raise ConfigError(f"[{section}] must be a table", where=locate(where, text, section, None))
+    if section == "nats":
+        return _check_nats(value, where, text)
     if section == "external_integrations":
         for raw_name, table in value.items():
             name = safe_key(raw_name)
@@ -340,6 +371,30 @@ def check_free_form(section: str, value: Any, where: str, text: str | None = Non
                     where=locate(where, text, f"{section}.{raw_name}", "enabled"),
                 )
     return value
+
+
+def _check_nats(table: Mapping[str, Any], where: str, text: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        setting = NATS.get(key)
+        if setting is None:
+            raise ConfigError(
+                f"unknown key [nats] {safe_key(key)}{_suggest(key, NATS)}; known keys: {', '.join(NATS)}",
+                where=locate(where, text, "nats", key),
+            )
+        try:
+            out[key] = setting.check(value)
+        except ValueError:
+            raise ConfigError(
+                f"[nats] {safe_key(key)} = {_shown_nats(key, value)}: expected {setting.expected()}",
+                where=locate(where, text, "nats", key),
+            ) from None
+    return out
+
+
+def _shown_nats(key: str, value: Any) -> str:
+    # A wrong-typed secret is still a secret: never echo it.
+    return "<hidden>" if key in ("password", "token", "nkey_seed") else shown(value)
 
 
 def _suggest(key: str, spec: Mapping[str, Setting]) -> str:

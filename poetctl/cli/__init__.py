@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "state": (".state", "state_app", "group"),
     "schemas": (".admin", "schemas_app", "group"),
     "config": (".admin", "config_app", "group"),
+    "nats": (".nats", "nats_app", "group"),
     "forward": (".bridge", "forward_cmd", "command"),
     "bridge": (".bridge", "bridge_cmd", "command"),
 }

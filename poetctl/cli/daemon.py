@@ -35,6 +35,10 @@ def daemon_cmd(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Log only dead letters, quarantines and errors.")
     ] = False,
+    mode: Annotated[
+        str | None,
+        typer.Option("--mode", help="local_only, nats or hybrid (default: POET_MODE, then delivery_mode)."),
+    ] = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -58,7 +62,7 @@ def daemon_cmd(
     if verbose and quiet:
         raise typer.BadParameter("use either --verbose or --quiet", param_hint="'-v' / '-q'")
     log.setup(-1 if quiet else verbose)
-    code = _daemon(handlers or [], workers, once, rescan, no_builtin, spool, config)
+    code = _daemon(handlers or [], workers, once, rescan, no_builtin, spool, config, mode)
     raise typer.Exit(code)
 
 
@@ -71,13 +75,19 @@ def _daemon(
     no_builtin: bool,
     spool: Path | None,
     config: Path | None,
+    mode: str | None = None,
 ) -> int:
     from ..daemon import log
     from ..daemon.core import Daemon, DaemonOptions, install_signal_handlers
     from ..daemon.loader import load_handlers
     from ..router import EventRouter
+    from .mode import resolve_mode
 
     cfg = load(spool, config)
+    if resolve_mode(mode, cfg) == "nats":
+        from .daemon_nats import run_nats
+
+        return run_nats(cfg, handlers, workers, once)
     opts = DaemonOptions.from_config(dict(cfg.daemon), workers=workers, once=once or None, rescan_interval=rescan)
     router = EventRouter(config=cfg)
     if not no_builtin:

@@ -157,6 +157,7 @@ def emit_events(
     batch_type: str | None = None,
     skip_invalid: bool = False,
     init: bool = False,
+    mode: str | None = None,
 ) -> None:
     """Run ``poetctl emit`` with parsed options; raises PoetError subclasses (their exit codes)."""
     from ..router import EventRouter
@@ -173,6 +174,26 @@ def emit_events(
             raise UsageError("missing TYPE: poetctl emit TYPE [PAYLOAD], or poetctl emit --batch FILE")
         if event_id is not None and id_from is not None:
             raise UsageError("--id and --id-from exclude each other: give the id, or the field to derive it from")
+    from .mode import resolve_mode
+
+    if resolve_mode(mode, cfg) == "nats":
+        _emit_nats(
+            cfg,
+            event_type,
+            payload,
+            batch,
+            batch_type,
+            skip_invalid,
+            id_from,
+            dict(
+                source=source,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                id=event_id,
+                environment=environment,
+            ),
+        )
+        return
     # Only `init` (or --init) creates a spool: a mistyped --spool must not start a new one.
     router = EventRouter(config=cfg, create_spool=init)
     if init:
@@ -208,6 +229,46 @@ def emit_events(
     _, existing = router.commit_found([built])
     _note_dead([built[0].id for i in existing if existing[i].parent == router.layout.dead])
     sys.stdout.write(built[0].id + "\n")
+
+
+def _emit_nats(
+    cfg: Any,
+    event_type: str | None,
+    payload: str | None,
+    batch: str | None,
+    batch_type: str | None,
+    skip_invalid: bool,
+    id_from: str | None,
+    fields: dict[str, Any],
+) -> None:
+    """``emit --mode nats``: publish to JetStream; each id is printed after its PubAck."""
+    from ..publish import TransportRouter
+    from .mode import nats_transport
+
+    transport = nats_transport(cfg)
+    try:
+        router = TransportRouter(transport, config=cfg)
+        if batch is not None:
+            _emit_batch(router, batch, batch_type, skip_invalid, id_from)
+            return
+        assert event_type is not None
+        if payload is None:
+            if sys.stdin.isatty():
+                raise UsageError("no PAYLOAD: give a JSON file, a JSON object, '-' for stdin, or pipe the JSON in")
+            payload = "-"
+        data, name = payload_input(payload, cfg.max_event_bytes)
+        from ..event import parse_json
+
+        obj = parse_json(data, where=name, max_bytes=cfg.max_event_bytes)
+        if not isinstance(obj, dict):
+            raise InvalidData(f"$: expected a JSON object (the payload), got {type(obj).__name__}", where=name)
+        if id_from is not None:
+            fields["id"] = id_from_field(event_type, obj, id_from, name)
+        built = router.build(event_type, obj, where=name, **fields)
+        router.commit_events([built])
+        sys.stdout.write(built[0].id + "\n")
+    finally:
+        transport.close()
 
 
 def parse_batch_lines(

@@ -1,0 +1,493 @@
+"""One daemon's side of NATS: partition leases, pulls in key order, outcomes as acks and KV records.
+
+Per-key order across daemons (the design; notes/natscore.md has the why):
+
+* The publisher puts each event on ``poet.p.<n>.<topic>``, ``n`` = crc32 of
+  its partition key modulo ``partitions``; each partition has one durable
+  pull consumer ``poet-p<n>``.
+* A daemon pulls a partition only while it holds the partition's lease: a
+  KV entry ``p<n>`` in ``POET_LEASES`` made with ``create`` (exclusive) and
+  refreshed every ``lease_ttl/4`` by a keeper thread; the bucket's TTL
+  expires the lease of a daemon that died.
+* A lease is taken when the partition has work and this daemon is under its
+  fair share (``ceil(partitions / live daemons)``; daemons announce
+  themselves as ``m.<name>`` in the same bucket), and given back as soon as
+  the daemon holds nothing of it (everything acked, dead-lettered or handed
+  back) - so another daemon can take it at once: joining and leaving
+  rebalance at batch boundaries.
+* Messages a holder has pulled are kept alive (``in_progress``) by the keeper,
+  so AckWait only runs out for a dead holder's messages. AckWait is shorter
+  than the lease TTL minus a keeper tick: when a dead holder's lease has
+  expired its messages are already due for redelivery, and JetStream
+  redelivers before anything new, so the next holder sees them first.
+
+Records (begin/done/fail) and states are KV ``POET_STATE`` entries under the
+event id; a redelivered message reads its record from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ...errors import InvalidData
+from ...event import Event
+from ...transport import Attempt, Delivery, Fetched, Record, State
+from ..memory import decode
+from . import subjects
+from .transport import NatsTransport, dumps, kv_key
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+HEADER_MAX = 4096
+
+
+class _Held:
+    """A pulled message: not yet handed out (buffered) or leased to the loop."""
+
+    __slots__ = ("event", "id", "key", "msg", "p", "record", "seq", "since")
+
+    def __init__(self, msg: Any, p: int, seq: int, event: Event, key: str, record: Record) -> None:
+        self.msg = msg
+        self.p = p
+        self.seq = seq
+        self.event = event
+        self.id = event.id
+        self.key = key
+        self.record = record
+        self.since = time.monotonic()
+
+
+def _header(text: str | None, limit: int = HEADER_MAX) -> str:
+    """A header value: one line (JSON-escaped), bounded."""
+    s = json.dumps(text or "")[1:-1]
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+class NatsConsumer:
+    """Leases due events from the partitions this daemon holds. Thread-safe (one lock)."""
+
+    def __init__(self, transport: NatsTransport, name: str | None = None) -> None:
+        self.t = transport
+        s = transport.settings
+        self.name = _SAFE.sub("_", name or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}")[:100]
+        self._lock = threading.RLock()
+        self._held: dict[int, int] = {}  # partition -> lease revision
+        self._buf: dict[int, list[_Held]] = {}
+        self._leased: dict[str, _Held] = {}
+        self._failing: dict[str, str] = {}  # key -> id of its failing lease
+        self._recovered: set[int] = set()
+        self._members = 1
+        self._next_probe = 0.0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._dead = self._closed = False
+        self.tick = max(0.2, min(s.ack_wait, s.lease_ttl) / 4)
+        self._run(self._announce())
+        self._keeper = threading.Thread(target=self._keep, name=f"poetctl-nats-keeper-{self.name}", daemon=True)
+        self._keeper.start()
+
+    def _run(self, coro: Any, timeout: float = 60.0) -> Any:
+        return self.t.link.run(coro, timeout)
+
+    # -- membership and leases ----------------------------------------------------------------
+    async def _announce(self) -> None:
+        from nats.js.errors import NoKeysError
+
+        await self.t.lease_kv.put(f"m.{self.name}", b"1")
+        try:
+            keys = await self.t.lease_kv.keys()
+        except NoKeysError:
+            keys = []
+        self._members = max(1, sum(1 for k in keys if k.startswith("m.")))
+
+    def _keep(self) -> None:
+        """Keeper thread: membership, lease refresh and in_progress for held messages, every tick.
+
+        The lock is taken on this thread, never inside a coroutine: the loop
+        thread must not wait for a lock whose holder waits for the loop.
+        """
+        while not self._stop.wait(self.tick):
+            try:
+                # The lock is held through the beat so a lease is never given back mid-refresh.
+                with self._lock:
+                    if self._dead or self._closed:
+                        return
+                    held = dict(self._held)
+                    old = time.monotonic() - self.tick
+                    msgs = [h.msg for h in self._leased.values() if h.since < old]
+                    msgs += [h.msg for b in self._buf.values() for h in b if h.since < old]
+                    revs = self._run(self._beat(held, msgs), timeout=max(5.0, self.tick * 4))
+                    for p, (rev, new) in revs.items():
+                        if self._held.get(p) == rev:
+                            self._held[p] = new
+            except Exception:  # a missed beat is retried next tick
+                continue
+
+    async def _beat(self, held: dict[int, int], msgs: list[Any]) -> dict[int, tuple[int, int]]:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        await self._announce()
+        for m in msgs:
+            await m.in_progress()
+        out: dict[int, tuple[int, int]] = {}
+        for p, rev in held.items():
+            try:
+                out[p] = (rev, await self.t.lease_kv.update(f"p{p}", self.name.encode(), last=rev))
+            except KeyWrongLastSequenceError:
+                continue  # lost (we stalled past the TTL): the messages go to the next holder after AckWait
+        return out
+
+    def _cap(self) -> int:
+        return math.ceil(self.t.settings.partitions / max(1, self._members))
+
+    async def _probe(self, free: list[int]) -> list[tuple[int, int, int]]:
+        """(partition, pending, ack pending) of the partitions not held here."""
+        s = self.t.settings
+
+        async def one(p: int) -> tuple[int, int, int]:
+            ci = await self.t.link.jsm.consumer_info(s.stream, s.durable(p))
+            return p, int(ci.num_pending or 0), int(ci.num_ack_pending or 0)
+
+        return list(await asyncio.gather(*(one(p) for p in free)))
+
+    async def _take(self, p: int) -> bool:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        try:
+            self._held[p] = await self.t.lease_kv.create(f"p{p}", self.name.encode())
+        except KeyWrongLastSequenceError:
+            return False
+        self._buf.setdefault(p, [])
+        return True
+
+    async def _give_back(self, p: int) -> None:
+        rev = self._held.pop(p, None)
+        self._buf.pop(p, None)
+        self._recovered.discard(p)
+        if rev is not None:
+            try:
+                await self.t.lease_kv.delete(f"p{p}", last=rev)
+            except Exception:  # someone took it over after a stall: nothing of ours to free
+                pass
+
+    async def _acquire(self, out: Fetched | None, for_recovery: bool = False) -> int:
+        free = [p for p in range(self.t.settings.partitions) if p not in self._held]
+        moved = 0
+        for p, pending, ack_pending in await self._probe(free) if free else []:
+            work = ack_pending if for_recovery else pending + ack_pending
+            if not work:
+                continue
+            if len(self._held) >= self._cap() or not await self._take(p):
+                if out is not None:
+                    out.deferred += pending
+                continue
+            if for_recovery:
+                moved += ack_pending
+                self._recovered.add(p)
+        return moved
+
+    # -- the contract ---------------------------------------------------------------------------
+    def _alive(self) -> None:
+        if self._dead:
+            raise RuntimeError(f"consumer {self.name} crashed; use another one")
+
+    def recover(self) -> int:
+        with self._lock:
+            self._alive()
+            return int(self._run(self._acquire(None, for_recovery=True)))
+
+    def fetch(self, limit: int) -> Fetched:
+        with self._lock:
+            self._alive()
+            out = Fetched()
+            self._run(self._fetch(limit, out))
+            return out
+
+    async def _fetch(self, limit: int, out: Fetched) -> None:
+        now_real = time.monotonic()
+        if now_real >= self._next_probe:
+            self._next_probe = now_real + self.t.probe_every
+            await self._acquire(out)
+        if self._held:
+            batch = max(1, math.ceil(limit / len(self._held)))
+            parts = [p for p in self._held if len(self._buf.get(p, ())) < batch]
+            pulled = await asyncio.gather(*(self._pull(p, batch) for p in parts))
+            for p, msgs in zip(parts, pulled, strict=True):
+                await self._take_in(p, msgs, out)
+        now = self.t.clock()
+        for p in sorted(self._buf):
+            buf = self._buf[p]
+            keep: list[_Held] = []
+            skipped: set[str] = set()
+            for h in buf:
+                if h.key in skipped or h.key in self._failing:
+                    keep.append(h)
+                elif h.record.not_before > now:
+                    skipped.add(h.key)
+                    out.deferred += 1
+                    keep.append(h)
+                elif len(out.deliveries) >= limit:
+                    out.more = True
+                    keep.append(h)
+                else:
+                    self._leased[h.id] = h
+                    out.deliveries.append(Delivery(h.event, h.key, h.record, h))
+            self._buf[p] = keep
+        for p in [p for p in self._held if not self._busy(p)]:
+            await self._give_back(p)
+
+    async def _pull(self, p: int, batch: int) -> list[Any]:
+        """Up to ``batch`` messages of partition ``p`` without waiting (a no_wait pull request)."""
+        nc = self.t.link.nc
+        s = self.t.settings
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        msgs: list[Any] = []
+        try:
+            req = json.dumps({"batch": batch, "no_wait": True}).encode()
+            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{s.durable(p)}", req, reply=inbox)
+            while len(msgs) < batch:
+                m = await sub.next_msg(timeout=10)
+                if m.headers and m.headers.get("Status"):
+                    break  # 404 no messages, 408 expired, 409: the end of this pull
+                msgs.append(m)
+        except TimeoutError:
+            pass
+        finally:
+            await sub.unsubscribe()
+        return msgs
+
+    async def _take_in(self, p: int, msgs: list[Any], out: Fetched) -> None:
+        """Decode pulled messages into the partition's buffer (in stream order); quarantine the unreadable."""
+        buf = self._buf.setdefault(p, [])
+        have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
+        for m in msgs:
+            md = m.metadata
+            seq = md.sequence.stream
+            if seq in have:
+                continue  # redelivered while we still hold it (AckWait passed during a stall): keep ours
+            hdrs = m.headers or {}
+            eid = hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or f"seq-{seq}"
+            try:
+                ev = decode(m.data, eid)
+            except InvalidData as exc:
+                reason, _, detail = exc.message.partition(": ")
+                await self._quarantine(m, eid, None, seq, reason, detail, "pending")
+                out.quarantined += 1
+                continue
+            record = Record()
+            if md.num_delivered > 1:
+                st = await self.t._state(eid)
+                if st is not None and st.get("s") in (State.PROCESSED, State.DEAD, State.CORRUPT):
+                    await (m.ack() if st["s"] == State.PROCESSED else m.term())
+                    continue  # its outcome was recorded and the ack lost: nothing to do again
+                if st is not None and st.get("rec"):
+                    record = Record.from_dict(st["rec"])
+            buf.append(_Held(m, p, seq, ev, self.t.key_of(ev), record))
+        buf.sort(key=lambda h: h.seq)
+
+    def _busy(self, p: int) -> bool:
+        return bool(self._buf.get(p)) or any(h.p == p for h in self._leased.values())
+
+    # -- recording --------------------------------------------------------------------------------
+    def _mine(self, d: Delivery) -> _Held | None:
+        self._alive()
+        h: _Held = d.handle
+        return h if self._leased.get(d.id) is h else None
+
+    def _state(self, h: _Held, state: State, **extra: Any) -> bytes:
+        st: dict[str, Any] = {"s": state.value, "seq": h.seq, "p": h.p, "ts": h.event.timestamp, **extra}
+        return dumps(st)
+
+    def _put_record(self, h: _Held, state: State = State.INFLIGHT) -> None:
+        self._run(self.t.state_kv.put(kv_key(h.id), self._state(h, state, rec=h.record.to_dict())))
+
+    def begin(self, delivery: Delivery) -> None:
+        with self._lock:
+            h = self._mine(delivery)
+            if h is not None:
+                h.record.deliveries += 1
+                self._put_record(h)
+
+    def done(self, delivery: Delivery, handler: str) -> None:
+        with self._lock:
+            h = self._mine(delivery)
+            if h is not None:
+                h.record.done.add(handler)
+                self._put_record(h)
+
+    def fail(self, delivery: Delivery, attempt: Attempt, not_before: float) -> None:
+        with self._lock:
+            h = self._mine(delivery)
+            if h is not None:
+                h.record.failures.append(attempt)
+                h.record.not_before = not_before
+                self._failing[h.key] = h.id
+                self._put_record(h)
+                self._run(h.msg.in_progress())
+
+    # -- outcomes ---------------------------------------------------------------------------------
+    def _end(self, h: _Held) -> None:
+        self._leased.pop(h.id, None)
+        if self._failing.get(h.key) == h.id:
+            del self._failing[h.key]
+
+    async def _maybe_give_back(self, p: int) -> None:
+        if p in self._held and not self._busy(p):
+            await self._give_back(p)
+
+    def ack(self, delivery: Delivery) -> None:
+        with self._lock:
+            h = self._mine(delivery)
+            if h is None:
+                return
+            self._end(h)
+
+            async def go() -> None:
+                await self.t.state_kv.put(kv_key(h.id), self._state(h, State.PROCESSED))
+                await h.msg.ack()
+                await self._maybe_give_back(h.p)
+
+            self._run(go())
+
+    def dead(self, delivery: Delivery, reason: str, info: dict[str, Any]) -> None:
+        with self._lock:
+            h = self._mine(delivery)
+            if h is None:
+                return
+            self._end(h)
+            s = self.t.settings
+
+            async def go() -> None:
+                hdrs = {
+                    "Nats-Msg-Id": f"{h.id}:{h.seq}",
+                    "Poet-Id": h.id,
+                    "Poet-Reason": _header(reason, 200),
+                    "Poet-Error": _header(str(info.get("error") or reason)),
+                    "Poet-Attempts": str(info.get("attempts", h.record.attempts)),
+                    "Poet-Traceback": _header(info.get("traceback")),
+                    "Poet-Seq": str(h.seq),
+                }
+                ack = await self.t.link.js.publish(subjects.dead_subject(h.event.topic), h.msg.data, headers=hdrs)
+                st = self._state(h, State.DEAD, info=info, dstream=s.dead_stream, dseq=ack.seq)
+                await self.t.state_kv.put(kv_key(h.id), st)
+                await h.msg.term()
+                await self._maybe_give_back(h.p)
+
+            self._run(go())
+
+    async def _quarantine(
+        self, m: Any, eid: str, topic: str | None, seq: int, reason: str, detail: str, where: str
+    ) -> None:
+        s = self.t.settings
+        info = {"reason": reason, "detail": detail, "from": where, "at": self.t.clock()}
+        hdrs = {"Nats-Msg-Id": f"{eid}:{seq}", "Poet-Id": _header(eid, 400), "Poet-Reason": _header(reason, 200)}
+        hdrs["Poet-Detail"] = _header(detail)
+        ack = await self.t.link.js.publish(subjects.corrupt_subject(topic), m.data or b"", headers=hdrs)
+        st = {"s": State.CORRUPT.value, "seq": seq, "ts": self.t.clock(), "info": info}
+        st.update(dstream=s.corrupt_stream, dseq=ack.seq)
+        await self.t.state_kv.put(kv_key(eid), dumps(st))
+        await m.term()
+
+    def quarantine(self, delivery: Delivery, reason: str, detail: str) -> None:
+        with self._lock:
+            h = self._mine(delivery)
+            if h is None:
+                return
+            self._end(h)
+
+            async def go() -> None:
+                await self._quarantine(h.msg, h.id, h.event.topic, h.seq, reason, detail, "inflight")
+                await self._maybe_give_back(h.p)
+
+            self._run(go())
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        with self._lock:
+            mine = [h for d in deliveries if (h := self._mine(d)) is not None]
+            for h in mine:
+                self._end(h)
+
+            async def go() -> None:
+                for h in sorted(mine, key=lambda h: h.seq):
+                    await self.t.state_kv.put(kv_key(h.id), self._state(h, State.PENDING, rec=h.record.to_dict()))
+                    await h.msg.nak()
+                for p in {h.p for h in mine}:
+                    await self._maybe_give_back(p)
+
+            if mine:
+                self._run(go())
+
+    def sync(self) -> None:
+        """Every outcome already waited for its PubAck (KV) before returning: nothing is left to flush."""
+        self._alive()
+
+    def wait(self, timeout: float) -> None:
+        # New work from other processes shows up at the next fetch's probe: bound the sleep by it.
+        self._wake.wait(max(0.0, min(timeout, max(self.t.probe_every, 0.05))))
+        self._wake.clear()
+
+    def interrupt(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed or self._dead:
+                return
+            self._closed = True
+            self._stop.set()
+            leftovers = sorted(
+                [*self._leased.values(), *(h for b in self._buf.values() for h in b)], key=lambda h: h.seq
+            )
+
+            async def go() -> None:
+                for h in leftovers:
+                    if h.id in self._leased:
+                        rec = h.record.to_dict()
+                        await self.t.state_kv.put(kv_key(h.id), self._state(h, State.PENDING, rec=rec))
+                    await h.msg.nak()
+                self._leased.clear()
+                self._buf.clear()
+                for p in list(self._held):
+                    await self._give_back(p)
+                try:
+                    await self.t.lease_kv.delete(f"m.{self.name}")
+                except Exception:  # membership expires by itself
+                    pass
+
+            try:
+                self._run(go())
+            finally:
+                self._keeper.join(self.tick * 4 + 5)
+
+    # -- introspection and test hooks ---------------------------------------------------------------
+    def holds(self, event_id: str) -> bool:
+        return event_id in self._leased
+
+    def leased_count(self) -> int:
+        return len(self._leased)
+
+    def partitions(self) -> list[int]:
+        """The partitions this consumer holds now."""
+        with self._lock:
+            return sorted(self._held)
+
+    def crash(self) -> list[int]:
+        """Test hook: this consumer's process died (no acks, no naks, leases left to expire); its partitions."""
+        with self._lock:
+            self._dead = True
+            self._stop.set()
+            held = sorted(self._held)
+        self._keeper.join(self.tick * 4 + 5)
+        return held
+
+
+__all__ = ["NatsConsumer"]
