@@ -295,20 +295,18 @@ def stream_count(urls: list[str], stream: str = "POET") -> int:
     return asyncio.run(count())
 
 
-def create_stream(urls: list[str], *, replicas: int = 1, stream: str = "POET") -> None:
-    """The event stream as ``poetctl nats setup`` makes it (subjects poet.>, 2-minute duplicate window)."""
-    import asyncio
+def create_stream(urls: list[str], *, replicas: int = 1) -> None:
+    """What ``poetctl nats setup --replicas N`` makes: the POET streams, KV buckets and consumers."""
+    from poetctl.backends.nats.link import Link
+    from poetctl.backends.nats.settings import NatsSettings
+    from poetctl.backends.nats.setup import setup
 
-    from poetctl.backends.nats._link import Link, ensure_stream
-
-    async def make() -> None:
-        nc = await Link(urls).connect(connect_timeout=5)
-        try:
-            await ensure_stream(nc.jetstream(timeout=20), name=stream, replicas=replicas)
-        finally:
-            await nc.close()
-
-    asyncio.run(make())
+    settings = NatsSettings(servers=tuple(urls), replicas=replicas)
+    link = Link(settings)
+    try:
+        setup(link, settings)
+    finally:
+        link.close()
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 120.0, every: float = 0.1) -> None:

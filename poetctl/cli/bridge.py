@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import SpoolIOError
 from .common import ConfigOpt, SpoolOpt, errors_to_exit, load
 
 NatsUrlOpt = Annotated[
@@ -21,7 +22,6 @@ def forward_cmd(
     once: Annotated[
         bool, typer.Option("--once", help="Forward the backlog, then exit (75 if NATS could not take all of it).")
     ] = False,
-    stream: Annotated[str, typer.Option("--stream", help="JetStream stream of the events.")] = "POET",
     nats_url: NatsUrlOpt = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
@@ -34,39 +34,40 @@ def forward_cmd(
     never affected. SIGINT/SIGTERM stop after the current batch (exit 0).
     One forwarder per spool: a second one exits 75.
     """
-    raise typer.Exit(_forward(once, stream, nats_url, spool, config))
+    raise typer.Exit(_forward(once, nats_url, spool, config))
 
 
 @errors_to_exit
-def _forward(once: bool, stream: str, nats_url: str | None, spool: Path | None, config: Path | None) -> int:
+def _forward(once: bool, nats_url: str | None, spool: Path | None, config: Path | None) -> int:
+    import os
+    import threading
+
     from ..backends.fs.layout import SpoolLayout
-    from ..backends.nats._link import Link, servers_from
-    from ..backends.nats.forwarder import Forwarder
+    from ..backends.nats.forwarder import Forwarder, nats_sink
+    from .output import error
 
     cfg = load(spool, config)
+    if nats_url:
+        os.environ["POET_NATS_URL"] = nats_url  # read by the NATS settings, like the variable itself
     layout = SpoolLayout(cfg.spool).require()
-    fw = Forwarder(layout, Link(servers_from(nats_url), name="poetctl-forward"), stream=stream)
-
-    async def main() -> int:
-        if once:
-            try:
-                await fw.round(compact=True)
-                return 0
-            except Exception as exc:  # NATS down or slow: the backlog stays, try again later
-                from ..cli.output import error
-
-                error(f"forward: {type(exc).__name__}: {exc}; {fw.stats.backlog.count} event(s) wait in the spool")
-                return 75
-            finally:
-                await fw.close()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await fw.run(stop)
-        return 0
-
-    return asyncio.run(main())
+    fw = Forwarder(layout, nats_sink(cfg.nats), max_event_bytes=cfg.max_event_bytes)
+    if once:
+        try:
+            fw.round()
+            return 0
+        except (OSError, SpoolIOError):
+            raise
+        except Exception as exc:  # NATS down, slow or not set up: the backlog stays, try again later
+            fw.note_failure(exc)
+            error(f"forward: {fw.stats.last_error}; {fw.stats.backlog.count} event(s) wait in the spool")
+            return 75
+        finally:
+            fw.close()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    fw.run(stop)
+    return 0
 
 
 def bridge_cmd(
@@ -137,7 +138,9 @@ def _bridge(
     spool: Path | None,
     config: Path | None,
 ) -> int:
-    from ..backends.nats._link import Link, servers_from
+    import os
+
+    from ..backends.nats._link import AsyncLink
     from ..backends.nats.bridge import INBOUND_DEFAULTS, Bridge, BridgeSettings
     from ..errors import ConfigError
     from ..router import EventRouter
@@ -159,6 +162,11 @@ def _bridge(
         durable=durable,
     )
     cfg = load(spool, config)
+    if nats_url:
+        os.environ["POET_NATS_URL"] = nats_url  # read by the NATS settings, like the variable itself
+    from ..backends.nats.settings import NatsSettings
+
+    link = AsyncLink.from_settings(NatsSettings.from_config(cfg.nats), "poetctl-bridge")
     router = EventRouter(config=cfg)
 
     def emit(envelopes: list[dict[str, Any]]) -> list[str]:
@@ -166,7 +174,7 @@ def _bridge(
 
     metadata = {"version": cfg.schema_version, "environment": cfg.environment, "service": cfg.service}
     bridge = Bridge(
-        Link(servers_from(nats_url), name="poetctl-bridge"),
+        link,
         emit,
         settings,
         inbound=not no_inbound,

@@ -41,7 +41,8 @@ from typing import Any
 import orjson
 
 from ...errors import ConfigError, InvalidData, PoetError
-from ._link import STREAM, SUBJECT_PREFIX, Link
+from . import subjects
+from ._link import AsyncLink
 
 ORIGIN_HEADER = "Poet-Origin"
 ORIGIN = "poet"
@@ -153,9 +154,9 @@ def _check_subject_prefix(what: str, value: str) -> str:
     tokens = value.split(".") if value else []
     if any(not t or any(c in t for c in " \t*>") for t in tokens):
         raise ConfigError(f"{what} {value!r}: expected dot-separated tokens without wildcards or spaces")
-    if tokens and tokens[0] == SUBJECT_PREFIX:
-        # The event stream takes poet.>: anything published there would land in it as a bogus event.
-        raise ConfigError(f"{what} {value!r} is inside the event stream's subjects ({SUBJECT_PREFIX}.>)")
+    if tokens and tokens[0] == subjects.ROOT:
+        # POET's streams take poet.p.>, poet.dead.>, poet.corrupt.>: keep external subjects out of poet.*.
+        raise ConfigError(f"{what} {value!r} is inside POET's own subjects ({subjects.ROOT}.>)")
     return value
 
 
@@ -167,7 +168,7 @@ class BridgeSettings:
     inbound_prefix: str = ""
     outbound_types: list[str] = field(default_factory=lambda: ["*"])
     outbound_prefix: str = "aitomatic"
-    stream: str = STREAM
+    stream: str = "POET"
     durable: str = "poet-bridge"
 
     def __post_init__(self) -> None:
@@ -206,7 +207,7 @@ class Bridge:
 
     def __init__(
         self,
-        link: Link,
+        link: AsyncLink,
         emit: Callable[[list[dict[str, Any]]], list[str]],
         settings: BridgeSettings | None = None,
         *,
@@ -288,7 +289,9 @@ class Bridge:
         from nats.errors import TimeoutError as NatsTimeout
 
         js = nc.jetstream()
-        sub = await js.pull_subscribe(f"{SUBJECT_PREFIX}.>", durable=self.settings.durable, stream=self.settings.stream)
+        sub = await js.pull_subscribe(
+            f"{subjects.EVENTS}.>", durable=self.settings.durable, stream=self.settings.stream
+        )
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(256, timeout=0.5)

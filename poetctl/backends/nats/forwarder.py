@@ -3,35 +3,43 @@
 Emit is untouched: it commits to the spool as in ``local_only`` mode, so it
 never blocks or fails because NATS is down or slow. The forwarder lists the
 spool's committed events (:mod:`poetctl.backends.fs.outbox`), publishes those
-its forwarded log does not name, in id order (emit order), each with
-``Nats-Msg-Id`` = event id, and records them as forwarded only after their
-PubAck. A crash between the PubAck and the record re-publishes a few events
-on restart; JetStream's duplicate window drops them (``Nats-Msg-Id``), so the
-stream holds each event once. While NATS is unreachable the backlog stays in
-the spool and the forwarder retries with exponential backoff (capped).
+its forwarded log does not name, in id order (emit order), through the NATS
+transport's own publish (the same subjects, partitions, ``Nats-Msg-Id`` and
+KV state as ``nats`` mode, so ``daemon --mode nats`` consumes them), and
+records them as forwarded only after their PubAck.
 
-Runs in its own thread with its own event loop (:class:`ForwarderThread`,
-what ``daemon --mode hybrid`` starts), or in the foreground (``poetctl forward``).
+Nothing doubled: a crash between the PubAck and the record re-publishes at
+most the batches in flight. Within the duplicate window JetStream drops the
+copies (``Nats-Msg-Id``); beyond it, the first round after a start publishes
+its events as *keyed*, so the transport looks each id up in the state bucket
+and skips those already there. Nothing lost: the backlog stays in the spool
+while NATS is unreachable, and the forwarder retries with exponential backoff
+(capped). Runs on its own thread (:class:`ForwarderThread`, what
+``daemon --mode hybrid`` starts) or in the foreground (``poetctl forward``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from ...errors import SpoolIOError
+from ...errors import PoetError, SpoolIOError
+from ...transport import Outgoing
 from ..fs.layout import SpoolLayout
 from ..fs.outbox import Backlog, ForwardedLog, backlog_of, committed, read_committed
 from ..fs.reader import CorruptEvent, decode_event
-from ._link import STREAM, Link, subject_of
 
-ORIGIN_HEADER = "Poet-Origin"
-ORIGIN = "poet"
+
+class Sink(Protocol):
+    """What the forwarder publishes through: a transport's ``publish`` (and ``close``)."""
+
+    def publish(self, items: Sequence[Outgoing]) -> list[bool]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -49,23 +57,20 @@ class ForwardStats:
 
 
 class Forwarder:
-    """Forwards a spool's committed events to the JetStream stream ``stream``.
+    """Forwards a spool's committed events through ``connect()``'s sink (a NATS transport).
 
-    ``batch`` events are in flight at once (``publish_async``); a batch is
-    recorded with one write and one fsync. ``ack_timeout`` bounds the wait
-    for a batch's PubAcks; on timeout or any NATS error the batch's
-    unacknowledged events stay in the backlog and the forwarder backs off
-    (``min_backoff`` doubling to ``max_backoff``).
+    ``batch`` events are published as one group (the transport pipelines
+    them) and recorded with one write and one fsync. On any failure of the
+    sink the batch stays in the backlog and the forwarder backs off
+    (``min_backoff`` doubling to ``max_backoff``) and reconnects.
     """
 
     def __init__(
         self,
         layout: SpoolLayout,
-        link: Link,
+        connect: Callable[[], Sink],
         *,
-        stream: str = STREAM,
         batch: int = 512,
-        ack_timeout: float = 5.0,
         idle_wait: float = 0.1,
         min_backoff: float = 0.1,
         max_backoff: float = 5.0,
@@ -73,10 +78,8 @@ class Forwarder:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.layout = layout
-        self.link = link
-        self.stream = stream
+        self.connect = connect
         self.batch = batch
-        self.ack_timeout = ack_timeout
         self.idle_wait = idle_wait
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
@@ -86,90 +89,88 @@ class Forwarder:
         self.log = ForwardedLog(layout)
         # Ids this process could not read as events (the daemon quarantines them): not retried each round.
         self._bad: set[str] = set()
-        self._nc: Any = None
-        self._js: Any = None
+        self._sink: Sink | None = None
         self._quiet: tuple[int, ...] | None = None
+        # Until one round has completed, ids are published as keyed (looked up before publishing).
+        self._fresh_start = True
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Forward until ``stop`` is set; never raises for NATS trouble (it backs off and retries)."""
+    def run(self, stop: threading.Event) -> None:
+        """Forward until ``stop`` is set; never raises for NATS trouble (it backs off and retries).
+
+        A spool failure (:class:`SpoolIOError`) ends it: the caller reports it.
+        """
         backoff = self.min_backoff
-        first = True
         try:
             while not stop.is_set():
                 try:
-                    sent = await self.round(compact=first)
-                    first = False
+                    sent = self.round(stop)
                     backoff = self.min_backoff
                     if sent == 0:
-                        await _wait(stop, self.idle_wait)
+                        stop.wait(self.idle_wait)
                 except SpoolIOError:
-                    raise  # the spool itself failed: the daemon reports it and exits
-                except Exception as exc:  # NATS down, slow, stream missing: keep the backlog, retry
-                    self.stats.failures += 1
-                    self.stats.last_error = _describe(exc)
-                    await self._drop_connection_if_closed()
-                    await _wait(stop, backoff)
+                    raise
+                except Exception as exc:  # NATS down, slow, not set up: keep the backlog, retry
+                    self.note_failure(exc)
+                    stop.wait(backoff)
                     backoff = min(self.max_backoff, backoff * 2)
         finally:
-            await self.close()
+            self.close()
 
-    async def round(self, *, compact: bool = False) -> int:
+    def note_failure(self, exc: BaseException) -> None:
+        self.stats.failures += 1
+        self.stats.last_error = exc.message if isinstance(exc, PoetError) else _describe(exc)
+        self.stats.connected = False
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            try:
+                sink.close()
+            except Exception:  # closing a broken connection: nothing left to save
+                pass
+
+    def round(self, stop: threading.Event | None = None) -> int:
         """Forward everything not yet forwarded; return how many were newly acknowledged."""
         self.stats.rounds += 1
         if self._unchanged():
             return 0
         listed = committed(self.layout)
-        if compact and len(self.log.segments()) > 1:
+        if self._fresh_start and len(self.log.segments()) > 1:
             self.log.compact(listed)
         elif len(self.log.ids) > 2 * len(listed) + 100_000:
             self.log.compact(listed)  # the spool was pruned: drop ids of events it no longer has
         todo = sorted(i for i in listed if i not in self.log.ids and i not in self._bad)
         self.stats.backlog = backlog_of(todo, self.clock())
-        if not todo:
-            return 0
-        js = await self._jetstream()
         sent = 0
         for start in range(0, len(todo), self.batch):
+            if stop is not None and stop.is_set():
+                break
             chunk = todo[start : start + self.batch]
-            sent += await self._forward(js, chunk, listed)
+            sent += self._forward(chunk, listed)
             self.stats.backlog = backlog_of(todo[start + len(chunk) :], self.clock())
+        else:
+            self._fresh_start = False
         return sent
 
-    async def _forward(self, js: Any, ids: list[str], listed: dict[str, str]) -> int:
-        futures: list[tuple[str, asyncio.Future[Any]]] = []
+    def _forward(self, ids: list[str], listed: dict[str, str]) -> int:
+        items: list[Outgoing] = []
         for event_id in ids:
             item = self._load(event_id, listed[event_id])
-            if item is None:
-                continue
-            subject, data = item
-            headers = {"Nats-Msg-Id": event_id, ORIGIN_HEADER: ORIGIN}
-            futures.append((event_id, await js.publish_async(subject, data, headers=headers)))
-        if not futures:
+            if item is not None:
+                items.append(item)
+        if not items:
             return 0
-        done, pending = await asyncio.wait([f for _, f in futures], timeout=self.ack_timeout)
-        acked: list[str] = []
-        error: BaseException | None = None
-        for event_id, fut in futures:
-            if fut in done and fut.exception() is None:
-                acked.append(event_id)
-                if getattr(fut.result(), "duplicate", False):
-                    self.stats.duplicates += 1
-            elif fut in done:
-                error = error or fut.exception()
-        for fut in pending:
-            fut.cancel()
-        # Record what was acknowledged even when the rest failed: those are in the stream.
-        self.log.record(acked)
-        self.stats.forwarded += len(acked)
-        if error is not None:
-            raise error
-        if pending:
-            raise TimeoutError(f"{len(pending)} of {len(futures)} PubAcks not received within {self.ack_timeout}s")
-        return len(acked)
+        if self._sink is None:
+            self._sink = self.connect()
+        added = self._sink.publish(items)
+        self.stats.connected = True
+        # Every item is in the stream now: added, or already there (a duplicate dropped by the server).
+        self.log.record(it.event.id for it in items)
+        self.stats.forwarded += sum(added)
+        self.stats.duplicates += len(items) - sum(added)
+        return len(items)
 
-    def _load(self, event_id: str, hint: str) -> tuple[str, bytes] | None:
+    def _load(self, event_id: str, hint: str) -> Outgoing | None:
         try:
             data = read_committed(self.layout, event_id, hint, self.max_event_bytes)
             if data is None:
@@ -179,7 +180,7 @@ class Forwarder:
             self._bad.add(event_id)
             self.stats.skipped += 1
             return None
-        return subject_of(event.topic), data
+        return Outgoing(event, data, self._fresh_start)
 
     def _unchanged(self) -> bool:
         """True if no event directory changed since a round that left nothing to do (an idle spool is free).
@@ -193,25 +194,11 @@ class Forwarder:
         self._quiet = marks if quiet else None
         return same
 
-    # -- the connection ---------------------------------------------------------------------------
-
-    async def _jetstream(self) -> Any:
-        if self._nc is None or self._nc.is_closed:
-            self._nc = await self.link.connect()
-            self._js = self._nc.jetstream(publish_async_max_pending=max(4000, 2 * self.batch))
-        self.stats.connected = self._nc.is_connected
-        return self._js
-
-    async def _drop_connection_if_closed(self) -> None:
-        if self._nc is not None and self._nc.is_closed:
-            self._nc = self._js = None
-        self.stats.connected = bool(self._nc is not None and self._nc.is_connected)
-
-    async def close(self) -> None:
-        nc, self._nc, self._js = self._nc, None, None
-        if nc is not None and not nc.is_closed:
+    def close(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
             try:
-                await nc.close()
+                sink.close()
             except Exception:  # closing a broken connection: nothing left to save
                 pass
         self.log.close()
@@ -229,20 +216,25 @@ def _dir_marks(layout: SpoolLayout) -> tuple[int, ...] | None:
     return tuple(marks)
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
-
-
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def nats_sink(nats_table: Any) -> Callable[[], Sink]:
+    """``connect`` for a :class:`Forwarder`: a NATS transport from ``[nats]`` / ``POET_NATS_URL``."""
+
+    def connect() -> Sink:
+        from .settings import NatsSettings
+        from .transport import NatsTransport
+
+        return NatsTransport(NatsSettings.from_config(nats_table))
+
+    return connect
+
+
 class ForwarderThread:
-    """A :class:`Forwarder` on its own thread and event loop: start it, read ``stats``, stop it.
+    """A :class:`Forwarder` on its own thread: start it, read ``stats``, stop it.
 
     What ``daemon --mode hybrid`` runs beside its handlers. ``error`` holds a
     spool failure that ended the thread (NATS failures never end it).
@@ -251,9 +243,7 @@ class ForwarderThread:
     def __init__(self, forwarder: Forwarder) -> None:
         self.forwarder = forwarder
         self.error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="poet-forwarder", daemon=True)
 
     @property
@@ -262,30 +252,17 @@ class ForwarderThread:
 
     def start(self) -> ForwarderThread:
         self._thread.start()
-        self._ready.wait()
         return self
 
     def _main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
         try:
-            self._stop = asyncio.Event()
-            self._ready.set()
-            loop.run_until_complete(self.forwarder.run(self._stop))
+            self.forwarder.run(self._stop)
         except BaseException as exc:  # reported through .error; the thread must not die silently
             self.error = exc
-        finally:
-            self._ready.set()
-            loop.close()
 
     def stop(self, timeout: float | None = None) -> None:
         """Ask the forwarder to stop after its current batch and wait for the thread."""
-        loop, ev = self._loop, self._stop
-        if loop is not None and ev is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(ev.set)
-            except RuntimeError:
-                pass  # the loop finished meanwhile
+        self._stop.set()
         self._thread.join(timeout)
 
     def alive(self) -> bool:
