@@ -41,6 +41,7 @@ from typing import Any
 import orjson
 
 from ...errors import ConfigError, InvalidData, PoetError
+from ...safetext import clean
 from . import subjects
 from ._link import AsyncLink
 
@@ -253,8 +254,9 @@ class Bridge:
             (event_id,) = self.emit([envelope])
         except PoetError as exc:
             self.stats.rejected += 1
-            self.stats.last_error = exc.message
-            self.log(f"bridge: rejected a message on {subject}: {exc.message}")
+            # One line, terminal-safe: the text comes from outside (schema messages span lines).
+            self.stats.last_error = why = clean(" ".join(exc.message.split()))
+            self.log(f"bridge: rejected a message on {clean(subject)}: {why}")
             return None
         self.stats.emitted += 1
         return event_id
