@@ -90,3 +90,125 @@ def test_r3_server_sigkilled_mid_stream_every_event_once(cluster: NatsCluster, s
     assert total == len(stored) == EVENTS
     assert len(set(stored)) == EVENTS, "an event is in the stream twice"
     assert set(stored) == set(ids)
+
+
+HANDLERS = """
+import os, time
+
+OUT = os.environ["POET_TEST_HANDLED"]
+
+
+def register(router):
+    fd = os.open(os.path.join(OUT, f"handled.{os.getpid()}"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    def handle(event):
+        os.write(fd, f"{time.time_ns()} {event.correlation_id} {event.id}\\n".encode())
+        router.emit("system.metrics", {"service": "follow", "metrics": {"n": 1}}, correlation_id=event.correlation_id)
+
+    router.subscribe("system.health", handle, name="record")
+"""
+
+
+def handled_lines(out: Path) -> list[tuple[int, str, str]]:
+    rows = []
+    for p in out.glob("handled.*"):
+        for line in p.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:  # a line torn by a SIGKILL is incomplete: its event is handled again
+                rows.append((int(parts[0]), parts[1], parts[2]))
+    return sorted(rows)
+
+
+ORDER_AFTER_DEATH = (
+    "per-key order breaks after a daemon SIGKILL: the dead daemon's fetched-but-unacknowledged messages come back "
+    "only after AckWait, while the partition's new owner already handles later ones (seen: a key handled out of "
+    "emit order; the stream itself holds every key in emit order); un-skip once the NATS consumer keeps order "
+    "through a handover"
+)
+SERVER_DEATH = (
+    "daemon --mode nats exits ('NATS ... did not answer within 60 s') when a server of the cluster is SIGKILLed, "
+    "and a daemon started right after the restart exits the same way (seen on i-natscore as merged here); "
+    "un-skip once the NATS consumer rides out a server death"
+)
+
+
+@pytest.mark.parametrize(
+    ("kill_server", "check_order"),
+    [
+        (False, False),
+        pytest.param(False, True, marks=pytest.mark.skip(reason=ORDER_AFTER_DEATH)),
+        pytest.param(True, True, marks=pytest.mark.skip(reason=SERVER_DEATH)),
+    ],
+)
+def test_r3_two_nats_daemons_consume_hybrid_events_through_kills(
+    cluster: NatsCluster, spool: Path, tmp_path: Path, kill_server: bool, check_order: bool
+) -> None:
+    """Hybrid emits, two nats daemons consume, one SIGKILLed: each event and follow-up once, all handled."""
+    n = EVENTS // 2
+    out = tmp_path / "handled"
+    out.mkdir()
+    (tmp_path / "rec_handlers.py").write_text(HANDLERS)
+    env = clean_env({"POET_NATS_URL": cluster.url, "POET_TEST_HANDLED": str(out)})
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"proc.{len(procs)}.log", "ab")  # noqa: SIM115 - the child keeps it
+        try:
+            p = subprocess.Popen(
+                cli_argv("--spool", spool, *args), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+            )
+        finally:
+            log.close()
+        procs.append(p)
+        return p
+
+    procs: list[subprocess.Popen[bytes]] = []
+    router = EventRouter(spool=spool)
+    ids: list[str] = []
+    try:
+        start("daemon", "--mode", "hybrid", "--no-builtin-handlers")
+        consumers = [
+            start("daemon", "--mode", "nats", "--handlers", str(tmp_path / "rec_handlers.py")) for _ in range(2)
+        ]
+        for start_i in range(0, n, 250):
+            ids += router.emit_many(
+                [
+                    {"type": "system.health", "payload": {**HEALTH, "pid": i + 1}, "correlation_id": f"k{i % 20}"}
+                    for i in range(start_i, start_i + 250)
+                ]
+            )
+        # Kill while work remains: some events handled, not all.
+        wait_until(lambda: len(handled_lines(out)) >= n // 10, "handling under way", every=0.02)
+        assert len({r[2] for r in handled_lines(out)}) < n, "everything was handled before the kills"
+        victim = cluster.leader("POET") or 0
+        if kill_server:
+            cluster.kill(victim)
+        consumers[0].send_signal(signal.SIGKILL)
+        consumers[0].wait()
+        if kill_server:
+            cluster.restart(victim)
+        start("daemon", "--mode", "nats", "--handlers", str(tmp_path / "rec_handlers.py"))
+        wait_until(lambda: {r[2] for r in handled_lines(out)} >= set(ids), "every event handled", timeout=600)
+        wait_until(lambda: stream_count(cluster.urls) >= 2 * n, "every event and follow-up in the stream", timeout=300)
+        assert all(p.poll() is None for p in procs if p is not consumers[0]), "a daemon died"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=120)
+    total, stored = stream_msg_ids(cluster.urls)
+    assert total == len(stored) == 2 * n, (total, n)
+    assert len(set(stored)) == len(stored), "an event or follow-up is in the stream twice"
+    assert set(ids) <= set(stored)
+    # The stream holds each key's events in emit order (the forwarder publishes in id order).
+    position = {eid: k for k, eid in enumerate(stored)}
+    assert sorted(ids, key=position.__getitem__) == ids
+    if not check_order:
+        return
+    # Per-key order: the first time each event was handled, per key, follows emit order.
+    first: dict[str, tuple[int, str]] = {}
+    for t, key, eid in handled_lines(out):
+        first.setdefault(eid, (t, key))
+    for k in range(20):
+        mine = [i for i in ids if first[i][1] == f"k{k}"]
+        assert sorted(mine, key=lambda i: first[i][0]) == mine, f"key k{k} handled out of emit order"
