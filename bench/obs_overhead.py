@@ -32,12 +32,12 @@ from poetctl.backends.memory import MemoryTransport  # noqa: E402
 from poetctl.config import Config  # noqa: E402
 from poetctl.daemon.loop import Loop  # noqa: E402
 from poetctl.observability.wiring import daemon_observability  # noqa: E402
-from poetctl.publish import TransportRouter  # noqa: E402
+from poetctl.router import EventRouter  # noqa: E402
 
 
 def run(n: int, with_obs: bool, scratch: Path) -> float:
     t = MemoryTransport()
-    router = TransportRouter(t)
+    router = EventRouter(transport=t)
     router.subscribe("*", lambda e: None, name="noop")
     router.emit_many([("system.metrics", {"service": "b", "metrics": {"n": i}}) for i in range(n)])
     mw = []

@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "mlflow": (".integrations", "mlflow_app", "group"),
     "serve": (".serve", "serve_cmd", "command"),
     "nats": (".nats", "nats_app", "group"),
+    "forward": (".bridge", "forward_cmd", "command"),
+    "bridge": (".bridge", "bridge_cmd", "command"),
 }
 _ROOT_OPTIONS_WITH_VALUE = ("--spool", "--config")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -123,7 +123,8 @@ def _daemon(
     from .mode import resolve_mode
 
     cfg = load(spool, config)
-    if resolve_mode(mode, cfg) == "nats":
+    delivery = resolve_mode(mode, cfg)
+    if delivery == "nats":
         from .daemon_nats import run_nats
 
         return run_nats(cfg, handlers, workers, once, builtin=not no_builtin)
@@ -148,9 +149,12 @@ def _daemon(
         f"{len(router.subscriptions)} handler(s){' (once)' if opts.once else ''}",
         metrics=obs.url,
     )
+    forwarder = _start_forwarder(cfg, router.layout) if delivery == "hybrid" else None
     try:
         code = d.run()
     finally:
+        if forwarder is not None:
+            forwarder.stop()
         obs.close()
     c = d.counters
     log.info(
@@ -158,3 +162,11 @@ def _daemon(
         f"corrupt={c.corrupt} retries={c.retries} handed_back={c.handed_back} recovered={c.recovered}"
     )
     return code
+
+
+def _start_forwarder(cfg: Any, layout: Any) -> Any:
+    """Hybrid mode: the outbox forwarder on its own thread beside the daemon (see backends/nats/forwarder.py)."""
+    from ..backends.nats.forwarder import Forwarder, ForwarderThread, nats_sink
+
+    fw = Forwarder(layout, nats_sink(cfg.nats), max_event_bytes=cfg.max_event_bytes)
+    return ForwarderThread(fw).start()

@@ -162,6 +162,7 @@ def _status(
         source = FsStatus(layout.require_real(*layout.read_dirs(), missing_ok=True))
         doc = collect(source, lease_seconds=lease, stale_after=stale)
         doc["breakers"] = _breakers(layout)
+        _add_forward_backlog(doc, layout)
     except Exception as exc:
         if not check:
             raise  # errors_to_exit: 66 no spool, 74 I/O error, 77 permission denied
@@ -208,6 +209,17 @@ def _breakers(layout: Any) -> list[dict[str, Any]]:
     from ..integrations.breaker import breaker_states
 
     return breaker_states(layout)
+
+
+def _add_forward_backlog(doc: dict[str, Any], layout: Any) -> None:
+    """Hybrid mode: events committed to the spool but not yet forwarded to JetStream, and the oldest one's age."""
+    import time
+
+    from ..backends.fs.outbox import backlog
+
+    b = backlog(layout, time.time())
+    if b is not None:
+        doc["forward"] = {"backlog": b.count, "oldest_age_seconds": b.oldest_age}
 
 
 def _unknown(exc: Exception, spool: Path, fmt: str | None) -> NoReturn:
@@ -278,6 +290,9 @@ def _table(doc: dict[str, Any]) -> None:
                 for b in doc["breakers"]
             ],
         )
+    if "forward" in doc:
+        f = doc["forward"]
+        con.print(f"forward backlog (hybrid): {f['backlog']} event(s), oldest {_fmt_age(f['oldest_age_seconds'])}")
     if "check" in doc:
         v = doc["check"]
         con.print(f"check: {v['status']}" + (f" - {'; '.join(v['reasons'])}" if v["reasons"] else ""))
