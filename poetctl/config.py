@@ -123,10 +123,11 @@ def _redact(value: Any, key: str = "") -> Any:
     return value
 
 
-def resolve_secret(value: str | None) -> str | None:
+def resolve_secret(value: str | None, base: str | os.PathLike[str] | None = None) -> str | None:
     """Resolve ``env:NAME`` (None if unset) or ``file:PATH`` (its text, stripped; None if unreadable).
 
-    Literals pass through.
+    A relative PATH is taken relative to ``base`` (poet.toml's directory, like
+    the file's other paths) when given. Literals pass through.
     """
     if value is None:
         return None
@@ -134,7 +135,10 @@ def resolve_secret(value: str | None) -> str | None:
         return os.environ.get(value[4:]) or None
     if value.startswith("file:"):
         try:
-            with open(os.path.expanduser(value[5:]), encoding="utf-8") as fh:
+            path = os.path.expanduser(value[5:])
+            if base is not None and not os.path.isabs(path):
+                path = os.path.join(base, path)
+            with open(path, encoding="utf-8") as fh:
                 return fh.read(64 * 1024).strip() or None
         except (OSError, UnicodeDecodeError):
             return None

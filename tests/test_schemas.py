@@ -491,6 +491,7 @@ def test_cli_schemas_lists_types_as_jsonl(run_cli: Any) -> None:
     assert set(by_type) >= BUILTIN_TYPES
     assert by_type["system.health"]["topic"] == "poet/system/health"
     assert by_type["feedback.human_validation"]["topic"] == "poet/feedback/pending"
+    assert all(by_type[t]["builtin"] is True for t in BUILTIN_TYPES)  # also inside <type>/<n>.json directories
 
 
 def test_cli_schemas_show_prints_the_schema(run_cli: Any) -> None:
