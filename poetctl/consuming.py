@@ -56,6 +56,7 @@ class Consuming:
     def __init__(self, router: EventRouter, workers: int | None, stepped: bool = False) -> None:
         self.tally = _Tally()
         self.error: BaseException | None = None
+        self.stop_requested = threading.Event()  # set once stop() has asked the loop to stop
         self._thread: threading.Thread | None = None
         table = dict(router.config.daemon)
         if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
@@ -125,6 +126,7 @@ class Consuming:
     def stop(self) -> list[str]:
         """Stop after the running handlers; what was leased and not finished is handed back (its ids)."""
         self.loop.request_stop()
+        self.stop_requested.set()
         if self._thread is not None:
             self._thread.join()
         else:

@@ -101,13 +101,19 @@ class InProcess:
         Idempotent. Emitting still works afterwards (the events wait for a consumer).
         """
         released: list[str] = []
-        c, self._consuming = self._consuming, None
+        c = self._consuming
         if c is not None:
             released = c.stop()
+            self._consuming = None
         d, self._inline = self._inline, None
         if d is not None:
             d.close()
         return released
+
+    @property
+    def consuming(self) -> Consuming | None:
+        """The in-process consumer while started (its ``loop``, ``stop_requested``), else None."""
+        return self._consuming
 
     def __enter__(self) -> EventRouter:
         return self  # type: ignore[return-value]

@@ -14,10 +14,11 @@ consumers) when
 
 * this consumer is still handling an event of the same key bucket, or another
   consumer holds the bucket (it has unfinished events of the bucket);
-* another event of the same key waits in ``pending/`` (it was published first,
-  or it waits for a retry): found by reading the other pending files' keys,
-  cached by name (an event file never changes), at most :data:`MAX_OTHERS` of them;
-  a larger backlog refuses the lease (the consumers take the event in order).
+* an earlier event of the same key waits in ``pending/`` (earlier in the
+  daemon's claim order, by name; published first, or waiting for a retry):
+  found by reading the earlier pending files' keys, cached by name (an event
+  file never changes), at most :data:`MAX_OTHERS` of them; a larger backlog
+  refuses the lease (the consumers take the event in order).
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ class InlineFsConsumer(FsConsumer):
         return Delivery(event, key, Record(), Handle(name, bucket, False))
 
     def _waits_behind(self, name: str, key: str) -> bool:
-        """True if another pending event has ``key`` (or too many others to check)."""
-        others = [n for n in os.listdir(self.pending_fd) if n != name and n.endswith(".json") and n[0] != "."]
+        """True if an earlier pending event has ``key`` (or too many to check); earlier: the daemon's order, by name."""
+        others = [n for n in os.listdir(self.pending_fd) if n < name and n.endswith(".json") and n[0] != "."]
         if len(others) > MAX_OTHERS:
             return True
         if len(self._keys) > 4 * MAX_OTHERS:
