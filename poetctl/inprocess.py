@@ -75,9 +75,13 @@ class InProcess:
             raise UsageError("already started: close() it first")
         from .consuming import Consuming
 
-        c = Consuming(router, workers)
-        c.start()
-        self._consuming = c
+        c = self._consuming = Consuming(router, workers)  # before its threads run: handlers may look
+        try:
+            c.start()
+        except BaseException:
+            self._consuming = None
+            c.stop()
+            raise
         return router
 
     def run_until_idle(self, timeout: float | None = None) -> int:
