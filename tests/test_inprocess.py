@@ -49,7 +49,7 @@ def load_effects(monkeypatch: pytest.MonkeyPatch, **env: str) -> ModuleType:
 def test_in_process_consumer_and_a_daemon_share_a_spool_each_event_handled_once(
     tmp_path: Path, spool: Path, daemons: Daemons, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """router.start() beside a real `poetctl daemon`: both handle some of 10,000 events, each exactly once, in key order."""
+    """router.start() beside a real `poetctl daemon`: both handle some of 10,000 events, each once, in key order."""
     effects_file = tmp_path / "effects.log"
     env = {"EFFECTS_FILE": str(effects_file), "EFFECT_TYPES": "function.execution"}
     config = write_config(tmp_path, workers=2)
@@ -137,7 +137,7 @@ def test_close_with_work_in_flight_hands_it_back(backend: str, tmp_path: Path, s
 def test_run_until_idle_handles_what_is_due_and_returns_without_waiting_for_retries(
     backend: str, tmp_path: Path, spool: Path
 ) -> None:
-    """Not started: handles every due event on the caller's thread, then returns; a retry an hour away is handed back."""
+    """Not started: handles every due event on this thread, then returns; a retry an hour away is handed back."""
     if backend == "fs":
         router = fs_router(tmp_path, spool, backoff_base=3600, backoff_cap=3600)
     else:
