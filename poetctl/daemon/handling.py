@@ -218,6 +218,13 @@ class KeyWorker:
         self.ready.append(key)
         return ran
 
+    def handle_now(self, job: Job) -> Outcome:
+        """Run one job's handlers on the caller's thread and return its outcome (inline dispatch).
+
+        The caller applies the outcome; nothing is queued, parked or reported.
+        """
+        return self._handle(job)
+
     def _handle(self, job: Job) -> Outcome:
         d = job.delivery
         ev, rec = d.event, d.record
