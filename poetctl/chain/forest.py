@@ -118,6 +118,11 @@ def _collect_scan(layout: SpoolLayout, ident: str, on_damaged: OnDamaged | None)
     events: dict[str, Found] = {}
     for f in iter_found(layout, STATES, on_damaged):
         events.setdefault(f.id, f)  # moved during the scan: keep the first sighting
+    return members_of(events, ident)
+
+
+def members_of(events: dict[str, Found], ident: str) -> dict[str, Found]:
+    """The members of ``events`` connected to ``ident`` (any backend: NATS reads its stream into ``events``)."""
     by_corr: dict[str, list[str]] = {}
     children: dict[str, list[str]] = {}
     for eid, f in events.items():

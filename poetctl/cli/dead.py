@@ -236,7 +236,7 @@ def _retry(
         return
     from .replay import _replay
 
-    _replay(crit, "dead", all_, dry_run, spool, config, keep_done=not all_handlers)
+    _replay(crit, "dead", all_, dry_run, spool, config, keep_done=not all_handlers, mode="local_only")
 
 
 @dead_app.command("purge")
