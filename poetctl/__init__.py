@@ -21,14 +21,14 @@ _EXPORTS = {
     "UnknownType": ".errors",
     "Event": ".event",
     "EventRouter": ".router",
-    "Permanent": ".daemon.outcomes",
+    "Permanent": ".errors",
     "Retry": ".daemon.outcomes",
 }
 
 if TYPE_CHECKING:
     from .config import Config, load_config
-    from .daemon.outcomes import Permanent, Retry
-    from .errors import InvalidData, PoetError, SpoolIOError, UnknownType
+    from .daemon.outcomes import Retry
+    from .errors import InvalidData, Permanent, PoetError, SpoolIOError, UnknownType
     from .event import Event
     from .router import EventRouter
 
