@@ -211,6 +211,7 @@ class Fetched:
     quarantined: int = 0  # unreadable input moved to quarantine on the way
     deferred: int = 0  # due later (retry time) or held by another consumer: fetch again later
     more: bool = False  # stopped at ``limit`` with more due work: fetch again without waiting
+    recovered: int = 0  # dead consumers' events put back to pending during this fetch (rescan, takeover)
 
 
 @dataclass(slots=True)
@@ -305,6 +306,8 @@ class Consumer(Protocol):
         never blocks what follows. Leases are made before return; many per call
         (the loop asks for hundreds): a backend may prepare the next batch ahead
         (fs: the mover child renames batch k+1 while batch k is handled).
+        A dead consumer's work taken over on the way is counted in
+        ``Fetched.recovered`` (the loop reports it to ``on_recover``).
         fs: window listing, read+verify, bucket flock, claim rename (pipelined
         through the mover). NATS: pull ``fetch(batch)`` on this daemon's
         partition consumers; redeliveries carry their record from KV.

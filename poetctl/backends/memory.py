@@ -278,7 +278,7 @@ class MemoryConsumer:
         with t._lock:
             self._alive()
             if any(owner in t._dead_consumers for owner, _ in t._holders.values()):
-                self._recover()  # a dead consumer's keys: take its work back before leasing them
+                out.recovered = self._recover()  # a dead consumer's keys: take its work back before leasing them
             now = t.clock()
             skipped: set[str] = set()
             keep: list[tuple[str, str]] = []
