@@ -40,7 +40,7 @@ from .event import Event
 from .publish import Publisher
 from .schemas import SchemaRegistry
 from .subscriptions import Handler, Subscription, SubscriptionRegistry
-from .transport import Quarantined, State, Transport
+from .transport import Quarantined, State, Transport, quarantine_line
 
 if TYPE_CHECKING:
     from .backends.fs.layout import SpoolLayout
@@ -221,9 +221,7 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         stored = self.transport.get(event_id)
         if stored is None or stored.state is not State.CORRUPT:
             return None
-        info = stored.info or {}
-        reason, detail = info.get("reason"), info.get("detail")
-        return f"{reason}: {detail}" if reason and detail else str(reason or detail or "reason unknown")
+        return quarantine_line(stored.info)
 
 
 def _spool_transport(config: Config, create: bool) -> tuple[FsTransport, Callable[[], None]]:

@@ -63,6 +63,16 @@ class Quarantined(InvalidData):
     """
 
 
+def quarantine_line(info: dict[str, Any] | None) -> str:
+    """Why something is quarantined, from its ``{"reason", "detail"}``, as one printable line of at most 200
+    characters (it goes into error messages on a terminal). The one formatting for every backend."""
+    info = info or {}
+    reason, detail = info.get("reason"), info.get("detail")
+    text = f"{reason}: {detail}" if reason and detail else str(reason or detail or "reason unknown")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(text.split()))
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 # -- what a handler run leaves behind -----------------------------------------------------------
 
 
@@ -486,4 +496,5 @@ __all__ = [
     "Stored",
     "Transport",
     "dead_letter_info",
+    "quarantine_line",
 ]

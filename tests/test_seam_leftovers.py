@@ -62,3 +62,27 @@ def test_a_bucket_takeover_between_rescans_reports_what_it_recovered(tmp_path: P
         assert c2.fetch(10).recovered == 0
     finally:
         c2.close()
+
+
+def test_a_quarantine_reason_is_the_same_bounded_line_on_the_spool_and_in_memory(tmp_path: Path) -> None:
+    """router.quarantine_reason and Quarantined's message give one printable line of <= 200 chars on both backends."""
+    from poetctl.transport import Quarantined
+
+    detail = "line one\nline two\x1b[31m red " + "x" * 400
+    lines = []
+    for transport in (MemoryTransport(), FsTransport(tmp_path / "spool")):
+        router = EventRouter(transport=transport)
+        item = _outgoing(router, "a")
+        transport.publish([item])
+        c = transport.consumer()
+        (d,) = c.fetch(10).deliveries
+        c.quarantine(d, "bad_schema", detail)
+        c.close()
+        line = router.quarantine_reason(item.event.id)
+        assert line is not None and line.startswith("bad_schema: line one line two\\x1b[31m red xxx")
+        assert len(line) <= 200 and line.isprintable()
+        with pytest.raises(Quarantined) as refused:
+            router.emit("system.health", HEALTH, id=item.event.id)
+        assert line in str(refused.value) and "\n" not in str(refused.value)
+        lines.append(line)
+    assert lines[0] == lines[1]

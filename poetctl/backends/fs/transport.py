@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored
+from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored, quarantine_line
 from .corrupt_names import REASON_SUFFIX, quarantined, visible
 from .layout import SpoolLayout
 from .writer import GroupCommitter
@@ -240,14 +240,7 @@ def quarantine_reason(layout: SpoolLayout, event_id: str) -> str | None:
     name = event_id + ".json"
     if not os.path.lexists(layout.corrupt / name):
         return None
-    info = _read_json(layout.corrupt / (name + REASON_SUFFIX))
-    if info is None:
-        return "reason unknown"
-    reason, detail = info.get("reason"), info.get("detail")
-    text = f"{reason}: {detail}" if reason and detail else str(reason or detail or "reason unknown")
-    # One line of printable text, bounded: it goes into an error message on a terminal.
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(text.split()))
-    return text if len(text) <= 200 else text[:197] + "..."
+    return quarantine_line(_read_json(layout.corrupt / (name + REASON_SUFFIX)))
 
 
 def quarantined_message(layout: SpoolLayout, event_id: str) -> str:
