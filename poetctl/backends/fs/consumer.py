@@ -59,7 +59,9 @@ class FsConsumer(Claims):
     rows), ``mover_backlog`` (start the mover child at this many pending; 0 at
     once; negative never), ``status`` (a callable adding the daemon's figures
     to the heartbeat), ``alive`` (is an owner alive; default: its pid and
-    start time, or its heartbeat's age for another host).
+    start time, or its heartbeat's age for another host), ``clock`` (default:
+    the transport's; the daemon passes its own so that one transport serves
+    its router and its consumer).
     """
 
     def __init__(
@@ -80,10 +82,11 @@ class FsConsumer(Claims):
         max_bytes: int | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
         alive: Callable[[str], bool] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.transport = transport
         self.layout = layout = transport.layout
-        self.clock = transport.clock
+        self.clock = clock or transport.clock
         n = next(_numbers)
         self.name = self.owner = name or (current_owner() if n == 0 else f"{current_owner()}-{n}")
         self.registry = registry
@@ -168,6 +171,7 @@ class FsConsumer(Claims):
     def fetch(self, limit: int) -> Fetched:
         self._loop_ident = threading.get_ident()
         now = self.clock()
+        recovered = self.recovery.total  # rescans and bucket takeovers recover too: reported on the Fetched
         woken = self.wake.is_set()
         if woken:
             self.wake.clear()
@@ -203,6 +207,7 @@ class FsConsumer(Claims):
         n = min(limit, len(ready))
         out = Fetched([ready.popleft() for _ in range(n)], self.quarantined, self.deferred)
         out.more = bool(ready) or bool(self.outstanding) or not self.exhausted() or self.stale or self.relist
+        out.recovered = self.recovery.total - recovered
         if self.indexer is not None:
             self.indexer.maybe_flush()
         return out
