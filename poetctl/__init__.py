@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": ".config",
     "load_config": ".config",
+    "Backpressure": ".limits",
     "InvalidData": ".errors",
     "PoetError": ".errors",
     "SpoolIOError": ".errors",
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .daemon.outcomes import Permanent, Retry
     from .errors import InvalidData, PoetError, SpoolIOError, UnknownType
     from .event import Event
+    from .limits import Backpressure
     from .router import EventRouter
 
     POETEventRouter = EventRouter
@@ -47,6 +49,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Backpressure",
     "Config",
     "Event",
     "EventRouter",

@@ -26,7 +26,7 @@ DEFAULT_SPOOL = Path(".poet/pubsub")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 MAX_CONFIG_BYTES = 1024 * 1024  # a poet.toml is a few hundred bytes; refuse to slurp a huge or endless file
 # Sections whose keys are checked one by one against configspec.SECTIONS (the top level is "").
-TABLES = ("event_schemas", "daemon", "learning", "builtin_handlers", "status", "serve")
+TABLES = ("event_schemas", "daemon", "learning", "builtin_handlers", "status", "serve", "limits")
 # [daemon] max_causation_depth: how deep a chain of handler follow-ups may go (see EventRouter.build).
 DEFAULT_MAX_CAUSATION_DEPTH = 64
 
@@ -57,6 +57,7 @@ class Config:
     builtin_handlers: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
     serve: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
     file: Path | None = None
     origins: dict[str, str] = field(default_factory=dict)
 
@@ -69,7 +70,7 @@ class Config:
         """
         sections = {
             name: {**defaults(name), **getattr(self, name)}
-            for name in ("daemon", "learning", "builtin_handlers", "status", "serve")
+            for name in ("daemon", "learning", "builtin_handlers", "status", "serve", "limits")
         }
         origins = {"config_file": self.origins.get("config_file", "default")}
         for section, spec in SECTIONS.items():
@@ -101,6 +102,7 @@ class Config:
             "builtin_handlers": sections["builtin_handlers"],
             "status": sections["status"],
             "serve": _redact(sections["serve"]),
+            "limits": sections["limits"],
             "origins": origins,
         }
 

@@ -99,6 +99,10 @@ class Setting:
             return "a non-empty list of secrets, each env:NAME or file:/path"
         if k == "url":
             return "an http:// or https:// URL, or env:NAME"
+        if k == "shares":
+            return "a table like {high = 70, normal = 25, low = 5} (integers from 1 to 1000)"
+        if k == "rates":
+            return 'a table of source patterns to rates, like {"external.*" = "100/s"} (per s, m or h)'
         if k == "secrets":
             return 'a secret reference or a list of them: "env:NAME" or "file:/path" (never the secret itself)'
         return "a field name or list of them: " + ", ".join(PARTITION_FIELDS) + " or payload.<key>[.<key>...]"
@@ -146,6 +150,14 @@ class Setting:
             items = [value] if isinstance(value, str) else value
             if isinstance(items, list) and all(isinstance(v, str) and re.fullmatch(_SECRET_REF, v) for v in items):
                 return list(items)
+        elif k == "shares":
+            from .priority import check_shares
+
+            return check_shares(value)
+        elif k == "rates":
+            from .limits import check_rates
+
+            return check_rates(value)
         elif k == "partition_key":
             items = [value] if isinstance(value, str) else value
             if isinstance(items, list) and items and all(_partition_ok(v) for v in items):
@@ -257,6 +269,13 @@ SECTIONS: dict[str, dict[str, Setting]] = {
         "index": Setting("bool", True),
         "mover_backlog": Setting("int", 1024, -1, _BIG),
         "max_causation_depth": Setting("int", 64, 0, 1_000_000),  # 0: no follow-ups (schemas.MAX_CAUSATION_DEPTH)
+        "priority_shares": Setting("shares", {"high": 70, "normal": 25, "low": 5}),
+    },
+    # Backpressure and throttling (poetctl/limits.py): 0 means no limit.
+    "limits": {
+        "max_pending": Setting("int", 0, 0, _BIG),
+        "max_pending_bytes": Setting("int", 0, 0, _BIG),
+        "sources": Setting("rates", {}),
     },
     "learning": {
         "window_days": Setting("float", 30.0, 0.001, 36500),
@@ -385,7 +404,10 @@ def bounds(section: str, key: str) -> dict[str, Any]:
 
 def defaults(section: str) -> dict[str, Any]:
     """Every key of ``section`` with its default (fresh lists)."""
-    return {k: list(s.default) if isinstance(s.default, list) else s.default for k, s in SECTIONS[section].items()}
+    return {
+        k: type(s.default)(s.default) if isinstance(s.default, list | dict) else s.default
+        for k, s in SECTIONS[section].items()
+    }
 
 
 def label(section: str, key: str) -> str:

@@ -145,11 +145,15 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         expires_at: float | None = None,
         where: str | None = None,
         schema_version: int | None = None,
+        priority: str | None = None,
     ) -> str:
         """Validate, seal and durably commit one event; return its id.
 
         ``where`` names the input in error messages (a file name, a line).
         ``schema_version`` picks the payload schema version (default: the newest).
+        ``priority`` is ``"high"``, ``"normal"`` or ``"low"``: the daemon fetches due
+        high events first (see ``[daemon] priority_shares``). Default: normal, or
+        inside a handler the priority of the event being handled.
         Safe to call from several threads: concurrent emits share the
         publish step and its directory fsync (group commit, see
         :class:`poetctl.backends.fs.writer.GroupCommitter`); each returns once its
@@ -174,6 +178,7 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
             expires_at=expires_at,
             where=where,
             schema_version=schema_version,
+            priority=priority,
         )
         cause = self._cause()
         if cause is not None and cause.buffer is not None:

@@ -50,6 +50,15 @@ def emit_cmd(
             "recorded in metadata.schema_version.",
         ),
     ] = None,
+    priority: Annotated[
+        str | None,
+        typer.Option(
+            "--priority",
+            metavar="high|normal|low",
+            help="Delivery class (default normal): the daemon fetches due high events first, "
+            "never reordering events of one partition key. With --batch: for bare payloads (--type).",
+        ),
+    ] = None,
     batch: Annotated[
         str | None,
         typer.Option("--batch", metavar="FILE|-", help="JSON lines: envelopes, or bare payloads with --type."),
@@ -79,7 +88,7 @@ def emit_cmd(
     it when every line has an id (an envelope id, or --id-from) and only the
     missing events are added.
 
-    Exit codes: 65 invalid input (nothing written; also an --id that exists
+    Exit codes: 2 bad usage (e.g. --priority urgent), 65 invalid input (nothing written; also an --id that exists
     in corrupt/), 66 input file or spool missing, 74 spool not writable. An
     --id that exists in dead/ is a no-op (exit 0) with a note on stderr.
 
@@ -109,6 +118,7 @@ def emit_cmd(
             skip_invalid=skip_invalid,
             init=init,
             schema_version=schema_version,
+            priority=priority,
         )
     )
 

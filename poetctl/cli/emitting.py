@@ -158,11 +158,14 @@ def emit_events(
     skip_invalid: bool = False,
     init: bool = False,
     schema_version: int | str | None = None,
+    priority: str | None = None,
 ) -> None:
     """Run ``poetctl emit`` with parsed options; raises PoetError subclasses (their exit codes)."""
     from ..router import EventRouter
 
     version = _schema_version(schema_version)
+    if priority is not None and priority not in ("high", "normal", "low"):  # poetctl.priority.PRIORITIES
+        raise UsageError(f"--priority {priority!r}: expected one of high, normal, low")
 
     if batch is not None:
         if event_type is not None or payload is not None:
@@ -171,6 +174,8 @@ def emit_events(
             raise UsageError("--batch lines carry their own ids and fields; per-event options do not apply")
         if version is not None and batch_type is None:
             raise UsageError("--schema-version goes with a single event or --batch --type (envelopes carry theirs)")
+        if priority is not None and batch_type is None:
+            raise UsageError("--priority goes with a single event or --batch --type (envelopes carry theirs)")
     else:
         if batch_type is not None or skip_invalid:
             raise UsageError("--type and --skip-invalid go with --batch")
@@ -188,7 +193,7 @@ def emit_events(
         layout.require()
     router = EventRouter(config=cfg, create_spool=init)
     if batch is not None:
-        _emit_batch(router, batch, batch_type, skip_invalid, id_from, version)
+        _emit_batch(router, batch, batch_type, skip_invalid, id_from, version, priority)
         return
     assert event_type is not None
     if payload is None:
@@ -213,6 +218,7 @@ def emit_events(
         environment=environment,
         where=name,
         schema_version=version,
+        priority=priority,
     )
     added = router.commit_events([built])
     _note_dead(_dead_ids(router, [built], added))
@@ -226,6 +232,7 @@ def parse_batch_lines(
     batch_type: str | None,
     id_from: str | None = None,
     schema_version: int | None = None,
+    priority: str | None = None,
 ) -> tuple[list[Any], list[str]]:
     """Parse and validate JSON lines; return built ``(event, keyed)`` pairs and error messages.
 
@@ -256,7 +263,9 @@ def parse_batch_lines(
                 key = None
                 if id_from is not None and isinstance(obj, dict):  # else build() says what is wrong
                     key = id_from_field(batch_type, obj, id_from, where)
-                ev, keyed = router.build(batch_type, obj, id=key, where=where, schema_version=schema_version)
+                ev, keyed = router.build(
+                    batch_type, obj, id=key, where=where, schema_version=schema_version, priority=priority
+                )
             else:
                 raise InvalidData(
                     "expected an event envelope with 'type' and 'payload' (or pass --type for bare payloads)",
@@ -295,12 +304,18 @@ def _schema_version(value: int | str | None) -> int | None:
 
 
 def _emit_batch(
-    router: Any, batch: str, batch_type: str | None, skip_invalid: bool, id_from: str | None, version: int | None
+    router: Any,
+    batch: str,
+    batch_type: str | None,
+    skip_invalid: bool,
+    id_from: str | None,
+    version: int | None,
+    priority: str | None = None,
 ) -> None:
     fh, name = open_input(batch)
     try:
         lines = iter_lines(fh, router.config.max_event_bytes, name)
-        built, errors = parse_batch_lines(router, lines, name, batch_type, id_from, version)
+        built, errors = parse_batch_lines(router, lines, name, batch_type, id_from, version, priority)
     finally:
         if fh is not sys.stdin.buffer:
             fh.close()

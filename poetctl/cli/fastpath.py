@@ -25,6 +25,7 @@ EMIT_OPTIONS = {
     "--id-from": "id_from",
     "--environment": "environment",
     "--schema-version": "schema_version",
+    "--priority": "priority",
     "--spool": "spool",
     "--config": "config",
 }
@@ -96,6 +97,7 @@ def run(argv: list[str]) -> int | None:
             id_from=opts.get("id_from"),
             environment=opts.get("environment"),
             schema_version=opts.get("schema_version"),
+            priority=opts.get("priority"),
         )
     except PoetError as exc:
         sys.stderr.write(f"poetctl: error: {exc}\n")

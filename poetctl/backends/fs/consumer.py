@@ -35,6 +35,7 @@ from .journal import JOURNAL, Journal, RecordStore, dead_letter, quarantine
 from .layout import fsync_dir
 from .owner import current_owner, owner_alive
 from .paths import BUCKET_LOCKS, HEARTBEATS, OWNER_LOCKS
+from .priority import PriorityLanes
 from .reconcile import Reconciler
 from .recovery import Recovery, lock_owner, unlock_owner
 from .writer import write_atomic
@@ -48,7 +49,7 @@ MOVER_SYNC_EVERY = 8192  # filed events between directory syncs while busy
 _numbers = itertools.count()  # consumers made in this process: the first is plain <host>.<pid>.<start>
 
 
-class FsConsumer(Claims):
+class FsConsumer(PriorityLanes, Claims):
     """One daemon's side of the spool. Options (all keywords; the daemon passes its ``[daemon]`` settings):
 
     ``registry``/``validate`` (schema checks when reading, as emit does),
@@ -79,6 +80,7 @@ class FsConsumer(Claims):
         max_bytes: int | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
         alive: Callable[[str], bool] | None = None,
+        priority_shares: dict[str, int] | None = None,
     ) -> None:
         self.transport = transport
         self.layout = layout = transport.layout
@@ -129,6 +131,7 @@ class FsConsumer(Claims):
         os.makedirs(self.inflight_dir, 0o750, exist_ok=True)
         # Directory descriptors for the per-event open and claim: one-component lookups.
         self.inflight_fd = os.open(self.inflight_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._init_lanes(priority_shares)
         self._init_claims(layout.root / BUCKET_LOCKS)
         self.journal = Journal(self.inflight_dir)
         self.recovery = Recovery(layout, self.owner, self._alive)
@@ -180,6 +183,8 @@ class FsConsumer(Claims):
         self.quarantined = 0
         if self.outstanding is not None:
             self.collect()  # sent by the previous call: the child renamed it meanwhile
+        if len(self.ready) < limit:
+            self.fill_by_priority(limit - len(self.ready))  # hinted high events, set-aside low ones (priority.py)
         for _ in range(3):  # again when a bucket taken over was recovered first (older events are back)
             if len(self.ready) >= limit:
                 break
@@ -192,7 +197,14 @@ class FsConsumer(Claims):
         ready = self.ready
         n = min(limit, len(ready))
         out = Fetched([ready.popleft() for _ in range(n)], self.quarantined, self.deferred)
-        out.more = bool(ready) or self.outstanding is not None or not self.exhausted() or self.stale or self.relist
+        out.more = (
+            bool(ready)
+            or self.outstanding is not None
+            or not self.exhausted()
+            or self.stale
+            or self.relist
+            or bool(self.low_names)
+        )
         if self.indexer is not None:
             self.indexer.maybe_flush()
         return out
@@ -433,6 +445,7 @@ class FsConsumer(Claims):
 
     def _close_fds(self) -> None:
         self.close_claims()
+        self.close_lanes()
         self.recovery.close()
         if self.inflight_fd >= 0:
             os.close(self.inflight_fd)
