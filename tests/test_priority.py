@@ -129,3 +129,49 @@ def test_ledger_made_on_a_busy_spool_gives_no_jump_to_unknown_keys(spool: Path) 
 def test_alert_priority_from_investigation_priority() -> None:
     """The built-in handlers map the seed's investigation priority to the envelope priority."""
     assert [delivery_priority(p) for p in ("critical", "high", "medium", "low")] == ["high", "high", "normal", "low"]
+
+
+def _same_bucket_keys(n: int) -> list[str]:
+    """``n`` correlation keys whose partition keys fall into one ledger bucket."""
+    from poetctl.backends.fs.priority import BUCKETS, key_hash
+
+    want = int.from_bytes(key_hash("correlation_id=b0"), "little") % BUCKETS
+    out = ["b0"]
+    i = 0
+    while len(out) < n:
+        i += 1
+        k = f"b{i}"
+        if int.from_bytes(key_hash(f"correlation_id={k}"), "little") % BUCKETS == want:
+            out.append(k)
+    return out
+
+
+def test_full_bucket_evicts_a_settled_key_and_keeps_the_jump(spool: Path) -> None:
+    """Five keys in one 4-way bucket: with the first four finished, a new key's high event still jumps."""
+    t = FsTransport(spool)
+    r = EventRouter(spool=spool)
+    keys = _same_bucket_keys(6)
+    t.publish([_item(r, k) for k in keys[:4]])
+    c = t.consumer(watch=False, index=False, mover_backlog=-1)
+    try:
+        for d in c.fetch(10).deliveries:
+            c.ack(d)
+        t.publish([_item(r, keys[4])])  # evicts a settled key: nothing lost
+        high = _item(r, keys[5], "high")
+        t.publish([high])
+        assert hints(spool) == [high.event.id]
+    finally:
+        c.close()
+        t.close()
+
+
+def test_full_bucket_of_unfinished_keys_refuses_the_jump(spool: Path) -> None:
+    """Five keys in one bucket, none finished: one was evicted unknown, so a new key's high event waits."""
+    t = FsTransport(spool)
+    r = EventRouter(spool=spool)
+    keys = _same_bucket_keys(6)
+    t.publish([_item(r, k) for k in keys[:5]])
+    high = _item(r, keys[5], "high")
+    t.publish([high])
+    assert hints(spool) == []
+    t.close()

@@ -167,26 +167,28 @@ class FsConsumer(PriorityLanes, Claims):
 
     def fetch(self, limit: int) -> Fetched:
         now = self.clock()
+        self.quarantined = 0
+        # Hinted high events and set-aside low ones (priority.py). High ones found: hand them out now,
+        # without a rescan, the mover or a listing first - every other call, so normal work keeps its share.
+        high = self.fill_by_priority(limit - len(self.ready)) if len(self.ready) < limit else 0
+        self.hurried = hurry = high > 0 and not self.hurried
         woken = self.wake.is_set()
-        if woken:
+        if woken and not hurry:
             self.wake.clear()
-        if now >= self._next_scan:
+        if not hurry and now >= self._next_scan:
             self.invalidate_window()
             self.recovery.run(all_dead=False)
             self._reconcile(look=True)
             self._check_observer()
             self._next_scan = now + self.rescan_interval
-        elif (woken or now >= self.due_at) and self.exhausted():
+        elif not hurry and (woken or now >= self.due_at) and self.exhausted():
             self.invalidate_window()
         if now >= self._next_beat:
             self._beat()
-        self.quarantined = 0
-        if self.outstanding is not None:
+        if self.outstanding is not None and not hurry:
             self.collect()  # sent by the previous call: the child renamed it meanwhile
-        if len(self.ready) < limit:
-            self.fill_by_priority(limit - len(self.ready))  # hinted high events, set-aside low ones (priority.py)
         for _ in range(3):  # again when a bucket taken over was recovered first (older events are back)
-            if len(self.ready) >= limit:
+            if len(self.ready) >= limit or hurry:
                 break
             if self.exhausted() and (self.stale or self.relist or self.retry_listing or not self.listed):
                 self.list_window()

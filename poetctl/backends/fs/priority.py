@@ -9,20 +9,28 @@ on every fetch for a few microseconds.
 
 Priority must never reorder a partition key's events, and the daemon cannot
 know the keys of events it has not read. So the **emitter** decides whether
-a high event may take the fast lane, from the *key ledger* ``run/keyledger``:
-a table of :data:`SLOTS` slots, each holding a key's hash and the newest id
-emitted for it (newest in the daemon's order: ids sort by time). Every
-publish notes its events there (under the ledger's flock, one per group; the
-slots are written through ``mmap``, no system call per event). A high event
-of key K takes the fast lane only if K's slot holds K (not another key that
-hashes to the same slot) and that newest event L of K is finished - found
-neither in ``pending/`` nor in any ``inflight/<owner>/``, looked up
-pending, inflight, pending again so that one move between the looks cannot
-hide it - or if the slot is empty and the ledger is *complete* (created on a
-spool with nothing pending or in flight). Otherwise the event waits its turn
-in id order like a normal one (it is still marked high; only the jump is
-refused). A key's events are claimed in id order, so "the newest is
-finished" means "all are".
+a high event may take the fast lane, from the *key ledger* ``run/keyledger``
+(2.6 MB, written through ``mmap``: no system call per event; one flock per
+publish): :data:`BUCKETS` buckets of :data:`WAYS` keys, each key with two
+ids - its event noted last and its event that sorts last (ids sort by time;
+the daemon claims a key's events in that order). Every publish notes its
+events there. A high event of key K takes the fast lane only if
+
+* K is in the ledger and both its ids are *finished* - found neither in
+  ``pending/`` nor in any ``inflight/<owner>/``, looked up pending,
+  inflight, pending again so that one move between the looks cannot hide
+  it. Any earlier event of K was claimed before those two, or was being
+  emitted at the same moment as this one (no order exists between those); or
+* K is not in the ledger, the ledger is *complete* (created on a spool with
+  nothing pending or in flight) and K's bucket never had to evict a key
+  with unfinished events (a full bucket evicts a settled key first: that
+  loses nothing, since a settled key is as good as a new one).
+
+Otherwise the event waits its turn in id order like a normal one (it is still
+marked high; only the jump is refused). With up to a few thousand keys
+unfinished at once a new key almost always finds room; with far more (say
+100,000 distinct keys pending) many buckets are full and unsettled, and high
+events of new keys in those buckets wait their turn.
 
 Limits (documented): events written into ``pending/`` by hand, by ``restore``
 or by ``dead retry`` are not in the ledger, so a high event may pass them;
@@ -39,6 +47,7 @@ import fcntl
 import hashlib
 import mmap
 import os
+import re
 import stat
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -51,33 +60,38 @@ if TYPE_CHECKING:
 
 LEDGER = "run/keyledger"
 HINTS = "run/priority"
-SLOTS = 8192
-# 8 bytes key hash, then two ids (1 byte length + 59 bytes each): the key's event noted last,
-# and its event that sorts last. The key is settled when both are finished (see note()).
-SLOT = 128
-_HEAD = 64  # b"poetctl-keyledger 1\n", then the completeness byte at offset 32
-_MAGIC = b"poetctl-keyledger 1\n"
+BUCKETS = 16384
+WAYS = 4
+# A bucket holds up to 4 keys: 8 bytes key hash, then two ids as 16 bytes each (the key's event
+# noted last, and its event that sorts last); the key is settled when both are finished (see
+# note()). An id that is not a lowercase UUID (fresh and derived ids are) is noted as _UNKNOWN:
+# that key never jumps again. After the buckets come BUCKETS "lossy" bytes: 1 once an unsettled
+# key had to be evicted from the bucket (a key missing from it is then unknown, not fresh).
+SLOT = 40
+_BUCKET = WAYS * SLOT
+_HEAD = 64  # b"poetctl-keyledger 3\n", then the completeness byte at offset 32
+_MAGIC = b"poetctl-keyledger 3\n"
 _COMPLETE = 32
-_MAX_ID = 59
 _EMPTY = b"\0" * 8
-_POISON = b"\xff" * 8  # a slot whose newest event is unknown (an id too long to note)
+_UNKNOWN = b"\xff" * 16  # an id that could not be noted (sorts after every UUID)
+_LOSSY = 64 + BUCKETS * _BUCKET
+_SIZE = _LOSSY + BUCKETS
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _pack(eid: str) -> bytes:
-    b = eid.encode()
-    return bytes((len(b),)) + b.ljust(_MAX_ID, b"\0")
+def _pack(eid: str) -> bytes | None:
+    return bytes.fromhex(eid.replace("-", "")) if _UUID.fullmatch(eid) else None
 
 
-def _ids(m: mmap.mmap, off: int) -> tuple[str, str]:
-    a = off + 8
-    b = a + 1 + _MAX_ID
-    return m[a + 1 : a + 1 + m[a]].decode(), m[b + 1 : b + 1 + m[b]].decode()
+def _unpack(b: bytes) -> str:
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def key_hash(key: str) -> bytes:
     """8 bytes identifying a partition key across processes (never 0: 0 marks an empty slot)."""
     h = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return h if h != b"\0" * 8 and h != _POISON else b"\1" + h[1:]
+    return h if h != _EMPTY else b"\1" + h[1:]
 
 
 class KeyLedger:
@@ -99,7 +113,7 @@ class KeyLedger:
             pass
         if not stat.S_ISDIR(os.lstat(run).st_mode):
             raise OSError(f"{run} is not a directory")  # a link: never write through it
-        size = _HEAD + SLOTS * SLOT
+        size = _SIZE
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
             created = True
@@ -109,7 +123,8 @@ class KeyLedger:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                if os.fstat(fd).st_size != size:  # new, or damaged: start over (incomplete, so conservative)
+                if os.fstat(fd).st_size != size or os.pread(fd, len(_MAGIC), 0) != _MAGIC:
+                    # New, damaged or another version: start over (complete only on an idle spool).
                     os.ftruncate(fd, 0)
                     os.ftruncate(fd, size)
                     head = _MAGIC + b"\0" * (_HEAD - len(_MAGIC))
@@ -145,7 +160,7 @@ class KeyLedger:
         except OSError:
             return set()
         fast: set[str] = set()
-        noted: set[str] = set()
+        noted: set[bytes] = set()
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
             complete = m[_COMPLETE] == 1
@@ -155,28 +170,47 @@ class KeyLedger:
             for it in items:
                 ev = it.event
                 h = key_hash(key_of(ev))
-                off = _HEAD + (int.from_bytes(h, "little") % SLOTS) * SLOT
-                slot_h = m[off : off + 8]
-                mine = slot_h == h
-                last, top = _ids(m, off) if mine else ("", "")
-                if ev.priority == HIGH:
-                    done = self.finished
-                    if (
-                        mine and last not in noted and top not in noted and done(last) and (top == last or done(top))
-                    ) or (slot_h == _EMPTY and complete):
-                        fast.add(ev.id)
-                eid = ev.id
+                b = int.from_bytes(h, "little") % BUCKETS
+                base = _HEAD + b * _BUCKET
+                off = free = -1
+                for o in range(base, base + _BUCKET, SLOT):
+                    sh = m[o : o + 8]
+                    if sh == h:
+                        off = o
+                        break
+                    if free < 0 and sh == _EMPTY:
+                        free = o
+                last = top = _EMPTY
+                if off >= 0:
+                    last, top = m[off + 8 : off + 24], m[off + 24 : off + 40]
+                if ev.priority == HIGH and (
+                    self.settled(last, top, noted) if off >= 0 else complete and not m[_LOSSY + b]
+                ):
+                    fast.add(ev.id)
+                eid = _pack(ev.id) or _UNKNOWN
                 noted.add(eid)  # not committed yet: a later event of this group must not pass it
-                if len(eid) > _MAX_ID:
-                    m[off : off + 8] = _POISON  # newest unknown: no fast lane here until overwritten
-                    continue
-                # A later-sorting event of the key already noted stays the last in id order.
-                new_top = top if mine and top > eid else eid
-                m[off + 8 : off + SLOT] = _pack(eid) + _pack(new_top)
-                m[off : off + 8] = h
+                if off < 0:
+                    off = free if free >= 0 else self._evict(m, base, b, h, noted)
+                    top = eid
+                # The key's event that sorts last stays so (an unknown id sorts last for good).
+                m[off : off + 40] = h + eid + max(top, eid)
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         return fast
+
+    def settled(self, last: bytes, top: bytes, noted: set[bytes]) -> bool:
+        """Are both noted events of a key finished (and not of the group being noted)?"""
+        if _UNKNOWN in (last, top) or last in noted or top in noted:
+            return False
+        return self.finished(_unpack(last)) and (top == last or self.finished(_unpack(top)))
+
+    def _evict(self, m: mmap.mmap, base: int, b: int, h: bytes, noted: set[bytes]) -> int:
+        """A way of a full bucket for a new key: a settled key's (nothing lost), else one marked lossy."""
+        for o in range(base, base + _BUCKET, SLOT):
+            if self.settled(m[o + 8 : o + 24], m[o + 24 : o + 40], noted):
+                return o
+        m[_LOSSY + b] = 1
+        return base + (h[0] % WAYS) * SLOT
 
     def finished(self, event_id: str) -> bool:
         """Is ``event_id`` neither pending nor in flight (pending, inflight, pending again)?"""
@@ -268,6 +302,7 @@ class PriorityLanes:
         self.low_names = {}  # name -> key, in the order the walk found them
         self.low_held = set()  # keys whose earliest event is a set-aside low one
         self.serving_low = False
+        self.hurried = False  # the last fetch handed out high events without claiming normal ones
         d = self.layout.root / HINTS
         try:
             os.mkdir(d, 0o750)
@@ -276,7 +311,7 @@ class PriorityLanes:
         self.hints_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
     def fill_by_priority(self, limit: int) -> int:
-        """Claim hinted high events and due low ones into :attr:`ready`, within their shares; how many."""
+        """Claim hinted high events and due low ones into :attr:`ready`, within their shares; how many high."""
         hints = os.listdir(self.hints_fd)
         if not hints and not self.low_names:
             return 0
@@ -297,9 +332,9 @@ class PriorityLanes:
                 except FileNotFoundError:
                     pass
             self.ready.extendleft(reversed(high))  # ahead of normal events claimed before
-            got += len(high)
+            got = len(high)
         if quota["low"]:
-            got += self.claim_low(quota["low"])
+            self.claim_low(quota["low"])
         return got
 
     def claim_low(self, n: int) -> int:
