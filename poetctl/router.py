@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .config import Config, load_config
 from .envelope import CausationDepthExceeded, EmitItem, EnvelopeBuilder, check_duplicates, same_content
 from .event import Event
+from .limits import DEFAULT_WAIT
 from .publish import Publisher
 from .schemas import SchemaRegistry
 from .subscriptions import Handler, Subscription, SubscriptionRegistry
@@ -146,6 +147,7 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         where: str | None = None,
         schema_version: int | None = None,
         priority: str | None = None,
+        wait: float = DEFAULT_WAIT,
     ) -> str:
         """Validate, seal and durably commit one event; return its id.
 
@@ -154,6 +156,9 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         ``priority`` is ``"high"``, ``"normal"`` or ``"low"``: the daemon fetches due
         high events first (see ``[daemon] priority_shares``). Default: normal, or
         inside a handler the priority of the event being handled.
+        ``wait``: with ``[limits]`` set, how long to wait for room in the spool
+        (or a rate token for the source) before raising
+        :class:`~poetctl.limits.Backpressure` (75; nothing written).
         Safe to call from several threads: concurrent emits share the
         publish step and its directory fsync (group commit, see
         :class:`poetctl.backends.fs.writer.GroupCommitter`); each returns once its
@@ -184,10 +189,10 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         if cause is not None and cause.buffer is not None:
             cause.buffer.append((ev, keyed))
             return ev.id
-        self.publisher.publish([(ev, keyed)])
+        self.publisher.publish([(ev, keyed)], admit=wait)
         return ev.id
 
-    def emit_many(self, items: Iterable[EmitItem]) -> list[str]:
+    def emit_many(self, items: Iterable[EmitItem], *, wait: float = DEFAULT_WAIT) -> list[str]:
         """Validate every item, then commit them all as one group; return the ids in order.
 
         Items are ``(type, payload)`` pairs, envelope dicts (see :meth:`ingest`)
@@ -196,6 +201,8 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         (see :func:`same_content`) and invalid otherwise; an id in quarantine
         raises :class:`Quarantined` and nothing of the group is written.
         Inside a handler the items are follow-ups, buffered like :meth:`emit`'s.
+        With ``[limits]`` set, the whole group waits up to ``wait`` seconds for
+        room, then raises :class:`~poetctl.limits.Backpressure` (nothing written).
         """
         built = [self._coerce(item, f"item {i + 1}") for i, item in enumerate(items)]
         check_duplicates(built, lambda i: f"item {i + 1}")
@@ -203,18 +210,24 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         if cause is not None and cause.buffer is not None:
             cause.buffer.extend(built)
         else:
-            self.publisher.publish(built)
+            self.publisher.publish(built, admit=wait)
         return [ev.id for ev, _ in built]
 
-    def commit_events(self, built: list[tuple[Event, bool]]) -> list[bool]:
+    def commit_events(
+        self, built: list[tuple[Event, bool]], *, wait: float | None = None, partial: bool = False
+    ) -> list[bool]:
         """Commit already-validated events as one group; True per event actually added.
+
+        ``wait`` (seconds) keeps the ``[limits]`` (see :meth:`emit`; None, the
+        daemon's follow-ups: none). With ``partial`` the leading events that fit
+        are committed and the list is shorter than ``built``.
 
         Commits running concurrently in other threads of this process may be
         published as one group; if that fails, each of them raises
         :class:`SpoolIOError` and none of their events is visible. An id in
         quarantine raises :class:`Quarantined` and nothing of the group is written.
         """
-        return self.publisher.publish(built)
+        return self.publisher.publish(built, admit=wait, partial=partial)
 
     def quarantine_reason(self, event_id: str) -> str | None:
         """Why ``event_id`` is quarantined (one printable line), or None if it is not."""

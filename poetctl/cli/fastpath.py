@@ -26,6 +26,7 @@ EMIT_OPTIONS = {
     "--environment": "environment",
     "--schema-version": "schema_version",
     "--priority": "priority",
+    "--wait": "wait",
     "--spool": "spool",
     "--config": "config",
 }
@@ -98,6 +99,7 @@ def run(argv: list[str]) -> int | None:
             environment=opts.get("environment"),
             schema_version=opts.get("schema_version"),
             priority=opts.get("priority"),
+            wait=opts.get("wait"),
         )
     except PoetError as exc:
         sys.stderr.write(f"poetctl: error: {exc}\n")

@@ -144,6 +144,7 @@ def _status(
         source = FsStatus(layout.require_real(*layout.read_dirs(), missing_ok=True))
         doc = collect(source, lease_seconds=lease, stale_after=stale)
         doc["breakers"] = _breakers(layout)
+        doc["limits"] = _limits(cfg, layout, doc["counts"]["pending"])
     except Exception as exc:
         if not check:
             raise  # errors_to_exit: 66 no spool, 74 I/O error, 77 permission denied
@@ -161,6 +162,36 @@ def _status(
         if fmt is None:
             sys.stdout.write(nagios_line(doc, verdict, t) + "\n")
         raise typer.Exit(verdict["code"])
+
+
+def _limits(cfg: Any, layout: Any, pending: int) -> dict[str, Any] | None:
+    """``[limits]``: how full the spool is against each, and the sources throttled in the last minute."""
+    from ..limits import Limits
+
+    lim = Limits.of(cfg)
+    if not lim.any:
+        return None
+    out: dict[str, Any] = {"pending": pending, "max_pending": lim.max_pending or None}
+    out["pending_fill"] = round(pending / lim.max_pending, 4) if lim.max_pending else None
+    out["pending_bytes"] = None
+    out["max_pending_bytes"] = lim.max_pending_bytes or None
+    out["bytes_fill"] = None
+    out["throttled"] = []
+    from ..backends.fs.limits import STATE, SpoolLimits
+
+    if (layout.root / STATE).is_file():  # status writes nothing: without the file, nothing was counted yet
+        st = SpoolLimits(layout)
+        try:
+            st.counted(pending)  # this listing is exact: emitters see it at once
+            out["pending_bytes"] = st.pending()[1]
+            out["throttled"] = st.throttled(lim)
+        except OSError:
+            pass
+        finally:
+            st.close()
+        if lim.max_pending_bytes and out["pending_bytes"] is not None:
+            out["bytes_fill"] = round(out["pending_bytes"] / lim.max_pending_bytes, 4)
+    return out
 
 
 def _breakers(layout: Any) -> list[dict[str, Any]]:
@@ -240,6 +271,25 @@ def _table(doc: dict[str, Any]) -> None:
                 for b in doc["breakers"]
             ],
         )
+    lim = doc.get("limits")
+    if lim:
+        parts = []
+        if lim["max_pending"]:
+            parts.append(f"{lim['pending']} of {lim['max_pending']} pending ({100 * lim['pending_fill']:.0f}%)")
+        if lim["max_pending_bytes"]:
+            b = lim["pending_bytes"]
+            shown = (
+                f"{b} of {lim['max_pending_bytes']} bytes"
+                if b is not None
+                else f"? of {lim['max_pending_bytes']} bytes"
+            )
+            parts.append(shown + (f" ({100 * lim['bytes_fill']:.0f}%)" if lim["bytes_fill"] is not None else ""))
+        con.print("limits: " + ("; ".join(parts) if parts else "rates only"))
+        for t in lim["throttled"]:
+            con.print(
+                f"throttled: source {t['pattern']} ({t['rate_per_s']:g}/s): {t['refused_total']} refused, "
+                f"last {t['last_refused_s_ago']} s ago"
+            )
     if "check" in doc:
         v = doc["check"]
         con.print(f"check: {v['status']}" + (f" - {'; '.join(v['reasons'])}" if v["reasons"] else ""))

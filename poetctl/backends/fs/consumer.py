@@ -199,6 +199,8 @@ class FsConsumer(PriorityLanes, Claims):
         ready = self.ready
         n = min(limit, len(ready))
         out = Fetched([ready.popleft() for _ in range(n)], self.quarantined, self.deferred)
+        if n:
+            self.transport.limits_state.taken(n)  # the pending gauge (backpressure): once per fetch
         out.more = (
             bool(ready)
             or self.outstanding is not None
@@ -210,6 +212,10 @@ class FsConsumer(PriorityLanes, Claims):
         if self.indexer is not None:
             self.indexer.maybe_flush()
         return out
+
+    def list_window(self) -> None:
+        super().list_window()
+        self.transport.limits_state.counted(self.pending_seen)  # the pending gauge is exact again
 
     # -- recording (worker threads) ---------------------------------------------------------
     def begin(self, delivery: Delivery) -> None:

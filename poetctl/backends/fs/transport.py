@@ -21,6 +21,7 @@ import orjson
 from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored
 from .corrupt_names import REASON_SUFFIX, quarantined, visible
 from .layout import SpoolLayout
+from .limits import SpoolLimits
 from .priority import KeyLedger, write_hints
 from .writer import GroupCommitter
 
@@ -59,6 +60,7 @@ class FsTransport:
         self._lock = threading.Lock()
         self._ready = False
         self._ledger: KeyLedger | None = None  # priority: the key ledger, opened on the first publish
+        self.limits_state = SpoolLimits(self.layout)  # backpressure: the pending gauge, rate buckets
         self._key_of: Callable[[Any], str] | None = None
 
     def _attach(self, c: FsConsumer) -> None:
@@ -98,11 +100,22 @@ class FsTransport:
             seen.add(eid)
         fast = self._note(items)
         added = self.committer.commit(rows)
+        self.limits_state.added(sum(added), sum(len(it.data) for it, new in zip(items, added, strict=True) if new))
         if fast:
             write_hints(self.layout, [r[0] for r, new in zip(rows, added, strict=True) if new and r[0] in fast])
         if self._consumers:
             self._wake_all()
         return added
+
+    def admit(self, items: Sequence[Outgoing], wait: float, partial: bool = False) -> int:
+        """How many leading ``items`` fit the ``[limits]`` now (waiting up to ``wait`` s); raises Backpressure."""
+        from ...limits import Limits
+
+        limits = Limits.of(self.config)
+        if not limits.any or not items:
+            return len(items)
+        self._ensure()
+        return self.limits_state.admit(items, limits, wait, partial)
 
     def _note(self, items: Sequence[Outgoing]) -> set[str]:
         """Note the events in the key ledger (see backends/fs/priority.py); the high ones that may jump."""
@@ -221,6 +234,7 @@ class FsTransport:
     def close(self) -> None:
         if self._ledger is not None:
             self._ledger.close()
+        self.limits_state.close()
 
 
 def _count_events(directory: Path) -> int:
