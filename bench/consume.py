@@ -88,15 +88,25 @@ def build_spool(spool: Path, n: int) -> float:
 
 
 # -- measurements ---------------------------------------------------------------
-def run_inproc(spool: Path, n: int, workers: int) -> dict[str, Any]:
+def run_inproc(spool: Path, n: int, workers: int, metrics: bool = False) -> dict[str, Any]:
     router = EventRouter(spool=spool)
     router.subscribe("*", lambda e: None, name="noop")
-    d = Daemon(router, DaemonOptions(once=True, watch=False, workers=workers))
+    opts = DaemonOptions(once=True, watch=False, workers=workers)
+    obs = None
+    if metrics:  # what `poetctl daemon` attaches: metrics, log context, alerts, the stats file for top
+        from poetctl.observability.wiring import daemon_observability
+
+        obs = daemon_observability(router, router.config, lease_seconds=opts.lease_seconds)
+        d = Daemon(router, opts, middleware=obs.middleware)
+    else:
+        d = Daemon(router, opts)
     c0 = os.times()
     t0 = time.perf_counter()
     rc = d.run()
     dt = time.perf_counter() - t0
     c1 = os.times()
+    if obs is not None:
+        obs.close()
     # CPU per event of the daemon process and of its completion mover (a reaped child).
     cpu = {
         "daemon_us": 1e6 * (c1.user - c0.user + c1.system - c0.system) / n,
@@ -193,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=100_000, help="events per spool (default 100000)")
     ap.add_argument("--reps", type=int, default=3, help="alternating repetitions (default 3)")
     ap.add_argument("--workers", default="1,4", help="comma-separated worker counts (default 1,4)")
-    ap.add_argument("--modes", default="inproc,subproc,bare", help="subset of inproc,subproc,bare")
+    ap.add_argument(
+        "--modes",
+        default="inproc,subproc,bare",
+        help="subset of inproc,metrics,subproc,bare (metrics: + observability)",
+    )
     ap.add_argument("--tmp-dir", help="parent of the scratch dir (default: the repo's parent)")
     ap.add_argument("--keep", action="store_true", help="do not delete the scratch dir")
     ap.add_argument(
@@ -214,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     for w in workers:
         if "inproc" in modes:
             plan.append((f"inproc-w{w}", "inproc", w))
+        if "metrics" in modes:  # the same with the observability middleware (issue 13's <= 5% budget)
+            plan.append((f"inproc-w{w}-metrics", "metrics", w))
     for w in workers:
         if "subproc" in modes:
             plan.append((f"subproc-w{w}", "subproc", w))
@@ -239,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                 spool = root / f"{key}-{rep}"
                 b = build_spool(spool, args.events)
                 builds.append(b)
-                if mode == "inproc":
-                    res = run_inproc(spool, args.events, w)
+                if mode in ("inproc", "metrics"):
+                    res = run_inproc(spool, args.events, w, metrics=mode == "metrics")
                 elif mode == "subproc":
                     res = run_subproc(spool, args.events, w, root)
                 else:
@@ -271,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         med = statistics.median(eps)
         label = {
             "inproc": f"daemon in-process, workers={w}",
+            "metrics": f"daemon in-process + metrics, workers={w}",
             "subproc": f"daemon subprocess, workers={w}",
             "bare": "bare loop",
         }[mode]
@@ -284,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             "target_ratio_met": med / bare_med >= TARGET_RATIO if mode != "bare" else None,
             "rc": [r["rc"] for r in runs[key]],
         }
-        if mode == "inproc":
+        if mode in ("inproc", "metrics"):
             results[key]["cpu_us_per_event"] = {
                 k: statistics.median(r["cpu"][k] for r in runs[key]) for k in ("daemon_us", "mover_us")
             }

@@ -1,8 +1,11 @@
 """poetctl: the event backbone for POET.
 
 The public library surface is small: :class:`EventRouter` to emit and
-subscribe, :class:`Event` for what handlers receive, :func:`load_config` and
-the error classes (each carries its exit code). Names are imported on first
+subscribe (and, in process, ``start``/``run_until_idle``/``close``),
+:class:`Event` for what handlers receive, :func:`load_config` and the error
+classes (each carries its exit code); the seed's names ``POETEventRouter``,
+``EventDeliveryMode``, ``MLMonitoringEventHandlers``, ``LearningEngine`` and
+``FunctionStateHandlers`` for code ported from the seed. Names are imported on first
 use, so ``import poetctl.something`` stays cheap for the command-line tool.
 """
 
@@ -24,6 +27,13 @@ _EXPORTS = {
     "EventRouter": ".router",
     "Permanent": ".daemon.outcomes",
     "Retry": ".daemon.outcomes",
+    # The seed's names (see poetctl.seedapi and poetctl.handlers).
+    "POETEventRouter": ".seedapi",
+    "EventDeliveryMode": ".seedapi",
+    "CorrelationTracker": ".seedapi",
+    "MLMonitoringEventHandlers": ".handlers",
+    "LearningEngine": ".handlers",
+    "FunctionStateHandlers": ".handlers",
 }
 
 if TYPE_CHECKING:
@@ -31,15 +41,13 @@ if TYPE_CHECKING:
     from .daemon.outcomes import Permanent, Retry
     from .errors import InvalidData, PoetError, SpoolIOError, UnknownType
     from .event import Event
+    from .handlers import FunctionStateHandlers, LearningEngine, MLMonitoringEventHandlers
     from .limits import Backpressure
     from .router import EventRouter
-
-    POETEventRouter = EventRouter
+    from .seedapi import CorrelationTracker, EventDeliveryMode, POETEventRouter
 
 
 def __getattr__(name: str) -> Any:
-    if name == "POETEventRouter":  # the seed's name for the router
-        name = "EventRouter"
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'poetctl' has no attribute {name!r}")
@@ -51,9 +59,14 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Backpressure",
     "Config",
+    "CorrelationTracker",
     "Event",
+    "EventDeliveryMode",
     "EventRouter",
+    "FunctionStateHandlers",
     "InvalidData",
+    "LearningEngine",
+    "MLMonitoringEventHandlers",
     "POETEventRouter",
     "Permanent",
     "PoetError",

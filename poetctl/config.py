@@ -26,7 +26,7 @@ DEFAULT_SPOOL = Path(".poet/pubsub")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 MAX_CONFIG_BYTES = 1024 * 1024  # a poet.toml is a few hundred bytes; refuse to slurp a huge or endless file
 # Sections whose keys are checked one by one against configspec.SECTIONS (the top level is "").
-TABLES = ("event_schemas", "daemon", "learning", "builtin_handlers", "status", "serve", "limits")
+TABLES = ("event_schemas", "daemon", "learning", "builtin_handlers", "status", "serve", "alerts", "limits")
 # [daemon] max_causation_depth: how deep a chain of handler follow-ups may go (see EventRouter.build).
 DEFAULT_MAX_CAUSATION_DEPTH = 64
 
@@ -57,6 +57,7 @@ class Config:
     builtin_handlers: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
     serve: dict[str, Any] = field(default_factory=dict)
+    alerts: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
     file: Path | None = None
     origins: dict[str, str] = field(default_factory=dict)
@@ -70,7 +71,7 @@ class Config:
         """
         sections = {
             name: {**defaults(name), **getattr(self, name)}
-            for name in ("daemon", "learning", "builtin_handlers", "status", "serve", "limits")
+            for name in ("daemon", "learning", "builtin_handlers", "status", "serve", "alerts", "limits")
         }
         origins = {"config_file": self.origins.get("config_file", "default")}
         for section, spec in SECTIONS.items():
@@ -102,6 +103,7 @@ class Config:
             "builtin_handlers": sections["builtin_handlers"],
             "status": sections["status"],
             "serve": _redact(sections["serve"]),
+            "alerts": sections["alerts"],
             "limits": sections["limits"],
             "origins": origins,
         }
@@ -123,10 +125,11 @@ def _redact(value: Any, key: str = "") -> Any:
     return value
 
 
-def resolve_secret(value: str | None) -> str | None:
+def resolve_secret(value: str | None, base: str | os.PathLike[str] | None = None) -> str | None:
     """Resolve ``env:NAME`` (None if unset) or ``file:PATH`` (its text, stripped; None if unreadable).
 
-    Literals pass through.
+    A relative PATH is taken relative to ``base`` (poet.toml's directory, like
+    the file's other paths) when given. Literals pass through.
     """
     if value is None:
         return None
@@ -134,7 +137,10 @@ def resolve_secret(value: str | None) -> str | None:
         return os.environ.get(value[4:]) or None
     if value.startswith("file:"):
         try:
-            with open(os.path.expanduser(value[5:]), encoding="utf-8") as fh:
+            path = os.path.expanduser(value[5:])
+            if base is not None and not os.path.isabs(path):
+                path = os.path.join(base, path)
+            with open(path, encoding="utf-8") as fh:
                 return fh.read(64 * 1024).strip() or None
         except (OSError, UnicodeDecodeError):
             return None

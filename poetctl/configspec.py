@@ -18,220 +18,20 @@ the file (and line when it can be found), the key, and what is allowed.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from .configkinds import _BIG as _BIG
+from .configkinds import _DAY as _DAY
+from .configkinds import DELIVERY_MODES as DELIVERY_MODES
+from .configkinds import FREE_FORM as FREE_FORM
+from .configkinds import MAX_SHOWN as MAX_SHOWN
+from .configkinds import PARTITION_FIELDS as PARTITION_FIELDS
+from .configkinds import VERSION_PATTERN as VERSION_PATTERN
+from .configkinds import Setting as Setting
+from .configkinds import _num as _num
 from .errors import ConfigError
-
-DELIVERY_MODES = ("local_only", "nats", "hybrid")
-# Envelope fields a partition key may name (attributes of Event); else ``payload.<dotted path>``.
-PARTITION_FIELDS = ("id", "type", "source", "topic", "correlation_id", "causation_id")
-_PAYLOAD_PATH = r"payload(\.[A-Za-z0-9_-]+)+"  # compiled on first use (re caches it), not at import
-# Mirrors schemas/envelope.json metadata.version (a test checks they agree).
-VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}"
-FREE_FORM = ("nats", "external_integrations")
-MAX_SHOWN = 60  # characters of a bad value quoted in an error
-# A secret in poet.toml is named, never written: env:NAME or file:PATH (several for rotation).
-_SECRET_REF = r"env:[A-Za-z_][A-Za-z0-9_]*|file:[^\0]+"
-
-
-class Setting:
-    """One key: ``kind`` is int, float, bool, str, choice, duration, strlist, path, pathlist, partition_key,
-    secret, secretlist (a non-empty list), secrets (one reference or a list) or url.
-
-    ``lo``/``hi`` bound a number (inclusive) or a string's length. A plain
-    class, not a dataclass: building ~50 dataclass instances' class at
-    import would cost start-up time on every command.
-    """
-
-    __slots__ = ("choices", "default", "env", "hi", "kind", "lo", "pattern")
-
-    def __init__(
-        self,
-        kind: str,
-        default: Any,
-        lo: float | None = None,
-        hi: float | None = None,
-        *,
-        choices: tuple[str, ...] = (),
-        pattern: str | None = None,
-        env: str | None = None,
-    ) -> None:
-        self.kind = kind
-        self.default = default
-        self.lo = lo
-        self.hi = hi
-        self.choices = choices
-        self.pattern = pattern
-        self.env = env
-
-    def expected(self) -> str:
-        """What is allowed, in words (used in every error about this key)."""
-        k = self.kind
-        if k in ("int", "float"):
-            what = "an integer" if k == "int" else "a number"
-            if self.lo is not None and self.hi is not None:
-                return f"{what} from {_num(self.lo)} to {_num(self.hi)}"
-            if self.lo is not None:
-                return f"{what} >= {_num(self.lo)}"
-            return what
-        if k == "bool":
-            return "true or false"
-        if k == "choice":
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        if k == "str":
-            if self.pattern is not None:
-                return f"a string matching {self.pattern}"
-            return f"a string of {_num(self.lo or 0)} to {_num(self.hi or 0)} characters"
-        if k == "duration":
-            return "a duration like 30s, 5m, 2h, 1d or a number of seconds"
-        if k == "strlist":
-            return "a list of strings"
-        if k == "path":
-            return "a path string"
-        if k == "pathlist":
-            return "a list of path strings"
-        if k == "secret":
-            return "a secret: env:NAME or file:/path (a literal works but is discouraged)"
-        if k == "secretlist":
-            return "a non-empty list of secrets, each env:NAME or file:/path"
-        if k == "url":
-            return "an http:// or https:// URL, or env:NAME"
-        if k == "shares":
-            return "a table like {high = 70, normal = 25, low = 5} (integers from 1 to 1000)"
-        if k == "rates":
-            return 'a table of source patterns to rates, like {"external.*" = "100/s"} (per s, m or h)'
-        if k == "secrets":
-            return 'a secret reference or a list of them: "env:NAME" or "file:/path" (never the secret itself)'
-        return "a field name or list of them: " + ", ".join(PARTITION_FIELDS) + " or payload.<key>[.<key>...]"
-
-    def check(self, value: Any) -> Any:
-        """The value normalised (ints for floats become floats, a partition key a list); ValueError if not allowed."""
-        k = self.kind
-        if k == "bool":
-            if isinstance(value, bool):
-                return value
-        elif k == "int":
-            if isinstance(value, int) and not isinstance(value, bool) and self._in_range(value):
-                return value
-        elif k == "float":
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                f = float(value)
-                if math.isfinite(f) and self._in_range(f):
-                    return f
-        elif k == "choice":
-            if value in self.choices:
-                return value
-        elif k == "str":
-            if isinstance(value, str) and self._str_ok(value):
-                return value
-        elif k == "duration":
-            return self._duration(value)
-        elif k in ("strlist", "pathlist"):
-            if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
-                return list(value)
-        elif k == "path":
-            if isinstance(value, str) and value and "\0" not in value:
-                return value
-        elif k == "secret":
-            if _secret_ok(value):
-                return value
-        elif k == "secretlist":
-            if isinstance(value, list) and value and all(_secret_ok(v) for v in value):
-                return list(value)
-        elif k == "url":
-            if isinstance(value, str) and (
-                re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value) is not None or re.fullmatch(_ENV_REF, value)
-            ):
-                return value
-        elif k == "secrets":
-            items = [value] if isinstance(value, str) else value
-            if isinstance(items, list) and all(isinstance(v, str) and re.fullmatch(_SECRET_REF, v) for v in items):
-                return list(items)
-        elif k == "shares":
-            from .priority import check_shares
-
-            return check_shares(value)
-        elif k == "rates":
-            from .limits import check_rates
-
-            return check_rates(value)
-        elif k == "partition_key":
-            items = [value] if isinstance(value, str) else value
-            if isinstance(items, list) and items and all(_partition_ok(v) for v in items):
-                return list(items)
-        raise ValueError(self.expected())
-
-    def parse_env(self, text: str) -> Any:
-        """The value of an environment variable for this key (text), checked like a file value."""
-        k = self.kind
-        value: Any = text
-        if k == "bool":
-            t = text.strip().lower()
-            value = True if t in ("1", "true", "yes", "on") else False if t in ("0", "false", "no", "off") else text
-        elif k == "int":
-            try:
-                value = int(text.strip())
-            except ValueError:
-                pass
-        elif k == "strlist":
-            value = [h.strip() for h in text.split(",") if h.strip()]
-        elif k == "pathlist":
-            import os
-
-            value = [p for p in text.split(os.pathsep) if p]
-        return self.check(value)
-
-    def _in_range(self, v: float) -> bool:
-        return (self.lo is None or v >= self.lo) and (self.hi is None or v <= self.hi)
-
-    def _str_ok(self, v: str) -> bool:
-        if self.pattern is not None:
-            return re.fullmatch(self.pattern, v) is not None
-        return self._in_range(len(v)) and v.isprintable()
-
-    def _duration(self, value: Any) -> Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if math.isfinite(value) and value >= 0:
-                return value
-        elif isinstance(value, str):
-            # parse_duration is what `status` applies; imported only when a file sets a duration.
-            from .errors import UsageError
-            from .ops.status import parse_duration
-
-            try:
-                parse_duration(value, "")
-                return value
-            except UsageError:
-                pass
-        raise ValueError(self.expected())
-
-
-def _num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else str(v)
-
-
-_ENV_REF = r"env:[A-Za-z_][A-Za-z0-9_]{0,127}"
-
-
-def _secret_ok(v: Any) -> bool:
-    if not isinstance(v, str) or not v or "\0" in v:
-        return False
-    if v.startswith("env:"):
-        return re.fullmatch(_ENV_REF, v) is not None
-    if v.startswith("file:"):
-        return len(v) > 5
-    return v.isprintable()
-
-
-def _partition_ok(v: Any) -> bool:
-    return isinstance(v, str) and (v in PARTITION_FIELDS or re.fullmatch(_PAYLOAD_PATH, v) is not None)
-
-
-_DAY = 86400.0
-_BIG = 10_000_000
 
 # section ("" = top level) -> key -> Setting. Defaults mirror the dataclasses that use them
 # (DaemonOptions, LearningSettings, HandlerSwitches, cli.status.STATUS_DEFAULTS); tests check they agree.
@@ -323,6 +123,24 @@ SECTIONS: dict[str, dict[str, Setting]] = {
         "max_stale": Setting("int", 0, 0, _BIG),
         "min_daemons": Setting("int", 0, 0, _BIG),
     },
+    # Alerts on the system itself (poetctl.observability.alerts.AlertSettings has the same defaults).
+    "alerts": {
+        "enabled": Setting("bool", True),
+        "interval": Setting("duration", 15.0),
+        "for_seconds": Setting("duration", 60.0),
+        "clear_seconds": Setting("duration", 60.0),
+        "min_daemons": Setting("int", 1, 0, _BIG),
+        "warn_lag": Setting("duration", 60.0),
+        "max_lag": Setting("duration", 300.0),
+        "lag_window": Setting("duration", 300.0),
+        "disk_min_free": Setting("float", 0.10, 0.0, 1.0),
+        "error_rate": Setting("float", 0.10, 0.0, 1.0),
+        "min_runs": Setting("int", 20, 1, _BIG),
+        "latency_factor": Setting("float", 3.0, 1.0, 1000.0),
+        "latency_min_seconds": Setting("float", 0.1, 0.0, _DAY),
+        "max_rss_mb": Setting("float", 0.0, 0.0, 1e9),
+        "max_open_files_ratio": Setting("float", 0.8, 0.0, 1.0),
+    },
 }
 
 
@@ -388,6 +206,35 @@ def integration_kind(name: str, table: Mapping[str, Any]) -> str | None:
     if isinstance(t, str):
         return t
     return name if name in INTEGRATION_KEYS else None
+
+
+_NAME = r"[A-Za-z0-9_-]{1,64}"
+
+# [nats]: checked like a section, kept in Config.nats (read by poetctl.backends.nats.settings).
+# Secrets (password, token, nkey_seed) are "env:NAME" or the path of a file holding them - never the
+# secret itself, so a poet.toml can be shown and committed.
+NATS: dict[str, Setting] = {
+    "servers": Setting("strlist", ["nats://127.0.0.1:4222"]),
+    "user": Setting("str", None, 1, 256),
+    "password": Setting("str", None, 1, 4096),
+    "token": Setting("str", None, 1, 4096),
+    "nkey_seed": Setting("str", None, 1, 4096),
+    "creds_file": Setting("path", None),
+    "tls_ca": Setting("path", None),
+    "tls_cert": Setting("path", None),
+    "tls_key": Setting("path", None),
+    "stream": Setting("str", "POET", pattern=_NAME),
+    "dead_stream": Setting("str", "POET_DEAD", pattern=_NAME),
+    "corrupt_stream": Setting("str", "POET_CORRUPT", pattern=_NAME),
+    "bucket_prefix": Setting("str", "POET", pattern=_NAME),
+    "replicas": Setting("int", 1, 1, 5),
+    "max_age": Setting("duration", "30d"),
+    "duplicate_window": Setting("duration", "2m"),
+    "partitions": Setting("int", 16, 1, 1024),
+    "ack_wait": Setting("float", 3.0, 0.5, _DAY),
+    "lease_ttl": Setting("float", 6.0, 1.0, _DAY),
+    "connect_timeout": Setting("float", 5.0, 0.1, 600.0),
+}
 
 
 def bounds(section: str, key: str) -> dict[str, Any]:
@@ -478,6 +325,8 @@ def check_free_form(section: str, value: Any, where: str, text: str | None = Non
     """
     if not isinstance(value, dict):
         raise ConfigError(f"[{section}] must be a table", where=locate(where, text, section, None))
+    if section == "nats":
+        return _check_nats(value, where, text)
     if section in ("external_integrations", "integrations"):
         for raw_name, table in value.items():
             name = safe_key(raw_name)
@@ -540,6 +389,30 @@ def _check_integration(tname: str, name: str, table: Mapping[str, Any], where: s
                     f"{label_} is enabled but sets no {' or '.join(names)} (a {kind} integration needs it)",
                     where=locate(where, text, tname, None),
                 )
+
+
+def _check_nats(table: Mapping[str, Any], where: str, text: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        setting = NATS.get(key)
+        if setting is None:
+            raise ConfigError(
+                f"unknown key [nats] {safe_key(key)}{_suggest(key, NATS)}; known keys: {', '.join(NATS)}",
+                where=locate(where, text, "nats", key),
+            )
+        try:
+            out[key] = setting.check(value)
+        except ValueError:
+            raise ConfigError(
+                f"[nats] {safe_key(key)} = {_shown_nats(key, value)}: expected {setting.expected()}",
+                where=locate(where, text, "nats", key),
+            ) from None
+    return out
+
+
+def _shown_nats(key: str, value: Any) -> str:
+    # A wrong-typed secret is still a secret: never echo it.
+    return "<hidden>" if key in ("password", "token", "nkey_seed") else shown(value)
 
 
 def _suggest(key: str, spec: Mapping[str, Setting]) -> str:

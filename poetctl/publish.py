@@ -11,6 +11,7 @@ publish (the filesystem router creates or checks its spool there).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from .config import Config
@@ -28,6 +29,9 @@ class Publisher:
         self._prepare = prepare
         self._ready = prepare is None
         self._init_lock = threading.Lock()
+        # Called after each successful publish with (events, added, seconds): emit-side metrics.
+        # A tuple, replaced whole, so publishing threads read it without a lock.
+        self.observers: tuple[Callable[[list[Event], list[bool], float], None], ...] = ()
 
     def _ensure(self) -> None:
         if not self._ready:
@@ -70,7 +74,15 @@ class Publisher:
             gate = getattr(self.transport, "admit", None)  # backends without limits admit everything
             if gate is not None:
                 items = items[: gate(items, admit, partial)]
-        return self.transport.publish(items)
+        if not self.observers:
+            return self.transport.publish(items)
+        t0 = time.perf_counter()
+        added = self.transport.publish(items)
+        seconds = time.perf_counter() - t0
+        events = [it.event for it in items]
+        for observe in self.observers:
+            observe(events, added, seconds)
+        return added
 
 
 __all__ = ["Publisher"]

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .config import Config, load_config
 from .envelope import CausationDepthExceeded, EmitItem, EnvelopeBuilder, check_duplicates, same_content
 from .event import Event
+from .inprocess import InProcess, check_dispatch, check_inline_backend
 from .limits import DEFAULT_WAIT
 from .publish import Publisher
 from .schemas import SchemaRegistry
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from .upcasting import Upcasters
 
 
-class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
+class EventRouter(EnvelopeBuilder, SubscriptionRegistry, InProcess):
     """Emits events into a backend and holds the subscriptions the daemon runs.
 
     ``spool`` overrides the configured location; ``config`` defaults to
@@ -66,6 +67,13 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
     ``storage`` gives the handlers' stores (default: the spool's files for
     the spool, the transport's ``storage()`` if it has one, else in-memory
     stores for a memory transport).
+
+    ``dispatch`` is what ``emit`` does after the commit: ``"queue"`` (the
+    default) leaves the event to the consumers - ``poetctl daemon``, or this
+    process's own after :meth:`start` / :meth:`run_until_idle`; ``"inline"``
+    runs the matching subscribers before ``emit`` returns, with the daemon's
+    lease, retries and recovery (:mod:`poetctl.inline`). ``emit`` and
+    ``emit_many`` take ``dispatch=`` per call too.
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         create_spool: bool = True,
         transport: Transport | None = None,
         storage: Storage | None = None,
+        dispatch: str = "queue",
     ) -> None:
         if transport is not None and spool is not None:
             raise TypeError("give spool= or transport=, not both")
@@ -95,6 +104,9 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         self.transport = transport
         self.publisher = Publisher(transport, config, prepare)
         self._storage = storage
+        self.dispatch = check_dispatch(dispatch)
+        if dispatch == "inline":
+            check_inline_backend(self)
         self.upcasters: Upcasters | None = None  # created by the first upcast() (see poetctl.upcasting)
 
     def upcast(self, event_type: str, from_version: int, to_version: int, fn: Callable[[dict[str, Any]], Any]) -> None:
@@ -148,6 +160,7 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         schema_version: int | None = None,
         priority: str | None = None,
         wait: float = DEFAULT_WAIT,
+        dispatch: str | None = None,
     ) -> str:
         """Validate, seal and durably commit one event; return its id.
 
@@ -171,7 +184,12 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         Raises :class:`InvalidData` (65) for bad input and
         :class:`SpoolIOError` (74) when the spool cannot be written; in all
         these cases nothing is written.
+
+        ``dispatch="inline"`` (default: the router's ``dispatch``) then runs
+        the matching local subscribers before returning; a handler's failure
+        is logged and retried later by any consumer, never raised here.
         """
+        inline = self._inline_wanted(dispatch)
         ev, keyed = self.build(
             event_type,
             payload,
@@ -189,10 +207,14 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         if cause is not None and cause.buffer is not None:
             cause.buffer.append((ev, keyed))
             return ev.id
-        self.publisher.publish([(ev, keyed)], admit=wait)
+        added = self.publisher.publish([(ev, keyed)], admit=wait)
+        if inline and added[0]:
+            self._dispatch_inline(ev)
         return ev.id
 
-    def emit_many(self, items: Iterable[EmitItem], *, wait: float = DEFAULT_WAIT) -> list[str]:
+    def emit_many(
+        self, items: Iterable[EmitItem], *, dispatch: str | None = None, wait: float = DEFAULT_WAIT
+    ) -> list[str]:
         """Validate every item, then commit them all as one group; return the ids in order.
 
         Items are ``(type, payload)`` pairs, envelope dicts (see :meth:`ingest`)
@@ -203,15 +225,28 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry):
         Inside a handler the items are follow-ups, buffered like :meth:`emit`'s.
         With ``[limits]`` set, the whole group waits up to ``wait`` seconds for
         room, then raises :class:`~poetctl.limits.Backpressure` (nothing written).
+        With inline dispatch the new events are then dispatched in order.
         """
+        inline = self._inline_wanted(dispatch)
         built = [self._coerce(item, f"item {i + 1}") for i, item in enumerate(items)]
         check_duplicates(built, lambda i: f"item {i + 1}")
         cause = self._cause()
         if cause is not None and cause.buffer is not None:
             cause.buffer.extend(built)
         else:
-            self.publisher.publish(built, admit=wait)
+            added = self.publisher.publish(built, admit=wait)
+            if inline:
+                for (ev, _), new in zip(built, added, strict=True):
+                    if new:
+                        self._dispatch_inline(ev)
         return [ev.id for ev, _ in built]
+
+    def _inline_wanted(self, dispatch: str | None) -> bool:
+        if dispatch is None:
+            return self.dispatch == "inline"
+        if check_dispatch(dispatch) == "inline" and self.dispatch != "inline":
+            check_inline_backend(self)  # before anything is written
+        return dispatch == "inline"
 
     def commit_events(
         self, built: list[tuple[Event, bool]], *, wait: float | None = None, partial: bool = False

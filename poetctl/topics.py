@@ -40,6 +40,7 @@ ROUTES: dict[str, str] = {
     "feedback.mlflow_validation": "poet/feedback/pending",
     "alert.create_external": "poet/system/alerts",
     "alert.created_external": "poet/system/alerts",
+    "system.alert": "poet/system/alerts",
     "system.health": "poet/system/health",
     "system.metrics": "poet/system/metrics",
 }

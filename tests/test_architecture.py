@@ -200,6 +200,12 @@ def spool_changing_calls(path: Path) -> Iterator[tuple[int, str]]:
             yield node.lineno, f".{f.attr}()"
 
 
+# Modules that atomically replace a file the user named, outside any spool (never a spool file).
+NOT_SPOOL_FILES = {
+    "observability/backlog.py": "status --prometheus FILE: the node-exporter textfile, replaced atomically",
+}
+
+
 def test_the_call_finder_sees_aliases(tmp_path: Path) -> None:
     """os.rename, an aliased os, 'from fcntl import flock as lock', shutil.rmtree and path.unlink() are all found."""
     p = tmp_path / "m.py"
@@ -216,4 +222,9 @@ def test_files_are_renamed_linked_unlinked_and_locked_only_in_the_fs_backend(rel
     path = PACKAGE / rel
     if FS_BACKEND in path.parents:
         return
-    assert list(spool_changing_calls(path)) == []
+    calls = list(spool_changing_calls(path))
+    if rel in NOT_SPOOL_FILES:
+        # Named exceptions write a file the user chose outside the spool; they stay few and said why.
+        assert calls, f"{rel} no longer changes files: remove it from NOT_SPOOL_FILES"
+        return
+    assert calls == []

@@ -241,15 +241,18 @@ def keys_on_distinct_workers(n: int, workers: int = WORKERS) -> list[str]:
 def journal_mentions(sp: Path, pid: int, ids: list[str]) -> bool:
     """True when the daemon's completion journal has a line (finished handler or failed attempt) for every id.
 
-    Only the lines count, not the running slots at the head of the file: a slot names an event
-    before its handler runs, so a kill then would be a death, not the recorded outcome awaited here.
+    Only those lines count, not the running slots at the head of the file nor ``S`` lines: both
+    name an event before its handler runs, so a kill then would be a death, not the outcome awaited here.
     """
     d = owner_dir(sp, pid)
     try:
         data = (d / "_journal").read_bytes() if d is not None else b""
     except FileNotFoundError:
         return False
-    lines = data[head_size(data) :].decode(errors="replace")
+    # Outcome lines only: an S line (a delivery began) is written before the handler runs.
+    lines = "\n".join(
+        ln for ln in data[head_size(data) :].decode(errors="replace").splitlines() if ln.startswith(("D\t", "F\t"))
+    )
     return all(i in lines for i in ids)
 
 

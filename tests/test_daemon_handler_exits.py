@@ -99,7 +99,7 @@ def test_handler_that_kills_the_daemon_is_dead_lettered_after_max_attempts(
     ok = [e.id for e in read_effects(tmp_path / "effects.txt") if e.ok]
     assert sorted(ok) == sorted(set(ids) - {victim}), "every other event is handled exactly once"
     assert ok.index(doomed[1]) < ok.index(doomed[2]), "the doomed key's later events keep their order"
-    assert f"event={victim}" in r.stderr and "daemon_died" in r.stderr, "the dead letter is logged"
+    assert f'"event_id":"{victim}"' in r.stderr and "daemon_died" in r.stderr, "the dead letter is logged (JSON)"
 
 
 @pytest.mark.parametrize("workers", [1, 3], ids=["inline", "threads"])
@@ -124,9 +124,9 @@ def test_sys_exit_and_keyboard_interrupt_in_a_handler_are_failures(
     ok = [e.id for e in read_effects(tmp_path / "effects.txt") if e.ok]
     assert sorted(ok) == sorted(set(ids) - {victim})
     assert ok.index(doomed[1]) < ok.index(doomed[2])
-    failures = [ln for ln in d.stderr().splitlines() if "handler failed" in ln and f"event={victim}" in ln]
+    failures = [ln for ln in d.stderr().splitlines() if "handler failed" in ln and f'"event_id":"{victim}"' in ln]
     assert len(failures) == MAX_ATTEMPTS, d.stderr()
-    assert "handler=enders" in failures[0] and "type=function.execution" in failures[0]
+    assert '"handler":"enders"' in failures[0] and '"type":"function.execution"' in failures[0]
 
 
 def test_sigint_to_the_daemon_still_stops_it_gracefully(tmp_path: Path, sp: Path, daemons: Daemons) -> None:

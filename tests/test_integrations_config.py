@@ -209,3 +209,21 @@ def test_webhook_type_and_topic_patterns(tmp_path: Path) -> None:
     assert not b.matches(ev("function.execution", "poet/functions/other"))
     c = hook(types=["function.*"], topics=["poet/functions/detect_*"])
     assert not c.matches(ev("drift.detected", "poet/functions/detect_drift"))
+
+
+def test_relative_file_secrets_of_integrations_are_read_beside_poet_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An integration's file:NAME secret is found next to poet.toml whatever the working directory."""
+    from poetctl.integrations.settings import integrations
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "routing").write_text("rk-from-file\n")
+    path = conf / "poet.toml"
+    path.write_text('[external_integrations.pagerduty]\nenabled = true\nrouting_key = "file:routing"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (pd,) = integrations(load_config(path, env={}))
+    assert pd.secret("routing_key") == "rk-from-file"

@@ -44,7 +44,7 @@ def test_wheel_contains_schemas_and_cli(tmp_path: Path) -> None:
         names = set(zf.namelist())
         shipped = {n[len("poetctl/_schemas/") :] for n in names if n.startswith("poetctl/_schemas/")}
         source = {str(p.relative_to(REPO / "schemas")) for p in (REPO / "schemas").rglob("*.json")}
-        assert len(source) == 21
+        assert len(source) == 22  # the envelope, the seed's 20 types, system.alert
         assert shipped == source
         assert "poetctl/_schemas/envelope.json" in names
         assert "poetctl/_schemas/drift.detected/1.json" in names

@@ -43,6 +43,7 @@ BUILTIN_TYPES = {
     "transpilation.completed",
     "system.health",
     "system.metrics",
+    "system.alert",
 }
 
 # The seed's "Event Topics Structure", written out independently of poetctl.topics.
@@ -68,6 +69,7 @@ EXPECTED_TOPIC = {
     "alert.created_external": "poet/system/alerts",
     "system.health": "poet/system/health",
     "system.metrics": "poet/system/metrics",
+    "system.alert": "poet/system/alerts",
 }
 
 SAMPLES = load_samples()
@@ -93,10 +95,10 @@ def test_samples_cover_every_builtin_type() -> None:
         assert s["valid"] and s["invalid"], t
 
 
-def test_registry_lists_exactly_the_twenty_builtin_types() -> None:
-    """SchemaRegistry().types() lists exactly the 20 types named in the issue."""
+def test_registry_lists_exactly_the_builtin_types() -> None:
+    """SchemaRegistry().types() lists exactly the seed's 20 types plus system.alert (issue 13)."""
     types = SchemaRegistry().types()
-    assert len(types) == 20
+    assert len(types) == 21
     assert set(types) == BUILTIN_TYPES
     for t, path in types.items():
         assert path == SchemaRegistry().builtin / t / "1.json"
@@ -494,6 +496,7 @@ def test_cli_schemas_lists_types_as_jsonl(run_cli: Any) -> None:
     assert set(by_type) >= BUILTIN_TYPES
     assert by_type["system.health"]["topic"] == "poet/system/health"
     assert by_type["feedback.human_validation"]["topic"] == "poet/feedback/pending"
+    assert all(by_type[t]["builtin"] is True for t in BUILTIN_TYPES)  # also inside <type>/<n>.json directories
 
 
 def test_cli_schemas_show_prints_the_schema(run_cli: Any) -> None:

@@ -205,3 +205,27 @@ def test_missing_step_stops_tail_and_the_daemon_at_start(run_cli: Any, tmp_path:
 def test_router_without_upcasters_changes_nothing(tmp_path: Path, spool: Path) -> None:
     """A router nobody registered an upcaster on has none (emit pays nothing for the feature)."""
     assert EventRouter(spool=spool).upcasters is None
+
+
+def test_the_spool_daemon_hands_handlers_the_newest_version(run_cli: Any, tmp_path: Path, spool: Path) -> None:
+    """`poetctl daemon --once` runs a stored v1 event through the chain: the handler sees v3's payload."""
+    env = {"POET_SCHEMA_PATH": str(schema_dir(tmp_path, V1, V2, V3))}
+    out = tmp_path / "seen.jsonl"
+    mod = tmp_path / "ups.py"
+    mod.write_text(
+        HANDLERS
+        + f"""
+    import json
+
+    def seen(event):
+        with open({str(out)!r}, "a") as fh:
+            fh.write(json.dumps([event.payload, event.metadata.get("schema_version")]) + "\\n")
+
+    router.subscribe("custom.thing", seen, name="seen")
+"""
+    )
+    r = run_cli("--spool", spool, "emit", "custom.thing", '{"name": "a", "count": 3}', "--schema-version", "1", env=env)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("--spool", spool, "daemon", "--once", "--no-builtin-handlers", "--handlers", mod, env=env)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [[{"name": "a", "amount": 3}, 3]]

@@ -383,6 +383,30 @@ class MemoryConsumer:
         t._pending = [item for item in t._pending if t._entries[item[1]].state is State.PENDING]
         return out
 
+    def lease(self, event: Event) -> Delivery | None:
+        """Lease ``event`` now, out of turn (inline dispatch), if per-key order allows; else None.
+
+        Refused while an earlier event of its key is pending (published first,
+        or waiting for a retry) or one is leased by any consumer, this one included.
+        """
+        t = self.t
+        with t._lock:
+            self._alive()
+            e = t._entries.get(event.id)
+            if e is None or e.state is not State.PENDING or e.key is None:
+                return None
+            key = e.key
+            if key in self._failing or key in t._holders or e.record.not_before > t.clock():
+                return None
+            pos = bisect.bisect_left(t._pending, (e.sort, e.id))
+            if any(t._entries[i].key == key for _, i in t._pending[:pos]):
+                return None  # an earlier event of the key is pending (maybe waiting for its retry)
+            del t._pending[pos]
+            e.state, e.owner = State.INFLIGHT, self.name
+            t._hold(key, self.name)
+            t._classed -= e.prio != NORMAL
+            return Delivery(decode(e.data, e.id), key, e.record, e)
+
     def _read(self, e: _Entry) -> bool:
         """Decode unread input: key it, or quarantine it (False)."""
         try:

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": (".emit", "validate_cmd", "command"),
     "daemon": (".daemon", "daemon_cmd", "command"),
     "status": (".status", "status_cmd", "command"),
+    "top": (".top", "top_cmd", "command"),
     "tail": (".tail", "tail_cmd", "command"),
     "correlate": (".correlate", "correlate_cmd", "command"),
     "replay": (".replay", "replay_cmd", "command"),
@@ -39,6 +40,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "integrations": (".integrations", "integrations_app", "group"),
     "mlflow": (".integrations", "mlflow_app", "group"),
     "serve": (".serve", "serve_cmd", "command"),
+    "nats": (".nats", "nats_app", "group"),
+    "forward": (".bridge", "forward_cmd", "command"),
+    "bridge": (".bridge", "bridge_cmd", "command"),
 }
 _ROOT_OPTIONS_WITH_VALUE = ("--spool", "--config")
 

@@ -55,7 +55,7 @@ def _schemas_list(output: str | None, config: Path | None) -> None:
                 "topic": topic.replace("{fn}", "<function_name>"),
                 "schema": str(path),
                 "versions": list(reg.versions(t)),
-                "builtin": path.parent == reg.builtin,
+                "builtin": reg.builtin in path.parents,  # <type>.json or <type>/<n>.json
             }
         )
     emit_rows(fmt, ["type", "topic", "schema"], rows, title="Event types")

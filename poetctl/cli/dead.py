@@ -32,6 +32,20 @@ dead_app = typer.Typer(
 )
 
 
+ModeOpt = Annotated[
+    str | None,
+    typer.Option("--mode", help="local_only or nats: the spool's dead/ or the NATS DLQ stream (default: POET_MODE)."),
+]
+
+
+def _nats_config(mode: str | None, spool: Path | None, config: Path | None) -> Any:
+    """The config when this command runs in nats mode (the DLQ stream), else None (the spool)."""
+    from .mode import resolve_mode
+
+    cfg = load(spool, config)
+    return cfg if resolve_mode(mode, cfg) == "nats" else None
+
+
 def _open(spool: Path | None, config: Path | None, with_index: bool = False) -> tuple[Any, Any, Any]:
     """Config, layout (66 if there is no spool) and, when asked, the index (None if absent)."""
     from ..backends.fs.dead import refuse_links
@@ -73,6 +87,7 @@ def list_cmd(
     output: OutputOpt = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
+    mode: ModeOpt = None,
 ) -> None:
     """List dead letters: id, type, reason, attempts, last error, dead_at (oldest first).
 
@@ -81,15 +96,20 @@ def list_cmd(
 
     Example: poetctl dead list --type drift.* -o jsonl
     """
-    _list(criteria(since, until, types, topics, correlation_id, ids), output, spool, config)
+    _list(criteria(since, until, types, topics, correlation_id, ids), output, spool, config, mode)
 
 
 @errors_to_exit
-def _list(crit: Any, output: str | None, spool: Path | None, config: Path | None) -> None:
+def _list(crit: Any, output: str | None, spool: Path | None, config: Path | None, mode: str | None = None) -> None:
     from ..backends.fs.dead import entries
     from .output import emit_rows, resolve_format
 
     fmt = resolve_format(output)
+    if (cfg := _nats_config(mode, spool, config)) is not None:
+        from .dead_nats import list_letters
+
+        list_letters(cfg, crit, fmt)
+        return
     _, layout, index = _open(spool, config)
     try:
         sel, _, resolved = selected(layout, "dead", crit, False, None, "dead list", require=False)
@@ -123,6 +143,7 @@ def show_cmd(
     output: OutputOpt = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
+    mode: ModeOpt = None,
 ) -> None:
     """Print a dead event and its error record as {"event": ..., "error": ...}.
 
@@ -130,11 +151,11 @@ def show_cmd(
 
     Example: poetctl dead show 0194f0c2-7c1d-7a2b-9c1e-1f2a3b4c5d6e
     """
-    _show(event_id, output, spool, config)
+    _show(event_id, output, spool, config, mode)
 
 
 @errors_to_exit
-def _show(event_id: str, output: str | None, spool: Path | None, config: Path | None) -> None:
+def _show(event_id: str, output: str | None, spool: Path | None, config: Path | None, mode: str | None = None) -> None:
     from ..backends.fs.replay import read_error
     from ..ids import EVENT_ID_RE
     from ..ops.selectors import missing_ids
@@ -144,6 +165,11 @@ def _show(event_id: str, output: str | None, spool: Path | None, config: Path | 
     fmt = resolve_format(output, tty_default="json")
     if not EVENT_ID_RE.match(event_id):
         raise UsageError(f"{event_id!r} is not an event id (expected {EVENT_ID_RE.pattern})")
+    if (cfg := _nats_config(mode, spool, config)) is not None:
+        from .dead_nats import show_letter
+
+        show_letter(cfg, event_id, fmt)
+        return
     _, layout, index = _open(spool, config)
     if index is not None:
         index.close()
@@ -177,6 +203,7 @@ def retry_cmd(
     dry_run: DryRunOpt = False,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
+    mode: ModeOpt = None,
 ) -> None:
     """Move dead letters back to pending with fresh attempts; prints their ids.
 
@@ -188,9 +215,27 @@ def retry_cmd(
 
     Example: poetctl dead retry --type drift.detected --since 1d
     """
+    crit = criteria(since, until, types, topics, correlation_id, ids)
+    _retry(crit, all_, all_handlers, dry_run, spool, config, mode)
+
+
+@errors_to_exit
+def _retry(
+    crit: Any,
+    all_: bool,
+    all_handlers: bool,
+    dry_run: bool,
+    spool: Path | None,
+    config: Path | None,
+    mode: str | None,
+) -> None:
+    if (cfg := _nats_config(mode, spool, config)) is not None:
+        from .dead_nats import retry_letters
+
+        retry_letters(cfg, crit, all_, dry_run)
+        return
     from .replay import _replay
 
-    crit = criteria(since, until, types, topics, correlation_id, ids)
     _replay(crit, "dead", all_, dry_run, spool, config, keep_done=not all_handlers)
 
 
@@ -206,6 +251,7 @@ def purge_cmd(
     dry_run: DryRunOpt = False,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
+    mode: ModeOpt = None,
 ) -> None:
     """Delete dead letters (event + .error) for good; prints their ids.
 
@@ -215,13 +261,21 @@ def purge_cmd(
 
     Example: poetctl dead purge --until 30d --dry-run
     """
-    _purge(criteria(since, until, types, topics, correlation_id, ids), all_, dry_run, spool, config)
+    _purge(criteria(since, until, types, topics, correlation_id, ids), all_, dry_run, spool, config, mode)
 
 
 @errors_to_exit
-def _purge(crit: Any, all_: bool, dry_run: bool, spool: Path | None, config: Path | None) -> None:
+def _purge(
+    crit: Any, all_: bool, dry_run: bool, spool: Path | None, config: Path | None, mode: str | None = None
+) -> None:
     from ..backends.fs.dead import orphan_errors, purge
     from .output import warn
+
+    if (cfg := _nats_config(mode, spool, config)) is not None:
+        from .dead_nats import purge_letters
+
+        purge_letters(cfg, crit, all_, dry_run)
+        return
 
     _, layout, index = _open(spool, config, with_index=True)
     try:

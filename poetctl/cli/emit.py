@@ -80,6 +80,10 @@ def emit_cmd(
     init: Annotated[
         bool, typer.Option("--init", help="Create the spool if it does not exist (else: exit 66).")
     ] = False,
+    mode: Annotated[
+        str | None,
+        typer.Option("--mode", help="local_only, nats or hybrid (default: POET_MODE, then delivery_mode)."),
+    ] = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -138,6 +142,7 @@ def emit_cmd(
             schema_version=schema_version,
             priority=priority,
             wait=wait,
+            mode=mode,
         )
     )
 

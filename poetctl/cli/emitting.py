@@ -160,6 +160,7 @@ def emit_events(
     schema_version: int | str | None = None,
     priority: str | None = None,
     wait: float | str | None = None,
+    mode: str | None = None,
 ) -> None:
     """Run ``poetctl emit`` with parsed options; raises PoetError subclasses (their exit codes)."""
     from ..router import EventRouter
@@ -185,46 +186,59 @@ def emit_events(
             raise UsageError("missing TYPE: poetctl emit TYPE [PAYLOAD], or poetctl emit --batch FILE")
         if event_id is not None and id_from is not None:
             raise UsageError("--id and --id-from exclude each other: give the id, or the field to derive it from")
-    # Only `init` (or --init) creates a spool: a mistyped --spool must not start a new one.
-    from ..backends.fs.layout import SpoolLayout
+    from .mode import resolve_mode
 
-    layout = SpoolLayout(cfg.spool)
-    if init:
-        layout.init()
+    transport = None
+    if resolve_mode(mode, cfg) == "nats":
+        from .mode import nats_transport
+
+        transport = nats_transport(cfg)  # each id is printed after its PubAck
+        router = EventRouter(transport=transport, config=cfg)
     else:
-        layout.require()
-    router = EventRouter(config=cfg, create_spool=init)
-    if batch is not None:
-        _emit_batch(router, batch, batch_type, skip_invalid, id_from, version, priority, wait_s)
-        return
-    assert event_type is not None
-    if payload is None:
-        if sys.stdin.isatty():
-            raise UsageError("no PAYLOAD: give a JSON file, a JSON object, '-' for stdin, or pipe the JSON in")
-        payload = "-"
-    data, name = payload_input(payload, cfg.max_event_bytes)
-    from ..event import parse_json
+        # Only `init` (or --init) creates a spool: a mistyped --spool must not start a new one.
+        from ..backends.fs.layout import SpoolLayout
 
-    obj = parse_json(data, where=name, max_bytes=cfg.max_event_bytes)
-    if not isinstance(obj, dict):
-        raise InvalidData(f"$: expected a JSON object (the payload), got {type(obj).__name__}", where=name)
-    if id_from is not None:
-        event_id = id_from_field(event_type, obj, id_from, name)
-    built = router.build(
-        event_type,
-        obj,
-        source=source,
-        correlation_id=correlation_id,
-        causation_id=causation_id,
-        id=event_id,
-        environment=environment,
-        where=name,
-        schema_version=version,
-        priority=priority,
-    )
-    added = router.commit_events([built], wait=wait_s)
-    _note_dead(_dead_ids(router, [built], added))
-    sys.stdout.write(built[0].id + "\n")
+        layout = SpoolLayout(cfg.spool)
+        if init:
+            layout.init()
+        else:
+            layout.require()
+        router = EventRouter(config=cfg, create_spool=init)
+    try:
+        if batch is not None:
+            _emit_batch(router, batch, batch_type, skip_invalid, id_from, version, priority, wait_s)
+            return
+        assert event_type is not None
+        if payload is None:
+            if sys.stdin.isatty():
+                raise UsageError("no PAYLOAD: give a JSON file, a JSON object, '-' for stdin, or pipe the JSON in")
+            payload = "-"
+        data, name = payload_input(payload, cfg.max_event_bytes)
+        from ..event import parse_json
+
+        obj = parse_json(data, where=name, max_bytes=cfg.max_event_bytes)
+        if not isinstance(obj, dict):
+            raise InvalidData(f"$: expected a JSON object (the payload), got {type(obj).__name__}", where=name)
+        if id_from is not None:
+            event_id = id_from_field(event_type, obj, id_from, name)
+        built = router.build(
+            event_type,
+            obj,
+            source=source,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            id=event_id,
+            environment=environment,
+            where=name,
+            schema_version=version,
+            priority=priority,
+        )
+        added = router.commit_events([built], wait=wait_s)
+        _note_dead(_dead_ids(router, [built], added))
+        sys.stdout.write(built[0].id + "\n")
+    finally:
+        if transport is not None:
+            transport.close()
 
 
 def parse_batch_lines(

@@ -70,6 +70,9 @@ def _fsck(repair: bool, tmp_age: str, output: str | None, spool: Path | None, co
             set_total=bar.set_total,
         ).run()
     doc = report.to_dict()
+    from ..backends.fs.fsck_status import save_last
+
+    save_last(layout.root, doc)  # for metrics and the fsck-loss alert (best effort)
     if fmt == "json":
         write_json(doc)
     else:

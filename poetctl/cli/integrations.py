@@ -21,7 +21,7 @@ def check_cmd(output: OutputOpt = None, spool: SpoolOpt = None, config: ConfigOp
     has, Slack an empty message (which it refuses), a webhook a signed
     poetctl.ping, MLflow an experiment search, the feedback page GET /healthz.
     Each line also shows the endpoint's circuit breaker. Exit 0 all work, 1
-    some failed, 78 the configuration is invalid or a secret is missing.
+    some failed (a missing secret is a failed row), 78 the configuration is invalid.
     """
     raise typer.Exit(_check(output, spool, config))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,6 +14,31 @@ state_app = typer.Typer(
     help="Show function state (current version and history); rebuild it from the events.", no_args_is_help=True
 )
 
+ModeOpt = Annotated[
+    str | None,
+    typer.Option("--mode", help="local_only or nats: the spool's state/ or the POET_FUNCTIONS KV bucket."),
+]
+
+
+def _store(mode: str | None, spool: Path | None, config: Path | None) -> tuple[Any, Any]:
+    """The function-state store of this mode, and what to close after (None for the spool)."""
+    from .mode import resolve_mode
+
+    cfg = load(spool, config)
+    if resolve_mode(mode, cfg) == "nats":
+        from .mode import nats_transport
+
+        t = nats_transport(cfg)
+        try:
+            return t.storage().state, t
+        except BaseException:
+            t.close()
+            raise
+    from ..backends.fs.layout import SpoolLayout
+    from ..backends.fs.storage import StateStore
+
+    return StateStore(SpoolLayout(cfg.spool).require()), None
+
 
 @state_app.command("show")
 def state_show(
@@ -21,23 +46,26 @@ def state_show(
     output: OutputOpt = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
+    mode: ModeOpt = None,
 ) -> None:
     """Print FN's current state and its version history (66 if FN has no state).
 
     Never follows a link: a state/FN, history/ or state file that is a
     symlink is refused with one line and exit 74 (65: not valid JSON).
     """
-    _show(function_name, output, spool, config)
+    _show(function_name, output, spool, config, mode)
 
 
 @state_app.command("list")
-def state_list(output: OutputOpt = None, spool: SpoolOpt = None, config: ConfigOpt = None) -> None:
+def state_list(
+    output: OutputOpt = None, spool: SpoolOpt = None, config: ConfigOpt = None, mode: ModeOpt = None
+) -> None:
     """List functions that have state, with their current version.
 
     A function whose state is a link or damaged is reported on stderr and
     left out; the exit code is then 74 (65: not valid JSON).
     """
-    _list(output, spool, config)
+    _list(output, spool, config, mode)
 
 
 @state_app.command("rebuild")
@@ -143,15 +171,17 @@ def _rebuild(apply: bool, output: str | None, spool: Path | None, config: Path |
 
 
 @errors_to_exit
-def _show(fn: str, output: str | None, spool: Path | None, config: Path | None) -> None:
-    from ..backends.fs.layout import SpoolLayout
-    from ..backends.fs.storage import StateStore
+def _show(fn: str, output: str | None, spool: Path | None, config: Path | None, mode: str | None = None) -> None:
     from .output import console, emit_rows, resolve_format, styled, write_json, write_jsonl
 
     fmt = resolve_format(output)
-    store = StateStore(SpoolLayout(load(spool, config).spool).require())
-    current = store.require(fn)
-    history = store.history(fn)
+    store, closing = _store(mode, spool, config)
+    try:
+        current = store.require(fn)
+        history = store.history(fn)
+    finally:
+        if closing is not None:
+            closing.close()
     if fmt == "json":
         write_json({"current": current, "history": history})
     elif fmt == "jsonl":
@@ -168,24 +198,26 @@ def _show(fn: str, output: str | None, spool: Path | None, config: Path | None) 
 
 
 @errors_to_exit
-def _list(output: str | None, spool: Path | None, config: Path | None) -> None:
-    from ..backends.fs.layout import SpoolLayout
-    from ..backends.fs.storage import StateStore
+def _list(output: str | None, spool: Path | None, config: Path | None, mode: str | None = None) -> None:
     from .output import emit_rows, resolve_format, warn
 
     fmt = resolve_format(output)
-    store = StateStore(SpoolLayout(load(spool, config).spool).require())
+    store, closing = _store(mode, spool, config)
     rows = []
     failed: PoetError | None = None
-    for fn in store.functions():
-        try:
-            cur = store.current(fn) or {}
-        except PoetError as exc:
-            # A linked or damaged state file: reported (one line) and left out; the others still list.
-            warn(str(exc))
-            failed = failed or exc
-            continue
-        rows.append({"function_name": fn, "version": cur.get("version"), "updated_at": _iso(cur.get("updated_at"))})
+    try:
+        for fn in store.functions():
+            try:
+                cur = store.current(fn) or {}
+            except PoetError as exc:
+                # A linked or damaged state file: reported (one line) and left out; the others still list.
+                warn(str(exc))
+                failed = failed or exc
+                continue
+            rows.append({"function_name": fn, "version": cur.get("version"), "updated_at": _iso(cur.get("updated_at"))})
+    finally:
+        if closing is not None:
+            closing.close()
     emit_rows(fmt, ["function_name", "version", "updated_at"], rows, title="Functions")
     if failed is not None:
         raise typer.Exit(failed.exit_code)

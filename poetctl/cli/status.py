@@ -73,6 +73,15 @@ def status_cmd(
             show_default=False,
         ),
     ] = None,
+    prometheus: Annotated[
+        Path | None,
+        typer.Option(
+            "--prometheus",
+            help="Write the figures as a node-exporter textfile (atomically replaced) and print nothing else.",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
     output: OutputOpt = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
@@ -93,9 +102,17 @@ def status_cmd(
       poetctl status
 
       poetctl status --check --max-lag 10m --max-dead 5 --min-daemons 1
+
+      poetctl status --prometheus /var/lib/prometheus/node-exporter/poetctl.prom
     """
     _status(
-        check, (warn_lag, max_lag, max_dead, max_corrupt, max_stale, min_daemons), stale_after, output, spool, config
+        check,
+        (warn_lag, max_lag, max_dead, max_corrupt, max_stale, min_daemons),
+        stale_after,
+        output,
+        spool,
+        config,
+        prometheus,
     )
 
 
@@ -113,6 +130,7 @@ def _status(
     output: str | None,
     spool: Path | None,
     config: Path | None,
+    prometheus: Path | None = None,
 ) -> None:
     from ..backends.fs.layout import SpoolLayout
     from ..backends.fs.status import FsStatus
@@ -145,10 +163,15 @@ def _status(
         doc = collect(source, lease_seconds=lease, stale_after=stale)
         doc["breakers"] = _breakers(layout)
         doc["limits"] = _limits(cfg, layout, doc["counts"]["pending"])
+        _add_forward_backlog(doc, layout)
     except Exception as exc:
         if not check:
             raise  # errors_to_exit: 66 no spool, 74 I/O error, 77 permission denied
         _unknown(exc, cfg.spool, fmt)
+    if prometheus is not None:
+        _textfile(doc, prometheus)
+        if output is None and not check:
+            return
     verdict = evaluate(doc, t) if check else None
     if verdict is not None:
         doc["check"] = verdict
@@ -194,6 +217,22 @@ def _limits(cfg: Any, layout: Any, pending: int) -> dict[str, Any] | None:
     return out
 
 
+def _textfile(doc: dict[str, Any], path: Path) -> None:
+    """--prometheus: the status figures (plus disk and the last fsck) as a textfile, replaced atomically."""
+    from ..errors import SpoolIOError, UsageError
+    from ..observability.backlog import extras, textfile, write_textfile
+
+    doc.update(extras(Path(doc["spool"])))
+    try:
+        data = textfile(doc)
+    except ImportError:
+        raise UsageError("--prometheus needs prometheus-client: pip install 'poetctl[metrics]'") from None
+    try:
+        write_textfile(path, data)
+    except OSError as exc:
+        raise SpoolIOError(f"--prometheus {path}: cannot write: {exc.strerror or exc}") from None
+
+
 def _breakers(layout: Any) -> list[dict[str, Any]]:
     """The outbound integrations' circuit breakers (run/breakers/), cheap when there are none."""
     if not (layout.root / "run" / "breakers").is_dir():
@@ -201,6 +240,17 @@ def _breakers(layout: Any) -> list[dict[str, Any]]:
     from ..integrations.breaker import breaker_states
 
     return breaker_states(layout)
+
+
+def _add_forward_backlog(doc: dict[str, Any], layout: Any) -> None:
+    """Hybrid mode: events committed to the spool but not yet forwarded to JetStream, and the oldest one's age."""
+    import time
+
+    from ..backends.fs.outbox import backlog
+
+    b = backlog(layout, time.time())
+    if b is not None:
+        doc["forward"] = {"backlog": b.count, "oldest_age_seconds": b.oldest_age}
 
 
 def _unknown(exc: Exception, spool: Path, fmt: str | None) -> NoReturn:
@@ -290,6 +340,9 @@ def _table(doc: dict[str, Any]) -> None:
                 f"throttled: source {t['pattern']} ({t['rate_per_s']:g}/s): {t['refused_total']} refused, "
                 f"last {t['last_refused_s_ago']} s ago"
             )
+    if "forward" in doc:
+        f = doc["forward"]
+        con.print(f"forward backlog (hybrid): {f['backlog']} event(s), oldest {_fmt_age(f['oldest_age_seconds'])}")
     if "check" in doc:
         v = doc["check"]
         con.print(f"check: {v['status']}" + (f" - {'; '.join(v['reasons'])}" if v["reasons"] else ""))

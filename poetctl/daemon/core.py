@@ -92,6 +92,12 @@ class _FollowUps:
         self.set_cause = router.set_cause
         self._commit = router.commit_events
         self._wake = wake
+        self._router = router
+
+    @property
+    def upcasters(self) -> Any:
+        """The router's upcasters (set by the handler loader): handlers get events at their newest version."""
+        return getattr(self._router, "upcasters", None)
 
     def commit_events(self, built: list[tuple[Event, bool]]) -> list[bool]:
         added = self._commit(built)
@@ -122,7 +128,13 @@ class Daemon:
         self.policy = RetryPolicy(opts.max_attempts, opts.backoff_base, opts.backoff_cap)
         for sub in router.subscriptions:  # also those not added through subscribe()
             check_subscription(sub.pattern, sub.name)
-        self.transport = FsTransport(router.layout, clock=clock, config=router.config)
+        # The router's own spool transport when it can be (same clock): its emits then wake this
+        # consumer at once (an in-process consumer, EventRouter.start); else one of our own.
+        rt = router.transport
+        if isinstance(rt, FsTransport) and rt.clock is clock and rt.alive is None:
+            self.transport = rt
+        else:
+            self.transport = FsTransport(router.layout, clock=clock, config=router.config)
         self.consumer: FsConsumer = self.transport.consumer(
             registry=router.registry,
             validate=router.config.validation,

@@ -67,6 +67,7 @@ class Loop:
         self.clock = clock
         self.stats = Stats(clock)
         self.hooks = Hooks([self.stats, *middleware])
+        self._outcome_hooks = self.hooks.outcome
         self.timeouts = dict(timeouts or {})
         self.fetch_limit = fetch_limit
         self.max_inflight = max_inflight
@@ -205,7 +206,8 @@ class Loop:
             if not subs:
                 self._apply(d, self._unhandled(d))
                 continue
-            i = zlib.crc32(d.key.encode()) % nw if nw > 1 else 0
+            # crc32 % 256 (the spool's key buckets) before % workers: a key's worker stays what it was.
+            i = zlib.crc32(d.key.encode()) % 256 % nw if nw > 1 else 0
             batches[i].append(Job(d, subs))
             if d.event.priority == "high":
                 urgent[i] = True
@@ -233,7 +235,8 @@ class Loop:
         if not isinstance(outcome, Failed):
             with self._count_lock:
                 self._inflight -= 1
-        self.hooks.on_outcome(d, outcome)
+        for hook in self._outcome_hooks:
+            hook(d, outcome)
 
     def _subs_for(self, event_type: str) -> tuple[tuple[Sub, float | None], ...]:
         if len(self.subscriptions) != self._subs_seen:  # subscribed since: match afresh

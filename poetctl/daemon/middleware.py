@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from .handling import Sub
 
 
+_TIMEOUT = HandlerTimeout.__name__ + ":"
+
+
 class Middleware:
     """Base class: override the hooks you need; the others do nothing."""
 
@@ -111,17 +114,15 @@ class Stats(Middleware):
             self.corrupt += fetched.quarantined
             self.deferred = fetched.deferred
 
-    def after_handle(self, event: Event, handler: Sub, seconds: float, error: BaseException | None) -> None:
-        if isinstance(error, HandlerTimeout):
-            with self._lock:
-                self.timeouts += 1
-
+    # Timeouts are counted from the outcomes, not in after_handle: a hook around every handler
+    # call would cost two clock reads per event for a rare case.
     def on_outcome(self, delivery: Delivery, outcome: Outcome) -> None:
         with self._lock:
-            if isinstance(outcome, Done):
+            if type(outcome) is Done:
                 self.processed += 1
             elif isinstance(outcome, Failed):
                 self.retries += 1
+                self.timeouts += outcome.attempt.error.startswith(_TIMEOUT)
             elif isinstance(outcome, Released):
                 self.handed_back += 1
             elif isinstance(outcome, Dead):
@@ -130,6 +131,7 @@ class Stats(Middleware):
                 else:
                     self.dead += 1
                     self.permanent += outcome.reason == PERMANENT
+                    self.timeouts += str(outcome.info.get("error") or "").startswith(_TIMEOUT)
                     self.died += outcome.reason == DIED
 
     @property

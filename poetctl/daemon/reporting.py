@@ -6,52 +6,43 @@ Both are generic (:class:`~.middleware.Middleware`); the daemon adds them,
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import log
 from .middleware import Middleware
-from .outcomes import EXHAUSTED, PERMANENT, Dead, Failed
+from .outcomes import EXHAUSTED, PERMANENT, Dead, Done, Failed
 
 if TYPE_CHECKING:
-    from ..event import Event
     from ..transport import Delivery, Fetched
-    from .handling import Sub
     from .outcomes import Outcome
 
 
 class LogOutcomes(Middleware):
     """One log line per failed attempt (``handler failed``) and per dead letter (``dead-lettered``).
 
-    The failure's exception comes from ``after_handle`` (same thread, just
-    before the outcome), so ``-v`` can show where it was raised.
+    Everything comes from the outcome (the attempt carries the error text and
+    its traceback, so ``-v`` still shows where it was raised): no hook runs
+    around each handler.
     """
 
     def __init__(self, max_attempts: int) -> None:
         self.max_attempts = max_attempts
-        self._last = threading.local()
-
-    def after_handle(self, event: Event, handler: Sub, seconds: float, error: BaseException | None) -> None:
-        if error is not None:
-            self._last.error = error
 
     def on_outcome(self, delivery: Delivery, outcome: Outcome) -> None:
+        if type(outcome) is Done:
+            return
+        ev = delivery.event
         if isinstance(outcome, Failed):
-            self._failed(delivery, outcome.attempt.handler, outcome.attempt.attempt)
+            a = outcome.attempt
+            log.handler_failed(ev.id, ev.type, a.handler, a.error, a.attempt, self.max_attempts, a.traceback)
         elif isinstance(outcome, Dead):
             info = outcome.info
-            if outcome.reason in (EXHAUSTED, PERMANENT) and info.get("handler"):
-                self._failed(delivery, str(info["handler"]), int(info.get("attempts") or 0))
-            ev = delivery.event
             attempts = int(info.get("attempts") or 0)
+            if outcome.reason in (EXHAUSTED, PERMANENT) and info.get("handler"):
+                error, tb = str(info.get("error")), str(info.get("traceback") or "")
+                log.handler_failed(ev.id, ev.type, str(info["handler"]), error, attempts, self.max_attempts, tb)
             log.dead_lettered(ev.id, ev.type, outcome.reason, info.get("handler"), attempts, info.get("error"))
-
-    def _failed(self, d: Delivery, handler: str, attempt: int) -> None:
-        exc: BaseException | None = getattr(self._last, "error", None)
-        self._last.error = None
-        if exc is not None:
-            log.handler_failed(d.event.id, d.event.type, handler, exc, attempt, self.max_attempts)
 
     def on_fetch(self, fetched: Fetched) -> None:
         for d in fetched.deliveries:

@@ -28,4 +28,10 @@ def register_builtin(router: EventRouter) -> MLMonitoringEventHandlers:
     return handlers
 
 
-__all__ = ["LearningEngine", "LearningSettings", "MLMonitoringEventHandlers", "register_builtin"]
+__all__ = [
+    "FunctionStateHandlers",
+    "LearningEngine",
+    "LearningSettings",
+    "MLMonitoringEventHandlers",
+    "register_builtin",
+]

@@ -41,6 +41,7 @@ from ..storage import LEARNING_FILE, LEARNING_SECTIONS, MAX_LEARNING_BYTES, Lear
 
 if TYPE_CHECKING:
     from ..backends.fs.layout import SpoolLayout
+    from ..router import EventRouter
 
 # The old names (``poetctl fsck`` and callers of earlier versions import them from here).
 STATE_FILE = LEARNING_FILE
@@ -105,10 +106,20 @@ def _impact(rate: float) -> str:
 class LearningEngine:
     """Records detections and feedback; detects patterns. Safe across threads and processes."""
 
-    def __init__(self, store: LearningState | SpoolLayout, settings: LearningSettings | None = None) -> None:
+    def __init__(
+        self, store: LearningState | SpoolLayout | EventRouter, settings: LearningSettings | None = None
+    ) -> None:
         """``store``: where the state lives (:attr:`EventRouter.stores.learning <poetctl.router.EventRouter.stores>`);
-        a :class:`~poetctl.backends.fs.layout.SpoolLayout` means that spool's ``state/learning.json``."""
-        if not isinstance(store, LearningState):
+        a router (the seed's ``POETLearningEngine(event_router)``) means its ``stores.learning``, with
+        ``settings`` from its poet.toml ``[learning]`` table; a
+        :class:`~poetctl.backends.fs.layout.SpoolLayout` means that spool's ``state/learning.json``."""
+        from ..backends.fs.layout import SpoolLayout
+
+        if not isinstance(store, (LearningState, SpoolLayout)):  # a router
+            if settings is None:
+                settings = LearningSettings.from_config(dict(store.config.learning))
+            store = store.stores.learning
+        if isinstance(store, SpoolLayout):
             from ..backends.fs.storage import FsLearningState
 
             store = FsLearningState(store)

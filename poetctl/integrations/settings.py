@@ -27,6 +27,7 @@ class Integration:
     kind: str
     enabled: bool
     values: dict[str, Any] = field(default_factory=dict)
+    base: str | None = None  # poet.toml's directory: relative file: secrets are read from there
 
     @property
     def label(self) -> str:
@@ -49,7 +50,7 @@ class Integration:
     def _one(self, key: str, ref: Any) -> str:
         if not isinstance(ref, str):
             raise ConfigError(f"{self.label} sets no {key}")
-        value = resolve_secret(ref)
+        value = resolve_secret(ref, self.base)
         if value is None:
             if ref.startswith("env:"):
                 raise ConfigError(f"{self.label} {key} = {ref}: the environment variable {ref[4:]} is not set")
@@ -77,7 +78,8 @@ def integrations(cfg: Config) -> list[Integration]:
         spec = INTEGRATION_KEYS[kind]
         values = {k: s.default for k, s in spec.items()}
         values.update(table)
-        out.append(Integration(str(name), kind, bool(values["enabled"]), values))
+        base = str(cfg.file.parent) if cfg.file is not None else None
+        out.append(Integration(str(name), kind, bool(values["enabled"]), values, base))
     return out
 
 

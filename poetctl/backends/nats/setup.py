@@ -1,0 +1,234 @@
+"""``poetctl nats setup``: the streams, KV buckets and consumers poetctl needs, created or updated.
+
+Idempotent: what exists with the wanted settings is left alone; what
+differs is updated (or, for a setting NATS cannot change in place such as
+storage, reported); ``dry_run`` only reports the difference.
+
+What it makes (names from :class:`~.settings.NatsSettings`):
+
+* stream ``POET``: ``poet.p.>`` (events, one subject prefix per partition),
+  file storage, ``max_age`` = retention, duplicate window;
+* stream ``POET_DEAD``: ``poet.dead.>`` (dead letters, kept until purged);
+* stream ``POET_CORRUPT``: ``poet.corrupt.>`` (quarantined input, kept);
+* KV ``POET_STATE`` (event state and handling records, completion records
+  included), ``POET_LEASES`` (partition leases and daemon membership,
+  entries expire after ``lease_ttl``), ``POET_FUNCTIONS`` (function state);
+* durable pull consumers ``poet-p<n>`` on ``POET``, one per partition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import subjects
+from .link import Link
+from .settings import NatsSettings
+
+NS = 1_000_000_000
+
+
+@dataclass
+class Change:
+    """One difference: ``kind`` create/update/keep, what, and the fields that differ (old -> new)."""
+
+    kind: str
+    what: str
+    fields: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def line(self) -> str:
+        if self.kind == "keep":
+            return f"  = {self.what}"
+        if self.kind == "create":
+            return f"  + {self.what}"
+        diff = ", ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in sorted(self.fields.items()))
+        return f"  ~ {self.what} ({diff})"
+
+
+def _show(v: Any) -> str:
+    return str(v)
+
+
+def stream_specs(s: NatsSettings) -> list[dict[str, Any]]:
+    """The wanted streams (KV buckets are streams too: KV_<bucket>)."""
+    common = {"storage": "file", "num_replicas": s.replicas, "duplicate_window": s.duplicate_window}
+    return [
+        {"name": s.stream, "subjects": [f"{subjects.EVENTS}.>"], "max_age": s.max_age, "allow_direct": True, **common},
+        {"name": s.dead_stream, "subjects": [f"{subjects.DEAD}.>"], "max_age": 0.0, "allow_direct": True, **common},
+        {"name": s.corrupt_stream, "subjects": [f"{subjects.CORRUPT}.>"], "max_age": 0.0, **common},
+    ]
+
+
+def bucket_specs(s: NatsSettings) -> list[dict[str, Any]]:
+    return [
+        {"bucket": s.state_bucket, "history": 1, "ttl": s.max_age, "replicas": s.replicas},
+        {"bucket": s.lease_bucket, "history": 1, "ttl": s.lease_ttl, "replicas": s.replicas},
+        {"bucket": s.function_bucket, "history": 5, "ttl": 0.0, "replicas": s.replicas},
+    ]
+
+
+def consumer_specs(s: NatsSettings) -> list[dict[str, Any]]:
+    return [
+        {
+            "durable_name": s.durable(p),
+            "filter_subject": subjects.partition_filter(p),
+            "ack_wait": s.ack_wait,
+            "max_ack_pending": 20_000,
+        }
+        for p in range(s.partitions)
+    ]
+
+
+def _num(v: Any) -> Any:
+    return round(v, 3) if isinstance(v, float) else v
+
+
+def _diff(have: dict[str, Any], want: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    out: dict[str, tuple[Any, Any]] = {}
+    for k, v in want.items():
+        h = have.get(k)
+        if isinstance(v, float) or isinstance(h, float):
+            if abs(float(h or 0) - float(v or 0)) > 0.001:
+                out[k] = (_num(h), _num(v))
+        elif k == "subjects":
+            if sorted(h or []) != sorted(v):
+                out[k] = (h, v)
+        elif h != v:
+            out[k] = (h, v)
+    return out
+
+
+async def _stream_have(link: Link, name: str) -> dict[str, Any] | None:
+    from nats.js.errors import NotFoundError
+
+    try:
+        info = await link.jsm.stream_info(name)
+    except NotFoundError:
+        return None
+    c = info.config
+    return {
+        "subjects": list(c.subjects or []),
+        "storage": str(getattr(c.storage, "value", c.storage)),
+        "num_replicas": c.num_replicas,
+        "max_age": float(c.max_age or 0),
+        "duplicate_window": float(c.duplicate_window or 0),
+        "allow_direct": bool(c.allow_direct),
+    }
+
+
+async def _plan(link: Link, s: NatsSettings) -> list[tuple[Change, str, dict[str, Any]]]:
+    from nats.js.errors import NotFoundError
+
+    plan: list[tuple[Change, str, dict[str, Any]]] = []
+    for spec in stream_specs(s):
+        have = await _stream_have(link, spec["name"])
+        want = {k: v for k, v in spec.items() if k != "name"}
+        if have is None:
+            plan.append((Change("create", f"stream {spec['name']}"), "stream", spec))
+        else:
+            d = _diff(have, want)
+            plan.append((Change("update" if d else "keep", f"stream {spec['name']}", d), "stream", spec))
+    for spec in bucket_specs(s):
+        have = await _stream_have(link, f"KV_{spec['bucket']}")
+        if have is None:
+            plan.append((Change("create", f"kv {spec['bucket']}"), "kv", spec))
+        else:
+            d = _diff(
+                {"ttl": have["max_age"], "replicas": have["num_replicas"]},
+                {"ttl": spec["ttl"], "replicas": spec["replicas"]},
+            )
+            plan.append((Change("update" if d else "keep", f"kv {spec['bucket']}", d), "kv", spec))
+    for spec in consumer_specs(s):
+        name = spec["durable_name"]
+        try:
+            ci = await link.jsm.consumer_info(s.stream, name)
+            c = ci.config
+            have = {
+                "durable_name": c.durable_name,
+                "filter_subject": c.filter_subject,
+                "ack_wait": float(c.ack_wait or 0),
+                "max_ack_pending": c.max_ack_pending,
+            }
+            d = _diff(have, spec)
+            plan.append((Change("update" if d else "keep", f"consumer {s.stream}/{name}", d), "consumer", spec))
+        except NotFoundError:
+            plan.append((Change("create", f"consumer {s.stream}/{name}"), "consumer", spec))
+    return plan
+
+
+async def _apply(link: Link, s: NatsSettings, plan: list[tuple[Change, str, dict[str, Any]]]) -> None:
+    from nats.js.api import (
+        AckPolicy,
+        ConsumerConfig,
+        DeliverPolicy,
+        KeyValueConfig,
+        StorageType,
+        StreamConfig,
+    )
+
+    for change, kind, spec in plan:
+        if change.kind == "keep":
+            continue
+        if kind == "stream":
+            cfg = StreamConfig(
+                name=spec["name"],
+                subjects=spec["subjects"],
+                storage=StorageType.FILE,
+                num_replicas=spec["num_replicas"],
+                max_age=spec["max_age"],
+                duplicate_window=spec["duplicate_window"],
+                allow_direct=spec.get("allow_direct", False),
+            )
+            if change.kind == "create":
+                await link.jsm.add_stream(cfg)
+            else:
+                await link.jsm.update_stream(cfg)
+        elif kind == "kv":
+            kcfg = KeyValueConfig(
+                bucket=spec["bucket"],
+                history=spec["history"],
+                ttl=spec["ttl"] or None,
+                replicas=spec["replicas"],
+                storage=StorageType.FILE,
+            )
+            if change.kind == "create":
+                await link.js.create_key_value(kcfg)
+            else:
+                info = await link.jsm.stream_info(f"KV_{spec['bucket']}")
+                c = info.config
+                c.max_age = spec["ttl"]
+                c.num_replicas = spec["replicas"]
+                await link.jsm.update_stream(c)
+        else:
+            ccfg = ConsumerConfig(
+                durable_name=spec["durable_name"],
+                filter_subject=spec["filter_subject"],
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=spec["ack_wait"],
+                max_deliver=-1,
+                max_ack_pending=spec["max_ack_pending"],
+            )
+            await link.jsm.add_consumer(s.stream, ccfg)
+
+
+def setup(link: Link, s: NatsSettings, *, dry_run: bool = False) -> list[Change]:
+    """Create or update everything; with ``dry_run`` only plan. The changes, in order."""
+
+    async def go() -> list[Change]:
+        plan = await _plan(link, s)
+        if not dry_run:
+            await _apply(link, s, plan)
+        return [c for c, _, _ in plan]
+
+    from ...errors import BackendUnavailable, PoetError
+
+    try:
+        return link.run(go(), timeout=120)
+    except PoetError:
+        raise
+    except Exception as exc:  # the server refused a change (e.g. storage type): say which, no traceback
+        raise BackendUnavailable(f"nats setup failed: {type(exc).__name__}: {exc}") from None
+
+
+__all__ = ["Change", "bucket_specs", "consumer_specs", "setup", "stream_specs"]
