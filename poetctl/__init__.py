@@ -25,7 +25,7 @@ _EXPORTS = {
     "UnknownType": ".errors",
     "Event": ".event",
     "EventRouter": ".router",
-    "Permanent": ".daemon.outcomes",
+    "Permanent": ".errors",
     "Retry": ".daemon.outcomes",
     # The seed's names (see poetctl.seedapi and poetctl.handlers).
     "POETEventRouter": ".seedapi",
@@ -38,8 +38,8 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from .config import Config, load_config
-    from .daemon.outcomes import Permanent, Retry
-    from .errors import InvalidData, PoetError, SpoolIOError, UnknownType
+    from .daemon.outcomes import Retry
+    from .errors import InvalidData, Permanent, PoetError, SpoolIOError, UnknownType
     from .event import Event
     from .handlers import FunctionStateHandlers, LearningEngine, MLMonitoringEventHandlers
     from .limits import Backpressure

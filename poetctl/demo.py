@@ -68,10 +68,19 @@ def _false_alarm(router: EventRouter, execution_id: str, alert: Any) -> str:
     )
 
 
+# Errors a look-up may meet and retry (``make demo-cluster`` sets the NATS ones: a fresh R3 cluster can
+# answer "service unavailable" while it elects a leader); none on the spool.
+TRANSIENT: list[type[BaseException]] = []
+
+
 def _wait(predicate: Any, what: str, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        got = predicate()
+        try:
+            got = predicate()
+        except tuple(TRANSIENT) as exc:
+            print(f"  (retrying: {type(exc).__name__})", flush=True)
+            got = None
         if got:
             return got
         time.sleep(0.05)
@@ -95,6 +104,81 @@ def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
+def story(router: EventRouter, transport: Transport, states: Any) -> None:
+    """Drift -> alert -> feedback -> learning -> regeneration, on any backend; returns when all is handled.
+
+    ``make demo`` runs it on the spool, ``make demo-cluster`` (:mod:`poetctl.demo_cluster`) on NATS.
+    """
+    say("four earlier drift alerts on customer_churn_model, each answered 'false alarm'")
+    for i, (score, p) in enumerate([(0.62, 0.03), (0.58, 0.04), (0.66, 0.02), (0.71, 0.01)]):
+        ex = f"exec-{i + 1:03d}-{uuid.uuid4().hex[:8]}"
+        drift = router.emit(
+            "drift.detected", _drift(ex, score, p), source="poet.generator", correlation_id=f"drift-alert-{119 + i}"
+        )
+        alert = _wait(lambda d=drift: _find(transport, "alert.create_external", causation_id=d), "an alert")[0]
+        fid = _false_alarm(router, ex, alert)
+        print(f"  drift {drift} score={score} -> alert {alert.id} ({alert.payload['severity']}) -> false alarm {fid}")
+
+    say(f"the seed's drift: detect_drift flags {FEATURE} (score 0.87, p=0.003), correlation {CORRELATION}")
+    ex = f"exec-005-{uuid.uuid4().hex[:8]}"
+    drift = router.emit("drift.detected", _drift(ex, 0.87, 0.003), source="poet.generator", correlation_id=CORRELATION)
+    alert = _wait(lambda: _find(transport, "alert.create_external", causation_id=drift), "the alert")[0]
+    print(
+        f"  alert.create_external {alert.id}: severity {alert.payload['severity']}, "
+        f"priority {alert.payload['investigation_priority']}, feedback {alert.payload['feedback_url']}"
+    )
+
+    say("the on-call engineer says: false alarm")
+    fid = _false_alarm(router, ex, alert)
+    print(f"  feedback.human_validation {fid}")
+    needs = _wait(lambda: _find(transport, "enhancement.regeneration_needed", causation_id=fid), "regeneration")
+    need = needs[0]
+    for pat in _find(transport, "learning.pattern_detected", causation_id=fid):
+        print(f"  learning.pattern_detected {pat.payload['pattern_type']}: {pat.payload['recommended_action']}")
+    say("MLflow reports that the retraining the alert triggered did not help")
+    rid = router.emit(
+        "feedback.model_retrained",
+        {
+            "execution_id": ex,
+            "model_name": MODEL,
+            "performance_before": 0.912,
+            "performance_after": 0.909,
+            "retraining_cost_usd": 420.0,
+            "improvement_confirmed": False,
+        },
+        source="external.mlflow",
+        correlation_id=CORRELATION,
+        causation_id=alert.id,
+    )
+    print(f"  feedback.model_retrained {rid}")
+    fp = _wait(lambda: _find(transport, "learning.false_positive_detected", causation_id=rid), "the verdict")[0]
+    print(
+        f"  learning.false_positive_detected: wasted ${fp.payload['wasted_cost']:.0f}, "
+        f"{fp.payload['adjustment_needed']}"
+    )
+    say(f"regeneration needed ({need.payload['reason']}): the generator ships version 1.1.0")
+    router.emit(
+        "enhancement.regenerated",
+        {
+            "function_name": FUNCTION,
+            "old_version": "1.0.0",
+            "new_version": "1.1.0",
+            "regeneration_reason": need.payload.get("pattern_type") or need.payload["reason"],
+            "improvements": ["raise drift threshold to 0.7", "seasonal reference window"],
+            "expected_impact": {
+                "false_positive_reduction": 0.6,
+                "accuracy_improvement": 0.05,
+                "cost_reduction": 0.3,
+            },
+        },
+        source="poet.generator",
+        correlation_id=need.correlation_id,
+        causation_id=need.id,
+    )
+    _wait(lambda: states.current(FUNCTION), "the function state")
+    _wait(lambda: _idle(transport), "the spool to drain")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     keep = "--keep" in args
@@ -111,78 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     env.pop("POET_CONFIG", None)
     daemon = subprocess.Popen([sys.executable, "-m", "poetctl", "daemon", "--rescan-interval", "0.5"], env=env)
     try:
-        say("four earlier drift alerts on customer_churn_model, each answered 'false alarm'")
-        for i, (score, p) in enumerate([(0.62, 0.03), (0.58, 0.04), (0.66, 0.02), (0.71, 0.01)]):
-            ex = f"exec-{i + 1:03d}-{uuid.uuid4().hex[:8]}"
-            drift = router.emit(
-                "drift.detected", _drift(ex, score, p), source="poet.generator", correlation_id=f"drift-alert-{119 + i}"
-            )
-            alert = _wait(lambda d=drift: _find(transport, "alert.create_external", causation_id=d), "an alert")[0]
-            fid = _false_alarm(router, ex, alert)
-            print(
-                f"  drift {drift} score={score} -> alert {alert.id} ({alert.payload['severity']}) -> false alarm {fid}"
-            )
-
-        say(f"the seed's drift: detect_drift flags {FEATURE} (score 0.87, p=0.003), correlation {CORRELATION}")
-        ex = f"exec-005-{uuid.uuid4().hex[:8]}"
-        drift = router.emit(
-            "drift.detected", _drift(ex, 0.87, 0.003), source="poet.generator", correlation_id=CORRELATION
-        )
-        alert = _wait(lambda: _find(transport, "alert.create_external", causation_id=drift), "the alert")[0]
-        print(
-            f"  alert.create_external {alert.id}: severity {alert.payload['severity']}, "
-            f"priority {alert.payload['investigation_priority']}, feedback {alert.payload['feedback_url']}"
-        )
-
-        say("the on-call engineer says: false alarm")
-        fid = _false_alarm(router, ex, alert)
-        print(f"  feedback.human_validation {fid}")
-        needs = _wait(lambda: _find(transport, "enhancement.regeneration_needed", causation_id=fid), "regeneration")
-        need = needs[0]
-        for pat in _find(transport, "learning.pattern_detected", causation_id=fid):
-            print(f"  learning.pattern_detected {pat.payload['pattern_type']}: {pat.payload['recommended_action']}")
-        say("MLflow reports that the retraining the alert triggered did not help")
-        rid = router.emit(
-            "feedback.model_retrained",
-            {
-                "execution_id": ex,
-                "model_name": MODEL,
-                "performance_before": 0.912,
-                "performance_after": 0.909,
-                "retraining_cost_usd": 420.0,
-                "improvement_confirmed": False,
-            },
-            source="external.mlflow",
-            correlation_id=CORRELATION,
-            causation_id=alert.id,
-        )
-        print(f"  feedback.model_retrained {rid}")
-        fp = _wait(lambda: _find(transport, "learning.false_positive_detected", causation_id=rid), "the verdict")[0]
-        print(
-            f"  learning.false_positive_detected: wasted ${fp.payload['wasted_cost']:.0f}, "
-            f"{fp.payload['adjustment_needed']}"
-        )
-        say(f"regeneration needed ({need.payload['reason']}): the generator ships version 1.1.0")
-        router.emit(
-            "enhancement.regenerated",
-            {
-                "function_name": FUNCTION,
-                "old_version": "1.0.0",
-                "new_version": "1.1.0",
-                "regeneration_reason": need.payload.get("pattern_type") or need.payload["reason"],
-                "improvements": ["raise drift threshold to 0.7", "seasonal reference window"],
-                "expected_impact": {
-                    "false_positive_reduction": 0.6,
-                    "accuracy_improvement": 0.05,
-                    "cost_reduction": 0.3,
-                },
-            },
-            source="poet.generator",
-            correlation_id=need.correlation_id,
-            causation_id=need.id,
-        )
-        _wait(lambda: states.current(FUNCTION), "the function state")
-        _wait(lambda: _idle(transport), "the spool to drain")
+        story(router, transport, states)
 
         say(f"the chain of {CORRELATION} (drift -> alert -> feedback -> pattern -> regeneration)")
         print(render_tree(connected(layout, CORRELATION)))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import DEFAULT_MAX_CAUSATION_DEPTH, Config
-from .errors import InvalidData
+from .errors import InvalidData, Permanent
 from .event import Event, canonical, check_depth, check_id, check_type, compute_checksum, now, verify_checksum
 from .ids import derived_id, uuid7
 from .schemas import MAX_CAUSATION_DEPTH, SchemaRegistry
@@ -27,8 +27,13 @@ from .topics import ROUTES, topic_for
 EmitItem = tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Event
 
 
-class CausationDepthExceeded(InvalidData):
-    """A handler's follow-up would be deeper in its causal chain than ``max_causation_depth`` allows."""
+class CausationDepthExceeded(InvalidData, Permanent):
+    """A handler's follow-up would be deeper in its causal chain than ``max_causation_depth`` allows.
+
+    Permanent: a retry re-runs the same handler on the same event at the same depth, so it cannot succeed;
+    the event is dead-lettered at once (reason ``permanent``). After raising the limit, ``poetctl dead retry``
+    re-runs it.
+    """
 
 
 @dataclass(slots=True)

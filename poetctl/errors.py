@@ -31,6 +31,14 @@ class PoetError(Exception):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class Permanent(Exception):
+    """Raise from a handler: the event cannot succeed; dead-letter it now, without retries (reason ``permanent``).
+
+    Defined here, not in :mod:`poetctl.daemon.outcomes` (which re-exports it), so that the router can raise
+    a permanent error (:class:`poetctl.envelope.CausationDepthExceeded`) without importing the daemon.
+    """
+
+
 class UsageError(PoetError):
     """The call itself is wrong (bad option combination, bad pattern)."""
 

@@ -53,3 +53,14 @@ def key_function(paths: tuple[str, ...] = DEFAULT_PARTITION_KEY) -> KeyFunction:
 
 
 __all__ = ["DEFAULT_PARTITION_KEY", "KeyFunction", "key_function", "partition_key"]
+
+
+def configured_key_function(daemon_table: dict[str, Any]) -> KeyFunction:
+    """The key function of ``[daemon] partition_key`` (its default when unset).
+
+    Emitters that choose a partition (NATS) and the daemons that consume it must
+    agree on the key, so every one of them builds it here from the same table.
+    """
+    from .configspec import defaults
+
+    return key_function(tuple({**defaults("daemon"), **daemon_table}["partition_key"]))

@@ -42,7 +42,7 @@ from .limits import DEFAULT_WAIT
 from .publish import Publisher
 from .schemas import SchemaRegistry
 from .subscriptions import Handler, Subscription, SubscriptionRegistry
-from .transport import Quarantined, State, Transport
+from .transport import Quarantined, State, Transport, quarantine_line
 
 if TYPE_CHECKING:
     from .backends.fs.layout import SpoolLayout
@@ -274,9 +274,7 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry, InProcess):
         stored = self.transport.get(event_id)
         if stored is None or stored.state is not State.CORRUPT:
             return None
-        info = stored.info or {}
-        reason, detail = info.get("reason"), info.get("detail")
-        return f"{reason}: {detail}" if reason and detail else str(reason or detail or "reason unknown")
+        return quarantine_line(stored.info)
 
 
 def _spool_transport(config: Config, create: bool) -> tuple[FsTransport, Callable[[], None]]:

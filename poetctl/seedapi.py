@@ -75,7 +75,9 @@ class CorrelationTracker:
         """Accepted for compatibility and ignored: every event is tracked by its ``correlation_id`` already."""
 
     def get_events(self, correlation_id: str) -> list[str]:
-        """Ids of the events whose ``correlation_id`` is this one, oldest first, in any state."""
+        """Ids of the events whose ``correlation_id`` is this one, oldest first, in any state ([] for none)."""
+        if not correlation_id:
+            return []  # Query(correlation_id=None) would match every event
         found = self._router.transport.select(Query(correlation_id=correlation_id))
         return [s.id for s in reversed(list(found))]
 
@@ -161,7 +163,10 @@ def nats_transport(config: Config) -> Any:
     """``NatsTransport(NatsSettings.from_config(config.nats))`` (what ``--mode nats`` uses)."""
     what = "delivery_mode AITOMATIC_ONLY (NATS JetStream)"
     settings = _nats_module("settings", what).NatsSettings.from_config(config.nats)
-    return _nats_module("transport", what).NatsTransport(settings)
+    from .partition import configured_key_function
+
+    # The same partition key as `emit --mode nats` and the daemons, or one key's events could split.
+    return _nats_module("transport", what).NatsTransport(settings, key_of=configured_key_function(dict(config.daemon)))
 
 
 def start_forwarder(router: EventRouter) -> Any:

@@ -63,6 +63,16 @@ class Quarantined(InvalidData):
     """
 
 
+def quarantine_line(info: dict[str, Any] | None) -> str:
+    """Why something is quarantined, from its ``{"reason", "detail"}``, as one printable line of at most 200
+    characters (it goes into error messages on a terminal). The one formatting for every backend."""
+    info = info or {}
+    reason, detail = info.get("reason"), info.get("detail")
+    text = f"{reason}: {detail}" if reason and detail else str(reason or detail or "reason unknown")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(text.split()))
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 # -- what a handler run leaves behind -----------------------------------------------------------
 
 
@@ -211,6 +221,7 @@ class Fetched:
     quarantined: int = 0  # unreadable input moved to quarantine on the way
     deferred: int = 0  # due later (retry time) or held by another consumer: fetch again later
     more: bool = False  # stopped at ``limit`` with more due work: fetch again without waiting
+    recovered: int = 0  # dead consumers' events put back to pending during this fetch (rescan, takeover)
 
 
 @dataclass(slots=True)
@@ -305,6 +316,8 @@ class Consumer(Protocol):
         never blocks what follows. Leases are made before return; many per call
         (the loop asks for hundreds): a backend may prepare the next batch ahead
         (fs: the mover child renames batch k+1 while batch k is handled).
+        A dead consumer's work taken over on the way is counted in
+        ``Fetched.recovered`` (the loop reports it to ``on_recover``).
         fs: window listing, read+verify, bucket flock, claim rename (pipelined
         through the mover). NATS: pull ``fetch(batch)`` on this daemon's
         partition consumers; redeliveries carry their record from KV.
@@ -483,4 +496,5 @@ __all__ = [
     "Stored",
     "Transport",
     "dead_letter_info",
+    "quarantine_line",
 ]

@@ -142,13 +142,17 @@ def test_status_shows_fullness(run_cli: Any, tmp_path: Path) -> None:
     assert "limits: 1 of 4 pending (25%)" in t.stdout
 
 
-def test_gauge_follows_the_daemon_and_status(run_cli: Any, tmp_path: Path) -> None:
-    """Events removed behind poetctl's back are seen after status lists pending; a daemon's claims free room."""
+def test_gauge_follows_the_daemon_and_status_writes_nothing(run_cli: Any, tmp_path: Path) -> None:
+    """Events removed behind poetctl's back are seen at a daemon's next listing; status only reads the gauge."""
     cfg = setup(tmp_path, "max_pending = 1")
     assert emit(run_cli, cfg).returncode == 0
     pending(tmp_path)[0].rename(tmp_path / "moved.json")  # by hand: the gauge does not know yet
     assert emit(run_cli, cfg, "--wait", "0").returncode == EX_TEMPFAIL
-    assert run_cli("--config", cfg, "status").returncode == 0
+    state = tmp_path / "spool" / "run" / "limits"
+    before = state.read_bytes()
+    s = run_cli("--config", cfg, "status", "-o", "json")
+    assert json.loads(s.stdout)["limits"]["gauge_pending"] == 1 and state.read_bytes() == before
+    assert run_cli("--config", cfg, "daemon", "--once", "--no-builtin-handlers").returncode == 0
     assert emit(run_cli, cfg, "--wait", "0").returncode == 0
 
 

@@ -19,10 +19,10 @@ from terminal import run_on_tty
 
 from poetctl import EventRouter
 from poetctl.backends.fs.index import Index, row_of
+from poetctl.backends.fs.query import Found
 from poetctl.chain import Node, build_forest, check_chain, collect, connected, iter_events, render_tree
 from poetctl.event import Event
 from poetctl.ids import uuid7
-from poetctl.query import Found
 from poetctl.spool import SpoolLayout
 
 SAMPLES = load_samples()
@@ -394,7 +394,7 @@ def _write(
 
 def test_index_path_reads_only_connected_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On an indexed spool of 2,500+ events, correlate by event id reads just the connected files."""
-    import poetctl.query as q
+    import poetctl.backends.fs.query as q
 
     spool = tmp_path / "spool"
     router = EventRouter(spool=spool)

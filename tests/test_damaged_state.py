@@ -14,10 +14,10 @@ from daemon_helpers.harness import events_dir, run_cli, write_config
 from daemon_helpers.spool import FakeDrift, put_event
 
 from poetctl import EventRouter
+from poetctl.backends.fs.storage import FeedbackStore, StateStore
 from poetctl.errors import InvalidData, SpoolIOError
 from poetctl.handlers.learning import LearningEngine
 from poetctl.spool import SpoolLayout
-from poetctl.state import FeedbackStore, StateStore
 
 FN = "detect_drift"
 

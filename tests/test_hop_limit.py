@@ -61,6 +61,15 @@ def test_follow_up_past_the_limit_is_refused(spool: Path) -> None:
         follow_up(router, ok)
 
 
+def test_the_hop_limit_error_is_permanent_and_still_invalid_data() -> None:
+    """CausationDepthExceeded is a poetctl.Permanent (no retries) and still InvalidData with exit code 65."""
+    import poetctl
+
+    exc = CausationDepthExceeded("too deep", where="x")
+    assert isinstance(exc, poetctl.Permanent) and isinstance(exc, InvalidData)
+    assert exc.exit_code == 65 and str(exc) == "x: too deep"
+
+
 def test_limit_comes_from_the_daemon_table_and_is_checked(tmp_path: Path) -> None:
     """[daemon] max_causation_depth sets the router's limit (default 64); a bad value is refused naming the key."""
     cfg = load_config(spool=tmp_path / "s")
@@ -116,12 +125,12 @@ def register(router):
 
 
 def test_self_subscribing_handler_stops_at_the_limit(daemons: Any, tmp_path: Path, spool: Path) -> None:
-    """A handler that emits the type it handles is stopped at the limit, dead-lettered with the message; others flow."""
+    """A handler emitting the type it handles stops at the limit, dead-lettered at once (permanent); others flow."""
     limit = 5
     out = tmp_path / "handled.txt"
     handlers = tmp_path / "loop_handlers.py"
     handlers.write_text(f"OUT = {str(out)!r}\n" + LOOP_HANDLERS)
-    config = write_config(tmp_path, max_causation_depth=limit, max_attempts=2)
+    config = write_config(tmp_path, max_causation_depth=limit, max_attempts=3)
     router = EventRouter(spool=spool)
     first = router.emit("system.health", HEALTH)
     others = [router.emit("system.metrics", {"service": "s", "metrics": {"n": float(i)}}) for i in range(3)]
@@ -143,7 +152,8 @@ def test_self_subscribing_handler_stops_at_the_limit(daemons: Any, tmp_path: Pat
     assert chain[0] == ("processed", first) and chain[limit] == ("dead", dead)
     assert all(state == "processed" for depth, (state, _) in chain.items() if depth < limit)
     error = json.loads((spool / "events" / "dead" / f"{dead}.error").read_text())
-    assert error["handler"] == "loop" and error["attempts"] == 2
+    # Permanent: one attempt of the allowed three, no retry (a retry would hit the same limit).
+    assert error["handler"] == "loop" and error["attempts"] == 1 and error["reason"] == "permanent"
     assert f"CausationDepthExceeded: follow-up 'system.health' of event {dead}" in error["error"]
     assert f"causation depth {limit + 1}, past the limit of {limit}" in error["error"]
     assert set(others) | {late} <= ids_in(spool, "processed")

@@ -412,8 +412,8 @@ def test_state_list_skips_linked_function_directories(tmp_path: Path, sp: Path) 
 
 def test_feedback_store_never_reads_or_moves_through_links(tmp_path: Path, sp: Path) -> None:
     """FeedbackStore: a linked record is skipped, a linked pending/ or processed/ is refused."""
+    from poetctl.backends.fs.storage import FeedbackStore
     from poetctl.errors import SpoolIOError
-    from poetctl.state import FeedbackStore
 
     layout = SpoolLayout(sp)
     secret = tmp_path / "secret.json"

@@ -14,9 +14,9 @@ from conftest import CLI_TIMEOUT, clean_env, cli_argv, load_samples
 
 from poetctl import chain as chain_lib
 from poetctl.backends.fs.index import Index, row_of
+from poetctl.backends.fs.query import Found
 from poetctl.event import Event
 from poetctl.ids import uuid7
-from poetctl.query import Found
 from poetctl.spool import SpoolLayout
 
 HOPS = 10_000

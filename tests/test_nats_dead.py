@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.nats_cli_helpers import cli, project, server
 from tests.natsserver import NatsServer
-from tests.test_nats_cli import cli, project, server
 
 __all__ = ["project", "server"]  # the fixtures, imported for pytest
 

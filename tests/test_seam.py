@@ -127,10 +127,10 @@ def test_router_on_a_transport_never_touches_the_filesystem(tmp_path: Any, monke
 
 
 def test_a_self_emitting_handler_stops_at_the_hop_limit() -> None:
-    """With the router's hop limit, a handler that emits what it subscribes to ends in dead/ instead of looping."""
+    """A handler that emits what it subscribes to is dead-lettered at the hop limit at once (permanent), no retry."""
     from poetctl.config import Config
 
-    h = Harness(config=Config(daemon={"max_causation_depth": 2}), max_attempts=2)
+    h = Harness(config=Config(daemon={"max_causation_depth": 2}), max_attempts=3)
     h.router.subscribe(
         "system.health", lambda e: h.router.emit("system.health", {"service": "s", "status": "healthy"}), name="echo"
     )
@@ -139,4 +139,5 @@ def test_a_self_emitting_handler_stops_at_the_hop_limit() -> None:
     (dead,) = h.events(states=[State.DEAD])
     info = h.dead_letter(dead.id)
     assert info is not None and info["error"].startswith("CausationDepthExceeded")
+    assert info["reason"] == "permanent" and info["attempts"] == 1
     assert len(h.events(states=[State.PROCESSED])) == 2  # depths 0 and 1; depth 2's follow-up was refused

@@ -238,3 +238,15 @@ def test_the_seed_snippets_in_notes_run_as_a_script(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['alert.create_external', 'drift.detected', 'enhancement.completed']"
+
+
+def test_correlation_tracker_answers_nothing_for_no_correlation_id() -> None:
+    """get_events(None) or '' is [] (a Query without a correlation id would match every event)."""
+    from poetctl.seedapi import CorrelationTracker
+    from poetctl.testing import Harness
+
+    h = Harness()
+    eid = h.router.emit("system.health", {"service": "s", "status": "healthy"}, correlation_id="c-1")
+    tracker = CorrelationTracker(h.router)
+    assert tracker.get_events("c-1") == [eid]
+    assert tracker.get_events(None) == [] and tracker.get_events("") == []  # type: ignore[arg-type]

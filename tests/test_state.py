@@ -14,8 +14,8 @@ import pytest
 from conftest import CLI_TIMEOUT, clean_env, cli_argv
 
 from poetctl import EventRouter
+from poetctl.backends.fs.storage import StateStore
 from poetctl.errors import InvalidData
-from poetctl.state import StateStore
 
 FN = "detect_drift"
 

@@ -61,7 +61,7 @@ def test_rebuild_after_the_demo_equals_the_live_state(run_cli: Any, spool: Path)
     rc, doc, err = rebuild(run_cli, spool)
     assert rc == 0, err
     assert doc["differences"] == 0 and doc["diff"] == [] and doc["events"] > 10 and doc["failed"] == 0
-    assert not any(p.name.startswith("rebuild.") for p in (spool / "run").iterdir())  # the work spool is gone
+    assert not any(p.name.startswith("rebuild.") for p in (spool / "run").iterdir())  # nothing left in the spool
 
 
 def test_differences_are_listed_and_nothing_is_changed(run_cli: Any, spool: Path) -> None:

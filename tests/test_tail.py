@@ -350,7 +350,7 @@ def build_processed(spool: Path, n: int, *, index: bool = True, files: int | Non
 @pytest.mark.parametrize("with_index", [True, False])
 def test_n_reads_only_top_candidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_index: bool) -> None:
     """`-n 5` on 2,100+ processed events reads about 5 files, from the index or from a listing."""
-    import poetctl.query as q
+    import poetctl.backends.fs.query as q
 
     spool = tmp_path / "spool"
     ids = build_processed(spool, 2500 if with_index else 2100, index=with_index, files=100 if with_index else None)
@@ -591,7 +591,7 @@ def test_tail_n_while_a_daemon_processes(tmp_path: Path, daemon: Any) -> None:
 
 def test_vanished_file_is_looked_up_where_it_went(tmp_path: Path) -> None:
     """An arrival already moved out of pending by the daemon is found by id in processed."""
-    from poetctl.query import load_or_find
+    from poetctl.backends.fs.query import load_or_find
 
     spool = tmp_path / "spool"
     router = EventRouter(spool=spool)

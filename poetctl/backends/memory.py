@@ -37,6 +37,7 @@ from ..transport import (
     Record,
     State,
     Stored,
+    quarantine_line,
 )
 
 _REQUIRED = ("id", "type", "source", "timestamp", "topic", "payload")
@@ -117,9 +118,8 @@ class MemoryTransport:
             for it in items:
                 e = self._entries.get(it.event.id)
                 if e is not None and e.state is State.CORRUPT:
-                    reason = f"{e.info.get('reason')}: {e.info.get('detail')}" if e.info else "reason unknown"
                     raise Quarantined(
-                        f"id {e.id} exists in corrupt/ (quarantined: {reason}); nothing was written. "
+                        f"id {e.id} exists in corrupt/ (quarantined: {quarantine_line(e.info)}); nothing was written. "
                         "Requeue it once fixed, or emit under another id"
                     )
             added: list[bool] = []
@@ -290,7 +290,7 @@ class MemoryConsumer:
         with t._lock:
             self._alive()
             if any(owner in t._dead_consumers for owner, _ in t._holders.values()):
-                self._recover()  # a dead consumer's keys: take its work back before leasing them
+                out.recovered = self._recover()  # a dead consumer's keys: take its work back before leasing them
             if t._classed:
                 return self._fetch_by_priority(limit, out)
             now = t.clock()

@@ -31,6 +31,15 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="poet.toml to use (else POET_CONFIG, ./poet.toml).", show_default=False),
 ]
+ModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mode",
+        help="local_only, nats or hybrid: nats reads JetStream, the others the spool (default: POET_MODE, "
+        "then delivery_mode).",
+        show_default=False,
+    ),
+]
 OutputOpt = Annotated[
     str | None,
     typer.Option(

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .common import ConfigOpt, SpoolOpt, errors_to_exit, load
+from .common import ConfigOpt, ModeOpt, SpoolOpt, errors_to_exit, load
 
 CORRELATE_FORMATS = ("tree", "json", "jsonl", "dot", "mermaid")
 
@@ -43,6 +43,7 @@ def correlate_cmd(
             show_default=False,
         ),
     ] = None,
+    mode: ModeOpt = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -52,7 +53,7 @@ def correlate_cmd(
     cause; a cause missing from the spool is flagged. json and jsonl give one
     node per event, depth first, each naming its parent, depth and children.
     Exit codes: 1 unknown ID or --expect chain incomplete, 2 usage, 66 no
-    spool, 74 I/O error, 77 permission denied.
+    spool, 69 NATS unreachable (--mode nats), 74 I/O error, 77 permission denied.
 
     Examples:
 
@@ -61,16 +62,23 @@ def correlate_cmd(
       poetctl correlate drift-alert-123 --expect 'drift.detected>alert.*>feedback.*' --within 2h
       poetctl correlate drift-alert-123 --output dot | dot -Tsvg > chain.svg
     """
-    _correlate(ident, output, expect, within, spool, config)
+    _correlate(ident, output, expect, within, spool, config, mode)
 
 
 @errors_to_exit
 def _correlate(
-    ident: str, output: str | None, expect: str | None, within: str | None, spool: Path | None, config: Path | None
+    ident: str,
+    output: str | None,
+    expect: str | None,
+    within: str | None,
+    spool: Path | None,
+    config: Path | None,
+    mode: str | None = None,
 ) -> None:
     from ..backends.fs.layout import SpoolLayout
     from ..chain import check_chain, connected, parse_duration, parse_steps, render_tree, to_dot, to_json, to_mermaid
     from ..errors import NoMatch, UsageError
+    from .mode import resolve_mode
     from .output import clean, error, resolve_format, warn, write_json, write_jsonl, write_line
 
     fmt = resolve_format(output, CORRELATE_FORMATS, tty_default="tree")
@@ -78,15 +86,21 @@ def _correlate(
     if within is not None and steps is None:
         raise UsageError("--within goes with --expect")
     limit = parse_duration(within) if within is not None else None
-    layout = SpoolLayout(load(spool, config).spool)
-    layout.require_real(*layout.read_dirs(), missing_ok=True)
+    cfg = load(spool, config)
+    if resolve_mode(mode, cfg) == "nats":
+        from .views_nats import connected_nats
 
-    def on_damaged(path: Path, reason: str) -> None:
-        warn(f"skipped damaged file {path}: {reason}")
+        roots, where = connected_nats(cfg, ident)
+    else:
+        layout = SpoolLayout(cfg.spool)
+        layout.require_real(*layout.read_dirs(), missing_ok=True)
 
-    roots = connected(layout, ident, on_damaged=on_damaged)
+        def on_damaged(path: Path, reason: str) -> None:
+            warn(f"skipped damaged file {path}: {reason}")
+
+        roots, where = connected(layout, ident, on_damaged=on_damaged), str(layout.root)
     if not roots:
-        raise NoMatch(f"no event or correlation id {ident} in {layout.root}")
+        raise NoMatch(f"no event or correlation id {ident} in {where}")
     if fmt == "json":
         write_json(to_json(roots))
     elif fmt == "jsonl":

@@ -127,7 +127,7 @@ def _daemon(
     if delivery == "nats":
         from .daemon_nats import run_nats
 
-        return run_nats(cfg, handlers, workers, once, builtin=not no_builtin)
+        return run_nats(cfg, handlers, workers, once, builtin=not no_builtin, metrics_addr=metrics_addr)
     opts = DaemonOptions.from_config(dict(cfg.daemon), workers=workers, once=once or None, rescan_interval=rescan)
     router = EventRouter(config=cfg)
     if not no_builtin:
@@ -137,11 +137,22 @@ def _daemon(
     load_handlers(router, [*cfg.handlers, *handlers])
     from ..observability.wiring import daemon_observability
 
-    obs = daemon_observability(router, cfg, lease_seconds=opts.lease_seconds, metrics_addr=metrics_addr)
+    forwarder = _start_forwarder(cfg, router.layout) if delivery == "hybrid" else None
+    fwd = (lambda: forwarder.stats.backlog) if forwarder is not None else None  # the backlog gauges (hybrid)
+    try:
+        obs = daemon_observability(
+            router, cfg, lease_seconds=opts.lease_seconds, metrics_addr=metrics_addr, forward=fwd
+        )
+    except BaseException:
+        if forwarder is not None:
+            forwarder.stop()
+        raise
     try:
         d = Daemon(router, opts, middleware=obs.middleware)
     except BaseException:
         obs.close()
+        if forwarder is not None:
+            forwarder.stop()
         raise
     install_signal_handlers(d)
     log.info(
@@ -149,7 +160,6 @@ def _daemon(
         f"{len(router.subscriptions)} handler(s){' (once)' if opts.once else ''}",
         metrics=obs.url,
     )
-    forwarder = _start_forwarder(cfg, router.layout) if delivery == "hybrid" else None
     try:
         code = d.run()
     finally:

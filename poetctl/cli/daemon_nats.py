@@ -6,7 +6,14 @@ import signal
 from typing import Any
 
 
-def run_nats(cfg: Any, handlers: list[str], workers: int | None, once: bool, builtin: bool = True) -> int:
+def run_nats(
+    cfg: Any,
+    handlers: list[str],
+    workers: int | None,
+    once: bool,
+    builtin: bool = True,
+    metrics_addr: str | None = None,
+) -> int:
     """Consume this daemon's share of the partitions until SIGINT/SIGTERM (or, with ``once``, until idle).
 
     The built-in handlers run as on the spool, with their state (function
@@ -33,6 +40,9 @@ def run_nats(cfg: Any, handlers: list[str], workers: int | None, once: bool, bui
             register_builtin(router)
         load_handlers(router, [*cfg.handlers, *handlers])
         consumer = transport.consumer()
+        from ..observability.wiring_nats import nats_observability
+
+        obs = nats_observability(router, cfg, transport, consumer.name, metrics_addr=metrics_addr)
         loop = Loop(
             consumer,
             router.subscriptions,
@@ -40,6 +50,7 @@ def run_nats(cfg: Any, handlers: list[str], workers: int | None, once: bool, bui
             policy=RetryPolicy(opts["max_attempts"], opts["backoff_base"], opts["backoff_cap"]),
             workers=workers or opts["workers"],
             max_inflight=opts["max_inflight"],
+            middleware=obs.middleware,
         )
 
         def stop(signum: int, frame: Any) -> None:
@@ -50,9 +61,16 @@ def run_nats(cfg: Any, handlers: list[str], workers: int | None, once: bool, bui
         log.info(
             f"daemon {consumer.name} on NATS {transport.settings.shown_servers()} "
             f"({transport.settings.partitions} partitions) with {len(router.subscriptions)} handler(s)"
-            f"{' (once)' if once else ''}"
+            f"{' (once)' if once or opts['once'] else ''}",
+            metrics=obs.url,
         )
-        code = loop.run(once=once or bool(opts["once"]))
+        once = once or bool(opts["once"])
+        try:
+            code = loop.run(once=once)
+        finally:
+            obs.close()
+        if not once:
+            code = 0  # as on the spool: a daemon stopped by SIGINT/SIGTERM exits 0 (--once reports what happened)
         s = loop.stats
         log.info(f"daemon stopped: processed={s.processed} dead={s.dead} handed_back={s.handed_back}")
         return code

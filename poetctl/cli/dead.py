@@ -50,7 +50,7 @@ def _open(spool: Path | None, config: Path | None, with_index: bool = False) -> 
     """Config, layout (66 if there is no spool) and, when asked, the index (None if absent)."""
     from ..backends.fs.dead import refuse_links
     from ..backends.fs.layout import SpoolLayout
-    from ..ops.selectors import open_index
+    from ..backends.fs.selection import open_index
     from .output import warn
 
     cfg = load(spool, config)
@@ -156,10 +156,10 @@ def show_cmd(
 
 @errors_to_exit
 def _show(event_id: str, output: str | None, spool: Path | None, config: Path | None, mode: str | None = None) -> None:
+    from ..backends.fs.query import load as load_found
     from ..backends.fs.replay import read_error
+    from ..backends.fs.selection import missing_ids
     from ..ids import EVENT_ID_RE
-    from ..ops.selectors import missing_ids
-    from ..query import load as load_found
     from .output import resolve_format, write_json, write_jsonl
 
     fmt = resolve_format(output, tty_default="json")
@@ -236,7 +236,7 @@ def _retry(
         return
     from .replay import _replay
 
-    _replay(crit, "dead", all_, dry_run, spool, config, keep_done=not all_handlers)
+    _replay(crit, "dead", all_, dry_run, spool, config, keep_done=not all_handlers, mode="local_only")
 
 
 @dead_app.command("purge")

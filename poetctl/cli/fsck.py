@@ -21,6 +21,14 @@ def fsck_cmd(
             help="Quarantine damaged files, requeue stale in-flight events, remove leftovers and rebuild the index.",
         ),
     ] = False,
+    record: Annotated[
+        bool,
+        typer.Option(
+            "--record",
+            help="Keep this run's findings in run/fsck.json (metrics and the fsck-loss alert read it); "
+            "--repair always keeps them.",
+        ),
+    ] = False,
     tmp_age: Annotated[
         str, typer.Option("--tmp-age", help="Writer leftovers older than this are orphans (15m, 2h, 1d).")
     ] = "1h",
@@ -30,7 +38,8 @@ def fsck_cmd(
 ) -> None:
     """Check every file: checksum, schema and placement of events, stale in-flight events, leftovers, index drift.
 
-    Ends with a report (one problem per row; JSON lines in a pipe). Exit 0
+    Without --repair or --record nothing in the spool is written. Ends with a
+    report (one problem per row; JSON lines in a pipe). Exit 0
     clean (or everything repaired), 1 problems remain, 66 no spool, 77 (74) a part
     of the spool could not be read for lack of permission (an I/O error). Safe while
     daemons run; a progress bar shows on a TTY.
@@ -40,12 +49,16 @@ def fsck_cmd(
       poetctl fsck
 
       poetctl fsck --repair -o json
+
+      poetctl fsck --record -o json   (from cron: feeds the PoetctlMessageLoss alert)
     """
-    _fsck(repair, tmp_age, output, spool, config)
+    _fsck(repair, record, tmp_age, output, spool, config)
 
 
 @errors_to_exit
-def _fsck(repair: bool, tmp_age: str, output: str | None, spool: Path | None, config: Path | None) -> None:
+def _fsck(
+    repair: bool, record: bool, tmp_age: str, output: str | None, spool: Path | None, config: Path | None
+) -> None:
     from ..backends.fs.fsck import Fsck
     from ..backends.fs.layout import SpoolLayout
     from ..ops.progress import Progress
@@ -70,9 +83,10 @@ def _fsck(repair: bool, tmp_age: str, output: str | None, spool: Path | None, co
             set_total=bar.set_total,
         ).run()
     doc = report.to_dict()
-    from ..backends.fs.fsck_status import save_last
+    if repair or record:  # a plain check writes nothing into the spool
+        from ..backends.fs.fsck_status import save_last
 
-    save_last(layout.root, doc)  # for metrics and the fsck-loss alert (best effort)
+        save_last(layout.root, doc)  # for metrics and the fsck-loss alert (best effort)
     if fmt == "json":
         write_json(doc)
     else:

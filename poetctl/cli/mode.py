@@ -36,10 +36,9 @@ def nats_transport(cfg: Any, **kwargs: Any) -> Any:
 
     if "key_of" not in kwargs:
         # [daemon] partition_key decides the partition: emit, dead retry and the daemon must agree on it.
-        from ..configspec import defaults
-        from ..partition import key_function
+        from ..partition import configured_key_function
 
-        kwargs["key_of"] = key_function(tuple({**defaults("daemon"), **cfg.daemon}["partition_key"]))
+        kwargs["key_of"] = configured_key_function(dict(cfg.daemon))
     return NatsTransport(NatsSettings.from_config(cfg.nats), **kwargs)
 
 

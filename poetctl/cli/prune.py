@@ -47,9 +47,9 @@ def _prune(
 
     from ..backends.fs.layout import SpoolLayout
     from ..backends.fs.prune import Pruner, usable_index
+    from ..backends.fs.selection import open_index
     from ..backends.fs.writer import spool_lock
     from ..ops.progress import Progress
-    from ..ops.selectors import open_index
     from .output import resolve_format, warn, write_json, write_jsonl
 
     if days < 0:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import NoMatch, UsageError
-from .common import ConfigOpt, SpoolOpt, errors_to_exit, load
+from .common import ConfigOpt, ModeOpt, SpoolOpt, errors_to_exit, load
 
 SinceOpt = Annotated[
     str | None,
@@ -98,6 +98,7 @@ def replay_cmd(
     ] = "processed",
     all_: AllOpt = False,
     dry_run: DryRunOpt = False,
+    mode: ModeOpt = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -108,6 +109,9 @@ def replay_cmd(
     (follow-up events keep their derived ids and are deduplicated). Safe while a
     daemon runs. Exit 1 if nothing matched, 2 bad selectors, 66 no spool.
 
+    With --mode nats (or POET_MODE / delivery_mode nats) the events are
+    published to the stream again, same ids and mark (69: NATS unreachable).
+
     Examples:
 
       poetctl replay --since 2h --type drift.detected
@@ -116,7 +120,9 @@ def replay_cmd(
 
       poetctl tail -o jsonl --state processed --type drift.detected --since 1h | poetctl replay --id -
     """
-    _replay(criteria(since, until, types, topics, correlation_id, ids), from_state, all_, dry_run, spool, config)
+    _replay(
+        criteria(since, until, types, topics, correlation_id, ids), from_state, all_, dry_run, spool, config, mode=mode
+    )
 
 
 @errors_to_exit
@@ -128,6 +134,7 @@ def _replay(
     spool: Path | None,
     config: Path | None,
     keep_done: bool = False,
+    mode: str | None = None,
 ) -> None:
     from ..backends.fs.layout import SpoolLayout
     from ..backends.fs.replay import BATCH, Requeuer, refuse_links
@@ -137,6 +144,13 @@ def _replay(
 
     check_state(from_state)
     cfg = load(spool, config)
+    from .mode import resolve_mode
+
+    if resolve_mode(mode, cfg) == "nats":
+        from .views_nats import replay_nats
+
+        replay_nats(cfg, crit, from_state, all_, dry_run)
+        return
     layout = SpoolLayout(cfg.spool).require()
     refuse_links(layout, from_state)  # 74 before anything is read through a linked spool directory
     index = open_index(layout, warn)

@@ -130,7 +130,7 @@ def _rebuild(apply: bool, output: str | None, spool: Path | None, config: Path |
     router = EventRouter(config=cfg, create_spool=False)
     load_handlers(router, list(cfg.handlers))  # only for their upcasters: nothing subscribed here runs
     events = history(router.transport)
-    work = work_layout(layout)
+    work = work_layout(layout, inside=apply)
     kept = None
     try:
         counts = replay(cfg, events, FsStorage(work), router.upcasters)

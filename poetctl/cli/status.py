@@ -9,7 +9,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from ..configspec import bounds
-from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, load
+from .common import ConfigOpt, ModeOpt, OutputOpt, SpoolOpt, errors_to_exit, load
 
 STATUS_KEYS = ("warn_lag", "max_lag", "max_dead", "max_corrupt", "max_stale", "min_daemons")
 STATUS_DEFAULTS: dict[str, Any] = {
@@ -83,6 +83,7 @@ def status_cmd(
         ),
     ] = None,
     output: OutputOpt = None,
+    mode: ModeOpt = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -96,6 +97,11 @@ def status_cmd(
     under --output json) and exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
     (the spool is missing or cannot be read: permission denied, I/O error).
     Without --check: exit 66 no spool, 74 I/O error, 77 permission denied.
+
+    With --mode nats (or POET_MODE / delivery_mode nats) the figures come from
+    JetStream: the stream, each partition's consumer (pending, ack pending,
+    redelivered, lag, owning daemon) and the daemons of the lease bucket;
+    NATS unreachable is exit 69 (UNKNOWN, 3, with --check).
 
     Examples:
 
@@ -113,6 +119,7 @@ def status_cmd(
         spool,
         config,
         prometheus,
+        mode,
     )
 
 
@@ -131,10 +138,12 @@ def _status(
     spool: Path | None,
     config: Path | None,
     prometheus: Path | None = None,
+    mode: str | None = None,
 ) -> None:
     from ..backends.fs.layout import SpoolLayout
     from ..backends.fs.status import FsStatus
     from ..ops.status import Thresholds, collect, evaluate, nagios_line, parse_duration
+    from .mode import resolve_mode
     from .output import resolve_format, write_json, write_jsonl
 
     fmt = resolve_format(output) if output is not None or not check else None
@@ -157,13 +166,17 @@ def _status(
     )
     stale = parse_duration(stale_after, "--stale-after") if stale_after else None
     lease = float(cfg.daemon.get("lease_seconds", 30.0))
+    nats = resolve_mode(mode, cfg) == "nats"
     try:
-        layout = SpoolLayout(cfg.spool)
-        source = FsStatus(layout.require_real(*layout.read_dirs(), missing_ok=True))
-        doc = collect(source, lease_seconds=lease, stale_after=stale)
-        doc["breakers"] = _breakers(layout)
-        doc["limits"] = _limits(cfg, layout, doc["counts"]["pending"])
-        _add_forward_backlog(doc, layout)
+        if nats:
+            doc = _nats_doc(cfg, lease, stale)
+        else:
+            layout = SpoolLayout(cfg.spool)
+            source = FsStatus(layout.require_real(*layout.read_dirs(), missing_ok=True))
+            doc = collect(source, lease_seconds=lease, stale_after=stale)
+            doc["breakers"] = _breakers(layout)
+            doc["limits"] = _limits(cfg, layout, doc["counts"]["pending"])
+            _add_forward_backlog(doc, layout)
     except Exception as exc:
         if not check:
             raise  # errors_to_exit: 66 no spool, 74 I/O error, 77 permission denied
@@ -200,21 +213,32 @@ def _limits(cfg: Any, layout: Any, pending: int) -> dict[str, Any] | None:
     out["max_pending_bytes"] = lim.max_pending_bytes or None
     out["bytes_fill"] = None
     out["throttled"] = []
-    from ..backends.fs.limits import STATE, SpoolLimits
+    from ..backends.fs.limits import peek
 
-    if (layout.root / STATE).is_file():  # status writes nothing: without the file, nothing was counted yet
-        st = SpoolLimits(layout)
-        try:
-            st.counted(pending)  # this listing is exact: emitters see it at once
-            out["pending_bytes"] = st.pending()[1]
-            out["throttled"] = st.throttled(lim)
-        except OSError:
-            pass
-        finally:
-            st.close()
-        if lim.max_pending_bytes and out["pending_bytes"] is not None:
-            out["bytes_fill"] = round(out["pending_bytes"] / lim.max_pending_bytes, 4)
+    view = peek(layout)  # read only: status writes nothing
+    if view is not None:
+        out["gauge_pending"] = view.pending  # what emitters go by (daemons set it from each listing)
+        out["pending_bytes"] = view.pending_bytes
+        out["throttled"] = view.throttled(lim)
+        if lim.max_pending_bytes:
+            out["bytes_fill"] = round(view.pending_bytes / lim.max_pending_bytes, 4)
     return out
+
+
+def _nats_doc(cfg: Any, lease: float, stale: float | None) -> dict[str, Any]:
+    """The status document over NATS: the same keys, plus ``nats`` (stream, partitions: lag, owner)."""
+    from ..backends.nats.status import NatsStatus
+    from ..ops.status import collect
+    from .mode import nats_transport
+
+    t = nats_transport(cfg)
+    try:
+        source = NatsStatus(t)
+        doc = collect(source, lease_seconds=lease, stale_after=stale)
+        doc["nats"] = source.info
+        return doc
+    finally:
+        t.close()
 
 
 def _textfile(doc: dict[str, Any], path: Path) -> None:
@@ -222,7 +246,8 @@ def _textfile(doc: dict[str, Any], path: Path) -> None:
     from ..errors import SpoolIOError, UsageError
     from ..observability.backlog import extras, textfile, write_textfile
 
-    doc.update(extras(Path(doc["spool"])))
+    if "nats" not in doc:  # the spool's disk and last fsck; NATS has neither here
+        doc.update(extras(Path(doc["spool"])))
     try:
         data = textfile(doc)
     except ImportError:
@@ -340,6 +365,29 @@ def _table(doc: dict[str, Any]) -> None:
                 f"throttled: source {t['pattern']} ({t['rate_per_s']:g}/s): {t['refused_total']} refused, "
                 f"last {t['last_refused_s_ago']} s ago"
             )
+    if "nats" in doc:
+        n = doc["nats"]
+        st = n["stream"]
+        con.print(
+            f"stream {st['name']}: {st['messages']} message(s), seq {st['first_seq']}..{st['last_seq']}, "
+            f"R{st['replicas']}   pending {n['pending']}, ack pending {n['ack_pending']}, "
+            f"redelivered {n['redelivered']}, dead letters {n['dead_letters']}"
+        )
+        write_table(
+            ["partition", "consumer", "pending", "ack pending", "redelivered", "lag", "owner"],
+            [
+                (
+                    r["partition"],
+                    r["consumer"] + (" (missing: run 'poetctl nats setup')" if r.get("missing") else ""),
+                    r.get("pending"),
+                    r.get("ack_pending"),
+                    r.get("redelivered"),
+                    _fmt_age(r.get("lag_seconds")),
+                    r.get("owner") or "-",
+                )
+                for r in n["partitions"]
+            ],
+        )
     if "forward" in doc:
         f = doc["forward"]
         con.print(f"forward backlog (hybrid): {f['backlog']} event(s), oldest {_fmt_age(f['oldest_age_seconds'])}")

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import NoMatch, UsageError
-from .common import ConfigOpt, SpoolOpt, errors_to_exit, load
+from .common import ConfigOpt, ModeOpt, SpoolOpt, errors_to_exit, load
 
 TAIL_FORMATS = ("table", "json", "jsonl", "cloudevents")
 STATE_CHOICES = ("pending", "inflight", "processed", "dead", "all")
@@ -106,6 +106,7 @@ def tail_cmd(
         list[str] | None,
         typer.Option("--handlers", metavar="MODULE", help="With --upcast: a handler module to load; repeatable."),
     ] = None,
+    mode: ModeOpt = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -117,7 +118,8 @@ def tail_cmd(
 
     Exit codes: 0 events printed; 1 nothing matched (with -f: --idle-timeout
     passed before anything was printed, or before --count was reached); 2
-    bad pattern or option; 66 no spool; 74 I/O error; 77 permission denied.
+    bad pattern or option; 66 no spool; 74 I/O error; 77 permission denied;
+    69 NATS unreachable (--mode nats).
     With -f, --count N exits 0 as soon as N events are printed.
 
     Examples:
@@ -144,6 +146,7 @@ def tail_cmd(
         idle_timeout,
     )
     args.upcast = (handlers or []) if upcast else None
+    args.mode = mode
     _tail(args, spool, config)
 
 
@@ -178,6 +181,7 @@ class TailArgs:
         self.count = count
         self.idle_timeout = idle_timeout
         self.upcast: list[str] | None = None  # handler modules to take upcasters from (--upcast)
+        self.mode: str | None = None  # --mode (nats: read the JetStream stream)
 
 
 def parse_states(text: str) -> tuple[str, ...]:
@@ -303,6 +307,7 @@ def _tail(args: TailArgs, spool: Path | None, config: Path | None) -> None:
     from ..timeparse import parse_time
     from ..topics import validate_pattern
     from ..transport import Query
+    from .mode import resolve_mode
     from .output import resolve_format, warn
 
     fmt = resolve_format(args.output, TAIL_FORMATS)
@@ -321,7 +326,20 @@ def _tail(args: TailArgs, spool: Path | None, config: Path | None) -> None:
         since=parse_time(args.since, option="--since", now=now) if args.since is not None else None,
         until=parse_time(args.until, option="--until", now=now) if args.until is not None else None,
     )
-    layout = SpoolLayout(load(spool, config).spool)
+    cfg = load(spool, config)
+    if resolve_mode(args.mode, cfg) == "nats":
+        from .tail_nats import tail_nats
+
+        printer = Printer(fmt, args.follow)
+        if args.upcast is not None:
+            from .upcast import upcaster_for
+
+            printer.transform = upcaster_for(cfg, args.upcast)
+        code = tail_nats(cfg, args, sel, states, printer)
+        if code:
+            raise typer.Exit(code)
+        return
+    layout = SpoolLayout(cfg.spool)
     layout.require_real(*layout.read_dirs(), missing_ok=True)
     damaged: set[str] = set()
 
@@ -334,7 +352,7 @@ def _tail(args: TailArgs, spool: Path | None, config: Path | None) -> None:
     if args.upcast is not None:
         from .upcast import upcaster_for
 
-        printer.transform = upcaster_for(load(spool, config), args.upcast)
+        printer.transform = upcaster_for(cfg, args.upcast)
     if not args.follow:
         index = open_index(layout, SMALL_SPOOL)
         try:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, load
+from .common import ConfigOpt, ModeOpt, OutputOpt, SpoolOpt, errors_to_exit, load
 
 
 def top_cmd(
@@ -17,6 +17,7 @@ def top_cmd(
         float, typer.Option("--interval", min=0.2, max=3600.0, help="Seconds between refreshes.")
     ] = 1.0,
     output: OutputOpt = None,
+    mode: ModeOpt = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -29,29 +30,50 @@ def top_cmd(
     With --once (or when stdout is not a terminal) it prints one snapshot:
     a table, or with -o json one JSON document. Exit 66 no spool.
 
+    --mode nats (or POET_MODE / delivery_mode nats) reads NATS instead: the
+    daemons and their stats from the lease bucket, lag per partition, the
+    newest dead letters of the DLQ stream (exit 69: NATS unreachable).
+
     Examples:
 
       poetctl top
 
       poetctl top --once -o json | jq .rates
     """
-    _top(once, interval, output, spool, config)
+    _top(once, interval, output, spool, config, mode)
 
 
 @errors_to_exit
-def _top(once: bool, interval: float, output: str | None, spool: Path | None, config: Path | None) -> None:
-    from ..backends.fs.layout import SpoolLayout
+def _top(
+    once: bool, interval: float, output: str | None, spool: Path | None, config: Path | None, mode: str | None = None
+) -> None:
     from ..observability import top
+    from .mode import resolve_mode
     from .output import resolve_format, write_json, write_jsonl
 
     cfg = load(spool, config)
-    root = SpoolLayout(cfg.spool).require().root
-    lease = float(cfg.daemon.get("lease_seconds", 30.0))
     interactive = not once and output is None and sys.stdin.isatty() and sys.stdout.isatty()
-    if interactive:
-        top.live(root, lease, interval)
-        return
-    snap = top.snapshot(root, lease)
+    if resolve_mode(mode, cfg) == "nats":
+        from ..observability.top_nats import snapshot_nats
+        from .mode import nats_transport
+
+        t = nats_transport(cfg)
+        try:
+            if interactive:
+                top.live_view(lambda prev: snapshot_nats(t, prev=prev), interval)
+                return
+            snap = snapshot_nats(t)
+        finally:
+            t.close()
+    else:
+        from ..backends.fs.layout import SpoolLayout
+
+        root = SpoolLayout(cfg.spool).require().root
+        lease = float(cfg.daemon.get("lease_seconds", 30.0))
+        if interactive:
+            top.live(root, lease, interval)
+            return
+        snap = top.snapshot(root, lease)
     fmt = resolve_format(output)
     if fmt == "json":
         write_json(snap)

@@ -8,7 +8,7 @@ from typing import Any
 
 
 def upcaster_for(cfg: Any, handlers: Sequence[str], builtin: bool = True) -> Callable[[Any], Any]:
-    """A function mapping a :class:`poetctl.query.Found` to one holding the upcast event.
+    """A function mapping a :class:`poetctl.backends.fs.query.Found` to one holding the upcast event.
 
     The upcasters are those the daemon would have: the handler modules of
     poet.toml and ``handlers`` register them (their ``register(router)`` runs,

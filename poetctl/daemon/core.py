@@ -21,7 +21,6 @@ from ..backends.fs.consumer import FsConsumer
 from ..backends.fs.owner import process_start_ticks
 from ..backends.fs.transport import FsTransport
 from ..config import DEFAULT_MAX_CAUSATION_DEPTH
-from ..event import Event
 from ..partition import DEFAULT_PARTITION_KEY, key_function, partition_key
 from ..priority import DEFAULT_SHARES
 from ..router import EventRouter
@@ -81,30 +80,6 @@ class DaemonOptions:
         return opts
 
 
-class _FollowUps:
-    """The router as the loop's cause context; a committed follow-up wakes the consumer at once.
-
-    (``--once`` must see follow-ups before it decides that nothing is left;
-    a router publishing through the transport does this by itself.)
-    """
-
-    def __init__(self, router: EventRouter, wake: Callable[[], None]) -> None:
-        self.set_cause = router.set_cause
-        self._commit = router.commit_events
-        self._wake = wake
-        self._router = router
-
-    @property
-    def upcasters(self) -> Any:
-        """The router's upcasters (set by the handler loader): handlers get events at their newest version."""
-        return getattr(self._router, "upcasters", None)
-
-    def commit_events(self, built: list[tuple[Event, bool]]) -> list[bool]:
-        added = self._commit(built)
-        self._wake()
-        return added
-
-
 class Daemon:
     """Processes one spool until stopped. ``run()`` returns the process exit code.
 
@@ -120,22 +95,24 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         middleware: Sequence[Middleware] = (),
     ) -> None:
+        transport = router.transport
+        if not isinstance(transport, FsTransport):
+            raise TypeError(
+                f"Daemon runs on the filesystem spool, not on {type(transport).__name__} (use daemon.loop.Loop)"
+            )
         self.router = router
         self.opts = opts = options or DaemonOptions()
         router.max_causation_depth = opts.max_causation_depth
         self.clock = clock
-        self.layout = router.layout
+        self.layout = transport.layout
         self.policy = RetryPolicy(opts.max_attempts, opts.backoff_base, opts.backoff_cap)
         for sub in router.subscriptions:  # also those not added through subscribe()
             check_subscription(sub.pattern, sub.name)
-        # The router's own spool transport when it can be (same clock): its emits then wake this
-        # consumer at once (an in-process consumer, EventRouter.start); else one of our own.
-        rt = router.transport
-        if isinstance(rt, FsTransport) and rt.clock is clock and rt.alive is None:
-            self.transport = rt
-        else:
-            self.transport = FsTransport(router.layout, clock=clock, config=router.config)
-        self.consumer: FsConsumer = self.transport.consumer(
+        # The router's own transport: a follow-up it publishes wakes this consumer (--once sees it before it
+        # decides that nothing is left), and the daemon's follow-ups share the router's group commit.
+        self.transport = transport
+        self.consumer: FsConsumer = transport.consumer(
+            clock=clock,
             registry=router.registry,
             validate=router.config.validation,
             key_of=key_function(opts.partition_key),
@@ -165,7 +142,7 @@ class Daemon:
         self.loop = Loop(
             self.consumer,
             router.subscriptions,
-            _FollowUps(router, self.consumer.interrupt),
+            router,
             policy=self.policy,
             workers=opts.workers,
             clock=clock,

@@ -136,6 +136,8 @@ class Loop:
         if room > 0 and not self._stopping:
             activity = self.stats.activity
             fetched = self.consumer.fetch(min(room, self.fetch_limit))
+            if fetched.recovered:  # a rescan or a bucket takeover recovered a dead consumer's work
+                self.hooks.on_recover(fetched.recovered)
             self.hooks.on_fetch(fetched)
             self._more = fetched.more
             if fetched.deliveries:

@@ -30,7 +30,8 @@ class Middleware:
     """Base class: override the hooks you need; the others do nothing."""
 
     def on_recover(self, count: int) -> None:
-        """After the loop put ``count`` events of dead consumers back (at start and on rescans)."""
+        """After ``count`` events of dead consumers were put back: at start, and by any fetch that
+        recovered some (fs: rescans and bucket takeovers; memory: a dead consumer's keys)."""
 
     def on_fetch(self, fetched: Fetched) -> None:
         """After every fetch (also empty ones): new leases, quarantined input, deferred work."""

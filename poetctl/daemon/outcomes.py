@@ -23,11 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import Permanent
 from ..transport import Attempt
-
-
-class Permanent(Exception):
-    """Raise from a handler: the event cannot succeed; dead-letter it now, without retries."""
 
 
 class Retry(Exception):

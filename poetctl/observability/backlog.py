@@ -26,6 +26,14 @@ GAUGES: dict[str, str] = {
     "poetctl_fsck_last_run_timestamp_seconds": "When the last fsck ran (Unix time).",
     "poetctl_circuit_breaker_state": "Outbound integration circuit breakers: 1 for the current state.",
     "poetctl_status_timestamp_seconds": "When these figures were read (Unix time).",
+    "poetctl_forward_backlog_events": "Hybrid mode: events committed to the spool and not yet forwarded to NATS.",
+    "poetctl_forward_oldest_age_seconds": "Hybrid mode: age of the oldest event waiting to be forwarded; 0 when none.",
+    "poetctl_nats_consumer_pending": "NATS: messages of a partition not yet delivered to a daemon (consumer lag).",
+    "poetctl_nats_consumer_ack_pending": "NATS: messages of a partition delivered and not yet acknowledged.",
+    "poetctl_nats_consumer_redelivered": "NATS: messages of a partition delivered more than once and not yet acked.",
+    "poetctl_nats_partition_lag_seconds": "NATS: age of a partition's oldest unacknowledged event; 0 when none.",
+    "poetctl_nats_partition_owned": "NATS: 1 when a daemon holds the partition's lease (label owner).",
+    "poetctl_nats_stream_messages": "NATS: messages in each stream (events, dead letters, quarantine).",
 }
 BREAKER_STATES = ("closed", "open", "half_open")
 
@@ -98,7 +106,38 @@ def families(doc: dict[str, Any]) -> Iterator[Any]:
             for st in BREAKER_STATES:
                 g.add_metric([str(b.get("name")), st], 1.0 if b.get("state") == st else 0.0)
         yield g
+    fwd = doc.get("forward")
+    if fwd:
+        yield gauge("poetctl_forward_backlog_events", fwd["backlog"])
+        yield gauge("poetctl_forward_oldest_age_seconds", float(fwd.get("oldest_age_seconds") or 0.0))
+    if doc.get("nats"):
+        yield from _nats_families(doc["nats"], gauge)
     yield gauge("poetctl_status_timestamp_seconds", float(doc.get("at") or time.time()))
+
+
+def _nats_families(n: dict[str, Any], gauge: Any) -> Iterator[Any]:
+    """Per-partition consumer figures and owners, and the streams' sizes (``status --mode nats``'s detail)."""
+    parts = [p for p in n["partitions"] if not p.get("missing")]
+    for name, key in (
+        ("poetctl_nats_consumer_pending", "pending"),
+        ("poetctl_nats_consumer_ack_pending", "ack_pending"),
+        ("poetctl_nats_consumer_redelivered", "redelivered"),
+        ("poetctl_nats_partition_lag_seconds", "lag_seconds"),
+    ):
+        g = gauge(name, labels=["partition"])
+        for p in parts:
+            g.add_metric([str(p["partition"])], float(p.get(key) or 0.0))
+        yield g
+    g = gauge("poetctl_nats_partition_owned", labels=["partition", "owner"])
+    for p in parts:
+        if p.get("owner"):
+            g.add_metric([str(p["partition"]), str(p["owner"])], 1.0)
+    yield g
+    g = gauge("poetctl_nats_stream_messages", labels=["stream"])
+    g.add_metric([str(n["stream"]["name"])], float(n["stream"]["messages"]))
+    g.add_metric(["dead"], float(n["dead_letters"]))
+    g.add_metric(["corrupt"], float(n["corrupt"]))
+    yield g
 
 
 def textfile(doc: dict[str, Any]) -> bytes:

@@ -255,7 +255,12 @@ def _num(v: float | None) -> str:
 
 
 def live(root: Path, lease_seconds: float, interval: float = 1.0) -> None:
-    """Refresh every ``interval`` seconds until ``q`` (or Ctrl-C); stdin must be a terminal."""
+    """The spool's live view (see :func:`live_view`)."""
+    live_view(lambda prev: snapshot(root, lease_seconds, prev=prev), interval)
+
+
+def live_view(take: Any, interval: float = 1.0) -> None:
+    """Refresh ``take(previous snapshot)`` every ``interval`` seconds until ``q`` (or Ctrl-C); stdin: a terminal."""
     import select
     import sys
     import termios
@@ -269,7 +274,7 @@ def live(root: Path, lease_seconds: float, interval: float = 1.0) -> None:
     console = Console()
     try:
         tty.setcbreak(fd)
-        snap = snapshot(root, lease_seconds)
+        snap = take(None)
         with Live(render(snap), console=console, screen=True, auto_refresh=False) as view:
             while True:
                 ready, _, _ = select.select([fd], [], [], interval)
@@ -277,7 +282,7 @@ def live(root: Path, lease_seconds: float, interval: float = 1.0) -> None:
                     ch = os.read(fd, 1)
                     if ch in (b"q", b"Q", b"\x03"):
                         return
-                snap = snapshot(root, lease_seconds, prev=snap)
+                snap = take(snap)
                 view.update(render(snap), refresh=True)
     except KeyboardInterrupt:
         return
@@ -285,4 +290,4 @@ def live(root: Path, lease_seconds: float, interval: float = 1.0) -> None:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-__all__ = ["live", "quantile", "recent_dead", "render", "snapshot"]
+__all__ = ["live", "live_view", "quantile", "recent_dead", "render", "snapshot"]

@@ -26,22 +26,20 @@ STATS_EVERY = 1.0  # seconds between stats-file writes (top refreshes every seco
 RING = 120  # totals kept in the stats file (about two minutes)
 
 
-class StatsFile(Middleware):
-    """Rewrites this daemon's ``run/stats`` file from ``on_fetch`` when due (main thread)."""
+class StatsRing(Middleware):
+    """Publishes this daemon's totals (a ring of about two minutes) from ``on_fetch`` when due (main thread).
+
+    :meth:`publish` says where: a file in the spool (:class:`StatsFile`) or the
+    NATS lease bucket (:class:`~.wiring_nats.NatsStats`); ``poetctl top`` reads them.
+    """
 
     def __init__(
-        self,
-        spool: Path,
-        metrics: DaemonMetrics,
-        clock: Callable[[], float] = time.time,
-        every: float = STATS_EVERY,
+        self, metrics: DaemonMetrics, clock: Callable[[], float] = time.time, every: float = STATS_EVERY
     ) -> None:
-        from ..backends.fs.obs_stats import StatsWriter, stats_name
         from ..backends.fs.owner import HOST
 
         self.host = HOST  # as in the heartbeat's owner name, so top pairs the two
         self.pid = os.getpid()
-        self.writer = StatsWriter(spool, stats_name(self.host, self.pid))
         self.metrics = metrics
         self.clock = clock
         self.every = every
@@ -56,7 +54,7 @@ class StatsFile(Middleware):
             self.due = now + self.every
             self.write(now)
 
-    def write(self, now: float) -> None:
+    def document(self, now: float) -> dict[str, Any]:
         snap = self.metrics.snapshot()
         totals: dict[str, float] = {}
         for row in snap["counters"]:
@@ -73,15 +71,44 @@ class StatsFile(Middleware):
         )
         doc = {"host": self.host, "pid": self.pid, "started_at": self.started, "at": now, **snap}
         doc["ring"] = list(self.ring)
+        return doc
+
+    def write(self, now: float) -> None:
+        doc = self.document(now)
         try:
-            self.writer.write(doc)
+            self.publish(doc)
             self.failed = False
         except Exception as exc:  # top's data must never stop the daemon
             if not self.failed:
                 from ..daemon import log
 
-                log.warning("cannot write the stats file for poetctl top", error=log.error_text(exc))
+                log.warning("cannot write the stats for poetctl top", error=log.error_text(exc))
             self.failed = True
+
+    def publish(self, doc: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Nothing to release here (the file writer removes its file)."""
+
+
+class StatsFile(StatsRing):
+    """Rewrites this daemon's ``run/stats`` file (see :class:`StatsRing`)."""
+
+    def __init__(
+        self,
+        spool: Path,
+        metrics: DaemonMetrics,
+        clock: Callable[[], float] = time.time,
+        every: float = STATS_EVERY,
+    ) -> None:
+        from ..backends.fs.obs_stats import StatsWriter, stats_name
+
+        super().__init__(metrics, clock, every)
+        self.writer = StatsWriter(spool, stats_name(self.host, self.pid))
+
+    def publish(self, doc: dict[str, Any]) -> None:
+        self.writer.write(doc)
 
     def close(self) -> None:
         self.writer.close()
@@ -119,17 +146,42 @@ def daemon_observability(
     lease_seconds: float,
     metrics_addr: str | None = None,
     clock: Callable[[], float] = time.time,
+    forward: Callable[[], Any] | None = None,
 ) -> Observability:
-    """Metrics (served on ``metrics_addr`` if given), log context, alerts, the stats file."""
-    from .alerts import AlertEvaluator, AlertMiddleware, AlertSettings, router_emitter, sample_from
+    """Metrics (served on ``metrics_addr`` if given), log context, alerts, the stats file.
+
+    ``forward`` (hybrid mode) returns the forwarder's backlog (count, oldest age), served as gauges.
+    """
     from .backlog import spool_figures
-    from .daemonlog import LogContext
     from .metrics import instrument_router
 
     spool = Path(cfg.spool)
-    metrics = DaemonMetrics(clock=clock, backlog=lambda: spool_figures(spool, lease_seconds))
+
+    def figures() -> dict[str, Any]:
+        doc = spool_figures(spool, lease_seconds)
+        b = forward() if forward is not None else None
+        if b is not None:
+            doc["forward"] = {"backlog": b.count, "oldest_age_seconds": b.oldest_age}
+        return doc
+
+    metrics = DaemonMetrics(clock=clock, backlog=figures)
     instrument_router(router, metrics.emit)
     stats = StatsFile(spool, metrics, clock)
+    return finish(router, cfg, metrics, stats, metrics_addr, clock)
+
+
+def finish(
+    router: Any,
+    cfg: Config,
+    metrics: DaemonMetrics,
+    stats: StatsRing,
+    metrics_addr: str | None,
+    clock: Callable[[], float],
+) -> Observability:
+    """The middleware list (metrics, log context, stats, alerts) and the metrics server; any backend."""
+    from .alerts import AlertEvaluator, AlertMiddleware, AlertSettings, router_emitter, sample_from
+    from .daemonlog import LogContext
+
     mw: list[Middleware] = [metrics, LogContext(), stats]
     settings = AlertSettings.from_config(dict(cfg.alerts))
     if settings.enabled:
@@ -151,4 +203,4 @@ def daemon_observability(
     return obs
 
 
-__all__ = ["Observability", "StatsFile", "daemon_observability"]
+__all__ = ["Observability", "StatsFile", "StatsRing", "daemon_observability"]

@@ -49,7 +49,7 @@ class Alert:
 
 
 def find_event(layout: Any, event_id: str) -> Event | None:
-    from ..query import find
+    from ..backends.fs.query import find
 
     f = find(layout, event_id)
     return f.event if f is not None else None

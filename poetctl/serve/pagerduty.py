@@ -76,11 +76,12 @@ def resolution(data: dict[str, Any]) -> str:
 
 def find_alert(layout: Any, correlation_id: str) -> Event | None:
     """The ``alert.create_external`` of ``correlation_id`` (the newest, if several), from the spool."""
-    from ..query import SMALL_SPOOL, Selector, newest, open_index
+    from ..backends.fs.query import SMALL_SPOOL, newest, open_index
+    from ..transport import Query
 
     index = open_index(layout, SMALL_SPOOL)
     try:
-        sel = Selector(types=["alert.create_external"], correlation_id=correlation_id)
+        sel = Query(types=["alert.create_external"], correlation_id=correlation_id)
         found = newest(layout, sel, limit=1, index=index)
     finally:
         if index is not None:

@@ -399,6 +399,39 @@ def test_recovery_of_a_dead_consumers_work(make_harness: MakeHarness, backend: K
     assert order == ["died", *ids]
 
 
+def test_work_taken_over_while_running_is_counted_as_recovered(
+    make_harness: MakeHarness, backend: Kit, clock: FakeClock
+) -> None:
+    """Stats.recovered and on_recover count a dead daemon's events a running daemon takes over, not only at start."""
+    reported: list[int] = []
+    seen: list[str] = []
+
+    class Reported(Middleware):
+        def on_recover(self, count: int) -> None:
+            reported.append(count)
+
+    class DieAtStart(Middleware):
+        def before_handle(self, event: Event, handler: Any) -> None:
+            if not seen:
+                seen.append("died")
+                raise Died
+
+    h = make_harness(fetch_limit=10, middleware=[Reported()])
+    h.router.subscribe("system.health", lambda e: seen.append(e.id), name="h")
+    h.run_until_idle()  # running: its start-up recovery found nothing
+    assert h.daemon.stats.recovered == 0 and sum(reported) == 0
+    h2 = make_harness(fetch_limit=10, middleware=[DieAtStart()])
+    h2.router.subscribe("system.health", lambda e: seen.append(e.id), name="h")
+    ids = [health(h2, "a") for _ in range(3)]
+    with pytest.raises(Died):
+        h2.run_until_idle()
+    backend.crash(h2.daemon.consumer)
+    clock.advance(backend.takeover_after)
+    h.drain()
+    assert seen == ["died", *ids]
+    assert h.daemon.stats.recovered == 3 and sum(reported) == 3
+
+
 # -- time limits --------------------------------------------------------------------------------
 
 

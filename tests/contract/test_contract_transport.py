@@ -273,6 +273,23 @@ def test_a_live_consumer_takes_over_a_dead_ones_work_by_fetching(
     assert ids(c2) == [first.event.id, later.event.id]
 
 
+def test_a_takeover_by_fetching_is_reported_as_recovered(
+    backend: Kit, transport: Transport, make_event: Emit, clock: FakeClock
+) -> None:
+    """The fetch that takes a dead consumer's leases over counts them in Fetched.recovered, once."""
+    first, second, later = make_event("a"), make_event("a"), make_event("a")
+    transport.publish([first, second])
+    c1, c2 = transport.consumer(), transport.consumer()
+    assert ids(c1) == [first.event.id, second.event.id]
+    transport.publish([later])
+    backend.crash(c1)
+    clock.advance(backend.takeover_after)
+    took = c2.fetch(100)
+    assert [d.id for d in took.deliveries] == [first.event.id, second.event.id, later.event.id]
+    assert took.recovered == 2  # the dead consumer's two leases; `later` was never leased
+    assert c2.fetch(100).recovered == 0
+
+
 def test_wait_wakes_on_publish(transport: Transport, make_event: Emit) -> None:
     """A consumer waiting for work is woken by a publish (long before its timeout)."""
     c = transport.consumer()

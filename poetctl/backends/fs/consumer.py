@@ -60,7 +60,9 @@ class FsConsumer(PriorityLanes, Claims):
     rows), ``mover_backlog`` (start the mover child at this many pending; 0 at
     once; negative never), ``status`` (a callable adding the daemon's figures
     to the heartbeat), ``alive`` (is an owner alive; default: its pid and
-    start time, or its heartbeat's age for another host).
+    start time, or its heartbeat's age for another host), ``clock`` (default:
+    the transport's; the daemon passes its own so that one transport serves
+    its router and its consumer).
     """
 
     def __init__(
@@ -82,10 +84,11 @@ class FsConsumer(PriorityLanes, Claims):
         status: Callable[[], dict[str, Any]] | None = None,
         alive: Callable[[str], bool] | None = None,
         priority_shares: dict[str, int] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.transport = transport
         self.layout = layout = transport.layout
-        self.clock = transport.clock
+        self.clock = clock or transport.clock
         n = next(_numbers)
         self.name = self.owner = name or (current_owner() if n == 0 else f"{current_owner()}-{n}")
         self.registry = registry
@@ -171,6 +174,7 @@ class FsConsumer(PriorityLanes, Claims):
     def fetch(self, limit: int) -> Fetched:
         self._loop_ident = threading.get_ident()
         now = self.clock()
+        recovered = self.recovery.total  # rescans and bucket takeovers recover too: reported on the Fetched
         self.quarantined = 0
         # Hinted high events and set-aside low ones (priority.py). High ones found: hand them out now,
         # without a rescan, the mover or a listing first - every other call, so normal work keeps its share.
@@ -220,6 +224,7 @@ class FsConsumer(PriorityLanes, Claims):
             or self.relist
             or bool(self.low_names)
         )
+        out.recovered = self.recovery.total - recovered
         if self.indexer is not None:
             self.indexer.maybe_flush()
         return out

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ...query import Found
 from .index import Index
 from .layout import SpoolLayout
+from .query import Found
 from .replay import read_error
 from .safefs import open_dir, refuse_linked
 

@@ -6,8 +6,8 @@ changes under its flock):
 * the **pending gauge**: how many events (and bytes) are pending. Emitters
   add what they committed (one flock per group), a daemon subtracts what it
   claimed (once per fetch, not per event) and sets the exact count from each
-  listing of ``pending/`` (at least every rescan interval), and so does
-  ``poetctl status``. So emit never lists the directory; the price is
+  listing of ``pending/`` (at least every rescan interval). So emit never
+  lists the directory; the price is
   accuracy: events added or removed behind poetctl's back (by hand, ``rm``)
   are seen at the next listing, and concurrent emitters may each pass the
   check before either adds (the limit is overshot by at most what they emit
@@ -249,21 +249,33 @@ class SpoolLimits:
         h, tokens, updated, _, refused = _RATE.unpack_from(m, off)
         _RATE.pack_into(m, off, h, tokens, updated, now, refused + 1)
 
-    # -- status -------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class View:
+    """A read-only copy of ``run/limits`` (what ``status`` shows; it writes nothing)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        n, b, _, _ = _GAUGE.unpack_from(data, _GAUGE_AT)
+        self.pending, self.pending_bytes = max(0, n), max(0, b)
+
     def throttled(self, limits: Limits, within: float = 60.0) -> list[dict[str, Any]]:
         """The source patterns that refused an emit in the last ``within`` seconds."""
-        try:
-            m = self._open()
-        except OSError:
-            return []
         now = time.time()
         out = []
         for pattern, rate in limits.rates:
             h = hashlib.blake2b(pattern.encode(), digest_size=8).digest()
             for i in range(_RATES):
                 off = _RATES_AT + i * _RATE.size
-                if m[off : off + 8] == h:
-                    _, _, _, refused_at, refused = _RATE.unpack_from(m, off)
+                if self.data[off : off + 8] == h:
+                    _, _, _, refused_at, refused = _RATE.unpack_from(self.data, off)
                     if refused_at and now - refused_at <= within:
                         out.append(
                             {
@@ -276,13 +288,20 @@ class SpoolLimits:
                     break
         return out
 
-    def close(self) -> None:
-        if self.map is not None:
-            self.map.close()
-            self.map = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+
+def peek(layout: SpoolLayout) -> View | None:
+    """``run/limits`` read without changing anything (never created, never through a link); None if absent or odd."""
+    try:
+        fd = os.open(layout.root / STATE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, _SIZE, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return View(data) if len(data) == _SIZE and data.startswith(_MAGIC) else None
 
 
 def _count(directory: os.PathLike[str] | str) -> int:
@@ -293,4 +312,4 @@ def _count(directory: os.PathLike[str] | str) -> int:
         return 0
 
 
-__all__ = ["STATE", "SpoolLimits"]
+__all__ = ["STATE", "SpoolLimits", "View", "peek"]

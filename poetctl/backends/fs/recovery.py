@@ -51,6 +51,7 @@ class Recovery:
         self.owner = owner
         self.alive = alive
         self.busy = False  # a dead owner's mover still files: its work is not ours yet
+        self.total = 0  # events moved back by every run (the consumer reports each fetch's share)
         self._inflight: SpoolDir | None = None
         self._warned: set[Path] = set()
 
@@ -90,6 +91,7 @@ class Recovery:
             with SpoolDir(self.layout, "events/pending") as pending:
                 pending.fsync()
             log.recovered(moved)
+            self.total += moved
         return moved
 
     def close(self) -> None:

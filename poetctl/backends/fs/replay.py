@@ -59,11 +59,11 @@ import orjson
 
 from ...errors import PoetError, SpoolIOError
 from ...event import Event, parse_json
-from ...query import Found
 from ...transport import Record
 from .index import Index, row_of
 from .layout import DIR_MODE, FILE_MODE, SpoolLayout
 from .owner import current_owner
+from .query import Found
 from .reader import CorruptEvent, decode_event
 from .safefs import SpoolDir, refuse_linked, rename_noreplace_at, replace_existing_at
 from .writer import group_sync

@@ -1,10 +1,11 @@
 """Replacing a spool's handler state (``state/``, ``feedback/``) with a rebuilt one, atomically.
 
-``poetctl state rebuild --apply`` writes the rebuilt state through the storage
-interface into a work spool under ``run/rebuild.<pid>.<n>/`` (same file
-system), then exchanges each of ``state/`` and ``feedback/`` with its rebuilt
-twin in one ``renameat2(RENAME_EXCHANGE)`` call: a reader sees the old
-directory or the new one, never a mix or a gap. The old state ends up in
+``poetctl state rebuild --apply`` writes the rebuilt state through the
+storage interface into a work spool under ``run/rebuild.<pid>.<n>/`` (same
+file system; without --apply it goes to the temp directory and is removed),
+then exchanges each of ``state/`` and ``feedback/`` with its rebuilt twin in
+one ``renameat2(RENAME_EXCHANGE)`` call: a reader sees the old directory or
+the new one, never a mix or a gap. The old state ends up in
 ``run/state-replaced-<UTC time>/`` (kept for the operator; nothing is
 deleted). Where the kernel or libc lacks RENAME_EXCHANGE the swap is two
 renames with a moment without the directory (said on stderr).
@@ -26,21 +27,31 @@ _RENAME_EXCHANGE = 2
 _works = itertools.count()
 
 
-def work_layout(layout: SpoolLayout) -> SpoolLayout:
-    """A new, empty work spool under ``run/`` for the rebuilt state (state/, feedback/, run/)."""
-    run = layout.root / "run"
+def work_layout(layout: SpoolLayout, inside: bool = True) -> SpoolLayout:
+    """A new, empty work spool for the rebuilt state (state/, feedback/, run/).
+
+    ``inside``: under the spool's ``run/`` (same file system, for the swap);
+    else in the temp directory, so a rebuild that only compares writes nothing
+    in the spool.
+    """
     try:
-        os.mkdir(run, 0o750)
-    except FileExistsError:
-        pass
-    root = run / f"rebuild.{os.getpid()}.{next(_works)}"
-    try:
-        os.mkdir(root, 0o750)
+        if inside:
+            run = layout.root / "run"
+            try:
+                os.mkdir(run, 0o750)
+            except FileExistsError:
+                pass
+            root = run / f"rebuild.{os.getpid()}.{next(_works)}"
+            os.mkdir(root, 0o750)
+        else:
+            import tempfile
+
+            root = Path(tempfile.mkdtemp(prefix="poetctl-rebuild."))
         work = SpoolLayout(root)
         for d in (work.state, work.feedback, work.feedback_pending, work.feedback_processed, root / "run"):
             os.mkdir(d, 0o750)
     except OSError as exc:
-        raise SpoolIOError(f"cannot create {root}: {exc.strerror}") from None
+        raise SpoolIOError(f"cannot create a work directory for the rebuild: {exc.strerror}") from None
     return work
 
 

@@ -3,7 +3,7 @@
 Publishing is the spool's group commit (:class:`~.writer.GroupCommitter`:
 tmp files, fsync or syncfs, rename fresh ids / link keyed ids into
 ``pending/`` under the emit lock, one directory fsync), unchanged; queries are
-:mod:`poetctl.query` (listings, the index), prune is :class:`~.prune.Pruner`.
+:mod:`.query` (listings, the index), prune is :class:`~.prune.Pruner`.
 The daemon's side is :class:`~.consumer.FsConsumer` (:meth:`FsTransport.consumer`).
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored
+from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored, quarantine_line
 from .corrupt_names import REASON_SUFFIX, quarantined, visible
 from .layout import SpoolLayout
 from .limits import SpoolLimits
@@ -148,7 +148,7 @@ class FsTransport:
 
     def get(self, event_id: str) -> Stored | None:
         from ...ids import is_event_id
-        from ...query import find, load
+        from .query import find, load
 
         if not is_event_id(event_id):
             return None
@@ -165,23 +165,14 @@ class FsTransport:
 
     def select(self, query: Query, limit: int | None = None) -> Iterator[Stored]:
         """Newest first over pending, inflight, processed and dead (quarantined input is not selected)."""
-        from ...query import SMALL_SPOOL, Selector, newest, open_index
+        from .query import SMALL_SPOOL, newest, open_index
 
         states = [s.value for s in query.states if s in EVENT_STATES]
         if not states:
             return iter(())
-        sel = Selector(
-            patterns=query.topics,
-            types=query.types,
-            ids=query.ids,
-            correlation_id=query.correlation_id,
-            source=query.source,
-            since=query.since,
-            until=query.until,
-        )
         index = open_index(self.layout, SMALL_SPOOL)
         try:
-            found = newest(self.layout, sel, states, limit, index=index)
+            found = newest(self.layout, query, states, limit, index=index)
         finally:
             if index is not None:
                 index.close()
@@ -272,14 +263,7 @@ def quarantine_reason(layout: SpoolLayout, event_id: str) -> str | None:
     name = event_id + ".json"
     if not os.path.lexists(layout.corrupt / name):
         return None
-    info = _read_json(layout.corrupt / (name + REASON_SUFFIX))
-    if info is None:
-        return "reason unknown"
-    reason, detail = info.get("reason"), info.get("detail")
-    text = f"{reason}: {detail}" if reason and detail else str(reason or detail or "reason unknown")
-    # One line of printable text, bounded: it goes into an error message on a terminal.
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(text.split()))
-    return text if len(text) <= 200 else text[:197] + "..."
+    return quarantine_line(_read_json(layout.corrupt / (name + REASON_SUFFIX)))
 
 
 def quarantined_message(layout: SpoolLayout, event_id: str) -> str:

@@ -202,6 +202,8 @@ class PartitionLeases:
             if for_recovery:
                 moved += ack_pending
                 self._recovered.add(p)
+            elif out is not None:
+                out.recovered += ack_pending  # a dead holder's deliveries, taken over by this fetch
         return moved
 
     async def _give_back_idle(self) -> None:
