@@ -98,6 +98,10 @@ def status_cmd(
     (the spool is missing or cannot be read: permission denied, I/O error).
     Without --check: exit 66 no spool, 74 I/O error, 77 permission denied.
 
+    With [limits] in poet.toml, "limits" shows how full the spool is against
+    max_pending and max_pending_bytes, and the [limits.sources] patterns that
+    refused an emit in the last minute (status only reads run/limits).
+
     With --mode nats (or POET_MODE / delivery_mode nats) the figures come from
     JetStream: the stream, each partition's consumer (pending, ack pending,
     redelivered, lag, owning daemon) and the daemons of the lease bucket;
