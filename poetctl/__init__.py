@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": ".config",
     "load_config": ".config",
+    "Backpressure": ".limits",
     "InvalidData": ".errors",
     "PoetError": ".errors",
     "SpoolIOError": ".errors",
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from .errors import InvalidData, Permanent, PoetError, SpoolIOError, UnknownType
     from .event import Event
     from .handlers import FunctionStateHandlers, LearningEngine, MLMonitoringEventHandlers
+    from .limits import Backpressure
     from .router import EventRouter
     from .seedapi import CorrelationTracker, EventDeliveryMode, POETEventRouter
 
@@ -55,6 +57,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Backpressure",
     "Config",
     "CorrelationTracker",
     "Event",

@@ -26,7 +26,7 @@ DEFAULT_SPOOL = Path(".poet/pubsub")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 MAX_CONFIG_BYTES = 1024 * 1024  # a poet.toml is a few hundred bytes; refuse to slurp a huge or endless file
 # Sections whose keys are checked one by one against configspec.SECTIONS (the top level is "").
-TABLES = ("event_schemas", "daemon", "learning", "builtin_handlers", "status", "serve", "alerts")
+TABLES = ("event_schemas", "daemon", "learning", "builtin_handlers", "status", "serve", "alerts", "limits")
 # [daemon] max_causation_depth: how deep a chain of handler follow-ups may go (see EventRouter.build).
 DEFAULT_MAX_CAUSATION_DEPTH = 64
 
@@ -58,6 +58,7 @@ class Config:
     status: dict[str, Any] = field(default_factory=dict)
     serve: dict[str, Any] = field(default_factory=dict)
     alerts: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
     file: Path | None = None
     origins: dict[str, str] = field(default_factory=dict)
 
@@ -70,7 +71,7 @@ class Config:
         """
         sections = {
             name: {**defaults(name), **getattr(self, name)}
-            for name in ("daemon", "learning", "builtin_handlers", "status", "serve", "alerts")
+            for name in ("daemon", "learning", "builtin_handlers", "status", "serve", "alerts", "limits")
         }
         origins = {"config_file": self.origins.get("config_file", "default")}
         for section, spec in SECTIONS.items():
@@ -103,6 +104,7 @@ class Config:
             "status": sections["status"],
             "serve": _redact(sections["serve"]),
             "alerts": sections["alerts"],
+            "limits": sections["limits"],
             "origins": origins,
         }
 

@@ -84,6 +84,10 @@ class Setting:
             return "a non-empty list of secrets, each env:NAME or file:/path"
         if k == "url":
             return "an http:// or https:// URL, or env:NAME"
+        if k == "shares":
+            return "a table like {high = 70, normal = 25, low = 5} (integers from 1 to 1000)"
+        if k == "rates":
+            return 'a table of source patterns to rates, like {"external.*" = "100/s"} (per s, m or h)'
         if k == "secrets":
             return 'a secret reference or a list of them: "env:NAME" or "file:/path" (never the secret itself)'
         return "a field name or list of them: " + ", ".join(PARTITION_FIELDS) + " or payload.<key>[.<key>...]"
@@ -131,6 +135,14 @@ class Setting:
             items = [value] if isinstance(value, str) else value
             if isinstance(items, list) and all(isinstance(v, str) and re.fullmatch(_SECRET_REF, v) for v in items):
                 return list(items)
+        elif k == "shares":
+            from .priority import check_shares
+
+            return check_shares(value)
+        elif k == "rates":
+            from .limits import check_rates
+
+            return check_rates(value)
         elif k == "partition_key":
             items = [value] if isinstance(value, str) else value
             if isinstance(items, list) and items and all(_partition_ok(v) for v in items):

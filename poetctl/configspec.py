@@ -69,6 +69,13 @@ SECTIONS: dict[str, dict[str, Setting]] = {
         "index": Setting("bool", True),
         "mover_backlog": Setting("int", 1024, -1, _BIG),
         "max_causation_depth": Setting("int", 64, 0, 1_000_000),  # 0: no follow-ups (schemas.MAX_CAUSATION_DEPTH)
+        "priority_shares": Setting("shares", {"high": 70, "normal": 25, "low": 5}),
+    },
+    # Backpressure and throttling (poetctl/limits.py): 0 means no limit.
+    "limits": {
+        "max_pending": Setting("int", 0, 0, _BIG),
+        "max_pending_bytes": Setting("int", 0, 0, _BIG),
+        "sources": Setting("rates", {}),
     },
     "learning": {
         "window_days": Setting("float", 30.0, 0.001, 36500),
@@ -244,7 +251,10 @@ def bounds(section: str, key: str) -> dict[str, Any]:
 
 def defaults(section: str) -> dict[str, Any]:
     """Every key of ``section`` with its default (fresh lists)."""
-    return {k: list(s.default) if isinstance(s.default, list) else s.default for k, s in SECTIONS[section].items()}
+    return {
+        k: type(s.default)(s.default) if isinstance(s.default, list | dict) else s.default
+        for k, s in SECTIONS[section].items()
+    }
 
 
 def label(section: str, key: str) -> str:

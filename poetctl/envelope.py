@@ -86,8 +86,11 @@ class EnvelopeBuilder:
         causation_depth: int | None = None,
         where: str | None = None,
         schema_version: int | None = None,
+        priority: str | None = None,
     ) -> tuple[Event, bool]:
         """Validate and seal a new event. Returns ``(event, keyed)``; keyed = caller chose the id.
+
+        ``priority`` (high, normal, low) defaults to the cause's inside a handler, else normal.
 
         Inside a handler (see :meth:`set_cause`) ``causation_depth`` is the
         cause's + 1, whatever was passed, and past :attr:`max_causation_depth`
@@ -107,6 +110,8 @@ class EnvelopeBuilder:
             causation_id = causation_id or cause.event.id
             if correlation_id is None:
                 correlation_id = cause.event.correlation_id
+            if priority is None:
+                priority = cause.event.priority  # follow-ups inherit it unless told otherwise
             if id is None:
                 id = derived_id(cause.event.id, cause.event.timestamp, cause.handler, cause.position)
                 keyed = True
@@ -132,6 +137,8 @@ class EnvelopeBuilder:
             expires_at=expires_at,
             # 0 is stored as absent; anything else (a bad value from an envelope too) goes to the schema check.
             causation_depth=None if type(causation_depth) is int and causation_depth == 0 else causation_depth,
+            # normal is stored as absent (the bytes of a normal event do not change); a bad value goes to the schema.
+            priority=None if priority == "normal" else priority,
         )
         d = ev.to_dict(with_checksum=False)
         ev.checksum = d["checksum"] = compute_checksum(d)
@@ -187,6 +194,7 @@ class EnvelopeBuilder:
                 expires_at=d.get("expires_at"),
                 causation_depth=d.get("causation_depth"),
                 where=where,
+                priority=d.get("priority"),
                 schema_version=_declared_version(d),
             )
             if "timestamp" in d or "metadata" in d or "topic" in d:

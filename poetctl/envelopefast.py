@@ -16,13 +16,14 @@ from .schemafiles import MAX_SCHEMA_VERSION
 # envelopes. Keep it in step with schemas/envelope.json.
 _ENVELOPE_KEYS = frozenset(
     ("id", "type", "source", "timestamp", "topic", "correlation_id", "causation_id", "expires_at")
-) | {"metadata", "payload", "checksum", "causation_depth"}
+) | {"metadata", "payload", "checksum", "causation_depth", "priority"}
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
 _TOPIC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:/[A-Za-z0-9_][A-Za-z0-9_-]*)*")
 _NO_CONTROL = re.compile(r"[^\x00-\x1f]+")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 _CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}")
+_PRIORITIES = ("high", "normal", "low")  # envelope.json's enum for priority (a tuple: an unhashable value is no error)
 MAX_CAUSATION_DEPTH = 1_000_000  # envelope.json's maximum for causation_depth
 
 
@@ -110,4 +111,6 @@ def envelope_surely_valid(d: Any, checksum_verified: bool = False) -> bool:
         v = d["causation_depth"]
         if type(v) is not int or not 0 <= v <= MAX_CAUSATION_DEPTH:
             return False
+    if "priority" in d and d["priority"] not in _PRIORITIES:
+        return False
     return "expires_at" not in d or _sane_time(d["expires_at"])

@@ -37,6 +37,7 @@ ENVELOPE_KEYS = (
     "causation_id",
     "causation_depth",
     "expires_at",
+    "priority",
     "metadata",
     "payload",
     "checksum",
@@ -61,6 +62,8 @@ class Event:
     # Follow-up generation: None (stored as absent) means 0, an event from outside any
     # handler; a handler's follow-up carries its cause's depth + 1 (see EventRouter.build).
     causation_depth: int | None = None
+    # Delivery class: "high", "low", or None (stored as absent) for normal; see poetctl.priority.
+    priority: str | None = None
 
     def to_dict(self, *, with_checksum: bool = True) -> dict[str, Any]:
         """The envelope as a dict in on-disk key order, optional keys omitted when None."""
@@ -79,6 +82,8 @@ class Event:
             d["causation_depth"] = self.causation_depth
         if self.expires_at is not None:
             d["expires_at"] = self.expires_at
+        if self.priority is not None:
+            d["priority"] = self.priority
         d["metadata"] = self.metadata
         d["payload"] = self.payload
         if with_checksum:
@@ -112,6 +117,7 @@ class Event:
             get("expires_at"),
             get("checksum"),
             get("causation_depth"),
+            get("priority"),
         )
 
 

@@ -41,8 +41,16 @@ class Publisher:
                     self._prepare()
                     self._ready = True
 
-    def publish(self, built: Sequence[tuple[Event, bool]]) -> list[bool]:
+    def publish(
+        self, built: Sequence[tuple[Event, bool]], admit: float | None = None, partial: bool = False
+    ) -> list[bool]:
         """Publish already-validated events as one group; True per event actually added.
+
+        ``admit`` (seconds): keep the ``[limits]`` - wait up to that long for room
+        and rate tokens, then raise :class:`~poetctl.limits.Backpressure` (75) with
+        nothing written. With ``partial`` the leading events that fit are
+        published and the list is shorter than ``built``. None (the daemon's
+        follow-ups): no limits.
 
         Raises :class:`InvalidData` (65) for an event over ``max_event_bytes``
         before anything is written; otherwise what ``transport.publish`` raises
@@ -62,12 +70,16 @@ class Publisher:
             # (callers that take input refuse such pairs with different content first).
             items.append(Outgoing(ev, data, keyed or ev.id in seen))
             seen.add(ev.id)
+        if admit is not None:
+            gate = getattr(self.transport, "admit", None)  # backends without limits admit everything
+            if gate is not None:
+                items = items[: gate(items, admit, partial)]
         if not self.observers:
             return self.transport.publish(items)
         t0 = time.perf_counter()
         added = self.transport.publish(items)
         seconds = time.perf_counter() - t0
-        events = [ev for ev, _ in built]
+        events = [it.event for it in items]
         for observe in self.observers:
             observe(events, added, seconds)
         return added

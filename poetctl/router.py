@@ -38,6 +38,7 @@ from .config import Config, load_config
 from .envelope import CausationDepthExceeded, EmitItem, EnvelopeBuilder, check_duplicates, same_content
 from .event import Event
 from .inprocess import InProcess, check_dispatch, check_inline_backend
+from .limits import DEFAULT_WAIT
 from .publish import Publisher
 from .schemas import SchemaRegistry
 from .subscriptions import Handler, Subscription, SubscriptionRegistry
@@ -157,12 +158,20 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry, InProcess):
         expires_at: float | None = None,
         where: str | None = None,
         schema_version: int | None = None,
+        priority: str | None = None,
+        wait: float = DEFAULT_WAIT,
         dispatch: str | None = None,
     ) -> str:
         """Validate, seal and durably commit one event; return its id.
 
         ``where`` names the input in error messages (a file name, a line).
         ``schema_version`` picks the payload schema version (default: the newest).
+        ``priority`` is ``"high"``, ``"normal"`` or ``"low"``: the daemon fetches due
+        high events first (see ``[daemon] priority_shares``). Default: normal, or
+        inside a handler the priority of the event being handled.
+        ``wait``: with ``[limits]`` set, how long to wait for room in the spool
+        (or a rate token for the source) before raising
+        :class:`~poetctl.limits.Backpressure` (75; nothing written).
         Safe to call from several threads: concurrent emits share the
         publish step and its directory fsync (group commit, see
         :class:`poetctl.backends.fs.writer.GroupCommitter`); each returns once its
@@ -192,17 +201,20 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry, InProcess):
             expires_at=expires_at,
             where=where,
             schema_version=schema_version,
+            priority=priority,
         )
         cause = self._cause()
         if cause is not None and cause.buffer is not None:
             cause.buffer.append((ev, keyed))
             return ev.id
-        added = self.publisher.publish([(ev, keyed)])
+        added = self.publisher.publish([(ev, keyed)], admit=wait)
         if inline and added[0]:
             self._dispatch_inline(ev)
         return ev.id
 
-    def emit_many(self, items: Iterable[EmitItem], *, dispatch: str | None = None) -> list[str]:
+    def emit_many(
+        self, items: Iterable[EmitItem], *, dispatch: str | None = None, wait: float = DEFAULT_WAIT
+    ) -> list[str]:
         """Validate every item, then commit them all as one group; return the ids in order.
 
         Items are ``(type, payload)`` pairs, envelope dicts (see :meth:`ingest`)
@@ -211,6 +223,8 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry, InProcess):
         (see :func:`same_content`) and invalid otherwise; an id in quarantine
         raises :class:`Quarantined` and nothing of the group is written.
         Inside a handler the items are follow-ups, buffered like :meth:`emit`'s.
+        With ``[limits]`` set, the whole group waits up to ``wait`` seconds for
+        room, then raises :class:`~poetctl.limits.Backpressure` (nothing written).
         With inline dispatch the new events are then dispatched in order.
         """
         inline = self._inline_wanted(dispatch)
@@ -220,7 +234,7 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry, InProcess):
         if cause is not None and cause.buffer is not None:
             cause.buffer.extend(built)
         else:
-            added = self.publisher.publish(built)
+            added = self.publisher.publish(built, admit=wait)
             if inline:
                 for (ev, _), new in zip(built, added, strict=True):
                     if new:
@@ -234,15 +248,21 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry, InProcess):
             check_inline_backend(self)  # before anything is written
         return dispatch == "inline"
 
-    def commit_events(self, built: list[tuple[Event, bool]]) -> list[bool]:
+    def commit_events(
+        self, built: list[tuple[Event, bool]], *, wait: float | None = None, partial: bool = False
+    ) -> list[bool]:
         """Commit already-validated events as one group; True per event actually added.
+
+        ``wait`` (seconds) keeps the ``[limits]`` (see :meth:`emit`; None, the
+        daemon's follow-ups: none). With ``partial`` the leading events that fit
+        are committed and the list is shorter than ``built``.
 
         Commits running concurrently in other threads of this process may be
         published as one group; if that fails, each of them raises
         :class:`SpoolIOError` and none of their events is visible. An id in
         quarantine raises :class:`Quarantined` and nothing of the group is written.
         """
-        return self.publisher.publish(built)
+        return self.publisher.publish(built, admit=wait, partial=partial)
 
     def quarantine_reason(self, event_id: str) -> str | None:
         """Why ``event_id`` is quarantined (one printable line), or None if it is not."""

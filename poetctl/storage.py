@@ -60,12 +60,15 @@ class FunctionState(Protocol):
         *,
         event_id: str | None = None,
         previous_version: str | None = None,
+        at: float | None = None,
     ) -> dict[str, Any]:
         """Record ``version`` in the history and make it current; return the state. Durable on return.
 
         Idempotent per (function, version, event): recording the same event
         again writes identical content (``updated_at`` is kept from the first
-        record of that version). Names and versions that could not be a path
+        record of that version). ``at`` is ``updated_at`` (the built-in handlers
+        pass the event's timestamp, so state rebuilt from the events is the
+        same; default: now). Names and versions that could not be a path
         part are refused (:class:`~poetctl.errors.InvalidData`).
         """
         ...

@@ -260,6 +260,11 @@ def _more_envelope_mutations() -> list[tuple[str, dict[str, Any]]]:
         d = copy.deepcopy(base)
         d["metadata"]["schema_version"] = value
         out.append((f"metadata.schema_version={value!r}", d))
+    # priority: high, normal or low (issue 15).
+    for value in ("high", "normal", "low", "HIGH", "urgent", "", None, 1, ["high"], {"high": 1}):
+        d = copy.deepcopy(base)
+        d["priority"] = value
+        out.append((f"priority={value!r}", d))
     for key in list(base):
         d = copy.deepcopy(base)
         d.pop(key)

@@ -185,11 +185,14 @@ def test_harness_runs_the_builtin_handlers_in_memory(tmp_path: Path, monkeypatch
 
 
 def test_harness_function_state_uses_its_clock() -> None:
-    """The memory function state stamps updated_at with the Harness's clock (no real time in tests)."""
+    """updated_at is the event's time (replayable by state rebuild); the store's clock only when none is given."""
     clock = FakeClock(1_000.0)
     h = Harness(clock=clock)
     register_builtin(h.router)
-    h.router.emit("function.update", SAMPLES["function.update"]["valid"][0])
+    eid = h.router.emit("function.update", SAMPLES["function.update"]["valid"][0])
     h.drain()
     cur = h.router.stores.state.current(FN)
-    assert cur is not None and cur["updated_at"] == 1_000.0
+    stored = h.router.transport.get(eid)
+    assert stored is not None and stored.event is not None
+    assert cur is not None and cur["updated_at"] == stored.event.timestamp
+    assert h.router.stores.state.record_version("other_fn", "v1", {})["updated_at"] == 1_000.0

@@ -26,6 +26,7 @@ from ..errors import InvalidData
 from ..event import Event, parse_json, verify_checksum
 from ..ids import time_of
 from ..partition import KeyFunction, key_function
+from ..priority import DEFAULT_SHARES, NORMAL, PRIORITIES, class_of, split
 from ..transport import (
     Attempt,
     Delivery,
@@ -45,10 +46,11 @@ _REQUIRED = ("id", "type", "source", "timestamp", "topic", "payload")
 class _Entry:
     """One stored event (or one piece of unreadable input, ``key`` None until read)."""
 
-    __slots__ = ("data", "id", "info", "key", "owner", "record", "sort", "state", "timestamp")
+    __slots__ = ("data", "id", "info", "key", "owner", "prio", "record", "sort", "state", "timestamp")
 
-    def __init__(self, id: str, data: bytes, sort: str, timestamp: float, key: str | None) -> None:
+    def __init__(self, id: str, data: bytes, sort: str, timestamp: float, key: str | None, prio: str = NORMAL) -> None:
         self.id = id
+        self.prio = prio
         self.data = data
         self.sort = sort
         self.timestamp = timestamp
@@ -91,8 +93,16 @@ class MemoryTransport:
     quarantines; ``key_of`` is the partition key (default: the daemon's).
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, key_of: KeyFunction | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        key_of: KeyFunction | None = None,
+        priority_shares: dict[str, int] | None = None,
+    ) -> None:
         self.clock = clock
+        self.shares = priority_shares or DEFAULT_SHARES
+        self._classed = 0  # pending entries that are not normal: while 0, fetch walks in plain order
         self.key_of = key_of or key_function()
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
@@ -119,8 +129,9 @@ class MemoryTransport:
                 if ev.id in self._entries:
                     added.append(False)
                     continue
-                e = _Entry(ev.id, bytes(it.data), sort_key(ev.id, now), ev.timestamp, self.key_of(ev))
+                e = _Entry(ev.id, bytes(it.data), sort_key(ev.id, now), ev.timestamp, self.key_of(ev), class_of(ev))
                 self._entries[ev.id] = e
+                self._classed += e.prio != NORMAL
                 bisect.insort(self._pending, (e.sort, e.id))
                 added.append(True)
             if any(added):
@@ -165,6 +176,7 @@ class MemoryTransport:
 
     def _to_pending(self, e: _Entry) -> None:
         e.state, e.owner = State.PENDING, None
+        self._classed += e.prio != NORMAL
         bisect.insort(self._pending, (e.sort, e.id))
 
     # -- queries ------------------------------------------------------------------------------
@@ -279,6 +291,8 @@ class MemoryConsumer:
             self._alive()
             if any(owner in t._dead_consumers for owner, _ in t._holders.values()):
                 out.recovered = self._recover()  # a dead consumer's keys: take its work back before leasing them
+            if t._classed:
+                return self._fetch_by_priority(limit, out)
             now = t.clock()
             skipped: set[str] = set()
             keep: list[tuple[str, str]] = []
@@ -304,8 +318,69 @@ class MemoryConsumer:
                     break
                 e.state, e.owner = State.INFLIGHT, self.name
                 t._hold(key, self.name)
+                t._classed -= e.prio != NORMAL  # an unread entry may have turned out classed
                 out.deliveries.append(Delivery(decode(e.data, e.id), key, e.record, e))
             t._pending = keep
+        return out
+
+    def _fetch_by_priority(self, limit: int, out: Fetched) -> Fetched:
+        """Fetch with classes waiting: each class its share, and a key's events strictly in order.
+
+        Candidates are the leasable pending events in order (as in the plain
+        walk). An event is taken only once every earlier candidate of its key
+        was taken (in this fetch): priority moves keys ahead of other keys,
+        never an event ahead of its own key's earlier ones.
+        """
+        t = self.t
+        now = t.clock()
+        skipped: set[str] = set()
+        cands: list[_Entry] = []
+        for item in t._pending:
+            e = t._entries[item[1]]
+            if e.key is None and not self._read(e):
+                out.quarantined += 1
+                continue
+            key = e.key
+            assert key is not None
+            if key in skipped or key in self._failing:
+                continue
+            holder = t._holders.get(key)
+            if (holder is not None and holder[0] != self.name) or e.record.not_before > now:
+                skipped.add(key)
+                out.deferred += 1
+                continue
+            cands.append(e)
+        by_key: dict[str, list[_Entry]] = {}
+        for e in cands:
+            by_key.setdefault(e.key, []).append(e)  # type: ignore[arg-type]
+        order: list[_Entry] = []
+        left = limit
+        while left > 0 and by_key:
+            # Only each key's earliest untaken event may go: count those per class, split by shares.
+            heads = [q[0] for q in by_key.values()]
+            waiting = dict.fromkeys(PRIORITIES, 0)
+            for e in heads:
+                waiting[e.prio] += 1
+            quota = split(left, waiting, t.shares)
+            heads.sort(key=lambda e: (PRIORITIES.index(e.prio), e.sort))  # high first; one per key
+            for e in heads:
+                if quota[e.prio] > 0:
+                    quota[e.prio] -= 1
+                    left -= 1
+                    order.append(e)
+                    q = by_key[e.key]  # type: ignore[index]
+                    q.pop(0)
+                    if not q:
+                        del by_key[e.key]  # type: ignore[arg-type]
+        for e in order:
+            key = e.key
+            assert key is not None
+            e.state, e.owner = State.INFLIGHT, self.name
+            t._hold(key, self.name)
+            t._classed -= e.prio != NORMAL
+            out.deliveries.append(Delivery(decode(e.data, e.id), key, e.record, e))
+        out.more = bool(by_key)
+        t._pending = [item for item in t._pending if t._entries[item[1]].state is State.PENDING]
         return out
 
     def lease(self, event: Event) -> Delivery | None:
@@ -329,12 +404,16 @@ class MemoryConsumer:
             del t._pending[pos]
             e.state, e.owner = State.INFLIGHT, self.name
             t._hold(key, self.name)
+            t._classed -= e.prio != NORMAL
             return Delivery(decode(e.data, e.id), key, e.record, e)
 
     def _read(self, e: _Entry) -> bool:
         """Decode unread input: key it, or quarantine it (False)."""
         try:
-            e.key = self.t.key_of(decode(e.data, e.id))
+            ev = decode(e.data, e.id)
+            e.key = self.t.key_of(ev)
+            e.prio = class_of(ev)
+            self.t._classed += e.prio != NORMAL
             return True
         except InvalidData as exc:
             reason, _, detail = exc.message.partition(": ")

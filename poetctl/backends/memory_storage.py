@@ -65,6 +65,7 @@ class MemoryFunctionState:
         *,
         event_id: str | None = None,
         previous_version: str | None = None,
+        at: float | None = None,
     ) -> dict[str, Any]:
         check_path_part("function name", function_name, FUNCTION_NAME_RE)
         check_path_part("version", version, VERSION_RE)
@@ -75,7 +76,9 @@ class MemoryFunctionState:
                 "function_name": function_name,
                 "version": version,
                 "previous_version": previous_version,
-                "updated_at": prev.get("updated_at", self.clock()) if prev is not None else self.clock(),
+                "updated_at": prev["updated_at"]
+                if prev is not None and "updated_at" in prev
+                else (self.clock() if at is None else at),
                 "event_id": event_id,
                 **data,
             }

@@ -50,6 +50,25 @@ def emit_cmd(
             "recorded in metadata.schema_version.",
         ),
     ] = None,
+    priority: Annotated[
+        str | None,
+        typer.Option(
+            "--priority",
+            metavar="high|normal|low",
+            help="Delivery class (default normal): the daemon fetches due high events first, "
+            "never reordering events of one partition key. With --batch: for bare payloads (--type).",
+        ),
+    ] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            "--wait",
+            min=0.0,
+            metavar="SECONDS",
+            help="With [limits] set: wait up to this long for room in the spool or a rate token "
+            "(default 1), then exit 75.",
+        ),
+    ] = None,
     batch: Annotated[
         str | None,
         typer.Option("--batch", metavar="FILE|-", help="JSON lines: envelopes, or bare payloads with --type."),
@@ -83,8 +102,16 @@ def emit_cmd(
     it when every line has an id (an envelope id, or --id-from) and only the
     missing events are added.
 
-    Exit codes: 65 invalid input (nothing written; also an --id that exists
-    in corrupt/), 66 input file or spool missing, 74 spool not writable. An
+    Backpressure ([limits] in poet.toml): over max_pending or max_pending_bytes,
+    emit waits up to --wait seconds (default 1) for room, then exits 75 with
+    "spool full: N pending (limit M); retry later"; a source over its rate
+    ([limits.sources]) waits for a token the same way. A batch commits the
+    events that fit (their ids are printed) and stops at the first that does
+    not: re-run it with ids (--id-from) to add only the rest.
+
+    Exit codes: 2 bad usage (e.g. --priority urgent), 65 invalid input (nothing written; also an --id that exists
+    in corrupt/), 66 input file or spool missing, 74 spool not writable,
+    75 spool full or source throttled (nothing more written; retry later). An
     --id that exists in dead/ is a no-op (exit 0) with a note on stderr.
 
     Examples:
@@ -113,6 +140,8 @@ def emit_cmd(
             skip_invalid=skip_invalid,
             init=init,
             schema_version=schema_version,
+            priority=priority,
+            wait=wait,
             mode=mode,
         )
     )

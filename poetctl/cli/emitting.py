@@ -158,12 +158,17 @@ def emit_events(
     skip_invalid: bool = False,
     init: bool = False,
     schema_version: int | str | None = None,
+    priority: str | None = None,
+    wait: float | str | None = None,
     mode: str | None = None,
 ) -> None:
     """Run ``poetctl emit`` with parsed options; raises PoetError subclasses (their exit codes)."""
     from ..router import EventRouter
 
     version = _schema_version(schema_version)
+    wait_s = _wait(wait)
+    if priority is not None and priority not in ("high", "normal", "low"):  # poetctl.priority.PRIORITIES
+        raise UsageError(f"--priority {priority!r}: expected one of high, normal, low")
 
     if batch is not None:
         if event_type is not None or payload is not None:
@@ -172,6 +177,8 @@ def emit_events(
             raise UsageError("--batch lines carry their own ids and fields; per-event options do not apply")
         if version is not None and batch_type is None:
             raise UsageError("--schema-version goes with a single event or --batch --type (envelopes carry theirs)")
+        if priority is not None and batch_type is None:
+            raise UsageError("--priority goes with a single event or --batch --type (envelopes carry theirs)")
     else:
         if batch_type is not None or skip_invalid:
             raise UsageError("--type and --skip-invalid go with --batch")
@@ -199,7 +206,7 @@ def emit_events(
         router = EventRouter(config=cfg, create_spool=init)
     try:
         if batch is not None:
-            _emit_batch(router, batch, batch_type, skip_invalid, id_from, version)
+            _emit_batch(router, batch, batch_type, skip_invalid, id_from, version, priority, wait_s)
             return
         assert event_type is not None
         if payload is None:
@@ -224,8 +231,9 @@ def emit_events(
             environment=environment,
             where=name,
             schema_version=version,
+            priority=priority,
         )
-        added = router.commit_events([built])
+        added = router.commit_events([built], wait=wait_s)
         _note_dead(_dead_ids(router, [built], added))
         sys.stdout.write(built[0].id + "\n")
     finally:
@@ -240,6 +248,7 @@ def parse_batch_lines(
     batch_type: str | None,
     id_from: str | None = None,
     schema_version: int | None = None,
+    priority: str | None = None,
 ) -> tuple[list[Any], list[str]]:
     """Parse and validate JSON lines; return built ``(event, keyed)`` pairs and error messages.
 
@@ -270,7 +279,9 @@ def parse_batch_lines(
                 key = None
                 if id_from is not None and isinstance(obj, dict):  # else build() says what is wrong
                     key = id_from_field(batch_type, obj, id_from, where)
-                ev, keyed = router.build(batch_type, obj, id=key, where=where, schema_version=schema_version)
+                ev, keyed = router.build(
+                    batch_type, obj, id=key, where=where, schema_version=schema_version, priority=priority
+                )
             else:
                 raise InvalidData(
                     "expected an event envelope with 'type' and 'payload' (or pass --type for bare payloads)",
@@ -299,6 +310,21 @@ def parse_batch_lines(
     return built, errors
 
 
+def _wait(value: float | str | None) -> float:
+    """``--wait`` in seconds (the fast path hands it over as text); default 1 s, the seed's publish timeout."""
+    from ..limits import DEFAULT_WAIT
+
+    if value is None:
+        return DEFAULT_WAIT
+    try:
+        f = float(value)
+    except ValueError:
+        f = -1.0
+    if not 0 <= f <= 86400:
+        raise UsageError(f"--wait {value!r}: expected seconds from 0 to 86400")
+    return f
+
+
 def _schema_version(value: int | str | None) -> int | None:
     """``--schema-version`` as an integer (the fast path hands it over as text)."""
     if value is None or isinstance(value, int):
@@ -309,12 +335,19 @@ def _schema_version(value: int | str | None) -> int | None:
 
 
 def _emit_batch(
-    router: Any, batch: str, batch_type: str | None, skip_invalid: bool, id_from: str | None, version: int | None
+    router: Any,
+    batch: str,
+    batch_type: str | None,
+    skip_invalid: bool,
+    id_from: str | None,
+    version: int | None,
+    priority: str | None = None,
+    wait: float = 1.0,
 ) -> None:
     fh, name = open_input(batch)
     try:
         lines = iter_lines(fh, router.config.max_event_bytes, name)
-        built, errors = parse_batch_lines(router, lines, name, batch_type, id_from, version)
+        built, errors = parse_batch_lines(router, lines, name, batch_type, id_from, version, priority)
     finally:
         if fh is not sys.stdin.buffer:
             fh.close()
@@ -323,36 +356,45 @@ def _emit_batch(
             sys.stderr.write(f"poetctl: error: {e}\n")
         more = " (first 20 shown)" if len(errors) > 20 else ""
         raise InvalidData(f"{len(errors)} invalid line(s){more}; nothing was written", where=name)
-    _commit_groups(router, built, name)
+    _commit_groups(router, built, name, wait)
     if errors:
         for e in errors:
             sys.stderr.write(f"poetctl: error: {e}\n")
         raise InvalidData(f"{len(errors)} invalid line(s) skipped; {len(built)} committed", where=name)
 
 
-def _commit_groups(router: Any, built: list[Any], name: str) -> None:
+def _commit_groups(router: Any, built: list[Any], name: str, wait: float = 1.0) -> None:
     """Commit ``built`` in groups, printing (and flushing) each group's ids once the group is durable.
 
     A process killed here leaves whole groups committed with their ids
     printed, at most one group partly published (each event whole; the rest
     of that group stays in ``events/tmp``, never visible) and nothing of the
     later groups: re-running a batch whose lines all have ids commits only
-    what is missing.
+    what is missing. With ``[limits]``, a group is committed as far as it
+    fits; when nothing more fits within ``wait`` seconds, Backpressure (75)
+    says how many were committed (their ids are on stdout).
     """
+    from ..limits import Backpressure
+
     out = sys.stdout
     dead: list[str] = []
-    for start in range(0, len(built), BATCH_CHUNK):
+    start = 0
+    while start < len(built):
         chunk = built[start : start + BATCH_CHUNK]
         try:
-            added = router.commit_events(chunk)
+            added = router.commit_events(chunk, wait=wait, partial=True)
         except PoetError as exc:
             if start:
                 note = f" ({start} of {len(built)} events were committed before this; their ids are on stdout)"
+                if isinstance(exc, Backpressure):
+                    raise Backpressure(exc.message + note, retry_after=exc.retry_after, where=name) from None
                 raise type(exc)(exc.message + note, where=exc.where or name) from None
             raise
-        dead += _dead_ids(router, chunk, added)
-        out.write("".join(ev.id + "\n" for ev, _ in chunk))
+        done = chunk[: len(added)]
+        dead += _dead_ids(router, done, added)
+        out.write("".join(ev.id + "\n" for ev, _ in done))
         out.flush()
+        start += len(done)
     _note_dead(dead)
 
 

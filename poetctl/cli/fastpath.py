@@ -25,6 +25,8 @@ EMIT_OPTIONS = {
     "--id-from": "id_from",
     "--environment": "environment",
     "--schema-version": "schema_version",
+    "--priority": "priority",
+    "--wait": "wait",
     "--spool": "spool",
     "--config": "config",
 }
@@ -96,6 +98,8 @@ def run(argv: list[str]) -> int | None:
             id_from=opts.get("id_from"),
             environment=opts.get("environment"),
             schema_version=opts.get("schema_version"),
+            priority=opts.get("priority"),
+            wait=opts.get("wait"),
         )
     except PoetError as exc:
         sys.stderr.write(f"poetctl: error: {exc}\n")

@@ -10,7 +10,9 @@ import typer
 from ..errors import PoetError
 from .common import ConfigOpt, OutputOpt, SpoolOpt, errors_to_exit, load
 
-state_app = typer.Typer(help="Show function state (current version and history).", no_args_is_help=True)
+state_app = typer.Typer(
+    help="Show function state (current version and history); rebuild it from the events.", no_args_is_help=True
+)
 
 ModeOpt = Annotated[
     str | None,
@@ -64,6 +66,108 @@ def state_list(
     left out; the exit code is then 74 (65: not valid JSON).
     """
     _list(output, spool, config, mode)
+
+
+@state_app.command("rebuild")
+def state_rebuild(
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Replace the live state with the rebuilt one (atomically).")
+    ] = False,
+    output: OutputOpt = None,
+    spool: SpoolOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Rebuild state/ and feedback/ from the event history alone; print the differences from the live state.
+
+    Every processed event is replayed, oldest first, through the built-in
+    handlers that keep state (function state, the ML-monitoring handlers and
+    the learning engine, as [builtin_handlers] and [learning] say), into an
+    empty store; their follow-ups are dropped (they are in the history) and
+    integrations and handler modules never run. Old schema versions go
+    through the upcasters of poet.toml's handler modules. Then the rebuilt
+    state is compared with the live one, one line per difference:
+    "- PATH: VALUE" only live, "+ PATH: VALUE" only rebuilt, "~ PATH: LIVE -> REBUILT".
+
+    --apply replaces state/ and feedback/ with the rebuilt ones, each in one
+    atomic exchange; the old ones are kept in run/state-replaced-<time>/.
+    No daemon may be running (exit 75 if one is).
+
+    What the events cannot give back: events pruned from processed/, and the
+    finished handlers of dead-lettered events.
+
+    Exit codes: 0 no differences (or --apply done), 1 differences (not
+    applied), 66 no spool, 74 I/O error, 75 a daemon is running (--apply).
+    """
+    _rebuild(apply, output, spool, config)
+
+
+@errors_to_exit
+def _rebuild(apply: bool, output: str | None, spool: Path | None, config: Path | None) -> None:
+    import sys
+    import time
+
+    from ..backends.fs.layout import SpoolLayout
+    from ..backends.fs.state_swap import discard, replace_state, work_layout
+    from ..backends.fs.status import FsStatus
+    from ..backends.fs.storage import FsStorage
+    from ..daemon.loader import load_handlers
+    from ..limits import Backpressure
+    from ..ops.rebuild import diff, history, replay, snapshot
+    from ..router import EventRouter
+    from .output import resolve_format, write_json, write_jsonl
+
+    fmt = resolve_format(output)
+    cfg = load(spool, config)
+    layout = SpoolLayout(cfg.spool).require()
+    if apply:
+        lease = float(cfg.daemon.get("lease_seconds", 30.0))
+        alive = [d for d in FsStatus(layout).figures(time.time(), lease, lease)["daemons"] if d["alive"]]
+        if alive:
+            raise Backpressure(
+                f"a daemon is running on this spool ({alive[0].get('owner')}): stop it before --apply, "
+                "or its writes could be lost in the swap"
+            )
+    router = EventRouter(config=cfg, create_spool=False)
+    load_handlers(router, list(cfg.handlers))  # only for their upcasters: nothing subscribed here runs
+    events = history(router.transport)
+    work = work_layout(layout, inside=apply)
+    kept = None
+    try:
+        counts = replay(cfg, events, FsStorage(work), router.upcasters)
+        lines = list(diff(snapshot(FsStorage(layout), tolerant=True), snapshot(FsStorage(work))))
+        if apply:
+            kept, atomic = replace_state(layout, work)
+            if not atomic:
+                sys.stderr.write(
+                    "poetctl: warning: this system cannot exchange directories atomically; swapped by renames\n"
+                )
+    finally:
+        if kept is None:
+            discard(work)
+    doc = {
+        **counts,
+        "differences": len(lines),
+        "diff": lines,
+        "applied": apply,
+        "old_state": str(kept) if kept else None,
+    }
+    if fmt == "json":
+        write_json(doc)
+    elif fmt == "jsonl":
+        write_jsonl([doc])
+    else:
+        out = sys.stdout
+        for line in lines:
+            out.write(line + "\n")
+        what = (
+            "replaced the live state" if apply else ("no differences" if not lines else f"{len(lines)} difference(s)")
+        )
+        out.write(
+            f"rebuilt from {counts['events']} processed event(s) ({counts['handled']} handler runs, "
+            f"{counts['failed']} failed): {what}" + (f"; the old state is in {kept}" if kept else "") + "\n"
+        )
+    if lines and not apply:
+        raise typer.Exit(1)
 
 
 @errors_to_exit

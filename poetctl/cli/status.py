@@ -98,6 +98,10 @@ def status_cmd(
     (the spool is missing or cannot be read: permission denied, I/O error).
     Without --check: exit 66 no spool, 74 I/O error, 77 permission denied.
 
+    With [limits] in poet.toml, "limits" shows how full the spool is against
+    max_pending and max_pending_bytes, and the [limits.sources] patterns that
+    refused an emit in the last minute (status only reads run/limits).
+
     With --mode nats (or POET_MODE / delivery_mode nats) the figures come from
     JetStream: the stream, each partition's consumer (pending, ack pending,
     redelivered, lag, owning daemon) and the daemons of the lease bucket;
@@ -175,6 +179,7 @@ def _status(
             source = FsStatus(layout.require_real(*layout.read_dirs(), missing_ok=True))
             doc = collect(source, lease_seconds=lease, stale_after=stale)
             doc["breakers"] = _breakers(layout)
+            doc["limits"] = _limits(cfg, layout, doc["counts"]["pending"])
             _add_forward_backlog(doc, layout)
     except Exception as exc:
         if not check:
@@ -197,6 +202,31 @@ def _status(
         if fmt is None:
             sys.stdout.write(nagios_line(doc, verdict, t) + "\n")
         raise typer.Exit(verdict["code"])
+
+
+def _limits(cfg: Any, layout: Any, pending: int) -> dict[str, Any] | None:
+    """``[limits]``: how full the spool is against each, and the sources throttled in the last minute."""
+    from ..limits import Limits
+
+    lim = Limits.of(cfg)
+    if not lim.any:
+        return None
+    out: dict[str, Any] = {"pending": pending, "max_pending": lim.max_pending or None}
+    out["pending_fill"] = round(pending / lim.max_pending, 4) if lim.max_pending else None
+    out["pending_bytes"] = None
+    out["max_pending_bytes"] = lim.max_pending_bytes or None
+    out["bytes_fill"] = None
+    out["throttled"] = []
+    from ..backends.fs.limits import peek
+
+    view = peek(layout)  # read only: status writes nothing
+    if view is not None:
+        out["gauge_pending"] = view.pending  # what emitters go by (daemons set it from each listing)
+        out["pending_bytes"] = view.pending_bytes
+        out["throttled"] = view.throttled(lim)
+        if lim.max_pending_bytes:
+            out["bytes_fill"] = round(view.pending_bytes / lim.max_pending_bytes, 4)
+    return out
 
 
 def _nats_doc(cfg: Any, lease: float, stale: float | None) -> dict[str, Any]:
@@ -320,6 +350,25 @@ def _table(doc: dict[str, Any]) -> None:
                 for b in doc["breakers"]
             ],
         )
+    lim = doc.get("limits")
+    if lim:
+        parts = []
+        if lim["max_pending"]:
+            parts.append(f"{lim['pending']} of {lim['max_pending']} pending ({100 * lim['pending_fill']:.0f}%)")
+        if lim["max_pending_bytes"]:
+            b = lim["pending_bytes"]
+            shown = (
+                f"{b} of {lim['max_pending_bytes']} bytes"
+                if b is not None
+                else f"? of {lim['max_pending_bytes']} bytes"
+            )
+            parts.append(shown + (f" ({100 * lim['bytes_fill']:.0f}%)" if lim["bytes_fill"] is not None else ""))
+        con.print("limits: " + ("; ".join(parts) if parts else "rates only"))
+        for t in lim["throttled"]:
+            con.print(
+                f"throttled: source {t['pattern']} ({t['rate_per_s']:g}/s): {t['refused_total']} refused, "
+                f"last {t['last_refused_s_ago']} s ago"
+            )
     if "nats" in doc:
         n = doc["nats"]
         st = n["stream"]

@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.fs.claims import BUCKETS
@@ -22,6 +22,7 @@ from ..backends.fs.owner import process_start_ticks
 from ..backends.fs.transport import FsTransport
 from ..config import DEFAULT_MAX_CAUSATION_DEPTH
 from ..partition import DEFAULT_PARTITION_KEY, key_function, partition_key
+from ..priority import DEFAULT_SHARES
 from ..router import EventRouter
 from ..topics import check_subscription
 from .loop import Loop
@@ -55,6 +56,8 @@ class DaemonOptions:
     mover_backlog: int = 1024
     # Deepest follow-up chain a handler may extend (enforced by EventRouter.build).
     max_causation_depth: int = DEFAULT_MAX_CAUSATION_DEPTH
+    # Shares of a fetch per priority class while several wait (poetctl/priority.py).
+    priority_shares: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SHARES))
 
     @classmethod
     def from_config(cls, table: dict[str, Any], **overrides: Any) -> DaemonOptions:
@@ -121,6 +124,7 @@ class Daemon:
             index=opts.index,
             mover_backlog=opts.mover_backlog,
             status=self._status,
+            priority_shares=opts.priority_shares,
         )
         self.owner = self.consumer.owner
         extra: list[Middleware] = [LogOutcomes(opts.max_attempts)]

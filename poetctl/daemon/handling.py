@@ -89,6 +89,7 @@ class KeyWorker:
         self.inbox: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
         self.keyq: dict[str, deque[Job]] = {}
         self.ready: deque[str] = deque()
+        self.urgent = False  # set by put() for a batch with a high event: step() takes input between keys
         self.timers: list[tuple[float, int, str]] = []
         self.runner = TimedRunner(self.name, clock)
         self.stop_requested = False
@@ -105,6 +106,9 @@ class KeyWorker:
         self._fire_timers()
         ran = 0
         for _ in range(64):
+            if self.urgent:  # a high-priority delivery was queued: take it in now (it goes first)
+                self.urgent = False
+                self._take_input(False)
             if not self.ready or self.stop_requested:
                 break
             ran += self._run_key(self.ready.popleft())
@@ -148,11 +152,13 @@ class KeyWorker:
         self.runner.close()
         return out
 
-    def put(self, jobs: list[Job]) -> None:
-        """Queue a batch (the loop's thread)."""
+    def put(self, jobs: list[Job], urgent: bool = False) -> None:
+        """Queue a batch (the loop's thread); ``urgent``: it holds a high-priority delivery."""
         with self._lock:
             self._outstanding += 1
         self.inbox.put(jobs)
+        if urgent:
+            self.urgent = True
 
     def _take_input(self, block: bool) -> None:
         timeout = 0.0
@@ -173,7 +179,10 @@ class KeyWorker:
                     q = self.keyq.get(job.delivery.key)
                     if q is None:
                         self.keyq[job.delivery.key] = deque((job,))
-                        self.ready.append(job.delivery.key)
+                        if job.delivery.event.priority == "high":
+                            self.ready.appendleft(job.delivery.key)  # ahead of other keys, never of its own
+                        else:
+                            self.ready.append(job.delivery.key)
                     else:
                         q.append(job)
                 self.busy = True
@@ -213,7 +222,7 @@ class KeyWorker:
             if not q:
                 del self.keyq[key]
                 return ran
-            if self.stop_requested:
+            if self.stop_requested or self.urgent:
                 break
         self.ready.append(key)
         return ran

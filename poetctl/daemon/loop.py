@@ -202,16 +202,20 @@ class Loop:
             self._inflight += len(deliveries)
         nw = len(self.workers)
         batches: list[list[Job]] = [[] for _ in range(nw)]
+        urgent = [False] * nw
         for d in deliveries:
             subs = self._subs_for(d.event.type)
             if not subs:
                 self._apply(d, self._unhandled(d))
                 continue
             # crc32 % 256 (the spool's key buckets) before % workers: a key's worker stays what it was.
-            batches[zlib.crc32(d.key.encode()) % 256 % nw if nw > 1 else 0].append(Job(d, subs))
-        for w, b in zip(self.workers, batches, strict=True):
+            i = zlib.crc32(d.key.encode()) % 256 % nw if nw > 1 else 0
+            batches[i].append(Job(d, subs))
+            if d.event.priority == "high":
+                urgent[i] = True
+        for w, b, u in zip(self.workers, batches, urgent, strict=True):
             if b:
-                w.put(b)
+                w.put(b, u)
 
     def _unhandled(self, d: Delivery) -> Outcome:
         """No subscriber: processed at once (expired ones dead-lettered, as they would be with one)."""

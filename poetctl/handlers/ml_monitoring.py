@@ -35,6 +35,13 @@ def calculate_priority(payload: dict[str, Any]) -> str:
     return "medium"
 
 
+def delivery_priority(investigation_priority: str) -> str:
+    """The envelope priority of an alert from its investigation priority: critical/high -> high, low -> low."""
+    if investigation_priority in ("critical", "high"):
+        return "high"
+    return "low" if investigation_priority == "low" else "normal"
+
+
 def alert_correlation_id(event: Event) -> str:
     """The correlation id of the alert for drift ``event``: its own, else the seed's ``drift-<model>-<time>``."""
     return event.correlation_id or f"drift-{event.payload['model_name']}-{int(event.timestamp)}"
@@ -119,6 +126,7 @@ class MLMonitoringEventHandlers:
         p = event.payload
         severity = calculate_severity(p)
         correlation_id = alert_correlation_id(event)
+        priority = calculate_priority(p)
         self.event_router.emit(
             "alert.create_external",
             {
@@ -128,18 +136,20 @@ class MLMonitoringEventHandlers:
                 "feature_name": p["feature_name"],
                 "drift_score": p["drift_score"],
                 "feedback_url": f"{self.feedback_url_base}/{event.id}",
-                "investigation_priority": calculate_priority(p),
+                "investigation_priority": priority,
                 "execution_id": p["execution_id"],
                 "function_name": p["function_name"],
                 "drift_event_id": event.id,
             },
             correlation_id=correlation_id,
+            priority=delivery_priority(priority),
         )
         self.learning_engine.record_drift_detection(event, severity)
 
     def handle_performance_degradation(self, event: Event) -> None:
         """monitoring.performance_degraded -> alert.create_external (alert_type performance_degradation)."""
         p = event.payload
+        priority = calculate_priority(p)
         self.event_router.emit(
             "alert.create_external",
             {
@@ -149,12 +159,13 @@ class MLMonitoringEventHandlers:
                 "feature_name": p["metric_name"],
                 "drift_score": min(1.0, max(0.0, p["degradation_percent"] / 100)),
                 "feedback_url": f"{self.feedback_url_base}/{event.id}",
-                "investigation_priority": calculate_priority(p),
+                "investigation_priority": priority,
                 "execution_id": p["execution_id"],
                 "function_name": p["function_name"],
                 "drift_event_id": event.id,
             },
             correlation_id=event.correlation_id or f"perf-{p['model_name']}-{int(event.timestamp)}",
+            priority=delivery_priority(priority),
         )
 
     # -- feedback ------------------------------------------------------------------------

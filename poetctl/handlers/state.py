@@ -1,4 +1,7 @@
-"""Function state handlers: function.update and enhancement.regenerated move a function's version."""
+"""Function state handlers: function.update and enhancement.regenerated move a function's version.
+
+``updated_at`` is the event's timestamp, so ``poetctl state rebuild`` reproduces it.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ class FunctionStateHandlers:
             {"reason": p["reason"], "changes": p["changes"], "source_event_type": event.type},
             event_id=event.id,
             previous_version=p["old_version"],
+            at=event.timestamp,  # the event's time, not the handling time: state rebuilt from events is the same
         )
 
     def handle_regenerated(self, event: Event) -> None:
@@ -37,4 +41,5 @@ class FunctionStateHandlers:
             },
             event_id=event.id,
             previous_version=p["old_version"],
+            at=event.timestamp,  # the event's time, not the handling time: state rebuilt from events is the same
         )

@@ -88,11 +88,21 @@ def parse(router: Any, body: bytes, content_type: str, max_event_bytes: int, eve
 
 
 def commit(router: Any, built: list[Any]) -> dict[str, Any]:
-    """Commit all of ``built`` as one group (all or nothing); the answer's JSON."""
+    """Commit all of ``built`` as one group (all or nothing); the answer's JSON.
+
+    With ``[limits]`` set, a full spool or a source over its rate is refused at
+    once with 429 and ``Retry-After`` (seconds, rounded up): nothing is written.
+    """
+    import math
+
+    from ..limits import Backpressure
     from ..transport import Quarantined, State
 
     try:
-        added = router.commit_events(built)
+        added = router.commit_events(built, wait=0.0)
+    except Backpressure as exc:
+        retry = str(max(1, math.ceil(exc.retry_after)))
+        raise Refused(429, "backpressure", exc.message, {"Retry-After": retry}, retry_after=int(retry)) from None
     except Quarantined as exc:
         raise Refused(409, "quarantined", exc.message) from None
     except InvalidData as exc:  # an event that grew past the limit once sealed

@@ -146,6 +146,7 @@ class Claims:
         self.window_pos = 0
         self.stale = False
         self.skipped = set()
+        self.reset_lanes()
         self.relist = False
         self.deferred = 0
         self.pending_seen = listed.count
@@ -260,8 +261,11 @@ class Claims:
             self.skipped.add(key)
             self.relist = True
             return None
-        if key in self.skipped or key in self.blocked:
+        if key in self.skipped or key in self.blocked or key in self.low_held:
             self.skipped.add(key)
+            return None
+        if ev.priority == "low" and not self.serving_low:
+            self.set_aside_low(name, key)  # priority.py: claimed within the low share, its key's later events behind it
             return None
         record = self.pending_records.get(ev.id)
         if record is not None and record.not_before > self.clock():
@@ -290,6 +294,14 @@ class Claims:
         return d
 
     inflight_fd: int
+    low_held: set[str]
+    serving_low: bool
+
+    if TYPE_CHECKING:  # PriorityLanes' (the other base of FsConsumer, priority.py)
+
+        def set_aside_low(self, name: str, key: str) -> None: ...
+
+        def reset_lanes(self) -> None: ...
 
     def _check_known(self, event_type: str, path: str) -> None:
         """Validation off: emit still refuses unknown types, and so does the daemon."""

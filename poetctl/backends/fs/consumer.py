@@ -35,6 +35,7 @@ from .journal import JOURNAL, Journal, RecordStore, dead_letter, quarantine
 from .layout import fsync_dir
 from .owner import current_owner, owner_alive
 from .paths import BUCKET_LOCKS, HEARTBEATS, OWNER_LOCKS
+from .priority import PriorityLanes
 from .reconcile import Reconciler
 from .recovery import Recovery, lock_owner, unlock_owner
 from .writer import write_atomic
@@ -49,7 +50,7 @@ JOURNAL_KEEP = 4096  # journal lines kept before an idle moment truncates them (
 _numbers = itertools.count()  # consumers made in this process: the first is plain <host>.<pid>.<start>
 
 
-class FsConsumer(Claims):
+class FsConsumer(PriorityLanes, Claims):
     """One daemon's side of the spool. Options (all keywords; the daemon passes its ``[daemon]`` settings):
 
     ``registry``/``validate`` (schema checks when reading, as emit does),
@@ -82,6 +83,7 @@ class FsConsumer(Claims):
         max_bytes: int | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
         alive: Callable[[str], bool] | None = None,
+        priority_shares: dict[str, int] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.transport = transport
@@ -135,6 +137,7 @@ class FsConsumer(Claims):
         os.makedirs(self.inflight_dir, 0o750, exist_ok=True)
         # Directory descriptors for the per-event open and claim: one-component lookups.
         self.inflight_fd = os.open(self.inflight_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._init_lanes(priority_shares)
         self._init_claims(layout.root / BUCKET_LOCKS)
         self.journal = Journal(self.inflight_dir)
         self.recovery = Recovery(layout, self.owner, self._alive)
@@ -172,26 +175,31 @@ class FsConsumer(Claims):
         self._loop_ident = threading.get_ident()
         now = self.clock()
         recovered = self.recovery.total  # rescans and bucket takeovers recover too: reported on the Fetched
+        self.quarantined = 0
+        # Hinted high events and set-aside low ones (priority.py). High ones found: hand them out now,
+        # without a rescan, the mover or a listing first - every other call, so normal work keeps its share.
+        high = self.fill_by_priority(limit - len(self.ready)) if len(self.ready) < limit else 0
+        self.hurried = hurry = high > 0 and not self.hurried
         woken = self.wake.is_set()
-        if woken:
+        if woken and not hurry:
             self.wake.clear()
-        if now >= self._next_scan:
+        if not hurry and now >= self._next_scan:
             self.invalidate_window()
             self.recovery.run(all_dead=False)
             self._reconcile(look=True)
             self._check_observer()
             self._next_scan = now + self.rescan_interval
-        elif woken or now >= self.due_at:
+        elif not hurry and (woken or now >= self.due_at):
             if self.exhausted():
                 self.invalidate_window()
             else:
                 self.retry_listing = True  # arrivals since this window: list again once it is done
         if now >= self._next_beat:
             self._beat()
-        self.quarantined = 0
-        if self.outstanding:
+        if self.outstanding and not hurry:
             self.collect()  # sent by an earlier call: the child renamed it meanwhile
-        for _ in range(3):  # again when a bucket taken over was recovered first (older events are back)
+        # Again when a bucket taken over was recovered first (older events are back); not when hurried.
+        for _ in range(0 if hurry else 3):
             if self.exhausted() and (self.stale or self.relist or self.retry_listing or not self.listed):
                 self.list_window()
             if self.mover is not None and self.mover.alive:
@@ -206,11 +214,24 @@ class FsConsumer(Claims):
         ready = self.ready
         n = min(limit, len(ready))
         out = Fetched([ready.popleft() for _ in range(n)], self.quarantined, self.deferred)
-        out.more = bool(ready) or bool(self.outstanding) or not self.exhausted() or self.stale or self.relist
+        if n:
+            self.transport.limits_state.taken(n)  # the pending gauge (backpressure): once per fetch
+        out.more = (
+            bool(ready)
+            or bool(self.outstanding)
+            or not self.exhausted()
+            or self.stale
+            or self.relist
+            or bool(self.low_names)
+        )
         out.recovered = self.recovery.total - recovered
         if self.indexer is not None:
             self.indexer.maybe_flush()
         return out
+
+    def list_window(self) -> None:
+        super().list_window()
+        self.transport.limits_state.counted(self.pending_seen)  # the pending gauge is exact again
 
     # -- recording (worker threads) ---------------------------------------------------------
     def begin(self, delivery: Delivery) -> None:
@@ -466,6 +487,7 @@ class FsConsumer(Claims):
 
     def _close_fds(self) -> None:
         self.close_claims()
+        self.close_lanes()
         self.recovery.close()
         if self.inflight_fd >= 0:
             os.close(self.inflight_fd)

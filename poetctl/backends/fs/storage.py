@@ -160,6 +160,7 @@ class StateStore:
         *,
         event_id: str | None = None,
         previous_version: str | None = None,
+        at: float | None = None,
     ) -> dict[str, Any]:
         """Write ``history/<version>.json`` and make it ``current.json``; return the state.
 
@@ -174,7 +175,7 @@ class StateStore:
             assert hist is not None
             with hist:
                 name = f"{version}.json"
-                updated_at = time.time()
+                updated_at = time.time() if at is None else at
                 try:
                     prev = read_json(hist, name)
                     if isinstance(prev, dict):

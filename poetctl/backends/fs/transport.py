@@ -21,6 +21,8 @@ import orjson
 from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored, quarantine_line
 from .corrupt_names import REASON_SUFFIX, quarantined, visible
 from .layout import SpoolLayout
+from .limits import SpoolLimits
+from .priority import KeyLedger, write_hints
 from .writer import GroupCommitter
 
 if TYPE_CHECKING:
@@ -57,6 +59,9 @@ class FsTransport:
         self._consumers: list[FsConsumer] = []
         self._lock = threading.Lock()
         self._ready = False
+        self._ledger: KeyLedger | None = None  # priority: the key ledger, opened on the first publish
+        self.limits_state = SpoolLimits(self.layout)  # backpressure: the pending gauge, rate buckets
+        self._key_of: Callable[[Any], str] | None = None
 
     def _attach(self, c: FsConsumer) -> None:
         with self._lock:
@@ -93,10 +98,35 @@ class FsTransport:
             # A repeated id in one group: the first wins (linked, so the second finds it).
             rows.append((eid, it.data, it.keyed or eid in seen))
             seen.add(eid)
+        fast = self._note(items)
         added = self.committer.commit(rows)
+        self.limits_state.added(sum(added), sum(len(it.data) for it, new in zip(items, added, strict=True) if new))
+        if fast:
+            write_hints(self.layout, [r[0] for r, new in zip(rows, added, strict=True) if new and r[0] in fast])
         if self._consumers:
             self._wake_all()
         return added
+
+    def admit(self, items: Sequence[Outgoing], wait: float, partial: bool = False) -> int:
+        """How many leading ``items`` fit the ``[limits]`` now (waiting up to ``wait`` s); raises Backpressure."""
+        from ...limits import Limits
+
+        limits = Limits.of(self.config)
+        if not limits.any or not items:
+            return len(items)
+        self._ensure()
+        return self.limits_state.admit(items, limits, wait, partial)
+
+    def _note(self, items: Sequence[Outgoing]) -> set[str]:
+        """Note the events in the key ledger (see backends/fs/priority.py); the high ones that may jump."""
+        if self._ledger is None:
+            from ...partition import DEFAULT_PARTITION_KEY, key_function
+
+            paths = (self.config.daemon.get("partition_key") if self.config is not None else None) or ()
+            self._key_of = key_function(tuple(paths) or DEFAULT_PARTITION_KEY)
+            self._ledger = KeyLedger(self.layout)
+        assert self._key_of is not None
+        return self._ledger.note(items, self._key_of)
 
     def consumer(self, name: str | None = None, **options: Any) -> FsConsumer:
         """A daemon's consumer on this spool (see :class:`~.consumer.FsConsumer` for ``options``)."""
@@ -193,7 +223,9 @@ class FsTransport:
         return p.report.processed + p.report.dead
 
     def close(self) -> None:
-        return None
+        if self._ledger is not None:
+            self._ledger.close()
+        self.limits_state.close()
 
 
 def _count_events(directory: Path) -> int:
