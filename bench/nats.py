@@ -17,6 +17,11 @@ measures, alternating product and bare in each rep (targets in brackets):
 3. Hybrid: the spool's batch emit rate (``emit_many``, batches of 500) vs
    the forwarder's rate over the same spool (list, read, verify, publish,
    record).                                           [forwarding >= emit]
+4. Scale-out: one consumer group member against two (each its own
+   connection, consumer and daemon loop with the default 4 workers), a
+   handler that waits 5 ms (I/O-bound), ``--scale-events`` events on 64
+   keys published first; events/s from the start until all are handled.
+                                                       [two >= 1.8x one]
 
 Every rep is printed, then the medians and ratios. It asserts nothing.
 """
@@ -145,6 +150,56 @@ def bare_consume(urls: list[str], n: int, durable: str) -> Callable[[], int]:
     return lambda: asyncio.run(go())
 
 
+def scale(urls: list[str], n: int, members: int, rep: int) -> float:
+    """``members`` daemons (loops over their own transports) share ``n`` events with a 5 ms handler; events/s."""
+    import threading
+
+    from poetctl.daemon.loop import Loop
+
+    settings = NatsSettings(servers=tuple(urls))
+    wipe = NatsTransport(settings)
+    try:
+        wipe.link.run(wipe.link.jsm.purge_stream(settings.stream))  # the earlier parts' events are not ours
+    finally:
+        wipe.close()
+    pub = NatsTransport(settings)
+    publisher = EventRouter(transport=pub)
+    for start in range(0, n, BATCH):
+        publisher.emit_many(
+            [
+                {"type": "system.health", "payload": payload(i), "correlation_id": f"s{rep}-k{i % 64}"}
+                for i in range(start, min(n, start + BATCH))
+            ]
+        )
+    pub.close()
+    done = threading.Semaphore(0)
+    transports = [NatsTransport(settings) for _ in range(members)]
+    loops = []
+    for t in transports:
+        r = EventRouter(transport=t)
+
+        def handle(event: Any) -> None:
+            time.sleep(0.005)  # an I/O-bound handler (a webhook, a database write)
+            done.release()
+
+        r.subscribe("system.health", handle, name="io5ms")
+        loops.append(Loop(t.consumer(), r.subscriptions, r, workers=4))
+    threads = [threading.Thread(target=lp.run) for lp in loops]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for _ in range(n):
+        done.acquire()
+    rate = n / (time.perf_counter() - t0)
+    for lp in loops:
+        lp.request_stop()
+    for th in threads:
+        th.join()
+    for t in transports:
+        t.close()
+    return rate
+
+
 def hybrid(tmp: Path, urls: list[str], n: int, rep: int) -> tuple[float, float]:
     root = tmp / f"spool-{rep}"
     SpoolLayout(root).init()
@@ -170,10 +225,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--scale-events", type=int, default=2000, help="events for the one-vs-two daemons part")
+    ap.add_argument("--only", choices=["all", "throughput", "scale"], default="all")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     n = args.events
-    results: dict[str, list[float]] = {k: [] for k in ("pub", "bare_pub", "con", "bare_con", "emit", "fwd")}
+    keys = ("pub", "bare_pub", "con", "bare_con", "emit", "fwd", "one", "two")
+    results: dict[str, list[float]] = {k: [] for k in keys}
     with tempfile.TemporaryDirectory(prefix="poet-nats-bench-") as d:
         tmp = Path(d)
         with NatsCluster(tmp / "nats", size=1) as c:
@@ -184,6 +242,8 @@ def main() -> None:
             builder = EventRouter(spool=tmp / "builder")
             try:
                 for rep in range(args.reps):
+                    if args.only == "scale":
+                        break
                     results["pub"].append(timed(poet_publish(router, n)))
                     results["con"].append(timed(poet_consume(transport, n)))
                     results["bare_pub"].append(timed(bare_publish(c.urls, builder, settings, n)))
@@ -198,13 +258,25 @@ def main() -> None:
                         file=sys.stderr,
                         flush=True,
                     )
+                for rep in range(args.reps):
+                    if args.only == "throughput":
+                        break
+                    results["one"].append(scale(c.urls, args.scale_events, 1, rep))
+                    results["two"].append(scale(c.urls, args.scale_events, 2, rep))
+                    print(
+                        f"rep {rep + 1}: 5 ms handler, one daemon {results['one'][-1]:,.0f}/s "
+                        f"two daemons {results['two'][-1]:,.0f}/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             finally:
                 transport.close()
-    med = {k: statistics.median(v) for k, v in results.items()}
+    med = {k: statistics.median(v) if v else float("nan") for k, v in results.items()}
     ratios = {
         "publish": med["pub"] / med["bare_pub"],
         "consume": med["con"] / med["bare_con"],
         "forward_vs_emit": med["fwd"] / med["emit"],
+        "two_vs_one": med["two"] / med["one"],
     }
     text = "\n".join(
         [
@@ -215,6 +287,8 @@ def main() -> None:
             f"  ratio {ratios['consume']:.2f} [>= 0.8]",
             f"hybrid   forward {med['fwd']:>9,.0f}  spool batch emit      {med['emit']:>9,.0f}"
             f"  ratio {ratios['forward_vs_emit']:.2f} [>= 1.0]",
+            f"scale    two daemons {med['two']:>5,.0f}  one daemon (5 ms handler) {med['one']:>5,.0f}"
+            f"  ratio {ratios['two_vs_one']:.2f} [>= 1.8]",
         ]
     )
     print(text)

@@ -296,8 +296,9 @@ class NatsConsumer(PartitionLeases):
             if h is None:
                 return
             h.record.deliveries += 1
-            data = self._state(h, State.INFLIGHT, rec=h.record.to_dict())
-            self._pipe.send(lambda: self._put_async(h, data), h.id)
+            # Serialized when sent, not now: an ack in the same burst supersedes it (a fast handler), and
+            # then it is never built. Sent later, it carries a newer record: harmless, done/ack follow it.
+            self._pipe.send(lambda: self._put_async(h, self._state(h, State.INFLIGHT, rec=h.record.to_dict())), h.id)
 
     def _send(self, op: Op) -> None:
         """Run ``op()`` on the loop after everything sent before it, without waiting (:meth:`_wait_sent` waits).
@@ -363,8 +364,7 @@ class NatsConsumer(PartitionLeases):
             self._end(h)
             free = h.p in self._dry and not self._busy(h.p)  # its partition ran dry: hand it back now
             rev = self._drop(h.p) if free else None
-            data = self._state(h, State.PROCESSED)
-            self._pipe.send(lambda: self._ack(h, data, free, rev), h.id, supersede=True)
+            self._pipe.send(lambda: self._ack(h, self._state(h, State.PROCESSED), free, rev), h.id, supersede=True)
             if free:
                 self._wait_sent()  # the lease is gone on return: another daemon's next fetch can take it
 

@@ -176,11 +176,13 @@ class PartitionLeases:
         return list(await asyncio.gather(*(one(p) for p in free)))
 
     async def _take(self, p: int) -> bool:
-        from nats.js.errors import KeyWrongLastSequenceError
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         try:
             self._held[p] = await self.t.lease_kv.create(f"p{p}", self.name.encode())
-        except KeyWrongLastSequenceError:
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            # Held by another daemon; or its lease expired between nats-py's create and the read it makes
+            # after a refusal (KeyNotFoundError): free now, taken at a later probe.
             return False
         self._renewed[p] = time.monotonic()
         self._buf.setdefault(p, [])

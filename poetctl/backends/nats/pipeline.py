@@ -24,7 +24,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .retry import OUTAGE, confirmed, transient
+from .retry import OUTAGE, confirmed_all, transient
 
 Op = Callable[[], Awaitable[Any]]
 
@@ -105,7 +105,7 @@ class Pipeline:
                 break
             if fut is not None:
                 confirms.append((i, fut))
-        results = await asyncio.gather(*(confirmed(f) for _, f in confirms), return_exceptions=True)
+        results = await confirmed_all([f for _, f in confirms])
         for (i, _), r in zip(confirms, results, strict=True):
             if isinstance(r, BaseException) and (stop is None or i < stop[0]):
                 stop = (i, r)

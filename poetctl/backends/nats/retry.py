@@ -60,6 +60,28 @@ async def retrying(op: Callable[[], Awaitable[T]], deadline: float = OUTAGE) -> 
         delay = min(1.0, delay * 2)
 
 
+async def confirmed_all(futs: list[Any], timeout: float = ACK_TIMEOUT) -> list[Any]:
+    """Every ``publish_async`` PubAck of ``futs``, or its error (``TimeoutError`` if it did not come in ``timeout``).
+
+    One wait for all (no task per future: this is the publish hot path). Futures still pending at the
+    timeout are cancelled, which frees their publish_async slots (nats-py's PubAck futures have no timeout
+    of their own: a publish lost with a dead server's socket would hold its slot forever).
+    """
+    if not futs:
+        return []
+    _, pending = await asyncio.wait(futs, timeout=timeout)
+    for f in pending:
+        f.cancel()
+    out: list[Any] = []
+    for f in futs:
+        if f.cancelled():
+            out.append(TimeoutError(f"no PubAck within {timeout:g} s"))
+        else:
+            exc = f.exception()
+            out.append(exc if exc is not None else f.result())
+    return out
+
+
 async def confirmed(fut: Any, timeout: float = ACK_TIMEOUT) -> Any:
     """A ``publish_async`` PubAck, or ``TimeoutError`` after ``timeout`` (the future is cancelled: its slot is freed).
 
@@ -69,4 +91,4 @@ async def confirmed(fut: Any, timeout: float = ACK_TIMEOUT) -> Any:
     return await asyncio.wait_for(fut, timeout)
 
 
-__all__ = ["ACK_TIMEOUT", "OUTAGE", "RUN_TIMEOUT", "confirmed", "retrying", "transient"]
+__all__ = ["ACK_TIMEOUT", "OUTAGE", "RUN_TIMEOUT", "confirmed", "confirmed_all", "retrying", "transient"]

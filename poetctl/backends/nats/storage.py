@@ -268,11 +268,11 @@ class KvLearningState:
                     pass
 
     async def _try_lock(self) -> int | None:
-        from nats.js.errors import KeyWrongLastSequenceError
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         try:
             return int(await self.lease_kv.create(LOCK_KEY, self.owner.encode()))
-        except KeyWrongLastSequenceError:
+        except (KeyWrongLastSequenceError, KeyNotFoundError):  # held; or it expired mid-create: try again
             return None
 
     def locked(self) -> Any:
