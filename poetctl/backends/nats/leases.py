@@ -68,14 +68,19 @@ class PartitionLeases:
         raise NotImplementedError
 
     async def _announce(self) -> None:
-        from nats.js.errors import NoKeysError
-
         await self.t.lease_kv.put(f"m.{self.name}", b"1")
-        try:
-            keys = await self.t.lease_kv.keys()
-        except NoKeysError:
-            keys = []
-        self._members = max(1, sum(1 for k in keys if k.startswith("m.")))
+        await self._count_members()
+
+    async def _count_members(self) -> None:
+        """Live daemons = member keys in the lease bucket: one stream-info request (a KV key listing would make
+        a consumer each time), so it runs every beat and a joining daemon gets its share within a tick.
+
+        A daemon that left cleanly still counts until its tombstone expires (lease_ttl): the share is
+        smaller than it could be for that long, never larger.
+        """
+        b = self.t.settings.lease_bucket
+        info = await self.t.link.jsm.stream_info(f"KV_{b}", subjects_filter=f"$KV.{b}.m.>")
+        self._members = max(1, len(info.state.subjects or {}))
 
     def _keep(self) -> None:
         """Keeper thread: membership, lease refresh and in_progress for held messages, every tick.
@@ -158,8 +163,11 @@ class PartitionLeases:
                 await m.in_progress()
             except Exception:  # acked meanwhile (MsgAlreadyAckdError): the others still need theirs
                 pass
-        if announce:
-            await self._announce()
+        try:
+            await (self._announce() if announce else self._count_members())
+        except Exception as exc:  # a server loss: the last count stands until the next beat
+            if not transient(exc):
+                raise
         return out
 
     def _cap(self) -> int:
