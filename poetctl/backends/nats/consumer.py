@@ -208,6 +208,9 @@ class NatsConsumer(PartitionLeases):
             # Cut short (a server loss): messages sent to this inbox may be lost, and JetStream redelivers
             # them only after AckWait, behind what is pulled next: check before handing out more of p.
             self._suspect.add(p)
+            from ...daemon import log
+
+            log.warning("a NATS pull was cut short; checking the partition", partition=p, error=repr(exc))
         finally:
             try:
                 await sub.unsubscribe()
@@ -224,7 +227,7 @@ class NatsConsumer(PartitionLeases):
                 self._suspect.discard(p)
                 continue
             try:
-                await self._pipe.drain()  # acks sent here are not what is missing
+                await self._pipe.drain(keep=True)  # acks sent here are not what is missing (sync reports failures)
                 ci = await self.t.link.jsm.consumer_info(s.stream, s.durable(p))
             except Exception as exc:
                 if transient(exc):
@@ -234,6 +237,9 @@ class NatsConsumer(PartitionLeases):
             mine = len(self._buf.get(p, ())) + sum(1 for h in self._leased.values() if h.p == p)
             missing = int(ci.num_ack_pending or 0) - mine
             if missing > 0:
+                from ...daemon import log
+
+                log.info("messages lost in transit come back after AckWait; waiting for them", partition=p, n=missing)
                 self._settle[p] = (missing, time.monotonic() + 2 * s.ack_wait + 1)
 
     async def _take_in(self, p: int, msgs: list[Any], out: Fetched) -> None:

@@ -86,6 +86,10 @@ class Pipeline:
                 if failed is None:
                     return
                 if exc is not None and transient(exc) and self.loop.time() + delay < end:
+                    if delay == 0.05:
+                        from ...daemon import log
+
+                        log.warning("NATS did not confirm records/acks; sending them again", error=repr(exc))
                     await asyncio.sleep(delay)  # the cluster is electing or we are reconnecting
                     delay = min(1.0, delay * 2)
                     i = failed  # again from the first failure on: what followed it is repeated in order
@@ -112,12 +116,17 @@ class Pipeline:
                 break
         return (None, None) if stop is None else stop
 
-    async def drain(self) -> BaseException | None:
-        """Wait (on the loop) for everything sent so far; the first failure since the last drain, if any."""
+    async def drain(self, keep: bool = False) -> BaseException | None:
+        """Wait (on the loop) for everything sent so far; the first failure since the last drain, if any.
+
+        ``keep``: leave the failure for the next drain (a caller that only waits, and does not report it).
+        """
         self._kick()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        failure, self._failure = self._failure, None
+        failure = self._failure
+        if not keep:
+            self._failure = None
         return failure
 
 

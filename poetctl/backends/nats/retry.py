@@ -56,6 +56,14 @@ async def retrying(op: Callable[[], Awaitable[T]], deadline: float = OUTAGE) -> 
         except Exception as exc:
             if not transient(exc) or loop.time() + delay > end:
                 raise
+            if delay == 0.05:
+                from ...daemon import log
+
+                log.warning(
+                    "NATS did not answer; trying again",
+                    operation=getattr(op, "__qualname__", repr(op)),
+                    error=repr(exc),
+                )
         await asyncio.sleep(delay)
         delay = min(1.0, delay * 2)
 
