@@ -17,6 +17,11 @@ measures, alternating product and bare in each rep (targets in brackets):
 3. Hybrid: the spool's batch emit rate (``emit_many``, batches of 500) vs
    the forwarder's rate over the same spool (list, read, verify, publish,
    record).                                           [forwarding >= emit]
+4. Scale-out: one ``daemon --mode nats`` process against two (each with
+   ``--scale-workers`` workers, default 4), a handler that waits 5 ms
+   (I/O-bound), ``--scale-events`` events on 1,024 keys published first;
+   events/s from the first event handled to the last.
+                                                       [two >= 1.8x one]
 
 Every rep is printed, then the medians and ratios. It asserts nothing.
 """
@@ -59,9 +64,19 @@ def payload(i: int) -> dict[str, Any]:
     return {"service": f"svc-{i % 20}", "status": "healthy", "pid": i + 1}
 
 
-def timed(fn: Callable[[], int]) -> float:
-    t0 = time.perf_counter()
+CPU: dict[str, list[float]] = {}  # per part: events per CPU-second of this process (all threads)
+
+
+def timed(fn: Callable[[], int], part: str = "") -> float:
+    """Events/s (wall clock); also records events per CPU-second of this process under ``part``.
+
+    The CPU figure leaves out the shared nats-server (the same for both sides) and other processes, so on
+    a loaded machine it compares poetctl's own cost with nats-py's more steadily than the wall clock.
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
     n = fn()
+    if part:
+        CPU.setdefault(part, []).append(n / max(1e-9, time.process_time() - c0))
     return n / (time.perf_counter() - t0)
 
 
@@ -145,6 +160,66 @@ def bare_consume(urls: list[str], n: int, durable: str) -> Callable[[], int]:
     return lambda: asyncio.run(go())
 
 
+SCALE_HANDLER = """
+import os, time
+def register(router):
+    fd = os.open(os.environ["POET_BENCH_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    def handle(event):
+        time.sleep(0.005)  # an I/O-bound handler (a webhook, a database write)
+        os.write(fd, b"%.6f\\n" % time.time())
+    router.subscribe("system.health", handle, name="io5ms")
+"""
+
+
+def scale(tmp: Path, urls: list[str], n: int, members: int, workers: int, rep: int) -> float:
+    """``members`` real ``daemon --mode nats`` processes share ``n`` events (5 ms handler); events/s.
+
+    Separate processes, as in production (one process would share one GIL). The events are in the
+    stream first; the rate runs from the first event handled to the last.
+    """
+    import os
+    import subprocess
+
+    settings = NatsSettings(servers=tuple(urls))
+    t = NatsTransport(settings)
+    try:
+        t.link.run(t.link.jsm.purge_stream(settings.stream))  # the earlier parts' events are not ours
+        publisher = EventRouter(transport=t)
+        for start in range(0, n, BATCH):
+            publisher.emit_many(
+                [
+                    {"type": "system.health", "payload": payload(i), "correlation_id": f"s{rep}-k{i % 1024}"}
+                    for i in range(start, min(n, start + BATCH))
+                ]
+            )
+    finally:
+        t.close()
+    work = tmp / f"scale-{members}-{rep}"
+    work.mkdir()
+    (work / "h.py").write_text(SCALE_HANDLER)
+    (work / "poet.toml").write_text(f"[daemon]\nworkers = {workers}\nhealth_interval = 86400\n")
+    log = work / "handled.log"
+    env = {**os.environ, "POET_NATS_URL": ",".join(urls), "POET_BENCH_LOG": str(log)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    argv = [sys.executable, "-m", "poetctl", "daemon", "--mode", "nats", "--no-builtin-handlers"]
+    procs = [
+        subprocess.Popen([*argv, "--handlers", "h.py"], cwd=work, env=env, stderr=subprocess.DEVNULL)
+        for _ in range(members)
+    ]
+    try:
+        while not log.exists() or log.stat().st_size < n * 18:  # "%.6f\n" of time.time() is 18 bytes
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a bench daemon exited")
+            time.sleep(0.02)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(60)
+    stamps = sorted(float(x) for x in log.read_text().split())
+    return (len(stamps) - 1) / max(1e-9, stamps[-1] - stamps[0])
+
+
 def hybrid(tmp: Path, urls: list[str], n: int, rep: int) -> tuple[float, float]:
     root = tmp / f"spool-{rep}"
     SpoolLayout(root).init()
@@ -170,10 +245,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--scale-events", type=int, default=2000, help="events for the one-vs-two daemons part")
+    ap.add_argument("--scale-workers", type=int, default=4, help="workers per daemon in the scale part")
+    ap.add_argument("--only", choices=["all", "throughput", "scale"], default="all")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     n = args.events
-    results: dict[str, list[float]] = {k: [] for k in ("pub", "bare_pub", "con", "bare_con", "emit", "fwd")}
+    keys = ("pub", "bare_pub", "con", "bare_con", "emit", "fwd", "one", "two")
+    results: dict[str, list[float]] = {k: [] for k in keys}
     with tempfile.TemporaryDirectory(prefix="poet-nats-bench-") as d:
         tmp = Path(d)
         with NatsCluster(tmp / "nats", size=1) as c:
@@ -184,28 +263,45 @@ def main() -> None:
             builder = EventRouter(spool=tmp / "builder")
             try:
                 for rep in range(args.reps):
-                    results["pub"].append(timed(poet_publish(router, n)))
-                    results["con"].append(timed(poet_consume(transport, n)))
-                    results["bare_pub"].append(timed(bare_publish(c.urls, builder, settings, n)))
-                    results["bare_con"].append(timed(bare_consume(c.urls, n, f"bench-{rep}")))
+                    if args.only == "scale":
+                        break
+                    results["pub"].append(timed(poet_publish(router, n), "pub"))
+                    results["con"].append(timed(poet_consume(transport, n), "con"))
+                    results["bare_pub"].append(timed(bare_publish(c.urls, builder, settings, n), "bare_pub"))
+                    results["bare_con"].append(timed(bare_consume(c.urls, n, f"bench-{rep}"), "bare_con"))
                     e, f = hybrid(tmp, c.urls, n, rep)
                     results["emit"].append(e)
                     results["fwd"].append(f)
                     print(
                         f"rep {rep + 1}: publish poetctl {results['pub'][-1]:,.0f}/s nats-py "
                         f"{results['bare_pub'][-1]:,.0f}/s | consume poetctl {results['con'][-1]:,.0f}/s "
-                        f"bare {results['bare_con'][-1]:,.0f}/s | spool batch emit {e:,.0f}/s forward {f:,.0f}/s",
+                        f"bare {results['bare_con'][-1]:,.0f}/s | spool batch emit {e:,.0f}/s forward {f:,.0f}/s"
+                        f" | per CPU-second: publish {CPU['pub'][-1]:,.0f} vs {CPU['bare_pub'][-1]:,.0f}, "
+                        f"consume {CPU['con'][-1]:,.0f} vs {CPU['bare_con'][-1]:,.0f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                for rep in range(args.reps):
+                    if args.only == "throughput":
+                        break
+                    results["one"].append(scale(tmp, c.urls, args.scale_events, 1, args.scale_workers, rep))
+                    results["two"].append(scale(tmp, c.urls, args.scale_events, 2, args.scale_workers, rep))
+                    print(
+                        f"rep {rep + 1}: 5 ms handler, one daemon {results['one'][-1]:,.0f}/s "
+                        f"two daemons {results['two'][-1]:,.0f}/s",
                         file=sys.stderr,
                         flush=True,
                     )
             finally:
                 transport.close()
-    med = {k: statistics.median(v) for k, v in results.items()}
+    med = {k: statistics.median(v) if v else float("nan") for k, v in results.items()}
     ratios = {
         "publish": med["pub"] / med["bare_pub"],
         "consume": med["con"] / med["bare_con"],
         "forward_vs_emit": med["fwd"] / med["emit"],
+        "two_vs_one": med["two"] / med["one"],
     }
+    cpu = {k: statistics.median(v) for k, v in CPU.items()}
     text = "\n".join(
         [
             f"events per rep: {n}, reps: {args.reps} (medians, events/s)",
@@ -215,11 +311,17 @@ def main() -> None:
             f"  ratio {ratios['consume']:.2f} [>= 0.8]",
             f"hybrid   forward {med['fwd']:>9,.0f}  spool batch emit      {med['emit']:>9,.0f}"
             f"  ratio {ratios['forward_vs_emit']:.2f} [>= 1.0]",
+            f"per CPU-second of this process (medians): publish {cpu.get('pub', 0):,.0f} vs "
+            f"{cpu.get('bare_pub', 0):,.0f} (ratio {cpu.get('pub', 0) / max(1e-9, cpu.get('bare_pub', 0)):.2f}), "
+            f"consume {cpu.get('con', 0):,.0f} vs {cpu.get('bare_con', 0):,.0f} "
+            f"(ratio {cpu.get('con', 0) / max(1e-9, cpu.get('bare_con', 0)):.2f})",
+            f"scale    two daemons {med['two']:>5,.0f}  one daemon (5 ms handler) {med['one']:>5,.0f}"
+            f"  ratio {ratios['two_vs_one']:.2f} [>= 1.8]",
         ]
     )
     print(text)
     if args.json:
-        print(json.dumps({"medians": med, "ratios": ratios, "reps": results}, sort_keys=True))
+        print(json.dumps({"medians": med, "ratios": ratios, "reps": results, "cpu": CPU}, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from ...errors import InvalidData
@@ -45,12 +46,23 @@ from ..memory import decode
 from . import subjects
 from .leases import Held as _Held
 from .leases import PartitionLeases
-from .pipeline import Pipeline
+from .pipeline import Op, Pipeline
+from .retry import RUN_TIMEOUT, retrying, transient
 from .transport import NatsTransport, dumps, kv_key
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 HEADER_MAX = 4096
 PULL_MAX = 64  # messages pulled ahead per partition
+
+
+async def _reply(m: Any, body: bytes) -> None:
+    """Ack (``+ACK``), nak (``-NAK``), term (``+TERM``) ``m``; unlike ``m.ack()``, safe to repeat after a server loss.
+
+    nats-py marks a message acknowledged once its ack is buffered, and refuses a second one; an ack
+    lost with a dead server's socket must be sent again (a repeated ack is harmless to JetStream).
+    """
+    await m._client.publish(m.reply, body)
+    m._ackd = True
 
 
 def _header(text: str | None, limit: int = HEADER_MAX) -> str:
@@ -74,8 +86,13 @@ class NatsConsumer(PartitionLeases):
         self._recovered: set[int] = set()
         # Partitions taken over with deliveries outstanding: (redeliveries still expected, until when).
         self._settle: dict[int, tuple[int, float]] = {}
+        self._renewed: dict[int, float] = {}  # held partition -> when its lease was last refreshed
         self._idle_since: dict[int, float] = {}  # held partition -> when it last had nothing buffered or leased
         self._dry: set[int] = set()  # held partitions whose last pull came back short: no more work there then
+        # Held partitions whose pulled messages may have been lost in transit (a pull cut short, a reconnect):
+        # checked against the server before anything more of them is handed out (see _check_suspects).
+        self._suspect: set[int] = set()
+        self._epoch = transport.link.epoch
         self._pipe = Pipeline(transport.link.loop)  # records and acks sent in order, confirmed at sync
         self._members = 1
         self._next_probe = 0.0
@@ -86,11 +103,11 @@ class NatsConsumer(PartitionLeases):
         # An idle partition is kept this long before it is handed back (re-taking costs a probe and a KV
         # create): leases stay while work flows; over the fair share, the excess is drained and handed back.
         self.hold_idle = transport.hold_idle if transport.hold_idle is not None else s.lease_ttl / 2
-        self._run(self._announce())
+        self._run(retrying(self._announce), RUN_TIMEOUT)
         self._keeper = threading.Thread(target=self._keep, name=f"poetctl-nats-keeper-{self.name}", daemon=True)
         self._keeper.start()
 
-    def _run(self, coro: Any, timeout: float = 60.0) -> Any:
+    def _run(self, coro: Any, timeout: float = RUN_TIMEOUT) -> Any:
         return self.t.link.run(coro, timeout)
 
     # -- the contract ---------------------------------------------------------------------------
@@ -101,7 +118,7 @@ class NatsConsumer(PartitionLeases):
     def recover(self) -> int:
         with self._lock:
             self._alive()
-            return int(self._run(self._acquire(None, for_recovery=True)))
+            return int(self._run(retrying(lambda: self._acquire(None, for_recovery=True))))
 
     def fetch(self, limit: int) -> Fetched:
         with self._lock:
@@ -114,7 +131,16 @@ class NatsConsumer(PartitionLeases):
         now_real = time.monotonic()
         if now_real >= self._next_probe:
             self._next_probe = now_real + self.t.probe_every
-            await self._acquire(out)
+            try:
+                await self._acquire(out)
+            except Exception as exc:  # a server loss: the partitions held go on; probe again next time
+                if not transient(exc):
+                    raise
+        if self.t.link.epoch != self._epoch:  # reconnected: what was in the old socket may be lost
+            self._epoch = self.t.link.epoch
+            self._suspect.update(self._held)
+        if self._suspect:
+            await self._check_suspects()
         if self._held:
             # Small prefetch: what is pulled and not yet begun is what a takeover must wait for.
             batch = max(1, min(PULL_MAX, math.ceil(limit / len(self._held))))
@@ -134,7 +160,7 @@ class NatsConsumer(PartitionLeases):
                 del self._settle[p]
         now = self.t.clock()
         for p in sorted(self._buf):
-            if p in self._settle:
+            if p in self._settle or p in self._suspect:
                 out.deferred += len(self._buf[p])
                 continue
             buf = self._buf[p]
@@ -161,8 +187,13 @@ class NatsConsumer(PartitionLeases):
         nc = self.t.link.nc
         s = self.t.settings
         inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
         msgs: list[Any] = []
+        try:
+            sub = await nc.subscribe(inbox)
+        except Exception as exc:  # reconnecting: pull again next time
+            if transient(exc):
+                return msgs
+            raise
         try:
             req = json.dumps({"batch": batch, "no_wait": True}).encode()
             await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{s.durable(p)}", req, reply=inbox)
@@ -171,11 +202,45 @@ class NatsConsumer(PartitionLeases):
                 if m.headers and m.headers.get("Status"):
                     break  # 404 no messages, 408 expired, 409: the end of this pull
                 msgs.append(m)
-        except TimeoutError:
-            pass
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            # Cut short (a server loss): messages sent to this inbox may be lost, and JetStream redelivers
+            # them only after AckWait, behind what is pulled next: check before handing out more of p.
+            self._suspect.add(p)
+            from ...daemon import log
+
+            log.warning("a NATS pull was cut short; checking the partition", partition=p, error=repr(exc))
         finally:
-            await sub.unsubscribe()
+            try:
+                await sub.unsubscribe()
+            except Exception:  # reconnecting: the server dropped the subscription with the connection
+                pass
         return msgs
+
+    async def _check_suspects(self) -> None:
+        """For each suspect partition: if the server has more of it awaiting acks than this daemon holds,
+        the rest was lost in transit and comes back after AckWait; lease nothing of it until then (sorted)."""
+        s = self.t.settings
+        for p in sorted(self._suspect):
+            if p not in self._held:
+                self._suspect.discard(p)
+                continue
+            try:
+                await self._pipe.drain(keep=True)  # acks sent here are not what is missing (sync reports failures)
+                ci = await self.t.link.jsm.consumer_info(s.stream, s.durable(p))
+            except Exception as exc:
+                if transient(exc):
+                    return  # still settling: try again at the next fetch, handing out nothing of p meanwhile
+                raise
+            self._suspect.discard(p)
+            mine = len(self._buf.get(p, ())) + sum(1 for h in self._leased.values() if h.p == p)
+            missing = int(ci.num_ack_pending or 0) - mine
+            if missing > 0:
+                from ...daemon import log
+
+                log.info("messages lost in transit come back after AckWait; waiting for them", partition=p, n=missing)
+                self._settle[p] = (missing, time.monotonic() + 2 * s.ack_wait + 1)
 
     async def _take_in(self, p: int, msgs: list[Any], out: Fetched) -> None:
         """Decode pulled messages into the partition's buffer (in stream order); quarantine the unreadable."""
@@ -192,14 +257,18 @@ class NatsConsumer(PartitionLeases):
                 ev = decode(m.data, eid)
             except InvalidData as exc:
                 reason, _, detail = exc.message.partition(": ")
-                await self._quarantine(m, eid, None, seq, reason, detail, "pending")
+                await retrying(partial(self._quarantine, m, eid, None, seq, reason, detail, "pending"))
                 out.quarantined += 1
                 continue
             record = Record()
             if md.num_delivered > 1:
-                st = await self.t._state(eid)
+                st = await retrying(partial(self.t._state, eid))
                 if st is not None and st.get("s") in (State.PROCESSED, State.DEAD, State.CORRUPT):
-                    await (m.ack() if st["s"] == State.PROCESSED else m.term())
+                    try:
+                        await _reply(m, b"+ACK" if st["s"] == State.PROCESSED else b"+TERM")
+                    except Exception as exc:  # lost: it comes back once more, and is found done again
+                        if not transient(exc):
+                            raise
                     continue  # its outcome was recorded and the ack lost: nothing to do again
                 if st is not None and st.get("rec"):
                     record = Record.from_dict(st["rec"])
@@ -218,7 +287,8 @@ class NatsConsumer(PartitionLeases):
 
     def _put_record(self, h: _Held, state: State = State.INFLIGHT) -> None:
         """Write ``h``'s record behind everything sent before it, and wait for it (durable on return)."""
-        self._send(self._put_async(h, self._state(h, state, rec=h.record.to_dict())))
+        data = self._state(h, state, rec=h.record.to_dict())
+        self._send(lambda: self._put_async(h, data))
         self._wait_sent()
 
     def begin(self, delivery: Delivery) -> None:
@@ -232,11 +302,16 @@ class NatsConsumer(PartitionLeases):
             if h is None:
                 return
             h.record.deliveries += 1
-            self._pipe.send(self._put_async(h, self._state(h, State.INFLIGHT, rec=h.record.to_dict())), h.id)
+            # Serialized when sent, not now: an ack in the same burst supersedes it (a fast handler), and
+            # then it is never built. Sent later, it carries a newer record: harmless, done/ack follow it.
+            self._pipe.send(lambda: self._put_async(h, self._state(h, State.INFLIGHT, rec=h.record.to_dict())), h.id)
 
-    def _send(self, coro: Any) -> None:
-        """Run ``coro`` on the loop after everything sent before it, without waiting (:meth:`_wait_sent` waits)."""
-        self._pipe.send(coro)
+    def _send(self, op: Op) -> None:
+        """Run ``op()`` on the loop after everything sent before it, without waiting (:meth:`_wait_sent` waits).
+
+        Repeated from the start if a server loss cuts it short: it must be safe to repeat.
+        """
+        self._pipe.send(op)
 
     def _wait_sent(self, raise_failure: bool = True) -> None:
         """Wait until everything sent so far is on the server (PubAcks in); raise the first failure."""
@@ -265,7 +340,11 @@ class NatsConsumer(PartitionLeases):
                 h.record.not_before = not_before
                 self._failing[h.key] = h.id
                 self._put_record(h)
-                self._run(h.msg.in_progress())
+                try:
+                    self._run(h.msg.in_progress())
+                except Exception as exc:  # the keeper sends it again every tick
+                    if not transient(exc):
+                        raise
 
     # -- outcomes ---------------------------------------------------------------------------------
     def _end(self, h: _Held) -> None:
@@ -291,7 +370,7 @@ class NatsConsumer(PartitionLeases):
             self._end(h)
             free = h.p in self._dry and not self._busy(h.p)  # its partition ran dry: hand it back now
             rev = self._drop(h.p) if free else None
-            self._pipe.send(self._ack(h, self._state(h, State.PROCESSED), free, rev), h.id, supersede=True)
+            self._pipe.send(lambda: self._ack(h, self._state(h, State.PROCESSED), free, rev), h.id, supersede=True)
             if free:
                 self._wait_sent()  # the lease is gone on return: another daemon's next fetch can take it
 
@@ -299,7 +378,7 @@ class NatsConsumer(PartitionLeases):
         # The record first, then the ack (one connection: in this order on the wire). A lost ack after
         # the record is harmless: the redelivery finds the event processed and acks it.
         pub = await self._put_async(h, data)
-        await h.msg.ack()
+        await _reply(h.msg, b"+ACK")
         if free:
             await self._free(h.p, rev)
         return pub
@@ -327,10 +406,10 @@ class NatsConsumer(PartitionLeases):
                 ack = await self.t.link.js.publish(subjects.dead_subject(h.event.topic), h.msg.data, headers=hdrs)
                 st = self._state(h, State.DEAD, info=info, dstream=s.dead_stream, dseq=ack.seq)
                 await self.t.state_kv.put(kv_key(h.id), st)
-                await h.msg.term()
+                await _reply(h.msg, b"+TERM")
                 await self._maybe_give_back(h.p)
 
-            self._send(go())  # behind the records and acks sent before it
+            self._send(go)  # behind the records and acks sent before it
             self._wait_sent()
 
     async def _quarantine(
@@ -344,7 +423,7 @@ class NatsConsumer(PartitionLeases):
         st = {"s": State.CORRUPT.value, "seq": seq, "ts": self.t.clock(), "info": info}
         st.update(dstream=s.corrupt_stream, dseq=ack.seq)
         await self.t.state_kv.put(kv_key(eid), dumps(st))
-        await m.term()
+        await _reply(m, b"+TERM")
 
     def quarantine(self, delivery: Delivery, reason: str, detail: str) -> None:
         with self._lock:
@@ -357,7 +436,7 @@ class NatsConsumer(PartitionLeases):
                 await self._quarantine(h.msg, h.id, h.event.topic, h.seq, reason, detail, "inflight")
                 await self._maybe_give_back(h.p)
 
-            self._send(go())  # behind the records and acks sent before it
+            self._send(go)  # behind the records and acks sent before it
             self._wait_sent()
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
@@ -369,13 +448,13 @@ class NatsConsumer(PartitionLeases):
             async def go() -> None:
                 for h in sorted(mine, key=lambda h: h.seq):
                     await self.t.state_kv.put(kv_key(h.id), self._state(h, State.PENDING, rec=h.record.to_dict()))
-                    await h.msg.nak()
+                    await _reply(h.msg, b"-NAK")
                 for p in {h.p for h in mine}:
                     if p in self._held and not self._busy(p):
                         await self._give_back(p)  # handed back (shutdown): the lease goes too
 
             if mine:
-                self._send(go())  # behind the records and acks sent before it
+                self._send(go)  # behind the records and acks sent before it
                 self._wait_sent()
 
     def sync(self) -> None:
@@ -411,8 +490,13 @@ class NatsConsumer(PartitionLeases):
                 for h in leftovers:
                     if h.id in self._leased:
                         rec = h.record.to_dict()
-                        await self.t.state_kv.put(kv_key(h.id), self._state(h, State.PENDING, rec=rec))
-                    await h.msg.nak()
+                        data = self._state(h, State.PENDING, rec=rec)
+                        # Briefly: a stop during an outage must not hang; the redelivery finds the last record.
+                        await retrying(partial(self.t.state_kv.put, kv_key(h.id), data), 10.0)
+                    try:
+                        await _reply(h.msg, b"-NAK")
+                    except Exception:  # lost: it comes back after AckWait
+                        pass
                 self._leased.clear()
                 self._buf.clear()
                 for p in list(self._held):
@@ -444,6 +528,7 @@ class NatsConsumer(PartitionLeases):
         with self._lock:
             self._dead = True
             self._stop.set()
+            self._suspect.clear()
             held = sorted(self._held)
         self._keeper.join(self.tick * 4 + 5)
         return held

@@ -20,6 +20,7 @@ from typing import Any
 
 from ...event import Event
 from ...transport import Fetched, Record
+from .retry import transient
 
 
 class Held:
@@ -51,6 +52,8 @@ class PartitionLeases:
     _leased: dict[str, Held]
     _recovered: set[int]
     _settle: dict[int, tuple[int, float]]
+    _renewed: dict[int, float]
+    _suspect: set[int]
     _idle_since: dict[int, float]
     _dry: set[int]
     _members: int
@@ -65,14 +68,19 @@ class PartitionLeases:
         raise NotImplementedError
 
     async def _announce(self) -> None:
-        from nats.js.errors import NoKeysError
-
         await self.t.lease_kv.put(f"m.{self.name}", b"1")
-        try:
-            keys = await self.t.lease_kv.keys()
-        except NoKeysError:
-            keys = []
-        self._members = max(1, sum(1 for k in keys if k.startswith("m.")))
+        await self._count_members()
+
+    async def _count_members(self) -> None:
+        """Live daemons = member keys in the lease bucket: one stream-info request (a KV key listing would make
+        a consumer each time), so it runs every beat and a joining daemon gets its share within a tick.
+
+        A daemon that left cleanly still counts until its tombstone expires (lease_ttl): the share is
+        smaller than it could be for that long, never larger.
+        """
+        b = self.t.settings.lease_bucket
+        info = await self.t.link.jsm.stream_info(f"KV_{b}", subjects_filter=f"$KV.{b}.m.>")
+        self._members = max(1, len(info.state.subjects or {}))
 
     def _keep(self) -> None:
         """Keeper thread: membership, lease refresh and in_progress for held messages, every tick.
@@ -117,27 +125,49 @@ class PartitionLeases:
 
         async def nak() -> None:
             for h in buffered:
-                await h.msg.nak()
+                await h.msg._client.publish(h.msg.reply, b"-NAK")  # repeatable (msg.nak() refuses a second)
 
-        self._send(nak())
+        self._send(nak)
 
     async def _beat(self, held: dict[int, int], msgs: list[Any], announce: bool) -> dict[int, int]:
         """Refresh the leases (first: they expire), keep pulled messages alive, announce membership."""
         from nats.js.errors import KeyWrongLastSequenceError
 
         out: dict[int, int] = {}
-        for p, rev in held.items():
+
+        async def refresh(p: int, rev: int) -> None:
+            # Each lease on its own, all at once, with a short timeout: through a server loss a beat must
+            # not take longer than the TTL (a lease missed now is retried next tick, with the same revision).
             try:
-                out[p] = await self.t.lease_kv.update(f"p{p}", self.name.encode(), last=rev)
+                out[p] = await self.t.lease_kv.update(f"p{p}", self.name.encode(), last=rev, validate_keys=False)
+                self._renewed[p] = time.monotonic()
             except KeyWrongLastSequenceError:
-                continue  # lost: see _lose
+                # Ours still, if an earlier refresh went through and only its answer was lost; else lost (_lose).
+                try:
+                    e = await self.t.lease_kv.get(f"p{p}")
+                    if e.value == self.name.encode():
+                        out[p] = int(e.revision)
+                except Exception:  # expired (not found) or unreachable: lost
+                    pass
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                # Not refreshed this time (a server loss): kept while the server-side TTL surely has not
+                # run out, and retried at the next beat with the same revision.
+                if time.monotonic() - self._renewed.get(p, 0.0) < self.t.settings.lease_ttl * 0.75:
+                    out[p] = rev
+
+        await asyncio.gather(*(refresh(p, rev) for p, rev in held.items()))
         for m in msgs:
             try:
                 await m.in_progress()
             except Exception:  # acked meanwhile (MsgAlreadyAckdError): the others still need theirs
                 pass
-        if announce:
-            await self._announce()
+        try:
+            await (self._announce() if announce else self._count_members())
+        except Exception as exc:  # a server loss: the last count stands until the next beat
+            if not transient(exc):
+                raise
         return out
 
     def _cap(self) -> int:
@@ -154,12 +184,15 @@ class PartitionLeases:
         return list(await asyncio.gather(*(one(p) for p in free)))
 
     async def _take(self, p: int) -> bool:
-        from nats.js.errors import KeyWrongLastSequenceError
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         try:
             self._held[p] = await self.t.lease_kv.create(f"p{p}", self.name.encode())
-        except KeyWrongLastSequenceError:
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            # Held by another daemon; or its lease expired between nats-py's create and the read it makes
+            # after a refusal (KeyNotFoundError): free now, taken at a later probe.
             return False
+        self._renewed[p] = time.monotonic()
         self._buf.setdefault(p, [])
         return True
 
@@ -171,6 +204,8 @@ class PartitionLeases:
         self._recovered.discard(p)
         self._dry.discard(p)
         self._settle.pop(p, None)
+        self._renewed.pop(p, None)
+        self._suspect.discard(p)
         return rev
 
     async def _free(self, p: int, rev: int | None) -> None:

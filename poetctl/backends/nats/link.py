@@ -26,6 +26,8 @@ class Link:
     def __init__(self, settings: NatsSettings) -> None:
         self.settings = settings
         self.loop = asyncio.new_event_loop()
+        # Bumped at every reconnect: what was in the old socket (pulled messages, acks) may be lost.
+        self.epoch = 0
         self._stopping = False
         self._thread = threading.Thread(target=self._serve, name="poetctl-nats", daemon=True)
         self._thread.start()
@@ -50,11 +52,19 @@ class Link:
 
         async def on_error(exc: Exception) -> None:
             failures.append(type(exc).__name__)
+            del failures[:-10]
+
+        async def on_reconnect() -> None:
+            self.epoch += 1
 
         nc = Client()
         try:
-            # nats-py keeps retrying an initial connect while reconnects are allowed: bound it here.
-            await asyncio.wait_for(nc.connect(**opts, error_cb=on_error), timeout=self.settings.connect_timeout + 1)
+            # nats-py keeps retrying an initial connect while reconnects are allowed: bound it here. After it,
+            # reconnects are unlimited (a daemon rides out a server loss; see .retry).
+            await asyncio.wait_for(
+                nc.connect(**opts, error_cb=on_error, reconnected_cb=on_reconnect),
+                timeout=self.settings.connect_timeout + 1,
+            )
             return nc
         except Exception as exc:  # nats raises several unrelated types here; all mean "cannot connect"
             try:

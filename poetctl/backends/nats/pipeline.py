@@ -1,49 +1,61 @@
 """Sends that nobody waits for one by one: a consumer's begin/ack records and acks, in order, batched per loop hop.
 
-Worker threads call :meth:`Pipeline.send` with a coroutine; the first send
-of a burst schedules one callback on the link's loop, which runs every
-queued coroutine in order (under one asyncio lock, so bursts never
-interleave on the wire) in a single task. A coroutine may return a future
-(a PubAck to come): those are awaited together after the sends, so a burst
-costs one round trip, not one per message. :meth:`drain` (on the loop)
-waits for everything sent so far and returns the first failure.
+Worker threads call :meth:`Pipeline.send` with an operation (a function
+returning a coroutine); the first send of a burst schedules one callback on
+the link's loop, which runs every queued operation in order in a single
+task. An operation may return a future (a PubAck to come): those are awaited
+together after the sends, so a burst costs one round trip, not one per
+message. Bursts run one after another (an asyncio lock held until the
+burst's PubAcks are in), so a burst retried after a server loss never lands
+behind a later one. :meth:`drain` (on the loop) waits for everything sent so
+far and returns the first failure.
+
+Through a server loss (:mod:`.retry`): a burst whose send or PubAck fails
+transiently (or whose PubAck does not come within ``ACK_TIMEOUT``) is sent
+again from the first failed operation on, in order, until the cluster
+answers or ``OUTAGE`` runs out. Every operation must therefore be safe to
+repeat (KV puts of a whole record, acks, publishes with ``Nats-Msg-Id``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from .retry import OUTAGE, confirmed_all, transient
+
+Op = Callable[[], Awaitable[Any]]
 
 
 class Pipeline:
     """Ordered, batched fire-and-confirm-later sends on one asyncio loop. ``send`` is thread-safe."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, outage: float = OUTAGE) -> None:
         self.loop = loop
+        self.outage = outage
         self._lock = threading.Lock()
-        self._queue: list[list[Any]] = []  # [coroutine or None (superseded), key]
+        self._queue: list[list[Any]] = []  # [operation or None (superseded), key]
         self._keyed: dict[str, list[Any]] = {}  # key -> its entry still in the queue
         self._kicked = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._order: asyncio.Lock | None = None
         self._failure: BaseException | None = None
 
-    def send(self, coro: Coroutine[Any, Any, Any], key: str | None = None, supersede: bool = False) -> None:
-        """Queue ``coro``; it runs on the loop after everything queued before it.
+    def send(self, op: Op, key: str | None = None, supersede: bool = False) -> None:
+        """Queue ``op``; it runs on the loop after everything queued before it.
 
-        With ``supersede``, a coroutine queued under the same ``key`` and not started yet is dropped:
+        With ``supersede``, an operation queued under the same ``key`` and not started yet is dropped:
         an event's ack record makes its begin record moot when both are in one burst (a fast handler),
         which halves what a burst sends.
         """
-        entry = [coro, key]
+        entry = [op, key]
         with self._lock:
             if key is not None:
                 old = self._keyed.pop(key, None) if supersede else None
-                if old is not None and old[0] is not None:
-                    old[0].close()  # never started: nothing of it was sent
-                    old[0] = None
+                if old is not None:
+                    old[0] = None  # never started: nothing of it was sent
                 self._keyed[key] = entry
             self._queue.append(entry)
             if self._kicked:
@@ -62,30 +74,60 @@ class Pipeline:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, burst: list[Coroutine[Any, Any, Any]]) -> None:
+    async def _run(self, burst: list[Op]) -> None:
         if self._order is None:
             self._order = asyncio.Lock()
-        confirms = []
         async with self._order:
-            for coro in burst:
-                try:
-                    fut = await coro
-                except Exception as exc:  # recorded for drain(); the rest of the burst still goes out
-                    self._failure = self._failure or exc
-                    continue
-                if fut is not None:
-                    confirms.append(fut)
-        for r in await asyncio.gather(*confirms, return_exceptions=True):
-            if isinstance(r, BaseException):
-                self._failure = self._failure or r
+            end = self.loop.time() + self.outage
+            delay = 0.05
+            i = 0
+            while i < len(burst):
+                failed, exc = await self._attempt(burst, i)
+                if failed is None:
+                    return
+                if exc is not None and transient(exc) and self.loop.time() + delay < end:
+                    if delay == 0.05:
+                        from ...daemon import log
 
-    async def drain(self) -> BaseException | None:
-        """Wait (on the loop) for everything sent so far; the first failure since the last drain, if any."""
+                        log.warning("NATS did not confirm records/acks; sending them again", error=repr(exc))
+                    await asyncio.sleep(delay)  # the cluster is electing or we are reconnecting
+                    delay = min(1.0, delay * 2)
+                    i = failed  # again from the first failure on: what followed it is repeated in order
+                    continue
+                self._failure = self._failure or exc  # recorded for drain(); the rest still goes out
+                i = failed + 1
+
+    async def _attempt(self, burst: list[Op], start: int) -> tuple[int | None, BaseException | None]:
+        """Send ``burst[start:]`` in order, then await the PubAcks; the first failed index and its error."""
+        confirms: list[tuple[int, Any]] = []
+        stop: tuple[int, BaseException] | None = None
+        for i in range(start, len(burst)):
+            try:
+                fut = await burst[i]()
+            except Exception as exc:
+                stop = (i, exc)
+                break
+            if fut is not None:
+                confirms.append((i, fut))
+        results = await confirmed_all([f for _, f in confirms])
+        for (i, _), r in zip(confirms, results, strict=True):
+            if isinstance(r, BaseException) and (stop is None or i < stop[0]):
+                stop = (i, r)
+                break
+        return (None, None) if stop is None else stop
+
+    async def drain(self, keep: bool = False) -> BaseException | None:
+        """Wait (on the loop) for everything sent so far; the first failure since the last drain, if any.
+
+        ``keep``: leave the failure for the next drain (a caller that only waits, and does not report it).
+        """
         self._kick()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        failure, self._failure = self._failure, None
+        failure = self._failure
+        if not keep:
+            self._failure = None
         return failure
 
 
-__all__ = ["Pipeline"]
+__all__ = ["Op", "Pipeline"]

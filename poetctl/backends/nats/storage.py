@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import orjson
@@ -36,6 +37,7 @@ from ...errors import BackendUnavailable, InputMissing, InvalidData
 from ...event import parse_json
 from ...ids import EVENT_ID_RE, FUNCTION_NAME_RE, VERSION_RE, check_path_part
 from ...storage import LEARNING_SECTIONS, MAX_LEARNING_BYTES, parse_learning
+from .retry import RUN_TIMEOUT, retrying
 
 _PLAIN = re.compile(r"[A-Za-z0-9_-]{1,200}\Z")
 CHUNK = 512 * 1024
@@ -57,7 +59,7 @@ class _Kv:
     def __init__(self, t: Any) -> None:
         self.t = t
         self.bucket = t.settings.function_bucket
-        self.kv: Any = t.link.run(t.link.js.key_value(self.bucket))
+        self.kv: Any = t.link.run(retrying(partial(t.link.js.key_value, self.bucket)), RUN_TIMEOUT)
 
     def get(self, key: str) -> tuple[bytes, int] | None:
         from nats.js.errors import KeyDeletedError, KeyNotFoundError
@@ -69,10 +71,10 @@ class _Kv:
                 return None
             return (e.value, int(e.revision)) if e.value else None
 
-        return self.t.link.run(go())  # type: ignore[no-any-return]
+        return self.t.link.run(retrying(go), RUN_TIMEOUT)  # type: ignore[no-any-return]
 
     def put(self, key: str, value: bytes) -> int:
-        return int(self.t.link.run(self.kv.put(key, value)))
+        return int(self.t.link.run(retrying(partial(self.kv.put, key, value)), RUN_TIMEOUT))
 
     def create(self, key: str, value: bytes) -> bool:
         from nats.js.errors import KeyWrongLastSequenceError
@@ -90,7 +92,7 @@ class _Kv:
         return int(self.t.link.run(self.kv.update(key, value, last=last)))
 
     def purge(self, key: str) -> None:
-        self.t.link.run(self.kv.purge(key))
+        self.t.link.run(retrying(partial(self.kv.purge, key)), RUN_TIMEOUT)
 
     def values(self, prefix: str) -> list[tuple[str, bytes]]:
         """(key, value) of every live key under ``prefix`` (``prefix`` ends with ``.``)."""
@@ -266,11 +268,11 @@ class KvLearningState:
                     pass
 
     async def _try_lock(self) -> int | None:
-        from nats.js.errors import KeyWrongLastSequenceError
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         try:
             return int(await self.lease_kv.create(LOCK_KEY, self.owner.encode()))
-        except KeyWrongLastSequenceError:
+        except (KeyWrongLastSequenceError, KeyNotFoundError):  # held; or it expired mid-create: try again
             return None
 
     def locked(self) -> Any:

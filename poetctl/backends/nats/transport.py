@@ -26,6 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BackendUnavailable, InvalidData
@@ -35,6 +36,7 @@ from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stor
 from ..memory import decode
 from . import subjects
 from .link import Link
+from .retry import RUN_TIMEOUT, confirmed_all, retrying, transient
 from .settings import NatsSettings
 
 if TYPE_CHECKING:
@@ -58,22 +60,10 @@ def _wrong_last(exc: BaseException) -> bool:
     return getattr(exc, "err_code", None) == 10071
 
 
-async def _gather_all(futs: list[Any], ignore: Callable[[BaseException], bool] | None = None) -> list[Any]:
-    """Await every future; on the first error not ignored, cancel the rest (freeing publish_async slots) and raise."""
-    try:
-        out = await asyncio.gather(*futs, return_exceptions=ignore is not None)
-    except BaseException:
-        for f in futs:
-            f.cancel()
-        raise
-    for r in out:
-        if isinstance(r, BaseException) and not (ignore is not None and ignore(r)):
-            raise r
-    return out
-
-
 def dumps(d: dict[str, Any]) -> bytes:
-    return json.dumps(d, separators=(",", ":")).encode()
+    import orjson  # a core dependency; several times faster than json on the per-event records
+
+    return orjson.dumps(d)
 
 
 class NatsTransport:
@@ -108,7 +98,7 @@ class NatsTransport:
                 from .setup import setup as do_setup
 
                 do_setup(self.link, settings)
-            self.state_kv, self.lease_kv = self.link.run(self._bind())
+            self.state_kv, self.lease_kv = self.link.run(retrying(self._bind), RUN_TIMEOUT)
         except BaseException:
             self.link.close()
             raise
@@ -132,7 +122,7 @@ class NatsTransport:
     def publish(self, items: Sequence[Outgoing]) -> list[bool]:
         if not items:
             return []
-        added = self.link.run(self._publish(items), timeout=60)
+        added = self.link.run(self._publish(items), timeout=RUN_TIMEOUT)
         if any(added):
             for c in list(self._consumers):
                 c.interrupt()
@@ -140,7 +130,7 @@ class NatsTransport:
 
     async def _publish(self, items: Sequence[Outgoing]) -> list[bool]:
         keyed = sorted({it.event.id for it in items if it.keyed})
-        states = await asyncio.gather(*(self._state(i) for i in keyed)) if keyed else []
+        states = await asyncio.gather(*(retrying(partial(self._state, i)) for i in keyed)) if keyed else []
         known = dict(zip(keyed, states, strict=True))
         for i, st in known.items():
             if st is not None and st.get("s") == State.CORRUPT:
@@ -160,37 +150,119 @@ class NatsTransport:
             seen.add(i)
             plan.append((len(plan), it, subjects.partition_of(self.key_of(it.event), n)))
         todo = [p for p in plan if p is not None]
-        js = self.link.js
         try:
-            # Pipelined: every publish goes out before the first PubAck is awaited (publish_async).
-            acks = await _gather_all(
-                [
-                    await js.publish_async(
-                        subjects.event_subject(it.event.topic, part),
-                        it.data,
-                        headers={"Nats-Msg-Id": it.event.id, "Poet-Id": it.event.id},
-                    )
-                    for _, it, part in todo
-                ]
-            )
+            acks = await self._send_all(todo)
+            result = [False] * len(items)
+            # The state entries, pipelined too; each is a create (expected last sequence 0): a consumer
+            # that got there first (or a retried group) has newer state, and its refusal is ignored.
+            # A publish repeated after a lost PubAck is a "duplicate" of itself: its entry is made too,
+            # and it counts as added unless the entry existed (an id published before this call).
+            prefix = f"$KV.{self.settings.state_bucket}."
+            made: list[tuple[int, str, bytes, bool]] = []
+            for pos, it, part in todo:
+                ack, repeated = acks[pos]
+                if ack.duplicate and not repeated:
+                    continue  # the id was published before (within the duplicate window): not added
+                result[pos] = not ack.duplicate
+                st = {"s": State.PENDING.value, "seq": ack.seq, "p": part, "ts": it.event.timestamp}
+                made.append((pos, prefix + kv_key(it.event.id), dumps(st), ack.duplicate))
+            created = await self._create_all([(k, v) for _, k, v, _ in made])
+            for (pos, _, _, dup), ok in zip(made, created, strict=True):
+                if dup:
+                    result[pos] = ok  # a repeat after a lost PubAck: added by this call if the entry is new
         except Exception as exc:
+            if isinstance(exc, Quarantined):
+                raise
             raise BackendUnavailable(
                 f"publishing to NATS failed ({type(exc).__name__}: {exc}); retry the group"
             ) from None
-        result = [False] * len(items)
-        # The state entries, pipelined too; each is a create (expected last sequence 0): a consumer
-        # that got there first (or a retried group) has newer state, and its refusal is ignored.
-        creates = []
-        prefix = f"$KV.{self.settings.state_bucket}."
-        for (pos, it, part), ack in zip(todo, acks, strict=True):
-            if not ack.duplicate:
-                result[pos] = True
-                st = {"s": State.PENDING.value, "seq": ack.seq, "p": part, "ts": it.event.timestamp}
-                creates.append(
-                    await js.publish_async(prefix + kv_key(it.event.id), dumps(st), headers={_EXPECT_LAST: "0"})
-                )
-        await _gather_all(creates, ignore=_wrong_last)
         return result
+
+    async def _send_all(self, todo: list[tuple[int, Outgoing, int]]) -> dict[int, tuple[Any, bool]]:
+        """Publish every planned event (pipelined: all go out before the first PubAck is awaited).
+
+        Through a server loss (:mod:`.retry`) the events whose PubAck failed or did not come are published
+        again (same ``Nats-Msg-Id``: the server drops a copy it has). Per position: (PubAck, repeated).
+        """
+        js = self.link.js
+        out: dict[int, tuple[Any, bool]] = {}
+        loop = asyncio.get_running_loop()
+        from .retry import OUTAGE
+
+        end = loop.time() + OUTAGE
+        delay = 0.05
+        left = todo
+        repeated = False
+        while left:
+            futs: list[Any] = []
+            failure: BaseException | None = None
+            for _, it, part in left:
+                try:
+                    futs.append(
+                        await js.publish_async(
+                            subjects.event_subject(it.event.topic, part),
+                            it.data,
+                            headers={"Nats-Msg-Id": it.event.id, "Poet-Id": it.event.id},
+                        )
+                    )
+                except Exception as exc:  # reconnecting with a full buffer, stalled: the rest waits
+                    failure = exc
+                    break
+            results = await confirmed_all(futs)
+            again = []
+            for (pos, it, part), r in zip(left, [*results, *[failure] * (len(left) - len(futs))], strict=True):
+                if isinstance(r, BaseException) or r is None:
+                    failure = failure or r
+                    again.append((pos, it, part))
+                else:
+                    out[pos] = (r, repeated)
+            left = again
+            if left:
+                assert failure is not None
+                if not transient(failure) or loop.time() + delay > end:
+                    raise failure
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+                repeated = True
+        return out
+
+    async def _create_all(self, made: list[tuple[str, bytes]]) -> list[bool]:
+        """Create the state entries (pipelined, repeated through a server loss); per entry: made by this call."""
+        js = self.link.js
+        done: dict[int, bool] = {}
+        left = list(range(len(made)))
+        loop = asyncio.get_running_loop()
+        from .retry import OUTAGE
+
+        end = loop.time() + OUTAGE
+        delay = 0.05
+        while left:
+            futs = []
+            failure: BaseException | None = None
+            for k in left:
+                try:
+                    futs.append(await js.publish_async(made[k][0], made[k][1], headers={_EXPECT_LAST: "0"}))
+                except Exception as exc:
+                    failure = exc
+                    break
+            results = await confirmed_all(futs)
+            again = []
+            for k, r in zip(left, [*results, *[failure] * (len(left) - len(futs))], strict=True):
+                if isinstance(r, BaseException) and _wrong_last(r):
+                    done[k] = False  # existed (or our own create whose PubAck was lost: made, then)
+                elif isinstance(r, BaseException) or r is None:
+                    failure = failure or r
+                    again.append(k)
+                else:
+                    done[k] = True
+            left = again
+            if left:
+                assert failure is not None
+                if not transient(failure) or loop.time() + delay > end:
+                    raise failure
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+        return [done[k] for k in range(len(made))]
 
     async def _state(self, event_id: str) -> dict[str, Any] | None:
         from nats.js.errors import KeyDeletedError, KeyNotFoundError
@@ -346,8 +418,9 @@ class NatsTransport:
         return out
 
     def prune(self, before: float, states: Sequence[State] = (State.PROCESSED,)) -> int:
-        if State.PENDING in states or State.INFLIGHT in states:
-            raise ValueError("prune removes handled events only (processed, dead, corrupt)")
+        bad = {State.PENDING, State.INFLIGHT, State.CORRUPT} & set(states)
+        if bad:  # quarantined input is kept for an operator, never deleted (as on the spool)
+            raise ValueError(f"prune removes processed and dead events only, not {sorted(bad)}")
         wanted = {s.value for s in states}
 
         async def go() -> int:
