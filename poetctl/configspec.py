@@ -74,7 +74,7 @@ SECTIONS: dict[str, dict[str, Setting]] = {
     # Backpressure and throttling (poetctl/limits.py): 0 means no limit.
     "limits": {
         "max_pending": Setting("int", 0, 0, _BIG),
-        "max_pending_bytes": Setting("int", 0, 0, _BIG),
+        "max_pending_bytes": Setting("int", 0, 0, 1 << 50),  # bytes: up to a petabyte
         "sources": Setting("rates", {}),
     },
     "learning": {

@@ -410,3 +410,12 @@ def test_config_that_is_not_a_file_is_refused(run_cli: Any, tmp_path: Path, targ
     path = tmp_path if target == "directory" else Path(target)
     r = run_cli("--config", path, "config", "show")
     assert_config_error(r, str(path))
+
+
+def test_a_byte_limit_can_be_gigabytes(tmp_path: Path) -> None:
+    """[limits] max_pending_bytes takes byte-sized numbers (1 GB), not the generic 10,000,000 cap."""
+    from poetctl.config import load_config
+
+    p = tmp_path / "poet.toml"
+    p.write_text("[limits]\nmax_pending_bytes = 1000000000\n")
+    assert load_config(p, env={}).limits["max_pending_bytes"] == 1_000_000_000
