@@ -116,7 +116,10 @@ class SpoolLimits:
 
     def taken(self, n: int) -> None:
         """A daemon claimed ``n`` events (their bytes: the mean size)."""
-        m = self._open()
+        try:
+            m = self._open()
+        except OSError:
+            return
         _, _, total_n, total_b = _GAUGE.unpack_from(m, _GAUGE_AT)
         self._quiet(self._update, -n, -n * (total_b // total_n if total_n else 0))
 

@@ -287,6 +287,7 @@ class PriorityLanes:
     low_names: dict[str, str]
     low_held: set[str]
     skipped: set[str]
+    unconfirmed: set[str]
     relist: bool
 
     if TYPE_CHECKING:  # Claims' (the other base of FsConsumer)
@@ -324,9 +325,14 @@ class PriorityLanes:
             high: list[Delivery] = []
             for eid in hints[: quota["high"]]:
                 name = f"{eid}.json"
+                # The emitter proved nothing earlier of its key is pending: a listing that raced its
+                # commit (unconfirmed, see listing.py) is no reason to wait.
+                self.unconfirmed.discard(name)
                 d = self._prepare(pending + name, name, claim=True)
                 if d is not None:
                     high.append(d)
+                elif _exists(self.layout.pending, name):
+                    continue  # not claimable yet (its bucket is another daemon's, unreadable...): try again next fetch
                 try:
                     os.unlink(eid, dir_fd=self.hints_fd)
                 except FileNotFoundError:
