@@ -304,7 +304,7 @@ def main() -> None:
     cpu = {k: statistics.median(v) for k, v in CPU.items()}
     text = "\n".join(
         [
-            f"events per rep: {n}, reps: {args.reps} (medians, events/s)",
+            f"events per rep: {n} (scale part: {args.scale_events}), reps: {args.reps} (medians, events/s)",
             f"publish  poetctl {med['pub']:>9,.0f}  nats-py publish_async {med['bare_pub']:>9,.0f}"
             f"  ratio {ratios['publish']:.2f} [>= 0.8]",
             f"consume  poetctl {med['con']:>9,.0f}  bare pull fetch       {med['bare_con']:>9,.0f}"
