@@ -50,16 +50,12 @@ def enabled(layout: SpoolLayout) -> bool:
 def committed(layout: SpoolLayout) -> dict[str, str]:
     """Every committed event id -> the directory (relative to the root) it was listed in.
 
-    Names only: one ``listdir`` per directory, in the flow's order, so an event
-    moving forward (pending -> in flight -> processed/dead) is always seen.
-    ``pending/`` is listed once more at the end for the moves back into it
-    (a dead daemon's events recovered, a hand-back, a replay or dead retry):
-    without it such an event could be missed while a later one of its key is
-    forwarded, putting the two out of order in the stream. An event may be
-    named twice (the dict keeps one).
+    Names only: one ``listdir`` per directory. An event that moves between
+    directories during the listing may be missed by this call (the next one
+    finds it where it ended) or named twice (the dict keeps one).
     """
     found: dict[str, str] = {}
-    for rel in (*EVENT_DIRS, "events/pending"):
+    for rel in EVENT_DIRS:
         d = open_dir(layout, rel)
         if d is None:
             continue
