@@ -49,6 +49,7 @@ import mmap
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,9 @@ class KeyLedger:
         self.path = layout.root / LEDGER
         self.fd = -1
         self.map: mmap.mmap | None = None
+        # flock excludes other processes only: threads of one process share the open file, so
+        # they also take this lock (and it makes opening the ledger once per transport safe).
+        self._mutex = threading.Lock()
 
     def _open(self) -> mmap.mmap:
         if self.map is not None:
@@ -155,13 +159,17 @@ class KeyLedger:
         (a full disk, a read-only ``run/``, a link where ``run/`` should be),
         nothing takes the fast lane and the events are committed as usual.
         """
-        try:
-            m = self._open()
-        except OSError:
-            return set()
+        with self._mutex:
+            try:
+                m = self._open()
+            except OSError:
+                return set()
+            return self._note(m, self.fd, items, key_of)
+
+    def _note(self, m: mmap.mmap, fd: int, items: Sequence[Outgoing], key_of: Callable[[Any], str]) -> set[str]:
         fast: set[str] = set()
         noted: set[bytes] = set()
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             complete = m[_COMPLETE] == 1
             # A high event of key K jumps only if K's slot holds K and both its noted-last and its
@@ -195,7 +203,7 @@ class KeyLedger:
                 # The key's event that sorts last stays so (an unknown id sorts last for good).
                 m[off : off + 40] = h + eid + max(top, eid)
         finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
         return fast
 
     def settled(self, last: bytes, top: bytes, noted: set[bytes]) -> bool:
@@ -224,12 +232,13 @@ class KeyLedger:
         return not _exists(pending, name)
 
     def close(self) -> None:
-        if self.map is not None:
-            self.map.close()
-            self.map = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self._mutex:  # a note() running now keeps its fd and map until it is done
+            if self.map is not None:
+                self.map.close()
+                self.map = None
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
 
 
 def _names(directory: os.PathLike[str] | str) -> list[str]:
