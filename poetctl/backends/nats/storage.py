@@ -171,16 +171,20 @@ class KvFunctionState:
         *,
         event_id: str | None = None,
         previous_version: str | None = None,
+        at: float | None = None,
     ) -> dict[str, Any]:
         check_path_part("function name", function_name, FUNCTION_NAME_RE)
         check_path_part("version", version, VERSION_RE)
         key = f"f.{token(function_name)}.v.{token(version)}"
         prev = self._read(key)
+        now = self.clock() if at is None else at
         state = {
             "function_name": function_name,
             "version": version,
             "previous_version": previous_version,
-            "updated_at": prev.get("updated_at", self.clock()) if prev is not None else self.clock(),
+            # The first record wins (idempotent); its time is the event's when given (state rebuilt from
+            # events is then the same), else now.
+            "updated_at": prev.get("updated_at", now) if prev is not None else now,
             "event_id": event_id,
             **data,
         }
