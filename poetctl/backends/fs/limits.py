@@ -26,14 +26,15 @@ import fcntl
 import hashlib
 import mmap
 import os
-import stat
 import struct
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...limits import Backpressure, Limits, full_message
-from .layout import FILE_MODE, SpoolLayout
+from .layout import SpoolLayout
+from .runfile import locked, open_run_file
 
 if TYPE_CHECKING:
     from ...transport import Outgoing
@@ -57,18 +58,16 @@ class SpoolLimits:
         self.path = layout.root / STATE
         self.fd = -1
         self.map: mmap.mmap | None = None
+        self._mutex = threading.RLock()  # this process's threads (the flock excludes the others)
 
     def _open(self) -> mmap.mmap:
-        if self.map is not None:
+        with self._mutex:  # opened once per object, whichever thread comes first
+            if self.map is None:
+                self.map = self._make()
             return self.map
-        run = self.path.parent
-        try:
-            os.mkdir(run, 0o750)
-        except FileExistsError:
-            pass
-        if not stat.S_ISDIR(os.lstat(run).st_mode):
-            raise OSError(f"{run} is not a directory")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+
+    def _make(self) -> mmap.mmap:
+        fd, _ = open_run_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -80,12 +79,12 @@ class SpoolLimits:
                     os.pwrite(fd, _GAUGE.pack(n, 0, 0, 0), _GAUGE_AT)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
-            self.map = mmap.mmap(fd, _SIZE)
+            m = mmap.mmap(fd, _SIZE)
         except BaseException:
             os.close(fd)
             raise
         self.fd = fd
-        return self.map
+        return m
 
     # -- the gauge ----------------------------------------------------------------------------
     def pending(self) -> tuple[int, int]:
@@ -96,8 +95,7 @@ class SpoolLimits:
 
     def _update(self, dn: int, db: int, reset: int | None = None) -> None:
         m = self._open()
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        try:
+        with locked(self._mutex, self.fd):
             n, b, total_n, total_b = _GAUGE.unpack_from(m, _GAUGE_AT)
             if dn > 0:
                 total_n, total_b = total_n + dn, total_b + db
@@ -107,8 +105,6 @@ class SpoolLimits:
             else:
                 n, b = max(0, n + dn), max(0, b + db)
             _GAUGE.pack_into(m, _GAUGE_AT, n, b, total_n, total_b)
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def added(self, n: int, nbytes: int) -> None:
         """An emitter committed ``n`` events of ``nbytes``."""
@@ -193,8 +189,7 @@ class SpoolLimits:
     def _take(self, items: Sequence[Outgoing], limits: Limits, partial: bool) -> tuple[int, float, str]:
         m = self._open()
         now = time.time()
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        try:
+        with locked(self._mutex, self.fd):
             need: dict[int, float] = {}
             rates: dict[int, float] = {}
             got = 0
@@ -215,8 +210,6 @@ class SpoolLimits:
                 got += 1
             self._spend(m, need, now)
             return got, 0.0, ""
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     @staticmethod
     def _slot(m: mmap.mmap, pattern: str) -> int:
@@ -253,12 +246,13 @@ class SpoolLimits:
         _RATE.pack_into(m, off, h, tokens, updated, now, refused + 1)
 
     def close(self) -> None:
-        if self.map is not None:
-            self.map.close()
-            self.map = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self._mutex:
+            if self.map is not None:
+                self.map.close()
+                self.map = None
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
 
 
 class View:

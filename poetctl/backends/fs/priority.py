@@ -48,13 +48,13 @@ import hashlib
 import mmap
 import os
 import re
-import stat
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...priority import HIGH, split
 from .layout import FILE_MODE, SpoolLayout
+from .runfile import locked, open_run_file
 
 if TYPE_CHECKING:
     from ...transport import Delivery, Outgoing
@@ -105,25 +105,13 @@ class KeyLedger:
         self.map: mmap.mmap | None = None
         # flock excludes other processes only: threads of one process share the open file, so
         # they also take this lock (and it makes opening the ledger once per transport safe).
-        self._mutex = threading.Lock()
+        self._mutex = threading.RLock()
 
     def _open(self) -> mmap.mmap:
         if self.map is not None:
             return self.map
-        run = self.path.parent
-        try:
-            os.mkdir(run, 0o750)
-        except FileExistsError:
-            pass
-        if not stat.S_ISDIR(os.lstat(run).st_mode):
-            raise OSError(f"{run} is not a directory")  # a link: never write through it
         size = _SIZE
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-            created = True
-        except FileExistsError:
-            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-            created = False
+        fd, created = open_run_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -169,8 +157,7 @@ class KeyLedger:
     def _note(self, m: mmap.mmap, fd: int, items: Sequence[Outgoing], key_of: Callable[[Any], str]) -> set[str]:
         fast: set[str] = set()
         noted: set[bytes] = set()
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
+        with locked(self._mutex, fd):
             complete = m[_COMPLETE] == 1
             # A high event of key K jumps only if K's slot holds K and both its noted-last and its
             # sorts-last event are finished: any earlier event of K was claimed before either of them,
@@ -202,8 +189,6 @@ class KeyLedger:
                     top = eid
                 # The key's event that sorts last stays so (an unknown id sorts last for good).
                 m[off : off + 40] = h + eid + max(top, eid)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
         return fast
 
     def settled(self, last: bytes, top: bytes, noted: set[bytes]) -> bool:
