@@ -12,7 +12,7 @@ from conftest import load_samples
 from poetctl import EventRouter
 from poetctl.backends.fs.storage import FsStorage
 from poetctl.backends.memory import MemoryTransport
-from poetctl.backends.memory_storage import MemoryStorage
+from poetctl.backends.memory.storage import MemoryStorage
 from poetctl.handlers import register_builtin
 from poetctl.testing import FakeClock, Harness
 from poetctl.transport import State
