@@ -305,7 +305,7 @@ def _default_storage(transport: Transport) -> Storage:
     from .backends.memory import MemoryTransport
 
     if isinstance(transport, MemoryTransport):
-        from .backends.memory_storage import MemoryStorage
+        from .backends.memory.storage import MemoryStorage
 
         return MemoryStorage(transport.clock)
     raise AttributeError(

@@ -12,7 +12,7 @@ from the spool's files: the backend that carries the events keeps them too.
 
 Implementations: the filesystem spool (:mod:`poetctl.backends.fs.storage`:
 ``state/`` and ``feedback/`` beside the events, atomic durable writes, never
-through a link) and memory (:mod:`poetctl.backends.memory_storage`: dicts, for
+through a link) and memory (:mod:`poetctl.backends.memory.storage`: dicts, for
 :class:`poetctl.testing.Harness`). Every method's docstring states its guarantee;
 both implementations check names against the same patterns before using them.
 """

@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .backends.memory import MemoryTransport
-from .backends.memory_storage import MemoryStorage
+from .backends.memory.storage import MemoryStorage
 from .config import Config
 from .daemon.loop import Loop
 from .daemon.middleware import Middleware

@@ -1,4 +1,4 @@
-"""The handlers' stores in JetStream KV (NatsStorage): the same promises as the spool's and the memory stores,
+"""The handlers' stores in JetStream KV (NatsStorage), beyond the stores contract (tests/contract/test_contract_storage.py):
 a learning document larger than one NATS message, a lock shared by processes, and the built-in handlers running
 in nats mode with `state show/list --mode nats` reading the KV bucket."""
 
@@ -20,25 +20,6 @@ from poetctl.backends.nats.transport import NatsTransport
 from poetctl.storage import Storage
 from poetctl.testing import FakeClock
 from tests.contract.kits import _nats_server, wipe_nats
-from tests.test_storage import (
-    test_both_implementations_satisfy_the_protocols,
-    test_feedback_moves_once_from_pending_to_processed,
-    test_function_state_records_versions_idempotently_in_order,
-    test_function_state_refuses_unsafe_names_and_missing_state,
-    test_learning_engine_runs_on_either_store,
-    test_learning_state_round_trips_under_its_lock,
-    test_stored_records_cannot_be_changed_through_what_was_returned,
-)
-
-__all__ = [  # the store promises of tests/test_storage.py, run here on the `stores` fixture below
-    "test_both_implementations_satisfy_the_protocols",
-    "test_feedback_moves_once_from_pending_to_processed",
-    "test_function_state_records_versions_idempotently_in_order",
-    "test_function_state_refuses_unsafe_names_and_missing_state",
-    "test_learning_engine_runs_on_either_store",
-    "test_learning_state_round_trips_under_its_lock",
-    "test_stored_records_cannot_be_changed_through_what_was_returned",
-]
 
 
 @pytest.fixture

@@ -67,12 +67,11 @@ from ...event import Event, parse_json
 from ...ids import EVENT_ID_RE
 from ...schemas import SchemaRegistry
 from . import fsck_files as files
+from . import fsck_inflight as inflight_check
 from . import fsck_repair as fx
 from .fsck_index import IndexCheck
 from .fsck_report import FsckReport, Problem
-from .journal import JOURNAL, Record, journal_record, parse_journal
 from .layout import SpoolLayout
-from .owner import HOST, OWNER_RE, owner_alive
 from .paths import BUCKET_LOCKS, HEARTBEATS, OWNER_LOCKS
 from .reader import CorruptEvent, UnreadableEvent, decode_event
 from .safefs import LinkedDir, SpoolDir
@@ -248,7 +247,7 @@ class Fsck:
             return None, exc.message
         return doc, None if isinstance(doc, dict) else "not a JSON object"
 
-    def _quarantine(self, d: SpoolDir, name: str, reason: str, detail: str) -> fx.Fix:
+    def quarantine(self, d: SpoolDir, name: str, reason: str, detail: str) -> fx.Fix:
         return fx.quarantine_fix(self.layout, d, name, reason, detail)
 
     # -- run --------------------------------------------------------------------------------
@@ -265,9 +264,9 @@ class Fsck:
         for rel in TREE:
             self.dir(rel)  # reports every linked directory first, before anything is read
         listings = {s: self.entries(self.dir(f"events/{s}")) for s in EVENT_STATES}
-        inflight = self.owner_dirs()
+        inflight = inflight_check.owner_dirs(self)
         self.set_total(sum(len(v) for v in listings.values()) + sum(len(v) for _, v in inflight.values()))
-        self.check_inflight(inflight)
+        inflight_check.check_inflight(self, inflight)
         if self.repair:
             listings["pending"] = self.entries(self.dir("events/pending"))  # requeued events are checked there
         for state in EVENT_STATES:
@@ -285,102 +284,7 @@ class Fsck:
         files.check_heartbeats(self)
         self.check_index()
 
-    # -- in flight ------------------------------------------------------------------------------
-    def owner_dirs(self) -> dict[str, tuple[SpoolDir, list[Any]]]:
-        """owner -> (its directory, its entries); stray files and links in events/inflight are reported."""
-        out: dict[str, tuple[SpoolDir, list[Any]]] = {}
-        inflight = self.dir("events/inflight")
-        for e in self.entries(inflight):
-            assert inflight is not None
-            if e.name.startswith("."):
-                continue  # hidden files (.gitkeep) are not the daemon's, as in pending/
-            if e.is_symlink():
-                self.linked(inflight.path / e.name)
-            elif not e.is_dir(follow_symlinks=False):
-                self.problem(
-                    "stray_file",
-                    inflight.path / e.name,
-                    "expected only owner directories in events/inflight",
-                    self._quarantine(inflight, e.name, "stray_file", "not an owner directory in events/inflight"),
-                )
-            else:
-                d = self.child(inflight, e.name)
-                if d is not None:
-                    out[e.name] = (d, self.entries(d))
-        return out
-
-    def _alive(self, owner: str) -> bool:
-        m = OWNER_RE.match(owner)
-        if m is not None and m["host"] != HOST and self.dir(HEARTBEATS) is None and self.linked_dirs:
-            return True  # judged by a heartbeat we will not read through a link: leave its work alone
-        return owner_alive(owner, self.layout.root / HEARTBEATS, self.lease)
-
-    def check_inflight(self, dirs: dict[str, tuple[SpoolDir, list[Any]]]) -> None:
-        processed = self.dir("events/processed")
-        for owner, (d, entries) in dirs.items():
-            alive = OWNER_RE.match(owner) is not None and self._alive(owner)
-            names = [e for e in entries if e.name != JOURNAL]
-            self.count("inflight", sum(1 for e in names if e.name.endswith(".json")))
-            if alive:
-                self.live_inflight.update((e.name[:-5], (d, e.name)) for e in names if e.name.endswith(".json"))
-                self.advance(len(entries))
-                continue
-            try:
-                journal = self._journal(d)
-            except UnreadableEvent as exc:
-                # Requeueing without the journal would forget attempts: the whole owner waits for its mode fixed.
-                self.unreadable(d.path / JOURNAL, exc)
-                self.advance(len(entries))
-                continue
-            for e in names:
-                p = d.path / e.name
-                if not e.name.endswith(".json") or e.name.startswith("."):
-                    self.problem(
-                        "stray_file",
-                        p,
-                        "unexpected file in an in-flight directory",
-                        self._quarantine(d, e.name, "bad_name", "unexpected file in an in-flight directory"),
-                    )
-                    continue
-                if not e.is_file(follow_symlinks=False):
-                    self.problem(
-                        "not_regular",
-                        p,
-                        "not a regular file (links are never followed)",
-                        self._quarantine(d, e.name, "not_regular", "not a regular file in an in-flight directory"),
-                    )
-                    continue
-                if processed is not None and d.same_file(e.name, processed, e.name):
-                    # A completion mover linked it into processed/ and died before the unlink.
-                    self.problem(
-                        "filed_inflight",
-                        p,
-                        f"owner {owner} is gone; the event is already in processed/ (same file)",
-                        fx.unlink_fix(d, e.name),
-                    )
-                    continue
-                rec = journal_record(journal, e.name[:-5], self._checksum(d, e.name))
-                self.problem(
-                    "stale_inflight",
-                    p,
-                    f"owner {owner} is gone; the event waits in flight forever",
-                    fx.requeue_fix(self.layout, d, e.name, rec),
-                )
-            self.advance(len(entries))
-            inflight = self.dir("events/inflight")
-            if self.repair and inflight is not None:
-                fx.remove_owner_dir(self.layout, inflight, d, owner, JOURNAL)
-
-    @staticmethod
-    def _journal(d: SpoolDir) -> dict[tuple[str, str | None], Record]:
-        try:
-            return parse_journal(d.read(JOURNAL, 1 << 30))
-        except UnreadableEvent:
-            raise
-        except (FileNotFoundError, CorruptEvent):
-            return {}  # absent, or a link/non-regular file: never read through it
-
-    def _checksum(self, d: SpoolDir, name: str) -> str | None:
+    def checksum(self, d: SpoolDir, name: str) -> str | None:
         try:
             value = orjson.loads(d.read(name, self.max_bytes)).get("checksum")
         except (OSError, CorruptEvent, ValueError, AttributeError):
@@ -410,7 +314,7 @@ class Fsck:
                     "not_regular",
                     p,
                     "not a regular file (links are never followed)",
-                    self._quarantine(d, name, "not_regular", "not a regular file"),
+                    self.quarantine(d, name, "not_regular", "not a regular file"),
                 )
                 continue
             if not name.endswith(".json"):
@@ -418,7 +322,7 @@ class Fsck:
                     "stray_file",
                     p,
                     f"unexpected file in events/{state}",
-                    self._quarantine(d, name, "bad_name", f"unexpected file in events/{state}"),
+                    self.quarantine(d, name, "bad_name", f"unexpected file in events/{state}"),
                 )
                 continue
             try:
@@ -430,7 +334,7 @@ class Fsck:
                 continue
             except CorruptEvent as exc:
                 self.problem(
-                    "corrupt_event", p, f"{exc.reason}: {exc.detail}", self._quarantine(d, name, exc.reason, exc.detail)
+                    "corrupt_event", p, f"{exc.reason}: {exc.detail}", self.quarantine(d, name, exc.reason, exc.detail)
                 )
                 continue
             n += 1

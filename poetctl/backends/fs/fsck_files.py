@@ -69,7 +69,7 @@ def check_tmp(fk: Fsck) -> None:
                 "not_regular",
                 p,
                 "not a regular file in events/tmp",
-                fk._quarantine(d, e.name, "not_regular", "not a regular file in events/tmp"),
+                fk.quarantine(d, e.name, "not_regular", "not a regular file in events/tmp"),
             )
         elif st.st_mtime < limit:
             fk.problem("orphan_tmp", p, f"writer leftover, {fk._age(st.st_mtime)} old", fx.unlink_fix(d, e.name))
@@ -101,7 +101,7 @@ def check_feedback(fk: Fsck) -> None:
                     "bad_feedback",
                     d.path / e.name,
                     f"not a JSON object in a .json regular file: {problem or 'not named .json'}",
-                    fk._quarantine(d, e.name, "bad_feedback", "unreadable feedback record"),
+                    fk.quarantine(d, e.name, "bad_feedback", "unreadable feedback record"),
                 )
 
 

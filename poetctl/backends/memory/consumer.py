@@ -1,242 +1,25 @@
-"""An in-memory backend: the whole transport contract in one process, like dramatiq's StubBroker.
-
-For tests of handlers and of the daemon loop (:mod:`poetctl.testing` builds
-a router and a daemon on it). Everything lives in dicts guarded by one lock;
-"durable" means "recorded before return", which is all a process-local store
-can promise. Events are kept as the bytes the router sealed and decoded
-afresh for every delivery and query, so a handler that mutates its event
-cannot change what is stored - as with a real backend.
-
-Test hooks beyond the contract: :meth:`MemoryTransport.put_raw` (input that
-fetch must quarantine, like a damaged file dropped into ``pending/``) and
-:meth:`MemoryConsumer.crash` (the consumer's process died: its leases stay
-until another consumer's :meth:`~MemoryConsumer.recover`).
-"""
+"""The memory backend's consumer: fetch by priority, leases, outcomes, crash, recovery (see the package doc)."""
 
 from __future__ import annotations
 
 import bisect
-import itertools
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidData
-from ..event import Event, parse_json, verify_checksum
-from ..ids import time_of
-from ..partition import KeyFunction, key_function
-from ..priority import DEFAULT_SHARES, NORMAL, PRIORITIES, class_of, split
-from ..transport import (
+from ...errors import InvalidData
+from ...event import Event
+from ...priority import NORMAL, PRIORITIES, class_of, split
+from ...transport import (
     Attempt,
     Delivery,
     Fetched,
-    Outgoing,
-    Quarantined,
-    Query,
-    Record,
     State,
-    Stored,
-    quarantine_line,
 )
+from .entries import Entry, decode, sort_key
 
-_REQUIRED = ("id", "type", "source", "timestamp", "topic", "payload")
-
-
-class _Entry:
-    """One stored event (or one piece of unreadable input, ``key`` None until read)."""
-
-    __slots__ = ("data", "id", "info", "key", "owner", "prio", "record", "sort", "state", "timestamp")
-
-    def __init__(self, id: str, data: bytes, sort: str, timestamp: float, key: str | None, prio: str = NORMAL) -> None:
-        self.id = id
-        self.prio = prio
-        self.data = data
-        self.sort = sort
-        self.timestamp = timestamp
-        self.key = key
-        self.state = State.PENDING
-        self.record = Record()
-        self.owner: str | None = None
-        self.info: dict[str, Any] | None = None
-
-
-def sort_key(name: str, arrived: float) -> str:
-    """Order of pending work: UUIDv7/derived ids by their own time; other names by arrival, same shape."""
-    if time_of(name) is not None:
-        return name
-    h = f"{max(0, int(arrived * 1000)):012x}"
-    return f"{h[:8]}-{h[8:12]}-~{name}"
-
-
-def decode(data: bytes, expected_id: str) -> Event:
-    """Bytes to a verified Event; raises InvalidData whose message starts with the quarantine reason."""
-    try:
-        d = parse_json(data)
-    except InvalidData as exc:
-        raise InvalidData(f"bad_json: {exc.message}") from None
-    if not isinstance(d, dict) or any(k not in d for k in _REQUIRED):
-        raise InvalidData(f"bad_envelope: expected an object with {', '.join(_REQUIRED)}")
-    try:
-        verify_checksum(d)
-    except InvalidData as exc:
-        raise InvalidData(f"bad_checksum: {exc.message}") from None
-    if d["id"] != expected_id:
-        raise InvalidData(f"wrong_name: stored as {expected_id!r} but the event id is {d['id']!r}")
-    return Event.from_dict(d)
-
-
-class MemoryTransport:
-    """The store and publisher: shared by every consumer made from it. Thread-safe.
-
-    ``clock`` decides what is due (``not_before``) and stamps arrivals and
-    quarantines; ``key_of`` is the partition key (default: the daemon's).
-    """
-
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float] = time.time,
-        key_of: KeyFunction | None = None,
-        priority_shares: dict[str, int] | None = None,
-    ) -> None:
-        self.clock = clock
-        self.shares = priority_shares or DEFAULT_SHARES
-        self._classed = 0  # pending entries that are not normal: while 0, fetch walks in plain order
-        self.key_of = key_of or key_function()
-        self._lock = threading.RLock()
-        self._entries: dict[str, _Entry] = {}
-        self._pending: list[tuple[str, str]] = []  # (sort key, id), sorted
-        self._consumers: dict[str, MemoryConsumer] = {}
-        self._dead_consumers: set[str] = set()
-        self._holders: dict[str, tuple[str, int]] = {}  # key -> (consumer, leases of that key)
-        self._names = itertools.count(1)
-
-    # -- publishing ---------------------------------------------------------------------
-    def publish(self, items: Sequence[Outgoing]) -> list[bool]:
-        with self._lock:
-            for it in items:
-                e = self._entries.get(it.event.id)
-                if e is not None and e.state is State.CORRUPT:
-                    raise Quarantined(
-                        f"id {e.id} exists in corrupt/ (quarantined: {quarantine_line(e.info)}); nothing was written. "
-                        "Requeue it once fixed, or emit under another id"
-                    )
-            added: list[bool] = []
-            now = self.clock()
-            for it in items:
-                ev = it.event
-                if ev.id in self._entries:
-                    added.append(False)
-                    continue
-                e = _Entry(ev.id, bytes(it.data), sort_key(ev.id, now), ev.timestamp, self.key_of(ev), class_of(ev))
-                self._entries[ev.id] = e
-                self._classed += e.prio != NORMAL
-                bisect.insort(self._pending, (e.sort, e.id))
-                added.append(True)
-            if any(added):
-                self._wake_all()
-            return added
-
-    def put_raw(self, name: str, data: bytes) -> None:
-        """Test hook: input under ``name`` that fetch has to read (and may have to quarantine)."""
-        with self._lock:
-            if name in self._entries:
-                raise ValueError(f"{name!r} exists")
-            e = _Entry(name, data, sort_key(name, self.clock()), self.clock(), None)
-            self._entries[name] = e
-            bisect.insort(self._pending, (e.sort, name))
-            self._wake_all()
-
-    def _wake_all(self) -> None:
-        for c in self._consumers.values():
-            c.interrupt()
-
-    # -- consumers ------------------------------------------------------------------------
-    def consumer(self, name: str | None = None) -> MemoryConsumer:
-        with self._lock:
-            name = name or f"memory-{next(self._names)}"
-            if name in self._consumers or name in self._dead_consumers:
-                raise ValueError(f"consumer {name!r} exists; names identify one consumer for good")
-            c = MemoryConsumer(self, name)
-            self._consumers[name] = c
-            return c
-
-    # Helpers for MemoryConsumer, called with the lock held.
-    def _hold(self, key: str, owner: str) -> None:
-        _, n = self._holders.get(key, (owner, 0))
-        self._holders[key] = (owner, n + 1)
-
-    def _unhold(self, key: str) -> None:
-        owner, n = self._holders[key]
-        if n <= 1:
-            del self._holders[key]
-        else:
-            self._holders[key] = (owner, n - 1)
-
-    def _to_pending(self, e: _Entry) -> None:
-        e.state, e.owner = State.PENDING, None
-        self._classed += e.prio != NORMAL
-        bisect.insort(self._pending, (e.sort, e.id))
-
-    # -- queries ------------------------------------------------------------------------------
-    def state_of(self, event_id: str) -> State | None:
-        with self._lock:
-            e = self._entries.get(event_id)
-            return e.state if e is not None else None
-
-    def get(self, event_id: str) -> Stored | None:
-        with self._lock:
-            e = self._entries.get(event_id)
-            if e is None:
-                return None
-            return Stored(e.id, e.state, self._event(e), dict(e.info) if e.info else None)
-
-    def record_of(self, event_id: str) -> Record | None:
-        """A copy of the event's record (not part of the contract: for tests that look inside)."""
-        with self._lock:
-            e = self._entries.get(event_id)
-            return e.record.copy() if e is not None else None
-
-    @staticmethod
-    def _event(e: _Entry) -> Event | None:
-        try:
-            return decode(e.data, e.id)
-        except InvalidData:
-            return None
-
-    def select(self, query: Query, limit: int | None = None) -> Iterator[Stored]:
-        with self._lock:
-            entries = sorted((e for e in self._entries.values() if e.state in query.states), key=lambda e: e.sort)
-        n = 0
-        for e in reversed(entries):
-            if limit is not None and n >= limit:
-                return
-            ev = self._event(e)
-            if ev is None or not query.match(ev):
-                continue
-            n += 1
-            yield Stored(e.id, e.state, ev, dict(e.info) if e.info else None)
-
-    def counts(self) -> dict[State, int]:
-        with self._lock:
-            out = dict.fromkeys(State, 0)
-            for e in self._entries.values():
-                out[e.state] += 1
-            return out
-
-    def prune(self, before: float, states: Sequence[State] = (State.PROCESSED,)) -> int:
-        bad = {State.PENDING, State.INFLIGHT, State.CORRUPT} & set(states)
-        if bad:  # quarantined input is kept for an operator, never deleted (as on the spool)
-            raise ValueError(f"prune removes processed and dead events only, not {sorted(bad)}")
-        with self._lock:
-            gone = [e.id for e in self._entries.values() if e.state in states and e.timestamp < before]
-            for i in gone:
-                del self._entries[i]
-            return len(gone)
-
-    def close(self) -> None:
-        return None
+if TYPE_CHECKING:
+    from .transport import MemoryTransport
 
 
 class MemoryConsumer:
@@ -254,13 +37,13 @@ class MemoryConsumer:
         if self._crashed:
             raise RuntimeError(f"consumer {self.name} crashed; use another one")
 
-    def _mine(self, d: Delivery) -> _Entry | None:
+    def _mine(self, d: Delivery) -> Entry | None:
         """The delivery's entry if it is still leased to this consumer (else the lease was lost)."""
         self._alive()
-        e: _Entry = d.handle
+        e: Entry = d.handle
         return e if e.state is State.INFLIGHT and e.owner == self.name else None
 
-    def _end(self, e: _Entry, key: str) -> None:
+    def _end(self, e: Entry, key: str) -> None:
         self.t._unhold(key)
         if self._failing.get(key) == e.id:
             del self._failing[key]
@@ -334,7 +117,7 @@ class MemoryConsumer:
         t = self.t
         now = t.clock()
         skipped: set[str] = set()
-        cands: list[_Entry] = []
+        cands: list[Entry] = []
         for item in t._pending:
             e = t._entries[item[1]]
             if e.key is None and not self._read(e):
@@ -350,10 +133,10 @@ class MemoryConsumer:
                 out.deferred += 1
                 continue
             cands.append(e)
-        by_key: dict[str, list[_Entry]] = {}
+        by_key: dict[str, list[Entry]] = {}
         for e in cands:
             by_key.setdefault(e.key, []).append(e)  # type: ignore[arg-type]
-        order: list[_Entry] = []
+        order: list[Entry] = []
         left = limit
         while left > 0 and by_key:
             # Only each key's earliest untaken event may go: count those per class, split by shares.
@@ -407,7 +190,7 @@ class MemoryConsumer:
             t._classed -= e.prio != NORMAL
             return Delivery(decode(e.data, e.id), key, e.record, e)
 
-    def _read(self, e: _Entry) -> bool:
+    def _read(self, e: Entry) -> bool:
         """Decode unread input: key it, or quarantine it (False)."""
         try:
             ev = decode(e.data, e.id)

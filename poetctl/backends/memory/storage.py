@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from ..errors import InputMissing, InvalidData
-from ..ids import EVENT_ID_RE, FUNCTION_NAME_RE, VERSION_RE, check_path_part
-from ..storage import LEARNING_SECTIONS
+from ...errors import InputMissing, InvalidData
+from ...ids import EVENT_ID_RE, FUNCTION_NAME_RE, VERSION_RE, check_path_part
+from ...storage import LEARNING_SECTIONS
 
 
 def _copy(value: Any) -> Any:
