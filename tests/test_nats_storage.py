@@ -1,4 +1,4 @@
-"""The handlers' stores in JetStream KV (NatsStorage), beyond the stores contract (tests/contract/test_contract_storage.py):
+"""The handlers' stores in JetStream KV (NatsStorage), beyond the stores contract (test_contract_storage.py):
 a learning document larger than one NATS message, a lock shared by processes, and the built-in handlers running
 in nats mode with `state show/list --mode nats` reading the KV bucket."""
 
