@@ -199,3 +199,44 @@ def test_status_shows_fullness_on_nats(limited: object, server: NatsServer) -> N
     assert lim["max_pending_bytes"] == 1000000 and 0 < lim["pending_bytes"] < 2000
     t = cli(["status", "--mode", "nats", "-o", "table"], project, server.url)
     assert "limits: 1 of 4 pending (25%)" in t.stdout, t.stdout
+
+
+def test_rate_bucket_cas_holds_under_concurrent_emitters(limited: object, server: NatsServer) -> None:
+    """'external.*' = '1/m' (a burst of 1) and 8 emitters on 8 connections at once: exactly 1 gets through."""
+    import threading
+
+    import poetctl
+    from poetctl.cli.mode import nats_transport
+    from poetctl.config import load_config
+    from poetctl.router import EventRouter
+
+    project = limited('[limits.sources]\n"external.*" = "1/m"')  # type: ignore[operator]
+    os.environ["POET_NATS_URL"] = server.url
+    try:
+        cfg = load_config(project / "poet.toml")
+        transports = [nats_transport(cfg) for _ in range(8)]
+    finally:
+        del os.environ["POET_NATS_URL"]
+    results: list[str] = []
+    start = threading.Barrier(8)
+
+    def one(t: object) -> None:
+        router = EventRouter(transport=t, config=cfg)  # type: ignore[arg-type]
+        start.wait()
+        try:
+            router.emit("system.health", {"service": "s", "status": "healthy"}, source="external.x", wait=0)
+            results.append("ok")
+        except poetctl.Backpressure:
+            results.append("75")
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in transports]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(120)
+    finally:
+        for t in transports:
+            t.close()
+    assert sorted(results) == ["75"] * 7 + ["ok"]  # without the compare-and-set several read 1 token
+    assert stream_messages(server.url) == 1

@@ -81,9 +81,17 @@ class NatsLimits:
         s = self.t.settings
         durables = {s.durable(p) for p in range(s.partitions)}
         n = 0
-        for ci in await self.t.link.jsm.consumers_info(s.stream):
-            if ci.name in durables:
-                n += int(ci.num_pending or 0) + int(ci.num_ack_pending or 0)
+        seen: set[str] = set()
+        offset = 0
+        while len(seen) < len(durables):  # a page holds 256 consumers (tails' ephemeral ones count too)
+            page = await self.t.link.jsm.consumers_info(s.stream, offset or None)
+            if not page:
+                break  # a partition's consumer is missing (not set up): it has nothing pending
+            for ci in page:
+                if ci.name in durables and ci.name not in seen:
+                    seen.add(ci.name)
+                    n += int(ci.num_pending or 0) + int(ci.num_ack_pending or 0)
+            offset += len(page)
         nbytes = 0
         if self.limits.max_pending_bytes and n:
             st = (await self.t.link.jsm.stream_info(s.stream)).state
