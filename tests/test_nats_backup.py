@@ -291,3 +291,17 @@ def put_function_state(url: str, key: str, value: bytes) -> None:
         link.run(go())
     finally:
         link.close()
+
+
+def test_restore_target_follows_spool_then_mode(ready: Path, server: NatsServer, tmp_path: Path) -> None:
+    """--spool NEW is always a spool (even with delivery_mode = nats); --spool with --mode nats is a usage error (2)."""
+    emit_many(server.url, ready, 1)
+    archive = tmp_path / "b.tar.zst"
+    backup(ready, server.url, archive)
+    toml = ready / "poet.toml"
+    toml.write_text('delivery_mode = "nats"\n' + toml.read_text())
+    r = cli(["restore", str(archive), "--mode", "nats", "--spool", str(tmp_path / "x")], ready, server.url)
+    assert r.returncode == 2 and "exclude each other" in r.stderr, r.stderr
+    r = cli(["restore", str(archive), "--spool", str(tmp_path / "new")], ready, server.url)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "new" / "events" / "pending").glob("*.json"))) == 1

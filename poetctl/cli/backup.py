@@ -120,16 +120,24 @@ def _restore(
     from .mode import resolve_mode
 
     cfg = load(spool, config)
-    nats = resolve_mode(mode, cfg) == "nats"
+    if mode == "nats" and spool is not None:
+        raise UsageError("--spool and --mode nats exclude each other: restore into a spool, or into NATS")
+    nats = spool is None and resolve_mode(mode, cfg) == "nats"  # --spool NEW always means a spool
     if spool is None and not nats:
         raise UsageError("restore needs --spool NEW: the new, empty spool to restore into (or --mode nats)")
     t = parse_time(until, option="--until") if until is not None else None
     archives = [read_archive(p) for p in src]  # every checksum, before anything is written
     if nats:
         from ..backends.nats.backup import restore
+        from ..errors import BackendUnavailable
         from .mode import nats_transport
 
-        nt = nats_transport(cfg, setup=True)  # a fresh server: the streams and buckets are made first
+        try:
+            nt = nats_transport(cfg)
+        except BackendUnavailable as exc:
+            if "nats setup" not in exc.message:
+                raise
+            nt = nats_transport(cfg, setup=True)  # a fresh server: the streams and buckets are made first
         try:
             counts = restore(nt, merged(archives), t)
         finally:
@@ -137,3 +145,8 @@ def _restore(
     else:
         counts = restore_into(SpoolLayout(cfg.spool), merged(archives), t)
     sys.stdout.write(", ".join(f"{k}={v}" for k, v in sorted(counts.items())) + "\n")
+    if counts.get("skipped_state_files") or counts.get("skipped_nats_state"):
+        sys.stderr.write(
+            "poetctl: note: the other backend's handler state (a spool's state/ and feedback/ files, or NATS's "
+            "function-state KV entries) was not restored; the events were\n"
+        )
