@@ -305,3 +305,35 @@ def test_restore_target_follows_spool_then_mode(ready: Path, server: NatsServer,
     r = cli(["restore", str(archive), "--spool", str(tmp_path / "new")], ready, server.url)
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "new" / "events" / "pending").glob("*.json"))) == 1
+
+
+def test_events_without_a_state_entry_take_their_state_from_the_ack_floor(
+    ready: Path, server: NatsServer, tmp_path: Path
+) -> None:
+    """An event with no KV entry is archived processed at or below its partition's ack floor, else pending."""
+    done = emit_many(server.url, ready, 6)
+    r = cli(["daemon", "--mode", "nats", "--once", "--no-builtin-handlers"], ready, server.url)
+    assert r.returncode == 0, r.stderr
+    waiting = emit_many(server.url, ready, 3, start=50)
+    purge_states(server.url, done + waiting)  # as the KV-less publishing path leaves them
+    archive = tmp_path / "b.tar.zst"
+    backup(ready, server.url, archive)
+    assert events_of(archive) == {**dict.fromkeys(done, "processed"), **dict.fromkeys(waiting, "pending")}
+
+
+def purge_states(url: str, ids: list[str]) -> None:
+    from poetctl.backends.nats.link import Link
+    from poetctl.backends.nats.settings import NatsSettings
+    from poetctl.backends.nats.transport import kv_key
+
+    link = Link(NatsSettings(servers=(url,)))
+    try:
+
+        async def go() -> None:
+            kv = await link.js.key_value("POET_STATE")
+            for i in ids:
+                await kv.purge(kv_key(i))
+
+        link.run(go())
+    finally:
+        link.close()

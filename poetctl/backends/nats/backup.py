@@ -7,16 +7,20 @@ holds each event once, in its state, with a checksum, so **one archive
 restores into either backend**: a spool backup into an empty NATS stream,
 and a NATS backup into a new spool.
 
-Backup, consistent while daemons run: the event states are read first (one
-ordered pass over the KV bucket ``POET_STATE``, the newest entry of each id),
-then the stream messages they point at (one ordered pass from the lowest
-sequence). A stream message is immutable, so an event is archived once, in
-the state its entry had when it was read (in-flight events as pending, as on
-the spool). An event whose entry did not exist yet when the states were read
-belongs to the next backup. Members: ``events/<state>/<id>.json`` (the
-stored bytes, the spool's file content), ``events/corrupt/<id>.json`` with
-its ``.reason``, and ``kv/functions/<key>`` (the function-state KV bucket:
-the spool's ``state/`` has no NATS equivalent file by file).
+Backup, consistent while daemons run (states only move forward): each
+partition consumer's ack floor is read first, then the KV bucket
+``POET_STATE`` (the newest entry of each id), then the stream, once, from its
+first sequence. An event's state is its entry's when it has one (an entry
+always wins; a dead letter's entry is written before its TERM moves the
+floor, so reading the floors first never shows a dead letter as processed);
+an event without an entry (the KV-less publishing path) is processed at or
+below its partition's ack floor, else pending. A stream message is
+immutable, so each event is archived once, in a state it really had
+(in-flight events as pending, as on the spool). Members:
+``events/<state>/<id>.json`` (the stored bytes, the spool's file content),
+``events/corrupt/<id>.json`` with its ``.reason``, and
+``kv/functions/<key>`` (the function-state KV bucket: the spool's ``state/``
+has no NATS equivalent file by file).
 
 Restore, into an empty stream (no event, no state entry): events are
 published in two passes, the processed and dead ones first, then the pending
@@ -62,8 +66,8 @@ def _id_of(key: str) -> str | None:
     return None
 
 
-async def _messages(t: NatsTransport, stream: str, first: int) -> dict[int, bytes]:
-    """Every message of ``stream`` from sequence ``first`` on: sequence -> body."""
+async def _messages(t: NatsTransport, stream: str, first: int, subject: str | None = None) -> dict[int, Any]:
+    """Every message of ``stream`` from sequence ``first`` on (``subject``: a filter): sequence -> message."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     cfg = ConsumerConfig(
@@ -73,7 +77,29 @@ async def _messages(t: NatsTransport, stream: str, first: int) -> dict[int, byte
         inactive_threshold=30.0,
         mem_storage=True,
     )
-    return {int(m.metadata.sequence.stream): bytes(m.data or b"") async for m in t.link.read(stream, cfg)}
+    if subject is not None:
+        cfg.filter_subject = subject
+    return {int(m.metadata.sequence.stream): m async for m in t.link.read(stream, cfg)}
+
+
+async def _floors(t: NatsTransport) -> dict[int, int]:
+    """Each partition consumer's ack floor (stream sequence): every message at or below it is finished."""
+    from nats.js.errors import NotFoundError
+
+    s = t.settings
+
+    async def one(p: int) -> int:
+        try:
+            return int((await t.link.jsm.consumer_info(s.stream, s.durable(p))).ack_floor.stream_seq or 0)
+        except NotFoundError:
+            return 0
+
+    return dict(enumerate(await asyncio.gather(*(one(p) for p in range(s.partitions)))))
+
+
+def _partition(subject: str) -> int | None:
+    tok = subject[len(subjects.EVENTS) + 1 :].partition(".")[0] if subject.startswith(subjects.EVENTS + ".") else ""
+    return int(tok) if tok.isdigit() else None
 
 
 async def _kv_entries(t: NatsTransport, bucket: str) -> list[tuple[str, bytes]]:
@@ -105,43 +131,42 @@ def snapshot(t: NatsTransport, max_bytes: int) -> Snapshot:
     async def go() -> Snapshot:
         s = t.settings
         snap = Snapshot()
-        # One entry per id: a key changed during the read shows again; its newest entry wins.
-        states = list({k: orjson.loads(v) for k, v in await _kv_entries(t, s.state_bucket)}.items())
-        wanted: dict[str, list[int]] = {}
-        for _, st in states:
-            stream = str(st.get("stream", s.stream))
-            if "seq" in st:
-                wanted.setdefault(stream, []).append(int(st["seq"]))
-            if st.get("s") == State.CORRUPT and st.get("dseq"):
-                wanted.setdefault(str(st.get("dstream")), []).append(int(st["dseq"]))
-        bodies: dict[str, dict[int, bytes]] = {}
-        for stream, seqs in wanted.items():
-            bodies[stream] = await _messages(t, stream, min(seqs))
-        for key, st in sorted(states, key=lambda x: x[0]):
+        # Order matters (states only move forward): the ack floors first, then the KV entries (a dead letter's
+        # entry is written before its TERM moves the floor), then the stream. An entry always wins; an event
+        # without one (derived state) is processed at or below its partition's floor, else pending.
+        floors = await _floors(t)
+        entries: dict[str, dict[str, Any]] = {}
+        for key, value in await _kv_entries(t, s.state_bucket):  # a key changed during the read: newest wins
             eid = _id_of(key)
-            state = State(st.get("s", "pending"))
-            where = f"{s.state_bucket} {key}"
             if eid is None or not is_event_id(eid):
-                snap.skipped.append(f"{where}: not an event id; left out")
+                snap.skipped.append(f"{s.state_bucket} {key}: not an event id; left out")
+            else:
+                entries[eid] = orjson.loads(value)
+        info = await t.link.jsm.stream_info(s.stream)
+        msgs = await _messages(t, s.stream, int(info.state.first_seq or 1)) if info.state.messages else {}
+        newest: dict[str, int] = {}  # id -> its newest copy in the stream
+        for seq, m in msgs.items():
+            eid = (m.headers or {}).get("Poet-Id") or (m.headers or {}).get("Nats-Msg-Id") or ""
+            if eid and seq > newest.get(eid, 0):
+                newest[eid] = seq
+        for eid in sorted(set(newest) | set(entries)):
+            st = entries.get(eid)
+            if st is not None and st.get("s") == State.CORRUPT:
+                await _corrupt(t, snap, eid, st)
                 continue
-            if state is State.CORRUPT:
-                seq, stream = st.get("dseq") or st.get("seq"), str(st.get("dstream") or st.get("stream", s.stream))
-                data = bodies.get(stream, {}).get(int(seq or 0))
-                if data is None:
-                    snap.skipped.append(f"{where}: quarantined input {stream}/{seq} is gone; left out")
-                    continue
-                from ...transport import quarantine_line
-
-                snap.members[f"events/corrupt/{eid}{SUFFIX}"] = data
-                snap.members[f"events/corrupt/{eid}{SUFFIX}{REASON}"] = (
-                    quarantine_line(st.get("info")) + "\n"
-                ).encode()
+            if st is not None and "seq" in st:
+                stream, seq, state = str(st.get("stream", s.stream)), int(st["seq"]), State(st.get("s", "pending"))
+            elif eid in newest:
+                seq = newest[eid]
+                stream, p = s.stream, _partition(msgs[seq].subject)
+                state = State.PROCESSED if p is not None and seq <= floors.get(p, 0) else State.PENDING
+            else:
                 continue
-            stream, seq = str(st.get("stream", s.stream)), int(st.get("seq", 0))
-            data = bodies.get(stream, {}).get(seq)
-            if data is None:
-                snap.skipped.append(f"{where}: message {stream}/{seq} is gone (pruned?); left out")
+            m = msgs.get(seq) if stream == s.stream else None
+            if m is None:
+                snap.skipped.append(f"{eid}: message {stream}/{seq} is gone (pruned?); left out")
                 continue
+            data = bytes(m.data or b"")
             if len(data) > max_bytes:
                 snap.skipped.append(f"{stream}/{seq} ({eid}): over max_event_bytes; left out")
                 continue
@@ -158,6 +183,23 @@ def snapshot(t: NatsTransport, max_bytes: int) -> Snapshot:
         return snap
 
     return t.link.run(go(), timeout=3600)
+
+
+async def _corrupt(t: NatsTransport, snap: Snapshot, eid: str, st: dict[str, Any]) -> None:
+    """Quarantined input: its body from the corrupt stream, and its reason line."""
+    from nats.js.errors import NotFoundError
+
+    from ...transport import quarantine_line
+
+    stream = str(st.get("dstream") or st.get("stream") or t.settings.stream)
+    seq = int(st.get("dseq") or st.get("seq") or 0)
+    try:
+        raw = await t.link.jsm.get_msg(stream, seq=seq)
+    except NotFoundError:
+        snap.skipped.append(f"{eid}: quarantined input {stream}/{seq} is gone; left out")
+        return
+    snap.members[f"events/corrupt/{eid}{SUFFIX}"] = bytes(raw.data or b"")
+    snap.members[f"events/corrupt/{eid}{SUFFIX}{REASON}"] = (quarantine_line(st.get("info")) + "\n").encode()
 
 
 # -- restore ------------------------------------------------------------------------------------
