@@ -337,3 +337,42 @@ def purge_states(url: str, ids: list[str]) -> None:
         link.run(go())
     finally:
         link.close()
+
+
+def test_restored_pending_events_keep_each_keys_order(
+    ready: Path, server: NatsServer, target: str, tmp_path: Path
+) -> None:
+    """After a restore into NATS, a daemon hands each key's pending events out in their emit order."""
+    from poetctl.cli.mode import nats_transport
+    from poetctl.config import load_config
+    from poetctl.router import EventRouter
+
+    os.environ["POET_NATS_URL"] = server.url
+    try:
+        cfg = load_config(ready / "poet.toml")
+        t = nats_transport(cfg)
+    finally:
+        del os.environ["POET_NATS_URL"]
+    order: dict[str, list[str]] = {"k1": [], "k2": [], "k3": []}
+    try:
+        r = EventRouter(transport=t, config=cfg)
+        for i in range(30):
+            key = f"k{i % 3 + 1}"
+            order[key].append(r.emit("system.health", {"service": f"s{i}", "status": "healthy"}, correlation_id=key))
+    finally:
+        t.close()
+    archive = tmp_path / "b.tar.zst"
+    backup(ready, server.url, archive)
+    r2 = cli(["restore", "--mode", "nats", str(archive)], ready, target)
+    assert r2.returncode == 0, r2.stderr
+    log = tmp_path / "handled.log"
+    d = cli(
+        ["daemon", "--mode", "nats", "--once", "--handlers", str(ready / "h.py"), "--no-builtin-handlers"],
+        ready,
+        target,
+        POET_TEST_LOG=str(log),
+    )
+    assert d.returncode == 0, d.stderr
+    handled = log_lines(log)
+    for ids in order.values():
+        assert [i for i in handled if i in set(ids)] == ids

@@ -24,7 +24,7 @@ has no NATS equivalent file by file).
 
 Restore, into an empty stream (no event, no state entry): events are
 published in two passes, the processed and dead ones first, then the pending
-ones, each pass in timestamp order; each partition's durable consumer is then
+ones, each pass in id order (the order the spool hands a key out in); each partition's durable consumer is then
 made again starting at its first pending event, so finished events are
 never handed to a handler again and each key's pending events keep their
 order. Dead events go to the dead-letter stream too (the archive has no
@@ -237,7 +237,7 @@ def restore(t: NatsTransport, members: dict[str, bytes], until: float | None) ->
             functions.append((parts[2], data))
         else:  # the spool's state/ and feedback/ files (or state after --until): not restored here
             counts["skipped_state_files"] = counts.get("skipped_state_files", 0) + 1
-    events.sort(key=lambda e: (e[0], e[1], e[2]))
+    events.sort(key=lambda e: (e[0], e[2]))  # finished first, then pending in id order (the spool's key order)
 
     async def go() -> None:
         why = await _is_empty(t)
