@@ -102,7 +102,7 @@ class NatsLimits:
         """``(events, bytes)`` not yet completed, at most :data:`FRESH` seconds old (``fresh``: asked now)."""
         with self._lock:
             if fresh or time.monotonic() - self._at > FRESH:
-                self._pending = self.t.link.run(self._measure(), timeout=30)
+                self._pending = _asked(self.t, self._measure(), "the pending figures")
                 self._at = time.monotonic()
             return self._pending
 
@@ -157,7 +157,7 @@ class NatsLimits:
         lim = self.limits
         rules = [lim.rate_of(it.event.source) for it in items]
         while True:
-            got, wait_s, src = self.t.link.run(self._take(rules, items, partial), timeout=60)
+            got, wait_s, src = _asked(self.t, self._take(rules, items, partial), "the [limits.sources] rate buckets")
             if got == len(items) or (partial and got > 0):
                 return int(got)
             if time.monotonic() + wait_s > deadline:
@@ -265,6 +265,21 @@ class NatsLimits:
         return 0, 1.0 / rate  # contention beyond CAS_TRIES: refuse this time (the caller waits and retries)
 
 
+def _asked(t: NatsTransport, coro: Any, what: str) -> Any:
+    """Run ``coro``; a NATS failure is one line (exit 69), nothing published, never a traceback."""
+    from ...errors import BackendUnavailable, PoetError
+
+    try:
+        return t.link.run(coro, timeout=60)
+    except PoetError:
+        raise
+    except Exception as exc:
+        raise BackendUnavailable(
+            f"cannot read {what} from NATS at {t.settings.shown_servers()} ({type(exc).__name__}: {exc}); "
+            "nothing was published"
+        ) from None
+
+
 _GATES: weakref.WeakKeyDictionary[Any, NatsLimits] = weakref.WeakKeyDictionary()
 _GATES_LOCK = threading.Lock()
 
@@ -299,7 +314,7 @@ def status(t: NatsTransport) -> dict[str, Any] | None:
     out["pending_bytes"] = b if lim.max_pending_bytes else None
     out["max_pending_bytes"] = lim.max_pending_bytes or None
     out["bytes_fill"] = round(b / lim.max_pending_bytes, 4) if lim.max_pending_bytes else None
-    out["throttled"] = t.link.run(_throttled(g), timeout=30) if lim.rates else []
+    out["throttled"] = _asked(t, _throttled(g), "the [limits.sources] rate buckets") if lim.rates else []
     return out
 
 
