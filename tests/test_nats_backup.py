@@ -376,3 +376,34 @@ def test_restored_pending_events_keep_each_keys_order(
     handled = log_lines(log)
     for ids in order.values():
         assert [i for i in handled if i in set(ids)] == ids
+
+
+def test_spool_quarantine_and_state_files_into_nats(
+    ready: Path, server: NatsServer, target: str, tmp_path: Path
+) -> None:
+    """A spool archive's quarantined input comes back quarantined on NATS; its state/ files are named as left out."""
+    from poetctl.backends.nats.settings import NatsSettings
+    from poetctl.backends.nats.transport import NatsTransport
+    from poetctl.router import EventRouter
+    from poetctl.transport import State
+
+    spool = tmp_path / "spool"
+    eid = EventRouter(spool=spool).emit("system.health", {"service": "a", "status": "healthy"})
+    (spool / "events" / "corrupt" / "bad-input.json").write_bytes(b"{not json")
+    (spool / "events" / "corrupt" / "bad-input.json.reason").write_text("invalid_json: line 1\n")
+    (spool / "state").mkdir(exist_ok=True)
+    (spool / "state" / "note.json").write_text("{}")
+    archive = tmp_path / "s.tar.zst"
+    r = cli(["--spool", str(spool), "backup", str(archive)], ready, server.url)
+    assert r.returncode == 0, r.stderr
+    r = cli(["restore", "--mode", "nats", str(archive)], ready, target)
+    assert r.returncode == 0, r.stderr
+    assert "corrupt=1" in r.stdout and "pending=1" in r.stdout and "skipped_state_files=1" in r.stdout
+    assert "was not restored; the events were" in r.stderr
+    t = NatsTransport(NatsSettings(servers=(target,)))
+    try:
+        bad = t.get("bad-input")
+        assert bad is not None and bad.state is State.CORRUPT and "invalid_json: line 1" in str(bad.info)
+        assert t.state_of(eid) is State.PENDING
+    finally:
+        t.close()

@@ -232,10 +232,13 @@ def restore(t: NatsTransport, members: dict[str, bytes], until: float | None) ->
         elif parts[0] == "events":
             if not name.endswith(REASON):
                 reason = members.get(name + REASON, b"").decode("utf-8", "replace").strip()
-                corrupt.append((parts[2][: -len(SUFFIX)], data, reason or "restored from a backup"))
-        elif parts[0] == "kv" and until is None:
+                base = parts[2][: -len(SUFFIX)] if parts[2].endswith(SUFFIX) else parts[2]  # the spool's own names
+                corrupt.append((base, data, reason or "restored from a backup"))
+        elif until is not None:
+            continue  # handler state describes the end of the backup, not TIME (as on the spool)
+        elif parts[0] == "kv":
             functions.append((parts[2], data))
-        else:  # the spool's state/ and feedback/ files (or state after --until): not restored here
+        else:  # the spool's state/ and feedback/ files: no NATS equivalent, file by file
             counts["skipped_state_files"] = counts.get("skipped_state_files", 0) + 1
     events.sort(key=lambda e: (e[0], e[2]))  # finished first, then pending in id order (the spool's key order)
 
