@@ -24,11 +24,17 @@ __all__ = ["project", "server"]  # the fixtures, imported for pytest
 N = int(os.environ.get("POET_TEST_NATS_BACKUP_EVENTS", "2000"))
 HANDLERS = """
 import os, time
+count = [0]
 def register(router):
     def seen(event):
         with open(os.environ["POET_TEST_LOG"], "a") as fh:
             fh.write(event.id + "\\n")
         time.sleep(float(os.environ.get("POET_TEST_SLEEP", "0")))
+        count[0] += 1
+        hold = int(os.environ.get("POET_TEST_HOLD_AT", "0"))
+        if count[0] == hold:  # the drain cannot end before the test says so (POET_TEST_GATE appears)
+            while not os.path.exists(os.environ["POET_TEST_GATE"]):
+                time.sleep(0.01)
     router.subscribe("system.health", seen, name="seen")
 """
 
@@ -121,7 +127,9 @@ def test_backup_during_a_nats_drain_restores_each_event_once(
     """A backup taken while a nats daemon drains restores to a fresh server with every event once, as archived."""
     ids = emit_many(server.url, ready, N)
     log = tmp_path / "handled.log"
+    gate = tmp_path / "gate"
     env = {**os.environ, "POET_NATS_URL": server.url, "POET_TEST_LOG": str(log), "POET_TEST_SLEEP": "0.002"}
+    env.update(POET_TEST_HOLD_AT=str(N * 9 // 10), POET_TEST_GATE=str(gate))
     cmd = [sys.executable, "-m", "poetctl", "daemon", "--mode", "nats", "--handlers", str(ready / "h.py")]
     cmd += ["--no-builtin-handlers", "--workers", "1"]
     d = subprocess.Popen(cmd, cwd=ready, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -132,6 +140,7 @@ def test_backup_during_a_nats_drain_restores_each_event_once(
         archive = tmp_path / "b.tar.zst"
         backup(ready, server.url, archive)
     finally:
+        gate.touch()
         d.send_signal(signal.SIGTERM)
         d.wait(120)
     m = json.loads(members(archive)["manifest.json"])
