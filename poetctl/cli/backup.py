@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import ConfigOpt, SpoolOpt, errors_to_exit, load
+from .common import ConfigOpt, ModeOpt, SpoolOpt, errors_to_exit, load
 
 
 def backup_cmd(
@@ -23,6 +23,7 @@ def backup_cmd(
     ] = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
+    mode: ModeOpt = None,
 ) -> None:
     """Archive the spool (events by state, state/, feedback/) while daemons run; prints the manifest summary.
 
@@ -31,22 +32,26 @@ def backup_cmd(
     left out and listed in the manifest. tar + zstd (gzip without the
     'backup' extra), with manifest.json: counts per state, the sha256 of
     every file, poetctl version, time range. Exit 66 no spool, 74 I/O error,
-    2 DEST exists.
+    2 DEST exists. With --mode nats: the events of the JetStream stream, each
+    in its state, and the function-state KV bucket, in the same format (a
+    NATS backup restores into a spool and a spool backup into NATS).
     """
-    _backup(dest, since, spool, config)
+    _backup(dest, since, spool, config, mode)
 
 
 @errors_to_exit
-def _backup(dest: Path, since: Path | None, spool: Path | None, config: Path | None) -> None:
+def _backup(dest: Path, since: Path | None, spool: Path | None, config: Path | None, mode: str | None = None) -> None:
     import orjson
 
     from .. import __version__
     from ..backends.fs.backup import read_archive, write_backup
     from ..backends.fs.layout import SpoolLayout
     from ..errors import InputMissing, InvalidData
+    from .mode import resolve_mode
 
     cfg = load(spool, config)
-    layout = SpoolLayout(cfg.spool).require()
+    nats = resolve_mode(mode, cfg) == "nats"
+    layout = None if nats else SpoolLayout(cfg.spool).require()
     base: dict[str, Any] | None = None
     if since is not None:
         try:
@@ -56,11 +61,28 @@ def _backup(dest: Path, since: Path | None, spool: Path | None, config: Path | N
         base = orjson.loads(since.read_bytes()) if head.startswith(b"{") else read_archive(since)[0]
         if not isinstance(base, dict) or not isinstance(base.get("files"), dict):
             raise InvalidData("not a poetctl backup manifest", where=str(since))
-    m = write_backup(layout, dest, max_bytes=cfg.max_event_bytes, version=__version__, since=base)
+    if layout is not None:
+        m = write_backup(layout, dest, max_bytes=cfg.max_event_bytes, version=__version__, since=base)
+    else:
+        m = _nats_backup(cfg, dest, base)
     counts = ", ".join(f"{k}={v}" for k, v in sorted(m["counts"].items())) or "no events"
     sys.stdout.write(f"{dest}: {counts}; {len(m['files'])} file(s), {m['compression']}\n")
     for s in m["skipped"][:20]:
         sys.stderr.write(f"poetctl: warning: left out of the backup: {s}\n")
+
+
+def _nats_backup(cfg: Any, dest: Path, base: dict[str, Any] | None) -> dict[str, Any]:
+    from .. import __version__
+    from ..backends.fs.backup import write_snapshot
+    from ..backends.nats import backup as nb
+    from .mode import nats_transport
+
+    t = nats_transport(cfg)
+    try:
+        snap = nb.snapshot(t, cfg.max_event_bytes)
+        return write_snapshot(snap, dest, version=__version__, since=base, origin=nb.origin(t))
+    finally:
+        t.close()
 
 
 def restore_cmd(
@@ -71,6 +93,7 @@ def restore_cmd(
     ] = None,
     spool: SpoolOpt = None,
     config: ConfigOpt = None,
+    mode: ModeOpt = None,
 ) -> None:
     """Restore archives into a new, empty spool (--spool NEW), verifying every checksum first.
 
@@ -79,22 +102,51 @@ def restore_cmd(
     nothing is written then. With --until only events stamped at or before
     TIME are restored (point-in-time recovery) and state/ is left out
     (rebuild it from the events). The index is rebuilt. Exit 2 if the target
-    spool is not empty, 66 a missing archive.
+    spool is not empty, 66 a missing archive. With --mode nats: into the
+    NATS server of [nats] / POET_NATS_URL, whose stream must be empty (set up
+    if missing); no daemon may be attached (the consumers are made again).
     """
-    _restore(src, until, spool, config)
+    _restore(src, until, spool, config, mode)
 
 
 @errors_to_exit
-def _restore(src: list[Path], until: str | None, spool: Path | None, config: Path | None) -> None:
+def _restore(
+    src: list[Path], until: str | None, spool: Path | None, config: Path | None, mode: str | None = None
+) -> None:
     from ..backends.fs.backup import merged, read_archive, restore_into
     from ..backends.fs.layout import SpoolLayout
     from ..errors import UsageError
     from ..timeparse import parse_time
+    from .mode import resolve_mode
 
-    if spool is None:
-        raise UsageError("restore needs --spool NEW: the new, empty spool to restore into")
     cfg = load(spool, config)
+    if mode == "nats" and spool is not None:
+        raise UsageError("--spool and --mode nats exclude each other: restore into a spool, or into NATS")
+    nats = spool is None and resolve_mode(mode, cfg) == "nats"  # --spool NEW always means a spool
+    if spool is None and not nats:
+        raise UsageError("restore needs --spool NEW: the new, empty spool to restore into (or --mode nats)")
     t = parse_time(until, option="--until") if until is not None else None
     archives = [read_archive(p) for p in src]  # every checksum, before anything is written
-    counts = restore_into(SpoolLayout(cfg.spool), merged(archives), t)
+    if nats:
+        from ..backends.nats.backup import restore
+        from ..errors import BackendUnavailable
+        from .mode import nats_transport
+
+        try:
+            nt = nats_transport(cfg)
+        except BackendUnavailable as exc:
+            if "nats setup" not in exc.message:
+                raise
+            nt = nats_transport(cfg, setup=True)  # a fresh server: the streams and buckets are made first
+        try:
+            counts = restore(nt, merged(archives), t)
+        finally:
+            nt.close()
+    else:
+        counts = restore_into(SpoolLayout(cfg.spool), merged(archives), t)
     sys.stdout.write(", ".join(f"{k}={v}" for k, v in sorted(counts.items())) + "\n")
+    if counts.get("skipped_state_files") or counts.get("skipped_nats_state"):
+        sys.stderr.write(
+            "poetctl: note: the other backend's handler state (a spool's state/ and feedback/ files, or NATS's "
+            "function-state KV entries) was not restored; the events were\n"
+        )

@@ -39,7 +39,11 @@ def nats_transport(cfg: Any, **kwargs: Any) -> Any:
         from ..partition import configured_key_function
 
         kwargs["key_of"] = configured_key_function(dict(cfg.daemon))
-    return NatsTransport(NatsSettings.from_config(cfg.nats), **kwargs)
+    from ..limits import Limits
+
+    t = NatsTransport(NatsSettings.from_config(cfg.nats), **kwargs)
+    t.limits = Limits.of(cfg)  # [limits]: what emit keeps (backends/nats/limits.py)
+    return t
 
 
 __all__ = ["nats_transport", "resolve_mode"]

@@ -240,6 +240,9 @@ def _nats_doc(cfg: Any, lease: float, stale: float | None) -> dict[str, Any]:
         source = NatsStatus(t)
         doc = collect(source, lease_seconds=lease, stale_after=stale)
         doc["nats"] = source.info
+        from ..backends.nats.limits import status as limits_status
+
+        doc["limits"] = limits_status(t)  # [limits]: fullness and throttled sources, as on the spool
         return doc
     finally:
         t.close()

@@ -119,6 +119,7 @@ def wipe_nats(settings: Any) -> None:
 
         names = [settings.stream, settings.dead_stream, settings.corrupt_stream]
         names += [f"KV_{b}" for b in (settings.state_bucket, settings.lease_bucket, settings.function_bucket)]
+        names.append(f"KV_{settings.bucket_prefix}_LIMITS")  # [limits.sources] rate buckets
         for n in names:
             try:
                 await link.jsm.delete_stream(n)

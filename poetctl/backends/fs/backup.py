@@ -138,7 +138,15 @@ def write_backup(
     layout: SpoolLayout, dest: Path, *, max_bytes: int, version: str, since: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Archive the spool into ``dest`` (created exclusively); return the manifest."""
-    snap = snapshot(layout, max_bytes)
+    return write_snapshot(
+        snapshot(layout, max_bytes), dest, version=version, since=since, origin={"spool": str(layout.root)}
+    )
+
+
+def write_snapshot(
+    snap: Snapshot, dest: Path, *, version: str, since: dict[str, Any] | None, origin: dict[str, Any]
+) -> dict[str, Any]:
+    """Archive what a walk found (any backend: the NATS backup uses it too); ``origin`` goes into the manifest."""
     base_files: dict[str, str] = dict(since.get("files", {})) if since else {}
     # Incremental: what is new or changed since the base, an event that moved included (its path changed).
     members = {k: v for k, v in snap.members.items() if not since or base_files.get(k) != _sha(v)}
@@ -155,7 +163,7 @@ def write_backup(
         "format": FORMAT,
         "poetctl_version": version,
         "created_at": time.time(),
-        "spool": str(layout.root),
+        **origin,
         "counts": counts,
         "time_range": [min(times), max(times)] if times else None,
         "skipped": snap.skipped,
@@ -267,6 +275,7 @@ def _check_member_name(name: str, src: Path) -> None:
         and (
             (parts[0] == "events" and len(parts) == 3 and parts[1] in ("pending", "processed", "dead", "corrupt"))
             or parts[0] in TREES
+            or (parts[0] == "kv" and len(parts) == 3 and parts[1] == "functions")  # a NATS backup's state
         )
     )
     if not ok:
@@ -305,6 +314,9 @@ def restore_into(layout: SpoolLayout, members: dict[str, bytes], until: float | 
             counts[parts[1]] = counts.get(parts[1], 0) + 1
         elif parts[0] == "events":
             kept_corrupt.add(parts[2])
+        elif parts[0] == "kv":
+            counts["skipped_nats_state"] = counts.get("skipped_nats_state", 0) + 1
+            continue  # NATS KV function state: the spool keeps state/ as files; `state rebuild` makes it
         elif until is not None:
             continue  # state/ and feedback/ describe the end of the backup, not TIME: rebuild them
         rel, _, base = name.rpartition("/")

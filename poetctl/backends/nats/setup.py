@@ -60,10 +60,13 @@ def stream_specs(s: NatsSettings) -> list[dict[str, Any]]:
 
 
 def bucket_specs(s: NatsSettings) -> list[dict[str, Any]]:
+    from .limits import bucket_spec
+
     return [
         {"bucket": s.state_bucket, "history": 1, "ttl": s.max_age, "replicas": s.replicas},
         {"bucket": s.lease_bucket, "history": 1, "ttl": s.lease_ttl, "replicas": s.replicas},
         {"bucket": s.function_bucket, "history": 5, "ttl": 0.0, "replicas": s.replicas},
+        bucket_spec(s),  # the [limits.sources] rate buckets
     ]
 
 

@@ -40,6 +40,7 @@ from .retry import RUN_TIMEOUT, confirmed_all, retrying, transient
 from .settings import NatsSettings
 
 if TYPE_CHECKING:
+    from ...limits import Limits
     from .consumer import NatsConsumer
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_=-]{1,200}\Z")
@@ -72,7 +73,10 @@ class NatsTransport:
     ``clock`` decides what is due (records' ``not_before``); NATS's own timers
     (AckWait, lease expiry) run on real time. ``setup`` creates/updates the
     streams and buckets first (tests; production runs ``poetctl nats setup``).
+    ``limits``: the ``[limits]`` :meth:`admit` keeps (``cli.mode.nats_transport`` sets them from the config).
     """
+
+    limits: Limits | None = None
 
     def __init__(
         self,
@@ -127,6 +131,12 @@ class NatsTransport:
             for c in list(self._consumers):
                 c.interrupt()
         return added
+
+    def admit(self, items: Sequence[Outgoing], wait: float, partial: bool = False) -> int:
+        """How many leading ``items`` fit the ``[limits]`` now (waiting up to ``wait`` s); raises Backpressure."""
+        from .limits import admit
+
+        return admit(self, items, wait, partial)
 
     async def _publish(self, items: Sequence[Outgoing]) -> list[bool]:
         keyed = sorted({it.event.id for it in items if it.keyed})
