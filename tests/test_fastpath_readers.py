@@ -219,3 +219,25 @@ def test_plain_calls_import_no_typer_or_rich(tmp_path: Path, spool: tuple[Path, 
     assert "poetctl" in loaded
     heavy = {"typer", "click", "rich"} if args[0] == "emit" else set(HEAVY)
     assert not loaded & heavy, sorted(loaded & heavy)
+
+
+def test_processed_count_is_exact_with_other_states(tmp_path: Path) -> None:
+    """status's processed count (all rows less the other states) equals a filtered count, dead rows included."""
+    from poetctl.backends.fs.index import Index
+    from poetctl.backends.fs.layout import SpoolLayout
+    from poetctl.backends.fs.status import _processed_count
+
+    layout = SpoolLayout(tmp_path / "spool")
+    layout.init()
+    idx = Index(layout)
+    rows = [
+        (f"id-{i:04d}", float(i), "t.x", "a/b", "s", None, None, state)
+        for i, state in enumerate(["processed"] * 7 + ["dead"] * 3 + ["zzz"] * 2)
+    ]
+    idx.put(rows)
+    try:
+        (expected,) = idx.db.execute("SELECT count(*) FROM events WHERE state='processed'").fetchone()
+        assert expected == 7
+        assert _processed_count(idx.db) == 7
+    finally:
+        idx.close()
