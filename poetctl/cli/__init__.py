@@ -92,10 +92,10 @@ def main() -> None:
     """Console-script entry point."""
     argv = sys.argv[1:]
     name = command_name(argv)
-    if name == "emit" and not os.environ.get("POETCTL_NO_FASTPATH"):
-        from .fastpath import run
+    if name in ("emit", "status", "tail", "correlate") and not os.environ.get("POETCTL_NO_FASTPATH"):
+        from . import fastpath
 
-        code = run(argv)
+        code = fastpath.run(argv) if name == "emit" else fastpath.run_reader(name, argv)
         if code is not None:
             sys.stdout.flush()
             raise SystemExit(code)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .tail import Printer, TailArgs
+    from .tail_run import Printer, TailArgs
 
 FLOW = {"pending": 0, "inflight": 1, "processed": 2, "dead": 2}
 RESCAN_SECONDS = 1.0
@@ -194,7 +194,7 @@ class Follower:
             error(f"idle for {args.idle_timeout:g}s after {self.printed} of {args.count} events")
             return 1
         if not self.printed:
-            from .tail import describe
+            from .tail_run import describe
 
             error(
                 f"no events match {describe(args, self.states)} in {self.layout.root} (idle for {args.idle_timeout:g}s)"

@@ -16,7 +16,7 @@ from ..errors import NoMatch
 from .tail_follow import FLOW
 
 if TYPE_CHECKING:
-    from .tail import Printer, TailArgs
+    from .tail_run import Printer, TailArgs
 
 WAIT = 1.0  # longest single wait for new messages (the idle timeout is checked between waits)
 
@@ -29,7 +29,7 @@ def tail_nats(cfg: Any, args: TailArgs, sel: Any, states: Sequence[str], printer
     """Print as the spool's tail does; the exit code (0, or 1 from ``-f``'s idle timeout)."""
     from ..backends.nats import query
     from .mode import nats_transport
-    from .tail import describe
+    from .tail_run import describe
 
     t = nats_transport(cfg)
     try:
@@ -145,7 +145,7 @@ class NatsFollower:
 
     def _idle_exit(self) -> int:
         from .output import error
-        from .tail import describe
+        from .tail_run import describe
 
         args = self.args
         if args.count is not None:

@@ -14,13 +14,12 @@ symlink: the operator chose it.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ...errors import SpoolIOError
 from .layout import DIR_MODE, FILE_MODE, SpoolLayout
@@ -294,18 +293,34 @@ def refuse_linked(layout: SpoolLayout, rels: Iterable[str]) -> None:
             raise LinkedDir(bad)
 
 
-def _load_renameat2() -> Callable[..., int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return,unused-ignore]
+_UNLOADED: Any = object()
+_renameat2_fn: Any = _UNLOADED
 
 
-_renameat2 = _load_renameat2()
+def _renameat2() -> Callable[..., int] | None:
+    """libc's renameat2, looked up at the first rename (not at import: ctypes and the lookup cost
+    milliseconds that read-only commands such as ``status`` need not pay)."""
+    global _renameat2_fn
+    if _renameat2_fn is _UNLOADED:
+        import ctypes
+
+        try:
+            # dlopen(NULL): the symbols already loaded, libc's among them (no ldconfig subprocess).
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            _renameat2_fn = fn
+        except (OSError, AttributeError):
+            _renameat2_fn = None
+    return _renameat2_fn  # type: ignore[no-any-return]
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
+
+
 AT_FDCWD = -100
 
 
@@ -321,10 +336,11 @@ def rename_noreplace(src: Path, dst: Path) -> None:
 
 def rename_noreplace_at(src_fd: int, src: str | Path, dst_fd: int, dst: str | Path) -> None:
     """:func:`rename_noreplace` with names relative to directory descriptors (AT_FDCWD: plain paths)."""
-    if _renameat2 is not None:
-        if _renameat2(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        if renameat2(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), RENAME_NOREPLACE) == 0:
             return
-        err = ctypes.get_errno()
+        err = _errno()
         if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
             raise OSError(err, os.strerror(err), str(src), None, str(dst))
     sfd = None if src_fd == AT_FDCWD else src_fd
@@ -356,11 +372,12 @@ def replace_existing_at(src_fd: int, src: str | Path, dst_fd: int, dst: str | Pa
     """:func:`replace_existing` with names relative to directory descriptors (AT_FDCWD: plain paths)."""
     sfd = None if src_fd == AT_FDCWD else src_fd
     dfd = None if dst_fd == AT_FDCWD else dst_fd
-    if _renameat2 is not None:
-        if _renameat2(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), RENAME_EXCHANGE) == 0:
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        if renameat2(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), RENAME_EXCHANGE) == 0:
             os.unlink(src, dir_fd=sfd)
             return
-        err = ctypes.get_errno()
+        err = _errno()
         if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
             raise OSError(err, os.strerror(err), str(src), None, str(dst))
     os.lstat(dst, dir_fd=dfd)  # FileNotFoundError if it is gone
