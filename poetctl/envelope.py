@@ -174,17 +174,20 @@ class EnvelopeBuilder:
         d = ev.to_dict(with_checksum=False)
         payload = d["payload"]
         try:
-            d["payload"] = _EMPTY
-            if b"null" in orjson.dumps(d):  # a NaN or Infinity in the head (the payload has none): the careful path
-                return False
             d["payload"] = orjson.Fragment(payload_json)
             canon = orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
-            d["payload"] = orjson.Fragment(orjson.dumps(payload))  # the file keeps the caller's key order
+            if len(payload_json) > _SCAN_ALL:  # look for null in the head alone (the payload has none)
+                d["payload"] = _EMPTY
+                canon_head = orjson.dumps(d)
+            else:
+                canon_head = canon
+            if b"null" in canon_head:  # a NaN or Infinity outside the payload: the careful path words it
+                return False
+            d["payload"] = payload  # the file keeps the caller's key order
             checksum = d["checksum"] = CHECKSUM_PREFIX + sha256(canon).hexdigest()
             line = orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE)
         except TypeError:
             return False
-        d["payload"] = payload
         self.registry.check_envelope(d, where, checksum_verified=True)
         ev.checksum = checksum
         ev.sealed = (checksum, line)
@@ -278,6 +281,7 @@ class EnvelopeBuilder:
 
 
 _EMPTY = orjson.Fragment(b"{}")
+_SCAN_ALL = 2048  # payload bytes up to which scanning the whole canonical envelope beats serialising its head
 
 
 def plain_json(value: dict[str, Any]) -> bytes | None:

@@ -117,10 +117,13 @@ def test_nesting_at_the_limit_is_accepted(router: EventRouter) -> None:
     assert ev.line() == careful_line(ev)
 
 
-def test_nan_in_the_head_takes_the_careful_path(router: EventRouter) -> None:
-    """A NaN expires_at (outside the payload) is refused as before, not sealed as null."""
-    with pytest.raises(InvalidData):
-        router.build("system.metrics", large_metrics(3), expires_at=float("nan"))
+@pytest.mark.parametrize("metrics", [3, 500])  # a small payload (the whole envelope scanned) and a large one
+@pytest.mark.parametrize("field", ["expires_at", "causation_depth", "environment"])
+def test_nan_in_the_head_takes_the_careful_path(router: EventRouter, metrics: int, field: str) -> None:
+    """A NaN outside the payload is refused as before (named as a NaN at its path), never sealed as null."""
+    kw: dict[str, Any] = {field: float("nan")}
+    with pytest.raises(InvalidData, match=f"{field}: NaN is not a JSON number"):
+        router.build("system.metrics", large_metrics(metrics), **kw)
 
 
 def test_a_plain_payload_is_not_walked(router: EventRouter, monkeypatch: pytest.MonkeyPatch) -> None:
