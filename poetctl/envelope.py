@@ -114,7 +114,7 @@ class EnvelopeBuilder:
         if cause is not None:
             causation_depth = self._follow_up_depth(cause, event_type, where)
         check_type(event_type, where)
-        if not isinstance(payload, Mapping):
+        if type(payload) is not dict and not isinstance(payload, Mapping):  # exact dict first: ABC checks cost
             raise InvalidData(f"$.payload: expected a JSON object, got {type(payload).__name__}", where=where)
         payload = dict(payload)
         payload_json = plain_json(payload)
