@@ -15,11 +15,25 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from hashlib import sha256
 from typing import Any
+
+import orjson
 
 from .config import DEFAULT_MAX_CAUSATION_DEPTH, Config
 from .errors import InvalidData, Permanent
-from .event import Event, canonical, check_depth, check_id, check_type, compute_checksum, now, verify_checksum
+from .event import (
+    CHECKSUM_PREFIX,
+    MAX_DEPTH,
+    Event,
+    canonical,
+    check_depth,
+    check_id,
+    check_type,
+    compute_checksum,
+    now,
+    verify_checksum,
+)
 from .ids import derived_id, uuid7
 from .schemas import MAX_CAUSATION_DEPTH, SchemaRegistry
 from .topics import ROUTES, topic_for
@@ -100,10 +114,12 @@ class EnvelopeBuilder:
         if cause is not None:
             causation_depth = self._follow_up_depth(cause, event_type, where)
         check_type(event_type, where)
-        if not isinstance(payload, Mapping):
+        if type(payload) is not dict and not isinstance(payload, Mapping):  # exact dict first: ABC checks cost
             raise InvalidData(f"$.payload: expected a JSON object, got {type(payload).__name__}", where=where)
         payload = dict(payload)
-        check_depth(payload, where, "$.payload")
+        payload_json = plain_json(payload)
+        if payload_json is None:
+            check_depth(payload, where, "$.payload")  # the walk finds (and words) any problem
         schema_version = self._check_payload(event_type, payload, where, schema_version)
         keyed = id is not None
         if cause is not None:
@@ -140,10 +156,42 @@ class EnvelopeBuilder:
             # normal is stored as absent (the bytes of a normal event do not change); a bad value goes to the schema.
             priority=None if priority == "normal" else priority,
         )
-        d = ev.to_dict(with_checksum=False)
-        ev.checksum = d["checksum"] = compute_checksum(d)
-        self.registry.check_envelope(d, where)
+        if payload_json is None or not self._seal(ev, payload_json, where):
+            d = ev.to_dict(with_checksum=False)
+            ev.checksum = d["checksum"] = compute_checksum(d)
+            self.registry.check_envelope(d, where)
         return ev, keyed
+
+    def _seal(self, ev: Event, payload_json: bytes, where: str | None) -> bool:
+        """Seal ``ev`` around its payload's canonical bytes, serialising the payload once more (for the file).
+
+        The checksum is the same as :func:`compute_checksum`'s (the canonical
+        envelope embeds the canonical payload as it is); the stored line is
+        byte for byte what :meth:`Event.to_json` writes, kept on the event
+        (:meth:`Event.line`). False, having changed nothing, when the rest of
+        the envelope needs the careful path (a NaN, a value JSON cannot hold).
+        """
+        d = ev.to_dict(with_checksum=False)
+        payload = d["payload"]
+        try:
+            d["payload"] = orjson.Fragment(payload_json)
+            canon = orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
+            if len(payload_json) > _SCAN_ALL:  # look for null in the head alone (the payload has none)
+                d["payload"] = _EMPTY
+                canon_head = orjson.dumps(d)
+            else:
+                canon_head = canon
+            if b"null" in canon_head:  # a NaN or Infinity outside the payload: the careful path words it
+                return False
+            d["payload"] = payload  # the file keeps the caller's key order
+            checksum = d["checksum"] = CHECKSUM_PREFIX + sha256(canon).hexdigest()
+            line = orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:
+            return False
+        self.registry.check_envelope(d, where, checksum_verified=True)
+        ev.checksum = checksum
+        ev.sealed = (checksum, line)
+        return True
 
     def _follow_up_depth(self, cause: _Cause, event_type: object, where: str | None) -> int:
         depth = int(cause.event.causation_depth or 0) + 1
@@ -230,6 +278,28 @@ class EnvelopeBuilder:
                 raise InvalidData("expected a (type, payload) pair", where=where)
             return self.build(item[0], item[1], where=where)
         return self.ingest(item, where)
+
+
+_EMPTY = orjson.Fragment(b"{}")
+_SCAN_ALL = 2048  # payload bytes up to which scanning the whole canonical envelope beats serialising its head
+
+
+def plain_json(value: dict[str, Any]) -> bytes | None:
+    """``value``'s canonical JSON when it surely passes :func:`check_depth`, else None (the walk decides).
+
+    orjson itself refuses what the walk refuses (a non-string key, an integer
+    beyond 64 bits) except NaN and Infinity, which it writes as ``null``, and
+    nesting up to its own limit of 254 levels. So bytes without ``null`` and
+    with at most MAX_DEPTH containers in all (counting braces in strings too)
+    need no walk over a large payload's every value.
+    """
+    try:
+        data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return None
+    if b"null" in data or data.count(b"{") + data.count(b"[") > MAX_DEPTH:
+        return None
+    return data
 
 
 def _declared_version(d: Mapping[str, Any]) -> int | None:

@@ -64,6 +64,9 @@ class Event:
     causation_depth: int | None = None
     # Delivery class: "high", "low", or None (stored as absent) for normal; see poetctl.priority.
     priority: str | None = None
+    # (checksum, line): the stored line as the envelope builder sealed it (serialised once, see
+    # line()). Used only while ``checksum`` is still the one it was made with: seal() drops it.
+    sealed: tuple[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self, *, with_checksum: bool = True) -> dict[str, Any]:
         """The envelope as a dict in on-disk key order, optional keys omitted when None."""
@@ -92,12 +95,25 @@ class Event:
 
     def seal(self) -> Event:
         """Set ``checksum`` from the current content; returns self."""
+        self.sealed = None
         self.checksum = compute_checksum(self.to_dict(with_checksum=False))
         return self
 
     def to_json(self) -> bytes:
         """Compact JSON of the whole envelope, checksum included (one line, no newline)."""
         return orjson.dumps(self.to_dict())
+
+    def line(self) -> bytes:
+        """:meth:`to_json` and a newline: what a spool file holds.
+
+        The bytes the envelope builder made when it sealed the event when
+        they are still current (same checksum), so a large payload is not
+        serialised again on the emit path.
+        """
+        sealed = self.sealed
+        if sealed is not None and sealed[0] == self.checksum:
+            return sealed[1]
+        return orjson.dumps(self.to_dict()) + b"\n"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:

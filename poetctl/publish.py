@@ -63,7 +63,7 @@ class Publisher:
         items: list[Outgoing] = []
         seen: set[str] = set()
         for ev, keyed in built:
-            data = ev.to_json() + b"\n"
+            data = ev.line()  # serialised once, when the builder sealed it
             if len(data) > limit:
                 raise InvalidData(f"event {ev.id} is {len(data)} bytes; the limit is {limit} bytes (max_event_bytes)")
             # Two items with one id in the same group: the first wins, like a re-emit

@@ -157,6 +157,7 @@ class KeyLedger:
     def _note(self, m: mmap.mmap, fd: int, items: Sequence[Outgoing], key_of: Callable[[Any], str]) -> set[str]:
         fast: set[str] = set()
         noted: set[bytes] = set()
+        hashes: dict[str, bytes] = {}  # a group's events mostly share a few keys: hash each once
         with locked(self._mutex, fd):
             complete = m[_COMPLETE] == 1
             # A high event of key K jumps only if K's slot holds K and both its noted-last and its
@@ -164,7 +165,8 @@ class KeyLedger:
             # or was still being emitted concurrently with this one (no order between those).
             for it in items:
                 ev = it.event
-                h = key_hash(key_of(ev))
+                key = key_of(ev)
+                h = hashes.get(key) or hashes.setdefault(key, key_hash(key))
                 b = int.from_bytes(h, "little") % BUCKETS
                 base = _HEAD + b * _BUCKET
                 off = free = -1
