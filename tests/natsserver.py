@@ -41,6 +41,7 @@ class NatsServer:
 
     def __init__(self, store: Path, port: int | None = None, extra: list[str] | None = None) -> None:
         self.store = store
+        self.chosen = port is None  # a port chosen here may be taken before the server binds it: choose again
         self.port = port or free_port()
         self.extra = list(extra or [])
         self.proc: subprocess.Popen[bytes] | None = None
@@ -58,10 +59,15 @@ class NatsServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self.chosen and "address already in use" in self.log.read_text(errors="replace")[-2000:]:
+                    self.log.write_bytes(b"")
+                    self.port = free_port()
+                    return self.start(timeout)
                 raise RuntimeError(f"nats-server exited with {self.proc.returncode}: see {self.log}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     if s.recv(4096).startswith(b"INFO"):
+                        self.chosen = False  # from now on the port is ours: restart() comes back on it
                         return self
             except OSError:
                 time.sleep(0.02)

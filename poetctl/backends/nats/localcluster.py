@@ -126,12 +126,32 @@ class NatsCluster:
         """Every node's URL, comma-separated (what ``POET_NATS_URL`` takes)."""
         return ",".join(self.urls)
 
-    def start(self) -> NatsCluster:
-        for i in range(len(self.nodes)):
-            self._spawn(i)
-        for i in range(len(self.nodes)):
-            self.wait_ready(i)
-        return self
+    def start(self, attempts: int = 5) -> NatsCluster:
+        """Start every node and wait until each is healthy; on failure, nothing is left running.
+
+        A free port is only free when it is chosen: another process can bind it before the node
+        does. A node that exits with "address already in use" is retried on new ports.
+        """
+        for attempt in range(attempts):
+            try:
+                for i in range(len(self.nodes)):
+                    self._spawn(i)
+                for i in range(len(self.nodes)):
+                    self.wait_ready(i)
+                return self
+            except RuntimeError as exc:
+                self.close()
+                if "address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self._new_ports()
+        raise AssertionError("unreachable")
+
+    def _new_ports(self) -> None:
+        for node in self.nodes:
+            node.port, node.cluster_port, node.http_port = free_port(), free_port(), free_port()
+        for node in self.nodes:
+            node.conf.write_text(self._config(node))
+            node.log.write_bytes(b"")  # the next failure message quotes this log: not the old attempt's
 
     def _spawn(self, i: int) -> None:
         node = self.nodes[i]
