@@ -1,13 +1,16 @@
-"""The fs consumer bounds the file bytes of its leases (issue 14: memory with 14 KiB events)."""
+"""The fs consumer at large events and backlogs (issue 14): a bound on leased bytes, rescans spaced by listings."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from poetctl.backends.fs.transport import FsTransport
 from poetctl.daemon.core import Daemon, DaemonOptions
 from poetctl.router import EventRouter
+from poetctl.testing import FakeClock
 from poetctl.transport import Attempt
 
 
@@ -77,3 +80,36 @@ def test_daemon_once_drains_large_events_through_the_byte_limit(tmp_path: Path) 
     assert d.run() == 0
     assert sorted(seen) == sorted(ids) and len(seen) == len(ids)
     assert d.consumer.leased_bytes == 0
+
+
+def test_a_listing_slower_than_the_rescan_interval_does_not_make_every_fetch_list_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The periodic rescan is timed from the end of the fetch that listed: a slow listing is followed by work."""
+    from poetctl.backends.fs.claims import Claims
+
+    clock = FakeClock()
+    transport = FsTransport(tmp_path / "spool", clock=clock)
+    router = EventRouter(transport=transport)
+    ids = router.emit_many([("system.metrics", {"service": "t", "metrics": {"n": i}}) for i in range(30)])
+    listings = []
+    real = Claims.list_window
+
+    def slow_listing(self: Claims) -> None:
+        listings.append(clock())
+        real(self)
+        clock.advance(3 * 5.0)  # the listing of a huge backlog on a busy machine: longer than rescan_interval
+
+    monkeypatch.setattr(Claims, "list_window", slow_listing)
+    c = transport.consumer(watch=False, mover_backlog=-1, rescan_interval=5.0)
+    try:
+        got = []
+        for _ in range(3):
+            batch = c.fetch(10).deliveries
+            got += [d.id for d in batch]
+            for d in batch:
+                c.ack(d)
+        assert got == ids
+        assert len(listings) == 1  # before: one full listing per fetch of 10
+    finally:
+        c.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,6 +175,7 @@ class FsConsumer(PriorityLanes, Claims):
     def fetch(self, limit: int) -> Fetched:
         self._loop_ident = threading.get_ident()
         now = self.clock()
+        scanned = 0.0  # perf_counter at a periodic rescan (0: none in this call)
         recovered = self.recovery.total  # rescans and bucket takeovers recover too: reported on the Fetched
         self.quarantined = 0
         # Hinted high events and set-aside low ones (priority.py). High ones found: hand them out now,
@@ -189,6 +191,7 @@ class FsConsumer(PriorityLanes, Claims):
             self._reconcile(look=True)
             self._check_observer()
             self._next_scan = now + self.rescan_interval
+            scanned = time.perf_counter()
         elif not hurry and (woken or now >= self.due_at):
             if self.exhausted():
                 self.invalidate_window()
@@ -229,6 +232,12 @@ class FsConsumer(PriorityLanes, Claims):
         out.recovered = self.recovery.total - recovered
         if self.indexer is not None:
             self.indexer.maybe_flush()
+        if scanned:
+            # The interval runs from the end of this call, which listed again (a large backlog takes
+            # seconds; timed from its start, a listing slower than the interval made every fetch
+            # list the whole backlog again for one batch), and is at least 4x what it took.
+            took = time.perf_counter() - scanned
+            self._next_scan = max(self._next_scan, self.clock() + max(self.rescan_interval, 4 * took))
         return out
 
     def list_window(self) -> None:
