@@ -45,8 +45,9 @@ BUCKETS = 256
 PIPELINE = 2  # claim batches the mover child works on ahead of the loop
 # File bytes of the events leased and not yet ended that stop further claims. A decoded event holds
 # ~2.5x its file in memory (a 15 KiB event ~40 KB), so 4,096 leases of large events would be
-# ~160 MB; this keeps them to ~20 MB. Small events (~1 KiB) never reach it before max_inflight.
-LEASE_BYTES = 8 << 20
+# ~160 MB; this keeps them to ~10 MB (bench/memory.py --large: peak 51 MB, 83 MB without it; 8 MiB
+# gave 63 MB and drained no faster). Small events (~1 KiB) never reach it before max_inflight.
+LEASE_BYTES = 4 << 20
 
 
 class Handle:
