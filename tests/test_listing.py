@@ -104,4 +104,4 @@ def test_a_window_smaller_than_the_backlog_is_its_oldest_names_in_order(tmp_path
     finally:
         os.close(fd)
     assert w.count == 201
-    assert w.names == (sorted(names) + ["hand-made.json"])[:window]
+    assert w.names == [*sorted(names), "hand-made.json"][:window]
