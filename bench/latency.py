@@ -30,13 +30,19 @@ It only measures and prints; it asserts nothing. Steps:
    handler_start - scheduled slot (includes any schedule lag) and a file
    create probe (slow creates mean a busy disk, e.g. just after large deletes).
 
-Targets: p95 <= 20 ms, p99 <= 50 ms at 1,000 events/s.
+Also printed: the CPU time per event of this process (the emitters) and of the
+daemon process (from /proc/<pid>/stat, start-up excluded), to say where the
+time goes when the requested rate is not reached.
+
+Targets: p95 <= 20 ms, p99 <= 50 ms at 1,000 events/s; p99 <= 10 ms at 5,000
+events/s from 8 emitting threads (issue 14: ``--rate 5000 --emitters 8``).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import statistics
 import subprocess
@@ -53,6 +59,7 @@ from _common import (
     create_probe,
     daemon_cmd,
     ensure_poetctl_importable,
+    fmt_loadavg,
     fmt_machine,
     loadavg,
     machine_basics,
@@ -74,6 +81,8 @@ from poetctl.router import EventRouter  # noqa: E402
 
 TARGET_P95_MS = 20.0
 TARGET_P99_MS = 50.0
+HIGH_RATE = 5000.0  # issue 14: at this rate and above, p99 <= TARGET_P99_MS_HIGH
+TARGET_P99_MS_HIGH = 10.0
 
 
 log = make_log("latency")
@@ -94,6 +103,16 @@ def summary_ms(values: list[float]) -> dict[str, float]:
         "max": s[-1],
         "mean": statistics.fmean(s),
     }
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a live process in seconds (nan if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return math.nan
 
 
 def read_handled(path: Path) -> dict[str, float]:
@@ -210,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
+        daemon_cpu0 = proc_cpu_s(proc.pid)
+        own0 = os.times()
         t0 = pc() + 0.01
         wall0 = time.time() + (t0 - pc())
         threads = [threading.Thread(target=emitter, args=(k, t0, wall0)) for k in range(args.emitters)]
@@ -229,8 +250,13 @@ def main(argv: list[str] | None = None) -> int:
             "max_schedule_lag_ms": max_lag * 1000,
             "call_ms": summary_ms(durs),
         }
+        own1 = os.times()
         log(f"emitted {n} in {emit_elapsed:.2f} s; waiting for the handlers")
         seen = wait_handled(out_file, set(ids), 60.0 + n / 500, proc)
+        report["cpu_us_per_event"] = {
+            "emitters": 1e6 * (own1.user - own0.user + own1.system - own0.system) / n,
+            "daemon": 1e6 * (proc_cpu_s(proc.pid) - daemon_cpu0) / n,
+        }
     finally:
         rc = proc.poll()
         if rc is None:
@@ -259,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     report["from_slot_ms"] = summary_ms(from_slot)
     report["missing"] = missing
     report["target_p95_met"] = report["latency_ms"].get("p95", math.inf) <= TARGET_P95_MS
-    report["target_p99_met"] = report["latency_ms"].get("p99", math.inf) <= TARGET_P99_MS
+    p99_target = TARGET_P99_MS_HIGH if args.rate >= HIGH_RATE else TARGET_P99_MS
+    report["target_p99_ms"] = p99_target
+    report["target_p99_met"] = report["latency_ms"].get("p99", math.inf) <= p99_target
     report["machine"]["loadavg_end"] = loadavg()
     report["elapsed_s"] = time.perf_counter() - t_start
 
@@ -272,12 +300,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{'' if E['achieved_rate'] >= 0.95 * args.rate else '  !! below the requested rate'}",
         f"  emit -> handler start: p50 {L['p50']:.2f} ms  p95 {L['p95']:.2f} ms  p99 {L['p99']:.2f} ms  "
         f"max {L['max']:.2f} ms   [p95 <= {TARGET_P95_MS:g}: {mark(report['target_p95_met'])}; "
-        f"p99 <= {TARGET_P99_MS:g}: {mark(report['target_p99_met'])}]",
+        f"p99 <= {p99_target:g}: {mark(report['target_p99_met'])}]",
         f"  (emit call itself: p50 {E['call_ms']['p50']:.2f} ms  p99 {E['call_ms']['p99']:.2f} ms  max "
         f"{E['call_ms']['max']:.2f} ms; emit return -> handler start: p50 {A['p50']:.2f} ms  p95 {A['p95']:.2f} ms  "
         f"p99 {A['p99']:.2f} ms  max {A['max']:.2f} ms)",
         f"  (scheduled slot -> handler start, including schedule lag: p50 {S['p50']:.2f} ms  p95 {S['p95']:.2f} ms  "
         f"p99 {S['p99']:.2f} ms  max {S['max']:.2f} ms; create probe {report['create_probe_us']:.0f} us/file)",
+        f"  CPU per event: emitting process {report['cpu_us_per_event']['emitters']:.0f} us, daemon "
+        f"{report['cpu_us_per_event']['daemon']:.0f} us (machine load {fmt_loadavg(loadavg())})",
         f"  daemon: first event handled {report['first_event_handled_after_start_s']:.2f} s after start; "
         f"exit {report['daemon_exit']} on SIGTERM; missing {missing}",
     ]

@@ -3,7 +3,7 @@
 
 Usage::
 
-    .venv/bin/python bench/memory.py [--events 1000000] [--json]
+    .venv/bin/python bench/memory.py [--events 1000000] [--large] [--json]
 
 It only measures and prints; it asserts nothing. Steps:
 
@@ -18,7 +18,11 @@ It only measures and prints; it asserts nothing. Steps:
    ``getrusage(RUSAGE_CHILDREN).ru_maxrss``. The peak is the largest of them.
 3. Print the peak RSS in MB, the drain time and rate, then remove the spool.
 
-Target: peak RSS <= 100 MB with 1,000,000 events pending.
+``--large``: each event is a ``system.metrics`` payload of 500 metrics
+(~15 KiB a file, issue 14's byte case; use fewer ``--events``, e.g. 50000).
+
+Target: peak RSS <= 64 MB with 1,000,000 events pending, and with 14 KiB events
+(issue 14; it was 100 MB before).
 """
 
 from __future__ import annotations
@@ -59,17 +63,22 @@ ensure_poetctl_importable()
 from poetctl.ids import uuid7  # noqa: E402
 from poetctl.router import EventRouter  # noqa: E402
 
-TARGET_MB = 100.0
+TARGET_MB = 64.0
+LARGE_KEYS = 500  # metrics per --large event: ~15 KiB files
 
 
 log = make_log("memory")
 
 
-def build(spool: Path, n: int) -> float:
+def build(spool: Path, n: int, large: bool = False) -> float:
     t0 = time.perf_counter()
     router = EventRouter(spool=spool)
     router.layout.init()
-    ev = router.build("system.metrics", {"service": "bench", "metrics": {"n": 0}})[0]
+    payload: dict[str, Any] = {"service": "bench", "metrics": {"n": 0}}
+    if large:
+        metrics = {f"host.cpu{k % 8}.metric_{k:03d}": k * 1.25 + 0.001 * k for k in range(LARGE_KEYS)}
+        payload = {"service": "bench", "host": "bench-host-01", "window_seconds": 60, "metrics": metrics}
+    ev = router.build("system.metrics", payload)[0]
     pending = str(router.layout.pending)
     step = max(1, n // 10)
     for i in range(n):
@@ -145,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000, help="pending events (default 1000000)")
     ap.add_argument("--interval", type=float, default=0.05, help="RSS sampling interval in s (default 0.05)")
+    ap.add_argument(
+        "--large", action="store_true", help=f"events of {LARGE_KEYS} metrics (~15 KiB) instead of tiny ones"
+    )
     ap.add_argument("--tmp-dir", help="parent of the scratch dir (default: the repo's parent)")
     ap.add_argument("--json", action="store_true", help="also print one JSON object on stdout (text goes to stderr)")
     args = ap.parse_args(argv)
@@ -157,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     spool = root / "spool"
     free_inodes, free_bytes = disk_room(base)
     report: dict[str, Any] = {
-        "params": {"events": args.events, "interval": args.interval},
+        "params": {"events": args.events, "interval": args.interval, "large": args.large},
         "machine": {**machine_basics(), "disk_free_gb": free_bytes / 1e9, "inodes_free": free_inodes},
         "problems": [],
     }
@@ -166,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             f"building {args.events:,} pending events in {spool} (disk free {free_bytes / 1e9:.0f} GB, "
             f"{free_inodes:,} inodes free)"
         )
-        report["build_s"] = build(spool, args.events)
+        report["build_s"] = build(spool, args.events, args.large)
         os.sync()
         log(f"built in {report['build_s']:.1f} s; draining")
         res = run_daemon(spool, root, args.interval)
@@ -187,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     report["elapsed_s"] = time.perf_counter() - t_start
 
     lines = [
-        f"poetctl memory benchmark: daemon --once with {args.events:,} events pending (machine: "
+        f"poetctl memory benchmark: daemon --once with {args.events:,} "
+        f"{'large (~15 KiB) ' if args.large else ''}events pending (machine: "
         f"{fmt_machine(report['machine'])})",
         f"  build (direct writes, no fsync): {report['build_s']:.1f} s ({args.events / report['build_s']:,.0f} ev/s)",
     ]

@@ -84,3 +84,24 @@ def test_missing_is_a_sorted_difference() -> None:
     assert list(listing._missing(["a", "b", "c", "e"], ["b", "d", "e"])) == ["a", "c"]
     assert list(listing._missing([], ["a"])) == []
     assert list(listing._missing(["a"], [])) == ["a"]
+
+
+@pytest.mark.parametrize("window", [1, 7, 199, 200, 201])
+def test_a_window_smaller_than_the_backlog_is_its_oldest_names_in_order(tmp_path: Path, window: int) -> None:
+    """With more pending than the window: exactly the window oldest names, sorted, other names by mtime after them."""
+    import random
+
+    names = _names(200)
+    shuffled = names[:]
+    random.Random(window).shuffle(shuffled)
+    _put(tmp_path, shuffled)
+    odd = tmp_path / "hand-made.json"  # not a UUIDv7 name: sorted by its mtime (now: after every uuid7 above)
+    odd.write_bytes(b"{}")
+    _quiet(tmp_path)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        w = list_window(tmp_path, fd, window)
+    finally:
+        os.close(fd)
+    assert w.count == 201
+    assert w.names == [*sorted(names), "hand-made.json"][:window]

@@ -43,17 +43,23 @@ if TYPE_CHECKING:
 
 BUCKETS = 256
 PIPELINE = 2  # claim batches the mover child works on ahead of the loop
+# File bytes of the events leased and not yet ended that stop further claims. A decoded event holds
+# ~2.5x its file in memory (a 15 KiB event ~40 KB), so 4,096 leases of large events would be
+# ~160 MB; this keeps them to ~10 MB (bench/memory.py --large: peak 51 MB, 83 MB without it; 8 MiB
+# gave 63 MB and drained no faster). Small events (~1 KiB) never reach it before max_inflight.
+LEASE_BYTES = 4 << 20
 
 
 class Handle:
     """The fs side of a :class:`~poetctl.transport.Delivery`: file name, key bucket, record file exists."""
 
-    __slots__ = ("bucket", "name", "persisted")
+    __slots__ = ("bucket", "name", "persisted", "size")
 
-    def __init__(self, name: str, bucket: int, persisted: bool) -> None:
+    def __init__(self, name: str, bucket: int, persisted: bool, size: int = 0) -> None:
         self.name = name
         self.bucket = bucket
         self.persisted = persisted
+        self.size = size  # file bytes, counted in leased_bytes until the lease ends
 
 
 class Claims:
@@ -99,6 +105,9 @@ class Claims:
         # queued while the loop handles what was collected (and is not woken per completion).
         self.outstanding: deque[tuple[int, list[Delivery]]] = deque()
         self.reserved = 0  # prepared, claim not answered yet (counted in bucket loads)
+        self.leased_bytes = 0  # file bytes of leases not ended (changed under self.lock)
+        self.lease_bytes_limit = LEASE_BYTES
+        self.throttled = False  # a fetch stopped at lease_bytes_limit: wake the loop when room is back
         self.pending_fd = -1
         self.open_pending()
 
@@ -131,6 +140,9 @@ class Claims:
                 self.open_pending()
         except OSError as exc:
             raise SpoolIOError(f"cannot open {pending}: {exc.strerror}") from None
+        # Let the spent window go first: at a large backlog it is ~10 MB of names held through the listing.
+        self.window = []
+        self.window_pos = 0
         listed = list_window(pending, self.pending_fd, self.window_size)
         self.window = listed.names
         self.unconfirmed = listed.unconfirmed
@@ -169,7 +181,7 @@ class Claims:
         pos = self.window_pos
         batch: list[Delivery] = []
         try:
-            while pos < len(window) and len(batch) < limit:
+            while pos < len(window) and len(batch) < limit and self.leased_bytes < self.lease_bytes_limit:
                 name = window[pos]
                 pos += 1
                 d = self._prepare(pending + name, name, claim=mover is None)
@@ -202,12 +214,13 @@ class Claims:
                     self._claimed(d)
                 ready.append(d)
             else:
-                self._unclaimed(d.handle.bucket)
+                self._unclaimed(d.handle.bucket, d.handle.size)
 
-    def _unclaimed(self, bucket: int) -> None:
+    def _unclaimed(self, bucket: int, size: int) -> None:
         with self.lock:
             self.bucket_load[bucket] -= 1
             self.inflight -= 1
+            self.leased_bytes -= size
 
     def _claimed(self, d: Delivery) -> None:
         record = self.pending_records.pop(d.id, None)
@@ -235,6 +248,7 @@ class Claims:
                 data = b""
             if not data or len(data) >= FIRST_READ or len(data) > self.max_bytes:
                 data = read_bytes(name, self.max_bytes, dir_fd=self.pending_fd, where=path)
+            size = len(data)
             ev = decode_event(data, self.registry, where=path, expected_id=name[:-5], validate_payload=self.validate)
             if not self.validate and self.registry is not None:
                 self._check_known(ev.type, path)
@@ -282,13 +296,14 @@ class Claims:
                 return None
             self.bucket_load[bucket] += 1
             self.inflight += 1
+            self.leased_bytes += size
         if claim:
             try:
                 os.rename(name, name, src_dir_fd=self.pending_fd, dst_dir_fd=self.inflight_fd)
             except FileNotFoundError:
-                self._unclaimed(bucket)
+                self._unclaimed(bucket, size)
                 return None
-        d = Delivery(ev, key, record or Record(), Handle(name, bucket, False))
+        d = Delivery(ev, key, record or Record(), Handle(name, bucket, False, size))
         if claim and record is not None:
             self._claimed(d)
         return d

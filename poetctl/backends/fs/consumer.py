@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,6 +175,7 @@ class FsConsumer(PriorityLanes, Claims):
     def fetch(self, limit: int) -> Fetched:
         self._loop_ident = threading.get_ident()
         now = self.clock()
+        scanned = 0.0  # perf_counter at a periodic rescan (0: none in this call)
         recovered = self.recovery.total  # rescans and bucket takeovers recover too: reported on the Fetched
         self.quarantined = 0
         # Hinted high events and set-aside low ones (priority.py). High ones found: hand them out now,
@@ -189,6 +191,7 @@ class FsConsumer(PriorityLanes, Claims):
             self._reconcile(look=True)
             self._check_observer()
             self._next_scan = now + self.rescan_interval
+            scanned = time.perf_counter()
         elif not hurry and (woken or now >= self.due_at):
             if self.exhausted():
                 self.invalidate_window()
@@ -204,6 +207,8 @@ class FsConsumer(PriorityLanes, Claims):
                 self.list_window()
             if self.mover is not None and self.mover.alive:
                 while len(self.outstanding) < PIPELINE and not self.exhausted() and not self.stale:
+                    if self.leased_bytes >= self.lease_bytes_limit:
+                        break  # the leases hold enough memory: claim more once some end (_ended wakes us)
                     self.claim_some(limit)
                 if not self.ready and self.outstanding:
                     self.collect()
@@ -216,17 +221,23 @@ class FsConsumer(PriorityLanes, Claims):
         out = Fetched([ready.popleft() for _ in range(n)], self.quarantined, self.deferred)
         if n:
             self.transport.limits_state.taken(n)  # the pending gauge (backpressure): once per fetch
+        full = self.leased_bytes >= self.lease_bytes_limit
+        if full:
+            self.throttled = True  # "more" waits for room: _ended wakes the loop, no busy fetching meanwhile
         out.more = (
             bool(ready)
             or bool(self.outstanding)
-            or not self.exhausted()
-            or self.stale
-            or self.relist
-            or bool(self.low_names)
+            or (not full and (not self.exhausted() or self.stale or self.relist or bool(self.low_names)))
         )
         out.recovered = self.recovery.total - recovered
         if self.indexer is not None:
             self.indexer.maybe_flush()
+        if scanned:
+            # The interval runs from the end of this call, which listed again (a large backlog takes
+            # seconds; timed from its start, a listing slower than the interval made every fetch
+            # list the whole backlog again for one batch), and is at least 4x what it took.
+            took = time.perf_counter() - scanned
+            self._next_scan = max(self._next_scan, self.clock() + max(self.rescan_interval, 4 * took))
         return out
 
     def list_window(self) -> None:
@@ -249,6 +260,13 @@ class FsConsumer(PriorityLanes, Claims):
         rec.not_before = not_before
         self.journal.failed(delivery.event.id, attempt, not_before, delivery.event.checksum)
         self.blocked.add(delivery.key)
+        h = delivery.handle
+        if h.size:
+            # Parked for a retry: no longer counted against lease_bytes_limit, so failing large events
+            # never hold back other keys' events (max_inflight still bounds them, as before).
+            with self.lock:
+                self.leased_bytes -= h.size
+                h.size = 0
 
     # -- outcomes (worker threads) ------------------------------------------------------------
     def ack(self, delivery: Delivery) -> None:
@@ -287,13 +305,18 @@ class FsConsumer(PriorityLanes, Claims):
         with self.lock:
             self.inflight -= 1
             self.bucket_load[h.bucket] -= 1
+            self.leased_bytes -= h.size
             if self._others_alive and not self.bucket_load[h.bucket]:
                 self.release_bucket(h.bucket)  # another daemon may be waiting for its keys
+        if self.throttled and self.leased_bytes <= self.lease_bytes_limit // 2:
+            self.throttled = False
+            self.wake.set()  # the loop stopped claiming at the byte limit: room again
 
-    def _unload(self, bucket: int, let_go: bool = False) -> None:
+    def _unload(self, bucket: int, let_go: bool = False, size: int = 0) -> None:
         with self.lock:
             self.inflight -= 1
             self.bucket_load[bucket] -= 1
+            self.leased_bytes -= size
             if (let_go or self._others_alive) and not self.bucket_load[bucket]:
                 self.release_bucket(bucket)  # another daemon may be waiting for its keys
 
@@ -310,7 +333,7 @@ class FsConsumer(PriorityLanes, Claims):
             except FileNotFoundError:
                 pass
             self.blocked.discard(d.key)
-            self._unload(h.bucket, let_go=True)  # handed back: whoever claims it next needs the bucket
+            self._unload(h.bucket, let_go=True, size=h.size)  # handed back: whoever claims it next needs the bucket
         if moved:
             fsync_dir(self.layout.pending)
             self.transport._wake_all()
