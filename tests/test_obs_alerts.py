@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from poetctl.observability.alerts import (
     sample_from,
 )
 from poetctl.testing import FakeClock, Harness
+from poetctl.transport import Fetched
 
 SETTINGS = AlertSettings(interval=10, for_seconds=60, clear_seconds=60, max_lag=300, warn_lag=60, min_daemons=1)
 
@@ -177,3 +179,29 @@ def test_alerts_config_is_checked(tmp_path: Path) -> None:
     f.write_text("[alerts]\ndisk_min_free = 3\n")
     with pytest.raises(ConfigError, match="disk_min_free"):
         load_config(f)
+
+
+def test_a_slow_look_never_stalls_the_loop_and_looks_do_not_pile_up() -> None:
+    """In the background (the daemon's way), a sampler that blocks (a million pending to list) leaves on_fetch
+    returning at once; while it runs no second look starts; once it ends, its alert is evaluated."""
+    clock = FakeClock()
+    release = threading.Event()
+    started: list[float] = []
+    payloads: list[dict[str, Any]] = []
+
+    def sampler(now: float) -> Sample:
+        started.append(now)
+        release.wait(60)
+        return Sample(at=now, lag_seconds=400.0, pending=1)
+
+    ev = AlertEvaluator(AlertSettings(interval=10, for_seconds=0, clear_seconds=30), payloads.append, clock=clock)
+    mw = AlertMiddleware(ev, sampler, clock, background=True)
+    clock.advance(10)
+    mw.on_fetch(Fetched())  # returns although the sampler blocks
+    assert mw.looking is not None and mw.looking.is_alive()
+    clock.advance(10)
+    mw.on_fetch(Fetched())  # due again, but the first look still runs: no second one
+    assert len(started) == 1
+    release.set()
+    mw.looking.join(60)
+    assert [(p["condition"], p["status"]) for p in payloads] == [("high_lag", "firing")]

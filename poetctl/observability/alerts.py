@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -302,24 +303,50 @@ def sample_from(now: float, figures: dict[str, Any] | None, metrics: Any | None)
 
 
 class AlertMiddleware(Middleware):
-    """Runs the evaluator from the loop's ``on_fetch`` every ``settings.interval`` seconds (main thread)."""
+    """Runs the evaluator from the loop's ``on_fetch`` every ``settings.interval`` seconds.
+
+    With ``background`` (what ``poetctl daemon`` uses) each look runs on its own thread, one at a time:
+    sampling reads the spool's figures, which lists ``pending/``, and at a million pending that takes
+    seconds the loop must not stall for. Without it (a Harness on a fake clock) the look runs in
+    ``on_fetch``, so a stepped test sees its outcome at once.
+    """
 
     def __init__(
-        self, evaluator: AlertEvaluator, sampler: Callable[[float], Sample], clock: Callable[[], float] = time.time
+        self,
+        evaluator: AlertEvaluator,
+        sampler: Callable[[float], Sample],
+        clock: Callable[[], float] = time.time,
+        *,
+        background: bool = False,
     ) -> None:
         self.evaluator = evaluator
         self.sampler = sampler
         self.clock = clock
+        self.background = background
+        self.looking: threading.Thread | None = None
         # The first look after one interval: reading the spool's figures lists pending/, which a
         # daemon (or a --once run) that just started on a big backlog should not wait for.
         self.due = clock() + evaluator.settings.interval
 
     def on_fetch(self, fetched: Fetched) -> None:
         now = self.clock()
-        if now < self.due:
-            return
+        if now < self.due or (self.looking is not None and self.looking.is_alive()):
+            return  # not due, or the last look still reads the spool: the next one starts after it
         self.due = now + self.evaluator.settings.interval
-        self.evaluator.evaluate(self.sampler(now))
+        if not self.background:
+            self.look(now)
+            return
+        self.looking = threading.Thread(target=self.look, args=(now,), name="poetctl-alerts", daemon=True)
+        self.looking.start()
+
+    def look(self, now: float) -> None:
+        """One sample and evaluation; a failure is logged, never raised (alerting must not stop processing)."""
+        try:
+            self.evaluator.evaluate(self.sampler(now))
+        except Exception as exc:
+            from ..daemon import log
+
+            log.error("alert evaluation failed", error=log.error_text(exc))
 
 
 def router_emitter(router: Any) -> Callable[[dict[str, Any]], None]:

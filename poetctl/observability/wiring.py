@@ -186,7 +186,8 @@ def finish(
     settings = AlertSettings.from_config(dict(cfg.alerts))
     if settings.enabled:
         evaluator = AlertEvaluator(settings, router_emitter(router), clock)
-        mw.append(AlertMiddleware(evaluator, lambda now: sample_from(now, metrics.backlog_figures(), metrics), clock))
+        sampler = lambda now: sample_from(now, metrics.backlog_figures(), metrics)  # noqa: E731
+        mw.append(AlertMiddleware(evaluator, sampler, clock, background=True))
     obs = Observability(mw, metrics, closers=[stats.close])
     if metrics_addr:
         from ..errors import BackendUnavailable
