@@ -170,6 +170,8 @@ class Claims:
         batch: list[Delivery] = []
         try:
             while pos < len(window) and len(batch) < limit:
+                if not pos & 31 and self.hint_arrived():
+                    break  # a high event was hinted: hand out what is claimed, then it (priority.py)
                 name = window[pos]
                 pos += 1
                 d = self._prepare(pending + name, name, claim=mover is None)
@@ -302,6 +304,8 @@ class Claims:
         def set_aside_low(self, name: str, key: str) -> None: ...
 
         def reset_lanes(self) -> None: ...
+
+        def hint_arrived(self) -> bool: ...
 
     def _check_known(self, event_type: str, path: str) -> None:
         """Validation off: emit still refuses unknown types, and so does the daemon."""

@@ -178,8 +178,10 @@ class FsConsumer(PriorityLanes, Claims):
         self.quarantined = 0
         # Hinted high events and set-aside low ones (priority.py). High ones found: hand them out now,
         # without a rescan, the mover or a listing first - every other call, so normal work keeps its share.
-        high = self.fill_by_priority(limit - len(self.ready)) if len(self.ready) < limit else 0
+        # At least one when claimed normal events fill the fetch: a high one goes ahead of them.
+        high = self.fill_by_priority(max(1, limit - len(self.ready)))
         self.hurried = hurry = high > 0 and not self.hurried
+        self.watch_hints, self.hint_seen = high == 0, False  # a hint arriving during the claims below cuts them short
         woken = self.wake.is_set()
         if woken and not hurry:
             self.wake.clear()
@@ -200,17 +202,24 @@ class FsConsumer(PriorityLanes, Claims):
             self.collect()  # sent by an earlier call: the child renamed it meanwhile
         # Again when a bucket taken over was recovered first (older events are back); not when hurried.
         for _ in range(0 if hurry else 3):
+            if self.hint_arrived():
+                break  # not another listing or claim batch first
             if self.exhausted() and (self.stale or self.relist or self.retry_listing or not self.listed):
                 self.list_window()
             if self.mover is not None and self.mover.alive:
                 while len(self.outstanding) < PIPELINE and not self.exhausted() and not self.stale:
                     self.claim_some(limit)
+                    if self.hint_seen:
+                        break
                 if not self.ready and self.outstanding:
                     self.collect()
             elif len(self.ready) < limit and not self.exhausted():
                 self.claim_some(limit - len(self.ready))
             if not self.stale or len(self.ready) >= limit:
                 break
+        if self.hint_seen:
+            self.fill_by_priority(limit)  # ahead of what this fetch claimed (see hint_arrived)
+        self.watch_hints = False
         ready = self.ready
         n = min(limit, len(ready))
         out = Fetched([ready.popleft() for _ in range(n)], self.quarantined, self.deferred)
