@@ -129,3 +129,94 @@ def test_unclaimable_hint_does_not_cut_fetches_short(spool: Path) -> None:
         os.close(lock)
         c.close()
         t.close()
+
+
+def test_every_fetch_with_high_events_claims_only_the_normal_share(spool: Path) -> None:
+    """A fetch that finds high events hands them out with normal work's share (25%), not a full batch."""
+    t = FsTransport(spool)
+    r = EventRouter(spool=spool)
+    normal = _backlog(t, r)
+    c = t.consumer(watch=False, index=False, mover_backlog=-1)
+    try:
+        primed = [d.id for d in c.fetch(10).deliveries]  # a running daemon has listed pending
+        for i in range(3):  # back to back: the old code alternated, and claimed a whole batch every other fetch
+            high = _item(r, f"hot{i}", "high")
+            t.publish([high])
+            got = c.fetch(100).deliveries
+            assert got[0].id == high.event.id
+            assert 1 <= len(got) - 1 <= 100 * 25 // 95  # the high one, then normal work's share
+        seen = primed
+        while got := c.fetch(100).deliveries:
+            seen += [d.id for d in got]
+        assert len(set(seen)) == len(seen) and set(seen) <= set(normal)
+    finally:
+        c.close()
+        t.close()
+
+
+def test_stream_of_high_events_leaves_normal_its_share(spool: Path) -> None:
+    """With 400 high events waiting, normal events still go out (shares 70/25/5), windows listed again."""
+    t = FsTransport(spool)
+    r = EventRouter(spool=spool)
+    normal = _backlog(t, r)
+    highs = [_item(r, f"hot{i}", "high") for i in range(400)]
+    t.publish(highs)
+    high_ids = {h.event.id for h in highs}
+    c = t.consumer(watch=False, index=False, mover_backlog=-1, window=40)  # listed again every 40 names
+    try:
+        order: list[str] = []
+        without = 0  # fetches in a row that took no normal event
+        while len(high_ids - set(order)) > 0:
+            got = [d.id for d in c.fetch(100).deliveries]
+            assert got, "high events were lost"
+            without = 0 if any(i not in high_ids for i in got) else without + 1
+            assert without <= 1, "normal work was starved"
+            order += got
+            more = [_item(r, f"m{len(order)}-{i}") for i in range(5)]
+            t.publish(more)  # arrivals: the window must be listed again for them
+            normal += [it.event.id for it in more]
+        taken = [i for i in order if i not in high_ids]
+        assert len(taken) >= 40 and taken == normal[: len(taken)]  # its share, in order
+    finally:
+        c.close()
+        t.close()
+
+
+def _urgent_job() -> Any:
+    from poetctl.daemon.handling import Job
+
+    return Job(None, (), urgent=True)  # type: ignore[arg-type]
+
+
+def test_gate_holds_others_until_the_urgent_delivery_starts() -> None:
+    """UrgentGate: closed for a dispatched high delivery, open once it starts; a holder wakes then."""
+    import threading
+
+    from poetctl.daemon.handling import UrgentGate
+
+    g = UrgentGate()
+    job = _urgent_job()
+    g.close(1)
+    assert g.waiting == 1
+    woke = threading.Event()
+
+    def holder() -> None:
+        g.hold()
+        woke.set()
+
+    th = threading.Thread(target=holder)
+    th.start()
+    g.started(job)
+    th.join()
+    assert woke.is_set() and g.waiting == 0 and not job.urgent
+
+
+def test_gate_start_before_close_leaves_it_open() -> None:
+    """A high delivery that starts before the loop closes the gate for it leaves the gate open."""
+    from poetctl.daemon.handling import UrgentGate
+
+    g = UrgentGate()
+    g.started(_urgent_job())  # the worker was quicker than the loop's close()
+    g.close(1)
+    assert g.waiting == 0
+    g.hold()  # returns at once: nothing waits

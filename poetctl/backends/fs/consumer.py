@@ -176,12 +176,12 @@ class FsConsumer(PriorityLanes, Claims):
         now = self.clock()
         recovered = self.recovery.total  # rescans and bucket takeovers recover too: reported on the Fetched
         self.quarantined = 0
-        # Hinted high events and set-aside low ones (priority.py). High ones found: hand them out now,
-        # without a rescan, the mover or a listing first - every other call, so normal work keeps its share.
-        # At least one when claimed normal events fill the fetch: a high one goes ahead of them.
+        # Hinted high events and set-aside low ones (priority.py); at least one high when claimed normal
+        # events fill the fetch. High ones found: hand them out now, with normal work's share of the fetch
+        # (claim_share) but without a rescan, a listing or a full claim batch first.
         high = self.fill_by_priority(max(1, limit - len(self.ready)))
-        self.hurried = hurry = high > 0 and not self.hurried
-        self.watch_hints, self.hint_seen = high == 0, False  # a hint arriving during the claims below cuts them short
+        hurry = high > 0
+        self.watch_hints, self.hint_seen = not hurry, False  # a hint arriving during the claims below cuts them short
         woken = self.wake.is_set()
         if woken and not hurry:
             self.wake.clear()
@@ -217,6 +217,8 @@ class FsConsumer(PriorityLanes, Claims):
                 self.claim_some(limit - len(self.ready))
             if not self.stale or len(self.ready) >= limit:
                 break
+        if hurry:
+            self.claim_share()
         if self.hint_seen:
             self.fill_by_priority(limit)  # ahead of what this fetch claimed (see hint_arrived)
         self.watch_hints = False
