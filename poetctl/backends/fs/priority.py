@@ -301,7 +301,6 @@ class PriorityLanes:
         mover: Mover | None
         outstanding: deque[tuple[int, list[Delivery]]]
         stale: bool
-        relist: bool
         retry_listing: bool
         listed: bool
         wake: threading.Event
