@@ -220,3 +220,47 @@ def test_gate_start_before_close_leaves_it_open() -> None:
     g.close(1)
     assert g.waiting == 0
     g.hold()  # returns at once: nothing waits
+
+
+def test_listing_is_cut_short_for_a_hint_but_never_twice_in_a_row(spool: Path) -> None:
+    """A hint during a long listing cuts it short (the high event goes out first); the next listing completes."""
+    t = FsTransport(spool)
+    r = EventRouter(spool=spool)
+    normal = [_item(r, f"n{i}") for i in range(2100)]  # two checks of 1,024 names in a listing
+    t.publish(normal)
+    c = t.consumer(watch=False, index=False, mover_backlog=-1)
+    highs: list[str] = []
+    real = c.listing_interrupt
+
+    def emit_high() -> None:
+        high = _item(r, f"hot{len(highs)}", "high")
+        t.publish([high])
+        highs.append(high.event.id)
+
+    def during_listing() -> Any:
+        check = real()
+        if check is None:  # not to be cut short: the hint is there from its start
+            emit_high()
+            return None
+
+        def emit_then_check() -> bool:
+            if not highs:
+                emit_high()
+            return check()
+
+        return emit_then_check
+
+    c.listing_interrupt = during_listing  # type: ignore[method-assign]
+    try:
+        first = [d.id for d in c.fetch(256).deliveries]
+        assert first == highs[:1]  # before: 256 normal events, the high one a fetch later
+        second = [d.id for d in c.fetch(256).deliveries]
+        assert second == highs[1:2]  # hinted as the second listing began: out first all the same
+        assert c.pending_seen >= 2000  # the second listing completed despite the hint
+        rest: list[str] = []
+        while got := c.fetch(256).deliveries:
+            rest += [d.id for d in got]
+        assert rest == [it.event.id for it in normal]
+    finally:
+        c.close()
+        t.close()

@@ -33,7 +33,7 @@ from ...ids import time_of
 from ...transport import Delivery, Record
 from .journal import RecordStore, quarantine
 from .layout import FILE_MODE, SpoolLayout
-from .listing import list_window
+from .listing import Interrupted, list_window
 from .reader import FIRST_READ, READ_FLAGS, CorruptEvent, UnreadableEvent, decode_event, read_bytes
 
 if TYPE_CHECKING:
@@ -131,7 +131,11 @@ class Claims:
                 self.open_pending()
         except OSError as exc:
             raise SpoolIOError(f"cannot open {pending}: {exc.strerror}") from None
-        listed = list_window(pending, self.pending_fd, self.window_size)
+        try:
+            listed = list_window(pending, self.pending_fd, self.window_size, self.listing_interrupt())
+        except Interrupted:  # a high event was hinted meanwhile (priority.py): it goes first, list later
+            self.invalidate_window()
+            return
         self.window = listed.names
         self.unconfirmed = listed.unconfirmed
         oldest: int | None = None
@@ -306,6 +310,8 @@ class Claims:
         def reset_lanes(self) -> None: ...
 
         def hint_arrived(self) -> bool: ...
+
+        def listing_interrupt(self) -> Callable[[], bool] | None: ...
 
     def _check_known(self, event_type: str, path: str) -> None:
         """Validation off: emit still refuses unknown types, and so does the daemon."""

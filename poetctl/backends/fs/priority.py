@@ -316,6 +316,7 @@ class PriorityLanes:
         self.serving_low = False
         self.normal_share = 0  # normal events the last fill left room for (claim_share)
         self.share_waited = False  # a fetch with high events skipped a listing: the next one lists
+        self.listing_cut = False  # the last listing was cut short for a hint: the next one is not
         # A fetch that found no hint at its start watches for one while it claims normal events
         # (hint_arrived): one that arrives mid-fetch goes out with that fetch, not the next one.
         self.watch_hints = False
@@ -398,6 +399,24 @@ class PriorityLanes:
 
     def _needs_listing(self) -> bool:
         return self.stale or self.relist or self.retry_listing or not self.listed or self.wake.is_set()
+
+    def listing_interrupt(self) -> Callable[[], bool] | None:
+        """What may cut a listing short: a hint (:meth:`hint_arrived`) - but never two listings in a row.
+
+        A listing of 100,000 names takes tens of ms (much more on a loaded
+        machine); the listing after an interrupted one always completes, so
+        a stream of high events cannot keep the window from being listed.
+        """
+        if self.listing_cut:
+            self.listing_cut = False  # this one completes
+            return None
+        return self._cut_listing if self.watch_hints else None
+
+    def _cut_listing(self) -> bool:
+        if self.hint_arrived():
+            self.listing_cut = True
+            return True
+        return False
 
     def hint_arrived(self) -> bool:
         """Was a high event hinted since this fetch began (one that found none)? Claim loops stop for it.
