@@ -181,6 +181,8 @@ class FsConsumer(PriorityLanes, Claims):
         # (claim_share) but without a rescan, a listing or a full claim batch first.
         high = self.fill_by_priority(max(1, limit - len(self.ready)))
         hurry = high > 0
+        if not hurry:
+            self.share_waited = False  # claim_share lists only in back-to-back fetches with high events
         self.watch_hints, self.hint_seen = not hurry, False  # a hint arriving during the claims below cuts them short
         woken = self.wake.is_set()
         if woken and not hurry:
@@ -211,7 +213,7 @@ class FsConsumer(PriorityLanes, Claims):
                     self.claim_some(limit)
                     if self.hint_seen:
                         break
-                if not self.ready and self.outstanding:
+                if not self.ready and self.outstanding and not self.hint_seen:
                     self.collect()
             elif len(self.ready) < limit and not self.exhausted():
                 self.claim_some(limit - len(self.ready))

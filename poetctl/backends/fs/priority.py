@@ -390,8 +390,8 @@ class PriorityLanes:
         self.share_waited = False
         mover = self.mover
         if mover is not None and mover.alive:
-            if self.outstanding:
-                self.collect()  # sent by an earlier fetch: normally answered by now
+            if self.outstanding and mover.claim_answered(self.outstanding[0][0]):
+                self.collect()  # sent by an earlier fetch; not waited for (a loaded child lags)
             if len(self.outstanding) < PIPELINE and not self.exhausted():
                 self.claim_some(n)
         elif not self.exhausted():
