@@ -188,8 +188,12 @@ class FsConsumer(PriorityLanes, Claims):
         if woken and not hurry:
             self.wake.clear()
         if not hurry and now >= self._next_scan:
-            self.invalidate_window()
-            self.recovery.run(all_dead=False)
+            if self.recovery.run(all_dead=False) or self.recovery.busy or self.exhausted():
+                self.invalidate_window()
+            else:
+                # Nothing recovered: the window stays (a listing of 100,000 names takes seconds on a
+                # loaded machine, and a high event arriving meanwhile waited); arrivals are listed after it.
+                self.retry_listing = True
             self._reconcile(look=True)
             self._check_observer()
             self._next_scan = now + self.rescan_interval
