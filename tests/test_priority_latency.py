@@ -264,3 +264,28 @@ def test_listing_is_cut_short_for_a_hint_but_never_twice_in_a_row(spool: Path) -
     finally:
         c.close()
         t.close()
+
+
+def test_rescan_keeps_a_window_with_names_left(spool: Path) -> None:
+    """A rescan that recovered nothing does not list pending/ anew while the window still has names."""
+    t = FsTransport(spool)
+    r = EventRouter(spool=spool)
+    normal = _backlog(t, r)
+    c = t.consumer(watch=False, index=False, mover_backlog=-1, rescan_interval=0.0)  # a rescan every fetch
+    listings = [0]
+    real = c.list_window
+
+    def counted() -> None:
+        listings[0] += 1
+        real()
+
+    c.list_window = counted  # type: ignore[method-assign]
+    try:
+        got: list[str] = []
+        for _ in range(3):
+            got += [d.id for d in c.fetch(10).deliveries]
+        assert got == normal[:30]
+        assert listings[0] == 1  # before: one listing per fetch
+    finally:
+        c.close()
+        t.close()
