@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import queue
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from .retries import RetryPolicy
 from .timeouts import TimedRunner
 
 FLUSH_EVERY = 512  # outcomes between consumer syncs while busy
+HOLD_LIMIT = 0.02  # longest the other workers and the loop wait for a high delivery to start (seconds)
 
 
 class Sub(Protocol):
@@ -61,6 +63,51 @@ class Job:
 
     delivery: Delivery
     subs: tuple[tuple[Sub, float | None], ...]
+    urgent: bool = False  # a high-priority delivery the UrgentGate waits for (until it starts)
+
+
+class UrgentGate:
+    """Holds normal work back while a high-priority delivery waits to start (worker threads only).
+
+    With several worker threads and the loop claiming, the worker given a high
+    delivery competes for the GIL with every other busy thread, and may wait a
+    switch interval (5 ms) per thread at each step before its handler starts.
+    While the gate is closed the other workers wait before starting their next
+    delivery, and the loop before its next fetch. It opens when every urgent
+    delivery has started (or was queued behind its key's earlier ones, where
+    it cannot jump), and holds no one longer than :data:`HOLD_LIMIT` after it
+    closed (a slow handler ahead of the urgent delivery must not stall the rest).
+    Costs one attribute check per delivery while open.
+    """
+
+    def __init__(self) -> None:
+        self.waiting = 0  # urgent jobs dispatched minus started (briefly negative: a start before the close)
+        self._since = 0.0
+        self._open = threading.Event()
+        self._open.set()
+        self._lock = threading.Lock()
+
+    def close(self, n: int) -> None:
+        """``n`` urgent jobs were just queued (the loop's thread)."""
+        with self._lock:
+            self.waiting += n
+            self._since = time.monotonic()
+            if self.waiting > 0:
+                self._open.clear()
+
+    def started(self, job: Job) -> None:
+        """``job`` (urgent) starts, or was queued behind its key's earlier deliveries."""
+        job.urgent = False
+        with self._lock:
+            self.waiting -= 1
+            if self.waiting <= 0:
+                self._open.set()
+
+    def hold(self) -> None:
+        """Wait while the gate is closed, up to :data:`HOLD_LIMIT` after it closed."""
+        left = self._since + HOLD_LIMIT - time.monotonic()
+        if left > 0:
+            self._open.wait(left)
 
 
 Report = Callable[[Delivery, Outcome], None]
@@ -78,6 +125,7 @@ class KeyWorker:
         clock: Callable[[], float],
         hooks: Hooks,
         report: Report,
+        gate: UrgentGate | None = None,
     ) -> None:
         self.name = f"poetctl-worker-{index}"
         self.consumer = consumer
@@ -86,6 +134,7 @@ class KeyWorker:
         self.clock = clock
         self.hooks = hooks
         self.report = report
+        self.gate = gate or UrgentGate()
         self.inbox: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
         self.keyq: dict[str, deque[Job]] = {}
         self.ready: deque[str] = deque()
@@ -185,6 +234,8 @@ class KeyWorker:
                             self.ready.append(job.delivery.key)
                     else:
                         q.append(job)
+                        if job.urgent:
+                            self.gate.started(job)  # behind its key's earlier deliveries: no one waits for it
                 self.busy = True
                 self._outstanding -= 1
             try:
@@ -205,8 +256,14 @@ class KeyWorker:
     def _run_key(self, key: str) -> int:
         q = self.keyq[key]
         ran = 0
+        gate = self.gate
         for _ in range(256):  # a key's deliveries back to back while they succeed: cheap, keeps order
             job = q[0]
+            if gate.waiting > 0:  # a high delivery waits to start somewhere (UrgentGate)
+                if job.urgent:
+                    gate.started(job)
+                elif not self.urgent:
+                    gate.hold()  # not if it is ours (urgent is set before the gate closes)
             outcome = self._handle(job)
             ran += 1
             self.report(job.delivery, outcome)
@@ -336,4 +393,14 @@ def start_thread(
     return t
 
 
-__all__ = ["FLUSH_EVERY", "CauseContext", "Job", "KeyWorker", "Report", "Sub", "start_thread"]
+__all__ = [
+    "FLUSH_EVERY",
+    "HOLD_LIMIT",
+    "CauseContext",
+    "Job",
+    "KeyWorker",
+    "Report",
+    "Sub",
+    "UrgentGate",
+    "start_thread",
+]

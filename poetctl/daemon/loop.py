@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
 
 from ..transport import Consumer, Delivery, dead_letter_info
-from .handling import CauseContext, Job, KeyWorker, Sub, start_thread
+from .handling import CauseContext, Job, KeyWorker, Sub, UrgentGate, start_thread
 from .middleware import Hooks, Middleware, Stats
 from .outcomes import DONE, EXPIRED, RELEASED, Dead, Done, Failed, Outcome
 from .retries import RetryPolicy
@@ -72,10 +72,12 @@ class Loop:
         self.fetch_limit = fetch_limit
         self.max_inflight = max_inflight
         self.idle_wait = idle_wait
-        self.workers = [
-            KeyWorker(i, consumer, cause, self.policy, clock, self.hooks, self._apply) for i in range(workers)
-        ]
         self.inline = workers == 1
+        self.gate = UrgentGate()  # with worker threads: normal work waits a moment for a high delivery's start
+        self.workers = [
+            KeyWorker(i, consumer, cause, self.policy, clock, self.hooks, self._apply, self.gate)
+            for i in range(workers)
+        ]
         self.error: BaseException | None = None
         self._threads: list[threading.Thread] = []
         self._subs_cache: dict[str, tuple[tuple[Sub, float | None], ...]] = {}
@@ -133,6 +135,8 @@ class Loop:
         self._raise_worker_error()
         n = 0
         room = self.max_inflight - self._inflight
+        if self.gate.waiting > 0:
+            self.gate.hold()  # a high delivery is about to start on a worker: no claims competing with it
         if room > 0 and not self._stopping:
             activity = self.stats.activity
             fetched = self.consumer.fetch(min(room, self.fetch_limit))
@@ -203,6 +207,7 @@ class Loop:
         nw = len(self.workers)
         batches: list[list[Job]] = [[] for _ in range(nw)]
         urgent = [False] * nw
+        hurry = 0
         for d in deliveries:
             subs = self._subs_for(d.event.type)
             if not subs:
@@ -210,12 +215,18 @@ class Loop:
                 continue
             # crc32 % 256 (the spool's key buckets) before % workers: a key's worker stays what it was.
             i = zlib.crc32(d.key.encode()) % 256 % nw if nw > 1 else 0
-            batches[i].append(Job(d, subs))
+            job = Job(d, subs)
+            batches[i].append(job)
             if d.event.priority == "high":
                 urgent[i] = True
+                if not self.inline:
+                    job.urgent = True
+                    hurry += 1
         for w, b, u in zip(self.workers, batches, urgent, strict=True):
             if b:
                 w.put(b, u)
+        if hurry:
+            self.gate.close(hurry)  # after the puts: a job that starts first leaves the count at 0
 
     def _unhandled(self, d: Delivery) -> Outcome:
         """No subscriber: processed at once (expired ones dead-lettered, as they would be with one)."""

@@ -33,7 +33,7 @@ from ...ids import time_of
 from ...transport import Delivery, Record
 from .journal import RecordStore, quarantine
 from .layout import FILE_MODE, SpoolLayout
-from .listing import list_window
+from .listing import Interrupted, list_window
 from .reader import FIRST_READ, READ_FLAGS, CorruptEvent, UnreadableEvent, decode_event, read_bytes
 
 if TYPE_CHECKING:
@@ -143,7 +143,11 @@ class Claims:
         # Let the spent window go first: at a large backlog it is ~10 MB of names held through the listing.
         self.window = []
         self.window_pos = 0
-        listed = list_window(pending, self.pending_fd, self.window_size)
+        try:
+            listed = list_window(pending, self.pending_fd, self.window_size, self.listing_interrupt())
+        except Interrupted:  # a high event was hinted meanwhile (priority.py): it goes first, list later
+            self.invalidate_window()
+            return
         self.window = listed.names
         self.unconfirmed = listed.unconfirmed
         oldest: int | None = None
@@ -159,7 +163,8 @@ class Claims:
         self.stale = False
         self.skipped = set()
         self.reset_lanes()
-        self.relist = False
+        # More names than the window kept: list again once it is done (not at the next rescan or wake-up).
+        self.relist = listed.count > len(listed.names)
         self.deferred = 0
         self.pending_seen = listed.count
         self.oldest_pending_ms = oldest
@@ -182,6 +187,8 @@ class Claims:
         batch: list[Delivery] = []
         try:
             while pos < len(window) and len(batch) < limit and self.leased_bytes < self.lease_bytes_limit:
+                if not pos & 31 and self.hint_arrived():
+                    break  # a high event was hinted: hand out what is claimed, then it (priority.py)
                 name = window[pos]
                 pos += 1
                 d = self._prepare(pending + name, name, claim=mover is None)
@@ -317,6 +324,10 @@ class Claims:
         def set_aside_low(self, name: str, key: str) -> None: ...
 
         def reset_lanes(self) -> None: ...
+
+        def hint_arrived(self) -> bool: ...
+
+        def listing_interrupt(self) -> Callable[[], bool] | None: ...
 
     def _check_known(self, event_type: str, path: str) -> None:
         """Validation off: emit still refuses unknown types, and so does the daemon."""

@@ -178,16 +178,24 @@ class FsConsumer(PriorityLanes, Claims):
         scanned = 0.0  # perf_counter at a periodic rescan (0: none in this call)
         recovered = self.recovery.total  # rescans and bucket takeovers recover too: reported on the Fetched
         self.quarantined = 0
-        # Hinted high events and set-aside low ones (priority.py). High ones found: hand them out now,
-        # without a rescan, the mover or a listing first - every other call, so normal work keeps its share.
-        high = self.fill_by_priority(limit - len(self.ready)) if len(self.ready) < limit else 0
-        self.hurried = hurry = high > 0 and not self.hurried
+        # Hinted high events and set-aside low ones (priority.py); at least one high when claimed normal
+        # events fill the fetch. High ones found: hand them out now, with normal work's share of the fetch
+        # (claim_share) but without a rescan, a listing or a full claim batch first.
+        high = self.fill_by_priority(max(1, limit - len(self.ready)))
+        hurry = high > 0
+        if not hurry:
+            self.share_waited = False  # claim_share lists only in back-to-back fetches with high events
+        self.watch_hints, self.hint_seen = not hurry, False  # a hint arriving during the claims below cuts them short
         woken = self.wake.is_set()
         if woken and not hurry:
             self.wake.clear()
         if not hurry and now >= self._next_scan:
-            self.invalidate_window()
-            self.recovery.run(all_dead=False)
+            if self.recovery.run(all_dead=False) or self.recovery.busy or self.exhausted():
+                self.invalidate_window()
+            else:
+                # Nothing recovered: the window stays (a listing of 100,000 names takes seconds on a
+                # loaded machine, and a high event arriving meanwhile waited); arrivals are listed after it.
+                self.retry_listing = True
             self._reconcile(look=True)
             self._check_observer()
             self._next_scan = now + self.rescan_interval
@@ -203,6 +211,8 @@ class FsConsumer(PriorityLanes, Claims):
             self.collect()  # sent by an earlier call: the child renamed it meanwhile
         # Again when a bucket taken over was recovered first (older events are back); not when hurried.
         for _ in range(0 if hurry else 3):
+            if self.hint_arrived():
+                break  # not another listing or claim batch first
             if self.exhausted() and (self.stale or self.relist or self.retry_listing or not self.listed):
                 self.list_window()
             if self.mover is not None and self.mover.alive:
@@ -210,12 +220,19 @@ class FsConsumer(PriorityLanes, Claims):
                     if self.leased_bytes >= self.lease_bytes_limit:
                         break  # the leases hold enough memory: claim more once some end (_ended wakes us)
                     self.claim_some(limit)
-                if not self.ready and self.outstanding:
+                    if self.hint_seen:
+                        break
+                if not self.ready and self.outstanding and not self.hint_seen:
                     self.collect()
             elif len(self.ready) < limit and not self.exhausted():
                 self.claim_some(limit - len(self.ready))
             if not self.stale or len(self.ready) >= limit:
                 break
+        if hurry:
+            self.claim_share()
+        if self.hint_seen:
+            self.fill_by_priority(limit)  # ahead of what this fetch claimed (see hint_arrived)
+        self.watch_hints = False
         ready = self.ready
         n = min(limit, len(ready))
         out = Fetched([ready.popleft() for _ in range(n)], self.quarantined, self.deferred)

@@ -50,13 +50,19 @@ class Window:
     listings: int = 1
 
 
-def _sort_keys(pending: Path, counter: list[int]) -> Iterator[str]:
+class Interrupted(Exception):
+    """The listing was given up: ``interrupted()`` said so (a high-priority event waits)."""
+
+
+def _sort_keys(pending: Path, counter: list[int], interrupted: Callable[[], bool] | None = None) -> Iterator[str]:
     # UUIDv7/derived names sort by time as plain strings; other names get a sort
     # key built from their mtime in the same shape, with the name after a "~".
     with os.scandir(pending) as it:
         for e in it:
             name = e.name
             counter[0] += 1
+            if not counter[0] & 1023 and interrupted is not None and interrupted():
+                raise Interrupted
             if len(name) == 41 and name[14] in "78" and name[8] == "-":
                 yield name
                 continue
@@ -68,12 +74,12 @@ def _sort_keys(pending: Path, counter: list[int]) -> Iterator[str]:
             yield f"{h[:8]}-{h[8:12]}-~{name}"
 
 
-def _smallest(pending: Path, window: int) -> tuple[list[str], int]:
+def _smallest(pending: Path, window: int, interrupted: Callable[[], bool] | None = None) -> tuple[list[str], int]:
     """Sorted sort keys of the ``window`` oldest entries, and how many entries there were."""
     counter = [0]
     try:
         # Never hold the whole listing: at a backlog of millions that alone is ~100 MB.
-        it = iter(_sort_keys(pending, counter))
+        it = iter(_sort_keys(pending, counter, interrupted))
         keys = list(itertools.islice(it, window))
         rest = next(it, None)
         if rest is None:
@@ -108,15 +114,20 @@ def _name(key: str) -> str:
     return key.partition("~")[2] or key
 
 
-def list_window(pending: Path, pending_fd: int, window: int) -> Window:
-    """List ``pending`` (open as ``pending_fd``) into a :class:`Window` safe for per-key order."""
+def list_window(pending: Path, pending_fd: int, window: int, interrupted: Callable[[], bool] | None = None) -> Window:
+    """List ``pending`` (open as ``pending_fd``) into a :class:`Window` safe for per-key order.
+
+    ``interrupted`` is asked every 1,024 names; when it says so, the listing
+    is given up (:class:`Interrupted`): a high-priority event goes out first.
+    """
     m0 = os.fstat(pending_fd).st_mtime_ns
     t0 = time.time_ns()  # wall clock on purpose: it is compared with filesystem timestamps
-    keys, count = _smallest(pending, window)
+    args = (pending, window) if interrupted is None else (pending, window, interrupted)
+    keys, count = _smallest(*args)
     m1 = os.fstat(pending_fd).st_mtime_ns
     t1 = time.time_ns()
     if m1 == m0 and t0 - m0 > RACE_NS and t1 - m1 > RACE_NS:
         return Window([_name(k) for k in keys], count)
-    again, count = _smallest(pending, window)
+    again, count = _smallest(*args)
     unconfirmed = {_name(k) for k in _missing(again, keys)}
     return Window([_name(k) for k in again], count, unconfirmed, 2)

@@ -127,6 +127,13 @@ class Mover:
                 self._fail(f"cannot write to the mover: {exc.strerror}")
             return token
 
+    def claim_answered(self, token: int) -> bool:
+        """Can :meth:`claim_result` of ``token`` return at once (no waiting for the child)?"""
+        with self._lock:
+            if token not in self._claimed and self.alive:
+                self._read_acks(block=False)
+            return token in self._claimed or not self.alive
+
     def claim_result(self, token: int) -> bytes:
         """``b"1"`` (claimed) or ``b"0"`` (gone) per name of claim batch ``token``; waits for it."""
         with self._lock:

@@ -53,11 +53,15 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...priority import HIGH, split
+from .claims import PIPELINE
 from .layout import FILE_MODE, SpoolLayout
 from .runfile import locked, open_run_file
 
 if TYPE_CHECKING:
+    from collections import deque
+
     from ...transport import Delivery, Outgoing
+    from .mover import Mover
 
 LEDGER = "run/keyledger"
 HINTS = "run/priority"
@@ -292,6 +296,19 @@ class PriorityLanes:
 
         def exhausted(self) -> bool: ...
 
+        def claim_some(self, limit: int) -> None: ...
+
+        def collect(self) -> None: ...
+
+        mover: Mover | None
+        outstanding: deque[tuple[int, list[Delivery]]]
+        stale: bool
+        retry_listing: bool
+        listed: bool
+        wake: threading.Event
+
+        def list_window(self) -> None: ...
+
     def _init_lanes(self, shares: dict[str, int] | None) -> None:
         from ...priority import DEFAULT_SHARES
 
@@ -299,7 +316,14 @@ class PriorityLanes:
         self.low_names = {}  # name -> key, in the order the walk found them
         self.low_held = set()  # keys whose earliest event is a set-aside low one
         self.serving_low = False
-        self.hurried = False  # the last fetch handed out high events without claiming normal ones
+        self.normal_share = 0  # normal events the last fill left room for (claim_share)
+        self.share_waited = False  # a fetch with high events skipped a listing: the next one lists
+        self.listing_cut = False  # the last listing was cut short for a hint: the next one is not
+        # A fetch that found no hint at its start watches for one while it claims normal events
+        # (hint_arrived): one that arrives mid-fetch goes out with that fetch, not the next one.
+        self.watch_hints = False
+        self.hint_seen = False
+        self.stuck_hints: set[str] = set()  # hinted events the last fill could not claim yet
         d = self.layout.root / HINTS
         try:
             os.mkdir(d, 0o750)
@@ -312,9 +336,16 @@ class PriorityLanes:
         hints = os.listdir(self.hints_fd)
         if not hints and not self.low_names:
             return 0
-        normal = 0 if self.exhausted() else limit
+        # Normal events may wait unless a listing found the window's last ones and nothing arrived since.
+        normal = limit if not self.exhausted() or self._needs_listing() else 0
         quota = split(limit, {"high": len(hints), "normal": normal, "low": len(self.low_names)}, self.shares)
+        # Normal work's own share beside high events (not what they leave over: claim_share claims it
+        # before a lone high event goes out), as if normal events waited (the window may need a listing).
+        sh = self.shares
+        live = sh["high"] + sh["normal"] + (sh["low"] if self.low_names else 0)
+        self.normal_share = max(1, limit * sh["normal"] // live)
         got = 0
+        self.stuck_hints = set()
         if hints:
             hints.sort()
             pending = f"{self.layout.pending}/"
@@ -328,6 +359,7 @@ class PriorityLanes:
                 if d is not None:
                     high.append(d)
                 elif _exists(self.layout.pending, name):
+                    self.stuck_hints.add(eid)  # hint_arrived() ignores it until a fill is tried again
                     continue  # not claimable yet (its bucket is another daemon's, unreadable...): try again next fetch
                 try:
                     os.unlink(eid, dir_fd=self.hints_fd)
@@ -338,6 +370,70 @@ class PriorityLanes:
         if quota["low"]:
             self.claim_low(quota["low"])
         return got
+
+    def claim_share(self) -> None:
+        """Beside high events: claim normal work's share of the fetch (the last fill's quota), no listing.
+
+        Under a stream of high events every fetch still takes normal events
+        (``priority_shares``), and a lone high event waits for one small claim
+        at most, not for a listing or a full claim batch.
+        """
+        n = self.normal_share
+        if n <= 0:
+            return
+        if self.exhausted() and self._needs_listing():
+            # A listing takes a while (100,000 names: tens of ms): not before a lone high event goes
+            # out, but in the next fetch that has high events too, so normal work is never starved.
+            if not self.share_waited:
+                self.share_waited = True
+                return
+            self.wake.clear()
+            self.list_window()
+        self.share_waited = False
+        mover = self.mover
+        if mover is not None and mover.alive:
+            if self.outstanding and mover.claim_answered(self.outstanding[0][0]):
+                self.collect()  # sent by an earlier fetch; not waited for (a loaded child lags)
+            if len(self.outstanding) < PIPELINE and not self.exhausted():
+                self.claim_some(n)
+        elif not self.exhausted():
+            self.claim_some(n)
+
+    def _needs_listing(self) -> bool:
+        return self.stale or self.relist or self.retry_listing or not self.listed or self.wake.is_set()
+
+    def listing_interrupt(self) -> Callable[[], bool] | None:
+        """What may cut a listing short: a hint (:meth:`hint_arrived`) - but never two listings in a row.
+
+        A listing of 100,000 names takes tens of ms (much more on a loaded
+        machine); the listing after an interrupted one always completes, so
+        a stream of high events cannot keep the window from being listed.
+        """
+        if self.listing_cut:
+            self.listing_cut = False  # this one completes
+            return None
+        return self._cut_listing if self.watch_hints else None
+
+    def _cut_listing(self) -> bool:
+        if self.hint_arrived():
+            self.listing_cut = True
+            return True
+        return False
+
+    def hint_arrived(self) -> bool:
+        """Was a high event hinted since this fetch began (one that found none)? Claim loops stop for it.
+
+        Called between small groups of normal claims (every 32 names) and
+        before a listing: a listdir of the hints directory, ~5 us, almost
+        always empty. A fetch that began by handing out high events does not
+        watch (a flood of high events leaves normal work its share).
+        """
+        if not self.watch_hints:
+            return False
+        if not self.hint_seen:
+            hints = os.listdir(self.hints_fd)
+            self.hint_seen = bool(hints) and not self.stuck_hints.issuperset(hints)
+        return self.hint_seen
 
     def claim_low(self, n: int) -> int:
         """Claim up to ``n`` set-aside low events (their keys' later events were kept behind them)."""
