@@ -31,14 +31,15 @@ import orjson
 from ...daemon import log
 from ...partition import key_function
 from ...transport import Attempt, Delivery, Fetched
+from . import shutdown
 from .claims import PIPELINE, Claims
-from .journal import JOURNAL, Journal, RecordStore, dead_letter, quarantine
+from .journal import Journal, RecordStore, dead_letter, quarantine
 from .layout import fsync_dir
 from .owner import current_owner, owner_alive
 from .paths import BUCKET_LOCKS, HEARTBEATS, OWNER_LOCKS
 from .priority import PriorityLanes
 from .reconcile import Reconciler
-from .recovery import Recovery, lock_owner, unlock_owner
+from .recovery import Recovery, lock_owner
 from .writer import write_atomic
 
 if TYPE_CHECKING:
@@ -473,57 +474,10 @@ class FsConsumer(PriorityLanes, Claims):
             log.warning("cannot start the completion mover; filing events here", error=exc.strerror or str(exc))
             self.mover_backlog = -1
 
-    # -- shutdown ------------------------------------------------------------------------------
+    # -- shutdown (shutdown.py) ---------------------------------------------------------------
     def close(self) -> None:
         """Hand back what is left, file what is done, sync, remove this owner's files and locks."""
-        if self._closed or self._dead:
-            return
-        self._closed = True
-        self.transport._detach(self)
-        if self._observer is not None:
-            try:
-                self._observer.stop()
-            except Exception:
-                pass
-        while self.outstanding:
-            self.collect()
-        if self.ready:
-            self.release(list(self.ready))
-            self.ready.clear()
-        if self.mover is not None:
-            # Before the safety net below: the mover's queue is handled events, not leftovers.
-            self.mover.close()
-        # Safety net: anything still claimed by us goes back.
-        for e in os.scandir(self.inflight_dir):
-            if e.name.endswith(".json"):
-                try:
-                    os.rename(e.path, self.layout.pending / e.name)
-                    self.handed_back += 1
-                except FileNotFoundError:
-                    pass
-        self._unsynced = True
-        self.sync()
-        fsync_dir(self.layout.pending)
-        if self.reconciler is not None and self.reconciler.due:
-            self.recovery.run(all_dead=False)  # a dead daemon's mover was still filing at start
-            self._reconcile()
-        self.journal.close()
-        if self.indexer is not None:
-            self.indexer.close()
-        if self.reconciler is not None:
-            self.reconciler.finish()  # last: our rows are written, this run ended cleanly
-        for p in (self.inflight_dir / JOURNAL, self.heartbeat_dir / f"{self.owner}.json"):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-        try:
-            os.rmdir(self.inflight_dir)
-        except OSError:
-            pass
-        self._close_fds()
-        unlock_owner(self.layout, self.owner, self._owner_fd)
-        self._owner_fd = -1
+        shutdown.close(self)
 
     def _close_fds(self) -> None:
         self.close_claims()
@@ -534,39 +488,8 @@ class FsConsumer(PriorityLanes, Claims):
             self.inflight_fd = -1
 
     def _simulate_death(self) -> None:
-        """Test hook: this process died. Locks go (fds closed, files left), the mover child is
-        SIGKILLed, the journal and in-flight files stay, and the transport's default ``alive``
-        says this owner is dead."""
-        import signal
-
-        if self._closed or self._dead:
-            return
-        self._dead = True
-        self.transport._detach(self)
-        self.transport.dead_owners.add(self.owner)
-        if self._observer is not None:
-            try:
-                self._observer.stop()
-            except Exception:
-                pass
-        if self.mover is not None:
-            try:
-                os.kill(self.mover.proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            self.mover.proc.wait()
-            for f in (self.mover.proc.stdin, self.mover.proc.stdout):
-                if f is not None:
-                    try:
-                        f.close()
-                    except OSError:
-                        pass
-        self.journal.close()
-        if self.indexer is not None:
-            self.indexer.close()
-        self._close_fds()
-        os.close(self._owner_fd)
-        self._owner_fd = -1
+        """Test hook: this process died (see :func:`.shutdown.simulate_death`)."""
+        shutdown.simulate_death(self)
 
 
 __all__ = ["MOVER_SYNC_EVERY", "FsConsumer"]
