@@ -319,7 +319,7 @@ class Claims:
     low_held: set[str]
     serving_low: bool
 
-    if TYPE_CHECKING:  # PriorityLanes' (the other base of FsConsumer, priority.py)
+    if TYPE_CHECKING:  # PriorityLanes' (the other base of FsConsumer, lanes.py)
 
         def set_aside_low(self, name: str, key: str) -> None: ...
 

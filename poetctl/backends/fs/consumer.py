@@ -34,10 +34,10 @@ from ...transport import Attempt, Delivery, Fetched
 from . import shutdown
 from .claims import PIPELINE, Claims
 from .journal import Journal, RecordStore, dead_letter, quarantine
+from .lanes import PriorityLanes
 from .layout import fsync_dir
 from .owner import current_owner, owner_alive
 from .paths import BUCKET_LOCKS, HEARTBEATS, OWNER_LOCKS
-from .priority import PriorityLanes
 from .reconcile import Reconciler
 from .recovery import Recovery, lock_owner
 from .writer import write_atomic
