@@ -38,6 +38,7 @@ from ...partition import KeyFunction, key_function
 from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored
 from ..memory import decode
 from . import derive, subjects
+from .fastpub import FastPublisher, event_headers, plain
 from .link import Link
 from .retry import RUN_TIMEOUT, confirmed_all, retrying, transient
 from .settings import NatsSettings
@@ -105,6 +106,7 @@ class NatsTransport:
         self.hold_idle = hold_idle  # seconds an idle partition's lease is kept (default lease_ttl / 2)
         self.link = Link(settings)
         self._consumers: weakref.WeakSet[NatsConsumer] = weakref.WeakSet()
+        self._fast: FastPublisher | None = None  # made on the link's loop at the first publish
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -203,9 +205,16 @@ class NatsTransport:
         again (same ``Nats-Msg-Id``: the server drops a copy it has). Per position: (PubAck, repeated).
         """
         js = self.link.js
+        fast = self._fast
+        if fast is None:
+            fast = self._fast = FastPublisher(self.link.nc)
         out: dict[int, tuple[Any, bool]] = {}
-        heads = [_headers(it) for _, it, _ in todo]
-        head_of = {pos: heads[k] for k, (pos, _, _) in enumerate(todo)}
+        # Subject and header bytes, made once (a repeat after a server loss reuses them); None: not plain
+        # ASCII, so through nats-py's publish_async (which checks and encodes them itself).
+        wire: dict[int, tuple[bytes, bytes] | None] = {}
+        for pos, it, part in todo:
+            subj, eid = subjects.event_subject(it.event.topic, part).encode(), it.event.id.encode()
+            wire[pos] = (subj, event_headers(eid, it.keyed)) if plain(subj, eid) else None
         loop = asyncio.get_running_loop()
         from .retry import OUTAGE
 
@@ -217,18 +226,20 @@ class NatsTransport:
             futs: list[Any] = []
             failure: BaseException | None = None
             for pos, it, part in left:
+                w = wire[pos]
                 try:
-                    futs.append(
-                        await js.publish_async(
-                            subjects.event_subject(it.event.topic, part),
-                            it.data,
-                            headers=head_of[pos],
-                        )
-                    )
+                    if w is not None:
+                        futs.append(await fast.publish(w[0], it.data, w[1]))
+                    else:
+                        topic = subjects.event_subject(it.event.topic, part)
+                        futs.append(await js.publish_async(topic, it.data, headers=_headers(it)))
                 except Exception as exc:  # reconnecting with a full buffer, stalled: the rest waits
                     failure = exc
                     break
+            await fast.kick()
             results = await confirmed_all(futs)
+            if any(isinstance(r, TimeoutError) for r in results):
+                fast.forget_done()
             again = []
             for (pos, it, part), r in zip(left, [*results, *[failure] * (len(left) - len(futs))], strict=True):
                 if isinstance(r, BaseException) or r is None:
