@@ -5,7 +5,7 @@ Part of :class:`~.consumer.NatsConsumer` (a mixin over its state; the design is 
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 from functools import partial
 from typing import Any
@@ -41,11 +41,71 @@ def _kv(h: Held) -> bool:
     return not isinstance(h, _Held) or h.kv
 
 
+class Pulls:
+    """No-wait pull requests answered on one persistent wildcard inbox (``<inbox>.<n>``), made once.
+
+    Cheaper than a subscription per pull (subscribe, unsubscribe) and a ``next_msg`` (a task and a
+    timer) per message: a pull's messages are collected by the subscription's callback, and the pull
+    waits once, until the batch is full or the server's status message (404/408/409) ends it.
+    Delivered messages carry their own subject, not the inbox: they are matched to the pull by the
+    consumer named in their ack subject (one pull per consumer at a time); status messages by the
+    inbox token. Messages that arrive for a pull given up on (a timeout: a server loss) are dropped;
+    the caller treats its partition as suspect (they come back after AckWait).
+    """
+
+    def __init__(self, nc: Any, timeout: float = 10.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self._sub: Any = None
+        self._prefix = ""
+        self._n = 0
+        self._open: dict[str, tuple[list[Any], int, asyncio.Future[None]]] = {}  # consumer -> its pull
+        self._toks: dict[str, str] = {}  # inbox token -> consumer
+
+    async def _on(self, m: Any) -> None:
+        if m.headers and m.headers.get("Status"):
+            got = self._open.get(self._toks.get(m.subject[len(self._prefix) :], ""))
+            if got is not None and not got[2].done():
+                got[2].set_result(None)  # 404 no messages, 408 expired, 409: the end of this pull
+            return
+        try:
+            consumer = m.metadata.consumer
+        except Exception:  # not a JetStream delivery: nothing of ours
+            return
+        got = self._open.get(consumer)
+        if got is None:
+            return
+        msgs, batch, done = got
+        msgs.append(m)
+        if len(msgs) >= batch and not done.done():
+            done.set_result(None)
+
+    async def pull(self, stream: str, consumer: str, batch: int) -> list[Any]:
+        if self._sub is None:
+            inbox = self.nc.new_inbox()
+            self._sub = await self.nc.subscribe(inbox + ".*", cb=self._on)
+            self._prefix = inbox + "."
+        self._n += 1
+        tok = str(self._n)
+        msgs: list[Any] = []
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._open[consumer] = (msgs, batch, done)
+        self._toks[tok] = consumer
+        api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        try:
+            await self.nc.publish(api, b'{"batch":%d,"no_wait":true}' % batch, reply=self._prefix + tok)
+            await asyncio.wait_for(done, self.timeout)
+        finally:
+            del self._open[consumer], self._toks[tok]
+        return msgs
+
+
 class Intake(PartitionLeases):
     """Pulls (no-wait pull requests), suspect checks after a reconnect, decoding into the partition buffers."""
 
     _pipe: Any
     _lset: set[int]
+    _pulls: Pulls | None = None
 
     async def _quarantine(
         self, m: Any, eid: str, topic: str | None, seq: int, reason: str, detail: str, where: str
@@ -54,39 +114,22 @@ class Intake(PartitionLeases):
 
     async def _pull(self, p: int, batch: int) -> list[Any]:
         """Up to ``batch`` messages of partition ``p`` without waiting (a no_wait pull request)."""
-        nc = self.t.link.nc
         s = self.t.settings
-        inbox = nc.new_inbox()
-        msgs: list[Any] = []
+        pulls = self._pulls
+        if pulls is None or pulls.nc is not self.t.link.nc:
+            pulls = self._pulls = Pulls(self.t.link.nc)
         try:
-            sub = await nc.subscribe(inbox)
-        except Exception as exc:  # reconnecting: pull again next time
-            if transient(exc):
-                return msgs
-            raise
-        try:
-            req = json.dumps({"batch": batch, "no_wait": True}).encode()
-            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{s.durable(p)}", req, reply=inbox)
-            while len(msgs) < batch:
-                m = await sub.next_msg(timeout=10)
-                if m.headers and m.headers.get("Status"):
-                    break  # 404 no messages, 408 expired, 409: the end of this pull
-                msgs.append(m)
+            return await pulls.pull(s.stream, s.durable(p), batch)
         except Exception as exc:
             if not transient(exc):
                 raise
-            # Cut short (a server loss): messages sent to this inbox may be lost, and JetStream redelivers
+            # Cut short (a server loss): messages sent to this pull may be lost, and JetStream redelivers
             # them only after AckWait, behind what is pulled next: check before handing out more of p.
             self._suspect.add(p)
             from ...daemon import log
 
             log.warning("a NATS pull was cut short; checking the partition", partition=p, error=repr(exc))
-        finally:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # reconnecting: the server dropped the subscription with the connection
-                pass
-        return msgs
+            return []
 
     async def _check_suspects(self) -> None:
         """For each suspect partition: if the server has more of it awaiting acks than this daemon holds,
