@@ -212,9 +212,14 @@ class NatsTransport:
         # Subject and header bytes, made once (a repeat after a server loss reuses them); None: not plain
         # ASCII, so through nats-py's publish_async (which checks and encodes them itself).
         wire: dict[int, tuple[bytes, bytes] | None] = {}
+        subj_of: dict[tuple[str, int], bytes | None] = {}  # a group has few topics: each subject made once
         for pos, it, part in todo:
-            subj, eid = subjects.event_subject(it.event.topic, part).encode(), it.event.id.encode()
-            wire[pos] = (subj, event_headers(eid, it.keyed)) if plain(subj, eid) else None
+            subj = subj_of.get((it.event.topic, part), b"")
+            if subj == b"":
+                subj = subjects.event_subject(it.event.topic, part).encode()
+                subj = subj_of[(it.event.topic, part)] = subj if plain(subj) else None
+            eid = it.event.id.encode()
+            wire[pos] = (subj, event_headers(eid, it.keyed)) if subj is not None and plain(eid) else None
         loop = asyncio.get_running_loop()
         from .retry import OUTAGE
 
