@@ -37,7 +37,7 @@ from ...event import Event
 from ...partition import KeyFunction, key_function
 from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored
 from ..memory import decode
-from . import derive, subjects
+from . import derive, subjects, tally
 from .fastpub import FastPublisher, event_headers, plain
 from .link import Link
 from .retry import RUN_TIMEOUT, confirmed_all, retrying, transient
@@ -479,61 +479,10 @@ class NatsTransport:
 
     def counts(self) -> dict[State, int]:
         self._settle_local()
-        out = dict.fromkeys(State, 0)
-
-        async def go() -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[int, int | None, str]], derive.Floors]:
-            return await self._all_states(), await derive.stream_ids(self), await derive.floors(self)
-
-        states, ids, fl = self.link.run(go(), timeout=300)
-        local = self._local_states()
-        leased = {kv_key(i) for i, s in local.items() if s is State.INFLIGHT}
-        for key, st in states:
-            s = State(st["s"])
-            out[State.INFLIGHT if s is State.PENDING and key in leased else s] += 1
-        known = {k for k, _ in states}
-        for seq, p, eid in ids:
-            if kv_key(eid) not in known:
-                out[derive.derived(seq, p, fl, local.get(eid))] += 1
-        return out
+        return tally.counts(self)
 
     def prune(self, before: float, states: Sequence[State] = (State.PROCESSED,)) -> int:
-        bad = {State.PENDING, State.INFLIGHT, State.CORRUPT} & set(states)
-        if bad:  # quarantined input is kept for an operator, never deleted (as on the spool)
-            raise ValueError(f"prune removes processed and dead events only, not {sorted(bad)}")
-        wanted = {s.value for s in states}
-        states_wanted = set(states)
-
-        async def go() -> int:
-            from nats.js.errors import NotFoundError
-
-            n = 0
-            states = await self._all_states()
-            if State.PROCESSED in states_wanted:  # the derived ones: acked under the floor, no entry
-                known = {k for k, _ in states}
-                fl = await derive.floors(self)
-                for at, p, ev in await self._scan(Query()):
-                    if kv_key(ev.id) in known or ev.timestamp >= before:
-                        continue
-                    if derive.derived(at, p, fl) is State.PROCESSED:
-                        try:
-                            await self.link.jsm.delete_msg(self.settings.stream, at)
-                        except NotFoundError:
-                            continue
-                        n += 1
-            for key, st in states:
-                if st["s"] not in wanted or float(st.get("ts", before)) >= before:
-                    continue
-                for stream, seq in ((self.settings.stream, st.get("seq")), (st.get("dstream"), st.get("dseq"))):
-                    if stream and seq:
-                        try:
-                            await self.link.jsm.delete_msg(stream, int(seq))
-                        except NotFoundError:
-                            pass
-                await self.state_kv.purge(key)
-                n += 1
-            return n
-
-        return self.link.run(go(), timeout=600)
+        return tally.prune(self, before, states)
 
     def close(self) -> None:
         with self._lock:
