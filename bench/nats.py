@@ -10,10 +10,16 @@ with a temp store, creates the streams as ``poetctl nats setup`` does, and
 measures, alternating product and bare in each rep (targets in brackets):
 
 1. Publish: ``emit_many`` through the NATS transport (build, validate, seal,
-   publish with ``Nats-Msg-Id``, PubAck, KV state) vs nats-py's own
-   ``publish_async`` of the same bytes to the same subjects.       [>= 0.8x]
-2. Consume: the NATS consumer's ``fetch`` + ``ack`` (leases, records) vs a
-   bare pull-subscription ``fetch`` + ``ack`` loop.                [>= 0.8x]
+   publish with ``Nats-Msg-Id``, wait for every PubAck; fresh ids get no KV
+   entry) vs nats-py's own ``publish_async`` of the same bytes to the same
+   subjects, then ``publish_async_completed`` (every PubAck).      [>= 0.8x]
+2. Consume: the NATS consumer's ``fetch`` + ``begin`` + ``ack`` + ``sync``
+   (leases, decode and checksum, records where needed, acks confirmed by a
+   flush) vs a bare pull-subscription ``fetch`` + ``ack`` loop (acks not
+   waited for either).                                             [>= 0.8x]
+
+Both sides of each part also report CPU microseconds per event of this
+process (all threads; the shared nats-server is left out).
 3. Hybrid: the spool's batch emit rate (``emit_many``, batches of 500) vs
    the forwarder's rate over the same spool (list, read, verify, publish,
    record).                                           [forwarding >= emit]
@@ -276,8 +282,8 @@ def main() -> None:
                         f"rep {rep + 1}: publish poetctl {results['pub'][-1]:,.0f}/s nats-py "
                         f"{results['bare_pub'][-1]:,.0f}/s | consume poetctl {results['con'][-1]:,.0f}/s "
                         f"bare {results['bare_con'][-1]:,.0f}/s | spool batch emit {e:,.0f}/s forward {f:,.0f}/s"
-                        f" | per CPU-second: publish {CPU['pub'][-1]:,.0f} vs {CPU['bare_pub'][-1]:,.0f}, "
-                        f"consume {CPU['con'][-1]:,.0f} vs {CPU['bare_con'][-1]:,.0f}",
+                        f" | CPU us/event: publish {1e6 / CPU['pub'][-1]:.0f} vs {1e6 / CPU['bare_pub'][-1]:.0f}, "
+                        f"consume {1e6 / CPU['con'][-1]:.0f} vs {1e6 / CPU['bare_con'][-1]:.0f}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -314,7 +320,9 @@ def main() -> None:
             f"per CPU-second of this process (medians): publish {cpu.get('pub', 0):,.0f} vs "
             f"{cpu.get('bare_pub', 0):,.0f} (ratio {cpu.get('pub', 0) / max(1e-9, cpu.get('bare_pub', 0)):.2f}), "
             f"consume {cpu.get('con', 0):,.0f} vs {cpu.get('bare_con', 0):,.0f} "
-            f"(ratio {cpu.get('con', 0) / max(1e-9, cpu.get('bare_con', 0)):.2f})",
+            f"(ratio {cpu.get('con', 0) / max(1e-9, cpu.get('bare_con', 0)):.2f}); CPU us/event: publish "
+            f"{1e6 / max(1e-9, cpu.get('pub', 0)):.0f} vs {1e6 / max(1e-9, cpu.get('bare_pub', 0)):.0f}, consume "
+            f"{1e6 / max(1e-9, cpu.get('con', 0)):.0f} vs {1e6 / max(1e-9, cpu.get('bare_con', 0)):.0f}",
             f"scale    two daemons {med['two']:>5,.0f}  one daemon (5 ms handler) {med['one']:>5,.0f}"
             f"  ratio {ratios['two_vs_one']:.2f} [>= 1.8]",
         ]

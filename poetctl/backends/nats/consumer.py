@@ -29,6 +29,7 @@ event id; a redelivered message reads its record from there.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import math
 import os
@@ -40,13 +41,11 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from ...errors import InvalidData
-from ...transport import Attempt, Delivery, Fetched, Record, State
-from ..memory import decode
+from ...transport import Attempt, Delivery, Fetched, State
 from . import subjects
-from .leases import Held as _Held
-from .leases import PartitionLeases
-from .pipeline import Op, Pipeline
+from .intake import Intake, _Held, _kv, _reply
+from .leases import Held, PartitionLeases
+from .pipeline import UNCONFIRMED, Op, Pipeline
 from .retry import RUN_TIMEOUT, retrying, transient
 from .transport import NatsTransport, dumps, kv_key
 
@@ -55,23 +54,13 @@ HEADER_MAX = 4096
 PULL_MAX = 64  # messages pulled ahead per partition
 
 
-async def _reply(m: Any, body: bytes) -> None:
-    """Ack (``+ACK``), nak (``-NAK``), term (``+TERM``) ``m``; unlike ``m.ack()``, safe to repeat after a server loss.
-
-    nats-py marks a message acknowledged once its ack is buffered, and refuses a second one; an ack
-    lost with a dead server's socket must be sent again (a repeated ack is harmless to JetStream).
-    """
-    await m._client.publish(m.reply, body)
-    m._ackd = True
-
-
 def _header(text: str | None, limit: int = HEADER_MAX) -> str:
     """A header value: one line (JSON-escaped), bounded."""
     s = json.dumps(text or "")[1:-1]
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
-class NatsConsumer(PartitionLeases):
+class NatsConsumer(Intake, PartitionLeases):
     """Leases due events from the partitions this daemon holds. Thread-safe (one lock)."""
 
     def __init__(self, transport: NatsTransport, name: str | None = None) -> None:
@@ -80,8 +69,10 @@ class NatsConsumer(PartitionLeases):
         self.name = _SAFE.sub("_", name or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}")[:100]
         self._lock = threading.RLock()
         self._held: dict[int, int] = {}  # partition -> lease revision
-        self._buf: dict[int, list[_Held]] = {}
-        self._leased: dict[str, _Held] = {}
+        self._buf: dict[int, list[Held]] = {}
+        self._leased: dict[str, Held] = {}
+        self._lseqs: dict[int, list[int]] = {}  # partition -> heap of leased sequences (stale ones popped lazily)
+        self._lset: set[int] = set()  # the sequences leased now
         self._failing: dict[str, str] = {}  # key -> id of its failing lease
         self._recovered: set[int] = set()
         # Partitions taken over with deliveries outstanding: (redeliveries still expected, until when).
@@ -93,7 +84,8 @@ class NatsConsumer(PartitionLeases):
         # checked against the server before anything more of them is handed out (see _check_suspects).
         self._suspect: set[int] = set()
         self._epoch = transport.link.epoch
-        self._pipe = Pipeline(transport.link.loop)  # records and acks sent in order, confirmed at sync
+        # Records and acks sent in order, confirmed at sync (acks without a record: by a flush).
+        self._pipe = Pipeline(transport.link.loop, flush=lambda: transport.link.nc.flush(timeout=5))
         self._members = 1
         self._next_probe = 0.0
         self._wake = threading.Event()
@@ -164,7 +156,7 @@ class NatsConsumer(PartitionLeases):
                 out.deferred += len(self._buf[p])
                 continue
             buf = self._buf[p]
-            keep: list[_Held] = []
+            keep: list[Held] = []
             skipped: set[str] = set()
             for h in buf:
                 if h.key in skipped or h.key in self._failing:
@@ -178,114 +170,23 @@ class NatsConsumer(PartitionLeases):
                     keep.append(h)
                 else:
                     self._leased[h.id] = h
+                    heapq.heappush(self._lseqs.setdefault(p, []), h.seq)
+                    self._lset.add(h.seq)
                     out.deliveries.append(Delivery(h.event, h.key, h.record, h))
             self._buf[p] = keep
         await self._give_back_idle()
 
-    async def _pull(self, p: int, batch: int) -> list[Any]:
-        """Up to ``batch`` messages of partition ``p`` without waiting (a no_wait pull request)."""
-        nc = self.t.link.nc
-        s = self.t.settings
-        inbox = nc.new_inbox()
-        msgs: list[Any] = []
-        try:
-            sub = await nc.subscribe(inbox)
-        except Exception as exc:  # reconnecting: pull again next time
-            if transient(exc):
-                return msgs
-            raise
-        try:
-            req = json.dumps({"batch": batch, "no_wait": True}).encode()
-            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{s.durable(p)}", req, reply=inbox)
-            while len(msgs) < batch:
-                m = await sub.next_msg(timeout=10)
-                if m.headers and m.headers.get("Status"):
-                    break  # 404 no messages, 408 expired, 409: the end of this pull
-                msgs.append(m)
-        except Exception as exc:
-            if not transient(exc):
-                raise
-            # Cut short (a server loss): messages sent to this inbox may be lost, and JetStream redelivers
-            # them only after AckWait, behind what is pulled next: check before handing out more of p.
-            self._suspect.add(p)
-            from ...daemon import log
-
-            log.warning("a NATS pull was cut short; checking the partition", partition=p, error=repr(exc))
-        finally:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # reconnecting: the server dropped the subscription with the connection
-                pass
-        return msgs
-
-    async def _check_suspects(self) -> None:
-        """For each suspect partition: if the server has more of it awaiting acks than this daemon holds,
-        the rest was lost in transit and comes back after AckWait; lease nothing of it until then (sorted)."""
-        s = self.t.settings
-        for p in sorted(self._suspect):
-            if p not in self._held:
-                self._suspect.discard(p)
-                continue
-            try:
-                await self._pipe.drain(keep=True)  # acks sent here are not what is missing (sync reports failures)
-                ci = await self.t.link.jsm.consumer_info(s.stream, s.durable(p))
-            except Exception as exc:
-                if transient(exc):
-                    return  # still settling: try again at the next fetch, handing out nothing of p meanwhile
-                raise
-            self._suspect.discard(p)
-            mine = len(self._buf.get(p, ())) + sum(1 for h in self._leased.values() if h.p == p)
-            missing = int(ci.num_ack_pending or 0) - mine
-            if missing > 0:
-                from ...daemon import log
-
-                log.info("messages lost in transit come back after AckWait; waiting for them", partition=p, n=missing)
-                self._settle[p] = (missing, time.monotonic() + 2 * s.ack_wait + 1)
-
-    async def _take_in(self, p: int, msgs: list[Any], out: Fetched) -> None:
-        """Decode pulled messages into the partition's buffer (in stream order); quarantine the unreadable."""
-        buf = self._buf.setdefault(p, [])
-        have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
-        for m in msgs:
-            md = m.metadata
-            seq = md.sequence.stream
-            if seq in have:
-                continue  # redelivered while we still hold it (AckWait passed during a stall): keep ours
-            hdrs = m.headers or {}
-            eid = hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or f"seq-{seq}"
-            try:
-                ev = decode(m.data, eid)
-            except InvalidData as exc:
-                reason, _, detail = exc.message.partition(": ")
-                await retrying(partial(self._quarantine, m, eid, None, seq, reason, detail, "pending"))
-                out.quarantined += 1
-                continue
-            record = Record()
-            if md.num_delivered > 1:
-                st = await retrying(partial(self.t._state, eid))
-                if st is not None and st.get("s") in (State.PROCESSED, State.DEAD, State.CORRUPT):
-                    try:
-                        await _reply(m, b"+ACK" if st["s"] == State.PROCESSED else b"+TERM")
-                    except Exception as exc:  # lost: it comes back once more, and is found done again
-                        if not transient(exc):
-                            raise
-                    continue  # its outcome was recorded and the ack lost: nothing to do again
-                if st is not None and st.get("rec"):
-                    record = Record.from_dict(st["rec"])
-            buf.append(_Held(m, p, seq, ev, self.t.key_of(ev), record))
-        buf.sort(key=lambda h: h.seq)
-
     # -- recording --------------------------------------------------------------------------------
-    def _mine(self, d: Delivery) -> _Held | None:
+    def _mine(self, d: Delivery) -> Held | None:
         self._alive()
-        h: _Held = d.handle
+        h: Held = d.handle
         return h if self._leased.get(d.id) is h else None
 
-    def _state(self, h: _Held, state: State, **extra: Any) -> bytes:
+    def _state(self, h: Held, state: State, **extra: Any) -> bytes:
         st: dict[str, Any] = {"s": state.value, "seq": h.seq, "p": h.p, "ts": h.event.timestamp, **extra}
         return dumps(st)
 
-    def _put_record(self, h: _Held, state: State = State.INFLIGHT) -> None:
+    def _put_record(self, h: Held, state: State = State.INFLIGHT) -> None:
         """Write ``h``'s record behind everything sent before it, and wait for it (durable on return)."""
         data = self._state(h, state, rec=h.record.to_dict())
         self._send(lambda: self._put_async(h, data))
@@ -321,8 +222,10 @@ class NatsConsumer(PartitionLeases):
 
             raise BackendUnavailable(f"NATS at {self.t.settings.shown_servers()} refused a record: {failure}")
 
-    async def _put_async(self, h: _Held, data: bytes) -> Any:
+    async def _put_async(self, h: Held, data: bytes) -> Any:
         """Send ``h``'s state entry; the PubAck future (the pipeline awaits it with the burst)."""
+        if isinstance(h, _Held):
+            h.kv = True  # from now on an entry may exist: every later outcome must write it
         return await self.t.link.js.publish_async(f"$KV.{self.t.settings.state_bucket}.{kv_key(h.id)}", data)
 
     def done(self, delivery: Delivery, handler: str) -> None:
@@ -347,8 +250,9 @@ class NatsConsumer(PartitionLeases):
                         raise
 
     # -- outcomes ---------------------------------------------------------------------------------
-    def _end(self, h: _Held) -> None:
+    def _end(self, h: Held) -> None:
         self._leased.pop(h.id, None)
+        self._lset.discard(h.seq)
         if self._failing.get(h.key) == h.id:
             del self._failing[h.key]
 
@@ -356,28 +260,48 @@ class NatsConsumer(PartitionLeases):
         if p in self._held and not self._busy(p) and p in self._dry:
             await self._give_back(p)
 
-    def ack(self, delivery: Delivery) -> None:
-        """Sends the KV record then the ack without waiting for the server; :meth:`sync` waits for them.
+    def _covered(self, h: Held) -> bool:
+        """True if the ack floor will cover ``h`` once the acks sent so far land: nothing of its partition
+        with a lower sequence is outstanding here, and nothing of it is unaccounted for (settling, suspect)."""
+        p = h.p
+        if p in self._settle or p in self._suspect:
+            return False
+        buf = self._buf.get(p)
+        if buf and buf[0].seq < h.seq:
+            return False
+        heap = self._lseqs.get(p)
+        while heap and heap[0] not in self._lset:
+            heapq.heappop(heap)
+        return not heap or heap[0] >= h.seq
 
-        Both are on the connection's loop when this returns (sub-millisecond later on the wire): a
-        process killed in between loses them, and the event is redelivered with its earlier handlers
-        skipped - the window the spool's mover pipe closes. :meth:`sync` raises if one failed.
+    def ack(self, delivery: Delivery) -> None:
+        """Sends the ack (behind the KV record, when one is needed) without waiting; :meth:`sync` confirms.
+
+        The record is written only when the derived state would be wrong without it (:mod:`.derive`):
+        the id has an entry (keyed, a begun record or failure reached the server, a redelivery), or
+        the ack lands above a message of its partition still outstanding. Both are on the connection's
+        loop when this returns (sub-millisecond later on the wire): a process killed in between loses
+        them, and the event is redelivered with its earlier handlers skipped - the window the spool's
+        mover pipe closes. :meth:`sync` raises if one failed.
         """
         with self._lock:
             h = self._mine(delivery)
             if h is None:
                 return
+            covered = self._covered(h)
             self._end(h)
             free = h.p in self._dry and not self._busy(h.p)  # its partition ran dry: hand it back now
             rev = self._drop(h.p) if free else None
-            self._pipe.send(lambda: self._ack(h, self._state(h, State.PROCESSED), free, rev), h.id, supersede=True)
+            self._pipe.send(lambda: self._ack(h, covered, free, rev), h.id, supersede=True)
             if free:
                 self._wait_sent()  # the lease is gone on return: another daemon's next fetch can take it
 
-    async def _ack(self, h: _Held, data: bytes, free: bool, rev: int | None) -> Any:
+    async def _ack(self, h: Held, covered: bool, free: bool, rev: int | None) -> Any:
         # The record first, then the ack (one connection: in this order on the wire). A lost ack after
-        # the record is harmless: the redelivery finds the event processed and acks it.
-        pub = await self._put_async(h, data)
+        # the record is harmless: the redelivery finds the event processed and acks it. Without a record
+        # (``h.kv`` is read here, on the loop: a begin record superseded in this burst never went out)
+        # the pipeline confirms the ack itself (a flush: the server has read it) before sync returns.
+        pub = await self._put_async(h, self._state(h, State.PROCESSED)) if _kv(h) or not covered else UNCONFIRMED
         await _reply(h.msg, b"+ACK")
         if free:
             await self._free(h.p, rev)
@@ -517,6 +441,13 @@ class NatsConsumer(PartitionLeases):
 
     def leased_count(self) -> int:
         return len(self._leased)
+
+    def local_states(self) -> dict[str, State]:
+        """Ids this consumer holds: leased (inflight) and pulled but not handed out (still pending)."""
+        with self._lock:
+            out = {h.id: State.PENDING for b in self._buf.values() for h in b}
+            out.update((i, State.INFLIGHT) for i in self._leased)
+            return out
 
     def partitions(self) -> list[int]:
         """The partitions this consumer holds now."""

@@ -5,7 +5,10 @@ returning a coroutine); the first send of a burst schedules one callback on
 the link's loop, which runs every queued operation in order in a single
 task. An operation may return a future (a PubAck to come): those are awaited
 together after the sends, so a burst costs one round trip, not one per
-message. Bursts run one after another (an asyncio lock held until the
+message. An operation that sent a plain message with no PubAck (an ack)
+returns :data:`UNCONFIRMED`: the burst then ends with one flush (PING/PONG:
+the server has read everything sent before it), and a failed flush sends
+the burst again from the first such operation. Bursts run one after another (an asyncio lock held until the
 burst's PubAcks are in), so a burst retried after a server loss never lands
 behind a later one. :meth:`drain` (on the loop) waits for everything sent so
 far and returns the first failure.
@@ -27,13 +30,15 @@ from typing import Any
 from .retry import OUTAGE, confirmed_all, transient
 
 Op = Callable[[], Awaitable[Any]]
+UNCONFIRMED = object()  # an operation's result: sent, confirmed by the burst's closing flush
 
 
 class Pipeline:
     """Ordered, batched fire-and-confirm-later sends on one asyncio loop. ``send`` is thread-safe."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, outage: float = OUTAGE) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, outage: float = OUTAGE, flush: Op | None = None) -> None:
         self.loop = loop
+        self.flush = flush
         self.outage = outage
         self._lock = threading.Lock()
         self._queue: list[list[Any]] = []  # [operation or None (superseded), key]
@@ -101,15 +106,23 @@ class Pipeline:
         """Send ``burst[start:]`` in order, then await the PubAcks; the first failed index and its error."""
         confirms: list[tuple[int, Any]] = []
         stop: tuple[int, BaseException] | None = None
+        plain: int | None = None  # the first operation confirmed by the flush
         for i in range(start, len(burst)):
             try:
                 fut = await burst[i]()
             except Exception as exc:
                 stop = (i, exc)
                 break
-            if fut is not None:
+            if fut is UNCONFIRMED:
+                plain = i if plain is None else plain
+            elif fut is not None:
                 confirms.append((i, fut))
         results = await confirmed_all([f for _, f in confirms])
+        if plain is not None and self.flush is not None and (stop is None or plain < stop[0]):
+            try:
+                await self.flush()
+            except Exception as exc:
+                stop = (plain, exc)
         for (i, _), r in zip(confirms, results, strict=True):
             if isinstance(r, BaseException) and (stop is None or i < stop[0]):
                 stop = (i, r)

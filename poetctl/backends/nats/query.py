@@ -26,7 +26,7 @@ from ...errors import InvalidData
 from ...event import Event
 from ...transport import Query, State
 from ..memory import decode
-from . import subjects
+from . import derive, subjects
 from .transport import NatsTransport, dumps, kv_key
 
 WINDOW = 512  # messages read per step when looking backwards for the newest N
@@ -116,15 +116,21 @@ async def entries(t: NatsTransport, ids: Sequence[str]) -> dict[str, tuple[dict[
 async def _resolve(t: NatsTransport, found: list[tuple[int, Any, Event]]) -> list[Seen]:
     """Attach each event's state; drop stale copies (one id: the newest copy only).
 
-    A copy newer than the sequence its state names, or one without state yet
-    (the publisher writes the state right after the PubAck), is pending: a
-    replay or retry that has published and not yet written the state.
+    A copy newer than the sequence its state names is pending: a replay or
+    retry that has published and not yet written the state. A copy without
+    an entry has its state derived from its partition consumer (:mod:`.derive`;
+    revision 0: a replay creates the entry).
     """
     known = await entries(t, [ev.id for _, _, ev in found])
+    fl = await derive.floors(t) if any(ev.id not in known for _, _, ev in found) else {}
+    local = t._local_states()
     best: dict[str, Seen] = {}
     for seq, m, ev in found:
-        st, rev = known.get(ev.id, (None, None))
-        state = str(st["s"]) if st is not None else State.PENDING.value
+        st, rev = known.get(ev.id, (None, 0))
+        if st is not None:
+            state = str(st["s"])
+        else:
+            state = derive.derived(seq, derive.partition_of_subject(m.subject), fl, local.get(ev.id)).value
         if st is not None and "seq" in st and st.get("stream", t.settings.stream) == t.settings.stream:
             if int(st["seq"]) > seq:
                 continue  # a stale copy: the event lives on at a later sequence
@@ -209,6 +215,16 @@ def lookup(t: NatsTransport, ids: Sequence[str]) -> dict[str, Seen]:
             seq = int(st["seq"])
             path = PurePosixPath(stream, str(seq))
             out[eid] = Seen(ev.timestamp, eid, str(st["s"]), path, ev, bytes(raw.data or b""), seq, st, rev)
+        for eid in dict.fromkeys(ids):  # no entry: found in the stream, state derived (:mod:`.derive`)
+            if eid in known:
+                continue
+            st_, found = await t._lookup(eid)
+            if st_ is None or found is None:
+                continue
+            seq = int(st_["seq"])
+            raw_ = found.to_json() + b"\n"
+            path = PurePosixPath(t.settings.stream, str(seq))
+            out[eid] = Seen(found.timestamp, eid, str(st_["s"]), path, found, raw_, seq, None, 0)
         return out
 
     return t.link.run(go(), timeout=120)

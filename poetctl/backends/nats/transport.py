@@ -7,9 +7,12 @@ Where things live (names from :class:`~.settings.NatsSettings`):
   server within the duplicate window);
 * its state: KV ``POET_STATE`` under the event id: ``{"s": state, "seq":
   stream sequence, "p": partition, "ts": timestamp, "rec": handling record,
-  "info": dead letter / quarantine description}``. Keyed ids are checked
-  there before publishing, so a keyed id older than the duplicate window is
-  still a no-op and a quarantined one is refused.
+  "info": dead letter / quarantine description}``, written only when the
+  stream and its partition consumer cannot tell (:mod:`.derive`). Keyed ids
+  get one at publish (header ``Poet-Kv``) and are checked there before
+  publishing, so a keyed id older than the duplicate window is still a
+  no-op and a quarantined one is refused. A fresh (unkeyed) id is published
+  alone: its state is derived from the consumer's ack floor.
 * dead letters: stream ``POET_DEAD`` (``poet.dead.<topic tail>``, headers
   Poet-Error / Poet-Attempts / Poet-Reason / Poet-Traceback, body = the
   original event); quarantined input: stream ``POET_CORRUPT``.
@@ -34,7 +37,8 @@ from ...event import Event
 from ...partition import KeyFunction, key_function
 from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored
 from ..memory import decode
-from . import subjects
+from . import derive, subjects, tally
+from .fastpub import FastPublisher, event_headers, plain
 from .link import Link
 from .retry import RUN_TIMEOUT, confirmed_all, retrying, transient
 from .settings import NatsSettings
@@ -59,6 +63,17 @@ _EXPECT_LAST = "Nats-Expected-Last-Subject-Sequence"
 def _wrong_last(exc: BaseException) -> bool:
     """A create refused because the key exists (JetStream error 10071)."""
     return getattr(exc, "err_code", None) == 10071
+
+
+def _headers(it: Outgoing) -> dict[str, str]:
+    """An event message's headers: its id (deduplication; read back by consumers and queries).
+
+    ``Poet-Kv`` marks an event published with a state entry (a keyed id): its consumer must write the
+    completion entry too, since an entry always wins over the derived state (:mod:`.derive`).
+    """
+    if it.keyed:
+        return {"Nats-Msg-Id": it.event.id, "Poet-Id": it.event.id, "Poet-Kv": "1"}
+    return {"Nats-Msg-Id": it.event.id, "Poet-Id": it.event.id}
 
 
 def dumps(d: dict[str, Any]) -> bytes:
@@ -95,6 +110,7 @@ class NatsTransport:
         self.hold_idle = hold_idle  # seconds an idle partition's lease is kept (default lease_ttl / 2)
         self.link = Link(settings)
         self._consumers: weakref.WeakSet[NatsConsumer] = weakref.WeakSet()
+        self._fast: FastPublisher | None = None  # made on the link's loop at the first publish
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -163,20 +179,24 @@ class NatsTransport:
         try:
             acks = await self._send_all(todo)
             result = [False] * len(items)
-            # The state entries, pipelined too; each is a create (expected last sequence 0): a consumer
-            # that got there first (or a retried group) has newer state, and its refusal is ignored.
+            # Keyed ids get a state entry, pipelined too; each is a create (expected last sequence 0): a
+            # consumer that got there first (or a retried group) has newer state, and its refusal is ignored.
             # A publish repeated after a lost PubAck is a "duplicate" of itself: its entry is made too,
             # and it counts as added unless the entry existed (an id published before this call).
+            # A fresh id needs no entry (its state is derived, :mod:`.derive`): a duplicate of it can only
+            # be this call's own repeat, so it counts as added.
             prefix = f"$KV.{self.settings.state_bucket}."
             made: list[tuple[int, str, bytes, bool]] = []
             for pos, it, part in todo:
                 ack, repeated = acks[pos]
                 if ack.duplicate and not repeated:
                     continue  # the id was published before (within the duplicate window): not added
-                result[pos] = not ack.duplicate
+                result[pos] = not ack.duplicate or not it.keyed
+                if not it.keyed:
+                    continue
                 st = {"s": State.PENDING.value, "seq": ack.seq, "p": part, "ts": it.event.timestamp}
                 made.append((pos, prefix + kv_key(it.event.id), dumps(st), ack.duplicate))
-            created = await self._create_all([(k, v) for _, k, v, _ in made])
+            created = await self._create_all([(k, v) for _, k, v, _ in made]) if made else []
             for (pos, _, _, dup), ok in zip(made, created, strict=True):
                 if dup:
                     result[pos] = ok  # a repeat after a lost PubAck: added by this call if the entry is new
@@ -195,7 +215,21 @@ class NatsTransport:
         again (same ``Nats-Msg-Id``: the server drops a copy it has). Per position: (PubAck, repeated).
         """
         js = self.link.js
+        fast = self._fast
+        if fast is None:
+            fast = self._fast = FastPublisher(self.link.nc)
         out: dict[int, tuple[Any, bool]] = {}
+        # Subject and header bytes, made once (a repeat after a server loss reuses them); None: not plain
+        # ASCII, so through nats-py's publish_async (which checks and encodes them itself).
+        wire: dict[int, tuple[bytes, bytes] | None] = {}
+        subj_of: dict[tuple[str, int], bytes | None] = {}  # a group has few topics: each subject made once
+        for pos, it, part in todo:
+            subj = subj_of.get((it.event.topic, part), b"")
+            if subj == b"":
+                subj = subjects.event_subject(it.event.topic, part).encode()
+                subj = subj_of[(it.event.topic, part)] = subj if plain(subj) else None
+            eid = it.event.id.encode()
+            wire[pos] = (subj, event_headers(eid, it.keyed)) if subj is not None and plain(eid) else None
         loop = asyncio.get_running_loop()
         from .retry import OUTAGE
 
@@ -206,19 +240,21 @@ class NatsTransport:
         while left:
             futs: list[Any] = []
             failure: BaseException | None = None
-            for _, it, part in left:
+            for pos, it, part in left:
+                w = wire[pos]
                 try:
-                    futs.append(
-                        await js.publish_async(
-                            subjects.event_subject(it.event.topic, part),
-                            it.data,
-                            headers={"Nats-Msg-Id": it.event.id, "Poet-Id": it.event.id},
-                        )
-                    )
+                    if w is not None:
+                        futs.append(await fast.publish(w[0], it.data, w[1]))
+                    else:
+                        topic = subjects.event_subject(it.event.topic, part)
+                        futs.append(await js.publish_async(topic, it.data, headers=_headers(it)))
                 except Exception as exc:  # reconnecting with a full buffer, stalled: the rest waits
                     failure = exc
                     break
+            await fast.kick()
             results = await confirmed_all(futs)
+            if any(isinstance(r, TimeoutError) for r in results):
+                fast.forget_done()
             again = []
             for (pos, it, part), r in zip(left, [*results, *[failure] * (len(left) - len(futs))], strict=True):
                 if isinstance(r, BaseException) or r is None:
@@ -287,9 +323,25 @@ class NatsTransport:
         return d
 
     def raw_state(self, event_id: str) -> dict[str, Any] | None:
-        """The KV state entry of an id (for tests and ``dead``/``status`` commands)."""
+        """The KV state entry of an id, or the state derived for it (``"derived": True``; :mod:`.derive`)."""
         self._settle_local()
-        return self.link.run(self._state(event_id))
+        return self.link.run(self._lookup(event_id))[0]
+
+    async def _lookup(self, event_id: str) -> tuple[dict[str, Any] | None, Event | None]:
+        """(state entry or derived state, the event if it was read to derive it)."""
+        st = await self._state(event_id)
+        if st is not None:
+            return st, None
+        where = await derive.locate(self, event_id)
+        if where is None:
+            return None, None
+        seq, p, ev = where
+        fl = await derive.floors(self)
+        s = derive.derived(seq, p, fl, self._local_states().get(event_id))
+        out: dict[str, Any] = {"s": s.value, "seq": seq, "p": p, "derived": True}
+        if ev is not None:
+            out["ts"] = ev.timestamp
+        return out, ev
 
     def _settle_local(self) -> None:
         """This process's consumers send acks without waiting: a query first waits for them (read your writes)."""
@@ -313,6 +365,13 @@ class NatsTransport:
     def _local_lease(self, event_id: str) -> bool:
         return any(c.holds(event_id) for c in list(self._consumers))
 
+    def _local_states(self) -> dict[str, State]:
+        """What this process's consumers hold: leased ids (inflight) and pulled ones not handed out (pending)."""
+        out: dict[str, State] = {}
+        for c in list(self._consumers):
+            out.update(c.local_states())
+        return out
+
     # -- queries -------------------------------------------------------------------------------
     def _state_enum(self, event_id: str, st: dict[str, Any] | None) -> State | None:
         if st is None:
@@ -326,11 +385,13 @@ class NatsTransport:
         return self._state_enum(event_id, self.raw_state(event_id))
 
     def get(self, event_id: str) -> Stored | None:
-        st = self.raw_state(event_id)
+        self._settle_local()
+        st, ev = self.link.run(self._lookup(event_id))
         state = self._state_enum(event_id, st)
         if st is None or state is None:
             return None
-        ev = self.link.run(self._load(st, event_id)) if "seq" in st else None
+        if ev is None and "seq" in st and not st.get("derived"):
+            ev = self.link.run(self._load(st, event_id))
         info = st.get("info")
         return Stored(event_id, state, ev, dict(info) if info else None)
 
@@ -347,12 +408,22 @@ class NatsTransport:
             return None
 
     def select(self, query: Query, limit: int | None = None) -> Iterator[Stored]:
-        found = self.link.run(self._scan(query), timeout=300)
+        self._settle_local()
+
+        async def go() -> tuple[list[tuple[int, int | None, Event]], dict[str, dict[str, Any]], derive.Floors]:
+            found = await self._scan(query)
+            states = dict(await self._all_states()) if found else {}
+            return found, states, (await derive.floors(self) if found else {})
+
+        found, states, fl = self.link.run(go(), timeout=300)
+        local = self._local_states()
         n = 0
-        for _seq, ev in sorted(found, key=lambda x: x[0], reverse=True):
+        for seq, p, ev in sorted(found, key=lambda x: x[0], reverse=True):
             if limit is not None and n >= limit:
                 return
-            st = self.raw_state(ev.id)
+            st = states.get(kv_key(ev.id))
+            if st is None:
+                st = {"s": derive.derived(seq, p, fl, local.get(ev.id)).value}
             state = self._state_enum(ev.id, st)
             if state is None or state not in query.states:
                 continue
@@ -360,7 +431,7 @@ class NatsTransport:
             n += 1
             yield Stored(ev.id, state, ev, dict(info) if info else None)
 
-    async def _scan(self, query: Query) -> list[tuple[int, Event]]:
+    async def _scan(self, query: Query) -> list[tuple[int, int | None, Event]]:
         """Every readable event of the stream matching ``query`` (an ephemeral ordered read)."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -386,7 +457,7 @@ class NatsTransport:
         info = await self.link.jsm.stream_info(self.settings.stream)
         if info.state.messages == 0:
             return []
-        out: list[tuple[int, Event]] = []
+        out: list[tuple[int, int | None, Event]] = []
         async for m in self.link.read(self.settings.stream, cfg):
             eid = (m.headers or {}).get("Poet-Id") or (m.headers or {}).get("Nats-Msg-Id") or ""
             try:
@@ -394,7 +465,7 @@ class NatsTransport:
             except InvalidData:
                 continue
             if query.match(ev):
-                out.append((m.metadata.sequence.stream, ev))
+                out.append((m.metadata.sequence.stream, derive.partition_of_subject(m.subject), ev))
         return out
 
     async def _all_states(self) -> list[tuple[str, dict[str, Any]]]:
@@ -418,39 +489,10 @@ class NatsTransport:
 
     def counts(self) -> dict[State, int]:
         self._settle_local()
-        out = dict.fromkeys(State, 0)
-        leased = sum(c.leased_count() for c in list(self._consumers))
-        for _, st in self.link.run(self._all_states(), timeout=300):
-            out[State(st["s"])] += 1
-        moved = min(leased, out[State.PENDING])
-        out[State.PENDING] -= moved
-        out[State.INFLIGHT] += moved
-        return out
+        return tally.counts(self)
 
     def prune(self, before: float, states: Sequence[State] = (State.PROCESSED,)) -> int:
-        bad = {State.PENDING, State.INFLIGHT, State.CORRUPT} & set(states)
-        if bad:  # quarantined input is kept for an operator, never deleted (as on the spool)
-            raise ValueError(f"prune removes processed and dead events only, not {sorted(bad)}")
-        wanted = {s.value for s in states}
-
-        async def go() -> int:
-            from nats.js.errors import NotFoundError
-
-            n = 0
-            for key, st in await self._all_states():
-                if st["s"] not in wanted or float(st.get("ts", before)) >= before:
-                    continue
-                for stream, seq in ((self.settings.stream, st.get("seq")), (st.get("dstream"), st.get("dseq"))):
-                    if stream and seq:
-                        try:
-                            await self.link.jsm.delete_msg(stream, int(seq))
-                        except NotFoundError:
-                            pass
-                await self.state_kv.purge(key)
-                n += 1
-            return n
-
-        return self.link.run(go(), timeout=600)
+        return tally.prune(self, before, states)
 
     def close(self) -> None:
         with self._lock:

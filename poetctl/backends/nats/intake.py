@@ -1,0 +1,192 @@
+"""A consumer's intake: pulling a partition's messages, checking what a server loss may have lost, decoding.
+
+Part of :class:`~.consumer.NatsConsumer` (a mixin over its state; the design is in :mod:`.consumer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+from typing import Any
+
+from ...errors import InvalidData
+from ...transport import Fetched, Record, State
+from ..memory import decode
+from .leases import Held, PartitionLeases
+from .retry import retrying, transient
+
+
+async def _reply(m: Any, body: bytes) -> None:
+    """Ack (``+ACK``), nak (``-NAK``), term (``+TERM``) ``m``; unlike ``m.ack()``, safe to repeat after a server loss.
+
+    nats-py marks a message acknowledged once its ack is buffered, and refuses a second one; an ack
+    lost with a dead server's socket must be sent again (a repeated ack is harmless to JetStream).
+    """
+    await m._client.publish(m.reply, body)
+    m._ackd = True
+
+
+class _Held(Held):
+    """A pulled message, and whether its id has a KV state entry (which then must be kept current)."""
+
+    __slots__ = ("kv",)
+
+    def __init__(self, msg: Any, p: int, seq: int, event: Any, key: str, record: Record, kv: bool) -> None:
+        super().__init__(msg, p, seq, event, key, record)
+        self.kv = kv
+
+
+def _kv(h: Held) -> bool:
+    return not isinstance(h, _Held) or h.kv
+
+
+class Pulls:
+    """No-wait pull requests answered on one persistent wildcard inbox (``<inbox>.<n>``), made once.
+
+    Cheaper than a subscription per pull (subscribe, unsubscribe) and a ``next_msg`` (a task and a
+    timer) per message: a pull's messages are collected by the subscription's callback, and the pull
+    waits once, until the batch is full or the server's status message (404/408/409) ends it.
+    Delivered messages carry their own subject, not the inbox: they are matched to the pull by the
+    consumer named in their ack subject (one pull per consumer at a time); status messages by the
+    inbox token. Messages that arrive for a pull given up on (a timeout: a server loss) are dropped;
+    the caller treats its partition as suspect (they come back after AckWait).
+    """
+
+    def __init__(self, nc: Any, timeout: float = 10.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self._sub: Any = None
+        self._prefix = ""
+        self._n = 0
+        self._open: dict[str, tuple[list[Any], int, asyncio.Future[None]]] = {}  # consumer -> its pull
+        self._toks: dict[str, str] = {}  # inbox token -> consumer
+
+    async def _on(self, m: Any) -> None:
+        if m.headers and m.headers.get("Status"):
+            got = self._open.get(self._toks.get(m.subject[len(self._prefix) :], ""))
+            if got is not None and not got[2].done():
+                got[2].set_result(None)  # 404 no messages, 408 expired, 409: the end of this pull
+            return
+        try:
+            consumer = m.metadata.consumer
+        except Exception:  # not a JetStream delivery: nothing of ours
+            return
+        got = self._open.get(consumer)
+        if got is None:
+            return
+        msgs, batch, done = got
+        msgs.append(m)
+        if len(msgs) >= batch and not done.done():
+            done.set_result(None)
+
+    async def pull(self, stream: str, consumer: str, batch: int) -> list[Any]:
+        if self._sub is None:
+            inbox = self.nc.new_inbox()
+            self._sub = await self.nc.subscribe(inbox + ".*", cb=self._on)
+            self._prefix = inbox + "."
+        self._n += 1
+        tok = str(self._n)
+        msgs: list[Any] = []
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._open[consumer] = (msgs, batch, done)
+        self._toks[tok] = consumer
+        api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        try:
+            await self.nc.publish(api, b'{"batch":%d,"no_wait":true}' % batch, reply=self._prefix + tok)
+            await asyncio.wait_for(done, self.timeout)
+        finally:
+            del self._open[consumer], self._toks[tok]
+        return msgs
+
+
+class Intake(PartitionLeases):
+    """Pulls (no-wait pull requests), suspect checks after a reconnect, decoding into the partition buffers."""
+
+    _pipe: Any
+    _lset: set[int]
+    _pulls: Pulls | None = None
+
+    async def _quarantine(
+        self, m: Any, eid: str, topic: str | None, seq: int, reason: str, detail: str, where: str
+    ) -> None:
+        raise NotImplementedError
+
+    async def _pull(self, p: int, batch: int) -> list[Any]:
+        """Up to ``batch`` messages of partition ``p`` without waiting (a no_wait pull request)."""
+        s = self.t.settings
+        pulls = self._pulls
+        if pulls is None or pulls.nc is not self.t.link.nc:
+            pulls = self._pulls = Pulls(self.t.link.nc)
+        try:
+            return await pulls.pull(s.stream, s.durable(p), batch)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            # Cut short (a server loss): messages sent to this pull may be lost, and JetStream redelivers
+            # them only after AckWait, behind what is pulled next: check before handing out more of p.
+            self._suspect.add(p)
+            from ...daemon import log
+
+            log.warning("a NATS pull was cut short; checking the partition", partition=p, error=repr(exc))
+            return []
+
+    async def _check_suspects(self) -> None:
+        """For each suspect partition: if the server has more of it awaiting acks than this daemon holds,
+        the rest was lost in transit and comes back after AckWait; lease nothing of it until then (sorted)."""
+        s = self.t.settings
+        for p in sorted(self._suspect):
+            if p not in self._held:
+                self._suspect.discard(p)
+                continue
+            try:
+                await self._pipe.drain(keep=True)  # acks sent here are not what is missing (sync reports failures)
+                ci = await self.t.link.jsm.consumer_info(s.stream, s.durable(p))
+            except Exception as exc:
+                if transient(exc):
+                    return  # still settling: try again at the next fetch, handing out nothing of p meanwhile
+                raise
+            self._suspect.discard(p)
+            mine = len(self._buf.get(p, ())) + sum(1 for h in self._leased.values() if h.p == p)
+            missing = int(ci.num_ack_pending or 0) - mine
+            if missing > 0:
+                from ...daemon import log
+
+                log.info("messages lost in transit come back after AckWait; waiting for them", partition=p, n=missing)
+                self._settle[p] = (missing, time.monotonic() + 2 * s.ack_wait + 1)
+
+    async def _take_in(self, p: int, msgs: list[Any], out: Fetched) -> None:
+        """Decode pulled messages into the partition's buffer (in stream order); quarantine the unreadable."""
+        buf = self._buf.setdefault(p, [])
+        have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
+        for m in msgs:
+            md = m.metadata
+            seq = md.sequence.stream
+            if seq in have:
+                continue  # redelivered while we still hold it (AckWait passed during a stall): keep ours
+            hdrs = m.headers or {}
+            eid = hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or f"seq-{seq}"
+            try:
+                ev = decode(m.data, eid)
+            except InvalidData as exc:
+                reason, _, detail = exc.message.partition(": ")
+                await retrying(partial(self._quarantine, m, eid, None, seq, reason, detail, "pending"))
+                out.quarantined += 1
+                continue
+            record = Record()
+            if md.num_delivered > 1:
+                st = await retrying(partial(self.t._state, eid))
+                if st is not None and st.get("s") in (State.PROCESSED, State.DEAD, State.CORRUPT):
+                    try:
+                        await _reply(m, b"+ACK" if st["s"] == State.PROCESSED else b"+TERM")
+                    except Exception as exc:  # lost: it comes back once more, and is found done again
+                        if not transient(exc):
+                            raise
+                    continue  # its outcome was recorded and the ack lost: nothing to do again
+                if st is not None and st.get("rec"):
+                    record = Record.from_dict(st["rec"])
+            # An entry exists (or may: a redelivery) for keyed ids, redeliveries, and the copies replay and
+            # dead-letter retry publish (their Nats-Msg-Id is not the id): acks then write it too.
+            kv = md.num_delivered > 1 or "Poet-Kv" in hdrs or hdrs.get("Nats-Msg-Id") != eid
+            buf.append(_Held(m, p, seq, ev, self.t.key_of(ev), record, kv))
+        buf.sort(key=lambda h: h.seq)
