@@ -246,6 +246,10 @@ class NatsConsumer(PartitionLeases):
         """Decode pulled messages into the partition's buffer (in stream order); quarantine the unreadable."""
         buf = self._buf.setdefault(p, [])
         have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
+        if any(m.metadata.num_delivered > 1 and m.metadata.sequence.stream not in have for m in msgs):
+            # A redelivery of what this daemon handled may have its record and ack still queued (AckWait
+            # ran out first): they go out before its state is read, else it would be handled again.
+            await self._pipe.drain(keep=True)
         for m in msgs:
             md = m.metadata
             seq = md.sequence.stream

@@ -60,6 +60,7 @@ class PartitionLeases:
     _stop: threading.Event
     _dead: bool
     _closed: bool
+    _pipe: Any  # the consumer's Pipeline: records and acks in order
 
     def _run(self, coro: Any, timeout: float = 60.0) -> Any:
         return self.t.link.run(coro, timeout)
@@ -243,15 +244,26 @@ class PartitionLeases:
 
     async def _give_back_idle(self) -> None:
         """Hand back held partitions with nothing in hand that ran dry, were idle for ``hold_idle``, or
-        are over the fair share. A partition whose pulls come back full keeps its lease between batches."""
+        are over the fair share. A partition whose pulls come back full keeps its lease between batches.
+
+        "Nothing in hand" counts deliveries whose ack is still queued in the pipeline as done, so the
+        pipeline is drained first: the acks go out before the lease goes, else the next holder gets
+        them as redeliveries once AckWait runs out, and handles again what this daemon handled.
+        """
         now = time.monotonic()
         over = len(self._held) - self._cap()
+        drained = False
         for p in sorted(self._held, reverse=True):
             if self._busy(p):
                 self._idle_since.pop(p, None)
                 continue
             since = self._idle_since.setdefault(p, now)
             if over > 0 or p in self._dry or now - since >= self.hold_idle:
+                if not drained:
+                    drained = True
+                    await self._pipe.drain(keep=True)  # a failure stays for sync() to report
+                    if self._busy(p) or p not in self._held:
+                        continue  # taken in or lost while the acks went out: decided again next time
                 over -= 1
                 await self._give_back(p)
 
