@@ -90,9 +90,9 @@ def test_a_dry_partition_is_handed_back_only_after_its_queued_acks_are_sent(
         monkeypatch.setattr("poetctl.backends.nats.consumer._reply", reply)
         for d in got:
             c.ack(d)  # queued behind the gate
-        assert c.fetch(2).deliveries == []  # the pull comes back empty: dry, nothing in hand
-        c.sync()
-        assert c.partitions() == []
+        assert c.fetch(2).deliveries == []  # the pull comes back empty: dry, only queued acks in hand
+        c.sync()  # the acks go out (the gate opened when the fetch looked for idle partitions)
+        assert c.fetch(2).deliveries == [] and c.partitions() == []  # nothing in hand now: handed back
         assert wire == ["+ACK", "+ACK", "free p0"]
     finally:
         gate.set()
@@ -108,6 +108,9 @@ def test_a_redelivery_of_an_event_whose_ack_is_still_queued_is_not_handed_out_ag
     transport.publish(sent)
     c = t.consumer("a")
     gate = threading.Event()
+    # A stalled keeper (a loaded machine): nothing keeps the pulled messages alive, so AckWait runs out.
+    c._stop.set()
+    c._keeper.join()
     try:
         first = c.fetch(2).deliveries
         assert [d.id for d in first] == [it.event.id for it in sent[:2]]

@@ -82,6 +82,7 @@ class NatsConsumer(PartitionLeases):
         self._held: dict[int, int] = {}  # partition -> lease revision
         self._buf: dict[int, list[_Held]] = {}
         self._leased: dict[str, _Held] = {}
+        self._acking: dict[str, _Held] = {}  # acked, the ack still queued (see _ack)
         self._failing: dict[str, str] = {}  # key -> id of its failing lease
         self._recovered: set[int] = set()
         # Partitions taken over with deliveries outstanding: (redeliveries still expected, until when).
@@ -246,10 +247,8 @@ class NatsConsumer(PartitionLeases):
         """Decode pulled messages into the partition's buffer (in stream order); quarantine the unreadable."""
         buf = self._buf.setdefault(p, [])
         have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
-        if any(m.metadata.num_delivered > 1 and m.metadata.sequence.stream not in have for m in msgs):
-            # A redelivery of what this daemon handled may have its record and ack still queued (AckWait
-            # ran out first): they go out before its state is read, else it would be handled again.
-            await self._pipe.drain(keep=True)
+        # Handled here with the ack still queued (AckWait ran out first): the queued ack settles it.
+        have.update(h.seq for h in list(self._acking.values()) if h.p == p)
         for m in msgs:
             md = m.metadata
             seq = md.sequence.stream
@@ -372,8 +371,10 @@ class NatsConsumer(PartitionLeases):
             if h is None:
                 return
             self._end(h)
-            free = h.p in self._dry and not self._busy(h.p)  # its partition ran dry: hand it back now
+            # Its partition ran dry: hand it back now (after this ack, and the ones queued before it).
+            free = h.p in self._dry and not self._busy(h.p, acks=False)
             rev = self._drop(h.p) if free else None
+            self._acking[h.id] = h
             self._pipe.send(lambda: self._ack(h, self._state(h, State.PROCESSED), free, rev), h.id, supersede=True)
             if free:
                 self._wait_sent()  # the lease is gone on return: another daemon's next fetch can take it
@@ -381,8 +382,12 @@ class NatsConsumer(PartitionLeases):
     async def _ack(self, h: _Held, data: bytes, free: bool, rev: int | None) -> Any:
         # The record first, then the ack (one connection: in this order on the wire). A lost ack after
         # the record is harmless: the redelivery finds the event processed and acks it.
-        pub = await self._put_async(h, data)
-        await _reply(h.msg, b"+ACK")
+        self._acking[h.id] = h  # again, when a server loss makes the pipeline repeat this
+        try:
+            pub = await self._put_async(h, data)
+            await _reply(h.msg, b"+ACK")
+        finally:
+            self._acking.pop(h.id, None)  # sent, or failed: a redelivery is then judged by its record
         if free:
             await self._free(h.p, rev)
         return pub

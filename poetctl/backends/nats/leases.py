@@ -60,7 +60,8 @@ class PartitionLeases:
     _stop: threading.Event
     _dead: bool
     _closed: bool
-    _pipe: Any  # the consumer's Pipeline: records and acks in order
+    # Acked deliveries whose ack is queued and not yet sent (the pipeline's loop removes them).
+    _acking: dict[str, Held]
 
     def _run(self, coro: Any, timeout: float = 60.0) -> Any:
         return self.t.link.run(coro, timeout)
@@ -101,6 +102,8 @@ class PartitionLeases:
                     # in order, to the next holder (who may then also see them handled here: twice, not lost).
                     msgs = [h.msg for h in self._leased.values() if h.since < old and h.p in held]
                     msgs += [h.msg for b in self._buf.values() for h in b if h.since < old]
+                    # Handled, their acks still queued: kept alive too, so AckWait cannot hand them out again.
+                    msgs += [h.msg for h in list(self._acking.values()) if h.since < old]
                 # Not under the lock: a refresh must not wait for fetches and outcomes (a beat late by
                 # more than the TTL loses the leases). A give-back racing a refresh makes one of the two
                 # fail on the revision; a lease refreshed after its give-back just expires.
@@ -246,29 +249,25 @@ class PartitionLeases:
         """Hand back held partitions with nothing in hand that ran dry, were idle for ``hold_idle``, or
         are over the fair share. A partition whose pulls come back full keeps its lease between batches.
 
-        "Nothing in hand" counts deliveries whose ack is still queued in the pipeline as done, so the
-        pipeline is drained first: the acks go out before the lease goes, else the next holder gets
-        them as redeliveries once AckWait runs out, and handles again what this daemon handled.
+        Deliveries whose ack is still queued count as in hand (:meth:`_busy`): the lease goes only after
+        their acks, else the next holder gets them back once AckWait runs out and handles them again.
         """
         now = time.monotonic()
         over = len(self._held) - self._cap()
-        drained = False
         for p in sorted(self._held, reverse=True):
             if self._busy(p):
                 self._idle_since.pop(p, None)
                 continue
             since = self._idle_since.setdefault(p, now)
             if over > 0 or p in self._dry or now - since >= self.hold_idle:
-                if not drained:
-                    drained = True
-                    await self._pipe.drain(keep=True)  # a failure stays for sync() to report
-                    if self._busy(p) or p not in self._held:
-                        continue  # taken in or lost while the acks went out: decided again next time
                 over -= 1
                 await self._give_back(p)
 
-    def _busy(self, p: int) -> bool:
-        return bool(self._buf.get(p)) or any(h.p == p for h in self._leased.values())
+    def _busy(self, p: int, acks: bool = True) -> bool:
+        """Something of partition ``p`` buffered, leased, or (``acks``) handled with its ack still queued."""
+        if self._buf.get(p) or any(h.p == p for h in self._leased.values()):
+            return True
+        return acks and any(h.p == p for h in list(self._acking.values()))
 
 
 __all__ = ["Held", "PartitionLeases"]
