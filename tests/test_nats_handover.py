@@ -149,3 +149,57 @@ def test_a_redelivery_of_an_event_whose_ack_is_still_queued_is_not_handed_out_ag
     finally:
         gate.set()
         c.close()
+
+
+def test_a_daemon_whose_lease_ran_out_hands_out_nothing_more_and_the_next_holder_gets_all_in_order(
+    transport: Any,
+) -> None:
+    """A keeper that fell behind past the TTL: the lease is checked before anything more is handed out."""
+    t = transport
+    sent = events(t, 4)
+    transport.publish(sent)
+    a = t.consumer("a")
+    b = None
+    try:
+        assert [d.id for d in a.fetch(2).deliveries] == [it.event.id for it in sent[:2]]
+        a._stop.set()  # a's process stalls: no beats
+        a._keeper.join()
+        t.link.run(t.lease_kv.delete("p0"))  # ... past the TTL: the lease is gone
+        a._renewed[0] -= 60
+        assert a.fetch(2).deliveries == [] and a.partitions() == []
+        b = t.consumer("b")
+        got: list[str] = []
+        for _ in range(2000):  # a's two come back after AckWait (1 s), then the rest, all in stream order
+            got += [d.id for d in b.fetch(4).deliveries]
+            if len(got) >= 4:
+                break
+            b.wait(0.01)
+        assert got == [it.event.id for it in sent]
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+
+
+def test_the_keeper_renews_leases_while_a_fetch_holds_the_consumer(transport: Any) -> None:
+    """A long fetch (holding the consumer's lock) does not keep the lease from being renewed."""
+    t = transport
+    transport.publish(events(t, 1))
+    c = t.consumer("a")
+    try:
+        assert len(c.fetch(1).deliveries) == 1 and c.partitions() == [0]
+
+        def revision() -> int:
+            return int(t.link.run(t.lease_kv.get("p0")).revision)
+
+        first = revision()
+        renewed = False
+        with c._lock:  # what a fetch does while its pulls take their time
+            for _ in range(1000):  # up to ~10 s; the keeper beats every 0.25 s
+                if revision() > first:
+                    renewed = True
+                    break
+                threading.Event().wait(0.01)
+        assert renewed, "the lease was not renewed while the consumer's lock was held"
+    finally:
+        c.close()

@@ -159,9 +159,11 @@ class NatsConsumer(PartitionLeases):
             back = sum(1 for h in self._buf.get(p, ()) if h.msg.metadata.num_delivered > 1)
             if back >= expected or time.monotonic() >= until:
                 del self._settle[p]
+        for p in [p for p, b in self._buf.items() if b and not self._fresh(p)]:
+            await self._reassert(p)  # a keeper that fell behind: is the lease still ours?
         now = self.t.clock()
         for p in sorted(self._buf):
-            if p in self._settle or p in self._suspect:
+            if p in self._settle or p in self._suspect or not self._fresh(p):
                 out.deferred += len(self._buf[p])
                 continue
             buf = self._buf[p]
