@@ -96,7 +96,7 @@ def test_a_key_is_published_in_emit_order_when_its_first_event_moves_mid_listing
 def test_an_event_that_vanishes_when_read_holds_back_the_rest_of_the_batch(
     spool: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An event listed but found nowhere when read (moving) stops the batch; later ones wait for the next round."""
+    """An event listed but found nowhere when read (moving) stops the batch; later ones wait for the next pass."""
     ids = key_events(spool)
     real = forwarder_mod.read_committed
     missed: list[str] = []
@@ -111,8 +111,7 @@ def test_an_event_that_vanishes_when_read_holds_back_the_rest_of_the_batch(
     sink = Recorder()
     fw = Forwarder(SpoolLayout(spool), lambda: sink, batch=512)
     try:
-        assert fw.round() == 0 and sink.ids == []
-        assert fw.round() == 3
+        assert fw.round() == 3  # the first pass stops before it; the second finds it and sends all three
     finally:
         fw.close()
     assert missed == [ids[0]] and sink.ids == ids
@@ -126,7 +125,7 @@ def test_a_pruned_event_does_not_stop_forwarding(spool: Path) -> None:
         if rel == "events/dead" and (spool / P / f"{ids[0]}.json").exists():
             os.unlink(spool / P / f"{ids[0]}.json")
 
-    assert run_rounds(spool, prune) == ids[1:]
+    assert run_rounds(spool, prune, rounds=1) == ids[1:]
 
 
 def test_arrivals_names_each_file_created_or_moved_in_and_says_when_it_may_have_lost_one(tmp_path: Path) -> None:

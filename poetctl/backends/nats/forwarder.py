@@ -45,6 +45,9 @@ from ..fs.outbox import Backlog, ForwardedLog, add_names, backlog_of, committed,
 from ..fs.reader import CorruptEvent, decode_event
 from ..fs.safefs import open_dir
 
+# Passes per round: one, and more only while a pass stops early (an event that keeps moving waits a round).
+PASSES = 4
+
 
 class Sink(Protocol):
     """What the forwarder publishes through: a transport's ``publish`` (and ``close``)."""
@@ -151,20 +154,35 @@ class Forwarder:
                 pass
 
     def round(self, stop: threading.Event | None = None) -> int:
-        """Forward everything not yet forwarded; return how many were newly acknowledged."""
+        """Forward everything not yet forwarded; return how many were newly acknowledged.
+
+        A pass that had to stop early (an event moving while it was read, a
+        lost arrival) is followed at once by another, which finds it where it
+        went, so one round (``forward --once``) still forwards everything committed.
+        """
         self.stats.rounds += 1
+        sent = 0
+        for _ in range(PASSES):
+            n, whole = self._pass(stop)
+            sent += n
+            if whole:
+                break
+        return sent
+
+    def _pass(self, stop: threading.Event | None) -> tuple[int, bool]:
+        """One listing and its forwarding; (newly acknowledged, False if it stopped early to look again)."""
         arrivals = self._watch()
         if arrivals is not None:
             arrivals.take()  # arrivals before this round's listing starts are listed (or arrive again)
         if self._unchanged():
-            return 0
+            return 0, True
         listed = committed(self.layout, self._on_step)
         if arrivals is not None:
             names = arrivals.take()
             if not arrivals.complete:  # a name may be lost: list again from scratch
                 self.stats.relisted += 1
                 self._drop_watch()
-                return 0
+                return 0, False
             add_names(listed, names, "events/pending")
         if self._fresh_start and len(self.log.segments()) > 1:
             self.log.compact(listed)
@@ -175,16 +193,15 @@ class Forwarder:
         sent = 0
         for start in range(0, len(todo), self.batch):
             if stop is not None and stop.is_set():
-                break
+                return sent, True
             chunk = todo[start : start + self.batch]
             n, whole = self._forward(chunk, listed)
             sent += n
-            if not whole:  # an event was not where it was listed: the next round looks again
-                break
+            if not whole:  # an event was not where it was listed: the next pass looks again
+                return sent, False
             self.stats.backlog = backlog_of(todo[start + len(chunk) :], self.clock())
-        else:
-            self._fresh_start = False
-        return sent
+        self._fresh_start = False
+        return sent, True
 
     def _on_step(self, rel: str) -> None:
         if self._arrivals is not None:
