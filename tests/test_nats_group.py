@@ -33,14 +33,19 @@ def register(router):
 """
 
 
+def log_of(p: subprocess.Popen[bytes]) -> str:
+    """The tail of a daemon's stderr (each daemon logs to daemon.<pid>.log in the test's directory)."""
+    path = Path(str(p.args[-1])).parent / f"daemon.{p.pid}.log"  # type: ignore[index]
+    return path.read_text(errors="replace")[-1200:] if path.exists() else ""
+
+
 def wait_for(cond: Callable[[], bool], what: str, procs: list[subprocess.Popen[bytes]], bound: float = 300) -> None:
     """Poll ``cond`` until true; fail naming ``what`` after a generous bound or if a daemon exits."""
     deadline = time.monotonic() + bound
     while not cond():
         for p in procs:
             if p.poll() is not None:
-                err = p.stderr.read().decode(errors="replace")[-1200:] if p.stderr else ""
-                raise AssertionError(f"a daemon exited ({p.returncode}) while waiting for {what}: {err}")
+                raise AssertionError(f"a daemon exited ({p.returncode}) while waiting for {what}: {log_of(p)}")
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
 
@@ -86,10 +91,18 @@ def test_three_daemons_share_keys_in_order_and_a_killed_ones_partitions_move(
             assert all(router.commit_events(built))
         env = {**os.environ, "POET_NATS_URL": server.url, "POET_TEST_LOG": str(log)}
         cmd = [sys.executable, "-m", "poetctl", "daemon", "--mode", "nats", "--handlers", str(tmp_path / "h.py")]
-        procs = [
-            subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for _ in range(3)
-        ]
+
+        def spawn() -> subprocess.Popen[bytes]:
+            # stderr to a file, kept for a failure's diagnosis (a pipe nobody reads would also fill up).
+            err = open(tmp_path / "daemon.starting.log", "wb")  # noqa: SIM115 - renamed below, the child keeps it
+            try:
+                p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)
+            finally:
+                err.close()
+            os.rename(tmp_path / "daemon.starting.log", tmp_path / f"daemon.{p.pid}.log")
+            return p
+
+        procs = [spawn() for _ in range(3)]
 
         def lines() -> list[tuple[str, int, int]]:
             if not log.exists():
@@ -132,7 +145,7 @@ def test_three_daemons_share_keys_in_order_and_a_killed_ones_partitions_move(
         for p in survivors:
             p.send_signal(signal.SIGTERM)
         for p in survivors:
-            assert p.wait(60) == 0, p.stderr.read().decode() if p.stderr else ""
+            assert p.wait(60) == 0, log_of(p)
         seen = lines()
         after = seen[cut:]
         moved = {k for k, _, pid in after if any(k in keys_of[p] for p in held)}

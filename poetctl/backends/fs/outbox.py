@@ -24,7 +24,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from ...errors import SpoolIOError, TemporaryFailure
@@ -47,12 +47,17 @@ def enabled(layout: SpoolLayout) -> bool:
     return os.path.isdir(layout.root / OUTBOX) and not os.path.islink(layout.root / OUTBOX)
 
 
-def committed(layout: SpoolLayout) -> dict[str, str]:
+def committed(layout: SpoolLayout, step: Callable[[str], None] | None = None) -> dict[str, str]:
     """Every committed event id -> the directory (relative to the root) it was listed in.
 
-    Names only: one ``listdir`` per directory. An event that moves between
-    directories during the listing may be missed by this call (the next one
-    finds it where it ended) or named twice (the dict keeps one).
+    Names only: one ``listdir`` per directory, in the order events flow
+    (``step``, if given, is called with each directory's path after it was
+    listed: the forwarder polls its arrivals there, tests move files there).
+    An event that only moves forward during the listing is always found (it
+    can only move into a directory listed later); one that moves backwards
+    into ``pending/`` (a hand-back, recovery, ``dead retry``), or is committed
+    while ``pending/`` is listed, may be missed: :mod:`.arrivals` names those.
+    An event may also be named twice (the dict keeps one).
     """
     found: dict[str, str] = {}
     for rel in EVENT_DIRS:
@@ -61,7 +66,10 @@ def committed(layout: SpoolLayout) -> dict[str, str]:
             continue
         with d:
             if rel == "events/inflight":
-                for owner in d.names():
+                owners = d.names()
+                if step is not None:
+                    step(rel)
+                for owner in owners:
                     if owner.startswith(".") or not d.is_dir(owner):
                         continue
                     try:
@@ -69,13 +77,18 @@ def committed(layout: SpoolLayout) -> dict[str, str]:
                     except FileNotFoundError:
                         continue  # the owner's directory went away (its daemon finished)
                     with sub:
-                        _add_names(found, sub.names(), sub.rel)
-            else:
-                _add_names(found, d.names(), rel)
+                        add_names(found, sub.names(), sub.rel)
+                    if step is not None:
+                        step(sub.rel)
+                continue
+            add_names(found, d.names(), rel)
+        if step is not None:
+            step(rel)
     return found
 
 
-def _add_names(found: dict[str, str], names: Iterable[str], rel: str) -> None:
+def add_names(found: dict[str, str], names: Iterable[str], rel: str) -> None:
+    """Add the event ids among file ``names`` (``<id>.json``, not hidden) to ``found``, listed in ``rel``."""
     for name in names:
         if name.endswith(SUFFIX) and not name.startswith("."):
             found.setdefault(name[: -len(SUFFIX)], rel)

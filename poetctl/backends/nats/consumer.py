@@ -73,6 +73,7 @@ class NatsConsumer(Intake, PartitionLeases):
         self._leased: dict[str, Held] = {}
         self._lseqs: dict[int, list[int]] = {}  # partition -> heap of leased sequences (stale ones popped lazily)
         self._lset: set[int] = set()  # the sequences leased now
+        self._acking: dict[str, Held] = {}  # acked, the ack still queued (see _ack)
         self._failing: dict[str, str] = {}  # key -> id of its failing lease
         self._recovered: set[int] = set()
         # Partitions taken over with deliveries outstanding: (redeliveries still expected, until when).
@@ -150,9 +151,11 @@ class NatsConsumer(Intake, PartitionLeases):
             back = sum(1 for h in self._buf.get(p, ()) if h.msg.metadata.num_delivered > 1)
             if back >= expected or time.monotonic() >= until:
                 del self._settle[p]
+        for p in [p for p, b in self._buf.items() if b and not self._fresh(p)]:
+            await self._reassert(p)  # a keeper that fell behind: is the lease still ours?
         now = self.t.clock()
         for p in sorted(self._buf):
-            if p in self._settle or p in self._suspect:
+            if p in self._settle or p in self._suspect or not self._fresh(p):
                 out.deferred += len(self._buf[p])
                 continue
             buf = self._buf[p]
@@ -290,8 +293,10 @@ class NatsConsumer(Intake, PartitionLeases):
                 return
             covered = self._covered(h)
             self._end(h)
-            free = h.p in self._dry and not self._busy(h.p)  # its partition ran dry: hand it back now
+            # Its partition ran dry: hand it back now (after this ack, and the ones queued before it).
+            free = h.p in self._dry and not self._busy(h.p, acks=False)
             rev = self._drop(h.p) if free else None
+            self._acking[h.id] = h
             self._pipe.send(lambda: self._ack(h, covered, free, rev), h.id, supersede=True)
             if free:
                 self._wait_sent()  # the lease is gone on return: another daemon's next fetch can take it
@@ -301,8 +306,12 @@ class NatsConsumer(Intake, PartitionLeases):
         # the record is harmless: the redelivery finds the event processed and acks it. Without a record
         # (``h.kv`` is read here, on the loop: a begin record superseded in this burst never went out)
         # the pipeline confirms the ack itself (a flush: the server has read it) before sync returns.
-        pub = await self._put_async(h, self._state(h, State.PROCESSED)) if _kv(h) or not covered else UNCONFIRMED
-        await _reply(h.msg, b"+ACK")
+        self._acking[h.id] = h  # again, when a server loss makes the pipeline repeat this
+        try:
+            pub = await self._put_async(h, self._state(h, State.PROCESSED)) if _kv(h) or not covered else UNCONFIRMED
+            await _reply(h.msg, b"+ACK")
+        finally:
+            self._acking.pop(h.id, None)  # sent, or failed: a redelivery is then judged by its record
         if free:
             await self._free(h.p, rev)
         return pub

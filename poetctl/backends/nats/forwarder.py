@@ -8,6 +8,16 @@ transport's own publish (the same subjects, partitions, ``Nats-Msg-Id`` and
 KV state as ``nats`` mode, so ``daemon --mode nats`` consumes them), and
 records them as forwarded only after their PubAck.
 
+Per-key order: a key's events are emitted one after the other, so their ids
+sort in emit order, and a round that names every event committed before it
+ended publishes them in order. A plain listing does not (events move between
+directories while it runs: see :func:`~..fs.outbox.committed`), so each
+round also takes the names that arrived in ``pending/`` while it listed
+(:class:`~..fs.arrivals.Arrivals`); every event it could have missed is among
+them. An event named but not readable anywhere (it was moving, or was pruned)
+ends the batch before it: nothing after it is published until a later round
+has found it or shown it gone.
+
 Nothing doubled: a crash between the PubAck and the record re-publishes at
 most the batches in flight. Within the duplicate window JetStream drops the
 copies (``Nats-Msg-Id``); beyond it, the first round after a start publishes
@@ -29,9 +39,14 @@ from typing import Any, Protocol
 
 from ...errors import PoetError, SpoolIOError
 from ...transport import Outgoing
+from ..fs.arrivals import Arrivals
 from ..fs.layout import SpoolLayout
-from ..fs.outbox import Backlog, ForwardedLog, backlog_of, committed, read_committed
+from ..fs.outbox import Backlog, ForwardedLog, add_names, backlog_of, committed, read_committed
 from ..fs.reader import CorruptEvent, decode_event
+from ..fs.safefs import open_dir
+
+# Passes per round: one, and more only while a pass stops early (an event that keeps moving waits a round).
+PASSES = 4
 
 
 class Sink(Protocol):
@@ -53,6 +68,10 @@ class ForwardStats:
     skipped: int = 0
     connected: bool = False
     last_error: str = ""
+    # Rounds started over because the arrivals watch may have lost a name (an inotify overflow).
+    relisted: int = 0
+    # False where inotify is unavailable: per-key order then rests on the listing alone.
+    watched: bool = False
     backlog: Backlog = field(default_factory=lambda: Backlog(0, None))
 
 
@@ -76,6 +95,7 @@ class Forwarder:
         max_backoff: float = 5.0,
         max_event_bytes: int = 1024 * 1024,
         clock: Callable[[], float] = time.time,
+        step: Callable[[str], None] | None = None,
     ) -> None:
         self.layout = layout
         self.connect = connect
@@ -85,6 +105,8 @@ class Forwarder:
         self.max_backoff = max_backoff
         self.max_event_bytes = max_event_bytes
         self.clock = clock
+        # Called after each directory of a round's listing (tests move files there).
+        self.step = step
         self.stats = ForwardStats()
         self.log = ForwardedLog(layout)
         # Ids this process could not read as events (the daemon quarantines them): not retried each round.
@@ -93,6 +115,8 @@ class Forwarder:
         self._quiet: tuple[int, ...] | None = None
         # Until one round has completed, ids are published as keyed (looked up before publishing).
         self._fresh_start = True
+        self._arrivals: Arrivals | None = None
+        self._watch_tried = False
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -130,11 +154,36 @@ class Forwarder:
                 pass
 
     def round(self, stop: threading.Event | None = None) -> int:
-        """Forward everything not yet forwarded; return how many were newly acknowledged."""
+        """Forward everything not yet forwarded; return how many were newly acknowledged.
+
+        A pass that had to stop early (an event moving while it was read, a
+        lost arrival) is followed at once by another, which finds it where it
+        went, so one round (``forward --once``) still forwards everything committed.
+        """
         self.stats.rounds += 1
+        sent = 0
+        for _ in range(PASSES):
+            n, whole = self._pass(stop)
+            sent += n
+            if whole:
+                break
+        return sent
+
+    def _pass(self, stop: threading.Event | None) -> tuple[int, bool]:
+        """One listing and its forwarding; (newly acknowledged, False if it stopped early to look again)."""
+        arrivals = self._watch()
+        if arrivals is not None:
+            arrivals.take()  # arrivals before this round's listing starts are listed (or arrive again)
         if self._unchanged():
-            return 0
-        listed = committed(self.layout)
+            return 0, True
+        listed = committed(self.layout, self._on_step)
+        if arrivals is not None:
+            names = arrivals.take()
+            if not arrivals.complete:  # a name may be lost: list again from scratch
+                self.stats.relisted += 1
+                self._drop_watch()
+                return 0, False
+            add_names(listed, names, "events/pending")
         if self._fresh_start and len(self.log.segments()) > 1:
             self.log.compact(listed)
         elif len(self.log.ids) > 2 * len(listed) + 100_000:
@@ -144,22 +193,56 @@ class Forwarder:
         sent = 0
         for start in range(0, len(todo), self.batch):
             if stop is not None and stop.is_set():
-                break
+                return sent, True
             chunk = todo[start : start + self.batch]
-            sent += self._forward(chunk, listed)
+            n, whole = self._forward(chunk, listed)
+            sent += n
+            if not whole:  # an event was not where it was listed: the next pass looks again
+                return sent, False
             self.stats.backlog = backlog_of(todo[start + len(chunk) :], self.clock())
-        else:
-            self._fresh_start = False
-        return sent
+        self._fresh_start = False
+        return sent, True
 
-    def _forward(self, ids: list[str], listed: dict[str, str]) -> int:
+    def _on_step(self, rel: str) -> None:
+        if self._arrivals is not None:
+            self._arrivals.poll()  # keep the kernel's queue short while a big directory is listed
+        if self.step is not None:
+            self.step(rel)
+
+    def _watch(self) -> Arrivals | None:
+        """The arrivals watch on ``pending/``, started once (None where inotify is unavailable)."""
+        if self._arrivals is None and not self._watch_tried:
+            self._watch_tried = True
+            pending = open_dir(self.layout, "events/pending")
+            if pending is not None:
+                with pending:
+                    try:
+                        self._arrivals = Arrivals(pending.fd)
+                    except OSError:
+                        self._arrivals = None
+            self.stats.watched = self._arrivals is not None
+        return self._arrivals
+
+    def _drop_watch(self) -> None:
+        arrivals, self._arrivals = self._arrivals, None
+        self._watch_tried = False
+        if arrivals is not None:
+            arrivals.close()
+
+    def _forward(self, ids: list[str], listed: dict[str, str]) -> tuple[int, bool]:
+        """Publish ``ids`` in order; stop before the first one no longer found (False: the rest waits)."""
         items: list[Outgoing] = []
+        whole = True
         for event_id in ids:
-            item = self._load(event_id, listed[event_id])
+            try:
+                item = self._load(event_id, listed[event_id])
+            except _Vanished:
+                whole = False
+                break
             if item is not None:
                 items.append(item)
         if not items:
-            return 0
+            return 0, whole
         if self._sink is None:
             self._sink = self.connect()
         added = self._sink.publish(items)
@@ -168,13 +251,14 @@ class Forwarder:
         self.log.record(it.event.id for it in items)
         self.stats.forwarded += sum(added)
         self.stats.duplicates += len(items) - sum(added)
-        return len(items)
+        return len(items), whole
 
     def _load(self, event_id: str, hint: str) -> Outgoing | None:
         try:
             data = read_committed(self.layout, event_id, hint, self.max_event_bytes)
             if data is None:
-                return None  # pruned or purged meanwhile: nothing to forward
+                # Moving backwards while looked for, or pruned: either way the next round's listing says.
+                raise _Vanished(event_id)
             event = decode_event(data, None, expected_id=event_id, validate_payload=False)
         except CorruptEvent:
             self._bad.add(event_id)
@@ -201,7 +285,12 @@ class Forwarder:
                 sink.close()
             except Exception:  # closing a broken connection: nothing left to save
                 pass
+        self._drop_watch()
         self.log.close()
+
+
+class _Vanished(Exception):
+    """A listed event is in none of the event directories when read."""
 
 
 def _dir_marks(layout: SpoolLayout) -> tuple[int, ...] | None:

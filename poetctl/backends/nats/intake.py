@@ -159,6 +159,8 @@ class Intake(PartitionLeases):
         """Decode pulled messages into the partition's buffer (in stream order); quarantine the unreadable."""
         buf = self._buf.setdefault(p, [])
         have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
+        # Handled here with the ack still queued (AckWait ran out first): the queued ack settles it.
+        have.update(h.seq for h in list(self._acking.values()) if h.p == p)
         for m in msgs:
             md = m.metadata
             seq = md.sequence.stream

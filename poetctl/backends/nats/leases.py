@@ -60,6 +60,8 @@ class PartitionLeases:
     _stop: threading.Event
     _dead: bool
     _closed: bool
+    # Acked deliveries whose ack is queued and not yet sent (the pipeline's loop removes them).
+    _acking: dict[str, Held]
 
     def _run(self, coro: Any, timeout: float = 60.0) -> Any:
         return self.t.link.run(coro, timeout)
@@ -86,20 +88,24 @@ class PartitionLeases:
         """Keeper thread: membership, lease refresh and in_progress for held messages, every tick.
 
         The lock is taken on this thread, never inside a coroutine: the loop
-        thread must not wait for a lock whose holder waits for the loop.
+        thread must not wait for a lock whose holder waits for the loop. The
+        snapshot before a beat is taken without it (copies of dicts and lists
+        are atomic under the GIL): a fetch holds the lock for as long as its
+        pulls take, and a beat that waited for it could come too late.
         """
         beats = 0
         while not self._stop.wait(self.tick):
             try:
-                with self._lock:
-                    if self._dead or self._closed:
-                        return
-                    held = dict(self._held)
-                    old = time.monotonic() - self.tick
-                    # Only the held partitions' messages: a lost partition's leased ones expire and go,
-                    # in order, to the next holder (who may then also see them handled here: twice, not lost).
-                    msgs = [h.msg for h in self._leased.values() if h.since < old and h.p in held]
-                    msgs += [h.msg for b in self._buf.values() for h in b if h.since < old]
+                if self._dead or self._closed:
+                    return
+                held = dict(self._held)
+                old = time.monotonic() - self.tick
+                # Only the held partitions' messages: a lost partition's leased ones expire and go,
+                # in order, to the next holder (who may then also see them handled here: twice, not lost).
+                msgs = [h.msg for h in list(self._leased.values()) if h.since < old and h.p in held]
+                msgs += [h.msg for b in list(self._buf.values()) for h in list(b) if h.since < old]
+                # Handled, their acks still queued: kept alive too, so AckWait cannot hand them out again.
+                msgs += [h.msg for h in list(self._acking.values()) if h.since < old]
                 # Not under the lock: a refresh must not wait for fetches and outcomes (a beat late by
                 # more than the TTL loses the leases). A give-back racing a refresh makes one of the two
                 # fail on the revision; a lease refreshed after its give-back just expires.
@@ -138,9 +144,10 @@ class PartitionLeases:
         async def refresh(p: int, rev: int) -> None:
             # Each lease on its own, all at once, with a short timeout: through a server loss a beat must
             # not take longer than the TTL (a lease missed now is retried next tick, with the same revision).
+            sent = time.monotonic()  # the server's TTL runs from after this: the lease is ours until sent + TTL
             try:
                 out[p] = await self.t.lease_kv.update(f"p{p}", self.name.encode(), last=rev, validate_keys=False)
-                self._renewed[p] = time.monotonic()
+                self._renewed[p] = sent
             except KeyWrongLastSequenceError:
                 # Ours still, if an earlier refresh went through and only its answer was lost; else lost (_lose).
                 try:
@@ -186,14 +193,55 @@ class PartitionLeases:
     async def _take(self, p: int) -> bool:
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+        sent = time.monotonic()
         try:
             self._held[p] = await self.t.lease_kv.create(f"p{p}", self.name.encode())
         except (KeyWrongLastSequenceError, KeyNotFoundError):
             # Held by another daemon; or its lease expired between nats-py's create and the read it makes
             # after a refusal (KeyNotFoundError): free now, taken at a later probe.
             return False
-        self._renewed[p] = time.monotonic()
+        self._renewed[p] = sent
         self._buf.setdefault(p, [])
+        return True
+
+    def _fresh(self, p: int) -> bool:
+        """Partition ``p``'s lease is surely still ours: renewed (the request sent) within 3/4 of the TTL."""
+        return bool(time.monotonic() - self._renewed.get(p, 0.0) < self.t.settings.lease_ttl * 0.75)
+
+    async def _reassert(self, p: int) -> bool:
+        """Renew a held lease that is not :meth:`_fresh` (a keeper that fell behind) before handing out more
+        of ``p``; False if it is not ours any more (then it is lost: :meth:`_lose`) or NATS did not answer.
+
+        The fence of per-key order: a daemon that stalled past the TTL finds its lease taken and stops
+        handing out what it pulled, which goes back (nak) to the next holder in order.
+        """
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        rev = self._held.get(p)
+        if rev is None:
+            return False
+        sent = time.monotonic()
+        try:
+            new = await self.t.lease_kv.update(f"p{p}", self.name.encode(), last=rev, validate_keys=False)
+        except KeyWrongLastSequenceError:
+            try:
+                e = await self.t.lease_kv.get(f"p{p}")
+                mine = e.value == self.name.encode()
+                new = int(e.revision)
+            except Exception:  # expired (not found) or unreachable
+                mine = False
+            if not mine:
+                if self._held.get(p) == rev:
+                    self._lose(p)
+                return False
+            # A refresh by the keeper went through meanwhile: ours, renewed at least as recently as this.
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            return False  # not now: nothing of p is handed out until a beat or a later fetch renews it
+        if self._held.get(p) == rev or self._held.get(p) == new:
+            self._held[p] = new
+            self._renewed[p] = max(self._renewed.get(p, 0.0), sent)
         return True
 
     def _drop(self, p: int) -> int | None:
@@ -243,7 +291,11 @@ class PartitionLeases:
 
     async def _give_back_idle(self) -> None:
         """Hand back held partitions with nothing in hand that ran dry, were idle for ``hold_idle``, or
-        are over the fair share. A partition whose pulls come back full keeps its lease between batches."""
+        are over the fair share. A partition whose pulls come back full keeps its lease between batches.
+
+        Deliveries whose ack is still queued count as in hand (:meth:`_busy`): the lease goes only after
+        their acks, else the next holder gets them back once AckWait runs out and handles them again.
+        """
         now = time.monotonic()
         over = len(self._held) - self._cap()
         for p in sorted(self._held, reverse=True):
@@ -255,8 +307,11 @@ class PartitionLeases:
                 over -= 1
                 await self._give_back(p)
 
-    def _busy(self, p: int) -> bool:
-        return bool(self._buf.get(p)) or any(h.p == p for h in self._leased.values())
+    def _busy(self, p: int, acks: bool = True) -> bool:
+        """Something of partition ``p`` buffered, leased, or (``acks``) handled with its ack still queued."""
+        if self._buf.get(p) or any(h.p == p for h in self._leased.values()):
+            return True
+        return acks and any(h.p == p for h in list(self._acking.values()))
 
 
 __all__ = ["Held", "PartitionLeases"]
