@@ -144,4 +144,39 @@ async def stream_ids(t: NatsTransport) -> list[tuple[int, int | None, str]]:
     return out
 
 
-__all__ = ["SKEW", "Floors", "derived", "floors", "id_time", "locate", "partition_of_subject", "stream_ids"]
+async def ids_since(t: NatsTransport, since: float) -> set[str]:
+    """Ids of the event messages the stream stored at or after ``since`` (Unix time; headers only)."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    info = await t.link.jsm.stream_info(t.settings.stream)
+    if not info.state.messages:
+        return set()
+    cfg = ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        opt_start_time=datetime.datetime.fromtimestamp(max(0.0, since), tz=datetime.UTC),
+        inactive_threshold=30.0,
+        mem_storage=True,
+        headers_only=True,
+        filter_subject=subjects.EVENTS + ".>",
+    )
+    out: set[str] = set()
+    async for m in t.link.read(t.settings.stream, cfg):
+        hdrs: Any = m.headers or {}
+        eid = hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id")
+        if eid:
+            out.add(eid)
+    return out
+
+
+__all__ = [
+    "SKEW",
+    "Floors",
+    "derived",
+    "floors",
+    "id_time",
+    "ids_since",
+    "locate",
+    "partition_of_subject",
+    "stream_ids",
+]

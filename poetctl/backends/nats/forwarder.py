@@ -20,9 +20,11 @@ has found it or shown it gone.
 
 Nothing doubled: a crash between the PubAck and the record re-publishes at
 most the batches in flight. Within the duplicate window JetStream drops the
-copies (``Nats-Msg-Id``); beyond it, the first round after a start publishes
-its events as *keyed*, so the transport looks each id up in the state bucket
-and skips those already there. Nothing lost: the backlog stays in the spool
+copies (``Nats-Msg-Id``); beyond it, the first round after a start reads
+the ids the stream stored since the oldest unrecorded event was made (one
+headers-only pass) and records those as forwarded instead of publishing them
+again. (Fresh events have no entry in the state bucket, so the bucket
+cannot say.) Nothing lost: the backlog stays in the spool
 while NATS is unreachable, and the forwarder retries with exponential backoff
 (capped). Runs on its own thread (:class:`ForwarderThread`, what
 ``daemon --mode hybrid`` starts) or in the foreground (``poetctl forward``).
@@ -190,6 +192,9 @@ class Forwarder:
             self.log.compact(listed)  # the spool was pruned: drop ids of events it no longer has
         todo = sorted(i for i in listed if i not in self.log.ids and i not in self._bad)
         self.stats.backlog = backlog_of(todo, self.clock())
+        if self._fresh_start and todo:
+            todo = self._not_in_stream(todo)  # may fail (NATS down): the backlog above is what waits
+            self.stats.backlog = backlog_of(todo, self.clock())
         sent = 0
         for start in range(0, len(todo), self.batch):
             if stop is not None and stop.is_set():
@@ -202,6 +207,27 @@ class Forwarder:
             self.stats.backlog = backlog_of(todo[start + len(chunk) :], self.clock())
         self._fresh_start = False
         return sent, True
+
+    def _not_in_stream(self, todo: list[str]) -> list[str]:
+        """At a start: drop (and record) the ids the stream has already, published before a crash that came
+        before their record. JetStream drops such copies itself only within its duplicate window."""
+        from .derive import SKEW, id_time, ids_since
+        from .transport import NatsTransport
+
+        if self._sink is None:
+            self._sink = self.connect()
+        sink = self._sink
+        if not isinstance(sink, NatsTransport):
+            return todo  # a sink that is not a stream (tests): nothing to look up
+        times = [t for t in map(id_time, todo) if t is not None]
+        since = min(times) - SKEW if len(times) == len(todo) else 0.0  # an id without a time: the whole stream
+        there = sink.link.run(ids_since(sink, since), timeout=300)
+        known = [i for i in todo if i in there]
+        if not known:
+            return todo
+        self.log.record(known)
+        self.stats.duplicates += len(known)
+        return [i for i in todo if i not in there]
 
     def _on_step(self, rel: str) -> None:
         if self._arrivals is not None:
