@@ -111,3 +111,28 @@ def test_keyed_event_keeps_its_entry_current(tmp_path: Path) -> None:
         c.close()
     finally:
         t.close()
+
+
+def test_on_a_replicated_stream_every_ack_is_behind_a_completion_entry(tmp_path: Path) -> None:
+    """R3: an ack in stream order still writes the processed entry first (a quorum confirms it), because a leader
+    SIGKILLed before it replicates the ack loses the ack; on R1 (the cases above) no entry is written."""
+    from poetctl.backends.nats.settings import NatsSettings
+    from tests.natscluster import NatsCluster, create_stream
+
+    with NatsCluster(tmp_path / "nats", size=3) as cluster:
+        create_stream(cluster.urls, replicas=3)
+        t = NatsTransport(NatsSettings(servers=tuple(cluster.urls), replicas=3))
+        try:
+            assert t.replicated
+            (a,) = _events(t, ["k1"])
+            assert t.publish([a]) == [True]
+            assert _entry(t, a.event.id) is None  # publishing stays one message
+            c = t.consumer()
+            (d,) = c.fetch(10).deliveries
+            c.ack(d)
+            c.sync()
+            entry = _entry(t, a.event.id)
+            assert isinstance(entry, dict) and entry.get("s") == State.PROCESSED
+            c.close()
+        finally:
+            t.close()

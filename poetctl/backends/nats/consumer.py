@@ -281,8 +281,10 @@ class NatsConsumer(Intake, PartitionLeases):
         """Sends the ack (behind the KV record, when one is needed) without waiting; :meth:`sync` confirms.
 
         The record is written only when the derived state would be wrong without it (:mod:`.derive`):
-        the id has an entry (keyed, a begun record or failure reached the server, a redelivery), or
-        the ack lands above a message of its partition still outstanding. Both are on the connection's
+        the id has an entry (keyed, a begun record or failure reached the server, a redelivery), the
+        ack lands above a message of its partition still outstanding, or the stream is replicated: a
+        leader killed before it replicates an ack loses it, and the redelivery must find the entry a
+        quorum confirmed, or its handlers run again. Both are on the connection's
         loop when this returns (sub-millisecond later on the wire): a process killed in between loses
         them, and the event is redelivered with its earlier handlers skipped - the window the spool's
         mover pipe closes. :meth:`sync` raises if one failed.
@@ -308,7 +310,8 @@ class NatsConsumer(Intake, PartitionLeases):
         # the pipeline confirms the ack itself (a flush: the server has read it) before sync returns.
         self._acking[h.id] = h  # again, when a server loss makes the pipeline repeat this
         try:
-            pub = await self._put_async(h, self._state(h, State.PROCESSED)) if _kv(h) or not covered else UNCONFIRMED
+            record = _kv(h) or not covered or self.t.replicated
+            pub = await self._put_async(h, self._state(h, State.PROCESSED)) if record else UNCONFIRMED
             await _reply(h.msg, b"+ACK")
         finally:
             self._acking.pop(h.id, None)  # sent, or failed: a redelivery is then judged by its record

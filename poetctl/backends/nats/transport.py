@@ -113,6 +113,9 @@ class NatsTransport:
         self._fast: FastPublisher | None = None  # made on the link's loop at the first publish
         self._lock = threading.Lock()
         self._closed = False
+        # The stream is replicated (R3): an ack a leader received can be lost with it before it replicates,
+        # so every ack is preceded by a completion entry that a quorum confirmed (see NatsConsumer.ack).
+        self.replicated = False
         try:
             if setup:
                 from .setup import setup as do_setup
@@ -127,7 +130,8 @@ class NatsTransport:
         from nats.js.errors import BucketNotFoundError, NotFoundError
 
         try:
-            await self.link.jsm.stream_info(self.settings.stream)
+            info = await self.link.jsm.stream_info(self.settings.stream)
+            self.replicated = int(info.config.num_replicas or 1) > 1
             return (
                 await self.link.js.key_value(self.settings.state_bucket),
                 await self.link.js.key_value(self.settings.lease_bucket),
