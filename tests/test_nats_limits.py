@@ -106,7 +106,8 @@ def _ts(t: object) -> float:
 def test_emit_waits_for_room_a_nats_daemon_makes(limited: object, server: NatsServer) -> None:
     """Full: emit --wait waits; it publishes only after a nats daemon has processed the backlog, and exits 0."""
     project = limited("max_pending = 1")  # type: ignore[operator]
-    first = emit(project, server.url)
+    # A keyed event keeps a state entry (a fresh one's processed state is derived, with no time of its own).
+    first = emit(project, server.url, "--id", "limits-first")
     assert first.returncode == 0
     waiting = subprocess.Popen(
         [sys.executable, "-m", "poetctl", "emit", "--mode", "nats", "system.health", HEALTH, "--wait", "120"],

@@ -103,15 +103,25 @@ class Link:
         left, so the end is exact (nats-py's KV ``watchall`` can signal its end
         before the first entries, when they arrive before it asked for the count).
         """
+        from nats.js.errors import ServiceUnavailableError
+
         ci = await self.jsm.add_consumer(stream, config)
         sub = await self.js.pull_subscribe_bind(ci.name, stream)
         try:
             remaining = int(ci.num_pending or 0)
+            unavailable = 0
             while remaining > 0:
                 try:
                     msgs = await sub.fetch(min(remaining, page), timeout=5)
                 except TimeoutError:
                     break
+                except ServiceUnavailableError:
+                    # No responders yet: in a cluster the new consumer's leader is still being chosen.
+                    unavailable += 1
+                    if unavailable > 100:
+                        raise
+                    await asyncio.sleep(0.1)
+                    continue
                 for m in msgs:
                     remaining = int(m.metadata.num_pending)
                     yield m
