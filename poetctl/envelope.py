@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any
 
@@ -151,7 +151,7 @@ class EnvelopeBuilder:
             type=event_type,
             source=source or cfg.source,
             timestamp=now(),
-            topic=known.topic if known is not None and known.topic is not None else self._topic(event_type, payload),
+            topic=self._topic(event_type, payload) if known is None else known.topic_of(event_type, payload),
             payload=payload,
             metadata={
                 "version": cfg.schema_version,
@@ -253,6 +253,7 @@ class EnvelopeBuilder:
             newest,
             registry.payload_validator(event_type, newest),
             None if "{fn}" in template else template,  # a {fn} template depends on the payload: topic_for
+            own,
         )
 
     def _topic(self, event_type: str, payload: Mapping[str, Any]) -> str:
@@ -324,6 +325,23 @@ class _TypeInfo:
     newest: int  # the newest schema version
     is_valid: Callable[[Any], bool]  # the fast validator of that version (jsonschema-rs)
     topic: str | None  # the topic of every event of the type, None when it depends on the payload
+    template: str | None  # the template argument _topic gives topic_for (the schema's x-poet-topic)
+    # function_name -> topic for a {fn} template: topic_for's answer depends on nothing else. Bounded.
+    fn_topics: dict[str, str] = field(default_factory=dict)
+
+    def topic_of(self, event_type: str, payload: dict[str, Any]) -> str:
+        """What ``_topic(event_type, payload)`` returns, without a lookup per event."""
+        if self.topic is not None:
+            return self.topic
+        fn = payload.get("function_name")
+        if type(fn) is not str:
+            return topic_for(event_type, payload, self.template)
+        topic = self.fn_topics.get(fn)
+        if topic is None:
+            topic = topic_for(event_type, payload, self.template)
+            if len(self.fn_topics) < _MAX_TYPES:
+                self.fn_topics[fn] = topic
+        return topic
 
 
 _MAX_TYPES = 1024

@@ -13,6 +13,7 @@ from poetctl.backends.memory import MemoryTransport
 from poetctl.config import Config
 from poetctl.errors import InvalidData
 from poetctl.schemas import SchemaRegistry
+from poetctl.topics import SYSTEM_FUNCTIONS
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -52,6 +53,10 @@ def test_a_function_topic_follows_each_payload(samples: dict[str, Any]) -> None:
     a = router.build("function.execution", dict(base, function_name="alpha"))[0]
     b = router.build("function.execution", dict(base, function_name="beta"))[0]
     assert (a.topic, b.topic) == ("poet/functions/alpha/execution", "poet/functions/beta/execution")
+    assert router.build("function.execution", dict(base, function_name="alpha"))[0].topic == a.topic
+    router.config.validation = False  # names the schema refuses still get topic_for's fallback
+    for name in ("not/a name", 7):
+        assert router.build("function.execution", dict(base, function_name=name))[0].topic == SYSTEM_FUNCTIONS
 
 
 def test_a_new_registry_is_consulted(tmp_path: Path) -> None:
