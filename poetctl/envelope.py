@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any
 
@@ -36,7 +36,7 @@ from .event import (
 )
 from .ids import derived_id, uuid7
 from .schemas import MAX_CAUSATION_DEPTH, SchemaRegistry
-from .topics import ROUTES, topic_for
+from .topics import ROUTES, default_template, topic_for
 
 EmitItem = tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Event
 
@@ -71,6 +71,9 @@ class EnvelopeBuilder:
         self.registry = registry
         self.max_causation_depth = _depth_limit(config)
         self._local = threading.local()
+        # Per event type, what build() would otherwise look up on every event (see _known).
+        self._types: dict[str, _TypeInfo] = {}
+        self._types_of: SchemaRegistry | None = None  # the registry _types was filled from
 
     # -- cause context (used by the daemon) ---------------------------------
     def _cause(self) -> _Cause | None:
@@ -113,14 +116,22 @@ class EnvelopeBuilder:
         cause = self._cause()
         if cause is not None:
             causation_depth = self._follow_up_depth(cause, event_type, where)
-        check_type(event_type, where)
+        known = self._known(event_type)
+        if known is None:
+            check_type(event_type, where)
         if type(payload) is not dict and not isinstance(payload, Mapping):  # exact dict first: ABC checks cost
             raise InvalidData(f"$.payload: expected a JSON object, got {type(payload).__name__}", where=where)
         payload = dict(payload)
         payload_json = plain_json(payload)
         if payload_json is None:
             check_depth(payload, where, "$.payload")  # the walk finds (and words) any problem
-        schema_version = self._check_payload(event_type, payload, where, schema_version)
+        if known is not None and schema_version is None and _surely_valid(known, payload, self.config.validation):
+            schema_version = known.newest
+        else:  # the full check: an unknown type, a chosen version, or a payload the validator refuses (words it)
+            chosen = schema_version
+            schema_version = self._check_payload(event_type, payload, where, schema_version)
+            if known is None and chosen is None:  # the newest version has just been loaded and compiled
+                self._learn(event_type)
         keyed = id is not None
         if cause is not None:
             causation_id = causation_id or cause.event.id
@@ -140,7 +151,7 @@ class EnvelopeBuilder:
             type=event_type,
             source=source or cfg.source,
             timestamp=now(),
-            topic=self._topic(event_type, payload),
+            topic=self._topic(event_type, payload) if known is None else known.topic_of(event_type, payload),
             payload=payload,
             metadata={
                 "version": cfg.schema_version,
@@ -216,6 +227,35 @@ class EnvelopeBuilder:
             self.registry.check_known(event_type, where, version)
         return version
 
+    def _known(self, event_type: object) -> _TypeInfo | None:
+        """What :meth:`_learn` kept about ``event_type`` (a valid, registered type), else None."""
+        if self._types_of is not self.registry:  # a new registry (or the first call): nothing is known
+            self._types = {}
+            self._types_of = self.registry
+            return None
+        return self._types.get(event_type) if type(event_type) is str else None
+
+    def _learn(self, event_type: str) -> None:
+        """Keep what build() looks up per event for ``event_type``, which has just passed the full checks.
+
+        A registry caches a type's versions and schemas for its lifetime, so
+        the newest version, its validator and the topic template stay true.
+        Bounded: a process emitting endless distinct types keeps the first ones.
+        """
+        if len(self._types) >= _MAX_TYPES:
+            return
+        registry = self.registry
+        newest = registry.newest(event_type)
+        # As _topic and topic_for resolve it: the routing table, else the schema's x-poet-topic, else the default.
+        own = None if event_type in ROUTES else registry.topic_template(event_type)
+        template = ROUTES.get(event_type) or own or default_template(event_type)
+        self._types[event_type] = _TypeInfo(
+            newest,
+            registry.payload_validator(event_type, newest),
+            None if "{fn}" in template else template,  # a {fn} template depends on the payload: topic_for
+            own,
+        )
+
     def _topic(self, event_type: str, payload: Mapping[str, Any]) -> str:
         template = None if event_type in ROUTES else self.registry.topic_template(event_type)
         return topic_for(event_type, payload, template)
@@ -278,6 +318,43 @@ class EnvelopeBuilder:
                 raise InvalidData("expected a (type, payload) pair", where=where)
             return self.build(item[0], item[1], where=where)
         return self.ingest(item, where)
+
+
+@dataclass(slots=True, frozen=True)
+class _TypeInfo:
+    newest: int  # the newest schema version
+    is_valid: Callable[[Any], bool]  # the fast validator of that version (jsonschema-rs)
+    topic: str | None  # the topic of every event of the type, None when it depends on the payload
+    template: str | None  # the template argument _topic gives topic_for (the schema's x-poet-topic)
+    # function_name -> topic for a {fn} template: topic_for's answer depends on nothing else. Bounded.
+    fn_topics: dict[str, str] = field(default_factory=dict)
+
+    def topic_of(self, event_type: str, payload: dict[str, Any]) -> str:
+        """What ``_topic(event_type, payload)`` returns, without a lookup per event."""
+        if self.topic is not None:
+            return self.topic
+        fn = payload.get("function_name")
+        if type(fn) is not str:
+            return topic_for(event_type, payload, self.template)
+        topic = self.fn_topics.get(fn)
+        if topic is None:
+            topic = topic_for(event_type, payload, self.template)
+            if len(self.fn_topics) < _MAX_TYPES:
+                self.fn_topics[fn] = topic
+        return topic
+
+
+_MAX_TYPES = 1024
+
+
+def _surely_valid(known: _TypeInfo, payload: dict[str, Any], validation: bool) -> bool:
+    """True if ``payload`` passes the newest schema (or validation is off); False: ask the registry."""
+    if not validation:
+        return True  # the type is known to be registered: check_known would pass
+    try:
+        return bool(known.is_valid(payload))
+    except ValueError:  # not a JSON value: the registry's validate_payload words it
+        return False
 
 
 _EMPTY = orjson.Fragment(b"{}")

@@ -197,8 +197,13 @@ def verify_checksum(envelope: dict[str, Any], where: str | None = None) -> None:
 
 
 def now() -> float:
-    """Unix time in seconds, rounded to microseconds (what ``timestamp`` stores)."""
-    return round(time.time(), 6)
+    """Unix time in seconds, to the microsecond (what ``timestamp`` stores).
+
+    Whole microseconds divided by 10**6: the nearest float to a 6-decimal number,
+    as ``round(time.time(), 6)`` gives, at a fraction of its cost (float round()
+    with digits goes through decimal conversion; this runs once per event).
+    """
+    return time.time_ns() // 1000 / 1_000_000
 
 
 def check_id(value: object, where: str | None = None, path: str = "$.id") -> str:

@@ -23,6 +23,8 @@ TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+# (ms, the first 15 characters of its ids: "tttttttt-tttt-7"), one tuple so threads read a matching pair.
+_prefix: tuple[int, str] = (-1, "")
 _COUNTER_BITS = 42  # RFC 9562 method 1: 12 bits of rand_a + 30 bits of rand_b
 
 
@@ -66,11 +68,20 @@ def uuid7() -> str:
                 _last_ms += 1
                 _counter = 0
         ms, counter = _last_ms, _counter
-    rand_a = counter >> 30
-    rand_b = ((counter & 0x3FFFFFFF) << 32) | tail
-    value = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return _format7(ms, counter >> 30, ((counter & 0x3FFFFFFF) << 32) | tail)
+
+
+def _format7(ms: int, rand_a: int, rand_b: int) -> str:
+    """The UUIDv7 string of (48-bit ms, 12-bit rand_a, 62-bit rand_b), RFC 9562 layout.
+
+    The time part is formatted once per millisecond (a batch emits many ids in one).
+    """
+    global _prefix
+    cached_ms, prefix = _prefix
+    if ms != cached_ms:  # two threads may both rebuild it: the same string, no lock needed
+        prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7"
+        _prefix = (ms, prefix)
+    return f"{prefix}{rand_a:03x}-{0x8000 | (rand_b >> 48):04x}-{rand_b & 0xFFFFFFFFFFFF:012x}"
 
 
 def derived_id(cause_id: str, cause_time: float, handler: str, position: int) -> str:

@@ -28,7 +28,7 @@ only serves the tests as an independent check of the verdicts.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -354,6 +354,16 @@ class SchemaRegistry:
             self._cache[key] = c
             self._is_valid[key] = c._fast.is_valid
         return c
+
+    def payload_validator(self, event_type: str, version: int) -> Callable[[Any], bool]:
+        """The fast ``is_valid`` of one schema version (it may raise ValueError for a non-JSON value).
+
+        Its True is :meth:`validate_payload`'s verdict; on False or ValueError ask
+        :meth:`validate_payload`, which words the problem.
+        """
+        c = self._version(event_type, version)
+        fast: Callable[[Any], bool] = c._fast.is_valid
+        return fast
 
     def _unknown(self, event_type: str, where: str | None = None) -> UnknownType:
         target = self.extra_paths[0] if self.extra_paths else Path("schemas/custom")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,18 @@ def test_uuid7_layout() -> None:
         int(u.replace("-", ""), 16)
         assert u[14] == "7"
         assert u[19] in "89ab"
+
+
+def test_uuid7_string_is_the_rfc_9562_layout_of_its_fields() -> None:
+    """The formatted id is the 128-bit value ms|7|rand_a|10|rand_b in hex, edge values and changing ms included."""
+    from poetctl.ids import _format7
+
+    def reference(ms: int, rand_a: int, rand_b: int) -> str:
+        return str(uuid.UUID(int=(ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b))
+
+    edges = [(0, 0, 0), ((1 << 48) - 1, 0xFFF, (1 << 62) - 1), (1 << 47, 1, 1 << 61), (0xABCDEF123456, 0x5A, 0x12345)]
+    for ms, a, b in edges + [(ms + 1, a, b) for ms, a, b in edges[:1]] + edges[:1]:
+        assert _format7(ms, a, b) == reference(ms, a, b)
 
 
 def test_uuid7_embeds_current_time() -> None:
