@@ -134,19 +134,13 @@ class NatsConsumer(Intake, PartitionLeases):
             self._suspect.update(self._held)
         if self._suspect:
             await self._check_suspects()
+        pulling: set[int] = set()
         if self._held:
             # Small prefetch: what is pulled and not yet begun is what a takeover must wait for.
             batch = max(1, min(PULL_MAX, math.ceil(limit / len(self._held))))
             pulling = set(sorted(self._held)[: self._cap()])  # over the fair share: drain the rest, pull nothing new
             want = {p: max(batch, self._settle.get(p, (0, 0.0))[0]) for p in self._held if p in pulling}
-            parts = [p for p, n in want.items() if len(self._buf.get(p, ())) < n]
-            pulled = await asyncio.gather(*(self._pull(p, want[p]) for p in parts))
-            for p, msgs in zip(parts, pulled, strict=True):
-                if len(msgs) < want[p]:
-                    self._dry.add(p)
-                else:
-                    self._dry.discard(p)
-                await self._take_in(p, msgs, out)
+            await self._pull_into([p for p, n in want.items() if len(self._buf.get(p, ())) < n], want, out)
         for p, (expected, until) in list(self._settle.items()):
             back = sum(1 for h in self._buf.get(p, ()) if h.msg.metadata.num_delivered > 1)
             if back >= expected or time.monotonic() >= until:
@@ -154,7 +148,42 @@ class NatsConsumer(Intake, PartitionLeases):
         for p in [p for p, b in self._buf.items() if b and not self._fresh(p)]:
             await self._reassert(p)  # a keeper that fell behind: is the lease still ours?
         now = self.t.clock()
-        for p in sorted(self._buf):
+        self._hand_out(limit, out, now)
+        # Room left, and partitions whose pull came back full with all of it handed out: pull those again,
+        # no more than the room (nothing beyond what the caller asked for is buffered: the prefetch bound
+        # holds). A fetch then fills the caller's limit from a busy partition instead of stopping at
+        # PULL_MAX: each fetch is a thread hop, and each sync a flush round trip.
+        while len(out.deliveries) < limit:
+            again = [
+                p
+                for p in sorted(pulling)
+                if p in self._held
+                and p not in self._dry
+                and not self._buf.get(p)
+                and p not in self._settle
+                and p not in self._suspect
+                and self._fresh(p)
+            ]
+            if not again:
+                break
+            n = max(1, math.ceil((limit - len(out.deliveries)) / len(again)))  # the room: the caller's bound
+            await self._pull_into(again, dict.fromkeys(again, n), out)
+            self._hand_out(limit, out, now, again)
+        await self._give_back_idle()
+
+    async def _pull_into(self, parts: list[int], want: dict[int, int], out: Fetched) -> None:
+        """Pull ``want[p]`` of each partition in ``parts`` (together) into its buffer; mark the short ones dry."""
+        pulled = await asyncio.gather(*(self._pull(p, want[p]) for p in parts))
+        for p, msgs in zip(parts, pulled, strict=True):
+            if len(msgs) < want[p]:
+                self._dry.add(p)
+            else:
+                self._dry.discard(p)
+            await self._take_in(p, msgs, out)
+
+    def _hand_out(self, limit: int, out: Fetched, now: float, parts: list[int] | None = None) -> None:
+        """Lease buffered messages of ``parts`` (all) into ``out``: stream order per partition, up to ``limit``."""
+        for p in sorted(self._buf) if parts is None else parts:
             if p in self._settle or p in self._suspect or not self._fresh(p):
                 out.deferred += len(self._buf[p])
                 continue
@@ -177,7 +206,6 @@ class NatsConsumer(Intake, PartitionLeases):
                     self._lset.add(h.seq)
                     out.deliveries.append(Delivery(h.event, h.key, h.record, h))
             self._buf[p] = keep
-        await self._give_back_idle()
 
     # -- recording --------------------------------------------------------------------------------
     def _mine(self, d: Delivery) -> Held | None:
