@@ -333,7 +333,7 @@ def test_events_without_a_state_entry_take_their_state_from_the_ack_floor(
 def purge_states(url: str, ids: list[str]) -> None:
     from poetctl.backends.nats.link import Link
     from poetctl.backends.nats.settings import NatsSettings
-    from poetctl.backends.nats.transport import kv_key
+    from poetctl.backends.nats.subjects import kv_key
 
     link = Link(NatsSettings(servers=(url,)))
     try:

@@ -79,7 +79,7 @@ def server_times(url: str, first_id: str) -> tuple[float, float]:
     """(when the first event's processed state was written, when the stream's second message arrived): server time."""
     from poetctl.backends.nats.link import Link
     from poetctl.backends.nats.settings import NatsSettings
-    from poetctl.backends.nats.transport import kv_key
+    from poetctl.backends.nats.subjects import kv_key
 
     link = Link(NatsSettings(servers=(url,)))
     try:

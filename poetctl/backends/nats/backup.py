@@ -45,7 +45,8 @@ from ...transport import Record, State, dead_letter_info
 from ..fs.backup import Snapshot
 from ..memory import decode
 from . import subjects
-from .transport import dumps, kv_key
+from .subjects import kv_key
+from .transport import dumps
 
 if TYPE_CHECKING:
     from .transport import NatsTransport

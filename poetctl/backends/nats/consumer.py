@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import json
 import math
 import os
 import re
@@ -43,21 +42,17 @@ from typing import Any
 
 from ...transport import Attempt, Delivery, Fetched, State
 from . import subjects
+from .dead import to_headers
+from .fastpub import header_value
 from .intake import Intake, _Held, _kv, _reply
 from .leases import Held, PartitionLeases
 from .pipeline import UNCONFIRMED, Op, Pipeline
 from .retry import RUN_TIMEOUT, retrying, transient
-from .transport import NatsTransport, dumps, kv_key
+from .subjects import kv_key
+from .transport import NatsTransport, dumps
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
-HEADER_MAX = 4096
 PULL_MAX = 64  # messages pulled ahead per partition
-
-
-def _header(text: str | None, limit: int = HEADER_MAX) -> str:
-    """A header value: one line (JSON-escaped), bounded."""
-    s = json.dumps(text or "")[1:-1]
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 class NatsConsumer(Intake, PartitionLeases):
@@ -356,17 +351,7 @@ class NatsConsumer(Intake, PartitionLeases):
             s = self.t.settings
 
             async def go() -> None:
-                hdrs = {
-                    "Nats-Msg-Id": f"{h.id}:{h.seq}",
-                    "Poet-Id": h.id,
-                    "Poet-Reason": _header(reason, 200),
-                    "Poet-Error": _header(str(info.get("error") or reason)),
-                    "Poet-Attempts": str(info.get("attempts", h.record.attempts)),
-                    "Poet-Traceback": _header(info.get("traceback")),
-                    "Poet-Handler": _header(info.get("handler"), 400),
-                    "Poet-Dead-At": str(info.get("dead_at", self.t.clock())),
-                    "Poet-Seq": str(h.seq),
-                }
+                hdrs = to_headers(h.id, h.seq, reason, info, h.record.attempts, self.t.clock())
                 ack = await self.t.link.js.publish(subjects.dead_subject(h.event.topic), h.msg.data, headers=hdrs)
                 st = self._state(h, State.DEAD, info=info, dstream=s.dead_stream, dseq=ack.seq)
                 await self.t.state_kv.put(kv_key(h.id), st)
@@ -381,8 +366,12 @@ class NatsConsumer(Intake, PartitionLeases):
     ) -> None:
         s = self.t.settings
         info = {"reason": reason, "detail": detail, "from": where, "at": self.t.clock()}
-        hdrs = {"Nats-Msg-Id": f"{eid}:{seq}", "Poet-Id": _header(eid, 400), "Poet-Reason": _header(reason, 200)}
-        hdrs["Poet-Detail"] = _header(detail)
+        hdrs = {
+            "Nats-Msg-Id": f"{eid}:{seq}",
+            "Poet-Id": header_value(eid, 400),
+            "Poet-Reason": header_value(reason, 200),
+        }
+        hdrs["Poet-Detail"] = header_value(detail)
         ack = await self.t.link.js.publish(subjects.corrupt_subject(topic), m.data or b"", headers=hdrs)
         st = {"s": State.CORRUPT.value, "seq": seq, "ts": self.t.clock(), "info": info}
         st.update(dstream=s.corrupt_stream, dseq=ack.seq)

@@ -30,11 +30,13 @@ from ...transport import Query, State
 from ..fs.replay import error_summary, mark_replayed
 from ..memory import decode
 from . import subjects
-from .transport import NatsTransport, dumps, kv_key
+from .fastpub import header_value
+from .subjects import kv_key
+from .transport import NatsTransport, dumps
 
 
 def unheader(value: str | None) -> str | None:
-    """Undo :func:`~.consumer._header` (a JSON-escaped line); a truncated one is kept as it is."""
+    """Undo :func:`~.fastpub.header_value` (a JSON-escaped line); a truncated one is kept as it is."""
     if value is None:
         return None
     try:
@@ -75,6 +77,21 @@ class Letter:
             "handler": err.get("handler"),
             "dead_at": err.get("dead_at"),
         }
+
+
+def to_headers(event_id: str, seq: int, reason: str, info: dict[str, Any], attempts: int, now: float) -> dict[str, str]:
+    """A dead letter's headers (what :func:`_from_headers` reads back): why, how often, where from."""
+    return {
+        "Nats-Msg-Id": f"{event_id}:{seq}",
+        "Poet-Id": event_id,
+        "Poet-Reason": header_value(reason, 200),
+        "Poet-Error": header_value(str(info.get("error") or reason)),
+        "Poet-Attempts": str(info.get("attempts", attempts)),
+        "Poet-Traceback": header_value(info.get("traceback")),
+        "Poet-Handler": header_value(info.get("handler"), 400),
+        "Poet-Dead-At": str(info.get("dead_at", now)),
+        "Poet-Seq": str(seq),
+    }
 
 
 def _from_headers(h: dict[str, str]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ Ids or subjects that are not plain ASCII header/subject material go through
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any, NamedTuple
 
@@ -117,10 +118,30 @@ class FastPublisher:
             del self._waiting[k]
 
 
+HEADER_MAX = 4096
+
+
+def header_dict(event_id: str, keyed: bool) -> dict[str, str]:
+    """An event message's headers: its id (deduplication; read back by consumers and queries).
+
+    ``Poet-Kv`` marks an event published with a state entry (a keyed id): its consumer must write the
+    completion entry too, since an entry always wins over the derived state (:mod:`.derive`).
+    """
+    if keyed:
+        return {"Nats-Msg-Id": event_id, "Poet-Id": event_id, "Poet-Kv": "1"}
+    return {"Nats-Msg-Id": event_id, "Poet-Id": event_id}
+
+
+def header_value(text: str | None, limit: int = HEADER_MAX) -> str:
+    """A header value: one line (JSON-escaped), bounded."""
+    s = json.dumps(text or "")[1:-1]  # ASCII only: json escapes the rest
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
 def event_headers(event_id: bytes, keyed: bool) -> bytes:
-    """The header block of an event message (see :func:`~.transport._headers`)."""
+    """The header block of an event message, as raw bytes (the same headers as :func:`header_dict`)."""
     kv = b"Poet-Kv: 1\r\n" if keyed else b""
     return b"NATS/1.0\r\nNats-Msg-Id: %b\r\nPoet-Id: %b\r\n%b\r\n" % (event_id, event_id, kv)
 
 
-__all__ = ["Ack", "FastPublisher", "event_headers", "plain"]
+__all__ = ["HEADER_MAX", "Ack", "FastPublisher", "event_headers", "header_dict", "header_value", "plain"]

@@ -27,7 +27,8 @@ from ...event import Event
 from ...transport import Query, State
 from ..memory import decode
 from . import derive, subjects
-from .transport import NatsTransport, dumps, kv_key
+from .subjects import kv_key
+from .transport import NatsTransport, dumps
 
 WINDOW = 512  # messages read per step when looking backwards for the newest N
 

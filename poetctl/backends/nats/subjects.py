@@ -20,6 +20,7 @@ below it); the caller checks each event with :func:`poetctl.topics.matches`.
 
 from __future__ import annotations
 
+import re
 import zlib
 
 ROOT = "poet"
@@ -140,6 +141,16 @@ def pattern_filters(pattern: str, prefix: str = EVENTS) -> list[str]:
     return [".".join([*head, ">"])] + ([".".join(head)] if toks else [])
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_=-]{1,200}\Z")
+
+
+def kv_key(event_id: str) -> str:
+    """The KV key of an event id (ids with other characters are hex-encoded, so any id fits)."""
+    if _PLAIN_KEY.match(event_id):
+        return "e." + event_id
+    return "h." + event_id.encode("utf-8", "surrogatepass").hex()
+
+
 __all__ = [
     "CORRUPT",
     "DEAD",
@@ -149,6 +160,7 @@ __all__ = [
     "escape_token",
     "event_subject",
     "from_subject",
+    "kv_key",
     "partition_filter",
     "partition_of",
     "pattern_filters",

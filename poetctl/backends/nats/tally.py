@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def kv_key(event_id: str) -> str:
-    from .transport import kv_key as key
+    from .subjects import kv_key as key
 
     return key(event_id)
 

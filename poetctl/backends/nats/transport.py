@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 import time
 import weakref
@@ -38,24 +37,15 @@ from ...partition import KeyFunction, key_function
 from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored
 from ..memory import decode
 from . import derive, subjects, tally
-from .fastpub import FastPublisher, event_headers, plain
+from .fastpub import FastPublisher, event_headers, header_dict, plain
 from .link import Link
 from .retry import RUN_TIMEOUT, confirmed_all, retrying, transient
 from .settings import NatsSettings
+from .subjects import kv_key
 
 if TYPE_CHECKING:
     from ...limits import Limits
     from .consumer import NatsConsumer
-
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_=-]{1,200}\Z")
-
-
-def kv_key(event_id: str) -> str:
-    """The KV key of an event id (ids with other characters are hex-encoded, so any id fits)."""
-    if _PLAIN_KEY.match(event_id):
-        return "e." + event_id
-    return "h." + event_id.encode("utf-8", "surrogatepass").hex()
-
 
 _EXPECT_LAST = "Nats-Expected-Last-Subject-Sequence"
 
@@ -63,17 +53,6 @@ _EXPECT_LAST = "Nats-Expected-Last-Subject-Sequence"
 def _wrong_last(exc: BaseException) -> bool:
     """A create refused because the key exists (JetStream error 10071)."""
     return getattr(exc, "err_code", None) == 10071
-
-
-def _headers(it: Outgoing) -> dict[str, str]:
-    """An event message's headers: its id (deduplication; read back by consumers and queries).
-
-    ``Poet-Kv`` marks an event published with a state entry (a keyed id): its consumer must write the
-    completion entry too, since an entry always wins over the derived state (:mod:`.derive`).
-    """
-    if it.keyed:
-        return {"Nats-Msg-Id": it.event.id, "Poet-Id": it.event.id, "Poet-Kv": "1"}
-    return {"Nats-Msg-Id": it.event.id, "Poet-Id": it.event.id}
 
 
 def dumps(d: dict[str, Any]) -> bytes:
@@ -251,7 +230,7 @@ class NatsTransport:
                         futs.append(await fast.publish(w[0], it.data, w[1]))
                     else:
                         topic = subjects.event_subject(it.event.topic, part)
-                        futs.append(await js.publish_async(topic, it.data, headers=_headers(it)))
+                        futs.append(await js.publish_async(topic, it.data, headers=header_dict(it.event.id, it.keyed)))
                 except Exception as exc:  # reconnecting with a full buffer, stalled: the rest waits
                     failure = exc
                     break
