@@ -101,7 +101,7 @@ def build_app(settings: ServeSettings, backend: Backend, clock: Callable[[], flo
         limit = settings.max_body_bytes if batch else settings.max_event_bytes
         body = await read_body(request, limit, settings.body_timeout, "the batch" if batch else "the event")
         event_type = request.query_params.get("type")
-        built = await backend.call(events.parse, router, body, ctype, settings.max_event_bytes, event_type)
+        built = await backend.call(events.parse, router, body, ctype, settings.max_event_bytes, event_type, check=False)
         return JSONResponse(await backend.call(events.commit, router, built))
 
     @json_errors

@@ -33,8 +33,11 @@ class Backend(Protocol):
         """What the server serves, for the start-up line (``spool /path``, ``NATS nats://...``)."""
         ...
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` off the event loop; a backend that cannot answer raises BackendUnavailable."""
+    async def call(self, fn: Callable[..., T], *args: Any, check: bool = True) -> T:
+        """``fn(*args)`` off the event loop; a backend that cannot answer raises BackendUnavailable.
+
+        ``check`` False: ``fn`` may not need the backend at all (validation), so do not refuse it up front.
+        """
         ...
 
     def event(self, event_id: str) -> Event | None:
@@ -69,7 +72,7 @@ class SpoolBackend:
     def where(self) -> str:
         return f"spool {self.layout.root}"
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any, check: bool = True) -> T:
         from starlette.concurrency import run_in_threadpool
 
         return await run_in_threadpool(fn, *args)

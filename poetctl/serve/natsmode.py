@@ -146,9 +146,13 @@ class NatsBackend:
                 raise BackendUnavailable(exc.message) from None
             return self._transport
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the NATS threads, for at most :data:`DEADLINE` s; BackendUnavailable when NATS is down."""
-        why = self._down()
+    async def call(self, fn: Callable[..., T], *args: Any, check: bool = True) -> T:
+        """``fn(*args)`` on the NATS threads, for at most :data:`DEADLINE` s; BackendUnavailable when NATS is down.
+
+        ``check``: refuse at once while the connection is down (False for work that may not need NATS:
+        validating events, which asks NATS only about keyed ids).
+        """
+        why = self._down() if check else None
         if why is not None:
             raise BackendUnavailable(why)  # at once, without a thread
         fut = self._pool.submit(fn, *args)
