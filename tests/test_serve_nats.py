@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -295,6 +297,69 @@ def test_serve_starts_while_nats_is_down_and_connects_once_it_is_up(stage: Stage
         stage.store = NatsTransport(NatsSettings(servers=(stage.nats.url,), partitions=PARTITIONS))
         assert stage.store.get(eid) is not None
         assert "Traceback" not in s.log()
+    finally:
+        s.stop()
+
+
+def test_a_frozen_server_gets_503_at_the_deadline_while_other_requests_are_answered(
+    served: tuple[Stage, Server],
+) -> None:
+    """NATS stops answering (SIGSTOP, connection open): a POST waits on NATS threads, never the event loop:
+    /healthz answers meanwhile, the POST ends 503 (one line), /readyz 503; after SIGCONT the repeat is stored once."""
+    stage, s = served
+    assert stage.nats.proc is not None
+    pid = stage.nats.proc.pid
+    answers: dict[str, httpx.Response] = {}
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stuck = [
+            threading.Thread(target=lambda: answers.update(keyed=post(s, {**HEALTH, "id": "frozen-1"}))),
+            threading.Thread(target=lambda: answers.update(fresh=post(s, HEALTH))),
+        ]
+        for t in stuck:
+            t.start()
+        health = httpx.get(s.url + "/healthz", timeout=60)
+        assert health.status_code == 200 and not answers  # answered while both POSTs still wait
+        rz = httpx.get(s.url + "/readyz", timeout=60)
+        assert rz.status_code == 503 and rz.json()["checks"]["nats"] != "ok"
+        for t in stuck:
+            t.join()
+        doc = one_line_error(answers["keyed"], 503, "unavailable")
+        assert "did not answer" in doc["message"]
+        doc = one_line_error(answers["fresh"], 503, "unavailable")  # its publish is what waits: serve's deadline
+        assert "did not answer within 10 s" in doc["message"] and "same event id" in doc["message"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    again = until_ok(lambda: post(s, {**HEALTH, "id": "frozen-1"}), "POST after SIGCONT")
+    assert again.json()["ids"] == ["frozen-1"]
+    assert [e.id for e in stage.store.select(Query(ids=["frozen-1"]))] == ["frozen-1"]
+    assert "Traceback" not in s.log()
+
+
+def test_poet_mode_and_poet_nats_url_select_nats_without_delivery_mode(stage: Stage) -> None:
+    """POET_MODE=nats and POET_NATS_URL (no delivery_mode, no [nats] in poet.toml) serve JetStream too."""
+    env = {"POET_MODE": "nats", "POET_NATS_URL": stage.nats.url}
+    s = Server(stage.root, DEFAULT_TABLE, top=f"[nats]\npartitions = {PARTITIONS}\n", env=env)
+    try:
+        ready(s)
+        r = post(s, HEALTH)
+        assert r.status_code == 200, r.text
+        assert stage.store.get(r.json()["ids"][0]) is not None and spool_events(s.spool) == []
+    finally:
+        s.stop()
+
+
+def test_hybrid_mode_still_serves_the_spool(stage: Stage) -> None:
+    """delivery_mode hybrid: POST /events commits to the spool (the daemon's forwarder carries it to NATS)."""
+    top = f'delivery_mode = "hybrid"\n[nats]\nservers = ["{stage.nats.url}"]\npartitions = {PARTITIONS}\n'
+    s = Server(stage.root, DEFAULT_TABLE, top=top)
+    try:
+        ready(s)
+        r = post(s, HEALTH)
+        assert r.status_code == 200, r.text
+        assert [e["id"] for e in spool_events(s.spool)] == r.json()["ids"]
+        assert stage.events() == []
+        assert httpx.get(s.url + "/readyz").json()["checks"] == {"spool": "ok", "nats": "ok"}
     finally:
         s.stop()
 
