@@ -147,6 +147,7 @@ def test_a_posted_event_and_a_batch_are_published_to_the_stream(served: tuple[St
     assert len(stage.events("system.health")) == 4
     assert spool_events(s.spool) == []
     assert "(NATS nats://127.0.0.1:" in s.log()
+    assert s.stop() == 0 and "Traceback" not in s.log()  # SIGTERM: the connection closed, exit 0
 
 
 def test_a_repeated_id_is_a_no_op_on_the_stream(served: tuple[Stage, Server]) -> None:
