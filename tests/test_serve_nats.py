@@ -471,3 +471,21 @@ def test_a_pagerduty_resolve_finds_the_alert_on_nats(served: tuple[Stage, Server
     [ev] = stage.events("feedback.alert_resolved")
     assert ev.correlation_id == alert.correlation_id and ev.causation_id == alert.id
     assert ev.payload["execution_id"] == "exec-nats-7c1"
+
+
+def test_mode_nats_without_a_server_configured_exits_78_before_listening(tmp_path: Path) -> None:
+    """--mode nats with no NATS server ([nats] servers empty, no POET_NATS_URL): one line, exit 78, no listener."""
+    cfg = tmp_path / "poet.toml"
+    cfg.write_text("[nats]\nservers = []\n[serve]\n" + DEFAULT_TABLE, encoding="utf-8")
+    env = clean_env({**TOKENS, **PD_SECRETS, "POET_TEST_FEEDBACK": FEEDBACK_SECRET})
+    p = subprocess.run(
+        cli_argv("--config", cfg, "serve", "--mode", "nats", "--port", "0"),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 78, p.stderr
+    assert "NATS" in p.stderr and "listening" not in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
