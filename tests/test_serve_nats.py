@@ -256,7 +256,8 @@ def until_ok(fn: Any, what: str) -> httpx.Response:
 
 
 def test_a_stopped_server_gives_503_and_serve_recovers_when_it_is_back(served: tuple[Stage, Server]) -> None:
-    """NATS stopped: POST /events and /readyz 503 (one line), bad input still 422, /healthz says so; back: 200."""
+    """NATS stopped: POST /events, PagerDuty, /readyz 503 (one line), the page 503, bad input still 422,
+    /healthz says so; back: 200."""
     stage, s = served
     assert httpx.get(s.url + "/healthz").json() == {"status": "ok", "nats": "connected"}
     stage.nats.stop()
@@ -268,6 +269,14 @@ def test_a_stopped_server_gives_503_and_serve_recovers_when_it_is_back(served: t
     assert httpx.get(s.url + "/healthz").json() == {"status": "ok", "nats": "reconnecting"}
     bad = post(s, {**HEALTH, "payload": {"service": "x", "status": "bad"}})
     one_line_error(bad, 422, "invalid_event")  # validation needs no NATS
+    page = httpx.get(link(s, "01a22828-4901-7332-9ac3-878ff61d0df0"), timeout=60)  # the page cannot look it up
+    assert page.status_code == 503 and "Try again shortly" in page.text and "Traceback" not in page.text
+    from integrations_stage import pd_webhook
+
+    body, headers = pd_webhook(PD_SECRETS["POET_TEST_PD_NEW"], "corr-x", "PDEVT-outage")
+    one_line_error(
+        httpx.post(s.url + "/webhooks/pagerduty", content=body, headers=headers, timeout=60), 503, "unavailable"
+    )
 
     stage.nats.start()
     again = until_ok(lambda: post(s, {**HEALTH, "id": "during-outage-1"}), "POST after restart")
