@@ -308,13 +308,13 @@ def test_a_body_that_stops_arriving_gets_408_and_emits_nothing(tmp_path: Path) -
 
 
 def test_readiness_checks_nats_when_it_is_configured(tmp_path: Path) -> None:
-    """delivery_mode nats: /readyz is 503 naming NATS while nothing listens, 200 once a server accepts."""
+    """hybrid (the spool, forwarded): /readyz is 503 naming NATS while nothing listens, 200 once it accepts."""
     import socket
 
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]  # bound but not listening: connections are refused
-    top = f'delivery_mode = "nats"\n[nats]\nservers = ["nats://127.0.0.1:{port}"]\n'
+    top = f'delivery_mode = "hybrid"\n[nats]\nservers = ["nats://127.0.0.1:{port}"]\n'
     s = Server(tmp_path, DEFAULT_TABLE, top=top)
     try:
         down = httpx.get(s.url + "/readyz")

@@ -1,7 +1,10 @@
 """The ASGI app: routes, the refusal-to-JSON boundary, and an access log that never holds a secret.
 
-Spool reads and commits block (files, fsync), so they run in the thread pool;
-concurrent commits share one group flush (:class:`~poetctl.backends.fs.writer.GroupCommitter`).
+Backend reads and commits block (spool files and fsync; NATS round trips), so
+they run through :meth:`~.backend.Backend.call`, off the event loop: the spool
+in the thread pool, where concurrent commits share one group flush
+(:class:`~poetctl.backends.fs.writer.GroupCommitter`); NATS on threads of its
+own with a deadline (:mod:`.natsmode`).
 """
 
 from __future__ import annotations
@@ -12,16 +15,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import InvalidData, PoetError, SpoolIOError
+from ..errors import BackendUnavailable, InvalidData, PoetError, SpoolIOError
 from ..integrations import links
 from . import events, feedback, health, pagerduty, pages
+from .backend import Backend
 from .guards import Refused, TokenBuckets, bearer_index, read_body
 from .settings import FORM_MAX_BYTES, ServeSettings
 
@@ -30,7 +33,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def json_errors(fn: Endpoint) -> Endpoint:
-    """Refusals become their 4xx JSON; a spool that cannot be written 503; anything else a bare 500."""
+    """Refusals become their 4xx JSON; a spool that cannot be written or NATS down 503; anything else a bare 500."""
 
     async def wrapper(request: Request) -> Response:
         try:
@@ -42,6 +45,9 @@ def json_errors(fn: Endpoint) -> Endpoint:
         except SpoolIOError as exc:
             log.error("spool error: %s", exc)
             return JSONResponse({"error": "unavailable", "message": "the spool cannot be written"}, status_code=503)
+        except BackendUnavailable as exc:
+            log.warning("unavailable: %s", exc.message)
+            return JSONResponse({"error": "unavailable", "message": exc.message}, status_code=503)
 
     return wrapper
 
@@ -81,9 +87,9 @@ class _Raw:
         await self.app(scope, receive, send)
 
 
-def build_app(settings: ServeSettings, router: Any, clock: Callable[[], float] = time.time) -> Starlette:
-    """The app serving ``router``'s spool with ``settings``; ``clock`` (wall time) checks link expiry."""
-    layout = router.layout
+def build_app(settings: ServeSettings, backend: Backend, clock: Callable[[], float] = time.time) -> Starlette:
+    """The app serving ``backend`` (the spool or NATS) with ``settings``; ``clock`` (wall time) checks link expiry."""
+    router = backend.router
     buckets = TokenBuckets(settings.rate_limit, settings.rate_burst)
 
     @json_errors
@@ -95,8 +101,8 @@ def build_app(settings: ServeSettings, router: Any, clock: Callable[[], float] =
         limit = settings.max_body_bytes if batch else settings.max_event_bytes
         body = await read_body(request, limit, settings.body_timeout, "the batch" if batch else "the event")
         event_type = request.query_params.get("type")
-        built = await run_in_threadpool(events.parse, router, body, ctype, settings.max_event_bytes, event_type)
-        return JSONResponse(await run_in_threadpool(events.commit, router, built))
+        built = await backend.call(events.parse, router, body, ctype, settings.max_event_bytes, event_type, check=False)
+        return JSONResponse(await backend.call(events.commit, router, built))
 
     @json_errors
     async def post_pagerduty(request: Request) -> Response:
@@ -114,7 +120,7 @@ def build_app(settings: ServeSettings, router: Any, clock: Callable[[], float] =
             doc = parse_json(body, where="body", max_bytes=settings.max_event_bytes)
         except InvalidData as exc:
             raise Refused(400, "bad_webhook", str(exc)) from None
-        result = await run_in_threadpool(pagerduty.to_feedback, doc, layout)
+        result = await backend.call(pagerduty.to_feedback, doc, backend.alert_of)
         if isinstance(result, str):
             return JSONResponse({"ignored": result})
         eid, payload, correlation_id, alert_id = result
@@ -130,7 +136,7 @@ def build_app(settings: ServeSettings, router: Any, clock: Callable[[], float] =
             )
             return events.commit(router, [built])
 
-        return JSONResponse(await run_in_threadpool(emit))
+        return JSONResponse(await backend.call(emit))
 
     def link_problem(link_id: str, token: str) -> Response | None:
         """A page refusing the link, or None when its token is valid for ``link_id`` now."""
@@ -149,10 +155,10 @@ def build_app(settings: ServeSettings, router: Any, clock: Callable[[], float] =
         return None
 
     async def load_alert(link_id: str) -> feedback.Alert | Response:
-        alert = await run_in_threadpool(feedback.find_alert, layout, link_id)
+        alert = await backend.call(feedback.find_alert, backend, link_id)
         if alert is None:
-            return pages.message("Alert not found", "This alert is not (or no longer) in the event spool.", 404)
-        prev = await run_in_threadpool(feedback.find_event, layout, alert.answer_id)
+            return pages.message("Alert not found", "This alert is not (or no longer) in the event store.", 404)
+        prev = await backend.call(backend.event, alert.answer_id)
         if prev is not None:
             return pages.already(alert, prev)
         return alert
@@ -189,9 +195,14 @@ def build_app(settings: ServeSettings, router: Any, clock: Callable[[], float] =
             payload = answer.payload(alert)
             if payload is None:
                 return pages.message("Cannot record", "This alert names no execution id to attach an answer to.", 422)
-            return await run_in_threadpool(record, alert, answer, payload)
+            return await backend.call(record, alert, answer, payload)
         except Refused as r:
             return pages.message("Request refused", r.message, r.status)
+        except BackendUnavailable as exc:
+            log.warning("unavailable: %s", exc.message)
+            return pages.message(
+                "Try again shortly", "The event store cannot be reached right now: " + exc.message, 503
+            )
         except ClientDisconnect:
             return Response(status_code=400)
 
@@ -209,15 +220,15 @@ def build_app(settings: ServeSettings, router: Any, clock: Callable[[], float] =
         except PoetError as exc:
             log.error("feedback not recorded: %s", exc)
             return pages.message("Not recorded", "The answer could not be stored; please try again later.", 503)
-        if not added[0]:  # another submit won the race: the spool kept the first answer
-            return pages.already(alert, feedback.find_event(layout, alert.answer_id))
+        if not added[0]:  # another submit won the race: the store kept the first answer
+            return pages.already(alert, backend.event(alert.answer_id))
         return pages.thanks(alert, answer)
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", **backend.health()})
 
     async def readyz(request: Request) -> Response:
-        checks = await run_in_threadpool(health.readiness, layout, settings.nats_servers)
+        checks = await backend.readiness()
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 

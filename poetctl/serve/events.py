@@ -43,7 +43,8 @@ def describe(message: str) -> dict[str, Any]:
     f = _FIELD.search(message)
     if f and f.group() != "$":
         out["field"] = f.group()
-    out["message"] = message
+    # Schema errors span lines (the schema's path, then the failing field): a JSON error message is one line.
+    out["message"] = " ".join(message.split())
     return out
 
 

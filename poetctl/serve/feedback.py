@@ -3,16 +3,16 @@
 A link names an event id: the alert itself (``alert.create_external``) or, as
 the seed's ``feedback_url`` does, the drift event (``drift.detected``,
 ``monitoring.performance_degraded``) whose alert it is. The answer's id is
-derived from the alert's id, so the spool itself keeps "one answer per alert":
+derived from the alert's id, so the store itself keeps "one answer per alert":
 two submits racing each other commit one event (a second commit of an id is a
-no-op), and a later visit finds the answer by id.
+no-op, on the spool and on NATS), and a later visit finds the answer by id.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..event import Event
 from ..ids import FUNCTION_NAME_RE, derived_id
@@ -48,34 +48,33 @@ class Alert:
         return v
 
 
-def find_event(layout: Any, event_id: str) -> Event | None:
-    from ..backends.fs.query import find
+class Lookup(Protocol):
+    """Where the page finds events: :class:`~.backend.SpoolBackend` or :class:`~.natsmode.NatsBackend`."""
 
-    f = find(layout, event_id)
-    return f.event if f is not None else None
+    def event(self, event_id: str) -> Event | None: ...
+
+    def alert_of(self, correlation_id: str) -> Event | None: ...
 
 
-def find_alert(layout: Any, event_id: str) -> Alert | None:
-    """The alert a link's id names (directly, or through its drift event); None if not in the spool."""
-    ev = find_event(layout, event_id)
+def find_alert(lookup: Lookup, event_id: str) -> Alert | None:
+    """The alert a link's id names (directly, or through its drift event); None if not stored."""
+    ev = lookup.event(event_id)
     if ev is None:
         return None
     if ev.type == "alert.create_external":
         drift = None
         cause = ev.payload.get("drift_event_id") or ev.causation_id
         if isinstance(cause, str):
-            drift = find_event(layout, cause)
+            drift = lookup.event(cause)
         return Alert(ev, drift)
     if ev.type not in DRIFT_TYPES:
         return None
     # The built-in handler's alert has a derived id: one read. Else search the correlation group.
-    direct = find_event(layout, derived_id(ev.id, ev.timestamp, ALERT_HANDLERS[ev.type], 0))
+    direct = lookup.event(derived_id(ev.id, ev.timestamp, ALERT_HANDLERS[ev.type], 0))
     if direct is not None and direct.type == "alert.create_external":
         return Alert(direct, ev)
-    from .pagerduty import find_alert as by_correlation
-
     if ev.correlation_id:
-        alert = by_correlation(layout, ev.correlation_id)
+        alert = lookup.alert_of(ev.correlation_id)
         if alert is not None and ev.id in (alert.causation_id, alert.payload.get("drift_event_id")):
             return Alert(alert, ev)
     return None

@@ -1,4 +1,5 @@
-"""``/healthz`` (the process answers), ``/readyz`` (the spool can be written; NATS reachable when configured).
+"""``/healthz`` (the process answers), ``/readyz`` on the spool (it can be written; in hybrid mode the
+forwarder's NATS accepts connections). In nats mode readiness is :meth:`~.natsmode.NatsBackend.readiness`.
 
 Readiness writes and removes a probe file in ``events/tmp`` (created with
 O_EXCL|O_NOFOLLOW, where only commits write and readers never look): a

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -89,8 +90,10 @@ def find_alert(layout: Any, correlation_id: str) -> Event | None:
     return found[0].event if found else None
 
 
-def to_feedback(doc: Any, layout: Any) -> tuple[str, dict[str, Any], str, str] | str:
+def to_feedback(doc: Any, alert_of: Callable[[str], Event | None]) -> tuple[str, dict[str, Any], str, str] | str:
     """``(id, payload, correlation id, alert id)`` for an ``incident.resolved`` delivery, or why it is ignored.
+
+    ``alert_of`` finds the alert of a correlation id (the backend's: the spool or NATS).
 
     Raises Refused (400) for a body that is not a v3 webhook at all.
     """
@@ -105,7 +108,7 @@ def to_feedback(doc: Any, layout: Any) -> tuple[str, dict[str, Any], str, str] |
     key = data.get("incident_key")
     if not isinstance(key, str) or not key:
         return "the incident has no incident_key (not created by poetctl)"
-    alert = find_alert(layout, key)
+    alert = alert_of(key)
     if alert is None:
         return "no POET alert has this incident's dedup key as its correlation id"
     execution_id = alert.payload.get("execution_id")

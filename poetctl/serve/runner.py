@@ -35,8 +35,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: ServeSettings, router: Any, log_level: str = "info") -> None:
-    """Serve until SIGINT/SIGTERM (in-flight requests are finished; a second signal stops at once), then return."""
+def serve(settings: ServeSettings, backend: Any, log_level: str = "info") -> None:
+    """Serve ``backend`` (:mod:`.backend`) until SIGINT/SIGTERM (in-flight requests are finished; a second
+    signal stops at once), then close it and return."""
     import uvicorn
 
     from .app import build_app
@@ -48,11 +49,11 @@ def serve(settings: ServeSettings, router: Any, log_level: str = "info") -> None
     log.setLevel(log_level.upper())
     log.propagate = False
 
-    app = build_app(settings, router)
+    app = build_app(settings, backend)
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    sys.stderr.write(f"poetctl serve: listening on http://{shown}:{port} (spool {router.layout.root})\n")
+    sys.stderr.write(f"poetctl serve: listening on http://{shown}:{port} ({backend.where()})\n")
     sys.stderr.flush()
     config = uvicorn.Config(
         app,
@@ -85,5 +86,6 @@ def serve(settings: ServeSettings, router: Any, log_level: str = "info") -> None
         for sig, old in previous.items():
             signal.signal(sig, old)
         sock.close()
+        backend.close()
     if not server.started:
         raise BindError("the server did not start (see the messages above)")
