@@ -3,7 +3,7 @@
 
 Usage::
 
-    .venv/bin/python bench/latency.py [--rate 1000] [--seconds 10] [--emitters 4] [--json]
+    .venv/bin/python bench/latency.py [--rate 1000] [--seconds 10] [--emitters 4] [--reps 3] [--json]
 
 It only measures and prints; it asserts nothing. Steps:
 
@@ -29,6 +29,14 @@ It only measures and prints; it asserts nothing. Steps:
    as diagnostics the emit call's own duration, handler_start - emit_return,
    handler_start - scheduled slot (includes any schedule lag) and a file
    create probe (slow creates mean a busy disk, e.g. just after large deletes).
+
+Each rep is a pair, run in alternating order (``--reps``, default 3): the
+product as above and a bare loop (bench/_bare_group.py) with the same threads
+and schedule doing only the durable work with the same group-commit pattern
+(tmp file write + fsync, the leader renames the group into a directory and
+fsyncs it once). The bare loop's achieved rate and emit-call percentiles are
+the ceiling of this disk in this run: each product figure is printed with its
+same-rep ratio, and the summary gives the medians of those ratios.
 
 Also printed: the CPU time per event of this process (the emitters) and of the
 daemon process (from /proc/<pid>/stat, start-up excluded), to say where the
