@@ -147,6 +147,15 @@ class KeyWorker:
         self._outstanding = 0  # batches put and not yet taken into keyq
         self._seq = 0
         self._dirty = 0
+        # Set by a threaded Loop (IdleSyncer.request): the worker asks for the sync and goes on.
+        self.sync_soon: Callable[[], None] | None = None
+
+    def _sync(self) -> None:
+        self._dirty = 0
+        if self.sync_soon is not None:
+            self.sync_soon()
+        else:
+            self.consumer.sync()
 
     # -- rounds -------------------------------------------------------------------------
     def step(self, block: bool = False) -> int:
@@ -162,8 +171,7 @@ class KeyWorker:
                 break
             ran += self._run_key(self.ready.popleft())
         if not self.ready and self._dirty:
-            self.consumer.sync()
-            self._dirty = 0
+            self._sync()
         with self._lock:
             self.busy = bool(self.ready)
         return ran
@@ -269,8 +277,7 @@ class KeyWorker:
             self.report(job.delivery, outcome)
             self._dirty += 1
             if self._dirty >= FLUSH_EVERY:
-                self.consumer.sync()
-                self._dirty = 0
+                self._sync()
             if isinstance(outcome, Failed):
                 self._seq += 1
                 heapq.heappush(self.timers, (outcome.retry_at, self._seq, key))
@@ -384,6 +391,50 @@ class KeyWorker:
         return Failed(attempt, now + delay)
 
 
+class IdleSyncer:
+    """``consumer.sync()`` on a thread of its own, asked for by the worker threads.
+
+    A worker that synced on its own thread held up the next delivery of its
+    keys for the whole fsync (5-50 ms on a busy disk): with one key (all of a
+    type), every event arriving meanwhile started that much later. Requests
+    coalesce: one sync covers every outcome applied before it starts. What it
+    makes durable is only against power loss (an applied outcome already
+    survives the process), so a sync that runs a moment later widens nothing
+    a crash can undo. A failing sync is reported to ``on_error`` (it stops the
+    daemon, as a worker's would) and ends the thread.
+    """
+
+    def __init__(self, consumer: Consumer, on_error: Callable[[BaseException], None]) -> None:
+        self.consumer = consumer
+        self.on_error = on_error
+        self._want = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="poetctl-sync", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        """Sync soon (any thread; never blocks)."""
+        self._want.set()
+
+    def close(self) -> None:
+        """Finish a requested sync, then end the thread (the consumer's close syncs what is left)."""
+        self._stop = True
+        self._want.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._want.wait()
+            self._want.clear()  # before the sync: a request made during it asks for the next one
+            if self._stop:
+                return
+            try:
+                self.consumer.sync()
+            except BaseException as exc:
+                self.on_error(exc)
+                return
+
+
 def start_thread(
     worker: KeyWorker, on_error: Callable[[BaseException], None], on_idle: Callable[[], None]
 ) -> threading.Thread:
@@ -397,6 +448,7 @@ __all__ = [
     "FLUSH_EVERY",
     "HOLD_LIMIT",
     "CauseContext",
+    "IdleSyncer",
     "Job",
     "KeyWorker",
     "Report",

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
 
 from ..transport import Consumer, Delivery, dead_letter_info
-from .handling import CauseContext, Job, KeyWorker, Sub, UrgentGate, start_thread
+from .handling import CauseContext, IdleSyncer, Job, KeyWorker, Sub, UrgentGate, start_thread
 from .middleware import Hooks, Middleware, Stats
 from .outcomes import DONE, EXPIRED, RELEASED, Dead, Done, Failed, Outcome
 from .retries import RetryPolicy
@@ -80,6 +80,7 @@ class Loop:
         ]
         self.error: BaseException | None = None
         self._threads: list[threading.Thread] = []
+        self._syncer: IdleSyncer | None = None
         self._subs_cache: dict[str, tuple[tuple[Sub, float | None], ...]] = {}
         self._subs_seen = -1
         self._inflight = 0
@@ -96,6 +97,10 @@ class Loop:
         self._started = True
         self.hooks.on_recover(self.consumer.recover())
         if not self.inline:
+            # Workers ask for their idle syncs and go on to the next delivery (see IdleSyncer).
+            self._syncer = IdleSyncer(self.consumer, self._worker_failed)
+            for w in self.workers:
+                w.sync_soon = self._syncer.request
             self._threads = [start_thread(w, self._worker_failed, self.consumer.interrupt) for w in self.workers]
 
     def request_stop(self) -> None:
@@ -115,6 +120,8 @@ class Loop:
             w.inbox.put(None)
         for t in self._threads:
             t.join()
+        if self._syncer is not None:
+            self._syncer.close()  # before the consumer closes: no sync on a closed consumer
         left = [d for w in self.workers for d in w.leftovers()]
         if left:
             self.consumer.release(left)

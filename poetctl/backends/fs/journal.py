@@ -70,6 +70,7 @@ class Journal:
     def __init__(self, directory: Path, slots: int = 0) -> None:
         self.path = directory / JOURNAL
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._dirty = False
         self.lines = 0
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
@@ -109,14 +110,24 @@ class Journal:
             self.lines += 1
 
     def sync(self) -> None:
-        """fsync if anything was written since the last sync."""
-        with self._lock:
-            if self._dirty:
-                try:
-                    os.fsync(self._fd)
-                except OSError as exc:
-                    raise SpoolIOError(f"fsync of {self.path} failed: {exc.strerror}") from None
-                self._dirty = False
+        """fsync if anything was written since the last sync.
+
+        Writers are not held up by the fsync (``_lock`` is not held across it: a
+        delivery's ``began`` line would wait 5-50 ms on a busy disk); syncs are
+        serialised, so a sync that finds nothing dirty while another is running
+        returns only after that one covered its lines.
+        """
+        with self._sync_lock:
+            with self._lock:
+                if not self._dirty:
+                    return
+                self._dirty = False  # lines written from now on wait for the next sync
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                with self._lock:
+                    self._dirty = True
+                raise SpoolIOError(f"fsync of {self.path} failed: {exc.strerror}") from None
 
     def truncate(self) -> None:
         """Forget every line (only when nothing is in flight); the running slots stay."""
