@@ -73,14 +73,12 @@ def _backup(dest: Path, since: Path | None, spool: Path | None, config: Path | N
 
 def _nats_backup(cfg: Any, dest: Path, base: dict[str, Any] | None) -> dict[str, Any]:
     from .. import __version__
-    from ..backends.fs.backup import write_snapshot
-    from ..backends.nats import backup as nb
+    from ..backends.nats.backup import write_backup
     from .mode import nats_transport
 
     t = nats_transport(cfg)
     try:
-        snap = nb.snapshot(t, cfg.max_event_bytes)
-        return write_snapshot(snap, dest, version=__version__, since=base, origin=nb.origin(t))
+        return write_backup(t, dest, max_bytes=cfg.max_event_bytes, version=__version__, since=base)
     finally:
         t.close()
 
@@ -143,7 +141,8 @@ def _restore(
         finally:
             nt.close()
     else:
-        counts = restore_into(SpoolLayout(cfg.spool), merged(archives), t)
+        lease = float(cfg.daemon.get("lease_seconds", 30.0))
+        counts = restore_into(SpoolLayout(cfg.spool), merged(archives), t, lease=lease)
     sys.stdout.write(", ".join(f"{k}={v}" for k, v in sorted(counts.items())) + "\n")
     if counts.get("skipped_state_files") or counts.get("skipped_nats_state"):
         sys.stderr.write(
