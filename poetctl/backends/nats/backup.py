@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 
 SUFFIX = ".json"
 REASON = ".reason"
+PAGE_BYTES = 2 << 20
 RESTORED = "restored from a backup (the archive keeps no original error)"
 _ARCHIVED = {State.PENDING: "pending", State.INFLIGHT: "pending", State.PROCESSED: "processed", State.DEAD: "dead"}
 
@@ -79,7 +80,7 @@ def _id_of(key: str) -> str | None:
 
 
 async def _messages(
-    t: NatsTransport, stream: str, first: int, last: int, headers_only: bool = False
+    t: NatsTransport, stream: str, first: int, last: int, headers_only: bool = False, page: int = 512
 ) -> AsyncIterator[Any]:
     """The messages of ``stream`` from sequence ``first`` to ``last``, in order, a page at a time."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -92,7 +93,7 @@ async def _messages(
         mem_storage=True,
         headers_only=headers_only or None,
     )
-    async with aclosing(cast("AsyncGenerator[Any, None]", t.link.read(stream, cfg))) as msgs:
+    async with aclosing(cast("AsyncGenerator[Any, None]", t.link.read(stream, cfg, page))) as msgs:
         async for m in msgs:
             if int(m.metadata.sequence.stream) > last:
                 return  # published after the backup began: not in it (the walk has its end)
@@ -196,7 +197,9 @@ class _Walk:
                 eid = _msg_id(m)
                 if eid and eid not in self.entries:
                     newest[eid] = int(m.metadata.sequence.stream)
-            async for m in _messages(t, s.stream, first, last):
+            # A page of bodies is what the walk holds at once: about PAGE_BYTES, whatever the stream's size.
+            page = max(1, min(512, PAGE_BYTES * int(info.state.messages) // max(1, int(info.state.bytes or 1))))
+            async for m in _messages(t, s.stream, first, last, page=page):
                 await self._event(m, newest, floors)
         for eid, (_, seq) in sorted(self.entries.items()):
             w.skipped.append(f"{eid}: message {s.stream}/{seq} is gone (pruned?); left out")
