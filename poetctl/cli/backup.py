@@ -27,14 +27,16 @@ def backup_cmd(
 ) -> None:
     """Archive the spool (events by state, state/, feedback/) while daemons run; prints the manifest summary.
 
-    Each event is archived once, in the most advanced state it was seen in
-    (in-flight events as pending), its checksum verified; damaged files are
-    left out and listed in the manifest. tar + zstd (gzip without the
-    'backup' extra), with manifest.json: counts per state, the sha256 of
-    every file, poetctl version, time range. Exit 66 no spool, 74 I/O error,
-    2 DEST exists. With --mode nats: the events of the JetStream stream, each
-    in its state, and the function-state KV bucket, in the same format (a
-    NATS backup restores into a spool and a spool backup into NATS).
+    Each event is archived once, in a state it had during the backup
+    (in-flight events as pending), its checksum verified; a dead event with
+    its error record. Damaged files are left out and listed in the manifest.
+    tar + zstd (gzip without the 'backup' extra), streamed member by member
+    (memory does not grow with the events' size), with manifest.json last:
+    counts per state, the sha256 of every file, poetctl version, time range.
+    Exit 66 no spool, 74 I/O error, 2 DEST exists. With --mode nats: the
+    events of the JetStream stream, each in its state, the dead letters'
+    errors and the function-state KV bucket, in the same format (a NATS
+    backup restores into a spool and a spool backup into NATS).
     """
     _backup(dest, since, spool, config, mode)
 
@@ -99,10 +101,14 @@ def restore_cmd(
     does not list) refuses the whole restore, naming the file (exit 65);
     nothing is written then. With --until only events stamped at or before
     TIME are restored (point-in-time recovery) and state/ is left out
-    (rebuild it from the events). The index is rebuilt. Exit 2 if the target
-    spool is not empty, 66 a missing archive. With --mode nats: into the
-    NATS server of [nats] / POET_NATS_URL, whose stream must be empty (set up
-    if missing); no daemon may be attached (the consumers are made again).
+    (rebuild it from the events). The index is rebuilt. Dead letters get
+    their archived error back (an older archive's: "restored from a
+    backup"). Exit 2 if the target spool is not empty, 75 if a daemon is
+    attached to it, 66 a missing archive. With --mode nats: into the NATS
+    server of [nats] / POET_NATS_URL, whose stream must be empty (set up if
+    missing); exit 75 while a daemon is attached (a live partition lease or
+    membership entry, or a consumer with pulls waiting): the consumers are
+    made again.
     """
     _restore(src, until, spool, config, mode)
 
