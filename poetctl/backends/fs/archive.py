@@ -84,8 +84,13 @@ class ArchiveWriter:
         except OSError as exc:
             raise SpoolIOError(f"cannot create {dest}: {exc.strerror}") from None
         self._raw = os.fdopen(fd, "wb", closefd=True)
-        self._comp, self.compression = _compressor(self._raw)
-        self._tar = tarfile.open(fileobj=self._comp, mode="w|")  # noqa: SIM115 - closed by finish() or abort()
+        try:
+            self._comp, self.compression = _compressor(self._raw)
+            self._tar = tarfile.open(fileobj=self._comp, mode="w|")  # noqa: SIM115 - closed by finish() or abort()
+        except BaseException:
+            self._raw.close()
+            os.unlink(dest)
+            raise
         self._done = False
 
     def add(self, name: str, data: bytes, timestamp: float | None = None) -> bool:

@@ -182,7 +182,7 @@ class _Walk:
                 if str(st.get("stream", s.stream)) != s.stream:
                     w.skipped.append(f"{eid}: its message is in {st.get('stream')}, not {s.stream}; left out")
                     continue
-                kept = _ARCHIVED.get(State(state)) if state in State.__members__.values() else None
+                kept = _ARCHIVED.get(State(state)) if state in {x.value for x in State} else None
                 if kept is None:
                     w.skipped.append(f"{eid}: unknown state {state!r} in {s.state_bucket}; left out")
                     continue
