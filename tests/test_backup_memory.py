@@ -48,7 +48,7 @@ def peak_rss_mb(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 
 def test_spool_backup_memory_does_not_grow_with_the_spool(tmp_path: Path) -> None:
-    """`poetctl backup` of a ~47 MB spool peaks within a third of that over the backup of a 2-event spool."""
+    """`poetctl backup` of a ~47 MB spool, and its restore, peak within a third of that over those of 2 events."""
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", os.getcwd())}
     small, big = tmp_path / "small", tmp_path / "big"
     EventRouter(spool=small).emit_many(payloads(0, 2))
@@ -59,6 +59,12 @@ def test_spool_backup_memory_does_not_grow_with_the_spool(tmp_path: Path) -> Non
     peak = peak_rss_mb([sys.executable, "-m", "poetctl", "backup", "--spool", str(big), "b.tar.zst"], tmp_path, env)
     assert (tmp_path / "b.tar.zst").stat().st_size > TOTAL_MB * 2**20 * 0.45  # the bodies really are in it
     assert peak - base < BOUND_MB, f"backup grew by {peak - base:.1f} MB for {TOTAL_MB:.0f} MB of events"
+    # Restore reads the archive twice (verify, then write), holding one member at a time.
+    restore = [sys.executable, "-m", "poetctl", "restore"]
+    base = peak_rss_mb([*restore, "s.tar.zst", "--spool", str(tmp_path / "s2")], tmp_path, env)
+    peak = peak_rss_mb([*restore, "b.tar.zst", "--spool", str(tmp_path / "b2")], tmp_path, env)
+    assert len(list((tmp_path / "b2" / "events" / "pending").glob("*.json"))) == N
+    assert peak - base < BOUND_MB, f"restore grew by {peak - base:.1f} MB for {TOTAL_MB:.0f} MB of events"
 
 
 def test_nats_backup_memory_does_not_grow_with_the_stream(project: Path, server: NatsServer, tmp_path: Path) -> None:

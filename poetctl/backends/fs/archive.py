@@ -22,6 +22,7 @@ import io
 import os
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -172,6 +173,55 @@ def _open_stream(fh: BinaryIO, src: Path) -> Any:
     raise InvalidData("not a poetctl backup (expected a zstd or gzip compressed tar)", where=str(src))
 
 
+def _members(src: Path) -> Iterator[tuple[str, bytes]]:
+    """Each member of the archive ``src`` as it is decompressed (one member's bytes at a time).
+
+    Raises :class:`InvalidData` (65) for a damaged archive or an odd member, :class:`InputMissing` (66).
+    """
+    try:
+        fh = open(src, "rb")  # noqa: SIM115 - closed below, after the stream
+    except FileNotFoundError:
+        raise InputMissing(f"no such backup {src}") from None
+    except OSError as exc:
+        raise InputMissing(f"cannot read backup {src}: {exc.strerror}") from None
+    seen: set[str] = set()
+    try:
+        with fh, tarfile.open(fileobj=_open_stream(fh, src), mode="r|") as tar:
+            for info in tar:
+                if not info.isfile() or info.name in seen:
+                    raise InvalidData(f"unexpected archive member {info.name!r}", where=str(src))
+                seen.add(info.name)
+                f = tar.extractfile(info)
+                yield info.name, f.read() if f is not None else b""
+    except (tarfile.TarError, OSError, EOFError, ImportError) as exc:
+        raise InvalidData(f"damaged archive: {exc}", where=str(src)) from None
+    except InvalidData:
+        raise
+    except Exception as exc:  # zstandard.ZstdError and the like
+        raise InvalidData(f"damaged archive: {type(exc).__name__}: {exc}", where=str(src)) from None
+
+
+def _verified(src: Path, digests: dict[str, str], raw_manifest: bytes | None) -> dict[str, Any]:
+    """The manifest, once every member's digest (``digests``) is checked against it."""
+    if raw_manifest is None:
+        raise InvalidData("no manifest.json in the archive", where=str(src))
+    manifest = orjson.loads(raw_manifest)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise InvalidData("manifest.json has no 'files' table", where=str(src))
+    for name, digest in digests.items():
+        if name not in files:
+            raise InvalidData(f"{name} is in the archive but not in its manifest; refusing it", where=str(src))
+        if files[name] != digest:
+            raise InvalidData(f"{name}: checksum does not match the manifest (tampered or damaged)", where=str(src))
+    for name in files:
+        if name not in digests:
+            raise InvalidData(f"{name} is in the manifest but missing from the archive", where=str(src))
+    for name in digests:
+        _check_member_name(name, src)
+    return manifest  # type: ignore[no-any-return]
+
+
 def read_archive(src: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Manifest and members of an archive, every member's checksum verified against the manifest.
 
@@ -180,44 +230,78 @@ def read_archive(src: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     naming the member whose checksum differs, which is missing, or which the
     manifest does not list; :class:`InputMissing` (66) if absent.
     """
-    try:
-        fh = open(src, "rb")  # noqa: SIM115 - closed below, after the stream
-    except FileNotFoundError:
-        raise InputMissing(f"no such backup {src}") from None
-    except OSError as exc:
-        raise InputMissing(f"cannot read backup {src}: {exc.strerror}") from None
-    members: dict[str, bytes] = {}
-    try:
-        with fh, tarfile.open(fileobj=_open_stream(fh, src), mode="r|") as tar:
-            for info in tar:
-                if not info.isfile() or info.name in members:
-                    raise InvalidData(f"unexpected archive member {info.name!r}", where=str(src))
-                f = tar.extractfile(info)
-                members[info.name] = f.read() if f is not None else b""
-    except (tarfile.TarError, OSError, EOFError, ImportError) as exc:
-        raise InvalidData(f"damaged archive: {exc}", where=str(src)) from None
-    except InvalidData:
-        raise
-    except Exception as exc:  # zstandard.ZstdError and the like
-        raise InvalidData(f"damaged archive: {type(exc).__name__}: {exc}", where=str(src)) from None
+    members = dict(_members(src))
     raw_manifest = members.pop(MANIFEST, None)
-    if raw_manifest is None:
-        raise InvalidData("no manifest.json in the archive", where=str(src))
-    manifest = orjson.loads(raw_manifest)
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict):
-        raise InvalidData("manifest.json has no 'files' table", where=str(src))
-    for name, data in members.items():
-        if name not in files:
-            raise InvalidData(f"{name} is in the archive but not in its manifest; refusing it", where=str(src))
-        if files[name] != sha(data):
-            raise InvalidData(f"{name}: checksum does not match the manifest (tampered or damaged)", where=str(src))
-    for name in files:
-        if name not in members:
-            raise InvalidData(f"{name} is in the manifest but missing from the archive", where=str(src))
-    for name in members:
-        _check_member_name(name, src)
+    manifest = _verified(src, {name: sha(data) for name, data in members.items()}, raw_manifest)
     return manifest, members
+
+
+class Archives:
+    """A full backup and its incrementals, read twice: verified whole first, then streamed member by member.
+
+    The first pass checks every member against its manifest (nothing is
+    written before it ends) and keeps per member its checksum, per event its
+    timestamp; :meth:`members` reads the archives again and yields the
+    members :func:`merged` would keep, each checked again (an archive that
+    changed in between is refused). Memory: per member its name and
+    checksum, never the members.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.digests: list[dict[str, str]] = []
+        self.manifests: list[dict[str, Any]] = []
+        self.stamps: dict[tuple[int, str], float] = {}
+        for i, src in enumerate(paths):
+            digests: dict[str, str] = {}
+            raw_manifest = None
+            for name, data in _members(src):
+                if name == MANIFEST:
+                    raw_manifest = data
+                    continue
+                digests[name] = sha(data)
+                if is_event(name):
+                    try:
+                        self.stamps[(i, name)] = float(orjson.loads(data).get("timestamp", 0))
+                    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                        self.stamps[(i, name)] = 0.0  # not an event after all: the restore names it
+            self.manifests.append(_verified(src, digests, raw_manifest))
+            self.digests.append(digests)
+        self.winner: dict[str, int] = _winners(self.digests)
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.winner)
+
+    def timestamp(self, name: str) -> float:
+        return self.stamps.get((self.winner.get(name, -1), name), 0.0)
+
+    def members(self) -> Iterator[tuple[str, bytes]]:
+        for i, src in enumerate(self.paths):
+            for name, data in _members(src):
+                if self.winner.get(name) != i:
+                    continue
+                if sha(data) != self.digests[i][name]:
+                    raise InvalidData(f"{name}: changed since it was verified; refusing it", where=str(src))
+                yield name, data
+
+
+def _winners(digests: list[dict[str, str]]) -> dict[str, int]:
+    """Member name -> the archive whose copy is kept (the rules of :func:`merged`, on names alone)."""
+    out: dict[str, int] = {}
+    where: dict[str, str] = {}
+    for i, names in enumerate(digests):
+        for name in names:
+            if is_event(name):
+                eid = event_id(name)
+                prior = where.get(eid)
+                if prior is not None and prior != name:
+                    out.pop(prior, None)
+                    if name.split("/")[1] != "dead":
+                        out.pop(f"events/dead/{eid}{ERROR}", None)
+                where[eid] = name
+            out[name] = i
+    return out
 
 
 def _check_member_name(name: str, src: Path) -> None:
@@ -269,4 +353,4 @@ def merged(archives: list[tuple[dict[str, Any], dict[str, bytes]]]) -> dict[str,
     return out
 
 
-__all__ = ["MANIFEST", "ArchiveWriter", "event_id", "is_event", "merged", "read_archive", "sha"]
+__all__ = ["MANIFEST", "ArchiveWriter", "Archives", "event_id", "is_event", "merged", "read_archive", "sha"]

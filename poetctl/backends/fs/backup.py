@@ -15,9 +15,10 @@ not exist in a restored spool. A dead event is archived with its
 Each member is written to the archive as it is read (:class:`~.archive.ArchiveWriter`):
 the walk holds one file's bytes at a time, and per event its id (to take it
 once) and its member's checksum (the manifest); never the spool. Restore
-reads the archive, refuses it if any member's checksum differs from the
-manifest (naming the member) before anything is written, and writes into an
-empty spool no daemon runs on.
+reads the archives twice (:class:`~.archive.Archives`): the first pass
+refuses them if any member's checksum differs from the manifest (naming the
+member) before anything is written; the second writes member by member into
+an empty spool no daemon runs on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ import orjson
 
 from ...errors import SpoolIOError, TemporaryFailure, UsageError
 from ...transport import Record, dead_letter_info
-from .archive import ERROR, ArchiveWriter, event_id, is_event, merged, read_archive
+from .archive import ERROR, Archives, ArchiveWriter, event_id, is_event, merged, read_archive
 from .corrupt_names import REASON_SUFFIX
 from .layout import SUFFIX, SpoolLayout
 from .reader import CorruptEvent, decode_event
@@ -148,9 +150,10 @@ def refuse_attached(layout: SpoolLayout, lease: float) -> None:
 
 
 def restore_into(
-    layout: SpoolLayout, members: dict[str, bytes], until: float | None, *, lease: float = 30.0
+    layout: SpoolLayout, archives: Archives, until: float | None, *, lease: float = 30.0
 ) -> dict[str, int]:
-    """Write ``members`` into the empty spool ``layout``; events after ``until`` are left out. Counts per state.
+    """Write the verified ``archives`` into the empty spool ``layout``, streaming; events after ``until`` are left
+    out. Counts per state.
 
     A dead event comes back with its archived record (``dead/<id>.error``), or,
     from an archive without one, a record saying it was restored from a backup.
@@ -159,47 +162,45 @@ def restore_into(
     if layout.root.exists() and any(_has_files(layout.root)):
         raise UsageError(f"{layout.root} is not empty; restore only into a new or empty spool")
     layout.init()
+    names = archives.names
     counts: dict[str, int] = {}
-    kept_corrupt: set[str] = set()
-    by_dir: dict[str, list[tuple[str, bytes]]] = {}
-    dead: set[str] = set()
+    corrupt = 0
     now = time.time()
-    for name, data in sorted(members.items()):
-        parts = name.split("/")
-        if is_event(name):
-            if until is not None and orjson.loads(data).get("timestamp", 0) > until:
-                continue
-            counts[parts[1]] = counts.get(parts[1], 0) + 1
-            if parts[1] == "dead":
+    with ExitStack() as stack:
+        dirs: dict[str, SpoolDir] = {}
+
+        def target(rel: str) -> SpoolDir:
+            if rel not in dirs:
+                _make_dirs(layout, rel)
+                dirs[rel] = stack.enter_context(SpoolDir(layout, rel))
+            return dirs[rel]
+
+        for name, data in archives.members():
+            parts = name.split("/")
+            if is_event(name):
+                if until is not None and archives.timestamp(name) > until:
+                    continue
+                counts[parts[1]] = counts.get(parts[1], 0) + 1
                 eid = event_id(name)
-                dead.add(eid)
-                if f"events/dead/{eid}{ERROR}" not in members:  # an older archive: no record was kept
+                if parts[1] == "dead" and f"events/dead/{eid}{ERROR}" not in names:  # an older archive: no record
                     info = dead_letter_info(eid, RESTORED, Record(), now)
-                    by_dir.setdefault("events/dead", []).append(
-                        (f"{eid}{ERROR}", orjson.dumps(info, option=orjson.OPT_INDENT_2))
-                    )
-        elif parts[0] == "events" and parts[1] == "dead":
-            continue  # a record: written below, beside its event (none for an event left out by --until)
-        elif parts[0] == "events":
-            kept_corrupt.add(parts[2])
-        elif parts[0] == "kv":
-            counts["skipped_nats_state"] = counts.get("skipped_nats_state", 0) + 1
-            continue  # NATS KV function state: the spool keeps state/ as files; `state rebuild` makes it
-        elif until is not None:
-            continue  # state/ and feedback/ describe the end of the backup, not TIME: rebuild them
-        rel, _, base = name.rpartition("/")
-        by_dir.setdefault(rel, []).append((base, data))
-    for eid in sorted(dead):
-        record = members.get(f"events/dead/{eid}{ERROR}")
-        if record is not None:
-            by_dir.setdefault("events/dead", []).append((f"{eid}{ERROR}", record))
-    for rel, files in by_dir.items():
-        _make_dirs(layout, rel)
-        with SpoolDir(layout, rel) as target:
-            for base, data in files:
-                target.create(base, data)
-            target.fsync()
-    counts["corrupt"] = sum(1 for n in kept_corrupt if not n.endswith(REASON_SUFFIX))
+                    target("events/dead").create(f"{eid}{ERROR}", orjson.dumps(info, option=orjson.OPT_INDENT_2))
+            elif parts[0] == "events" and parts[1] == "dead":  # a record: only beside its event (--until)
+                json_name = f"events/dead/{event_id(name)}{SUFFIX}"
+                if json_name not in names or (until is not None and archives.timestamp(json_name) > until):
+                    continue
+            elif parts[0] == "events":
+                corrupt += not name.endswith(REASON_SUFFIX)
+            elif parts[0] == "kv":
+                counts["skipped_nats_state"] = counts.get("skipped_nats_state", 0) + 1
+                continue  # NATS KV function state: the spool keeps state/ as files; `state rebuild` makes it
+            elif until is not None:
+                continue  # state/ and feedback/ describe the end of the backup, not TIME: rebuild them
+            rel, _, base = name.rpartition("/")
+            target(rel).create(base, data)
+        for d in dirs.values():
+            d.fsync()
+    counts["corrupt"] = corrupt
     from .fsck_repair import rebuild_index
 
     with SpoolDir(layout, "events/processed") as p, SpoolDir(layout, "events/dead") as dd:
@@ -223,4 +224,4 @@ def _has_files(root: Path) -> Iterator[str]:
         yield from files
 
 
-__all__ = ["merged", "read_archive", "refuse_attached", "restore_into", "walk", "write_backup"]
+__all__ = ["Archives", "merged", "read_archive", "refuse_attached", "restore_into", "walk", "write_backup"]
