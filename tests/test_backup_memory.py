@@ -68,7 +68,7 @@ def test_spool_backup_memory_does_not_grow_with_the_spool(tmp_path: Path) -> Non
 
 
 def test_nats_backup_memory_does_not_grow_with_the_stream(project: Path, server: NatsServer, tmp_path: Path) -> None:
-    """`poetctl backup --mode nats` of a ~47 MB stream peaks within a third of that over the backup of 2 events."""
+    """`backup --mode nats` of a ~47 MB stream, and its restore, peak within a third of that over those of 2 events."""
     from poetctl.cli.mode import nats_transport
     from poetctl.config import load_config
 
@@ -98,6 +98,16 @@ def test_nats_backup_memory_does_not_grow_with_the_stream(project: Path, server:
     assert (tmp_path / "b.tar.zst").stat().st_size > TOTAL_MB * 2**20 * 0.45
     base = max(base, small)
     assert peak - base < BOUND_MB, f"backup grew by {peak - base:.1f} MB for {TOTAL_MB:.0f} MB of events"
+    # Restore into a wiped server: verified in a first pass, then published a batch (about 2 MB) at a time.
+    from poetctl.backends.nats.settings import NatsSettings
+    from tests.contract.kits import wipe_nats
+
+    restore = [sys.executable, "-m", "poetctl", "restore", "--mode", "nats"]
+    wipe_nats(NatsSettings(servers=(server.url,)))
+    base = peak_rss_mb([*restore, str(tmp_path / "s.tar.zst")], project, env)
+    wipe_nats(NatsSettings(servers=(server.url,)))
+    peak = peak_rss_mb([*restore, str(tmp_path / "b.tar.zst")], project, env)
+    assert peak - base < BOUND_MB, f"restore grew by {peak - base:.1f} MB for {TOTAL_MB:.0f} MB of events"
 
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KB and /proc: Linux")

@@ -117,7 +117,7 @@ def restore_cmd(
 def _restore(
     src: list[Path], until: str | None, spool: Path | None, config: Path | None, mode: str | None = None
 ) -> None:
-    from ..backends.fs.backup import Archives, merged, read_archive, restore_into
+    from ..backends.fs.backup import Archives, restore_into
     from ..backends.fs.layout import SpoolLayout
     from ..errors import UsageError
     from ..timeparse import parse_time
@@ -130,9 +130,9 @@ def _restore(
     if spool is None and not nats:
         raise UsageError("restore needs --spool NEW: the new, empty spool to restore into (or --mode nats)")
     t = parse_time(until, option="--until") if until is not None else None
+    archives = Archives(src)  # every checksum of every archive, before anything is written
     if nats:
-        archives = [read_archive(p) for p in src]  # every checksum, before anything is written
-        from ..backends.nats.backup import restore
+        from ..backends.nats.restore import restore
         from ..errors import BackendUnavailable
         from .mode import nats_transport
 
@@ -143,13 +143,12 @@ def _restore(
                 raise
             nt = nats_transport(cfg, setup=True)  # a fresh server: the streams and buckets are made first
         try:
-            counts = restore(nt, merged(archives), t)
+            counts = restore(nt, archives, t)
         finally:
             nt.close()
     else:
         lease = float(cfg.daemon.get("lease_seconds", 30.0))
-        # Every checksum of every archive is verified in a first pass, before anything is written.
-        counts = restore_into(SpoolLayout(cfg.spool), Archives(src), t, lease=lease)
+        counts = restore_into(SpoolLayout(cfg.spool), archives, t, lease=lease)
     sys.stdout.write(", ".join(f"{k}={v}" for k, v in sorted(counts.items())) + "\n")
     if counts.get("skipped_state_files") or counts.get("skipped_nats_state"):
         sys.stderr.write(

@@ -242,8 +242,8 @@ class Archives:
     The first pass checks every member against its manifest (nothing is
     written before it ends) and keeps per member its checksum, per event its
     timestamp; :meth:`members` reads the archives again and yields the
-    members :func:`merged` would keep, each checked again (an archive that
-    changed in between is refused). Memory: per member its name and
+    members kept (later archives win, each event once: see :func:`_winners`),
+    each checked again (an archive that changed in between is refused). Memory: per member its name and
     checksum, never the members.
     """
 
@@ -287,7 +287,11 @@ class Archives:
 
 
 def _winners(digests: list[dict[str, str]]) -> dict[str, int]:
-    """Member name -> the archive whose copy is kept (the rules of :func:`merged`, on names alone)."""
+    """Member name -> the archive whose copy is kept: a full backup, then its incrementals, later ones winning.
+
+    An event that moved drops its earlier copy, and its dead-letter record
+    unless it is (still) dead; a record that changed alone replaces the old one.
+    """
     out: dict[str, int] = {}
     where: dict[str, str] = {}
     for i, names in enumerate(digests):
@@ -331,26 +335,4 @@ def event_id(name: str) -> str:
     return base[: -len(SUFFIX)] if base.endswith(SUFFIX) else base[: -len(ERROR)]
 
 
-def merged(archives: list[tuple[dict[str, Any], dict[str, bytes]]]) -> dict[str, bytes]:
-    """The members of a full backup and its incrementals, later ones winning, each event once.
-
-    An event that moved drops its earlier copy, and its dead-letter record
-    unless it is (still) dead; a record that changed alone replaces the old one.
-    """
-    out: dict[str, bytes] = {}
-    where: dict[str, str] = {}  # event id -> member holding it
-    for _manifest, members in archives:
-        for name, data in members.items():
-            if is_event(name):
-                eid = event_id(name)
-                prior = where.get(eid)
-                if prior is not None and prior != name:
-                    out.pop(prior, None)
-                    if name.split("/")[1] != "dead":
-                        out.pop(f"events/dead/{eid}{ERROR}", None)
-                where[eid] = name
-            out[name] = data
-    return out
-
-
-__all__ = ["MANIFEST", "ArchiveWriter", "Archives", "event_id", "is_event", "merged", "read_archive", "sha"]
+__all__ = ["MANIFEST", "ArchiveWriter", "Archives", "event_id", "is_event", "read_archive", "sha"]

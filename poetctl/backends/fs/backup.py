@@ -34,7 +34,7 @@ import orjson
 
 from ...errors import SpoolIOError, TemporaryFailure, UsageError
 from ...transport import Record, dead_letter_info
-from .archive import ERROR, Archives, ArchiveWriter, event_id, is_event, merged, read_archive
+from .archive import ERROR, Archives, ArchiveWriter, event_id, is_event, read_archive
 from .corrupt_names import REASON_SUFFIX
 from .layout import SUFFIX, SpoolLayout
 from .reader import CorruptEvent, decode_event
@@ -224,4 +224,4 @@ def _has_files(root: Path) -> Iterator[str]:
         yield from files
 
 
-__all__ = ["Archives", "merged", "read_archive", "refuse_attached", "restore_into", "walk", "write_backup"]
+__all__ = ["Archives", "read_archive", "refuse_attached", "restore_into", "walk", "write_backup"]

@@ -26,15 +26,8 @@ stored bytes, the spool's file content), beside a dead event its
 ``kv/functions/<key>`` (the function-state KV bucket: the spool's ``state/``
 has no NATS equivalent file by file).
 
-Restore, into an empty stream (no event, no state entry): events are
-published in two passes, the processed and dead ones first, then the pending
-ones, each pass in id order (the order the spool hands a key out in); each partition's durable consumer is then
-made again starting at its first pending event, so finished events are
-never handed to a handler again and each key's pending events keep their
-order. Dead events go to the dead-letter stream too, with their archived
-record (an older archive without one: "restored from a backup"). A target
-with a daemon attached (a live lease or membership entry, or a consumer with
-pull requests waiting) is refused (75): the consumers are replaced.
+Restore (:mod:`.restore`) publishes an archive into an empty stream and
+makes each partition's durable consumer again (:func:`_restart_consumers`).
 """
 
 from __future__ import annotations
@@ -46,15 +39,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
-from ...errors import InvalidData, TemporaryFailure, UsageError
+from ...errors import InvalidData
 from ...ids import is_event_id
-from ...transport import Record, State, dead_letter_info
-from ..fs.archive import ERROR, ArchiveWriter, event_id, is_event
+from ...transport import State
+from ..fs.archive import ERROR, ArchiveWriter
 from ..memory import decode
 from . import subjects
-from .dead import _from_headers, to_headers
-from .subjects import kv_key
-from .transport import dumps
+from .dead import _from_headers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
@@ -282,151 +273,7 @@ def write_backup(
         return w.finish(version, origin(t))
 
 
-# -- restore ------------------------------------------------------------------------------------
-async def _is_empty(t: NatsTransport) -> str | None:
-    """Why the target is not empty, or None."""
-    s = t.settings
-    for stream in (s.stream, s.dead_stream, s.corrupt_stream, f"KV_{s.state_bucket}"):
-        info = await t.link.jsm.stream_info(stream)
-        if info.state.messages:
-            return f"stream {stream} holds {info.state.messages} message(s)"
-    return None
-
-
-async def _attached(t: NatsTransport) -> str | None:
-    """Which daemon is attached to the target, or None: a live lease or membership entry, or a pulling consumer."""
-    from nats.js.errors import NotFoundError
-
-    from .status import lease_entries
-
-    s = t.settings
-    try:
-        live = await lease_entries(t)
-    except NotFoundError:
-        live = {}
-    for key in sorted(live):
-        if key.startswith("m."):
-            return f"daemon {key[2:]} is a member (lease bucket {s.lease_bucket})"
-        if key.startswith("p") and key[1:].isdigit():
-            return f"partition lease {key} is held (lease bucket {s.lease_bucket})"
-    for p in range(s.partitions):
-        try:
-            ci = await t.link.jsm.consumer_info(s.stream, s.durable(p))
-        except NotFoundError:
-            continue
-        if ci.num_waiting:
-            return f"consumer {s.durable(p)} has {ci.num_waiting} pull request(s) waiting"
-    return None
-
-
-def _dead_headers(
-    eid: str, seq: int, record: dict[str, Any] | None, now: float
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """A restored dead letter's record and DLQ headers: the archived record, or one saying it was restored."""
-    info = dict(record) if record else dead_letter_info(eid, RESTORED, Record(), now)
-    hdrs = to_headers(eid, seq, str(info.get("reason") or "restored"), info, int(info.get("attempts") or 0), now)
-    return info, hdrs
-
-
-def _record(data: bytes | None) -> dict[str, Any] | None:
-    try:
-        doc = orjson.loads(data) if data is not None else None
-    except orjson.JSONDecodeError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def restore(t: NatsTransport, members: dict[str, bytes], until: float | None) -> dict[str, int]:
-    """Publish ``members`` (verified, merged archives) into the empty backend of ``t``; counts per state.
-
-    Refused with :class:`TemporaryFailure` (75) while a daemon is attached,
-    and :class:`UsageError` (2) if the target holds anything.
-    """
-    s = t.settings
-    events: list[tuple[int, float, str, str, Any, bytes]] = []  # (pass, timestamp, id, state, event, bytes)
-    corrupt: list[tuple[str, bytes, str]] = []
-    functions: list[tuple[str, bytes]] = []
-    counts: dict[str, int] = {}
-    for name, data in sorted(members.items()):
-        parts = name.split("/")
-        if is_event(name):
-            eid = event_id(name)
-            ev = decode(data, eid)
-            if until is not None and ev.timestamp > until:
-                continue
-            events.append((1 if parts[1] == "pending" else 0, ev.timestamp, eid, parts[1], ev, data))
-            counts[parts[1]] = counts.get(parts[1], 0) + 1
-        elif parts[0] == "events" and parts[1] == "dead":
-            continue  # a dead letter's record: read beside its event
-        elif parts[0] == "events":
-            if not name.endswith(REASON):
-                reason = members.get(name + REASON, b"").decode("utf-8", "replace").strip()
-                base = parts[2][: -len(SUFFIX)] if parts[2].endswith(SUFFIX) else parts[2]  # the spool's own names
-                corrupt.append((base, data, reason or "restored from a backup"))
-        elif until is not None:
-            continue  # handler state describes the end of the backup, not TIME (as on the spool)
-        elif parts[0] == "kv":
-            functions.append((parts[2], data))
-        else:  # the spool's state/ and feedback/ files: no NATS equivalent, file by file
-            counts["skipped_state_files"] = counts.get("skipped_state_files", 0) + 1
-    events.sort(key=lambda e: (e[0], e[2]))  # finished first, then pending in id order (the spool's key order)
-
-    async def go() -> None:
-        who = await _attached(t)
-        if who is not None:
-            raise TemporaryFailure(
-                f"a daemon is attached to the NATS target ({who}); stop every daemon on it and retry "
-                f"(a killed daemon's lease expires after {s.lease_ttl:g} s)"
-            )
-        why = await _is_empty(t)
-        if why is not None:
-            raise UsageError(f"the NATS target is not empty ({why}); restore only into an empty stream")
-        js = t.link.js
-        now = t.clock()
-        first_pending: dict[int, int] = {}
-        for batch in _chunks(events, 256):
-            acks = await asyncio.gather(
-                *(
-                    js.publish(
-                        subjects.event_subject(ev.topic, subjects.partition_of(t.key_of(ev), s.partitions)),
-                        data,
-                        headers={"Nats-Msg-Id": eid, "Poet-Id": eid},
-                    )
-                    for _, _, eid, _, ev, data in batch
-                )
-            )
-            puts = []
-            for (_, _, eid, state, ev, data), ack in zip(batch, acks, strict=True):
-                part = subjects.partition_of(t.key_of(ev), s.partitions)
-                st: dict[str, Any] = {"s": state, "seq": ack.seq, "p": part, "ts": ev.timestamp}
-                if state == "pending":
-                    first_pending.setdefault(part, ack.seq)
-                elif state == "dead":
-                    record = _record(members.get(f"events/dead/{eid}{ERROR}"))
-                    info, hdrs = _dead_headers(eid, ack.seq, record, now)
-                    dack = await js.publish(subjects.dead_subject(ev.topic), data, headers=hdrs)
-                    st.update(info=info, dstream=s.dead_stream, dseq=dack.seq)
-                puts.append(t.state_kv.put(kv_key(eid), dumps(st)))
-            await asyncio.gather(*puts)
-        for eid, data, reason in corrupt:
-            hdrs = {"Nats-Msg-Id": f"{eid}:restored", "Poet-Id": eid, "Poet-Reason": "restored"}
-            ack = await js.publish(subjects.corrupt_subject(None), data, headers=hdrs)
-            info = {"reason": "restored", "detail": reason, "from": "backup", "at": now}
-            st = {"s": State.CORRUPT.value, "seq": ack.seq, "stream": s.corrupt_stream, "ts": now, "info": info}
-            st.update(dstream=s.corrupt_stream, dseq=ack.seq)
-            await t.state_kv.put(kv_key(eid), dumps(st))
-        if functions:
-            fkv = await js.key_value(s.function_bucket)
-            for key, value in functions:
-                await fkv.put(key, value)
-        last = (await t.link.jsm.stream_info(s.stream)).state.last_seq
-        await _restart_consumers(t, {p: first_pending.get(p, int(last) + 1) for p in range(s.partitions)})
-
-    t.link.run(go(), timeout=3600)
-    counts["corrupt"] = len(corrupt)
-    return counts
-
-
+# -- restore (restore.py; the consumers are made again here) -------------------------------------
 async def _restart_consumers(t: NatsTransport, start: dict[int, int]) -> None:
     """Make each partition's durable consumer again, delivering from ``start[p]`` (its first pending event)."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -468,4 +315,4 @@ def origin(t: NatsTransport) -> dict[str, Any]:
     }
 
 
-__all__ = ["origin", "restore", "write_backup"]
+__all__ = ["origin", "write_backup"]
