@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any
 
@@ -149,7 +148,6 @@ class _Restore:
         for eid in sorted(os.listdir(self.spill)):
             with open(os.path.join(self.spill, eid), "rb") as fh:
                 data = fh.read()
-            os.unlink(os.path.join(self.spill, eid))
             await self._add(eid, "pending", data)
         await self._flush()
         last = (await t.link.jsm.stream_info(s.stream)).state.last_seq
@@ -260,11 +258,9 @@ def restore(t: NatsTransport, archives: Archives, until: float | None) -> dict[s
         why = await _is_empty(t)
         if why is not None:
             raise UsageError(f"the NATS target is not empty ({why}); restore only into an empty stream")
-        spill = tempfile.mkdtemp(prefix="poetctl-restore-")  # 0700: the pending events, in id order
-        try:
+        # A private directory (0700, outside any spool; removed at the end): the pending events, in id order.
+        with tempfile.TemporaryDirectory(prefix="poetctl-restore-") as spill:
             return await _Restore(t, archives, until, spill).run()
-        finally:
-            shutil.rmtree(spill, ignore_errors=True)
 
     result: dict[str, int] = t.link.run(go(), timeout=3600)
     return result
