@@ -156,3 +156,33 @@ def test_an_archive_without_records_restores_dead_letters_as_restored(
     after = restored_rows(dst, old, project, target, tmp_path)
     assert set(after) == set(before)
     assert all("restored from a backup" in str(r["reason"]) for r in after.values()), after
+
+
+@pytest.mark.parametrize("dst", ["spool", "nats"])
+def test_point_in_time_restore_leaves_out_the_records_of_dead_letters_after_t(
+    dst: str, project: Path, server: NatsServer, target: str, tmp_path: Path
+) -> None:
+    """restore --until T before every dead letter restores none of them, and no orphan record (spool fsck clean)."""
+    archive, before = source("spool", project, server.url, tmp_path)
+    stamps = {
+        n.rsplit("/", 1)[1][:-5]: json.loads(body)["timestamp"]
+        for n, body in members(archive).items()
+        if n.startswith("events/") and n.endswith(".json")
+    }
+    t = min(stamps[i] for i in before) - 1e-6  # before the first dead letter, after some processed events
+    assert any(ts <= t for ts in stamps.values())
+    from datetime import UTC, datetime
+
+    iso = datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    if dst == "spool":
+        new = tmp_path / "new"
+        r = cli(["restore", str(archive), "--spool", str(new), "--until", iso], project, target)
+        assert r.returncode == 0, r.stderr
+        assert not list((new / "events" / "dead").iterdir())
+        f = cli(["fsck", "--spool", str(new)], project, target)
+        assert f.returncode == 0, f.stdout + f.stderr
+    else:
+        r = cli(["restore", "--mode", "nats", str(archive), "--until", iso], project, target)
+        assert r.returncode == 0, r.stderr
+        assert dead_rows(project, target, "--mode", "nats") == {}
+    assert "dead=" not in r.stdout
