@@ -46,7 +46,7 @@ def _backup(dest: Path, since: Path | None, spool: Path | None, config: Path | N
     import orjson
 
     from .. import __version__
-    from ..backends.fs.backup import read_archive, write_backup
+    from ..backends.fs.backup import Archives, write_backup
     from ..backends.fs.layout import SpoolLayout
     from ..errors import InputMissing, InvalidData
     from .mode import resolve_mode
@@ -60,7 +60,8 @@ def _backup(dest: Path, since: Path | None, spool: Path | None, config: Path | N
             head = since.read_bytes()[:4]
         except OSError as exc:
             raise InputMissing(f"cannot read {since}: {exc.strerror}") from None
-        base = orjson.loads(since.read_bytes()) if head.startswith(b"{") else read_archive(since)[0]
+        # An archive is verified as a stream (its members are not held): only its manifest is kept.
+        base = orjson.loads(since.read_bytes()) if head.startswith(b"{") else Archives([since]).manifests[0]
         if not isinstance(base, dict) or not isinstance(base.get("files"), dict):
             raise InvalidData("not a poetctl backup manifest", where=str(since))
     if layout is not None:
