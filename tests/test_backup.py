@@ -159,3 +159,19 @@ def test_incremental_backup_holds_only_what_changed(run_cli: Any, tmp_path: Path
     new = tmp_path / "new"
     assert run_cli("restore", full, inc, "--spool", new).returncode == 0
     assert set(event_files(new)) == set(first + second)
+
+
+def test_an_archive_changed_after_verification_is_refused(run_cli: Any, tmp_path: Path, sp: Path) -> None:
+    """Restore reads the archive twice: a member that changed after the first (verifying) pass is refused, named."""
+    from poetctl.backends.fs.archive import Archives
+    from poetctl.errors import InvalidData
+
+    ids = emit_many(sp, 3)
+    archive = tmp_path / "b.tar.zst"
+    assert run_cli("--spool", sp, "backup", archive).returncode == 0
+    archives = Archives([archive])
+    bad = tmp_path / "bad.tar.zst"
+    tamper(archive, f"events/pending/{ids[1]}.json", bad)
+    os.replace(bad, archive)  # between the two passes
+    with pytest.raises(InvalidData, match=f"events/pending/{ids[1]}.json: changed since it was verified"):
+        list(archives.members())

@@ -105,7 +105,7 @@ def events_of(archive: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in members(archive):
         parts = name.split("/")
-        if parts[0] == "events" and parts[1] != "corrupt":
+        if parts[0] == "events" and parts[1] != "corrupt" and name.endswith(".json"):
             eid = parts[2][:-5]
             assert eid not in out, f"{eid} archived twice"
             out[eid] = parts[1]

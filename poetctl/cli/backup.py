@@ -27,14 +27,16 @@ def backup_cmd(
 ) -> None:
     """Archive the spool (events by state, state/, feedback/) while daemons run; prints the manifest summary.
 
-    Each event is archived once, in the most advanced state it was seen in
-    (in-flight events as pending), its checksum verified; damaged files are
-    left out and listed in the manifest. tar + zstd (gzip without the
-    'backup' extra), with manifest.json: counts per state, the sha256 of
-    every file, poetctl version, time range. Exit 66 no spool, 74 I/O error,
-    2 DEST exists. With --mode nats: the events of the JetStream stream, each
-    in its state, and the function-state KV bucket, in the same format (a
-    NATS backup restores into a spool and a spool backup into NATS).
+    Each event is archived once, in a state it had during the backup
+    (in-flight events as pending), its checksum verified; a dead event with
+    its error record. Damaged files are left out and listed in the manifest.
+    tar + zstd (gzip without the 'backup' extra), streamed member by member
+    (memory does not grow with the events' size), with manifest.json last:
+    counts per state, the sha256 of every file, poetctl version, time range.
+    Exit 66 no spool, 74 I/O error, 2 DEST exists. With --mode nats: the
+    events of the JetStream stream, each in its state, the dead letters'
+    errors and the function-state KV bucket, in the same format (a NATS
+    backup restores into a spool and a spool backup into NATS).
     """
     _backup(dest, since, spool, config, mode)
 
@@ -44,7 +46,7 @@ def _backup(dest: Path, since: Path | None, spool: Path | None, config: Path | N
     import orjson
 
     from .. import __version__
-    from ..backends.fs.backup import read_archive, write_backup
+    from ..backends.fs.backup import Archives, write_backup
     from ..backends.fs.layout import SpoolLayout
     from ..errors import InputMissing, InvalidData
     from .mode import resolve_mode
@@ -58,7 +60,8 @@ def _backup(dest: Path, since: Path | None, spool: Path | None, config: Path | N
             head = since.read_bytes()[:4]
         except OSError as exc:
             raise InputMissing(f"cannot read {since}: {exc.strerror}") from None
-        base = orjson.loads(since.read_bytes()) if head.startswith(b"{") else read_archive(since)[0]
+        # An archive is verified as a stream (its members are not held): only its manifest is kept.
+        base = orjson.loads(since.read_bytes()) if head.startswith(b"{") else Archives([since]).manifests[0]
         if not isinstance(base, dict) or not isinstance(base.get("files"), dict):
             raise InvalidData("not a poetctl backup manifest", where=str(since))
     if layout is not None:
@@ -73,14 +76,12 @@ def _backup(dest: Path, since: Path | None, spool: Path | None, config: Path | N
 
 def _nats_backup(cfg: Any, dest: Path, base: dict[str, Any] | None) -> dict[str, Any]:
     from .. import __version__
-    from ..backends.fs.backup import write_snapshot
-    from ..backends.nats import backup as nb
+    from ..backends.nats.backup import write_backup
     from .mode import nats_transport
 
     t = nats_transport(cfg)
     try:
-        snap = nb.snapshot(t, cfg.max_event_bytes)
-        return write_snapshot(snap, dest, version=__version__, since=base, origin=nb.origin(t))
+        return write_backup(t, dest, max_bytes=cfg.max_event_bytes, version=__version__, since=base)
     finally:
         t.close()
 
@@ -101,10 +102,14 @@ def restore_cmd(
     does not list) refuses the whole restore, naming the file (exit 65);
     nothing is written then. With --until only events stamped at or before
     TIME are restored (point-in-time recovery) and state/ is left out
-    (rebuild it from the events). The index is rebuilt. Exit 2 if the target
-    spool is not empty, 66 a missing archive. With --mode nats: into the
-    NATS server of [nats] / POET_NATS_URL, whose stream must be empty (set up
-    if missing); no daemon may be attached (the consumers are made again).
+    (rebuild it from the events). The index is rebuilt. Dead letters get
+    their archived error back (an older archive's: "restored from a
+    backup"). Exit 2 if the target spool is not empty, 75 if a daemon is
+    attached to it, 66 a missing archive. With --mode nats: into the NATS
+    server of [nats] / POET_NATS_URL, whose stream must be empty (set up if
+    missing); exit 75 while a daemon is attached (a live partition lease or
+    membership entry, or a consumer with pulls waiting): the consumers are
+    made again.
     """
     _restore(src, until, spool, config, mode)
 
@@ -113,7 +118,7 @@ def restore_cmd(
 def _restore(
     src: list[Path], until: str | None, spool: Path | None, config: Path | None, mode: str | None = None
 ) -> None:
-    from ..backends.fs.backup import merged, read_archive, restore_into
+    from ..backends.fs.backup import Archives, restore_into
     from ..backends.fs.layout import SpoolLayout
     from ..errors import UsageError
     from ..timeparse import parse_time
@@ -126,9 +131,9 @@ def _restore(
     if spool is None and not nats:
         raise UsageError("restore needs --spool NEW: the new, empty spool to restore into (or --mode nats)")
     t = parse_time(until, option="--until") if until is not None else None
-    archives = [read_archive(p) for p in src]  # every checksum, before anything is written
+    archives = Archives(src)  # every checksum of every archive, before anything is written
     if nats:
-        from ..backends.nats.backup import restore
+        from ..backends.nats.restore import restore
         from ..errors import BackendUnavailable
         from .mode import nats_transport
 
@@ -139,11 +144,12 @@ def _restore(
                 raise
             nt = nats_transport(cfg, setup=True)  # a fresh server: the streams and buckets are made first
         try:
-            counts = restore(nt, merged(archives), t)
+            counts = restore(nt, archives, t)
         finally:
             nt.close()
     else:
-        counts = restore_into(SpoolLayout(cfg.spool), merged(archives), t)
+        lease = float(cfg.daemon.get("lease_seconds", 30.0))
+        counts = restore_into(SpoolLayout(cfg.spool), archives, t, lease=lease)
     sys.stdout.write(", ".join(f"{k}={v}" for k, v in sorted(counts.items())) + "\n")
     if counts.get("skipped_state_files") or counts.get("skipped_nats_state"):
         sys.stderr.write(

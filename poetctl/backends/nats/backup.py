@@ -16,43 +16,46 @@ floor, so reading the floors first never shows a dead letter as processed);
 an event without an entry (the KV-less publishing path) is processed at or
 below its partition's ack floor, else pending. A stream message is
 immutable, so each event is archived once, in a state it really had
-(in-flight events as pending, as on the spool). Members:
-``events/<state>/<id>.json`` (the stored bytes, the spool's file content),
+(in-flight events as pending, as on the spool). The stream is read twice up
+to its last sequence when the walk began, headers only and then in pages,
+each message written to the archive as it comes: memory holds each id's
+brief state, never the stream. Members: ``events/<state>/<id>.json`` (the
+stored bytes, the spool's file content), beside a dead event its
+``events/dead/<id>.error`` (its KV entry's record, else its DLQ headers'),
 ``events/corrupt/<id>.json`` with its ``.reason``, and
 ``kv/functions/<key>`` (the function-state KV bucket: the spool's ``state/``
 has no NATS equivalent file by file).
 
-Restore, into an empty stream (no event, no state entry): events are
-published in two passes, the processed and dead ones first, then the pending
-ones, each pass in id order (the order the spool hands a key out in); each partition's durable consumer is then
-made again starting at its first pending event, so finished events are
-never handed to a handler again and each key's pending events keep their
-order. Dead events go to the dead-letter stream too (the archive has no
-original error: the spool's backup keeps none). Run it with no daemon
-attached (the consumers are replaced).
+Restore (:mod:`.restore`) publishes an archive into an empty stream and
+makes each partition's durable consumer again (:func:`_restart_consumers`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from contextlib import aclosing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
-from ...errors import InvalidData, UsageError
+from ...errors import InvalidData
 from ...ids import is_event_id
-from ...transport import Record, State, dead_letter_info
-from ..fs.backup import Snapshot
+from ...transport import State
+from ..fs.archive import ERROR, ArchiveWriter
 from ..memory import decode
 from . import subjects
-from .subjects import kv_key
-from .transport import dumps
+from .dead import _from_headers
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, AsyncIterator
+
     from .transport import NatsTransport
 
 SUFFIX = ".json"
 REASON = ".reason"
+PAGE_BYTES = 2 << 20
+RESTORED = "restored from a backup (the archive keeps no original error)"
 _ARCHIVED = {State.PENDING: "pending", State.INFLIGHT: "pending", State.PROCESSED: "processed", State.DEAD: "dead"}
 
 
@@ -67,8 +70,10 @@ def _id_of(key: str) -> str | None:
     return None
 
 
-async def _messages(t: NatsTransport, stream: str, first: int, subject: str | None = None) -> dict[int, Any]:
-    """Every message of ``stream`` from sequence ``first`` on (``subject``: a filter): sequence -> message."""
+async def _messages(
+    t: NatsTransport, stream: str, first: int, last: int, headers_only: bool = False, page: int = 512
+) -> AsyncIterator[Any]:
+    """The messages of ``stream`` from sequence ``first`` to ``last``, in order, a page at a time."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     cfg = ConsumerConfig(
@@ -77,10 +82,13 @@ async def _messages(t: NatsTransport, stream: str, first: int, subject: str | No
         opt_start_seq=max(1, first),
         inactive_threshold=30.0,
         mem_storage=True,
+        headers_only=headers_only or None,
     )
-    if subject is not None:
-        cfg.filter_subject = subject
-    return {int(m.metadata.sequence.stream): m async for m in t.link.read(stream, cfg)}
+    async with aclosing(cast("AsyncGenerator[Any, None]", t.link.read(stream, cfg, page))) as msgs:
+        async for m in msgs:
+            if int(m.metadata.sequence.stream) > last:
+                return  # published after the backup began: not in it (the walk has its end)
+            yield m
 
 
 async def _floors(t: NatsTransport) -> dict[int, int]:
@@ -103,8 +111,8 @@ def _partition(subject: str) -> int | None:
     return int(tok) if tok.isdigit() else None
 
 
-async def _kv_entries(t: NatsTransport, bucket: str) -> list[tuple[str, bytes]]:
-    """The newest live entry of every key of a KV bucket."""
+async def _kv_entries(t: NatsTransport, bucket: str) -> AsyncIterator[tuple[str, bytes]]:
+    """The newest live entry of every key of a KV bucket, one at a time."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
     from nats.js.errors import NotFoundError
 
@@ -116,185 +124,156 @@ async def _kv_entries(t: NatsTransport, bucket: str) -> list[tuple[str, bytes]]:
         filter_subject=f"$KV.{bucket}.>",
     )
     prefix = len(f"$KV.{bucket}.")
-    out = []
     try:
-        async for m in t.link.read(f"KV_{bucket}", cfg):
-            if m.data and not (m.headers or {}).get("KV-Operation"):
-                out.append((m.subject[prefix:], bytes(m.data)))
+        async with aclosing(cast("AsyncGenerator[Any, None]", t.link.read(f"KV_{bucket}", cfg))) as entries:
+            async for m in entries:
+                if m.data and not (m.headers or {}).get("KV-Operation"):
+                    yield m.subject[prefix:], bytes(m.data)
     except NotFoundError:
-        return []
-    return out
+        return
 
 
-def snapshot(t: NatsTransport, max_bytes: int) -> Snapshot:
-    """One consistent walk of the NATS backend (see the module docstring)."""
+def _msg_id(m: Any) -> str:
+    h = m.headers or {}
+    return str(h.get("Poet-Id") or h.get("Nats-Msg-Id") or "")
 
-    async def go() -> Snapshot:
-        s = t.settings
-        snap = Snapshot()
+
+class _Walk:
+    """One consistent walk of the NATS backend into an archive (see the module docstring).
+
+    Held in memory: per event its KV state in brief (state, sequence; a dead
+    letter's record and a quarantined input's entry in full), and the newest
+    sequence of each id without one; never a message body beyond the page
+    being read.
+    """
+
+    def __init__(self, t: NatsTransport, w: ArchiveWriter, max_bytes: int) -> None:
+        self.t, self.w, self.max_bytes = t, w, max_bytes
+        self.entries: dict[str, tuple[str, int]] = {}  # id -> (archived state, its message's sequence)
+        self.full: dict[str, dict[str, Any]] = {}  # dead and corrupt ids -> their whole entry
+
+    async def run(self) -> None:
+        t, s, w = self.t, self.t.settings, self.w
         # Order matters (states only move forward): the ack floors first, then the KV entries (a dead letter's
         # entry is written before its TERM moves the floor), then the stream. An entry always wins; an event
         # without one (derived state) is processed at or below its partition's floor, else pending.
         floors = await _floors(t)
-        entries: dict[str, dict[str, Any]] = {}
-        for key, value in await _kv_entries(t, s.state_bucket):  # a key changed during the read: newest wins
+        async for key, value in _kv_entries(t, s.state_bucket):  # a key changed during the read: newest wins
             eid = _id_of(key)
             if eid is None or not is_event_id(eid):
-                snap.skipped.append(f"{s.state_bucket} {key}: not an event id; left out")
+                w.skipped.append(f"{s.state_bucket} {key}: not an event id; left out")
+                continue
+            st = orjson.loads(value)
+            state = str(st.get("s", "pending"))
+            if state in (State.CORRUPT, State.DEAD):
+                self.full[eid] = st
             else:
-                entries[eid] = orjson.loads(value)
+                self.full.pop(eid, None)
+            if state != State.CORRUPT and "seq" in st:
+                if str(st.get("stream", s.stream)) != s.stream:
+                    w.skipped.append(f"{eid}: its message is in {st.get('stream')}, not {s.stream}; left out")
+                    continue
+                kept = _ARCHIVED.get(State(state)) if state in {x.value for x in State} else None
+                if kept is None:
+                    w.skipped.append(f"{eid}: unknown state {state!r} in {s.state_bucket}; left out")
+                    continue
+                self.entries[eid] = (kept, int(st["seq"]))
+            else:
+                self.entries.pop(eid, None)
         info = await t.link.jsm.stream_info(s.stream)
-        msgs = await _messages(t, s.stream, int(info.state.first_seq or 1)) if info.state.messages else {}
-        newest: dict[str, int] = {}  # id -> its newest copy in the stream
-        for seq, m in msgs.items():
-            eid = (m.headers or {}).get("Poet-Id") or (m.headers or {}).get("Nats-Msg-Id") or ""
-            if eid and seq > newest.get(eid, 0):
-                newest[eid] = seq
-        for eid in sorted(set(newest) | set(entries)):
-            st = entries.get(eid)
-            if st is not None and st.get("s") == State.CORRUPT:
-                await _corrupt(t, snap, eid, st)
-                continue
-            if st is not None and "seq" in st:
-                stream, seq, state = str(st.get("stream", s.stream)), int(st["seq"]), State(st.get("s", "pending"))
-            elif eid in newest:
-                seq = newest[eid]
-                stream, p = s.stream, _partition(msgs[seq].subject)
-                state = State.PROCESSED if p is not None and seq <= floors.get(p, 0) else State.PENDING
-            else:
-                continue
-            m = msgs.get(seq) if stream == s.stream else None
-            if m is None:
-                snap.skipped.append(f"{eid}: message {stream}/{seq} is gone (pruned?); left out")
-                continue
-            data = bytes(m.data or b"")
-            if len(data) > max_bytes:
-                snap.skipped.append(f"{stream}/{seq} ({eid}): over max_event_bytes; left out")
-                continue
-            try:
-                ev = decode(data, eid)
-            except InvalidData as exc:
-                snap.skipped.append(f"{stream}/{seq} ({eid}): {exc.message}")
-                continue
-            kept = _ARCHIVED[state]
-            snap.events[eid] = (kept, ev.timestamp)
-            snap.members[f"events/{kept}/{eid}{SUFFIX}"] = data
-        for key, value in await _kv_entries(t, s.function_bucket):
-            snap.members[f"kv/functions/{key}"] = value
-        return snap
-
-    return t.link.run(go(), timeout=3600)
-
-
-async def _corrupt(t: NatsTransport, snap: Snapshot, eid: str, st: dict[str, Any]) -> None:
-    """Quarantined input: its body from the corrupt stream, and its reason line."""
-    from nats.js.errors import NotFoundError
-
-    from ...transport import quarantine_line
-
-    stream = str(st.get("dstream") or st.get("stream") or t.settings.stream)
-    seq = int(st.get("dseq") or st.get("seq") or 0)
-    try:
-        raw = await t.link.jsm.get_msg(stream, seq=seq)
-    except NotFoundError:
-        snap.skipped.append(f"{eid}: quarantined input {stream}/{seq} is gone; left out")
-        return
-    snap.members[f"events/corrupt/{eid}{SUFFIX}"] = bytes(raw.data or b"")
-    snap.members[f"events/corrupt/{eid}{SUFFIX}{REASON}"] = (quarantine_line(st.get("info")) + "\n").encode()
-
-
-# -- restore ------------------------------------------------------------------------------------
-async def _is_empty(t: NatsTransport) -> str | None:
-    """Why the target is not empty, or None."""
-    s = t.settings
-    for stream in (s.stream, s.dead_stream, s.corrupt_stream, f"KV_{s.state_bucket}"):
-        info = await t.link.jsm.stream_info(stream)
+        first, last = int(info.state.first_seq or 1), int(info.state.last_seq or 0)
+        newest: dict[str, int] = {}  # id without an entry -> its newest copy in the stream (headers only)
         if info.state.messages:
-            return f"stream {stream} holds {info.state.messages} message(s)"
-    return None
+            async for m in _messages(t, s.stream, first, last, headers_only=True):
+                eid = _msg_id(m)
+                if eid and eid not in self.entries:
+                    newest[eid] = int(m.metadata.sequence.stream)
+            # A page of bodies is what the walk holds at once: about PAGE_BYTES, whatever the stream's size.
+            page = max(1, min(512, PAGE_BYTES * int(info.state.messages) // max(1, int(info.state.bytes or 1))))
+            async for m in _messages(t, s.stream, first, last, page=page):
+                await self._event(m, newest, floors)
+        for eid, (_, seq) in sorted(self.entries.items()):
+            w.skipped.append(f"{eid}: message {s.stream}/{seq} is gone (pruned?); left out")
+        for eid, st in sorted(self.full.items()):
+            if st.get("s") == State.CORRUPT:
+                await self._corrupt(eid, st)
+        async for key, value in _kv_entries(t, s.function_bucket):
+            w.add(f"kv/functions/{key}", value)
 
-
-def restore(t: NatsTransport, members: dict[str, bytes], until: float | None) -> dict[str, int]:
-    """Publish ``members`` (verified, merged archives) into the empty backend of ``t``; counts per state."""
-    s = t.settings
-    events: list[tuple[int, float, str, str, Any, bytes]] = []  # (pass, timestamp, id, state, event, bytes)
-    corrupt: list[tuple[str, bytes, str]] = []
-    functions: list[tuple[str, bytes]] = []
-    counts: dict[str, int] = {}
-    for name, data in sorted(members.items()):
-        parts = name.split("/")
-        if parts[0] == "events" and parts[1] != "corrupt":
-            eid = parts[2][: -len(SUFFIX)]
+    async def _event(self, m: Any, newest: dict[str, int], floors: dict[int, int]) -> None:
+        s, w = self.t.settings, self.w
+        eid, seq = _msg_id(m), int(m.metadata.sequence.stream)
+        entry = self.entries.get(eid)
+        if entry is not None:
+            if entry[1] != seq:
+                return  # an older copy (a retry published it again): the entry names the one that counts
+            del self.entries[eid]
+            kept = entry[0]
+        elif newest.get(eid) == seq:
+            del newest[eid]
+            p = _partition(m.subject)
+            kept = "processed" if p is not None and seq <= floors.get(p, 0) else "pending"
+        else:
+            return
+        data = bytes(m.data or b"")
+        if len(data) > self.max_bytes:
+            w.skipped.append(f"{s.stream}/{seq} ({eid}): over max_event_bytes; left out")
+            return
+        try:
             ev = decode(data, eid)
-            if until is not None and ev.timestamp > until:
-                continue
-            events.append((1 if parts[1] == "pending" else 0, ev.timestamp, eid, parts[1], ev, data))
-            counts[parts[1]] = counts.get(parts[1], 0) + 1
-        elif parts[0] == "events":
-            if not name.endswith(REASON):
-                reason = members.get(name + REASON, b"").decode("utf-8", "replace").strip()
-                base = parts[2][: -len(SUFFIX)] if parts[2].endswith(SUFFIX) else parts[2]  # the spool's own names
-                corrupt.append((base, data, reason or "restored from a backup"))
-        elif until is not None:
-            continue  # handler state describes the end of the backup, not TIME (as on the spool)
-        elif parts[0] == "kv":
-            functions.append((parts[2], data))
-        else:  # the spool's state/ and feedback/ files: no NATS equivalent, file by file
-            counts["skipped_state_files"] = counts.get("skipped_state_files", 0) + 1
-    events.sort(key=lambda e: (e[0], e[2]))  # finished first, then pending in id order (the spool's key order)
+        except InvalidData as exc:
+            w.skipped.append(f"{s.stream}/{seq} ({eid}): {exc.message}")
+            return
+        w.add(f"events/{kept}/{eid}{SUFFIX}", data, ev.timestamp)
+        if kept == "dead":
+            record = await self._dead_record(eid, self.full.pop(eid, {}))
+            if record is not None:
+                w.add(f"events/dead/{eid}{ERROR}", orjson.dumps(record, option=orjson.OPT_INDENT_2))
 
-    async def go() -> None:
-        why = await _is_empty(t)
-        if why is not None:
-            raise UsageError(f"the NATS target is not empty ({why}); restore only into an empty stream")
-        js = t.link.js
-        now = t.clock()
-        first_pending: dict[int, int] = {}
-        for batch in _chunks(events, 256):
-            acks = await asyncio.gather(
-                *(
-                    js.publish(
-                        subjects.event_subject(ev.topic, subjects.partition_of(t.key_of(ev), s.partitions)),
-                        data,
-                        headers={"Nats-Msg-Id": eid, "Poet-Id": eid},
-                    )
-                    for _, _, eid, _, ev, data in batch
-                )
+    async def _dead_record(self, eid: str, st: dict[str, Any]) -> dict[str, Any] | None:
+        """A dead letter's record as the spool keeps it: its KV entry's, else read back from its DLQ headers."""
+        from nats.js.errors import NotFoundError
+
+        info = st.get("info")
+        if isinstance(info, dict):
+            return info
+        if not st.get("dseq"):
+            return None
+        try:
+            raw = await self.t.link.jsm.get_msg(
+                str(st.get("dstream") or self.t.settings.dead_stream), seq=int(st["dseq"])
             )
-            puts = []
-            for (_, _, eid, state, ev, data), ack in zip(batch, acks, strict=True):
-                part = subjects.partition_of(t.key_of(ev), s.partitions)
-                st: dict[str, Any] = {"s": state, "seq": ack.seq, "p": part, "ts": ev.timestamp}
-                if state == "pending":
-                    first_pending.setdefault(part, ack.seq)
-                elif state == "dead":
-                    reason = "restored from a backup (the archive keeps no original error)"
-                    info = dead_letter_info(eid, reason, Record(), now)
-                    hdrs = {"Nats-Msg-Id": f"{eid}:{ack.seq}", "Poet-Id": eid, "Poet-Reason": "restored"}
-                    hdrs.update({"Poet-Error": reason, "Poet-Attempts": "0", "Poet-Seq": str(ack.seq)})
-                    dack = await js.publish(subjects.dead_subject(ev.topic), data, headers=hdrs)
-                    st.update(info=info, dstream=s.dead_stream, dseq=dack.seq)
-                puts.append(t.state_kv.put(kv_key(eid), dumps(st)))
-            await asyncio.gather(*puts)
-        for eid, data, reason in corrupt:
-            hdrs = {"Nats-Msg-Id": f"{eid}:restored", "Poet-Id": eid, "Poet-Reason": "restored"}
-            ack = await js.publish(subjects.corrupt_subject(None), data, headers=hdrs)
-            info = {"reason": "restored", "detail": reason, "from": "backup", "at": now}
-            st = {"s": State.CORRUPT.value, "seq": ack.seq, "stream": s.corrupt_stream, "ts": now, "info": info}
-            st.update(dstream=s.corrupt_stream, dseq=ack.seq)
-            await t.state_kv.put(kv_key(eid), dumps(st))
-        if functions:
-            fkv = await js.key_value(s.function_bucket)
-            for key, value in functions:
-                await fkv.put(key, value)
-        last = (await t.link.jsm.stream_info(s.stream)).state.last_seq
-        await _restart_consumers(t, {p: first_pending.get(p, int(last) + 1) for p in range(s.partitions)})
+        except NotFoundError:
+            return None
+        return {"id": eid, **_from_headers(dict(raw.headers or {}))}
 
-    t.link.run(go(), timeout=3600)
-    counts["corrupt"] = len(corrupt)
-    return counts
+    async def _corrupt(self, eid: str, st: dict[str, Any]) -> None:
+        """Quarantined input: its body from the corrupt stream, and its reason line."""
+        from nats.js.errors import NotFoundError
+
+        from ...transport import quarantine_line
+
+        stream = str(st.get("dstream") or st.get("stream") or self.t.settings.stream)
+        seq = int(st.get("dseq") or st.get("seq") or 0)
+        try:
+            raw = await self.t.link.jsm.get_msg(stream, seq=seq)
+        except NotFoundError:
+            self.w.skipped.append(f"{eid}: quarantined input {stream}/{seq} is gone; left out")
+            return
+        self.w.add(f"events/corrupt/{eid}{SUFFIX}", bytes(raw.data or b""))
+        self.w.add(f"events/corrupt/{eid}{SUFFIX}{REASON}", (quarantine_line(st.get("info")) + "\n").encode())
 
 
+def write_backup(
+    t: NatsTransport, dest: Path, *, max_bytes: int, version: str, since: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Archive the NATS backend of ``t`` into ``dest`` (created exclusively), streaming; return the manifest."""
+    with ArchiveWriter(dest, since) as w:
+        t.link.run(_Walk(t, w, max_bytes).run(), timeout=3600)
+        return w.finish(version, origin(t))
+
+
+# -- restore (restore.py; the consumers are made again here) -------------------------------------
 async def _restart_consumers(t: NatsTransport, start: dict[int, int]) -> None:
     """Make each partition's durable consumer again, delivering from ``start[p]`` (its first pending event)."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -336,4 +315,4 @@ def origin(t: NatsTransport) -> dict[str, Any]:
     }
 
 
-__all__ = ["origin", "restore", "snapshot"]
+__all__ = ["origin", "write_backup"]
