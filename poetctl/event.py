@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from hashlib import sha256 as _sha256
 from typing import Any
 
-import orjson
-
 from .errors import InvalidData
 from .ids import EVENT_ID_RE, TYPE_RE
 from .strictjson import INT_MAX, INT_MIN, find_inexact, path_part, surely_exact
@@ -101,6 +99,8 @@ class Event:
 
     def to_json(self) -> bytes:
         """Compact JSON of the whole envelope, checksum included (one line, no newline)."""
+        import orjson  # here, not at the top: the read-only commands start without it (poetctl.stdjson)
+
         return orjson.dumps(self.to_dict())
 
     def line(self) -> bytes:
@@ -113,6 +113,8 @@ class Event:
         sealed = self.sealed
         if sealed is not None and sealed[0] == self.checksum:
             return sealed[1]
+        import orjson
+
         return orjson.dumps(self.to_dict()) + b"\n"
 
     @classmethod
@@ -145,6 +147,8 @@ def canonical(obj: Any) -> bytes:
     levels, a type orjson does not know. Callers that may hold NaN or Infinity (which
     orjson writes as null) check with :func:`check_depth` first; :func:`compute_checksum` does.
     """
+    import orjson  # imported already wherever this runs per event (the daemon, emit): a dict lookup
+
     try:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:
@@ -239,6 +243,8 @@ def parse_json(data: bytes, where: str | None = None, max_bytes: int | None = No
             f"input is {len(data)} bytes; the limit is {max_bytes} bytes (max_event_bytes)",
             where=where,
         )
+    import orjson
+
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
