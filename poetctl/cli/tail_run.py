@@ -208,9 +208,9 @@ def as_stored(f: Any) -> bytes:
 def _tail(args: TailArgs, spool: Path | None, config: Path | None) -> None:
     from ..backends.fs.layout import SpoolLayout
     from ..query import SMALL_SPOOL, newest, open_index
+    from ..selection import Query
     from ..timeparse import parse_time
     from ..topics import validate_pattern
-    from ..transport import Query
     from .mode import resolve_mode
     from .output import resolve_format, warn
 

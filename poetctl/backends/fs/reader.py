@@ -8,21 +8,37 @@ its checksum or its schemas, and says why, so callers can quarantine it.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
 import stat
-from hashlib import sha256
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ... import stdjson
 from ...errors import InvalidData, PoetError
-from ...event import CHECKSUM_PREFIX, MAX_DEPTH, Event, canonical, check_depth
+from ...event import CHECKSUM_PREFIX, MAX_DEPTH, Event, canonical, check_depth, checksum_of
 from ...ids import EVENT_ID_RE
 from ...schemas import SchemaRegistry
 from ...strictjson import find_inexact, surely_exact
 
 _MISSING: Any = object()
+
+
+def _plain_sha256() -> Callable[[bytes], Any]:
+    """The standard library's own SHA-256 (no OpenSSL to load for a few events), else hashlib's."""
+    for name in ("_sha2", "_sha256"):  # Python 3.12+, 3.11
+        try:
+            return importlib.import_module(name).sha256  # type: ignore[no-any-return]
+        except (ImportError, AttributeError):
+            continue
+    from hashlib import sha256
+
+    return sha256
+
+
+_std_sha256 = _plain_sha256()
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -179,7 +195,7 @@ def _parsed(data: bytes, where: str | None) -> dict[str, Any]:
         problem = find_inexact(data)
         if problem is not None:
             raise CorruptEvent("bad_json", problem, where=where)
-    if type(stated) is not str or stated != CHECKSUM_PREFIX + sha256(canon).hexdigest():
+    if type(stated) is not str or stated != checksum_of(canon):
         shown = None if stated is _MISSING else stated
         raise CorruptEvent("bad_checksum", f"checksum {shown!r} does not match the content", where=where)
     doc: dict[str, Any] = d  # typed: orjson.loads returns Any
@@ -209,7 +225,7 @@ def _sound_by_stdlib(data: bytes) -> dict[str, Any] | None:
     if type(stated) is not str:
         return None
     canon = stdjson.canonical(d)
-    if canon is None or stated != CHECKSUM_PREFIX + sha256(canon).hexdigest():
+    if canon is None or stated != CHECKSUM_PREFIX + _std_sha256(canon).hexdigest():
         return None
     if not surely_exact(data, canon, 1 + stated.count(":")):
         return None
