@@ -99,6 +99,9 @@ class Limits:
     def __hash__(self) -> int:
         return hash(self._values())
 
+    def __reduce__(self) -> tuple[type[Limits], tuple[Any, ...]]:
+        return (self.__class__, self._values())  # copy and pickle through the constructor (frozen)
+
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__qualname__}(max_pending={self.max_pending!r}, "

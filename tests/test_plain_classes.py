@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +90,13 @@ def test_other_classes_keep_their_defaults_and_equality() -> None:
     assert lim == Limits(1, 2, (("a", 1.0),)) and hash(lim) == hash(Limits(1, 2, (("a", 1.0),)))
     with pytest.raises(AttributeError):
         lim.max_pending = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [Event(*ARGS, checksum="c"), Config(), Query(types=["a.*"]), Limits(1, 2, (("a", 1.0),)), Thresholds(max_dead=2)],
+    ids=lambda o: type(o).__name__,
+)
+def test_copies_and_pickles_are_equal(obj: Any) -> None:
+    """copy, deepcopy and pickle give equal objects (frozen Limits included), as with the dataclasses."""
+    assert copy.copy(obj) == obj and copy.deepcopy(obj) == obj and pickle.loads(pickle.dumps(obj)) == obj
