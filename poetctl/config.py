@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,33 +33,106 @@ DEFAULT_MAX_CAUSATION_DEPTH = 64
 _SECRET_HINTS = ("key", "token", "secret", "password", "webhook_url", "routing")
 
 
-@dataclass(slots=True)
-class Config:
-    """The effective configuration. Construct with :func:`load_config`."""
+_NEW: Any = object()  # the default of a list or dict field: a new one per Config
+CONFIG_FIELDS = (
+    "spool",
+    "environment",
+    "service",
+    "source",
+    "delivery_mode",
+    "max_event_bytes",
+    "persistence_enabled",
+    "correlation_tracking",
+    "validation",
+    "schema_version",
+    "schema_paths",
+    "handlers",
+    "integrations",
+    "daemon",
+    "nats",
+    "learning",
+    "builtin_handlers",
+    "status",
+    "serve",
+    "alerts",
+    "limits",
+    "file",
+    "origins",
+)
 
-    spool: Path = DEFAULT_SPOOL
-    environment: str = "dev"
-    service: str = "poet"
-    source: str = "poet"
-    delivery_mode: str = "local_only"
-    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
-    persistence_enabled: bool = True
-    correlation_tracking: bool = True
-    validation: bool = True
-    schema_version: str = "1.0"
-    schema_paths: list[Path] = field(default_factory=list)
-    handlers: list[str] = field(default_factory=list)
-    integrations: dict[str, Any] = field(default_factory=dict)
-    daemon: dict[str, Any] = field(default_factory=dict)
-    nats: dict[str, Any] = field(default_factory=dict)
-    learning: dict[str, Any] = field(default_factory=dict)
-    builtin_handlers: dict[str, Any] = field(default_factory=dict)
-    status: dict[str, Any] = field(default_factory=dict)
-    serve: dict[str, Any] = field(default_factory=dict)
-    alerts: dict[str, Any] = field(default_factory=dict)
-    limits: dict[str, Any] = field(default_factory=dict)
-    file: Path | None = None
-    origins: dict[str, str] = field(default_factory=dict)
+
+class Config:
+    """The effective configuration. Construct with :func:`load_config`.
+
+    Written out rather than a dataclass (same constructor, repr and equality):
+    every command loads a Config, and importing dataclasses (inspect, ast, dis)
+    costs more than ``tail -n 10`` does.
+    """
+
+    __slots__ = CONFIG_FIELDS
+    __hash__ = None  # type: ignore[assignment]  # compared by value, mutable (as the dataclass was)
+
+    def __init__(
+        self,
+        spool: Path = DEFAULT_SPOOL,
+        environment: str = "dev",
+        service: str = "poet",
+        source: str = "poet",
+        delivery_mode: str = "local_only",
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        persistence_enabled: bool = True,
+        correlation_tracking: bool = True,
+        validation: bool = True,
+        schema_version: str = "1.0",
+        schema_paths: list[Path] = _NEW,
+        handlers: list[str] = _NEW,
+        integrations: dict[str, Any] = _NEW,
+        daemon: dict[str, Any] = _NEW,
+        nats: dict[str, Any] = _NEW,
+        learning: dict[str, Any] = _NEW,
+        builtin_handlers: dict[str, Any] = _NEW,
+        status: dict[str, Any] = _NEW,
+        serve: dict[str, Any] = _NEW,
+        alerts: dict[str, Any] = _NEW,
+        limits: dict[str, Any] = _NEW,
+        file: Path | None = None,
+        origins: dict[str, str] = _NEW,
+    ) -> None:
+        self.spool = spool
+        self.environment = environment
+        self.service = service
+        self.source = source
+        self.delivery_mode = delivery_mode
+        self.max_event_bytes = max_event_bytes
+        self.persistence_enabled = persistence_enabled
+        self.correlation_tracking = correlation_tracking
+        self.validation = validation
+        self.schema_version = schema_version
+        self.schema_paths = [] if schema_paths is _NEW else schema_paths
+        self.handlers = [] if handlers is _NEW else handlers
+        self.integrations = {} if integrations is _NEW else integrations
+        self.daemon = {} if daemon is _NEW else daemon
+        self.nats = {} if nats is _NEW else nats
+        self.learning = {} if learning is _NEW else learning
+        self.builtin_handlers = {} if builtin_handlers is _NEW else builtin_handlers
+        self.status = {} if status is _NEW else status
+        self.serve = {} if serve is _NEW else serve
+        self.alerts = {} if alerts is _NEW else alerts
+        self.limits = {} if limits is _NEW else limits
+        self.file = file
+        self.origins = {} if origins is _NEW else origins
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in CONFIG_FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Config) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in CONFIG_FIELDS)
+        return f"{self.__class__.__qualname__}({inner})"
 
     def redacted(self) -> dict[str, Any]:
         """JSON-ready view for ``config show``: every effective setting, defaults filled in.

@@ -10,17 +10,29 @@ by ``tail --output jsonl`` and fed back to ``emit --batch`` verifies unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass, field
-from hashlib import sha256 as _sha256
-from typing import Any
-
-import orjson
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidData
 from .ids import EVENT_ID_RE, TYPE_RE
 from .strictjson import INT_MAX, INT_MIN, find_inexact, path_part, surely_exact
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+
+def _first_sha256(data: bytes) -> _Hash:
+    """hashlib's sha256, imported on first use: loading OpenSSL's libcrypto costs a short reader's start-up."""
+    global _sha256
+    from hashlib import sha256
+
+    _sha256 = sha256
+    return sha256(data)
+
+
+# hashlib.sha256 after the first call (no per-call import on the emit and daemon paths).
+_sha256: Callable[[bytes], _Hash] = _first_sha256
 
 SCHEMA_VERSION = "1.0"
 MAX_DEPTH = 64
@@ -44,9 +56,71 @@ ENVELOPE_KEYS = (
 )
 
 
-@dataclass(slots=True)
+# Event's fields in order: the constructor's parameters, its repr and its equality (``sealed`` aside).
+FIELDS = (
+    "id",
+    "type",
+    "source",
+    "timestamp",
+    "topic",
+    "payload",
+    "metadata",
+    "correlation_id",
+    "causation_id",
+    "expires_at",
+    "checksum",
+    "causation_depth",
+    "priority",
+)
+_NEW_DICT: Any = object()  # metadata's default: a new dict per event
+
+
 class Event:
-    """One event. ``payload`` and ``metadata`` are plain JSON objects."""
+    """One event. ``payload`` and ``metadata`` are plain JSON objects.
+
+    Written out rather than a dataclass (same constructor, repr and equality):
+    importing dataclasses (and inspect, ast, dis with it) and building the class
+    cost more than ``tail -n 10`` does. :meth:`replace` is ``dataclasses.replace``.
+    """
+
+    __slots__ = (*FIELDS, "sealed")
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value (as the dataclass was)
+
+    def __init__(
+        self,
+        id: str,
+        type: str,
+        source: str,
+        timestamp: float,
+        topic: str,
+        payload: dict[str, Any],
+        metadata: dict[str, Any] = _NEW_DICT,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        expires_at: float | None = None,
+        checksum: str | None = None,
+        causation_depth: int | None = None,
+        priority: str | None = None,
+    ) -> None:
+        self.id = id
+        self.type = type
+        self.source = source
+        self.timestamp = timestamp
+        self.topic = topic
+        self.payload = payload
+        self.metadata = {} if metadata is _NEW_DICT else metadata
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
+        self.expires_at = expires_at
+        self.checksum = checksum
+        # Follow-up generation: None (stored as absent) means 0, an event from outside any
+        # handler; a handler's follow-up carries its cause's depth + 1 (see EventRouter.build).
+        self.causation_depth = causation_depth
+        # Delivery class: "high", "low", or None (stored as absent) for normal; see poetctl.priority.
+        self.priority = priority
+        # (checksum, line): the stored line as the envelope builder sealed it (serialised once, see
+        # line()). Used only while ``checksum`` is still the one it was made with: seal() drops it.
+        self.sealed: tuple[str, bytes] | None = None
 
     id: str
     type: str
@@ -54,19 +128,34 @@ class Event:
     timestamp: float
     topic: str
     payload: dict[str, Any]
-    metadata: dict[str, Any] = field(default_factory=dict)
-    correlation_id: str | None = None
-    causation_id: str | None = None
-    expires_at: float | None = None
-    checksum: str | None = None
-    # Follow-up generation: None (stored as absent) means 0, an event from outside any
-    # handler; a handler's follow-up carries its cause's depth + 1 (see EventRouter.build).
-    causation_depth: int | None = None
-    # Delivery class: "high", "low", or None (stored as absent) for normal; see poetctl.priority.
-    priority: str | None = None
-    # (checksum, line): the stored line as the envelope builder sealed it (serialised once, see
-    # line()). Used only while ``checksum`` is still the one it was made with: seal() drops it.
-    sealed: tuple[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    metadata: dict[str, Any]
+    correlation_id: str | None
+    causation_id: str | None
+    expires_at: float | None
+    checksum: str | None
+    causation_depth: int | None
+    priority: str | None
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Event)
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in FIELDS)
+        return f"{self.__class__.__qualname__}({inner})"
+
+    def replace(self, **changes: Any) -> Event:
+        """A copy with ``changes`` (field names), as ``dataclasses.replace`` made: not sealed."""
+        unknown = set(changes) - set(FIELDS)
+        if unknown:
+            raise TypeError(f"Event has no field {sorted(unknown)[0]!r}")
+        values = {f: changes[f] if f in changes else getattr(self, f) for f in FIELDS}
+        return self.__class__(**values)
 
     def to_dict(self, *, with_checksum: bool = True) -> dict[str, Any]:
         """The envelope as a dict in on-disk key order, optional keys omitted when None."""
@@ -101,6 +190,8 @@ class Event:
 
     def to_json(self) -> bytes:
         """Compact JSON of the whole envelope, checksum included (one line, no newline)."""
+        import orjson  # here, not at the top: the read-only commands start without it (poetctl.stdjson)
+
         return orjson.dumps(self.to_dict())
 
     def line(self) -> bytes:
@@ -113,6 +204,8 @@ class Event:
         sealed = self.sealed
         if sealed is not None and sealed[0] == self.checksum:
             return sealed[1]
+        import orjson
+
         return orjson.dumps(self.to_dict()) + b"\n"
 
     @classmethod
@@ -145,6 +238,8 @@ def canonical(obj: Any) -> bytes:
     levels, a type orjson does not know. Callers that may hold NaN or Infinity (which
     orjson writes as null) check with :func:`check_depth` first; :func:`compute_checksum` does.
     """
+    import orjson  # imported already wherever this runs per event (the daemon, emit): a dict lookup
+
     try:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:
@@ -164,7 +259,12 @@ def compute_checksum(envelope: dict[str, Any]) -> str:
     data = canonical(envelope)
     if b"null" in data:
         check_depth(envelope, limit=MAX_DEPTH + 1)
-    return CHECKSUM_PREFIX + hashlib.sha256(data).hexdigest()
+    return CHECKSUM_PREFIX + _sha256(data).hexdigest()
+
+
+def checksum_of(canonical_bytes: bytes) -> str:
+    """The ``checksum`` value for an envelope whose :func:`canonical` bytes are given."""
+    return CHECKSUM_PREFIX + _sha256(canonical_bytes).hexdigest()
 
 
 def checksum_matches(envelope: dict[str, Any]) -> bool:
@@ -239,6 +339,8 @@ def parse_json(data: bytes, where: str | None = None, max_bytes: int | None = No
             f"input is {len(data)} bytes; the limit is {max_bytes} bytes (max_event_bytes)",
             where=where,
         )
+    import orjson
+
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

@@ -8,19 +8,18 @@ admit names that start with an alphanumeric and contain no separator, so
 
 from __future__ import annotations
 
-import hashlib
+import _thread
 import os
-import random
 import re
-import threading
 import time
+from collections.abc import Callable
 
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
 FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}\Z")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}\Z")
 TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
 
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()  # threading.Lock() itself, without importing threading (start-up)
 _last_ms = 0
 _counter = 0
 # (ms, the first 15 characters of its ids: "tttttttt-tttt-7"), one tuple so threads read a matching pair.
@@ -37,6 +36,18 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def _first_getrandbits(k: int) -> int:
+    """random.getrandbits, imported on the first id: the read-only commands never make one."""
+    global _getrandbits
+    import random
+
+    _getrandbits = random.getrandbits
+    return _getrandbits(k)
+
+
+_getrandbits: Callable[[int], int] = _first_getrandbits
+
+
 def _random32() -> int:
     """32 random bits for the tail of an id.
 
@@ -45,7 +56,7 @@ def _random32() -> int:
     millisecond, so the (fork-safe, reseeded) Mersenne Twister is enough and
     costs no syscall.
     """
-    return random.getrandbits(32)
+    return _getrandbits(32)
 
 
 def uuid7() -> str:
@@ -93,6 +104,8 @@ def derived_id(cause_id: str, cause_time: float, handler: str, position: int) ->
     in the next 12 bits: follow-ups sort next to their cause and in the order
     the handler emitted them (causal order).
     """
+    import hashlib  # here: loading OpenSSL's libcrypto is a good part of a short command's start-up
+
     digest = int.from_bytes(hashlib.sha256(f"{cause_id}\0{handler}\0{position}".encode()).digest()[:8], "big")
     ms = max(0, int(cause_time * 1000)) & ((1 << 48) - 1)
     value = (ms << 80) | (0x8 << 76) | (min(position, 0xFFF) << 64) | (0b10 << 62) | (digest >> 2)

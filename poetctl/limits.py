@@ -18,7 +18,6 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import PoetError
@@ -63,13 +62,51 @@ def check_rates(value: Any) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
 class Limits:
-    """``[limits]`` of a configuration, parsed."""
+    """``[limits]`` of a configuration, parsed; immutable.
 
-    max_pending: int = 0
-    max_pending_bytes: int = 0
-    rates: tuple[tuple[str, float], ...] = ()
+    A plain class rather than a frozen dataclass (same constructor, repr,
+    equality and hash): ``status`` starts without importing dataclasses.
+    """
+
+    __slots__ = ("max_pending", "max_pending_bytes", "rates")
+
+    max_pending: int
+    max_pending_bytes: int
+    rates: tuple[tuple[str, float], ...]
+
+    def __init__(
+        self, max_pending: int = 0, max_pending_bytes: int = 0, rates: tuple[tuple[str, float], ...] = ()
+    ) -> None:
+        object.__setattr__(self, "max_pending", max_pending)
+        object.__setattr__(self, "max_pending_bytes", max_pending_bytes)
+        object.__setattr__(self, "rates", rates)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")  # frozen
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def _values(self) -> tuple[Any, ...]:
+        return (self.max_pending, self.max_pending_bytes, self.rates)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Limits) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __reduce__(self) -> tuple[type[Limits], tuple[Any, ...]]:
+        return (self.__class__, self._values())  # copy and pickle through the constructor (frozen)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__qualname__}(max_pending={self.max_pending!r}, "
+            f"max_pending_bytes={self.max_pending_bytes!r}, rates={self.rates!r})"
+        )
 
     @classmethod
     def of(cls, config: Any) -> Limits:

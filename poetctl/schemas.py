@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urldefrag, urljoin
 
-import orjson
-
 from .envelopefast import MAX_CAUSATION_DEPTH as MAX_CAUSATION_DEPTH  # re-exported: the check lived here
 from .envelopefast import TIME_MAX as TIME_MAX
 from .envelopefast import TIME_MIN as TIME_MIN
@@ -232,7 +230,9 @@ def _at(schema: Any, pointer: Iterable[Any]) -> Any:
 
 def _json(value: Any, limit: int = 120) -> str:
     try:
-        text = orjson.dumps(value).decode()
+        from .stdjson import dumps
+
+        text = dumps(value).decode()
     except TypeError:
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -313,8 +313,10 @@ class SchemaRegistry:
         if path is None:
             raise self._unknown(name, where)
         try:
-            loaded = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
+            from .stdjson import loads
+
+            loaded = loads(path.read_bytes())
+        except (OSError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
             raise InvalidData(f"cannot load schema: {exc}", where=str(path)) from None
         if not isinstance(loaded, dict):
             raise InvalidData("a schema must be a JSON object", where=str(path))

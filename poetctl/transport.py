@@ -34,26 +34,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
-from fnmatch import fnmatchcase
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import InvalidData
 from .event import Event
-from .topics import matches
 
-
-class State(StrEnum):
-    """Where an event is. A transport answers these for every id it knows."""
-
-    PENDING = "pending"  # published, waiting for a consumer (maybe for its retry time)
-    INFLIGHT = "inflight"  # leased by a consumer (maybe parked until its retry time)
-    PROCESSED = "processed"  # every handler finished (or none subscribed)
-    DEAD = "dead"  # attempts exhausted, Permanent, expired or the daemon died too often
-    CORRUPT = "corrupt"  # quarantined input: kept, never handled, never deleted
-
-
-EVENT_STATES = (State.PENDING, State.INFLIGHT, State.PROCESSED, State.DEAD)
+# State and Query live apart so the read-only commands select events without building this
+# module's classes and protocols (start-up); they are part of this contract all the same.
+from .selection import EVENT_STATES as EVENT_STATES
+from .selection import Query as Query
+from .selection import State as State
 
 
 class Quarantined(InvalidData):
@@ -232,46 +222,6 @@ class Stored:
     state: State
     event: Event | None
     info: dict[str, Any] | None = None  # dead letter description, or the quarantine reason
-
-
-@dataclass(slots=True)
-class Query:
-    """Which events: every given criterion holds (AND); sequences are ORs.
-
-    ``topics`` are topic patterns (``poet/functions/*``), ``types`` globs over
-    types; ``since``/``until`` bound the event's ``timestamp`` (until exclusive).
-    """
-
-    ids: Sequence[str] = ()
-    types: Sequence[str] = ()
-    topics: Sequence[str] = ()
-    correlation_id: str | None = None
-    source: str | None = None
-    since: float | None = None
-    until: float | None = None
-    states: Sequence[State] = EVENT_STATES
-
-    def time_ok(self, ts: float) -> bool:
-        """``since <= ts < until`` (each bound only when given)."""
-        return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
-
-    def match_meta(self, type_: str, topic: str, source: str, correlation_id: str | None, ts: float) -> bool:
-        """Every criterion but ``ids``, on an event's fields (the spool's index rows carry just these)."""
-        if not self.time_ok(ts):
-            return False
-        if self.types and not any(fnmatchcase(type_, t) for t in self.types):
-            return False
-        if self.topics and not any(matches(p, topic) for p in self.topics):
-            return False
-        if self.correlation_id is not None and correlation_id != self.correlation_id:
-            return False
-        return self.source is None or source == self.source
-
-    def match(self, e: Event) -> bool:
-        """Every criterion (``states`` aside: where the event is, is the backend's to say)."""
-        if self.ids and e.id not in self.ids:
-            return False
-        return self.match_meta(e.type, e.topic, e.source, e.correlation_id, e.timestamp)
 
 
 # -- the contract -------------------------------------------------------------------------------

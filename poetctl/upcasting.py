@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidData
@@ -178,7 +178,7 @@ class Upcasters:
             except InvalidData as exc:
                 raise UpcastError(f"upcasting to version {step.to_version}: {exc.message}", where=where) from None
         meta = {**event.metadata, "schema_version": self.newest(event.type), "upcast_from": v}
-        return replace(event, payload=payload, metadata=meta).seal()
+        return event.replace(payload=payload, metadata=meta).seal()
 
 
 def upcast_event(event: Event, registry: Upcasters | None) -> Event:

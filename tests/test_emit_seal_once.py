@@ -8,7 +8,6 @@ refused with the same message.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -164,9 +163,9 @@ def test_reseal_drops_the_sealed_line(router: EventRouter) -> None:
 
 
 def test_replace_and_equality_ignore_the_sealed_line(router: EventRouter) -> None:
-    """dataclasses.replace gives an event without the old line; equality is by content only."""
+    """Event.replace gives an event without the old line; equality is by content only."""
     ev, _ = router.build("system.metrics", large_metrics(3))
-    other = dataclasses.replace(ev, topic="poet/other")
+    other = ev.replace(topic="poet/other")
     assert other.sealed is None
     assert b"poet/other" in other.line()
     assert Event.from_dict(orjson.loads(ev.line())) == ev

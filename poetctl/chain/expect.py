@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from ..errors import UsageError
@@ -38,17 +37,41 @@ def parse_steps(text: str) -> list[str]:
     return steps
 
 
-@dataclass(slots=True)
 class ChainResult:
-    """The verdict of :func:`check_chain`."""
+    """The verdict of :func:`check_chain` (a plain class: ``correlate`` starts without dataclasses)."""
 
-    complete: bool
-    steps: list[str]
-    # Steps matched by the best path (in order), and its nodes.
-    matched: list[Node]
-    # The fastest complete path's duration (last step's time minus the first's), if any.
-    fastest: float | None = None
-    within: float | None = None
+    __slots__ = ("complete", "steps", "matched", "fastest", "within")  # noqa: RUF023 (field order)
+    __hash__ = None  # type: ignore[assignment]  # compared by value (as the dataclass was)
+
+    def __init__(
+        self,
+        complete: bool,
+        steps: list[str],
+        matched: list[Node],
+        fastest: float | None = None,
+        within: float | None = None,
+    ) -> None:
+        self.complete = complete
+        self.steps = steps
+        # Steps matched by the best path (in order), and its nodes.
+        self.matched = matched
+        # The fastest complete path's duration (last step's time minus the first's), if any.
+        self.fastest = fastest
+        self.within = within
+
+    def _values(self) -> tuple[object, ...]:
+        return (self.complete, self.steps, self.matched, self.fastest, self.within)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChainResult) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__qualname__}(complete={self.complete!r}, steps={self.steps!r}, "
+            f"matched={self.matched!r}, fastest={self.fastest!r}, within={self.within!r})"
+        )
 
     def explain(self) -> str:
         """One line for stderr."""

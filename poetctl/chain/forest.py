@@ -12,7 +12,6 @@ thousands of hops long, far deeper than Python's recursion limit.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,14 +24,39 @@ STATES = ("pending", "inflight", "processed", "dead")
 OnDamaged = Callable[[Path, str], None]
 
 
-@dataclass(slots=True)
 class Node:
-    """One event in the forest; ``missing_cause`` is set when its cause is not in the spool."""
+    """One event in the forest; ``missing_cause`` is set when its cause is not in the spool.
 
-    event: Event
-    state: str
-    children: list[Node] = field(default_factory=list)
-    missing_cause: str | None = None
+    Written out rather than a dataclass (same constructor, repr and equality):
+    ``correlate`` starts without importing dataclasses.
+    """
+
+    __slots__ = ("event", "state", "children", "missing_cause")  # noqa: RUF023 (field order: repr, equality)
+    __hash__ = None  # type: ignore[assignment]  # compared by value, mutable (as the dataclass was)
+
+    def __init__(
+        self, event: Event, state: str, children: list[Node] | None = None, missing_cause: str | None = None
+    ) -> None:
+        self.event = event
+        self.state = state
+        self.children: list[Node] = [] if children is None else children
+        self.missing_cause = missing_cause
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Node) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.event, self.state, self.children, self.missing_cause) == (
+            other.event,
+            other.state,
+            other.children,
+            other.missing_cause,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__qualname__}(event={self.event!r}, state={self.state!r}, "
+            f"children={self.children!r}, missing_cause={self.missing_cause!r})"
+        )
 
     @property
     def orphan(self) -> bool:

@@ -7,7 +7,9 @@ Everything meant for a human's terminal goes through here: tables, trees,
 headings and the one-line diagnostics have their control characters escaped
 (:mod:`poetctl.safetext`), and rich markup in values (``[bold]``,
 ``[link=...]``) is printed literally: cells are rich ``Text``, never markup.
-JSON and JSON lines are left exact: a consumer parses them.
+JSON and JSON lines are left exact: a consumer parses them. They are orjson's
+bytes, made by the standard library where that is provably the same
+(:mod:`poetctl.stdjson`), so a short command does not pay for importing orjson.
 
 ``NO_COLOR`` (set and not empty, https://no-color.org) turns off every style,
 bold and italic included, not only colours.
@@ -19,8 +21,6 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
-
-import orjson
 
 from ..safetext import clean as clean
 from ..safetext import clean_lines as clean_lines
@@ -59,14 +59,18 @@ def write_raw_line(text: str) -> None:
 
 
 def write_jsonl(rows: Iterable[Any]) -> None:
+    from ..stdjson import dumps
+
     out = sys.stdout.buffer
     for row in rows:
-        out.write(orjson.dumps(row) + b"\n")
+        out.write(dumps(row) + b"\n")
     out.flush()
 
 
 def write_json(obj: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2) + b"\n")
+    from ..stdjson import dumps
+
+    sys.stdout.buffer.write(dumps(obj, indent=True) + b"\n")
     sys.stdout.flush()
 
 

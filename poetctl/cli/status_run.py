@@ -196,8 +196,13 @@ def _breakers(layout: Any) -> list[dict[str, Any]]:
 
 def _add_forward_backlog(doc: dict[str, Any], layout: Any) -> None:
     """Hybrid mode: events committed to the spool but not yet forwarded to JetStream, and the oldest one's age."""
+    import os
     import time
 
+    from ..backends.fs.paths import OUTBOX
+
+    if not os.path.isdir(layout.root / OUTBOX):
+        return  # no forwarder ever ran here (outbox.backlog would say None): skip importing it
     from ..backends.fs.outbox import backlog
 
     b = backlog(layout, time.time())

@@ -147,14 +147,13 @@ class Printer:
         self.out.flush()
 
     def one(self, f: Any) -> None:
-        import orjson
-
         if self.fmt == "jsonl":
             self.out.write(as_stored(f) + b"\n")
         elif self.fmt == "cloudevents":
             from ..cloudevents import to_cloudevent
+            from ..stdjson import dumps
 
-            self.out.write(orjson.dumps(to_cloudevent(f.event.to_dict())) + b"\n")
+            self.out.write(dumps(to_cloudevent(f.event.to_dict())) + b"\n")
         else:
             # Streaming table: fixed columns, one line per event (a rich table cannot grow).
             widths = (24, 32, 40, 36, 24, 9)
@@ -197,11 +196,11 @@ def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
 
 def as_stored(f: Any) -> bytes:
     """The envelope as stored: the file's own JSON on one line (re-encoded only if it spans lines)."""
-    import orjson
+    from ..stdjson import dumps, loads
 
     raw: bytes = f.raw.strip()
     if not raw or b"\n" in raw or b"\r" in raw:
-        return orjson.dumps(orjson.loads(raw) if raw else f.event.to_dict())
+        return dumps(loads(raw) if raw else f.event.to_dict())
     return raw
 
 
@@ -209,9 +208,9 @@ def as_stored(f: Any) -> bytes:
 def _tail(args: TailArgs, spool: Path | None, config: Path | None) -> None:
     from ..backends.fs.layout import SpoolLayout
     from ..query import SMALL_SPOOL, newest, open_index
+    from ..selection import Query
     from ..timeparse import parse_time
     from ..topics import validate_pattern
-    from ..transport import Query
     from .mode import resolve_mode
     from .output import resolve_format, warn
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 
@@ -34,6 +33,6 @@ def upcaster_for(cfg: Any, handlers: Sequence[str], builtin: bool = True) -> Cal
         except UpcastError as exc:
             warn(f"{exc}; shown as stored")
             return f
-        return f if ev is f.event else replace(f, event=ev, raw=ev.to_json())
+        return f if ev is f.event else f.replace(event=ev, raw=ev.to_json())
 
     return transform

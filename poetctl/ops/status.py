@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import UsageError
-from ..transport import Query, State, Transport
+from ..selection import Query, State
+
+if TYPE_CHECKING:
+    from ..transport import Transport
 
 STATUS_STATES = (State.PENDING, State.INFLIGHT, State.PROCESSED, State.DEAD, State.CORRUPT)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)\Z")
@@ -101,14 +103,39 @@ def collect(
     }
 
 
-@dataclass(slots=True)
 class Thresholds:
-    warn_lag: float = 60.0
-    max_lag: float = 300.0
-    max_dead: int = 0
-    max_corrupt: int = 0
-    max_stale: int = 0
-    min_daemons: int = 0
+    """``status --check``'s limits (a plain class: ``status`` starts without importing dataclasses)."""
+
+    __slots__ = ("warn_lag", "max_lag", "max_dead", "max_corrupt", "max_stale", "min_daemons")  # noqa: RUF023
+    __hash__ = None  # type: ignore[assignment]  # compared by value, mutable (as the dataclass was)
+
+    def __init__(
+        self,
+        warn_lag: float = 60.0,
+        max_lag: float = 300.0,
+        max_dead: int = 0,
+        max_corrupt: int = 0,
+        max_stale: int = 0,
+        min_daemons: int = 0,
+    ) -> None:
+        self.warn_lag = warn_lag
+        self.max_lag = max_lag
+        self.max_dead = max_dead
+        self.max_corrupt = max_corrupt
+        self.max_stale = max_stale
+        self.min_daemons = min_daemons
+
+    def _values(self) -> tuple[float, ...]:
+        return (self.warn_lag, self.max_lag, self.max_dead, self.max_corrupt, self.max_stale, self.min_daemons)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Thresholds) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={v!r}" for f, v in zip(self.__slots__, self._values(), strict=True))
+        return f"{self.__class__.__qualname__}({inner})"
 
 
 def evaluate(doc: dict[str, Any], t: Thresholds) -> dict[str, Any]:

@@ -13,15 +13,17 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import PermissionDenied
 from ...event import Event
 from .layout import DIR_MODE, FILE_MODE, SpoolLayout
+
+if TYPE_CHECKING:
+    import threading
 
 SCHEMA_VERSION = 1
 Row = tuple[str, float, str, str, str, str | None, str | None, str]
@@ -219,6 +221,8 @@ class IndexWriter:
         self.layout = layout
         self.interval = interval
         self.batch = batch
+        import threading  # here: the read-only commands open the index without a writer thread
+
         self._rows: list[Row] = []
         self._lock = threading.Condition()
         self._stop = False

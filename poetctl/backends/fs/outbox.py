@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from ...errors import SpoolIOError, TemporaryFailure
 from ...ids import time_of
 from .layout import FILE_MODE, SUFFIX, SpoolLayout
+from .paths import OUTBOX as OUTBOX  # spelled there: status checks for it without importing this module
 from .safefs import SpoolDir, make_dir, open_dir
 
-OUTBOX = "run/outbox"
 LOCK = "forwarder.lock"
 SEGMENT_RE = re.compile(r"^forwarded\.(\d{8})\.log\Z")
 # Where committed events can be, in the order events flow (a file moved during a listing is found later).

@@ -27,12 +27,12 @@ import heapq
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ...event import Event
 from ...ids import is_event_id, time_of
-from ...transport import Query
+from ...selection import Query
 from .index import Index
 from .layout import SpoolLayout
 from .reader import CorruptEvent, decode_event, read_bytes
@@ -43,16 +43,62 @@ MAX_READ = 16 * 1024 * 1024
 SMALL_SPOOL = 2000
 
 
-@dataclass(order=True, slots=True)
-class Found:
-    """An event with where it is."""
+_FOUND_FIELDS = ("timestamp", "id", "state", "path", "event", "raw")
 
-    timestamp: float
-    id: str
-    state: str = field(compare=False)
-    path: Path = field(compare=False)
-    event: Event = field(compare=False)
-    raw: bytes = field(default=b"", compare=False, repr=False)
+
+class Found:
+    """An event with where it is; ordered and compared by (timestamp, id).
+
+    Written out rather than a dataclass (same constructor, repr, order and
+    equality): the read-only commands start without importing dataclasses.
+    """
+
+    __slots__ = _FOUND_FIELDS
+    __hash__ = None  # type: ignore[assignment]  # compared by value, mutable (as the dataclass was)
+
+    def __init__(self, timestamp: float, id: str, state: str, path: Path, event: Event, raw: bytes = b"") -> None:
+        self.timestamp = timestamp
+        self.id = id
+        self.state = state
+        self.path = path
+        self.event = event
+        self.raw = raw
+
+    def _key(self) -> tuple[float, str]:
+        return (self.timestamp, self.id)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            self._key() == other._key()
+            if isinstance(other, Found) and other.__class__ is self.__class__
+            else NotImplemented
+        )
+
+    def __lt__(self, other: Found) -> bool:
+        return self._key() < other._key() if other.__class__ is self.__class__ else NotImplemented
+
+    def __le__(self, other: Found) -> bool:
+        return self._key() <= other._key() if other.__class__ is self.__class__ else NotImplemented
+
+    def __gt__(self, other: Found) -> bool:
+        return self._key() > other._key() if other.__class__ is self.__class__ else NotImplemented
+
+    def __ge__(self, other: Found) -> bool:
+        return self._key() >= other._key() if other.__class__ is self.__class__ else NotImplemented
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__qualname__}(timestamp={self.timestamp!r}, id={self.id!r}, "
+            f"state={self.state!r}, path={self.path!r}, event={self.event!r})"
+        )
+
+    def replace(self, **changes: Any) -> Found:
+        """A copy with ``changes`` (field names), as ``dataclasses.replace``."""
+        values = {f: getattr(self, f) for f in _FOUND_FIELDS}
+        unknown = set(changes) - set(values)
+        if unknown:
+            raise TypeError(f"Found has no field {sorted(unknown)[0]!r}")
+        return self.__class__(**{**values, **changes})
 
 
 def state_dirs(layout: SpoolLayout, state: str) -> list[Path]:

@@ -8,21 +8,37 @@ its checksum or its schemas, and says why, so callers can quarantine it.
 from __future__ import annotations
 
 import errno
+import importlib
+import json
 import os
 import stat
-from hashlib import sha256
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from ... import stdjson
 from ...errors import InvalidData, PoetError
-from ...event import CHECKSUM_PREFIX, MAX_DEPTH, Event, canonical, check_depth
+from ...event import CHECKSUM_PREFIX, MAX_DEPTH, Event, canonical, check_depth, checksum_of
 from ...ids import EVENT_ID_RE
 from ...schemas import SchemaRegistry
 from ...strictjson import find_inexact, surely_exact
 
 _MISSING: Any = object()
+
+
+def _plain_sha256() -> Callable[[bytes], Any]:
+    """The standard library's own SHA-256 (no OpenSSL to load for a few events), else hashlib's."""
+    for name in ("_sha2", "_sha256"):  # Python 3.12+, 3.11
+        try:
+            return importlib.import_module(name).sha256  # type: ignore[no-any-return]
+        except (ImportError, AttributeError):
+            continue
+    from hashlib import sha256
+
+    return sha256
+
+
+_std_sha256 = _plain_sha256()
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -117,6 +133,32 @@ def decode_event(
     Raises :class:`CorruptEvent` with reason ``bad_json``, ``bad_checksum``,
     ``bad_envelope``, ``bad_schema``, ``unknown_type`` or ``wrong_name``.
     """
+    # Once orjson is imported (the daemon) it is the cheaper parser; before (a short reader), json.
+    d = None if stdjson.orjson_loaded() else _sound_by_stdlib(data)
+    if d is None:
+        d = _parsed(data, where)
+    try:
+        if registry is not None:
+            registry.check_envelope(d, where, checksum_verified=True)
+        elif not isinstance(d.get("id"), str) or not EVENT_ID_RE.match(d["id"]):
+            raise InvalidData("bad id")
+    except InvalidData as exc:
+        raise CorruptEvent("bad_envelope", exc.message, where=where) from None
+    if expected_id is not None and d["id"] != expected_id:
+        raise CorruptEvent("wrong_name", f"file name says {expected_id!r} but the event id is {d['id']!r}", where=where)
+    if registry is not None and validate_payload:
+        try:
+            registry.validate_payload(d["type"], d["payload"], where, prefix="$.payload")
+        except InvalidData as exc:
+            reason = "unknown_type" if "unknown event type" in exc.message else "bad_schema"
+            raise CorruptEvent(reason, exc.message, where=where) from None
+    return Event.from_dict(d)
+
+
+def _parsed(data: bytes, where: str | None) -> dict[str, Any]:
+    """The document as orjson reads it, its exactness, depth and checksum verified."""
+    import orjson
+
     try:
         d: Any = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -153,25 +195,42 @@ def decode_event(
         problem = find_inexact(data)
         if problem is not None:
             raise CorruptEvent("bad_json", problem, where=where)
-    if type(stated) is not str or stated != CHECKSUM_PREFIX + sha256(canon).hexdigest():
+    if type(stated) is not str or stated != checksum_of(canon):
         shown = None if stated is _MISSING else stated
         raise CorruptEvent("bad_checksum", f"checksum {shown!r} does not match the content", where=where)
+    doc: dict[str, Any] = d  # typed: orjson.loads returns Any
+    return doc
+
+
+def _sound_by_stdlib(data: bytes) -> dict[str, Any] | None:
+    """The document, when the standard library proves it sound as :func:`_parsed` would; else None.
+
+    For a process that has not imported orjson (``tail``, ``correlate``, reading a
+    few events): the checksum must match the canonical bytes made by
+    :func:`poetctl.stdjson.canonical`, which are orjson's own whenever it returns
+    them, and the colon count must rule out duplicate keys (:func:`surely_exact`,
+    sound for the same bytes). Then orjson reads the same document and
+    :func:`_parsed` passes it. Anything else (None) goes to :func:`_parsed`,
+    which gives the verdict and its message.
+    """
+    if data.count(b"{") + data.count(b"[") > MAX_DEPTH:
+        return None  # as deep as the limit allows, perhaps deeper: the careful path
     try:
-        if registry is not None:
-            registry.check_envelope(d, where, checksum_verified=True)
-        elif not isinstance(d.get("id"), str) or not EVENT_ID_RE.match(d["id"]):
-            raise InvalidData("bad id")
-    except InvalidData as exc:
-        raise CorruptEvent("bad_envelope", exc.message, where=where) from None
-    if expected_id is not None and d["id"] != expected_id:
-        raise CorruptEvent("wrong_name", f"file name says {expected_id!r} but the event id is {d['id']!r}", where=where)
-    if registry is not None and validate_payload:
-        try:
-            registry.validate_payload(d["type"], d["payload"], where, prefix="$.payload")
-        except InvalidData as exc:
-            reason = "unknown_type" if "unknown event type" in exc.message else "bad_schema"
-            raise CorruptEvent(reason, exc.message, where=where) from None
-    return Event.from_dict(d)
+        d = json.loads(data.decode())  # strictly UTF-8, as orjson (json.loads(bytes) would guess UTF-16)
+    except ValueError:  # UnicodeDecodeError too
+        return None
+    if type(d) is not dict:
+        return None
+    stated = d.pop("checksum", None)
+    if type(stated) is not str:
+        return None
+    canon = stdjson.canonical(d)
+    if canon is None or stated != CHECKSUM_PREFIX + _std_sha256(canon).hexdigest():
+        return None
+    if not surely_exact(data, canon, 1 + stated.count(":")):
+        return None
+    d["checksum"] = stated
+    return d
 
 
 def load_event(

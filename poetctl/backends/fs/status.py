@@ -18,9 +18,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ...ids import time_of
+from ...stdjson import loads
 from .corrupt_names import quarantined, visible
 from .index import connect_readonly
 from .layout import SpoolLayout
@@ -132,11 +131,11 @@ def _heartbeats(layout: SpoolLayout, now: float, stale_after: float, lease: floa
         if not e.name.endswith(".json") or e.name.startswith("."):
             continue
         try:
-            beat = orjson.loads(Path(e.path).read_bytes())
+            beat = loads(Path(e.path).read_bytes())
             last = float(beat.get("last_beat", 0))
         except PermissionError:
             raise  # whether that daemon lives cannot be told: the caller reports it (status --check: UNKNOWN)
-        except (OSError, orjson.JSONDecodeError, AttributeError, TypeError, ValueError, OverflowError):
+        except (OSError, AttributeError, TypeError, ValueError, OverflowError):
             continue  # a damaged heartbeat is skipped (fsck reports it)
         if not isinstance(beat, dict):
             continue

@@ -1,0 +1,132 @@
+"""orjson's bytes from the standard library's ``json``, for commands that start, read a little and exit.
+
+``import orjson`` costs more than a short command's whole work: at start it
+imports dataclasses (and with it inspect, ast, dis, tokenize), uuid (and
+platform), enum and datetime. ``status``, ``tail -n 10`` and ``correlate``
+read or print a handful of documents, so they use ``json`` (imported anyway)
+where it provably gives orjson's exact bytes, and orjson everywhere else.
+
+Where the two differ, and how each case is sent to orjson:
+
+* floats in exponent form (``1e-05``/``1e+16`` here, ``1e-5``/``1e16`` there):
+  any ``<digit>e+<digits>`` or ``<digit>e-<digits>`` before a delimiter
+  (``,]}``, white space, the end) in the output; a string holding such text
+  is sent to orjson too, which gives the same bytes, only slower;
+* integers beyond 64 bits (orjson refuses them; read as floats): any run of
+  19 digits or more before a delimiter, in range or not;
+* NaN and Infinity (orjson writes null; ``allow_nan=False`` refuses them);
+* lone surrogates (orjson refuses them; encoding to UTF-8 fails here);
+* non-string keys (``json`` turns them into strings, orjson refuses them);
+* any other type (``json`` refuses it; orjson may know it: datetime, UUID).
+
+Everything else — strings and their escapes, key order (sorted by code
+point), integers, non-exponent floats, ``true``/``false``/``null``, compact
+and 2-space indented layouts — is byte-identical (tests/test_stdjson.py holds
+both libraries to that). Once orjson is imported anyway (the daemon, emit),
+it is used directly: faster, and the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any
+
+# Output that orjson might write differently (see the module docstring): a number in exponent
+# form or of 19 digits or more. A number ends at a delimiter; text inside a string that looks
+# like one matches too (only slower), but an id such as a UUID ("...9e-8a4d-...") does not.
+_MAY_DIFFER = re.compile(r"[0-9](?:e[+-][0-9]+|[0-9]{18,})(?=[,\]}\s]|$)")
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_SORTED = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True)
+_INDENTED = json.JSONEncoder(ensure_ascii=False, indent=2, allow_nan=False)
+
+
+def orjson_loaded() -> bool:
+    """True once some module imported orjson: then it is the cheaper way to any JSON."""
+    return "orjson" in sys.modules
+
+
+def encode(text: str) -> bytes | None:
+    """``text`` (the standard library's JSON) as UTF-8, or None where orjson's bytes might differ."""
+    if _MAY_DIFFER.search(text) is not None:
+        return None
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: orjson refuses it
+        return None
+
+
+def canonical(doc: dict[str, Any]) -> bytes | None:
+    """``orjson.dumps(doc, option=OPT_SORT_KEYS)`` for a document ``json.loads`` made, or None.
+
+    Only for what the standard parser returned: every key is a string and
+    every value a JSON type, so only the cases of :func:`encode` remain.
+    """
+    try:
+        return encode(_SORTED.encode(doc))
+    except (ValueError, RecursionError):  # NaN or Infinity (json reads them; orjson does not)
+        return None
+
+
+def dumps(obj: Any, *, indent: bool = False) -> bytes:
+    """``orjson.dumps(obj)`` (``OPT_INDENT_2`` with ``indent``), same bytes, same errors."""
+    if not orjson_loaded() and _str_keys(obj):
+        try:
+            text = (_INDENTED if indent else _COMPACT).encode(obj)
+        except (TypeError, ValueError, RecursionError):
+            text = None  # a type or value json refuses: orjson decides (and words any error)
+        data = encode(text) if text is not None else None
+        if data is not None:
+            return data
+    import orjson
+
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2) if indent else orjson.dumps(obj)
+
+
+def loads(data: bytes) -> Any:
+    """``orjson.loads(data)``: the same value, or orjson's own error.
+
+    The standard parser's value is kept only when it writes back as orjson
+    would (:func:`encode`): then no number, string or key was read differently
+    (orjson reads over-wide integers as floats and refuses NaN, Infinity, lone
+    surrogates, a byte-order mark and other encodings than UTF-8).
+    """
+    if not orjson_loaded():
+        try:
+            doc = json.loads(data.decode())
+            text: str | None = _COMPACT.encode(doc)
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            text = None
+        if text is not None and encode(text) is not None:
+            return doc
+    import orjson
+
+    return orjson.loads(data)
+
+
+def _str_keys(obj: Any) -> bool:
+    """True if ``obj`` is plain dicts (string keys), lists and tuples, nested no deeper than orjson writes."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        kind = type(node)
+        if kind is dict:
+            for k in node:
+                if type(k) is not str:
+                    return False
+            children: Any = node.values()
+        elif kind is list or kind is tuple:
+            children = node
+        elif isinstance(node, (dict, list, tuple)):  # a subclass: orjson decides
+            return False
+        else:
+            continue
+        if depth > _ORJSON_DEPTH:
+            return False
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list, tuple)))
+    return True
+
+
+# orjson refuses containers nested deeper than this; json's limit is the recursion limit.
+_ORJSON_DEPTH = 254
