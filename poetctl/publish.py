@@ -103,12 +103,13 @@ class Publisher:
 
         Same outcome, errors and order of errors as building the list, checking
         it and publishing it; but on a transport that can stream (the spool:
-        :meth:`~poetctl.backends.fs.transport.FsTransport.stream`) each event's
-        file is written as soon as it is built, and made durable in the
+        :meth:`~poetctl.backends.fs.transport.FsTransport.stream`) the files
+        are written in bursts as the events are built, and made durable in the
         background while the next ones are built. Nothing is visible before
         every event is built and checked: any error (an invalid item raised by
         ``build``, ``check``, an event too large, an I/O error) removes what
-        was written and raises.
+        was written and raises. (The spool is prepared once the first item is
+        built, so a later invalid item may leave a new, empty spool behind.)
         """
         it = iter(build)
         first = next(it, None)

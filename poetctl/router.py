@@ -235,7 +235,7 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry, InProcess):
             check_duplicates(built, _item_name)
             cause.buffer.extend(built)
         else:
-            # On the spool each file is written while the next event is built (nothing visible before all are).
+            # On the spool files are written in bursts while later events are built (nothing visible before all are).
             built, added = self.publisher.publish_built(build, lambda b: check_duplicates(b, _item_name), admit=wait)
             if inline:
                 for (ev, _), new in zip(built, added, strict=True):
