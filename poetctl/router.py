@@ -228,13 +228,15 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry, InProcess):
         With inline dispatch the new events are then dispatched in order.
         """
         inline = self._inline_wanted(dispatch)
-        built = [self._coerce(item, f"item {i + 1}") for i, item in enumerate(items)]
-        check_duplicates(built, lambda i: f"item {i + 1}")
+        build = (self._coerce(item, f"item {i + 1}") for i, item in enumerate(items))
         cause = self._cause()
         if cause is not None and cause.buffer is not None:
+            built = list(build)
+            check_duplicates(built, _item_name)
             cause.buffer.extend(built)
         else:
-            added = self.publisher.publish(built, admit=wait)
+            # On the spool files are written in bursts while later events are built (nothing visible before all are).
+            built, added = self.publisher.publish_built(build, lambda b: check_duplicates(b, _item_name), admit=wait)
             if inline:
                 for (ev, _), new in zip(built, added, strict=True):
                     if new:
@@ -275,6 +277,10 @@ class EventRouter(EnvelopeBuilder, SubscriptionRegistry, InProcess):
         if stored is None or stored.state is not State.CORRUPT:
             return None
         return quarantine_line(stored.info)
+
+
+def _item_name(i: int) -> str:
+    return f"item {i + 1}"
 
 
 def _spool_transport(config: Config, create: bool) -> tuple[FsTransport, Callable[[], None]]:

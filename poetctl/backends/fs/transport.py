@@ -23,6 +23,7 @@ from .corrupt_names import REASON_SUFFIX, quarantined, visible
 from .layout import SpoolLayout
 from .limits import SpoolLimits
 from .priority import KeyLedger, write_hints
+from .stream import TmpStream
 from .writer import GroupCommitter
 
 if TYPE_CHECKING:
@@ -91,21 +92,35 @@ class FsTransport:
         if not items:
             return []
         self._ensure()
-        seen: set[str] = set()
-        rows = []
-        for it in items:
-            eid = it.event.id
-            # A repeated id in one group: the first wins (linked, so the second finds it).
-            rows.append((eid, it.data, it.keyed or eid in seen))
-            seen.add(eid)
+        rows = _rows(items)
         fast = self._note(items)
         added = self.committer.commit(rows)
+        self._published(items, rows, added, fast)
+        return added
+
+    def stream(self, admit: float | None) -> FsStream | None:
+        """A publish whose files are written while the caller builds its events (see :mod:`.stream`).
+
+        None when ``admit`` is given and ``[limits]`` are set: admission needs
+        the whole group first, so such a group goes through :meth:`publish`.
+        """
+        if admit is not None:
+            from ...limits import Limits
+
+            if Limits.of(self.config).any:
+                return None
+        self._ensure()
+        return FsStream(self)
+
+    def _published(
+        self, items: Sequence[Outgoing], rows: list[tuple[str, bytes, bool]], added: list[bool], fast: set[str]
+    ) -> None:
+        """Bookkeeping after a commit: the pending gauge, priority hints, this process's consumers."""
         self.limits_state.added(sum(added), sum(len(it.data) for it, new in zip(items, added, strict=True) if new))
         if fast:
             write_hints(self.layout, [r[0] for r, new in zip(rows, added, strict=True) if new and r[0] in fast])
         if self._consumers:
             self._wake_all()
-        return added
 
     def admit(self, items: Sequence[Outgoing], wait: float, partial: bool = False) -> int:
         """How many leading ``items`` fit the ``[limits]`` now (waiting up to ``wait`` s); raises Backpressure."""
@@ -228,6 +243,54 @@ class FsTransport:
         self.limits_state.close()
 
 
+class FsStream:
+    """One group for :meth:`FsTransport.stream`: :meth:`add` each event's stored bytes, then :meth:`commit`.
+
+    Not thread-safe (one caller's thread). Until :meth:`commit` returns
+    nothing is visible; :meth:`abort` (or a failure) removes the tmp files.
+    """
+
+    def __init__(self, transport: FsTransport) -> None:
+        self._t = transport
+        self._tmp = TmpStream(transport.layout)
+
+    def add(self, data: bytes) -> None:
+        """Write the next event's stored bytes to a tmp file (raises :class:`SpoolIOError`, then aborted)."""
+        self._tmp.add(data)
+
+    def commit(self, items: Sequence[Outgoing]) -> list[bool]:
+        """Publish ``items`` (their ``data`` added in this order) as :meth:`FsTransport.publish` does."""
+        if not items:
+            self._tmp.abort()
+            return []
+        t, tmp = self._t, self._tmp
+        tmp.done()  # the last sync runs while the key ledger is noted
+        try:
+            rows = _rows(items)
+            fast = t._note(items)
+        except BaseException:
+            tmp.abort()
+            raise
+        added = tmp.commit(rows, t.committer.commit_written).added
+        t._published(items, rows, added, fast)
+        return added
+
+    def abort(self) -> None:
+        """Remove what was written (idempotent)."""
+        self._tmp.abort()
+
+
+def _rows(items: Sequence[Outgoing]) -> list[tuple[str, bytes, bool]]:
+    """``(id, data, keyed)`` per item; a repeated id in one group: the first wins (linked, so the second finds it)."""
+    seen: set[str] = set()
+    rows = []
+    for it in items:
+        eid = it.event.id
+        rows.append((eid, it.data, it.keyed or eid in seen))
+        seen.add(eid)
+    return rows
+
+
 def _count_events(directory: Path) -> int:
     try:
         with os.scandir(directory) as it:
@@ -275,4 +338,4 @@ def quarantined_message(layout: SpoolLayout, event_id: str) -> str:
     )
 
 
-__all__ = ["FsTransport", "quarantine_reason", "quarantined_message"]
+__all__ = ["FsStream", "FsTransport", "quarantine_reason", "quarantined_message"]

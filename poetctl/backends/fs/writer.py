@@ -222,11 +222,15 @@ class GroupCommitter:
         m = self._commit(items)
         return m.added, m.existing
 
-    def _commit(self, items: Sequence[tuple[str, bytes, bool]]) -> _Member:
+    def commit_written(self, m: _Member) -> _Member:
+        """Publish a member whose tmp files are already written and durable (see .stream); closes it."""
+        return self._commit(m.items, m)
+
+    def _commit(self, items: Sequence[tuple[str, bytes, bool]], written: _Member | None = None) -> _Member:
         if self._pid != os.getpid():
             # A forked child inherits the queue (and maybe a held mutex) of threads it does not have.
             self._pid, self._mutex, self._queue, self._publishing = os.getpid(), threading.Lock(), [], 0
-        m = _write_member(self.layout, items)
+        m = _write_member(self.layout, items) if written is None else written
         interrupted: BaseException | None = None
         try:
             try:
