@@ -153,6 +153,61 @@ def test_prune_never_follows_symlinks_or_descends_symlinked_dirs(tmp_path: Path,
     assert os.path.islink(events_dir(sp, "processed") / f"{victim_id}.json") and os.path.islink(link_fb)
 
 
+def test_prune_leaves_indexed_names_that_are_links_or_directories(tmp_path: Path, sp: Path) -> None:
+    """An indexed expired event whose file became a link or a directory is left alone; the others go."""
+    now = time.time()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "precious.json"
+    target.write_text("keep")
+    linked = put_event(sp, "processed", now - 90 * DAY)
+    made_dir = put_event(sp, "processed", now - 90 * DAY)
+    expired = [put_event(sp, "processed", now - 90 * DAY) for _ in range(3)]
+    processed = events_dir(sp, "processed")
+    os.unlink(processed / f"{linked}.json")
+    os.symlink(target, processed / f"{linked}.json")
+    os.unlink(processed / f"{made_dir}.json")
+    (processed / f"{made_dir}.json").mkdir()
+    (processed / f"{made_dir}.json" / "inner.json").write_text("keep too")
+    r = prune(tmp_path, sp, "-v")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("not a regular file") == 2, r.stderr
+    assert ids_in(sp, "processed").isdisjoint(expired)
+    assert os.path.islink(processed / f"{linked}.json") and target.read_text() == "keep"
+    assert (processed / f"{made_dir}.json" / "inner.json").read_text() == "keep too"
+
+
+def test_prune_leaves_a_directory_that_appears_after_its_listing(tmp_path: Path, sp: Path) -> None:
+    """A name that was not listed as odd but is a directory at unlink time is reported and left alone."""
+    from poetctl.backends.fs.index import Index
+    from poetctl.backends.fs.prune import Pruner
+
+    now = time.time()
+    late = put_event(sp, "processed", now - 90 * DAY)
+    expired = [put_event(sp, "processed", now - 90 * DAY) for _ in range(3)]
+    layout = SpoolLayout(sp)
+    index = Index(layout, create=False)
+    pruner = Pruner(layout, 30, index=index)
+    listed = pruner._not_regular
+
+    def listing_then_mkdir(d):  # type: ignore[no-untyped-def]
+        odd = listed(d)
+        path = events_dir(sp, "processed") / f"{late}.json"
+        os.unlink(path)
+        path.mkdir()
+        return odd
+
+    pruner._not_regular = listing_then_mkdir  # type: ignore[method-assign]
+    try:
+        report = pruner.run()
+    finally:
+        index.close()
+    assert report.processed == 3 and report.skipped == 1, report
+    assert (events_dir(sp, "processed") / f"{late}.json").is_dir()
+    assert ids_in(sp, "processed").isdisjoint(expired)
+    assert late in index_rows(sp)
+
+
 def test_prune_refuses_a_symlinked_state_directory(tmp_path: Path, sp: Path) -> None:
     """If events/processed itself is a link to elsewhere, prune does not work through it (74) and deletes nothing."""
     elsewhere = tmp_path / "elsewhere"
