@@ -312,3 +312,15 @@ def test_prune_killed_midway_leaves_a_spool_fsck_accepts_and_a_rerun_finishes(tm
     assert ids_in(sp, "processed") == set(young) and set(index_rows(sp)) == set(young)
     r = run_cli(tmp_path, "fsck", "--spool", sp, "-o", "json")
     assert r.returncode == 0 and json.loads(r.stdout)["problems"] == [], r.stdout
+
+
+def test_index_delete_batch_removes_exactly_the_given_ids(sp: Path) -> None:
+    """Prune's one-statement row deletion removes the listed ids, odd characters included, and no others."""
+    idx = Index(SpoolLayout(sp))
+    try:
+        ids = ['q"uote', "back\\slash", "ünï-cødé", "a,b", "plain", "kept-1", "kept-2"]
+        idx.put([(i, 1.0, "system.metrics", "t", "s", None, None, "processed") for i in ids])
+        idx.delete_batch([*ids[:5], "absent"])
+        assert sorted(r[0] for r in idx.db.execute("SELECT id FROM events")) == ["kept-1", "kept-2"]
+    finally:
+        idx.close()

@@ -195,7 +195,7 @@ class Pruner:
 
     def _drop_rows(self, ids: list[str]) -> None:
         if self.index is not None and ids and not self.dry_run:
-            self.index.delete(ids)
+            self.index.delete_batch(ids)
         self.report.index_rows += len(ids) if self.index is not None else 0
 
     def processed(self) -> None:
