@@ -3,7 +3,7 @@
 
 Usage::
 
-    .venv/bin/python bench/prune.py [--events 1000000] [--reps 1] [--threads 16] [--tmp-dir DIR] [--json]
+    .venv/bin/python bench/prune.py [--events 1000000] [--reps 1] [--threads N] [--tmp-dir DIR] [--json]
 
 Target (issue 14): >= 33,000 removed events/s, and >= 0.6x the bare loop.
 
@@ -13,16 +13,20 @@ starting a chain), then ``os.sync()`` (expired events are long on disk in a
 real spool). Then, in alternating order from rep to rep:
 
 * *bare*: ``os.unlink(name, dir_fd=...)`` over the names of one spool's
-  ``events/processed/`` (listed before the clock starts), on ``--threads``
-  threads (default 16, as many as prune's unlink threads: on a filesystem
-  mounted with ``discard`` and no journal each unlink waits for a synchronous
-  trim, so a plain serial loop managed ~400/s here and is no useful yardstick;
-  ``--threads 1`` gives it anyway), then one ``fsync`` of the directory;
+  ``events/processed/`` (listed and sorted before the clock starts: UUIDv7
+  names sort by time, the order prune takes them from the index), on
+  ``--threads`` threads (default: as many as prune's unlink threads,
+  ``UNLINK_THREADS``; on a filesystem mounted with ``discard`` and no journal
+  each unlink waits for a synchronous trim, so a plain serial loop managed
+  ~400-650/s here and is no useful yardstick; ``--threads 1`` gives it
+  anyway), then one ``fsync`` of the directory;
 * *prune*: ``python -m poetctl prune --days 30 -o json`` over the other spool,
   as a whole process (start-up, the index pass, row deletion included).
 
-Both print removed/s; the verdict is prune's rate and its ratio to the bare
-rate of the same rep (median over reps). The disk swings from run to run, so
+Both print removed/s and CPU us per removed event (the bare loop's from
+this process's rusage, prune's from the child's: start-up included). The
+verdict is prune's rate and its ratio to the bare rate of the same rep
+(median over reps). The disk swings from run to run, so
 only the same-run ratio is comparable between runs.
 """
 
@@ -61,11 +65,12 @@ TARGET_RATIO = 0.6
 log = make_log("prune")
 
 
-def bare_unlinks(directory: Path, threads: int) -> tuple[int, float]:
-    """(files removed, seconds): unlink every file of ``directory`` by name relative to its fd."""
-    names = os.listdir(directory)
+def bare_unlinks(directory: Path, threads: int) -> tuple[int, float, float]:
+    """(files removed, seconds, CPU seconds): unlink every file of ``directory`` by name relative to its fd."""
+    names = sorted(os.listdir(directory))
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        before = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         if threads <= 1:
             for name in names:
@@ -80,7 +85,9 @@ def bare_unlinks(directory: Path, threads: int) -> tuple[int, float]:
             with ThreadPoolExecutor(threads) as ex:
                 list(ex.map(work, [names[i : i + size] for i in range(0, len(names), size)]))
         os.fsync(dfd)
-        return len(names), time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        return len(names), dt, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     finally:
         os.close(dfd)
 
@@ -105,10 +112,17 @@ def run_prune(spool: Path, cwd: Path) -> tuple[int, float, float, int]:
 def main(argv: list[str] | None = None) -> int:
     import scale
 
+    from poetctl.backends.fs.prune import UNLINK_THREADS
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000, help="expired events per spool (default 1000000)")
     ap.add_argument("--reps", type=int, default=1, help="reps, alternating which goes first (default 1)")
-    ap.add_argument("--threads", type=int, default=16, help="threads of the bare loop (default 16, as prune)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=UNLINK_THREADS,
+        help=f"threads of the bare loop (default {UNLINK_THREADS}, as prune)",
+    )
     ap.add_argument("--workers", type=int, default=2, help="build processes (default 2)")
     ap.add_argument("--tmp-dir", help="parent of the scratch directory (default: the system temp dir)")
     ap.add_argument("--json", action="store_true", help="also print one JSON object on stdout")
@@ -135,14 +149,15 @@ def main(argv: list[str] | None = None) -> int:
             order = ("bare", "prune") if rep % 2 == 0 else ("prune", "bare")
             for what in order:
                 if what == "bare":
-                    n, dt = bare_unlinks(a / "events" / "processed", args.threads)
-                    res["bare"] = {"removed": n, "seconds": dt, "rate": n / dt}
+                    n, dt, cpu = bare_unlinks(a / "events" / "processed", args.threads)
+                    res["bare"] = {"removed": n, "seconds": dt, "cpu_s": cpu, "rate": n / dt}
                 else:
                     n, dt, cpu, rc = run_prune(b, root)
                     left = sum(1 for _ in os.scandir(b / "events" / "processed"))
                     res["prune"] = {"removed": n, "seconds": dt, "cpu_s": cpu, "rate": n / dt, "rc": rc, "left": left}
                 log(f"rep {rep + 1}: {what}: {res[what]['removed']:,} in {res[what]['seconds']:.2f} s")
             res["ratio"] = res["prune"]["rate"] / res["bare"]["rate"]
+            res["load"] = os.getloadavg()[0]
             reps.append(res)
         finally:
             shutil.rmtree(root, ignore_errors=True)
@@ -155,20 +170,24 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} thread(s); {mount['fstype']} ({mount['options']}); python {m['python']}, "
         f"{m['nproc']} CPUs, load {m['loadavg'][0]:.1f}"
     )
-    print(f"{'rep':<5}{'bare /s':>12}{'prune /s':>12}{'prune s':>10}{'cpu s':>8}{'ratio':>8}")
+    print(
+        f"{'rep':<5}{'bare /s':>10}{'bare us':>9}{'prune /s':>10}{'prune us':>10}{'prune s':>9}{'ratio':>7}{'load':>7}"
+    )
     for i, r in enumerate(reps, 1):
-        p = r["prune"]
+        p, b = r["prune"], r["bare"]
         print(
-            f"{i:<5}{r['bare']['rate']:>12,.0f}{p['rate']:>12,.0f}{p['seconds']:>10.2f}{p['cpu_s']:>8.2f}{r['ratio']:>8.2f}"
+            f"{i:<5}{b['rate']:>10,.0f}{b['cpu_s'] / max(1, b['removed']) * 1e6:>9.1f}{p['rate']:>10,.0f}"
+            f"{p['cpu_s'] / max(1, p['removed']) * 1e6:>10.1f}{p['seconds']:>9.2f}{r['ratio']:>7.2f}{r['load']:>7.1f}"
             + ("" if p["rc"] == 0 and p["left"] == 0 else f"  (exit {p['rc']}, {p['left']} left)")
         )
     rate = statistics.median(r["prune"]["rate"] for r in reps)
     ratio = statistics.median(r["ratio"] for r in reps)
     cpu_us = statistics.median(r["prune"]["cpu_s"] / max(1, r["prune"]["removed"]) for r in reps) * 1e6
+    bare_us = statistics.median(r["bare"]["cpu_s"] / max(1, r["bare"]["removed"]) for r in reps) * 1e6
     print(
         f"median: prune {rate:,.0f} removed/s ({mark(rate >= TARGET_RATE)}, target {TARGET_RATE:,.0f}/s), "
         f"{ratio:.2f}x the bare loop ({mark(ratio >= TARGET_RATIO)}, target {TARGET_RATIO}x); "
-        f"{cpu_us:.1f} CPU us/event"
+        f"CPU us/event: prune {cpu_us:.1f}, bare {bare_us:.1f}"
     )
     if args.json:
         print(json.dumps({"events": args.events, "threads": args.threads, "machine": m, "mount": mount, "reps": reps}))

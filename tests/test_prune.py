@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from daemon_helpers.harness import (
     Daemons,
+    argv,
+    clean_env,
+    count_json,
     emit_metrics,
     events_dir,
     ids_in,
@@ -21,6 +26,8 @@ from daemon_helpers.harness import (
 )
 from daemon_helpers.spool import index_rows, put_event, uuid7_at
 
+from poetctl import EventRouter
+from poetctl.backends.fs.index import Index, row_of
 from poetctl.backends.fs.writer import spool_lock
 from poetctl.spool import SpoolLayout
 
@@ -153,6 +160,61 @@ def test_prune_never_follows_symlinks_or_descends_symlinked_dirs(tmp_path: Path,
     assert os.path.islink(events_dir(sp, "processed") / f"{victim_id}.json") and os.path.islink(link_fb)
 
 
+def test_prune_leaves_indexed_names_that_are_links_or_directories(tmp_path: Path, sp: Path) -> None:
+    """An indexed expired event whose file became a link or a directory is left alone; the others go."""
+    now = time.time()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "precious.json"
+    target.write_text("keep")
+    linked = put_event(sp, "processed", now - 90 * DAY)
+    made_dir = put_event(sp, "processed", now - 90 * DAY)
+    expired = [put_event(sp, "processed", now - 90 * DAY) for _ in range(3)]
+    processed = events_dir(sp, "processed")
+    os.unlink(processed / f"{linked}.json")
+    os.symlink(target, processed / f"{linked}.json")
+    os.unlink(processed / f"{made_dir}.json")
+    (processed / f"{made_dir}.json").mkdir()
+    (processed / f"{made_dir}.json" / "inner.json").write_text("keep too")
+    r = prune(tmp_path, sp, "-v")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("not a regular file") == 2, r.stderr
+    assert ids_in(sp, "processed").isdisjoint(expired)
+    assert os.path.islink(processed / f"{linked}.json") and target.read_text() == "keep"
+    assert (processed / f"{made_dir}.json" / "inner.json").read_text() == "keep too"
+
+
+def test_prune_leaves_a_directory_that_appears_after_its_listing(tmp_path: Path, sp: Path) -> None:
+    """A name that was not listed as odd but is a directory at unlink time is reported and left alone."""
+    from poetctl.backends.fs.index import Index
+    from poetctl.backends.fs.prune import Pruner
+
+    now = time.time()
+    late = put_event(sp, "processed", now - 90 * DAY)
+    expired = [put_event(sp, "processed", now - 90 * DAY) for _ in range(3)]
+    layout = SpoolLayout(sp)
+    index = Index(layout, create=False)
+    pruner = Pruner(layout, 30, index=index)
+    listed = pruner._not_regular
+
+    def listing_then_mkdir(d):  # type: ignore[no-untyped-def]
+        odd = listed(d)
+        path = events_dir(sp, "processed") / f"{late}.json"
+        os.unlink(path)
+        path.mkdir()
+        return odd
+
+    pruner._not_regular = listing_then_mkdir  # type: ignore[method-assign]
+    try:
+        report = pruner.run()
+    finally:
+        index.close()
+    assert report.processed == 3 and report.skipped == 1, report
+    assert (events_dir(sp, "processed") / f"{late}.json").is_dir()
+    assert ids_in(sp, "processed").isdisjoint(expired)
+    assert late in index_rows(sp)
+
+
 def test_prune_refuses_a_symlinked_state_directory(tmp_path: Path, sp: Path) -> None:
     """If events/processed itself is a link to elsewhere, prune does not work through it (74) and deletes nothing."""
     elsewhere = tmp_path / "elsewhere"
@@ -199,3 +261,66 @@ def test_prune_while_daemon_runs_loses_no_live_event(tmp_path: Path, sp: Path, d
     wait_for(lambda: ids_in(sp, "processed") == set(live), "the live events to be processed", procs=[d])
     assert d.stop() == 0, d.stderr()
     assert not set(old) & set(index_rows(sp))
+
+
+def put_many(sp: Path, stamps: list[float]) -> list[str]:
+    """Handled events written as the daemon leaves them (files, then index rows in one transaction)."""
+    router = EventRouter(spool=sp)
+    rows = []
+    for ts in stamps:
+        ev, _ = router.build("system.metrics", {"service": "t", "metrics": {"n": 1}})
+        ev.id = uuid7_at(ts)
+        ev.timestamp = round(ts, 6)
+        ev.seal()
+        (events_dir(sp, "processed") / f"{ev.id}.json").write_bytes(ev.to_json() + b"\n")
+        rows.append(row_of(ev, "processed"))
+    idx = Index(SpoolLayout(sp))
+    idx.put(rows)
+    idx.close()
+    return [r[0] for r in rows]
+
+
+def test_prune_killed_midway_leaves_a_spool_fsck_accepts_and_a_rerun_finishes(tmp_path: Path, sp: Path) -> None:
+    """SIGKILL mid-prune: only index rows of removed files remain (fsck names them); a rerun finishes the job."""
+    now = time.time()
+    expired = put_many(sp, [now - 40 * DAY + i * 0.001 for i in range(6000)])
+    young = put_many(sp, [now - DAY + i for i in range(20)])
+    processed = events_dir(sp, "processed")
+    total = count_json(processed)
+    p = subprocess.Popen(
+        argv("prune", "--spool", sp),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
+    try:
+        wait_for(lambda: count_json(processed) < total or p.poll() is not None, "prune to remove a file")
+        p.send_signal(signal.SIGKILL)
+    finally:
+        p.wait()
+    left = ids_in(sp, "processed")
+    if p.returncode != -signal.SIGKILL or not left & set(expired):
+        pytest.skip("prune finished before the kill landed (machine too fast for 6,000 events)")
+    assert set(young) <= left
+    r = run_cli(tmp_path, "fsck", "--spool", sp, "-o", "json")
+    kinds = {q["kind"] for q in json.loads(r.stdout)["problems"]}
+    assert kinds <= {"index_orphan_row"}, r.stdout
+    r = prune(tmp_path, sp, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert ids_in(sp, "processed") == set(young) and set(index_rows(sp)) == set(young)
+    r = run_cli(tmp_path, "fsck", "--spool", sp, "-o", "json")
+    assert r.returncode == 0 and json.loads(r.stdout)["problems"] == [], r.stdout
+
+
+def test_index_delete_batch_removes_exactly_the_given_ids(sp: Path) -> None:
+    """Prune's one-statement row deletion removes the listed ids, odd characters included, and no others."""
+    idx = Index(SpoolLayout(sp))
+    try:
+        ids = ['q"uote', "back\\slash", "ünï-cødé", "a,b", "plain", "kept-1", "kept-2"]
+        idx.put([(i, 1.0, "system.metrics", "t", "s", None, None, "processed") for i in ids])
+        idx.delete_batch([*ids[:5], "absent"])
+        assert sorted(r[0] for r in idx.db.execute("SELECT id FROM events")) == ["kept-1", "kept-2"]
+    finally:
+        idx.close()
