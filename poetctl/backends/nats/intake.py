@@ -32,8 +32,8 @@ class _Held(Held):
 
     __slots__ = ("kv",)
 
-    def __init__(self, msg: Any, p: int, seq: int, event: Any, key: str, record: Record, kv: bool) -> None:
-        super().__init__(msg, p, seq, event, key, record)
+    def __init__(self, msg: Any, p: int, seq: int, event: Any, key: str, record: Record, kv: bool, lane: str) -> None:
+        super().__init__(msg, p, seq, event, key, record, lane)
         self.kv = kv
 
 
@@ -112,14 +112,14 @@ class Intake(PartitionLeases):
     ) -> None:
         raise NotImplementedError
 
-    async def _pull(self, p: int, batch: int) -> list[Any]:
-        """Up to ``batch`` messages of partition ``p`` without waiting (a no_wait pull request)."""
+    async def _pull(self, p: int, batch: int, lane: str = "") -> list[Any]:
+        """Up to ``batch`` messages of lane ``lane`` of partition ``p`` without waiting (a no_wait pull request)."""
         s = self.t.settings
         pulls = self._pulls
         if pulls is None or pulls.nc is not self.t.link.nc:
             pulls = self._pulls = Pulls(self.t.link.nc)
         try:
-            return await pulls.pull(s.stream, s.durable(p), batch)
+            return await pulls.pull(s.stream, s.durable(p, lane), batch)
         except Exception as exc:
             if not transient(exc):
                 raise
@@ -141,22 +141,24 @@ class Intake(PartitionLeases):
                 continue
             try:
                 await self._pipe.drain(keep=True)  # acks sent here are not what is missing (sync reports failures)
-                ci = await self.t.link.jsm.consumer_info(s.stream, s.durable(p))
+                lanes = ("", "h", "l")  # every lane's durable (.lanes)
+                cis = await asyncio.gather(*(self.t.link.jsm.consumer_info(s.stream, s.durable(p, ln)) for ln in lanes))
             except Exception as exc:
                 if transient(exc):
                     return  # still settling: try again at the next fetch, handing out nothing of p meanwhile
                 raise
             self._suspect.discard(p)
             mine = len(self._buf.get(p, ())) + sum(1 for h in self._leased.values() if h.p == p)
-            missing = int(ci.num_ack_pending or 0) - mine
+            missing = sum(int(ci.num_ack_pending or 0) for ci in cis) - mine
             if missing > 0:
                 from ...daemon import log
 
                 log.info("messages lost in transit come back after AckWait; waiting for them", partition=p, n=missing)
                 self._settle[p] = (missing, time.monotonic() + 2 * s.ack_wait + 1)
 
-    async def _take_in(self, p: int, msgs: list[Any], out: Fetched) -> None:
-        """Decode pulled messages into the partition's buffer (in stream order); quarantine the unreadable."""
+    async def _take_in(self, p: int, msgs: list[Any], out: Fetched, lane: str = "") -> None:
+        """Decode pulled messages of ``lane`` into the partition's buffer (in stream order: the lanes merge);
+        quarantine the unreadable."""
         buf = self._buf.setdefault(p, [])
         have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
         # Handled here with the ack still queued (AckWait ran out first): the queued ack settles it.
@@ -190,5 +192,5 @@ class Intake(PartitionLeases):
             # An entry exists (or may: a redelivery) for keyed ids, redeliveries, and the copies replay and
             # dead-letter retry publish (their Nats-Msg-Id is not the id): acks then write it too.
             kv = md.num_delivered > 1 or "Poet-Kv" in hdrs or hdrs.get("Nats-Msg-Id") != eid
-            buf.append(_Held(m, p, seq, ev, self.t.key_of(ev), record, kv))
+            buf.append(_Held(m, p, seq, ev, self.t.key_of(ev), record, kv, lane))
         buf.sort(key=lambda h: h.seq)

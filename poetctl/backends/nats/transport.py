@@ -81,8 +81,10 @@ class NatsTransport:
         setup: bool = False,
         probe_every: float = 0.25,
         hold_idle: float | None = None,
+        priority_shares: dict[str, int] | None = None,
     ) -> None:
         self.settings = settings
+        self.shares = priority_shares  # [daemon] priority_shares: the classes' shares of a fetch (.lanes)
         self.clock = clock
         self.key_of = key_of or key_function()
         self.probe_every = probe_every
@@ -151,16 +153,19 @@ class NatsTransport:
         n = self.settings.partitions
         plan: list[tuple[int, Outgoing, int] | None] = []
         seen: set[str] = set()
+        khash: dict[int, str] = {}  # position -> Poet-Key (the hash of its partition key)
         for it in items:
             i = it.event.id
             if i in seen or known.get(i) is not None:
                 plan.append(None)
                 continue
             seen.add(i)
-            plan.append((len(plan), it, subjects.partition_of(self.key_of(it.event), n)))
+            key = self.key_of(it.event)
+            khash[len(plan)] = subjects.key_hash(key)
+            plan.append((len(plan), it, subjects.partition_of(key, n)))
         todo = [p for p in plan if p is not None]
         try:
-            acks = await self._send_all(todo)
+            acks = await self._send_all(todo, khash)
             result = [False] * len(items)
             # Keyed ids get a state entry, pipelined too; each is a create (expected last sequence 0): a
             # consumer that got there first (or a retried group) has newer state, and its refusal is ignored.
@@ -191,7 +196,9 @@ class NatsTransport:
             ) from None
         return result
 
-    async def _send_all(self, todo: list[tuple[int, Outgoing, int]]) -> dict[int, tuple[Any, bool]]:
+    async def _send_all(
+        self, todo: list[tuple[int, Outgoing, int]], khash: dict[int, str]
+    ) -> dict[int, tuple[Any, bool]]:
         """Publish every planned event (pipelined: all go out before the first PubAck is awaited).
 
         Through a server loss (:mod:`.retry`) the events whose PubAck failed or did not come are published
@@ -205,14 +212,16 @@ class NatsTransport:
         # Subject and header bytes, made once (a repeat after a server loss reuses them); None: not plain
         # ASCII, so through nats-py's publish_async (which checks and encodes them itself).
         wire: dict[int, tuple[bytes, bytes] | None] = {}
-        subj_of: dict[tuple[str, int], bytes | None] = {}  # a group has few topics: each subject made once
+        subj_of: dict[tuple[str, int, str], bytes | None] = {}  # a group has few topics: each subject made once
         for pos, it, part in todo:
-            subj = subj_of.get((it.event.topic, part), b"")
+            lane = subjects.lane_of(it.event.priority)  # the priority lane (:mod:`.lanes`)
+            subj = subj_of.get((it.event.topic, part, lane), b"")
             if subj == b"":
-                subj = subjects.event_subject(it.event.topic, part).encode()
-                subj = subj_of[(it.event.topic, part)] = subj if plain(subj) else None
+                subj = subjects.event_subject(it.event.topic, part, lane).encode()
+                subj = subj_of[(it.event.topic, part, lane)] = subj if plain(subj) else None
             eid = it.event.id.encode()
-            wire[pos] = (subj, event_headers(eid, it.keyed)) if subj is not None and plain(eid) else None
+            kh = khash[pos].encode()
+            wire[pos] = (subj, event_headers(eid, it.keyed, kh)) if subj is not None and plain(eid) else None
         loop = asyncio.get_running_loop()
         from .retry import OUTAGE
 
@@ -229,8 +238,9 @@ class NatsTransport:
                     if w is not None:
                         futs.append(await fast.publish(w[0], it.data, w[1]))
                     else:
-                        topic = subjects.event_subject(it.event.topic, part)
-                        futs.append(await js.publish_async(topic, it.data, headers=header_dict(it.event.id, it.keyed)))
+                        topic = subjects.event_subject(it.event.topic, part, subjects.lane_of(it.event.priority))
+                        hdrs = header_dict(it.event.id, it.keyed, khash[pos])
+                        futs.append(await js.publish_async(topic, it.data, headers=hdrs))
                 except Exception as exc:  # reconnecting with a full buffer, stalled: the rest waits
                     failure = exc
                     break

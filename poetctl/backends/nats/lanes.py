@@ -1,0 +1,337 @@
+"""Priority lanes on NATS: each partition's three durables pulled, merged by stream sequence, served by shares.
+
+Part of :class:`~.consumer.NatsConsumer` (a mixin over its state). The design:
+
+* An event of class ``high`` is published on ``poet.p.<n>h.<topic>``, ``low`` on
+  ``poet.p.<n>l.<topic>``, ``normal`` where events always went (``poet.p.<n>.<topic>``).
+  Each lane has its durable (``poet-p<n>h``, ``poet-p<n>l``, ``poet-p<n>``), leased
+  together with the partition: one daemon holds all three lanes of a partition.
+  A high event is pulled from its own durable, so it overtakes a normal backlog
+  nobody has pulled yet.
+* The buffers of the lanes are merged by stream sequence (one order for the
+  whole stream), and a fetch gives each class its share (:func:`poetctl.priority.split`).
+* **A key's order across lanes.** Event ``e`` (lane L, sequence s) may go only when
+  every event of its key with a lower sequence, in any lane, was handed out
+  before it. In its own lane the durable delivers in order. For another lane L'
+  this consumer must *know* every message of L' below s (its **coverage** of L'
+  reaches s), and none of them may be a waiting event of e's key:
+
+  - a pull of a lane's durable covers the lane up to the last sequence it
+    delivered (a durable delivers in sequence order; what it delivered to a
+    previous holder and was not acked comes back first: ``_settle``), and a pull
+    that comes back short covers it up to everything this consumer had pulled
+    from the partition before sending it (those were stored earlier);
+  - the normal lane usually has a backlog nobody pulled: a high or low event
+    is checked against it by a **cursor**, an ephemeral headers-only consumer
+    of the normal lane from where its durable has delivered to, that indexes
+    the ``Poet-Key`` header (the partition key's hash: a collision only makes an
+    event wait; a message without the header blocks every key, so events
+    published before the header existed wait rather than overtake).
+
+  Pulled messages of the same key are ordered by the merge itself (a key with a
+  waiting event skips its later ones). The lowest unfinished sequence is never
+  blocked, so nothing waits forever.
+* **Takeover** needs nothing new: coverage and cursors start empty, the lanes'
+  ack pending are summed into the settle wait (every lane's redeliveries are in
+  hand before anything of the partition goes out).
+
+Costs: while only normal events flow, each pull round also pulls the two small
+lanes (after the normal pull, so their short answers cover what it brought). A
+cursor reads headers only, and only while a high or low event of its partition
+was seen in the last :data:`WARM` seconds (kept running ahead meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import heapq
+import time
+from collections import deque
+
+from ...priority import DEFAULT_SHARES, PRIORITIES, split
+from ...transport import Delivery, Fetched
+from . import subjects
+from .intake import Intake
+from .leases import Held
+
+CURSOR_BATCH = 2048  # headers read per pull of a cursor
+WARM = 30.0  # seconds a partition's cursor keeps reading after its last high or low event
+CURSOR_IDLE = 120.0  # the cursor consumer's inactive threshold (the server deletes it after that)
+NO_KEY = "*"  # the index entry of a message without Poet-Key: it blocks every key
+
+
+class Cursor:
+    """A headers-only reader of a partition's normal lane: key hash -> sequences not yet pulled."""
+
+    __slots__ = ("keys", "n", "name", "upto", "used")
+
+    def __init__(self, name: str, upto: int) -> None:
+        self.name = name
+        self.upto = upto  # every normal message at or below it is indexed (or pulled by the durable)
+        self.keys: dict[str, list[int]] = {}
+        self.n = 0  # entries in keys
+        self.used = time.monotonic()
+
+
+class Lanes(Intake):
+    """The lane half of :class:`~.consumer.NatsConsumer`: pulls of all lanes, coverage, cursors, hand-out."""
+
+    shares: dict[str, int]
+    _lseqs: dict[int, list[int]]
+    _lset: set[int]
+    _failing: dict[str, str]
+    # partition -> lane -> coverage (every message of the lane at or below it is known here)
+    _cov: dict[int, dict[str, int]]
+    _top: dict[int, int]  # partition -> highest sequence pulled from any of its lanes
+    _short: dict[int, set[str]]  # partition -> lanes whose last pull came back short
+    _cursors: dict[int, Cursor]
+    _classed: dict[int, float]  # partition -> when a high or low event of it was last pulled
+    _ncur: int
+
+    def _init_lanes(self) -> None:
+        self.shares = dict(getattr(self.t, "shares", None) or DEFAULT_SHARES)
+        self._cov, self._top, self._short, self._cursors, self._classed = {}, {}, {}, {}, {}
+        self._ncur = 0
+
+    def _forget_lanes(self, p: int) -> None:
+        """Partition ``p`` is no longer held: its coverage goes (a next holding starts from the durables)."""
+        self._cov.pop(p, None)
+        self._top.pop(p, None)
+        self._short.pop(p, None)
+        self._classed.pop(p, None)
+        c = self._cursors.pop(p, None)
+        if c is not None:
+            self._drop_cursor(c)
+
+    def _drop_cursor(self, c: Cursor) -> None:
+        async def go() -> None:
+            try:
+                await self.t.link.jsm.delete_consumer(self.t.settings.stream, c.name)
+            except Exception:  # it goes by itself after CURSOR_IDLE
+                pass
+
+        self.t.link.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(go()))
+
+    # -- pulling ----------------------------------------------------------------------------------
+    def _buffered(self, p: int, lane: str) -> int:
+        return sum(1 for h in self._buf.get(p, ()) if h.lane == lane)
+
+    async def _pull_lanes(self, parts: list[int], want: dict[int, int], out: Fetched) -> None:
+        """Pull each partition of ``parts``: its normal lane, then (covering what that brought) high and low.
+
+        ``want[p]`` per lane, less what the lane has buffered. A partition whose every lane came back
+        short is marked dry (no more work there now).
+        """
+        if not parts:
+            return
+        await self._pull_set([(p, "", want[p] - self._buffered(p, "")) for p in parts], out)
+        await self._pull_set(
+            [(p, lane, max(1, want[p] - self._buffered(p, lane))) for p in parts for lane in "hl"], out
+        )
+        for p in parts:
+            if len(self._short.get(p, ())) == len(subjects.LANES):
+                self._dry.add(p)
+            else:
+                self._dry.discard(p)
+
+    async def _pull_set(self, todo: list[tuple[int, str, int]], out: Fetched) -> None:
+        """Pull ``n`` of lane ``lane`` of partition ``p`` for each (together); update coverage."""
+        todo = [(p, lane, n) for p, lane, n in todo if n > 0]
+        horizon = {p: self._top.get(p, 0) for p, _, _ in todo}  # stored before these pulls were sent
+        pulled = await asyncio.gather(*(self._pull(p, n, lane) for p, lane, n in todo))
+        for (p, lane, n), msgs in zip(todo, pulled, strict=True):
+            if p not in self._held:
+                continue
+            cov = self._cov.setdefault(p, {})
+            short = self._short.setdefault(p, set())
+            if p in self._suspect:
+                short.discard(lane)  # cut short by a server loss: covers nothing
+                continue
+            top = max((int(m.metadata.sequence.stream) for m in msgs), default=0)
+            if len(msgs) < n:
+                short.add(lane)
+                top = max(top, horizon[p])
+            else:
+                short.discard(lane)
+            cov[lane] = max(cov.get(lane, 0), top)
+            if msgs:
+                self._top[p] = max(self._top.get(p, 0), top)
+                if lane:
+                    self._classed[p] = time.monotonic()
+            await self._take_in(p, msgs, out, lane)
+
+    async def _cover(self, out: Fetched) -> None:
+        """Extend the coverage of every lane to the buffered events of the other lanes (twice at most:
+        pulls that bring new events may need one more)."""
+        for _ in range(2):
+            lanes: list[tuple[int, str, int]] = []
+            cursors: list[tuple[int, int]] = []
+            for p, buf in self._buf.items():
+                if not buf or p in self._settle or p in self._suspect:
+                    continue
+                cov = self._cov.setdefault(p, {})
+                for lane in subjects.LANES:
+                    need = max((h.seq for h in buf if h.lane != lane), default=0)
+                    if need <= cov.get(lane, 0):
+                        continue
+                    c = self._cursors.get(p)
+                    if lane == "" and (c is not None and c.upto >= need):
+                        continue
+                    if lane == "" and "" not in self._short.get(p, ()):
+                        cursors.append((p, need))  # a normal backlog: read its headers, do not pull it
+                    else:
+                        lanes.append((p, lane, max(1, PULL_LANE - self._buffered(p, lane))))
+            if not lanes and not cursors:
+                return
+            await asyncio.gather(self._pull_set(lanes, out), *(self._advance(p, need) for p, need in cursors))
+
+    async def _warm(self) -> None:
+        """Keep the cursors of partitions with recent high or low events running ahead of the normal lane."""
+        now = time.monotonic()
+        for p in list(self._cursors):
+            if now - self._classed.get(p, 0.0) > WARM:
+                self._drop_cursor(self._cursors.pop(p))
+        warm = [p for p, at in self._classed.items() if now - at <= WARM and p in self._held]
+        await asyncio.gather(*(self._advance(p, self._top.get(p, 0)) for p in warm))
+
+    async def _advance(self, p: int, need: int) -> None:
+        """Read the normal lane's headers of ``p`` until its cursor covers ``need`` (or the lane's end)."""
+        s = self.t.settings
+        base = self._cov.get(p, {}).get("", 0)
+        c = self._cursors.get(p)
+        now = time.monotonic()
+        if c is not None and (now - c.used > CURSOR_IDLE / 2 or base - c.upto > 4 * CURSOR_BATCH):
+            self._drop_cursor(self._cursors.pop(p))  # about to expire, or far behind the durable: start anew
+            c = None
+        if c is None:
+            from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+            self._ncur += 1
+            c = Cursor(f"poetcur-{self.name[:60]}-{p}-{self._ncur}", base)
+            cfg = ConsumerConfig(
+                name=c.name,
+                filter_subject=subjects.partition_filter(p),
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=base + 1,
+                ack_policy=AckPolicy.NONE,
+                headers_only=True,
+                inactive_threshold=CURSOR_IDLE,
+                mem_storage=True,
+                num_replicas=1,
+            )
+            await self.t.link.jsm.add_consumer(s.stream, cfg)
+            self._cursors[p] = c
+        c.used = now
+        pulls = self._pulls
+        while c.upto < need and pulls is not None:
+            horizon = self._top.get(p, 0)
+            try:
+                msgs = await pulls.pull(s.stream, c.name, CURSOR_BATCH)
+            except Exception:  # a server loss: the events it would clear wait for the next fetch
+                self._cursors.pop(p, None)
+                return
+            for m in msgs:
+                seq = int(m.metadata.sequence.stream)
+                kh = (m.headers or {}).get("Poet-Key") or NO_KEY
+                c.keys.setdefault(kh, []).append(seq)
+                c.upto = max(c.upto, seq)
+            c.n += len(msgs)
+            if len(msgs) < CURSOR_BATCH:
+                c.upto = max(c.upto, horizon)
+                break
+        if c.n > 2 * max(0, c.upto - base) + CURSOR_BATCH:  # most entries were pulled since: prune them
+            c.keys = {k: v[i:] for k, v in c.keys.items() if (i := bisect.bisect_right(v, base)) < len(v)}
+            c.n = sum(len(v) for v in c.keys.values())
+
+    def _clear(self, p: int, h: Held) -> bool:
+        """True if nothing unknown or waiting of ``h``'s key lies below it in the other lanes of ``p``."""
+        cov = self._cov.get(p, {})
+        lane = h.lane
+        for other in subjects.LANES:
+            if other == lane:
+                continue
+            have = cov.get(other, 0)
+            if have >= h.seq:
+                continue
+            c = self._cursors.get(p) if other == "" else None
+            if c is None or c.upto < h.seq:
+                return False
+            kh = h.kh or subjects.key_hash(h.key)
+            h.kh = kh
+            for k in (kh, NO_KEY):
+                seqs = c.keys.get(k, ())
+                i = bisect.bisect_right(seqs, have)  # at or below ``have``: pulled, so ordered by the merge
+                if i < len(seqs) and seqs[i] < h.seq:
+                    return False
+        return True
+
+    # -- handing out --------------------------------------------------------------------------------
+    def _hand_out(self, limit: int, out: Fetched, now: float, parts: list[int] | None = None) -> None:
+        """Lease buffered messages of ``parts`` (all) into ``out``, up to ``limit``: each key in stream order,
+        the classes by their shares."""
+        cands: list[Held] = []
+        for p in sorted(self._buf) if parts is None else parts:
+            if p in self._settle or p in self._suspect or not self._fresh(p):
+                out.deferred += len(self._buf[p])
+                continue
+            skipped: set[str] = set()
+            for h in self._buf[p]:
+                if h.key in skipped or h.key in self._failing:
+                    continue
+                if h.record.not_before > now:
+                    skipped.add(h.key)
+                    out.deferred += 1
+                elif not self._clear(p, h):
+                    skipped.add(h.key)
+                else:
+                    cands.append(h)
+        room = limit - len(out.deliveries)
+        if room <= 0 or not cands:
+            out.more = out.more or bool(cands)
+            return
+        # Only normal events: stream order per partition, as they were pulled; else by the shares.
+        take = cands[:room] if all(not h.lane for h in cands) else self._by_shares(cands, room)
+        if len(take) < len(cands):
+            out.more = True
+        gone: set[int] = set()
+        for h in take:
+            self._leased[h.id] = h
+            heapq.heappush(self._lseqs.setdefault(h.p, []), h.seq)
+            self._lset.add(h.seq)
+            gone.add(id(h))
+            out.deliveries.append(Delivery(h.event, h.key, h.record, h))
+        for p in {h.p for h in take}:
+            self._buf[p] = [h for h in self._buf[p] if id(h) not in gone]
+
+    def _by_shares(self, cands: list[Held], room: int) -> list[Held]:
+        """Up to ``room`` of ``cands`` (each key's in order): each class its share of every round of key heads."""
+        by_key: dict[str, deque[Held]] = {}
+        for h in cands:
+            by_key.setdefault(h.key, deque()).append(h)
+        order: list[Held] = []
+        left = room
+        while left > 0 and by_key:
+            heads = [q[0] for q in by_key.values()]
+            waiting = dict.fromkeys(PRIORITIES, 0)
+            for h in heads:
+                waiting[subjects.CLASS_OF_LANE[h.lane]] += 1
+            quota = split(left, waiting, self.shares)
+            heads.sort(key=lambda h: (PRIORITIES.index(subjects.CLASS_OF_LANE[h.lane]), h.seq))
+            for h in heads:
+                c = subjects.CLASS_OF_LANE[h.lane]
+                if quota[c] > 0:
+                    quota[c] -= 1
+                    left -= 1
+                    order.append(h)
+                    q = by_key[h.key]
+                    q.popleft()
+                    if not q:
+                        del by_key[h.key]
+        return order
+
+
+PULL_LANE = 64  # what a coverage pull of a lane asks for at most
+
+
+__all__ = ["Cursor", "Lanes"]
