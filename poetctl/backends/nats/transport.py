@@ -328,9 +328,10 @@ class NatsTransport:
         where = await derive.locate(self, event_id)
         if where is None:
             return None, None
-        seq, p, ev = where
+        seq, lane, ev = where
         fl = await derive.floors(self)
-        s = derive.derived(seq, p, fl, self._local_states().get(event_id))
+        s = derive.derived(seq, lane, fl, self._local_states().get(event_id))
+        p = int(lane.rstrip("hl")) if lane else None
         out: dict[str, Any] = {"s": s.value, "seq": seq, "p": p, "derived": True}
         if ev is not None:
             out["ts"] = ev.timestamp
@@ -403,7 +404,7 @@ class NatsTransport:
     def select(self, query: Query, limit: int | None = None) -> Iterator[Stored]:
         self._settle_local()
 
-        async def go() -> tuple[list[tuple[int, int | None, Event]], dict[str, dict[str, Any]], derive.Floors]:
+        async def go() -> tuple[list[tuple[int, str | None, Event]], dict[str, dict[str, Any]], derive.Floors]:
             found = await self._scan(query)
             states = dict(await self._all_states()) if found else {}
             return found, states, (await derive.floors(self) if found else {})
@@ -424,7 +425,7 @@ class NatsTransport:
             n += 1
             yield Stored(ev.id, state, ev, dict(info) if info else None)
 
-    async def _scan(self, query: Query) -> list[tuple[int, int | None, Event]]:
+    async def _scan(self, query: Query) -> list[tuple[int, str | None, Event]]:
         """Every readable event of the stream matching ``query`` (an ephemeral ordered read)."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -450,7 +451,7 @@ class NatsTransport:
         info = await self.link.jsm.stream_info(self.settings.stream)
         if info.state.messages == 0:
             return []
-        out: list[tuple[int, int | None, Event]] = []
+        out: list[tuple[int, str | None, Event]] = []
         async for m in self.link.read(self.settings.stream, cfg):
             eid = (m.headers or {}).get("Poet-Id") or (m.headers or {}).get("Nats-Msg-Id") or ""
             try:
@@ -458,7 +459,7 @@ class NatsTransport:
             except InvalidData:
                 continue
             if query.match(ev):
-                out.append((m.metadata.sequence.stream, derive.partition_of_subject(m.subject), ev))
+                out.append((m.metadata.sequence.stream, derive.lane_of_subject(m.subject), ev))
         return out
 
     async def _all_states(self) -> list[tuple[str, dict[str, Any]]]:
