@@ -15,6 +15,7 @@ from ...transport import Fetched, Record, State
 from ..memory import decode
 from .leases import Held, PartitionLeases
 from .retry import retrying, transient
+from .subjects import lane_token
 
 
 async def _reply(m: Any, body: bytes) -> None:
@@ -156,8 +157,8 @@ class Intake(PartitionLeases):
                 log.info("messages lost in transit come back after AckWait; waiting for them", partition=p, n=missing)
                 self._settle[p] = (missing, time.monotonic() + 2 * s.ack_wait + 1)
 
-    async def _take_in(self, p: int, msgs: list[Any], out: Fetched, lane: str = "") -> None:
-        """Decode pulled messages of ``lane`` into the partition's buffer (in stream order: the lanes merge);
+    async def _take_in(self, p: int, msgs: list[Any], out: Fetched) -> None:
+        """Decode pulled messages into the partition's buffer (in stream order: its priority lanes merge);
         quarantine the unreadable."""
         buf = self._buf.setdefault(p, [])
         have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
@@ -192,5 +193,7 @@ class Intake(PartitionLeases):
             # An entry exists (or may: a redelivery) for keyed ids, redeliveries, and the copies replay and
             # dead-letter retry publish (their Nats-Msg-Id is not the id): acks then write it too.
             kv = md.num_delivered > 1 or "Poet-Kv" in hdrs or hdrs.get("Nats-Msg-Id") != eid
+            tok = lane_token(m.subject) or ""  # "<n>", "<n>h", "<n>l": the lane it came from (.lanes)
+            lane = tok[-1] if tok[-1:] in ("h", "l") else ""
             buf.append(_Held(m, p, seq, ev, self.t.key_of(ev), record, kv, lane))
         buf.sort(key=lambda h: h.seq)

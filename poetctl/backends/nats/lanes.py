@@ -21,12 +21,12 @@ Part of :class:`~.consumer.NatsConsumer` (a mixin over its state). The design:
     previous holder and was not acked comes back first: ``_settle``), and a pull
     that comes back short covers it up to everything this consumer had pulled
     from the partition before sending it (those were stored earlier);
-  - the normal lane usually has a backlog nobody pulled: a high or low event
-    is checked against it by a **cursor**, an ephemeral headers-only consumer
-    of the normal lane from where its durable has delivered to, that indexes
-    the ``Poet-Key`` header (the partition key's hash: a collision only makes an
-    event wait; a message without the header blocks every key, so events
-    published before the header existed wait rather than overtake).
+  - a lane with a backlog nobody pulled (the normal lane, usually; a low lane
+    when many low events wait) is read by a **cursor** instead: an ephemeral
+    headers-only consumer of the lane from where its durable has delivered to,
+    that indexes the ``Poet-Key`` header (the partition key's hash: a collision
+    only makes an event wait; a message without the header blocks every key, so
+    events published before the header existed wait rather than overtake).
 
   Pulled messages of the same key are ordered by the merge itself (a key with a
   waiting event skips its later ones). The lowest unfinished sequence is never
@@ -59,6 +59,8 @@ CURSOR_BATCH = 2048  # headers read per pull of a cursor
 WARM = 30.0  # seconds a partition's cursor keeps reading after its last high or low event
 CURSOR_IDLE = 120.0  # the cursor consumer's inactive threshold (the server deletes it after that)
 NO_KEY = "*"  # the index entry of a message without Poet-Key: it blocks every key
+END = 1 << 62  # "to the lane's end"
+PULL_LANE = 16  # the high and low lanes are pulled at least this far ahead (a coverage pull: at most)
 
 
 class Cursor:
@@ -85,7 +87,7 @@ class Lanes(Intake):
     _cov: dict[int, dict[str, int]]
     _top: dict[int, int]  # partition -> highest sequence pulled from any of its lanes
     _short: dict[int, set[str]]  # partition -> lanes whose last pull came back short
-    _cursors: dict[int, Cursor]
+    _cursors: dict[tuple[int, str], Cursor]  # (partition, lane) -> its cursor
     _classed: dict[int, float]  # partition -> when a high or low event of it was last pulled
     _ncur: int
 
@@ -100,9 +102,8 @@ class Lanes(Intake):
         self._top.pop(p, None)
         self._short.pop(p, None)
         self._classed.pop(p, None)
-        c = self._cursors.pop(p, None)
-        if c is not None:
-            self._drop_cursor(c)
+        for k in [k for k in self._cursors if k[0] == p]:
+            self._drop_cursor(self._cursors.pop(k))
 
     def _drop_cursor(self, c: Cursor) -> None:
         async def go() -> None:
@@ -126,9 +127,10 @@ class Lanes(Intake):
         if not parts:
             return
         await self._pull_set([(p, "", want[p] - self._buffered(p, "")) for p in parts], out)
-        await self._pull_set(
-            [(p, lane, max(1, want[p] - self._buffered(p, lane))) for p in parts for lane in "hl"], out
-        )
+        # The small lanes ask for a few more than the fetch's share: a high event held back (its key waits) must
+        # not keep the next ones of its lane from being pulled.
+        small = [(p, lane, max(1, max(want[p], PULL_LANE) - self._buffered(p, lane))) for p in parts for lane in "hl"]
+        await self._pull_set(small, out)
         for p in parts:
             if len(self._short.get(p, ())) == len(subjects.LANES):
                 self._dry.add(p)
@@ -159,14 +161,14 @@ class Lanes(Intake):
                 self._top[p] = max(self._top.get(p, 0), top)
                 if lane:
                     self._classed[p] = time.monotonic()
-            await self._take_in(p, msgs, out, lane)
+            await self._take_in(p, msgs, out)
 
     async def _cover(self, out: Fetched) -> None:
         """Extend the coverage of every lane to the buffered events of the other lanes (twice at most:
         pulls that bring new events may need one more)."""
         for _ in range(2):
             lanes: list[tuple[int, str, int]] = []
-            cursors: list[tuple[int, int]] = []
+            cursors: list[tuple[int, str, int]] = []
             for p, buf in self._buf.items():
                 if not buf or p in self._settle or p in self._suspect:
                     continue
@@ -175,43 +177,42 @@ class Lanes(Intake):
                     need = max((h.seq for h in buf if h.lane != lane), default=0)
                     if need <= cov.get(lane, 0):
                         continue
-                    c = self._cursors.get(p)
-                    if lane == "" and (c is not None and c.upto >= need):
+                    c = self._cursors.get((p, lane))
+                    if c is not None and c.upto >= need:
                         continue
-                    if lane == "" and "" not in self._short.get(p, ()):
-                        cursors.append((p, need))  # a normal backlog: read its headers, do not pull it
+                    if lane in self._short.get(p, ()):
+                        lanes.append((p, lane, max(1, PULL_LANE - self._buffered(p, lane))))  # ran dry: pull
                     else:
-                        lanes.append((p, lane, max(1, PULL_LANE - self._buffered(p, lane))))
+                        cursors.append((p, lane, need))  # a backlog: read its headers, do not pull it
             if not lanes and not cursors:
                 return
-            await asyncio.gather(self._pull_set(lanes, out), *(self._advance(p, need) for p, need in cursors))
+            await asyncio.gather(self._pull_set(lanes, out), *(self._advance(p, ln, need) for p, ln, need in cursors))
 
     async def _warm(self) -> None:
-        """Keep the cursors of partitions with recent high or low events running ahead of the normal lane."""
+        """Keep the cursors of partitions with recent high or low events running ahead (to their lane's end)."""
         now = time.monotonic()
-        for p in list(self._cursors):
-            if now - self._classed.get(p, 0.0) > WARM:
-                self._drop_cursor(self._cursors.pop(p))
-        warm = [p for p, at in self._classed.items() if now - at <= WARM and p in self._held]
-        await asyncio.gather(*(self._advance(p, self._top.get(p, 0)) for p in warm))
+        for k in list(self._cursors):
+            if now - self._classed.get(k[0], 0.0) > WARM:
+                self._drop_cursor(self._cursors.pop(k))
+        await asyncio.gather(*(self._advance(p, ln, END) for p, ln in list(self._cursors) if p in self._held))
 
-    async def _advance(self, p: int, need: int) -> None:
-        """Read the normal lane's headers of ``p`` until its cursor covers ``need`` (or the lane's end)."""
+    async def _advance(self, p: int, lane: str, need: int) -> None:
+        """Read the headers of lane ``lane`` of ``p`` until its cursor covers ``need`` (or the lane's end)."""
         s = self.t.settings
-        base = self._cov.get(p, {}).get("", 0)
-        c = self._cursors.get(p)
+        base = self._cov.get(p, {}).get(lane, 0)
+        c = self._cursors.get((p, lane))
         now = time.monotonic()
         if c is not None and (now - c.used > CURSOR_IDLE / 2 or base - c.upto > 4 * CURSOR_BATCH):
-            self._drop_cursor(self._cursors.pop(p))  # about to expire, or far behind the durable: start anew
+            self._drop_cursor(self._cursors.pop((p, lane)))  # about to expire, or far behind: start anew
             c = None
         if c is None:
             from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
             self._ncur += 1
-            c = Cursor(f"poetcur-{self.name[:60]}-{p}-{self._ncur}", base)
+            c = Cursor(f"poetcur-{self.name[:60]}-{p}{lane}-{self._ncur}", base)
             cfg = ConsumerConfig(
                 name=c.name,
-                filter_subject=subjects.partition_filter(p),
+                filter_subject=subjects.partition_filter(p, lane),
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=base + 1,
                 ack_policy=AckPolicy.NONE,
@@ -221,7 +222,7 @@ class Lanes(Intake):
                 num_replicas=1,
             )
             await self.t.link.jsm.add_consumer(s.stream, cfg)
-            self._cursors[p] = c
+            self._cursors[(p, lane)] = c
         c.used = now
         pulls = self._pulls
         while c.upto < need and pulls is not None:
@@ -229,7 +230,7 @@ class Lanes(Intake):
             try:
                 msgs = await pulls.pull(s.stream, c.name, CURSOR_BATCH)
             except Exception:  # a server loss: the events it would clear wait for the next fetch
-                self._cursors.pop(p, None)
+                self._cursors.pop((p, lane), None)
                 return
             for m in msgs:
                 seq = int(m.metadata.sequence.stream)
@@ -254,7 +255,7 @@ class Lanes(Intake):
             have = cov.get(other, 0)
             if have >= h.seq:
                 continue
-            c = self._cursors.get(p) if other == "" else None
+            c = self._cursors.get((p, other))
             if c is None or c.upto < h.seq:
                 return False
             kh = h.kh or subjects.key_hash(h.key)
@@ -329,9 +330,6 @@ class Lanes(Intake):
                     if not q:
                         del by_key[h.key]
         return order
-
-
-PULL_LANE = 64  # what a coverage pull of a lane asks for at most
 
 
 __all__ = ["Cursor", "Lanes"]
