@@ -37,8 +37,9 @@ Part of :class:`~.consumer.NatsConsumer` (a mixin over its state). The design:
 
 Costs: while only normal events flow, each pull round also pulls the two small
 lanes (after the normal pull, so their short answers cover what it brought). A
-cursor reads headers only, and only while a high or low event of its partition
-was seen in the last :data:`WARM` seconds (kept running ahead meanwhile).
+cursor reads headers only; it is made when an event needs it, and kept running
+ahead (to its lane's end) while high or low events of its partition were seen
+in the last :data:`WARM` seconds.
 """
 
 from __future__ import annotations
@@ -127,9 +128,11 @@ class Lanes(Intake):
         if not parts:
             return
         await self._pull_set([(p, "", want[p] - self._buffered(p, "")) for p in parts], out)
-        # The small lanes ask for a few more than the fetch's share: a high event held back (its key waits) must
-        # not keep the next ones of its lane from being pulled.
-        small = [(p, lane, max(1, max(want[p], PULL_LANE) - self._buffered(p, lane))) for p in parts for lane in "hl"]
+        # The high lane asks for a few more than the fetch's share: a high event held back (its key waits) must
+        # not keep the next ones from being pulled. Low asks for the share, as normal does: the shares split
+        # what is pulled, so a lane pulled deeper would get more than its share.
+        small = [(p, "h", max(1, max(want[p], PULL_LANE) - self._buffered(p, "h"))) for p in parts]
+        small += [(p, "l", max(1, want[p] - self._buffered(p, "l"))) for p in parts]
         await self._pull_set(small, out)
         for p in parts:
             if len(self._short.get(p, ())) == len(subjects.LANES):
