@@ -62,11 +62,16 @@ class Pulls:
         self._n = 0
         self._open: dict[str, tuple[list[Any], int, asyncio.Future[None]]] = {}  # consumer -> its pull
         self._toks: dict[str, str] = {}  # inbox token -> consumer
+        # consumer -> the status that ended its last pull ("" when the batch filled): only 404 and 408 say
+        # "nothing more is there now" (a missing consumer answers 503: that says nothing; .lanes relies on it)
+        self.ended: dict[str, str] = {}
 
     async def _on(self, m: Any) -> None:
         if m.headers and m.headers.get("Status"):
-            got = self._open.get(self._toks.get(m.subject[len(self._prefix) :], ""))
+            consumer = self._toks.get(m.subject[len(self._prefix) :], "")
+            got = self._open.get(consumer)
             if got is not None and not got[2].done():
+                self.ended[consumer] = str(m.headers.get("Status"))
                 got[2].set_result(None)  # 404 no messages, 408 expired, 409: the end of this pull
             return
         try:
@@ -91,6 +96,7 @@ class Pulls:
         msgs: list[Any] = []
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._open[consumer] = (msgs, batch, done)
+        self.ended[consumer] = ""
         self._toks[tok] = consumer
         api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         try:
@@ -99,6 +105,10 @@ class Pulls:
         finally:
             del self._open[consumer], self._toks[tok]
         return msgs
+
+    def drained(self, consumer: str) -> bool:
+        """True if the last pull of ``consumer`` ended because nothing more was there (404/408), not otherwise."""
+        return self.ended.get(consumer, "")[:3] in ("404", "408")
 
 
 class Intake(PartitionLeases):

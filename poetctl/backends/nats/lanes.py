@@ -67,10 +67,12 @@ PULL_LANE = 16  # the high and low lanes are pulled at least this far ahead (a c
 class Cursor:
     """A headers-only reader of a partition's normal lane: key hash -> sequences not yet pulled."""
 
-    __slots__ = ("keys", "n", "name", "upto", "used")
+    __slots__ = ("keys", "last", "n", "name", "parts", "upto", "used")
 
-    def __init__(self, name: str, upto: int) -> None:
+    def __init__(self, name: str, upto: int, parts: frozenset[int] = frozenset()) -> None:
         self.name = name
+        self.parts = parts  # a sweeper's partitions
+        self.last: dict[int, int] = {}  # a sweeper's: partition -> the last sequence of it read
         self.upto = upto  # every normal message at or below it is indexed (or pulled by the durable)
         self.keys: dict[str, list[int]] = {}
         self.n = 0  # entries in keys
@@ -91,11 +93,13 @@ class Lanes(Intake):
     _cursors: dict[tuple[int, str], Cursor]  # (partition, lane) -> its cursor
     _classed: dict[int, float]  # partition -> when a high or low event of it was last pulled
     _ncur: int
+    _sweepers: dict[str, Cursor]  # small lane -> the sweeper over its held partitions
 
     def _init_lanes(self) -> None:
         self.shares = dict(getattr(self.t, "shares", None) or DEFAULT_SHARES)
         self._cov, self._top, self._short, self._cursors, self._classed = {}, {}, {}, {}, {}
         self._ncur = 0
+        self._sweepers = {}
 
     def _forget_lanes(self, p: int) -> None:
         """Partition ``p`` is no longer held: its coverage goes (a next holding starts from the durables)."""
@@ -131,14 +135,97 @@ class Lanes(Intake):
         # The high lane asks for a few more than the fetch's share: a high event held back (its key waits) must
         # not keep the next ones from being pulled. Low asks for the share, as normal does: the shares split
         # what is pulled, so a lane pulled deeper would get more than its share.
-        small = [(p, "h", max(1, max(want[p], PULL_LANE) - self._buffered(p, "h"))) for p in parts]
-        small += [(p, "l", max(1, want[p] - self._buffered(p, "l"))) for p in parts]
+        ahead = {"h": {p: max(1, max(want[p], PULL_LANE) - self._buffered(p, "h")) for p in parts}}
+        ahead["l"] = {p: max(1, want[p] - self._buffered(p, "l")) for p in parts}
+        small: list[tuple[int, str, int]] = []
+        for lane in "hl":
+            # The lanes pulled since their partition was taken are swept: one read tells which of them have
+            # something new (usually none), and only those are pulled. The others are pulled.
+            held = sorted(p for p in self._held if self._cov.get(p, {}).get(lane, 0) > 0 and p not in self._suspect)
+            swept = [p for p in parts if p in held]
+            todo = set(parts) - set(swept)
+            if swept:
+                todo |= await self._sweep(held, lane) & set(parts)
+            small += [(p, lane, ahead[lane][p]) for p in sorted(todo)]
         await self._pull_set(small, out)
         for p in parts:
             if len(self._short.get(p, ())) == len(subjects.LANES):
                 self._dry.add(p)
             else:
                 self._dry.discard(p)
+
+    def _drained(self, consumer: str) -> bool:
+        return self._pulls is not None and self._pulls.drained(consumer)
+
+    async def _sweep(self, parts: list[int], lane: str) -> set[int]:
+        """Extend the coverage of ``lane`` of ``parts`` (each covered some way already) by one headers-only read
+        of that lane of all of them (a sweeper: an ephemeral consumer filtering their lane subjects), usually
+        "nothing new" for all at once. The partitions with a message of the lane not delivered here yet (a
+        pull of their durable brings it): their coverage stays where it is."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        s = self.t.settings
+        cov = {p: self._cov.setdefault(p, {}) for p in parts}
+        base = min(c.get(lane, 0) for c in cov.values())
+        sw = self._sweepers.get(lane)
+        now = time.monotonic()
+        if sw is not None and (sw.parts != frozenset(parts) or now - sw.used > CURSOR_IDLE / 2):
+            self._drop_cursor(self._sweepers.pop(lane))
+            sw = None
+        if sw is None:
+            self._ncur += 1
+            sw = Cursor(f"poetsweep-{self.name[:60]}-{lane}-{self._ncur}", base, frozenset(parts))
+            filters = [subjects.partition_filter(p, lane) for p in sorted(parts)]
+            cfg = ConsumerConfig(
+                name=sw.name,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=base + 1,
+                ack_policy=AckPolicy.NONE,
+                headers_only=True,
+                inactive_threshold=CURSOR_IDLE,
+                mem_storage=True,
+                num_replicas=1,
+            )
+            if len(filters) == 1:
+                cfg.filter_subject = filters[0]
+            else:
+                cfg.filter_subjects = filters
+            await self.t.link.jsm.add_consumer(s.stream, cfg)
+            self._sweepers[lane] = sw
+        sw.used = now
+        horizon = max(self._top.values(), default=0)  # stored before this read is sent
+        pulls = self._pulls
+        try:
+            msgs = await pulls.pull(s.stream, sw.name, CURSOR_BATCH) if pulls is not None else []
+        except Exception:  # a server loss: pull them all (the pulls judge it)
+            self._sweepers.pop(lane, None)
+            return set(parts)
+        for m in msgs:
+            seq = int(m.metadata.sequence.stream)
+            tok = subjects.lane_token(m.subject) or ""
+            if tok[:-1].isdigit():
+                q = int(tok[:-1])
+                sw.last[q] = max(sw.last.get(q, 0), seq)
+            sw.upto = max(sw.upto, seq)
+        end = len(msgs) < CURSOR_BATCH and pulls is not None and pulls.drained(sw.name)
+        if len(msgs) < CURSOR_BATCH and not end:  # gone (a server restart loses it): pull them all
+            self._sweepers.pop(lane, None)
+            return set(parts)
+        if end:
+            sw.upto = max(sw.upto, horizon)
+        found: set[int] = set()
+        for p, c in cov.items():
+            short = self._short.setdefault(p, set())
+            if sw.last.get(p, 0) > c.get(lane, 0):
+                found.add(p)  # its pull brings it; everything of the lane up to there is then known
+                short.discard(lane)
+                continue
+            c[lane] = max(c.get(lane, 0), sw.upto)
+            if end:
+                short.add(lane)
+            else:
+                short.discard(lane)
+        return found
 
     async def _pull_set(self, todo: list[tuple[int, str, int]], out: Fetched) -> None:
         """Pull ``n`` of lane ``lane`` of partition ``p`` for each (together); update coverage."""
@@ -154,7 +241,7 @@ class Lanes(Intake):
                 short.discard(lane)  # cut short by a server loss: covers nothing
                 continue
             top = max((int(m.metadata.sequence.stream) for m in msgs), default=0)
-            if len(msgs) < n:
+            if len(msgs) < n and self._drained(self.t.settings.durable(p, lane)):
                 short.add(lane)
                 top = max(top, horizon[p])
             else:
@@ -242,6 +329,9 @@ class Lanes(Intake):
                 c.upto = max(c.upto, seq)
             c.n += len(msgs)
             if len(msgs) < CURSOR_BATCH:
+                if not pulls.drained(c.name):  # gone (a server restart loses it): made again next time
+                    self._cursors.pop((p, lane), None)
+                    return
                 c.upto = max(c.upto, horizon)
                 break
         if c.n > 2 * max(0, c.upto - base) + CURSOR_BATCH:  # most entries were pulled since: prune them
