@@ -160,7 +160,8 @@ class NatsConsumer(Lanes):
                 for p in sorted(pulling)
                 if p in self._held
                 and p not in self._dry
-                and not self._buf.get(p)
+                and not any(not h.lane for h in self._buf.get(p, ()))  # no normal event left here
+                and "" not in self._short.get(p, ())  # and more in its normal lane
                 and p not in self._settle
                 and p not in self._suspect
                 and self._fresh(p)

@@ -385,7 +385,11 @@ class Lanes(Intake):
             out.more = out.more or bool(cands)
             return
         # Only normal events: stream order per partition, as they were pulled; else by the shares.
-        take = cands[:room] if all(not h.lane for h in cands) else self._by_shares(cands, room)
+        if all(not h.lane for h in cands):
+            take = cands[:room]
+        else:
+            deep = any("" not in self._short.get(h.p, ()) for h in cands)
+            take = self._by_shares(cands, room, deep)
         if len(take) < len(cands):
             out.more = True
         gone: set[int] = set()
@@ -398,30 +402,50 @@ class Lanes(Intake):
         for p in {h.p for h in take}:
             self._buf[p] = [h for h in self._buf[p] if id(h) not in gone]
 
-    def _by_shares(self, cands: list[Held], room: int) -> list[Held]:
-        """Up to ``room`` of ``cands`` (each key's in order): each class its share of every round of key heads."""
+    def _by_shares(self, cands: list[Held], room: int, deep: bool) -> list[Held]:
+        """Up to ``room`` of ``cands`` (each key's in order), each class its share of ``room``.
+
+        The shares split what waits; ``deep``: the normal lane has more than was pulled (a partition's pull
+        came back full), so normal counts as filling the room: its share is kept for the fetch's next pull
+        instead of going to the small lanes' pulled events.
+        """
+        waiting = dict.fromkeys(PRIORITIES, 0)
+        for h in cands:
+            waiting[subjects.CLASS_OF_LANE[h.lane]] += 1
+        if deep:
+            waiting["normal"] = max(waiting["normal"], room)
+        quota = split(room, waiting, self.shares)
         by_key: dict[str, deque[Held]] = {}
         for h in cands:
             by_key.setdefault(h.key, deque()).append(h)
         order: list[Held] = []
-        left = room
-        while left > 0 and by_key:
-            heads = [q[0] for q in by_key.values()]
-            waiting = dict.fromkeys(PRIORITIES, 0)
-            for h in heads:
-                waiting[subjects.CLASS_OF_LANE[h.lane]] += 1
-            quota = split(left, waiting, self.shares)
-            heads.sort(key=lambda h: (PRIORITIES.index(subjects.CLASS_OF_LANE[h.lane]), h.seq))
+        pool = 0  # shares no head of their class could use (its key waits behind another class): anyone's
+        while by_key:  # rounds of each key's head: a key's next event goes after its earlier one
+            heads = sorted(
+                (q[0] for q in by_key.values()), key=lambda h: (PRIORITIES.index(subjects.CLASS_OF_LANE[h.lane]), h.seq)
+            )
+            took = False
             for h in heads:
                 c = subjects.CLASS_OF_LANE[h.lane]
                 if quota[c] > 0:
                     quota[c] -= 1
-                    left -= 1
-                    order.append(h)
-                    q = by_key[h.key]
-                    q.popleft()
-                    if not q:
-                        del by_key[h.key]
+                elif pool > 0:
+                    pool -= 1
+                else:
+                    continue
+                order.append(h)
+                took = True
+                q = by_key[h.key]
+                q.popleft()
+                if not q:
+                    del by_key[h.key]
+            if not took:
+                # Normal's share stays normal's when its lane has more (the fetch's next pull brings them).
+                keep = quota["normal"] if deep else 0
+                pool += sum(quota.values()) - keep
+                quota = dict.fromkeys(PRIORITIES, 0)
+                if pool == 0:
+                    break
         return order
 
 
