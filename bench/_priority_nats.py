@@ -20,14 +20,17 @@ from typing import Any
 
 from _common import REPO
 
+# bench/nats.py is on sys.path (this script's directory): "import nats" would find it instead of nats-py.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(REPO / "tests"))
 
-from natsserver import NatsServer
+from natsserver import NatsServer  # noqa: E402
 
-from poetctl.backends.nats.settings import NatsSettings
-from poetctl.backends.nats.transport import NatsTransport
-from poetctl.router import EventRouter
-from poetctl.transport import Outgoing
+from poetctl.backends.nats.settings import NatsSettings  # noqa: E402
+from poetctl.backends.nats.transport import NatsTransport  # noqa: E402
+from poetctl.router import EventRouter  # noqa: E402
+from poetctl.transport import Outgoing  # noqa: E402
 
 
 def publish_backlog(router: EventRouter, start: int, n: int, keys: int) -> None:
