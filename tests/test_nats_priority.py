@@ -238,3 +238,22 @@ def test_a_stream_set_up_before_the_lanes_gets_their_consumers(transport: Any, m
     finally:
         c.close()
     assert {c.kind for c in setup(t.link, s, dry_run=True)} == {"keep"}
+
+
+def test_priority_shares_are_the_configured_ones(transport: Any, make: Make) -> None:
+    """[daemon] priority_shares reach the NATS consumer: with low's share the largest, low fills most of a fetch."""
+    from poetctl.backends.nats.transport import NatsTransport
+
+    t = NatsTransport(transport.settings, probe_every=0.0, priority_shares={"high": 1, "normal": 1, "low": 1000})
+    try:
+        normal = [make(f"n{i}") for i in range(10)]
+        lows = [make(f"l{i}", "low") for i in range(10)]
+        t.publish([*normal, *lows])
+        c = t.consumer("a")
+        try:
+            got = {d.id for d in c.fetch(10).deliveries}
+            assert len(got & {o.event.id for o in lows}) >= 8
+        finally:
+            c.close()
+    finally:
+        t.close()
