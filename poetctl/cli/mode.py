@@ -41,6 +41,7 @@ def nats_transport(cfg: Any, **kwargs: Any) -> Any:
         kwargs["key_of"] = configured_key_function(dict(cfg.daemon))
     from ..limits import Limits
 
+    kwargs.setdefault("priority_shares", dict(cfg.daemon).get("priority_shares"))
     t = NatsTransport(NatsSettings.from_config(cfg.nats), **kwargs)
     t.limits = Limits.of(cfg)  # [limits]: what emit keeps (backends/nats/limits.py)
     return t

@@ -37,7 +37,7 @@ class Kit:
     # Clock seconds after which a live consumer's fetch takes over a dead one's work by itself
     # (memory: at once; fs: the rescan interval; NATS: AckWait).
     takeover_after: float = 0.0
-    # Fetches by priority class (issue 15): memory and fs; NATS not yet (its consumer fetches in stream order).
+    # Fetches by priority class (issue 15): every backend (NATS: its priority lanes, backends/nats/lanes.py).
     priority: bool = True
 
 
@@ -176,5 +176,5 @@ def _nats_plant(t: Transport, name: str, data: bytes) -> None:
 KITS = {
     "memory": Kit("memory", lambda clock, _tmp: MemoryTransport(clock=clock), _memory_crash, _memory_plant),
     "fs": Kit("fs", lambda clock, tmp: FsTransport(tmp / "spool", clock=clock), _fs_crash, _fs_plant, FS_RESCAN),
-    "nats": Kit("nats", _nats_make, _nats_crash, _nats_plant, priority=False),
+    "nats": Kit("nats", _nats_make, _nats_crash, _nats_plant),
 }

@@ -275,31 +275,20 @@ def write_backup(
 
 # -- restore (restore.py; the consumers are made again here) -------------------------------------
 async def _restart_consumers(t: NatsTransport, start: dict[int, int]) -> None:
-    """Make each partition's durable consumer again, delivering from ``start[p]`` (its first pending event)."""
-    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+    """Make each partition's durable consumers again (every priority lane's), delivering from ``start[p]``
+    (its first pending event: restored events are all in the normal lane, and the high and low lanes'
+    durables from there on find nothing older of theirs)."""
     from nats.js.errors import NotFoundError
 
-    from .setup import consumer_specs
+    from .setup import consumer_config, lane_specs
 
     s = t.settings
-    for p, spec in enumerate(consumer_specs(s)):
+    for p, _, spec in lane_specs(s):
         try:
             await t.link.jsm.delete_consumer(s.stream, spec["durable_name"])
         except NotFoundError:
             pass
-        await t.link.jsm.add_consumer(
-            s.stream,
-            ConsumerConfig(
-                durable_name=spec["durable_name"],
-                filter_subject=spec["filter_subject"],
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=start[p],
-                ack_wait=spec["ack_wait"],
-                max_deliver=-1,
-                max_ack_pending=spec["max_ack_pending"],
-            ),
-        )
+        await t.link.jsm.add_consumer(s.stream, consumer_config(spec, start[p]))
 
 
 def _chunks(items: list[Any], n: int) -> list[list[Any]]:

@@ -4,7 +4,8 @@ Per-key order across daemons (the design; notes/natscore.md has the why):
 
 * The publisher puts each event on ``poet.p.<n>.<topic>``, ``n`` = crc32 of
   its partition key modulo ``partitions``; each partition has one durable
-  pull consumer ``poet-p<n>``.
+  pull consumer ``poet-p<n>``, and one per priority lane (``poet-p<n>h``,
+  ``poet-p<n>l``: :mod:`.lanes` merges them, keeping each key's order).
 * A daemon pulls a partition only while it holds the partition's lease: a
   KV entry ``p<n>`` in ``POET_LEASES`` made with ``create`` (exclusive) and
   refreshed every ``lease_ttl/4`` by a keeper thread; the bucket's TTL
@@ -28,7 +29,6 @@ event id; a redelivered message reads its record from there.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import math
 import os
@@ -44,10 +44,12 @@ from ...transport import Attempt, Delivery, Fetched, State
 from . import subjects
 from .dead import to_headers
 from .fastpub import header_value
-from .intake import Intake, _Held, _kv, _reply
-from .leases import Held, PartitionLeases
+from .intake import _Held, _kv, _reply
+from .lanes import Lanes
+from .leases import Held
 from .pipeline import UNCONFIRMED, Op, Pipeline
 from .retry import RUN_TIMEOUT, retrying, transient
+from .setup import ensure_lanes
 from .subjects import kv_key
 from .transport import NatsTransport, dumps
 
@@ -55,7 +57,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 PULL_MAX = 64  # messages pulled ahead per partition
 
 
-class NatsConsumer(Intake, PartitionLeases):
+class NatsConsumer(Lanes):
     """Leases due events from the partitions this daemon holds. Thread-safe (one lock)."""
 
     def __init__(self, transport: NatsTransport, name: str | None = None) -> None:
@@ -91,6 +93,8 @@ class NatsConsumer(Intake, PartitionLeases):
         # An idle partition is kept this long before it is handed back (re-taking costs a probe and a KV
         # create): leases stay while work flows; over the fair share, the excess is drained and handed back.
         self.hold_idle = transport.hold_idle if transport.hold_idle is not None else s.lease_ttl / 2
+        self._init_lanes()
+        self._run(retrying(lambda: ensure_lanes(transport)), RUN_TIMEOUT)  # a stream set up before the lanes
         self._run(retrying(self._announce), RUN_TIMEOUT)
         self._keeper = threading.Thread(target=self._keep, name=f"poetctl-nats-keeper-{self.name}", daemon=True)
         self._keeper.start()
@@ -135,7 +139,9 @@ class NatsConsumer(Intake, PartitionLeases):
             batch = max(1, min(PULL_MAX, math.ceil(limit / len(self._held))))
             pulling = set(sorted(self._held)[: self._cap()])  # over the fair share: drain the rest, pull nothing new
             want = {p: max(batch, self._settle.get(p, (0, 0.0))[0]) for p in self._held if p in pulling}
-            await self._pull_into([p for p, n in want.items() if len(self._buf.get(p, ())) < n], want, out)
+            await self._pull_lanes(list(want), want, out)
+            await self._cover(out)  # what the other lanes hold below each buffered event is known
+            await self._warm()
         for p, (expected, until) in list(self._settle.items()):
             back = sum(1 for h in self._buf.get(p, ()) if h.msg.metadata.num_delivered > 1)
             if back >= expected or time.monotonic() >= until:
@@ -154,7 +160,8 @@ class NatsConsumer(Intake, PartitionLeases):
                 for p in sorted(pulling)
                 if p in self._held
                 and p not in self._dry
-                and not self._buf.get(p)
+                and not any(not h.lane for h in self._buf.get(p, ()))  # no normal event left here
+                and "" not in self._short.get(p, ())  # and more in its normal lane
                 and p not in self._settle
                 and p not in self._suspect
                 and self._fresh(p)
@@ -162,45 +169,10 @@ class NatsConsumer(Intake, PartitionLeases):
             if not again:
                 break
             n = max(1, math.ceil((limit - len(out.deliveries)) / len(again)))  # the room: the caller's bound
-            await self._pull_into(again, dict.fromkeys(again, n), out)
+            await self._pull_lanes(again, dict.fromkeys(again, n), out)
+            await self._cover(out)
             self._hand_out(limit, out, now, again)
         await self._give_back_idle()
-
-    async def _pull_into(self, parts: list[int], want: dict[int, int], out: Fetched) -> None:
-        """Pull ``want[p]`` of each partition in ``parts`` (together) into its buffer; mark the short ones dry."""
-        pulled = await asyncio.gather(*(self._pull(p, want[p]) for p in parts))
-        for p, msgs in zip(parts, pulled, strict=True):
-            if len(msgs) < want[p]:
-                self._dry.add(p)
-            else:
-                self._dry.discard(p)
-            await self._take_in(p, msgs, out)
-
-    def _hand_out(self, limit: int, out: Fetched, now: float, parts: list[int] | None = None) -> None:
-        """Lease buffered messages of ``parts`` (all) into ``out``: stream order per partition, up to ``limit``."""
-        for p in sorted(self._buf) if parts is None else parts:
-            if p in self._settle or p in self._suspect or not self._fresh(p):
-                out.deferred += len(self._buf[p])
-                continue
-            buf = self._buf[p]
-            keep: list[Held] = []
-            skipped: set[str] = set()
-            for h in buf:
-                if h.key in skipped or h.key in self._failing:
-                    keep.append(h)
-                elif h.record.not_before > now:
-                    skipped.add(h.key)
-                    out.deferred += 1
-                    keep.append(h)
-                elif len(out.deliveries) >= limit:
-                    out.more = True
-                    keep.append(h)
-                else:
-                    self._leased[h.id] = h
-                    heapq.heappush(self._lseqs.setdefault(p, []), h.seq)
-                    self._lset.add(h.seq)
-                    out.deliveries.append(Delivery(h.event, h.key, h.record, h))
-            self._buf[p] = keep
 
     # -- recording --------------------------------------------------------------------------------
     def _mine(self, d: Delivery) -> Held | None:
@@ -333,7 +305,9 @@ class NatsConsumer(Intake, PartitionLeases):
         # the pipeline confirms the ack itself (a flush: the server has read it) before sync returns.
         self._acking[h.id] = h  # again, when a server loss makes the pipeline repeat this
         try:
-            record = _kv(h) or not covered or self.t.replicated
+            # High and low events (few) always get their entry: a reader that takes a message's state from its
+            # partition's normal durable (backup.py's snapshot, today) never takes a finished one for pending.
+            record = _kv(h) or not covered or self.t.replicated or bool(h.lane)
             pub = await self._put_async(h, self._state(h, State.PROCESSED)) if record else UNCONFIRMED
             await _reply(h.msg, b"+ACK")
         finally:

@@ -156,9 +156,11 @@ def retry(t: NatsTransport, found: list[Letter], now: float, max_bytes: int, war
         if len(data) > max_bytes:
             warn(f"{ev.id}: the replay mark would exceed max_event_bytes; retrying it unmarked")
             marked, data = letter.event, letter.event.to_json() + b"\n"
-        part = subjects.partition_of(t.key_of(marked), s.partitions)
-        hdrs = {"Nats-Msg-Id": f"{ev.id}:d{letter.dseq}", "Poet-Id": ev.id}
-        ack = await t.link.js.publish(subjects.event_subject(marked.topic, part), data, headers=hdrs)
+        key = t.key_of(marked)
+        part = subjects.partition_of(key, s.partitions)
+        hdrs = {"Nats-Msg-Id": f"{ev.id}:d{letter.dseq}", "Poet-Id": ev.id, "Poet-Key": subjects.key_hash(key)}
+        subj = subjects.event_subject(marked.topic, part, subjects.lane_of(marked.priority))  # its priority lane
+        ack = await t.link.js.publish(subj, data, headers=hdrs)
         st = {"s": State.PENDING.value, "seq": ack.seq, "p": part, "ts": marked.timestamp}
         await t.state_kv.put(kv_key(ev.id), dumps(st))
         old = (letter.state or {}).get("seq")

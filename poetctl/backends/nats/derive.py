@@ -36,40 +36,43 @@ if TYPE_CHECKING:
     from .transport import NatsTransport
 
 SKEW = 600.0  # seconds an id's clock may run ahead of the server's when looking it up by time
-_PREFIX = subjects.EVENTS + "."
+# lane token ("<n>", "<n>h", "<n>l": :func:`.subjects.lane_token`) -> (ack floor, delivered) stream sequences
+Floors = dict[str, tuple[int, int]]
 
-Floors = dict[int, tuple[int, int]]  # partition -> (ack floor, delivered) stream sequences
 
-
-def partition_of_subject(subject: str) -> int | None:
-    """``n`` of ``poet.p.<n>.<tail>``; None for another subject."""
-    if not subject.startswith(_PREFIX):
-        return None
-    tok = subject[len(_PREFIX) :].partition(".")[0]
-    return int(tok) if tok.isdigit() else None
+def lane_of_subject(subject: str) -> str | None:
+    """The lane token ``<n><lane>`` of ``poet.p.<n><lane>.<tail>`` (whose durable decides its state); None else."""
+    return subjects.lane_token(subject)
 
 
 async def floors(t: NatsTransport) -> Floors:
-    """Every partition consumer's (ack floor, delivered) stream sequences; (0, 0) where it does not exist."""
+    """Every lane durable's (ack floor, delivered) stream sequences; (0, 0) where it does not exist.
+
+    Each priority lane has its own durable (:mod:`.lanes`), so a message's state comes from the floor
+    of its own lane's durable.
+    """
     from nats.js.errors import NotFoundError
 
-    s = t.settings
+    from .setup import lane_specs
 
-    async def one(p: int) -> tuple[int, int]:
+    s = t.settings
+    specs = lane_specs(s)
+
+    async def one(name: str) -> tuple[int, int]:
         try:
-            ci = await t.link.jsm.consumer_info(s.stream, s.durable(p))
+            ci = await t.link.jsm.consumer_info(s.stream, name)
         except NotFoundError:
             return (0, 0)
         return (int(ci.ack_floor.stream_seq or 0), int(ci.delivered.stream_seq or 0))
 
-    got = await asyncio.gather(*(one(p) for p in range(s.partitions)))
-    return dict(enumerate(got))
+    got = await asyncio.gather(*(one(spec["durable_name"]) for _, _, spec in specs))
+    return {f"{p}{lane}": v for (p, lane, _), v in zip(specs, got, strict=True)}
 
 
-def derived(seq: int, p: int | None, fl: Floors, here: State | None = None) -> State:
-    """The state of the event at ``seq`` of partition ``p``; ``here``: what this process's consumers know of it
-    (leased: inflight; pulled and not handed out yet: pending)."""
-    floor, delivered = fl.get(p, (0, 0)) if p is not None else (0, 0)
+def derived(seq: int, where: str | None, fl: Floors, here: State | None = None) -> State:
+    """The state of the event at ``seq`` of lane ``where`` (:func:`lane_of_subject`); ``here``: what this
+    process's consumers know of it (leased: inflight; pulled and not handed out yet: pending)."""
+    floor, delivered = fl.get(where, (0, 0)) if where is not None else (0, 0)
     if seq <= floor:
         return State.PROCESSED
     if here is not None:
@@ -90,8 +93,8 @@ def id_time(event_id: str) -> float | None:
         return None
 
 
-async def locate(t: NatsTransport, event_id: str) -> tuple[int, int | None, Event | None] | None:
-    """The newest stream copy of ``event_id``: (sequence, partition, event or None if unreadable)."""
+async def locate(t: NatsTransport, event_id: str) -> tuple[int, str | None, Event | None] | None:
+    """The newest stream copy of ``event_id``: (sequence, lane token, event or None if unreadable)."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     cfg = ConsumerConfig(
@@ -108,7 +111,7 @@ async def locate(t: NatsTransport, event_id: str) -> tuple[int, int | None, Even
     info = await t.link.jsm.stream_info(t.settings.stream)
     if not info.state.messages:
         return None
-    found: tuple[int, int | None, Event | None] | None = None
+    found: tuple[int, str | None, Event | None] | None = None
     async for m in t.link.read(t.settings.stream, cfg):
         hdrs = m.headers or {}
         if (hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id")) != event_id:
@@ -117,12 +120,12 @@ async def locate(t: NatsTransport, event_id: str) -> tuple[int, int | None, Even
             ev: Event | None = decode(m.data or b"", event_id)
         except InvalidData:
             ev = None
-        found = (int(m.metadata.sequence.stream), partition_of_subject(m.subject), ev)
+        found = (int(m.metadata.sequence.stream), lane_of_subject(m.subject), ev)
     return found
 
 
-async def stream_ids(t: NatsTransport) -> list[tuple[int, int | None, str]]:
-    """(sequence, partition, id) of every event message in the stream (headers only: no bodies)."""
+async def stream_ids(t: NatsTransport) -> list[tuple[int, str | None, str]]:
+    """(sequence, lane token, id) of every event message in the stream (headers only: no bodies)."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     info = await t.link.jsm.stream_info(t.settings.stream)
@@ -136,11 +139,11 @@ async def stream_ids(t: NatsTransport) -> list[tuple[int, int | None, str]]:
         headers_only=True,
         filter_subject=subjects.EVENTS + ".>",
     )
-    out: list[tuple[int, int | None, str]] = []
+    out: list[tuple[int, str | None, str]] = []
     async for m in t.link.read(t.settings.stream, cfg):
         hdrs: Any = m.headers or {}
         eid = hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or ""
-        out.append((int(m.metadata.sequence.stream), partition_of_subject(m.subject), eid))
+        out.append((int(m.metadata.sequence.stream), lane_of_subject(m.subject), eid))
     return out
 
 
@@ -176,7 +179,7 @@ __all__ = [
     "floors",
     "id_time",
     "ids_since",
+    "lane_of_subject",
     "locate",
-    "partition_of_subject",
     "stream_ids",
 ]

@@ -121,15 +121,20 @@ class FastPublisher:
 HEADER_MAX = 4096
 
 
-def header_dict(event_id: str, keyed: bool) -> dict[str, str]:
+def header_dict(event_id: str, keyed: bool, key_hash: str = "") -> dict[str, str]:
     """An event message's headers: its id (deduplication; read back by consumers and queries).
 
     ``Poet-Kv`` marks an event published with a state entry (a keyed id): its consumer must write the
     completion entry too, since an entry always wins over the derived state (:mod:`.derive`).
+    ``Poet-Key`` is the hash of its partition key (:func:`.subjects.key_hash`): a consumer keeps a key's
+    order across priority lanes from the headers alone (:mod:`.lanes`).
     """
+    out = {"Nats-Msg-Id": event_id, "Poet-Id": event_id}
     if keyed:
-        return {"Nats-Msg-Id": event_id, "Poet-Id": event_id, "Poet-Kv": "1"}
-    return {"Nats-Msg-Id": event_id, "Poet-Id": event_id}
+        out["Poet-Kv"] = "1"
+    if key_hash:
+        out["Poet-Key"] = key_hash
+    return out
 
 
 def header_value(text: str | None, limit: int = HEADER_MAX) -> str:
@@ -138,9 +143,11 @@ def header_value(text: str | None, limit: int = HEADER_MAX) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
-def event_headers(event_id: bytes, keyed: bool) -> bytes:
+def event_headers(event_id: bytes, keyed: bool, key_hash: bytes = b"") -> bytes:
     """The header block of an event message, as raw bytes (the same headers as :func:`header_dict`)."""
     kv = b"Poet-Kv: 1\r\n" if keyed else b""
+    if key_hash:
+        kv += b"Poet-Key: %b\r\n" % key_hash
     return b"NATS/1.0\r\nNats-Msg-Id: %b\r\nPoet-Id: %b\r\n%b\r\n" % (event_id, event_id, kv)
 
 

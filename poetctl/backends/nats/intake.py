@@ -15,6 +15,7 @@ from ...transport import Fetched, Record, State
 from ..memory import decode
 from .leases import Held, PartitionLeases
 from .retry import retrying, transient
+from .subjects import lane_token
 
 
 async def _reply(m: Any, body: bytes) -> None:
@@ -32,8 +33,8 @@ class _Held(Held):
 
     __slots__ = ("kv",)
 
-    def __init__(self, msg: Any, p: int, seq: int, event: Any, key: str, record: Record, kv: bool) -> None:
-        super().__init__(msg, p, seq, event, key, record)
+    def __init__(self, msg: Any, p: int, seq: int, event: Any, key: str, record: Record, kv: bool, lane: str) -> None:
+        super().__init__(msg, p, seq, event, key, record, lane)
         self.kv = kv
 
 
@@ -61,11 +62,16 @@ class Pulls:
         self._n = 0
         self._open: dict[str, tuple[list[Any], int, asyncio.Future[None]]] = {}  # consumer -> its pull
         self._toks: dict[str, str] = {}  # inbox token -> consumer
+        # consumer -> the status that ended its last pull ("" when the batch filled): only 404 and 408 say
+        # "nothing more is there now" (a missing consumer answers 503: that says nothing; .lanes relies on it)
+        self.ended: dict[str, str] = {}
 
     async def _on(self, m: Any) -> None:
         if m.headers and m.headers.get("Status"):
-            got = self._open.get(self._toks.get(m.subject[len(self._prefix) :], ""))
+            consumer = self._toks.get(m.subject[len(self._prefix) :], "")
+            got = self._open.get(consumer)
             if got is not None and not got[2].done():
+                self.ended[consumer] = str(m.headers.get("Status"))
                 got[2].set_result(None)  # 404 no messages, 408 expired, 409: the end of this pull
             return
         try:
@@ -90,6 +96,7 @@ class Pulls:
         msgs: list[Any] = []
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._open[consumer] = (msgs, batch, done)
+        self.ended[consumer] = ""
         self._toks[tok] = consumer
         api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         try:
@@ -98,6 +105,10 @@ class Pulls:
         finally:
             del self._open[consumer], self._toks[tok]
         return msgs
+
+    def drained(self, consumer: str) -> bool:
+        """True if the last pull of ``consumer`` ended because nothing more was there (404/408), not otherwise."""
+        return self.ended.get(consumer, "")[:3] in ("404", "408")
 
 
 class Intake(PartitionLeases):
@@ -112,14 +123,14 @@ class Intake(PartitionLeases):
     ) -> None:
         raise NotImplementedError
 
-    async def _pull(self, p: int, batch: int) -> list[Any]:
-        """Up to ``batch`` messages of partition ``p`` without waiting (a no_wait pull request)."""
+    async def _pull(self, p: int, batch: int, lane: str = "") -> list[Any]:
+        """Up to ``batch`` messages of lane ``lane`` of partition ``p`` without waiting (a no_wait pull request)."""
         s = self.t.settings
         pulls = self._pulls
         if pulls is None or pulls.nc is not self.t.link.nc:
             pulls = self._pulls = Pulls(self.t.link.nc)
         try:
-            return await pulls.pull(s.stream, s.durable(p), batch)
+            return await pulls.pull(s.stream, s.durable(p, lane), batch)
         except Exception as exc:
             if not transient(exc):
                 raise
@@ -141,14 +152,15 @@ class Intake(PartitionLeases):
                 continue
             try:
                 await self._pipe.drain(keep=True)  # acks sent here are not what is missing (sync reports failures)
-                ci = await self.t.link.jsm.consumer_info(s.stream, s.durable(p))
+                lanes = ("", "h", "l")  # every lane's durable (.lanes)
+                cis = await asyncio.gather(*(self.t.link.jsm.consumer_info(s.stream, s.durable(p, ln)) for ln in lanes))
             except Exception as exc:
                 if transient(exc):
                     return  # still settling: try again at the next fetch, handing out nothing of p meanwhile
                 raise
             self._suspect.discard(p)
             mine = len(self._buf.get(p, ())) + sum(1 for h in self._leased.values() if h.p == p)
-            missing = int(ci.num_ack_pending or 0) - mine
+            missing = sum(int(ci.num_ack_pending or 0) for ci in cis) - mine
             if missing > 0:
                 from ...daemon import log
 
@@ -156,7 +168,8 @@ class Intake(PartitionLeases):
                 self._settle[p] = (missing, time.monotonic() + 2 * s.ack_wait + 1)
 
     async def _take_in(self, p: int, msgs: list[Any], out: Fetched) -> None:
-        """Decode pulled messages into the partition's buffer (in stream order); quarantine the unreadable."""
+        """Decode pulled messages into the partition's buffer (in stream order: its priority lanes merge);
+        quarantine the unreadable."""
         buf = self._buf.setdefault(p, [])
         have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
         # Handled here with the ack still queued (AckWait ran out first): the queued ack settles it.
@@ -190,5 +203,7 @@ class Intake(PartitionLeases):
             # An entry exists (or may: a redelivery) for keyed ids, redeliveries, and the copies replay and
             # dead-letter retry publish (their Nats-Msg-Id is not the id): acks then write it too.
             kv = md.num_delivered > 1 or "Poet-Kv" in hdrs or hdrs.get("Nats-Msg-Id") != eid
-            buf.append(_Held(m, p, seq, ev, self.t.key_of(ev), record, kv))
+            tok = lane_token(m.subject) or ""  # "<n>", "<n>h", "<n>l": the lane it came from (.lanes)
+            lane = tok[-1] if tok[-1:] in ("h", "l") else ""
+            buf.append(_Held(m, p, seq, ev, self.t.key_of(ev), record, kv, lane))
         buf.sort(key=lambda h: h.seq)

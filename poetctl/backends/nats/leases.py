@@ -26,9 +26,9 @@ from .retry import transient
 class Held:
     """A pulled message: not yet handed out (buffered) or leased to the loop."""
 
-    __slots__ = ("event", "id", "key", "msg", "p", "record", "seq", "since")
+    __slots__ = ("event", "id", "key", "kh", "lane", "msg", "p", "record", "seq", "since")
 
-    def __init__(self, msg: Any, p: int, seq: int, event: Event, key: str, record: Record) -> None:
+    def __init__(self, msg: Any, p: int, seq: int, event: Event, key: str, record: Record, lane: str = "") -> None:
         self.msg = msg
         self.p = p
         self.seq = seq
@@ -36,6 +36,8 @@ class Held:
         self.id = event.id
         self.key = key
         self.record = record
+        self.lane = lane  # the priority lane it was pulled from ("" normal, "h" high, "l" low: .lanes)
+        self.kh = ""  # its key's hash, once needed (.lanes)
         self.since = time.monotonic()
 
 
@@ -185,8 +187,11 @@ class PartitionLeases:
         s = self.t.settings
 
         async def one(p: int) -> tuple[int, int, int]:
-            ci = await self.t.link.jsm.consumer_info(s.stream, s.durable(p))
-            return p, int(ci.num_pending or 0), int(ci.num_ack_pending or 0)
+            # The partition's three lane durables together (.lanes): a holder takes them all.
+            cis = await asyncio.gather(
+                *(self.t.link.jsm.consumer_info(s.stream, s.durable(p, ln)) for ln in ("", "h", "l"))
+            )
+            return p, sum(int(c.num_pending or 0) for c in cis), sum(int(c.num_ack_pending or 0) for c in cis)
 
         return list(await asyncio.gather(*(one(p) for p in free)))
 
@@ -254,7 +259,11 @@ class PartitionLeases:
         self._settle.pop(p, None)
         self._renewed.pop(p, None)
         self._suspect.discard(p)
+        self._forget_lanes(p)
         return rev
+
+    def _forget_lanes(self, p: int) -> None:
+        """Forget what the lanes knew of partition ``p`` (:mod:`.lanes`)."""
 
     async def _free(self, p: int, rev: int | None) -> None:
         if rev is not None:

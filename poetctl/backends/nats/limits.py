@@ -79,7 +79,7 @@ class NatsLimits:
     # -- pending --------------------------------------------------------------------------------
     async def _measure(self) -> tuple[int, int]:
         s = self.t.settings
-        durables = {s.durable(p) for p in range(s.partitions)}
+        durables = {s.durable(p, lane) for p in range(s.partitions) for lane in ("", "h", "l")}  # priority lanes
         n = 0
         seen: set[str] = set()
         offset = 0

@@ -131,7 +131,7 @@ async def _resolve(t: NatsTransport, found: list[tuple[int, Any, Event]]) -> lis
         if st is not None:
             state = str(st["s"])
         else:
-            state = derive.derived(seq, derive.partition_of_subject(m.subject), fl, local.get(ev.id)).value
+            state = derive.derived(seq, derive.lane_of_subject(m.subject), fl, local.get(ev.id)).value
         if st is not None and "seq" in st and st.get("stream", t.settings.stream) == t.settings.stream:
             if int(st["seq"]) > seq:
                 continue  # a stale copy: the event lives on at a later sequence
@@ -328,11 +328,13 @@ def requeue(
         if len(data) > max_bytes:
             warn(f"{s.id}: the replay mark would exceed max_event_bytes; replaying it unmarked")
             marked, data = s.event, s.event.to_json() + b"\n"
-        part = subjects.partition_of(t.key_of(marked), t.settings.partitions)
+        key = t.key_of(marked)
+        part = subjects.partition_of(key, t.settings.partitions)
         dseq = st.get("dseq")
         msg_id = f"{s.id}:d{dseq}" if source == "dead" and dseq else f"{s.id}:r{s.seq}"
-        hdrs = {"Nats-Msg-Id": msg_id, "Poet-Id": s.id}
-        ack = await t.link.js.publish(subjects.event_subject(marked.topic, part), data, headers=hdrs)
+        hdrs = {"Nats-Msg-Id": msg_id, "Poet-Id": s.id, "Poet-Key": subjects.key_hash(key)}
+        subj = subjects.event_subject(marked.topic, part, subjects.lane_of(marked.priority))  # its priority lane
+        ack = await t.link.js.publish(subj, data, headers=hdrs)
         new = {"s": State.PENDING.value, "seq": ack.seq, "p": part, "ts": marked.timestamp}
         try:
             await t.state_kv.update(kv_key(s.id), dumps(new), last=s.revision)

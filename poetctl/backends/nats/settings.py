@@ -87,8 +87,9 @@ class NatsSettings:
         """KV: function state (read by ``state show`` in nats mode)."""
         return f"{self.bucket_prefix}_FUNCTIONS"
 
-    def durable(self, partition: int) -> str:
-        return f"poet-p{partition}"
+    def durable(self, partition: int, lane: str = "") -> str:
+        """The durable consumer of a partition's lane (``poet-p<n>``; ``poet-p<n>h`` high, ``poet-p<n>l`` low)."""
+        return f"poet-p{partition}{lane}"
 
     # -- connecting -----------------------------------------------------------------------------
     def connect_options(self) -> dict[str, Any]:

@@ -13,11 +13,13 @@ What it makes (names from :class:`~.settings.NatsSettings`):
 * KV ``POET_STATE`` (event state and handling records, completion records
   included), ``POET_LEASES`` (partition leases and daemon membership,
   entries expire after ``lease_ttl``), ``POET_FUNCTIONS`` (function state);
-* durable pull consumers ``poet-p<n>`` on ``POET``, one per partition.
+* durable pull consumers ``poet-p<n>`` on ``POET``, one per partition, and one per priority lane
+  (``poet-p<n>h`` high, ``poet-p<n>l`` low; added to a stream set up before them).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,16 +72,26 @@ def bucket_specs(s: NatsSettings) -> list[dict[str, Any]]:
     ]
 
 
-def consumer_specs(s: NatsSettings) -> list[dict[str, Any]]:
+def lane_specs(s: NatsSettings) -> list[tuple[int, str, dict[str, Any]]]:
+    """(partition, lane, spec) of every durable: one per partition and priority lane (normal, high, low)."""
     return [
-        {
-            "durable_name": s.durable(p),
-            "filter_subject": subjects.partition_filter(p),
-            "ack_wait": s.ack_wait,
-            "max_ack_pending": 20_000,
-        }
+        (
+            p,
+            lane,
+            {
+                "durable_name": s.durable(p, lane),
+                "filter_subject": subjects.partition_filter(p, lane),
+                "ack_wait": s.ack_wait,
+                "max_ack_pending": 20_000,
+            },
+        )
+        for lane in subjects.LANES
         for p in range(s.partitions)
     ]
+
+
+def consumer_specs(s: NatsSettings) -> list[dict[str, Any]]:
+    return [spec for _, _, spec in lane_specs(s)]
 
 
 def _num(v: Any) -> Any:
@@ -160,14 +172,7 @@ async def _plan(link: Link, s: NatsSettings) -> list[tuple[Change, str, dict[str
 
 
 async def _apply(link: Link, s: NatsSettings, plan: list[tuple[Change, str, dict[str, Any]]]) -> None:
-    from nats.js.api import (
-        AckPolicy,
-        ConsumerConfig,
-        DeliverPolicy,
-        KeyValueConfig,
-        StorageType,
-        StreamConfig,
-    )
+    from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
     for change, kind, spec in plan:
         if change.kind == "keep":
@@ -203,16 +208,46 @@ async def _apply(link: Link, s: NatsSettings, plan: list[tuple[Change, str, dict
                 c.num_replicas = spec["replicas"]
                 await link.jsm.update_stream(c)
         else:
-            ccfg = ConsumerConfig(
-                durable_name=spec["durable_name"],
-                filter_subject=spec["filter_subject"],
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=spec["ack_wait"],
-                max_deliver=-1,
-                max_ack_pending=spec["max_ack_pending"],
-            )
-            await link.jsm.add_consumer(s.stream, ccfg)
+            await link.jsm.add_consumer(s.stream, consumer_config(spec))
+
+
+def consumer_config(spec: dict[str, Any], start: int | None = None) -> Any:
+    """The ConsumerConfig of a durable spec (:func:`lane_specs`); ``start``: deliver from that stream sequence."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    cfg = ConsumerConfig(
+        durable_name=spec["durable_name"],
+        filter_subject=spec["filter_subject"],
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=spec["ack_wait"],
+        max_deliver=-1,
+        max_ack_pending=spec["max_ack_pending"],
+    )
+    if start is not None:
+        cfg.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        cfg.opt_start_seq = start
+    return cfg
+
+
+async def ensure_lanes(t: Any) -> None:
+    """Add the priority lanes' durables a stream set up before them lacks (idempotent; :mod:`.lanes`).
+
+    They deliver from the start: their subjects had no messages before the lanes existed, and any
+    published since (a high event emitted before a daemon started) are delivered.
+    """
+    from nats.js.errors import NotFoundError
+
+    s = t.settings
+    specs = [spec for _, lane, spec in lane_specs(s) if lane]
+
+    async def one(spec: dict[str, Any]) -> None:
+        try:
+            await t.link.jsm.consumer_info(s.stream, spec["durable_name"])
+        except NotFoundError:
+            await t.link.jsm.add_consumer(s.stream, consumer_config(spec))
+
+    await asyncio.gather(*(one(spec) for spec in specs))
 
 
 def setup(link: Link, s: NatsSettings, *, dry_run: bool = False) -> list[Change]:
@@ -234,4 +269,13 @@ def setup(link: Link, s: NatsSettings, *, dry_run: bool = False) -> list[Change]
         raise BackendUnavailable(f"nats setup failed: {type(exc).__name__}: {exc}") from None
 
 
-__all__ = ["Change", "bucket_specs", "consumer_specs", "setup", "stream_specs"]
+__all__ = [
+    "Change",
+    "bucket_specs",
+    "consumer_config",
+    "consumer_specs",
+    "ensure_lanes",
+    "lane_specs",
+    "setup",
+    "stream_specs",
+]

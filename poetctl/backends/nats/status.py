@@ -62,26 +62,40 @@ async def lease_entries(t: NatsTransport) -> dict[str, tuple[bytes, float]]:
 
 
 async def _partition(t: NatsTransport, p: int, now: float) -> dict[str, Any]:
+    """One partition's row: its three priority lanes' durables summed (pending, ack pending, redelivered),
+    the oldest pending event over them (:mod:`.lanes`)."""
     from nats.js.errors import NotFoundError
 
     s = t.settings
     row: dict[str, Any] = {"partition": p, "consumer": s.durable(p)}
-    try:
-        ci = await t.link.jsm.consumer_info(s.stream, s.durable(p))
-    except NotFoundError:
-        return {**row, "missing": True}
-    pending, acking = int(ci.num_pending or 0), int(ci.num_ack_pending or 0)
-    row.update(pending=pending, ack_pending=acking, redelivered=int(ci.num_redelivered or 0))
-    row["oldest_pending"] = None
-    if pending + acking:
-        floor = int(ci.ack_floor.stream_seq if ci.ack_floor else 0)
+
+    async def lane(ln: str) -> dict[str, Any] | None:
         try:
-            raw = await t.link.jsm.get_msg(s.stream, seq=floor + 1, subject=subjects.partition_filter(p), next=True)
-            hdrs = raw.headers or {}
-            ev = decode(raw.data or b"", hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or "")
-            row["oldest_pending"] = ev.timestamp
-        except (NotFoundError, InvalidData):
-            pass
+            ci = await t.link.jsm.consumer_info(s.stream, s.durable(p, ln))
+        except NotFoundError:
+            return None  # a lane durable not made yet (a stream set up before the lanes): nothing in it
+        pending, acking = int(ci.num_pending or 0), int(ci.num_ack_pending or 0)
+        out: dict[str, Any] = {"pending": pending, "ack_pending": acking, "redelivered": int(ci.num_redelivered or 0)}
+        if pending + acking:
+            floor = int(ci.ack_floor.stream_seq if ci.ack_floor else 0)
+            try:
+                raw = await t.link.jsm.get_msg(
+                    s.stream, seq=floor + 1, subject=subjects.partition_filter(p, ln), next=True
+                )
+                hdrs = raw.headers or {}
+                out["oldest"] = decode(raw.data or b"", hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or "").timestamp
+            except (NotFoundError, InvalidData):
+                pass
+        return out
+
+    lanes = await asyncio.gather(*(lane(ln) for ln in subjects.LANES))
+    if lanes[0] is None:
+        return {**row, "missing": True}
+    got = [x for x in lanes if x is not None]
+    for k in ("pending", "ack_pending", "redelivered"):
+        row[k] = sum(x[k] for x in got)
+    oldest = [x["oldest"] for x in got if "oldest" in x]
+    row["oldest_pending"] = min(oldest) if oldest else None
     return row
 
 

@@ -11,6 +11,9 @@ Where events live (the partitioning design, see notes/natscore.md):
 
 * ``poet.p.<n>.<topic tokens without the leading poet>`` - the event stream;
   ``n`` = ``crc32(partition key) % partitions`` computed by the publisher.
+  That is the ``normal`` lane; ``high`` events go to ``poet.p.<n>h.<...>`` and
+  ``low`` ones to ``poet.p.<n>l.<...>`` (priority lanes, one durable consumer
+  each: :mod:`.lanes`).
 * ``poet.dead.<topic tokens>`` - dead letters; ``poet.corrupt.<...>`` - quarantine.
 
 A topic pattern becomes filter subjects that select a superset (NATS's
@@ -20,6 +23,7 @@ below it); the caller checks each event with :func:`poetctl.topics.matches`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
 
@@ -97,9 +101,38 @@ def partition_of(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) % partitions
 
 
-def event_subject(topic: str, partition: int) -> str:
-    """Where an event of ``topic`` in ``partition`` is published: ``poet.p.<n>.<tail>``."""
-    return f"{EVENTS}.{partition}.{_tail(topic)}"
+# The lane suffix of each priority class ("" is the normal lane: the subjects events always had).
+LANES = ("", "h", "l")
+LANE_OF = {"high": "h", "normal": "", "low": "l"}
+CLASS_OF_LANE = {"h": "high", "": "normal", "l": "low"}
+
+
+def lane_of(priority: str | None) -> str:
+    """The lane suffix of an event's ``priority`` (absent or unknown: normal)."""
+    return LANE_OF.get(priority or "", "")
+
+
+def event_subject(topic: str, partition: int, lane: str = "") -> str:
+    """Where an event of ``topic`` in ``partition`` is published: ``poet.p.<n><lane>.<tail>``."""
+    return f"{EVENTS}.{partition}{lane}.{_tail(topic)}"
+
+
+def key_hash(key: str) -> str:
+    """The ``Poet-Key`` header of an event: a 64-bit hash of its partition key (16 hex digits).
+
+    A consumer reads it from headers alone to keep a key's order across lanes; a collision only
+    makes an event wait, never reorders one.
+    """
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def lane_token(subject: str) -> str | None:
+    """``<n><lane>`` of an event subject ``poet.p.<n><lane>.<tail>`` (``"3"``, ``"3h"``); None for another."""
+    if not subject.startswith(EVENTS + "."):
+        return None
+    tok = subject[len(EVENTS) + 1 :].partition(".")[0]
+    head = tok[:-1] if tok[-1:] in ("h", "l") else tok
+    return tok if head.isdigit() else None
 
 
 def dead_subject(topic: str) -> str:
@@ -112,8 +145,8 @@ def corrupt_subject(topic: str | None) -> str:
     return f"{CORRUPT}.{_tail(topic) if topic else '_'}"
 
 
-def partition_filter(partition: int) -> str:
-    return f"{EVENTS}.{partition}.>"
+def partition_filter(partition: int, lane: str = "") -> str:
+    return f"{EVENTS}.{partition}{lane}.>"
 
 
 def pattern_filters(pattern: str, prefix: str = EVENTS) -> list[str]:
@@ -152,15 +185,21 @@ def kv_key(event_id: str) -> str:
 
 
 __all__ = [
+    "CLASS_OF_LANE",
     "CORRUPT",
     "DEAD",
     "EVENTS",
+    "LANES",
+    "LANE_OF",
     "corrupt_subject",
     "dead_subject",
     "escape_token",
     "event_subject",
     "from_subject",
+    "key_hash",
     "kv_key",
+    "lane_of",
+    "lane_token",
     "partition_filter",
     "partition_of",
     "pattern_filters",

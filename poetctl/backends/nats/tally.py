@@ -22,7 +22,7 @@ def counts(t: NatsTransport) -> dict[State, int]:
     """Events per state: the entries' states, and for events without one, the derived state."""
     out = dict.fromkeys(State, 0)
 
-    async def go() -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[int, int | None, str]], derive.Floors]:
+    async def go() -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[int, str | None, str]], derive.Floors]:
         return await t._all_states(), await derive.stream_ids(t), await derive.floors(t)
 
     states, ids, fl = t.link.run(go(), timeout=300)

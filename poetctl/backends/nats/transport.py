@@ -81,8 +81,10 @@ class NatsTransport:
         setup: bool = False,
         probe_every: float = 0.25,
         hold_idle: float | None = None,
+        priority_shares: dict[str, int] | None = None,
     ) -> None:
         self.settings = settings
+        self.shares = priority_shares  # [daemon] priority_shares: the classes' shares of a fetch (.lanes)
         self.clock = clock
         self.key_of = key_of or key_function()
         self.probe_every = probe_every
@@ -151,16 +153,19 @@ class NatsTransport:
         n = self.settings.partitions
         plan: list[tuple[int, Outgoing, int] | None] = []
         seen: set[str] = set()
+        khash: dict[int, str] = {}  # position -> Poet-Key (the hash of its partition key)
         for it in items:
             i = it.event.id
             if i in seen or known.get(i) is not None:
                 plan.append(None)
                 continue
             seen.add(i)
-            plan.append((len(plan), it, subjects.partition_of(self.key_of(it.event), n)))
+            key = self.key_of(it.event)
+            khash[len(plan)] = subjects.key_hash(key)
+            plan.append((len(plan), it, subjects.partition_of(key, n)))
         todo = [p for p in plan if p is not None]
         try:
-            acks = await self._send_all(todo)
+            acks = await self._send_all(todo, khash)
             result = [False] * len(items)
             # Keyed ids get a state entry, pipelined too; each is a create (expected last sequence 0): a
             # consumer that got there first (or a retried group) has newer state, and its refusal is ignored.
@@ -191,7 +196,9 @@ class NatsTransport:
             ) from None
         return result
 
-    async def _send_all(self, todo: list[tuple[int, Outgoing, int]]) -> dict[int, tuple[Any, bool]]:
+    async def _send_all(
+        self, todo: list[tuple[int, Outgoing, int]], khash: dict[int, str]
+    ) -> dict[int, tuple[Any, bool]]:
         """Publish every planned event (pipelined: all go out before the first PubAck is awaited).
 
         Through a server loss (:mod:`.retry`) the events whose PubAck failed or did not come are published
@@ -205,14 +212,16 @@ class NatsTransport:
         # Subject and header bytes, made once (a repeat after a server loss reuses them); None: not plain
         # ASCII, so through nats-py's publish_async (which checks and encodes them itself).
         wire: dict[int, tuple[bytes, bytes] | None] = {}
-        subj_of: dict[tuple[str, int], bytes | None] = {}  # a group has few topics: each subject made once
+        subj_of: dict[tuple[str, int, str], bytes | None] = {}  # a group has few topics: each subject made once
         for pos, it, part in todo:
-            subj = subj_of.get((it.event.topic, part), b"")
+            lane = subjects.lane_of(it.event.priority)  # the priority lane (:mod:`.lanes`)
+            subj = subj_of.get((it.event.topic, part, lane), b"")
             if subj == b"":
-                subj = subjects.event_subject(it.event.topic, part).encode()
-                subj = subj_of[(it.event.topic, part)] = subj if plain(subj) else None
+                subj = subjects.event_subject(it.event.topic, part, lane).encode()
+                subj = subj_of[(it.event.topic, part, lane)] = subj if plain(subj) else None
             eid = it.event.id.encode()
-            wire[pos] = (subj, event_headers(eid, it.keyed)) if subj is not None and plain(eid) else None
+            kh = khash[pos].encode()
+            wire[pos] = (subj, event_headers(eid, it.keyed, kh)) if subj is not None and plain(eid) else None
         loop = asyncio.get_running_loop()
         from .retry import OUTAGE
 
@@ -229,8 +238,9 @@ class NatsTransport:
                     if w is not None:
                         futs.append(await fast.publish(w[0], it.data, w[1]))
                     else:
-                        topic = subjects.event_subject(it.event.topic, part)
-                        futs.append(await js.publish_async(topic, it.data, headers=header_dict(it.event.id, it.keyed)))
+                        topic = subjects.event_subject(it.event.topic, part, subjects.lane_of(it.event.priority))
+                        hdrs = header_dict(it.event.id, it.keyed, khash[pos])
+                        futs.append(await js.publish_async(topic, it.data, headers=hdrs))
                 except Exception as exc:  # reconnecting with a full buffer, stalled: the rest waits
                     failure = exc
                     break
@@ -318,9 +328,10 @@ class NatsTransport:
         where = await derive.locate(self, event_id)
         if where is None:
             return None, None
-        seq, p, ev = where
+        seq, lane, ev = where
         fl = await derive.floors(self)
-        s = derive.derived(seq, p, fl, self._local_states().get(event_id))
+        s = derive.derived(seq, lane, fl, self._local_states().get(event_id))
+        p = int(lane.rstrip("hl")) if lane else None
         out: dict[str, Any] = {"s": s.value, "seq": seq, "p": p, "derived": True}
         if ev is not None:
             out["ts"] = ev.timestamp
@@ -393,7 +404,7 @@ class NatsTransport:
     def select(self, query: Query, limit: int | None = None) -> Iterator[Stored]:
         self._settle_local()
 
-        async def go() -> tuple[list[tuple[int, int | None, Event]], dict[str, dict[str, Any]], derive.Floors]:
+        async def go() -> tuple[list[tuple[int, str | None, Event]], dict[str, dict[str, Any]], derive.Floors]:
             found = await self._scan(query)
             states = dict(await self._all_states()) if found else {}
             return found, states, (await derive.floors(self) if found else {})
@@ -414,7 +425,7 @@ class NatsTransport:
             n += 1
             yield Stored(ev.id, state, ev, dict(info) if info else None)
 
-    async def _scan(self, query: Query) -> list[tuple[int, int | None, Event]]:
+    async def _scan(self, query: Query) -> list[tuple[int, str | None, Event]]:
         """Every readable event of the stream matching ``query`` (an ephemeral ordered read)."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -440,7 +451,7 @@ class NatsTransport:
         info = await self.link.jsm.stream_info(self.settings.stream)
         if info.state.messages == 0:
             return []
-        out: list[tuple[int, int | None, Event]] = []
+        out: list[tuple[int, str | None, Event]] = []
         async for m in self.link.read(self.settings.stream, cfg):
             eid = (m.headers or {}).get("Poet-Id") or (m.headers or {}).get("Nats-Msg-Id") or ""
             try:
@@ -448,7 +459,7 @@ class NatsTransport:
             except InvalidData:
                 continue
             if query.match(ev):
-                out.append((m.metadata.sequence.stream, derive.partition_of_subject(m.subject), ev))
+                out.append((m.metadata.sequence.stream, derive.lane_of_subject(m.subject), ev))
         return out
 
     async def _all_states(self) -> list[tuple[str, dict[str, Any]]]:
