@@ -23,7 +23,8 @@ def setup_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Create or update stream POET (poet.p.>), POET_DEAD (poet.dead.>), POET_CORRUPT, the KV buckets and
-    one durable pull consumer per partition. Idempotent: run it again after changing [nats].
+    one durable pull consumer per partition and priority lane (poet-p<n>, poet-p<n>h, poet-p<n>l).
+    Idempotent: run it again after changing [nats].
 
     Prints one line per object: '+' created, '~' updated (old -> new), '=' unchanged.
     With --dry-run nothing changes and the lines say what would. Exit 69 if NATS cannot be reached.
