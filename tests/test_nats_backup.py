@@ -416,3 +416,42 @@ def test_spool_quarantine_and_state_files_into_nats(
         assert t.state_of(eid) is State.PENDING
     finally:
         t.close()
+
+
+def test_restored_events_carry_their_key_header(ready: Path, server: NatsServer, target: str, tmp_path: Path) -> None:
+    """Restore publishes each event with the Poet-Key header of its partition key, as a publish does.
+
+    Without it a restored pending event would hold back every key's later high events in its partition.
+    """
+    import asyncio
+
+    import nats
+
+    from poetctl.backends.nats.settings import NatsSettings
+    from poetctl.backends.nats.subjects import key_hash
+    from poetctl.event import Event
+    from poetctl.partition import key_function
+
+    key_of = key_function()
+    emit_many(server.url, ready, 20)
+    archive = tmp_path / "b.tar.zst"
+    backup(ready, server.url, archive)
+    r = cli(["restore", "--mode", "nats", str(archive)], ready, target)
+    assert r.returncode == 0, r.stderr
+    stream = NatsSettings(servers=(target,)).stream
+
+    async def read() -> list[tuple[dict[str, str], bytes]]:
+        nc = await nats.connect(target)
+        try:
+            js = nc.jetstream()
+            st = (await js.stream_info(stream)).state
+            msgs = [await js.get_msg(stream, q) for q in range(st.first_seq, st.last_seq + 1)]
+            return [(m.headers or {}, m.data or b"") for m in msgs]
+        finally:
+            await nc.close()
+
+    got = asyncio.run(read())
+    assert len(got) == 20
+    for headers, data in got:
+        ev = Event.from_dict(json.loads(data))
+        assert headers.get("Poet-Key") == key_hash(key_of(ev)), headers

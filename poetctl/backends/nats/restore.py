@@ -165,11 +165,18 @@ class _Restore:
         """Publish the batch (concurrently, in order of acknowledgement per message) and write its KV entries."""
         t, s, js = self.t, self.s, self.t.link.js
         batch, self.batch, self.batch_bytes = self.batch, [], 0
-        parts = [subjects.partition_of(t.key_of(ev), s.partitions) for _, _, ev, _ in batch]
+        keys = [t.key_of(ev) for _, _, ev, _ in batch]
+        parts = [subjects.partition_of(k, s.partitions) for k in keys]
+        # Poet-Key as a publish gives it: a restored event without one would hold back every key's
+        # later high events in its partition until it is pulled.
         acks = await asyncio.gather(
             *(
-                js.publish(subjects.event_subject(ev.topic, p), data, headers={"Nats-Msg-Id": eid, "Poet-Id": eid})
-                for (eid, _, ev, data), p in zip(batch, parts, strict=True)
+                js.publish(
+                    subjects.event_subject(ev.topic, p),
+                    data,
+                    headers={"Nats-Msg-Id": eid, "Poet-Id": eid, "Poet-Key": subjects.key_hash(k)},
+                )
+                for (eid, _, ev, data), p, k in zip(batch, parts, keys, strict=True)
             )
         )
         puts = []
