@@ -165,8 +165,12 @@ def nats_transport(config: Config) -> Any:
     settings = _nats_module("settings", what).NatsSettings.from_config(config.nats)
     from .partition import configured_key_function
 
-    # The same partition key as `emit --mode nats` and the daemons, or one key's events could split.
-    return _nats_module("transport", what).NatsTransport(settings, key_of=configured_key_function(dict(config.daemon)))
+    # The same partition key as `emit --mode nats` and the daemons, or one key's events could split;
+    # the same [daemon] priority_shares as the daemons serve their lanes by.
+    daemon = dict(config.daemon)
+    return _nats_module("transport", what).NatsTransport(
+        settings, key_of=configured_key_function(daemon), priority_shares=daemon.get("priority_shares")
+    )
 
 
 def start_forwarder(router: EventRouter) -> Any:

@@ -257,3 +257,20 @@ def test_priority_shares_are_the_configured_ones(transport: Any, make: Make) -> 
             c.close()
     finally:
         t.close()
+
+
+def test_the_seed_api_transport_takes_the_configured_shares(transport: Any, tmp_path: Path) -> None:
+    """The seed API's NATS transport serves lanes by [daemon] priority_shares, as the CLI's does."""
+    from poetctl.config import load_config
+    from poetctl.seedapi import nats_transport
+
+    toml = tmp_path / "poet.toml"
+    url = transport.settings.servers[0]
+    toml.write_text(
+        f'[nats]\nservers = ["{url}"]\n\n[daemon]\npriority_shares = {{ high = 1, normal = 2, low = 97 }}\n'
+    )
+    t = nats_transport(load_config(toml))
+    try:
+        assert t.shares == {"high": 1, "normal": 2, "low": 97}
+    finally:
+        t.close()

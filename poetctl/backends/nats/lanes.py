@@ -35,9 +35,9 @@ Part of :class:`~.consumer.NatsConsumer` (a mixin over its state). The design:
   ack pending are summed into the settle wait (every lane's redeliveries are in
   hand before anything of the partition goes out).
 
-Costs: while only normal events flow, each pull round also pulls the two small
-lanes (after the normal pull, so their short answers cover what it brought). A
-cursor reads headers only; it is made when an event needs it, and kept running
+Costs: while only normal events flow, one sweeper per small lane (a headers-only
+read over the held partitions' high or low lanes) stands in for pulling those
+lanes of every partition each round. A cursor reads headers only; it is made when an event needs it, and kept running
 ahead (to its lane's end) while high or low events of its partition were seen
 in the last :data:`WARM` seconds.
 """
