@@ -95,13 +95,21 @@ DEFAULT_TABLE = (
 
 
 def spool_events(spool: Path, type_: str | None = None) -> list[dict[str, Any]]:
-    """Every event file in pending/inflight/processed/dead (optionally of one type), parsed."""
-    out = []
-    for state in ("pending", "inflight", "processed", "dead"):
-        for dirpath, _dirs, names in os.walk(spool / "events" / state):
-            for n in names:
-                if n.endswith(".json"):
-                    d = json.loads((Path(dirpath) / n).read_text(encoding="utf-8"))
-                    if type_ is None or d["type"] == type_:
-                        out.append(d)
-    return out
+    """Every event file in pending/inflight/processed/dead (optionally of one type), parsed, each id once.
+
+    A running daemon moves files between the states while they are walked: a walk during which a
+    listed file vanished is taken again, so an event is neither missed nor read twice.
+    """
+    while True:
+        out: dict[str, dict[str, Any]] = {}
+        try:
+            for state in ("pending", "inflight", "processed", "dead"):
+                for dirpath, _dirs, names in os.walk(spool / "events" / state):
+                    for n in names:
+                        if n.endswith(".json"):
+                            d = json.loads((Path(dirpath) / n).read_text(encoding="utf-8"))
+                            if type_ is None or d["type"] == type_:
+                                out.setdefault(d["id"], d)
+        except FileNotFoundError:
+            continue
+        return list(out.values())
