@@ -86,6 +86,13 @@ class Link:
         try:
             return fut.result(timeout)
         except TimeoutError:
+            if fut.done() and not fut.cancelled():
+                # The coroutine's own request timed out (nats-py's TimeoutError is a TimeoutError too),
+                # long before ``timeout``: say that, not "within {timeout} s".
+                raise BackendUnavailable(
+                    f"NATS at {self.settings.shown_servers()} did not answer a request in time "
+                    "(no JetStream answer within the client's request timeout; is a server down?)"
+                ) from None
             fut.cancel()
             raise BackendUnavailable(
                 f"NATS at {self.settings.shown_servers()} did not answer within {timeout:g} s"

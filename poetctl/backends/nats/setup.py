@@ -20,6 +20,9 @@ What it makes (names from :class:`~.settings.NatsSettings`):
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +31,11 @@ from .link import Link
 from .settings import NatsSettings
 
 NS = 1_000_000_000
+# JetStream's answers while a cluster is still forming (a peer not yet known or back, no meta leader
+# yet): "no suitable peers for placement" (10005) and "JetStream system temporarily unavailable"
+# (10008), or no responders (503). A setup run right after the servers start waits them out.
+TRANSIENT = frozenset({10005, 10008})
+PATIENCE = 60.0  # seconds a change keeps being retried while the cluster forms
 
 
 @dataclass
@@ -171,44 +179,69 @@ async def _plan(link: Link, s: NatsSettings) -> list[tuple[Change, str, dict[str
     return plan
 
 
+async def _patient(op: Callable[[], Awaitable[Any]], what: str, patience: float = PATIENCE) -> Any:
+    """``op()``, retried while JetStream answers that the cluster is still forming (up to ``patience`` s)."""
+    from nats.js.errors import APIError, ServiceUnavailableError
+
+    end, delay, said = time.monotonic() + patience, 0.1, False
+    while True:
+        try:
+            return await op()
+        except APIError as exc:
+            if not (isinstance(exc, ServiceUnavailableError) or exc.err_code in TRANSIENT):
+                raise
+            if time.monotonic() + delay > end:
+                raise
+            if not said:  # one line: the operator sees why setup has not finished yet
+                sys.stderr.write(f"nats setup: {what}: {exc.description}; waiting for the cluster\n")
+                sys.stderr.flush()
+                said = True
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 async def _apply(link: Link, s: NatsSettings, plan: list[tuple[Change, str, dict[str, Any]]]) -> None:
+    for change, kind, spec in plan:
+        if change.kind != "keep":
+            # Awaited at once, so the lambda sees this iteration's values.
+            await _patient(lambda: _apply_one(link, s, change, kind, spec), change.line().strip())  # noqa: B023
+
+
+async def _apply_one(link: Link, s: NatsSettings, change: Change, kind: str, spec: dict[str, Any]) -> None:
     from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
-    for change, kind, spec in plan:
-        if change.kind == "keep":
-            continue
-        if kind == "stream":
-            cfg = StreamConfig(
-                name=spec["name"],
-                subjects=spec["subjects"],
-                storage=StorageType.FILE,
-                num_replicas=spec["num_replicas"],
-                max_age=spec["max_age"],
-                duplicate_window=spec["duplicate_window"],
-                allow_direct=spec.get("allow_direct", False),
-            )
-            if change.kind == "create":
-                await link.jsm.add_stream(cfg)
-            else:
-                await link.jsm.update_stream(cfg)
-        elif kind == "kv":
-            kcfg = KeyValueConfig(
-                bucket=spec["bucket"],
-                history=spec["history"],
-                ttl=spec["ttl"] or None,
-                replicas=spec["replicas"],
-                storage=StorageType.FILE,
-            )
-            if change.kind == "create":
-                await link.js.create_key_value(kcfg)
-            else:
-                info = await link.jsm.stream_info(f"KV_{spec['bucket']}")
-                c = info.config
-                c.max_age = spec["ttl"]
-                c.num_replicas = spec["replicas"]
-                await link.jsm.update_stream(c)
+    if kind == "stream":
+        cfg = StreamConfig(
+            name=spec["name"],
+            subjects=spec["subjects"],
+            storage=StorageType.FILE,
+            num_replicas=spec["num_replicas"],
+            max_age=spec["max_age"],
+            duplicate_window=spec["duplicate_window"],
+            allow_direct=spec.get("allow_direct", False),
+        )
+        if change.kind == "create":
+            await link.jsm.add_stream(cfg)
         else:
-            await link.jsm.add_consumer(s.stream, consumer_config(spec))
+            await link.jsm.update_stream(cfg)
+    elif kind == "kv":
+        kcfg = KeyValueConfig(
+            bucket=spec["bucket"],
+            history=spec["history"],
+            ttl=spec["ttl"] or None,
+            replicas=spec["replicas"],
+            storage=StorageType.FILE,
+        )
+        if change.kind == "create":
+            await link.js.create_key_value(kcfg)
+        else:
+            info = await link.jsm.stream_info(f"KV_{spec['bucket']}")
+            c = info.config
+            c.max_age = spec["ttl"]
+            c.num_replicas = spec["replicas"]
+            await link.jsm.update_stream(c)
+    else:
+        await link.jsm.add_consumer(s.stream, consumer_config(spec))
 
 
 def consumer_config(spec: dict[str, Any], start: int | None = None) -> Any:
