@@ -44,7 +44,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +84,7 @@ def write_backlog(router: EventRouter, start: int, n: int, keys: int) -> None:
     pending = str(router.layout.pending)
     notes: list[Outgoing] = []
     for i in range(start, start + n):
-        ev = replace(template, id=uuid7(), correlation_id=f"n{i % keys}", checksum=None).seal()
+        ev = template.replace(id=uuid7(), correlation_id=f"n{i % keys}", checksum=None).seal()
         data = ev.to_json()
         fd = os.open(f"{pending}/{ev.id}.json", O_CREATE, 0o640)
         try:
