@@ -274,3 +274,47 @@ def test_the_seed_api_transport_takes_the_configured_shares(transport: Any, tmp_
         assert t.shares == {"high": 1, "normal": 2, "low": 97}
     finally:
         t.close()
+
+
+def test_a_high_event_published_mid_drain_comes_in_a_fetch_of_its_own(transport: Any, make: Make) -> None:
+    """A high event published while a backlog drains is handed out without a round of normal events pulled first."""
+    t = transport
+    normal = backlog(t, make, 2000)
+    c = t.consumer("a")
+    try:
+        done = drain(c, 50, until=200)
+        high = make("urgent", "high")
+        t.publish([high])
+        got = c.fetch(50).deliveries
+        assert [d.id for d in got] == [high.event.id]  # no normal pull (and decode) ahead of it
+        c.ack(got[0])
+        # The next fetch pulls the normal lane again, where it left off.
+        nxt = drain(c, 50, until=50)
+        assert nxt == [o.event.id for o in normal[len(done) : len(done) + len(nxt)]] and nxt
+    finally:
+        c.close()
+
+
+def test_normal_events_keep_flowing_under_a_high_event_before_every_fetch(transport: Any, make: Make) -> None:
+    """A high event published before every fetch never stops the normal backlog: every other fetch pulls it."""
+    t = transport
+    normal = backlog(t, make, 1000)
+    c = t.consumer("a")
+    try:
+        done = drain(c, 20, until=60)
+        highs: list[str] = []
+        before = len(done)
+        for i in range(8):
+            h = make(f"urgent{i}", "high")
+            highs.append(h.event.id)
+            t.publish([h])
+            got = c.fetch(20).deliveries
+            done += [d.id for d in got if d.id not in highs]
+            for d in got:
+                c.ack(d)
+            if i % 2:  # of two fetches, at least one pulled the normal lane
+                assert len(done) > before
+                before = len(done)
+        assert done == [o.event.id for o in normal[: len(done)]]
+    finally:
+        c.close()

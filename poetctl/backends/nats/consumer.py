@@ -139,9 +139,12 @@ class NatsConsumer(Lanes):
             batch = max(1, min(PULL_MAX, math.ceil(limit / len(self._held))))
             pulling = set(sorted(self._held)[: self._cap()])  # over the fair share: drain the rest, pull nothing new
             want = {p: max(batch, self._settle.get(p, (0, 0.0))[0]) for p in self._held if p in pulling}
-            await self._pull_lanes(list(want), want, out)
-            await self._cover(out)  # what the other lanes hold below each buffered event is known
-            await self._warm()
+            if await self._rush(sorted(want), out):
+                pulling = set()  # nothing more pulled in this fetch (the next one pulls every lane)
+            else:
+                await self._pull_lanes(list(want), want, out)
+                await self._cover(out)  # what the other lanes hold below each buffered event is known
+                await self._warm()
         for p, (expected, until) in list(self._settle.items()):
             back = sum(1 for h in self._buf.get(p, ()) if h.msg.metadata.num_delivered > 1)
             if back >= expected or time.monotonic() >= until:
