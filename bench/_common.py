@@ -272,3 +272,46 @@ def time_cmd(cmd: Sequence[str], env: Mapping[str, str], cwd: Path) -> tuple[flo
     """(wall seconds, exit code, stderr) of ``cmd`` run with stdin from /dev/null and output captured."""
     dt, cp = timed_run(cmd, cwd, env, stdin=subprocess.DEVNULL, capture_output=True)
     return dt, cp.returncode, cp.stderr
+
+
+def stop_daemon(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """SIGTERM ``proc`` if it still runs and wait for it; SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def probe_high_events(
+    emit: Callable[[int], str],
+    handled: Callable[[], Mapping[str, float]],
+    daemon: subprocess.Popen[bytes],
+    tries: int,
+    backlog: Callable[[], int],
+) -> tuple[list[float], list[float], list[int]]:
+    """Emit ``tries`` events one at a time with ``emit(i)``, each waited for until ``handled()`` has it.
+
+    Returns emit -> handler-start latencies (ms), the emit calls' own durations (ms) and ``backlog()``
+    before each try. Raises SystemExit (with the daemon's stderr tail if it died) after 30 s without it.
+    """
+    lat: list[float] = []
+    emit_ms: list[float] = []
+    backlogs: list[int] = []
+    for i in range(tries):
+        backlogs.append(backlog())
+        t0 = time.time()
+        eid = emit(i)
+        t1 = time.time()
+        deadline = time.monotonic() + 30
+        while eid not in (got := handled()):
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                dead = daemon.poll() is not None and daemon.stderr is not None
+                err = daemon.stderr.read().decode()[-2000:] if dead and daemon.stderr else ""
+                raise SystemExit(f"high event {eid} not handled within 30 s (daemon rc {daemon.poll()}) {err}")
+            time.sleep(0.001)
+        lat.append((got[eid] - t0) * 1000)
+        emit_ms.append((t1 - t0) * 1000)
+    return lat, emit_ms, backlogs

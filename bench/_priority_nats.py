@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO
+from _common import REPO, probe_high_events, stop_daemon
 
 # bench/nats.py is on sys.path (this script's directory): "import nats" would find it instead of nats-py.
 _HERE = Path(__file__).resolve().parent
@@ -112,37 +111,23 @@ def run(args: Any, handled: Any, handlers: Path, env_out: str, log: Any) -> tupl
                 target=refill, args=(server.url, args.pending, args.keys, args.chunk, stop, seen), daemon=True
             )
             filler.start()
-            for i in range(args.tries):
-                backlogs.append(int(seen.value))
-                t0 = time.time()
-                eid = router.emit(
+            lat, emit_ms, backlogs = probe_high_events(
+                lambda i: router.emit(
                     "system.metrics",
                     {"service": "bench", "metrics": {"try": i}},
                     correlation_id=f"high-{i}",
                     priority="high",
-                )
-                t1 = time.time()
-                deadline = time.monotonic() + 30
-                while eid not in (got := handled(out)):
-                    if time.monotonic() > deadline or daemon.poll() is not None:
-                        err = (
-                            daemon.stderr.read().decode()[-2000:] if daemon.poll() is not None and daemon.stderr else ""
-                        )
-                        raise SystemExit(f"high event {eid} not handled within 30 s (daemon rc {daemon.poll()}) {err}")
-                    time.sleep(0.001)
-                lat.append((got[eid] - t0) * 1000)
-                emit_ms.append((t1 - t0) * 1000)
+                ),
+                lambda: handled(out),
+                daemon,
+                args.tries,
+                lambda: int(seen.value),
+            )
             stop.set()
             filler.join(60)
         finally:
             stop.set()
-            if daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
-                try:
-                    daemon.wait(60)
-                except subprocess.TimeoutExpired:
-                    daemon.kill()
-                    daemon.wait()
+            stop_daemon(daemon)
             t.close()
     return lat, emit_ms, backlogs
 

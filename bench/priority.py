@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -62,7 +61,9 @@ from _common import (
     percentile,
     pick_base,
     print_report,
+    probe_high_events,
     remove_scratch,
+    stop_daemon,
 )
 
 HANDLERS = REPO / "bench" / "_priority_handlers.py"
@@ -185,34 +186,23 @@ def main() -> int:
             target=refill, args=(spool, args.pending, args.keys, args.chunk, args.refill, stop, seen), daemon=True
         )
         filler.start()
-        for i in range(args.tries):
-            backlogs.append(int(seen.value))
-            t0 = time.time()
-            eid = router.emit(
+        lat, emit_ms, backlogs = probe_high_events(
+            lambda i: router.emit(
                 "system.metrics",
                 {"service": "bench", "metrics": {"try": i}},
                 correlation_id=f"high-{i}",
                 priority="high",
-            )
-            t1 = time.time()
-            deadline = time.monotonic() + 30
-            while eid not in (got := handled(out)):
-                if time.monotonic() > deadline or daemon.poll() is not None:
-                    raise SystemExit(f"high event {eid} not handled within 30 s (daemon rc {daemon.poll()})")
-                time.sleep(0.001)
-            lat.append((got[eid] - t0) * 1000)
-            emit_ms.append((t1 - t0) * 1000)
+            ),
+            lambda: handled(out),
+            daemon,
+            args.tries,
+            lambda: int(seen.value),
+        )
         stop.set()
         filler.join(60)
     finally:
         stop.set()
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(60)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+        stop_daemon(daemon)
         remove_scratch(scratch)
     return show(args, lat, emit_ms, backlogs)
 
