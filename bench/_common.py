@@ -285,6 +285,13 @@ def stop_daemon(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
             proc.wait()
 
 
+def high_emitter(router: Any) -> Callable[[int], str]:
+    """``emit(i)`` for :func:`probe_high_events`: one ``high`` event of its own key per try."""
+    return lambda i: router.emit(
+        "system.metrics", {"service": "bench", "metrics": {"try": i}}, correlation_id=f"high-{i}", priority="high"
+    )
+
+
 def probe_high_events(
     emit: Callable[[int], str],
     handled: Callable[[], Mapping[str, float]],

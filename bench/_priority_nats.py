@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, probe_high_events, stop_daemon
+from _common import REPO, high_emitter, probe_high_events, stop_daemon
 
 # bench/nats.py is on sys.path (this script's directory): "import nats" would find it instead of nats-py.
 _HERE = Path(__file__).resolve().parent
@@ -112,12 +112,7 @@ def run(args: Any, handled: Any, handlers: Path, env_out: str, log: Any) -> tupl
             )
             filler.start()
             lat, emit_ms, backlogs = probe_high_events(
-                lambda i: router.emit(
-                    "system.metrics",
-                    {"service": "bench", "metrics": {"try": i}},
-                    correlation_id=f"high-{i}",
-                    priority="high",
-                ),
+                high_emitter(router),
                 lambda: handled(out),
                 daemon,
                 args.tries,

@@ -54,6 +54,7 @@ from _common import (
     daemon_cmd,
     ensure_poetctl_importable,
     fmt_machine,
+    high_emitter,
     machine_basics,
     make_log,
     make_scratch,
@@ -187,12 +188,7 @@ def main() -> int:
         )
         filler.start()
         lat, emit_ms, backlogs = probe_high_events(
-            lambda i: router.emit(
-                "system.metrics",
-                {"service": "bench", "metrics": {"try": i}},
-                correlation_id=f"high-{i}",
-                priority="high",
-            ),
+            high_emitter(router),
             lambda: handled(out),
             daemon,
             args.tries,

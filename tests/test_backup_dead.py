@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,9 @@ import zstandard
 from poetctl import EventRouter
 from tests.nats_cli_helpers import cli, project, server
 from tests.natsserver import NatsServer
-from tests.test_nats_backup import members
+from tests.test_nats_backup import members, target, target_server
 
-__all__ = ["project", "server"]  # the fixtures, imported for pytest
+__all__ = ["project", "server", "target", "target_server"]  # the fixtures, imported for pytest
 
 HANDLERS = """
 import poetctl
@@ -29,22 +28,6 @@ def register(router):
     router.subscribe("system.health", check, name="check")
 """
 KEPT = ("error", "reason", "attempts", "handler", "dead_at")
-
-
-@pytest.fixture(scope="module")
-def target_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    """A second JetStream server: where archives are restored (wiped for each test)."""
-    with NatsServer(tmp_path_factory.mktemp("nats-target")) as s:
-        yield s
-
-
-@pytest.fixture
-def target(target_server: NatsServer) -> str:
-    from poetctl.backends.nats.settings import NatsSettings
-    from tests.contract.kits import wipe_nats
-
-    wipe_nats(NatsSettings(servers=(target_server.url,)))
-    return target_server.url
 
 
 def items(n: int) -> list[tuple[str, dict[str, str]]]:

@@ -65,5 +65,5 @@ def test_other_refusals_and_a_cluster_that_never_forms_fail_at_once_or_in_time()
         raise _api_error(10005, "no suitable peers for placement")
 
     with pytest.raises(APIError):
-        asyncio.run(_patient(forming, "+ stream POET", patience=0.5))
+        asyncio.run(_patient(forming, "+ stream POET", patience=2.0))  # room for retries on a slow machine
     assert calls[0] > 2

@@ -49,6 +49,7 @@ import bisect
 import heapq
 import time
 from collections import deque
+from typing import Any
 
 from ...priority import DEFAULT_SHARES, PRIORITIES, split
 from ...transport import Delivery, Fetched
@@ -62,6 +63,23 @@ CURSOR_IDLE = 120.0  # the cursor consumer's inactive threshold (the server dele
 NO_KEY = "*"  # the index entry of a message without Poet-Key: it blocks every key
 END = 1 << 62  # "to the lane's end"
 PULL_LANE = 16  # the high and low lanes are pulled at least this far ahead (a coverage pull: at most)
+
+
+def _cursor_config(name: str, base: int, filter_subject: str | None = None) -> Any:
+    """An ephemeral, headers-only, unacked consumer reading from stream sequence ``base + 1``: a cursor."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    return ConsumerConfig(
+        name=name,
+        filter_subject=filter_subject,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=base + 1,
+        ack_policy=AckPolicy.NONE,
+        headers_only=True,
+        inactive_threshold=CURSOR_IDLE,
+        mem_storage=True,
+        num_replicas=1,
+    )
 
 
 class Cursor:
@@ -186,8 +204,6 @@ class Lanes(Intake):
         of that lane of all of them (a sweeper: an ephemeral consumer filtering their lane subjects), usually
         "nothing new" for all at once. The partitions with a message of the lane not delivered here yet (a
         pull of their durable brings it): their coverage stays where it is."""
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
         s = self.t.settings
         cov = {p: self._cov.setdefault(p, {}) for p in parts}
         base = min(c.get(lane, 0) for c in cov.values())
@@ -200,16 +216,7 @@ class Lanes(Intake):
             self._ncur += 1
             sw = Cursor(f"poetsweep-{self.name[:60]}-{lane}-{self._ncur}", base, frozenset(parts))
             filters = [subjects.partition_filter(p, lane) for p in sorted(parts)]
-            cfg = ConsumerConfig(
-                name=sw.name,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=base + 1,
-                ack_policy=AckPolicy.NONE,
-                headers_only=True,
-                inactive_threshold=CURSOR_IDLE,
-                mem_storage=True,
-                num_replicas=1,
-            )
+            cfg = _cursor_config(sw.name, base)
             if len(filters) == 1:
                 cfg.filter_subject = filters[0]
             else:
@@ -320,21 +327,9 @@ class Lanes(Intake):
             self._drop_cursor(self._cursors.pop((p, lane)))  # about to expire, or far behind: start anew
             c = None
         if c is None:
-            from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
             self._ncur += 1
             c = Cursor(f"poetcur-{self.name[:60]}-{p}{lane}-{self._ncur}", base)
-            cfg = ConsumerConfig(
-                name=c.name,
-                filter_subject=subjects.partition_filter(p, lane),
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=base + 1,
-                ack_policy=AckPolicy.NONE,
-                headers_only=True,
-                inactive_threshold=CURSOR_IDLE,
-                mem_storage=True,
-                num_replicas=1,
-            )
+            cfg = _cursor_config(c.name, base, filter_subject=subjects.partition_filter(p, lane))
             await self.t.link.jsm.add_consumer(s.stream, cfg)
             self._cursors[(p, lane)] = c
         c.used = now
