@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 from .event import MAX_DEPTH  # deeper payloads are left to the full check (which words the problem)
@@ -41,9 +42,11 @@ _ANNOTATIONS = {"title": str, "description": str, "$comment": str, "examples": l
 _ANY_VALUE = ("default",)
 _FLAGS = ("deprecated", "readOnly", "writeOnly")
 _TYPES = {"string", "integer", "number", "object", "array", "boolean", "null"}
-_ID = re.compile(r"https?://[A-Za-z0-9._~/-]+")  # a plain absolute URL without fragment or query
+# A plain absolute URL without fragment or query (checked without a regex: start-up is the point here).
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~/-:")
 # One token of the pattern subset: a class, an escape, a group bracket, a quantifier, a literal.
-_TOKEN = re.compile(
+# Compiled on the first pattern met (system.health has none), not at import.
+_TOKEN_RE = (
     r"\[\^?(?:[A-Za-z0-9 _.,:;/@#%=+*!?<>'\"-]|\\[.\-\]\[\\^]|\\u[0-9a-fA-F]{4})+\]"
     r"|\\[.+*?(){}\[\]|^$\\]|\\u[0-9a-fA-F]{4}"
     r"|\(\?:|[()|]"
@@ -64,7 +67,7 @@ def prover(schema: Any) -> Callable[[Any], bool] | None:
     if schema.get("$schema", _DRAFT) != _DRAFT:
         return None
     sid = schema.get("$id")
-    if sid is not None and (type(sid) is not str or _ID.fullmatch(sid) is None):
+    if sid is not None and (type(sid) is not str or not _plain_url(sid)):
         return None
     rest = {k: v for k, v in schema.items() if k not in ("$schema", "$id")}
     try:
@@ -264,6 +267,16 @@ def _bound(key: str, b: Any) -> Callable[[Any], bool]:
     return lambda v: v < b
 
 
+def _plain_url(sid: str) -> bool:
+    scheme, sep, rest = sid.partition("://")
+    return sep != "" and scheme in ("http", "https") and rest != "" and ":" not in rest and set(rest) <= _ID_CHARS
+
+
+@cache
+def _token() -> re.Pattern[str]:
+    return re.compile(_TOKEN_RE)
+
+
 def _pattern(value: Any) -> Callable[[str], bool]:
     """A check of ``pattern`` for the subset (see the module docstring); raises _Unsupported otherwise."""
     if type(value) is not str or len(value) < 2 or value[0] != "^" or value[-1] != "$" or value[-2:] == "\\$":
@@ -273,7 +286,7 @@ def _pattern(value: Any) -> Callable[[str], bool]:
     quantified_group = [False]  # per open group: does it hold a quantifier?
     last = ""  # the kind of the previous token: "atom", "close", "open", "quant", "bar"
     while pos < len(body):
-        m = _TOKEN.match(body, pos)
+        m = _token().match(body, pos)
         if m is None:
             raise _Unsupported
         tok = m.group()
