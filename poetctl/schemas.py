@@ -45,9 +45,10 @@ from .strictjson import path_part
 
 MAX_REPORTED_ERRORS = 5
 # Payloads a registry may accept on :mod:`poetctl.schemaproof`'s proof alone, before it compiles
-# jsonschema-rs: a one-event command never imports it; a long run (the daemon, a batch) soon
-# compiles it and then uses it alone, as before (it is the faster check on large payloads).
-PROOF_BUDGET = 32
+# jsonschema-rs: a one-event command never imports it; a long run (the daemon, a batch) compiles it
+# within a few events and then uses it alone, as before: it is 10-30x faster per payload than the
+# Python proof (1.5 us vs 17 us for a small system.health, 38 us vs 1.2 ms for 500 metrics).
+PROOF_BUDGET = 8
 _MAX_COUNTED_ERRORS = 1000
 _MAX_LINE = 300
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
