@@ -20,7 +20,7 @@ it against jsonschema-rs over every shipped schema and mutated payloads):
   ``enum``/``const`` only strings;
 * ``pattern`` only in a small regular subset (anchored ``^...$``, literal
   characters, classes, ``\\.``-style and ``\\uXXXX`` escapes, groups,
-  quantifiers not nested, no alternation at the top), where Python's ``re``
+  quantifiers not nested, alternation only in unquantified groups), where Python's ``re``
   and the Rust ``regex`` engine agree; and only where the match's
   backtracking is provably small (else: cannot tell).
 """
@@ -283,7 +283,7 @@ def _pattern(value: Any) -> Callable[[str], bool]:
         raise _Unsupported
     body = value[1:-1]
     pos, depth, unbounded, paths = 0, 0, 0, 1
-    quantified_group = [False]  # per open group: does it hold a quantifier?
+    quantified_group = [False]  # per open group: does it hold a quantifier or a choice?
     last = ""  # the kind of the previous token: "atom", "close", "open", "quant", "bar"
     while pos < len(body):
         m = _token().match(body, pos)
@@ -306,6 +306,8 @@ def _pattern(value: Any) -> Callable[[str], bool]:
             if depth == 0:
                 raise _Unsupported  # ^a|b$ is (^a)|(b$): not a full match
             paths *= 2
+            # A group holding a choice is never quantified: (a|aa)+ backtracks exponentially.
+            quantified_group[-1] = True
             last = "bar"
         elif tok[0] in "*+?{":
             if last not in ("atom", "close"):

@@ -129,8 +129,10 @@ PATTERNS = [
     "^[^\\u0000-\\u001f]+$",
     "^[A-Za-z0-9_-]{1,64}$",
     "^a\\.b$",
-    "^(ab|cd){2}x?$",
-    "^(?:x|y)+$",
+    "^(ab|cd)x?$",
+    "^(?:xy|z)[a-z]{0,3}$",
+    "^(ab|cd){2}x?$",  # a quantified choice: refused
+    "^(?:a|aa)+$",  # exponential backtracking in Python's re: refused
     "^[a-z]+$",
     "^a*b*$",  # two unbounded quantifiers: refused
     "^(a+)+$",  # nested quantifiers: refused
@@ -144,7 +146,8 @@ PATTERNS = [
     "^a\\$",
     "^a{3,1}$",
 ]
-STRINGS = ["", "a", "ab", "a.b", "axb", "abab", "ababx", "cdab", "x", "xyxy", "aab", "abc", "a\n", "\na", "é",
+STRINGS = ["", "a", "ab", "abx", "cd", "xyabc", "zzzzz", "a" * 30 + "b",
+           "a.b", "axb", "abab", "ababx", "cdab", "x", "xyxy", "aab", "abc", "a\n", "\na", "é",
            "🙂", "A_b-1", "1.0+x", "\x1f", "\x7f",
            "sha256:" + "0" * 64, "sha256:" + "0" * 63, "z" * 65, "aaa", "b"]  # fmt: skip
 
@@ -173,7 +176,7 @@ def test_pattern_subset_refusals() -> None:
     refused = {p for p in PATTERNS if prover({"pattern": p}) is None}
     assert refused == {
         "^a*b*$", "^(a+)+$", "^a|b$", "abc", "^.*$", "^\\d+$", "^[a--b]$", "^[[:alpha:]]$", "^a$\\n", "^a\\$",
-        "^a{3,1}$",
+        "^a{3,1}$", "^(ab|cd){2}x?$", "^(?:a|aa)+$",
     }  # fmt: skip
 
 
