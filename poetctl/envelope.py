@@ -12,6 +12,7 @@ writes nothing: publishing is :class:`~poetctl.publish.Publisher`'s job.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -174,13 +175,16 @@ class EnvelopeBuilder:
         return ev, keyed
 
     def _seal(self, ev: Event, payload_json: bytes, where: str | None) -> bool:
-        """Seal ``ev`` around its payload's canonical bytes, serialising the payload once more (for the file).
+        """Seal ``ev`` around its payload's canonical bytes, which are embedded as they are (no second dump).
 
         The checksum is the same as :func:`compute_checksum`'s (the canonical
-        envelope embeds the canonical payload as it is); the stored line is
-        byte for byte what :meth:`Event.to_json` writes, kept on the event
-        (:meth:`Event.line`). False, having changed nothing, when the rest of
-        the envelope needs the careful path (a NaN, a value JSON cannot hold).
+        envelope embeds the canonical payload as it is). The stored line is the
+        canonical envelope itself with the ``checksum`` member in its sorted
+        place (sorted keys, payload included), kept on the event
+        (:meth:`Event.line`): a reader can verify it by hashing the line with
+        that member spliced out (:func:`poetctl.event.stored_checksum_matches`).
+        False, having changed nothing, when the rest of the envelope needs the
+        careful path (a NaN, a value JSON cannot hold).
         """
         d = ev.to_dict(with_checksum=False)
         payload = d["payload"]
@@ -190,15 +194,17 @@ class EnvelopeBuilder:
             if len(payload_json) > _SCAN_ALL:  # look for null in the head alone (the payload has none)
                 d["payload"] = _EMPTY
                 canon_head = orjson.dumps(d)
+                d["payload"] = orjson.Fragment(payload_json)
             else:
                 canon_head = canon
-            if b"null" in canon_head:  # a NaN or Infinity outside the payload: the careful path words it
+            if _NULL.search(canon_head) is not None:  # a NaN or Infinity outside the payload: the careful path
                 return False
-            d["payload"] = payload  # the file keeps the caller's key order
             checksum = d["checksum"] = CHECKSUM_PREFIX + sha256(canon).hexdigest()
-            line = orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE)
+            # The same canonical bytes with the checksum member added: the payload is a Fragment, copied as is.
+            line = orjson.dumps(d, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
         except TypeError:
             return False
+        d["payload"] = payload
         self.registry.check_envelope(d, where, checksum_verified=True)
         ev.checksum = checksum
         ev.sealed = (checksum, line)
@@ -374,9 +380,52 @@ def plain_json(value: dict[str, Any]) -> bytes | None:
         data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError:
         return None
-    if b"null" in data or data.count(b"{") + data.count(b"[") > MAX_DEPTH:
+    if _has_null(data) or _openers(data) > MAX_DEPTH:
         return None
     return data
+
+
+# re's literal search beats ``b"null" in data`` 1.5-2x here: bytes' search skips on a bloom filter in
+# which "n", "u" and "l" share bits with ".", "5" and ",", so it crawls through number-heavy JSON.
+_NULL = re.compile(b"null")
+_FEW = 8  # openers of one kind found one by one (memchr) before counting the rest
+
+
+def _has_null(data: bytes) -> bool:
+    """``b"null" in data``, faster: a large document is searched for its first few ``n`` bytes by memchr."""
+    if len(data) <= _SCAN_ALL:
+        return _NULL.search(data) is not None
+    i = data.find(b"n")
+    for _ in range(_FEW):
+        if i < 0:
+            return False
+        if data.startswith(b"null", i):
+            return True
+        i = data.find(b"n", i + 1)
+    return i >= 0 and _NULL.search(data, i) is not None
+
+
+def _openers(data: bytes) -> int:
+    """How many ``{`` and ``[`` bytes ``data`` holds, or at least more than MAX_DEPTH.
+
+    A large payload mostly holds a few containers: finding each (``find`` is a
+    memchr) is far cheaper than counting every byte (``count`` compares each),
+    which serves small documents and what has many containers.
+    """
+    if len(data) <= _SCAN_ALL:
+        return data.count(b"{") + data.count(b"[")
+    n = 0
+    for opener in (b"{", b"["):
+        i = data.find(opener)
+        found = 0
+        while i >= 0:
+            found += 1
+            if found == _FEW:
+                n += data.count(opener, i + 1)
+                break
+            i = data.find(opener, i + 1)
+        n += found
+    return n
 
 
 def _declared_version(d: Mapping[str, Any]) -> int | None:

@@ -195,18 +195,20 @@ class Event:
         return orjson.dumps(self.to_dict())
 
     def line(self) -> bytes:
-        """:meth:`to_json` and a newline: what a spool file holds.
+        """What a spool file holds: the canonical envelope (sorted keys, ``checksum`` included) and a newline.
 
         The bytes the envelope builder made when it sealed the event when
         they are still current (same checksum), so a large payload is not
-        serialised again on the emit path.
+        serialised again on the emit path. Hashing it with the checksum
+        member spliced out gives the checksum (:func:`stored_checksum_matches`).
         """
         sealed = self.sealed
         if sealed is not None and sealed[0] == self.checksum:
             return sealed[1]
         import orjson
 
-        return orjson.dumps(self.to_dict()) + b"\n"
+        # Canonical, as the builder stores it: sorted keys, the checksum member in its sorted place.
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
@@ -265,6 +267,39 @@ def compute_checksum(envelope: dict[str, Any]) -> str:
 def checksum_of(canonical_bytes: bytes) -> str:
     """The ``checksum`` value for an envelope whose :func:`canonical` bytes are given."""
     return CHECKSUM_PREFIX + _sha256(canonical_bytes).hexdigest()
+
+
+def stored_checksum_matches(data: bytes, stated: str) -> bool:
+    """True if ``data``, a stored line, hashes to ``stated`` with its ``"checksum":"<stated>"`` member spliced out.
+
+    The builder stores each event in canonical form with the checksum member
+    in its sorted place (:meth:`Event.line`), so the line without that member
+    (and its comma, and the final newline) is exactly the bytes the checksum
+    was computed over: hashing them verifies the event without serialising
+    it again. False is no verdict: a line written by an older version (keys
+    in another order), by another writer or by hand, or a corrupt one, is
+    verified the careful way (re-canonicalising what was parsed), which
+    decides. A match is sound for what the reader returns: bytes hashing to
+    the checksum are the ones it was computed over, so what was parsed from
+    them is what was sealed. The member cannot occur inside a JSON string
+    (its quotes would be escaped there).
+    """
+    if len(stated) != 71 or not stated.startswith(CHECKSUM_PREFIX):
+        return False
+    member = b'"checksum":"' + stated.encode() + b'"'
+    i = data.find(member)
+    if i <= 0:
+        return False
+    j = i + len(member)
+    if data[j : j + 1] == b",":  # a member follows: take out the member and the comma after it
+        rest = data[:i] + data[j + 1 :]
+    elif data[i - 1 : i] == b",":  # the last member: take out the comma before it
+        rest = data[: i - 1] + data[j:]
+    else:
+        return False
+    if rest[-1:] == b"\n":
+        rest = rest[:-1]
+    return _sha256(rest).hexdigest() == stated[len(CHECKSUM_PREFIX) :]
 
 
 def checksum_matches(envelope: dict[str, Any]) -> bool:

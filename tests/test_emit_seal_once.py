@@ -25,8 +25,8 @@ SAMPLES = Path(__file__).parent / "samples"
 
 
 def careful_line(ev: Event) -> bytes:
-    """What the spool stored before the fast seal: the whole envelope serialised from the event."""
-    return orjson.dumps(ev.to_dict()) + b"\n"
+    """What the spool stores: the whole envelope serialised from the event in canonical form (sorted keys)."""
+    return orjson.dumps(ev.to_dict(), option=orjson.OPT_SORT_KEYS) + b"\n"
 
 
 def large_metrics(n: int = 500) -> dict[str, Any]:
