@@ -94,7 +94,8 @@ class NatsConsumer(Lanes):
         # create): leases stay while work flows; over the fair share, the excess is drained and handed back.
         self.hold_idle = transport.hold_idle if transport.hold_idle is not None else s.lease_ttl / 2
         self._init_lanes()
-        self._run(retrying(lambda: ensure_lanes(transport)), RUN_TIMEOUT)  # a stream set up before the lanes
+        # A stream set up before the lanes gets them; where key subjects start (.lanes probes above it).
+        self._keyed_from = int(self._run(retrying(lambda: ensure_lanes(transport)), RUN_TIMEOUT))
         self._run(retrying(self._announce), RUN_TIMEOUT)
         self._keeper = threading.Thread(target=self._keep, name=f"poetctl-nats-keeper-{self.name}", daemon=True)
         self._keeper.start()
