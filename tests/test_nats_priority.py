@@ -321,3 +321,27 @@ def test_normal_events_keep_flowing_under_a_high_event_before_every_fetch(transp
         assert done == [o.event.id for o in normal[: len(done)]]
     finally:
         c.close()
+
+
+def test_the_fetch_after_a_rush_is_a_short_one(transport: Any, make: Make) -> None:
+    """After a high event's own fetch, the next (normal) fetch hands out at most AFTER_RUSH: a high event
+    published meanwhile waits for a short fetch, not a full one; the one after is full again."""
+    from poetctl.backends.nats.consumer import AFTER_RUSH
+
+    t = transport
+    normal = backlog(t, make, 1000)
+    c = t.consumer("a")
+    try:
+        done = drain(c, 50, until=100)
+        high = make("urgent", "high")
+        t.publish([high])
+        got = c.fetch(256).deliveries
+        assert [d.id for d in got] == [high.event.id]
+        c.ack(got[0])
+        short = drain(c, 256, until=1)
+        assert 0 < len(short) <= AFTER_RUSH < 256
+        full = drain(c, 256, until=1)
+        assert len(full) > AFTER_RUSH
+        assert done + short + full == [o.event.id for o in normal[: len(done) + len(short) + len(full)]]
+    finally:
+        c.close()

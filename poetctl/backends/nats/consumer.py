@@ -55,6 +55,7 @@ from .transport import NatsTransport, dumps
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 PULL_MAX = 64  # messages pulled ahead per partition
+AFTER_RUSH = 64  # the most a fetch right after a rush hands out (high events keep coming: keep it short)
 
 
 class NatsConsumer(Lanes):
@@ -135,6 +136,8 @@ class NatsConsumer(Lanes):
         if self._suspect:
             await self._check_suspects()
         pulling: set[int] = set()
+        if self._rushed:  # normal and low get this fetch (never two rushes in a row); a short one, as a high
+            limit = min(limit, AFTER_RUSH)  # event published meanwhile waits for it (not the fetch's own limit)
         if self._held:
             # Small prefetch: what is pulled and not yet begun is what a takeover must wait for.
             batch = max(1, min(PULL_MAX, math.ceil(limit / len(self._held))))
