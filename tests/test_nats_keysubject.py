@@ -222,3 +222,64 @@ def test_an_older_publisher_after_the_mark_turns_the_daemon_to_headers(
         assert mark(t) >= seq
     finally:
         c.close()
+
+
+def assert_key_subjects(url: str, stream: str = "POET") -> int:
+    """Every event in ``stream`` at ``url`` is on a key subject: its key token is its Poet-Key, its topic reads back.
+
+    For the tests of each publisher (emit, dead retry, replay, restore); the number of events checked.
+    """
+    import asyncio
+    import json
+
+    import nats
+    from nats.js.errors import NotFoundError
+
+    async def go() -> int:
+        nc = await nats.connect(servers=[url])
+        try:
+            m = nc.jsm()
+            info = await m.stream_info(stream)
+            n = 0
+            for seq in range(int(info.state.first_seq or 1), int(info.state.last_seq or 0) + 1):
+                try:
+                    msg = await m.get_msg(stream, seq)
+                except NotFoundError:
+                    continue  # deleted (an acked copy a retry replaced)
+                kh = (msg.headers or {}).get("Poet-Key")
+                assert kh and subjects.subject_key(msg.subject) == kh, (msg.subject, msg.headers)
+                assert subjects.subject_topic(msg.subject) == json.loads(msg.data)["topic"], msg.subject
+                n += 1
+            return n
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def test_every_publish_path_of_the_transport_uses_key_subjects(transport: Any, make: Make) -> None:
+    """Events of each class, keyed and keyless, plain and non-ASCII ids (two publish paths): all on key subjects."""
+    t = transport
+    out = [make(k, p) for k in ("a", None) for p in ("high", "normal", "low", None)]
+    odd = make("b", "high")
+    odd.event.id = "ïd-" + odd.event.id  # not plain ASCII: published through nats-py's publish_async
+    odd = Outgoing(odd.event, odd.event.to_json() + b"\n", odd.keyed)
+    t.publish([*out, odd])
+    assert assert_key_subjects(t.settings.servers[0]) == len(out) + 1
+
+
+def test_no_module_builds_an_event_subject_but_subjects_py() -> None:
+    """Every publisher goes through subjects.event_subject: no other module spells an event subject."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    pat = re.compile(r"""(f["']poet\.p\.\{|EVENTS\}\.\{|EVENTS \+ "\." \+|f"\{subjects\.EVENTS\}\.\{)""")
+    bad = [
+        f"{p.relative_to(root)}:{i}"
+        for d in ("poetctl", "bench")
+        for p in (root / d).rglob("*.py")
+        if p.name != "subjects.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pat.search(line)
+    ]
+    assert bad == []

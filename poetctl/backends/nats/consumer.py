@@ -2,7 +2,7 @@
 
 Per-key order across daemons (the design; notes/natscore.md has the why):
 
-* The publisher puts each event on ``poet.p.<n>.<topic>``, ``n`` = crc32 of
+* The publisher puts each event on ``poet.p.<n>.~<key hash>.<topic>``, ``n`` = crc32 of
   its partition key modulo ``partitions``; each partition has one durable
   pull consumer ``poet-p<n>``, and one per priority lane (``poet-p<n>h``,
   ``poet-p<n>l``: :mod:`.lanes` merges them, keeping each key's order).

@@ -2,8 +2,8 @@
 
 Part of :class:`~.consumer.NatsConsumer` (a mixin over its state). The design:
 
-* An event of class ``high`` is published on ``poet.p.<n>h.<topic>``, ``low`` on
-  ``poet.p.<n>l.<topic>``, ``normal`` where events always went (``poet.p.<n>.<topic>``).
+* An event of class ``high`` is published on ``poet.p.<n>h.~<key hash>.<topic>``, ``low`` on
+  ``poet.p.<n>l.~<key hash>.<topic>``, ``normal`` on ``poet.p.<n>.~<key hash>.<topic>`` (:mod:`.subjects`).
   Each lane has its durable (``poet-p<n>h``, ``poet-p<n>l``, ``poet-p<n>``), leased
   together with the partition: one daemon holds all three lanes of a partition.
   A high event is pulled from its own durable, so it overtakes a normal backlog

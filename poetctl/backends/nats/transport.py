@@ -2,7 +2,7 @@
 
 Where things live (names from :class:`~.settings.NatsSettings`):
 
-* the event: stream ``POET``, subject ``poet.p.<partition>.<topic tail>``,
+* the event: stream ``POET``, subject ``poet.p.<partition><lane>.~<key hash>.<topic tail>``,
   ``Nats-Msg-Id`` = the event id (a retried group is deduplicated by the
   server within the duplicate window);
 * its state: KV ``POET_STATE`` under the event id: ``{"s": state, "seq":
