@@ -443,6 +443,8 @@ class Lanes(Intake):
                 if c.upto >= h.seq:
                     continue
                 have = max(have, c.upto)
+            if have + 1 >= h.seq:  # nothing of ``other`` lies between (h.seq itself is in h's lane)
+                continue
             # The rest of the way a probe must answer (below the mark, events may lack the key token: unknown).
             if have < self._keyed_from or self.probes.blocked(p, other, kh, have, h.seq) is not False:
                 return False

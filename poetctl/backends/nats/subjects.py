@@ -27,6 +27,7 @@ below it); the caller checks each event with :func:`poetctl.topics.matches`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import zlib
@@ -92,6 +93,7 @@ def from_subject(subject: str) -> str:
     return "/".join(unescape_token(t) for t in subject.split("."))
 
 
+@functools.lru_cache(maxsize=4096)  # a publisher's few topics: built once each (every event's subject has one)
 def _tail(topic: str) -> str:
     """The topic's tokens below its root (``poet/x/y`` -> ``x.y``; other roots keep theirs)."""
     toks = topic_tokens(topic)

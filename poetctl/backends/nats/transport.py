@@ -212,14 +212,15 @@ class NatsTransport:
         # Subject and header bytes, made once (a repeat after a server loss reuses them); None: not plain
         # ASCII, so through nats-py's publish_async (which checks and encodes them itself).
         wire: dict[int, tuple[bytes, bytes] | None] = {}
-        subj_of: dict[tuple[str, int, str, str], bytes | None] = {}  # a group has few topics and keys: each made once
+        plain_topic: dict[str, bool] = {}  # a group has few topics: each checked once
         for pos, it, part in todo:
             lane = subjects.lane_of(it.event.priority)  # the priority lane (:mod:`.lanes`)
             khs = khash[pos]
-            subj = subj_of.get((it.event.topic, part, lane, khs), b"")
-            if subj == b"":
-                subj = subjects.event_subject(it.event.topic, part, lane, khs).encode()
-                subj = subj_of[(it.event.topic, part, lane, khs)] = subj if plain(subj) else None
+            made = subjects.event_subject(it.event.topic, part, lane, khs).encode()
+            ok = plain_topic.get(it.event.topic)
+            if ok is None:  # the key token is hex: the subject is plain if the topic's part is
+                ok = plain_topic[it.event.topic] = plain(made)
+            subj = made if ok else None
             eid = it.event.id.encode()
             kh = khs.encode()
             wire[pos] = (subj, event_headers(eid, it.keyed, kh)) if subj is not None and plain(eid) else None
