@@ -101,7 +101,9 @@ def bare_publish(urls: list[str], router: EventRouter, settings: NatsSettings, n
     events = [router.build("system.health", payload(i))[0] for i in range(n)]
     items = [
         (
-            subjects.event_subject(e.topic, subjects.partition_of(key_of(e), settings.partitions)),
+            subjects.event_subject(
+                e.topic, subjects.partition_of(key_of(e), settings.partitions), "", subjects.key_hash(key_of(e))
+            ),
             e.to_json(),
             {"Nats-Msg-Id": e.id},
         )

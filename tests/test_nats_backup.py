@@ -188,6 +188,9 @@ def test_point_in_time_restore_on_nats(ready: Path, server: NatsServer, target: 
     check = tmp_path / "check.tar.zst"
     backup(ready, target, check)
     assert set(events_of(check)) == set(early)
+    from tests.test_nats_keysubject import assert_key_subjects
+
+    assert assert_key_subjects(target) == len(early)  # restore publishes on key subjects
 
 
 def tamper(archive: Path, member: str, out: Path) -> None:

@@ -101,6 +101,9 @@ def test_poison_is_dead_after_max_attempts_then_retry_processes_it(project: Path
     finally:
         t.close()
     assert _dead(project, url, "list")[1] == ""
+    from tests.test_nats_keysubject import assert_key_subjects
+
+    assert assert_key_subjects(url) >= 1  # emit's and dead retry's copies are on key subjects
 
 
 def test_list_show_purge_selectors_and_exit_codes(project: Path, server: NatsServer) -> None:

@@ -212,6 +212,10 @@ def test_replay_reruns_handlers_with_mark_and_twice_within_the_duplicate_window(
     assert _ids(be.ok("tail", "-o", "jsonl")).count(a) == 1  # one copy of the event, not one per replay
     r = be.cli("replay", "--from", "dead", "--all")
     assert r.returncode == 1 and "no dead event matched" in r.stderr
+    if be.kind == "nats":
+        from tests.test_nats_keysubject import assert_key_subjects
+
+        assert assert_key_subjects(be.url) == 2  # replay's copy is on a key subject too
 
 
 def test_replay_from_dead_puts_the_letter_back(be: Env) -> None:

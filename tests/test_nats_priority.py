@@ -141,6 +141,8 @@ def test_a_keys_order_holds_across_all_three_lanes(transport: Any, make: Make) -
 
 def test_an_event_without_a_key_header_holds_back_later_high_events(transport: Any, make: Make) -> None:
     """A normal message published before Poet-Key existed (no header) blocks every key: a high event waits for it."""
+    from tests.test_nats_keysubject import unmark
+
     t = transport
     backlog(t, make, 300)
     old = make("legacy")
@@ -151,6 +153,7 @@ def test_an_event_without_a_key_header_holds_back_later_high_events(transport: A
         await t.link.js.publish(subj, old.data, headers=hdrs)
 
     t.link.run(raw())
+    unmark(t)  # the stream as that older poetctl left it (no key-subject mark): the consumer marks it
     high = make("fresh", "high")
     t.publish([high])
     c = t.consumer("a")
@@ -316,5 +319,29 @@ def test_normal_events_keep_flowing_under_a_high_event_before_every_fetch(transp
                 assert len(done) > before
                 before = len(done)
         assert done == [o.event.id for o in normal[: len(done)]]
+    finally:
+        c.close()
+
+
+def test_the_fetch_after_a_rush_is_a_short_one(transport: Any, make: Make) -> None:
+    """After a high event's own fetch, the next (normal) fetch hands out at most AFTER_RUSH: a high event
+    published meanwhile waits for a short fetch, not a full one; the one after is full again."""
+    from poetctl.backends.nats.consumer import AFTER_RUSH
+
+    t = transport
+    normal = backlog(t, make, 1000)
+    c = t.consumer("a")
+    try:
+        done = drain(c, 50, until=100)
+        high = make("urgent", "high")
+        t.publish([high])
+        got = c.fetch(256).deliveries
+        assert [d.id for d in got] == [high.event.id]
+        c.ack(got[0])
+        short = drain(c, 256, until=1)
+        assert 0 < len(short) <= AFTER_RUSH < 256
+        full = drain(c, 256, until=1)
+        assert len(full) > AFTER_RUSH
+        assert done + short + full == [o.event.id for o in normal[: len(done) + len(short) + len(full)]]
     finally:
         c.close()

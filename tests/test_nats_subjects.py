@@ -11,9 +11,11 @@ from poetctl.topics import matches
 
 
 def test_plain_topic_maps_token_for_token() -> None:
-    """poet/functions/x/execution is the subject poet.functions.x.execution."""
+    """poet/functions/x/execution is the subject poet.functions.x.execution (an event's: after its key token)."""
     assert subjects.to_subject("poet/functions/detect_drift/execution") == "poet.functions.detect_drift.execution"
-    assert subjects.event_subject("poet/functions/x/execution", 3) == "poet.p.3.functions.x.execution"
+    kh = subjects.key_hash("k")
+    assert subjects.event_subject("poet/functions/x/execution", 3, "", kh) == f"poet.p.3.~{kh}.functions.x.execution"
+    assert subjects.event_subject("poet/functions/x/execution", 3, "h", kh) == f"poet.p.3h.~{kh}.functions.x.execution"
     assert subjects.dead_subject("poet/functions/x/execution") == "poet.dead.functions.x.execution"
 
 
@@ -73,6 +75,32 @@ def test_pattern_filters_cover_what_the_pattern_matches(pattern: str) -> None:
     """Every topic a tail pattern matches lies under one of its NATS filter subjects (in any partition)."""
     filters = subjects.pattern_filters(pattern)
     for topic in TOPICS:
-        subject = subjects.event_subject(topic, 5)
-        if matches(pattern, topic):
-            assert any(_nats_match(f, subject) for f in filters), (pattern, topic, filters)
+        for subject in (subjects.event_subject(topic, 5, "l", subjects.key_hash(topic)), _old_layout(topic, 5)):
+            if matches(pattern, topic):
+                assert any(_nats_match(f, subject) for f in filters), (pattern, topic, filters)
+    # A consumer's filters may collide but none may take in another (the server refuses subsets).
+    for f in filters:
+        assert not any(g != f and subjects._covers(g, f) for g in filters), filters
+
+
+def _old_layout(topic: str, p: int) -> str:
+    """An event subject as poetctl published them before key tokens: ``poet.p.<n>.<tail>``."""
+    return f"poet.p.{p}.{subjects.to_subject(topic).split('.', 1)[1]}"
+
+
+@pytest.mark.parametrize("topic", TOPICS)
+def test_an_event_subjects_key_and_topic_read_back_in_both_layouts(topic: str) -> None:
+    """The key hash and the topic come back from an event subject; an old-layout subject has no key."""
+    kh = subjects.key_hash("correlation_id=a")
+    for lane in subjects.LANES:
+        subject = subjects.event_subject(topic, 7, lane, kh)
+        assert subjects.subject_key(subject) == kh
+        assert subjects.subject_topic(subject) == topic
+        assert subjects.lane_token(subject) == f"7{lane}"
+        assert _nats_match(subjects.key_filter(7, lane, kh), subject)
+        assert not _nats_match(subjects.key_filter(7, lane, subjects.key_hash("other")), subject)
+        assert _nats_match(subjects.partition_filter(7, lane), subject)
+    old = _old_layout(topic, 7)
+    assert subjects.subject_key(old) is None
+    assert subjects.subject_topic(old) == topic
+    assert subjects.lane_token(old) == "7"

@@ -2,7 +2,7 @@
 
 Per-key order across daemons (the design; notes/natscore.md has the why):
 
-* The publisher puts each event on ``poet.p.<n>.<topic>``, ``n`` = crc32 of
+* The publisher puts each event on ``poet.p.<n>.~<key hash>.<topic>``, ``n`` = crc32 of
   its partition key modulo ``partitions``; each partition has one durable
   pull consumer ``poet-p<n>``, and one per priority lane (``poet-p<n>h``,
   ``poet-p<n>l``: :mod:`.lanes` merges them, keeping each key's order).
@@ -55,6 +55,7 @@ from .transport import NatsTransport, dumps
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 PULL_MAX = 64  # messages pulled ahead per partition
+AFTER_RUSH = 64  # the most a fetch right after a rush hands out (high events keep coming: keep it short)
 
 
 class NatsConsumer(Lanes):
@@ -94,7 +95,8 @@ class NatsConsumer(Lanes):
         # create): leases stay while work flows; over the fair share, the excess is drained and handed back.
         self.hold_idle = transport.hold_idle if transport.hold_idle is not None else s.lease_ttl / 2
         self._init_lanes()
-        self._run(retrying(lambda: ensure_lanes(transport)), RUN_TIMEOUT)  # a stream set up before the lanes
+        # A stream set up before the lanes gets them; where key subjects start (.lanes probes above it).
+        self._keyed_from = int(self._run(retrying(lambda: ensure_lanes(transport)), RUN_TIMEOUT))
         self._run(retrying(self._announce), RUN_TIMEOUT)
         self._keeper = threading.Thread(target=self._keep, name=f"poetctl-nats-keeper-{self.name}", daemon=True)
         self._keeper.start()
@@ -134,6 +136,8 @@ class NatsConsumer(Lanes):
         if self._suspect:
             await self._check_suspects()
         pulling: set[int] = set()
+        if self._rushed:  # normal and low get this fetch (never two rushes in a row); a short one, as a high
+            limit = min(limit, AFTER_RUSH)  # event published meanwhile waits for it (not the fetch's own limit)
         if self._held:
             # Small prefetch: what is pulled and not yet begun is what a takeover must wait for.
             batch = max(1, min(PULL_MAX, math.ceil(limit / len(self._held))))

@@ -159,7 +159,7 @@ def retry(t: NatsTransport, found: list[Letter], now: float, max_bytes: int, war
         key = t.key_of(marked)
         part = subjects.partition_of(key, s.partitions)
         hdrs = {"Nats-Msg-Id": f"{ev.id}:d{letter.dseq}", "Poet-Id": ev.id, "Poet-Key": subjects.key_hash(key)}
-        subj = subjects.event_subject(marked.topic, part, subjects.lane_of(marked.priority))  # its priority lane
+        subj = subjects.event_subject(marked.topic, part, subjects.lane_of(marked.priority), hdrs["Poet-Key"])
         ack = await t.link.js.publish(subj, data, headers=hdrs)
         st = {"s": State.PENDING.value, "seq": ack.seq, "p": part, "ts": marked.timestamp}
         await t.state_kv.put(kv_key(ev.id), dumps(st))

@@ -2,8 +2,8 @@
 
 Part of :class:`~.consumer.NatsConsumer` (a mixin over its state). The design:
 
-* An event of class ``high`` is published on ``poet.p.<n>h.<topic>``, ``low`` on
-  ``poet.p.<n>l.<topic>``, ``normal`` where events always went (``poet.p.<n>.<topic>``).
+* An event of class ``high`` is published on ``poet.p.<n>h.~<key hash>.<topic>``, ``low`` on
+  ``poet.p.<n>l.~<key hash>.<topic>``, ``normal`` on ``poet.p.<n>.~<key hash>.<topic>`` (:mod:`.subjects`).
   Each lane has its durable (``poet-p<n>h``, ``poet-p<n>l``, ``poet-p<n>``), leased
   together with the partition: one daemon holds all three lanes of a partition.
   A high event is pulled from its own durable, so it overtakes a normal backlog
@@ -22,7 +22,11 @@ Part of :class:`~.consumer.NatsConsumer` (a mixin over its state). The design:
     that comes back short covers it up to everything this consumer had pulled
     from the partition before sending it (those were stored earlier);
   - a lane with a backlog nobody pulled (the normal lane, usually; a low lane
-    when many low events wait) is read by a **cursor** instead: an ephemeral
+    when many low events wait) is asked by a **key probe** (:mod:`.probes`): one
+    direct get for the first event of e's key in that lane after its coverage, the
+    key being in the subject; when many keys need one, or below the stream's
+    key-subject mark (events published before key subjects lack the key token), it
+    is read by a **cursor** instead: an ephemeral
     headers-only consumer of the lane from where its durable has delivered to,
     that indexes the ``Poet-Key`` header (the partition key's hash: a collision
     only makes an event wait; a message without the header blocks every key, so
@@ -56,6 +60,7 @@ from ...transport import Delivery, Fetched
 from . import subjects
 from .intake import Intake
 from .leases import Held
+from .probes import KeyProbes, raise_mark_soon, unkeyed_above
 
 CURSOR_BATCH = 2048  # headers read per pull of a cursor
 WARM = 30.0  # seconds a partition's cursor keeps reading after its last high or low event
@@ -63,6 +68,7 @@ CURSOR_IDLE = 120.0  # the cursor consumer's inactive threshold (the server dele
 NO_KEY = "*"  # the index entry of a message without Poet-Key: it blocks every key
 END = 1 << 62  # "to the lane's end"
 PULL_LANE = 16  # the high and low lanes are pulled at least this far ahead (a coverage pull: at most)
+PROBE_KEYS = 16  # keys probed per lane of a partition per round; more: its cursor reads the headers
 
 
 def _cursor_config(name: str, base: int, filter_subject: str | None = None) -> Any:
@@ -113,6 +119,8 @@ class Lanes(Intake):
     _ncur: int
     _sweepers: dict[str, Cursor]  # small lane -> the sweeper over its held partitions
     _rushed: bool  # the last fetch was a rush (high events only): the next one pulls every lane
+    _keyed_from: int  # every event above this stream sequence has its key in its subject (.setup)
+    probes: KeyProbes
 
     def _init_lanes(self) -> None:
         self.shares = dict(getattr(self.t, "shares", None) or DEFAULT_SHARES)
@@ -120,6 +128,8 @@ class Lanes(Intake):
         self._ncur = 0
         self._sweepers = {}
         self._rushed = False
+        self._keyed_from = END  # until the stream's mark is read (.setup.ensure_lanes): headers only
+        self.probes = KeyProbes()
 
     def _forget_lanes(self, p: int) -> None:
         """Partition ``p`` is no longer held: its coverage goes (a next holding starts from the durables)."""
@@ -127,6 +137,7 @@ class Lanes(Intake):
         self._top.pop(p, None)
         self._short.pop(p, None)
         self._classed.pop(p, None)
+        self.probes.forget(p)
         for k in [k for k in self._cursors if k[0] == p]:
             self._drop_cursor(self._cursors.pop(k))
 
@@ -272,6 +283,9 @@ class Lanes(Intake):
                 short.discard(lane)  # cut short by a server loss: covers nothing
                 continue
             top = max((int(m.metadata.sequence.stream) for m in msgs), default=0)
+            if top > self._keyed_from and unkeyed_above(msgs, self._keyed_from):
+                self._keyed_from = END  # an older poetctl still publishes: probes cannot see its events
+                raise_mark_soon(self.t)
             if len(msgs) < n and self._drained(self.t.settings.durable(p, lane)):
                 short.add(lane)
                 top = max(top, horizon[p])
@@ -290,6 +304,7 @@ class Lanes(Intake):
         for _ in range(2):
             lanes: list[tuple[int, str, int]] = []
             cursors: list[tuple[int, str, int]] = []
+            probes: list[tuple[int, str, str, int]] = []
             for p, buf in self._buf.items():
                 if not buf or p in self._settle or p in self._suspect:
                     continue
@@ -303,11 +318,35 @@ class Lanes(Intake):
                         continue
                     if lane in self._short.get(p, ()):
                         lanes.append((p, lane, max(1, PULL_LANE - self._buffered(p, lane))))  # ran dry: pull
+                        continue
+                    # A backlog: do not pull it. Ask the server for each waiting key's next event in it (one read
+                    # each); below the key-subject mark (or for many keys), read its headers with a cursor.
+                    lo = max(cov.get(lane, 0), c.upto if c is not None else 0)
+                    if lo < self._keyed_from or self.probes.broken:
+                        cursors.append((p, lane, need if self.probes.broken else min(need, self._keyed_from)))
+                        continue
+                    keys = sorted({kh for h in buf if h.lane != lane and (kh := self._unknown(p, lane, h, lo))})
+                    if len(keys) > PROBE_KEYS:
+                        cursors.append((p, lane, need))
                     else:
-                        cursors.append((p, lane, need))  # a backlog: read its headers, do not pull it
-            if not lanes and not cursors:
+                        probes += [(p, lane, kh, lo) for kh in keys]
+            if not lanes and not cursors and not probes:
                 return
-            await asyncio.gather(self._pull_set(lanes, out), *(self._advance(p, ln, need) for p, ln, need in cursors))
+            s = self.t.settings
+            horizon = max(self._top.values(), default=0)  # stored before the probes are sent
+            await asyncio.gather(
+                self._pull_set(lanes, out),
+                *(self._advance(p, ln, need) for p, ln, need in cursors),
+                *(self.probes.probe(self.t.link.jsm, s.stream, p, ln, kh, lo, horizon) for p, ln, kh, lo in probes),
+            )
+
+    def _unknown(self, p: int, lane: str, h: Held, lo: int) -> str:
+        """``h``'s key hash if no probe answers yet whether an event of its key lies in ``lane`` of ``p`` between
+        ``lo`` and it; "" if known (or ``h`` is covered)."""
+        if h.seq <= lo + 1:
+            return ""
+        kh = h.kh = h.kh or subjects.key_hash(h.key)
+        return kh if self.probes.blocked(p, lane, kh, lo, h.seq) is None else ""
 
     async def _warm(self) -> None:
         """Keep the cursors of partitions with recent high or low events running ahead (to their lane's end)."""
@@ -368,15 +407,22 @@ class Lanes(Intake):
             if have >= h.seq:
                 continue
             c = self._cursors.get((p, other))
-            if c is None or c.upto < h.seq:
-                return False
             kh = h.kh or subjects.key_hash(h.key)
             h.kh = kh
-            for k in (kh, NO_KEY):
-                seqs = c.keys.get(k, ())
-                i = bisect.bisect_right(seqs, have)  # at or below ``have``: pulled, so ordered by the merge
-                if i < len(seqs) and seqs[i] < h.seq:
-                    return False
+            if c is not None:
+                for k in (kh, NO_KEY):
+                    seqs = c.keys.get(k, ())
+                    i = bisect.bisect_right(seqs, have)  # at or below ``have``: pulled, so ordered by the merge
+                    if i < len(seqs) and seqs[i] < h.seq:
+                        return False
+                if c.upto >= h.seq:
+                    continue
+                have = max(have, c.upto)
+            if have + 1 >= h.seq:  # nothing of ``other`` lies between (h.seq itself is in h's lane)
+                continue
+            # The rest of the way a probe must answer (below the mark, events may lack the key token: unknown).
+            if have < self._keyed_from or self.probes.blocked(p, other, kh, have, h.seq) is not False:
+                return False
         return True
 
     # -- handing out --------------------------------------------------------------------------------

@@ -333,7 +333,7 @@ def requeue(
         dseq = st.get("dseq")
         msg_id = f"{s.id}:d{dseq}" if source == "dead" and dseq else f"{s.id}:r{s.seq}"
         hdrs = {"Nats-Msg-Id": msg_id, "Poet-Id": s.id, "Poet-Key": subjects.key_hash(key)}
-        subj = subjects.event_subject(marked.topic, part, subjects.lane_of(marked.priority))  # its priority lane
+        subj = subjects.event_subject(marked.topic, part, subjects.lane_of(marked.priority), hdrs["Poet-Key"])
         ack = await t.link.js.publish(subj, data, headers=hdrs)
         new = {"s": State.PENDING.value, "seq": ack.seq, "p": part, "ts": marked.timestamp}
         try:

@@ -172,7 +172,7 @@ class _Restore:
         acks = await asyncio.gather(
             *(
                 js.publish(
-                    subjects.event_subject(ev.topic, p),
+                    subjects.event_subject(ev.topic, p, "", subjects.key_hash(k)),
                     data,
                     headers={"Nats-Msg-Id": eid, "Poet-Id": eid, "Poet-Key": subjects.key_hash(k)},
                 )

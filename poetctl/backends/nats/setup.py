@@ -263,8 +263,42 @@ def consumer_config(spec: dict[str, Any], start: int | None = None) -> Any:
     return cfg
 
 
-async def ensure_lanes(t: Any) -> None:
-    """Add the priority lanes' durables a stream set up before them lacks (idempotent; :mod:`.lanes`).
+KEYED_FROM = "poet_key_subjects_from"  # stream metadata: no event above this sequence lacks its key token
+
+
+async def mark_key_subjects(link: Link, stream: str) -> int:
+    """The sequence above which every event subject has its key token (:mod:`.subjects`), marked once.
+
+    A stream without the mark (set up before key tokens) gets its last sequence: events published by an
+    older poetctl lie at or below it (:mod:`.lanes` reads their headers). A new stream gets 0. Publishers
+    of an older poetctl still running after the mark break that promise (upgrade them first): a daemon that
+    pulls such an event above the mark raises it to the stream's end and reads headers from then on.
+    """
+    info = await link.jsm.stream_info(stream)
+    meta = dict(info.config.metadata or {})
+    have = meta.get(KEYED_FROM, "")
+    if have.isdigit():
+        return int(have)
+    return await raise_key_mark(link, stream, int(info.state.last_seq or 0))
+
+
+async def raise_key_mark(link: Link, stream: str, seq: int) -> int:
+    """Set the key-subject mark to at least ``seq`` (it never goes down); the mark now."""
+    info = await link.jsm.stream_info(stream)
+    cfg = info.config
+    meta = dict(cfg.metadata or {})
+    have = meta.get(KEYED_FROM, "")
+    if have.isdigit() and int(have) >= seq:
+        return int(have)
+    meta[KEYED_FROM] = str(seq)
+    cfg.metadata = meta
+    await link.jsm.update_stream(cfg)
+    return seq
+
+
+async def ensure_lanes(t: Any) -> int:
+    """Add the priority lanes' durables a stream set up before them lacks (idempotent; :mod:`.lanes`), and
+    mark where key subjects start (:func:`mark_key_subjects`, returned).
 
     They deliver from the start: their subjects had no messages before the lanes existed, and any
     published since (a high event emitted before a daemon started) are delivered.
@@ -281,6 +315,7 @@ async def ensure_lanes(t: Any) -> None:
             await t.link.jsm.add_consumer(s.stream, consumer_config(spec))
 
     await asyncio.gather(*(one(spec) for spec in specs))
+    return await mark_key_subjects(t.link, s.stream)
 
 
 def setup(link: Link, s: NatsSettings, *, dry_run: bool = False) -> list[Change]:
@@ -290,6 +325,7 @@ def setup(link: Link, s: NatsSettings, *, dry_run: bool = False) -> list[Change]
         plan = await _plan(link, s)
         if not dry_run:
             await _apply(link, s, plan)
+            await mark_key_subjects(link, s.stream)
         return [c for c, _, _ in plan]
 
     from ...errors import BackendUnavailable, PoetError
@@ -309,6 +345,8 @@ __all__ = [
     "consumer_specs",
     "ensure_lanes",
     "lane_specs",
+    "mark_key_subjects",
+    "raise_key_mark",
     "setup",
     "stream_specs",
 ]

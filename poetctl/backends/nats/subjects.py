@@ -9,11 +9,15 @@ both backends.
 
 Where events live (the partitioning design, see notes/natscore.md):
 
-* ``poet.p.<n>.<topic tokens without the leading poet>`` - the event stream;
-  ``n`` = ``crc32(partition key) % partitions`` computed by the publisher.
-  That is the ``normal`` lane; ``high`` events go to ``poet.p.<n>h.<...>`` and
-  ``low`` ones to ``poet.p.<n>l.<...>`` (priority lanes, one durable consumer
-  each: :mod:`.lanes`).
+* ``poet.p.<n>.~<key hash>.<topic tokens without the leading poet>`` - the event
+  stream; ``n`` = ``crc32(partition key) % partitions`` computed by the publisher.
+  That is the ``normal`` lane; ``high`` events go to ``poet.p.<n>h.~<key hash>.<...>``
+  and ``low`` ones to ``poet.p.<n>l.~<key hash>.<...>`` (priority lanes, one durable
+  consumer each: :mod:`.lanes`). The key token (``~`` + the ``Poet-Key`` hash; no
+  topic segment starts with ``~``) lets a consumer ask the server for the next
+  event of a key in a lane (a direct get by ``next_by_subj``). Events published
+  before it existed lack it (``poet.p.<n><lane>.<tail>``, the old layout): they
+  keep working (:mod:`.lanes` reads their headers instead).
 * ``poet.dead.<topic tokens>`` - dead letters; ``poet.corrupt.<...>`` - quarantine.
 
 A topic pattern becomes filter subjects that select a superset (NATS's
@@ -23,6 +27,7 @@ below it); the caller checks each event with :func:`poetctl.topics.matches`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import zlib
@@ -88,6 +93,7 @@ def from_subject(subject: str) -> str:
     return "/".join(unescape_token(t) for t in subject.split("."))
 
 
+@functools.lru_cache(maxsize=4096)  # a publisher's few topics: built once each (every event's subject has one)
 def _tail(topic: str) -> str:
     """The topic's tokens below its root (``poet/x/y`` -> ``x.y``; other roots keep theirs)."""
     toks = topic_tokens(topic)
@@ -112,9 +118,36 @@ def lane_of(priority: str | None) -> str:
     return LANE_OF.get(priority or "", "")
 
 
-def event_subject(topic: str, partition: int, lane: str = "") -> str:
-    """Where an event of ``topic`` in ``partition`` is published: ``poet.p.<n><lane>.<tail>``."""
-    return f"{EVENTS}.{partition}{lane}.{_tail(topic)}"
+KEY_MARK = "~"  # starts the key token of an event subject (a topic segment never starts with it)
+
+
+def event_subject(topic: str, partition: int, lane: str, kh: str) -> str:
+    """Where an event of ``topic`` in ``partition`` is published: ``poet.p.<n><lane>.~<kh>.<tail>``.
+
+    Every publisher builds its subject here; ``kh`` is the event's :func:`key_hash` (its ``Poet-Key``).
+    """
+    return f"{EVENTS}.{partition}{lane}.{KEY_MARK}{kh}.{_tail(topic)}"
+
+
+def key_filter(partition: int, lane: str, kh: str) -> str:
+    """The subjects of the events of one key hash in one lane of a partition (a direct get's ``next_by_subj``)."""
+    return f"{EVENTS}.{partition}{lane}.{KEY_MARK}{kh}.>"
+
+
+def subject_key(subject: str) -> str | None:
+    """The key hash in an event subject; None for one published before key tokens (the old layout)."""
+    toks = subject.split(".", 4)
+    if len(toks) > 3 and toks[3][:1] == KEY_MARK:
+        return toks[3][1:]
+    return None
+
+
+def subject_topic(subject: str) -> str:
+    """The topic of an event subject, either layout (``poet.p.3.~kh.functions.x`` -> ``poet/functions/x``)."""
+    toks = subject.split(".")[3:]
+    if toks and toks[0][:1] == KEY_MARK:
+        toks = toks[1:]
+    return from_subject(".".join([ROOT, *toks]))
 
 
 def key_hash(key: str) -> str:
@@ -162,16 +195,45 @@ def pattern_filters(pattern: str, prefix: str = EVENTS) -> list[str]:
     elif segs and segs[0] == "*":
         segs = segs[1:]
     toks: list[str] = []
+    deep = False
     for s in segs:
         if s == "**":
-            break  # NATS's ">" ends a subject: everything from here on is checked by the caller
+            deep = True  # NATS's ">" ends a subject: everything from here on is checked by the caller
+            break
         toks.append("*" if s == "*" else escape_token(s))
-    else:
-        head = ([prefix, "*"] if prefix == EVENTS else [prefix]) + toks
-        exact = ".".join(head)
-        return [exact, exact + ".>"] if toks else [exact + ".>"]
-    head = ([prefix, "*"] if prefix == EVENTS else [prefix]) + toks
-    return [".".join([*head, ">"])] + ([".".join(head)] if toks else [])
+    # Events: a partition token, then (key subjects) a key token or (the old layout) the topic at once.
+    heads = [[prefix, "*", "*"], [prefix, "*"]] if prefix == EVENTS else [[prefix]]
+    out: list[str] = []
+    for head in heads:
+        h = ".".join(head + toks)
+        if not deep:
+            out += [h, h + ".>"] if toks else [h + ".>"]
+        else:
+            out += [h + ".>"] + ([h] if toks else [])
+    return _widest(out)
+
+
+def _covers(a: str, b: str) -> bool:
+    """True if filter ``a`` matches every subject filter ``b`` matches (NATS wildcards)."""
+    ta, tb = a.split("."), b.split(".")
+    for i, x in enumerate(ta):
+        if x == ">":
+            return len(tb) > i
+        if i >= len(tb) or tb[i] == ">" or (x != "*" and (tb[i] == "*" or tb[i] != x)):
+            return False
+    return len(ta) == len(tb)
+
+
+def _widest(filters: list[str]) -> list[str]:
+    """``filters`` without those another one covers (a consumer's filters may not be subsets of each other)."""
+    out: list[str] = []
+    for i, f in enumerate(filters):
+        if f in out:
+            continue
+        if any(_covers(g, f) for j, g in enumerate(filters) if j != i and g != f):
+            continue
+        out.append(f)
+    return out
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_=-]{1,200}\Z")
@@ -189,6 +251,7 @@ __all__ = [
     "CORRUPT",
     "DEAD",
     "EVENTS",
+    "KEY_MARK",
     "LANES",
     "LANE_OF",
     "corrupt_subject",
@@ -196,6 +259,7 @@ __all__ = [
     "escape_token",
     "event_subject",
     "from_subject",
+    "key_filter",
     "key_hash",
     "kv_key",
     "lane_of",
@@ -203,6 +267,8 @@ __all__ = [
     "partition_filter",
     "partition_of",
     "pattern_filters",
+    "subject_key",
+    "subject_topic",
     "to_subject",
     "unescape_token",
 ]

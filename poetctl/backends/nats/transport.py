@@ -2,7 +2,7 @@
 
 Where things live (names from :class:`~.settings.NatsSettings`):
 
-* the event: stream ``POET``, subject ``poet.p.<partition>.<topic tail>``,
+* the event: stream ``POET``, subject ``poet.p.<partition><lane>.~<key hash>.<topic tail>``,
   ``Nats-Msg-Id`` = the event id (a retried group is deduplicated by the
   server within the duplicate window);
 * its state: KV ``POET_STATE`` under the event id: ``{"s": state, "seq":
@@ -212,15 +212,17 @@ class NatsTransport:
         # Subject and header bytes, made once (a repeat after a server loss reuses them); None: not plain
         # ASCII, so through nats-py's publish_async (which checks and encodes them itself).
         wire: dict[int, tuple[bytes, bytes] | None] = {}
-        subj_of: dict[tuple[str, int, str], bytes | None] = {}  # a group has few topics: each subject made once
+        plain_topic: dict[str, bool] = {}  # a group has few topics: each checked once
         for pos, it, part in todo:
             lane = subjects.lane_of(it.event.priority)  # the priority lane (:mod:`.lanes`)
-            subj = subj_of.get((it.event.topic, part, lane), b"")
-            if subj == b"":
-                subj = subjects.event_subject(it.event.topic, part, lane).encode()
-                subj = subj_of[(it.event.topic, part, lane)] = subj if plain(subj) else None
+            khs = khash[pos]
+            made = subjects.event_subject(it.event.topic, part, lane, khs).encode()
+            ok = plain_topic.get(it.event.topic)
+            if ok is None:  # the key token is hex: the subject is plain if the topic's part is
+                ok = plain_topic[it.event.topic] = plain(made)
+            subj = made if ok else None
             eid = it.event.id.encode()
-            kh = khash[pos].encode()
+            kh = khs.encode()
             wire[pos] = (subj, event_headers(eid, it.keyed, kh)) if subj is not None and plain(eid) else None
         loop = asyncio.get_running_loop()
         from .retry import OUTAGE
@@ -238,7 +240,9 @@ class NatsTransport:
                     if w is not None:
                         futs.append(await fast.publish(w[0], it.data, w[1]))
                     else:
-                        topic = subjects.event_subject(it.event.topic, part, subjects.lane_of(it.event.priority))
+                        topic = subjects.event_subject(
+                            it.event.topic, part, subjects.lane_of(it.event.priority), khash[pos]
+                        )
                         hdrs = header_dict(it.event.id, it.keyed, khash[pos])
                         futs.append(await js.publish_async(topic, it.data, headers=hdrs))
                 except Exception as exc:  # reconnecting with a full buffer, stalled: the rest waits
