@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # orjson reads and writes integers exactly in this range; beyond it they become floats on
 # reading, and writing raises. Everything poetctl accepts therefore round-trips unchanged.
@@ -51,7 +54,7 @@ def surely_exact(data: bytes, reserialised: bytes, omitted_colons: int = 0) -> b
     return data.count(b":") == reserialised.count(b":") + omitted_colons
 
 
-class _Repeated(dict[str, Any]):
+class _Repeated(dict[str, object]):
     """An object in which ``key`` occurs more than once (the parse keeps the last, like orjson)."""
 
     key: str = ""

@@ -12,10 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
 
 from .errors import UsageError
 from .ids import FUNCTION_NAME_RE, TYPE_RE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SYSTEM_FUNCTIONS = "poet/functions/system"
 

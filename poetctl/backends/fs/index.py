@@ -16,14 +16,15 @@ import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from ...errors import PermissionDenied
 from ...event import Event
 from .layout import DIR_MODE, FILE_MODE, SpoolLayout
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import threading
+    from typing import Any
 
 SCHEMA_VERSION = 1
 Row = tuple[str, float, str, str, str, str | None, str | None, str]
@@ -44,6 +45,32 @@ CREATE INDEX IF NOT EXISTS events_corr ON events (correlation_id) WHERE correlat
 CREATE INDEX IF NOT EXISTS events_cause ON events (causation_id) WHERE causation_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+# Rows per state, kept exact by triggers in the transaction of every change to ``events`` (so a
+# SIGKILL or any writer, poetctl's or a plain sqlite3 shell, cannot leave them behind), so that
+# ``status`` reads a few rows instead of counting a million (~30 ms). The BEFORE INSERT trigger
+# takes back the count of a row that ``INSERT OR REPLACE`` replaces: SQLite does not fire delete
+# triggers for REPLACE's deletions while ``recursive_triggers`` is off (the default; never turn
+# it on for this database, or a replaced row would be taken back twice). ``INSERT OR IGNORE`` and
+# UPSERT on ``events`` would miscount for the same reason: use ``INSERT OR REPLACE``/UPDATE/DELETE.
+COUNT_TRIGGERS = ("counts_replace", "counts_insert", "counts_delete", "counts_update")
+_COUNTS_DDL = (
+    "CREATE TABLE counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TRIGGER counts_replace BEFORE INSERT ON events BEGIN "
+    "UPDATE counts SET n = n - 1 WHERE state = (SELECT state FROM events WHERE id = NEW.id); END",
+    "CREATE TRIGGER counts_insert AFTER INSERT ON events BEGIN "
+    "INSERT INTO counts VALUES (NEW.state, 1) ON CONFLICT (state) DO UPDATE SET n = n + 1; END",
+    "CREATE TRIGGER counts_delete AFTER DELETE ON events BEGIN "
+    "UPDATE counts SET n = n - 1 WHERE state = OLD.state; END",
+    "CREATE TRIGGER counts_update AFTER UPDATE OF state ON events WHEN OLD.state IS NOT NEW.state BEGIN "
+    "UPDATE counts SET n = n - 1 WHERE state = OLD.state; "
+    "INSERT INTO counts VALUES (NEW.state, 1) ON CONFLICT (state) DO UPDATE SET n = n + 1; END",
+)
+# The counts, if the table and all its triggers are there (an index made before them has neither).
+COUNTS_QUERY = (
+    "SELECT state, n FROM counts WHERE (SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
+    "AND tbl_name = 'events' AND name IN ('counts_replace', 'counts_insert', 'counts_delete', 'counts_update')) = 4"
+)
 
 
 def row_of(event: Event, state: str) -> Row:
@@ -94,6 +121,8 @@ class Index:
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_DDL)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if not _has_counts(db):
+                install_counts(db)
         except sqlite3.Error as exc:
             db.close()
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
@@ -164,7 +193,10 @@ class Index:
         return self.db.execute("SELECT * FROM events WHERE causation_id=?", (cause_id,)).fetchall()
 
     def counts(self) -> dict[str, int]:
-        """Events per state (an index scan: about 0.1 s per million rows)."""
+        """Events per state: the counts table if the index has it, else an index scan (~0.1 s per million rows)."""
+        got = stored_counts(self.db)
+        if got is not None:
+            return got
         return dict(self.db.execute("SELECT state, count(*) FROM events GROUP BY state").fetchall())
 
     def newest(
@@ -202,6 +234,45 @@ class Index:
                 return
             yield [r[0] for r in rows]
             last_id, last_ts = rows[-1]
+
+
+def _has_counts(db: sqlite3.Connection) -> bool:
+    (n,) = db.execute(
+        "SELECT count(*) FROM sqlite_master WHERE (type = 'table' AND name = 'counts') "
+        "OR (type = 'trigger' AND tbl_name = 'events' AND name IN (?, ?, ?, ?))",
+        COUNT_TRIGGERS,
+    ).fetchone()
+    return bool(n == 1 + len(COUNT_TRIGGERS))
+
+
+def install_counts(db: sqlite3.Connection) -> None:
+    """Add the per-state counts (table and triggers) to an index made without them, filled in the same
+    transaction (one scan: ~0.2 s per million rows, once per index), so they are exact from the start."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if not _has_counts(db):  # another writer may have added them while this one waited
+            db.execute("DROP TABLE IF EXISTS counts")
+            for name in COUNT_TRIGGERS:
+                db.execute(f"DROP TRIGGER IF EXISTS {name}")
+            for stmt in _COUNTS_DDL:
+                db.execute(stmt)
+            db.execute("INSERT INTO counts SELECT state, count(*) FROM events GROUP BY state")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def recount(db: sqlite3.Connection) -> None:
+    """Set the counts from the rows (``fsck --repair``), in one write transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("DELETE FROM counts")
+        db.execute("INSERT INTO counts SELECT state, count(*) FROM events GROUP BY state")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _json_list(ids: Sequence[str]) -> str:
@@ -395,6 +466,18 @@ def connect_readonly(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
             continue
         return db
     raise AssertionError("unreachable")
+
+
+def stored_counts(db: sqlite3.Connection) -> dict[str, int] | None:
+    """Rows per state from the counts table (states with none left out); None if this index has no
+    counts (made before them, and not opened for writing since) or they cannot be right (negative)."""
+    try:
+        rows = db.execute(COUNTS_QUERY).fetchall()
+    except sqlite3.OperationalError:
+        return None  # no such table
+    if not rows or any(n < 0 for _, n in rows):
+        return None
+    return {state: n for state, n in rows if n}
 
 
 def index_path(layout: SpoolLayout) -> Path:

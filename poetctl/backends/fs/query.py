@@ -28,7 +28,6 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from ...event import Event
 from ...ids import is_event_id, time_of
@@ -36,6 +35,10 @@ from ...selection import Query
 from .index import Index
 from .layout import SpoolLayout
 from .reader import CorruptEvent, decode_event, read_bytes
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 ALL_STATES = ("pending", "inflight", "processed", "dead")
 MAX_READ = 16 * 1024 * 1024
