@@ -132,7 +132,7 @@ class Index:
         self.writable = True
         return db
 
-    def _for_writing(self) -> None:
+    def for_writing(self) -> None:
         """Reopen a read-only connection for writing (once, at the first write)."""
         if not self.writable:
             db = self._open_writable(create=False)
@@ -179,7 +179,7 @@ class Index:
                 self.db.executemany("DELETE FROM events WHERE id=?", ((i,) for i in ids))
 
     def _tx(self) -> _Tx:
-        self._for_writing()
+        self.for_writing()
         return _Tx(self.db)
 
     # -- reads ---------------------------------------------------------------------------
