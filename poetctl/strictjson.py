@@ -11,7 +11,8 @@ callers first run the byte test :func:`surely_exact` and parse again with
 from __future__ import annotations
 
 import json
-import re
+
+from .ids import lazy_pattern
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1
 _MAX_INT_DIGITS = 20  # len(str(INT_MAX)); longer literals are out of range without converting them
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_NAME = lazy_pattern(r"[A-Za-z_][A-Za-z0-9_-]*")
 _MAX_SHOWN = 60
 
 
