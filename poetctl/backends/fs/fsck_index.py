@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import fsck_repair as fx
-from .index import COUNT_TRIGGERS, Index, index_path, recount, row_of
+from .index import Index, index_path, recount, row_of
 from .reader import CorruptEvent
 from .safefs import SpoolDir
 
@@ -81,37 +81,28 @@ class IndexCheck:
     def _check_counts(self, idx: Index) -> None:
         """The per-state counts ``status`` reads against the rows, in one snapshot (a daemon may be writing).
 
-        An index made before the counts has no table: nothing to check (the first writable open adds it).
-        A table whose triggers are gone, or whose figures differ from the rows, is repaired by
-        reinstalling the triggers if needed and recounting, in one write transaction.
+        An index made before the counts has no table: nothing to check (the first writable open adds
+        it). Counts that differ from the rows (a program wrote the index without keeping them, e.g. an
+        older daemon still running after an upgrade) are recounted in one write transaction.
         """
         db = idx.db
         try:
-            db.execute("BEGIN")  # one snapshot for the three reads
+            db.execute("BEGIN")  # one snapshot for both reads
             try:
                 stored = dict(db.execute("SELECT state, n FROM counts WHERE n != 0").fetchall())
-                (triggers,) = db.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events' "
-                    f"AND name IN ({','.join('?' * len(COUNT_TRIGGERS))})",
-                    COUNT_TRIGGERS,
-                ).fetchone()
                 actual = dict(db.execute("SELECT state, count(*) FROM events GROUP BY state").fetchall())
             finally:
                 db.execute("COMMIT")
         except sqlite3.OperationalError:
             return  # no counts table: an index made before them
-        if triggers != len(COUNT_TRIGGERS):
-            detail = "the triggers that keep the per-state counts are missing"
-        elif stored != actual:
+        if stored != actual:
             detail = f"per-state counts {stored} differ from the rows {actual}"
-        else:
-            return
-        self.f.problem("index_counts", index_path(self.layout), detail, self._recount(idx))
+            self.f.problem("index_counts", index_path(self.layout), detail, self._recount(idx))
 
     @staticmethod
     def _recount(idx: Index) -> Callable[[], str | None]:
         def fix() -> str | None:
-            idx.for_writing()  # adds missing triggers (and the table) as any writable open does
+            idx.for_writing()
             recount(idx.db)
             return "counts recomputed from the rows"
 

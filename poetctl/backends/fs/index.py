@@ -46,31 +46,16 @@ CREATE INDEX IF NOT EXISTS events_cause ON events (causation_id) WHERE causation
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-# Rows per state, kept exact by triggers in the transaction of every change to ``events`` (so a
-# SIGKILL or any writer, poetctl's or a plain sqlite3 shell, cannot leave them behind), so that
-# ``status`` reads a few rows instead of counting a million (~30 ms). The BEFORE INSERT trigger
-# takes back the count of a row that ``INSERT OR REPLACE`` replaces: SQLite does not fire delete
-# triggers for REPLACE's deletions while ``recursive_triggers`` is off (the default; never turn
-# it on for this database, or a replaced row would be taken back twice). ``INSERT OR IGNORE`` and
-# UPSERT on ``events`` would miscount for the same reason: use ``INSERT OR REPLACE``/UPDATE/DELETE.
-COUNT_TRIGGERS = ("counts_replace", "counts_insert", "counts_delete", "counts_update")
-_COUNTS_DDL = (
-    "CREATE TABLE counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
-    "CREATE TRIGGER counts_replace BEFORE INSERT ON events BEGIN "
-    "UPDATE counts SET n = n - 1 WHERE state = (SELECT state FROM events WHERE id = NEW.id); END",
-    "CREATE TRIGGER counts_insert AFTER INSERT ON events BEGIN "
-    "INSERT INTO counts VALUES (NEW.state, 1) ON CONFLICT (state) DO UPDATE SET n = n + 1; END",
-    "CREATE TRIGGER counts_delete AFTER DELETE ON events BEGIN "
-    "UPDATE counts SET n = n - 1 WHERE state = OLD.state; END",
-    "CREATE TRIGGER counts_update AFTER UPDATE OF state ON events WHEN OLD.state IS NOT NEW.state BEGIN "
-    "UPDATE counts SET n = n - 1 WHERE state = OLD.state; "
-    "INSERT INTO counts VALUES (NEW.state, 1) ON CONFLICT (state) DO UPDATE SET n = n + 1; END",
-)
-# The counts, if the table and all its triggers are there (an index made before them has neither).
-COUNTS_QUERY = (
-    "SELECT state, n FROM counts WHERE (SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
-    "AND tbl_name = 'events' AND name IN ('counts_replace', 'counts_insert', 'counts_delete', 'counts_update')) = 4"
-)
+# Rows per state, so that ``status`` reads a few rows instead of counting a million (~30 ms of
+# CPU). Every write method below keeps them in the transaction of its change (so a SIGKILL cannot
+# leave them behind): one lookup of the batch's old states and a few upserts per batch, ~0.5 us a
+# row. Triggers would do it for any writer, but cost 5-9 us a row of the daemon's indexer and of
+# prune's deletes (measured): a program that writes ``events`` without these methods (an older
+# poetctl daemon still running after an upgrade, a sqlite3 shell) leaves the counts off until
+# ``poetctl fsck --repair`` recounts them (fsck reports ``index_counts``).
+_COUNTS_DDL = "CREATE TABLE counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID"
+_OLD_STATES = "SELECT state, count(*) FROM events WHERE id IN (SELECT value FROM json_each(?)) GROUP BY state"
+_ADD = "INSERT INTO counts VALUES (?, ?) ON CONFLICT (state) DO UPDATE SET n = n + excluded.n"
 
 
 def row_of(event: Event, state: str) -> Row:
@@ -102,6 +87,7 @@ class Index:
         self.dir = layout.root / "index"
         self.path = self.dir / "events.sqlite"
         self.writable = False
+        self.counting = False  # keeps the counts table (a writable connection always does)
         if create:
             self.db = self._open_writable(create=True)
         else:
@@ -123,6 +109,7 @@ class Index:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             if not _has_counts(db):
                 install_counts(db)
+            self.counting = True
         except sqlite3.Error as exc:
             db.close()
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
@@ -154,15 +141,26 @@ class Index:
         """Insert or replace rows (id is the key) in one transaction."""
         if rows:
             with self._tx():
+                old = self._states_of([r[0] for r in rows])
                 self.db.executemany("INSERT OR REPLACE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
+                new: dict[str, int] = {}
+                for state in {r[0]: r[7] for r in rows}.values():  # the last row of an id wins
+                    new[state] = new.get(state, 0) + 1
+                self._count(new, old)
 
     def set_state(self, ids: Iterable[str], state: str) -> None:
+        ids = list(ids)
         with self._tx():
+            old = self._states_of(ids)
             self.db.executemany("UPDATE events SET state=? WHERE id=?", ((state, i) for i in ids))
+            self._count({state: sum(old.values())}, old)
 
     def delete(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
         with self._tx():
+            old = self._states_of(ids)
             self.db.executemany("DELETE FROM events WHERE id=?", ((i,) for i in ids))
+            self._count({}, old)
 
     def delete_batch(self, ids: Sequence[str]) -> None:
         """:meth:`delete` for a large batch (prune): one statement, not one step per id.
@@ -172,11 +170,37 @@ class Index:
         """
         if not ids:
             return
+        listed = _json_list(ids)
         with self._tx():
+            old = self._states_of(ids, listed)
             try:
-                self.db.execute("DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))", (_json_list(ids),))
+                self.db.execute("DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))", (listed,))
             except sqlite3.OperationalError:  # an SQLite built without JSON functions
                 self.db.executemany("DELETE FROM events WHERE id=?", ((i,) for i in ids))
+            self._count({}, old)
+
+    def _states_of(self, ids: Sequence[str], listed: str | None = None) -> dict[str, int]:
+        """How many of ``ids`` (``listed``: them as a JSON array) have a row, per state (inside the write's
+        transaction)."""
+        if not self.counting or not ids:
+            return {}
+        try:
+            return dict(self.db.execute(_OLD_STATES, (listed or _json_list(ids),)).fetchall())
+        except sqlite3.OperationalError:  # no JSON functions: one lookup per id
+            out: dict[str, int] = {}
+            for i in ids:
+                for (state,) in self.db.execute("SELECT state FROM events WHERE id=?", (i,)):
+                    out[state] = out.get(state, 0) + 1
+            return out
+
+    def _count(self, new: dict[str, int], old: dict[str, int]) -> None:
+        """Apply a write's change (rows now in each state less rows it took from each) to the counts."""
+        if not self.counting:
+            return
+        delta = dict(new)
+        for state, n in old.items():
+            delta[state] = delta.get(state, 0) - n
+        self.db.executemany(_ADD, [(state, d) for state, d in delta.items() if d])
 
     def _tx(self) -> _Tx:
         self.for_writing()
@@ -248,25 +272,16 @@ class Index:
 
 
 def _has_counts(db: sqlite3.Connection) -> bool:
-    (n,) = db.execute(
-        "SELECT count(*) FROM sqlite_master WHERE (type = 'table' AND name = 'counts') "
-        "OR (type = 'trigger' AND tbl_name = 'events' AND name IN (?, ?, ?, ?))",
-        COUNT_TRIGGERS,
-    ).fetchone()
-    return bool(n == 1 + len(COUNT_TRIGGERS))
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'counts'").fetchone() is not None
 
 
 def install_counts(db: sqlite3.Connection) -> None:
-    """Add the per-state counts (table and triggers) to an index made without them, filled in the same
-    transaction (one scan: ~0.2 s per million rows, once per index), so they are exact from the start."""
+    """Add the per-state counts to an index made without them, filled in the same transaction (one
+    scan: ~0.2 s per million rows, once per index), so they are exact from the start."""
     db.execute("BEGIN IMMEDIATE")
     try:
         if not _has_counts(db):  # another writer may have added them while this one waited
-            db.execute("DROP TABLE IF EXISTS counts")
-            for name in COUNT_TRIGGERS:
-                db.execute(f"DROP TRIGGER IF EXISTS {name}")
-            for stmt in _COUNTS_DDL:
-                db.execute(stmt)
+            db.execute(_COUNTS_DDL)
             db.execute("INSERT INTO counts SELECT state, count(*) FROM events GROUP BY state")
     except BaseException:
         db.execute("ROLLBACK")
@@ -483,10 +498,10 @@ def stored_counts(db: sqlite3.Connection) -> dict[str, int] | None:
     """Rows per state from the counts table (states with none left out); None if this index has no
     counts (made before them, and not opened for writing since) or they cannot be right (negative)."""
     try:
-        rows = db.execute(COUNTS_QUERY).fetchall()
+        rows = db.execute("SELECT state, n FROM counts").fetchall()
     except sqlite3.OperationalError:
         return None  # no such table
-    if not rows or any(n < 0 for _, n in rows):
+    if any(n < 0 for _, n in rows):
         return None
     return {state: n for state, n in rows if n}
 

@@ -2,7 +2,7 @@
 recent throughput from the index, and the daemons' heartbeat files.
 
 Fast at any size: processed/ is never listed when the index exists (its
-count is a row of the index's ``counts`` table, kept exact by triggers - or,
+count is a row of the index's ``counts`` table, kept exact by its writers - or,
 in an index made before that table, a count of the index's ``(state, ts)``
 B-tree - and the recent-throughput counts are range counts on that B-tree, all
 read through a read-only connection that writes nothing); only pending,
@@ -110,7 +110,7 @@ def _index_figures(layout: SpoolLayout, now: float) -> dict[str, Any] | None:
     except (sqlite3.Error, OSError):
         return None  # derived data: count processed/ by listing it instead
     try:
-        counts = stored_counts(db)  # kept by the index's triggers; an index made before them is counted
+        counts = stored_counts(db)  # kept by the index's writers; an index made before them is counted
         processed = counts.get("processed", 0) if counts is not None else _processed_count(db)
         lo = now - WINDOWS[-1][1]
         row = db.execute(
