@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # poetctl daemon still running after an upgrade, a sqlite3 shell) leaves the counts off until
 # ``poetctl fsck --repair`` recounts them (fsck reports ``index_counts``).
 _COUNTS_DDL = "CREATE TABLE counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID"
-_OLD_STATES = "SELECT state, count(*) FROM events WHERE id IN (SELECT value FROM json_each(?)) GROUP BY state"
+# ids must be distinct (a join: no ephemeral table for an IN list)
+_OLD_STATES = "SELECT e.state, count(*) FROM json_each(?) AS j JOIN events AS e ON e.id = j.value GROUP BY e.state"
 _ADD = "INSERT INTO counts VALUES (?, ?) ON CONFLICT (state) DO UPDATE SET n = n + excluded.n"
 
 
@@ -139,53 +140,54 @@ class Index:
     # -- writes ------------------------------------------------------------------------
     def put(self, rows: Sequence[Row]) -> None:
         """Insert or replace rows (id is the key) in one transaction."""
-        if rows:
-            with self._tx():
-                old = self._states_of([r[0] for r in rows])
-                self.db.executemany("INSERT OR REPLACE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
-                new: dict[str, int] = {}
-                for state in {r[0]: r[7] for r in rows}.values():  # the last row of an id wins
-                    new[state] = new.get(state, 0) + 1
-                self._count(new, old)
+        if not rows:
+            return
+        with self._tx():
+            # One lookup of the batch's ids for the states they leave (a savepoint to insert new rows
+            # first and look up only on a clash cost more: SQLite journals every page it touches).
+            old = self._states_of(list({r[0]: None for r in rows}))
+            self.db.executemany("INSERT OR REPLACE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
+            self._count(_per_state({r[0]: r[7] for r in rows}.values()), old)  # an id's last row wins
 
     def set_state(self, ids: Iterable[str], state: str) -> None:
-        ids = list(ids)
+        ids = list(dict.fromkeys(ids))
         with self._tx():
             old = self._states_of(ids)
             self.db.executemany("UPDATE events SET state=? WHERE id=?", ((state, i) for i in ids))
             self._count({state: sum(old.values())}, old)
 
     def delete(self, ids: Iterable[str]) -> None:
-        ids = list(ids)
-        with self._tx():
-            old = self._states_of(ids)
-            self.db.executemany("DELETE FROM events WHERE id=?", ((i,) for i in ids))
-            self._count({}, old)
+        self.delete_batch(list(ids))
 
     def delete_batch(self, ids: Sequence[str]) -> None:
-        """:meth:`delete` for a large batch (prune): one statement, not one step per id.
+        """Delete rows by id, in one statement, not one step per id (prune's batches).
 
         Each step of an ``executemany`` releases and retakes the GIL, which prune's unlink
-        threads keep busy; one ``json_each`` statement deletes the batch in a single step.
+        threads keep busy; one ``json_each`` statement deletes the batch in a single step,
+        and returns the deleted rows' states for the counts (no second lookup).
         """
         if not ids:
             return
         listed = _json_list(ids)
         with self._tx():
-            old = self._states_of(ids, listed)
             try:
-                self.db.execute("DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))", (listed,))
-            except sqlite3.OperationalError:  # an SQLite built without JSON functions
-                self.db.executemany("DELETE FROM events WHERE id=?", ((i,) for i in ids))
+                gone = self.db.execute(
+                    "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?)) RETURNING state", (listed,)
+                ).fetchall()
+                self._count({}, _per_state(r[0] for r in gone))
+                return
+            except sqlite3.OperationalError:  # an SQLite without JSON functions or RETURNING (< 3.35)
+                pass
+            old = self._states_of(list(dict.fromkeys(ids)))
+            self.db.executemany("DELETE FROM events WHERE id=?", ((i,) for i in ids))
             self._count({}, old)
 
-    def _states_of(self, ids: Sequence[str], listed: str | None = None) -> dict[str, int]:
-        """How many of ``ids`` (``listed``: them as a JSON array) have a row, per state (inside the write's
-        transaction)."""
+    def _states_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """How many of ``ids`` have a row, per state (inside the write's transaction)."""
         if not self.counting or not ids:
             return {}
         try:
-            return dict(self.db.execute(_OLD_STATES, (listed or _json_list(ids),)).fetchall())
+            return dict(self.db.execute(_OLD_STATES, (_json_list(ids),)).fetchall())
         except sqlite3.OperationalError:  # no JSON functions: one lookup per id
             out: dict[str, int] = {}
             for i in ids:
@@ -299,6 +301,13 @@ def recount(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _per_state(states: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for state in states:
+        out[state] = out.get(state, 0) + 1
+    return out
 
 
 def _json_list(ids: Sequence[str]) -> str:
