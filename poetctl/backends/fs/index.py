@@ -18,13 +18,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ...errors import PermissionDenied
-from ...event import Event
 from .layout import DIR_MODE, FILE_MODE, SpoolLayout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import threading
     from typing import Any
+
+    from ...event import Event  # only for annotations: status imports this module, and no events
 
 SCHEMA_VERSION = 1
 Row = tuple[str, float, str, str, str, str | None, str | None, str]
