@@ -69,7 +69,9 @@ def fsck(tmp_path: Path, sp: Path, *args: str) -> tuple[int, dict[str, Any]]:
 
 
 def rows(n: int, state: str, start: int = 0) -> list[tuple[Any, ...]]:
-    return [(f"e{i:08d}", float(i), "system.metrics", "system/metrics", "t", None, None, state) for i in range(start, n)]
+    return [
+        (f"e{i:08d}", float(i), "system.metrics", "system/metrics", "t", None, None, state) for i in range(start, n)
+    ]
 
 
 def test_counts_exact_after_put_replace_set_state_delete_and_batch_delete(sp: Path) -> None:
@@ -193,7 +195,7 @@ def test_old_index_without_counts_status_unchanged_and_upgraded_on_first_write(t
     for doc in (before, after):
         doc.pop("at")
     assert after == before
-    code, doc = fsck(tmp_path, sp)
+    _code, doc = fsck(tmp_path, sp)
     assert "index_counts" not in {p["kind"] for p in doc["problems"]}, doc["problems"]
 
 
