@@ -11,8 +11,6 @@ use, so ``import poetctl.something`` stays cheap for the command-line tool.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -36,7 +34,10 @@ _EXPORTS = {
     "FunctionStateHandlers": ".handlers",
 }
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .config import Config, load_config
     from .daemon.outcomes import Retry
     from .errors import InvalidData, Permanent, PoetError, SpoolIOError, UnknownType

@@ -15,11 +15,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from .configspec import DELIVERY_MODES as DELIVERY_MODES
 from .configspec import FREE_FORM, SECTIONS, check_free_form, check_section, defaults, locate, shown
 from .errors import ConfigError, InputMissing
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_SPOOL = Path(".poet/pubsub")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024

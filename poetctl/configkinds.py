@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DELIVERY_MODES = ("local_only", "nats", "hybrid")
 # Envelope fields a partition key may name (attributes of Event); else ``payload.<dotted path>``.

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from .configkinds import _BIG as _BIG
 from .configkinds import _DAY as _DAY
@@ -32,6 +31,10 @@ from .configkinds import VERSION_PATTERN as VERSION_PATTERN
 from .configkinds import Setting as Setting
 from .configkinds import _num as _num
 from .errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # section ("" = top level) -> key -> Setting. Defaults mirror the dataclasses that use them
 # (DaemonOptions, LearningSettings, HandlerSwitches, cli.status.STATUS_DEFAULTS); tests check they agree.

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from .schemafiles import MAX_SCHEMA_VERSION
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # -- a fast, conservative check of envelope.json --------------------------------------------
 # The daemon checks the envelope of every event it reads; the schema validator

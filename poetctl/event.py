@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidData
 from .ids import EVENT_ID_RE, TYPE_RE
 from .strictjson import INT_MAX, INT_MIN, find_inexact, path_part, surely_exact
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hashlib import _Hash
+    from typing import Any
 
 
 def _first_sha256(data: bytes) -> _Hash:

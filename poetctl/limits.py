@@ -16,14 +16,17 @@ Backends keep the figures (the spool: see backends/fs/limits.py).
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Mapping
-from typing import Any
 
 from .errors import PoetError
+from .ids import lazy_pattern
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_WAIT = 1.0  # seconds: the seed's publish timeout
-_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*")
+_RATE = lazy_pattern(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*")
 _UNIT = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
 
 

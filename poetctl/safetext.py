@@ -10,7 +10,10 @@ cannot even be encoded): it is printed as ``\\x1b`` or ``\\u202e`` instead.
 from __future__ import annotations
 
 import re
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # C0 controls, DEL, C1 controls, lone surrogates (undecodable bytes of a file name), the Unicode
 # line/paragraph separators and the bidirectional formatting characters (marks, embeddings,

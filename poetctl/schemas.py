@@ -31,7 +31,6 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
 from urllib.parse import urldefrag, urljoin
 
 from .envelopefast import MAX_CAUSATION_DEPTH as MAX_CAUSATION_DEPTH  # re-exported: the check lived here
@@ -42,6 +41,10 @@ from .errors import InvalidData, UnknownType
 from .event import check_type
 from .schemafiles import VERSION_NAME_RE, check_version, defines, types_in, versions_in
 from .strictjson import path_part
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_REPORTED_ERRORS = 5
 # Payloads a registry may accept on :mod:`poetctl.schemaproof`'s proof alone, before it compiles

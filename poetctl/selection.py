@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import StrEnum
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
 
 from .topics import matches
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .event import Event
 

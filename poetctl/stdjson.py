@@ -31,7 +31,10 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Output that orjson might write differently (see the module docstring): a number in exponent
 # form or of 19 digits or more. A number ends at a delimiter; text inside a string that looks

@@ -11,15 +11,19 @@ callers first run the byte test :func:`surely_exact` and parse again with
 from __future__ import annotations
 
 import json
-import re
-from typing import Any
+
+from .ids import lazy_pattern
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # orjson reads and writes integers exactly in this range; beyond it they become floats on
 # reading, and writing raises. Everything poetctl accepts therefore round-trips unchanged.
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1
 _MAX_INT_DIGITS = 20  # len(str(INT_MAX)); longer literals are out of range without converting them
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_NAME = lazy_pattern(r"[A-Za-z_][A-Za-z0-9_-]*")
 _MAX_SHOWN = 60
 
 
@@ -51,7 +55,7 @@ def surely_exact(data: bytes, reserialised: bytes, omitted_colons: int = 0) -> b
     return data.count(b":") == reserialised.count(b":") + omitted_colons
 
 
-class _Repeated(dict[str, Any]):
+class _Repeated(dict[str, object]):
     """An object in which ``key`` occurs more than once (the parse keeps the last, like orjson)."""
 
     key: str = ""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 
 from .errors import UsageError
+from .ids import lazy_pattern
 
-_REL = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])\Z")
+_REL = lazy_pattern(r"^(\d+(?:\.\d+)?)([smhdw])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
 
 from .errors import UsageError
-from .ids import FUNCTION_NAME_RE, TYPE_RE
+from .ids import FUNCTION_NAME_RE, TYPE_RE, lazy_pattern
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SYSTEM_FUNCTIONS = "poet/functions/system"
 
@@ -45,11 +48,11 @@ ROUTES: dict[str, str] = {
     "system.metrics": "poet/system/metrics",
 }
 
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}\Z")
+_SEGMENT_RE = lazy_pattern(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}\Z")
 # Subscriptions: a type segment, or one with "*" wildcards; a handler name safe as a record key.
-_TYPE_SEGMENT_RE = re.compile(r"^[a-z][a-z0-9_]*\Z")
-_GLOB_SEGMENT_RE = re.compile(r"^(?:[a-z][a-z0-9_*]*|\*[a-z0-9_*]*)\Z")
-HANDLER_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:<>@-]{0,199}\Z")
+_TYPE_SEGMENT_RE = lazy_pattern(r"^[a-z][a-z0-9_]*\Z")
+_GLOB_SEGMENT_RE = lazy_pattern(r"^(?:[a-z][a-z0-9_*]*|\*[a-z0-9_*]*)\Z")
+HANDLER_NAME_RE = lazy_pattern(r"^[A-Za-z0-9_][A-Za-z0-9_.:<>@-]{0,199}\Z")
 
 
 def default_template(event_type: str) -> str:

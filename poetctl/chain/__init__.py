@@ -12,13 +12,14 @@ Every walk is iterative, so chains of any length work.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .expect import ChainResult, check_chain, parse_duration, parse_steps
 from .forest import STATES, Node, OnDamaged, build_forest, walk, walk_depth
 from .render import INDENT_LIMIT, format_hop, render_tree, to_dot, to_json, to_mermaid
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..backends.fs.connected import SCAN_BELOW, collect, connected, iter_events, iter_found
 
 _ON_THE_SPOOL = ("SCAN_BELOW", "collect", "connected", "iter_events", "iter_found")

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..event import Event
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..backends.fs.query import Found
 

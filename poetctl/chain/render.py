@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
 
 from ..safetext import clean
 from ..timeparse import iso, iso_or_none
 from .forest import Node, walk, walk_depth
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Hops of indentation in the text tree; deeper nodes show "[depth]" instead of indenting further.
 INDENT_LIMIT = 32

@@ -12,9 +12,11 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     import typer
 
 # name -> (module, attribute, kind): "command" functions or "group" Typer apps, in --help order.

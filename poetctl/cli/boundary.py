@@ -13,13 +13,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 from ..errors import PoetError
 from .output import error
 
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: start-up of the typer-free commands
+    from typing import Any, TypeVar
+
+    F = TypeVar("F", bound=Callable[..., Any])
+    T = TypeVar("T")
 
 
 class Globals:

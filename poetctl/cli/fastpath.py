@@ -19,7 +19,10 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # option -> parameter of emit_events (value options only; flags are left to typer).
 EMIT_OPTIONS = {

@@ -20,10 +20,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from ..safetext import clean as clean
 from ..safetext import clean_lines as clean_lines
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMATS = ("table", "json", "jsonl")
 

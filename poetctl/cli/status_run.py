@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
 
 from .boundary import errors_to_exit, load
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 STATUS_KEYS = ("warn_lag", "max_lag", "max_dead", "max_corrupt", "max_stale", "min_daemons")
 STATUS_DEFAULTS: dict[str, Any] = {

@@ -6,10 +6,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ..errors import NoMatch, UsageError
 from .boundary import errors_to_exit, load
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 TAIL_FORMATS = ("table", "json", "jsonl", "cloudevents")
 STATE_CHOICES = ("pending", "inflight", "processed", "dead", "all")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import UsageError
 from ..selection import Query, State
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Protocol
+
     from ..transport import Transport
 
 STATUS_STATES = (State.PENDING, State.INFLIGHT, State.PROCESSED, State.DEAD, State.CORRUPT)
@@ -34,16 +36,18 @@ def parse_duration(text: str, option: str) -> float:
     return float(m[1]) * _UNITS[m[2]]
 
 
-class StatusSource(Protocol):
-    """Where ``poetctl status`` gets its figures: the spool (:class:`poetctl.backends.fs.status.FsStatus`)
-    or any transport (:class:`TransportStatus`)."""
+if TYPE_CHECKING:  # a Protocol only for the type checker: typing is not imported at run time
 
-    where: str
+    class StatusSource(Protocol):
+        """Where ``poetctl status`` gets its figures: the spool (:class:`poetctl.backends.fs.status.FsStatus`)
+        or any transport (:class:`TransportStatus`)."""
 
-    def figures(self, now: float, stale_after: float, lease_seconds: float) -> dict[str, Any]:
-        """``counts`` (pending, inflight, processed, dead, corrupt), ``processed_source``,
-        ``oldest_pending`` (a time or None), ``recent`` (processed per window, or None), ``daemons``."""
-        ...
+        where: str
+
+        def figures(self, now: float, stale_after: float, lease_seconds: float) -> dict[str, Any]:
+            """``counts`` (pending, inflight, processed, dead, corrupt), ``processed_source``,
+            ``oldest_pending`` (a time or None), ``recent`` (processed per window, or None), ``daemons``."""
+            ...
 
 
 class TransportStatus:

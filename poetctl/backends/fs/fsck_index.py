@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import fsck_repair as fx
-from .index import Index, index_path, row_of
+from .index import Index, index_path, recount, row_of
 from .reader import CorruptEvent
 from .safefs import SpoolDir
 
@@ -69,6 +69,7 @@ class IndexCheck:
             return
         try:
             f.count("index_rows", len(rows))
+            self._check_counts(idx)
             suspects = self._drift(rows, handled)
             if suspects:
                 # A daemon indexes a moment after it moves a file: look again before calling it drift.
@@ -76,6 +77,36 @@ class IndexCheck:
                 self._confirm_drift(idx, suspects)
         finally:
             idx.close()
+
+    def _check_counts(self, idx: Index) -> None:
+        """The per-state counts ``status`` reads against the rows, in one snapshot (a daemon may be writing).
+
+        An index made before the counts has no table: nothing to check (the first writable open adds
+        it). Counts that differ from the rows (a program wrote the index without keeping them, e.g. an
+        older daemon still running after an upgrade) are recounted in one write transaction.
+        """
+        db = idx.db
+        try:
+            db.execute("BEGIN")  # one snapshot for both reads
+            try:
+                stored = dict(db.execute("SELECT state, n FROM counts WHERE n != 0").fetchall())
+                actual = dict(db.execute("SELECT state, count(*) FROM events GROUP BY state").fetchall())
+            finally:
+                db.execute("COMMIT")
+        except sqlite3.OperationalError:
+            return  # no counts table: an index made before them
+        if stored != actual:
+            detail = f"per-state counts {stored} differ from the rows {actual}"
+            self.f.problem("index_counts", index_path(self.layout), detail, self._recount(idx))
+
+    @staticmethod
+    def _recount(idx: Index) -> Callable[[], str | None]:
+        def fix() -> str | None:
+            idx.for_writing()
+            recount(idx.db)
+            return "counts recomputed from the rows"
+
+        return fix
 
     def _replace_link(self, processed: SpoolDir, dead: SpoolDir) -> str | None:
         idx_dir = self.f.dir("index")

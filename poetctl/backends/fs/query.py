@@ -28,7 +28,6 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from ...event import Event
 from ...ids import is_event_id, time_of
@@ -36,6 +35,10 @@ from ...selection import Query
 from .index import Index
 from .layout import SpoolLayout
 from .reader import CorruptEvent, decode_event, read_bytes
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 ALL_STATES = ("pending", "inflight", "processed", "dead")
 MAX_READ = 16 * 1024 * 1024
@@ -274,7 +277,7 @@ def _newest(
     for state in states:
         src: Iterable[tuple[float, str, Path]]
         if index is not None and state in ("processed", "dead"):
-            exact, src = False, _indexed(layout, index, state, sel)  # index times are exact
+            exact, src = False, _indexed(layout, index, state, sel, limit)  # index times are exact
         else:
             # Listing times are approximate (ms in the id, else mtime): a small directory is
             # read whole so the order is exact; a large one is read newest first until enough match.
@@ -295,8 +298,11 @@ def _newest(
     return out[:limit] if limit is not None else out
 
 
-def _indexed(layout: SpoolLayout, index: Index, state: str, sel: Query) -> Iterator[tuple[float, str, Path]]:
-    """Index rows of ``state`` that may match ``sel``, newest first, as listing entries."""
+def _indexed(
+    layout: SpoolLayout, index: Index, state: str, sel: Query, limit: int | None = None
+) -> Iterator[tuple[float, str, Path]]:
+    """Index rows of ``state`` that may match ``sel``, newest first, as listing entries (``limit``: how
+    many are wanted, so the first batch read from the index is that small)."""
     d: Path = getattr(layout, state)
     rows: Iterable[tuple[object, ...]]
     if sel.correlation_id is not None:
@@ -307,7 +313,7 @@ def _indexed(layout: SpoolLayout, index: Index, state: str, sel: Query) -> Itera
             reverse=True,
         )
     else:
-        rows = index.newest([state], sel.since, sel.until)
+        rows = index.newest([state], sel.since, sel.until, first=limit)
     for r in rows:
         eid, ts = str(r[0]), float(r[1])  # type: ignore[arg-type]
         if not sel.match_meta(r[2], r[3], r[4], r[5], ts):  # type: ignore[arg-type]

@@ -14,7 +14,6 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ... import stdjson
 from ...errors import InvalidData, PoetError
@@ -22,6 +21,10 @@ from ...event import CHECKSUM_PREFIX, MAX_DEPTH, Event, canonical, check_depth, 
 from ...ids import EVENT_ID_RE
 from ...schemas import SchemaRegistry
 from ...strictjson import find_inexact, surely_exact
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _MISSING: Any = object()
 

@@ -2,12 +2,14 @@
 recent throughput from the index, and the daemons' heartbeat files.
 
 Fast at any size: processed/ is never listed when the index exists (its
-count and the recent-throughput counts are range counts on the index's
-``(state, ts)`` B-tree, read through a read-only connection that writes
-nothing); only pending, in-flight, dead and corrupt - small while daemons
-keep up - are listed. A directory that cannot be listed, or a heartbeat that
-cannot be read for lack of permission, is an error (the caller's ``--check``
-says UNKNOWN), never a count of 0.
+count is a row of the index's ``counts`` table, kept exact by its writers - or,
+in an index made before that table, a count of the index's ``(state, ts)``
+B-tree - and the recent-throughput counts are range counts on that B-tree, all
+read through a read-only connection that writes nothing); only pending,
+in-flight, dead and corrupt - small while daemons keep up - are listed. A
+directory that cannot be listed, or a heartbeat that cannot be read for lack
+of permission, is an error (the caller's ``--check`` says UNKNOWN), never a
+count of 0.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import math
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 from ...ids import time_of
 from ...stdjson import loads
 from .corrupt_names import quarantined, visible
-from .index import connect_readonly
+from .index import connect_readonly, stored_counts
 from .layout import SpoolLayout
 from .paths import HEARTBEATS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 WINDOWS = (("1m", 60), ("5m", 300), ("15m", 900))
 
@@ -105,7 +110,8 @@ def _index_figures(layout: SpoolLayout, now: float) -> dict[str, Any] | None:
     except (sqlite3.Error, OSError):
         return None  # derived data: count processed/ by listing it instead
     try:
-        processed = _processed_count(db)
+        counts = stored_counts(db)  # kept by the index's writers; an index made before them is counted
+        processed = counts.get("processed", 0) if counts is not None else _processed_count(db)
         lo = now - WINDOWS[-1][1]
         row = db.execute(
             "SELECT "
