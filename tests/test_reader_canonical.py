@@ -36,8 +36,8 @@ def _metrics(n: int) -> dict[str, Any]:
 def test_canonical_order_file_is_proved_without_counting_colons(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An event stored in canonical order is verified without the colon count (its bytes are the canonical ones)."""
-    d = _stored(tmp_path, _metrics(50))
+    """A large event stored in canonical order is proved exact without counting colons (its bytes are canonical)."""
+    d = _stored(tmp_path, _metrics(300))
     data = _canonical_file(d)
 
     def no_count(*a: Any) -> bool:
@@ -51,7 +51,7 @@ def test_canonical_order_file_is_proved_without_counting_colons(
 
 def test_emit_order_file_still_counts_and_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file in any other order (as emit writes today) takes the colon count, and passes it."""
-    d = _stored(tmp_path, _metrics(50))
+    d = _stored(tmp_path, _metrics(300))
     calls: list[int] = []
     real = reader.surely_exact  # type: ignore[attr-defined]
 
@@ -72,9 +72,12 @@ def test_emit_order_file_still_counts_and_passes(tmp_path: Path, monkeypatch: py
         (b'"m000":0.0', b'"m000":0.0,"m000":0.0'),  # a duplicate in a nested object
     ],
 )
-def test_canonical_looking_file_with_a_duplicate_key_is_rejected(tmp_path: Path, old: bytes, new: bytes) -> None:
+@pytest.mark.parametrize("n", [20, 300])  # below and above the size from which files are compared
+def test_canonical_looking_file_with_a_duplicate_key_is_rejected(
+    tmp_path: Path, old: bytes, new: bytes, n: int
+) -> None:
     """A key-sorted file with a duplicate member (checksum of what it parses to) is still refused as bad_json."""
-    d = _stored(tmp_path, _metrics(20))
+    d = _stored(tmp_path, _metrics(n))
     data = _canonical_file(d)
     assert old in data
     forged = data.replace(old, new, 1)
@@ -86,7 +89,7 @@ def test_canonical_looking_file_with_a_duplicate_key_is_rejected(tmp_path: Path,
 
 def test_canonical_looking_file_with_a_wide_integer_is_rejected(tmp_path: Path) -> None:
     """A key-sorted file holding an integer beyond 64 bits is refused, whatever its checksum says."""
-    d = _stored(tmp_path, {"service": "svc", "metrics": {"n": 1}})
+    d = _stored(tmp_path, {"service": "svc", "metrics": {"n": 1, **_metrics(300)["metrics"]}})
     rest = {k: v for k, v in d.items() if k != "checksum"}
     canon = canonical(rest)
     wide = canon.replace(b'"n":1', b'"n":18446744073709551616', 1)
@@ -109,7 +112,8 @@ def test_canonical_order_file_with_a_changed_value_fails_its_checksum(tmp_path: 
 
 @pytest.mark.parametrize("n", [0, 1, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 3 * MAX_DEPTH])
 @pytest.mark.parametrize("mix", ["{", "[", "both", "in strings"])
-def test_more_openers_agrees_with_counting_brackets(n: int, mix: str) -> None:
+@pytest.mark.parametrize("pad", [0, 5000])
+def test_more_openers_agrees_with_counting_brackets(n: int, mix: str, pad: int) -> None:
     """The bracket bound gives the verdict of counting every { and [ (strings included), at every size."""
     if mix == "both":
         body = b"".join(b"{" if i % 2 else b"[" for i in range(n))
@@ -117,7 +121,7 @@ def test_more_openers_agrees_with_counting_brackets(n: int, mix: str) -> None:
         body = b'"' + b"{" * n + b'"'
     else:
         body = mix.encode() * n
-    data = b"x" * 5000 + body + b"y" * 5000
+    data = b"x" * pad + body + b"y" * pad
     assert more_openers(data, MAX_DEPTH) == (data.count(b"{") + data.count(b"[") > MAX_DEPTH)
 
 

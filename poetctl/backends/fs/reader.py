@@ -191,8 +191,10 @@ def _parsed(data: bytes, where: str | None) -> dict[str, Any]:
         d["checksum"] = stated
         omitted = 1 + (stated.count(":") if type(stated) is str else orjson.dumps(stated).count(b":"))
     # Duplicate keys and integers beyond 64 bits, which orjson resolved silently. Stored in canonical
-    # order (the checksum member last) the file is the canonical bytes, which hold neither: no counting.
-    if not (type(stated) is str and stored_canonical(data, canon, stated)) and not surely_exact(data, canon, omitted):
+    # order (the checksum member last) the file is the canonical bytes, which hold neither: no counting
+    # (a small file is counted: that costs less than the comparison).
+    canonical_file = len(data) >= _FIND_FROM and type(stated) is str and stored_canonical(data, canon, stated)
+    if not canonical_file and not surely_exact(data, canon, omitted):
         problem = find_inexact(data)
         if problem is not None:
             raise CorruptEvent("bad_json", problem, where=where)
@@ -203,13 +205,18 @@ def _parsed(data: bytes, where: str | None) -> dict[str, Any]:
     return doc
 
 
+_FIND_FROM = 2048  # bytes from which finding beats counting (measured: 1 us vs 0.6 us at 400 bytes, 11 us at 15 KiB)
+
+
 def more_openers(data: bytes, limit: int) -> bool:
     """True if ``data`` holds more than ``limit`` bytes ``{`` and ``[`` together.
 
     The same verdict as counting both, but by memchr-driven ``find``: an event
     has a handful of brackets and ~15 KiB of other bytes, which ``bytes.count``
-    reads one at a time (twice). At most ``limit + 1`` finds.
+    reads one at a time (twice). At most ``limit + 1`` finds; a small file is counted (fewer calls).
     """
+    if len(data) < _FIND_FROM:
+        return data.count(b"{") + data.count(b"[") > limit
     n = 0
     for ch in (b"{", b"["):
         i = data.find(ch)
