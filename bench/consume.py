@@ -28,6 +28,10 @@ Targets: daemon >= 20,000 events/s and daemon/bare >= 0.6.
 ``--large``: each event is a ``system.metrics`` payload of 500 metrics
 (~15 KiB a file; issue 14's byte case). Targets then: daemon >= 200 MB/s and
 daemon/bare >= 0.4.
+
+``--canonical-order``: before each drain (untimed), rewrite every event file
+in canonical key order with the checksum member last - what a writer storing
+the canonical bytes would leave - to measure that format's drain.
 """
 
 from __future__ import annotations
@@ -107,6 +111,27 @@ def build_spool(spool: Path, n: int, large: bool = False) -> float:
         )
     os.sync()
     return time.perf_counter() - t0
+
+
+def rewrite_canonical(spool: Path) -> None:
+    """Rewrite each pending event in canonical key order, checksum member last (untimed).
+
+    What a writer storing the canonical bytes would leave (``--canonical-order``): the
+    reader then proves such a file exact by comparison, and re-serialises keys already sorted.
+    """
+    from poetctl.event import canonical
+
+    pending = spool / "events" / "pending"
+    for name in os.listdir(pending):
+        if not name.endswith(".json"):
+            continue
+        p = pending / name
+        d = orjson.loads(p.read_bytes())
+        stated = d.pop("checksum")
+        tmp = pending / f".{name}.tmp"
+        tmp.write_bytes(canonical(d)[:-1] + b',"checksum":' + orjson.dumps(stated) + b"}")
+        os.rename(tmp, p)
+    os.sync()
 
 
 def spool_bytes(spool: Path) -> int:
@@ -204,6 +229,8 @@ def render(r: dict[str, Any]) -> str:
     large = p.get("large", False)
     if large:
         lines.append(f"  large events: {LARGE_KEYS} metrics each, mean file {r['event_bytes']:,.0f} bytes")
+    if p.get("canonical_order"):
+        lines.append("  event files rewritten in canonical key order (checksum last) before each drain")
     bare = r["results"]["bare"]["eps_median"]
     bare_mb = r["results"]["bare"]["mbps_median"]
     lines.append(
@@ -266,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--large", action="store_true", help=f"events of {LARGE_KEYS} metrics (~15 KiB) instead of tiny ones"
     )
+    ap.add_argument(
+        "--canonical-order",
+        action="store_true",
+        help="rewrite the built events in canonical key order, checksum last (previews a writer storing "
+        "canonical bytes; untimed)",
+    )
     ap.add_argument("--tmp-dir", help="parent of the scratch dir (default: the repo's parent)")
     ap.add_argument("--keep", action="store_true", help="do not delete the scratch dir")
     ap.add_argument(
@@ -297,7 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     # make_scratch, not TemporaryDirectory: its finaliser would delete the dir even with --keep.
     root = make_scratch("poetctl-consume-", base)
     report: dict[str, Any] = {
-        "params": {"events": args.events, "reps": args.reps, "workers": workers, "chunk": CHUNK, "large": args.large},
+        "params": {
+            "events": args.events,
+            "reps": args.reps,
+            "workers": workers,
+            "chunk": CHUNK,
+            "large": args.large,
+            "canonical_order": args.canonical_order,
+        },
         "machine": {**machine_basics(), "scratch": str(root), "fs": fs_type(root)},
         "problems": [],
     }
@@ -312,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             for key, mode, w in order:
                 spool = root / f"{key}-{rep}"
                 b = build_spool(spool, args.events, args.large)
+                if args.canonical_order:
+                    rewrite_canonical(spool)
                 builds.append(b)
                 nbytes = spool_bytes(spool)
                 if mode in ("inproc", "metrics"):

@@ -177,7 +177,7 @@ def _parsed(data: bytes, where: str | None) -> dict[str, Any]:
     # past 254 levels. Nesting deeper than the limit takes more opening brackets than
     # that; counting bytes (brackets inside strings included, so never too few) is far
     # cheaper than the walk. The payload may nest MAX_DEPTH levels inside the envelope.
-    if data.count(b"{") + data.count(b"[") > MAX_DEPTH:
+    if more_openers(data, MAX_DEPTH):
         try:
             check_depth(d, limit=MAX_DEPTH + 1)
         except InvalidData as exc:
@@ -199,8 +199,11 @@ def _parsed(data: bytes, where: str | None) -> dict[str, Any]:
     else:
         d["checksum"] = stated
         omitted = 1 + (stated.count(":") if type(stated) is str else orjson.dumps(stated).count(b":"))
-    # Duplicate keys and integers beyond 64 bits, which orjson resolved silently.
-    if not surely_exact(data, canon, omitted):
+    # Duplicate keys and integers beyond 64 bits, which orjson resolved silently. Stored in canonical
+    # order (the checksum member last) the file is the canonical bytes, which hold neither: no counting
+    # (a small file is counted: that costs less than the comparison).
+    canonical_file = len(data) >= _FIND_FROM and type(stated) is str and stored_canonical(data, canon, stated)
+    if not canonical_file and not surely_exact(data, canon, omitted):
         problem = find_inexact(data)
         if problem is not None:
             raise CorruptEvent("bad_json", problem, where=where)
@@ -209,6 +212,48 @@ def _parsed(data: bytes, where: str | None) -> dict[str, Any]:
         raise CorruptEvent("bad_checksum", f"checksum {shown!r} does not match the content", where=where)
     doc: dict[str, Any] = d  # typed: orjson.loads returns Any
     return doc
+
+
+_FIND_FROM = 2048  # bytes from which finding beats counting (measured: 1 us vs 0.6 us at 400 bytes, 11 us at 15 KiB)
+
+
+def more_openers(data: bytes, limit: int) -> bool:
+    """True if ``data`` holds more than ``limit`` bytes ``{`` and ``[`` together.
+
+    The same verdict as counting both, but by memchr-driven ``find``: an event
+    has a handful of brackets and ~15 KiB of other bytes, which ``bytes.count``
+    reads one at a time (twice). At most ``limit + 1`` finds; a small file is counted (fewer calls).
+    """
+    if len(data) < _FIND_FROM:
+        return data.count(b"{") + data.count(b"[") > limit
+    n = 0
+    for ch in (b"{", b"["):
+        i = data.find(ch)
+        while i >= 0:
+            n += 1
+            if n > limit:
+                return True
+            i = data.find(ch, i + 1)
+    return False
+
+
+def stored_canonical(data: bytes, canon: bytes, stated: str) -> bool:
+    """True if ``data`` is exactly ``canon`` with ``"checksum": stated`` appended as its last member.
+
+    Then ``data`` is orjson's own compact, key-sorted serialisation of what it
+    parses to, so it cannot hold a duplicate key (the serialisation has none),
+    an integer beyond 64 bits (read as a float, it would be written back in
+    exponent form) or an escaped colon (orjson writes none): what
+    :func:`~poetctl.strictjson.surely_exact` counts colons to rule out. Costs a
+    comparison of the first bytes when the file is in another order.
+    """
+    import orjson
+
+    n = len(canon) - 1
+    k = min(n, 48)
+    if n < 2 or data[:k] != canon[:k] or not data.startswith(canon[:n]):
+        return False
+    return data[n:] == b',"checksum":' + orjson.dumps(stated) + b"}"
 
 
 def _sound_by_stdlib(data: bytes) -> dict[str, Any] | None:
@@ -222,7 +267,7 @@ def _sound_by_stdlib(data: bytes) -> dict[str, Any] | None:
     :func:`_parsed` passes it. Anything else (None) goes to :func:`_parsed`,
     which gives the verdict and its message.
     """
-    if data.count(b"{") + data.count(b"[") > MAX_DEPTH:
+    if more_openers(data, MAX_DEPTH):
         return None  # as deep as the limit allows, perhaps deeper: the careful path
     try:
         d = json.loads(data.decode())  # strictly UTF-8, as orjson (json.loads(bytes) would guess UTF-16)
