@@ -181,8 +181,9 @@ class EnvelopeBuilder:
         envelope embeds the canonical payload as it is). The stored line is the
         canonical envelope itself with the ``checksum`` member in its sorted
         place (sorted keys, payload included), kept on the event
-        (:meth:`Event.line`): a reader can verify it by hashing the line with
-        that member spliced out (:func:`poetctl.event.stored_checksum_matches`).
+        (:meth:`Event.line`): a reader proves a line exact by comparing it, that
+        member spliced out (:func:`poetctl.event.without_checksum_member`), with
+        its own canonical serialisation, and hashes that.
         False, having changed nothing, when the rest of the envelope needs the
         careful path (a NaN, a value JSON cannot hold).
         """

@@ -201,7 +201,7 @@ class Event:
         The bytes the envelope builder made when it sealed the event when
         they are still current (same checksum), so a large payload is not
         serialised again on the emit path. Hashing it with the checksum
-        member spliced out gives the checksum (:func:`stored_checksum_matches`).
+        member spliced out gives the checksum (:func:`without_checksum_member`).
         """
         sealed = self.sealed
         if sealed is not None and sealed[0] == self.checksum:
@@ -270,37 +270,42 @@ def checksum_of(canonical_bytes: bytes) -> str:
     return CHECKSUM_PREFIX + _sha256(canonical_bytes).hexdigest()
 
 
-def stored_checksum_matches(data: bytes, stated: str) -> bool:
-    """True if ``data``, a stored line, hashes to ``stated`` with its ``"checksum":"<stated>"`` member spliced out.
+def without_checksum_member(data: bytes, stated: str) -> bytes | None:
+    """``data``, a stored line, with its ``"checksum":"<stated>"`` member (and a comma, and the newline) taken out.
 
     The builder stores each event in canonical form with the checksum member
-    in its sorted place (:meth:`Event.line`), so the line without that member
-    (and its comma, and the final newline) is exactly the bytes the checksum
-    was computed over: hashing them verifies the event without serialising
-    it again. False is no verdict: a line written by an older version (keys
-    in another order), by another writer or by hand, or a corrupt one, is
-    verified the careful way (re-canonicalising what was parsed), which
-    decides. A match is sound for what the reader returns: bytes hashing to
-    the checksum are the ones it was computed over, so what was parsed from
-    them is what was sealed. The member cannot occur inside a JSON string
-    (its quotes would be escaped there).
+    in its sorted place (:meth:`Event.line`), so what is left is exactly the
+    bytes the checksum was computed over. None when ``stated`` is not a
+    checksum or the member is not found between two others. The member cannot
+    occur inside a JSON string (its quotes would be escaped there); the first
+    occurrence is taken, and a caller compares the rest with what it parsed.
     """
     if len(stated) != 71 or not stated.startswith(CHECKSUM_PREFIX):
-        return False
+        return None
     member = b'"checksum":"' + stated.encode() + b'"'
     i = data.find(member)
     if i <= 0:
-        return False
+        return None
     j = i + len(member)
     if data[j : j + 1] == b",":  # a member follows: take out the member and the comma after it
         rest = data[:i] + data[j + 1 :]
     elif data[i - 1 : i] == b",":  # the last member: take out the comma before it
         rest = data[: i - 1] + data[j:]
     else:
-        return False
-    if rest[-1:] == b"\n":
-        rest = rest[:-1]
-    return _sha256(rest).hexdigest() == stated[len(CHECKSUM_PREFIX) :]
+        return None
+    return rest[:-1] if rest[-1:] == b"\n" else rest
+
+
+def stored_checksum_matches(data: bytes, stated: str) -> bool:
+    """True if ``data``, a stored line, hashes to ``stated`` with its checksum member spliced out.
+
+    A hash check alone: it proves the bytes are the ones the checksum was
+    computed over, not that they are canonical (a hand-made line with a
+    duplicate key could match). Readers therefore compare the spliced bytes
+    with their own canonical serialisation instead (``fs/reader.py``).
+    """
+    rest = without_checksum_member(data, stated)
+    return rest is not None and _sha256(rest).hexdigest() == stated[len(CHECKSUM_PREFIX) :]
 
 
 def checksum_matches(envelope: dict[str, Any]) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from poetctl import EventRouter
 from poetctl.backends.fs import reader
 from poetctl.backends.fs.reader import CorruptEvent, decode_event, more_openers
-from poetctl.event import MAX_DEPTH, canonical, checksum_of
+from poetctl.event import MAX_DEPTH, canonical, checksum_of, without_checksum_member
 
 
 def _stored(tmp_path: Path, payload: dict[str, Any]) -> dict[str, Any]:
@@ -24,9 +24,19 @@ def _stored(tmp_path: Path, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _canonical_file(d: dict[str, Any]) -> bytes:
-    """``d`` written in canonical order: its canonical bytes, the checksum member appended last."""
-    rest = {k: v for k, v in d.items() if k != "checksum"}
-    return canonical(rest)[:-1] + b',"checksum":' + orjson.dumps(d["checksum"]) + b"}"
+    """``d`` as emit stores it: its canonical bytes with the checksum member in its sorted place."""
+    return orjson.dumps(d, option=orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def _forged(data: bytes, old: bytes, new: bytes, rehash: bool) -> bytes:
+    """``data`` with ``old`` replaced; with ``rehash``, its checksum made over the forged bytes themselves."""
+    forged = data.replace(old, new, 1)
+    if not rehash:
+        return forged
+    stated = orjson.loads(data)["checksum"]
+    rest = without_checksum_member(forged, stated)
+    assert rest is not None
+    return forged.replace(stated.encode(), checksum_of(rest).encode(), 1)
 
 
 def _metrics(n: int) -> dict[str, Any]:
@@ -50,7 +60,7 @@ def test_canonical_order_file_is_proved_without_counting_colons(
 
 
 def test_emit_order_file_still_counts_and_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A file in any other order (as emit writes today) takes the colon count, and passes it."""
+    """A file in any other key order (as older versions wrote) takes the colon count, and passes it."""
     d = _stored(tmp_path, _metrics(300))
     calls: list[int] = []
     real = reader.surely_exact  # type: ignore[attr-defined]
@@ -60,7 +70,11 @@ def test_emit_order_file_still_counts_and_passes(tmp_path: Path, monkeypatch: py
         return real(*a)
 
     monkeypatch.setattr(reader, "surely_exact", counted)
-    ev = decode_event(orjson.dumps(d), None, expected_id=d["id"])
+    # Keys in reverse order, as no version of emit writes them (older ones kept the caller's order).
+    d["payload"]["metrics"] = dict(reversed(d["payload"]["metrics"].items()))
+    other = orjson.dumps(dict(reversed(d.items())))
+    assert other != _canonical_file(d)[:-1]
+    ev = decode_event(other, None, expected_id=d["id"])
     assert ev.payload == d["payload"]
     assert calls == [1]
 
@@ -73,14 +87,15 @@ def test_emit_order_file_still_counts_and_passes(tmp_path: Path, monkeypatch: py
     ],
 )
 @pytest.mark.parametrize("n", [20, 300])  # below and above the size from which files are compared
+@pytest.mark.parametrize("rehash", [False, True])
 def test_canonical_looking_file_with_a_duplicate_key_is_rejected(
-    tmp_path: Path, old: bytes, new: bytes, n: int
+    tmp_path: Path, old: bytes, new: bytes, n: int, rehash: bool
 ) -> None:
-    """A key-sorted file with a duplicate member (checksum of what it parses to) is still refused as bad_json."""
+    """A key-sorted file with a duplicate member is refused (its checksum over what it parses to, or over its bytes)."""
     d = _stored(tmp_path, _metrics(n))
     data = _canonical_file(d)
     assert old in data
-    forged = data.replace(old, new, 1)
+    forged = _forged(data, old, new, rehash)
     with pytest.raises(CorruptEvent) as exc:
         decode_event(forged, None, expected_id=d["id"])
     assert exc.value.reason == "bad_json"
@@ -90,12 +105,10 @@ def test_canonical_looking_file_with_a_duplicate_key_is_rejected(
 def test_canonical_looking_file_with_a_wide_integer_is_rejected(tmp_path: Path) -> None:
     """A key-sorted file holding an integer beyond 64 bits is refused, whatever its checksum says."""
     d = _stored(tmp_path, {"service": "svc", "metrics": {"n": 1, **_metrics(300)["metrics"]}})
-    rest = {k: v for k, v in d.items() if k != "checksum"}
-    canon = canonical(rest)
-    wide = canon.replace(b'"n":1', b'"n":18446744073709551616', 1)
-    assert wide != canon
-    for stated in (d["checksum"], checksum_of(wide)):
-        data = wide[:-1] + b',"checksum":' + orjson.dumps(stated) + b"}"
+    line = _canonical_file(d)
+    for rehash in (False, True):
+        data = _forged(line, b'"n":1', b'"n":18446744073709551616', rehash)
+        assert data != line
         with pytest.raises(CorruptEvent) as exc:
             decode_event(data, None, expected_id=d["id"])
         assert exc.value.reason in ("bad_json", "bad_checksum")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ... import stdjson
 from ...errors import InvalidData, PoetError
-from ...event import CHECKSUM_PREFIX, MAX_DEPTH, Event, canonical, check_depth, checksum_of, stored_checksum_matches
+from ...event import CHECKSUM_PREFIX, MAX_DEPTH, Event, canonical, check_depth, checksum_of, without_checksum_member
 from ...ids import EVENT_ID_RE
 from ...schemas import SchemaRegistry
 from ...strictjson import find_inexact, surely_exact
@@ -184,12 +184,6 @@ def _parsed(data: bytes, where: str | None) -> dict[str, Any]:
             raise CorruptEvent("bad_json", exc.message, where=where) from None
     # The checksum covers the canonical form of the rest; the same bytes serve the exactness test.
     stated = d.pop("checksum", _MISSING)
-    # What the builder stores is that canonical form with the checksum member in its sorted place:
-    # hashing the stored bytes without that member verifies it without a second serialisation.
-    if type(stated) is str and stored_checksum_matches(data, stated):
-        d["checksum"] = stated
-        fast: dict[str, Any] = d
-        return fast
     try:
         canon = canonical(d)
     except InvalidData as exc:  # not expected from what orjson parsed, but never a crash
@@ -199,9 +193,9 @@ def _parsed(data: bytes, where: str | None) -> dict[str, Any]:
     else:
         d["checksum"] = stated
         omitted = 1 + (stated.count(":") if type(stated) is str else orjson.dumps(stated).count(b":"))
-    # Duplicate keys and integers beyond 64 bits, which orjson resolved silently. Stored in canonical
-    # order (the checksum member last) the file is the canonical bytes, which hold neither: no counting
-    # (a small file is counted: that costs less than the comparison).
+    # Duplicate keys and integers beyond 64 bits, which orjson resolved silently. What the builder
+    # stores is the canonical bytes with the checksum member in its sorted place, which hold neither:
+    # a comparison proves it without counting (a small file is counted: that costs less).
     canonical_file = len(data) >= _FIND_FROM and type(stated) is str and stored_canonical(data, canon, stated)
     if not canonical_file and not surely_exact(data, canon, omitted):
         problem = find_inexact(data)
@@ -238,22 +232,19 @@ def more_openers(data: bytes, limit: int) -> bool:
 
 
 def stored_canonical(data: bytes, canon: bytes, stated: str) -> bool:
-    """True if ``data`` is exactly ``canon`` with ``"checksum": stated`` appended as its last member.
+    """True if ``data`` is exactly ``canon`` with the member ``"checksum": stated`` in it (and a final newline).
 
     Then ``data`` is orjson's own compact, key-sorted serialisation of what it
-    parses to, so it cannot hold a duplicate key (the serialisation has none),
-    an integer beyond 64 bits (read as a float, it would be written back in
-    exponent form) or an escaped colon (orjson writes none): what
-    :func:`~poetctl.strictjson.surely_exact` counts colons to rule out. Costs a
-    comparison of the first bytes when the file is in another order.
+    parses to plus that one member, so it cannot hold a duplicate key (the
+    serialisation has none, and a second checksum member would be left in the
+    rest), an integer beyond 64 bits (read as a float, it would be written
+    back in exponent form) or an escaped colon (orjson writes none): what
+    :func:`~poetctl.strictjson.surely_exact` counts colons to rule out. A hash
+    match alone would not prove that (a hand-made line with a duplicate key
+    can hash right). Costs a find and a comparison.
     """
-    import orjson
-
-    n = len(canon) - 1
-    k = min(n, 48)
-    if n < 2 or data[:k] != canon[:k] or not data.startswith(canon[:n]):
-        return False
-    return data[n:] == b',"checksum":' + orjson.dumps(stated) + b"}"
+    rest = without_checksum_member(data, stated)
+    return rest is not None and rest == canon
 
 
 def _sound_by_stdlib(data: bytes) -> dict[str, Any] | None:
