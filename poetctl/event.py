@@ -10,6 +10,7 @@ by ``tail --output jsonl`` and fed back to ``emit --batch`` verifies unchanged.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -190,9 +191,9 @@ class Event:
 
     def to_json(self) -> bytes:
         """Compact JSON of the whole envelope, checksum included (one line, no newline)."""
-        import orjson  # here, not at the top: the read-only commands start without it (poetctl.stdjson)
+        from .stdjson import dumps  # orjson's bytes; without importing it where a command has not (see there)
 
-        return orjson.dumps(self.to_dict())
+        return dumps(self.to_dict())
 
     def line(self) -> bytes:
         """What a spool file holds: the canonical envelope (sorted keys, ``checksum`` included) and a newline.
@@ -205,10 +206,17 @@ class Event:
         sealed = self.sealed
         if sealed is not None and sealed[0] == self.checksum:
             return sealed[1]
+        # Canonical, as the builder stores it: sorted keys, the checksum member in its sorted place.
+        d = self.to_dict()
+        if "orjson" not in sys.modules:  # a one-event command: orjson's bytes without importing it
+            from .stdjson import lean_dumps
+
+            data = lean_dumps(d, sort_keys=True)
+            if data is not None:
+                return data + b"\n"
         import orjson
 
-        # Canonical, as the builder stores it: sorted keys, the checksum member in its sorted place.
-        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
+        return orjson.dumps(d, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
@@ -240,7 +248,13 @@ def canonical(obj: Any) -> bytes:
     levels, a type orjson does not know. Callers that may hold NaN or Infinity (which
     orjson writes as null) check with :func:`check_depth` first; :func:`compute_checksum` does.
     """
-    import orjson  # imported already wherever this runs per event (the daemon, emit): a dict lookup
+    if "orjson" not in sys.modules:  # a one-event command (see EnvelopeBuilder._use_orjson)
+        from .stdjson import lean_dumps
+
+        data = lean_dumps(obj, sort_keys=True)  # orjson's exact bytes, or None: orjson decides
+        if data is not None:
+            return data
+    import orjson  # imported already wherever this runs per event (the daemon, a batch): a dict lookup
 
     try:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
@@ -374,6 +388,18 @@ def parse_json(data: bytes, where: str | None = None, max_bytes: int | None = No
             f"input is {len(data)} bytes; the limit is {max_bytes} bytes (max_event_bytes)",
             where=where,
         )
+    if "orjson" not in sys.modules:  # a one-event command: orjson's value and bytes without importing it
+        from .stdjson import lean_loads
+
+        lean = lean_loads(data)
+        if lean is not None:
+            obj, again = lean
+            check_depth(obj, where)
+            if not surely_exact(data, again):
+                problem = find_inexact(data)
+                if problem is not None:
+                    raise InvalidData(problem, where=where)
+            return obj
     import orjson
 
     try:

@@ -344,6 +344,10 @@ def _emit_batch(
     priority: str | None = None,
     wait: float = 1.0,
 ) -> None:
+    # A batch parses and seals with orjson from its first line (poetctl.event and poetctl.envelope use
+    # it once it is loaded); only a one-event emit starts without it (EnvelopeBuilder._use_orjson).
+    import orjson  # noqa: F401
+
     fh, name = open_input(batch)
     try:
         lines = iter_lines(fh, router.config.max_event_bytes, name)
