@@ -16,7 +16,6 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from hashlib import sha256
 from typing import Any
 
 from .config import DEFAULT_MAX_CAUSATION_DEPTH, Config
@@ -206,7 +205,7 @@ class EnvelopeBuilder:
                 canon_head = canon
             if _NULL.search(canon_head) is not None:  # a NaN or Infinity outside the payload: the careful path
                 return False
-            checksum = d["checksum"] = CHECKSUM_PREFIX + sha256(canon).hexdigest()
+            checksum = d["checksum"] = CHECKSUM_PREFIX + _sha256(canon).hexdigest()
             # The same canonical bytes with the checksum member added: the payload is a Fragment, copied as is.
             line = orjson.dumps(d, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
         except TypeError:
@@ -394,11 +393,17 @@ _oj: Any = None
 
 
 def _orjson() -> Any:
-    global _oj
+    global _oj, _sha256
+    from hashlib import sha256  # with orjson: _seal hashes many events (OpenSSL's is the faster)
+
     import orjson
 
+    _sha256 = sha256
     _oj = orjson
     return orjson
+
+
+_sha256: Any = None  # hashlib.sha256 once _orjson() has run (only _seal, which needs orjson, uses it)
 
 
 _SCAN_ALL = 2048  # payload bytes up to which scanning the whole canonical envelope beats serialising its head

@@ -215,3 +215,51 @@ second, _ = router.build("system.health", {"service": "b", "status": "healthy"})
 print(json.dumps([before, "orjson" in sys.modules, second.sealed is not None]))
 """
     assert _run(lib, str(spool)) == [False, True, True]
+
+
+SINGLE = """
+import atexit, runpy, sys
+heavy = ("orjson", "dataclasses", "jsonschema_rs", "ctypes", "random", "_hashlib", "hashlib")
+atexit.register(lambda: print(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
+sys.argv = ["poetctl", *sys.argv[1:]]
+runpy.run_module("poetctl", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_python_m_poetctl_emit_loads_none_of_the_heavy_modules(spool: Path) -> None:
+    """`python -m poetctl emit` of one event: no orjson, dataclasses, jsonschema_rs, ctypes, random or hashlib."""
+    cp = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SINGLE,
+            "--spool",
+            str(spool),
+            "emit",
+            "system.health",
+            '{"service":"a","status":"healthy"}',
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env({"PYTHONPATH": os.pathsep.join(sys.path)}),
+        timeout=120,
+        check=True,
+    )
+    assert cp.stdout.splitlines()[-1] == "[]", cp.stdout
+    (f,) = (spool / "events" / "pending").rglob("*.json")
+    doc = orjson.loads(f.read_bytes())
+    assert stored_checksum_matches(f.read_bytes(), doc["checksum"])
+
+
+def test_first_checksums_use_the_plain_sha256_then_hashlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first _PLAIN_HASHES checksums come from the standard library's own SHA-256, the rest from hashlib's."""
+    import hashlib
+
+    import poetctl.event as event_mod
+
+    monkeypatch.setattr(event_mod, "_sha256", event_mod._first_sha256)
+    monkeypatch.setattr(event_mod, "_plain_left", event_mod._PLAIN_HASHES)
+    for i in range(event_mod._PLAIN_HASHES + 2):
+        data = b"x" * i * 1000
+        assert event_mod._sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()
+        assert (event_mod._sha256 is hashlib.sha256) == (i >= event_mod._PLAIN_HASHES)
