@@ -56,6 +56,7 @@ def _errno() -> int:
 
     return ctypes.get_errno()
 
+
 # Below this many files per-file fsync is cheaper than flushing the filesystem.
 SYNCFS_THRESHOLD = 8
 
