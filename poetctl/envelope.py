@@ -13,13 +13,10 @@ writes nothing: publishing is :class:`~poetctl.publish.Publisher`'s job.
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from hashlib import sha256
 from typing import Any
-
-import orjson
 
 from .config import DEFAULT_MAX_CAUSATION_DEPTH, Config
 from .errors import InvalidData, Permanent
@@ -51,13 +48,19 @@ class CausationDepthExceeded(InvalidData, Permanent):
     """
 
 
-@dataclass(slots=True)
 class _Cause:
-    event: Event
-    handler: str
-    position: int = 0
-    # Follow-ups are buffered here and committed only if the handler succeeds.
-    buffer: list[tuple[Event, bool]] | None = None
+    # A plain class, as _TypeInfo: this module is on the path of a one-event ``poetctl emit``, which
+    # starts without dataclasses (see poetctl.valueclass).
+    __slots__ = ("buffer", "event", "handler", "position")
+
+    def __init__(
+        self, event: Event, handler: str, position: int = 0, buffer: list[tuple[Event, bool]] | None = None
+    ) -> None:
+        self.event = event
+        self.handler = handler
+        self.position = position
+        # Follow-ups are buffered here and committed only if the handler succeeds.
+        self.buffer = buffer
 
 
 class EnvelopeBuilder:
@@ -75,6 +78,8 @@ class EnvelopeBuilder:
         # Per event type, what build() would otherwise look up on every event (see _known).
         self._types: dict[str, _TypeInfo] = {}
         self._types_of: SchemaRegistry | None = None  # the registry _types was filled from
+        # The first event is sealed without orjson unless the process has loaded it (see _use_orjson).
+        self._first = True
 
     # -- cause context (used by the daemon) ---------------------------------
     def _cause(self) -> _Cause | None:
@@ -123,7 +128,7 @@ class EnvelopeBuilder:
         if type(payload) is not dict and not isinstance(payload, Mapping):  # exact dict first: ABC checks cost
             raise InvalidData(f"$.payload: expected a JSON object, got {type(payload).__name__}", where=where)
         payload = dict(payload)
-        payload_json = plain_json(payload)
+        payload_json = plain_json(payload) if _oj is not None or self._use_orjson() else None
         if payload_json is None:
             check_depth(payload, where, "$.payload")  # the walk finds (and words) any problem
         if known is not None and schema_version is None and _surely_valid(known, payload, self.config.validation):
@@ -187,20 +192,21 @@ class EnvelopeBuilder:
         False, having changed nothing, when the rest of the envelope needs the
         careful path (a NaN, a value JSON cannot hold).
         """
+        orjson = _oj  # loaded: payload_json came from plain_json
         d = ev.to_dict(with_checksum=False)
         payload = d["payload"]
         try:
             d["payload"] = orjson.Fragment(payload_json)
             canon = orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
             if len(payload_json) > _SCAN_ALL:  # look for null in the head alone (the payload has none)
-                d["payload"] = _EMPTY
+                d["payload"] = orjson.Fragment(b"{}")
                 canon_head = orjson.dumps(d)
                 d["payload"] = orjson.Fragment(payload_json)
             else:
                 canon_head = canon
             if _NULL.search(canon_head) is not None:  # a NaN or Infinity outside the payload: the careful path
                 return False
-            checksum = d["checksum"] = CHECKSUM_PREFIX + sha256(canon).hexdigest()
+            checksum = d["checksum"] = CHECKSUM_PREFIX + _sha256(canon).hexdigest()
             # The same canonical bytes with the checksum member added: the payload is a Fragment, copied as is.
             line = orjson.dumps(d, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
         except TypeError:
@@ -209,6 +215,22 @@ class EnvelopeBuilder:
         self.registry.check_envelope(d, where, checksum_verified=True)
         ev.checksum = checksum
         ev.sealed = (checksum, line)
+        return True
+
+    def _use_orjson(self) -> bool:
+        """False for this builder's first event in a process that has not loaded orjson, else True.
+
+        ``import orjson`` (which imports dataclasses, inspect, ast, uuid, platform...)
+        costs a one-event ``poetctl emit`` a quarter of its run, so its one
+        event is sealed on the careful path (:func:`compute_checksum`,
+        :meth:`Event.line`), whose JSON comes from :mod:`poetctl.stdjson`:
+        orjson's exact bytes. From the second event on (a batch, the library,
+        the daemon's follow-ups), orjson seals, as before.
+        """
+        if self._first and "orjson" not in sys.modules:
+            self._first = False
+            return False
+        _orjson()
         return True
 
     def _follow_up_depth(self, cause: _Cause, event_type: object, where: str | None) -> int:
@@ -327,14 +349,16 @@ class EnvelopeBuilder:
         return self.ingest(item, where)
 
 
-@dataclass(slots=True, frozen=True)
 class _TypeInfo:
-    newest: int  # the newest schema version
-    is_valid: Callable[[Any], bool]  # the fast validator of that version (jsonschema-rs)
-    topic: str | None  # the topic of every event of the type, None when it depends on the payload
-    template: str | None  # the template argument _topic gives topic_for (the schema's x-poet-topic)
-    # function_name -> topic for a {fn} template: topic_for's answer depends on nothing else. Bounded.
-    fn_topics: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("fn_topics", "is_valid", "newest", "template", "topic")
+
+    def __init__(self, newest: int, is_valid: Callable[[Any], bool], topic: str | None, template: str | None) -> None:
+        self.newest = newest  # the newest schema version
+        self.is_valid = is_valid  # the fast validator of that version (jsonschema-rs)
+        self.topic = topic  # the topic of every event of the type, None when it depends on the payload
+        self.template = template  # the template argument _topic gives topic_for (the schema's x-poet-topic)
+        # function_name -> topic for a {fn} template: topic_for's answer depends on nothing else. Bounded.
+        self.fn_topics: dict[str, str] = {}
 
     def topic_of(self, event_type: str, payload: dict[str, Any]) -> str:
         """What ``_topic(event_type, payload)`` returns, without a lookup per event."""
@@ -364,7 +388,25 @@ def _surely_valid(known: _TypeInfo, payload: dict[str, Any], validation: bool) -
         return False
 
 
-_EMPTY = orjson.Fragment(b"{}")
+# orjson once some part of this process has needed it (_orjson); None until then: a one-event
+# command seals without it (EnvelopeBuilder._use_orjson).
+_oj: Any = None
+
+
+def _orjson() -> Any:
+    global _oj, _sha256
+    from hashlib import sha256  # with orjson: _seal hashes many events (OpenSSL's is the faster)
+
+    import orjson
+
+    _sha256 = sha256
+    _oj = orjson
+    return orjson
+
+
+_sha256: Any = None  # hashlib.sha256 once _orjson() has run (only _seal, which needs orjson, uses it)
+
+
 _SCAN_ALL = 2048  # payload bytes up to which scanning the whole canonical envelope beats serialising its head
 
 
@@ -377,8 +419,9 @@ def plain_json(value: dict[str, Any]) -> bytes | None:
     with at most MAX_DEPTH containers in all (counting braces in strings too)
     need no walk over a large payload's every value.
     """
+    orjson = _oj or _orjson()
     try:
-        data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        data: bytes = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError:
         return None
     if _has_null(data) or _openers(data) > MAX_DEPTH:

@@ -10,6 +10,7 @@ by ``tail --output jsonl`` and fed back to ``emit --batch`` verifies unchanged.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -24,15 +25,40 @@ if TYPE_CHECKING:
 
 
 def _first_sha256(data: bytes) -> _Hash:
-    """hashlib's sha256, imported on first use: loading OpenSSL's libcrypto costs a short reader's start-up."""
-    global _sha256
+    """SHA-256 of ``data``: the standard library's own for a process's first few, then hashlib's.
+
+    ``import hashlib`` loads OpenSSL's libcrypto (~11M instructions, more than a
+    one-event ``emit`` or ``tail -n 10`` spends hashing); hashlib's SHA-256
+    is the faster one on many or large events (the daemon, batches), so it
+    takes over after :data:`_PLAIN_HASHES` calls. Both give the same digest.
+    """
+    global _sha256, _plain_left
+    if _plain_left > 0:
+        _plain_left -= 1
+        plain = _plain_sha256()
+        if plain is not None:
+            return plain(data)
     from hashlib import sha256
 
     _sha256 = sha256
     return sha256(data)
 
 
-# hashlib.sha256 after the first call (no per-call import on the emit and daemon paths).
+def _plain_sha256() -> Callable[[bytes], _Hash] | None:
+    import importlib
+
+    for name in ("_sha256", "_sha2"):  # Python 3.11, 3.12+
+        try:
+            fn: Callable[[bytes], _Hash] = importlib.import_module(name).sha256
+            return fn
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+_PLAIN_HASHES = 16
+_plain_left = _PLAIN_HASHES
+# hashlib.sha256 after the first few calls (no per-call import on the emit and daemon paths).
 _sha256: Callable[[bytes], _Hash] = _first_sha256
 
 SCHEMA_VERSION = "1.0"
@@ -191,9 +217,9 @@ class Event:
 
     def to_json(self) -> bytes:
         """Compact JSON of the whole envelope, checksum included (one line, no newline)."""
-        import orjson  # here, not at the top: the read-only commands start without it (poetctl.stdjson)
+        from .stdjson import dumps  # orjson's bytes; without importing it where a command has not (see there)
 
-        return orjson.dumps(self.to_dict())
+        return dumps(self.to_dict())
 
     def line(self) -> bytes:
         """What a spool file holds: the canonical envelope (sorted keys, ``checksum`` included) and a newline.
@@ -206,10 +232,17 @@ class Event:
         sealed = self.sealed
         if sealed is not None and sealed[0] == self.checksum:
             return sealed[1]
+        # Canonical, as the builder stores it: sorted keys, the checksum member in its sorted place.
+        d = self.to_dict()
+        if "orjson" not in sys.modules:  # a one-event command: orjson's bytes without importing it
+            from .stdjson import lean_dumps
+
+            data = lean_dumps(d, sort_keys=True)
+            if data is not None:
+                return data + b"\n"
         import orjson
 
-        # Canonical, as the builder stores it: sorted keys, the checksum member in its sorted place.
-        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
+        return orjson.dumps(d, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
@@ -241,7 +274,13 @@ def canonical(obj: Any) -> bytes:
     levels, a type orjson does not know. Callers that may hold NaN or Infinity (which
     orjson writes as null) check with :func:`check_depth` first; :func:`compute_checksum` does.
     """
-    import orjson  # imported already wherever this runs per event (the daemon, emit): a dict lookup
+    if "orjson" not in sys.modules:  # a one-event command (see EnvelopeBuilder._use_orjson)
+        from .stdjson import lean_dumps
+
+        data = lean_dumps(obj, sort_keys=True)  # orjson's exact bytes, or None: orjson decides
+        if data is not None:
+            return data
+    import orjson  # imported already wherever this runs per event (the daemon, a batch): a dict lookup
 
     try:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
@@ -380,6 +419,18 @@ def parse_json(data: bytes, where: str | None = None, max_bytes: int | None = No
             f"input is {len(data)} bytes; the limit is {max_bytes} bytes (max_event_bytes)",
             where=where,
         )
+    if "orjson" not in sys.modules:  # a one-event command: orjson's value and bytes without importing it
+        from .stdjson import lean_loads
+
+        lean = lean_loads(data)
+        if lean is not None:
+            obj, again = lean
+            check_depth(obj, where)
+            if not surely_exact(data, again):
+                problem = find_inexact(data)
+                if problem is not None:
+                    raise InvalidData(problem, where=where)
+            return obj
     import orjson
 
     try:

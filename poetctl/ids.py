@@ -67,7 +67,18 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _first_getrandbits(k: int) -> int:
-    """random.getrandbits, imported on the first id: the read-only commands never make one."""
+    """The first id's bits from os.urandom; random.getrandbits (imported now) for the next ones.
+
+    A one-event ``emit`` makes one id, for which ``import random`` (~7M
+    instructions) costs more than one getrandom syscall; the read-only
+    commands make none.
+    """
+    global _getrandbits
+    _getrandbits = _next_getrandbits
+    return int.from_bytes(os.urandom((k + 7) // 8)) >> (-k % 8)
+
+
+def _next_getrandbits(k: int) -> int:
     global _getrandbits
     import random
 

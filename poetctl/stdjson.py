@@ -43,6 +43,7 @@ _MAY_DIFFER = re.compile(r"[0-9](?:e[+-][0-9]+|[0-9]{18,})(?=[,\]}\s]|$)")
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _SORTED = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True)
 _INDENTED = json.JSONEncoder(ensure_ascii=False, indent=2, allow_nan=False)
+_INDENTED_SORTED = json.JSONEncoder(ensure_ascii=False, indent=2, allow_nan=False, sort_keys=True)
 
 
 def orjson_loaded() -> bool:
@@ -72,40 +73,56 @@ def canonical(doc: dict[str, Any]) -> bytes | None:
         return None
 
 
-def dumps(obj: Any, *, indent: bool = False) -> bytes:
-    """``orjson.dumps(obj)`` (``OPT_INDENT_2`` with ``indent``), same bytes, same errors."""
-    if not orjson_loaded() and _str_keys(obj):
-        try:
-            text = (_INDENTED if indent else _COMPACT).encode(obj)
-        except (TypeError, ValueError, RecursionError):
-            text = None  # a type or value json refuses: orjson decides (and words any error)
-        data = encode(text) if text is not None else None
-        if data is not None:
-            return data
+def dumps(obj: Any, *, indent: bool = False, sort_keys: bool = False) -> bytes:
+    """``orjson.dumps(obj)`` (with ``OPT_INDENT_2``, ``OPT_SORT_KEYS`` as asked): same bytes, same errors."""
+    data = lean_dumps(obj, indent=indent, sort_keys=sort_keys)
+    if data is not None:
+        return data
     import orjson
 
-    return orjson.dumps(obj, option=orjson.OPT_INDENT_2) if indent else orjson.dumps(obj)
+    option = (orjson.OPT_INDENT_2 if indent else 0) | (orjson.OPT_SORT_KEYS if sort_keys else 0)
+    return orjson.dumps(obj, option=option) if option else orjson.dumps(obj)
+
+
+def lean_dumps(obj: Any, *, indent: bool = False, sort_keys: bool = False) -> bytes | None:
+    """What :func:`dumps` returns, made without orjson; None where orjson must decide or is loaded."""
+    if orjson_loaded() or not _str_keys(obj):
+        return None
+    encoder = _INDENTED_SORTED if indent and sort_keys else _INDENTED if indent else _SORTED if sort_keys else _COMPACT
+    try:
+        text = encoder.encode(obj)
+    except (TypeError, ValueError, RecursionError):
+        return None  # a type or value json refuses: orjson decides (and words any error)
+    return encode(text)
 
 
 def loads(data: bytes) -> Any:
-    """``orjson.loads(data)``: the same value, or orjson's own error.
+    """``orjson.loads(data)``: the same value, or orjson's own error."""
+    lean = lean_loads(data)
+    if lean is not None:
+        return lean[0]
+    import orjson
+
+    return orjson.loads(data)
+
+
+def lean_loads(data: bytes) -> tuple[Any, bytes] | None:
+    """``(orjson.loads(data), orjson.dumps(that))`` made without orjson; None where orjson must decide.
 
     The standard parser's value is kept only when it writes back as orjson
     would (:func:`encode`): then no number, string or key was read differently
     (orjson reads over-wide integers as floats and refuses NaN, Infinity, lone
-    surrogates, a byte-order mark and other encodings than UTF-8).
+    surrogates, a byte-order mark and other encodings than UTF-8). None too
+    once orjson is loaded (it is faster).
     """
-    if not orjson_loaded():
-        try:
-            doc = json.loads(data.decode())
-            text: str | None = _COMPACT.encode(doc)
-        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            text = None
-        if text is not None and encode(text) is not None:
-            return doc
-    import orjson
-
-    return orjson.loads(data)
+    if orjson_loaded():
+        return None
+    try:
+        doc = json.loads(data.decode())
+        again = encode(_COMPACT.encode(doc))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return None if again is None else (doc, again)
 
 
 def _str_keys(obj: Any) -> bool:

@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import UsageError
 from .event import Event
 from .topics import check_subscription
+from .valueclass import ValueClass
 
 Handler = Callable[[Event], Any]
 
 
-@dataclass(slots=True)
-class Subscription:
+class Subscription(ValueClass):
     """A handler registered for a type or a glob of types (``drift.*``).
 
     ``timeout``: seconds the handler may run before the daemon fails it with
     :class:`~poetctl.daemon.outcomes.HandlerTimeout` (None: no limit).
     """
 
-    pattern: str
-    fn: Handler
-    name: str
-    timeout: float | None = None
+    # Written out, not a dataclass (same constructor, repr and equality): see poetctl.valueclass.
+    __slots__ = _fields = ("pattern", "fn", "name", "timeout")
+
+    def __init__(self, pattern: str, fn: Handler, name: str, timeout: float | None = None) -> None:
+        self.pattern = pattern
+        self.fn = fn
+        self.name = name
+        self.timeout = timeout
 
 
 class SubscriptionRegistry:

@@ -33,7 +33,6 @@ noted per method ("NATS:").
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import InvalidData
@@ -44,6 +43,7 @@ from .event import Event
 from .selection import EVENT_STATES as EVENT_STATES
 from .selection import Query as Query
 from .selection import State as State
+from .valueclass import FrozenError, ValueClass
 
 
 class Quarantined(InvalidData):
@@ -66,15 +66,19 @@ def quarantine_line(info: dict[str, Any] | None) -> str:
 # -- what a handler run leaves behind -----------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Attempt:
+class Attempt(ValueClass):
     """One failed attempt of one handler (the on-disk shape of the spool's journal and ``.error``)."""
 
-    handler: str
-    attempt: int
-    at: float
-    error: str
-    traceback: str = ""
+    # The classes of this contract are written out, not dataclasses (same constructor, repr and
+    # equality): ``poetctl emit`` imports this module and dataclasses costs it more than its work.
+    __slots__ = _fields = ("handler", "attempt", "at", "error", "traceback")
+
+    def __init__(self, handler: str, attempt: int, at: float, error: str, traceback: str = "") -> None:
+        self.handler = handler
+        self.attempt = attempt
+        self.at = at
+        self.error = error
+        self.traceback = traceback
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,8 +94,7 @@ class Attempt:
         return cls(str(d["handler"]), int(d["attempt"]), float(d["at"]), str(d["error"]), str(d.get("traceback", "")))
 
 
-@dataclass(slots=True)
-class Record:
+class Record(ValueClass):
     """What is known about an event's handling so far; it travels with the event.
 
     ``deliveries`` counts the deliveries that began (:meth:`Consumer.begin`).
@@ -100,10 +103,19 @@ class Record:
     (:meth:`died`) and count as attempts.
     """
 
-    done: set[str] = field(default_factory=set)
-    failures: list[Attempt] = field(default_factory=list)
-    not_before: float = 0.0
-    deliveries: int = 0
+    __slots__ = _fields = ("done", "failures", "not_before", "deliveries")
+
+    def __init__(
+        self,
+        done: set[str] | None = None,
+        failures: list[Attempt] | None = None,
+        not_before: float = 0.0,
+        deliveries: int = 0,
+    ) -> None:
+        self.done: set[str] = set() if done is None else done
+        self.failures: list[Attempt] = [] if failures is None else failures
+        self.not_before = not_before
+        self.deliveries = deliveries
 
     @property
     def attempts(self) -> int:
@@ -171,8 +183,7 @@ def dead_letter_info(
 # -- what crosses the seam ------------------------------------------------------------------------
 
 
-@dataclass(slots=True, frozen=True)
-class Outgoing:
+class Outgoing(ValueClass):
     """One event to publish: the sealed event, its stored bytes, and whether its id was chosen.
 
     ``keyed`` ids (idempotency keys, derived ids of follow-ups) are checked for
@@ -180,48 +191,80 @@ class Outgoing:
     uniqueness, which a backend may trust without a lookup.
     """
 
+    __slots__ = _fields = ("event", "data", "keyed")
     event: Event
     data: bytes
     keyed: bool
 
+    def __init__(self, event: Event, data: bytes, keyed: bool) -> None:
+        # Frozen, as the dataclass was: fields are set once, here, past __setattr__.
+        object.__setattr__(self, "event", event)
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "keyed", keyed)
 
-@dataclass(slots=True, eq=False)
-class Delivery:
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenError(f"cannot delete field {name!r}")
+
+    def __hash__(self) -> int:  # type: ignore[override]  # frozen: hashable over its fields, as the dataclass
+        return hash(self._values())
+
+
+class Delivery(ValueClass):
     """A leased event: what a worker needs, plus the backend's own handle.
 
     ``record`` is owned by the consumer: :meth:`Consumer.begin`, :meth:`Consumer.done`
     and :meth:`Consumer.fail` update it (and make it durable); nobody else writes it.
     """
 
-    event: Event
-    key: str
-    record: Record
-    handle: Any = None  # backend-private: a path and bucket (fs), a message (NATS), an entry (memory)
+    __slots__ = _fields = ("event", "key", "record", "handle")
+    # Compared and hashed by identity (the dataclass had eq=False): a lease is one object.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__  # type: ignore[assignment]
+
+    def __init__(self, event: Event, key: str, record: Record, handle: Any = None) -> None:
+        self.event = event
+        self.key = key
+        self.record = record
+        self.handle = handle  # backend-private: a path and bucket (fs), a message (NATS), an entry (memory)
 
     @property
     def id(self) -> str:
         return self.event.id
 
 
-@dataclass(slots=True)
-class Fetched:
+class Fetched(ValueClass):
     """One :meth:`Consumer.fetch`: the new leases, and what the loop needs to pace itself."""
 
-    deliveries: list[Delivery] = field(default_factory=list)
-    quarantined: int = 0  # unreadable input moved to quarantine on the way
-    deferred: int = 0  # due later (retry time) or held by another consumer: fetch again later
-    more: bool = False  # stopped at ``limit`` with more due work: fetch again without waiting
-    recovered: int = 0  # dead consumers' events put back to pending during this fetch (rescan, takeover)
+    __slots__ = _fields = ("deliveries", "quarantined", "deferred", "more", "recovered")
+
+    def __init__(
+        self,
+        deliveries: list[Delivery] | None = None,
+        quarantined: int = 0,
+        deferred: int = 0,
+        more: bool = False,
+        recovered: int = 0,
+    ) -> None:
+        self.deliveries: list[Delivery] = [] if deliveries is None else deliveries
+        self.quarantined = quarantined  # unreadable input moved to quarantine on the way
+        self.deferred = deferred  # due later (retry time) or held by another consumer: fetch again later
+        self.more = more  # stopped at ``limit`` with more due work: fetch again without waiting
+        self.recovered = recovered  # dead consumers' events put back to pending during this fetch (rescan, takeover)
 
 
-@dataclass(slots=True)
-class Stored:
+class Stored(ValueClass):
     """A query result: an event (None for quarantined input that is no event) and where it is."""
 
-    id: str
-    state: State
-    event: Event | None
-    info: dict[str, Any] | None = None  # dead letter description, or the quarantine reason
+    __slots__ = _fields = ("id", "state", "event", "info")
+
+    def __init__(self, id: str, state: State, event: Event | None, info: dict[str, Any] | None = None) -> None:
+        self.id = id
+        self.state = state
+        self.event = event
+        self.info = info  # dead letter description, or the quarantine reason
 
 
 # -- the contract -------------------------------------------------------------------------------

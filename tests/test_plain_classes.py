@@ -100,3 +100,129 @@ def test_other_classes_keep_their_defaults_and_equality() -> None:
 def test_copies_and_pickles_are_equal(obj: Any) -> None:
     """copy, deepcopy and pickle give equal objects (frozen Limits included), as with the dataclasses."""
     assert copy.copy(obj) == obj and copy.deepcopy(obj) == obj and pickle.loads(pickle.dumps(obj)) == obj
+
+
+# -- the transport contract's classes and Subscription (on the path of a one-event `poetctl emit`) ----------
+
+
+def _handler(event: Event) -> None:
+    """A module-level handler (picklable)."""
+
+
+@dataclasses.dataclass(slots=True)
+class RefAttempt:
+    handler: str
+    attempt: int
+    at: float
+    error: str
+    traceback: str = ""
+
+
+@dataclasses.dataclass(slots=True)
+class RefRecord:
+    done: set[str] = dataclasses.field(default_factory=set)
+    failures: list[Any] = dataclasses.field(default_factory=list)
+    not_before: float = 0.0
+    deliveries: int = 0
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class RefOutgoing:
+    event: Any
+    data: bytes
+    keyed: bool
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class RefDelivery:
+    event: Any
+    key: str
+    record: Any
+    handle: Any = None
+
+
+@dataclasses.dataclass(slots=True)
+class RefFetched:
+    deliveries: list[Any] = dataclasses.field(default_factory=list)
+    quarantined: int = 0
+    deferred: int = 0
+    more: bool = False
+    recovered: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class RefStored:
+    id: str
+    state: str
+    event: Any
+    info: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class RefSubscription:
+    pattern: str
+    fn: Any
+    name: str
+    timeout: float | None = None
+
+
+def _contract_cases() -> list[tuple[Any, Any, Any]]:
+    """(written-out instance, dataclass instance, a differing written-out instance) per class."""
+    from poetctl.subscriptions import Subscription
+    from poetctl.transport import Attempt, Delivery, Fetched, Outgoing, Record, Stored
+
+    ev = Event(*ARGS, checksum="c")
+    att = Attempt("h", 1, 2.5, "boom")
+    rec = Record({"h"}, [att], 3.0, 2)
+    return [
+        (att, RefAttempt("h", 1, 2.5, "boom"), Attempt("h", 1, 2.5, "boom", "tb")),
+        (Record(), RefRecord(), Record(deliveries=1)),
+        (rec, RefRecord({"h"}, [att], 3.0, 2), Record({"h"}, [att], 3.0, 3)),
+        (Outgoing(ev, b"x", True), RefOutgoing(ev, b"x", True), Outgoing(ev, b"x", False)),
+        (Delivery(ev, "k", rec), RefDelivery(ev, "k", rec), Delivery(ev, "k", rec)),
+        (Fetched(), RefFetched(), Fetched(more=True)),
+        (Stored("i", "dead", ev, {"r": 1}), RefStored("i", "dead", ev, {"r": 1}), Stored("i", "dead", None)),
+        (Subscription("a.*", _handler, "n"), RefSubscription("a.*", _handler, "n"), Subscription("a.*", _handler, "m")),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_contract_classes_match_their_dataclasses(case: int) -> None:
+    """Transport contract classes and Subscription: repr, defaults, equality and hashability as the dataclasses had."""
+    obj, ref, other = _contract_cases()[case]
+    assert repr(obj).split("(", 1)[1] == repr(ref).split("(", 1)[1]
+    assert type(obj).__name__ == type(ref).__name__.removeprefix("Ref")
+    # Equality by fields (identity for Delivery, eq=False), never equal to another class.
+    ref_values = [getattr(ref, f.name) for f in dataclasses.fields(ref)]
+    assert obj._values() == tuple(ref_values)
+    assert (obj == type(obj)(*obj._values())) == (ref == type(ref)(*ref_values))
+    assert obj != other and obj.__eq__(ref) is NotImplemented
+    try:
+        ref_hash: int | None = hash(ref)
+    except TypeError:
+        ref_hash = None
+    if ref_hash is None:
+        with pytest.raises(TypeError):
+            hash(obj)
+    else:
+        assert (hash(obj) == hash(type(obj)(*obj._values()))) == (hash(ref) == hash(type(ref)(*ref_values)))
+    with pytest.raises(AttributeError):
+        obj.not_a_field = 1
+    if not isinstance(ref, RefDelivery):  # a lease compares by identity: a copy is another lease
+        assert copy.copy(obj) == obj and copy.deepcopy(obj) == obj and pickle.loads(pickle.dumps(obj)) == obj
+
+
+def test_contract_defaults_are_new_objects_and_outgoing_is_frozen() -> None:
+    """Record/Fetched get a new set/list each; Outgoing refuses assignment, as a frozen dataclass."""
+    from poetctl.transport import Fetched, Outgoing, Record
+
+    a, b = Record(), Record()
+    a.done.add("h")
+    a.failures.append(None)  # type: ignore[arg-type]
+    assert b.done == set() and b.failures == [] and Fetched().deliveries is not Fetched().deliveries
+    out = Outgoing(Event(*ARGS), b"x", True)
+    with pytest.raises(AttributeError):
+        out.keyed = False  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del out.data  # type: ignore[misc]
+    assert out.keyed is True and out.data == b"x"

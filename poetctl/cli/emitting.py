@@ -11,7 +11,6 @@ line holding at most the limit + one read chunk, so an endless line
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Iterator
 from typing import IO, Any
@@ -137,6 +136,8 @@ def id_from_field(event_type: object, payload: object, field: str, where: str) -
             f"$.payload.{field}: --id-from needs a non-empty string or an integer there, got {value!r}",
             where=where,
         )
+    import hashlib
+
     digest = hashlib.sha256(field.encode() + b"\0" + canonical(value)).hexdigest()[:32]
     key = f"{event_type}:{digest}"
     return key if isinstance(event_type, str) and len(key) <= 128 else digest
@@ -344,6 +345,10 @@ def _emit_batch(
     priority: str | None = None,
     wait: float = 1.0,
 ) -> None:
+    # A batch parses and seals with orjson from its first line (poetctl.event and poetctl.envelope use
+    # it once it is loaded); only a one-event emit starts without it (EnvelopeBuilder._use_orjson).
+    import orjson  # noqa: F401
+
     fh, name = open_input(batch)
     try:
         lines = iter_lines(fh, router.config.max_event_bytes, name)

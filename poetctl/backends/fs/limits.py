@@ -23,7 +23,6 @@ changes under its flock):
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import mmap
 import os
 import struct
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...limits import Backpressure, Limits, full_message
 from .layout import SpoolLayout
-from .runfile import locked, open_run_file
+from .runfile import blake2b, locked, open_run_file
 
 if TYPE_CHECKING:
     from ...transport import Outgoing
@@ -213,7 +212,7 @@ class SpoolLimits:
 
     @staticmethod
     def _slot(m: mmap.mmap, pattern: str) -> int:
-        h = hashlib.blake2b(pattern.encode(), digest_size=8).digest()
+        h = blake2b(pattern.encode(), digest_size=8).digest()
         first_free = -1
         for i in range(_RATES):
             off = _RATES_AT + i * _RATE.size
@@ -268,7 +267,7 @@ class View:
         now = time.time()
         out = []
         for pattern, rate in limits.rates:
-            h = hashlib.blake2b(pattern.encode(), digest_size=8).digest()
+            h = blake2b(pattern.encode(), digest_size=8).digest()
             for i in range(_RATES):
                 off = _RATES_AT + i * _RATE.size
                 if self.data[off : off + 8] == h:

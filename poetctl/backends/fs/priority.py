@@ -44,7 +44,6 @@ Low events are found as the claim walk reads them: the walk sets them aside
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import mmap
 import os
 import re
@@ -54,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...priority import HIGH
 from .layout import FILE_MODE, SpoolLayout
-from .runfile import locked, open_run_file
+from .runfile import blake2b, locked, open_run_file
 
 if TYPE_CHECKING:
     from ...transport import Outgoing
@@ -91,7 +90,7 @@ def _unpack(b: bytes) -> str:
 
 def key_hash(key: str) -> bytes:
     """8 bytes identifying a partition key across processes (never 0: 0 marks an empty slot)."""
-    h = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    h = blake2b(key.encode(), digest_size=8).digest()
     return h if h != _EMPTY else b"\1" + h[1:]
 
 

@@ -17,6 +17,13 @@ from pathlib import Path
 
 from .layout import FILE_MODE
 
+try:
+    # hashlib.blake2b itself (the slots of the run files are keyed by it), without ``import hashlib``,
+    # which loads OpenSSL: ~11M instructions of a one-event emit's start-up.
+    from _blake2 import blake2b as blake2b
+except ImportError:  # a build without it: hashlib's
+    from hashlib import blake2b as blake2b
+
 
 def open_run_file(path: Path) -> tuple[int, bool]:
     """Open ``path`` (in ``run/``, made if missing) read-write without following links; ``(fd, created)``."""

@@ -20,7 +20,6 @@ files, and a process killed meanwhile leaves them in ``events/tmp``, never in
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -104,7 +103,7 @@ class TmpStream:
             raise SpoolIOError(f"cannot write into {self.layout.tmp}: {exc.strerror or exc}") from None
         if self._thread is None:
             self._fds.append(fd)
-            if writer._syncfs is not None and len(self._fds) >= writer.SYNCFS_THRESHOLD:
+            if len(self._fds) >= writer.SYNCFS_THRESHOLD and writer.syncfs_fn() is not None:
                 # Enough files for syncfs: close them all (one flush covers them) and sync in the background.
                 for f in self._fds:
                     os.close(f)
@@ -122,7 +121,7 @@ class TmpStream:
         self._kick.set()
 
     def _sync_loop(self) -> None:
-        syncfs = writer._syncfs
+        syncfs = writer.syncfs_fn()
         assert syncfs is not None
         while True:
             self._kick.wait()
@@ -130,7 +129,7 @@ class TmpStream:
             last = self._stop  # read before _written: a stop seen here means every file was written
             written = self._written
             if syncfs(self.m.tfd) != 0:
-                self._error = ctypes.get_errno()
+                self._error = writer._errno()
                 return
             self._synced = written
             if last:

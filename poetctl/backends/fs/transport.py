@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
+from ...stdjson import loads
 from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored, quarantine_line
 from .corrupt_names import REASON_SUFFIX, quarantined, visible
 from .layout import SpoolLayout
@@ -315,8 +314,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
             data = os.read(fd, 1 << 20)
         finally:
             os.close(fd)
-        value = orjson.loads(data)
-    except (OSError, orjson.JSONDecodeError):
+        value = loads(data)  # orjson's value; without importing it in a short command (poetctl.stdjson)
+    except (OSError, ValueError):  # orjson.JSONDecodeError is a ValueError
         return None
     return value if isinstance(value, dict) else None
 

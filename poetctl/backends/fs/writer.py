@@ -11,13 +11,13 @@ share the publish and its directory fsync (:class:`GroupCommitter`).
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 from ...errors import SpoolIOError
 from .layout import FILE_MODE, SUFFIX, SpoolLayout, fsync_dir
@@ -26,6 +26,8 @@ O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
+    import ctypes  # here: a one-event emit (a group of one) never needs it, and importing it costs ~9M instructions
+
     try:
         # CDLL(None): the symbols already linked into the interpreter (libc), no ctypes.util search.
         fn = ctypes.CDLL(None, use_errno=True).syncfs
@@ -36,7 +38,24 @@ def _load_syncfs() -> Callable[[int], int] | None:
     return fn
 
 
-_syncfs = _load_syncfs()
+_UNLOADED: Any = object()
+_syncfs: Any = _UNLOADED  # libc's syncfs, None where missing; loaded by syncfs_fn() on first need
+
+
+def syncfs_fn() -> Callable[[int], int] | None:
+    """libc's ``syncfs`` (None where missing), loaded with ctypes the first time a large group needs it."""
+    global _syncfs
+    if _syncfs is _UNLOADED:
+        _syncfs = _load_syncfs()
+    fn: Callable[[int], int] | None = _syncfs
+    return fn
+
+
+def _errno() -> int:
+    import ctypes  # loaded already: only called after a syncfs call
+
+    return ctypes.get_errno()
+
 
 # Below this many files per-file fsync is cheaper than flushing the filesystem.
 SYNCFS_THRESHOLD = 8
@@ -49,11 +68,12 @@ def group_sync(dir_for_fs: Path, fds: Sequence[int]) -> None:
     one fsync per file; with few, or where syncfs is missing, each file is
     fsync'ed. Raises :class:`SpoolIOError` on failure.
     """
-    if _syncfs is not None and len(fds) >= SYNCFS_THRESHOLD:
+    syncfs = syncfs_fn() if len(fds) >= SYNCFS_THRESHOLD else None
+    if syncfs is not None:
         dfd = os.open(dir_for_fs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if _syncfs(dfd) != 0:
-                err = ctypes.get_errno()
+            if syncfs(dfd) != 0:
+                err = _errno()
                 raise SpoolIOError(f"syncfs of {dir_for_fs} failed: {os.strerror(err)}")
         finally:
             os.close(dfd)
@@ -318,7 +338,8 @@ def _write_member(layout: SpoolLayout, items: Sequence[tuple[str, bytes, bool]])
     m.tfd = _open_dir(layout.tmp)
     # With syncfs the files can be closed at once (one flush covers them all, and a
     # large batch never runs into the open-files limit); otherwise fsync each.
-    use_syncfs = _syncfs is not None and len(items) >= SYNCFS_THRESHOLD
+    syncfs = syncfs_fn() if len(items) >= SYNCFS_THRESHOLD else None
+    use_syncfs = syncfs is not None
     prefix = f".{os.getpid()}.{os.urandom(6).hex()}."
     fds: list[int] = []
     try:
@@ -335,10 +356,9 @@ def _write_member(layout: SpoolLayout, items: Sequence[tuple[str, bytes, bool]])
                     os.close(fd)
                 else:
                     fds.append(fd)
-        if use_syncfs:
-            assert _syncfs is not None
-            if _syncfs(m.tfd) != 0:
-                err = ctypes.get_errno()
+        if syncfs is not None:
+            if syncfs(m.tfd) != 0:
+                err = _errno()
                 raise OSError(err, f"syncfs: {os.strerror(err)}")
         else:
             for fd in fds:
