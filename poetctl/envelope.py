@@ -16,7 +16,6 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from .config import DEFAULT_MAX_CAUSATION_DEPTH, Config
 from .errors import InvalidData, Permanent
@@ -36,7 +35,11 @@ from .ids import derived_id, uuid7
 from .schemas import MAX_CAUSATION_DEPTH, SchemaRegistry
 from .topics import ROUTES, default_template, topic_for
 
-EmitItem = tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Event
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
+if TYPE_CHECKING:
+    from typing import Any
+
+    EmitItem = tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Event
 
 
 class CausationDepthExceeded(InvalidData, Permanent):

@@ -21,10 +21,9 @@ with that consumer's subscriptions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .errors import UsageError
 
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
 if TYPE_CHECKING:
     from .consuming import Consuming
     from .event import Event

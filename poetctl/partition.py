@@ -12,9 +12,12 @@ the generic loop both use it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from .event import Event
+
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_PARTITION_KEY = ("payload.function_name", "correlation_id", "type")
 

@@ -16,7 +16,10 @@ lane unless its key has nothing unfinished, see backends/fs/priority.py).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 PRIORITIES = ("high", "normal", "low")
 HIGH, NORMAL, LOW = PRIORITIES

@@ -18,7 +18,11 @@ from collections.abc import Callable, Iterable, Sequence
 from .config import Config
 from .errors import InvalidData
 from .event import Event
-from .transport import Outgoing, Transport
+from .transport import Outgoing
+
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
+if TYPE_CHECKING:
+    from .transport import Transport
 
 
 class Publisher:

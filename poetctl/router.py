@@ -32,22 +32,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
 
 from .config import Config, load_config
-from .envelope import CausationDepthExceeded, EmitItem, EnvelopeBuilder, check_duplicates, same_content
+from .envelope import CausationDepthExceeded, EnvelopeBuilder, check_duplicates, same_content
 from .event import Event
 from .inprocess import InProcess, check_dispatch, check_inline_backend
 from .limits import DEFAULT_WAIT
 from .publish import Publisher
 from .schemas import SchemaRegistry
 from .subscriptions import Handler, Subscription, SubscriptionRegistry
-from .transport import Quarantined, State, Transport, quarantine_line
+from .transport import Quarantined, State, quarantine_line
 
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
 if TYPE_CHECKING:
+    from typing import Any
+
     from .backends.fs.layout import SpoolLayout
     from .backends.fs.transport import FsTransport
+    from .envelope import EmitItem
     from .storage import Storage
+    from .transport import Transport
     from .upcasting import Upcasters
 
 

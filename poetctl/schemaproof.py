@@ -30,11 +30,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from functools import cache
-from typing import Any
 
 from .event import MAX_DEPTH  # deeper payloads are left to the full check (which words the problem)
 
-Check = Callable[[Any, int], bool]  # (value, depth) -> proven valid
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
+if TYPE_CHECKING:
+    from typing import Any
+
+    Check = Callable[[Any, int], bool]  # (value, depth) -> proven valid
+
 _BIG = 1 << 53  # ints beyond float precision: comparisons might differ, leave them to jsonschema-rs
 _INF = float("inf")
 _DRAFT = "https://json-schema.org/draft/2020-12/schema"

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 from .errors import UsageError
 from .event import Event
 from .topics import check_subscription
 from .valueclass import ValueClass
 
-Handler = Callable[[Event], Any]
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
+if TYPE_CHECKING:
+    from typing import Any
+
+    Handler = Callable[[Event], Any]
+else:
+    Handler = Callable[[Event], object]  # the same alias at run time, without typing
 
 
 class Subscription(ValueClass):

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from typing import IO, Any
 
 from ..errors import InputMissing, InvalidData, PoetError, UsageError
+
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 BATCH_CHUNK = 5000  # events per group commit in a batch; its ids are printed once it is durable
 READ_CHUNK = 1 << 16

@@ -29,13 +29,15 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from ...limits import Backpressure, Limits, full_message
 from .layout import SpoolLayout
 from .runfile import blake2b, locked, open_run_file
 
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ...transport import Outgoing
 
 STATE = "run/limits"

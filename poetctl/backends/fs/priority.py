@@ -49,13 +49,15 @@ import os
 import re
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from ...priority import HIGH
 from .layout import FILE_MODE, SpoolLayout
 from .runfile import blake2b, locked, open_run_file
 
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ...transport import Outgoing
 
 LEDGER = "run/keyledger"

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from ...stdjson import loads
 from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored, quarantine_line
@@ -25,7 +24,10 @@ from .priority import KeyLedger, write_hints
 from .stream import TmpStream
 from .writer import GroupCommitter
 
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ...config import Config
     from .consumer import FsConsumer
 

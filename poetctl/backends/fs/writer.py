@@ -17,10 +17,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 from ...errors import SpoolIOError
 from .layout import FILE_MODE, SUFFIX, SpoolLayout, fsync_dir
+
+TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
