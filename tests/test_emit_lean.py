@@ -219,7 +219,7 @@ print(json.dumps([before, "orjson" in sys.modules, second.sealed is not None]))
 
 SINGLE = """
 import atexit, runpy, sys
-heavy = ("orjson", "dataclasses", "jsonschema_rs", "ctypes", "random", "_hashlib", "hashlib")
+heavy = ("orjson", "dataclasses", "jsonschema_rs", "ctypes", "random", "_hashlib", "hashlib", "typing")
 atexit.register(lambda: print(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
 sys.argv = ["poetctl", *sys.argv[1:]]
 runpy.run_module("poetctl", run_name="__main__", alter_sys=True)
@@ -227,7 +227,7 @@ runpy.run_module("poetctl", run_name="__main__", alter_sys=True)
 
 
 def test_python_m_poetctl_emit_loads_none_of_the_heavy_modules(spool: Path) -> None:
-    """`python -m poetctl emit` of one event: no orjson, dataclasses, jsonschema_rs, ctypes, random or hashlib."""
+    """`python -m poetctl emit` of one event: no orjson, dataclasses, jsonschema_rs, ctypes, random, hashlib or typing."""
     cp = subprocess.run(
         [
             sys.executable,
