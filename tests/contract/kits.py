@@ -100,18 +100,41 @@ def _nats_settings(url: str) -> Any:
     return NatsSettings(servers=(url,), partitions=8, ack_wait=1.0, lease_ttl=2.0, duplicate_window=120.0)
 
 
+# The transports _nats_make made, until the next wipe stops them (see _stop_earlier).
+_LIVE: list[Any] = []
+
+
 def _nats_make(clock: FakeClock, tmp: Path) -> Transport:
     from poetctl.backends.nats.transport import NatsTransport
 
     settings = _nats_settings(_nats_server(tmp).url)
     wipe_nats(settings)
-    return NatsTransport(settings, clock=clock, setup=True, probe_every=0.0)
+    t = NatsTransport(settings, clock=clock, setup=True, probe_every=0.0)
+    _LIVE.append(t)
+    return t
+
+
+def _stop_earlier() -> None:
+    """Stop every transport _nats_make made for an earlier test, and its consumers, before a wipe.
+
+    A consumer's keeper thread announces it (``m.<name>`` in the lease bucket) every second for as long as its
+    connection is open, into whatever bucket exists then: one that outlived its test (a transport or Harness
+    never closed) joins the next test's membership, and that test's consumer gets a fair share of half the
+    partitions, so its fetches see half the stream (the priority cases then failed now and then, more under load).
+    """
+    while _LIVE:
+        t = _LIVE.pop()
+        for c in list(t._consumers):
+            c.crash()  # the keeper stops; nothing more is sent (its leases go with the wipe)
+        t.close()
 
 
 def wipe_nats(settings: Any) -> None:
-    """Delete poetctl's streams and buckets (a fresh backend for the next test)."""
+    """Delete poetctl's streams and buckets (a fresh backend for the next test); first stop what earlier tests
+    left running (:func:`_stop_earlier`)."""
     from poetctl.backends.nats.link import Link
 
+    _stop_earlier()
     link = Link(settings)
 
     async def go() -> None:

@@ -14,7 +14,7 @@ from poetctl.daemon.outcomes import Dead, Done, Failed, HandlerTimeout, Outcome
 from poetctl.daemon.retries import RetryPolicy
 from poetctl.event import Event
 from poetctl.testing import FakeClock, Harness
-from poetctl.transport import Delivery, State
+from poetctl.transport import Delivery, State, Transport
 
 from .kits import Kit, MakeHarness
 
@@ -613,6 +613,14 @@ def test_threaded_workers_keep_per_key_order(backend: Kit, clock: FakeClock, tmp
     """With several worker threads every key's events are still handled one at a time, in order."""
     transport = backend.make(clock, tmp_path)
     h = Harness(clock=clock, transport=transport)
+    try:
+        _threaded_workers_keep_per_key_order(h, transport, clock)
+    finally:
+        h.close()  # its consumer: one left running would join later tests' NATS membership (kits._stop_earlier)
+        transport.close()
+
+
+def _threaded_workers_keep_per_key_order(h: Harness, transport: Transport, clock: FakeClock) -> None:
     seen: dict[str, list[str]] = {}
     lock = threading.Lock()
     done = threading.Event()
