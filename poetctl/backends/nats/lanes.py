@@ -69,6 +69,9 @@ NO_KEY = "*"  # the index entry of a message without Poet-Key: it blocks every k
 END = 1 << 62  # "to the lane's end"
 PULL_LANE = 16  # the high and low lanes are pulled at least this far ahead (a coverage pull: at most)
 PROBE_KEYS = 16  # keys probed per lane of a partition per round; more: its cursor reads the headers
+# A pull that brought nothing and was refused unread (intake.Pulls.sure) is asked again with this wait (seconds):
+# the server then reads its store, and answers at once with what it finds, or after this long with nothing.
+CONFIRM = 0.01
 
 
 def _cursor_config(name: str, base: int, filter_subject: str | None = None) -> Any:
@@ -114,6 +117,10 @@ class Lanes(Intake):
     _cov: dict[int, dict[str, int]]
     _top: dict[int, int]  # partition -> highest sequence pulled from any of its lanes
     _short: dict[int, set[str]]  # partition -> lanes whose last pull came back short
+    _unsure: dict[int, set[str]]  # partition -> of those, lanes whose pull brought nothing, refused unread
+    # partition -> lane -> every message of the lane at or below it was delivered by the lane's durable (to this
+    # consumer, or before it held the partition): what its pulls showed, not what sweeps and cursors read
+    _got: dict[int, dict[str, int]]
     _cursors: dict[tuple[int, str], Cursor]  # (partition, lane) -> its cursor
     _classed: dict[int, float]  # partition -> when a high or low event of it was last pulled
     _ncur: int
@@ -125,6 +132,7 @@ class Lanes(Intake):
     def _init_lanes(self) -> None:
         self.shares = dict(getattr(self.t, "shares", None) or DEFAULT_SHARES)
         self._cov, self._top, self._short, self._cursors, self._classed = {}, {}, {}, {}, {}
+        self._unsure, self._got = {}, {}
         self._ncur = 0
         self._sweepers = {}
         self._rushed = False
@@ -136,6 +144,8 @@ class Lanes(Intake):
         self._cov.pop(p, None)
         self._top.pop(p, None)
         self._short.pop(p, None)
+        self._unsure.pop(p, None)
+        self._got.pop(p, None)
         self._classed.pop(p, None)
         self.probes.forget(p)
         for k in [k for k in self._cursors if k[0] == p]:
@@ -178,7 +188,12 @@ class Lanes(Intake):
             if swept:
                 todo |= await self._sweep(held, lane) & set(parts)
             small += [(p, lane, ahead[lane][p]) for p in sorted(todo)]
-        await self._pull_set(small, out)
+        await self._pull_set(small, out, confirm=True)
+        # A normal lane whose pull was refused unread covers nothing. Its key checks can ask probes, but the shares
+        # must know whether it has more (``deep``): when high or low events wait to be handed out, ask again.
+        if any(h.lane for b in self._buf.values() for h in b):
+            late = [(p, "", max(1, want[p] - self._buffered(p, ""))) for p in parts if "" in self._unsure.get(p, ())]
+            await self._pull_set(late, out, confirm=True)
         for p in parts:
             if len(self._short.get(p, ())) == len(subjects.LANES):
                 self._dry.add(p)
@@ -201,7 +216,9 @@ class Lanes(Intake):
         found = await self._sweep(held, "h") & set(parts)
         if not found:
             return False
-        await self._pull_set([(p, "h", max(1, PULL_LANE - self._buffered(p, "h"))) for p in sorted(found)], out)
+        await self._pull_set(
+            [(p, "h", max(1, PULL_LANE - self._buffered(p, "h"))) for p in sorted(found)], out, confirm=True
+        )
         await self._cover(out)
         self._rushed = True
         out.more = True  # the regular fetch follows at once
@@ -258,7 +275,9 @@ class Lanes(Intake):
         found: set[int] = set()
         for p, c in cov.items():
             short = self._short.setdefault(p, set())
-            if sw.last.get(p, 0) > c.get(lane, 0):
+            # Judged against what the lane's durable delivered, not coverage: a message a sweep missed (the server
+            # refuses a pull unread while its count lags a publish, Pulls.sure) is still pulled when read later.
+            if sw.last.get(p, 0) > self._got.get(p, {}).get(lane, 0):
                 found.add(p)  # its pull brings it; everything of the lane up to there is then known
                 short.discard(lane)
                 continue
@@ -269,16 +288,27 @@ class Lanes(Intake):
                 short.discard(lane)
         return found
 
-    async def _pull_set(self, todo: list[tuple[int, str, int]], out: Fetched) -> None:
-        """Pull ``n`` of lane ``lane`` of partition ``p`` for each (together); update coverage."""
+    async def _pull_set(self, todo: list[tuple[int, str, int]], out: Fetched, confirm: bool = False) -> None:
+        """Pull ``n`` of lane ``lane`` of partition ``p`` for each (together); update coverage. ``confirm``: a pull
+        refused unread is asked again with a short wait (the server reads its store: :data:`CONFIRM`)."""
         todo = [(p, lane, n) for p, lane, n in todo if n > 0]
-        horizon = {p: self._top.get(p, 0) for p, _, _ in todo}  # stored before these pulls were sent
+        # Stored before these pulls were sent: the highest pulled, and what the lane's sweeper read.
+        horizon = {(p, lane): max(self._top.get(p, 0), self._swept(p, lane)) for p, lane, _ in todo}
         pulled = await asyncio.gather(*(self._pull(p, n, lane) for p, lane, n in todo))
+        if confirm:
+            again = [i for i, (p, lane, _) in enumerate(todo) if not pulled[i] and self._refused(p, lane)]
+            if again:
+                more = await asyncio.gather(*(self._pull(todo[i][0], todo[i][2], todo[i][1], CONFIRM) for i in again))
+                for i, msgs in zip(again, more, strict=True):
+                    pulled[i] = msgs
         for (p, lane, n), msgs in zip(todo, pulled, strict=True):
             if p not in self._held:
                 continue
             cov = self._cov.setdefault(p, {})
+            got = self._got.setdefault(p, {})
             short = self._short.setdefault(p, set())
+            unsure = self._unsure.setdefault(p, set())
+            unsure.discard(lane)
             if p in self._suspect:
                 short.discard(lane)  # cut short by a server loss: covers nothing
                 continue
@@ -287,15 +317,30 @@ class Lanes(Intake):
                 self._unkeyed_publisher(msgs)
             if len(msgs) < n and self._drained(self.t.settings.durable(p, lane)):
                 short.add(lane)
-                top = max(top, horizon[p])
+                if self._refused(p, lane):
+                    unsure.add(lane)  # nothing known past what it brought (nothing)
+                else:
+                    top = max(top, horizon[p, lane])
             else:
                 short.discard(lane)
             cov[lane] = max(cov.get(lane, 0), top)
+            got[lane] = max(got.get(lane, 0), top)
             if msgs:
                 self._top[p] = max(self._top.get(p, 0), top)
                 if lane:
                     self._classed[p] = time.monotonic()
             await self._take_in(p, msgs, out)
+
+    def _refused(self, p: int, lane: str) -> bool:
+        """True if the last pull of ``lane`` of ``p`` ended with nothing and without the server reading its store."""
+        pulls = self._pulls
+        durable = self.t.settings.durable(p, lane)
+        return pulls is not None and pulls.drained(durable) and not pulls.sure(durable)
+
+    def _swept(self, p: int, lane: str) -> int:
+        """The last message of ``lane`` of ``p`` its sweeper read (stored, and then not yet pulled)."""
+        sw = self._sweepers.get(lane)
+        return sw.last.get(p, 0) if sw is not None and lane else 0
 
     async def _cover(self, out: Fetched) -> None:
         """Extend the coverage of every lane to the buffered events of the other lanes (twice at most:
@@ -315,7 +360,7 @@ class Lanes(Intake):
                     c = self._cursors.get((p, lane))
                     if c is not None and c.upto >= need:
                         continue
-                    if lane in self._short.get(p, ()):
+                    if lane in self._short.get(p, ()) and lane not in self._unsure.get(p, ()):
                         lanes.append((p, lane, max(1, PULL_LANE - self._buffered(p, lane))))  # ran dry: pull
                         continue
                     # A backlog: do not pull it. Ask the server for each waiting key's next event in it (one read
@@ -398,10 +443,11 @@ class Lanes(Intake):
             self._cursors[(p, lane)] = c
         c.used = now
         pulls = self._pulls
+        confirming = False
         while c.upto < need and pulls is not None:
             horizon = self._top.get(p, 0)
             try:
-                msgs = await pulls.pull(s.stream, c.name, CURSOR_BATCH)
+                msgs = await pulls.pull(s.stream, c.name, CURSOR_BATCH, CONFIRM if confirming else 0.0)
             except Exception:  # a server loss: the events it would clear wait for the next fetch
                 self._cursors.pop((p, lane), None)
                 return
@@ -415,6 +461,11 @@ class Lanes(Intake):
                 if not pulls.drained(c.name):  # gone (a server restart loses it): made again next time
                     self._cursors.pop((p, lane), None)
                     return
+                if not pulls.sure(c.name):  # refused unread (Pulls.sure): ask again with a wait, once
+                    if confirming or need >= END:  # running ahead (_warm) needs no answer now
+                        break
+                    confirming = True
+                    continue
                 c.upto = max(c.upto, horizon)
                 break
         if c.n > 2 * max(0, c.upto - base) + CURSOR_BATCH:  # most entries were pulled since: prune them
@@ -478,7 +529,8 @@ class Lanes(Intake):
         if all(not h.lane for h in cands):
             take = cands[:room]
         else:
-            deep = any("" not in self._short.get(h.p, ()) for h in cands)
+            # A normal lane whose pull was refused unread may have more: it keeps its share (the next fetch knows).
+            deep = any("" not in self._short.get(h.p, ()) or "" in self._unsure.get(h.p, ()) for h in cands)
             take = self._by_shares(cands, room, deep)
         if len(take) < len(cands):
             out.more = True
