@@ -53,6 +53,7 @@ import bisect
 import heapq
 import time
 from collections import deque
+from collections.abc import Collection
 from typing import Any
 
 from ...priority import DEFAULT_SHARES, PRIORITIES, split
@@ -179,6 +180,10 @@ class Lanes(Intake):
         ahead = {"h": {p: max(1, max(want[p], PULL_LANE) - self._buffered(p, "h")) for p in parts}}
         ahead["l"] = {p: max(1, want[p] - self._buffered(p, "l")) for p in parts}
         small: list[tuple[int, str, int]] = []
+        # A small lane's pull refused unread is asked again (with a wait when it is empty) where the answer lasts:
+        # a busy partition (its lanes are swept from then on), or a lane a sweep found something in. Elsewhere
+        # (a trickle: the partition goes back when dry) it covers nothing, and probes answer for its keys.
+        sure = {p for p in parts if "" not in self._short.get(p, ())}
         for lane in "hl":
             # The lanes pulled since their partition was taken are swept: one read tells which of them have
             # something new (usually none), and only those are pulled. The others are pulled.
@@ -186,13 +191,15 @@ class Lanes(Intake):
             swept = [p for p in parts if p in held]
             todo = set(parts) - set(swept)
             if swept:
-                todo |= await self._sweep(held, lane) & set(parts)
+                found = await self._sweep(held, lane) & set(parts)
+                todo |= found
+                sure |= found
             small += [(p, lane, ahead[lane][p]) for p in sorted(todo)]
-        await self._pull_set(small, out, confirm=True)
+        await self._pull_set(small, out, confirm=sure)
         # A normal lane whose pull was refused unread covers nothing. Its key checks can ask probes, but the shares
         # must know whether it has more (``deep``): when high or low events wait to be handed out, ask again.
-        if any(h.lane for b in self._buf.values() for h in b):
-            late = [(p, "", max(1, want[p] - self._buffered(p, ""))) for p in parts if "" in self._unsure.get(p, ())]
+        late = [(p, "", max(1, want[p] - self._buffered(p, ""))) for p in parts if "" in self._unsure.get(p, ())]
+        if late and any(h.lane for b in self._buf.values() for h in b):
             await self._pull_set(late, out, confirm=True)
         for p in parts:
             if len(self._short.get(p, ())) == len(subjects.LANES):
@@ -288,15 +295,22 @@ class Lanes(Intake):
                 short.discard(lane)
         return found
 
-    async def _pull_set(self, todo: list[tuple[int, str, int]], out: Fetched, confirm: bool = False) -> None:
-        """Pull ``n`` of lane ``lane`` of partition ``p`` for each (together); update coverage. ``confirm``: a pull
-        refused unread is asked again with a short wait (the server reads its store: :data:`CONFIRM`)."""
+    async def _pull_set(
+        self, todo: list[tuple[int, str, int]], out: Fetched, confirm: bool | Collection[int] = False
+    ) -> None:
+        """Pull ``n`` of lane ``lane`` of partition ``p`` for each (together); update coverage. ``confirm`` (all, or
+        these partitions): a pull refused unread is asked again with a short wait (the server then reads its store:
+        :data:`CONFIRM`)."""
         todo = [(p, lane, n) for p, lane, n in todo if n > 0]
         # Stored before these pulls were sent: the highest pulled, and what the lane's sweeper read.
         horizon = {(p, lane): max(self._top.get(p, 0), self._swept(p, lane)) for p, lane, _ in todo}
         pulled = await asyncio.gather(*(self._pull(p, n, lane) for p, lane, n in todo))
         if confirm:
-            again = [i for i, (p, lane, _) in enumerate(todo) if not pulled[i] and self._refused(p, lane)]
+            again = [
+                i
+                for i, (p, lane, _) in enumerate(todo)
+                if not pulled[i] and (confirm is True or p in confirm) and self._refused(p, lane)
+            ]
             if again:
                 more = await asyncio.gather(*(self._pull(todo[i][0], todo[i][2], todo[i][1], CONFIRM) for i in again))
                 for i, msgs in zip(again, more, strict=True):
