@@ -61,10 +61,14 @@ def lagging(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     refuse(monkeypatch, "poet-p0", 2, request.param)
 
 
-def drain(c: Any, limit: int = 10) -> list[str]:
-    """Fetch and ack until a fetch brings nothing; the ids in the order handed out."""
+def drain(c: Any, limit: int = 10, idle: int = 5) -> list[str]:
+    """Fetch and ack until ``idle`` fetches in a row bring nothing (a fetch may hand out nothing while a key's
+    order is being checked: the daemon fetches again); the ids in the order handed out."""
     order: list[str] = []
-    while got := c.fetch(limit).deliveries:
+    empty = 0
+    while empty < idle:
+        got = c.fetch(limit).deliveries
+        empty = 0 if got else empty + 1
         order += [d.id for d in got]
         for d in got:
             c.ack(d)
