@@ -122,7 +122,7 @@ def test_a_high_events_key_check_is_one_read_whatever_the_backlog(
     try:
         assert [d.id for d in c.fetch(1).deliveries] == [high.event.id]
         assert headers_read["cursor"] == 0
-        assert c.probes.reads == 1
+        assert c.probes.reads <= 1  # one direct get (none if the normal pull happened to cover it)
     finally:
         c.close()
 

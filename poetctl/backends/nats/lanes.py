@@ -61,7 +61,7 @@ from ...transport import Delivery, Fetched
 from . import subjects
 from .intake import Intake
 from .leases import Held
-from .probes import KeyProbes
+from .probes import KeyProbes, raise_mark_soon, unkeyed_above
 
 CURSOR_BATCH = 2048  # headers read per pull of a cursor
 WARM = 30.0  # seconds a partition's cursor keeps reading after its last high or low event
@@ -327,8 +327,9 @@ class Lanes(Intake):
                 short.discard(lane)  # cut short by a server loss: covers nothing
                 continue
             top = max((int(m.metadata.sequence.stream) for m in msgs), default=0)
-            if top > self._keyed_from and any(".~" not in m.subject for m in msgs):
-                self._unkeyed_publisher(msgs)
+            if top > self._keyed_from and unkeyed_above(msgs, self._keyed_from):
+                self._keyed_from = END  # an older poetctl still publishes: probes cannot see its events
+                raise_mark_soon(self.t)
             if len(msgs) < n and self._drained(self.t.settings.durable(p, lane)):
                 short.add(lane)
                 if self._refused(p, lane):
@@ -405,32 +406,6 @@ class Lanes(Intake):
             return ""
         kh = h.kh = h.kh or subjects.key_hash(h.key)
         return kh if self.probes.blocked(p, lane, kh, lo, h.seq) is None else ""
-
-    def _unkeyed_publisher(self, msgs: list[Any]) -> None:
-        """An event without its key token above the stream's mark: an older poetctl still publishes. Read headers
-        from now on (probes cannot see such events), and raise the stream's mark for the daemons started later."""
-        from ...daemon import log
-        from .setup import raise_key_mark
-
-        bad = [int(m.metadata.sequence.stream) for m in msgs if ".~" not in m.subject]
-        if not bad or max(bad) <= self._keyed_from:
-            return
-        log.warning(
-            "an event without a key subject above the stream's mark: an older poetctl publishes; "
-            "reading headers for key order from now on",
-            seq=max(bad),
-        )
-        self._keyed_from = END
-        t = self.t
-
-        async def go() -> None:
-            try:
-                info = await t.link.jsm.stream_info(t.settings.stream)
-                await raise_key_mark(t.link, t.settings.stream, int(info.state.last_seq or 0))
-            except Exception:  # the next daemon start finds it again
-                pass
-
-        t.link.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(go()))
 
     async def _warm(self) -> None:
         """Keep the cursors of partitions with recent high or low events running ahead (to their lane's end)."""

@@ -68,4 +68,39 @@ class KeyProbes:
             del self.found[k]
 
 
-__all__ = ["NONE", "KeyProbes"]
+def unkeyed_above(msgs: list[Any], mark: int) -> int:
+    """The highest sequence of a pulled event without its key token above the stream's ``mark`` (0: none).
+
+    Such an event was published by an older poetctl after the mark (:func:`.setup.mark_key_subjects`)."""
+    bad = [int(m.metadata.sequence.stream) for m in msgs if ".~" not in m.subject]
+    top = max(bad, default=0)
+    if top <= mark:
+        return 0
+    from ...daemon import log
+
+    log.warning(
+        "an event without a key subject above the stream's mark: an older poetctl publishes; "
+        "reading headers for key order from now on",
+        seq=top,
+    )
+    return top
+
+
+def raise_mark_soon(t: Any) -> None:
+    """Raise the stream's key-subject mark to its end (on the link's loop, not waited for): daemons started
+    later read headers below it too."""
+    import asyncio
+
+    from .setup import raise_key_mark
+
+    async def go() -> None:
+        try:
+            info = await t.link.jsm.stream_info(t.settings.stream)
+            await raise_key_mark(t.link, t.settings.stream, int(info.state.last_seq or 0))
+        except Exception:  # the next daemon finds such an event again
+            pass
+
+    t.link.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(go()))
+
+
+__all__ = ["NONE", "KeyProbes", "raise_mark_soon", "unkeyed_above"]
