@@ -20,7 +20,12 @@ Part of :class:`~.consumer.NatsConsumer` (a mixin over its state). The design:
     delivered (a durable delivers in sequence order; what it delivered to a
     previous holder and was not acked comes back first: ``_settle``), and a pull
     that comes back short covers it up to everything this consumer had pulled
-    from the partition before sending it (those were stored earlier);
+    from the partition before sending it (those were stored earlier) - unless it
+    brought nothing: nats-server acks a publish before it counts the message for
+    its consumers, and refuses a no_wait pull unread while the count is 0
+    (``intake.Pulls.sure``). Such a pull covers nothing; where the answer is
+    needed it is asked again with a short ``expires`` (:data:`CONFIRM`: the
+    server then reads its store), elsewhere probes answer for the keys;
   - a lane with a backlog nobody pulled (the normal lane, usually; a low lane
     when many low events wait) is asked by a **key probe** (:mod:`.probes`): one
     direct get for the first event of e's key in that lane after its coverage, the
