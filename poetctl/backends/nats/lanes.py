@@ -186,8 +186,9 @@ class Lanes(Intake):
         ahead["l"] = {p: max(1, want[p] - self._buffered(p, "l")) for p in parts}
         small: list[tuple[int, str, int]] = []
         # A small lane's pull refused unread is asked again (with a wait when it is empty) where the answer lasts:
-        # a busy partition (its lanes are swept from then on), or a lane a sweep found something in. Elsewhere
-        # (a trickle: the partition goes back when dry) it covers nothing, and probes answer for its keys.
+        # a busy partition (a full normal pull, or the other small lane brought something: its lanes are swept from
+        # then on), or a lane a sweep found something in. Elsewhere (a trickle: the partition goes back when dry)
+        # it covers nothing, and probes answer for its keys.
         sure = {p for p in parts if "" not in self._short.get(p, ())}
         for lane in "hl":
             # The lanes pulled since their partition was taken are swept: one read tells which of them have
@@ -310,6 +311,9 @@ class Lanes(Intake):
         # Stored before these pulls were sent: the highest pulled, and what the lane's sweeper read.
         horizon = {(p, lane): max(self._top.get(p, 0), self._swept(p, lane)) for p, lane, _ in todo}
         pulled = await asyncio.gather(*(self._pull(p, n, lane) for p, lane, n in todo))
+        if not isinstance(confirm, bool):  # and the partitions where another of these pulls brought something
+            confirm = {*confirm, *(p for (p, _, _), msgs in zip(todo, pulled, strict=True) if msgs)}
+        proven: set[int] = set()  # of these pulls, those the store showed had nothing to bring (_ask_store)
         if confirm:
             again = [
                 i
@@ -317,10 +321,8 @@ class Lanes(Intake):
                 if not pulled[i] and (confirm is True or p in confirm) and self._refused(p, lane)
             ]
             if again:
-                more = await asyncio.gather(*(self._pull(todo[i][0], todo[i][2], todo[i][1], CONFIRM) for i in again))
-                for i, msgs in zip(again, more, strict=True):
-                    pulled[i] = msgs
-        for (p, lane, n), msgs in zip(todo, pulled, strict=True):
+                proven = await self._ask_store(todo, pulled, again, horizon)
+        for i, ((p, lane, n), msgs) in enumerate(zip(todo, pulled, strict=True)):
             if p not in self._held:
                 continue
             cov = self._cov.setdefault(p, {})
@@ -337,7 +339,7 @@ class Lanes(Intake):
                 raise_mark_soon(self.t)
             if len(msgs) < n and self._drained(self.t.settings.durable(p, lane)):
                 short.add(lane)
-                if self._refused(p, lane):
+                if i not in proven and self._refused(p, lane):
                     unsure.add(lane)  # nothing known past what it brought (nothing)
                 else:
                     top = max(top, horizon[p, lane])
@@ -350,6 +352,58 @@ class Lanes(Intake):
                 if lane:
                     self._classed[p] = time.monotonic()
             await self._take_in(p, msgs, out)
+
+    async def _first(self, p: int, lane: str) -> int:
+        """The first message of ``lane`` of ``p`` after its coverage, read from the store (a direct get; END: none,
+        0: unknown)."""
+        from nats.js.errors import NotFoundError
+
+        frm = self._cov.get(p, {}).get(lane, 0) + 1
+        try:
+            m = await self.t.link.jsm.get_msg(
+                self.t.settings.stream, seq=frm, subject=subjects.partition_filter(p, lane), direct=True, next=True
+            )
+            return int(m.seq)
+        except NotFoundError:
+            return END
+        except Exception:  # unknown (a stream without direct gets, a server loss): the durable answers
+            return 0
+
+    async def _recheck(self, todo: list[tuple[int, str, int]], out: Fetched) -> None:
+        """Extend the coverage of lanes that ran dry: the store tells (a direct get each, no wait) which have
+        anything past their coverage; only those are pulled. (A pull that brings nothing may be refused unread.)"""
+        known = max(self._top.values(), default=0)  # stored before the gets are sent
+        firsts = await asyncio.gather(*(self._first(p, lane) for p, lane, _ in todo))
+        for (p, lane, _), f in zip(todo, firsts, strict=True):
+            if f == END and p in self._held and p not in self._suspect:
+                for d in (self._cov, self._got):
+                    c = d.setdefault(p, {})
+                    c[lane] = max(c.get(lane, 0), known)
+        await self._pull_set([x for x, f in zip(todo, firsts, strict=True) if f < END], out, confirm=True)
+
+    async def _ask_store(
+        self, todo: list[tuple[int, str, int]], pulled: list[list[Any]], again: list[int], horizon: dict[Any, int]
+    ) -> set[int]:
+        """The store's answer for the pulls ``again`` (refused unread, nothing brought). One direct get of each lane's
+        first message after its coverage (no wait): none proves the lane empty up to the horizon (those indexes are
+        returned). Else (a message its pull did not bring: the count lagging, or one delivered before this consumer
+        held the partition) the pull is sent again with a short wait (:data:`CONFIRM`; answered at once when the
+        message is there), its horizon raised to that message (stored before)."""
+        # Stored before the gets are sent: everything pulled so far, these pulls' messages too.
+        known = max((int(m.metadata.sequence.stream) for msgs in pulled for m in msgs), default=0)
+        known = max(known, *self._top.values()) if self._top else known
+        firsts = await asyncio.gather(*(self._first(todo[i][0], todo[i][1]) for i in again))
+        proven: set[int] = set()
+        for i, f in zip(again, firsts, strict=True):
+            key = todo[i][:2]
+            horizon[key] = max(horizon[key], known, f if f < END else 0)
+            if f == END:
+                proven.add(i)
+        rest = [i for i in again if i not in proven]
+        more = await asyncio.gather(*(self._pull(todo[i][0], todo[i][2], todo[i][1], CONFIRM) for i in rest))
+        for i, msgs in zip(rest, more, strict=True):
+            pulled[i] = msgs
+        return proven
 
     def _refused(self, p: int, lane: str) -> bool:
         """True if the last pull of ``lane`` of ``p`` ended with nothing and without the server reading its store."""
@@ -399,7 +453,7 @@ class Lanes(Intake):
             s = self.t.settings
             horizon = max(self._top.values(), default=0)  # stored before the probes are sent
             await asyncio.gather(
-                self._pull_set(lanes, out),
+                self._recheck(lanes, out),
                 *(self._advance(p, ln, need) for p, ln, need in cursors),
                 *(self.probes.probe(self.t.link.jsm, s.stream, p, ln, kh, lo, horizon) for p, ln, kh, lo in probes),
             )
