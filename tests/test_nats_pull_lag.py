@@ -49,7 +49,7 @@ def refuse(monkeypatch: pytest.MonkeyPatch, prefix: str, n: int, status: str) ->
             self.ended[consumer] = status
             self.got[consumer] = 0
             return []
-        return await real(self, stream, consumer, batch, expires)
+        return await real(self, stream, consumer, batch, expires=expires)
 
     monkeypatch.setattr(intake.Pulls, "pull", pull)
     return left

@@ -150,7 +150,9 @@ class Intake(PartitionLeases):
         if pulls is None or pulls.nc is not self.t.link.nc:
             pulls = self._pulls = Pulls(self.t.link.nc)
         try:
-            return await pulls.pull(s.stream, s.durable(p, lane), batch, expires)
+            if expires:
+                return await pulls.pull(s.stream, s.durable(p, lane), batch, expires=expires)
+            return await pulls.pull(s.stream, s.durable(p, lane), batch)
         except Exception as exc:
             if not transient(exc):
                 raise

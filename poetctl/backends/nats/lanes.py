@@ -495,7 +495,10 @@ class Lanes(Intake):
         while c.upto < need and pulls is not None:
             horizon = self._top.get(p, 0)
             try:
-                msgs = await pulls.pull(s.stream, c.name, CURSOR_BATCH, CONFIRM if confirming else 0.0)
+                if confirming:
+                    msgs = await pulls.pull(s.stream, c.name, CURSOR_BATCH, expires=CONFIRM)
+                else:
+                    msgs = await pulls.pull(s.stream, c.name, CURSOR_BATCH)
             except Exception:  # a server loss: the events it would clear wait for the next fetch
                 self._cursors.pop((p, lane), None)
                 return
