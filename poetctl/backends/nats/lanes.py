@@ -353,12 +353,12 @@ class Lanes(Intake):
                     self._classed[p] = time.monotonic()
             await self._take_in(p, msgs, out)
 
-    async def _first(self, p: int, lane: str) -> int:
-        """The first message of ``lane`` of ``p`` after its coverage, read from the store (a direct get; END: none,
-        0: unknown)."""
+    async def _first(self, p: int, lane: str, d: dict[int, dict[str, int]]) -> int:
+        """The first message of ``lane`` of ``p`` after ``d[p][lane]`` (its coverage, or what its durable delivered),
+        read from the store (a direct get; END: none, 0: unknown)."""
         from nats.js.errors import NotFoundError
 
-        frm = self._cov.get(p, {}).get(lane, 0) + 1
+        frm = d.get(p, {}).get(lane, 0) + 1
         try:
             m = await self.t.link.jsm.get_msg(
                 self.t.settings.stream, seq=frm, subject=subjects.partition_filter(p, lane), direct=True, next=True
@@ -373,26 +373,26 @@ class Lanes(Intake):
         """Extend the coverage of lanes that ran dry: the store tells (a direct get each, no wait) which have
         anything past their coverage; only those are pulled. (A pull that brings nothing may be refused unread.)"""
         known = max(self._top.values(), default=0)  # stored before the gets are sent
-        firsts = await asyncio.gather(*(self._first(p, lane) for p, lane, _ in todo))
+        firsts = await asyncio.gather(*(self._first(p, lane, self._cov) for p, lane, _ in todo))
         for (p, lane, _), f in zip(todo, firsts, strict=True):
             if f == END and p in self._held and p not in self._suspect:
-                for d in (self._cov, self._got):
-                    c = d.setdefault(p, {})
-                    c[lane] = max(c.get(lane, 0), known)
+                c = self._cov.setdefault(p, {})  # not _got: this says nothing of what the durable delivered
+                c[lane] = max(c.get(lane, 0), known)
         await self._pull_set([x for x, f in zip(todo, firsts, strict=True) if f < END], out, confirm=True)
 
     async def _ask_store(
         self, todo: list[tuple[int, str, int]], pulled: list[list[Any]], again: list[int], horizon: dict[Any, int]
     ) -> set[int]:
         """The store's answer for the pulls ``again`` (refused unread, nothing brought). One direct get of each lane's
-        first message after its coverage (no wait): none proves the lane empty up to the horizon (those indexes are
-        returned). Else (a message its pull did not bring: the count lagging, or one delivered before this consumer
-        held the partition) the pull is sent again with a short wait (:data:`CONFIRM`; answered at once when the
-        message is there), its horizon raised to that message (stored before)."""
+        first message after what its durable delivered (no wait): none proves the lane empty up to the horizon
+        (those indexes are returned). Else (a message its pull did not bring: the count lagging, or one delivered
+        before this consumer saw the durable's delivered point) the pull is sent again with a short wait
+        (:data:`CONFIRM`; answered at once when the message is there), its horizon raised to that message."""
         # Stored before the gets are sent: everything pulled so far, these pulls' messages too.
         known = max((int(m.metadata.sequence.stream) for msgs in pulled for m in msgs), default=0)
         known = max(known, *self._top.values()) if self._top else known
-        firsts = await asyncio.gather(*(self._first(todo[i][0], todo[i][1]) for i in again))
+        # From what the durable delivered (not coverage: a message a sweep missed lies between): the pull's question.
+        firsts = await asyncio.gather(*(self._first(todo[i][0], todo[i][1], self._got) for i in again))
         proven: set[int] = set()
         for i, f in zip(again, firsts, strict=True):
             key = todo[i][:2]
