@@ -24,8 +24,10 @@ Part of :class:`~.consumer.NatsConsumer` (a mixin over its state). The design:
     brought nothing: nats-server acks a publish before it counts the message for
     its consumers, and refuses a no_wait pull unread while the count is 0
     (``intake.Pulls.sure``). Such a pull covers nothing; where the answer is
-    needed it is asked again with a short ``expires`` (:data:`CONFIRM`: the
-    server then reads its store), elsewhere probes answer for the keys;
+    needed, one direct get of the lane's next message tells (none: covered),
+    and only a message there makes it pull again with a short ``expires``
+    (:data:`CONFIRM`: the server then reads its store). Elsewhere probes answer
+    for the keys. A lane that ran dry is rechecked by that direct get;
   - a lane with a backlog nobody pulled (the normal lane, usually; a low lane
     when many low events wait) is asked by a **key probe** (:mod:`.probes`): one
     direct get for the first event of e's key in that lane after its coverage, the
