@@ -205,10 +205,10 @@ class Lanes(Intake):
             small += [(p, lane, ahead[lane][p]) for p in sorted(todo)]
         await self._pull_set(small, out, confirm=sure)
         # A normal lane whose pull was refused unread covers nothing. Its key checks can ask probes, but the shares
-        # must know whether it has more (``deep``): when high or low events wait to be handed out, ask again.
+        # must know whether it has more (``deep``): when high or low events wait to be handed out, ask the store.
         late = [(p, "", max(1, want[p] - self._buffered(p, ""))) for p in parts if "" in self._unsure.get(p, ())]
         if late and any(h.lane for b in self._buf.values() for h in b):
-            await self._pull_set(late, out, confirm=True)
+            await self._recheck(late, out)
         for p in parts:
             if len(self._short.get(p, ())) == len(subjects.LANES):
                 self._dry.add(p)
@@ -380,6 +380,7 @@ class Lanes(Intake):
             if f == END and p in self._held and p not in self._suspect:
                 c = self._cov.setdefault(p, {})  # not _got: this says nothing of what the durable delivered
                 c[lane] = max(c.get(lane, 0), known)
+                self._unsure.setdefault(p, set()).discard(lane)
         await self._pull_set([x for x, f in zip(todo, firsts, strict=True) if f < END], out, confirm=True)
 
     async def _ask_store(
