@@ -26,7 +26,7 @@ Part of :class:`~.consumer.NatsConsumer` (a mixin over its state). The design:
     (``intake.Pulls.sure``). Such a pull covers nothing; where the answer is
     needed, one direct get of the lane's next message tells (none: covered),
     and only a message there makes it pull again with a short ``expires``
-    (:data:`CONFIRM`: the server then reads its store). Elsewhere probes answer
+    (:data:`.refused.CONFIRM`: the server then reads its store). Elsewhere probes answer
     for the keys. A lane that ran dry is rechecked by that direct get;
   - a lane with a backlog nobody pulled (the normal lane, usually; a low lane
     when many low events wait) is asked by a **key probe** (:mod:`.probes`): one
@@ -66,20 +66,16 @@ from typing import Any
 from ...priority import DEFAULT_SHARES, PRIORITIES, split
 from ...transport import Delivery, Fetched
 from . import subjects
-from .intake import Intake
 from .leases import Held
 from .probes import KeyProbes, raise_mark_soon, unkeyed_above
+from .refused import CONFIRM, END, Refused
 
 CURSOR_BATCH = 2048  # headers read per pull of a cursor
 WARM = 30.0  # seconds a partition's cursor keeps reading after its last high or low event
 CURSOR_IDLE = 120.0  # the cursor consumer's inactive threshold (the server deletes it after that)
 NO_KEY = "*"  # the index entry of a message without Poet-Key: it blocks every key
-END = 1 << 62  # "to the lane's end"
 PULL_LANE = 16  # the high and low lanes are pulled at least this far ahead (a coverage pull: at most)
 PROBE_KEYS = 16  # keys probed per lane of a partition per round; more: its cursor reads the headers
-# A pull that brought nothing and was refused unread (intake.Pulls.sure) is asked again with this wait (seconds):
-# the server then reads its store, and answers at once with what it finds, or after this long with nothing.
-CONFIRM = 0.01
 
 
 def _cursor_config(name: str, base: int, filter_subject: str | None = None) -> Any:
@@ -114,7 +110,7 @@ class Cursor:
         self.used = time.monotonic()
 
 
-class Lanes(Intake):
+class Lanes(Refused):
     """The lane half of :class:`~.consumer.NatsConsumer`: pulls of all lanes, coverage, cursors, hand-out."""
 
     shares: dict[str, int]
@@ -125,10 +121,6 @@ class Lanes(Intake):
     _cov: dict[int, dict[str, int]]
     _top: dict[int, int]  # partition -> highest sequence pulled from any of its lanes
     _short: dict[int, set[str]]  # partition -> lanes whose last pull came back short
-    _unsure: dict[int, set[str]]  # partition -> of those, lanes whose pull brought nothing, refused unread
-    # partition -> lane -> every message of the lane at or below it was delivered by the lane's durable (to this
-    # consumer, or before it held the partition): what its pulls showed, not what sweeps and cursors read
-    _got: dict[int, dict[str, int]]
     _cursors: dict[tuple[int, str], Cursor]  # (partition, lane) -> its cursor
     _classed: dict[int, float]  # partition -> when a high or low event of it was last pulled
     _ncur: int
@@ -187,7 +179,7 @@ class Lanes(Intake):
         ahead = {"h": {p: max(1, max(want[p], PULL_LANE) - self._buffered(p, "h")) for p in parts}}
         ahead["l"] = {p: max(1, want[p] - self._buffered(p, "l")) for p in parts}
         small: list[tuple[int, str, int]] = []
-        # A small lane's pull refused unread is asked again (with a wait when it is empty) where the answer lasts:
+        # A small lane's pull refused unread is checked in the store (_ask_store) where the answer lasts:
         # a busy partition (a full normal pull, or the other small lane brought something: its lanes are swept from
         # then on), or a lane a sweep found something in. Elsewhere (a trickle: the partition goes back when dry)
         # it covers nothing, and probes answer for its keys.
@@ -307,8 +299,8 @@ class Lanes(Intake):
         self, todo: list[tuple[int, str, int]], out: Fetched, confirm: bool | Collection[int] = False
     ) -> None:
         """Pull ``n`` of lane ``lane`` of partition ``p`` for each (together); update coverage. ``confirm`` (all, or
-        these partitions): a pull refused unread is asked again with a short wait (the server then reads its store:
-        :data:`CONFIRM`)."""
+        these partitions, and those another of these pulls brought something of): a pull refused unread is checked
+        in the store (:meth:`_ask_store`)."""
         todo = [(p, lane, n) for p, lane, n in todo if n > 0]
         # Stored before these pulls were sent: the highest pulled, and what the lane's sweeper read.
         horizon = {(p, lane): max(self._top.get(p, 0), self._swept(p, lane)) for p, lane, _ in todo}
@@ -354,70 +346,6 @@ class Lanes(Intake):
                 if lane:
                     self._classed[p] = time.monotonic()
             await self._take_in(p, msgs, out)
-
-    async def _first(self, p: int, lane: str, d: dict[int, dict[str, int]]) -> int:
-        """The first message of ``lane`` of ``p`` after ``d[p][lane]`` (its coverage, or what its durable delivered),
-        read from the store (a direct get; END: none, 0: unknown)."""
-        from nats.js.errors import NotFoundError
-
-        frm = d.get(p, {}).get(lane, 0) + 1
-        try:
-            m = await self.t.link.jsm.get_msg(
-                self.t.settings.stream, seq=frm, subject=subjects.partition_filter(p, lane), direct=True, next=True
-            )
-            return int(m.seq)
-        except NotFoundError:
-            return END
-        except Exception:  # unknown (a stream without direct gets, a server loss): the durable answers
-            return 0
-
-    async def _recheck(self, todo: list[tuple[int, str, int]], out: Fetched) -> None:
-        """Extend the coverage of lanes that ran dry: the store tells (a direct get each, no wait) which have
-        anything past their coverage; only those are pulled. (A pull that brings nothing may be refused unread.)"""
-        known = max(self._top.values(), default=0)  # stored before the gets are sent
-        firsts = await asyncio.gather(*(self._first(p, lane, self._cov) for p, lane, _ in todo))
-        for (p, lane, _), f in zip(todo, firsts, strict=True):
-            if f == END and p in self._held and p not in self._suspect:
-                c = self._cov.setdefault(p, {})  # not _got: this says nothing of what the durable delivered
-                c[lane] = max(c.get(lane, 0), known)
-                self._unsure.setdefault(p, set()).discard(lane)
-        await self._pull_set([x for x, f in zip(todo, firsts, strict=True) if f < END], out, confirm=True)
-
-    async def _ask_store(
-        self, todo: list[tuple[int, str, int]], pulled: list[list[Any]], again: list[int], horizon: dict[Any, int]
-    ) -> set[int]:
-        """The store's answer for the pulls ``again`` (refused unread, nothing brought). One direct get of each lane's
-        first message after what its durable delivered (no wait): none proves the lane empty up to the horizon
-        (those indexes are returned). Else (a message its pull did not bring: the count lagging, or one delivered
-        before this consumer saw the durable's delivered point) the pull is sent again with a short wait
-        (:data:`CONFIRM`; answered at once when the message is there), its horizon raised to that message."""
-        # Stored before the gets are sent: everything pulled so far, these pulls' messages too.
-        known = max((int(m.metadata.sequence.stream) for msgs in pulled for m in msgs), default=0)
-        known = max(known, *self._top.values()) if self._top else known
-        # From what the durable delivered (not coverage: a message a sweep missed lies between): the pull's question.
-        firsts = await asyncio.gather(*(self._first(todo[i][0], todo[i][1], self._got) for i in again))
-        proven: set[int] = set()
-        for i, f in zip(again, firsts, strict=True):
-            key = todo[i][:2]
-            horizon[key] = max(horizon[key], known, f if f < END else 0)
-            if f == END:
-                proven.add(i)
-        rest = [i for i in again if i not in proven]
-        more = await asyncio.gather(*(self._pull(todo[i][0], todo[i][2], todo[i][1], CONFIRM) for i in rest))
-        for i, msgs in zip(rest, more, strict=True):
-            pulled[i] = msgs
-        return proven
-
-    def _refused(self, p: int, lane: str) -> bool:
-        """True if the last pull of ``lane`` of ``p`` ended with nothing and without the server reading its store."""
-        pulls = self._pulls
-        durable = self.t.settings.durable(p, lane)
-        return pulls is not None and pulls.drained(durable) and not pulls.sure(durable)
-
-    def _swept(self, p: int, lane: str) -> int:
-        """The last message of ``lane`` of ``p`` its sweeper read (stored, and then not yet pulled)."""
-        sw = self._sweepers.get(lane)
-        return sw.last.get(p, 0) if sw is not None and lane else 0
 
     async def _cover(self, out: Fetched) -> None:
         """Extend the coverage of every lane to the buffered events of the other lanes (twice at most:
