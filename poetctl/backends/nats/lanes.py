@@ -179,11 +179,11 @@ class Lanes(Refused):
         ahead = {"h": {p: max(1, max(want[p], PULL_LANE) - self._buffered(p, "h")) for p in parts}}
         ahead["l"] = {p: max(1, want[p] - self._buffered(p, "l")) for p in parts}
         small: list[tuple[int, str, int]] = []
-        # A small lane's pull refused unread is checked in the store (_ask_store) where the answer lasts:
-        # a busy partition (a full normal pull, or the other small lane brought something: its lanes are swept from
-        # then on), or a lane a sweep found something in. Elsewhere (a trickle: the partition goes back when dry)
-        # it covers nothing, and probes answer for its keys.
-        sure = {p for p in parts if "" not in self._short.get(p, ())}
+        # A small lane's pull refused unread is checked in the store (_ask_store: a direct get) where the answer is
+        # needed or lasts: a partition with events to hand out (their key order needs the lane covered), a busy one
+        # (a full normal pull, or the other small lane brought something: its lanes are swept from then on), a lane
+        # a sweep found something in. Elsewhere (nothing buffered) it covers nothing, and is pulled again.
+        sure = {p for p in parts if "" not in self._short.get(p, ()) or self._buf.get(p)}
         for lane in "hl":
             # The lanes pulled since their partition was taken are swept: one read tells which of them have
             # something new (usually none), and only those are pulled. The others are pulled.
