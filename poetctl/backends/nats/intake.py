@@ -65,13 +65,14 @@ class Pulls:
         # consumer -> the status that ended its last pull ("" when the batch filled): only 404 and 408 say
         # "nothing more is there now" (a missing consumer answers 503: that says nothing; .lanes relies on it)
         self.ended: dict[str, str] = {}
+        self.got: dict[str, int] = {}  # consumer -> messages its last pull brought
 
     async def _on(self, m: Any) -> None:
         if m.headers and m.headers.get("Status"):
             consumer = self._toks.get(m.subject[len(self._prefix) :], "")
             got = self._open.get(consumer)
             if got is not None and not got[2].done():
-                self.ended[consumer] = str(m.headers.get("Status"))
+                self.ended[consumer] = f"{m.headers.get('Status')} {m.headers.get('Description') or ''}".strip()
                 got[2].set_result(None)  # 404 no messages, 408 expired, 409: the end of this pull
             return
         try:
@@ -86,7 +87,10 @@ class Pulls:
         if len(msgs) >= batch and not done.done():
             done.set_result(None)
 
-    async def pull(self, stream: str, consumer: str, batch: int) -> list[Any]:
+    async def pull(self, stream: str, consumer: str, batch: int, expires: float = 0.0) -> list[Any]:
+        """Up to ``batch`` messages, no waiting for more; ``expires`` (seconds): the server reads its store for
+        this pull and, finding nothing, answers after that long (a no_wait pull without it may be refused
+        unread: :meth:`sure`)."""
         if self._sub is None:
             inbox = self.nc.new_inbox()
             self._sub = await self.nc.subscribe(inbox + ".*", cb=self._on)
@@ -97,18 +101,33 @@ class Pulls:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._open[consumer] = (msgs, batch, done)
         self.ended[consumer] = ""
+        self.got[consumer] = 0
         self._toks[tok] = consumer
         api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        body = b'{"batch":%d,"no_wait":true' % batch
+        body += b',"expires":%d}' % int(expires * 1e9) if expires > 0 else b"}"
         try:
-            await self.nc.publish(api, b'{"batch":%d,"no_wait":true}' % batch, reply=self._prefix + tok)
-            await asyncio.wait_for(done, self.timeout)
+            await self.nc.publish(api, body, reply=self._prefix + tok)
+            await asyncio.wait_for(done, self.timeout + expires)
         finally:
             del self._open[consumer], self._toks[tok]
+        self.got[consumer] = len(msgs)
         return msgs
 
     def drained(self, consumer: str) -> bool:
         """True if the last pull of ``consumer`` ended because nothing more was there (404/408), not otherwise."""
         return self.ended.get(consumer, "")[:3] in ("404", "408")
+
+    def sure(self, consumer: str) -> bool:
+        """True if the last pull of ``consumer`` was drained after the server read its store: everything stored
+        before the pull was sent is delivered (to it, or earlier). nats-server acks a publish before it raises
+        its consumers' pending counts (a queue, another goroutine), and refuses a no_wait pull while the count
+        is 0 ("404 No Messages", or "408 Requests Pending" when it is below the waiting requests' batches)
+        without reading the store: a drained pull that brought nothing says nothing, unless it waited
+        (``expires``: "408 Request Timeout" comes after the store was read). A 404 after a message comes
+        from the delivery loop, which hit the end of the store."""
+        end = self.ended.get(consumer, "")
+        return (end[:3] == "404" and self.got.get(consumer, 0) > 0) or end == "408 Request Timeout"
 
 
 class Intake(PartitionLeases):
@@ -123,13 +142,16 @@ class Intake(PartitionLeases):
     ) -> None:
         raise NotImplementedError
 
-    async def _pull(self, p: int, batch: int, lane: str = "") -> list[Any]:
-        """Up to ``batch`` messages of lane ``lane`` of partition ``p`` without waiting (a no_wait pull request)."""
+    async def _pull(self, p: int, batch: int, lane: str = "", expires: float = 0.0) -> list[Any]:
+        """Up to ``batch`` messages of lane ``lane`` of partition ``p`` without waiting for more (a no_wait pull
+        request; ``expires``: see :meth:`Pulls.pull`)."""
         s = self.t.settings
         pulls = self._pulls
         if pulls is None or pulls.nc is not self.t.link.nc:
             pulls = self._pulls = Pulls(self.t.link.nc)
         try:
+            if expires:
+                return await pulls.pull(s.stream, s.durable(p, lane), batch, expires=expires)
             return await pulls.pull(s.stream, s.durable(p, lane), batch)
         except Exception as exc:
             if not transient(exc):

@@ -20,7 +20,14 @@ Part of :class:`~.consumer.NatsConsumer` (a mixin over its state). The design:
     delivered (a durable delivers in sequence order; what it delivered to a
     previous holder and was not acked comes back first: ``_settle``), and a pull
     that comes back short covers it up to everything this consumer had pulled
-    from the partition before sending it (those were stored earlier);
+    from the partition before sending it (those were stored earlier) - unless it
+    brought nothing: nats-server acks a publish before it counts the message for
+    its consumers, and refuses a no_wait pull unread while the count is 0
+    (``intake.Pulls.sure``). Such a pull covers nothing; where the answer is
+    needed, one direct get of the lane's next message tells (none: covered),
+    and only a message there makes it pull again with a short ``expires``
+    (:data:`.refused.CONFIRM`: the server then reads its store). Elsewhere probes answer
+    for the keys. A lane that ran dry is rechecked by that direct get;
   - a lane with a backlog nobody pulled (the normal lane, usually; a low lane
     when many low events wait) is asked by a **key probe** (:mod:`.probes`): one
     direct get for the first event of e's key in that lane after its coverage, the
@@ -53,20 +60,20 @@ import bisect
 import heapq
 import time
 from collections import deque
+from collections.abc import Collection
 from typing import Any
 
 from ...priority import DEFAULT_SHARES, PRIORITIES, split
 from ...transport import Delivery, Fetched
 from . import subjects
-from .intake import Intake
 from .leases import Held
 from .probes import KeyProbes, raise_mark_soon, unkeyed_above
+from .refused import CONFIRM, END, Refused
 
 CURSOR_BATCH = 2048  # headers read per pull of a cursor
 WARM = 30.0  # seconds a partition's cursor keeps reading after its last high or low event
 CURSOR_IDLE = 120.0  # the cursor consumer's inactive threshold (the server deletes it after that)
 NO_KEY = "*"  # the index entry of a message without Poet-Key: it blocks every key
-END = 1 << 62  # "to the lane's end"
 PULL_LANE = 16  # the high and low lanes are pulled at least this far ahead (a coverage pull: at most)
 PROBE_KEYS = 16  # keys probed per lane of a partition per round; more: its cursor reads the headers
 
@@ -103,7 +110,7 @@ class Cursor:
         self.used = time.monotonic()
 
 
-class Lanes(Intake):
+class Lanes(Refused):
     """The lane half of :class:`~.consumer.NatsConsumer`: pulls of all lanes, coverage, cursors, hand-out."""
 
     shares: dict[str, int]
@@ -125,6 +132,7 @@ class Lanes(Intake):
     def _init_lanes(self) -> None:
         self.shares = dict(getattr(self.t, "shares", None) or DEFAULT_SHARES)
         self._cov, self._top, self._short, self._cursors, self._classed = {}, {}, {}, {}, {}
+        self._unsure, self._got = {}, {}
         self._ncur = 0
         self._sweepers = {}
         self._rushed = False
@@ -136,6 +144,8 @@ class Lanes(Intake):
         self._cov.pop(p, None)
         self._top.pop(p, None)
         self._short.pop(p, None)
+        self._unsure.pop(p, None)
+        self._got.pop(p, None)
         self._classed.pop(p, None)
         self.probes.forget(p)
         for k in [k for k in self._cursors if k[0] == p]:
@@ -169,6 +179,11 @@ class Lanes(Intake):
         ahead = {"h": {p: max(1, max(want[p], PULL_LANE) - self._buffered(p, "h")) for p in parts}}
         ahead["l"] = {p: max(1, want[p] - self._buffered(p, "l")) for p in parts}
         small: list[tuple[int, str, int]] = []
+        # A small lane's pull refused unread is checked in the store (_ask_store: a direct get) where the answer is
+        # needed or lasts: a partition with events to hand out (their key order needs the lane covered), a busy one
+        # (a full normal pull, or the other small lane brought something: its lanes are swept from then on), a lane
+        # a sweep found something in. Elsewhere (nothing buffered) it covers nothing, and is pulled again.
+        sure = {p for p in parts if "" not in self._short.get(p, ()) or self._buf.get(p)}
         for lane in "hl":
             # The lanes pulled since their partition was taken are swept: one read tells which of them have
             # something new (usually none), and only those are pulled. The others are pulled.
@@ -176,9 +191,16 @@ class Lanes(Intake):
             swept = [p for p in parts if p in held]
             todo = set(parts) - set(swept)
             if swept:
-                todo |= await self._sweep(held, lane) & set(parts)
+                found = await self._sweep(held, lane) & set(parts)
+                todo |= found
+                sure |= found
             small += [(p, lane, ahead[lane][p]) for p in sorted(todo)]
-        await self._pull_set(small, out)
+        await self._pull_set(small, out, confirm=sure)
+        # A normal lane whose pull was refused unread covers nothing. Its key checks can ask probes, but the shares
+        # must know whether it has more (``deep``): when high or low events wait to be handed out, ask the store.
+        late = [(p, "", max(1, want[p] - self._buffered(p, ""))) for p in parts if "" in self._unsure.get(p, ())]
+        if late and any(h.lane for b in self._buf.values() for h in b):
+            await self._recheck(late, out)
         for p in parts:
             if len(self._short.get(p, ())) == len(subjects.LANES):
                 self._dry.add(p)
@@ -201,7 +223,9 @@ class Lanes(Intake):
         found = await self._sweep(held, "h") & set(parts)
         if not found:
             return False
-        await self._pull_set([(p, "h", max(1, PULL_LANE - self._buffered(p, "h"))) for p in sorted(found)], out)
+        await self._pull_set(
+            [(p, "h", max(1, PULL_LANE - self._buffered(p, "h"))) for p in sorted(found)], out, confirm=True
+        )
         await self._cover(out)
         self._rushed = True
         out.more = True  # the regular fetch follows at once
@@ -258,7 +282,9 @@ class Lanes(Intake):
         found: set[int] = set()
         for p, c in cov.items():
             short = self._short.setdefault(p, set())
-            if sw.last.get(p, 0) > c.get(lane, 0):
+            # Judged against what the lane's durable delivered, not coverage: a message a sweep missed (the server
+            # refuses a pull unread while its count lags a publish, Pulls.sure) is still pulled when read later.
+            if sw.last.get(p, 0) > self._got.get(p, {}).get(lane, 0):
                 found.add(p)  # its pull brings it; everything of the lane up to there is then known
                 short.discard(lane)
                 continue
@@ -269,16 +295,35 @@ class Lanes(Intake):
                 short.discard(lane)
         return found
 
-    async def _pull_set(self, todo: list[tuple[int, str, int]], out: Fetched) -> None:
-        """Pull ``n`` of lane ``lane`` of partition ``p`` for each (together); update coverage."""
+    async def _pull_set(
+        self, todo: list[tuple[int, str, int]], out: Fetched, confirm: bool | Collection[int] = False
+    ) -> None:
+        """Pull ``n`` of lane ``lane`` of partition ``p`` for each (together); update coverage. ``confirm`` (all, or
+        these partitions, and those another of these pulls brought something of): a pull refused unread is checked
+        in the store (:meth:`_ask_store`)."""
         todo = [(p, lane, n) for p, lane, n in todo if n > 0]
-        horizon = {p: self._top.get(p, 0) for p, _, _ in todo}  # stored before these pulls were sent
+        # Stored before these pulls were sent: the highest pulled, and what the lane's sweeper read.
+        horizon = {(p, lane): max(self._top.get(p, 0), self._swept(p, lane)) for p, lane, _ in todo}
         pulled = await asyncio.gather(*(self._pull(p, n, lane) for p, lane, n in todo))
-        for (p, lane, n), msgs in zip(todo, pulled, strict=True):
+        if not isinstance(confirm, bool):  # and the partitions where another of these pulls brought something
+            confirm = {*confirm, *(p for (p, _, _), msgs in zip(todo, pulled, strict=True) if msgs)}
+        proven: set[int] = set()  # of these pulls, those the store showed had nothing to bring (_ask_store)
+        if confirm:
+            again = [
+                i
+                for i, (p, lane, _) in enumerate(todo)
+                if not pulled[i] and (confirm is True or p in confirm) and self._refused(p, lane)
+            ]
+            if again:
+                proven = await self._ask_store(todo, pulled, again, horizon)
+        for i, ((p, lane, n), msgs) in enumerate(zip(todo, pulled, strict=True)):
             if p not in self._held:
                 continue
             cov = self._cov.setdefault(p, {})
+            got = self._got.setdefault(p, {})
             short = self._short.setdefault(p, set())
+            unsure = self._unsure.setdefault(p, set())
+            unsure.discard(lane)
             if p in self._suspect:
                 short.discard(lane)  # cut short by a server loss: covers nothing
                 continue
@@ -288,10 +333,14 @@ class Lanes(Intake):
                 raise_mark_soon(self.t)
             if len(msgs) < n and self._drained(self.t.settings.durable(p, lane)):
                 short.add(lane)
-                top = max(top, horizon[p])
+                if i not in proven and self._refused(p, lane):
+                    unsure.add(lane)  # nothing known past what it brought (nothing)
+                else:
+                    top = max(top, horizon[p, lane])
             else:
                 short.discard(lane)
             cov[lane] = max(cov.get(lane, 0), top)
+            got[lane] = max(got.get(lane, 0), top)
             if msgs:
                 self._top[p] = max(self._top.get(p, 0), top)
                 if lane:
@@ -316,7 +365,7 @@ class Lanes(Intake):
                     c = self._cursors.get((p, lane))
                     if c is not None and c.upto >= need:
                         continue
-                    if lane in self._short.get(p, ()):
+                    if lane in self._short.get(p, ()) and lane not in self._unsure.get(p, ()):
                         lanes.append((p, lane, max(1, PULL_LANE - self._buffered(p, lane))))  # ran dry: pull
                         continue
                     # A backlog: do not pull it. Ask the server for each waiting key's next event in it (one read
@@ -335,7 +384,7 @@ class Lanes(Intake):
             s = self.t.settings
             horizon = max(self._top.values(), default=0)  # stored before the probes are sent
             await asyncio.gather(
-                self._pull_set(lanes, out),
+                self._recheck(lanes, out),
                 *(self._advance(p, ln, need) for p, ln, need in cursors),
                 *(self.probes.probe(self.t.link.jsm, s.stream, p, ln, kh, lo, horizon) for p, ln, kh, lo in probes),
             )
@@ -373,10 +422,14 @@ class Lanes(Intake):
             self._cursors[(p, lane)] = c
         c.used = now
         pulls = self._pulls
+        confirming = False
         while c.upto < need and pulls is not None:
             horizon = self._top.get(p, 0)
             try:
-                msgs = await pulls.pull(s.stream, c.name, CURSOR_BATCH)
+                if confirming:
+                    msgs = await pulls.pull(s.stream, c.name, CURSOR_BATCH, expires=CONFIRM)
+                else:
+                    msgs = await pulls.pull(s.stream, c.name, CURSOR_BATCH)
             except Exception:  # a server loss: the events it would clear wait for the next fetch
                 self._cursors.pop((p, lane), None)
                 return
@@ -390,6 +443,11 @@ class Lanes(Intake):
                 if not pulls.drained(c.name):  # gone (a server restart loses it): made again next time
                     self._cursors.pop((p, lane), None)
                     return
+                if not pulls.sure(c.name):  # refused unread (Pulls.sure): ask again with a wait, once
+                    if confirming or need >= END:  # running ahead (_warm) needs no answer now
+                        break
+                    confirming = True
+                    continue
                 c.upto = max(c.upto, horizon)
                 break
         if c.n > 2 * max(0, c.upto - base) + CURSOR_BATCH:  # most entries were pulled since: prune them
@@ -453,7 +511,8 @@ class Lanes(Intake):
         if all(not h.lane for h in cands):
             take = cands[:room]
         else:
-            deep = any("" not in self._short.get(h.p, ()) for h in cands)
+            # A normal lane whose pull was refused unread may have more: it keeps its share (the next fetch knows).
+            deep = any("" not in self._short.get(h.p, ()) or "" in self._unsure.get(h.p, ()) for h in cands)
             take = self._by_shares(cands, room, deep)
         if len(take) < len(cands):
             out.more = True
