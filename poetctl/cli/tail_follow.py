@@ -56,6 +56,7 @@ class Follower:
         self.printed = 0
         self.waiting: dict[str, str] = {}  # id -> state it was last seen in
         self.index: Any = None
+        self._index_warned = False  # warn once if the index cannot be read
         self.started = time.time()
 
     # watchdog thread
@@ -67,7 +68,7 @@ class Follower:
             self.wake.set()
 
     def run(self) -> int:
-        from ..query import SMALL_SPOOL, has_rows, newest, open_index
+        from ..query import SMALL_SPOOL, newest, open_index
 
         # What is in pending/in flight now is not new: already shown (when in a wanted state), or
         # waiting to reach one (e.g. --state processed). Listed before the watch starts, so
@@ -81,12 +82,11 @@ class Follower:
                 self.done.add(eid)
         net_start = self.started - 2.0
         self.index = open_index(self.layout)
-        if self.index is not None:
-            # Old news too: whatever the index already has from around our start.
-            self.done.update(str(r[0]) for r in self.index.newest(["processed", "dead"], since=net_start))
+        # Old news too: whatever the index already has from around our start.
+        self.done.update(str(r[0]) for r in self._index_rows(net_start))
         observer = self._watch()
         try:
-            idx = self.index if self.index is not None and has_rows(self.index, SMALL_SPOOL) else None
+            idx = self.index if self.index is not None and self._index_has(SMALL_SPOOL) else None
             initial = (
                 newest(self.layout, self.sel, self.states, self.args.lines, self.on_damaged, idx)
                 if self.args.lines
@@ -220,11 +220,48 @@ class Follower:
             self.index = open_index(self.layout)
         if self.index is not None:
             since = max(net_start, time.time() - NET_LOOKBACK)
-            for r in self.index.newest(["processed", "dead"], since=since):
+            for r in self._index_rows(since):
                 eid = str(r[0])
                 if eid not in self.done and eid not in cands and eid not in self.waiting:
                     cands[eid] = getattr(self.layout, str(r[7])) / f"{eid}.json"
         return cands
+
+    def _index_rows(self, since: float) -> list[Any]:
+        """Processed/dead index rows since ``since``; none (and the index dropped, to be reopened at the
+        next rescan) if reading it fails: derived data, e.g. read immutable while a starting daemon
+        checkpoints into it, must not end the follow."""
+        import sqlite3
+
+        if self.index is None:
+            return []
+        try:
+            return list(self.index.newest(["processed", "dead"], since=since))
+        except sqlite3.DatabaseError as exc:
+            self._drop_index(exc)
+            return []
+
+    def _index_has(self, n: int) -> bool:
+        import sqlite3
+
+        from ..query import has_rows
+
+        if self.index is None:
+            return False
+        try:
+            return has_rows(self.index, n)
+        except sqlite3.DatabaseError as exc:
+            self._drop_index(exc)
+            return False
+
+    def _drop_index(self, exc: BaseException) -> None:
+        from ..query import index_unusable
+
+        if self.index is not None:
+            self.index.close()
+            self.index = None
+        if not self._index_warned:
+            self._index_warned = True
+            index_unusable(exc)
 
     def _read(self, cands: dict[str, Path | None]) -> list[Any]:
         from ..ids import is_event_id

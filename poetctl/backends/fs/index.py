@@ -130,10 +130,21 @@ class Index:
 
     @classmethod
     def open_existing(cls, layout: SpoolLayout) -> Index | None:
-        """The index, opened read-only, if it exists (readers never create one)."""
+        """The index, opened read-only, if it exists (readers never create one); None also while it is
+        still being made (a starting daemon creates the file empty, then the schema: a reader starting in
+        between finds no ``events`` table, which means "no index yet", not a failure)."""
         if not os.path.lexists(layout.root / "index" / "events.sqlite"):
             return None
-        return cls(layout, create=False)
+        idx = cls(layout, create=False)
+        try:
+            made = idx.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()
+        except BaseException:
+            idx.close()
+            raise
+        if made is None:
+            idx.close()
+            return None
+        return idx
 
     def close(self) -> None:
         self.db.close()
