@@ -28,11 +28,12 @@ def transport(tmp_path: Path) -> Iterator[Any]:
         yield t
 
 
-def events(t: Any, n: int) -> list[Outgoing]:
+def events(t: Any, n: int, priority: str = "normal") -> list[Outgoing]:
     router = EventRouter(transport=t)
     out = []
     for _ in range(n):
-        ev, keyed = router.build("system.health", {"service": "svc", "status": "healthy"}, correlation_id="k")
+        kw = {"priority": priority}
+        ev, keyed = router.build("system.health", {"service": "svc", "status": "healthy"}, correlation_id="k", **kw)
         out.append(Outgoing(ev, ev.to_json() + b"\n", keyed))
     return out
 
@@ -191,14 +192,15 @@ def test_the_keeper_renews_leases_while_a_fetch_holds_the_consumer(transport: An
         c.close()
 
 
+@pytest.mark.parametrize("priority", ["normal", "high", "low"])
 @pytest.mark.parametrize("behind", [4, 40])
 def test_the_next_holder_hands_out_a_lost_lease_s_events_first_even_with_a_full_buffer_of_later_ones(
-    transport: Any, behind: int
+    transport: Any, behind: int, priority: str
 ) -> None:
     """A take-over whose first pull (the old holder's AckWait still running) fills its buffer with later events
     still pulls the redeliveries when they come, and hands them out first (tests/test_nats_group.py's k4)."""
     t = transport
-    sent = events(t, 2 + behind)
+    sent = events(t, 2 + behind, priority)  # in one lane (each lane's durable redelivers before anything new)
     transport.publish(sent)
     a = t.consumer("a")
     b = None
