@@ -28,11 +28,12 @@ def transport(tmp_path: Path) -> Iterator[Any]:
         yield t
 
 
-def events(t: Any, n: int) -> list[Outgoing]:
+def events(t: Any, n: int, priority: str = "normal") -> list[Outgoing]:
     router = EventRouter(transport=t)
     out = []
     for _ in range(n):
-        ev, keyed = router.build("system.health", {"service": "svc", "status": "healthy"}, correlation_id="k")
+        kw = {"priority": priority}
+        ev, keyed = router.build("system.health", {"service": "svc", "status": "healthy"}, correlation_id="k", **kw)
         out.append(Outgoing(ev, ev.to_json() + b"\n", keyed))
     return out
 
@@ -189,3 +190,34 @@ def test_the_keeper_renews_leases_while_a_fetch_holds_the_consumer(transport: An
         assert renewed, "the lease was not renewed while the consumer's lock was held"
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("priority", ["normal", "high", "low"])
+@pytest.mark.parametrize("behind", [4, 40])
+def test_the_next_holder_hands_out_a_lost_lease_s_events_first_even_with_a_full_buffer_of_later_ones(
+    transport: Any, behind: int, priority: str
+) -> None:
+    """A take-over whose first pull (the old holder's AckWait still running) fills its buffer with later events
+    still pulls the redeliveries when they come, and hands them out first (tests/test_nats_group.py's k4)."""
+    t = transport
+    sent = events(t, 2 + behind, priority)  # in one lane (each lane's durable redelivers before anything new)
+    transport.publish(sent)
+    a = t.consumer("a")
+    b = None
+    try:
+        assert [d.id for d in a.fetch(2).deliveries] == [it.event.id for it in sent[:2]]
+        a._stop.set()  # a's process stalls (or dies) with its two handed out and unacked: no beats
+        a._keeper.join()
+        t.link.run(t.lease_kv.delete("p0"))  # its lease gone while their AckWait (1 s) still runs
+        b = t.consumer("b")
+        got: list[str] = []
+        for _ in range(2000):  # the first pull brings later events; a's two come back after AckWait
+            got += [d.id for d in b.fetch(4).deliveries]
+            if len(got) >= 4:
+                break
+            b.wait(0.01)
+        assert got[:4] == [it.event.id for it in sent[:4]]
+    finally:
+        a.crash()
+        if b is not None:
+            b.close()

@@ -149,9 +149,8 @@ class NatsConsumer(Lanes):
                 await self._pull_lanes(list(want), want, out)
                 await self._cover(out)  # what the other lanes hold below each buffered event is known
                 await self._warm()
-        for p, (expected, until) in list(self._settle.items()):
-            back = sum(1 for h in self._buf.get(p, ()) if h.msg.metadata.num_delivered > 1)
-            if back >= expected or time.monotonic() >= until:
+        for p, (_, until) in list(self._settle.items()):
+            if not self._owed(p) or time.monotonic() >= until:
                 del self._settle[p]
         for p in [p for p, b in self._buf.items() if b and not self._fresh(p)]:
             await self._reassert(p)  # a keeper that fell behind: is the lease still ours?

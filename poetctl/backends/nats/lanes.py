@@ -78,12 +78,15 @@ class Lanes(KeyOrder):
         """
         if not parts:
             return
-        await self._pull_set([(p, "", want[p] - self._buffered(p, "")) for p in parts], out)
+        # A take-over's redeliveries still to come are pulled whatever the buffer holds: JetStream sends them before
+        # anything new once their AckWait runs out, which may be after the first pull filled the buffer (_settle).
+        owed = {p: self._owed(p) for p in parts}
+        await self._pull_set([(p, "", max(want[p] - self._buffered(p, ""), owed[p])) for p in parts], out)
         # The high lane asks for a few more than the fetch's share: a high event held back (its key waits) must
         # not keep the next ones from being pulled. Low asks for the share, as normal does: the shares split
         # what is pulled, so a lane pulled deeper would get more than its share.
-        ahead = {"h": {p: max(1, max(want[p], PULL_LANE) - self._buffered(p, "h")) for p in parts}}
-        ahead["l"] = {p: max(1, want[p] - self._buffered(p, "l")) for p in parts}
+        ahead = {"h": {p: max(1, max(want[p], PULL_LANE) - self._buffered(p, "h"), owed[p]) for p in parts}}
+        ahead["l"] = {p: max(1, want[p] - self._buffered(p, "l"), owed[p]) for p in parts}
         small: list[tuple[int, str, int]] = []
         # A small lane's pull refused unread is checked in the store (_ask_store: a direct get) where the answer is
         # needed or lasts: a partition with events to hand out (their key order needs the lane covered), a busy one
@@ -94,7 +97,7 @@ class Lanes(KeyOrder):
             # The lanes pulled since their partition was taken are swept: one read tells which of them have
             # something new (usually none), and only those are pulled. The others are pulled.
             held = sorted(p for p in self._held if self._cov.get(p, {}).get(lane, 0) > 0 and p not in self._suspect)
-            swept = [p for p in parts if p in held]
+            swept = [p for p in parts if p in held and not owed[p]]  # a redelivery lies below coverage: pulled
             todo = set(parts) - set(swept)
             if swept:
                 found = await self._sweep(held, lane) & set(parts)
@@ -112,6 +115,13 @@ class Lanes(KeyOrder):
                 self._dry.add(p)
             else:
                 self._dry.discard(p)
+
+    def _owed(self, p: int) -> int:
+        """How many of the redeliveries partition ``p``'s take-over waits for are not in its buffer yet (0: none)."""
+        settling = self._settle.get(p)
+        if settling is None:
+            return 0
+        return max(0, settling[0] - sum(1 for h in self._buf.get(p, ()) if h.msg.metadata.num_delivered > 1))
 
     async def _rush(self, parts: list[int], out: Fetched) -> bool:
         """High events published since the last fetch: pull only them (and what their key order needs), so the
