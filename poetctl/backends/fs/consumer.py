@@ -146,7 +146,7 @@ class FsConsumer(PriorityLanes, Claims):
         self.indexer: Any = None
         self.reconciler: Reconciler | None = None
         if index:
-            from .index import IndexWriter
+            from .index_writer import IndexWriter
 
             # Written on the loop's thread in batches (maybe_flush): a writer thread would
             # trade the GIL with the loop for every row it binds.
