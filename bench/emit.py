@@ -12,8 +12,10 @@ run at all. Figures (targets in brackets):
    drift.detected events in batches of B.                        [>= 10,000 ev/s]
 2. Bare loop on the same filesystem: per event open(O_EXCL)+write, one
    ``group_sync`` per batch (the product's primitive), close, rename each, fsync
-   the destination directory. Product and bare run alternately ``--reps``
-   times; the medians are compared.                          [product/bare >= 0.85]
+   the destination directory; its tmp files go into the product spool's own
+   ``events/tmp``. Each of ``--reps`` reps interleaves the product's and the
+   bare loop's batches one for one; the medians of the reps are compared.
+                                                              [product/bare >= 0.85]
 1b/2b. The same pair with large events: ``system.metrics`` payloads of 500
    metrics (~14 KiB each) in batches of ``--large-batch``; MB/s printed.
                                                               [product/bare >= 0.8]
@@ -179,16 +181,37 @@ def timed(n: int, fn: Callable[[], None]) -> dict[str, float]:
     }
 
 
+class Tally:
+    """Wall and CPU time summed over one side's batches of a rep (the batches interleave with the other side's)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.wall = self.user = self.sys = 0.0
+
+    def run(self, n: int, fn: Callable[[], None]) -> None:
+        c0 = os.times()
+        t0 = time.perf_counter()
+        fn()
+        self.wall += time.perf_counter() - t0
+        c1 = os.times()
+        self.user += c1.user - c0.user
+        self.sys += c1.system - c0.system
+        self.n += n
+
+    def result(self) -> dict[str, float]:
+        n = self.n
+        return {
+            "eps": n / self.wall,
+            "wall_us": self.wall / n * 1e6,
+            "user_us": self.user / n * 1e6,
+            "sys_us": self.sys / n * 1e6,
+        }
+
+
 # -- 1. product batch emit -------------------------------------------------------
-def run_product(spool: Path, case: Case, n: int, b: int, offset: int) -> dict[str, float]:
-    batches = make_batches(case, n, b, offset)
-    router = EventRouter(spool=spool)
-
-    def go() -> None:
-        for batch in batches:
-            router.emit_many(batch)
-
-    return timed(n, go)
+def product_batches(router: EventRouter, case: Case, n: int, b: int, offset: int) -> list[Callable[[], None]]:
+    """One ``emit_many`` call per batch (payloads made beforehand, outside the timing)."""
+    return [lambda batch=batch: router.emit_many(batch) for batch in make_batches(case, n, b, offset)]  # type: ignore[misc]
 
 
 def cpu_only(case: Case, spool: Path, count: int = 5_000) -> float:
@@ -206,41 +229,42 @@ def cpu_only(case: Case, spool: Path, count: int = 5_000) -> float:
 
 # -- 2. bare loop ----------------------------------------------------------------
 def sample_bytes(case: Case, spool: Path, count: int) -> list[bytes]:
-    """Events serialized exactly as the product writes them (built, never committed)."""
+    """Events serialized exactly as the product stores them (built, never committed)."""
     router = EventRouter(spool=spool)
     payloads = case.make(20_000_000, count)
-    return [router.build(case.event_type, p)[0].to_json() + b"\n" for p in payloads]
+    out = []
+    for p in payloads:
+        ev = router.build(case.event_type, p)[0]
+        line = getattr(ev, "line", None)
+        out.append(line() if line is not None else ev.to_json() + b"\n")
+    return out
 
 
-def run_bare(root: Path, datas: list[bytes], n: int, b: int) -> dict[str, float]:
-    tmp, dest = root / "tmp", root / "dest"
-    for d in (root, tmp, dest):
-        d.mkdir()
+def bare_batches(tmp: Path, dest: Path, datas: list[bytes], n: int, b: int) -> list[Callable[[], None]]:
+    """The bare loop's batches: per event open(O_EXCL)+write, one group_sync, close, rename each, fsync ``dest``."""
     names = [uuid7() for _ in range(n)]
     tmp_paths = [f"{tmp}/.{x}.tmp" for x in names]
     dest_paths = [f"{dest}/{x}.json" for x in names]
     nd, dest_s = len(datas), str(dest)
 
-    def go() -> None:
-        for s in range(0, n, b):
-            e = min(s + b, n)
-            fds = []
-            for j in range(s, e):
-                fd = os.open(tmp_paths[j], O_CREATE, 0o640)
-                os.write(fd, datas[j % nd])
-                fds.append(fd)
-            group_sync(tmp, fds)
-            for fd in fds:
-                os.close(fd)
-            for j in range(s, e):
-                os.rename(tmp_paths[j], dest_paths[j])
-            dfd = os.open(dest_s, O_DIR)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+    def batch(s: int, e: int) -> None:
+        fds = []
+        for j in range(s, e):
+            fd = os.open(tmp_paths[j], O_CREATE, 0o640)
+            os.write(fd, datas[j % nd])
+            fds.append(fd)
+        group_sync(tmp, fds)
+        for fd in fds:
+            os.close(fd)
+        for j in range(s, e):
+            os.rename(tmp_paths[j], dest_paths[j])
+        dfd = os.open(dest_s, O_DIR)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
-    return timed(n, go)
+    return [lambda s=s: batch(s, min(s + b, n)) for s in range(0, n, b)]  # type: ignore[misc]
 
 
 # -- 3. single emit latency --------------------------------------------------------
@@ -430,22 +454,49 @@ def render(r: dict[str, Any]) -> str:
 
 # -- driver ------------------------------------------------------------------------------
 def run_pair(root: Path, case: Case, n: int, b: int, reps: int, probes: list[float]) -> dict[str, Any]:
-    """``reps`` alternating product and bare runs of ``case``; medians and the per-rep ratios."""
+    """``reps`` reps of ``case``, product and bare batches interleaved; medians and the per-rep ratios.
+
+    Fairness, both ways: the disk here swings by 2-10x within seconds (other
+    work, freed-inode scans after mass deletes), so whole-run alternation left
+    one side on a slow stretch and the other on a fast one. Within a rep the
+    two sides' batches alternate one for one (the first side alternates too),
+    and the bare loop creates its tmp files in the product's own ``events/tmp``
+    and renames them into a sibling of ``pending/``: on ext4 a file's inode is
+    allocated near its directory, and create costs differed by up to 3x
+    between two fresh directories of one run. Both sides get one untimed
+    warm-up batch (the product's compiles its schemas and makes the spool).
+    """
     datas = sample_bytes(case, root / "unused-spool", min(b, n))
     cpu_us = cpu_only(case, root / "unused-spool", max(200, min(5_000, 2_000_000 // len(datas[0]))))
+    spool = root / f"spool-{case.name}"
+    router = EventRouter(spool=spool)
+    router.emit_many(make_batches(case, min(b, 10), b, 40_000_000)[0])
+    tmp, dest = router.layout.tmp, router.layout.events / "bare-dest"
+    dest.mkdir()
+    for warm in bare_batches(tmp, dest, datas, min(b, 10), b):
+        warm()
     prod: list[dict[str, float]] = []
     bare: list[dict[str, float]] = []
     for k in range(reps):
         probes.append(create_probe(root / f"probe-{case.name}-{k}", PROBE_FILES, O_CREATE))
-        # Alternate which goes first, so a drift over the run hits both alike.
-        order = ("product", "bare") if k % 2 == 0 else ("bare", "product")
-        for what in order:
-            if what == "product":
-                prod.append(run_product(root / f"product-{case.name}-{k}", case, n, b, k * n))
-                log(f"{case.name} rep {k + 1}/{reps}: product {prod[-1]['eps']:,.0f} ev/s")
+        p_runs = product_batches(router, case, n, b, k * n)
+        b_runs = bare_batches(tmp, dest, datas, n, b)
+        pt, bt = Tally(), Tally()
+        for j, (p_run, b_run) in enumerate(zip(p_runs, b_runs, strict=True)):
+            size = min(b, n - j * b)
+            # Alternate which goes first, so a drift within a pair hits both alike.
+            if (j + k) % 2 == 0:
+                pt.run(size, p_run)
+                bt.run(size, b_run)
             else:
-                bare.append(run_bare(root / f"bare-{case.name}-{k}", datas, n, b))
-                log(f"{case.name} rep {k + 1}/{reps}: bare {bare[-1]['eps']:,.0f} ev/s")
+                bt.run(size, b_run)
+                pt.run(size, p_run)
+        prod.append(pt.result())
+        bare.append(bt.result())
+        log(
+            f"{case.name} rep {k + 1}/{reps}: product {prod[-1]['eps']:,.0f} ev/s, bare {bare[-1]['eps']:,.0f} ev/s "
+            f"({prod[-1]['eps'] / bare[-1]['eps']:.2f})"
+        )
     pe, be = [x["eps"] for x in prod], [x["eps"] for x in bare]
     pm, bm = statistics.median(pe), statistics.median(be)
     p_med = sorted(prod, key=lambda x: x["eps"])[len(prod) // 2]

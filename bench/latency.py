@@ -217,9 +217,8 @@ def cpu_us_per_event(t0: os.times_result, t1: os.times_result, n: int) -> float:
     return 1e6 * (t1.user - t0.user + t1.system - t0.system) / n
 
 
-def run_product(args: argparse.Namespace, n: int, base: Path) -> dict[str, Any]:
+def run_product(args: argparse.Namespace, n: int, root: Path) -> dict[str, Any]:
     """One rep: a daemon on default settings, ``n`` single emits from this process; times to handler start."""
-    root = make_scratch("poetctl-latency-", base)
     spool = root / "spool"
     out_file = root / "handled.txt"
     env = clean_env()
@@ -227,7 +226,6 @@ def run_product(args: argparse.Namespace, n: int, base: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"problems": [], "loadavg_start": loadavg()}
     report["create_probe_us"] = create_probe(root / "probe")
     router = EventRouter(spool=spool)
-    router.layout.init()
     cmd = daemon_cmd(spool, HANDLERS, once=False)
     log(f"product: starting {' '.join(cmd[1:])}")
     t_proc = time.perf_counter()
@@ -269,7 +267,6 @@ def run_product(args: argparse.Namespace, n: int, base: Path) -> dict[str, Any]:
             report["problems"].append(f"daemon exited early with {rc}")
         report["daemon_exit"] = proc.returncode
         report["daemon_stderr_tail"] = err.decode(errors="replace")[-1000:]
-        remove_scratch(root, parallel=True)
 
     ids = sched.ids
     lat = [seen[i] - s for i, s in zip(ids, sched.starts, strict=True) if i in seen]
@@ -285,14 +282,19 @@ def run_product(args: argparse.Namespace, n: int, base: Path) -> dict[str, Any]:
     return report
 
 
-def run_bare(args: argparse.Namespace, n: int, base: Path, data: bytes) -> dict[str, Any]:
-    """One rep of the bare ceiling: the same schedule and threads, durable work only (bench/_bare_group.py)."""
-    root = make_scratch("poetctl-latency-bare-", base)
-    (root / "tmp").mkdir()
-    (root / "pending").mkdir()
+def run_bare(args: argparse.Namespace, n: int, root: Path, data: bytes) -> dict[str, Any]:
+    """One rep of the bare ceiling: the same schedule and threads, durable work only (bench/_bare_group.py).
+
+    Its tmp files go into the product spool's own ``events/tmp`` and are renamed
+    into a sibling of ``pending/``: on ext4 a file's inode is allocated near its
+    directory, and creates in two fresh directories of one run differed by up
+    to 3x here, which would favour whichever side drew the better directory.
+    """
+    events = root / "spool" / "events"
+    (events / "bare-dest").mkdir()
     report: dict[str, Any] = {"loadavg_start": loadavg()}
-    report["create_probe_us"] = create_probe(root / "probe")
-    group = BareGroupCommit(str(root / "tmp"), str(root / "pending"))
+    report["create_probe_us"] = create_probe(root / "probe-bare")
+    group = BareGroupCommit(str(events / "tmp"), str(events / "bare-dest"))
     sched = Schedule(n, args.rate, args.emitters)
     log(f"bare: emitting {n} files at {args.rate:g}/s from {args.emitters} threads")
     try:
@@ -302,7 +304,6 @@ def run_bare(args: argparse.Namespace, n: int, base: Path, data: bytes) -> dict[
         own1 = os.times()
     finally:
         group.close()
-        remove_scratch(root, parallel=True)
     report["emit"] = sched.emit_report()
     report["cpu_us_per_event"] = {"emitters": cpu_us_per_event(own0, own1, n)}
     report["loadavg_end"] = loadavg()
@@ -374,13 +375,20 @@ def main(argv: list[str] | None = None) -> int:
     # The bare loop writes files the size of the product's events.
     data = b"x" * EVENT_BYTES
     for k in range(args.reps):
-        # Alternate the order so neither side always runs on the disk the other just dirtied.
-        if k % 2 == 0:
-            prod = run_product(args, n, base)
-            bare = run_bare(args, n, base, data)
-        else:
-            bare = run_bare(args, n, base, data)
-            prod = run_product(args, n, base)
+        # One scratch per rep, removed after both sides ran (deleting between them would slow
+        # the second side's creates: ext4 without a journal scans past recently freed inodes).
+        root = make_scratch("poetctl-latency-", base)
+        EventRouter(spool=root / "spool").layout.init()
+        try:
+            # Alternate the order so neither side always runs on the disk the other just dirtied.
+            if k % 2 == 0:
+                prod = run_product(args, n, root)
+                bare = run_bare(args, n, root, data)
+            else:
+                bare = run_bare(args, n, root, data)
+                prod = run_product(args, n, root)
+        finally:
+            remove_scratch(root, parallel=True)
         report["reps"].append({"product": prod, "bare": bare})
     report["machine"]["loadavg_end"] = loadavg()
     report["elapsed_s"] = time.perf_counter() - t_start
