@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-
+from .ids import lazy_pattern
 from .schemafiles import MAX_SCHEMA_VERSION
 
 TYPE_CHECKING = False
@@ -20,12 +19,12 @@ if TYPE_CHECKING:
 _ENVELOPE_KEYS = frozenset(
     ("id", "type", "source", "timestamp", "topic", "correlation_id", "causation_id", "expires_at")
 ) | {"metadata", "payload", "checksum", "causation_depth", "priority"}
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
-_TOPIC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:/[A-Za-z0-9_][A-Za-z0-9_-]*)*")
-_NO_CONTROL = re.compile(r"[^\x00-\x1f]+")
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
-_CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}")
+_ID = lazy_pattern(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+_TYPE = lazy_pattern(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
+_TOPIC = lazy_pattern(r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:/[A-Za-z0-9_][A-Za-z0-9_-]*)*")
+_NO_CONTROL = lazy_pattern(r"[^\x00-\x1f]+")
+_VERSION = lazy_pattern(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+_CHECKSUM = lazy_pattern(r"sha256:[0-9a-f]{64}")
 _PRIORITIES = ("high", "normal", "low")  # envelope.json's enum for priority (a tuple: an unhashable value is no error)
 MAX_CAUSATION_DEPTH = 1_000_000  # envelope.json's maximum for causation_depth
 

@@ -10,14 +10,13 @@ still accepted in user directories) is version 1 of that type.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .errors import InvalidData
-from .ids import TYPE_RE
+from .ids import TYPE_RE, lazy_pattern
 
 # A version is a positive integer without leading zeros: it becomes a file name.
-VERSION_NAME_RE = re.compile(r"[1-9][0-9]{0,8}\.json")
+VERSION_NAME_RE = lazy_pattern(r"[1-9][0-9]{0,8}\.json")
 MAX_SCHEMA_VERSION = 999_999_999  # envelope.json's maximum for metadata.schema_version
 
 

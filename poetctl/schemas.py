@@ -27,11 +27,9 @@ only serves the tests as an independent check of the verdicts.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path
-from urllib.parse import urldefrag, urljoin
 
 from .envelopefast import MAX_CAUSATION_DEPTH as MAX_CAUSATION_DEPTH  # re-exported: the check lived here
 from .envelopefast import TIME_MAX as TIME_MAX
@@ -39,6 +37,7 @@ from .envelopefast import TIME_MIN as TIME_MIN
 from .envelopefast import envelope_surely_valid as envelope_surely_valid
 from .errors import InvalidData, UnknownType
 from .event import check_type
+from .ids import lazy_pattern
 from .schemafiles import VERSION_NAME_RE, check_version, defines, types_in, versions_in
 from .strictjson import path_part
 
@@ -54,7 +53,7 @@ MAX_REPORTED_ERRORS = 5
 PROOF_BUDGET = 8
 _MAX_COUNTED_ERRORS = 1000
 _MAX_LINE = 300
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = lazy_pattern(r"[\x00-\x1f\x7f]")
 # jsonschema-rs's messages for these already say what was expected.
 _SELF_EXPLAINING = frozenset(
     {
@@ -106,6 +105,25 @@ KNOWN_DRAFTS = frozenset(
 _REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 
+def _defrag(url: str) -> str:
+    """``urllib.parse.urldefrag(url).url``; urllib.parse is imported only for a URL with a ``#`` (start-up).
+
+    ``urldefrag`` returns a URL without ``#`` unchanged, which is what the
+    ``$id`` and ``$schema`` of the built-in schemas are.
+    """
+    if "#" not in url:
+        return url
+    from urllib.parse import urldefrag
+
+    return urldefrag(url).url
+
+
+def _join(base: str, url: str) -> str:
+    from urllib.parse import urljoin
+
+    return urljoin(base, url)
+
+
 def check_references(schema: dict[str, Any], path: Path) -> None:
     """Raise :class:`InvalidData` unless every reference in ``schema`` resolves inside it.
 
@@ -117,7 +135,7 @@ def check_references(schema: dict[str, Any], path: Path) -> None:
     odd schema is safer than guessing which strings a validator will follow.
     """
     root_id = schema.get("$id")
-    base = urldefrag(root_id).url if isinstance(root_id, str) else ""
+    base = _defrag(root_id) if isinstance(root_id, str) else ""
     local = {base}
     refs: list[tuple[str, str, str]] = []  # (reference, base it resolves against, JSON pointer)
     stack: list[tuple[Any, str, str]] = [(schema, base, "")]
@@ -130,13 +148,13 @@ def check_references(schema: dict[str, Any], path: Path) -> None:
             continue
         nid = node.get("$id")
         if isinstance(nid, str):
-            base = urldefrag(urljoin(base, nid)).url
+            base = _defrag(_join(base, nid))
             local.add(base)
         for k, v in node.items():
             where = f"{pointer}/{k}"
             if isinstance(v, str) and k in _REF_KEYWORDS:
                 refs.append((v, base, where))
-            elif isinstance(v, str) and k == "$schema" and urldefrag(v).url not in KNOWN_DRAFTS:
+            elif isinstance(v, str) and k == "$schema" and _defrag(v) not in KNOWN_DRAFTS:
                 raise InvalidData(
                     f"$schema {v!r} at #{where} is not a draft poetctl knows; expected one of "
                     f"{', '.join(sorted(KNOWN_DRAFTS))} (poetctl never fetches meta-schemas)",
@@ -145,7 +163,7 @@ def check_references(schema: dict[str, Any], path: Path) -> None:
             elif isinstance(v, dict | list):
                 stack.append((v, base, where))
     for ref, ref_base, where in refs:
-        if urldefrag(urljoin(ref_base, ref)).url not in local:
+        if _defrag(_join(ref_base, ref)) not in local:
             raise InvalidData(
                 f"{ref_kind(where)} {ref!r} at #{where} points outside this schema file; poetctl never "
                 "fetches or reads other schemas: refer only inside the file ('#/$defs/name', '#anchor' "

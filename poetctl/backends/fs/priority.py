@@ -46,10 +46,10 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-import re
 import threading
 from collections.abc import Callable, Sequence
 
+from ...ids import lazy_pattern
 from ...priority import HIGH
 from .layout import FILE_MODE, SpoolLayout
 from .runfile import blake2b, locked, open_run_file
@@ -78,7 +78,7 @@ _EMPTY = b"\0" * 8
 _UNKNOWN = b"\xff" * 16  # an id that could not be noted (sorts after every UUID)
 _LOSSY = 64 + BUCKETS * _BUCKET
 _SIZE = _LOSSY + BUCKETS
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID = lazy_pattern(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _pack(eid: str) -> bytes | None:
