@@ -84,7 +84,7 @@ def test_one_event_emit_imports_none_of_the_costly_modules(handled: tuple[Path, 
     r, modules = imported(tmp, "--spool", os.fspath(sp), "emit", "system.health", payload)
     assert r.returncode == 0, r.stderr[-2000:]
     assert [p.name for p in (sp / "events" / "pending").iterdir()] == [r.stdout.strip() + ".json"]
-    out = ALWAYS_OUT | {"sqlite3", "_sqlite3", "datetime", "poetctl.daemon"}
+    out = ALWAYS_OUT | {"sqlite3", "_sqlite3", "datetime", "threading", "poetctl.daemon"}
     assert not modules & out, sorted(modules & out)
 
 

@@ -43,10 +43,10 @@ Low events are found as the claim walk reads them: the walk sets them aside
 
 from __future__ import annotations
 
+import _thread  # threading's own lock/local types; threading itself stays out of a one-event emit (start-up)
 import fcntl
 import mmap
 import os
-import threading
 from collections.abc import Callable, Sequence
 
 from ...ids import lazy_pattern
@@ -106,7 +106,7 @@ class KeyLedger:
         self.map: mmap.mmap | None = None
         # flock excludes other processes only: threads of one process share the open file, so
         # they also take this lock (and it makes opening the ledger once per transport safe).
-        self._mutex = threading.RLock()
+        self._mutex = _thread.RLock()
 
     def _open(self) -> mmap.mmap:
         if self.map is not None:
