@@ -49,7 +49,6 @@ import mmap
 import os
 from collections.abc import Callable, Sequence
 
-from ...ids import lazy_pattern
 from ...priority import HIGH
 from .layout import FILE_MODE, SpoolLayout
 from .runfile import blake2b, locked, open_run_file
@@ -78,11 +77,18 @@ _EMPTY = b"\0" * 8
 _UNKNOWN = b"\xff" * 16  # an id that could not be noted (sorts after every UUID)
 _LOSSY = 64 + BUCKETS * _BUCKET
 _SIZE = _LOSSY + BUCKETS
-_UUID = lazy_pattern(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_HEX = "0123456789abcdef"
 
 
 def _pack(eid: str) -> bytes | None:
-    return bytes.fromhex(eid.replace("-", "")) if _UUID.fullmatch(eid) else None
+    """The 16 bytes of a lowercase UUID (``[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}``), else None.
+
+    Checked without a regular expression, whose compile would cost a one-event emit ~0.6M instructions.
+    """
+    if len(eid) != 36 or not eid[8] == eid[13] == eid[18] == eid[23] == "-":
+        return None
+    digits = eid.replace("-", "")
+    return bytes.fromhex(digits) if len(digits) == 32 and not digits.strip(_HEX) else None
 
 
 def _unpack(b: bytes) -> str:
