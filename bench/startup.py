@@ -4,7 +4,7 @@
 Usage::
 
     .venv/bin/python bench/startup.py [--spool BIG_SPOOL [--correlate ID]] [--events 1000000]
-                                      [--runs 9] [--tmp-dir DIR] [--importtime] [--json]
+                                      [--runs 9] [--tmp-dir DIR] [--importtime] [--instructions] [--json]
 
 Target (issue 14): ``emit``, ``status``, ``tail -n 10`` and ``correlate`` each
 <= 4x ``python -c pass``, median of 9, with the readers on a 1,000,000-event
@@ -24,6 +24,11 @@ writes the caches before timing.
 
 ``--importtime`` adds, per command, the top costs from ``python -X importtime``
 (one run; the figures are inflated by the tracing but rank the modules).
+
+``--instructions`` adds, per command, the instructions of one whole process
+under ``valgrind --tool=callgrind`` (byte-code caches warm) and their ratio to
+``python -c pass``'s: unlike wall time, they do not move with the machine's
+load, so they show a change of a few percent that the wall medians cannot.
 """
 
 from __future__ import annotations
@@ -95,6 +100,23 @@ def importtime(argv: list[str], cwd: Path, top: int = 8) -> dict[str, Any]:
     }
 
 
+def instructions(argv: list[str], cwd: Path) -> int | None:
+    """Instructions of one whole process of ``argv`` under callgrind (None without valgrind)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return None
+    cp = subprocess.run(
+        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        cwd=cwd,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    m = re.search(r"Collected : (\d+)", cp.stderr.decode(errors="replace"))
+    return int(m[1]) if m else None
+
+
 def build_spool(root: Path, n: int) -> tuple[Path, str]:
     import scale
 
@@ -114,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=9, help="reps (median; default 9)")
     ap.add_argument("--tmp-dir", help="parent of the scratch directory (default: the system temp dir)")
     ap.add_argument("--importtime", action="store_true", help="also print -X importtime's top costs per command")
+    ap.add_argument("--instructions", action="store_true", help="also count each command's instructions (valgrind)")
     ap.add_argument("--json", action="store_true", help="also print one JSON object on stdout")
     args = ap.parse_args(argv)
 
@@ -150,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 codes[name] = rc
             log(f"rep {rep + 1}: " + ", ".join(f"{n} {wall[n][-1] * 1000:.0f} ms" for n in names))
         imports = {n: importtime(cmds[n], root) for n in names} if args.importtime else {}
+        counts = {n: instructions(cmds[n], root) for n in names} if args.instructions else {}
         machine = machine_basics(all_cpus=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -174,6 +198,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         report["results"][name] = {"wall_s": wall[name], "cpu_s": cpu[name], "ratio": ratio, "rc": codes[name]}
     print(f"target: each command <= {TARGET_RATIO:g}x 'python -c pass' (median wall, same run)")
+    if counts:
+        base = counts["python -c pass"]
+        print("\ninstructions (callgrind, one whole process each):")
+        for name, n in counts.items():
+            if n is None:
+                print(f"  {name:<16}(valgrind not found or failed)")
+                continue
+            ratio = f"{n / base:.2f}x" if base else "?"
+            print(f"  {name:<16}{n / 1e6:8.1f}M  {ratio}")
+            report["results"][name]["instructions"] = n
     for name, imp in imports.items():
         print(
             f"\n-X importtime {name}: {imp['modules']} modules, {imp['self_total_ms']} ms self in total; "

@@ -12,9 +12,9 @@ writes nothing: publishing is :class:`~poetctl.publish.Publisher`'s job.
 
 from __future__ import annotations
 
+import _thread  # threading's own lock/local types; threading itself stays out of a one-event emit (start-up)
 import re
 import sys
-import threading
 from collections.abc import Callable, Mapping
 
 from .config import DEFAULT_MAX_CAUSATION_DEPTH, Config
@@ -77,7 +77,7 @@ class EnvelopeBuilder:
         self.config = config
         self.registry = registry
         self.max_causation_depth = _depth_limit(config)
-        self._local = threading.local()
+        self._local = _thread._local()
         # Per event type, what build() would otherwise look up on every event (see _known).
         self._types: dict[str, _TypeInfo] = {}
         self._types_of: SchemaRegistry | None = None  # the registry _types was filled from

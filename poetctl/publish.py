@@ -10,8 +10,8 @@ publish (the filesystem router creates or checks its spool there).
 
 from __future__ import annotations
 
+import _thread  # threading's own lock/local types; threading itself stays out of a one-event emit (start-up)
 import itertools
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -33,7 +33,7 @@ class Publisher:
         self.config = config  # read at each publish: max_event_bytes may be changed after construction
         self._prepare = prepare
         self._ready = prepare is None
-        self._init_lock = threading.Lock()
+        self._init_lock = _thread.allocate_lock()
         # Called after each successful publish with (events, added, seconds): emit-side metrics.
         # A tuple, replaced whole, so publishing threads read it without a lock.
         self.observers: tuple[Callable[[list[Event], list[bool], float], None], ...] = ()

@@ -10,14 +10,21 @@ still accepted in user directories) is version 1 of that type.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .errors import InvalidData
-from .ids import TYPE_RE
+from .ids import TYPE_RE, lazy_pattern
 
 # A version is a positive integer without leading zeros: it becomes a file name.
-VERSION_NAME_RE = re.compile(r"[1-9][0-9]{0,8}\.json")
+VERSION_NAME_RE = lazy_pattern(r"[1-9][0-9]{0,8}\.json")
+
+
+def is_version_name(name: str) -> bool:
+    """``VERSION_NAME_RE.fullmatch(name)``, without compiling it (start-up of a one-event emit)."""
+    n = name[:-5]
+    return name.endswith(".json") and 1 <= len(n) <= 9 and n[0] != "0" and not n.strip("0123456789")
+
+
 MAX_SCHEMA_VERSION = 999_999_999  # envelope.json's maximum for metadata.schema_version
 
 
@@ -47,7 +54,7 @@ def versions_in(d: Path, event_type: str) -> dict[int, Path]:
     for p in folder.iterdir():
         if not p.name.endswith(".json"):
             continue
-        if VERSION_NAME_RE.fullmatch(p.name) is None:
+        if not is_version_name(p.name):
             raise InvalidData(
                 f"schema file name {p.name!r} is not a version; expected <n>.json with n a positive integer "
                 "(1.json, 2.json, ...)",
@@ -64,7 +71,7 @@ def types_in(d: Path) -> list[str]:
         return []
     names: set[str] = set()
     for p in d.iterdir():
-        if p.is_dir() and TYPE_RE.match(p.name) and any(VERSION_NAME_RE.fullmatch(c.name) for c in p.iterdir()):
+        if p.is_dir() and TYPE_RE.match(p.name) and any(is_version_name(c.name) for c in p.iterdir()):
             names.add(p.name)
         elif p.name.endswith(".json") and p.name != "envelope.json" and TYPE_RE.match(p.name[:-5]) and p.is_file():
             names.add(p.name[:-5])

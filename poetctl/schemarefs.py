@@ -6,8 +6,6 @@ validator is built from it.
 
 from __future__ import annotations
 
-from urllib.parse import urldefrag, urljoin
-
 from .errors import InvalidData
 
 TYPE_CHECKING = False
@@ -29,6 +27,25 @@ KNOWN_DRAFTS = frozenset(
 _REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 
+def _defrag(url: str) -> str:
+    """``urllib.parse.urldefrag(url).url``; urllib.parse is imported only for a URL with a ``#`` (start-up).
+
+    ``urldefrag`` returns a URL without ``#`` unchanged, which is what the
+    ``$id`` and ``$schema`` of the built-in schemas are.
+    """
+    if "#" not in url:
+        return url
+    from urllib.parse import urldefrag
+
+    return urldefrag(url).url
+
+
+def _join(base: str, url: str) -> str:
+    from urllib.parse import urljoin
+
+    return urljoin(base, url)
+
+
 def check_references(schema: dict[str, Any], path: Path) -> None:
     """Raise :class:`InvalidData` unless every reference in ``schema`` resolves inside it.
 
@@ -40,7 +57,7 @@ def check_references(schema: dict[str, Any], path: Path) -> None:
     odd schema is safer than guessing which strings a validator will follow.
     """
     root_id = schema.get("$id")
-    base = urldefrag(root_id).url if isinstance(root_id, str) else ""
+    base = _defrag(root_id) if isinstance(root_id, str) else ""
     local = {base}
     refs: list[tuple[str, str, str]] = []  # (reference, base it resolves against, JSON pointer)
     stack: list[tuple[Any, str, str]] = [(schema, base, "")]
@@ -53,13 +70,13 @@ def check_references(schema: dict[str, Any], path: Path) -> None:
             continue
         nid = node.get("$id")
         if isinstance(nid, str):
-            base = urldefrag(urljoin(base, nid)).url
+            base = _defrag(_join(base, nid))
             local.add(base)
         for k, v in node.items():
             where = f"{pointer}/{k}"
             if isinstance(v, str) and k in _REF_KEYWORDS:
                 refs.append((v, base, where))
-            elif isinstance(v, str) and k == "$schema" and urldefrag(v).url not in KNOWN_DRAFTS:
+            elif isinstance(v, str) and k == "$schema" and _defrag(v) not in KNOWN_DRAFTS:
                 raise InvalidData(
                     f"$schema {v!r} at #{where} is not a draft poetctl knows; expected one of "
                     f"{', '.join(sorted(KNOWN_DRAFTS))} (poetctl never fetches meta-schemas)",
@@ -68,7 +85,7 @@ def check_references(schema: dict[str, Any], path: Path) -> None:
             elif isinstance(v, dict | list):
                 stack.append((v, base, where))
     for ref, ref_base, where in refs:
-        if urldefrag(urljoin(ref_base, ref)).url not in local:
+        if _defrag(_join(ref_base, ref)) not in local:
             raise InvalidData(
                 f"{ref_kind(where)} {ref!r} at #{where} points outside this schema file; poetctl never "
                 "fetches or reads other schemas: refer only inside the file ('#/$defs/name', '#anchor' "

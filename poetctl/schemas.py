@@ -27,7 +27,6 @@ only serves the tests as an independent check of the verdicts.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path
@@ -38,6 +37,7 @@ from .envelopefast import TIME_MIN as TIME_MIN
 from .envelopefast import envelope_surely_valid as envelope_surely_valid
 from .errors import InvalidData, UnknownType
 from .event import check_type
+from .ids import lazy_pattern
 from .schemafiles import VERSION_NAME_RE, check_version, defines, types_in, versions_in
 from .schemarefs import KNOWN_DRAFTS as KNOWN_DRAFTS  # re-exported: they lived here
 from .schemarefs import check_references as check_references
@@ -57,7 +57,7 @@ MAX_REPORTED_ERRORS = 5
 PROOF_BUDGET = 8
 _MAX_COUNTED_ERRORS = 1000
 _MAX_LINE = 300
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = lazy_pattern(r"[\x00-\x1f\x7f]")
 # jsonschema-rs's messages for these already say what was expected.
 _SELF_EXPLAINING = frozenset(
     {

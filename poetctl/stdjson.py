@@ -29,8 +29,9 @@ it is used directly: faster, and the same bytes.
 from __future__ import annotations
 
 import json
-import re
 import sys
+
+from .ids import lazy_pattern
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 # Output that orjson might write differently (see the module docstring): a number in exponent
 # form or of 19 digits or more. A number ends at a delimiter; text inside a string that looks
 # like one matches too (only slower), but an id such as a UUID ("...9e-8a4d-...") does not.
-_MAY_DIFFER = re.compile(r"[0-9](?:e[+-][0-9]+|[0-9]{18,})(?=[,\]}\s]|$)")
+_MAY_DIFFER = lazy_pattern(r"[0-9](?:e[+-][0-9]+|[0-9]{18,})(?=[,\]}\s]|$)")
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _SORTED = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True)
 _INDENTED = json.JSONEncoder(ensure_ascii=False, indent=2, allow_nan=False)

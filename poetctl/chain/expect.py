@@ -7,15 +7,15 @@ recursion: a table per node and step, O(nodes x steps).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
 from ..errors import UsageError
+from ..ids import lazy_pattern
 from .forest import Node, walk
 from .render import format_hop
 
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])\Z")
+_DURATION_RE = lazy_pattern(r"^(\d+(?:\.\d+)?)([smhdw])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

@@ -19,8 +19,8 @@ orjson refuses documents nested deeper than 254 levels).
 from __future__ import annotations
 
 import math
-import re
 
+from ..ids import lazy_pattern
 from ..safetext import clean
 from ..timeparse import iso, iso_or_none
 from .forest import Node, walk, walk_depth
@@ -153,7 +153,7 @@ def to_dot(roots: list[Node], title: str = "poet") -> str:
     return "\n".join(lines)
 
 
-_MERMAID_UNSAFE = re.compile(r'["<>#&\[\]{}()|`]')
+_MERMAID_UNSAFE = lazy_pattern(r'["<>#&\[\]{}()|`]')
 
 
 def _mermaid_text(text: str) -> str:

@@ -90,8 +90,44 @@ def command_name(argv: list[str]) -> str | None:
     return None
 
 
+def import_pathlib() -> None:
+    """Import :mod:`pathlib` without importing :mod:`urllib.parse` with it (start-up).
+
+    pathlib imports ``urllib.parse`` for one function, ``quote_from_bytes``,
+    which only ``Path.as_uri`` calls. That module (its named tuples, and the
+    ``ipaddress`` module it imports) costs ~11M instructions, a quarter of
+    ``python -c pass``, and none of ``emit``/``status``/``tail``/``correlate``
+    needs it. So pathlib is imported with a stand-in ``urllib.parse`` in
+    ``sys.modules`` whose ``quote_from_bytes`` imports the real one at its
+    first call; the stand-in is removed right after, so any later
+    ``import urllib.parse`` gets the real module. Should pathlib ever want
+    more from urllib.parse, the stand-in steps aside and pathlib is imported
+    as usual.
+    """
+    if "pathlib" in sys.modules or "urllib.parse" in sys.modules:
+        return
+    stand_in = type(sys)("urllib.parse")
+
+    def quote_from_bytes(*args: Any, **kwargs: Any) -> Any:
+        from urllib.parse import quote_from_bytes as real
+
+        return real(*args, **kwargs)
+
+    stand_in.quote_from_bytes = quote_from_bytes  # type: ignore[attr-defined]
+    sys.modules["urllib.parse"] = stand_in
+    try:
+        import pathlib
+    except ImportError:
+        pass  # the stand-in lacked something: imported as usual below
+    finally:
+        if sys.modules.get("urllib.parse") is stand_in:
+            del sys.modules["urllib.parse"]
+    import pathlib  # noqa: F401
+
+
 def main() -> None:
     """Console-script entry point."""
+    import_pathlib()
     argv = sys.argv[1:]
     name = command_name(argv)
     if name in ("emit", "status", "tail", "correlate") and not os.environ.get("POETCTL_NO_FASTPATH"):

@@ -101,7 +101,9 @@ def io_failure(exc: BaseException) -> PoetError | None:
             return PermissionDenied(f"permission denied{where}")
         what = exc.strerror or type(exc).__name__
         return SpoolIOError(f"I/O error: {what}{where}")
-    sqlite3 = sys.modules.get("sqlite3")  # never imported: it cannot be an SQLite error
+    # The C module: the readers use it without sqlite3's wrapper (backends/fs/sqlitelib), and
+    # sqlite3.Error is _sqlite3.Error. Never imported: it cannot be an SQLite error.
+    sqlite3 = sys.modules.get("_sqlite3")
     if sqlite3 is not None and isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
         # SQLITE_PERM (3), SQLITE_READONLY (8): the index cannot be written by this user.

@@ -16,7 +16,6 @@ each damaged file it meets; the transport offers neither.
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections import deque
 from collections.abc import Iterator, Sequence
 
@@ -26,6 +25,7 @@ from ...ids import is_event_id
 from .index import Index
 from .layout import SpoolLayout
 from .query import SMALL_SPOOL, Found, find, index_unusable, load_or_find, open_index, read_found, state_dirs
+from .sqlitelib import sqlite3
 
 # Below this many indexed events, connected() reads every file instead of using the index.
 SCAN_BELOW = SMALL_SPOOL

@@ -11,13 +11,13 @@ directories directly (they are small while a daemon keeps up).
 from __future__ import annotations
 
 import os
-import sqlite3
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ...errors import PermissionDenied
 from .layout import DIR_MODE, FILE_MODE, SpoolLayout
+from .sqlitelib import sqlite3
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -337,6 +337,19 @@ class _Tx:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
+# What urllib.parse.quote leaves as it is (its default safe="/"); everything else is %XX.
+_URI_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+
+
+def uri_path(path: Path | str) -> str:
+    """``urllib.parse.quote(path)`` for an SQLite URI, without importing urllib.parse (start-up: ~11M instructions).
+
+    Works on the path's bytes (``os.fsencode``), so a name that is not UTF-8
+    is quoted byte for byte where ``quote`` would raise.
+    """
+    return "".join(chr(b) if b in _URI_SAFE else f"%{b:02X}" for b in os.fsencode(path))
+
+
 def connect_readonly(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
     """A read-only connection to an existing index that writes nothing, not even ``-wal``/``-shm`` files.
 
@@ -360,8 +373,6 @@ def connect_readonly(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
     in the database file, without what only the WAL holds. A path that is not
     a regular file (a link) is refused with :class:`sqlite3.DatabaseError`.
     """
-    from urllib.parse import quote
-
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
         raise sqlite3.DatabaseError(f"{path} is not a regular file; not following it")
@@ -369,7 +380,7 @@ def connect_readonly(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
         head = fh.read(20)
     wal = len(head) == 20 and head[18] == 2  # file format read version 2: WAL mode
     live = os.path.lexists(f"{path}-wal") and os.path.lexists(f"{path}-shm")
-    uri = "file:" + quote(os.fspath(path))
+    uri = "file:" + uri_path(path)
     modes = ["mode=ro", "mode=ro&immutable=1"] if not wal or live else ["mode=ro&immutable=1"]
     for n, mode in enumerate(modes, 1):
         db = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)

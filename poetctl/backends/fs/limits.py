@@ -22,11 +22,11 @@ changes under its flock):
 
 from __future__ import annotations
 
+import _thread  # threading's own lock/local types; threading itself stays out of a one-event emit (start-up)
 import fcntl
 import mmap
 import os
 import struct
-import threading
 import time
 from collections.abc import Sequence
 
@@ -59,7 +59,7 @@ class SpoolLimits:
         self.path = layout.root / STATE
         self.fd = -1
         self.map: mmap.mmap | None = None
-        self._mutex = threading.RLock()  # this process's threads (the flock excludes the others)
+        self._mutex = _thread.RLock()  # this process's threads (the flock excludes the others)
 
     def _open(self) -> mmap.mmap:
         with self._mutex:  # opened once per object, whichever thread comes first

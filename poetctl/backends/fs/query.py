@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import heapq
 import os
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from ...selection import Query
 from .index import Index
 from .layout import SpoolLayout
 from .reader import CorruptEvent, decode_event, read_bytes
+from .sqlitelib import sqlite3
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

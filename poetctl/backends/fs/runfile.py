@@ -10,12 +10,15 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .layout import FILE_MODE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import _thread
 
 try:
     # hashlib.blake2b itself (the slots of the run files are keyed by it), without ``import hashlib``,
@@ -41,7 +44,7 @@ def open_run_file(path: Path) -> tuple[int, bool]:
 
 
 @contextmanager
-def locked(mutex: threading.RLock, fd: int) -> Iterator[None]:
+def locked(mutex: _thread.RLock, fd: int) -> Iterator[None]:
     """Exclusive use of the file ``fd`` against this process's other threads and other processes."""
     with mutex:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import sqlite3
 from pathlib import Path
 
 from ...ids import time_of
@@ -25,6 +24,7 @@ from .corrupt_names import quarantined, visible
 from .index import connect_readonly, stored_counts
 from .layout import SpoolLayout
 from .paths import HEARTBEATS
+from .sqlitelib import sqlite3
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

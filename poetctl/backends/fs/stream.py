@@ -21,7 +21,6 @@ files, and a process killed meanwhile leaves them in ``events/tmp``, never in
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Sequence
 
 from ...errors import SpoolIOError
@@ -55,6 +54,8 @@ class TmpStream:
         self._fds: list[int] = []  # kept open until syncfs takes over (or to fsync each at the end)
         self._written = 0  # files fully written (read by the sync thread)
         self._since = 0  # files since the last kick
+        import threading  # here: only streams (batches) need it, not a one-event emit (start-up)
+
         self._thread: threading.Thread | None = None
         self._kick = threading.Event()
         self._stop = False
@@ -116,6 +117,8 @@ class TmpStream:
         self._since += 1
 
     def _start(self) -> None:
+        import threading
+
         self._thread = threading.Thread(target=self._sync_loop, name="poetctl-tmp-sync", daemon=True)
         self._thread.start()
         self._kick.set()

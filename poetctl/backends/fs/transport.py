@@ -9,8 +9,8 @@ The daemon's side is :class:`~.consumer.FsConsumer` (:meth:`FsTransport.consumer
 
 from __future__ import annotations
 
+import _thread  # threading's own lock/local types; threading itself stays out of a one-event emit (start-up)
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -59,7 +59,7 @@ class FsTransport:
         self.committer = GroupCommitter(self.layout, self.layout.pending, refuse=self._refuse)
         self.dead_owners: set[str] = set()  # consumers of this process that "died" (a test hook)
         self._consumers: list[FsConsumer] = []
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._ready = False
         self._ledger: KeyLedger | None = None  # priority: the key ledger, opened on the first publish
         self.limits_state = SpoolLimits(self.layout)  # backpressure: the pending gauge, rate buckets

@@ -11,9 +11,9 @@ share the publish and its directory fsync (:class:`GroupCommitter`).
 
 from __future__ import annotations
 
+import _thread  # threading's own lock/local types; threading itself stays out of a one-event emit (start-up)
 import fcntl
 import os
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -23,6 +23,7 @@ from .layout import FILE_MODE, SUFFIX, SpoolLayout, fsync_dir
 
 TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
 if TYPE_CHECKING:
+    import threading
     from typing import Any
 
 O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -222,7 +223,7 @@ class GroupCommitter:
         # (other members of its group are published as usual). Not given: a no-op item, as before.
         self.refuse = refuse
         self._pid = os.getpid()
-        self._mutex = threading.Lock()
+        self._mutex = _thread.allocate_lock()
         # Members being published (a prefix: the leader's group) followed by members waiting.
         self._queue: list[_Member] = []
         self._publishing = 0
@@ -252,13 +253,15 @@ class GroupCommitter:
     def _commit(self, items: Sequence[tuple[str, bytes, bool]], written: _Member | None = None) -> _Member:
         if self._pid != os.getpid():
             # A forked child inherits the queue (and maybe a held mutex) of threads it does not have.
-            self._pid, self._mutex, self._queue, self._publishing = os.getpid(), threading.Lock(), [], 0
+            self._pid, self._mutex, self._queue, self._publishing = os.getpid(), _thread.allocate_lock(), [], 0
         m = _write_member(self.layout, items) if written is None else written
         interrupted: BaseException | None = None
         try:
             try:
                 with self._mutex:
                     if self._queue:
+                        import threading  # a group of more than one: not a one-event emit
+
                         m.wake = threading.Event()  # before joining: a queued follower always has one
                     self._queue.append(m)
             except BaseException as exc:  # an interrupt while joining (KeyboardInterrupt)
