@@ -54,6 +54,7 @@ from . import subjects
 from .leases import Held
 from .probes import KeyProbes
 from .refused import CONFIRM, END, Refused
+from .retry import transient
 
 CURSOR_BATCH = 2048  # headers read per pull of a cursor
 WARM = 30.0  # seconds a partition's cursor keeps reading after its last high or low event
@@ -121,6 +122,25 @@ class KeyOrder(Refused):
 
         self.t.link.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(go()))
 
+    async def _make_reader(self, cfg: Any) -> bool:
+        """Create the ephemeral cursor or sweeper ``cfg``; False if NATS did not answer (a server loss, an election).
+
+        Its caller then takes the path a failed read of it takes: nothing is known from it this time. A consumer the
+        server made although its answer was lost goes by itself after :data:`CURSOR_IDLE`.
+        """
+        try:
+            await self.t.link.jsm.add_consumer(self.t.settings.stream, cfg)
+            return True
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            from ...daemon import log
+
+            log.warning(
+                "NATS did not make a headers reader; trying again next fetch", consumer=cfg.name, error=repr(exc)
+            )
+            return False
+
     async def _sweep(self, parts: list[int], lane: str) -> set[int]:
         """Extend the coverage of ``lane`` of ``parts`` (each covered some way already) by one headers-only read
         of that lane of all of them (a sweeper: an ephemeral consumer filtering their lane subjects), usually
@@ -143,7 +163,8 @@ class KeyOrder(Refused):
                 cfg.filter_subject = filters[0]
             else:
                 cfg.filter_subjects = filters
-            await self.t.link.jsm.add_consumer(s.stream, cfg)
+            if not await self._make_reader(cfg):  # not now (a server loss): pull them all (the pulls judge it)
+                return set(parts)
             self._sweepers[lane] = sw
         sw.used = now
         horizon = max(self._top.values(), default=0)  # stored before this read is sent
@@ -253,7 +274,8 @@ class KeyOrder(Refused):
             self._ncur += 1
             c = Cursor(f"poetcur-{self.name[:60]}-{p}{lane}-{self._ncur}", base)
             cfg = _cursor_config(c.name, base, filter_subject=subjects.partition_filter(p, lane))
-            await self.t.link.jsm.add_consumer(s.stream, cfg)
+            if not await self._make_reader(cfg):  # not now (a server loss): the events it would clear wait
+                return
             self._cursors[(p, lane)] = c
         c.used = now
         pulls = self._pulls
