@@ -52,7 +52,7 @@ class Lanes(KeyOrder):
         self._sweepers = {}
         self._rushed = False
         self._keyed_from = END  # until the stream's mark is read (.setup.ensure_lanes): headers only
-        self.probes = KeyProbes()
+        self.probes = KeyProbes(direct=not getattr(self.t, "replicated", False))  # R3: the leader answers "none"
 
     def _forget_lanes(self, p: int) -> None:
         """Partition ``p`` is no longer held: its coverage goes (a next holding starts from the durables)."""
