@@ -62,6 +62,9 @@ CURSOR_IDLE = 120.0  # the cursor consumer's inactive threshold (the server dele
 NO_KEY = "*"  # the index entry of a message without Poet-Key: it blocks every key
 PULL_LANE = 16  # the high and low lanes are pulled at least this far ahead (a coverage pull: at most)
 PROBE_KEYS = 16  # keys probed per lane of a partition per round; more: its cursor reads the headers
+# An empty sweep that may have been refused unread is sent again with this wait (seconds) where its answer decides
+# a buffered event's key order: the server reads its store, and answers after this long when nothing is there.
+SWEEP_CONFIRM = 0.001
 
 
 def _cursor_config(name: str, base: int, filter_subject: str | None = None) -> Any:
@@ -171,6 +174,17 @@ class KeyOrder(Refused):
         pulls = self._pulls
         try:
             msgs = await pulls.pull(s.stream, sw.name, CURSOR_BATCH) if pulls is not None else []
+            # "Nothing" may be a refusal unread (its count lagging a publish: Pulls.sure), and it would count the lane
+            # as checked up to the horizon, past a message published before a buffered event of its key: where that
+            # decides something, ask again with a short wait, which makes the server read its store.
+            if (
+                pulls is not None
+                and not msgs
+                and pulls.drained(sw.name)
+                and not pulls.sure(sw.name)
+                and self._sweep_matters(cov, lane, sw, horizon)
+            ):
+                msgs = await pulls.pull(s.stream, sw.name, CURSOR_BATCH, expires=SWEEP_CONFIRM)
         except Exception:  # a server loss: pull them all (the pulls judge it)
             self._sweepers.pop(lane, None)
             return set(parts)
@@ -202,6 +216,17 @@ class KeyOrder(Refused):
             else:
                 short.discard(lane)
         return found
+
+    def _sweep_matters(self, cov: dict[int, dict[str, int]], lane: str, sw: Cursor, horizon: int) -> bool:
+        """True if extending ``lane``'s coverage to ``horizon`` could clear a buffered event of another lane (one of
+        its partitions has such an event above the lane's coverage, and at or below the horizon)."""
+        if horizon <= sw.upto:
+            return False
+        for p, c in cov.items():
+            have = c.get(lane, 0)
+            if any(have < h.seq and h.lane != lane for h in self._buf.get(p, ())):
+                return True
+        return False
 
     async def _cover(self, out: Fetched) -> None:
         """Extend the coverage of every lane to the buffered events of the other lanes (twice at most:
