@@ -211,3 +211,25 @@ def test_fail_rides_out_an_in_progress_the_server_did_not_take(
     c.ack(d)
     c.sync()
     assert t.state_of(d.id) == State.PROCESSED
+
+
+def test_a_consumer_made_again_under_the_same_name_does_not_meet_its_predecessors_readers(
+    served: tuple[NatsServer, Any],
+) -> None:
+    """A consumer closed and made again under its name (its readers still on the server) fetches everything: no
+    "start sequence can not be updated" from a reader name the earlier one used (seen in bench/nats.py)."""
+    _, t = served
+    first = [build(t, f"n{i % 3}") for i in range(30)] + [build(t, "a", "high"), build(t, "b", "low")]
+    t.publish(first)
+    c = t.consumer("same")
+    got = c.fetch(3).deliveries
+    for d in got:
+        c.ack(d)
+    c.fetch(3)  # a second fetch sweeps the small lanes: the sweepers exist on the server
+    c.close()
+    later = [build(t, "a", "high"), build(t, "a"), build(t, "b", "low")]
+    t.publish(later)
+    c = t.consumer("same")
+    want = {o.event.id for o in first + later} - {d.id for d in got}
+    order = drain(c, want, limit=3)
+    assert set(order) == want

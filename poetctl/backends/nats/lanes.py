@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import os
 import time
 from collections import deque
 from collections.abc import Collection
@@ -48,7 +49,10 @@ class Lanes(KeyOrder):
         self.shares = dict(getattr(self.t, "shares", None) or DEFAULT_SHARES)
         self._cov, self._top, self._short, self._cursors, self._classed = {}, {}, {}, {}, {}
         self._unsure, self._got = {}, {}
-        self._ncur = 0
+        # Reader names count on from a random start: a consumer made later under the same name (a default name's
+        # id() reused in one process, a daemon restarted as the same pid) must not meet the readers the earlier one
+        # left on the server (they linger for CURSOR_IDLE): the server refuses a changed start ("10012").
+        self._ncur = int.from_bytes(os.urandom(4), "big") << 16
         self._sweepers = {}
         self._rushed = False
         self._keyed_from = END  # until the stream's mark is read (.setup.ensure_lanes): headers only
