@@ -44,7 +44,7 @@ from ...transport import Attempt, Delivery, Fetched, State
 from . import subjects
 from .dead import to_headers
 from .fastpub import header_value
-from .intake import _Held, _kv, _reply
+from .intake import _Held, _kv, _progress, _reply
 from .lanes import Lanes
 from .leases import Held
 from .pipeline import UNCONFIRMED, Op, Pipeline
@@ -118,8 +118,25 @@ class NatsConsumer(Lanes):
         with self._lock:
             self._alive()
             out = Fetched()
-            self._run(self._fetch(limit, out))
+            self._run(self._fetch_or_suspect(limit, out))
             return out
+
+    async def _fetch_or_suspect(self, limit: int, out: Fetched) -> None:
+        """:meth:`_fetch`, riding out a request NATS did not answer (a server loss, an election) wherever it came.
+
+        What the fetch handed out stands (leased, in ``out``). What it pulled and had not buffered yet may be lost
+        here, and comes back after AckWait behind later messages: every held partition is suspect, so nothing more
+        of it goes out until the server's ack-pending counts are checked (:meth:`_check_suspects`, next fetch).
+        """
+        try:
+            await self._fetch(limit, out)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            self._suspect.update(self._held)
+            from ...daemon import log
+
+            log.warning("NATS did not answer during a fetch; checking the partitions held", error=repr(exc))
 
     async def _fetch(self, limit: int, out: Fetched) -> None:
         now_real = time.monotonic()
@@ -247,11 +264,7 @@ class NatsConsumer(Lanes):
                 h.record.not_before = not_before
                 self._failing[h.key] = h.id
                 self._put_record(h)
-                try:
-                    self._run(h.msg.in_progress())
-                except Exception as exc:  # the keeper sends it again every tick
-                    if not transient(exc):
-                        raise
+                self._run(_progress(h.msg))
 
     # -- outcomes ---------------------------------------------------------------------------------
     def _end(self, h: Held) -> None:
@@ -425,7 +438,11 @@ class NatsConsumer(Lanes):
                         rec = h.record.to_dict()
                         data = self._state(h, State.PENDING, rec=rec)
                         # Briefly: a stop during an outage must not hang; the redelivery finds the last record.
-                        await retrying(partial(self.t.state_kv.put, kv_key(h.id), data), 10.0)
+                        try:
+                            await retrying(partial(self.t.state_kv.put, kv_key(h.id), data), 10.0)
+                        except Exception as exc:  # still naked and handed back below: it is redelivered
+                            if not transient(exc):
+                                raise
                     try:
                         await _reply(h.msg, b"-NAK")
                     except Exception:  # lost: it comes back after AckWait

@@ -28,6 +28,15 @@ async def _reply(m: Any, body: bytes) -> None:
     m._ackd = True
 
 
+async def _progress(m: Any) -> None:
+    """Tell JetStream ``m`` is still being worked on; a server loss is ridden out (the keeper sends it every tick)."""
+    try:
+        await m.in_progress()
+    except Exception as exc:
+        if not transient(exc):
+            raise
+
+
 class _Held(Held):
     """A pulled message, and whether its id has a KV state entry (which then must be kept current)."""
 

@@ -54,6 +54,7 @@ from . import subjects
 from .leases import Held
 from .probes import KeyProbes
 from .refused import CONFIRM, END, Refused
+from .retry import transient
 
 CURSOR_BATCH = 2048  # headers read per pull of a cursor
 WARM = 30.0  # seconds a partition's cursor keeps reading after its last high or low event
@@ -61,6 +62,9 @@ CURSOR_IDLE = 120.0  # the cursor consumer's inactive threshold (the server dele
 NO_KEY = "*"  # the index entry of a message without Poet-Key: it blocks every key
 PULL_LANE = 16  # the high and low lanes are pulled at least this far ahead (a coverage pull: at most)
 PROBE_KEYS = 16  # keys probed per lane of a partition per round; more: its cursor reads the headers
+# An empty sweep that may have been refused unread is sent again with this wait (seconds) where its answer decides
+# a buffered event's key order: the server reads its store, and answers after this long when nothing is there.
+SWEEP_CONFIRM = 0.001
 
 
 def _cursor_config(name: str, base: int, filter_subject: str | None = None) -> Any:
@@ -121,6 +125,25 @@ class KeyOrder(Refused):
 
         self.t.link.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(go()))
 
+    async def _make_reader(self, cfg: Any) -> bool:
+        """Create the ephemeral cursor or sweeper ``cfg``; False if NATS did not answer (a server loss, an election).
+
+        Its caller then takes the path a failed read of it takes: nothing is known from it this time. A consumer the
+        server made although its answer was lost goes by itself after :data:`CURSOR_IDLE`.
+        """
+        try:
+            await self.t.link.jsm.add_consumer(self.t.settings.stream, cfg)
+            return True
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            from ...daemon import log
+
+            log.warning(
+                "NATS did not make a headers reader; trying again next fetch", consumer=cfg.name, error=repr(exc)
+            )
+            return False
+
     async def _sweep(self, parts: list[int], lane: str) -> set[int]:
         """Extend the coverage of ``lane`` of ``parts`` (each covered some way already) by one headers-only read
         of that lane of all of them (a sweeper: an ephemeral consumer filtering their lane subjects), usually
@@ -143,13 +166,25 @@ class KeyOrder(Refused):
                 cfg.filter_subject = filters[0]
             else:
                 cfg.filter_subjects = filters
-            await self.t.link.jsm.add_consumer(s.stream, cfg)
+            if not await self._make_reader(cfg):  # not now (a server loss): pull them all (the pulls judge it)
+                return set(parts)
             self._sweepers[lane] = sw
         sw.used = now
         horizon = max(self._top.values(), default=0)  # stored before this read is sent
         pulls = self._pulls
         try:
             msgs = await pulls.pull(s.stream, sw.name, CURSOR_BATCH) if pulls is not None else []
+            # "Nothing" may be a refusal unread (its count lagging a publish: Pulls.sure), and it would count the lane
+            # as checked up to the horizon, past a message published before a buffered event of its key: where that
+            # decides something, ask again with a short wait, which makes the server read its store.
+            if (
+                pulls is not None
+                and not msgs
+                and pulls.drained(sw.name)
+                and not pulls.sure(sw.name)
+                and self._sweep_matters(cov, lane, sw, horizon)
+            ):
+                msgs = await pulls.pull(s.stream, sw.name, CURSOR_BATCH, expires=SWEEP_CONFIRM)
         except Exception:  # a server loss: pull them all (the pulls judge it)
             self._sweepers.pop(lane, None)
             return set(parts)
@@ -181,6 +216,17 @@ class KeyOrder(Refused):
             else:
                 short.discard(lane)
         return found
+
+    def _sweep_matters(self, cov: dict[int, dict[str, int]], lane: str, sw: Cursor, horizon: int) -> bool:
+        """True if extending ``lane``'s coverage to ``horizon`` could clear a buffered event of another lane (one of
+        its partitions has such an event above the lane's coverage, and at or below the horizon)."""
+        if horizon <= sw.upto:
+            return False
+        for p, c in cov.items():
+            have = c.get(lane, 0)
+            if any(have < h.seq and h.lane != lane for h in self._buf.get(p, ())):
+                return True
+        return False
 
     async def _cover(self, out: Fetched) -> None:
         """Extend the coverage of every lane to the buffered events of the other lanes (twice at most:
@@ -253,7 +299,8 @@ class KeyOrder(Refused):
             self._ncur += 1
             c = Cursor(f"poetcur-{self.name[:60]}-{p}{lane}-{self._ncur}", base)
             cfg = _cursor_config(c.name, base, filter_subject=subjects.partition_filter(p, lane))
-            await self.t.link.jsm.add_consumer(s.stream, cfg)
+            if not await self._make_reader(cfg):  # not now (a server loss): the events it would clear wait
+                return
             self._cursors[(p, lane)] = c
         c.used = now
         pulls = self._pulls

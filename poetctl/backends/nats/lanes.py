@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import os
 import time
 from collections import deque
 from collections.abc import Collection
@@ -48,11 +49,14 @@ class Lanes(KeyOrder):
         self.shares = dict(getattr(self.t, "shares", None) or DEFAULT_SHARES)
         self._cov, self._top, self._short, self._cursors, self._classed = {}, {}, {}, {}, {}
         self._unsure, self._got = {}, {}
-        self._ncur = 0
+        # Reader names count on from a random start: a consumer made later under the same name (a default name's
+        # id() reused in one process, a daemon restarted as the same pid) must not meet the readers the earlier one
+        # left on the server (they linger for CURSOR_IDLE): the server refuses a changed start ("10012").
+        self._ncur = int.from_bytes(os.urandom(4), "big") << 16
         self._sweepers = {}
         self._rushed = False
         self._keyed_from = END  # until the stream's mark is read (.setup.ensure_lanes): headers only
-        self.probes = KeyProbes()
+        self.probes = KeyProbes(direct=not getattr(self.t, "replicated", False))  # R3: the leader answers "none"
 
     def _forget_lanes(self, p: int) -> None:
         """Partition ``p`` is no longer held: its coverage goes (a next holding starts from the durables)."""
@@ -93,17 +97,22 @@ class Lanes(KeyOrder):
         # (a full normal pull, or the other small lane brought something: its lanes are swept from then on), a lane
         # a sweep found something in. Elsewhere (nothing buffered) it covers nothing, and is pulled again.
         sure = {p for p in parts if "" not in self._short.get(p, ()) or self._buf.get(p)}
+        plan: dict[str, tuple[list[int], set[int]]] = {}
         for lane in "hl":
             # The lanes pulled since their partition was taken are swept: one read tells which of them have
             # something new (usually none), and only those are pulled. The others are pulled.
             held = sorted(p for p in self._held if self._cov.get(p, {}).get(lane, 0) > 0 and p not in self._suspect)
             swept = [p for p in parts if p in held and not owed[p]]  # a redelivery lies below coverage: pulled
-            todo = set(parts) - set(swept)
-            if swept:
-                found = await self._sweep(held, lane) & set(parts)
-                todo |= found
-                sure |= found
-            small += [(p, lane, ahead[lane][p]) for p in sorted(todo)]
+            plan[lane] = (held if swept else [], set(parts) - set(swept))
+        # Both sweeps at once (each may wait a moment for the store: _sweep).
+        sweeps = [lane for lane in "hl" if plan[lane][0]]
+        founds = await asyncio.gather(*(self._sweep(plan[lane][0], lane) for lane in sweeps))
+        for lane, found in zip(sweeps, founds, strict=True):
+            found &= set(parts)
+            plan[lane][1].update(found)
+            sure |= found
+        for lane in "hl":
+            small += [(p, lane, ahead[lane][p]) for p in sorted(plan[lane][1])]
         await self._pull_set(small, out, confirm=sure)
         # A normal lane whose pull was refused unread covers nothing. Its key checks can ask probes, but the shares
         # must know whether it has more (``deep``): when high or low events wait to be handed out, ask the store.

@@ -9,6 +9,11 @@ checked against the normal backlog nobody pulled yet, instead of reading that ba
 An answer stays true for the sequences it saw: no event of the key in ``[frm, nxt)``, and every
 sequence up to ``upto`` was stored before it was asked (the highest this consumer had pulled), so
 nothing of the key can appear there later.
+
+On a replicated stream (R3) the leader answers (``$JS.API.STREAM.MSG.GET``), not a direct get: ``allow_direct``
+lets every replica answer those, and a follower applies what the leader committed a little later, so its "none"
+may miss an event the leader stored and acknowledged before this consumer pulled a later one (the horizon). A
+message found is right from any replica (it holds everything below it); only "none" needs the leader.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ FAILS = 3  # probes failing in a row before headers are read instead
 class KeyProbes:
     """The answers of key probes per (partition, lane, key hash), and how many reads were made."""
 
-    def __init__(self) -> None:
+    def __init__(self, direct: bool = True) -> None:
+        self.direct = direct  # False on a replicated stream: the leader answers (see the module's docstring)
         self.found: dict[tuple[int, str, str], tuple[int, int, int]] = {}  # -> (frm, nxt, upto)
         self.reads = 0
         self.fails = 0  # probes failed in a row
@@ -50,7 +56,8 @@ class KeyProbes:
 
         self.reads += 1
         try:
-            m = await jsm.get_msg(stream, seq=lo + 1, subject=subjects.key_filter(p, lane, kh), direct=True, next=True)
+            filt = subjects.key_filter(p, lane, kh)
+            m = await jsm.get_msg(stream, seq=lo + 1, subject=filt, direct=self.direct, next=True)
             nxt = int(m.seq)
         except NotFoundError:
             nxt = NONE

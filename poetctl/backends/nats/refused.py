@@ -34,6 +34,7 @@ class Refused(Intake):
     # consumer, or before it held the partition): what its pulls showed, not what sweeps and cursors read
     _got: dict[int, dict[str, int]]
     _sweepers: dict[str, Any]  # small lane -> its sweeper (.lanes.Cursor)
+    probes: Any  # .probes.KeyProbes: ``direct`` says whether a direct get may answer "none"
 
     async def _pull_set(self, todo: list[tuple[int, str, int]], out: Fetched, confirm: Any = False) -> None:
         raise NotImplementedError
@@ -46,7 +47,11 @@ class Refused(Intake):
         frm = d.get(p, {}).get(lane, 0) + 1
         try:
             m = await self.t.link.jsm.get_msg(
-                self.t.settings.stream, seq=frm, subject=subjects.partition_filter(p, lane), direct=True, next=True
+                self.t.settings.stream,
+                seq=frm,
+                subject=subjects.partition_filter(p, lane),
+                direct=self.probes.direct,  # R3: the leader (a follower's "none" may lag it: .probes)
+                next=True,
             )
             return int(m.seq)
         except NotFoundError:
