@@ -11,7 +11,7 @@ import pytest
 from poetctl import EventRouter
 from poetctl.backends.fs import reader
 from poetctl.backends.fs.reader import CorruptEvent, decode_event, more_openers
-from poetctl.event import MAX_DEPTH, canonical, checksum_of, without_checksum_member
+from poetctl.event import CHECKSUM_PREFIX, MAX_DEPTH, canonical, checksum_of, without_checksum_member
 
 
 def _stored(tmp_path: Path, payload: dict[str, Any]) -> dict[str, Any]:
@@ -151,3 +151,49 @@ def test_payload_nested_past_the_limit_is_still_refused(tmp_path: Path) -> None:
         decode_event(_canonical_file(d), None, expected_id=d["id"])
     assert exc.value.reason == "bad_json"
     assert "deep" in exc.value.detail or "nest" in exc.value.detail
+
+
+def test_canonical_file_is_compared_without_a_spliced_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large canonical file is proved by comparing it in place: no copy of it without its checksum member is built."""
+    d = _stored(tmp_path, _metrics(300))
+    data = _canonical_file(d)
+
+    def no_splice(*a: Any) -> bytes:
+        raise AssertionError("the reader built the spliced copy")
+
+    monkeypatch.setattr(reader, "without_checksum_member", no_splice, raising=False)
+    monkeypatch.setattr(reader, "surely_exact", no_splice)  # and it was proved by the comparison, not by counting
+    ev = decode_event(data, None, expected_id=d["id"])
+    assert ev.payload == d["payload"]
+
+
+_MEMBER = b'"checksum":"' + (CHECKSUM_PREFIX + "ab" * 32).encode() + b'"'
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":1,' + _MEMBER + b',"b":2}\n',  # between two members
+        b'{"a":1,' + _MEMBER + b',"b":2}',  # no final newline
+        b'{"a":1,' + _MEMBER + b"}\n",  # the last member
+        b"{" + _MEMBER + b',"b":2}\n',  # the first member
+        b"{" + _MEMBER + b"}\n",  # the only member: no comma either side
+        b'{"a":1,' + _MEMBER + b',"b":2}\n\n',  # two newlines: one is dropped
+        b'{"a":1,' + _MEMBER,  # the member ends the data
+        b'{"a":1\n,' + _MEMBER,  # ... after a newline
+        b'{"a":1,' + _MEMBER + b',"b":2,' + _MEMBER + b"}\n",  # twice: the first is taken out
+        b'{"a":1,"b":2}\n',  # no member
+        _MEMBER + b',"b":2}\n',  # at the very start
+    ],
+)
+def test_stored_canonical_agrees_with_splicing(data: bytes) -> None:
+    """The in-place comparison gives the verdict of splicing the member out and comparing, for every placement."""
+    stated = CHECKSUM_PREFIX + "ab" * 32
+    rest = without_checksum_member(data, stated)
+    candidates = [b"", data, data[:-1], b'{"a":1,"b":2}', b'{"a":1}', b'{"b":2}', b"{}"]
+    if rest is not None:
+        candidates += [rest, rest + b"\n", rest[:-1], b"x" + rest[1:], rest[:-1] + b"x"]
+    for canon in candidates:
+        assert reader.stored_canonical(data, canon, stated) == (rest is not None and rest == canon), canon
+    for other in (stated[:-1], stated + "a", "md5:" + "ab" * 33 + "a"):
+        assert reader.stored_canonical(data, rest or b"", other) is False
