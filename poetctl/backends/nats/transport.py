@@ -37,6 +37,7 @@ from ...partition import KeyFunction, key_function
 from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored
 from ..memory import decode
 from . import derive, subjects, tally
+from .creates import create_all
 from .fastpub import FastPublisher, event_headers, header_dict, plain
 from .link import Link
 from .retry import RUN_TIMEOUT, confirmed_all, retrying, transient
@@ -46,13 +47,6 @@ from .subjects import kv_key
 if TYPE_CHECKING:
     from ...limits import Limits
     from .consumer import NatsConsumer
-
-_EXPECT_LAST = "Nats-Expected-Last-Subject-Sequence"
-
-
-def _wrong_last(exc: BaseException) -> bool:
-    """A create refused because the key exists (JetStream error 10071)."""
-    return getattr(exc, "err_code", None) == 10071
 
 
 def dumps(d: dict[str, Any]) -> bytes:
@@ -270,42 +264,8 @@ class NatsTransport:
         return out
 
     async def _create_all(self, made: list[tuple[str, bytes]]) -> list[bool]:
-        """Create the state entries (pipelined, repeated through a server loss); per entry: made by this call."""
-        js = self.link.js
-        done: dict[int, bool] = {}
-        left = list(range(len(made)))
-        loop = asyncio.get_running_loop()
-        from .retry import OUTAGE
-
-        end = loop.time() + OUTAGE
-        delay = 0.05
-        while left:
-            futs = []
-            failure: BaseException | None = None
-            for k in left:
-                try:
-                    futs.append(await js.publish_async(made[k][0], made[k][1], headers={_EXPECT_LAST: "0"}))
-                except Exception as exc:
-                    failure = exc
-                    break
-            results = await confirmed_all(futs)
-            again = []
-            for k, r in zip(left, [*results, *[failure] * (len(left) - len(futs))], strict=True):
-                if isinstance(r, BaseException) and _wrong_last(r):
-                    done[k] = False  # existed (or our own create whose PubAck was lost: made, then)
-                elif isinstance(r, BaseException) or r is None:
-                    failure = failure or r
-                    again.append(k)
-                else:
-                    done[k] = True
-            left = again
-            if left:
-                assert failure is not None
-                if not transient(failure) or loop.time() + delay > end:
-                    raise failure
-                await asyncio.sleep(delay)
-                delay = min(1.0, delay * 2)
-        return [done[k] for k in range(len(made))]
+        """Create the state entries (:func:`.creates.create_all`); per entry: made by this call."""
+        return await create_all(self.link.js, made)
 
     async def _state(self, event_id: str) -> dict[str, Any] | None:
         from nats.js.errors import KeyDeletedError, KeyNotFoundError
