@@ -13,7 +13,6 @@ writes nothing: publishing is :class:`~poetctl.publish.Publisher`'s job.
 from __future__ import annotations
 
 import _thread  # threading's own lock/local types; threading itself stays out of a one-event emit (start-up)
-import re
 import sys
 from collections.abc import Callable, Mapping
 
@@ -32,6 +31,10 @@ from .event import (
     verify_checksum,
 )
 from .ids import derived_id, uuid7
+from .jsonscan import NULL as _NULL
+from .jsonscan import SCAN_ALL as _SCAN_ALL
+from .jsonscan import has_null as _has_null
+from .jsonscan import openers as _openers
 from .schemas import MAX_CAUSATION_DEPTH, SchemaRegistry
 from .topics import ROUTES, default_template, topic_for
 
@@ -410,9 +413,6 @@ def _orjson() -> Any:
 _sha256: Any = None  # hashlib.sha256 once _orjson() has run (only _seal, which needs orjson, uses it)
 
 
-_SCAN_ALL = 2048  # payload bytes up to which scanning the whole canonical envelope beats serialising its head
-
-
 def plain_json(value: dict[str, Any]) -> bytes | None:
     """``value``'s canonical JSON when it surely passes :func:`check_depth`, else None (the walk decides).
 
@@ -430,49 +430,6 @@ def plain_json(value: dict[str, Any]) -> bytes | None:
     if _has_null(data) or _openers(data) > MAX_DEPTH:
         return None
     return data
-
-
-# re's literal search beats ``b"null" in data`` 1.5-2x here: bytes' search skips on a bloom filter in
-# which "n", "u" and "l" share bits with ".", "5" and ",", so it crawls through number-heavy JSON.
-_NULL = re.compile(b"null")
-_FEW = 8  # openers of one kind found one by one (memchr) before counting the rest
-
-
-def _has_null(data: bytes) -> bool:
-    """``b"null" in data``, faster: a large document is searched for its first few ``n`` bytes by memchr."""
-    if len(data) <= _SCAN_ALL:
-        return _NULL.search(data) is not None
-    i = data.find(b"n")
-    for _ in range(_FEW):
-        if i < 0:
-            return False
-        if data.startswith(b"null", i):
-            return True
-        i = data.find(b"n", i + 1)
-    return i >= 0 and _NULL.search(data, i) is not None
-
-
-def _openers(data: bytes) -> int:
-    """How many ``{`` and ``[`` bytes ``data`` holds, or at least more than MAX_DEPTH.
-
-    A large payload mostly holds a few containers: finding each (``find`` is a
-    memchr) is far cheaper than counting every byte (``count`` compares each),
-    which serves small documents and what has many containers.
-    """
-    if len(data) <= _SCAN_ALL:
-        return data.count(b"{") + data.count(b"[")
-    n = 0
-    for opener in (b"{", b"["):
-        i = data.find(opener)
-        found = 0
-        while i >= 0:
-            found += 1
-            if found == _FEW:
-                n += data.count(opener, i + 1)
-                break
-            i = data.find(opener, i + 1)
-        n += found
-    return n
 
 
 def _declared_version(d: Mapping[str, Any]) -> int | None:
