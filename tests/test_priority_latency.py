@@ -312,3 +312,62 @@ def test_a_backlog_larger_than_the_window_is_fetched_through_without_a_wake_up(s
     finally:
         c.close()
         t.close()
+
+
+class _NullConsumer:
+    """Just what a KeyWorker calls while it handles (journal lines are not the point here)."""
+
+    def begin(self, delivery: Any) -> None:
+        pass
+
+    def done(self, delivery: Any, handler: str) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+
+class _NoCause:
+    def set_cause(self, event: Any, handler: str = "", buffer: Any = None) -> None:
+        pass
+
+    def commit_events(self, built: Any) -> list[bool]:
+        return []
+
+
+def test_worker_starting_a_high_delivery_before_the_close_leaves_the_gate_open(spool: Path) -> None:
+    """A worker that starts its high delivery before the loop closes the gate for it still opens it.
+
+    Before, the worker counted a start only while the gate was closed; one
+    quicker than the loop's close() left the gate closed for good, and every
+    later high dispatch stalled the loop and the other workers for HOLD_LIMIT.
+    """
+    import time
+
+    from poetctl.daemon.handling import Job, KeyWorker, UrgentGate
+    from poetctl.daemon.middleware import Hooks
+    from poetctl.daemon.retries import RetryPolicy
+    from poetctl.transport import Delivery, Record
+
+    r = EventRouter(spool=spool)
+    ev = _item(r, "hot", "high").event
+    seen: list[str] = []
+
+    class Sub:
+        pattern = "*"
+        name = "probe"
+
+        @staticmethod
+        def fn(event: Any) -> None:
+            seen.append(event.id)
+
+    gate = UrgentGate()
+    outcomes: list[Any] = []
+    consumer: Any = _NullConsumer()
+    w = KeyWorker(0, consumer, _NoCause(), RetryPolicy(), time.time, Hooks([]), lambda d, o: outcomes.append(o), gate)
+    job = Job(Delivery(ev, "hot", Record()), ((Sub(), None),), urgent=True)
+    w.put([job], urgent=True)
+    assert w.step(block=False) == 1 and seen == [ev.id]  # it ran before the loop's close() below
+    gate.close(1)
+    assert gate.waiting == 0  # before: 1, closed with no delivery left to open it
+    assert gate._open.is_set()
