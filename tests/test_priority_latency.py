@@ -131,20 +131,23 @@ def test_unclaimable_hint_does_not_cut_fetches_short(spool: Path) -> None:
         t.close()
 
 
-def test_every_fetch_with_high_events_claims_only_the_normal_share(spool: Path) -> None:
-    """A fetch that finds high events hands them out with normal work's share (25%), not a full batch."""
+def test_a_high_event_goes_out_before_any_normal_claim_and_the_share_follows(spool: Path) -> None:
+    """A fetch that finds a high event hands it out at once; normal work's share (25%) comes in the next fetch."""
     t = FsTransport(spool)
     r = EventRouter(spool=spool)
     normal = _backlog(t, r)
     c = t.consumer(watch=False, index=False, mover_backlog=-1)
     try:
         primed = [d.id for d in c.fetch(10).deliveries]  # a running daemon has listed pending
-        for i in range(3):  # back to back: the old code alternated, and claimed a whole batch every other fetch
+        for i in range(3):  # back to back: each fetch after the first pays the share the one before owed
             high = _item(r, f"hot{i}", "high")
             t.publish([high])
             got = c.fetch(100).deliveries
             assert got[0].id == high.event.id
-            assert 1 <= len(got) - 1 <= 100 * 25 // 95  # the high one, then normal work's share
+            if i == 0:
+                assert len(got) == 1  # before: it waited for normal work's share to be claimed first
+            else:
+                assert 1 <= len(got) - 1 <= 100 * 25 // 95  # the high one, then the share (not a full batch)
         seen = primed
         while got := c.fetch(100).deliveries:
             seen += [d.id for d in got]
