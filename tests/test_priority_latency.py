@@ -374,3 +374,34 @@ def test_worker_starting_a_high_delivery_before_the_close_leaves_the_gate_open(s
     gate.close(1)
     assert gate.waiting == 0  # before: 1, closed with no delivery left to open it
     assert gate._open.is_set()
+
+
+def test_a_high_event_hinted_while_a_share_is_claimed_cuts_it_short(spool: Path) -> None:
+    """The share owed by a high fetch is claimed first in the next one; a high event hinted then goes out first."""
+    t = FsTransport(spool)
+    r = EventRouter(spool=spool)
+    normal = _backlog(t, r)
+    c = t.consumer(watch=False, index=False, mover_backlog=-1)
+    try:
+        primed = [d.id for d in c.fetch(10).deliveries]
+        first = _item(r, "hot0", "high")
+        t.publish([first])
+        assert [d.id for d in c.fetch(100).deliveries] == [first.event.id]  # its share is owed
+        assert c.share_due > 0
+
+        def emit_high() -> str:
+            high = _item(r, "hot1", "high")
+            t.publish([high])
+            return high.event.id
+
+        made = _emit_during_claims(c, 3, emit_high)  # during the share's claims (the next fetch's start)
+        got = [d.id for d in c.fetch(100).deliveries]
+        assert made and got[0] == made[0]  # not after the whole share
+        assert len(got) - 1 < 100 * 25 // 95 and c.share_due > 0  # cut short: still owed
+        seen = primed + got[1:]
+        while more := c.fetch(100).deliveries:
+            seen += [d.id for d in more]
+        assert seen == normal  # nothing lost, nothing twice, in order
+    finally:
+        c.close()
+        t.close()
