@@ -131,20 +131,23 @@ def test_unclaimable_hint_does_not_cut_fetches_short(spool: Path) -> None:
         t.close()
 
 
-def test_every_fetch_with_high_events_claims_only_the_normal_share(spool: Path) -> None:
-    """A fetch that finds high events hands them out with normal work's share (25%), not a full batch."""
+def test_a_high_event_goes_out_before_any_normal_claim_and_the_share_follows(spool: Path) -> None:
+    """A fetch that finds a high event hands it out at once; normal work's share (25%) comes in the next fetch."""
     t = FsTransport(spool)
     r = EventRouter(spool=spool)
     normal = _backlog(t, r)
     c = t.consumer(watch=False, index=False, mover_backlog=-1)
     try:
         primed = [d.id for d in c.fetch(10).deliveries]  # a running daemon has listed pending
-        for i in range(3):  # back to back: the old code alternated, and claimed a whole batch every other fetch
+        for i in range(3):  # back to back: each fetch after the first pays the share the one before owed
             high = _item(r, f"hot{i}", "high")
             t.publish([high])
             got = c.fetch(100).deliveries
             assert got[0].id == high.event.id
-            assert 1 <= len(got) - 1 <= 100 * 25 // 95  # the high one, then normal work's share
+            if i == 0:
+                assert len(got) == 1  # before: it waited for normal work's share to be claimed first
+            else:
+                assert 1 <= len(got) - 1 <= 100 * 25 // 95  # the high one, then the share (not a full batch)
         seen = primed
         while got := c.fetch(100).deliveries:
             seen += [d.id for d in got]
@@ -309,6 +312,96 @@ def test_a_backlog_larger_than_the_window_is_fetched_through_without_a_wake_up(s
             if not f.more:
                 break
         assert got == [it.event.id for it in items]
+    finally:
+        c.close()
+        t.close()
+
+
+class _NullConsumer:
+    """Just what a KeyWorker calls while it handles (journal lines are not the point here)."""
+
+    def begin(self, delivery: Any) -> None:
+        pass
+
+    def done(self, delivery: Any, handler: str) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+
+class _NoCause:
+    def set_cause(self, event: Any, handler: str = "", buffer: Any = None) -> None:
+        pass
+
+    def commit_events(self, built: Any) -> list[bool]:
+        return []
+
+
+def test_worker_starting_a_high_delivery_before_the_close_leaves_the_gate_open(spool: Path) -> None:
+    """A worker that starts its high delivery before the loop closes the gate for it still opens it.
+
+    Before, the worker counted a start only while the gate was closed; one
+    quicker than the loop's close() left the gate closed for good, and every
+    later high dispatch stalled the loop and the other workers for HOLD_LIMIT.
+    """
+    import time
+
+    from poetctl.daemon.handling import Job, KeyWorker, UrgentGate
+    from poetctl.daemon.middleware import Hooks
+    from poetctl.daemon.retries import RetryPolicy
+    from poetctl.transport import Delivery, Record
+
+    r = EventRouter(spool=spool)
+    ev = _item(r, "hot", "high").event
+    seen: list[str] = []
+
+    class Sub:
+        pattern = "*"
+        name = "probe"
+
+        @staticmethod
+        def fn(event: Any) -> None:
+            seen.append(event.id)
+
+    gate = UrgentGate()
+    outcomes: list[Any] = []
+    consumer: Any = _NullConsumer()
+    w = KeyWorker(0, consumer, _NoCause(), RetryPolicy(), time.time, Hooks([]), lambda d, o: outcomes.append(o), gate)
+    job = Job(Delivery(ev, "hot", Record()), ((Sub(), None),), urgent=True)
+    w.put([job], urgent=True)
+    assert w.step(block=False) == 1 and seen == [ev.id]  # it ran before the loop's close() below
+    gate.close(1)
+    assert gate.waiting == 0  # before: 1, closed with no delivery left to open it
+    assert gate._open.is_set()
+
+
+def test_a_high_event_hinted_while_a_share_is_claimed_cuts_it_short(spool: Path) -> None:
+    """The share owed by a high fetch is claimed first in the next one; a high event hinted then goes out first."""
+    t = FsTransport(spool)
+    r = EventRouter(spool=spool)
+    normal = _backlog(t, r)
+    c = t.consumer(watch=False, index=False, mover_backlog=-1)
+    try:
+        primed = [d.id for d in c.fetch(10).deliveries]
+        first = _item(r, "hot0", "high")
+        t.publish([first])
+        assert [d.id for d in c.fetch(100).deliveries] == [first.event.id]  # its share is owed
+        assert c.share_due > 0
+
+        def emit_high() -> str:
+            high = _item(r, "hot1", "high")
+            t.publish([high])
+            return high.event.id
+
+        made = _emit_during_claims(c, 3, emit_high)  # during the share's claims (the next fetch's start)
+        got = [d.id for d in c.fetch(100).deliveries]
+        assert made and got[0] == made[0]  # not after the whole share
+        assert len(got) - 1 < 100 * 25 // 95 and c.share_due > 0  # cut short: still owed
+        seen = primed + got[1:]
+        while more := c.fetch(100).deliveries:
+            seen += [d.id for d in more]
+        assert seen == normal  # nothing lost, nothing twice, in order
     finally:
         c.close()
         t.close()

@@ -267,11 +267,13 @@ class KeyWorker:
         gate = self.gate
         for _ in range(256):  # a key's deliveries back to back while they succeed: cheap, keeps order
             job = q[0]
-            if gate.waiting > 0:  # a high delivery waits to start somewhere (UrgentGate)
-                if job.urgent:
-                    gate.started(job)
-                elif not self.urgent:
-                    gate.hold()  # not if it is ours (urgent is set before the gate closes)
+            if job.urgent:
+                # Counted whatever the gate shows: a start before the loop's close() (the worker was
+                # quicker) must still cancel it, or the gate stayed closed and every later hold()
+                # stalled the loop and the workers for HOLD_LIMIT after each high dispatch.
+                gate.started(job)
+            elif gate.waiting > 0 and not self.urgent:
+                gate.hold()  # a high delivery waits to start elsewhere; not if it is ours (urgent is set first)
             outcome = self._handle(job)
             ran += 1
             self.report(job.delivery, outcome)

@@ -179,13 +179,14 @@ class FsConsumer(PriorityLanes, Claims):
         scanned = 0.0  # perf_counter at a periodic rescan (0: none in this call)
         recovered = self.recovery.total  # rescans and bucket takeovers recover too: reported on the Fetched
         self.quarantined = 0
+        paid = self.share_due > 0
+        if paid:
+            self.pay_share()  # the last fetch handed out high events and owes normal work its share
         # Hinted high events and set-aside low ones (priority.py); at least one high when claimed normal
-        # events fill the fetch. High ones found: hand them out now, with normal work's share of the fetch
-        # (claim_share) but without a rescan, a listing or a full claim batch first.
+        # events fill the fetch. High ones found: hand them out now, without a rescan, a listing or a
+        # claim first; normal work's share of the fetch is claimed by the next one (defer_share).
         high = self.fill_by_priority(max(1, limit - len(self.ready)))
         hurry = high > 0
-        if not hurry:
-            self.share_waited = False  # claim_share lists only in back-to-back fetches with high events
         self.watch_hints, self.hint_seen = not hurry, False  # a hint arriving during the claims below cuts them short
         woken = self.wake.is_set()
         if woken and not hurry:
@@ -230,7 +231,7 @@ class FsConsumer(PriorityLanes, Claims):
             if not self.stale or len(self.ready) >= limit:
                 break
         if hurry:
-            self.claim_share()
+            self.defer_share(high, paid)
         if self.hint_seen:
             self.fill_by_priority(limit)  # ahead of what this fetch claimed (see hint_arrived)
         self.watch_hints = False
@@ -245,6 +246,7 @@ class FsConsumer(PriorityLanes, Claims):
         out.more = (
             bool(ready)
             or bool(self.outstanding)
+            or self.share_due > 0
             or (not full and (not self.exhausted() or self.stale or self.relist or bool(self.low_names)))
         )
         out.recovered = self.recovery.total - recovered

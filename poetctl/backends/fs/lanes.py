@@ -65,8 +65,8 @@ class PriorityLanes:
         self.low_names = {}  # name -> key, in the order the walk found them
         self.low_held = set()  # keys whose earliest event is a set-aside low one
         self.serving_low = False
-        self.normal_share = 0  # normal events the last fill left room for (claim_share)
-        self.share_waited = False  # a fetch with high events skipped a listing: the next one lists
+        self.normal_share = 0  # normal events the last fill left room for (defer_share)
+        self.share_due = 0  # normal work's share owed by the last fetch with high events (pay_share)
         self.listing_cut = False  # the last listing was cut short for a hint: the next one is not
         # A fetch that found no hint at its start watches for one while it claims normal events
         # (hint_arrived): one that arrives mid-fetch goes out with that fetch, not the next one.
@@ -88,8 +88,8 @@ class PriorityLanes:
         # Normal events may wait unless a listing found the window's last ones and nothing arrived since.
         normal = limit if not self.exhausted() or self._needs_listing() else 0
         quota = split(limit, {"high": len(hints), "normal": normal, "low": len(self.low_names)}, self.shares)
-        # Normal work's own share beside high events (not what they leave over: claim_share claims it
-        # before a lone high event goes out), as if normal events waited (the window may need a listing).
+        # Normal work's own share beside high events (not what they leave over: pay_share claims it
+        # right after a lone high event went out), as if normal events waited (the window may need a listing).
         sh = self.shares
         live = sh["high"] + sh["normal"] + (sh["low"] if self.low_names else 0)
         self.normal_share = max(1, limit * sh["normal"] // live)
@@ -120,33 +120,61 @@ class PriorityLanes:
             self.claim_low(quota["low"])
         return got
 
-    def claim_share(self) -> None:
-        """Beside high events: claim normal work's share of the fetch (the last fill's quota), no listing.
+    def defer_share(self, high: int, paid: bool) -> None:
+        """Beside ``high`` high events: owe normal work its share of this fetch unless it goes out now.
 
-        Under a stream of high events every fetch still takes normal events
-        (``priority_shares``), and a lone high event waits for one small claim
-        at most, not for a listing or a full claim batch.
+        The high events go out at once. Normal work's share (the last fill's
+        quota) is claimed by the next fetch, before it looks for high events
+        (:meth:`pay_share`): a lone high event waits for no normal claim, and
+        under a stream of high events every fetch but the first still claims
+        normal work's share (``priority_shares``), one fetch late at most.
+        Nothing is owed when :attr:`ready` already holds the share beside the
+        high events (claimed by earlier fetches) and, with the mover, the
+        next batch is on its way (its pipeline hands out one batch behind),
+        and this fetch did not begin by paying the last one's (``paid``: what
+        it claimed then was that fetch's share, not this one's).
         """
         n = self.normal_share
         if n <= 0:
             return
-        if self.exhausted() and self._needs_listing():
-            # A listing takes a while (100,000 names: tens of ms): not before a lone high event goes
-            # out, but in the next fetch that has high events too, so normal work is never starved.
-            if not self.share_waited:
-                self.share_waited = True
-                return
-            self.wake.clear()
-            self.list_window()
-        self.share_waited = False
         mover = self.mover
-        if mover is not None and mover.alive:
-            if self.outstanding and mover.claim_answered(self.outstanding[0][0]):
-                self.collect()  # sent by an earlier fetch; not waited for (a loaded child lags)
-            if len(self.outstanding) < PIPELINE and not self.exhausted():
+        piped = mover is not None and mover.alive
+        if piped and self.outstanding and mover.claim_answered(self.outstanding[0][0]):  # type: ignore[union-attr]
+            self.collect()  # sent by an earlier fetch; not waited for (a loaded child lags)
+        if not paid and len(self.ready) - high >= n and (not piped or self.outstanding):
+            return
+        self.share_due = n
+
+    def pay_share(self) -> None:
+        """Claim the normal share a fetch with high events left owing (:meth:`defer_share`); no full batch.
+
+        Each claim reads and verifies an event (~67 at a fetch of 256: milliseconds, tens under
+        load), and a listing of 100,000 names takes tens of ms: done after the high events went
+        out, not before. A high event hinted meanwhile cuts it short (the share stays owed; the
+        listing after a cut one completes, see :meth:`listing_interrupt`); hints already there when
+        it begins do not (a stream of high events leaves normal work its share).
+        """
+        n = self.share_due
+        self.share_due = 0
+        self.watch_hints, self.hint_seen = not os.listdir(self.hints_fd), False
+        try:
+            if self.exhausted() and self._needs_listing():
+                self.wake.clear()
+                self.list_window()
+            mover = self.mover
+            if self.hint_seen:
+                pass
+            elif mover is not None and mover.alive:
+                if self.outstanding and mover.claim_answered(self.outstanding[0][0]):
+                    self.collect()  # sent by an earlier fetch; not waited for (a loaded child lags)
+                if len(self.outstanding) < PIPELINE and not self.exhausted():
+                    self.claim_some(n)
+            elif not self.exhausted():
                 self.claim_some(n)
-        elif not self.exhausted():
-            self.claim_some(n)
+            if self.hint_seen:
+                self.share_due = n  # cut short for a high event: the next fetch claims the share
+        finally:
+            self.watch_hints = self.hint_seen = False
 
     def _needs_listing(self) -> bool:
         return self.stale or self.relist or self.retry_listing or not self.listed or self.wake.is_set()
