@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from ...limits import Limits
 from ...stdjson import loads
 from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored, quarantine_line
 from .corrupt_names import REASON_SUFFIX, quarantined, visible
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from ...config import Config
     from .consumer import FsConsumer
 
+_NO_TABLE: dict[str, Any] = {}  # no [limits] table (never changed)
 _STATE_OF_DIR = {"pending": State.PENDING, "processed": State.PROCESSED, "dead": State.DEAD, "corrupt": State.CORRUPT}
 
 
@@ -64,6 +66,7 @@ class FsTransport:
         self._ledger: KeyLedger | None = None  # priority: the key ledger, opened on the first publish
         self.limits_state = SpoolLimits(self.layout)  # backpressure: the pending gauge, rate buckets
         self._key_of: Callable[[Any], str] | None = None
+        self._limits_cache: tuple[Any, dict[str, Any], Limits] | None = None  # see _limits()
 
     def _attach(self, c: FsConsumer) -> None:
         with self._lock:
@@ -105,11 +108,8 @@ class FsTransport:
         None when ``admit`` is given and ``[limits]`` are set: admission needs
         the whole group first, so such a group goes through :meth:`publish`.
         """
-        if admit is not None:
-            from ...limits import Limits
-
-            if Limits.of(self.config).any:
-                return None
+        if admit is not None and self._limits().any:
+            return None
         self._ensure()
         return FsStream(self)
 
@@ -125,13 +125,27 @@ class FsTransport:
 
     def admit(self, items: Sequence[Outgoing], wait: float, partial: bool = False) -> int:
         """How many leading ``items`` fit the ``[limits]`` now (waiting up to ``wait`` s); raises Backpressure."""
-        from ...limits import Limits
-
-        limits = Limits.of(self.config)
+        limits = self._limits()
         if not limits.any or not items:
             return len(items)
         self._ensure()
         return self.limits_state.admit(items, limits, wait, partial)
+
+    def _limits(self) -> Limits:
+        """``Limits.of(self.config)``, parsed again only when the ``[limits]`` table changed.
+
+        The config may be changed after construction (replaced or edited in
+        place), so the cache keeps the table object and a deep copy of it: an
+        equal table (a dict compare, far cheaper than the parse) is unchanged.
+        """
+        table = getattr(self.config, "limits", None) or _NO_TABLE  # one object: the identity check holds
+        cached = self._limits_cache
+        if cached is not None and cached[0] is table and cached[1] == table:
+            return cached[2]
+        limits = Limits.of(self.config)
+        snapshot = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
+        self._limits_cache = (table, snapshot, limits)
+        return limits
 
     def _note(self, items: Sequence[Outgoing]) -> set[str]:
         """Note the events in the key ledger (see backends/fs/priority.py); the high ones that may jump."""
