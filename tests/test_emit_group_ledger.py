@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_backpressure import pending, setup
+from test_priority import hints
 
+from poetctl.backends.fs.limits import peek
+from poetctl.backends.fs.transport import FsTransport
 from poetctl.config import load_config
 from poetctl.limits import Backpressure
 from poetctl.router import EventRouter
+from poetctl.transport import Outgoing
 
 HEALTH = {"service": "s", "status": "healthy"}
 
@@ -33,3 +40,82 @@ def test_limits_edited_in_place_after_an_emit_apply_to_the_next(tmp_path: Path) 
     config.limits["sources"].clear()  # a nested table edited in place
     router.emit("system.health", HEALTH, wait=0, source="system.c")
     assert len(pending(tmp_path)) == 5
+
+
+def _grouped(monkeypatch: pytest.MonkeyPatch, t: FsTransport, publishes: list[list[Outgoing]]) -> None:
+    """Publish each list on its own thread, all queued behind one blocked leader: they commit as one group, in order."""
+    from poetctl.backends.fs import writer
+
+    real = writer._publish
+    release = threading.Event()
+    calls = []
+
+    def held(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait()
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "_publish", held)
+    r = EventRouter(spool=t.layout.root)
+    blocker = threading.Thread(target=t.publish, args=([_item(r, "blocker")],))
+    blocker.start()
+    while not calls:  # the blocker leads (held in its publish) before anyone else queues
+        time.sleep(0.001)
+    threads = []
+    for i, items in enumerate(publishes):
+        th = threading.Thread(target=t.publish, args=(items,))
+        th.start()
+        threads.append(th)
+        while t.committer.state() != (1, i + 1):  # queued, in this order, behind the blocked leader
+            time.sleep(0.001)
+    release.set()
+    for th in [blocker, *threads]:
+        th.join()
+    assert len(calls) == 2  # the blocker's group, then one group of all the others
+
+
+def _item(router: EventRouter, key: str, priority: str | None = None) -> Outgoing:
+    ev, keyed = router.build("system.health", HEALTH, correlation_id=key, priority=priority)
+    return Outgoing(ev, ev.to_json(), keyed)
+
+
+def test_same_key_normal_then_high_from_two_threads_in_one_group_no_jump(
+    spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads' single emits of key K in one group: the high one never jumps the normal one queued before it."""
+    t = FsTransport(spool)
+    r = EventRouter(spool=spool)
+    normal, high, other = _item(r, "k"), _item(r, "k", "high"), _item(r, "free", "high")
+    try:
+        _grouped(monkeypatch, t, [[normal], [high], [other]])
+        assert hints(spool) == [other.event.id]  # a key with nothing unfinished still jumps
+        assert {p.stem for p in (spool / "events" / "pending").glob("*.json")} >= {
+            normal.event.id,
+            high.event.id,
+            other.event.id,
+        }
+    finally:
+        t.close()
+
+
+def test_group_updates_the_gauge_once_with_every_member(spool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group of three single emits adds 3 events and their bytes to the pending gauge, in one update."""
+    t = FsTransport(spool)
+    r = EventRouter(spool=spool)
+    items = [[_item(r, f"k{i}")] for i in range(3)]
+    updates: list[tuple[int, int]] = []
+    real = t.limits_state.added
+
+    def counted(n: int, nbytes: int) -> None:
+        updates.append((n, nbytes))
+        real(n, nbytes)
+
+    monkeypatch.setattr(t.limits_state, "added", counted)
+    try:
+        _grouped(monkeypatch, t, items)
+        assert updates[1:] == [(3, sum(len(i[0].data) for i in items))], updates  # [0]: the blocker
+        view = peek(t.layout)
+        assert view is not None and view.pending == 4
+    finally:
+        t.close()

@@ -87,6 +87,11 @@ class SpoolLimits:
         self.fd = fd
         return m
 
+    def ready(self) -> None:
+        """Open (or make) the file now, before this process commits: a gauge made by its first
+        update would count that commit twice (the listing it starts from already sees it)."""
+        self._quiet(self._open)
+
     # -- the gauge ----------------------------------------------------------------------------
     def pending(self) -> tuple[int, int]:
         """``(events, bytes)`` pending, as the gauge has them."""
@@ -95,7 +100,7 @@ class SpoolLimits:
         return max(0, n), max(0, b)
 
     def _update(self, dn: int, db: int, reset: int | None = None) -> None:
-        m = self._open()
+        m = self.map or self._open()  # opened: no second trip through the mutex
         with locked(self._mutex, self.fd):
             n, b, total_n, total_b = _GAUGE.unpack_from(m, _GAUGE_AT)
             if dn > 0:

@@ -154,15 +154,27 @@ class KeyLedger:
         (a full disk, a read-only ``run/``, a link where ``run/`` should be),
         nothing takes the fast lane and the events are committed as usual.
         """
+        return self.note_groups([(items, [key_of(it.event) for it in items])])[0]
+
+    def note_groups(self, groups: Sequence[tuple[Sequence[Outgoing], Sequence[str]]]) -> list[set[str]]:
+        """:meth:`note` for the publishes of one group commit, in order, under one lock: ``(items, keys)`` each.
+
+        The group's leader calls this before anything of the group is visible
+        (so every event is noted as its key's newest before it can be claimed).
+        A high event never jumps an event of its key noted earlier in the same
+        call: they are published together, so the earlier one is not pending yet.
+        """
         with self._mutex:
             try:
                 m = self._open()
             except OSError:
-                return set()
-            return self._note(m, self.fd, items, key_of)
+                return [set() for _ in groups]
+            return self._note(m, self.fd, groups)
 
-    def _note(self, m: mmap.mmap, fd: int, items: Sequence[Outgoing], key_of: Callable[[Any], str]) -> set[str]:
-        fast: set[str] = set()
+    def _note(
+        self, m: mmap.mmap, fd: int, groups: Sequence[tuple[Sequence[Outgoing], Sequence[str]]]
+    ) -> list[set[str]]:
+        fasts: list[set[str]] = []
         noted: set[bytes] = set()
         hashes: dict[str, bytes] = {}  # a group's events mostly share a few keys: hash each once
         with locked(self._mutex, fd):
@@ -170,35 +182,36 @@ class KeyLedger:
             # A high event of key K jumps only if K's slot holds K and both its noted-last and its
             # sorts-last event are finished: any earlier event of K was claimed before either of them,
             # or was still being emitted concurrently with this one (no order between those).
-            for it in items:
-                ev = it.event
-                key = key_of(ev)
-                h = hashes.get(key) or hashes.setdefault(key, key_hash(key))
-                b = int.from_bytes(h, "little") % BUCKETS
-                base = _HEAD + b * _BUCKET
-                off = free = -1
-                for o in range(base, base + _BUCKET, SLOT):
-                    sh = m[o : o + 8]
-                    if sh == h:
-                        off = o
-                        break
-                    if free < 0 and sh == _EMPTY:
-                        free = o
-                last = top = _EMPTY
-                if off >= 0:
-                    last, top = m[off + 8 : off + 24], m[off + 24 : off + 40]
-                if ev.priority == HIGH and (
-                    self.settled(last, top, noted) if off >= 0 else complete and not m[_LOSSY + b]
-                ):
-                    fast.add(ev.id)
-                eid = _pack(ev.id) or _UNKNOWN
-                noted.add(eid)  # not committed yet: a later event of this group must not pass it
-                if off < 0:
-                    off = free if free >= 0 else self._evict(m, base, b, h, noted)
-                    top = eid
-                # The key's event that sorts last stays so (an unknown id sorts last for good).
-                m[off : off + 40] = h + eid + max(top, eid)
-        return fast
+            for items, keys in groups:
+                fasts.append(fast := set())
+                for it, key in zip(items, keys, strict=True):
+                    ev = it.event
+                    h = hashes.get(key) or hashes.setdefault(key, key_hash(key))
+                    b = int.from_bytes(h, "little") % BUCKETS
+                    base = _HEAD + b * _BUCKET
+                    off = free = -1
+                    for o in range(base, base + _BUCKET, SLOT):
+                        sh = m[o : o + 8]
+                        if sh == h:
+                            off = o
+                            break
+                        if free < 0 and sh == _EMPTY:
+                            free = o
+                    last = top = _EMPTY
+                    if off >= 0:
+                        last, top = m[off + 8 : off + 24], m[off + 24 : off + 40]
+                    if ev.priority == HIGH and (
+                        self.settled(last, top, noted) if off >= 0 else complete and not m[_LOSSY + b]
+                    ):
+                        fast.add(ev.id)
+                    eid = _pack(ev.id) or _UNKNOWN
+                    noted.add(eid)  # not committed yet: a later event of this group must not pass it
+                    if off < 0:
+                        off = free if free >= 0 else self._evict(m, base, b, h, noted)
+                        top = eid
+                    # The key's event that sorts last stays so (an unknown id sorts last for good).
+                    m[off : off + 40] = h + eid + max(top, eid)
+        return fasts
 
     def settled(self, last: bytes, top: bytes, noted: set[bytes]) -> bool:
         """Are both noted events of a key finished (and not of the group being noted)?"""

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from ...config import Config
     from .consumer import FsConsumer
+    from .writer import _Member
 
 _NO_TABLE: dict[str, Any] = {}  # no [limits] table (never changed)
 _STATE_OF_DIR = {"pending": State.PENDING, "processed": State.PROCESSED, "dead": State.DEAD, "corrupt": State.CORRUPT}
@@ -58,7 +59,9 @@ class FsTransport:
         self.clock = clock
         self.config = config
         self.alive = alive
-        self.committer = GroupCommitter(self.layout, self.layout.pending, refuse=self._refuse)
+        self.committer = GroupCommitter(
+            self.layout, self.layout.pending, refuse=self._refuse, before=self._group_noted, after=self._group_added
+        )
         self.dead_owners: set[str] = set()  # consumers of this process that "died" (a test hook)
         self._consumers: list[FsConsumer] = []
         self._lock = _thread.allocate_lock()
@@ -85,6 +88,7 @@ class FsTransport:
         if not self._ready:
             if not self.layout.pending.is_dir():
                 self.layout.init()
+            self.limits_state.ready()
             self._ready = True
 
     def _refuse(self, event_id: str) -> BaseException:
@@ -97,9 +101,9 @@ class FsTransport:
             return []
         self._ensure()
         rows = _rows(items)
-        fast = self._note(items)
-        added = self.committer.commit(rows)
-        self._published(items, rows, added, fast)
+        share = _Share(items, self._keys(items))  # noted by the group's leader (see _group_noted)
+        added = self.committer.commit(rows, share)
+        self._published(rows, added, share.fast)
         return added
 
     def stream(self, admit: float | None) -> FsStream | None:
@@ -113,11 +117,32 @@ class FsTransport:
         self._ensure()
         return FsStream(self)
 
-    def _published(
-        self, items: Sequence[Outgoing], rows: list[tuple[str, bytes, bool]], added: list[bool], fast: set[str]
-    ) -> None:
-        """Bookkeeping after a commit: the pending gauge, priority hints, this process's consumers."""
-        self.limits_state.added(sum(added), sum(len(it.data) for it, new in zip(items, added, strict=True) if new))
+    def _group_noted(self, group: Sequence[_Member]) -> None:
+        """The committer's ``before``: note every publish of the group in the key ledger, under one lock.
+
+        The leader runs it ahead of the group's first rename, so each event is
+        noted as its key's newest before it is visible in ``pending/``.
+        """
+        shares = [s for m in group if (s := m.ctx) is not None and s.keys is not None]
+        if shares:
+            assert self._ledger is not None  # opened by _keys()
+            for s, fast in zip(shares, self._ledger.note_groups([(s.items, s.keys) for s in shares]), strict=True):
+                s.fast = fast
+
+    def _group_added(self, group: Sequence[_Member]) -> None:
+        """The committer's ``after``: add what the group published to the pending gauge (one flock per group)."""
+        n = nbytes = 0
+        for m in group:
+            if (s := m.ctx) is not None and m.error is None:
+                for it, new in zip(s.items, m.added, strict=True):
+                    if new:
+                        n += 1
+                        nbytes += len(it.data)
+        if n:
+            self.limits_state.added(n, nbytes)
+
+    def _published(self, rows: list[tuple[str, bytes, bool]], added: list[bool], fast: set[str]) -> None:
+        """Bookkeeping after a commit (the gauge was updated by the group's leader): hints, this process's consumers."""
         if fast:
             write_hints(self.layout, [r[0] for r, new in zip(rows, added, strict=True) if new and r[0] in fast])
         if self._consumers:
@@ -147,16 +172,23 @@ class FsTransport:
         self._limits_cache = (table, snapshot, limits)
         return limits
 
-    def _note(self, items: Sequence[Outgoing]) -> set[str]:
-        """Note the events in the key ledger (see backends/fs/priority.py); the high ones that may jump."""
+    def _keys(self, items: Sequence[Outgoing]) -> list[str]:
+        """The events' partition keys (on the caller's thread: a failure is this publish's own), the ledger opened."""
         if self._ledger is None:
             from ...partition import DEFAULT_PARTITION_KEY, key_function
 
             paths = (self.config.daemon.get("partition_key") if self.config is not None else None) or ()
             self._key_of = key_function(tuple(paths) or DEFAULT_PARTITION_KEY)
             self._ledger = KeyLedger(self.layout)
-        assert self._key_of is not None
-        return self._ledger.note(items, self._key_of)
+        key_of = self._key_of
+        assert key_of is not None
+        return [key_of(it.event) for it in items]
+
+    def _note(self, items: Sequence[Outgoing]) -> set[str]:
+        """Note the events in the key ledger now (see backends/fs/priority.py); the high ones that may jump."""
+        keys = self._keys(items)
+        assert self._ledger is not None
+        return self._ledger.note_groups([(items, keys)])[0]
 
     def consumer(self, name: str | None = None, **options: Any) -> FsConsumer:
         """A daemon's consumer on this spool (see :class:`~.consumer.FsConsumer` for ``options``)."""
@@ -282,17 +314,29 @@ class FsStream:
         tmp.done()  # the last sync runs while the key ledger is noted
         try:
             rows = _rows(items)
-            fast = t._note(items)
+            share = _Share(items, None)  # noted here (overlapping the last sync); the leader adds it to the gauge
+            share.fast = t._note(items)
         except BaseException:
             tmp.abort()
             raise
-        added = tmp.commit(rows, t.committer.commit_written).added
-        t._published(items, rows, added, fast)
+        added = tmp.commit(rows, lambda m: t.committer.commit_written(m, share)).added
+        t._published(rows, added, share.fast)
         return added
 
     def abort(self) -> None:
         """Remove what was written (idempotent)."""
         self._tmp.abort()
+
+
+class _Share:
+    """One publish's part of a group commit's bookkeeping: its items, their keys (None: noted already), its fast ids."""
+
+    __slots__ = ("fast", "items", "keys")
+
+    def __init__(self, items: Sequence[Outgoing], keys: list[str] | None) -> None:
+        self.items = items
+        self.keys = keys
+        self.fast: set[str] = set()
 
 
 def _rows(items: Sequence[Outgoing]) -> list[tuple[str, bytes, bool]]:
