@@ -119,3 +119,16 @@ def test_group_updates_the_gauge_once_with_every_member(spool: Path, monkeypatch
         assert view is not None and view.pending == 4
     finally:
         t.close()
+
+
+def test_ledger_way_search_matches_only_at_a_key_hash() -> None:
+    """A key hash found inside another way's ids is not that key's way; the aligned one (or -1) is."""
+    from poetctl.backends.fs.priority import SLOT, WAYS, _way, key_hash
+
+    h = key_hash("k")
+    other = key_hash("other")
+    way_with_h_in_ids = other + h + b"\0" * 8 + b"\1" * 16  # h at offset 8: inside the ids
+    bucket = way_with_h_in_ids + h + b"\2" * 32 + b"\0" * SLOT * (WAYS - 2)
+    assert _way(bucket, h) == SLOT
+    assert _way(way_with_h_in_ids + b"\0" * SLOT * (WAYS - 1), h) == -1
+    assert _way(way_with_h_in_ids + b"\0" * SLOT * (WAYS - 1), b"\0" * 8) == SLOT  # the first empty way
