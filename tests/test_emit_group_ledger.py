@@ -132,3 +132,26 @@ def test_ledger_way_search_matches_only_at_a_key_hash() -> None:
     assert _way(bucket, h) == SLOT
     assert _way(way_with_h_in_ids + b"\0" * SLOT * (WAYS - 1), h) == -1
     assert _way(way_with_h_in_ids + b"\0" * SLOT * (WAYS - 1), b"\0" * 8) == SLOT  # the first empty way
+
+
+def test_member_published_but_not_yet_marked_done_waits_instead_of_raising(spool: Path) -> None:
+    """A caller checking the queue after its leader took its group off it (not yet marked done) waits, no IndexError."""
+    from poetctl.backends.fs.layout import SpoolLayout
+    from poetctl.backends.fs.writer import GroupCommitter, _Member
+
+    layout = SpoolLayout(spool)
+    c = GroupCommitter(layout, layout.pending)
+    m = _Member([])
+    waits: list[int] = []
+
+    class Wake:
+        """m's wake: the leader marks m done and wakes it while m waits."""
+
+        def wait(self) -> None:
+            waits.append(1)
+            m.done = True
+
+    m.wake = Wake()  # type: ignore[assignment]
+    # The window: the leader removed m's group from the (now empty) queue and has not marked m done.
+    assert c._finish(m) is None
+    assert waits == [1]

@@ -266,7 +266,9 @@ class GroupCommitter:
         interrupted: BaseException | None = None
         while not m.done:
             with self._mutex:
-                head = self._queue[0] is m
+                # Empty: m's group was taken off the queue by its leader, which has not marked it done
+                # yet (m then waits for that); until now this raised IndexError in that window.
+                head = bool(self._queue) and self._queue[0] is m
             if head:
                 self._lead()
             else:
