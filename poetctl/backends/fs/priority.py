@@ -11,10 +11,12 @@ Priority must never reorder a partition key's events, and the daemon cannot
 know the keys of events it has not read. So the **emitter** decides whether
 a high event may take the fast lane, from the *key ledger* ``run/keyledger``
 (2.6 MB, written through ``mmap``: no system call per event; one flock per
-group commit, taken by its leader for every publish of the group): :data:`BUCKETS` buckets of :data:`WAYS` keys, each key with two
-ids - its event noted last and its event that sorts last (ids sort by time;
-the daemon claims a key's events in that order). Every publish notes its
-events there before any of them is visible in ``pending/``. A high event of key K takes the fast lane only if
+group commit, taken by its leader for every publish of the group):
+:data:`BUCKETS` buckets of :data:`WAYS` keys, each key with two ids - its
+event noted last and its event that sorts last (ids sort by time; the daemon
+claims a key's events in that order). Every publish notes its events there
+before any of them is visible in ``pending/``. A high event of key K takes
+the fast lane only if
 
 * K is in the ledger and both its ids are *finished* - found neither in
   ``pending/`` nor in any ``inflight/<owner>/``, looked up pending,
