@@ -87,6 +87,11 @@ class SpoolLimits:
         self.fd = fd
         return m
 
+    def ready(self) -> None:
+        """Open (or make) the file now, before this process commits: a gauge made by its first
+        update would count that commit twice (the listing it starts from already sees it)."""
+        self._quiet(self._open)
+
     # -- the gauge ----------------------------------------------------------------------------
     def pending(self) -> tuple[int, int]:
         """``(events, bytes)`` pending, as the gauge has them."""
@@ -95,17 +100,21 @@ class SpoolLimits:
         return max(0, n), max(0, b)
 
     def _update(self, dn: int, db: int, reset: int | None = None) -> None:
-        m = self._open()
-        with locked(self._mutex, self.fd):
-            n, b, total_n, total_b = _GAUGE.unpack_from(m, _GAUGE_AT)
-            if dn > 0:
-                total_n, total_b = total_n + dn, total_b + db
-            if reset is not None:
-                n = reset
-                b = reset * (total_b // total_n) if total_n else 0
-            else:
-                n, b = max(0, n + dn), max(0, b + db)
-            _GAUGE.pack_into(m, _GAUGE_AT, n, b, total_n, total_b)
+        m = self.map or self._open()  # opened: no second trip through the mutex
+        with self._mutex:  # locked(), inlined: this runs once per group commit and per daemon fetch
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            try:
+                n, b, total_n, total_b = _GAUGE.unpack_from(m, _GAUGE_AT)
+                if dn > 0:
+                    total_n, total_b = total_n + dn, total_b + db
+                if reset is not None:
+                    n = reset
+                    b = reset * (total_b // total_n) if total_n else 0
+                else:
+                    n, b = max(0, n + dn), max(0, b + db)
+                _GAUGE.pack_into(m, _GAUGE_AT, n, b, total_n, total_b)
+            finally:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def added(self, n: int, nbytes: int) -> None:
         """An emitter committed ``n`` events of ``nbytes``."""

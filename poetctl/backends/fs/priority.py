@@ -11,10 +11,12 @@ Priority must never reorder a partition key's events, and the daemon cannot
 know the keys of events it has not read. So the **emitter** decides whether
 a high event may take the fast lane, from the *key ledger* ``run/keyledger``
 (2.6 MB, written through ``mmap``: no system call per event; one flock per
-publish): :data:`BUCKETS` buckets of :data:`WAYS` keys, each key with two
-ids - its event noted last and its event that sorts last (ids sort by time;
-the daemon claims a key's events in that order). Every publish notes its
-events there. A high event of key K takes the fast lane only if
+group commit, taken by its leader for every publish of the group):
+:data:`BUCKETS` buckets of :data:`WAYS` keys, each key with two ids - its
+event noted last and its event that sorts last (ids sort by time; the daemon
+claims a key's events in that order). Every publish notes its events there
+before any of them is visible in ``pending/``. A high event of key K takes
+the fast lane only if
 
 * K is in the ledger and both its ids are *finished* - found neither in
   ``pending/`` nor in any ``inflight/<owner>/``, looked up pending,
@@ -51,7 +53,7 @@ from collections.abc import Callable, Sequence
 
 from ...priority import HIGH
 from .layout import FILE_MODE, SpoolLayout
-from .runfile import blake2b, locked, open_run_file
+from .runfile import blake2b, open_run_file
 
 TYPE_CHECKING = False  # typing stays out of a one-event emit's imports (start-up)
 if TYPE_CHECKING:
@@ -113,6 +115,7 @@ class KeyLedger:
         # flock excludes other processes only: threads of one process share the open file, so
         # they also take this lock (and it makes opening the ledger once per transport safe).
         self._mutex = _thread.RLock()
+        self._hashes: dict[str, bytes] = {}  # key -> key_hash(key), bounded (see _note)
 
     def _open(self) -> mmap.mmap:
         if self.map is not None:
@@ -154,51 +157,67 @@ class KeyLedger:
         (a full disk, a read-only ``run/``, a link where ``run/`` should be),
         nothing takes the fast lane and the events are committed as usual.
         """
+        return self.note_groups([(items, [key_of(it.event) for it in items])])[0]
+
+    def note_groups(self, groups: Sequence[tuple[Sequence[Outgoing], Sequence[str]]]) -> list[set[str]]:
+        """:meth:`note` for the publishes of one group commit, in order, under one lock: ``(items, keys)`` each.
+
+        The group's leader calls this before anything of the group is visible
+        (so every event is noted as its key's newest before it can be claimed).
+        A high event never jumps an event of its key noted earlier in the same
+        call: they are published together, so the earlier one is not pending yet.
+        """
         with self._mutex:
             try:
                 m = self._open()
             except OSError:
-                return set()
-            return self._note(m, self.fd, items, key_of)
+                return [set() for _ in groups]
+            return self._note(m, self.fd, groups)
 
-    def _note(self, m: mmap.mmap, fd: int, items: Sequence[Outgoing], key_of: Callable[[Any], str]) -> set[str]:
-        fast: set[str] = set()
+    def _note(
+        self, m: mmap.mmap, fd: int, groups: Sequence[tuple[Sequence[Outgoing], Sequence[str]]]
+    ) -> list[set[str]]:
+        """:meth:`note_groups` with the ledger open and ``self._mutex`` held."""
+        fasts: list[set[str]] = []
         noted: set[bytes] = set()
-        hashes: dict[str, bytes] = {}  # a group's events mostly share a few keys: hash each once
-        with locked(self._mutex, fd):
+        hashes = self._hashes
+        if len(hashes) > 4096:
+            hashes.clear()  # a bounded cache: keys mostly repeat (functions, correlations)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the thread mutex is held by the caller (no contextmanager: hot path)
+        try:
             complete = m[_COMPLETE] == 1
             # A high event of key K jumps only if K's slot holds K and both its noted-last and its
             # sorts-last event are finished: any earlier event of K was claimed before either of them,
             # or was still being emitted concurrently with this one (no order between those).
-            for it in items:
-                ev = it.event
-                key = key_of(ev)
-                h = hashes.get(key) or hashes.setdefault(key, key_hash(key))
-                b = int.from_bytes(h, "little") % BUCKETS
-                base = _HEAD + b * _BUCKET
-                off = free = -1
-                for o in range(base, base + _BUCKET, SLOT):
-                    sh = m[o : o + 8]
-                    if sh == h:
-                        off = o
-                        break
-                    if free < 0 and sh == _EMPTY:
-                        free = o
-                last = top = _EMPTY
-                if off >= 0:
-                    last, top = m[off + 8 : off + 24], m[off + 24 : off + 40]
-                if ev.priority == HIGH and (
-                    self.settled(last, top, noted) if off >= 0 else complete and not m[_LOSSY + b]
-                ):
-                    fast.add(ev.id)
-                eid = _pack(ev.id) or _UNKNOWN
-                noted.add(eid)  # not committed yet: a later event of this group must not pass it
-                if off < 0:
-                    off = free if free >= 0 else self._evict(m, base, b, h, noted)
-                    top = eid
-                # The key's event that sorts last stays so (an unknown id sorts last for good).
-                m[off : off + 40] = h + eid + max(top, eid)
-        return fast
+            for items, keys in groups:
+                fasts.append(fast := set())
+                for it, key in zip(items, keys, strict=True):
+                    ev = it.event
+                    h = hashes.get(key) or hashes.setdefault(key, key_hash(key))
+                    b = int.from_bytes(h, "little") % BUCKETS
+                    base = _HEAD + b * _BUCKET
+                    bucket = m[base : base + _BUCKET]  # one read of the 4 ways, searched as bytes
+                    i = _way(bucket, h)
+                    last = top = _EMPTY
+                    if i >= 0:
+                        last, top = bucket[i + 8 : i + 24], bucket[i + 24 : i + 40]
+                    if ev.priority == HIGH and (
+                        self.settled(last, top, noted) if i >= 0 else complete and not m[_LOSSY + b]
+                    ):
+                        fast.add(ev.id)
+                    eid = _pack(ev.id) or _UNKNOWN
+                    noted.add(eid)  # not committed yet: a later event of this group must not pass it
+                    if i >= 0:
+                        off = base + i
+                    else:
+                        free = _way(bucket, _EMPTY)
+                        off = base + free if free >= 0 else self._evict(m, base, b, h, noted)
+                        top = eid
+                    # The key's event that sorts last stays so (an unknown id sorts last for good).
+                    m[off : off + 40] = h + eid + max(top, eid)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return fasts
 
     def settled(self, last: bytes, top: bytes, noted: set[bytes]) -> bool:
         """Are both noted events of a key finished (and not of the group being noted)?"""
@@ -233,6 +252,14 @@ class KeyLedger:
             if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1
+
+
+def _way(bucket: bytes, h: bytes) -> int:
+    """The offset in ``bucket`` of the way whose key hash is ``h`` (the first such), or -1."""
+    i = bucket.find(h)
+    while i >= 0 and i % SLOT:  # a match inside a way's ids, not at a key hash
+        i = bucket.find(h, i + 1)
+    return i
 
 
 def _names(directory: os.PathLike[str] | str) -> list[str]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from ...limits import Limits
 from ...stdjson import loads
 from ...transport import EVENT_STATES, Outgoing, Quarantined, Query, State, Stored, quarantine_line
 from .corrupt_names import REASON_SUFFIX, quarantined, visible
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 
     from ...config import Config
     from .consumer import FsConsumer
+    from .writer import _Member
 
+_NO_TABLE: dict[str, Any] = {}  # no [limits] table (never changed)
 _STATE_OF_DIR = {"pending": State.PENDING, "processed": State.PROCESSED, "dead": State.DEAD, "corrupt": State.CORRUPT}
 
 
@@ -56,7 +59,9 @@ class FsTransport:
         self.clock = clock
         self.config = config
         self.alive = alive
-        self.committer = GroupCommitter(self.layout, self.layout.pending, refuse=self._refuse)
+        self.committer = GroupCommitter(
+            self.layout, self.layout.pending, refuse=self._refuse, before=self._group_noted, after=self._group_added
+        )
         self.dead_owners: set[str] = set()  # consumers of this process that "died" (a test hook)
         self._consumers: list[FsConsumer] = []
         self._lock = _thread.allocate_lock()
@@ -64,6 +69,7 @@ class FsTransport:
         self._ledger: KeyLedger | None = None  # priority: the key ledger, opened on the first publish
         self.limits_state = SpoolLimits(self.layout)  # backpressure: the pending gauge, rate buckets
         self._key_of: Callable[[Any], str] | None = None
+        self._limits_cache: tuple[Any, dict[str, Any], Limits] | None = None  # see _limits()
 
     def _attach(self, c: FsConsumer) -> None:
         with self._lock:
@@ -82,6 +88,7 @@ class FsTransport:
         if not self._ready:
             if not self.layout.pending.is_dir():
                 self.layout.init()
+            self.limits_state.ready()
             self._ready = True
 
     def _refuse(self, event_id: str) -> BaseException:
@@ -94,9 +101,9 @@ class FsTransport:
             return []
         self._ensure()
         rows = _rows(items)
-        fast = self._note(items)
-        added = self.committer.commit(rows)
-        self._published(items, rows, added, fast)
+        share = _Share(items, self._keys(items))  # noted by the group's leader (see _group_noted)
+        added = self.committer.commit(rows, share)
+        self._published(rows, added, share.fast)
         return added
 
     def stream(self, admit: float | None) -> FsStream | None:
@@ -105,19 +112,37 @@ class FsTransport:
         None when ``admit`` is given and ``[limits]`` are set: admission needs
         the whole group first, so such a group goes through :meth:`publish`.
         """
-        if admit is not None:
-            from ...limits import Limits
-
-            if Limits.of(self.config).any:
-                return None
+        if admit is not None and self._limits().any:
+            return None
         self._ensure()
         return FsStream(self)
 
-    def _published(
-        self, items: Sequence[Outgoing], rows: list[tuple[str, bytes, bool]], added: list[bool], fast: set[str]
-    ) -> None:
-        """Bookkeeping after a commit: the pending gauge, priority hints, this process's consumers."""
-        self.limits_state.added(sum(added), sum(len(it.data) for it, new in zip(items, added, strict=True) if new))
+    def _group_noted(self, group: Sequence[_Member]) -> None:
+        """The committer's ``before``: note every publish of the group in the key ledger, under one lock.
+
+        The leader runs it ahead of the group's first rename, so each event is
+        noted as its key's newest before it is visible in ``pending/``.
+        """
+        shares = [s for m in group if (s := m.ctx) is not None and s.keys is not None]
+        if shares:
+            assert self._ledger is not None  # opened by _keys()
+            for s, fast in zip(shares, self._ledger.note_groups([(s.items, s.keys) for s in shares]), strict=True):
+                s.fast = fast
+
+    def _group_added(self, group: Sequence[_Member]) -> None:
+        """The committer's ``after``: add what the group published to the pending gauge (one flock per group)."""
+        n = nbytes = 0
+        for m in group:
+            if (s := m.ctx) is not None and m.error is None:
+                for it, new in zip(s.items, m.added, strict=True):
+                    if new:
+                        n += 1
+                        nbytes += len(it.data)
+        if n:
+            self.limits_state.added(n, nbytes)
+
+    def _published(self, rows: list[tuple[str, bytes, bool]], added: list[bool], fast: set[str]) -> None:
+        """Bookkeeping after a commit (the gauge was updated by the group's leader): hints, this process's consumers."""
         if fast:
             write_hints(self.layout, [r[0] for r, new in zip(rows, added, strict=True) if new and r[0] in fast])
         if self._consumers:
@@ -125,24 +150,45 @@ class FsTransport:
 
     def admit(self, items: Sequence[Outgoing], wait: float, partial: bool = False) -> int:
         """How many leading ``items`` fit the ``[limits]`` now (waiting up to ``wait`` s); raises Backpressure."""
-        from ...limits import Limits
-
-        limits = Limits.of(self.config)
+        limits = self._limits()
         if not limits.any or not items:
             return len(items)
         self._ensure()
         return self.limits_state.admit(items, limits, wait, partial)
 
-    def _note(self, items: Sequence[Outgoing]) -> set[str]:
-        """Note the events in the key ledger (see backends/fs/priority.py); the high ones that may jump."""
+    def _limits(self) -> Limits:
+        """``Limits.of(self.config)``, parsed again only when the ``[limits]`` table changed.
+
+        The config may be changed after construction (replaced or edited in
+        place), so the cache keeps the table object and a deep copy of it: an
+        equal table (a dict compare, far cheaper than the parse) is unchanged.
+        """
+        table = getattr(self.config, "limits", None) or _NO_TABLE  # one object: the identity check holds
+        cached = self._limits_cache
+        if cached is not None and cached[0] is table and cached[1] == table:
+            return cached[2]
+        limits = Limits.of(self.config)
+        snapshot = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
+        self._limits_cache = (table, snapshot, limits)
+        return limits
+
+    def _keys(self, items: Sequence[Outgoing]) -> list[str]:
+        """The events' partition keys (on the caller's thread: a failure is this publish's own), the ledger opened."""
         if self._ledger is None:
             from ...partition import DEFAULT_PARTITION_KEY, key_function
 
             paths = (self.config.daemon.get("partition_key") if self.config is not None else None) or ()
             self._key_of = key_function(tuple(paths) or DEFAULT_PARTITION_KEY)
             self._ledger = KeyLedger(self.layout)
-        assert self._key_of is not None
-        return self._ledger.note(items, self._key_of)
+        key_of = self._key_of
+        assert key_of is not None
+        return [key_of(it.event) for it in items]
+
+    def _note(self, items: Sequence[Outgoing]) -> set[str]:
+        """Note the events in the key ledger now (see backends/fs/priority.py); the high ones that may jump."""
+        keys = self._keys(items)
+        assert self._ledger is not None
+        return self._ledger.note_groups([(items, keys)])[0]
 
     def consumer(self, name: str | None = None, **options: Any) -> FsConsumer:
         """A daemon's consumer on this spool (see :class:`~.consumer.FsConsumer` for ``options``)."""
@@ -268,17 +314,29 @@ class FsStream:
         tmp.done()  # the last sync runs while the key ledger is noted
         try:
             rows = _rows(items)
-            fast = t._note(items)
+            share = _Share(items, None)  # noted here (overlapping the last sync); the leader adds it to the gauge
+            share.fast = t._note(items)
         except BaseException:
             tmp.abort()
             raise
-        added = tmp.commit(rows, t.committer.commit_written).added
-        t._published(items, rows, added, fast)
+        added = tmp.commit(rows, lambda m: t.committer.commit_written(m, share)).added
+        t._published(rows, added, share.fast)
         return added
 
     def abort(self) -> None:
         """Remove what was written (idempotent)."""
         self._tmp.abort()
+
+
+class _Share:
+    """One publish's part of a group commit's bookkeeping: its items, their keys (None: noted already), its fast ids."""
+
+    __slots__ = ("fast", "items", "keys")
+
+    def __init__(self, items: Sequence[Outgoing], keys: list[str] | None) -> None:
+        self.items = items
+        self.keys = keys
+        self.fast: set[str] = set()
 
 
 def _rows(items: Sequence[Outgoing]) -> list[tuple[str, bytes, bool]]:
