@@ -311,15 +311,13 @@ def checksum_of(canonical_bytes: bytes) -> str:
     return CHECKSUM_PREFIX + _sha256(canonical_bytes).hexdigest()
 
 
-def without_checksum_member(data: bytes, stated: str) -> bytes | None:
-    """``data``, a stored line, with its ``"checksum":"<stated>"`` member (and a comma, and the newline) taken out.
+def checksum_member_span(data: bytes, stated: str) -> tuple[int, int] | None:
+    """Where the ``"checksum":"<stated>"`` member of ``data`` lies with one comma beside it: ``(head, tail)``.
 
-    The builder stores each event in canonical form with the checksum member
-    in its sorted place (:meth:`Event.line`), so what is left is exactly the
-    bytes the checksum was computed over. None when ``stated`` is not a
-    checksum or the member is not found between two others. The member cannot
-    occur inside a JSON string (its quotes would be escaped there); the first
-    occurrence is taken, and a caller compares the rest with what it parsed.
+    What is left without it is ``data[:head] + data[tail:]``. None when
+    ``stated`` is not a checksum or the member is not found between two
+    others. The member cannot occur inside a JSON string (its quotes would be
+    escaped there); the first occurrence is taken.
     """
     if len(stated) != 71 or not stated.startswith(CHECKSUM_PREFIX):
         return None
@@ -328,12 +326,25 @@ def without_checksum_member(data: bytes, stated: str) -> bytes | None:
     if i <= 0:
         return None
     j = i + len(member)
-    if data[j : j + 1] == b",":  # a member follows: take out the member and the comma after it
-        rest = data[:i] + data[j + 1 :]
-    elif data[i - 1 : i] == b",":  # the last member: take out the comma before it
-        rest = data[: i - 1] + data[j:]
-    else:
+    if data[j : j + 1] == b",":  # a member follows: the member and the comma after it
+        return i, j + 1
+    if data[i - 1 : i] == b",":  # the last member: the comma before it and the member
+        return i - 1, j
+    return None
+
+
+def without_checksum_member(data: bytes, stated: str) -> bytes | None:
+    """``data``, a stored line, with its ``"checksum":"<stated>"`` member (and a comma, and the newline) taken out.
+
+    The builder stores each event in canonical form with the checksum member
+    in its sorted place (:meth:`Event.line`), so what is left is exactly the
+    bytes the checksum was computed over. None when there is no such member
+    (:func:`checksum_member_span`); a caller compares the rest with what it parsed.
+    """
+    span = checksum_member_span(data, stated)
+    if span is None:
         return None
+    rest = data[: span[0]] + data[span[1] :]
     return rest[:-1] if rest[-1:] == b"\n" else rest
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ... import stdjson
 from ...errors import InvalidData, PoetError
-from ...event import CHECKSUM_PREFIX, MAX_DEPTH, Event, canonical, check_depth, checksum_of
+from ...event import CHECKSUM_PREFIX, MAX_DEPTH, Event, canonical, check_depth, checksum_member_span, checksum_of
 from ...ids import EVENT_ID_RE
 from ...schemas import SchemaRegistry
 from ...strictjson import find_inexact, surely_exact
@@ -247,19 +247,10 @@ def stored_canonical(data: bytes, canon: bytes, stated: str) -> bool:
     building the spliced copy: the two pieces either side of the member are
     compared with ``canon`` in place (two 15 KiB copies and frees per large event).
     """
-    if len(stated) != 71 or not stated.startswith(CHECKSUM_PREFIX):
+    span = checksum_member_span(data, stated)
+    if span is None:
         return False
-    member = b'"checksum":"' + stated.encode() + b'"'
-    i = data.find(member)
-    if i <= 0:
-        return False
-    j = i + len(member)
-    if data[j : j + 1] == b",":  # a member follows: the rest is data[:i] + data[j + 1:]
-        head, tail = i, j + 1
-    elif data[i - 1 : i] == b",":  # the last member: the rest is data[:i - 1] + data[j:]
-        head, tail = i - 1, j
-    else:
-        return False
+    head, tail = span  # the rest is data[:head] + data[tail:]
     end = len(data)
     # without_checksum_member drops one final newline of the rest: the tail's, or the head's if no tail.
     if tail < end:
