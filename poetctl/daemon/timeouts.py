@@ -30,6 +30,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from queue import SimpleQueue
+from types import FrameType
 
 from .outcomes import HandlerTimeout
 
@@ -79,7 +80,7 @@ class TimedRunner:
         c.abandoned = True
         thread, inbox = self._thread, self._inbox
         assert thread is not None and inbox is not None
-        frame = sys._current_frames().get(thread.ident or -1)
+        frame = _frame_of(thread.ident)
         stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
         inbox.put(None)  # the thread exits once the abandoned call returns
         self._lost.append(thread)
@@ -98,6 +99,26 @@ class TimedRunner:
         if self._inbox is not None:
             self._inbox.put(None)
         self._thread = self._inbox = None
+
+
+def _frame_of(ident: int | None) -> FrameType | None:
+    """The current frame of thread ``ident`` (None if it has ended).
+
+    With the garbage collector paused: CPython before 3.12 can deadlock when a
+    collection starts inside ``sys._current_frames()`` (it holds the runtime's
+    thread-list lock while it builds the dict, and a finalizer run by the
+    collection may need that lock; CPython gh-106883). Seen once as a hung
+    test run in ``_abandon``.
+    """
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames().get(ident or -1)
+    finally:
+        if was:
+            gc.enable()
 
 
 def _serve(inbox: SimpleQueue[_Call | None]) -> None:
