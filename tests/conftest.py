@@ -49,6 +49,20 @@ def load_samples() -> dict[str, dict[str, Any]]:
     return out
 
 
+def emit_sample_chain(spool: Path) -> str:
+    """Emit a small causation chain (drift.detected -> alert.create_external, ``corr-1``) and a system.health
+    into ``spool``; the drift event's id (the chain's root)."""
+    from poetctl.router import EventRouter
+
+    s = {t: d["valid"][0] for t, d in load_samples().items()}
+    router = EventRouter(spool=spool)
+    first = router.emit("drift.detected", s["drift.detected"], correlation_id="corr-1")
+    router.emit("alert.create_external", s["alert.create_external"], correlation_id="corr-1", causation_id=first)
+    router.emit("system.health", {"service": "x", "status": "healthy"})
+    router.close()
+    return first
+
+
 def files_in(directory: Path) -> list[Path]:
     """Every regular file or symlink directly in ``directory`` (sorted)."""
     if not directory.is_dir():

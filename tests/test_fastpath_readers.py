@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import emit_sample_chain
 
 from poetctl.cli.fastpath import parse_reader
-from poetctl.router import EventRouter
 
-SAMPLES = Path(__file__).parent / "samples"
 HEAVY = ("typer", "click", "rich", "jsonschema", "jsonschema_rs")
 
 
@@ -100,12 +99,7 @@ def _env(fast: bool) -> dict[str, str]:
 def spool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A spool with a small causation chain in pending/ (ids known)."""
     root = tmp_path_factory.mktemp("readers") / "spool"
-    s = {p.name[:-5]: json.loads(p.read_text())["valid"][0] for p in SAMPLES.glob("*.json")}
-    router = EventRouter(spool=root)
-    first = router.emit("drift.detected", s["drift.detected"], correlation_id="corr-1")
-    router.emit("alert.create_external", s["alert.create_external"], correlation_id="corr-1", causation_id=first)
-    router.emit("system.health", {"service": "x", "status": "healthy"})
-    router.close()
+    first = emit_sample_chain(root)
     return root, first
 
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import emit_sample_chain
 from daemon_helpers.harness import clean_env, run_once, write_config
 
-from poetctl.router import EventRouter
-
-SAMPLES = Path(__file__).parent / "samples"
 # Never on these paths: each costs more start-up than the command's work (see bench/startup.py).
 # urllib.parse (and ipaddress): pathlib's only use is Path.as_uri; sqlite3 (the wrapper, with datetime):
 # the readers use _sqlite3; datetime: times are shown with time.gmtime.
@@ -29,12 +26,7 @@ def handled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """A spool whose events a daemon has handled (so the readers go through the index), and a scratch dir."""
     tmp = tmp_path_factory.mktemp("startup")
     sp = tmp / "spool"
-    s = {p.name[:-5]: json.loads(p.read_text())["valid"][0] for p in SAMPLES.glob("*.json")}
-    router = EventRouter(spool=sp)
-    first = router.emit("drift.detected", s["drift.detected"], correlation_id="corr-1")
-    router.emit("alert.create_external", s["alert.create_external"], correlation_id="corr-1", causation_id=first)
-    router.emit("system.health", {"service": "x", "status": "healthy"})
-    router.close()
+    first = emit_sample_chain(sp)
     r = run_once(tmp, sp, write_config(tmp), env={"EFFECTS_FILE": str(tmp / "effects.txt")})
     assert r.returncode == 0, r.stderr
     assert (sp / "index" / "events.sqlite").is_file()
