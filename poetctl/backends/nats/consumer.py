@@ -44,7 +44,7 @@ from ...transport import Attempt, Delivery, Fetched, State
 from . import subjects
 from .dead import to_headers
 from .fastpub import header_value
-from .intake import _Held, _kv, _progress, _reply
+from .intake import RecentAcks, _Held, _kv, _progress, _reply
 from .lanes import Lanes
 from .leases import Held
 from .pipeline import UNCONFIRMED, Op, Pipeline
@@ -72,6 +72,7 @@ class NatsConsumer(Lanes):
         self._lseqs: dict[int, list[int]] = {}  # partition -> heap of leased sequences (stale ones popped lazily)
         self._lset: set[int] = set()  # the sequences leased now
         self._acking: dict[str, Held] = {}  # acked, the ack still queued (see _ack)
+        self._acked = RecentAcks(2 * s.ack_wait + 1)  # acks sent lately: a copy sent before the server read one
         self._failing: dict[str, str] = {}  # key -> id of its failing lease
         self._recovered: set[int] = set()
         # Partitions taken over with deliveries outstanding: (redeliveries still expected, until when).
@@ -330,7 +331,8 @@ class NatsConsumer(Lanes):
             pub = await self._put_async(h, self._state(h, State.PROCESSED)) if record else UNCONFIRMED
             await _reply(h.msg, b"+ACK")
         finally:
-            self._acking.pop(h.id, None)  # sent, or failed: a redelivery is then judged by its record
+            self._acked.add(h.seq)  # before the pop: a copy taken in between is in one of the two
+            self._acking.pop(h.id, None)  # sent, or failed (then resent by the pipeline): a copy is acked again
         if free:
             await self._free(h.p, rev)
         return pub

@@ -51,6 +51,35 @@ def _kv(h: Held) -> bool:
     return not isinstance(h, _Held) or h.kv
 
 
+class RecentAcks:
+    """Stream sequences this consumer sent an ack (or a record and an ack) for lately, kept ``keep`` to 2 x ``keep``
+    seconds (two generations of sets: one ``add`` and a clock read per ack, no per-entry expiry).
+
+    A daemon that stalls past AckWait holding a message acks it late; the server may have redelivered it to this
+    daemon's next pull before it read that ack. The copy reaches :meth:`Intake._take_in` after the ack left
+    (``_acking`` no longer has it) and, for a normal event whose ack the floor covers, finds no KV record: without
+    this it would be handled a second time, after later events of its key. A copy found here is acked instead.
+    """
+
+    __slots__ = ("_new", "_old", "_turn", "keep")
+
+    def __init__(self, keep: float) -> None:
+        self.keep = keep
+        self._new: set[int] = set()
+        self._old: set[int] = set()
+        self._turn = time.monotonic() + keep
+
+    def add(self, seq: int) -> None:
+        now = time.monotonic()
+        if now >= self._turn:
+            self._old, self._new = self._new, set()
+            self._turn = now + self.keep
+        self._new.add(seq)
+
+    def __contains__(self, seq: int) -> bool:
+        return seq in self._new or seq in self._old
+
+
 class Pulls:
     """No-wait pull requests answered on one persistent wildcard inbox (``<inbox>.<n>``), made once.
 
@@ -145,6 +174,7 @@ class Intake(PartitionLeases):
     _pipe: Any
     _lset: set[int]
     _pulls: Pulls | None = None
+    _acked: RecentAcks
 
     async def _quarantine(
         self, m: Any, eid: str, topic: str | None, seq: int, reason: str, detail: str, where: str
@@ -210,6 +240,13 @@ class Intake(PartitionLeases):
             seq = md.sequence.stream
             if seq in have:
                 continue  # redelivered while we still hold it (AckWait passed during a stall): keep ours
+            if seq in self._acked:  # handled and acked here, redelivered before the server read the ack
+                try:
+                    await _reply(m, b"+ACK")
+                except Exception as exc:  # lost: it comes back once more (and, later, is judged by its record)
+                    if not transient(exc):
+                        raise
+                continue
             hdrs = m.headers or {}
             eid = hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or f"seq-{seq}"
             try:
