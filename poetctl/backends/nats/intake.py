@@ -51,6 +51,9 @@ def _kv(h: Held) -> bool:
     return not isinstance(h, _Held) or h.kv
 
 
+STATE_READS = 64  # KV state reads of redeliveries in flight at once (:meth:`Intake._states`)
+
+
 class RecentAcks:
     """Stream sequences this consumer sent an ack (or a record and an ack) for lately, kept ``keep`` to 2 x ``keep``
     seconds (two generations of sets: one ``add`` and a clock read per ack, no per-entry expiry).
@@ -228,6 +231,20 @@ class Intake(PartitionLeases):
                 log.info("messages lost in transit come back after AckWait; waiting for them", partition=p, n=missing)
                 self._settle[p] = (missing, time.monotonic() + 2 * s.ack_wait + 1)
 
+    async def _states(self, ids: list[str]) -> dict[str, Any]:
+        """The KV state entries of ``ids`` (redeliveries), read STATE_READS at a time.
+
+        A take-over brings a dead holder's deliveries back all at once (thousands, with a large ``max_inflight``).
+        Read one after another, at a round trip each, they kept the loop busy for seconds: past the lease TTL
+        under load, so the keeper's refresh came too late and another daemon took the partitions over again.
+        """
+        out: dict[str, Any] = {}
+        for i in range(0, len(ids), STATE_READS):
+            chunk = ids[i : i + STATE_READS]
+            got = await asyncio.gather(*(retrying(partial(self.t._state, eid)) for eid in chunk))
+            out.update(zip(chunk, got, strict=True))
+        return out
+
     async def _take_in(self, p: int, msgs: list[Any], out: Fetched) -> None:
         """Decode pulled messages into the partition's buffer (in stream order: its priority lanes merge);
         quarantine the unreadable."""
@@ -235,6 +252,7 @@ class Intake(PartitionLeases):
         have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
         # Handled here with the ack still queued (AckWait ran out first): the queued ack settles it.
         have.update(h.seq for h in list(self._acking.values()) if h.p == p)
+        todo: list[tuple[Any, Any, int, str]] = []
         for m in msgs:
             md = m.metadata
             seq = md.sequence.stream
@@ -248,7 +266,10 @@ class Intake(PartitionLeases):
                         raise
                 continue
             hdrs = m.headers or {}
-            eid = hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or f"seq-{seq}"
+            todo.append((m, md, seq, hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or f"seq-{seq}"))
+        states = await self._states([eid for _, md, _, eid in todo if md.num_delivered > 1])
+        for m, md, seq, eid in todo:
+            hdrs = m.headers or {}
             try:
                 ev = decode(m.data, eid)
             except InvalidData as exc:
@@ -258,7 +279,7 @@ class Intake(PartitionLeases):
                 continue
             record = Record()
             if md.num_delivered > 1:
-                st = await retrying(partial(self.t._state, eid))
+                st = states.get(eid)
                 if st is not None and st.get("s") in (State.PROCESSED, State.DEAD, State.CORRUPT):
                     try:
                         await _reply(m, b"+ACK" if st["s"] == State.PROCESSED else b"+TERM")
