@@ -44,5 +44,5 @@ def test_a_refused_sweep_does_not_let_a_normal_event_pass_its_keys_earlier_small
     small, normal = build(t, "a", lane), build(t, "a")
     t.publish([small])
     t.publish([normal])
-    order = drain(c, limit=50)
+    order = drain(c, [small.event.id, normal.event.id], limit=50)
     assert order.index(small.event.id) < order.index(normal.event.id)
