@@ -1,0 +1,92 @@
+"""High-lane notices: a daemon hears of a high event as it is published, not at its next fetch's sweep.
+
+Part of :class:`~.consumer.NatsConsumer` (a mixin over its state; the design is in :mod:`.consumer`).
+
+A core-NATS subscription on every partition's high-lane subjects (``poet.p.<n>h.>``) tells the daemon that a
+high event was just published in partition ``n``. It is interest only: the event itself is still pulled from
+the partition's high durable (``poet-p<n>h``), with its key's order checked as for any other pull, so
+at-least-once and key order are exactly what the pulls give; a notice lost (a reconnect, a slow subscriber) or
+early (it can reach us before the stream has stored the message) only means the event waits for the next
+fetch's sweep, as it did before. What a notice changes:
+
+* A fetch in progress that hears one pulls that partition's high lane before it hands out (and stops there,
+  without the refill pulls), so the high event leaves with this fetch instead of waiting for the whole fetch,
+  the hop back to the daemon's thread and the next fetch's sweep (the tail of emit -> handler start).
+* An idle daemon waiting for work (:meth:`wait`) is woken at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ...transport import Fetched
+from . import subjects
+from .keyorder import PULL_LANE
+from .lanes import Lanes
+
+
+class Notices(Lanes):
+    """The notice half of :class:`~.consumer.NatsConsumer`: hears high publishes, pulls their lane early."""
+
+    _wake: threading.Event
+
+    def _init_notices(self) -> None:
+        self._noticed: set[int] = set()  # partitions a high event was published in since the fetch started
+        self._listening: Any = None  # the connection the subscriptions are on (None: not yet)
+        self._subs: list[Any] = []
+
+    async def _listen(self) -> None:
+        """A fetch starts: forget earlier notices (its sweeps see those events); subscribe, once per connection
+        (nats-py renews subscriptions itself across reconnects)."""
+        self._noticed.clear()
+        nc = self.t.link.nc
+        if self._listening is nc:
+            return
+        await self._unlisten()  # a subscribe cut short before: none twice
+
+        async def heard(m: Any) -> None:
+            tok = subjects.lane_token(m.subject) or ""
+            if tok[-1:] == "h" and tok[:-1].isdigit():
+                self._noticed.add(int(tok[:-1]))
+                self._wake.set()  # an idle daemon fetches now
+
+        for p in range(self.t.settings.partitions):
+            # No payload needed: the event is pulled from its durable. nats-py has no headers-only core
+            # subscription; high events are few, and each costs one small callback here.
+            self._subs.append(await nc.subscribe(subjects.partition_filter(p, "h"), cb=heard))
+        self._listening = nc  # only now: a subscribe refused (a server loss) is tried again at the next fetch
+
+    async def _unlisten(self) -> None:
+        """Closing: the subscriptions go (the connection may serve other consumers)."""
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # a closed connection: gone with it
+                pass
+
+    def _heard(self) -> list[int]:
+        """The held partitions a high event was published in since the fetch started (their lanes not yet
+        pulled again); taken: each notice is acted on once."""
+        if not self._noticed:
+            return []
+        found = sorted(p for p in self._noticed if p in self._held and p not in self._suspect)
+        self._noticed.clear()
+        return found
+
+    async def _heed(self, out: Fetched, hand_out: tuple[int, float] | None = None) -> bool:
+        """Pull the high lanes of the partitions heard from (as a rush does: their key order covered); True if
+        any was pulled. ``hand_out`` (the fetch's limit and time): then hand out, else the caller does; the high
+        event goes in its class's share, after its key's earlier events (:meth:`_hand_out`)."""
+        found = self._heard()
+        if not found:
+            return False
+        await self._pull_set([(p, "h", max(1, PULL_LANE - self._buffered(p, "h"))) for p in found], out, confirm=True)
+        await self._cover(out)
+        if hand_out is not None:
+            self._hand_out(hand_out[0], out, hand_out[1])
+        return True
+
+
+__all__ = ["Notices"]
