@@ -58,7 +58,7 @@ def _publish_inside(c: Any, step: str, nth: int, publish: Callable[[], None]) ->
     real = getattr(c, step)
     calls = [0]
 
-    async def hooked(*args: Any) -> Any:
+    async def hooked(*args: Any, **kw: Any) -> Any:
         calls[0] += 1
         if calls[0] == nth:
             publish()  # another connection: blocks this loop only for the publish's round trip
@@ -66,7 +66,7 @@ def _publish_inside(c: Any, step: str, nth: int, publish: Callable[[], None]) ->
                 if c._noticed:
                     break
                 await asyncio.sleep(0.001)
-        return await real(*args)
+        return await real(*args, **kw)
 
     setattr(c, step, hooked)
     return calls
@@ -156,5 +156,34 @@ def test_a_high_event_published_during_a_fetchs_refill_leaves_with_it(transport:
         seen += ids + _drain(c)
         assert [i for i in seen if i != high.event.id] == [o.event.id for o in normal]
         assert sorted(seen) == sorted([o.event.id for o in normal] + [high.event.id])
+    finally:
+        c.close()
+
+
+def test_a_notice_of_a_high_event_the_fetch_already_pulled_costs_no_second_pull(
+    transport: Any, other: Any, make: Make
+) -> None:
+    """A high event the fetch's own sweep found and pulled is not pulled for again when its notice comes in."""
+    t = transport
+    normal = [make(f"n{i}") for i in range(200)]
+    t.publish(normal)
+    high = make("urgent", "high")
+    c = t.consumer("a")
+    try:
+        c.fetch(10)  # the lease is taken, every lane pulled once: the high lane is swept from now on
+        # Published during the fetch's normal pull, before its sweep of the high lane: the sweep finds it.
+        _publish_inside(c, "_pull_set", 1, lambda: other.publish([high]))
+        real_pull = c._pull
+        pulls: list[str] = []
+
+        async def pull(p: int, batch: int, lane: str = "", expires: float = 0.0) -> Any:
+            pulls.append(lane)
+            return await real_pull(p, batch, lane, expires)
+
+        c._pull = pull
+        c._rushed = True  # as after a rush: this fetch is a regular one
+        got = [d.id for d in c.fetch(64).deliveries]
+        assert high.event.id in got
+        assert pulls.count("h") == 1  # before: 2 (the notice's pull brought nothing, then asked the store)
     finally:
         c.close()

@@ -32,7 +32,8 @@ class Notices(Lanes):
     _wake: threading.Event
 
     def _init_notices(self) -> None:
-        self._noticed: set[int] = set()  # partitions a high event was published in since the fetch started
+        # Partition -> ids of the high events published in it since the fetch started ("": no Poet-Id header).
+        self._noticed: dict[int, set[str]] = {}
         self._listening: Any = None  # the connection the subscriptions are on (None: not yet)
         self._subs: list[Any] = []
 
@@ -48,7 +49,7 @@ class Notices(Lanes):
         async def heard(m: Any) -> None:
             tok = subjects.lane_token(m.subject) or ""
             if tok[-1:] == "h" and tok[:-1].isdigit():
-                self._noticed.add(int(tok[:-1]))
+                self._noticed.setdefault(int(tok[:-1]), set()).add((m.headers or {}).get("Poet-Id") or "")
                 self._wake.set()  # an idle daemon fetches now
 
         for p in range(self.t.settings.partitions):
@@ -67,13 +68,19 @@ class Notices(Lanes):
                 pass
 
     def _heard(self) -> list[int]:
-        """The held partitions a high event was published in since the fetch started (their lanes not yet
-        pulled again); taken: each notice is acted on once."""
+        """The held partitions a high event was published in since the fetch started that this daemon does not
+        hold yet (a sweep of this fetch usually found it first: no second pull for it); taken: each notice is
+        acted on once."""
         if not self._noticed:
             return []
-        found = sorted(p for p in self._noticed if p in self._held and p not in self._suspect)
+        found = []
+        for p, ids in self._noticed.items():
+            if p in self._held and p not in self._suspect:
+                have = {h.id for h in self._buf.get(p, ())}
+                if any(not i or (i not in have and i not in self._leased and i not in self._acking) for i in ids):
+                    found.append(p)
         self._noticed.clear()
-        return found
+        return sorted(found)
 
     async def _heed(self, out: Fetched, hand_out: tuple[int, float] | None = None) -> bool:
         """Pull the high lanes of the partitions heard from (as a rush does: their key order covered); True if
