@@ -187,3 +187,58 @@ def test_a_notice_of_a_high_event_the_fetch_already_pulled_costs_no_second_pull(
         assert pulls.count("h") == 1  # before: 2 (the notice's pull brought nothing, then asked the store)
     finally:
         c.close()
+
+
+def _wait_notice(c: Any) -> None:
+    """Until the consumer's subscription has the notice (bounded; the assertions after it judge)."""
+    import time
+
+    for _ in range(5000):
+        if c._noticed:
+            return
+        time.sleep(0.001)
+
+
+def test_a_fetch_starting_with_a_notice_rushes_without_a_sweep(transport: Any, other: Any, make: Make) -> None:
+    """A high event heard of before a fetch starts is pulled by that fetch's rush at once, with no sweep first."""
+    t = transport
+    t.publish([make(f"n{i}") for i in range(200)])
+    high = make("urgent", "high")
+    c = t.consumer("a")
+    try:
+        c.fetch(10)  # the lease is taken, every lane pulled once: the next fetch may rush
+        other.publish([high])
+        _wait_notice(c)
+        real_sweep = c._sweep
+        sweeps: list[str] = []
+
+        async def sweep(parts: list[int], lane: str) -> Any:
+            sweeps.append(lane)
+            return await real_sweep(parts, lane)
+
+        c._sweep = sweep
+        f = c.fetch(64)
+        assert high.event.id in [d.id for d in f.deliveries] and f.more
+        assert "h" not in sweeps  # before: the rush swept the high lane first (one more round trip)
+    finally:
+        c.close()
+
+
+def test_a_notice_with_nothing_stored_behind_it_loses_nothing(transport: Any, make: Make) -> None:
+    """A notice whose event is not in the stream (early, or never stored) makes the rush pull nothing; every event
+    still goes out once, in order."""
+    t = transport
+    normal = [make(f"n{i}") for i in range(300)]
+    t.publish(normal)
+    c = t.consumer("a")
+    try:
+        seen = [d.id for d in c.fetch(10).deliveries]
+        c._noticed[0] = {"not-published"}  # as a notice that came before its message was stored
+        f = c.fetch(64)
+        assert f.more  # the rush: the regular fetch follows at once
+        for d in f.deliveries:
+            c.ack(d)
+        seen += [d.id for d in f.deliveries] + _drain(c)
+        assert seen == [o.event.id for o in normal]
+    finally:
+        c.close()

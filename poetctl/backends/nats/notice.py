@@ -9,10 +9,16 @@ at-least-once and key order are exactly what the pulls give; a notice lost (a re
 early (it can reach us before the stream has stored the message) only means the event waits for the next
 fetch's sweep, as it did before. What a notice changes:
 
+* A fetch that starts with notices rushes (:meth:`Lanes._rush`) without its sweep: the partitions heard from
+  are pulled at once (one round trip fewer before the high event leaves).
 * A fetch in progress that hears one pulls that partition's high lane before it hands out (and stops there,
   without the refill pulls), so the high event leaves with this fetch instead of waiting for the whole fetch,
   the hop back to the daemon's thread and the next fetch's sweep (the tail of emit -> handler start).
 * An idle daemon waiting for work (:meth:`wait`) is woken at once.
+
+A notice whose event this daemon already holds (a sweep found it first) is dropped; one whose event is not
+stored yet pulls nothing (the pull is checked in the store, as a rush's is), and the event goes with a later
+fetch's sweep. Notices of partitions held by other daemons are dropped at the next fetch.
 """
 
 from __future__ import annotations
@@ -32,15 +38,13 @@ class Notices(Lanes):
     _wake: threading.Event
 
     def _init_notices(self) -> None:
-        # Partition -> ids of the high events published in it since the fetch started ("": no Poet-Id header).
+        # Partition -> ids of the high events published in it, not acted on yet ("": no Poet-Id header).
         self._noticed: dict[int, set[str]] = {}
         self._listening: Any = None  # the connection the subscriptions are on (None: not yet)
         self._subs: list[Any] = []
 
     async def _listen(self) -> None:
-        """A fetch starts: forget earlier notices (its sweeps see those events); subscribe, once per connection
-        (nats-py renews subscriptions itself across reconnects)."""
-        self._noticed.clear()
+        """Subscribe, once per connection (nats-py renews subscriptions itself across reconnects)."""
         nc = self.t.link.nc
         if self._listening is nc:
             return
@@ -68,9 +72,8 @@ class Notices(Lanes):
                 pass
 
     def _heard(self) -> list[int]:
-        """The held partitions a high event was published in since the fetch started that this daemon does not
-        hold yet (a sweep of this fetch usually found it first: no second pull for it); taken: each notice is
-        acted on once."""
+        """The held partitions a high event was published in that this daemon does not hold yet (a sweep
+        usually found it first: no second pull for it); taken: each notice is acted on once."""
         if not self._noticed:
             return []
         found = []
@@ -82,6 +85,22 @@ class Notices(Lanes):
         self._noticed.clear()
         return sorted(found)
 
+    async def _rush(self, parts: list[int], out: Fetched) -> bool:
+        """:meth:`Lanes._rush`, without its sweep when notices came in: the partitions heard from are pulled."""
+        if not self._rushed:
+            found = [p for p in self._heard() if p in parts]
+            if found:
+                await self._pull_high(found, out)
+                self._rushed = True
+                out.more = True  # the regular fetch follows at once
+                return True
+        return await super()._rush(parts, out)
+
+    async def _pull_high(self, parts: list[int], out: Fetched) -> None:
+        """Pull the high lanes of ``parts`` and cover their key order, as a rush does."""
+        await self._pull_set([(p, "h", max(1, PULL_LANE - self._buffered(p, "h"))) for p in parts], out, confirm=True)
+        await self._cover(out)
+
     async def _heed(self, out: Fetched, hand_out: tuple[int, float] | None = None) -> bool:
         """Pull the high lanes of the partitions heard from (as a rush does: their key order covered); True if
         any was pulled. ``hand_out`` (the fetch's limit and time): then hand out, else the caller does; the high
@@ -89,8 +108,7 @@ class Notices(Lanes):
         found = self._heard()
         if not found:
             return False
-        await self._pull_set([(p, "h", max(1, PULL_LANE - self._buffered(p, "h"))) for p in found], out, confirm=True)
-        await self._cover(out)
+        await self._pull_high(found, out)
         if hand_out is not None:
             self._hand_out(hand_out[0], out, hand_out[1])
         return True
