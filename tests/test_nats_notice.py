@@ -242,3 +242,32 @@ def test_a_notice_with_nothing_stored_behind_it_loses_nothing(transport: Any, ma
         assert seen == [o.event.id for o in normal]
     finally:
         c.close()
+
+
+def test_regular_fetches_stay_short_while_high_events_keep_coming(transport: Any, other: Any, make: Make) -> None:
+    """After a high event was heard of (within the window), a regular fetch hands out at most AFTER_RUSH events;
+    without one, the caller's full limit."""
+    from poetctl.backends.nats.consumer import AFTER_RUSH
+
+    t = transport
+    normal = [make(f"n{i}") for i in range(2000)]
+    for i in range(0, 2000, 1000):
+        t.publish(normal[i : i + 1000])
+    c = t.consumer("a")
+    try:
+        got = c.fetch(256).deliveries
+        assert len(got) == 256  # no high event heard of: the full limit
+        c.high_window = 3600.0  # "lately", however slow this machine is
+        other.publish([make("urgent", "high")])
+        _wait_notice(c)
+        rush = c.fetch(256).deliveries  # the rush (the high event, and what was buffered)
+        regular = c.fetch(256).deliveries  # then a regular one: short
+        assert 0 < len(regular) <= AFTER_RUSH
+        regular2 = c.fetch(256).deliveries  # and the next one too (before: the full 256)
+        assert 0 < len(regular2) <= AFTER_RUSH
+        c.high_window = 0.0  # the window has passed
+        assert len(c.fetch(256).deliveries) == 256
+        for d in [*got, *rush, *regular, *regular2]:
+            c.ack(d)
+    finally:
+        c.close()

@@ -155,8 +155,8 @@ class NatsConsumer(Notices):
         if self._suspect:
             await self._check_suspects()
         pulling: set[int] = set()
-        if self._rushed:  # normal and low get this fetch (never two rushes in a row); a short one, as a high
-            limit = min(limit, AFTER_RUSH)  # event published meanwhile waits for it (not the fetch's own limit)
+        if self._rushed or self._high_lately():  # normal and low get this fetch (never two rushes in a row); a
+            limit = min(limit, AFTER_RUSH)  # short one, as a high event published meanwhile waits for it (.notice)
         if self._held:
             # Small prefetch: what is pulled and not yet begun is what a takeover must wait for.
             batch = max(1, min(PULL_MAX, math.ceil(limit / len(self._held))))

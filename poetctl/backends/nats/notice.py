@@ -15,6 +15,9 @@ fetch's sweep, as it did before. What a notice changes:
   without the refill pulls), so the high event leaves with this fetch instead of waiting for the whole fetch,
   the hop back to the daemon's thread and the next fetch's sweep (the tail of emit -> handler start).
 * An idle daemon waiting for work (:meth:`wait`) is woken at once.
+* While high events keep coming (one heard in the last :data:`HIGH_WINDOW` seconds), regular fetches are short
+  (the caller's limit, at most ``AFTER_RUSH``, as right after a rush): the next high event waits behind a short
+  fetch, not a full one. Without high events nothing changes (the full limit, the throughput).
 
 A notice whose event this daemon already holds (a sweep found it first) is dropped; one whose event is not
 stored yet pulls nothing (the pull is checked in the store, as a rush's is), and the event goes with a later
@@ -24,12 +27,15 @@ fetch's sweep. Notices of partitions held by other daemons are dropped at the ne
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from ...transport import Fetched
 from . import subjects
 from .keyorder import PULL_LANE
 from .lanes import Lanes
+
+HIGH_WINDOW = 1.0  # seconds after a high event was heard during which regular fetches stay short
 
 
 class Notices(Lanes):
@@ -42,6 +48,8 @@ class Notices(Lanes):
         self._noticed: dict[int, set[str]] = {}
         self._listening: Any = None  # the connection the subscriptions are on (None: not yet)
         self._subs: list[Any] = []
+        self._heard_at = -HIGH_WINDOW  # time.monotonic() of the last notice
+        self.high_window = HIGH_WINDOW
 
     async def _listen(self) -> None:
         """Subscribe, once per connection (nats-py renews subscriptions itself across reconnects)."""
@@ -54,6 +62,7 @@ class Notices(Lanes):
             tok = subjects.lane_token(m.subject) or ""
             if tok[-1:] == "h" and tok[:-1].isdigit():
                 self._noticed.setdefault(int(tok[:-1]), set()).add((m.headers or {}).get("Poet-Id") or "")
+                self._heard_at = time.monotonic()
                 self._wake.set()  # an idle daemon fetches now
 
         for p in range(self.t.settings.partitions):
@@ -70,6 +79,10 @@ class Notices(Lanes):
                 await sub.unsubscribe()
             except Exception:  # a closed connection: gone with it
                 pass
+
+    def _high_lately(self) -> bool:
+        """A high event was heard of in the last ``high_window`` seconds: keep this regular fetch short."""
+        return time.monotonic() - self._heard_at < self.high_window
 
     def _heard(self) -> list[int]:
         """The held partitions a high event was published in that this daemon does not hold yet (a sweep
