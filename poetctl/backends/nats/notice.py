@@ -61,9 +61,11 @@ class Notices(Lanes):
         async def heard(m: Any) -> None:
             tok = subjects.lane_token(m.subject) or ""
             if tok[-1:] == "h" and tok[:-1].isdigit():
-                self._noticed.setdefault(int(tok[:-1]), set()).add((m.headers or {}).get("Poet-Id") or "")
-                self._heard_at = time.monotonic()
-                self._wake.set()  # an idle daemon fetches now
+                p = int(tok[:-1])
+                self._noticed.setdefault(p, set()).add((m.headers or {}).get("Poet-Id") or "")
+                if p in self._held:  # another daemon's partition does not shorten this one's fetches
+                    self._heard_at = time.monotonic()
+                self._wake.set()  # an idle daemon fetches now (its probe may take the partition)
 
         for p in range(self.t.settings.partitions):
             # No payload needed: the event is pulled from its durable. nats-py has no headers-only core
