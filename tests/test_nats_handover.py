@@ -221,3 +221,55 @@ def test_the_next_holder_hands_out_a_lost_lease_s_events_first_even_with_a_full_
         a.crash()
         if b is not None:
             b.close()
+
+
+def test_a_take_over_reads_the_redeliveries_records_together(transport: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next holder reads the records of a stalled holder's many redeliveries several at a time, not one round
+    trip each (thousands, read one by one, kept the loop busy past the lease TTL under load: the keeper's refresh
+    came too late and a third daemon took the partition and handled them again), and hands all out once, in order."""
+    t = transport
+    sent = events(t, 300)
+    t.publish(sent)
+    a = t.consumer("a")
+    b = None
+    try:
+        got = []
+        while len(got) < len(sent):  # all handed out to a, none acked
+            more = a.fetch(len(sent)).deliveries
+            got += more
+            if not more:
+                a.wait(0.01)
+        a._stop.set()  # a's process stalls (or dies) holding them: no beats
+        a._keeper.join()
+        t.link.run(t.lease_kv.delete("p0"))
+        real = t._state
+        now = {"in": 0, "most": 0, "reads": 0}
+
+        async def state(event_id: str) -> Any:
+            now["in"] += 1
+            now["reads"] += 1
+            now["most"] = max(now["most"], now["in"])
+            try:
+                return await real(event_id)
+            finally:
+                now["in"] -= 1
+
+        monkeypatch.setattr(t, "_state", state)
+        b = t.consumer("b")
+        order: list[str] = []
+        for _ in range(5000):  # a's deliveries come back after AckWait (1 s)
+            ds = b.fetch(len(sent)).deliveries
+            order += [d.id for d in ds]
+            for d in ds:
+                b.ack(d)
+            if len(order) >= len(sent):
+                break
+            b.wait(0.01)
+        b.sync()
+        assert order == [it.event.id for it in sent]
+        assert now["reads"] >= len(sent)  # every redelivery's record was read
+        assert now["most"] > 1, "the records were read one at a time"
+    finally:
+        a.crash()
+        if b is not None:
+            b.close()

@@ -11,7 +11,8 @@ is answered from the store) and check key order, shares and that nothing is left
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,17 +62,23 @@ def lagging(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     refuse(monkeypatch, "poet-p0", 2, request.param)
 
 
-def drain(c: Any, limit: int = 10, idle: int = 5) -> list[str]:
-    """Fetch and ack until ``idle`` fetches in a row bring nothing (a fetch may hand out nothing while a key's
-    order is being checked: the daemon fetches again); the ids in the order handed out."""
+def drain(c: Any, want: Collection[str], limit: int = 10, idle: int = 5) -> list[str]:
+    """Fetch and ack until every id of ``want`` was handed out (a fetch may hand out nothing while a key's order is
+    checked, or a real pull is refused under load: the daemon fetches again), then ``idle`` fetches more (a copy
+    handed out twice shows); the ids in the order handed out."""
     order: list[str] = []
+    deadline = time.monotonic() + 120
     empty = 0
     while empty < idle:
         got = c.fetch(limit).deliveries
-        empty = 0 if got else empty + 1
         order += [d.id for d in got]
         for d in got:
             c.ack(d)
+        if not set(want) <= set(order):
+            assert time.monotonic() < deadline, f"not handed out: {set(want) - set(order)}"
+            c.wait(0 if got else 0.02)
+        else:
+            empty = 0 if got else empty + 1
     return order
 
 
@@ -90,7 +97,7 @@ def test_a_lagging_normal_lane_does_not_let_a_high_event_pass_its_keys_normal_on
     a1, a2 = build(transport, "a"), build(transport, "a", "high")
     transport.publish([a1])
     transport.publish([a2])
-    assert drain(transport.consumer()) == [a1.event.id, a2.event.id]
+    assert drain(transport.consumer(), [a1.event.id, a2.event.id]) == [a1.event.id, a2.event.id]
 
 
 def test_a_lagging_normal_lane_does_not_give_normals_share_to_low(transport: Any, lagging: None) -> None:
@@ -113,7 +120,7 @@ def test_a_lagging_low_lane_does_not_let_a_normal_event_pass_its_keys_low_one(
     a1, a2 = build(transport, "a", "low"), build(transport, "a")
     transport.publish([a1])
     transport.publish([a2])
-    assert drain(transport.consumer()) == [a1.event.id, a2.event.id]
+    assert drain(transport.consumer(), [a1.event.id, a2.event.id]) == [a1.event.id, a2.event.id]
 
 
 @pytest.mark.parametrize("status", REFUSED)
@@ -127,12 +134,16 @@ def test_a_high_event_a_lagging_sweeper_missed_is_still_handed_out(
     transport.publish([b1, b2])
     # Every lane pulled once, the normal one came back full: the high lane is swept from now on. b1 stays leased,
     # so the partition is kept.
-    (held,) = c.fetch(1).deliveries
+    got = c.fetch(1).deliveries
+    while not got:  # a real pull refused under load (right after the publish) hands out nothing: again
+        c.wait(0.02)
+        got = c.fetch(1).deliveries
+    (held,) = got
     left = refuse(monkeypatch, "poetsweep-", 2, status)
     h, n = build(transport, "a", "high"), build(transport, "a")
     transport.publish([h])
     transport.publish([n])
-    got = drain(c)
+    got = drain(c, [b2.event.id, h.event.id, n.event.id])
     assert left["n"] == 0  # the sweeper was refused
     assert sorted(got) == sorted([b2.event.id, h.event.id, n.event.id])
     c.ack(held)
@@ -149,6 +160,8 @@ def test_a_lagging_cursor_does_not_let_a_high_event_pass_its_keys_normal_one(
         transport.publish([x])
     c = transport.consumer()
     c.probes.broken = True  # as below the stream's key-subject mark: headers are read
-    order = drain(c, limit=4)  # the normal lane is pulled four at a time: a1 is in a backlog the cursor reads
+    order = drain(
+        c, [a1.event.id, a2.event.id], limit=4
+    )  # the normal lane is pulled four at a time: a1 is in a backlog the cursor reads
     assert left["n"] == 0  # the cursor was refused
     assert order.index(a1.event.id) < order.index(a2.event.id)

@@ -439,10 +439,6 @@ def test_handler_timeout_fails_it_and_frees_the_worker(
     make_harness: MakeHarness, clock: FakeClock, backend: Kit
 ) -> None:
     """A handler past its timeout fails (HandlerTimeout) while other keys go on; its follow-ups are dropped."""
-    if backend.name == "nats":
-        # Seen hanging in run_until_idle on NATS once under two pytest workers (2026-11-29, not yet
-        # diagnosed); skipped there so a hang cannot stall the suite. Memory and fs run it.
-        pytest.skip("known hang on NATS under investigation (see CHANGELOG known issues)")
     h = make_harness(timeouts={"slow": 5.0})
     gate, finished = threading.Event(), threading.Event()
     fast: list[str] = []

@@ -44,7 +44,7 @@ from ...transport import Attempt, Delivery, Fetched, State
 from . import subjects
 from .dead import to_headers
 from .fastpub import header_value
-from .intake import _Held, _kv, _progress, _reply
+from .intake import RecentAcks, _Held, _kv, _progress, _reply
 from .leases import Held
 from .notice import Notices
 from .pipeline import UNCONFIRMED, Op, Pipeline
@@ -72,6 +72,7 @@ class NatsConsumer(Notices):
         self._lseqs: dict[int, list[int]] = {}  # partition -> heap of leased sequences (stale ones popped lazily)
         self._lset: set[int] = set()  # the sequences leased now
         self._acking: dict[str, Held] = {}  # acked, the ack still queued (see _ack)
+        self._acked = RecentAcks(2 * s.ack_wait + 1)  # acks sent lately: a copy sent before the server read one
         self._failing: dict[str, str] = {}  # key -> id of its failing lease
         self._recovered: set[int] = set()
         # Partitions taken over with deliveries outstanding: (redeliveries still expected, until when).
@@ -94,8 +95,7 @@ class NatsConsumer(Notices):
         # An idle partition is kept this long before it is handed back (re-taking costs a probe and a KV
         # create): leases stay while work flows; over the fair share, the excess is drained and handed back.
         self.hold_idle = transport.hold_idle if transport.hold_idle is not None else s.lease_ttl / 2
-        self._init_lanes()
-        self._init_notices()
+        self._init_lanes()  # and the notices' (.notice)
         # A stream set up before the lanes gets them; where key subjects start (.lanes probes above it).
         self._keyed_from = int(self._run(retrying(lambda: ensure_lanes(transport)), RUN_TIMEOUT))
         self._run(retrying(self._announce), RUN_TIMEOUT)
@@ -335,7 +335,8 @@ class NatsConsumer(Notices):
             pub = await self._put_async(h, self._state(h, State.PROCESSED)) if record else UNCONFIRMED
             await _reply(h.msg, b"+ACK")
         finally:
-            self._acking.pop(h.id, None)  # sent, or failed: a redelivery is then judged by its record
+            self._acked.add(h.seq)  # before the pop: a copy taken in between is in one of the two
+            self._acking.pop(h.id, None)  # sent, or failed (then resent by the pipeline): a copy is acked again
         if free:
             await self._free(h.p, rev)
         return pub

@@ -51,6 +51,38 @@ def _kv(h: Held) -> bool:
     return not isinstance(h, _Held) or h.kv
 
 
+STATE_READS = 64  # KV state reads of redeliveries in flight at once (:meth:`Intake._states`)
+
+
+class RecentAcks:
+    """Stream sequences this consumer sent an ack (or a record and an ack) for lately, kept ``keep`` to 2 x ``keep``
+    seconds (two generations of sets: one ``add`` and a clock read per ack, no per-entry expiry).
+
+    A daemon that stalls past AckWait holding a message acks it late; the server may have redelivered it to this
+    daemon's next pull before it read that ack. The copy reaches :meth:`Intake._take_in` after the ack left
+    (``_acking`` no longer has it) and, for a normal event whose ack the floor covers, finds no KV record: without
+    this it would be handled a second time, after later events of its key. A copy found here is acked instead.
+    """
+
+    __slots__ = ("_new", "_old", "_turn", "keep")
+
+    def __init__(self, keep: float) -> None:
+        self.keep = keep
+        self._new: set[int] = set()
+        self._old: set[int] = set()
+        self._turn = time.monotonic() + keep
+
+    def add(self, seq: int) -> None:
+        now = time.monotonic()
+        if now >= self._turn:
+            self._old, self._new = self._new, set()
+            self._turn = now + self.keep
+        self._new.add(seq)
+
+    def __contains__(self, seq: int) -> bool:
+        return seq in self._new or seq in self._old
+
+
 class Pulls:
     """No-wait pull requests answered on one persistent wildcard inbox (``<inbox>.<n>``), made once.
 
@@ -145,6 +177,7 @@ class Intake(PartitionLeases):
     _pipe: Any
     _lset: set[int]
     _pulls: Pulls | None = None
+    _acked: RecentAcks
 
     async def _quarantine(
         self, m: Any, eid: str, topic: str | None, seq: int, reason: str, detail: str, where: str
@@ -198,6 +231,20 @@ class Intake(PartitionLeases):
                 log.info("messages lost in transit come back after AckWait; waiting for them", partition=p, n=missing)
                 self._settle[p] = (missing, time.monotonic() + 2 * s.ack_wait + 1)
 
+    async def _states(self, ids: list[str]) -> dict[str, Any]:
+        """The KV state entries of ``ids`` (redeliveries), read STATE_READS at a time.
+
+        A take-over brings a dead holder's deliveries back all at once (thousands, with a large ``max_inflight``).
+        Read one after another, at a round trip each, they kept the loop busy for seconds: past the lease TTL
+        under load, so the keeper's refresh came too late and another daemon took the partitions over again.
+        """
+        out: dict[str, Any] = {}
+        for i in range(0, len(ids), STATE_READS):
+            chunk = ids[i : i + STATE_READS]
+            got = await asyncio.gather(*(retrying(partial(self.t._state, eid)) for eid in chunk))
+            out.update(zip(chunk, got, strict=True))
+        return out
+
     async def _take_in(self, p: int, msgs: list[Any], out: Fetched) -> None:
         """Decode pulled messages into the partition's buffer (in stream order: its priority lanes merge);
         quarantine the unreadable."""
@@ -205,13 +252,24 @@ class Intake(PartitionLeases):
         have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
         # Handled here with the ack still queued (AckWait ran out first): the queued ack settles it.
         have.update(h.seq for h in list(self._acking.values()) if h.p == p)
+        todo: list[tuple[Any, Any, int, str]] = []
         for m in msgs:
             md = m.metadata
             seq = md.sequence.stream
             if seq in have:
                 continue  # redelivered while we still hold it (AckWait passed during a stall): keep ours
+            if seq in self._acked:  # handled and acked here, redelivered before the server read the ack
+                try:
+                    await _reply(m, b"+ACK")
+                except Exception as exc:  # lost: it comes back once more (and, later, is judged by its record)
+                    if not transient(exc):
+                        raise
+                continue
             hdrs = m.headers or {}
-            eid = hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or f"seq-{seq}"
+            todo.append((m, md, seq, hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or f"seq-{seq}"))
+        states = await self._states([eid for _, md, _, eid in todo if md.num_delivered > 1])
+        for m, md, seq, eid in todo:
+            hdrs = m.headers or {}
             try:
                 ev = decode(m.data, eid)
             except InvalidData as exc:
@@ -221,7 +279,7 @@ class Intake(PartitionLeases):
                 continue
             record = Record()
             if md.num_delivered > 1:
-                st = await retrying(partial(self.t._state, eid))
+                st = states.get(eid)
                 if st is not None and st.get("s") in (State.PROCESSED, State.DEAD, State.CORRUPT):
                     try:
                         await _reply(m, b"+ACK" if st["s"] == State.PROCESSED else b"+TERM")

@@ -43,7 +43,8 @@ class Notices(Lanes):
 
     _wake: threading.Event
 
-    def _init_notices(self) -> None:
+    def _init_lanes(self) -> None:
+        super()._init_lanes()
         # Partition -> ids of the high events published in it, not acted on yet ("": no Poet-Id header).
         self._noticed: dict[int, set[str]] = {}
         self._listening: Any = None  # the connection the subscriptions are on (None: not yet)
