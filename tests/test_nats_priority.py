@@ -325,7 +325,8 @@ def test_normal_events_keep_flowing_under_a_high_event_before_every_fetch(transp
 
 def test_the_fetch_after_a_rush_is_a_short_one(transport: Any, make: Make) -> None:
     """After a high event's own fetch, the next (normal) fetch hands out at most AFTER_RUSH: a high event
-    published meanwhile waits for a short fetch, not a full one; the one after is full again."""
+    published meanwhile waits for a short fetch, not a full one; once no high event came for a while
+    (``high_window``, .notice), fetches are full again."""
     from poetctl.backends.nats.consumer import AFTER_RUSH
 
     t = transport
@@ -340,6 +341,7 @@ def test_the_fetch_after_a_rush_is_a_short_one(transport: Any, make: Make) -> No
         c.ack(got[0])
         short = drain(c, 256, until=1)
         assert 0 < len(short) <= AFTER_RUSH < 256
+        c.high_window = 0.0  # the window since the last high event has passed
         full = drain(c, 256, until=1)
         assert len(full) > AFTER_RUSH
         assert done + short + full == [o.event.id for o in normal[: len(done) + len(short) + len(full)]]

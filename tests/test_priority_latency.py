@@ -405,3 +405,64 @@ def test_a_high_event_hinted_while_a_share_is_claimed_cuts_it_short(spool: Path)
     finally:
         c.close()
         t.close()
+
+
+class _GateWatcher(_NullConsumer):
+    """Notes whether the urgent gate was still closed each time a delivery began (the loop cannot fetch then)."""
+
+    def __init__(self, gate: Any, fail: bool = False) -> None:
+        self.gate = gate
+        self.fail = fail
+        self.closed_at_begin: list[bool] = []
+
+    def begin(self, delivery: Any) -> None:
+        self.closed_at_begin.append(not self.gate._open.is_set())
+        if self.fail:
+            raise RuntimeError("the backend refused the begin record")
+
+
+def _high_job_on_worker(spool: Path, fail: bool) -> tuple[Any, Any, Any, list[str]]:
+    import time
+
+    from poetctl.daemon.handling import Job, KeyWorker, UrgentGate
+    from poetctl.daemon.middleware import Hooks
+    from poetctl.daemon.retries import RetryPolicy
+    from poetctl.transport import Delivery, Record
+
+    ev = _item(EventRouter(spool=spool), "hot", "high").event
+    seen: list[str] = []
+
+    class Sub:
+        pattern = "*"
+        name = "probe"
+
+        @staticmethod
+        def fn(event: Any) -> None:
+            seen.append(event.id)
+
+    gate = UrgentGate()
+    consumer = _GateWatcher(gate, fail)
+    w = KeyWorker(0, consumer, _NoCause(), RetryPolicy(), time.time, Hooks([]), lambda d, o: None, gate)  # type: ignore[arg-type]
+    w.put([Job(Delivery(ev, "hot", Record()), ((Sub(), None),), urgent=True)], urgent=True)
+    gate.close(1)  # the loop's close() after its put (the usual order)
+    return w, gate, consumer, seen
+
+
+def test_the_gate_stays_closed_until_the_high_delivery_has_begun(spool: Path) -> None:
+    """The urgent gate opens after the high delivery's begin, not before: the loop's next fetch cannot take the
+    consumer's lock first and make that begin wait for the whole fetch (NATS: the 100+ ms tail)."""
+    w, gate, consumer, seen = _high_job_on_worker(spool, fail=False)
+    assert w.step(block=False) == 1 and len(seen) == 1
+    assert consumer.closed_at_begin == [True]  # before: [False], opened before begin was called
+    assert gate.waiting == 0 and gate._open.is_set()
+
+
+def test_a_high_delivery_whose_begin_fails_still_opens_the_gate(spool: Path) -> None:
+    """A begin that raises still counts the urgent delivery as started: the gate never stays closed for good."""
+    import pytest
+
+    w, gate, consumer, seen = _high_job_on_worker(spool, fail=True)
+    with pytest.raises(RuntimeError):
+        w.step(block=False)
+    assert consumer.closed_at_begin == [True] and seen == []
+    assert gate.waiting == 0 and gate._open.is_set()

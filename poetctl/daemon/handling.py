@@ -96,7 +96,7 @@ class UrgentGate:
                 self._open.clear()
 
     def started(self, job: Job) -> None:
-        """``job`` (urgent) starts, or was queued behind its key's earlier deliveries."""
+        """``job`` (urgent) has begun (its consumer ``begin`` returned), or was queued behind its key's earlier ones."""
         job.urgent = False
         with self._lock:
             self.waiting -= 1
@@ -267,14 +267,17 @@ class KeyWorker:
         gate = self.gate
         for _ in range(256):  # a key's deliveries back to back while they succeed: cheap, keeps order
             job = q[0]
-            if job.urgent:
-                # Counted whatever the gate shows: a start before the loop's close() (the worker was
-                # quicker) must still cancel it, or the gate stayed closed and every later hold()
-                # stalled the loop and the workers for HOLD_LIMIT after each high dispatch.
-                gate.started(job)
-            elif gate.waiting > 0 and not self.urgent:
+            if not job.urgent and gate.waiting > 0 and not self.urgent:
                 gate.hold()  # a high delivery waits to start elsewhere; not if it is ours (urgent is set first)
-            outcome = self._handle(job)
+            try:
+                outcome = self._handle(job)  # an urgent job opens the gate once begun (see _handle)
+            finally:
+                if job.urgent:
+                    # Counted whatever the gate shows: a start before the loop's close() (the worker was
+                    # quicker) must still cancel it, or the gate stayed closed and every later hold()
+                    # stalled the loop and the workers for HOLD_LIMIT after each high dispatch. Here for
+                    # the jobs that end before begin (expired, died too often) or whose begin raised.
+                    gate.started(job)
             ran += 1
             self.report(job.delivery, outcome)
             self._dirty += 1
@@ -311,6 +314,10 @@ class KeyWorker:
         if died and (dead := self._died_too_often(job, died, now)) is not None:
             return dead
         self.consumer.begin(d)
+        if job.urgent:
+            # Begun: only now may the loop fetch again. Opened before begin, the gate let the loop's next fetch
+            # take the consumer's lock first, and begin waited for that whole fetch (NATS: 30-160 ms at the tail).
+            self.gate.started(job)
         try:  # handlers get the newest schema version; a failing upcast cannot succeed on retry
             ev = upcast_event(ev, getattr(self.cause, "upcasters", None))
         except UpcastError as exc:

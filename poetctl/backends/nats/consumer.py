@@ -45,8 +45,8 @@ from . import subjects
 from .dead import to_headers
 from .fastpub import header_value
 from .intake import RecentAcks, _Held, _kv, _progress, _reply
-from .lanes import Lanes
 from .leases import Held
+from .notice import Notices
 from .pipeline import UNCONFIRMED, Op, Pipeline
 from .retry import RUN_TIMEOUT, retrying, transient
 from .setup import ensure_lanes
@@ -58,7 +58,7 @@ PULL_MAX = 64  # messages pulled ahead per partition
 AFTER_RUSH = 64  # the most a fetch right after a rush hands out (high events keep coming: keep it short)
 
 
-class NatsConsumer(Lanes):
+class NatsConsumer(Notices):
     """Leases due events from the partitions this daemon holds. Thread-safe (one lock)."""
 
     def __init__(self, transport: NatsTransport, name: str | None = None) -> None:
@@ -95,7 +95,7 @@ class NatsConsumer(Lanes):
         # An idle partition is kept this long before it is handed back (re-taking costs a probe and a KV
         # create): leases stay while work flows; over the fair share, the excess is drained and handed back.
         self.hold_idle = transport.hold_idle if transport.hold_idle is not None else s.lease_ttl / 2
-        self._init_lanes()
+        self._init_lanes()  # and the notices' (.notice)
         # A stream set up before the lanes gets them; where key subjects start (.lanes probes above it).
         self._keyed_from = int(self._run(retrying(lambda: ensure_lanes(transport)), RUN_TIMEOUT))
         self._run(retrying(self._announce), RUN_TIMEOUT)
@@ -140,6 +140,7 @@ class NatsConsumer(Lanes):
             log.warning("NATS did not answer during a fetch; checking the partitions held", error=repr(exc))
 
     async def _fetch(self, limit: int, out: Fetched) -> None:
+        await self._listen()
         now_real = time.monotonic()
         if now_real >= self._next_probe:
             self._next_probe = now_real + self.t.probe_every
@@ -154,8 +155,8 @@ class NatsConsumer(Lanes):
         if self._suspect:
             await self._check_suspects()
         pulling: set[int] = set()
-        if self._rushed:  # normal and low get this fetch (never two rushes in a row); a short one, as a high
-            limit = min(limit, AFTER_RUSH)  # event published meanwhile waits for it (not the fetch's own limit)
+        if self._rushed or self._high_lately():  # normal and low get this fetch (never two rushes in a row); a
+            limit = min(limit, AFTER_RUSH)  # short one, as a high event published meanwhile waits for it (.notice)
         if self._held:
             # Small prefetch: what is pulled and not yet begun is what a takeover must wait for.
             batch = max(1, min(PULL_MAX, math.ceil(limit / len(self._held))))
@@ -167,6 +168,7 @@ class NatsConsumer(Lanes):
                 await self._pull_lanes(list(want), want, out)
                 await self._cover(out)  # what the other lanes hold below each buffered event is known
                 await self._warm()
+                await self._heed(out)  # a high event published meanwhile (.notice): out with this fetch
         for p, (_, until) in list(self._settle.items()):
             if not self._owed(p) or time.monotonic() >= until:
                 del self._settle[p]
@@ -179,6 +181,8 @@ class NatsConsumer(Lanes):
         # holds). A fetch then fills the caller's limit from a busy partition instead of stopping at
         # PULL_MAX: each fetch is a thread hop, and each sync a flush round trip.
         while len(out.deliveries) < limit:
+            if await self._heed(out, (limit, now)):  # a high event published meanwhile: out now, no more refills
+                break
             again = [
                 p
                 for p in sorted(pulling)
@@ -434,6 +438,7 @@ class NatsConsumer(Lanes):
             )
 
             async def go() -> None:
+                await self._unlisten()
                 await self._pipe.drain()  # a failure: the redelivery finds what was recorded
                 for h in leftovers:
                     if h.id in self._leased:
