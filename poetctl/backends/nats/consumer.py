@@ -419,14 +419,6 @@ class NatsConsumer(Notices):
         if not (self._closed or self._dead):
             self._wait_sent(raise_failure=False)
 
-    def wait(self, timeout: float) -> None:
-        # New work from other processes shows up at the next fetch's probe: bound the sleep by it.
-        self._wake.wait(max(0.0, min(timeout, max(self.t.probe_every, 0.05))))
-        self._wake.clear()
-
-    def interrupt(self) -> None:
-        self._wake.set()
-
     def close(self) -> None:
         with self._lock:
             if self._closed or self._dead:

@@ -83,6 +83,15 @@ class Notices(Lanes):
             except Exception:  # a closed connection: gone with it
                 pass
 
+    def wait(self, timeout: float) -> None:
+        """Sleep until woken (a notice, :meth:`interrupt`) or ``timeout``; new work from other processes shows up
+        at the next fetch's probe, so the sleep is bounded by the probe interval."""
+        self._wake.wait(max(0.0, min(timeout, max(self.t.probe_every, 0.05))))
+        self._wake.clear()
+
+    def interrupt(self) -> None:
+        self._wake.set()
+
     def _high_lately(self) -> bool:
         """A high event was heard of in the last ``high_window`` seconds: keep this regular fetch short."""
         return time.monotonic() - self._heard_at < self.high_window
