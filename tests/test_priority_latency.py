@@ -345,32 +345,8 @@ def test_worker_starting_a_high_delivery_before_the_close_leaves_the_gate_open(s
     quicker than the loop's close() left the gate closed for good, and every
     later high dispatch stalled the loop and the other workers for HOLD_LIMIT.
     """
-    import time
-
-    from poetctl.daemon.handling import Job, KeyWorker, UrgentGate
-    from poetctl.daemon.middleware import Hooks
-    from poetctl.daemon.retries import RetryPolicy
-    from poetctl.transport import Delivery, Record
-
-    r = EventRouter(spool=spool)
-    ev = _item(r, "hot", "high").event
-    seen: list[str] = []
-
-    class Sub:
-        pattern = "*"
-        name = "probe"
-
-        @staticmethod
-        def fn(event: Any) -> None:
-            seen.append(event.id)
-
-    gate = UrgentGate()
-    outcomes: list[Any] = []
-    consumer: Any = _NullConsumer()
-    w = KeyWorker(0, consumer, _NoCause(), RetryPolicy(), time.time, Hooks([]), lambda d, o: outcomes.append(o), gate)
-    job = Job(Delivery(ev, "hot", Record()), ((Sub(), None),), urgent=True)
-    w.put([job], urgent=True)
-    assert w.step(block=False) == 1 and seen == [ev.id]  # it ran before the loop's close() below
+    w, gate, _, seen, eid = _high_job_on_worker(spool, _NullConsumer(), close=False)
+    assert w.step(block=False) == 1 and seen == [eid]  # it ran before the loop's close() below
     gate.close(1)
     assert gate.waiting == 0  # before: 1, closed with no delivery left to open it
     assert gate._open.is_set()
@@ -421,7 +397,12 @@ class _GateWatcher(_NullConsumer):
             raise RuntimeError("the backend refused the begin record")
 
 
-def _high_job_on_worker(spool: Path, fail: bool) -> tuple[Any, Any, Any, list[str]]:
+def _high_job_on_worker(
+    spool: Path, consumer: Any = None, fail: bool = False, close: bool = True
+) -> tuple[Any, Any, Any, list[str], str]:
+    """A key worker with one high delivery put to it (its event's id last), over ``consumer`` (default: a
+    :class:`_GateWatcher` whose begin raises if ``fail``); ``close``: the loop's close() after its put (the usual
+    order). The handler notes the ids it ran in the returned list."""
     import time
 
     from poetctl.daemon.handling import Job, KeyWorker, UrgentGate
@@ -441,17 +422,19 @@ def _high_job_on_worker(spool: Path, fail: bool) -> tuple[Any, Any, Any, list[st
             seen.append(event.id)
 
     gate = UrgentGate()
-    consumer = _GateWatcher(gate, fail)
-    w = KeyWorker(0, consumer, _NoCause(), RetryPolicy(), time.time, Hooks([]), lambda d, o: None, gate)  # type: ignore[arg-type]
+    if consumer is None:
+        consumer = _GateWatcher(gate, fail)
+    w = KeyWorker(0, consumer, _NoCause(), RetryPolicy(), time.time, Hooks([]), lambda d, o: None, gate)
     w.put([Job(Delivery(ev, "hot", Record()), ((Sub(), None),), urgent=True)], urgent=True)
-    gate.close(1)  # the loop's close() after its put (the usual order)
-    return w, gate, consumer, seen
+    if close:
+        gate.close(1)
+    return w, gate, consumer, seen, ev.id
 
 
 def test_the_gate_stays_closed_until_the_high_delivery_has_begun(spool: Path) -> None:
     """The urgent gate opens after the high delivery's begin, not before: the loop's next fetch cannot take the
     consumer's lock first and make that begin wait for the whole fetch (NATS: the 100+ ms tail)."""
-    w, gate, consumer, seen = _high_job_on_worker(spool, fail=False)
+    w, gate, consumer, seen, _ = _high_job_on_worker(spool)
     assert w.step(block=False) == 1 and len(seen) == 1
     assert consumer.closed_at_begin == [True]  # before: [False], opened before begin was called
     assert gate.waiting == 0 and gate._open.is_set()
@@ -461,7 +444,7 @@ def test_a_high_delivery_whose_begin_fails_still_opens_the_gate(spool: Path) -> 
     """A begin that raises still counts the urgent delivery as started: the gate never stays closed for good."""
     import pytest
 
-    w, gate, consumer, seen = _high_job_on_worker(spool, fail=True)
+    w, gate, consumer, seen, _ = _high_job_on_worker(spool, fail=True)
     with pytest.raises(RuntimeError):
         w.step(block=False)
     assert consumer.closed_at_begin == [True] and seen == []

@@ -252,7 +252,7 @@ class Intake(PartitionLeases):
         have = {h.seq for h in buf} | {h.seq for h in self._leased.values() if h.p == p}
         # Handled here with the ack still queued (AckWait ran out first): the queued ack settles it.
         have.update(h.seq for h in list(self._acking.values()) if h.p == p)
-        todo: list[tuple[Any, Any, int, str]] = []
+        todo: list[tuple[Any, Any, int, str, Any]] = []  # (message, metadata, sequence, id, headers)
         for m in msgs:
             md = m.metadata
             seq = md.sequence.stream
@@ -266,10 +266,9 @@ class Intake(PartitionLeases):
                         raise
                 continue
             hdrs = m.headers or {}
-            todo.append((m, md, seq, hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or f"seq-{seq}"))
-        states = await self._states([eid for _, md, _, eid in todo if md.num_delivered > 1])
-        for m, md, seq, eid in todo:
-            hdrs = m.headers or {}
+            todo.append((m, md, seq, hdrs.get("Poet-Id") or hdrs.get("Nats-Msg-Id") or f"seq-{seq}", hdrs))
+        states = await self._states([eid for _, md, _, eid, _ in todo if md.num_delivered > 1])
+        for m, md, seq, eid, hdrs in todo:
             try:
                 ev = decode(m.data, eid)
             except InvalidData as exc:
